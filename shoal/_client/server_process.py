@@ -1,0 +1,100 @@
+"""Find the control plane for this state directory, starting one in the background if none answers.
+
+Like `ray.init()`: the first SDK call or CLI command needs no set-up. A lock file makes concurrent first
+calls start one server, not several.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import home, server_file, server_url_override
+from ..exception import ConnectionError as ShoalConnectionError
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    token: str
+    pid: int | None = None
+
+
+def _healthy(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v1/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def read_server_info() -> ServerInfo | None:
+    """The running control plane as recorded in the state directory, without checking it answers."""
+    override = server_url_override()
+    token_path = home() / "token"
+    token = os.environ.get("SHOAL_TOKEN") or (token_path.read_text().strip() if token_path.exists() else "")
+    if override:
+        return ServerInfo(override.rstrip("/"), token)
+    try:
+        info = json.loads(server_file().read_text())
+    except (OSError, ValueError):
+        return None
+    return ServerInfo(info["url"], token, info.get("pid"))
+
+
+def find_server() -> ServerInfo | None:
+    info = read_server_info()
+    if info is not None and _healthy(info.url):
+        return info
+    return None
+
+
+def start_server_background(port: int = 0, wait: bool = True) -> ServerInfo:
+    """Start `python -m shoal.server` detached, logging to SHOAL_HOME/server.log, and wait until it answers."""
+    state = home()
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = find_server()
+        if info is not None:
+            return info
+        server_file().unlink(missing_ok=True)
+        with open(state / "server.log", "ab") as logf:
+            subprocess.Popen(
+                [sys.executable, "-m", "shoal.server", "--port", str(port), "--state-dir", str(state)],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                close_fds=True,
+            )
+        if not wait:
+            return ServerInfo("", "")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            info = find_server()
+            if info is not None:
+                return info
+            time.sleep(0.02)
+    raise ShoalConnectionError(
+        f"the shoal control plane did not start within {START_TIMEOUT_S:.0f}s; see {state / 'server.log'}"
+    )
+
+
+def ensure_server() -> ServerInfo:
+    """The control plane's address: the configured one, the running one, or a freshly started one."""
+    if server_url_override():
+        info = read_server_info()
+        assert info is not None
+        return info
+    return find_server() or start_server_background()
+
+
+def server_state_dir() -> Path:
+    return home()

@@ -1,0 +1,30 @@
+"""What code can ask about where it runs: `is_local()`, `current_input_id()`, `current_function_call_id()`."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+
+_input_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("shoal_input_id", default=None)
+_call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("shoal_call_id", default=None)
+# True while the container runtime imports the user's module (see App.run).
+importing_user_module = False
+
+
+def is_local() -> bool:
+    """False only inside a shoal container."""
+    return "SHOAL_CONTAINER_ID" not in os.environ
+
+
+def current_input_id() -> str | None:
+    """The id of the input being processed, inside a container; None elsewhere."""
+    return _input_id.get()
+
+
+def current_function_call_id() -> str | None:
+    """The id of the FunctionCall the current input belongs to, inside a container; None elsewhere."""
+    return _call_id.get()
+
+
+def set_current(input_id: str | None, call_id: str | None) -> tuple[contextvars.Token, contextvars.Token]:
+    return _input_id.set(input_id), _call_id.set(call_id)

@@ -1,0 +1,206 @@
+"""Validation of `@app.function(...)` / `@app.cls(...)` options.
+
+Pure: takes the keyword arguments, returns a `FunctionOptions` or raises `InvalidError`/`DeprecationError`
+naming the parameter. Runs at decoration time so mistakes surface where they are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from .exception import DeprecationError, InvalidError, NotImplementedWarning
+from .retries import Retries, parse_retries
+
+MAX_TIMEOUT = 24 * 3600
+KNOWN_GPUS = {
+    "T4", "L4", "A10", "A10G", "A100", "A100-40GB", "A100-80GB", "L40S", "H100", "H100!", "H200", "B200", "ANY",
+}
+DEPRECATED_ALIASES = {
+    "keep_warm": "min_containers",
+    "concurrency_limit": "max_containers",
+    "container_idle_timeout": "scaledown_window",
+    "allow_concurrent_inputs": "@modal.concurrent(max_inputs=...)",
+}
+# Options shoal accepts and records but does not act on yet; using one warns once per process.
+NOT_YET_ENFORCED = (
+    "gpu", "volumes", "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region", "routing_region",
+    "nonpreemptible", "enable_memory_snapshot", "block_network", "restrict_modal_access", "i6pn",
+    "experimental_options",
+)
+_warned: set[str] = set()
+
+
+@dataclasses.dataclass
+class FunctionOptions:
+    """Everything a decorator said about how to run a function; sent to the control plane as a dict."""
+
+    timeout: int = 300
+    startup_timeout: int | None = None
+    retries: Retries | None = None
+    min_containers: int | None = None
+    max_containers: int | None = None
+    buffer_containers: int | None = None
+    scaledown_window: int | None = None
+    cpu: float | tuple[float, float] | None = None
+    memory: int | tuple[int, int] | None = None
+    gpu: list[str] | None = None
+    single_use_containers: bool = False
+    serialized: bool = False
+    include_source: bool | None = None
+    region: list[str] | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["retries"] = self.retries.to_dict() if self.retries else None
+        for key in ("cpu", "memory"):
+            if isinstance(d[key], tuple):
+                d[key] = list(d[key])
+        d["extra"] = {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        return d
+
+
+def reject_deprecated(kwargs: dict[str, Any], where: str = "@app.function") -> None:
+    """Modal 1.6 raises for the removed aliases instead of accepting them."""
+    for old, new in DEPRECATED_ALIASES.items():
+        if kwargs.get(old) is not None:
+            raise DeprecationError(f"The `{old}` parameter of {where} has been renamed; use `{new}` instead.")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidError(f"`{name}` must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise InvalidError(f"`{name}` must be {bound}, got {value}")
+
+
+def parse_gpu(gpu: str | Sequence[str] | None) -> list[str] | None:
+    """`"A100-80GB:2"` → `["A100-80GB:2"]`; a list is a fallback order. Model names are uppercased."""
+    if gpu is None:
+        return None
+    items = [gpu] if isinstance(gpu, str) else list(gpu)
+    if not items:
+        raise InvalidError("`gpu` must not be an empty list")
+    parsed = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidError(f"`gpu` must be a string or a list of strings, got {item!r}")
+        model, _, count = item.upper().partition(":")
+        if model not in KNOWN_GPUS:
+            raise InvalidError(f"`gpu`: unknown GPU type {item!r}; known types: {', '.join(sorted(KNOWN_GPUS))}")
+        if count and (not count.isdigit() or not 1 <= int(count) <= 8):
+            raise InvalidError(f"`gpu`: GPU count in {item!r} must be between 1 and 8")
+        parsed.append(f"{model}:{count}" if count else model)
+    return parsed
+
+
+def _check_resource(name: str, value: Any, kind: type) -> None:
+    if value is None:
+        return
+    pair = value if isinstance(value, tuple) else (value,)
+    if len(pair) not in (1, 2) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair):
+        raise InvalidError(f"`{name}` must be a number or a (request, limit) tuple, got {value!r}")
+    if kind is int and not all(isinstance(v, int) for v in pair):
+        raise InvalidError(f"`{name}` is in MiB and must be an integer, got {value!r}")
+    if any(v <= 0 for v in pair):
+        raise InvalidError(f"`{name}` must be positive, got {value!r}")
+    if len(pair) == 2 and pair[1] < pair[0]:
+        raise InvalidError(f"`{name}` limit ({pair[1]}) must be at least its request ({pair[0]})")
+
+
+def build_options(
+    *,
+    timeout: int | None,
+    startup_timeout: int | None,
+    retries: int | Retries | None,
+    min_containers: int | None,
+    max_containers: int | None,
+    buffer_containers: int | None,
+    scaledown_window: int | None,
+    cpu: float | tuple[float, float] | None,
+    memory: int | tuple[int, int] | None,
+    gpu: str | list[str] | None,
+    single_use_containers: bool,
+    max_inputs: int | None,
+    serialized: bool,
+    include_source: bool | None,
+    region: str | Sequence[str] | None,
+    is_generator: bool,
+    is_web: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> FunctionOptions:
+    """Validate decorator arguments the way Modal 1.6 does and collect them."""
+    if timeout is None:
+        raise InvalidError("`timeout` must be a number of seconds; None is not allowed (the default is 300)")
+    _check_int("timeout", timeout, 1, MAX_TIMEOUT)
+    _check_int("startup_timeout", startup_timeout, 1, MAX_TIMEOUT)
+    _check_int("min_containers", min_containers, 0)
+    _check_int("max_containers", max_containers, 1)
+    _check_int("buffer_containers", buffer_containers, 0)
+    _check_int("scaledown_window", scaledown_window, 2, 3600)
+    if min_containers is not None and max_containers is not None and min_containers > max_containers:
+        raise InvalidError(
+            f"`min_containers` ({min_containers}) cannot be greater than `max_containers` ({max_containers})"
+        )
+    _check_resource("cpu", cpu, float)
+    _check_resource("memory", memory, int)
+    parsed_retries = parse_retries(retries)
+    if parsed_retries is not None and parsed_retries.max_retries > 0:
+        if is_generator:
+            raise InvalidError("`retries` is not supported for generator functions")
+        if is_web:
+            raise InvalidError("`retries` is not supported for web endpoints")
+    if max_inputs is not None:
+        if max_inputs != 1:
+            raise InvalidError("`max_inputs` only accepts 1; use `single_use_containers=True` instead")
+        warnings.warn(
+            "`max_inputs=1` is deprecated; use `single_use_containers=True`", DeprecationWarning, stacklevel=4
+        )
+        single_use_containers = True
+    if isinstance(region, str):
+        region = [region]
+    elif region is not None:
+        region = list(region)
+        if not all(isinstance(r, str) for r in region):
+            raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
+    extra = dict(extra or {})
+    for name in NOT_YET_ENFORCED:
+        value = {"gpu": gpu, "region": region}.get(name, extra.get(name))
+        if value not in (None, False, {}, []) and name not in _warned:
+            _warned.add(name)
+            warnings.warn(
+                f"shoal records `{name}=` but does not enforce it yet", NotImplementedWarning, stacklevel=4
+            )
+    return FunctionOptions(
+        timeout=timeout,
+        startup_timeout=startup_timeout,
+        retries=parsed_retries,
+        min_containers=min_containers,
+        max_containers=max_containers,
+        buffer_containers=buffer_containers,
+        scaledown_window=scaledown_window,
+        cpu=cpu,
+        memory=memory,
+        gpu=parse_gpu(gpu),
+        single_use_containers=bool(single_use_containers),
+        serialized=bool(serialized),
+        include_source=include_source,
+        region=region,
+        extra=extra,
+    )
+
+
+def check_secrets(secrets: Collection[Any] | None) -> list[Any]:
+    from .secret import Secret
+
+    items = list(secrets or [])
+    for s in items:
+        if not isinstance(s, Secret):
+            raise InvalidError(f"`secrets` must contain modal.Secret objects, got {type(s).__name__}")
+    return items

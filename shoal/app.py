@@ -1,0 +1,387 @@
+"""`App`: groups functions, runs them as an ephemeral app (`app.run()`), and holds local entrypoints."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import weakref
+from collections.abc import Callable, Collection
+from typing import Any
+
+from . import _container_context
+from ._client.transport import get_client
+from ._options import build_options, check_secrets, reject_deprecated
+from ._output import LogPrinter, status
+from .exception import InvalidError
+from .functions import Function
+from .retries import Retries
+from .schedule import Cron, Period
+
+LOG_POLL_S = 25.0
+
+
+class LocalEntrypoint:
+    """A function that runs on the caller's machine, inside the running app (`shoal run`)."""
+
+    def __init__(self, app: App, raw_f: Callable, name: str) -> None:
+        self.app = app
+        self.raw_f = raw_f
+        self.name = name
+        self.__doc__ = raw_f.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.raw_f(*args, **kwargs)
+
+    @property
+    def info(self) -> inspect.Signature:
+        return inspect.signature(self.raw_f)
+
+
+class App:
+    """A group of functions that are run or deployed together."""
+
+    _instances: weakref.WeakSet[App] = weakref.WeakSet()
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        tags: dict[str, str] | None = None,
+        image: Any = None,
+        secrets: Collection[Any] = (),
+        volumes: dict[Any, Any] | None = None,
+        include_source: bool = True,
+    ) -> None:
+        if name is not None and not isinstance(name, str):
+            raise InvalidError(f"App name must be a string, got {type(name).__name__}")
+        self._name = name
+        self._tags = dict(tags or {})
+        self._image = image
+        self._secrets = check_secrets(secrets)
+        self._volumes = dict(volumes or {})
+        self._include_source = include_source
+        self._functions: dict[str, Function] = {}
+        self._entrypoints: dict[str, LocalEntrypoint] = {}
+        self._app_id: str | None = None
+        self._running = False
+        App._instances.add(self)
+
+    def __repr__(self) -> str:
+        return f"App({self._name!r})"
+
+    # -- properties ------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def app_id(self) -> str | None:
+        return self._app_id
+
+    @property
+    def description(self) -> str | None:
+        return self._name
+
+    @property
+    def registered_functions(self) -> dict[str, Function]:
+        return dict(self._functions)
+
+    @property
+    def registered_entrypoints(self) -> dict[str, LocalEntrypoint]:
+        return dict(self._entrypoints)
+
+    @property
+    def registered_classes(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def registered_web_endpoints(self) -> list[str]:
+        return []
+
+    def include(self, other_app: App, /, inherit_tags: bool = True) -> App:
+        """Add another app's functions and entrypoints to this one."""
+        for tag, fn in other_app._functions.items():
+            if tag in self._functions and self._functions[tag] is not fn:
+                raise InvalidError(f"both apps define a function named {tag!r}")
+            self._functions[tag] = fn
+        self._entrypoints.update(other_app._entrypoints)
+        if inherit_tags:
+            self._tags = {**other_app._tags, **self._tags}
+        return self
+
+    def get_tags(self) -> dict[str, str]:
+        return dict(self._tags)
+
+    # -- decorators ------------------------------------------------------------------------------------------
+    def function(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        schedule: Period | Cron | None = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Collection[Any] | None = None,
+        gpu: str | list[str] | None = None,
+        serialized: bool = False,
+        network_file_systems: dict[Any, Any] = {},  # noqa: B006 - Modal's signature
+        volumes: dict[Any, Any] = {},  # noqa: B006
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+        proxy: Any = None,
+        retries: int | Retries | None = None,
+        timeout: int = 300,
+        startup_timeout: int | None = None,
+        name: str | None = None,
+        is_generator: bool | None = None,
+        cloud: str | None = None,
+        region: str | list[str] | None = None,
+        routing_region: str | None = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        restrict_modal_access: bool = False,
+        single_use_containers: bool = False,
+        i6pn: bool | None = None,
+        include_source: bool | None = None,
+        experimental_options: dict[str, Any] | None = None,
+        _experimental_restrict_output: bool = False,
+        max_inputs: int | None = None,
+        keep_warm: Any = None,
+        concurrency_limit: Any = None,
+        container_idle_timeout: Any = None,
+        allow_concurrent_inputs: Any = None,
+    ) -> Callable[[Callable], Function]:
+        """Turn a Python function into a shoal Function. Bad arguments fail here, naming the parameter."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("Did you forget parentheses? Use `@app.function()`, not `@app.function`.")
+        reject_deprecated(dict(keep_warm=keep_warm, concurrency_limit=concurrency_limit,
+                               container_idle_timeout=container_idle_timeout,
+                               allow_concurrent_inputs=allow_concurrent_inputs))
+        if schedule is not None and not isinstance(schedule, (Period, Cron)):
+            raise InvalidError(f"`schedule` must be a modal.Period or modal.Cron, got {type(schedule).__name__}")
+        if env is not None and not isinstance(env, dict):
+            raise InvalidError(f"`env` must be a dict, got {type(env).__name__}")
+        if not isinstance(timeout, (int, float)) and timeout is not None:
+            raise InvalidError(f"`timeout` must be a number of seconds, got {timeout!r}")
+        from .secret import Secret
+
+        all_secrets = [*self._secrets, *check_secrets(secrets)]
+        if env:
+            all_secrets.append(Secret.from_dict(env))
+        extra = dict(network_file_systems=network_file_systems, volumes={**self._volumes, **volumes},
+                     ephemeral_disk=ephemeral_disk, proxy=proxy, cloud=cloud, routing_region=routing_region,
+                     nonpreemptible=nonpreemptible, enable_memory_snapshot=enable_memory_snapshot,
+                     block_network=block_network, restrict_modal_access=restrict_modal_access, i6pn=i6pn,
+                     experimental_options=experimental_options)
+
+        def decorate(f: Callable) -> Function:
+            if isinstance(f, Function):
+                raise InvalidError(f"{f.tag!r} is already a shoal Function; decorate it only once")
+            if not callable(f):
+                raise InvalidError(f"@app.function() must decorate a function, got {type(f).__name__}")
+            gen = bool(is_generator) if is_generator is not None else (
+                inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f))
+            qualname = getattr(f, "__qualname__", getattr(f, "__name__", ""))
+            if "<locals>" in qualname and not serialized:
+                raise InvalidError(
+                    f"function {qualname!r} is defined in a local scope; pass serialized=True or move it to "
+                    "module level")
+            if schedule is not None and _has_required_params(f):
+                raise InvalidError(f"scheduled function {qualname!r} must take no arguments")
+            options = build_options(
+                timeout=timeout, startup_timeout=startup_timeout, retries=retries, min_containers=min_containers,
+                max_containers=max_containers, buffer_containers=buffer_containers,
+                scaledown_window=scaledown_window, cpu=cpu, memory=memory, gpu=gpu,
+                single_use_containers=single_use_containers, max_inputs=max_inputs, serialized=serialized,
+                include_source=include_source, region=region, is_generator=gen, extra=extra,
+            )
+            tag = name or qualname
+            fn = Function(self, f, tag=tag, options=options, secrets=all_secrets, image=image or self._image,
+                          is_generator=gen, schedule=schedule)
+            if tag in self._functions and self._functions[tag]._raw_f is not f:
+                import warnings
+
+                warnings.warn(f"function {tag!r} is defined twice in app {self._name!r}; the last one wins",
+                              stacklevel=2)
+            self._functions[tag] = fn
+            return fn
+
+        return decorate
+
+    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None
+                         ) -> Callable[[Callable], LocalEntrypoint]:
+        """A function `shoal run` calls on your machine, with the app running; its arguments become flags."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("Did you forget parentheses? Use `@app.local_entrypoint()`.")
+
+        def decorate(f: Callable) -> LocalEntrypoint:
+            ep = LocalEntrypoint(self, f, name or f.__name__)
+            self._entrypoints[ep.name] = ep
+            return ep
+
+        return decorate
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def run(self, *, name: str | None = None, client: Any = None, detach: bool = False,
+            interactive: bool = False, environment_name: str | None = None, quiet: bool = False) -> _RunContext:
+        """Run this app ephemerally for the duration of the `with` (or `async with`) block."""
+        if not _container_context.is_local():
+            if _container_context.importing_user_module:
+                from .runtime.worker import StopImport
+
+                raise StopImport()
+            raise InvalidError("app.run() cannot be used inside a shoal container")
+        return _RunContext(self, name=name, detach=detach, quiet=quiet)
+
+    def stop(self) -> None:
+        if self._app_id:
+            get_client().call("POST", f"/v1/apps/{self._app_id}/stop", {})
+
+    def _definitions(self) -> list[dict[str, Any]]:
+        from ._client.source import container_module_name, pack_module
+        from ._serialization import dumps
+
+        client = get_client()
+        uploaded: set[str] = set()
+        defs = []
+        for fn in self._functions.values():
+            d = fn._definition()
+            raw = fn.get_raw_f()
+            if fn._options.serialized:
+                d["serialized_fn"] = dumps(raw, f"function {fn.tag!r}")
+            else:
+                module = raw.__module__
+                sha, blob = pack_module(module)
+                if sha not in uploaded:
+                    status_code, _ = client.request_raw("HEAD", f"/v1/blobs/{sha}")
+                    if status_code == 404:
+                        client.request_raw("PUT", f"/v1/blobs/{sha}", blob)
+                    uploaded.add(sha)
+                d["source_id"] = sha
+                d["module"] = container_module_name(module)
+            defs.append(d)
+        return defs
+
+    def _start(self, name: str | None, detach: bool) -> None:
+        if self._running:
+            raise InvalidError("this app is already running")
+        client = get_client()
+        resp = client.call("POST", "/v1/apps", {"name": name or self._name, "mode": "ephemeral", "detach": detach})
+        self._app_id = resp["app_id"]
+        status(f"Initialized app {self._app_id}")
+        try:
+            ids = client.call("POST", f"/v1/apps/{self._app_id}/functions",
+                              {"functions": self._definitions()})["functions"]
+        except BaseException:
+            client.call("POST", f"/v1/apps/{self._app_id}/stop", {})
+            raise
+        for tag, fn in self._functions.items():
+            fn._hydrate(ids[tag])
+        self._running = True
+        status(f"Created objects: {', '.join(self._functions) or 'none'}")
+
+    def _finish(self, detach: bool) -> None:
+        self._running = False
+        if not detach and self._app_id:
+            get_client().call("POST", f"/v1/apps/{self._app_id}/stop", {})
+            status(f"App completed: {self._app_id}")
+        for fn in self._functions.values():
+            fn._function_id = None
+
+    @classmethod
+    def _hydrate_all(cls, app_functions: dict[str, str], app_name: str | None, tag: str | None = None
+                     ) -> App | None:
+        """Inside a container: give the functions of the app being served their ids, so nested calls work."""
+        for app in list(cls._instances):
+            if tag is not None and tag not in app._functions:
+                continue
+            if app_name is not None and app._name not in (None, app_name):
+                continue
+            for t, fn in app._functions.items():
+                if t in app_functions:
+                    fn._hydrate(app_functions[t])
+            return app
+        return None
+
+
+class _RunContext:
+    """`with app.run():` / `async with app.run():`, following the app's logs while it runs."""
+
+    def __init__(self, app: App, *, name: str | None, detach: bool, quiet: bool) -> None:
+        self.app = app
+        self.name = name
+        self.detach = detach
+        self.quiet = quiet
+        self._follower: _LogFollower | None = None
+
+    def __enter__(self) -> App:
+        self.app._start(self.name, self.detach)
+        assert self.app._app_id is not None
+        self._follower = _LogFollower(self.app._app_id, session=not self.detach, quiet=self.quiet)
+        self._follower.start()
+        return self.app
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.app._finish(self.detach)
+        finally:
+            if self._follower is not None:
+                self._follower.stop()
+
+    async def __aenter__(self) -> App:
+        import asyncio
+
+        return await asyncio.to_thread(self.__enter__)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.__exit__, *exc)
+
+
+class _LogFollower(threading.Thread):
+    """Long-polls the app's logs and prints them. Its open poll is also the app's liveness signal: when this
+    process dies the control plane stops the app after a short grace period."""
+
+    def __init__(self, app_id: str, session: bool, quiet: bool) -> None:
+        super().__init__(name="shoal-logs", daemon=True)
+        self.app_id = app_id
+        self.session = session
+        self.quiet = quiet
+        self.printer = LogPrinter()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        client = get_client()
+        after = -1
+        while True:
+            try:
+                resp = client.call(
+                    "GET", f"/v1/apps/{self.app_id}/logs?after={after}&timeout={LOG_POLL_S}"
+                    f"&session={int(self.session and not self._stop_event.is_set())}")
+            except Exception:  # noqa: BLE001 - the control plane went away for good
+                return
+            for entry in resp["entries"]:
+                if not self.quiet:
+                    self.printer.write(entry)
+            after = resp.get("last", after)
+            if resp["state"] != "running" or (self._stop_event.is_set() and not resp["entries"]):
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=3)
+
+
+def _has_required_params(f: Callable) -> bool:
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               for p in sig.parameters.values())

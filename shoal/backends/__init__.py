@@ -1,0 +1,1 @@
+"""Container backends: start a container for a function, report its exit, stop it. Nothing more."""

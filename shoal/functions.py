@@ -1,0 +1,464 @@
+"""`Function` and `FunctionCall`: what a decorated function becomes, and a handle on a running call."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import _serialization as ser
+from ._client.aio import aio_method, with_sync
+from ._client.transport import Client, get_client
+from ._options import FunctionOptions
+from .exception import (
+    ExecutionError,
+    FunctionTimeoutError,
+    InputCancellation,
+    InvalidError,
+)
+
+if TYPE_CHECKING:
+    from .app import App
+
+POLL_S = 50.0
+MAP_WINDOW = 1000  # inputs in flight per map, as Modal's per-map concurrency limit
+MAP_BATCH = 500  # inputs per request
+MAP_BATCH_WAIT_S = 0.002
+
+
+def new_call_id() -> str:
+    return f"fc-{uuid.uuid4().hex[:20]}"
+
+
+def _decode_output(status: str, data: bytes | None) -> Any:
+    """A successful value, or raise the remote exception with its remote traceback."""
+    if status == "success":
+        return ser.loads(data, "return value") if data is not None else None
+    if data is None:
+        raise ExecutionError(f"call ended with status {status!r}")
+    exc = ser.loads_exception(data)
+    if status == "terminated":
+        raise InputCancellation(str(exc))
+    if status == "timeout" and not isinstance(exc, FunctionTimeoutError):
+        raise FunctionTimeoutError(str(exc))
+    raise exc
+
+
+def _output_value(status: str, data: bytes | None) -> Any:
+    """For `return_exceptions=True`: the exception object instead of raising it."""
+    try:
+        return _decode_output(status, data)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
+class Function:
+    """A function that runs in containers. Created by `@app.function()`."""
+
+    def __init__(
+        self,
+        app: App | None,
+        raw_f: Callable | None,
+        *,
+        tag: str,
+        options: FunctionOptions,
+        secrets: list[Any],
+        image: Any = None,
+        is_generator: bool = False,
+        schedule: Any = None,
+        webhook: dict[str, Any] | None = None,
+    ) -> None:
+        self._app = app
+        self._raw_f = raw_f
+        self._tag = tag
+        self._options = options
+        self._secrets = secrets
+        self._image = image
+        self._is_generator = is_generator
+        self._is_async = raw_f is not None and (
+            inspect.iscoroutinefunction(raw_f) or inspect.isasyncgenfunction(raw_f)
+        )
+        self._schedule = schedule
+        self._webhook = webhook
+        self._function_id: str | None = None
+        if raw_f is not None:
+            self.__doc__ = raw_f.__doc__
+            self.__name__ = getattr(raw_f, "__name__", tag)
+            self.__qualname__ = getattr(raw_f, "__qualname__", tag)
+            self.__module__ = getattr(raw_f, "__module__", None)  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Function {self._tag}{' ' + self._function_id if self._function_id else ''}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidError(
+            f"Function {self._tag!r} is not callable directly: use .remote() to run it in a container or "
+            f".local() to run it here."
+        )
+
+    # -- identity --------------------------------------------------------------------------------------------
+    @property
+    def object_id(self) -> str | None:
+        return self._function_id
+
+    @property
+    def tag(self) -> str:
+        return self._tag
+
+    @property
+    def app(self) -> App | None:
+        return self._app
+
+    def get_raw_f(self) -> Callable:
+        assert self._raw_f is not None
+        return self._raw_f
+
+    def _hydrate(self, function_id: str) -> None:
+        self._function_id = function_id
+
+    def _fid(self) -> str:
+        if self._function_id is None:
+            raise ExecutionError(
+                f"Function {self._tag!r} has not been hydrated: its app is not running. Call it inside "
+                "`with app.run():`, from `shoal run`, or after deploying the app."
+            )
+        return self._function_id
+
+    def _check_gen(self, generator_call: bool, what: str) -> None:
+        if generator_call and not self._is_generator:
+            raise InvalidError(f"{what} is only for generator functions; use .remote() for {self._tag!r}")
+        if not generator_call and self._is_generator:
+            raise InvalidError(f"{self._tag!r} is a generator function: use .remote_gen(), not {what}")
+
+    def _definition(self) -> dict[str, Any]:
+        """What the control plane needs to run this function (the source is attached by the app)."""
+        env: dict[str, str] = {}
+        for s in self._secrets:
+            env.update({k: v for k, v in s.env().items() if v is not None})
+        return {
+            "tag": self._tag,
+            "is_generator": self._is_generator,
+            "is_async": self._is_async,
+            "options": self._options.to_wire(),
+            "env": env,
+            "secret_names": [s.name for s in self._secrets if s.name],
+            "app_name": self._app.name if self._app else None,
+        }
+
+    # -- local -----------------------------------------------------------------------------------------------
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the body in this process: no container, image or scaling."""
+        return self.get_raw_f()(*args, **kwargs)
+
+    # -- remote ----------------------------------------------------------------------------------------------
+    def _remote_sync(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_gen(False, ".remote()")
+        fid = self._fid()
+        client = get_client()
+        call_id = new_call_id()
+        resp = client.call("POST", f"/v1/functions/{fid}/calls",
+                           {"kind": "remote", "call_id": call_id, "args": ser.dumps_args(args, kwargs),
+                            "wait": POLL_S})
+        while resp.get("pending"):
+            resp = client.call("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}")
+        return _decode_output(resp["status"], resp["data"])
+
+    @with_sync(_remote_sync)
+    async def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Run in a container and return the result (re-raising its exception)."""
+        self._check_gen(False, ".remote()")
+        fid = self._fid()
+        client = get_client()
+        call_id = new_call_id()
+        resp = await client.acall("POST", f"/v1/functions/{fid}/calls",
+                                  {"kind": "remote", "call_id": call_id, "args": ser.dumps_args(args, kwargs),
+                                   "wait": POLL_S})
+        while resp.get("pending"):
+            resp = await client.acall("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}")
+        return _decode_output(resp["status"], resp["data"])
+
+    async def _remote_gen(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Stream a generator function's items as the container yields them."""
+        self._check_gen(True, ".remote_gen()")
+        fid = self._fid()
+        client = get_client()
+        call_id = new_call_id()
+        await client.acall("POST", f"/v1/functions/{fid}/calls",
+                           {"kind": "gen", "call_id": call_id, "args": ser.dumps_args(args, kwargs)})
+        after = -1
+        while True:
+            resp = await client.acall("GET", f"/v1/calls/{call_id}/outputs?after={after}&timeout={POLL_S}")
+            for seq, _idx, status, data, final in resp["outputs"]:
+                after = seq
+                if status == "item":
+                    yield ser.loads(data, "yielded value")
+                elif final:
+                    _decode_output(status, data)
+                    return
+
+    remote_gen = aio_method(_remote_gen)
+
+    # -- spawn -----------------------------------------------------------------------------------------------
+    def _spawn_sync(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        self._check_gen(False, ".spawn()")
+        call_id = new_call_id()
+        get_client().call("POST", f"/v1/functions/{self._fid()}/calls",
+                          {"kind": "spawn", "call_id": call_id, "args": ser.dumps_args(args, kwargs)})
+        return FunctionCall(call_id, num_inputs=1)
+
+    @with_sync(_spawn_sync)
+    async def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        """Start a call and return its handle at once; the result is kept for 7 days."""
+        self._check_gen(False, ".spawn()")
+        call_id = new_call_id()
+        await get_client().acall("POST", f"/v1/functions/{self._fid()}/calls",
+                                 {"kind": "spawn", "call_id": call_id, "args": ser.dumps_args(args, kwargs)})
+        return FunctionCall(call_id, num_inputs=1)
+
+    # -- map family ------------------------------------------------------------------------------------------
+    async def _map_outputs(
+        self, arg_tuples: Iterable[tuple] | AsyncIterator[tuple], kwargs: dict[str, Any], *,
+        order_outputs: bool, return_exceptions: bool,
+    ) -> AsyncIterator[Any]:
+        """The engine of map/starmap/for_each: stream inputs in batches with at most MAP_WINDOW in flight, and
+        yield outputs (in input order unless order_outputs=False)."""
+        self._check_gen(False, ".map()")
+        fid = self._fid()
+        client = get_client()
+        call_id = new_call_id()
+        await client.acall("POST", f"/v1/functions/{fid}/calls", {"kind": "map", "call_id": call_id})
+        window = asyncio.Semaphore(MAP_WINDOW)
+        total: list[int] = []  # set once the feeder has read every input
+
+        async def feed() -> None:
+            batch: list[list[Any]] = []
+            started = time.monotonic()
+            n = 0
+
+            async def send(last: bool) -> None:
+                nonlocal batch, started
+                await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": last})
+                batch, started = [], time.monotonic()
+
+            async for args in _aiter(arg_tuples):
+                if window.locked() and batch:
+                    await send(False)  # don't sit on inputs while waiting for room
+                await window.acquire()
+                batch.append([n, ser.dumps_args(tuple(args), kwargs)])
+                n += 1
+                if len(batch) >= MAP_BATCH or time.monotonic() - started > MAP_BATCH_WAIT_S:
+                    await send(False)
+            total.append(n)
+            await send(True)
+
+        feeder = asyncio.ensure_future(feed())
+        after, received, next_idx = -1, 0, 0
+        pending: dict[int, tuple[str, bytes | None]] = {}
+        try:
+            while not total or received < total[0]:
+                if feeder.done() and feeder.exception() is not None:
+                    raise feeder.exception()  # type: ignore[misc]
+                wait = 0.5 if not feeder.done() else POLL_S
+                resp = await client.acall("GET", f"/v1/calls/{call_id}/outputs?after={after}&timeout={wait}")
+                for seq, idx, status, data, final in resp["outputs"]:
+                    after = seq
+                    if not final:
+                        continue
+                    received += 1
+                    window.release()
+                    if status != "success" and not return_exceptions:
+                        _decode_output(status, data)
+                    if not order_outputs:
+                        yield _output_value(status, data)
+                        continue
+                    pending[idx] = (status, data)
+                    while next_idx in pending:
+                        yield _output_value(*pending.pop(next_idx))
+                        next_idx += 1
+        except BaseException:
+            feeder.cancel()
+            if not (total and received >= total[0]):
+                try:
+                    await client.acall("POST", f"/v1/calls/{call_id}/cancel", {})
+                except Exception:  # noqa: BLE001 - best effort while already failing
+                    pass
+            raise
+        await feeder
+
+    async def _map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
+                   order_outputs: bool = True, return_exceptions: bool = False,
+                   wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
+        """Run once per input, in parallel containers; yields results in input order by default."""
+        if wrap_returned_exceptions is not None:
+            warnings.warn("`wrap_returned_exceptions` has no effect: exceptions are never wrapped",
+                          DeprecationWarning, stacklevel=3)
+        if not input_iterators:
+            raise InvalidError("map() needs at least one iterable of inputs")
+        async for out in self._map_outputs(_zip(input_iterators), kwargs, order_outputs=order_outputs,
+                                           return_exceptions=return_exceptions):
+            yield out
+
+    map = aio_method(_map, refuse_in_loop=True)
+
+    async def _starmap(self, input_iterator: Iterable[tuple], *, kwargs: dict[str, Any] = {},  # noqa: B006
+                       order_outputs: bool = True, return_exceptions: bool = False,
+                       wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
+        """Like map, with each input a tuple of positional arguments."""
+        async for out in self._map_outputs(input_iterator, kwargs, order_outputs=order_outputs,
+                                           return_exceptions=return_exceptions):
+            yield out
+
+    starmap = aio_method(_starmap, refuse_in_loop=True)
+
+    async def _for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
+                        ignore_exceptions: bool = False) -> None:
+        """Map for side effects; results are discarded."""
+        async for _ in self._map_outputs(_zip(input_iterators), kwargs, order_outputs=False,
+                                         return_exceptions=ignore_exceptions):
+            pass
+
+    for_each = aio_method(_for_each, refuse_in_loop=True)
+
+    async def _spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}) -> None:  # noqa: B006
+        """Submit every input and return once they are all accepted; results are not retrievable."""
+        self._check_gen(False, ".spawn_map()")
+        client = get_client()
+        call_id = new_call_id()
+        await client.acall("POST", f"/v1/functions/{self._fid()}/calls", {"kind": "map", "call_id": call_id})
+        batch: list[list[Any]] = []
+        n = 0
+        async for args in _zip(input_iterators):
+            batch.append([n, ser.dumps_args(tuple(args), kwargs)])
+            n += 1
+            if len(batch) >= MAP_BATCH:
+                await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
+                batch = []
+        await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+
+    spawn_map = aio_method(_spawn_map)
+
+    # -- introspection ---------------------------------------------------------------------------------------
+    def get_web_url(self) -> str | None:
+        return None
+
+    async def _get_current_stats(self) -> Any:
+        from .types import FunctionCurrentStats
+
+        s = await get_client().acall("GET", f"/v1/functions/{self._fid()}/stats")
+        return FunctionCurrentStats(backlog=s["backlog"], num_total_runners=s["num_total_runners"],
+                                    num_running_inputs=s["num_running_inputs"], input_headroom=0)
+
+    get_current_stats = aio_method(_get_current_stats)
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterator[Any]) -> AsyncIterator[Any]:
+    if hasattr(items, "__aiter__"):
+        async for x in items:  # type: ignore[union-attr]
+            yield x
+    else:
+        for x in items:  # type: ignore[union-attr]
+            yield x
+
+
+async def _zip(iterables: tuple[Iterable[Any], ...]) -> AsyncIterator[tuple]:
+    """zip() over sync and async iterables alike, lazily."""
+    its = [aiter(_aiter(it)) for it in iterables]
+    while True:
+        row = []
+        for it in its:
+            try:
+                row.append(await anext(it))
+            except StopAsyncIteration:
+                return
+        yield tuple(row)
+
+
+class FunctionCall:
+    """A handle on a spawned call; `FunctionCall.from_id(id)` works from any process for 7 days."""
+
+    def __init__(self, call_id: str, num_inputs: int | None = None) -> None:
+        self._call_id = call_id
+        self._num_inputs = num_inputs
+
+    def __repr__(self) -> str:
+        return f"FunctionCall({self._call_id!r})"
+
+    @property
+    def object_id(self) -> str:
+        return self._call_id
+
+    @staticmethod
+    def from_id(function_call_id: str, client: Client | None = None) -> FunctionCall:
+        if not isinstance(function_call_id, str) or not function_call_id.startswith("fc-"):
+            raise InvalidError(f"not a function call id: {function_call_id!r}")
+        return FunctionCall(function_call_id)
+
+    def _get_sync(self, timeout: float | None = None, *, index: int = 0) -> Any:
+        client = get_client()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+            resp = client.call("GET", f"/v1/calls/{self._call_id}/result?index={index}&timeout={wait}")
+            if not resp.get("pending"):
+                return _decode_output(resp["status"], resp["data"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"function call {self._call_id} did not finish within {timeout}s")
+
+    @with_sync(_get_sync)
+    async def get(self, timeout: float | None = None, *, index: int = 0) -> Any:
+        """The result; waits up to `timeout` seconds (None: forever, 0: poll) then raises builtin TimeoutError."""
+        client = get_client()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+            resp = await client.acall("GET", f"/v1/calls/{self._call_id}/result?index={index}&timeout={wait}")
+            if not resp.get("pending"):
+                return _decode_output(resp["status"], resp["data"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"function call {self._call_id} did not finish within {timeout}s")
+
+    async def _iter(self, *, start: int = 0, end: int | None = None) -> AsyncIterator[Any]:
+        """Results of each input in order (for calls with several inputs)."""
+        n = await self._num_inputs_aio() if end is None else end
+        for i in range(start, n):
+            yield await self.get.aio(index=i)
+
+    iter = aio_method(_iter)
+
+    async def _num_inputs_aio(self) -> int:
+        if self._num_inputs is None:
+            info = await get_client().acall("GET", f"/v1/calls/{self._call_id}")
+            self._num_inputs = info["num_inputs"]
+        return int(self._num_inputs or 0)
+
+    num_inputs = aio_method(_num_inputs_aio)
+
+    async def _cancel(self, terminate_containers: bool = False) -> None:
+        """Cancel every input of the call; none is retried."""
+        await get_client().acall("POST", f"/v1/calls/{self._call_id}/cancel",
+                                 {"terminate_containers": terminate_containers})
+
+    cancel = aio_method(_cancel)
+
+    async def _get_call_graph(self) -> list[Any]:
+        return []
+
+    get_call_graph = aio_method(_get_call_graph)
+
+    @staticmethod
+    async def _gather(*function_calls: FunctionCall) -> list[Any]:
+        """All results, in order; the first failure is raised."""
+        return list(await asyncio.gather(*(fc.get.aio() for fc in function_calls)))
+
+    @staticmethod
+    def gather(*function_calls: FunctionCall) -> list[Any]:
+        from ._client.aio import run_sync
+
+        return run_sync(FunctionCall._gather(*function_calls))
+
+
+FunctionCall.gather.aio = FunctionCall._gather  # type: ignore[attr-defined]

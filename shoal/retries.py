@@ -1,0 +1,77 @@
+"""`Retries`: Modal's retry policy object, plus the pure delay computation the control plane uses."""
+
+from __future__ import annotations
+
+from .exception import InvalidError
+
+MIN_DELAY = 0.0
+MAX_INITIAL_DELAY = 60.0
+MAX_DELAY = 60.0
+
+
+class Retries:
+    """How often and how patiently a failed input is re-run.
+
+    `delay(n) = initial_delay * backoff_coefficient ** (n - 1)`, capped at `max_delay`.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_retries: int,
+        backoff_coefficient: float = 2.0,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+    ) -> None:
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise InvalidError(f"Invalid retries number: {max_retries!r}. Must be a non-negative integer.")
+        if max_retries > 10:
+            raise InvalidError(f"Invalid retries number: {max_retries}. Function retries must be between 0 and 10.")
+        if not 1.0 <= backoff_coefficient <= 10.0:
+            raise InvalidError(
+                f"Invalid backoff_coefficient: {backoff_coefficient}. Must be between 1.0 and 10.0 inclusive."
+            )
+        if not MIN_DELAY <= initial_delay <= MAX_INITIAL_DELAY:
+            raise InvalidError(f"Invalid initial_delay: {initial_delay}. Must be between 0 and 60 seconds.")
+        if not 1.0 <= max_delay <= MAX_DELAY:
+            raise InvalidError(f"Invalid max_delay: {max_delay}. Must be between 1 and 60 seconds.")
+        self.max_retries = max_retries
+        self.backoff_coefficient = float(backoff_coefficient)
+        self.initial_delay = float(initial_delay)
+        self.max_delay = float(max_delay)
+
+    def __repr__(self) -> str:
+        return (
+            f"Retries(max_retries={self.max_retries}, backoff_coefficient={self.backoff_coefficient}, "
+            f"initial_delay={self.initial_delay}, max_delay={self.max_delay})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Retries) and self.to_dict() == other.to_dict()
+
+    def to_dict(self) -> dict:
+        return {
+            "max_retries": self.max_retries,
+            "backoff_coefficient": self.backoff_coefficient,
+            "initial_delay": self.initial_delay,
+            "max_delay": self.max_delay,
+        }
+
+
+def parse_retries(retries: int | Retries | None) -> Retries | None:
+    """`retries=n` means n retries with a fixed 1 s delay, as in Modal."""
+    if retries is None:
+        return None
+    if isinstance(retries, Retries):
+        return retries
+    if isinstance(retries, int) and not isinstance(retries, bool):
+        if retries < 0 or retries > 10:
+            raise InvalidError(f"Invalid retries number: {retries}. Function retries must be between 0 and 10.")
+        return Retries(max_retries=retries, initial_delay=1.0, backoff_coefficient=1.0)
+    raise InvalidError(f"retries must be an int or a modal.Retries object, got {type(retries).__name__}")
+
+
+def retry_delay(policy: dict, attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1-based). Pure; used by the control plane."""
+    delay = policy["initial_delay"] * policy["backoff_coefficient"] ** max(attempt - 1, 0)
+    return min(delay, policy["max_delay"])

@@ -1,0 +1,1 @@
+"""The container runtime: the first process inside every container (`python -m shoal.runtime`)."""

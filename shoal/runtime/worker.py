@@ -1,0 +1,198 @@
+"""Runs user code inside a container: connect to the control plane, import the function, take inputs in,
+send outputs back.
+
+The main thread does blocking socket I/O and runs user code itself: no event loop is running there, so user
+code may call `asyncio.run()` or shoal's blocking API, and a trivial input costs no thread hand-off. Output
+frames are batched while more inputs of the same batch wait, so fast functions cost one frame per batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import inspect
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable
+
+import msgpack
+
+from .. import _container_context, _protocol
+from .._serialization import dumps, dumps_exception, loads
+
+T_PROCESS_START = time.time()
+FLUSH_INTERVAL_S = 0.002
+
+
+class StopImport(BaseException):
+    """Raised by `App.run()` when the runtime imports a module that calls it at top level."""
+
+
+def _die_with_parent() -> None:
+    """If the control plane dies, so does this container (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def load_function(init: dict[str, Any]) -> tuple[Callable, dict[str, float]]:
+    """Import (or unpickle) the user's function and hydrate its app so nested calls work."""
+    from ..app import App
+
+    definition = init["definition"]
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if definition.get("serialized_fn") is not None:
+        fn = loads(definition["serialized_fn"], "serialized function")
+        timings["imports_s"] = time.perf_counter() - t0
+        App._hydrate_all(init["app_functions"], definition.get("app_name"))
+        return fn, timings
+    _container_context.importing_user_module = True
+    try:
+        try:
+            importlib.import_module(definition["module"])
+        except StopImport:
+            pass  # top-level `with app.run():` reached: everything above it is defined
+    finally:
+        _container_context.importing_user_module = False
+    timings["imports_s"] = time.perf_counter() - t0
+    app = App._hydrate_all(init["app_functions"], definition.get("app_name"), tag=definition["tag"])
+    fn_obj = app.registered_functions.get(definition["tag"]) if app else None
+    if fn_obj is None:
+        raise RuntimeError(
+            f"function {definition['tag']!r} not found after importing module {definition['module']!r}"
+        )
+    return fn_obj.get_raw_f(), timings
+
+
+class Channel:
+    """Blocking frame I/O on the control-plane socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rfile = sock.makefile("rb", buffering=1 << 16)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.sendall(_protocol.encode(msg))
+
+    def recv(self) -> dict[str, Any] | None:
+        header = self.rfile.read(_protocol.HEADER.size)
+        if len(header) < _protocol.HEADER.size:
+            return None
+        (length,) = _protocol.HEADER.unpack(header)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            return None
+        return msgpack.unpackb(body, raw=False)
+
+
+class Worker:
+    def __init__(self, channel: Channel, fn: Callable, definition: dict[str, Any]) -> None:
+        self.channel = channel
+        self.fn = fn
+        self.is_gen = bool(definition.get("is_generator"))
+        self.loop = None  # created on first async input
+
+    def run_coro(self, awaitable: Any) -> Any:
+        import asyncio
+
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        return self.loop.run_until_complete(awaitable)
+
+    def call(self, key: int, args: bytes) -> list[Any]:
+        t0 = time.perf_counter()
+        try:
+            a, kw = loads(args, "arguments")
+            if self.is_gen:
+                self.stream(key, self.fn(*a, **kw))
+                result = None
+            else:
+                result = self.fn(*a, **kw)
+                if inspect.isawaitable(result):
+                    result = self.run_coro(result)
+            out = [key, "ok", dumps(result, "return value")]
+        except BaseException as exc:  # noqa: BLE001 - every failure, SystemExit included, goes to the caller
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            out = [key, "err", dumps_exception(exc)]
+        out.append(time.perf_counter() - t0)
+        return out
+
+    def stream(self, key: int, gen: Any) -> None:
+        if inspect.isasyncgen(gen):
+            while True:
+                try:
+                    item = self.run_coro(gen.__anext__())
+                except StopAsyncIteration:
+                    return
+                self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
+        for item in gen:
+            self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
+
+    def serve(self) -> None:
+        while True:
+            msg = self.channel.recv()
+            if msg is None or msg["t"] == "stop":
+                return
+            if msg["t"] != "inputs":
+                continue
+            pending: list[list[Any]] = []
+            last_flush = time.perf_counter()
+            items = msg["items"]
+            for i, (key, input_id, call_id, args) in enumerate(items):
+                tokens = _container_context.set_current(input_id, call_id)
+                try:
+                    pending.append(self.call(key, args))
+                finally:
+                    _container_context._input_id.reset(tokens[0])
+                    _container_context._call_id.reset(tokens[1])
+                if i == len(items) - 1 or time.perf_counter() - last_flush > FLUSH_INTERVAL_S:
+                    self.channel.send({"t": "out", "items": pending})
+                    pending = []
+                    last_flush = time.perf_counter()
+
+
+def connect(address: str) -> socket.socket:
+    if address.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address[5:])
+    else:
+        host, _, port = address.removeprefix("tcp://").rpartition(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def main() -> None:
+    _die_with_parent()
+    channel = Channel(connect(os.environ["SHOAL_CONTROL"]))
+    channel.send({
+        "t": "hello", "container_id": os.environ["SHOAL_CONTAINER_ID"],
+        "token": os.environ.get("SHOAL_CONTAINER_TOKEN", ""), "pid": os.getpid(),
+    })
+    init = channel.recv()
+    if init is None:
+        os._exit(1)
+    t_connected = time.time()
+    try:
+        fn, timings = load_function(init)
+    except BaseException as exc:  # noqa: BLE001 - report import errors to the caller, then exit
+        print(f"shoal: failed to load function: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        channel.send({"t": "init_failed", "exc": dumps_exception(exc), "summary": f"{type(exc).__name__}: {exc}"})
+        os._exit(1)
+    timings["connect_s"] = t_connected - T_PROCESS_START
+    timings["init_s"] = time.time() - T_PROCESS_START
+    channel.send({"t": "ready", "timings": timings})
+    try:
+        Worker(channel, fn, init["definition"]).serve()
+    except (KeyboardInterrupt, BrokenPipeError, ConnectionError):
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,92 @@
+"""`Secret`: environment variables handed to containers. Named secrets live in the control plane."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .exception import InvalidError
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_KEY, MAX_VALUE = 16_384, 32_768
+
+
+def _check(env: dict[str, str | None]) -> dict[str, str | None]:
+    if not isinstance(env, dict):
+        raise InvalidError(f"a secret must be a dict of str to str, got {type(env).__name__}")
+    for k, v in env.items():
+        if not isinstance(k, str) or not KEY_RE.match(k) or len(k) > MAX_KEY:
+            raise InvalidError(f"invalid secret key {k!r}: must match [A-Za-z_][A-Za-z0-9_]* (≤ {MAX_KEY} chars)")
+        if v is not None and (not isinstance(v, str) or len(v) > MAX_VALUE):
+            raise InvalidError(f"secret value for {k!r} must be a string of at most {MAX_VALUE} characters")
+    return dict(env)
+
+
+class Secret:
+    """A set of environment variables. Later secrets in a function's list override earlier ones."""
+
+    def __init__(self, env: dict[str, str | None] | None = None, *, name: str | None = None,
+                 required_keys: list[str] | None = None) -> None:
+        self._env = _check(env or {})
+        self._name = name
+        self._required_keys = list(required_keys or [])
+
+    def __repr__(self) -> str:
+        label = f"name={self._name!r}" if self._name else f"keys={sorted(self._env)}"
+        return f"Secret({label})"
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @staticmethod
+    def from_dict(env_dict: dict[str, str | None] = {}) -> Secret:  # noqa: B006 - Modal's signature
+        return Secret(env_dict)
+
+    @staticmethod
+    def from_local_environ(env_keys: list[str]) -> Secret:
+        missing = [k for k in env_keys if k not in os.environ]
+        if missing:
+            raise InvalidError(f"local environment variable(s) not set: {', '.join(missing)}")
+        return Secret({k: os.environ[k] for k in env_keys})
+
+    @staticmethod
+    def from_dotenv(path: str | Path | None = None, *, filename: str = ".env") -> Secret:
+        """Read `filename` from the working directory (path=None) or from `path`'s directory and its parents."""
+        start = Path.cwd() if path is None else Path(path).resolve()
+        if start.is_file():
+            start = start.parent
+        candidates = [start / filename] if path is None else [d / filename for d in (start, *start.parents)]
+        for candidate in candidates:
+            if candidate.is_file():
+                return Secret(_parse_dotenv(candidate.read_text()))
+        return Secret({})
+
+    @staticmethod
+    def from_name(name: str, *, environment_name: str | None = None, required_keys: list[str] = [],  # noqa: B006
+                  client: object = None) -> Secret:
+        """A named secret, resolved by the control plane when a container starts."""
+        return Secret({}, name=name, required_keys=required_keys)
+
+    def env(self) -> dict[str, str | None]:
+        return dict(self._env)
+
+
+def _parse_dotenv(text: str) -> dict[str, str | None]:
+    env: dict[str, str | None] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        env[key.strip()] = value
+    return env

@@ -1,0 +1,608 @@
+"""The dispatcher: accepts calls, hands inputs to containers, collects outputs, retries, scales pools.
+
+Everything here runs on the control plane's one event loop; the store is written behind (group commit) and
+read only at start-up and for calls no longer in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets as _secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from .. import _protocol
+from .._serialization import dumps_exception
+from ..config import RESULT_TTL_S
+from ..exception import ExecutionError, FunctionTimeoutError
+from ..retries import retry_delay
+from . import policy
+from .logs import AppLogs
+from .model import FAILURE, ITEM, SUCCESS, TERMINATED, TIMEOUT, Call, Container, Input, Pool
+from .store.sqlite import SQLiteStore
+
+log = logging.getLogger("shoal.dispatch")
+SESSION_GRACE_S = float(os.environ.get("SHOAL_SESSION_GRACE_S", "10"))
+CALL_IDLE_EVICT_S = 300.0
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{_secrets.token_hex(10)}"
+
+
+class AppState:
+    def __init__(self, app_id: str, name: str | None, mode: str, detach: bool) -> None:
+        self.id = app_id
+        self.name = name
+        self.mode = mode
+        self.detach = detach
+        self.state = "running"
+        self.functions: dict[str, str] = {}  # tag -> function_id
+        self.logs = AppLogs()
+        self.sessions = 0
+        self.orphaned_at: float | None = time.monotonic()  # no client session attached yet
+
+
+class Dispatcher:
+    def __init__(self, store: SQLiteStore, backend: Any, state_dir: Path, control_address: str) -> None:
+        self.store = store
+        self.backend = backend
+        self.state_dir = state_dir
+        self.control_address = control_address
+        self.apps: dict[str, AppState] = {}
+        self.pools: dict[str, Pool] = {}
+        self.calls: dict[str, Call] = {}
+        self.containers: dict[str, Container] = {}
+        self.server_url = ""
+        self.server_token = ""
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- start-up and housekeeping ---------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Rebuild running apps, their functions and every unfinished input from the store."""
+        for app_id, name, mode, detach in self.store.read_now(
+            "SELECT app_id, name, mode, detach FROM apps WHERE state='running'"
+        ):
+            self.apps[app_id] = AppState(app_id, name, mode, bool(detach))
+        for function_id, app_id, tag, definition in self.store.read_now(
+            "SELECT function_id, app_id, tag, definition FROM functions"
+        ):
+            if app_id in self.apps:
+                self._add_pool(function_id, app_id, msgpack.unpackb(definition))
+        rows = self.store.read_now(
+            "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
+            "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id) "
+            "FROM calls c WHERE c.state='running'"
+        )
+        requeued = 0
+        for call_id, function_id, kind, num_inputs, max_seq in rows:
+            pool = self.pools.get(function_id)
+            if pool is None:
+                self.store.set_call_state(call_id, TERMINATED)
+                continue
+            call = Call(call_id, pool, kind, num_inputs)
+            call.next_seq = max_seq + 1
+            self.calls[call_id] = call
+            finals = dict(
+                (idx, (status, data)) for idx, status, data in self.store.read_now(
+                    "SELECT idx, status, data FROM outputs WHERE call_id=? AND final=1", (call_id,)
+                )
+            )
+            call.done = len(finals)
+            if call.keeps_results:
+                call.results.update(finals)
+            for idx, args in self.store.read_now("SELECT idx, args FROM inputs WHERE call_id=?", (call_id,)):
+                if call.received is not None:
+                    call.received.add(idx)
+                if idx not in finals:
+                    pool.queue.append(Input(call, idx, args))
+                    requeued += 1
+            if call.finished:
+                self._complete_call(call)
+        if requeued:
+            log.info("recovered %d unfinished inputs", requeued)
+        for pool in self.pools.values():
+            self._scale(pool)
+
+    async def housekeeping(self) -> None:
+        """Once a second: scale idle pools down, stop orphaned apps, forget idle calls; hourly: expire results."""
+        last_expiry = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for app in list(self.apps.values()):
+                if (app.mode == "ephemeral" and not app.detach and app.sessions == 0 and app.orphaned_at
+                        and now - app.orphaned_at > SESSION_GRACE_S):
+                    log.info("app %s lost its client; stopping", app.id)
+                    await self.stop_app(app.id)
+            for pool in list(self.pools.values()):
+                self._scale_down(pool, now)
+            for call in list(self.calls.values()):
+                if call.state != "running" and now - call.last_active > CALL_IDLE_EVICT_S:
+                    del self.calls[call.id]
+            if time.time() - last_expiry > 3600:
+                last_expiry = time.time()
+                self.store.expire(time.time() - RESULT_TTL_S)
+
+    # -- apps and functions ----------------------------------------------------------------------------------
+    async def create_app(self, name: str | None, mode: str, detach: bool) -> AppState:
+        app = AppState(new_id("ap"), name, mode, detach)
+        self.apps[app.id] = app
+        await self.store.flushed(self.store.put_app(app.id, name, mode, detach))
+        return app
+
+    def _add_pool(self, function_id: str, app_id: str, definition: dict[str, Any]) -> Pool:
+        pool = Pool(function_id, app_id, definition)
+        self.pools[function_id] = pool
+        self.apps[app_id].functions[definition["tag"]] = function_id
+        return pool
+
+    async def register_functions(self, app: AppState, definitions: list[dict[str, Any]]) -> dict[str, str]:
+        ticket = 0
+        for d in definitions:
+            function_id = app.functions.get(d["tag"]) or new_id("fu")
+            if function_id in self.pools:
+                self.pools[function_id].definition = d
+                self.pools[function_id].options = d.get("options", {})
+                self.pools[function_id].start_failures = 0
+            else:
+                pool = self._add_pool(function_id, app.id, d)
+                min_c = pool.options.get("min_containers") or 0
+                if min_c:
+                    self._scale(pool)
+            ticket = self.store.put_function(function_id, app.id, d["tag"], msgpack.packb(d))
+        await self.store.flushed(ticket)
+        return dict(app.functions)
+
+    async def stop_app(self, app_id: str) -> None:
+        app = self.apps.pop(app_id, None)
+        if app is None:
+            return
+        app.state = "stopped"
+        self.store.set_app_stopped(app_id)
+        for function_id in app.functions.values():
+            pool = self.pools.pop(function_id, None)
+            if pool is None:
+                continue
+            pool.stopped = True
+            for call in [c for c in self.calls.values() if c.pool is pool and c.state == "running"]:
+                self._terminate_call(call, "the app was stopped")
+            for c in list(pool.containers.values()):
+                self._stop_container(c, "app stopped")
+        app.logs.wake()
+
+    # -- calls -----------------------------------------------------------------------------------------------
+    def get_pool(self, function_id: str) -> Pool | None:
+        return self.pools.get(function_id)
+
+    async def create_call(self, pool: Pool, call_id: str, kind: str, args: bytes | None) -> tuple[Call, int]:
+        """A new call (idempotent on `call_id`); returns it with the store ticket that makes it durable."""
+        existing = self.calls.get(call_id)
+        if existing is not None:
+            return existing, 0
+        total = None if kind == "map" else 1
+        call = Call(call_id, pool, kind, total)
+        self.calls[call_id] = call
+        ticket = self.store.put_call(call_id, pool.function_id, kind, total)
+        if args is not None:
+            ticket = self.store.put_inputs([(call_id, 0, args)])
+            self._enqueue(pool, [Input(call, 0, args)])
+        return call, ticket
+
+    def add_inputs(self, call: Call, items: list[tuple[int, bytes]], last: bool) -> int:
+        """Inputs of a map, streamed in batches; duplicates (client retries) are ignored."""
+        assert call.received is not None
+        fresh = [(idx, args) for idx, args in items if idx not in call.received]
+        call.received.update(idx for idx, _ in fresh)
+        ticket = self.store.put_inputs([(call.id, idx, args) for idx, args in fresh]) if fresh else 0
+        if last and call.total is None:
+            call.total = len(call.received)
+            call.received = None
+            ticket = self.store.set_call_total(call.id, call.total)
+        if call.cancelled:
+            return ticket
+        self._enqueue(call.pool, [Input(call, idx, args) for idx, args in fresh])
+        if call.finished:
+            self._complete_call(call)
+        return ticket
+
+    def cancel_call(self, call: Call, terminate_containers: bool) -> None:
+        self._terminate_call(call, "the call was cancelled", terminate_containers=terminate_containers)
+
+    def _terminate_call(self, call: Call, reason: str, terminate_containers: bool = True) -> None:
+        call.cancelled = True
+        pool = call.pool
+        pool.queue = type(pool.queue)(i for i in pool.queue if i.call is not call)
+        for c in list(pool.containers.values()):
+            hit = [i for i in c.running.values() if i.call is call]
+            if hit and (terminate_containers or not pool.definition.get("is_async")):
+                # Sync code cannot be interrupted safely: the container goes, its other inputs are re-queued.
+                self._stop_container(c, f"terminated: {reason}", kill=True)
+        if call.total is None:
+            call.total = len(call.received or ())
+        done = set(call.results)
+        data = dumps_exception(ExecutionError(f"Function call {call.id} terminated: {reason}"))
+        for idx in range(call.total):
+            if idx not in done:
+                self._finish_output(call, idx, TERMINATED, data)
+
+    # -- scheduling ------------------------------------------------------------------------------------------
+    def _enqueue(self, pool: Pool, inputs: list[Input], front: bool = False) -> None:
+        if front:
+            pool.queue.extendleft(reversed(inputs))
+        else:
+            pool.queue.extend(inputs)
+        self._pump(pool)
+        if pool.queue:
+            self._scale(pool)
+
+    def _pump(self, pool: Pool) -> None:
+        """Hand queued inputs to ready containers with room, least loaded first."""
+        if not pool.queue:
+            return
+        ready = pool.ready()
+        if not ready:
+            return
+        capacity = policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s)
+        now = time.monotonic()
+        timeout = float(pool.options.get("timeout") or 300)
+        for c in sorted(ready, key=lambda c: len(c.running)):
+            n = policy.dispatch_batch(
+                room=capacity - len(c.running), queued=len(pool.queue), ready_containers=len(ready),
+                avg_exec_s=pool.avg_exec_s,
+            )
+            if n <= 0:
+                continue
+            items = []
+            loop = asyncio.get_running_loop()
+            while pool.queue and len(items) < n:
+                inp = pool.queue.popleft()
+                if inp.call.cancelled:
+                    continue
+                c.next_key += 1
+                inp.key = c.next_key
+                inp.container = c
+                inp.dispatched_at = now
+                inp.timer = loop.call_later(timeout, self._on_timeout, inp)
+                c.running[inp.key] = inp
+                items.append([inp.key, inp.input_id, inp.call.id, inp.args])
+            if items and c.writer is not None:
+                c.writer.write(_protocol.encode({"t": "inputs", "items": items}))
+            if not pool.queue:
+                break
+
+    def _scale(self, pool: Pool) -> None:
+        if pool.stopped:
+            return
+        if pool.start_failures >= policy.MAX_START_FAILURES:
+            self._fail_queue(pool, ExecutionError(
+                f"Function {pool.tag!r}: {pool.start_failures} container starts failed in a row; last error: "
+                f"{pool.last_start_error}"))
+            return
+        live = pool.live()
+        opts = pool.options
+        want = policy.desired_containers(
+            queued=len(pool.queue), running=pool.running_count(), per_container=pool.max_inputs,
+            min_containers=opts.get("min_containers"), max_containers=opts.get("max_containers"),
+            buffer_containers=opts.get("buffer_containers"),
+            capacity=len(live) + max(0, self.backend.capacity() - len(self.containers)),
+            avg_exec_s=pool.avg_exec_s,
+        )
+        starting = sum(1 for c in live if c.state == "starting")
+        for _ in range(max(0, want - len(live))):
+            if starting >= max(2, os.cpu_count() or 2):
+                break
+            starting += 1
+            self._start_container(pool)
+
+    def _scale_down(self, pool: Pool, now: float) -> None:
+        window = float(pool.options.get("scaledown_window") or policy.DEFAULT_SCALEDOWN_WINDOW_S)
+        min_c = int(pool.options.get("min_containers") or 0)
+        for c in pool.ready():
+            if c.running or pool.queue:
+                continue
+            if policy.should_scale_down(idle_for_s=now - c.idle_since, scaledown_window_s=window,
+                                        live=len(pool.live()), min_containers=min_c):
+                self._stop_container(c, "scaled down after idle window")
+        if len(pool.live()) < min_c:
+            self._scale(pool)
+        # Containers that never became ready in time are failed starts.
+        startup = float(pool.options.get("startup_timeout") or pool.options.get("timeout") or 300)
+        for c in pool.live():
+            if c.state == "starting" and now - c.created_at > startup:
+                c.init_error = None
+                pool.last_start_error = f"container did not become ready within {startup:g}s"
+                self._stop_container(c, pool.last_start_error, kill=True, failed_start=True)
+
+    def _fail_queue(self, pool: Pool, exc: BaseException, data: bytes | None = None) -> None:
+        data = data or dumps_exception(exc)
+        while pool.queue:
+            inp = pool.queue.popleft()
+            if not inp.call.cancelled:
+                self._finish_output(inp.call, inp.idx, FAILURE, data)
+
+    # -- containers ------------------------------------------------------------------------------------------
+    def _start_container(self, pool: Pool) -> None:
+        c = Container(id=new_id("ta"), pool=pool, token=_secrets.token_hex(16))
+        pool.containers[c.id] = c
+        self.containers[c.id] = c
+        task = asyncio.create_task(self._run_container(c))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_container(self, c: Container) -> None:
+        env = {
+            "SHOAL_CONTAINER_ID": c.id,
+            "SHOAL_CONTAINER_TOKEN": c.token,
+            "SHOAL_CONTROL": self.control_address,
+            "SHOAL_SERVER_URL": self.server_url,
+            "SHOAL_TOKEN": self.server_token,
+        }
+        app = self.apps.get(c.pool.app_id)
+        try:
+            c.handle = await self.backend.start(
+                container_id=c.id, definition=c.pool.definition, env=env,
+                on_output=(app.logs.append if app else None),
+            )
+        except Exception as exc:  # the backend could not even start it
+            log.exception("container %s failed to start", c.id)
+            c.pool.last_start_error = f"{type(exc).__name__}: {exc}"
+            self._on_container_exit(c, None, failed_start=True)
+            return
+        if c.state == "dead":  # stopped while starting
+            c.handle.kill()
+        returncode = await c.handle.wait()
+        self._on_container_exit(c, returncode)
+
+    def _stop_container(self, c: Container, reason: str, kill: bool = False, failed_start: bool = False) -> None:
+        if c.state in ("stopping", "dead"):
+            return
+        c.stop_reason = reason
+        c.state = "stopping"
+        if failed_start:
+            c.pool.start_failures += 1
+        if c.handle is None:
+            return  # _run_container kills it once started
+        if kill or c.writer is None:
+            c.handle.kill()
+        else:
+            c.writer.write(_protocol.encode({"t": "stop"}))
+            asyncio.get_running_loop().call_later(30.0, c.handle.kill)
+        # Inputs it held go back to the queue now, not when the process is gone.
+        self._requeue_running(c, charge=False)
+
+    def _requeue_running(self, c: Container, charge: bool, reason: str = "") -> None:
+        pool = c.pool
+        back = []
+        for inp in c.running.values():
+            if inp.timer:
+                inp.timer.cancel()
+            inp.container = None
+            if inp.call.cancelled:
+                continue
+            if charge:
+                inp.crashes += 1
+                if inp.crashes > policy.MAX_CRASH_RETRIES:
+                    self._finish_output(inp.call, inp.idx, FAILURE, dumps_exception(ExecutionError(
+                        f"the container running this input died {inp.crashes} times ({reason})")))
+                    continue
+            back.append(inp)
+        c.running.clear()
+        if back and not pool.stopped:
+            self._enqueue(pool, back, front=True)
+
+    def _on_container_exit(self, c: Container, returncode: int | None, failed_start: bool = False) -> None:
+        was_ready = c.ready_at is not None
+        prev_state = c.state
+        c.state = "dead"
+        pool = c.pool
+        pool.containers.pop(c.id, None)
+        self.containers.pop(c.id, None)
+        if c.writer is not None:
+            c.writer.close()
+        reason = describe_exit(returncode)
+        if prev_state != "stopping":
+            app = self.apps.get(pool.app_id)
+            if app and returncode not in (0, None):
+                app.logs.append(c.id, "system", f"container {c.id} exited: {reason}\n")
+            if not was_ready:
+                pool.start_failures += 1
+                pool.last_start_error = pool.last_start_error if failed_start else f"container {reason}"
+            self._requeue_running(c, charge=True, reason=reason)
+        if c.init_error is not None:
+            self._fail_queue(pool, ExecutionError("init failed"), data=c.init_error)
+        if pool.queue:
+            self._scale(pool)
+
+    async def handle_runtime(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One container runtime's stream: hello, init, then inputs out and outputs in."""
+        hello = await _protocol.read_frame(reader)
+        c = self.containers.get(hello.get("container_id", "")) if hello else None
+        if c is None or hello.get("token") != c.token or c.state != "starting":
+            writer.close()
+            return
+        c.writer = writer
+        pool = c.pool
+        app = self.apps.get(pool.app_id)
+        writer.write(_protocol.encode({
+            "t": "init", "function_id": pool.function_id, "definition": pool.definition,
+            "app_functions": dict(app.functions) if app else {}, "app_id": pool.app_id,
+        }))
+        while True:
+            msg = await _protocol.read_frame(reader)
+            if msg is None:
+                break
+            t = msg["t"]
+            if t == "out":
+                self._on_outputs(c, msg["items"])
+            elif t == "item":
+                inp = c.running.get(msg["key"])
+                if inp is not None and not inp.call.cancelled:
+                    self._add_output(inp.call, inp.idx, ITEM, msg["data"], final=False)
+            elif t == "ready":
+                if c.state == "starting":
+                    c.state = "ready"
+                    c.ready_at = time.monotonic()
+                    c.idle_since = c.ready_at
+                    c.timings = msg.get("timings", {})
+                    pool.start_failures = 0
+                    self._pump(pool)
+            elif t == "init_failed":
+                c.init_error = msg["exc"]
+                pool.last_start_error = msg.get("summary", "container initialisation failed")
+        # Stream gone: the process is dying or dead; make sure it is.
+        if c.state not in ("dead",) and c.handle is not None:
+            c.handle.kill()
+
+    def _on_outputs(self, c: Container, items: list[list[Any]]) -> None:
+        pool = c.pool
+        finals: list[tuple[Call, int, str, bytes | None]] = []
+        for key, status, data, duration in items:
+            inp = c.running.pop(key, None)
+            if inp is None:
+                continue  # timed out or cancelled meanwhile
+            if inp.timer:
+                inp.timer.cancel()
+            inp.container = None
+            pool.avg_exec_s = policy.ewma(pool.avg_exec_s, duration)
+            if inp.call.cancelled:
+                continue
+            if status == "ok":
+                finals.append((inp.call, inp.idx, SUCCESS, data))
+            else:
+                self._fail_attempt(inp, FAILURE, data)
+        self._finish_outputs(finals)
+        if not c.running:
+            c.idle_since = time.monotonic()
+        self._pump(pool)
+
+    def _on_timeout(self, inp: Input) -> None:
+        c = inp.container
+        if c is None:
+            return
+        c.running.pop(inp.key, None)
+        inp.container = None
+        timeout = pool_timeout(c.pool)
+        data = dumps_exception(FunctionTimeoutError(f"Function {c.pool.tag!r} timed out after {timeout:g}s"))
+        self._stop_container(c, f"input {inp.input_id} timed out", kill=True)
+        self._fail_attempt(inp, TIMEOUT, data)
+
+    def _fail_attempt(self, inp: Input, status: str, data: bytes) -> None:
+        """A user-visible failure: retry per the function's policy or finish with the error."""
+        retries = inp.call.pool.options.get("retries")
+        inp.attempt += 1
+        if retries and inp.attempt <= retries["max_retries"] and not inp.call.cancelled:
+            delay = retry_delay(retries, inp.attempt)
+            asyncio.get_running_loop().call_later(delay, self._retry, inp)
+        else:
+            self._finish_output(inp.call, inp.idx, status, data)
+
+    def _retry(self, inp: Input) -> None:
+        if not inp.call.cancelled and not inp.call.pool.stopped:
+            self._enqueue(inp.call.pool, [inp], front=True)
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+    def _finish_output(self, call: Call, idx: int, status: str, data: bytes | None) -> None:
+        self._finish_outputs([(call, idx, status, data)])
+
+    def _finish_outputs(self, finals: list[tuple[Call, int, str, bytes | None]]) -> None:
+        """Final outputs of inputs: each counted once, stored in one write, then shown to readers."""
+        rows = []
+        for call, idx, status, data in finals:
+            if call.keeps_results and idx in call.results:
+                continue
+            call.done += 1
+            rows.append((call, idx, status, data, True))
+        self._add_outputs(rows)
+        for call, *_ in rows:
+            if call.finished:
+                self._complete_call(call)
+
+    def _add_output(self, call: Call, idx: int, status: str, data: bytes | None, final: bool) -> None:
+        self._add_outputs([(call, idx, status, data, final)])
+
+    def _add_outputs(self, rows: list[tuple[Call, int, str, bytes | None, bool]]) -> None:
+        if not rows:
+            return
+        stored, shown = [], []
+        for call, idx, status, data, final in rows:
+            seq = call.next_seq
+            call.next_seq += 1
+            if final and call.kind == "remote":
+                # The waiting `.remote()` caller gets its result now; durability follows behind.
+                call.results[idx] = (status, data)
+                for fut in call.result_waiters.pop(idx, []):
+                    if not fut.done():
+                        fut.set_result((status, data))
+            stored.append((call.id, seq, idx, status, data, final))
+            shown.append((call, seq, idx, status, data, final))
+        ticket = self.store.put_outputs(stored)
+
+        def publish() -> None:
+            for call, seq, idx, status, data, final in shown:
+                call.publish(seq, idx, status, data, final)
+
+        self.store.after(ticket, publish)
+
+    def _complete_call(self, call: Call) -> None:
+        if call.state != "running":
+            return
+        call.state = "terminated" if call.cancelled else "complete"
+        self.store.set_call_state(call.id, call.state)
+
+    # -- reads for the API -----------------------------------------------------------------------------------
+    async def wait_result(self, call: Call, idx: int, timeout: float) -> tuple[str, bytes | None] | None:
+        if idx in call.results:
+            return call.results[idx]
+        fut = asyncio.get_running_loop().create_future()
+        call.result_waiters[idx].append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout) if timeout > 0 else None
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            if fut in call.result_waiters.get(idx, []):
+                call.result_waiters[idx].remove(fut)
+
+    async def wait_outputs(self, call: Call, after: int, timeout: float, limit: int) -> list:
+        out = call.outputs_after(after, limit)
+        if out or timeout <= 0 or (call.state != "running" and call.finished):
+            return out
+        fut = asyncio.get_running_loop().create_future()
+        call.output_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            pass
+        return call.outputs_after(after, limit)
+
+    def stats(self, pool: Pool) -> dict[str, int]:
+        return {
+            "backlog": len(pool.queue),
+            "num_total_runners": len(pool.live()),
+            "num_running_inputs": pool.running_count(),
+        }
+
+
+def pool_timeout(pool: Pool) -> float:
+    return float(pool.options.get("timeout") or 300)
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "could not be started"
+    if returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {returncode}"

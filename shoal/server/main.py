@@ -1,0 +1,133 @@
+"""Start the control plane: store, dispatcher, container stream, HTTP API; publish its address.
+
+One control plane per state directory, enforced with a lock file. Its URL and pid go to
+`SHOAL_HOME/server.json`, its API token to `SHOAL_HOME/token` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from ..backends.local import LocalBackend
+from ..config import home
+from .api import Api
+from .dispatch import Dispatcher
+from .store import open_store
+
+log = logging.getLogger("shoal.server")
+
+
+def load_token(state_dir: Path) -> str:
+    path = state_dir / "token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def control_socket_path(state_dir: Path) -> Path:
+    """Unix socket for container runtimes; falls back to /tmp when the state path is too long for AF_UNIX."""
+    path = state_dir / "control.sock"
+    if len(str(path)) < 100:
+        return path
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"shoal-{os.getuid()}-{digest}.sock"
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def take_lock(state_dir: Path) -> int:
+    fd = os.open(state_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise AlreadyRunning(f"a shoal control plane already runs for {state_dir}") from exc
+    return fd
+
+
+async def serve(host: str, port: int, state_dir: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = take_lock(state_dir)
+    token = load_token(state_dir)
+    store = open_store(state_dir)
+    await store.open()
+    sock_path = control_socket_path(state_dir)
+    sock_path.unlink(missing_ok=True)
+    dispatcher = Dispatcher(store, LocalBackend(), state_dir, f"unix:{sock_path}")
+    stop = asyncio.Event()
+    api = Api(dispatcher, token, state_dir, on_shutdown=stop.set)
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://{host}:{bound_port}"
+    dispatcher.server_url = url
+    dispatcher.server_token = token
+    control = await asyncio.start_unix_server(dispatcher.handle_runtime, str(sock_path), limit=2**26)
+    os.chmod(sock_path, 0o600)
+    await dispatcher.recover()
+    housekeeping = asyncio.create_task(dispatcher.housekeeping())
+    info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir)}
+    tmp = state_dir / f".server.json.{os.getpid()}"
+    tmp.write_text(json.dumps(info))
+    tmp.replace(state_dir / "server.json")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"shoal control plane listening on {url} (state in {state_dir})", flush=True)
+    await stop.wait()
+    print("shoal control plane stopping", flush=True)
+    housekeeping.cancel()
+    for c in list(dispatcher.containers.values()):
+        if c.handle is not None:
+            c.handle.kill()
+    control.close()
+    await runner.cleanup()
+    await store.close()
+    (state_dir / "server.json").unlink(missing_ok=True)
+    sock_path.unlink(missing_ok=True)
+    os.close(lock_fd)
+
+
+def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("SHOAL_LOGLEVEL", "WARNING"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve(host, port, state_dir or home()))
+    except AlreadyRunning as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli_main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m shoal.server")
+    parser.add_argument("--host", default=os.environ.get("SHOAL_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SHOAL_PORT", "0")))
+    parser.add_argument("--state-dir", type=Path, default=None)
+    args = parser.parse_args()
+    sys.exit(run(args.host, args.port, args.state_dir))

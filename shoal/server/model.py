@@ -1,0 +1,139 @@
+"""In-memory state of the dispatcher: calls, their inputs, container pools and containers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# Output statuses as stored and sent to clients.
+SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "terminated", "item"
+
+
+class Input:
+    """One input of a call; lives until its final output is produced."""
+
+    __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at")
+
+    def __init__(self, call: Call, idx: int, args: bytes) -> None:
+        self.call = call
+        self.idx = idx
+        self.args = args
+        self.attempt = 0  # user-visible failures so far (exceptions and timeouts)
+        self.crashes = 0  # container deaths while running it; not charged to `retries`
+        self.key = 0
+        self.container: Container | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.dispatched_at = 0.0
+
+    @property
+    def input_id(self) -> str:
+        return f"in-{self.call.id[3:]}-{self.idx}"
+
+
+class Call:
+    """A FunctionCall: one input (remote, spawn, generator) or many (map)."""
+
+    def __init__(self, call_id: str, pool: Pool, kind: str, total: int | None) -> None:
+        self.id = call_id
+        self.pool = pool
+        self.kind = kind
+        self.total = total  # None while a map is still streaming inputs in
+        self.received: set[int] | None = set() if total is None else None
+        self.next_seq = 0
+        self.done = 0
+        self.cancelled = False
+        self.state = "running"
+        self.visible: collections.deque[tuple[int, int, str, bytes | None, bool]] = collections.deque()
+        self.results: dict[int, tuple[str, bytes | None]] = {}  # final outputs, kept for get(index)
+        self.result_waiters: dict[int, list[asyncio.Future]] = collections.defaultdict(list)
+        self.output_waiters: list[asyncio.Future] = []
+        self.last_active = time.monotonic()
+
+    @property
+    def keeps_results(self) -> bool:
+        """Single-input calls keep their result for `get()`; maps stream outputs and forget them once read."""
+        return self.kind != "map"
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.done >= self.total
+
+    def publish(self, seq: int, idx: int, status: str, data: bytes | None, final: bool) -> None:
+        """Make a committed output visible to readers."""
+        self.last_active = time.monotonic()
+        self.visible.append((seq, idx, status, data, final))
+        if final and self.keeps_results:
+            self.results[idx] = (status, data)
+            for fut in self.result_waiters.pop(idx, []):
+                if not fut.done():
+                    fut.set_result((status, data))
+        waiters, self.output_waiters = self.output_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def outputs_after(self, after: int, limit: int) -> list[tuple[int, int, str, bytes | None, bool]]:
+        if self.kind in ("map", "gen"):  # the one reader acknowledges what it has seen
+            while self.visible and self.visible[0][0] <= after:
+                self.visible.popleft()
+        out = []
+        for item in self.visible:
+            if item[0] > after:
+                out.append(item)
+                if len(out) >= limit:
+                    break
+        return out
+
+
+@dataclass
+class Container:
+    id: str
+    pool: Pool
+    token: str
+    state: str = "starting"  # starting → ready → stopping → dead
+    writer: asyncio.StreamWriter | None = None
+    handle: Any = None
+    running: dict[int, Input] = field(default_factory=dict)
+    next_key: int = 0
+    created_at: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    idle_since: float = field(default_factory=time.monotonic)
+    stop_reason: str | None = None  # set when the control plane itself ends the container
+    init_error: bytes | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Pool:
+    """All containers of one function, and the inputs waiting for them."""
+
+    def __init__(self, function_id: str, app_id: str, definition: dict[str, Any]) -> None:
+        self.function_id = function_id
+        self.app_id = app_id
+        self.definition = definition
+        self.options: dict[str, Any] = definition.get("options", {})
+        self.queue: collections.deque[Input] = collections.deque()
+        self.containers: dict[str, Container] = {}
+        self.avg_exec_s: float | None = None
+        self.start_failures = 0
+        self.last_start_error: str | None = None
+        self.stopped = False
+
+    @property
+    def tag(self) -> str:
+        return self.definition["tag"]
+
+    @property
+    def max_inputs(self) -> int:
+        return int(self.options.get("max_inputs") or 1)
+
+    def live(self) -> list[Container]:
+        return [c for c in self.containers.values() if c.state in ("starting", "ready")]
+
+    def ready(self) -> list[Container]:
+        return [c for c in self.containers.values() if c.state == "ready"]
+
+    def running_count(self) -> int:
+        return sum(len(c.running) for c in self.containers.values())

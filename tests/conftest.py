@@ -1,0 +1,107 @@
+"""Test fixtures: a real control plane per test session (or per test, for restart tests), real containers.
+
+Test apps live in tests/apps/ and are imported as top-level modules, so their source ships as one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+APPS_DIR = Path(__file__).parent / "apps"
+sys.path.insert(0, str(APPS_DIR))
+PYTHON = sys.executable
+
+
+class ControlPlane:
+    """A `python -m shoal.server` process with its own state directory."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ControlPlane:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "server.json").unlink(missing_ok=True)
+        log = open(self.home / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "shoal.server", "--port", "0", "--state-dir", str(self.home)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while not (self.home / "server.json").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"control plane failed to start: {(self.home / 'server.log').read_text()}")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def url(self) -> str:
+        return json.loads((self.home / "server.json").read_text())["url"]
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no clean-up runs."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _use_home(home: Path) -> None:
+    from shoal._client.transport import reset_client
+
+    os.environ["SHOAL_HOME"] = str(home)
+    os.environ.pop("SHOAL_SERVER_URL", None)
+    reset_client()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """One control plane shared by the tests of this session (or xdist worker)."""
+    cp = ControlPlane(tmp_path_factory.mktemp("shoal-home")).start()
+    _use_home(cp.home)
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture
+def private_control_plane(tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane of this test alone, for tests that kill or restart it."""
+    previous = os.environ.get("SHOAL_HOME")
+    cp = ControlPlane(tmp_path / "home").start()
+    _use_home(cp.home)
+    yield cp
+    cp.stop()
+    if previous:
+        _use_home(Path(previous))
+
+
+def run_script(path: Path | str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a Python script against the current control plane, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([PYTHON, str(path), *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=cwd)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the `shoal` CLI (as `python -m shoal.cli`) against the current control plane."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([PYTHON, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=cwd, input=input)
