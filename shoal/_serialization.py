@@ -17,14 +17,14 @@ from .exception import DeserializationError, ExecutionError, SerializationError
 def dumps(obj: Any, what: str = "value") -> bytes:
     try:
         return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pickling user objects can raise anything
         raise SerializationError(f"could not serialize {what} of type {type(obj).__name__}: {exc}") from exc
 
 
 def loads(data: bytes, what: str = "value") -> Any:
     try:
         return pickle.loads(data)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling user objects can raise anything
         raise DeserializationError(f"could not deserialize {what}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -50,7 +50,7 @@ def dumps_exception(exc: BaseException) -> bytes:
     try:
         exc_bytes = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt; catch that here
-    except Exception:
+    except Exception:  # noqa: BLE001 - fall back to the text form
         exc_bytes = None
     return cloudpickle.dumps(
         {"exc": exc_bytes, "type": type(exc).__name__, "repr": repr(exc), "str": str(exc), "tb": tb_dict,
@@ -67,14 +67,14 @@ def loads_exception(data: bytes) -> BaseException:
     if info.get("exc") is not None:
         try:
             exc = pickle.loads(info["exc"])
-        except Exception:
+        except Exception:  # noqa: BLE001 - e.g. the class is not importable here
             exc = None
     if exc is None:
         exc = ExecutionError(f"{info['type']}: {info['str']}\n\nRemote traceback:\n{info['tb_text']}")
     if info.get("tb"):
         try:
             exc = exc.with_traceback(Traceback.from_dict(info["tb"]).as_traceback())
-        except Exception:
+        except Exception:  # noqa: BLE001 - frames are a nicety; the exception itself matters
             pass
     exc.__shoal_remote_traceback__ = info["tb_text"]  # type: ignore[attr-defined]
     return exc

@@ -7,8 +7,8 @@ import inspect
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from . import _serialization as ser
 from ._client.aio import aio_method, with_sync

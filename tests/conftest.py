@@ -35,6 +35,7 @@ class ControlPlane:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "shoal.server", "--port", "0", "--state-dir", str(self.home)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SHOAL_SESSION_GRACE_S": "3"},
         )
         deadline = time.monotonic() + 30
         while not (self.home / "server.json").exists():
@@ -100,7 +101,7 @@ def run_script(path: Path | str, *args: str, env: dict[str, str] | None = None, 
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess:
+            input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002 - subprocess.run's name
     """Run the `shoal` CLI (as `python -m shoal.cli`) against the current control plane."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([PYTHON, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=timeout,

@@ -12,8 +12,8 @@ import functools
 import inspect
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from ..exception import InvalidError
 

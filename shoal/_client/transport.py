@@ -27,7 +27,7 @@ def _raise_for(status: int, payload: bytes) -> None:
     try:
         body = msgpack.unpackb(payload, raw=False)
         message, kind = body.get("error", ""), body.get("type", "RemoteError")
-    except Exception:
+    except Exception:  # noqa: BLE001 - not our error format: show the raw body
         message, kind = payload[:500].decode("utf-8", "replace"), "RemoteError"
     cls = getattr(exception, kind, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):

@@ -10,7 +10,8 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..config import home
 

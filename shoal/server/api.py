@@ -11,8 +11,9 @@ import io
 import os
 import tarfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import msgpack
 from aiohttp import web
@@ -193,6 +194,9 @@ class Api:
         if not isinstance(defs, list) or not all(isinstance(d, dict) and "tag" in d for d in defs):
             raise ApiError(400, "functions must be a list of maps with a 'tag'")
         for d in defs:
+            if d.get("secret_names"):
+                raise ApiError(404, f"secret {d['secret_names'][0]!r} not found: this control plane does not "
+                                    "store named secrets yet (use Secret.from_dict / from_dotenv)", "NotFoundError")
             if d.get("source_id"):
                 d["source_dir"] = self._materialise(d["source_id"])
             elif d.get("serialized_fn") is None:
@@ -280,7 +284,7 @@ class Api:
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         limit = query_int(request, "limit", 1000)
         outputs = await self.d.wait_outputs(call, after, timeout, limit)
-        done = call.finished and (not outputs or outputs[-1][0] == call.next_seq - 1) and call.state != "running"
+        done = call.drained and (not outputs or outputs[-1][0] == call.published)
         return reply({"outputs": [list(o) for o in outputs], "done": done})
 
     async def get_result(self, request: web.Request) -> web.Response:

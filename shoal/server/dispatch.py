@@ -69,8 +69,8 @@ class Dispatcher:
             "SELECT app_id, name, mode, detach FROM apps WHERE state='running'"
         ):
             self.apps[app_id] = AppState(app_id, name, mode, bool(detach))
-        for function_id, app_id, tag, definition in self.store.read_now(
-            "SELECT function_id, app_id, tag, definition FROM functions"
+        for function_id, app_id, definition in self.store.read_now(
+            "SELECT function_id, app_id, definition FROM functions"
         ):
             if app_id in self.apps:
                 self._add_pool(function_id, app_id, msgpack.unpackb(definition))
@@ -225,11 +225,10 @@ class Dispatcher:
                 self._stop_container(c, f"terminated: {reason}", kill=True)
         if call.total is None:
             call.total = len(call.received or ())
-        done = set(call.results)
         data = dumps_exception(ExecutionError(f"Function call {call.id} terminated: {reason}"))
-        for idx in range(call.total):
-            if idx not in done:
-                self._finish_output(call, idx, TERMINATED, data)
+        self._finish_outputs([(call, idx, TERMINATED, data) for idx in list(call.open)])
+        if call.finished:
+            self._complete_call(call)
 
     # -- scheduling ------------------------------------------------------------------------------------------
     def _enqueue(self, pool: Pool, inputs: list[Input], front: bool = False) -> None:
@@ -514,8 +513,8 @@ class Dispatcher:
         """Final outputs of inputs: each counted once, stored in one write, then shown to readers."""
         rows = []
         for call, idx, status, data in finals:
-            if call.keeps_results and idx in call.results:
-                continue
+            if call.open.pop(idx, None) is None:
+                continue  # already finished (a late duplicate)
             call.done += 1
             rows.append((call, idx, status, data, True))
         self._add_outputs(rows)
@@ -571,7 +570,7 @@ class Dispatcher:
 
     async def wait_outputs(self, call: Call, after: int, timeout: float, limit: int) -> list:
         out = call.outputs_after(after, limit)
-        if out or timeout <= 0 or (call.state != "running" and call.finished):
+        if out or timeout <= 0 or call.drained:
             return out
         fut = asyncio.get_running_loop().create_future()
         call.output_waiters.append(fut)

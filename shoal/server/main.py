@@ -48,7 +48,7 @@ def control_socket_path(state_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"shoal-{os.getuid()}-{digest}.sock"
 
 
-class AlreadyRunning(Exception):
+class AlreadyRunningError(Exception):
     pass
 
 
@@ -58,7 +58,7 @@ def take_lock(state_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
-        raise AlreadyRunning(f"a shoal control plane already runs for {state_dir}") from exc
+        raise AlreadyRunningError(f"a shoal control plane already runs for {state_dir}") from exc
     return fd
 
 
@@ -118,7 +118,7 @@ def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -
         runner = asyncio.run
     try:
         runner(serve(host, port, state_dir or home()))
-    except AlreadyRunning as exc:
+    except AlreadyRunningError as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -18,6 +18,7 @@ class Input:
     __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at")
 
     def __init__(self, call: Call, idx: int, args: bytes) -> None:
+        call.open[idx] = self
         self.call = call
         self.idx = idx
         self.args = args
@@ -43,10 +44,12 @@ class Call:
         self.total = total  # None while a map is still streaming inputs in
         self.received: set[int] | None = set() if total is None else None
         self.next_seq = 0
+        self.published = -1  # highest seq visible to readers (outputs show once committed)
         self.done = 0
         self.cancelled = False
         self.state = "running"
         self.visible: collections.deque[tuple[int, int, str, bytes | None, bool]] = collections.deque()
+        self.open: dict[int, Input] = {}  # inputs without a final output yet (bounded by the map window)
         self.results: dict[int, tuple[str, bytes | None]] = {}  # final outputs, kept for get(index)
         self.result_waiters: dict[int, list[asyncio.Future]] = collections.defaultdict(list)
         self.output_waiters: list[asyncio.Future] = []
@@ -61,9 +64,15 @@ class Call:
     def finished(self) -> bool:
         return self.total is not None and self.done >= self.total
 
+    @property
+    def drained(self) -> bool:
+        """Finished, and every output already visible to readers."""
+        return self.finished and self.published == self.next_seq - 1
+
     def publish(self, seq: int, idx: int, status: str, data: bytes | None, final: bool) -> None:
         """Make a committed output visible to readers."""
         self.last_active = time.monotonic()
+        self.published = seq
         self.visible.append((seq, idx, status, data, final))
         if final and self.keeps_results:
             self.results[idx] = (status, data)

@@ -13,7 +13,6 @@ import pytest
 from shoal.exception import ExecutionError
 
 
-
 @pytest.fixture(scope="module")
 def durable(control_plane):
     import durable_app

@@ -1,0 +1,108 @@
+"""Process memory from /proc (Linux): VmRSS sampling, peak reset, and process trees."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+MIB = 1024 * 1024
+
+
+def status(pid: int | str = "self") -> dict[str, int]:
+    """The `kB` fields of /proc/<pid>/status, in bytes."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[key] = int(parts[0]) * 1024
+    return out
+
+
+def rss(pid: int | str = "self") -> int:
+    return status(pid).get("VmRSS", 0)
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM of this process (`echo 5 > /proc/self/clear_refs`); False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's VmRSS every `interval` seconds and keeps the peak."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.interval = interval
+        self.baseline = rss()
+        self.peak = self.baseline
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        with open("/proc/self/status", "rb") as f:
+            while not self._stop_event.is_set():
+                f.seek(0)
+                for line in f.read().splitlines():
+                    if line.startswith(b"VmRSS:"):
+                        value = int(line.split()[1]) * 1024
+                        self.peak = max(self.peak, value)
+                        break
+                self.samples += 1
+                self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.peak = max(self.peak, rss())
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below `root` (children, grandchildren, ...)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,42 @@
+"""The `shoal` command line (`shoal` or `python -m shoal.cli`).
+
+Importing this package is cheap: the SDK, the control plane and rich are imported by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .run import run
+from .server_cmds import app_group, container_group, down, status, up
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .. import __version__
+
+    click.echo(f"shoal {__version__}")
+    ctx.exit()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version and exit.")
+def cli() -> None:
+    """shoal: self-hostable serverless compute for Python that speaks Modal's API."""
+
+
+cli.add_command(run)
+cli.add_command(up)
+cli.add_command(down)
+cli.add_command(status)
+cli.add_command(app_group)
+cli.add_command(container_group)
+
+
+def main() -> None:
+    cli(prog_name="shoal")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,5 @@
+"""`python -m shoal.cli`."""
+
+from . import main
+
+main()
