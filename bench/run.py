@@ -440,6 +440,7 @@ class Bench:
         pid = int(info["pid"])
         st = _proc.status(pid)
         self.r.set("idle_rss", "shoal", st["VmRSS"] / MIB, pid=pid, rss_anon_mib=st.get("RssAnon", 0) / MIB,
+                   pss_mib=_proc.pss(pid) / MIB,
                    containers_left=left, children=len(_proc.descendants(pid)))
         self.r.set("peak_rss", "shoal", st["VmHWM"] / MIB)
 
@@ -561,7 +562,7 @@ class Bench:
 
     def _ray_idle(self) -> None:
         """RSS of Ray's daemons for this session (gcs_server, raylet, agents, monitors), workers apart."""
-        daemons: dict[str, tuple[int, int]] = {}
+        daemons: dict[str, tuple[int, int, int]] = {}
         workers: dict[str, int] = {}
         for pid in _proc.descendants(os.getpid()):
             cmd = _proc.cmdline(pid)
@@ -578,10 +579,11 @@ class Bench:
             if name.startswith("ray::") and not name.endswith("Agent"):  # ray::IDLE, ray::Echo, ...: workers
                 workers[f"{pid} {name}"] = st.get("VmRSS", 0)
             else:
-                daemons[f"{pid} {name}"] = (st.get("VmRSS", 0), st.get("VmHWM", 0))
+                daemons[f"{pid} {name}"] = (st.get("VmRSS", 0), st.get("VmHWM", 0), _proc.pss(pid))
         rss = sum(v[0] for v in daemons.values())
         hwm = sum(v[1] for v in daemons.values())
         self.r.set("idle_rss", "ray_actor", rss / MIB, daemons_mib={n: v[0] / MIB for n, v in daemons.items()},
+                   pss_mib=sum(v[2] for v in daemons.values()) / MIB,
                    idle_workers_mib={n: v / MIB for n, v in workers.items()})
         self.r.set("peak_rss", "ray_actor", hwm / MIB)
         names = ", ".join(sorted({n.split()[1] for n in daemons}))

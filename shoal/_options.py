@@ -26,7 +26,7 @@ DEPRECATED_ALIASES = {
 }
 # Options shoal accepts and records but does not act on yet; using one warns once per process.
 NOT_YET_ENFORCED = (
-    "gpu", "volumes", "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region", "routing_region",
+    "cpu", "memory", "gpu", "volumes", "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region", "routing_region",
     "nonpreemptible", "enable_memory_snapshot", "block_network", "restrict_modal_access", "i6pn",
     "experimental_options",
 )
@@ -171,12 +171,16 @@ def build_options(
             raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
     extra = dict(extra or {})
     for name in NOT_YET_ENFORCED:
-        value = {"gpu": gpu, "region": region}.get(name, extra.get(name))
+        value = {"gpu": gpu, "region": region, "cpu": cpu, "memory": memory}.get(name, extra.get(name))
         if value not in (None, False, {}, []) and name not in _warned:
             _warned.add(name)
             warnings.warn(
                 f"shoal records `{name}=` but does not enforce it yet", NotImplementedWarning, stacklevel=4
             )
+    if include_source is False and "include_source" not in _warned:
+        _warned.add("include_source")
+        warnings.warn("shoal always ships the defining module's source; `include_source=False` has no effect yet",
+                      NotImplementedWarning, stacklevel=4)
     return FunctionOptions(
         timeout=timeout,
         startup_timeout=startup_timeout,

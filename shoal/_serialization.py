@@ -32,7 +32,7 @@ def dumps_args(args: tuple, kwargs: dict) -> bytes:
     """Pickle call arguments; on failure, find and name the offending argument."""
     try:
         return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
+    except Exception:  # noqa: BLE001 - find which argument it was, below
         pass
     for i, a in enumerate(args):
         dumps(a, f"argument {i}")

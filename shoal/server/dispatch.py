@@ -247,7 +247,7 @@ class Dispatcher:
         ready = pool.ready()
         if not ready:
             return
-        capacity = policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s)
+        capacity = 1 if pool.single_use else policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s)
         now = time.monotonic()
         timeout = float(pool.options.get("timeout") or 300)
         for c in sorted(ready, key=lambda c: len(c.running)):
@@ -476,9 +476,13 @@ class Dispatcher:
             else:
                 self._fail_attempt(inp, FAILURE, data)
         self._finish_outputs(finals)
+        if pool.single_use and c.ready_at is not None:
+            self._stop_container(c, "single-use container finished its input")
         if not c.running:
             c.idle_since = time.monotonic()
         self._pump(pool)
+        if pool.queue:
+            self._scale(pool)
 
     def _on_timeout(self, inp: Input) -> None:
         c = inp.container

@@ -138,6 +138,10 @@ class Pool:
     def max_inputs(self) -> int:
         return int(self.options.get("max_inputs") or 1)
 
+    @property
+    def single_use(self) -> bool:
+        return bool(self.options.get("single_use_containers"))
+
     def live(self) -> list[Container]:
         return [c for c in self.containers.values() if c.state in ("starting", "ready")]
 

@@ -28,3 +28,8 @@ def environment() -> dict:
 def sleeper(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@app.function(single_use_containers=True)
+def one_shot(x: int) -> int:
+    return os.getpid()

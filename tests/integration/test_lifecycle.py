@@ -117,3 +117,9 @@ def test_ephemeral_app_stops_when_its_client_is_killed(control_plane, tmp_path: 
             proc.kill()
 
 
+
+
+def test_single_use_containers_serve_one_input_each(lifecycle) -> None:
+    pids = [lifecycle.one_shot.remote(i) for i in range(3)]
+    assert len(set(pids)) == 3
+    assert len(set(lifecycle.one_shot.map(range(4)))) == 4
