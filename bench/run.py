@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -206,8 +207,8 @@ class Watchdog:
         self.on_hang = on_hang
 
     @contextmanager
-    def step(self, what: str, seconds: float) -> Iterator[None]:
-        timer = threading.Timer(seconds, self._fire, args=(what, seconds))
+    def step(self, what: str, seconds: float, on_fire: Callable[[], None] = lambda: None) -> Iterator[None]:
+        timer = threading.Timer(seconds, self._fire, args=(what, seconds, on_fire))
         timer.daemon = True
         timer.start()
         try:
@@ -215,7 +216,8 @@ class Watchdog:
         finally:
             timer.cancel()
 
-    def _fire(self, what: str, seconds: float) -> None:
+    def _fire(self, what: str, seconds: float, on_fire: Callable[[], None]) -> None:
+        on_fire()
         print(f"\nbench: HANG: {what} did not finish within {seconds:.0f}s; stacks of this process:",
               file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
@@ -235,6 +237,8 @@ class Bench:
         self.watchdog = Watchdog(self._on_hang)
         self.shoal_home: Path | None = None
         self.shoal_started = False
+        self.json_path: str | None = None
+        self._start = time.time()
         self._declare_rows()
 
     def want(self, section: str) -> bool:
@@ -265,10 +269,21 @@ class Bench:
             r.row("peak_rss", "idle", "control plane peak RSS (VmHWM) over the bench", "MiB", "lower", "memory")
 
     # -- plumbing ------------------------------------------------------------------------------------------
+    def _mark(self, keys: list[str], tool: str, text: str) -> None:
+        for key in keys:
+            if key in self.r.rows and tool in TOOLS:
+                self.r.rows[key].cells.setdefault(tool, Note(text))
+
     def _on_hang(self, what: str) -> None:
-        self.r.errors.append(f"HANG: {what}")
-        print(self.r.table(), flush=True)
+        self.r.errors.append(f"HANG: {what} (did not finish within {self.cfg.step_timeout_s:.0f}s)")
         self._shutdown_shoal()
+        self.finish()
+        self.report()
+        for pid in _proc.descendants(os.getpid()):  # Ray's daemons and workers, a memprobe, a process pool
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     @contextmanager
     def measuring(self, tool: str, what: str, keys: list[str], watch: bool = True) -> Iterator[None]:
@@ -276,7 +291,8 @@ class Bench:
         print(f"bench: {tool}: {what} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
-            with self.watchdog.step(f"{tool}: {what}", self.cfg.step_timeout_s if watch else 1e9):
+            with self.watchdog.step(f"{tool}: {what}", self.cfg.step_timeout_s if watch else 1e9,
+                                    lambda: self._mark(keys, tool, "HANG")):
                 yield
         except Exception as exc:  # noqa: BLE001 - reported in the table and on stderr, then the bench goes on
             self.r.error(keys, tool, what, exc)
@@ -600,15 +616,40 @@ class Bench:
             python=sys.version.split()[0], quick=self.cfg.quick, sections=self.sections,
             loadavg_start=os.getloadavg(), started=time.strftime("%Y-%m-%d %H:%M:%S"),
         )
+        self._start = start
         self.run_mp()
         self.run_shoal()
         self.run_ray()
+        self.finish()
+        self.report()
+        return 0 if not self.r.errors else 1
+
+    def finish(self) -> None:
         self.r.meta["loadavg_end"] = os.getloadavg()
-        self.r.meta["wall_s"] = time.time() - start
+        self.r.meta["wall_s"] = time.time() - self._start
         for row in self.r.rows.values():  # what does not apply to a tool
             for t in TOOLS:
                 row.cells.setdefault(t, None)
-        return 0 if not self.r.errors else 1
+
+    def report(self) -> None:
+        r = self.r
+        print()
+        print(f"shoal bench ({'quick' if self.cfg.quick else 'full'}) on {r.meta['machine']}, "
+              f"Python {r.meta['python']}"
+              + (f", Ray {r.meta['ray_version']} (RAY_AUTH_MODE={r.meta.get('ray_auth_mode')})"
+                 if "ray_version" in r.meta else "")
+              + f"; load avg {r.meta['loadavg_start'][0]:.2f} -> {r.meta['loadavg_end'][0]:.2f}; "
+              f"{r.meta['wall_s']:.0f}s")
+        print(r.table())
+        for note in r.footnotes:
+            print(note)
+        if r.errors:
+            print("\nerrors:")
+            for e in r.errors:
+                print(f"  {e}")
+        if self.json_path:
+            Path(self.json_path).write_text(json.dumps(r.to_json(), indent=2, default=str) + "\n")
+        sys.stdout.flush()
 
 
 def _latency(call: Callable[[int], Any], cfg: Config) -> list[float]:
@@ -706,24 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bench = Bench(Config.make(args.quick), parse_sections(args.only), use_ray=not args.no_ray,
                   keep_home=args.keep_home)
-    rc = bench.run()
-    r = bench.r
-    print()
-    print(f"shoal bench ({'quick' if args.quick else 'full'}) on {r.meta['machine']}, Python {r.meta['python']}"
-          + (f", Ray {r.meta['ray_version']} (RAY_AUTH_MODE={r.meta.get('ray_auth_mode')})"
-             if "ray_version" in r.meta else "")
-          + f"; load avg {r.meta['loadavg_start'][0]:.2f} -> {r.meta['loadavg_end'][0]:.2f}; "
-          f"{r.meta['wall_s']:.0f}s")
-    print(r.table())
-    for note in r.footnotes:
-        print(note)
-    if r.errors:
-        print("\nerrors:")
-        for e in r.errors:
-            print(f"  {e}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(r.to_json(), indent=2, default=str) + "\n")
-    return rc
+    bench.json_path = args.json
+    return bench.run()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import exception
 from ._container_context import current_function_call_id, current_input_id, is_local
 from ._output import enable_output
+from ._partial import concurrent
 from .app import App, LocalEntrypoint
 from .exception import Error
 from .functions import Function, FunctionCall
@@ -24,6 +25,7 @@ __all__ = [
     "Period",
     "Retries",
     "Secret",
+    "concurrent",
     "current_function_call_id",
     "current_input_id",
     "enable_output",

@@ -48,6 +48,8 @@ class FunctionOptions:
     memory: int | tuple[int, int] | None = None
     gpu: list[str] | None = None
     single_use_containers: bool = False
+    max_inputs: int = 1  # inputs one container runs at once (@modal.concurrent)
+    target_inputs: int | None = None
     serialized: bool = False
     include_source: bool | None = None
     region: list[str] | None = None

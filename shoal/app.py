@@ -12,6 +12,7 @@ from . import _container_context
 from ._client.transport import get_client
 from ._options import build_options, check_secrets, reject_deprecated
 from ._output import LogPrinter, status
+from ._partial import CONCURRENT_ATTR
 from .exception import InvalidError
 from .functions import Function
 from .retries import Retries
@@ -200,6 +201,12 @@ class App:
                 single_use_containers=single_use_containers, max_inputs=max_inputs, serialized=serialized,
                 include_source=include_source, region=region, is_generator=gen, extra=extra,
             )
+            concurrency = getattr(f, CONCURRENT_ATTR, None)
+            if concurrency:
+                if options.single_use_containers:
+                    raise InvalidError("@modal.concurrent cannot be combined with single_use_containers=True")
+                options.max_inputs = concurrency["max_inputs"]
+                options.target_inputs = concurrency["target_inputs"]
             tag = name or qualname
             fn = Function(self, f, tag=tag, options=options, secrets=all_secrets, image=image or self._image,
                           is_generator=gen, schedule=schedule)

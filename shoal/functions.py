@@ -85,6 +85,7 @@ class Function:
         self._schedule = schedule
         self._webhook = webhook
         self._function_id: str | None = None
+        self._is_shoal_function = True
         if raw_f is not None:
             self.__doc__ = raw_f.__doc__
             self.__name__ = getattr(raw_f, "__name__", tag)

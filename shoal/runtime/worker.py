@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,14 +73,17 @@ def load_function(init: dict[str, Any]) -> tuple[Callable, dict[str, float]]:
 
 
 class Channel:
-    """Blocking frame I/O on the control-plane socket."""
+    """Blocking frame I/O on the control-plane socket; sends are thread-safe."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rfile = sock.makefile("rb", buffering=1 << 16)
+        self._send_lock = threading.Lock()
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.sock.sendall(_protocol.encode(msg))
+        data = _protocol.encode(msg)
+        with self._send_lock:
+            self.sock.sendall(data)
 
     def recv(self) -> dict[str, Any] | None:
         header = self.rfile.read(_protocol.HEADER.size)
@@ -93,12 +97,18 @@ class Channel:
 
 
 class Worker:
+    """Runs inputs one at a time on the main thread, or with `@modal.concurrent` up to `max_inputs` at once:
+    sync functions on a thread pool, async ones as tasks on one event loop thread."""
+
     def __init__(self, channel: Channel, fn: Callable, definition: dict[str, Any]) -> None:
         self.channel = channel
         self.fn = fn
         self.is_gen = bool(definition.get("is_generator"))
-        self.loop = None  # created on first async input
+        self.is_async = bool(definition.get("is_async"))
+        self.max_inputs = int(definition.get("options", {}).get("max_inputs") or 1)
+        self.loop: Any = None  # asyncio loop, created on first async input
 
+    # -- one input -------------------------------------------------------------------------------------------
     def run_coro(self, awaitable: Any) -> Any:
         import asyncio
 
@@ -106,7 +116,9 @@ class Worker:
             self.loop = asyncio.new_event_loop()
         return self.loop.run_until_complete(awaitable)
 
-    def call(self, key: int, args: bytes) -> list[Any]:
+    def call(self, key: int, input_id: str, call_id: str, args: bytes) -> list[Any]:
+        """Run one input on this thread; returns its output row."""
+        tokens = _container_context.set_current(input_id, call_id)
         t0 = time.perf_counter()
         try:
             a, kw = loads(args, "arguments")
@@ -122,8 +134,28 @@ class Worker:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             out = [key, "err", dumps_exception(exc)]
+        finally:
+            _container_context._input_id.reset(tokens[0])
+            _container_context._call_id.reset(tokens[1])
         out.append(time.perf_counter() - t0)
         return out
+
+    async def acall(self, key: int, input_id: str, call_id: str, args: bytes) -> None:
+        """Run one input as a task on the container's event loop and send its output."""
+        _container_context.set_current(input_id, call_id)  # each task has its own context
+        t0 = time.perf_counter()
+        try:
+            a, kw = loads(args, "arguments")
+            if self.is_gen:
+                async for item in self.fn(*a, **kw):
+                    self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
+                result = None
+            else:
+                result = await self.fn(*a, **kw)
+            out = [key, "ok", dumps(result, "return value")]
+        except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
+            out = [key, "err", dumps_exception(exc)]
+        self.channel.send({"t": "out", "items": [[*out, time.perf_counter() - t0]]})
 
     def stream(self, key: int, gen: Any) -> None:
         if inspect.isasyncgen(gen):
@@ -136,7 +168,10 @@ class Worker:
         for item in gen:
             self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
 
+    # -- the input loop --------------------------------------------------------------------------------------
     def serve(self) -> None:
+        if self.max_inputs > 1:
+            return self.serve_concurrently()
         while True:
             msg = self.channel.recv()
             if msg is None or msg["t"] == "stop":
@@ -146,17 +181,46 @@ class Worker:
             pending: list[list[Any]] = []
             last_flush = time.perf_counter()
             items = msg["items"]
-            for i, (key, input_id, call_id, args) in enumerate(items):
-                tokens = _container_context.set_current(input_id, call_id)
-                try:
-                    pending.append(self.call(key, args))
-                finally:
-                    _container_context._input_id.reset(tokens[0])
-                    _container_context._call_id.reset(tokens[1])
+            for i, item in enumerate(items):
+                pending.append(self.call(*item))
                 if i == len(items) - 1 or time.perf_counter() - last_flush > FLUSH_INTERVAL_S:
                     self.channel.send({"t": "out", "items": pending})
                     pending = []
                     last_flush = time.perf_counter()
+
+    def serve_concurrently(self) -> None:
+        """Inputs may arrive ahead of time (prefetch); at most `max_inputs` run at once either way."""
+        if self.is_async:
+            import asyncio
+
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="shoal-inputs", daemon=True).start()
+            slots = asyncio.Semaphore(self.max_inputs)
+
+            async def guarded(item: list[Any]) -> None:
+                async with slots:
+                    await self.acall(*item)
+
+            def submit(item: list[Any]) -> None:
+                asyncio.run_coroutine_threadsafe(guarded(item), loop)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(self.max_inputs, thread_name_prefix="shoal-input")
+
+            def run_one(item: list[Any]) -> None:
+                self.channel.send({"t": "out", "items": [self.call(*item)]})
+
+            def submit(item: list[Any]) -> None:
+                pool.submit(run_one, item)
+
+        while True:
+            msg = self.channel.recv()
+            if msg is None or msg["t"] == "stop":
+                return
+            if msg["t"] == "inputs":
+                for item in msg["items"]:
+                    submit(item)
 
 
 def connect(address: str) -> socket.socket:

@@ -286,7 +286,7 @@ class Dispatcher:
         live = pool.live()
         opts = pool.options
         want = policy.desired_containers(
-            queued=len(pool.queue), running=pool.running_count(), per_container=pool.max_inputs,
+            queued=len(pool.queue), running=pool.running_count(), per_container=pool.target_inputs,
             min_containers=opts.get("min_containers"), max_containers=opts.get("max_containers"),
             buffer_containers=opts.get("buffer_containers"),
             capacity=len(live) + max(0, self.backend.capacity() - len(self.containers)),

@@ -139,6 +139,10 @@ class Pool:
         return int(self.options.get("max_inputs") or 1)
 
     @property
+    def target_inputs(self) -> int:
+        return int(self.options.get("target_inputs") or self.max_inputs)
+
+    @property
     def single_use(self) -> bool:
         return bool(self.options.get("single_use_containers"))
 

@@ -33,3 +33,21 @@ def sleeper(seconds: float) -> float:
 @app.function(single_use_containers=True)
 def one_shot(x: int) -> int:
     return os.getpid()
+
+
+@app.function(max_containers=1)
+@modal.concurrent(max_inputs=4)
+def overlap(seconds: float) -> tuple:
+    start = time.monotonic()
+    time.sleep(seconds)
+    return (os.getpid(), start, time.monotonic())
+
+
+@app.function(max_containers=1)
+@modal.concurrent(max_inputs=3)
+async def overlap_async(seconds: float) -> tuple:
+    import asyncio
+
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    return (os.getpid(), start, time.monotonic(), modal.current_input_id())

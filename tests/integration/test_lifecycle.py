@@ -123,3 +123,33 @@ def test_single_use_containers_serve_one_input_each(lifecycle) -> None:
     pids = [lifecycle.one_shot.remote(i) for i in range(3)]
     assert len(set(pids)) == 3
     assert len(set(lifecycle.one_shot.map(range(4)))) == 4
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def test_concurrent_sync_inputs_share_one_container_up_to_max_inputs(lifecycle) -> None:
+    results = list(lifecycle.overlap.map([0.3] * 8))
+    assert len({pid for pid, _, _ in results}) == 1
+    # Clocks of one container: inputs overlapped, four at a time and never more.
+    assert _max_overlap([(s, e) for _, s, e in results]) == 4
+
+
+def test_concurrent_async_inputs_run_as_tasks(lifecycle) -> None:
+    results = list(lifecycle.overlap_async.map([0.3] * 6))
+    assert len({r[0] for r in results}) == 1
+    assert _max_overlap([(s, e) for _, s, e, _ in results]) == 3
+    assert len({r[3] for r in results}) == 6, "each task must see its own input id"
+
+
+def test_concurrent_validates_arguments() -> None:
+    with pytest.raises(shoal.exception.InvalidError, match="target_inputs"):
+        shoal.concurrent(max_inputs=2, target_inputs=3)
+    with pytest.raises(shoal.exception.InvalidError, match="max_inputs"):
+        shoal.concurrent(max_inputs=0)
