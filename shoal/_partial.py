@@ -5,7 +5,8 @@ They return the function itself with an attribute set, so `.local()` and stackin
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .exception import InvalidError
 
