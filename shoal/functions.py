@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 import uuid
@@ -227,6 +226,8 @@ class Function:
     ) -> AsyncIterator[Any]:
         """The engine of map/starmap/for_each: stream inputs in batches with at most MAP_WINDOW in flight, and
         yield outputs (in input order unless order_outputs=False)."""
+        import asyncio
+
         self._check_gen(False, ".map()")
         fid = self._fid()
         client = get_client()
@@ -453,6 +454,8 @@ class FunctionCall:
     @staticmethod
     async def _gather(*function_calls: FunctionCall) -> list[Any]:
         """All results, in order; the first failure is raised."""
+        import asyncio
+
         return list(await asyncio.gather(*(fc.get.aio() for fc in function_calls)))
 
     @staticmethod

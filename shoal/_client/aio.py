@@ -7,15 +7,17 @@ hop (about 0.1 ms).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exception import InvalidError
+
+if TYPE_CHECKING:
+    import asyncio
 
 _loop: asyncio.AbstractEventLoop | None = None
 _DONE = object()
@@ -24,6 +26,8 @@ _loop_lock = threading.Lock()
 
 
 def background_loop() -> asyncio.AbstractEventLoop:
+    import asyncio
+
     global _loop
     if _loop is None:
         with _loop_lock:
@@ -35,6 +39,8 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 
 def in_running_loop() -> bool:
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -44,6 +50,8 @@ def in_running_loop() -> bool:
 
 def run_sync(coro: Any) -> Any:
     """Run a coroutine on the background loop and wait for it; Ctrl-C cancels it."""
+    import asyncio
+
     fut = asyncio.run_coroutine_threadsafe(coro, background_loop())
     try:
         return fut.result()
@@ -58,6 +66,8 @@ def iter_sync(agen: AsyncIterator[Any]) -> Iterator[Any]:
     The iterator runs on the background loop and hands items over through a queue: about 1 µs an item instead
     of a ~90 µs thread hop per item. At most MAX_BUFFERED items wait, so a slow consumer slows the producer.
     """
+    import asyncio
+
     loop = background_loop()
     q: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
 

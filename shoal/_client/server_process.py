@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,8 @@ class ServerInfo:
 
 
 def _healthy(url: str, timeout: float = 1.0) -> bool:
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/v1/health", timeout=timeout) as resp:
             return resp.status == 200

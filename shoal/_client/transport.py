@@ -7,18 +7,19 @@ restart for up to RECONNECT_WINDOW_S, re-reading its address each time.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import http.client
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgpack
 
 from .. import exception
 from .server_process import ServerInfo, ensure_server, read_server_info
+
+if TYPE_CHECKING:
+    import http.client
 
 RECONNECT_WINDOW_S = 60.0
 
@@ -64,6 +65,8 @@ class Client:
 
     # -- blocking --------------------------------------------------------------------------------------------
     def _conn(self) -> http.client.HTTPConnection:
+        import http.client
+
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "url", None) != self.info.url:
             parts = urlsplit(self.info.url)
@@ -73,6 +76,8 @@ class Client:
         return conn
 
     def request_raw(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        import http.client
+
         deadline = time.monotonic() + RECONNECT_WINDOW_S
         delay = 0.05
         while True:
@@ -98,6 +103,8 @@ class Client:
     async def acall(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """Async request. The HTTP session lives on shoal's background loop whatever loop calls this, so
         repeated `asyncio.run()`s never leave sessions bound to dead loops."""
+        import asyncio
+
         from .aio import background_loop
 
         loop = background_loop()
@@ -107,6 +114,8 @@ class Client:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     async def _acall_on_bg(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        import asyncio
+
         import aiohttp
 
         if self._session is None or self._session.closed:
@@ -130,6 +139,8 @@ class Client:
 
 
 def _close_session(session: Any) -> None:
+    import asyncio
+
     from .aio import background_loop
 
     if not session.closed:
