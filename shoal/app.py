@@ -19,6 +19,7 @@ from .retries import Retries
 from .schedule import Cron, Period
 
 LOG_POLL_S = 25.0
+STOP_WAIT_S = 5.0
 
 
 class LocalEntrypoint:
@@ -338,7 +339,8 @@ class _RunContext:
             self.app._finish(self.detach)
         finally:
             if self._follower is not None:
-                self._follower.stop()
+                # A detached app keeps running, so its log never ends: don't wait for it.
+                self._follower.stop(wait=not self.detach)
 
     async def __aenter__(self) -> App:
         import asyncio
@@ -377,12 +379,14 @@ class _LogFollower(threading.Thread):
                 if not self.quiet:
                     self.printer.write(entry)
             after = resp.get("last", after)
-            if resp["state"] != "running" or (self._stop_event.is_set() and not resp["entries"]):
+            if resp["state"] == "stopped" or (self._stop_event.is_set() and not resp["entries"]):
                 return
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop following; with `wait`, first print what the app still logs while it stops."""
         self._stop_event.set()
-        self.join(timeout=3)
+        if wait:
+            self.join(timeout=STOP_WAIT_S)
 
 
 def _has_required_params(f: Callable) -> bool:

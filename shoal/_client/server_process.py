@@ -59,7 +59,7 @@ def find_server() -> ServerInfo | None:
     return None
 
 
-def start_server_background(port: int = 0, wait: bool = True) -> ServerInfo:
+def start_server_background(port: int = 0, wait: bool = True, host: str = "127.0.0.1") -> ServerInfo:
     """Start `python -m shoal.server` detached, logging to SHOAL_HOME/server.log, and wait until it answers."""
     state = home()
     state.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def start_server_background(port: int = 0, wait: bool = True) -> ServerInfo:
         server_file().unlink(missing_ok=True)
         with open(state / "server.log", "ab") as logf:
             subprocess.Popen(
-                [sys.executable, "-m", "shoal.server", "--port", str(port), "--state-dir", str(state)],
+                [sys.executable, "-m", "shoal.server", "--host", host, "--port", str(port), "--state-dir", str(state)],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                 close_fds=True,
             )

@@ -15,8 +15,9 @@ import datetime
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -139,14 +140,15 @@ def param_type(name: str, hint: Any, annotation: Any = None) -> click.ParamType 
 
 
 def _option_decls(name: str, is_flag: bool) -> list[str]:
-    spellings = [name]
+    """`--my-arg` and `--my_arg` (flags: `--my-arg/--no-my-arg` and `--my_arg/--no_my_arg`), then the name."""
+    spellings = [(name, "_" if "_" in name else "-")]
     dashed = name.replace("_", "-")
     if dashed != name and not dashed.startswith("-"):
-        spellings.insert(0, dashed)
+        spellings.insert(0, (dashed, "-"))
     if is_flag:
-        decls = [f"--{s}/--no-{s}" for s in spellings]
+        decls = [f"--{s}/--no{sep}{s}" for s, sep in spellings]
     else:
-        decls = [f"--{s}" for s in spellings]
+        decls = [f"--{s}" for s, _ in spellings]
     return [*decls, name]
 
 

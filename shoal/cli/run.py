@@ -24,6 +24,7 @@ import click
 from .entrypoint_args import EntrypointArgsError, make_command
 
 _CLI_DIR = str(Path(__file__).resolve().parent)
+_IMPORTLIB_DIR = str(Path(importlib.__file__).parent)
 
 # Lower runs first when nothing names the target (Modal's AutoRunPriority).
 MODULE_LOCAL_ENTRYPOINT, MODULE_FUNCTION, APP_LOCAL_ENTRYPOINT, APP_FUNCTION = range(4)
@@ -48,7 +49,8 @@ class UserCodeError(click.ClickException):
 
 
 def _is_internal_frame(filename: str) -> bool:
-    return filename.startswith(_CLI_DIR) or filename.startswith("<frozen importlib")
+    """Frames of the CLI and of the import machinery, left out of the user's traceback."""
+    return filename.startswith((_CLI_DIR, _IMPORTLIB_DIR, "<frozen importlib"))
 
 
 # -- finding the target ------------------------------------------------------------------------------------------
@@ -83,7 +85,8 @@ def import_file_or_module(ref: ImportRef) -> Any:
         try:
             return importlib.import_module(ref.file_or_module)
         except ModuleNotFoundError as exc:
-            if exc.name and ref.file_or_module.startswith(exc.name):
+            missing = exc.name or ""
+            if missing and (ref.file_or_module == missing or ref.file_or_module.startswith(missing + ".")):
                 raise click.ClickException(f"no module named {ref.file_or_module!r} (looked in {cwd})") from exc
             raise UserCodeError(exc, f"importing {ref.file_or_module} failed") from exc
         except Exception as exc:

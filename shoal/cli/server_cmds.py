@@ -66,9 +66,10 @@ def _apps_table(apps: list[dict[str, Any]], title: str | None = None) -> Any:
     table.add_column("Created")
     table.add_column("Stopped")
     for a in apps:
-        functions = a.get("functions") or {}
+        functions = list(a.get("functions") or {})
+        shown = ", ".join(functions[:4]) + (f" +{len(functions) - 4} more" if len(functions) > 4 else "")
         table.add_row(a["app_id"], a.get("name") or "-", a.get("mode") or "-", a.get("state") or "-",
-                      ", ".join(functions) or "-", str(a.get("containers", 0)), _timestamp(a.get("created_at")),
+                      shown or "-", str(a.get("containers", 0)), _timestamp(a.get("created_at")),
                       _timestamp(a.get("stopped_at")))
     return table
 
@@ -78,10 +79,11 @@ def _timings(timings: dict[str, Any] | None) -> str:
         return "-"
     parts = []
     for phase, seconds in timings.items():
+        label = phase[:-2] if phase.endswith("_s") else phase
         try:
-            parts.append(f"{phase}={float(seconds):.3f}s")
+            parts.append(f"{label}={float(seconds):.3f}s")
         except (TypeError, ValueError):
-            parts.append(f"{phase}={seconds}")
+            parts.append(f"{label}={seconds}")
     return " ".join(parts)
 
 
@@ -148,9 +150,8 @@ def up(port: int, host: str, background: bool) -> None:
     if background:
         from .._client.server_process import start_server_background
 
-        os.environ["SHOAL_HOST"] = host  # the background server reads its address from the environment
         try:
-            info = start_server_background(port=port)
+            info = start_server_background(port=port, host=host)
         except Exception as exc:  # noqa: BLE001 - report why it did not start
             raise click.ClickException(str(exc)) from exc
         pid = f" (pid {info.pid})" if info.pid else ""

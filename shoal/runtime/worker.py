@@ -236,6 +236,10 @@ def connect(address: str) -> socket.socket:
 
 def main() -> None:
     _die_with_parent()
+    # One write per line, so a line never reaches the caller in pieces (PYTHONUNBUFFERED would make
+    # `print(x)` two writes); child processes still inherit PYTHONUNBUFFERED and stream as they write.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)
     channel = Channel(connect(os.environ["SHOAL_CONTROL"]))
     channel.send({
         "t": "hello", "container_id": os.environ["SHOAL_CONTAINER_ID"],

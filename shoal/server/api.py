@@ -211,9 +211,9 @@ class Api:
         """Long-poll for log entries. A poll with `session=1` also tells the app its client is alive."""
         app_id = request.match_info["app_id"]
         app = self.d.apps.get(app_id)
-        if app is None:
-            return reply({"entries": [], "state": "stopped"})
         after = query_int(request, "after", -1)
+        if app is None:
+            return reply({"entries": [], "last": after, "state": "stopped"})
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         session = request.query.get("session") == "1"
         if session:

@@ -29,6 +29,7 @@ from .store.sqlite import SQLiteStore
 log = logging.getLogger("shoal.dispatch")
 SESSION_GRACE_S = float(os.environ.get("SHOAL_SESSION_GRACE_S", "10"))
 CALL_IDLE_EVICT_S = 300.0
+STOP_DRAIN_S = 3.0  # how long stopping an app waits for its containers' last output
 
 
 def new_id(prefix: str) -> str:
@@ -160,11 +161,14 @@ class Dispatcher:
         return dict(app.functions)
 
     async def stop_app(self, app_id: str) -> None:
-        app = self.apps.pop(app_id, None)
-        if app is None:
+        """Terminate the app's calls and containers. Its log stays open ("stopping") until the containers'
+        output is drained, so followers print everything before they see "stopped"."""
+        app = self.apps.get(app_id)
+        if app is None or app.state != "running":
             return
-        app.state = "stopped"
+        app.state = "stopping"
         self.store.set_app_stopped(app_id)
+        exits = []
         for function_id in app.functions.values():
             pool = self.pools.pop(function_id, None)
             if pool is None:
@@ -174,6 +178,11 @@ class Dispatcher:
                 self._terminate_call(call, "the app was stopped")
             for c in list(pool.containers.values()):
                 self._stop_container(c, "app stopped")
+                exits.append(c.exited)
+        if exits:
+            await asyncio.wait(exits, timeout=STOP_DRAIN_S)
+        app.state = "stopped"
+        self.apps.pop(app_id, None)
         app.logs.wake()
 
     # -- calls -----------------------------------------------------------------------------------------------
@@ -327,7 +336,8 @@ class Dispatcher:
 
     # -- containers ------------------------------------------------------------------------------------------
     def _start_container(self, pool: Pool) -> None:
-        c = Container(id=new_id("ta"), pool=pool, token=_secrets.token_hex(16))
+        c = Container(id=new_id("ta"), pool=pool, token=_secrets.token_hex(16),
+                      exited=asyncio.get_running_loop().create_future())
         pool.containers[c.id] = c
         self.containers[c.id] = c
         task = asyncio.create_task(self._run_container(c))
@@ -399,6 +409,8 @@ class Dispatcher:
         was_ready = c.ready_at is not None
         prev_state = c.state
         c.state = "dead"
+        if not c.exited.done():
+            c.exited.set_result(returncode)
         pool = c.pool
         pool.containers.pop(c.id, None)
         self.containers.pop(c.id, None)

@@ -113,6 +113,7 @@ class Container:
     stop_reason: str | None = None  # set when the control plane itself ends the container
     init_error: bytes | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
 
 
 class Pool:
