@@ -40,10 +40,9 @@ def apps_named(name: str) -> list[dict[str, Any]]:
 
 
 def printed(stdout: str, text: str) -> bool:
-    """`text` was printed as a line (or at least ends one). Container output is forwarded in chunks as it is
-    written, so a container's `print()` may leave its line open when a local line follows it (see the report on
-    LogPrinter); local lines are therefore matched at the end of a line only."""
-    return re.search(re.escape(text) + "$", stdout, re.M) is not None
+    """`text` was printed as a whole line: container output arrives line by line, so it never splits a local
+    line."""
+    return re.search("^" + re.escape(text) + "$", stdout, re.M) is not None
 
 
 def container_printed(stdout: str, text: str) -> bool:
