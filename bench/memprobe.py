@@ -9,7 +9,9 @@ one JSON line: baseline, peak and growth (bytes), and the kernel's VmHWM peak as
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +100,7 @@ def main() -> None:
     parser.add_argument("n", type=int)
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the bench asks for stacks when this hangs
     ready = {"shoal": shoal_ready, "mp": mp_ready}.get(args.tool)
     ctx = ready() if ready else ray_ready(args.ray_address)
     with ctx as run:

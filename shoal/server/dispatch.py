@@ -291,6 +291,7 @@ class Dispatcher:
             self._fail_queue(pool, ExecutionError(
                 f"Function {pool.tag!r}: {pool.start_failures} container starts failed in a row; last error: "
                 f"{pool.last_start_error}"))
+            pool.start_failures = 0  # the next call tries fresh containers
             return
         live = pool.live()
         opts = pool.options
