@@ -153,3 +153,14 @@ def test_concurrent_validates_arguments() -> None:
         shoal.concurrent(max_inputs=2, target_inputs=3)
     with pytest.raises(shoal.exception.InvalidError, match="max_inputs"):
         shoal.concurrent(max_inputs=0)
+
+
+def test_import_error_in_container_reaches_the_caller(control_plane) -> None:
+    import broken_app
+
+    with broken_app.app.run(quiet=True):
+        with pytest.raises(RuntimeError, match="broken at import in the container"):
+            broken_app.unreachable.remote()
+        # Still failing fast (not hanging) on the next call.
+        with pytest.raises(RuntimeError, match="broken at import"):
+            broken_app.unreachable.remote()
