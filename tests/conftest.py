@@ -24,8 +24,9 @@ PYTHON = sys.executable
 class ControlPlane:
     """A `python -m shoal.server` process with its own state directory."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
         self.home = home
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ControlPlane:
@@ -35,7 +36,7 @@ class ControlPlane:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "shoal.server", "--port", "0", "--state-dir", str(self.home)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SHOAL_SESSION_GRACE_S": "3"},
+            env={**os.environ, "SHOAL_SESSION_GRACE_S": "3", **self.env},
         )
         deadline = time.monotonic() + 30
         while not (self.home / "server.json").exists():

@@ -59,6 +59,7 @@ class Dispatcher:
         self.pools: dict[str, Pool] = {}
         self.calls: dict[str, Call] = {}
         self.containers: dict[str, Container] = {}
+        self._waiting: set[Pool] = set()  # pools that wanted containers the machine had no room for
         self.server_url = ""
         self.server_token = ""
         self._tasks: set[asyncio.Task] = set()
@@ -129,6 +130,11 @@ class Dispatcher:
             if time.time() - last_expiry > 3600:
                 last_expiry = time.time()
                 self.store.expire(time.time() - RESULT_TTL_S)
+
+    def shutdown(self) -> None:
+        """Kill every container (the control plane is exiting; unfinished inputs stay in the store)."""
+        for c in list(self.containers.values()):
+            self._stop_container(c, "control plane shutting down", kill=True)
 
     # -- apps and functions ----------------------------------------------------------------------------------
     async def create_app(self, name: str | None, mode: str, detach: bool) -> AppState:
@@ -299,15 +305,33 @@ class Dispatcher:
             queued=len(pool.queue), running=pool.running_count(), per_container=pool.target_inputs,
             min_containers=opts.get("min_containers"), max_containers=opts.get("max_containers"),
             buffer_containers=opts.get("buffer_containers"),
-            capacity=len(live) + max(0, self.backend.capacity() - len(self.containers)),
+            capacity=self.backend.capacity(),
             avg_exec_s=pool.avg_exec_s,
         )
+        need = want - len(live)
+        if need <= 0:
+            self._waiting.discard(pool)
+            return
+        free = self.backend.capacity() - len(self.containers)
+        if free < need:
+            # The machine is full: make room by ending idle containers of other pools; this pool gets
+            # another look whenever any container exits.
+            self._waiting.add(pool)
+            self._evict_idle(need - free, keep=pool)
         starting = sum(1 for c in live if c.state == "starting")
-        for _ in range(max(0, want - len(live))):
+        for _ in range(min(need, max(free, 0))):
             if starting >= max(2, os.cpu_count() or 2):
                 break
             starting += 1
             self._start_container(pool)
+
+    def _evict_idle(self, count: int, keep: Pool) -> None:
+        """Stop up to `count` idle containers of other pools, longest idle first, above their minimums."""
+        idle = sorted((c for p in self.pools.values() if p is not keep for c in p.ready() if not c.running),
+                      key=lambda c: c.idle_since)
+        for c in idle[:count]:
+            if len(c.pool.live()) > int(c.pool.options.get("min_containers") or 0):
+                self._stop_container(c, f"evicted to make room for {keep.tag!r}")
 
     def _scale_down(self, pool: Pool, now: float) -> None:
         window = float(pool.options.get("scaledown_window") or policy.DEFAULT_SCALEDOWN_WINDOW_S)
@@ -430,6 +454,11 @@ class Dispatcher:
             self._fail_queue(pool, ExecutionError("init failed"), data=c.init_error)
         if pool.queue:
             self._scale(pool)
+        for waiting in list(self._waiting):
+            if waiting.stopped:
+                self._waiting.discard(waiting)
+            elif waiting is not pool:
+                self._scale(waiting)
 
     async def handle_runtime(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One container runtime's stream: hello, init, then inputs out and outputs in."""

@@ -96,9 +96,7 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     await stop.wait()
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
-    for c in list(dispatcher.containers.values()):
-        if c.handle is not None:
-            c.handle.kill()
+    dispatcher.shutdown()
     control.close()
     await runner.cleanup()
     await store.close()

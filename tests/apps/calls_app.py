@@ -10,6 +10,10 @@ import shoal as modal
 
 app = modal.App("calls")
 
+# Idle containers go quickly, so the many small pools of this module do not fill the machine between tests
+# (the control plane caps live containers per machine).
+QUICK = {"scaledown_window": 2}
+
 
 class CustomError(Exception):
     """A user-defined exception: must come back to the caller with its own class."""
@@ -23,33 +27,33 @@ def _bump(path: str) -> int:
     return n
 
 
-@app.function()
+@app.function(**QUICK)
 def hello(name: str) -> str:
     return f"Hello, {name}!"
 
 
-@app.function()
+@app.function(**QUICK)
 def add(a: int, b: int, c: int = 0) -> int:
     return a + b + c
 
 
-@app.function()
+@app.function(**QUICK)
 def square(x: int) -> int:
     return x * x
 
 
-@app.function()
+@app.function(**QUICK)
 def echo_args(*args, **kwargs) -> tuple:
     return args, kwargs
 
 
-@app.function()
+@app.function(**QUICK)
 def sleep_then(x: float) -> float:
     time.sleep(x)
     return x
 
 
-@app.function()
+@app.function(**QUICK)
 def wait_for_peers(directory: str, x: int) -> int:
     """Input 0 waits until every other input has finished (or 30 s pass); the others finish at once.
 
@@ -65,49 +69,49 @@ def wait_for_peers(directory: str, x: int) -> int:
     return x
 
 
-@app.function()
+@app.function(**QUICK)
 def sleep_then_ordered(x: float) -> float:
     time.sleep(x)
     return x
 
 
-@app.function()
+@app.function(**QUICK)
 async def async_hello(name: str) -> str:
     await asyncio.sleep(0.01)
     return f"Hello, {name}!"
 
 
-@app.function()
+@app.function(**QUICK)
 def count_to(n: int):
     for i in range(n):
         yield i
 
 
-@app.function()
+@app.function(**QUICK)
 def gen_then_fail(n: int):
     for i in range(n):
         yield i
     raise CustomError(f"gave {n} items then failed")
 
 
-@app.function()
+@app.function(**QUICK)
 def fail_on(x: int) -> int:
     if x % 3 == 0:
         raise ValueError(f"bad input {x}")
     return x
 
 
-@app.function()
+@app.function(**QUICK)
 def raise_custom(message: str) -> None:
     raise CustomError(message)
 
 
-@app.function()
+@app.function(**QUICK)
 def return_lock() -> object:
     return threading.Lock()
 
 
-@app.function(retries=modal.Retries(max_retries=3, initial_delay=0.0, max_delay=1.0))
+@app.function(retries=modal.Retries(max_retries=3, initial_delay=0.0, max_delay=1.0), **QUICK)
 def flaky(path: str, fail_times: int) -> int:
     """Fails its first `fail_times` attempts; returns the attempt number that succeeded."""
     n = _bump(path)
@@ -116,7 +120,7 @@ def flaky(path: str, fail_times: int) -> int:
     return n
 
 
-@app.function(retries=1)
+@app.function(retries=1, **QUICK)
 def flaky_int_retries(path: str, fail_times: int) -> int:
     n = _bump(path)
     if n <= fail_times:
@@ -124,7 +128,7 @@ def flaky_int_retries(path: str, fail_times: int) -> int:
     return n
 
 
-@app.function()
+@app.function(**QUICK)
 def flaky_no_retries(path: str, fail_times: int) -> int:
     n = _bump(path)
     if n <= fail_times:
@@ -132,7 +136,7 @@ def flaky_no_retries(path: str, fail_times: int) -> int:
     return n
 
 
-@app.function(retries=modal.Retries(max_retries=2, initial_delay=0.0, max_delay=1.0))
+@app.function(retries=modal.Retries(max_retries=2, initial_delay=0.0, max_delay=1.0), **QUICK)
 def flaky_odd(directory: str, x: int) -> int:
     """Odd inputs fail their first attempt; attempts are counted per input."""
     n = _bump(os.path.join(directory, f"attempts-{x}"))
@@ -141,24 +145,24 @@ def flaky_odd(directory: str, x: int) -> int:
     return x * 10
 
 
-@app.function(timeout=1)
+@app.function(timeout=1, **QUICK)
 def too_slow(x: float) -> float:
     time.sleep(x)
     return x
 
 
-@app.function()
+@app.function(**QUICK)
 def touch(directory: str, x: int) -> None:
     Path(directory, f"touched-{x}").write_text(str(x))
 
 
-@app.function()
+@app.function(**QUICK)
 def where() -> dict:
     return {"is_local": modal.is_local(), "input_id": modal.current_input_id(),
             "call_id": modal.current_function_call_id(), "pid": os.getpid()}
 
 
-@app.function()
+@app.function(**QUICK)
 def shout(marker: str) -> str:
     print(f"printed-by-container {marker}")
     return marker

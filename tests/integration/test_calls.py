@@ -38,7 +38,7 @@ from calls_app import (
     wait_for_peers,
     where,
 )
-from tests.conftest import run_script
+from tests.conftest import ControlPlane, run_script
 
 import shoal as modal
 from shoal.exception import (
@@ -475,3 +475,56 @@ def test_module_functions_are_hydrated():
     assert "hello" in app.registered_functions
     assert calls_app.hello is hello
 
+
+
+# -- capacity ------------------------------------------------------------------------------------------------
+
+STARVE_SCRIPT = """
+import shoal as modal
+
+app = modal.App("starve")
+
+
+@app.function()
+def f1():
+    return 1
+
+
+@app.function()
+def f2():
+    return 2
+
+
+@app.function()
+def f3():
+    return 3
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("F1", f1.remote(), flush=True)
+        print("F2", f2.remote(), flush=True)
+        # f1's and f2's containers now sit idle (default 60 s window) and fill the machine (2 containers).
+        try:
+            print("F3", f3.spawn().get(timeout=30), flush=True)
+        except TimeoutError:
+            print("F3 STARVED", flush=True)
+"""
+
+
+def test_idle_containers_of_other_pools_do_not_starve_a_new_pool(tmp_path, monkeypatch):
+    """With the machine full of idle containers of other functions, a call to a function with no container
+    must still run (by stopping an idle container, or at the latest once one scales down)."""
+    monkeypatch.setenv("SHOAL_LOCAL_MAX_CONTAINERS", "2")
+    cp = ControlPlane(tmp_path / "home").start()
+    monkeypatch.delenv("SHOAL_LOCAL_MAX_CONTAINERS")
+    try:
+        script = tmp_path / "starve_app.py"
+        script.write_text(STARVE_SCRIPT)
+        proc = run_script(script, env={"SHOAL_HOME": str(cp.home)}, timeout=90)
+    finally:
+        cp.stop()
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert "F1 1" in lines and "F2 2" in lines, proc.stdout
+    assert "F3 3" in lines, f"f3 never got a container: {proc.stdout}"
