@@ -87,7 +87,12 @@ def parse_gpu(gpu: str | Sequence[str] | None) -> list[str] | None:
     """`"A100-80GB:2"` → `["A100-80GB:2"]`; a list is a fallback order. Model names are uppercased."""
     if gpu is None:
         return None
-    items = [gpu] if isinstance(gpu, str) else list(gpu)
+    if isinstance(gpu, str):
+        items = [gpu]
+    elif isinstance(gpu, (list, tuple)):
+        items = list(gpu)
+    else:
+        raise InvalidError(f"`gpu` must be a string or a list of strings, got {gpu!r}")
     if not items:
         raise InvalidError("`gpu` must not be an empty list")
     parsed = []
@@ -163,7 +168,7 @@ def build_options(
         if max_inputs != 1:
             raise InvalidError("`max_inputs` only accepts 1; use `single_use_containers=True` instead")
         warnings.warn(
-            "`max_inputs=1` is deprecated; use `single_use_containers=True`", DeprecationWarning, stacklevel=4
+            "`max_inputs=1` is deprecated; use `single_use_containers=True`", DeprecationWarning, stacklevel=3
         )
         single_use_containers = True
     if isinstance(region, str):
@@ -178,12 +183,12 @@ def build_options(
         if value not in (None, False, {}, []) and name not in _warned:
             _warned.add(name)
             warnings.warn(
-                f"shoal records `{name}=` but does not enforce it yet", NotImplementedWarning, stacklevel=4
+                f"shoal records `{name}=` but does not enforce it yet", NotImplementedWarning, stacklevel=3
             )
     if include_source is False and "include_source" not in _warned:
         _warned.add("include_source")
         warnings.warn("shoal always ships the defining module's source; `include_source=False` has no effect yet",
-                      NotImplementedWarning, stacklevel=4)
+                      NotImplementedWarning, stacklevel=3)
     return FunctionOptions(
         timeout=timeout,
         startup_timeout=startup_timeout,

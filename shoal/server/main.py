@@ -73,7 +73,9 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     dispatcher = Dispatcher(store, LocalBackend(), state_dir, f"unix:{sock_path}")
     stop = asyncio.Event()
     api = Api(dispatcher, token, state_dir, on_shutdown=stop.set)
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
+    # session is noticed in milliseconds, not when the poll would have timed out.
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -9,7 +9,6 @@ import os
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import calls_app
 import pytest
@@ -17,6 +16,7 @@ from calls_app import (
     CustomError,
     add,
     app,
+    async_count,
     async_hello,
     count_to,
     echo_args,
@@ -34,20 +34,22 @@ from calls_app import (
     sleep_then_ordered,
     square,
     too_slow,
+    too_slow_retried,
     touch,
     wait_for_peers,
     where,
 )
-from tests.conftest import ControlPlane, run_script
 
 import shoal as modal
 from shoal.exception import (
+    ExecutionError,
     FunctionTimeoutError,
     InputCancellation,
     InvalidError,
     SerializationError,
 )
 from shoal.exception import TimeoutError as ShoalTimeoutError
+from tests.conftest import ControlPlane, run_script
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -159,6 +161,20 @@ def test_map_unordered_yields_completed_inputs_first(tmp_path):
     out = list(wait_for_peers.map(itertools.repeat(str(d)), [0, 1, 2], order_outputs=False))
     assert sorted(out) == [0, 1, 2]
     assert out[-1] == 0, f"input 0 finished last but was yielded at position {out.index(0)}: {out}"
+
+
+def test_map_more_inputs_than_the_in_flight_window():
+    n = 2500  # more than one request batch and more than the 1000 inputs a map keeps in flight
+    assert list(square.map(range(n))) == [x * x for x in range(n)]
+
+
+def test_map_unordered_with_return_exceptions():
+    out = list(fail_on.map(range(6), order_outputs=False, return_exceptions=True))
+    values = sorted(v for v in out if not isinstance(v, BaseException))
+    errors = sorted(str(v) for v in out if isinstance(v, BaseException))
+    assert values == [1, 2, 4, 5]
+    assert errors == ["bad input 0", "bad input 3"]
+    assert all(type(v) is ValueError for v in out if isinstance(v, BaseException))
 
 
 def test_map_return_exceptions_returns_them_in_place():
@@ -332,6 +348,21 @@ def test_remote_gen_aio():
     assert asyncio.run(main()) == [0, 1, 2, 3]
 
 
+def test_async_generator_remote_gen():
+    assert list(async_count.remote_gen(5)) == [0, 1, 2, 3, 4]
+
+
+def test_remote_gen_early_break_leaves_function_usable():
+    for item in count_to.remote_gen(10_000):
+        if item == 2:
+            break
+    assert list(count_to.remote_gen(3)) == [0, 1, 2]
+
+
+def test_generator_local_returns_generator():
+    assert list(count_to.local(4)) == [0, 1, 2, 3]
+
+
 def test_remote_on_generator_raises_invalid_error():
     with pytest.raises(InvalidError):
         count_to.remote(3)
@@ -371,6 +402,24 @@ def test_remote_exception_keeps_class_message_and_traceback(control_plane):
 def test_remote_builtin_exception_class():
     with pytest.raises(ValueError, match="bad input 3"):
         fail_on.remote(3)
+
+
+def test_large_argument_and_result_round_trip():
+    blob = os.urandom(8 * 1024 * 1024)
+    args, kwargs = echo_args.remote(blob, key=blob[:10])
+    assert args == (blob,) and kwargs == {"key": blob[:10]}
+
+
+def test_calling_a_function_of_an_app_that_is_not_running():
+    other = modal.App("not-running")
+
+    @other.function(serialized=True)
+    def lonely() -> int:
+        return 1
+
+    with pytest.raises(ExecutionError, match="not been hydrated|not running"):
+        lonely.remote()
+    assert lonely.local() == 1
 
 
 def test_unpicklable_argument_raises_serialization_error_naming_it():
@@ -433,6 +482,13 @@ def test_timeout_raises_function_timeout_error():
     assert issubclass(FunctionTimeoutError, ShoalTimeoutError)
     # The pool recovers: a fast input still works after the container was killed.
     assert too_slow.remote(0) == 0
+
+
+def test_timeouts_are_retried(tmp_path):
+    path = tmp_path / "attempts"
+    with pytest.raises(FunctionTimeoutError):
+        too_slow_retried.remote(str(path))
+    assert path.read_text() == "2"  # the first attempt and one retry both timed out
 
 
 # -- container context and output ----------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""The dispatcher's pure decisions (shoal/server/policy.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shoal.server import policy
+from shoal.server.policy import (
+    MAX_PREFETCH,
+    PREFETCH_BUDGET_S,
+    desired_containers,
+    dispatch_batch,
+    ewma,
+    prefetch_capacity,
+    should_scale_down,
+)
+
+
+def want(**kw: Any) -> int:
+    args: dict[str, Any] = dict(queued=0, running=0, per_container=1, min_containers=None, max_containers=None,
+                                buffer_containers=None, capacity=100)
+    args.update(kw)
+    return desired_containers(**args)
+
+
+# -- desired_containers --------------------------------------------------------------------------------------
+
+
+def test_idle_pool_scales_to_zero():
+    assert want() == 0
+
+
+def test_one_container_per_input_by_default():
+    assert want(queued=3) == 3
+    assert want(queued=2, running=3) == 5
+
+
+def test_concurrent_containers_hold_several_inputs():
+    assert want(queued=10, per_container=4) == 3
+    assert want(queued=8, per_container=4) == 2
+    assert want(queued=1, per_container=100) == 1
+
+
+def test_per_container_zero_is_treated_as_one():
+    assert want(queued=3, per_container=0) == 3
+
+
+def test_min_containers_kept_when_idle():
+    assert want(min_containers=2) == 2
+    assert want(queued=5, min_containers=2) == 5
+
+
+def test_max_containers_caps():
+    assert want(queued=50, max_containers=10) == 10
+    assert want(min_containers=2, max_containers=10) == 2
+
+
+def test_buffer_only_while_active():
+    assert want(buffer_containers=1) == 0
+    assert want(queued=3, buffer_containers=1) == 4
+    assert want(running=1, buffer_containers=2) == 3
+    assert want(queued=20, buffer_containers=5, max_containers=22) == 22
+
+
+def test_capacity_clamps_everything():
+    assert want(queued=50, capacity=8) == 8
+    assert want(min_containers=4, capacity=2) == 2
+    assert want(queued=5, capacity=0) == 0
+
+
+def test_measured_fast_inputs_need_few_containers():
+    # 10,000 inputs of 20 µs are 0.2 s of work: one container drains them.
+    assert want(queued=10_000, avg_exec_s=20e-6) == 1
+    assert want(queued=4, avg_exec_s=None) == 4
+    # Slow inputs still get one container each.
+    assert want(queued=4, avg_exec_s=5.0) == 4
+
+
+# -- dispatch_batch ------------------------------------------------------------------------------------------
+
+
+def test_nothing_to_dispatch():
+    assert dispatch_batch(room=0, queued=10, ready_containers=1, avg_exec_s=None) == 0
+    assert dispatch_batch(room=5, queued=0, ready_containers=1, avg_exec_s=None) == 0
+    assert dispatch_batch(room=-1, queued=10, ready_containers=1, avg_exec_s=0.001) == 0
+
+
+def test_unmeasured_or_slow_fill_free_slots_only():
+    assert dispatch_batch(room=1, queued=10, ready_containers=3, avg_exec_s=None) == 1
+    assert dispatch_batch(room=4, queued=10, ready_containers=3, avg_exec_s=1.0) == 4
+    assert dispatch_batch(room=4, queued=2, ready_containers=1, avg_exec_s=PREFETCH_BUDGET_S) == 2
+
+
+def test_fast_inputs_batched_within_budget():
+    # 1 µs per input: budget would be 5000 inputs; capped by room and queue.
+    assert dispatch_batch(room=256, queued=10_000, ready_containers=1, avg_exec_s=1e-6) == 256
+    # 1 ms per input: 5 inputs fit the 5 ms budget.
+    n = dispatch_batch(room=256, queued=1000, ready_containers=1, avg_exec_s=0.001)
+    assert n == int(PREFETCH_BUDGET_S / 0.001)
+
+
+def test_fast_inputs_get_a_fair_share_of_the_queue():
+    assert dispatch_batch(room=256, queued=100, ready_containers=4, avg_exec_s=1e-6) == 25
+    assert dispatch_batch(room=256, queued=3, ready_containers=4, avg_exec_s=1e-6) == 1
+
+
+def test_fast_inputs_always_at_least_one():
+    assert dispatch_batch(room=10, queued=5, ready_containers=1, avg_exec_s=PREFETCH_BUDGET_S * 0.99) >= 1
+
+
+# -- prefetch_capacity ---------------------------------------------------------------------------------------
+
+
+def test_prefetch_capacity():
+    assert prefetch_capacity(1, None) == 1
+    assert prefetch_capacity(4, 1.0) == 4
+    assert prefetch_capacity(1, PREFETCH_BUDGET_S) == 1
+    assert prefetch_capacity(1, 1e-5) == MAX_PREFETCH
+    assert prefetch_capacity(1000, 1e-5) == 1000
+
+
+# -- should_scale_down ---------------------------------------------------------------------------------------
+
+
+def test_should_scale_down():
+    assert should_scale_down(idle_for_s=60, scaledown_window_s=60, live=1, min_containers=0)
+    assert should_scale_down(idle_for_s=61, scaledown_window_s=60, live=3, min_containers=2)
+    assert not should_scale_down(idle_for_s=59.9, scaledown_window_s=60, live=1, min_containers=0)
+    assert not should_scale_down(idle_for_s=600, scaledown_window_s=60, live=2, min_containers=2)
+    assert not should_scale_down(idle_for_s=600, scaledown_window_s=60, live=0, min_containers=0)
+
+
+def test_default_scaledown_window_in_allowed_range():
+    assert 2 <= policy.DEFAULT_SCALEDOWN_WINDOW_S <= 3600
+
+
+# -- ewma ----------------------------------------------------------------------------------------------------
+
+
+def test_ewma():
+    assert ewma(None, 3.0) == 3.0
+    assert ewma(1.0, 2.0) == pytest.approx(1.2)
+    assert ewma(1.0, 2.0, alpha=0.5) == pytest.approx(1.5)
+    assert ewma(2.0, 2.0) == 2.0
+    value = None
+    for _ in range(100):
+        value = ewma(value, 5.0 if value is not None else 0.0)
+    assert value == pytest.approx(5.0, abs=1e-6)
