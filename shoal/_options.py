@@ -7,6 +7,7 @@ naming the parameter. Runs at decoration time so mistakes surface where they are
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -178,14 +179,17 @@ def build_options(
         if not all(isinstance(r, str) for r in region):
             raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
     extra = dict(extra or {})
+    parsed_gpu = parse_gpu(gpu)
+    # Warn on the caller's side only: containers import the same module and would repeat every warning.
+    in_container = "SHOAL_CONTAINER_ID" in os.environ
     for name in NOT_YET_ENFORCED:
         value = {"gpu": gpu, "region": region, "cpu": cpu, "memory": memory}.get(name, extra.get(name))
-        if value not in (None, False, {}, []) and name not in _warned:
+        if value not in (None, False, {}, []) and name not in _warned and not in_container:
             _warned.add(name)
             warnings.warn(
                 f"shoal records `{name}=` but does not enforce it yet", NotImplementedWarning, stacklevel=3
             )
-    if include_source is False and "include_source" not in _warned:
+    if include_source is False and "include_source" not in _warned and not in_container:
         _warned.add("include_source")
         warnings.warn("shoal always ships the defining module's source; `include_source=False` has no effect yet",
                       NotImplementedWarning, stacklevel=3)
@@ -199,7 +203,7 @@ def build_options(
         scaledown_window=scaledown_window,
         cpu=cpu,
         memory=memory,
-        gpu=parse_gpu(gpu),
+        gpu=parsed_gpu,
         single_use_containers=bool(single_use_containers),
         serialized=bool(serialized),
         include_source=include_source,

@@ -35,6 +35,55 @@ def status(message: str) -> None:
         print(f"✓ {message}", file=sys.stderr, flush=True)
 
 
+class LineSafeStream:
+    """Wraps stdout/stderr while an app runs so that lines from different threads never mix: each thread's
+    unfinished line is held until its newline (or an explicit flush). `print(x)` is two writes, and a
+    container line must not land between them."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._partial: dict[int, str] = {}
+
+    def write(self, text: str) -> int:
+        tid = threading.get_ident()
+        with self._lock:
+            head, sep, tail = (self._partial.pop(tid, "") + text).rpartition("\n")
+            if sep:
+                self._inner.write(head + sep)
+            if tail:
+                self._partial[tid] = tail
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest = self._partial.pop(threading.get_ident(), "")
+            if rest:
+                self._inner.write(rest)
+            self._inner.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class line_safe_output:  # noqa: N801 - used as a context manager
+    """Install LineSafeStream on sys.stdout and sys.stderr for the duration of a `with` block."""
+
+    def __enter__(self) -> None:
+        self._saved = (sys.stdout, sys.stderr)
+        if not isinstance(sys.stdout, LineSafeStream):
+            sys.stdout = LineSafeStream(sys.stdout)
+        if not isinstance(sys.stderr, LineSafeStream):
+            sys.stderr = LineSafeStream(sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, saved in zip(("stdout", "stderr"), self._saved, strict=True):
+            current = getattr(sys, name)
+            if current is not saved and isinstance(current, LineSafeStream):  # only undo our own wrapping
+                current.flush()
+                setattr(sys, name, saved)
+
+
 class LogPrinter:
     """Writes log chunks as they arrive; the container mark goes at the start of each line."""
 

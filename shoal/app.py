@@ -11,7 +11,7 @@ from typing import Any
 from . import _container_context
 from ._client.transport import get_client
 from ._options import build_options, check_secrets, reject_deprecated
-from ._output import LogPrinter, status
+from ._output import LogPrinter, line_safe_output, status
 from ._partial import CONCURRENT_ATTR
 from .exception import InvalidError
 from .functions import Function
@@ -330,6 +330,8 @@ class _RunContext:
     def __enter__(self) -> App:
         self.app._start(self.name, self.detach)
         assert self.app._app_id is not None
+        self._streams = line_safe_output()
+        self._streams.__enter__()
         self._follower = _LogFollower(self.app._app_id, session=not self.detach, quiet=self.quiet)
         self._follower.start()
         return self.app
@@ -341,6 +343,7 @@ class _RunContext:
             if self._follower is not None:
                 # A detached app keeps running, so its log never ends: don't wait for it.
                 self._follower.stop(wait=not self.detach)
+            self._streams.__exit__(*exc)
 
     async def __aenter__(self) -> App:
         import asyncio

@@ -291,28 +291,26 @@ class Function:
             raise
         await feeder
 
-    async def _map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
-                   order_outputs: bool = True, return_exceptions: bool = False,
-                   wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
+    def _map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
+             order_outputs: bool = True, return_exceptions: bool = False,
+             wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
         """Run once per input, in parallel containers; yields results in input order by default."""
         if wrap_returned_exceptions is not None:
             warnings.warn("`wrap_returned_exceptions` has no effect: exceptions are never wrapped",
-                          DeprecationWarning, stacklevel=3)
+                          DeprecationWarning, stacklevel=4)
         if not input_iterators:
             raise InvalidError("map() needs at least one iterable of inputs")
-        async for out in self._map_outputs(_zip(input_iterators), kwargs, order_outputs=order_outputs,
-                                           return_exceptions=return_exceptions):
-            yield out
+        return self._map_outputs(_zip(input_iterators), kwargs, order_outputs=order_outputs,
+                                 return_exceptions=return_exceptions)
 
     map = aio_method(_map, refuse_in_loop=True)
 
-    async def _starmap(self, input_iterator: Iterable[tuple], *, kwargs: dict[str, Any] = {},  # noqa: B006
-                       order_outputs: bool = True, return_exceptions: bool = False,
-                       wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
+    def _starmap(self, input_iterator: Iterable[tuple], *, kwargs: dict[str, Any] = {},  # noqa: B006
+                 order_outputs: bool = True, return_exceptions: bool = False,
+                 wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
         """Like map, with each input a tuple of positional arguments."""
-        async for out in self._map_outputs(input_iterator, kwargs, order_outputs=order_outputs,
-                                           return_exceptions=return_exceptions):
-            yield out
+        return self._map_outputs(input_iterator, kwargs, order_outputs=order_outputs,
+                                 return_exceptions=return_exceptions)
 
     starmap = aio_method(_starmap, refuse_in_loop=True)
 

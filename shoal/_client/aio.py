@@ -143,9 +143,10 @@ class aio_method:  # noqa: N801 - used as a decorator
             )
         if self.sync is not None:
             return self.sync(obj, *args, **kwargs)
-        if inspect.isasyncgenfunction(self.impl):
-            return iter_sync(self.impl(obj, *args, **kwargs))
-        return run_sync(self.impl(obj, *args, **kwargs))
+        result = self.impl(obj, *args, **kwargs)
+        if inspect.isasyncgen(result):
+            return iter_sync(result)
+        return run_sync(result)
 
 
 def with_sync(sync: Callable, **kw: Any) -> Callable[[Callable], aio_method]:

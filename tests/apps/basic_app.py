@@ -39,8 +39,7 @@ async def async_hello(name: str) -> str:
 
 @app.function()
 def count_to(n: int):
-    for i in range(n):
-        yield i
+    yield from range(n)
 
 
 @app.function()

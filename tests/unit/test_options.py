@@ -159,6 +159,7 @@ def test_memory_zero_in_decorator():
         decorate(memory=0)
 
 
+@pytest.mark.filterwarnings("ignore::shoal.exception.NotImplementedWarning")
 def test_resources_accepted():
     opts = build(cpu=2.0, memory=8192)
     assert (opts.cpu, opts.memory) == (2.0, 8192)
@@ -187,6 +188,7 @@ def test_bad_gpu(value):
         parse_gpu(value)
 
 
+@pytest.mark.filterwarnings("ignore::shoal.exception.NotImplementedWarning")
 def test_bad_gpu_in_decorator():
     with pytest.raises(InvalidError, match="gpu"):
         decorate(gpu="X1")
