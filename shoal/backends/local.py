@@ -10,15 +10,13 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from ..config import home
+from .base import ContainerSpec, OutputSink
 
 # The only variables a container inherits from the control plane's environment; everything else it gets
 # comes from its function's secrets and env.
 INHERITED_ENV = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM"}
-OutputSink = Callable[[str, str, str], None]  # (container_id, fd, text)
 
 
 class LocalContainer:
@@ -61,20 +59,19 @@ class LocalBackend:
     def capacity(self) -> int:
         return self.max_containers
 
-    async def start(
-        self, *, container_id: str, definition: dict[str, Any], env: dict[str, str], on_output: OutputSink | None
-    ) -> LocalContainer:
-        source_dir = definition.get("source_dir")
+    async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> LocalContainer:
+        container_id = spec.container_id
+        source_dir = spec.source_dir
         full_env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
-        full_env.update(definition.get("env") or {})
-        full_env.update(env)
-        full_env["SHOAL_IMAGE_ID"] = definition.get("image_id") or "im-host"
+        full_env.update(spec.env)
+        full_env["SHOAL_IMAGE_ID"] = spec.image.image_id if spec.image else "im-host"
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env["SHOAL_HOME"] = str(home())
         if source_dir:
             full_env["PYTHONPATH"] = source_dir + os.pathsep + full_env.get("PYTHONPATH", "")
+        python = spec.image.python if spec.image else self.python
         proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "shoal.runtime",
+            python, "-m", "shoal.runtime",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=full_env, cwd=source_dir or None, start_new_session=True,
         )

@@ -18,6 +18,7 @@ import msgpack
 
 from .. import _protocol
 from .._serialization import dumps_exception
+from ..backends.base import ContainerSpec
 from ..config import RESULT_TTL_S
 from ..exception import ExecutionError, FunctionTimeoutError
 from ..retries import retry_delay
@@ -378,11 +379,13 @@ class Dispatcher:
             "SHOAL_TOKEN": self.server_token,
         }
         app = self.apps.get(c.pool.app_id)
+        definition = c.pool.definition
+        spec = ContainerSpec(
+            container_id=c.id, function_id=c.pool.function_id, app_id=c.pool.app_id, definition=definition,
+            env={**(definition.get("env") or {}), **env}, source_dir=definition.get("source_dir"),
+        )
         try:
-            c.handle = await self.backend.start(
-                container_id=c.id, definition=c.pool.definition, env=env,
-                on_output=(app.logs.append if app else None),
-            )
+            c.handle = await self.backend.start(spec, on_output=(app.logs.append if app else None))
         except Exception as exc:  # the backend could not even start it
             log.exception("container %s failed to start", c.id)
             c.pool.last_start_error = f"{type(exc).__name__}: {exc}"

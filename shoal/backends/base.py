@@ -1,0 +1,56 @@
+"""The one small interface between the control plane and wherever containers run.
+
+The control plane decides *what* runs (a `ContainerSpec`); a backend only starts it, reports its output and
+exit, and stops it. Backends never make scheduling decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+OutputSink = Callable[[str, str, str], None]  # (container_id, fd, text)
+
+
+class Unschedulable(Exception):  # noqa: N818 - a state, not a failure of ours
+    """The backend cannot start this container now (no matching GPU, no room); the reason is shown to users
+    and the control plane tries again later."""
+
+
+@dataclass
+class ContainerImage:
+    """A built image as a backend needs it."""
+
+    image_id: str
+    python: str  # the interpreter containers of this image run (a path the sandbox makes visible)
+    root: str | None = None  # the image's own directory (venv, unpacked apt packages, copied files)
+    env: dict[str, str] = field(default_factory=dict)  # ENV steps and PATH/LD_LIBRARY_PATH additions
+    workdir: str | None = None
+
+
+@dataclass
+class ContainerSpec:
+    container_id: str
+    function_id: str
+    app_id: str
+    definition: dict[str, Any]  # the function's definition as registered (options, tag, module, …)
+    env: dict[str, str]  # variables set by the control plane (ids, tokens, addresses) and secrets
+    image: ContainerImage | None = None  # None: the control plane's own interpreter
+    source_dir: str | None = None  # the app's source, importable inside the container (at /root)
+    gpus: list[str] = field(default_factory=list)  # device indices assigned to this container
+
+
+class ContainerHandle(Protocol):
+    pid: int
+
+    async def wait(self) -> int: ...  # exit code (negative: killed by that signal), after output is drained
+    def kill(self) -> None: ...
+    def terminate(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def capacity(self) -> int: ...
+    async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> ContainerHandle: ...
