@@ -5,10 +5,14 @@ from __future__ import annotations
 from . import exception
 from ._container_context import current_function_call_id, current_input_id, is_local
 from ._output import enable_output
-from ._partial import concurrent
+from ._partial import batched, concurrent, enter, exit, method, parameter  # noqa: A004 - Modal's names
 from .app import App, LocalEntrypoint
+from .cls import Cls, Obj
 from .exception import Error
+from .dict import Dict
 from .functions import Function, FunctionCall
+from .image import Image
+from .queue import Queue
 from .retries import Retries
 from .schedule import Cron, Period
 from .secret import Secret
@@ -17,18 +21,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Cls",
     "Cron",
+    "Dict",
     "Error",
     "Function",
     "FunctionCall",
+    "Image",
     "LocalEntrypoint",
+    "Obj",
     "Period",
+    "Queue",
     "Retries",
     "Secret",
+    "batched",
     "concurrent",
     "current_function_call_id",
     "current_input_id",
     "enable_output",
+    "enter",
     "exception",
+    "exit",
     "is_local",
+    "method",
+    "parameter",
 ]

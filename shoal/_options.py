@@ -52,6 +52,8 @@ class FunctionOptions:
     single_use_containers: bool = False
     max_inputs: int = 1  # inputs one container runs at once (@modal.concurrent)
     target_inputs: int | None = None
+    batch_max_size: int | None = None  # @modal.batched / with_batching
+    batch_wait_ms: int | None = None
     serialized: bool = False
     include_source: bool | None = None
     region: list[str] | None = None
@@ -220,3 +222,84 @@ def check_secrets(secrets: Collection[Any] | None) -> list[Any]:
         if not isinstance(s, Secret):
             raise InvalidError(f"`secrets` must contain modal.Secret objects, got {type(s).__name__}")
     return items
+
+
+# What `Function.with_options` / `Cls.with_options` may change, as sent to the control plane for a variant.
+OVERRIDABLE_OPTIONS = ("timeout", "retries", "max_containers", "buffer_containers", "scaledown_window", "cpu",
+                       "memory", "gpu", "region", "max_inputs", "target_inputs", "batch_max_size", "batch_wait_ms")
+OVERRIDABLE_EXTRA = ("cloud", "routing_region")
+
+
+def option_overrides(
+    *,
+    cpu: float | tuple[float, float] | None = None,
+    memory: int | tuple[int, int] | None = None,
+    gpu: str | list[str] | None = None,
+    env: dict[str, str | None] | None = None,
+    secrets: Collection[Any] | None = None,
+    volumes: dict[Any, Any] | None = None,
+    retries: int | Retries | None = None,
+    max_containers: int | None = None,
+    buffer_containers: int | None = None,
+    scaledown_window: int | None = None,
+    timeout: int | None = None,
+    region: str | Sequence[str] | None = None,
+    cloud: str | None = None,
+    routing_region: str | None = None,
+) -> dict[str, Any]:
+    """Validate `with_options(...)` arguments; returns the overrides in wire form:
+    `{"options": {...}, "extra": {...}, "secrets": [...]}` (only what was given).
+
+    As in Modal, options cannot be unset (None means "unchanged"), and `secrets`/`env` replace the function's
+    secrets rather than adding to them."""
+    from .secret import Secret, secret_refs
+
+    _check_int("timeout", timeout, 1, MAX_TIMEOUT)
+    _check_int("max_containers", max_containers, 1)
+    _check_int("buffer_containers", buffer_containers, 0)
+    _check_int("scaledown_window", scaledown_window, 2, 3600)
+    _check_resource("cpu", cpu, float)
+    _check_resource("memory", memory, int)
+    if env is not None and not isinstance(env, dict):
+        raise InvalidError(f"`env` must be a dict, got {type(env).__name__}")
+    if volumes is not None and not isinstance(volumes, dict):
+        raise InvalidError(f"`volumes` must be a dict, got {type(volumes).__name__}")
+    if isinstance(region, str):
+        region = [region]
+    elif region is not None:
+        region = list(region)
+        if not all(isinstance(r, str) for r in region):
+            raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
+    parsed_retries = parse_retries(retries)
+    options: dict[str, Any] = {
+        "timeout": timeout, "max_containers": max_containers, "buffer_containers": buffer_containers,
+        "scaledown_window": scaledown_window, "cpu": list(cpu) if isinstance(cpu, tuple) else cpu,
+        "memory": list(memory) if isinstance(memory, tuple) else memory, "gpu": parse_gpu(gpu), "region": region,
+        "retries": parsed_retries.to_dict() if parsed_retries else None,
+    }
+    out: dict[str, Any] = {"options": {k: v for k, v in options.items() if v is not None}}
+    extra = {k: v for k, v in (("cloud", cloud), ("routing_region", routing_region)) if v is not None}
+    if extra:
+        out["extra"] = extra
+    if secrets or env:
+        out["secrets"] = secret_refs([*check_secrets(secrets), *([Secret.from_dict(env)] if env else [])])
+    in_container = "SHOAL_CONTAINER_ID" in os.environ
+    given = {"cpu": cpu, "memory": memory, "gpu": gpu, "region": region, "cloud": cloud,
+             "routing_region": routing_region, "volumes": volumes}
+    for name, value in given.items():
+        if value not in (None, {}, []) and name not in _warned and not in_container:
+            _warned.add(name)
+            warnings.warn(f"shoal records `{name}=` but does not enforce it yet", NotImplementedWarning,
+                          stacklevel=3)
+    return out
+
+
+def merge_overrides(first: dict[str, Any] | None, then: dict[str, Any]) -> dict[str, Any]:
+    """Stacked `with_options(...)`: later values win; `secrets` are replaced, not merged."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (first or {}).items()}
+    for key in ("options", "extra"):
+        if then.get(key):
+            out[key] = {**out.get(key, {}), **then[key]}
+    if "secrets" in then:
+        out["secrets"] = then["secrets"]
+    return out

@@ -12,7 +12,7 @@ from . import _container_context
 from ._client.transport import get_client
 from ._options import build_options, check_secrets, reject_deprecated
 from ._output import LogPrinter, line_safe_output, status
-from ._partial import CONCURRENT_ATTR
+from ._partial import BATCHED_ATTR, CONCURRENT_ATTR, check_batched_function
 from .exception import InvalidError
 from .functions import Function
 from .retries import Retries
@@ -56,6 +56,9 @@ class App:
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise InvalidError(f"App name must be a string, got {type(name).__name__}")
+        from .image import check_image
+
+        check_image(image, "App")
         self._name = name
         self._tags = dict(tags or {})
         self._image = image
@@ -64,6 +67,7 @@ class App:
         self._include_source = include_source
         self._functions: dict[str, Function] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
+        self._classes: dict[str, Any] = {}  # name -> Cls
         self._app_id: str | None = None
         self._running = False
         App._instances.add(self)
@@ -94,7 +98,7 @@ class App:
 
     @property
     def registered_classes(self) -> dict[str, Any]:
-        return {}
+        return dict(self._classes)
 
     @property
     def registered_web_endpoints(self) -> list[str]:
@@ -107,6 +111,7 @@ class App:
                 raise InvalidError(f"both apps define a function named {tag!r}")
             self._functions[tag] = fn
         self._entrypoints.update(other_app._entrypoints)
+        self._classes.update(other_app._classes)
         if inherit_tags:
             self._tags = {**other_app._tags, **self._tags}
         return self
@@ -161,6 +166,9 @@ class App:
         """Turn a Python function into a shoal Function. Bad arguments fail here, naming the parameter."""
         if _warn_parentheses_missing is not None:
             raise InvalidError("Did you forget parentheses? Use `@app.function()`, not `@app.function`.")
+        from .image import check_image
+
+        check_image(image, "@app.function()")
         reject_deprecated(dict(keep_warm=keep_warm, concurrency_limit=concurrency_limit,
                                container_idle_timeout=container_idle_timeout,
                                allow_concurrent_inputs=allow_concurrent_inputs))
@@ -182,6 +190,10 @@ class App:
                      experimental_options=experimental_options)
 
         def decorate(f: Callable) -> Function:
+            if not isinstance(f, type):
+                from .cls import _check_function_target
+
+                _check_function_target(f)
             if isinstance(f, Function):
                 raise InvalidError(f"{f.tag!r} is already a shoal Function; decorate it only once")
             if not callable(f):
@@ -208,6 +220,13 @@ class App:
                     raise InvalidError("@modal.concurrent cannot be combined with single_use_containers=True")
                 options.max_inputs = concurrency["max_inputs"]
                 options.target_inputs = concurrency["target_inputs"]
+            batching = getattr(f, BATCHED_ATTR, None) if not isinstance(f, type) else None
+            if batching:
+                check_batched_function(f, getattr(f, "__name__", qualname), gen)
+                if concurrency:
+                    raise InvalidError(f"{qualname}: @modal.batched cannot be combined with @modal.concurrent")
+                options.batch_max_size = batching["max_batch_size"]
+                options.batch_wait_ms = batching["wait_ms"]
             tag = name or qualname
             fn = Function(self, f, tag=tag, options=options, secrets=all_secrets, image=image or self._image,
                           is_generator=gen, schedule=schedule)
@@ -220,6 +239,67 @@ class App:
             return fn
 
         return decorate
+
+    def cls(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Collection[Any] | None = None,
+        gpu: str | list[str] | None = None,
+        serialized: bool = False,
+        network_file_systems: dict[Any, Any] = {},  # noqa: B006 - Modal's signature
+        volumes: dict[Any, Any] = {},  # noqa: B006
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+        proxy: Any = None,
+        retries: int | Retries | None = None,
+        timeout: int = 300,
+        startup_timeout: int | None = None,
+        cloud: str | None = None,
+        region: str | list[str] | None = None,
+        routing_region: str | None = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        restrict_modal_access: bool = False,
+        single_use_containers: bool = False,
+        i6pn: bool | None = None,
+        include_source: bool | None = None,
+        experimental_options: dict[str, Any] | None = None,
+        _experimental_restrict_output: bool = False,
+        max_inputs: int | None = None,
+        keep_warm: Any = None,
+        concurrency_limit: Any = None,
+        container_idle_timeout: Any = None,
+        allow_concurrent_inputs: Any = None,
+    ) -> Callable[[type], Any]:
+        """Turn a class into a shoal Cls: `@modal.method()`s become Functions sharing one container pool per
+        parameter set, with `@modal.enter()`/`@modal.exit()` hooks run once per container."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("Did you forget parentheses? Use `@app.cls()`, not `@app.cls`.")
+        reject_deprecated(dict(keep_warm=keep_warm, concurrency_limit=concurrency_limit,
+                               container_idle_timeout=container_idle_timeout,
+                               allow_concurrent_inputs=allow_concurrent_inputs), where="@app.cls")
+        from .cls import _cls_decorator
+
+        return _cls_decorator(self, dict(
+            image=image, env=env, secrets=secrets, gpu=gpu, serialized=serialized,
+            network_file_systems=network_file_systems, volumes=volumes, cpu=cpu, memory=memory,
+            ephemeral_disk=ephemeral_disk, min_containers=min_containers, max_containers=max_containers,
+            buffer_containers=buffer_containers, scaledown_window=scaledown_window, proxy=proxy, retries=retries,
+            timeout=timeout, startup_timeout=startup_timeout, cloud=cloud, region=region,
+            routing_region=routing_region, nonpreemptible=nonpreemptible, enable_memory_snapshot=enable_memory_snapshot,
+            block_network=block_network, restrict_modal_access=restrict_modal_access,
+            single_use_containers=single_use_containers, i6pn=i6pn, include_source=include_source,
+            experimental_options=experimental_options, _experimental_restrict_output=_experimental_restrict_output,
+            max_inputs=max_inputs))
 
     def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None
                          ) -> Callable[[Callable], LocalEntrypoint]:
@@ -253,12 +333,14 @@ class App:
     def _definitions(self) -> list[dict[str, Any]]:
         from ._client.source import container_module_name, pack_module
         from ._serialization import dumps
+        from .image import wire_for
 
         client = get_client()
         uploaded: set[str] = set()
         defs = []
         for fn in self._functions.values():
             d = fn._definition()
+            d["image"] = wire_for(getattr(fn, "_image", None), client, uploaded)  # fn's, else app's, else default
             raw = fn.get_raw_f()
             if fn._options.serialized:
                 d["serialized_fn"] = dumps(raw, f"function {fn.tag!r}")
@@ -275,7 +357,7 @@ class App:
             defs.append(d)
         return defs
 
-    def _start(self, name: str | None, detach: bool) -> None:
+    def _start(self, name: str | None, detach: bool, on_created: Callable[[str], None] | None = None) -> None:
         if self._running:
             raise InvalidError("this app is already running")
         client = get_client()
@@ -283,6 +365,8 @@ class App:
         self._app_id = resp["app_id"]
         status(f"Initialized app {self._app_id}")
         try:
+            if on_created is not None:
+                on_created(self._app_id)  # follow the log now: image builds stream to it while registering
             ids = client.call("POST", f"/v1/apps/{self._app_id}/functions",
                               {"functions": self._definitions()})["functions"]
         except BaseException:
@@ -328,13 +412,20 @@ class _RunContext:
         self._follower: _LogFollower | None = None
 
     def __enter__(self) -> App:
-        self.app._start(self.name, self.detach)
-        assert self.app._app_id is not None
         self._streams = line_safe_output()
         self._streams.__enter__()
-        self._follower = _LogFollower(self.app._app_id, session=not self.detach, quiet=self.quiet)
-        self._follower.start()
+        try:
+            self.app._start(self.name, self.detach, on_created=self._follow)
+        except BaseException as exc:  # e.g. ImageBuildError: print the rest of the build output first
+            if self._follower is not None:
+                self._follower.stop(wait=True)
+            self._streams.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self.app
+
+    def _follow(self, app_id: str) -> None:
+        self._follower = _LogFollower(app_id, session=not self.detach, quiet=self.quiet)
+        self._follower.start()
 
     def __exit__(self, *exc: Any) -> None:
         try:

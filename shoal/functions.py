@@ -58,6 +58,15 @@ def _output_value(status: str, data: bytes | None) -> Any:
 class Function:
     """A function that runs in containers. Created by `@app.function()`."""
 
+    # Methods of a Cls (their calls name the method), the Cls's service function, and variants made by
+    # with_options/with_concurrency/with_batching or by parameter values (their own pool, created on first use).
+    _method_name: str | None = None
+    _cls_info: dict[str, Any] | None = None
+    _variant_base: Function | None = None
+    _variant_params: bytes | None = None
+    _variant_overrides: dict[str, Any] | None = None
+    _variant_cache: tuple[str, str] | None = None  # (base function id, variant function id)
+
     def __init__(
         self,
         app: App | None,
@@ -121,12 +130,34 @@ class Function:
         self._function_id = function_id
 
     def _fid(self) -> str:
+        if self._variant_base is not None:
+            base_id = self._variant_base._fid()
+            if self._variant_cache is None or self._variant_cache[0] != base_id:
+                resp = get_client().call("POST", f"/v1/functions/{base_id}/variants", self._variant_request())
+                self._variant_cache = (base_id, resp["function_id"])
+            return self._variant_cache[1]
         if self._function_id is None:
             raise ExecutionError(
                 f"Function {self._tag!r} has not been hydrated: its app is not running. Call it inside "
                 "`with app.run():`, from `shoal run`, or after deploying the app."
             )
         return self._function_id
+
+    async def _afid(self) -> str:
+        """`_fid()` for async paths: resolving a variant is a request, made without blocking the loop."""
+        if self._variant_base is None:
+            return self._fid()
+        base_id = await self._variant_base._afid()
+        if self._variant_cache is None or self._variant_cache[0] != base_id:
+            resp = await get_client().acall("POST", f"/v1/functions/{base_id}/variants", self._variant_request())
+            self._variant_cache = (base_id, resp["function_id"])
+        return self._variant_cache[1]
+
+    def _variant_request(self) -> dict[str, Any]:
+        return {"params": self._variant_params, "options": self._variant_overrides or {}}
+
+    def _call_extra(self) -> dict[str, Any]:
+        return {"method": self._method_name} if self._method_name else {}
 
     def _check_gen(self, generator_call: bool, what: str) -> None:
         if generator_call and not self._is_generator:
@@ -136,18 +167,19 @@ class Function:
 
     def _definition(self) -> dict[str, Any]:
         """What the control plane needs to run this function (the source is attached by the app)."""
-        env: dict[str, str] = {}
-        for s in self._secrets:
-            env.update({k: v for k, v in s.env().items() if v is not None})
-        return {
+        from .secret import secret_refs
+
+        d = {
             "tag": self._tag,
             "is_generator": self._is_generator,
             "is_async": self._is_async,
             "options": self._options.to_wire(),
-            "env": env,
-            "secret_names": [s.name for s in self._secrets if s.name],
+            "secrets": secret_refs(self._secrets),
             "app_name": self._app.name if self._app else None,
         }
+        if self._cls_info is not None:
+            d["cls"] = self._cls_info
+        return d
 
     # -- local -----------------------------------------------------------------------------------------------
     def local(self, *args: Any, **kwargs: Any) -> Any:
@@ -161,8 +193,8 @@ class Function:
         client = get_client()
         call_id = new_call_id()
         resp = client.call("POST", f"/v1/functions/{fid}/calls",
-                           {"kind": "remote", "call_id": call_id, "args": ser.dumps_args(args, kwargs),
-                            "wait": POLL_S})
+                           {**self._call_extra(), "kind": "remote", "call_id": call_id,
+                            "args": ser.dumps_args(args, kwargs), "wait": POLL_S})
         while resp.get("pending"):
             resp = client.call("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}")
         return _decode_output(resp["status"], resp["data"])
@@ -171,12 +203,12 @@ class Function:
     async def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Run in a container and return the result (re-raising its exception)."""
         self._check_gen(False, ".remote()")
-        fid = self._fid()
+        fid = await self._afid()
         client = get_client()
         call_id = new_call_id()
         resp = await client.acall("POST", f"/v1/functions/{fid}/calls",
-                                  {"kind": "remote", "call_id": call_id, "args": ser.dumps_args(args, kwargs),
-                                   "wait": POLL_S})
+                                  {**self._call_extra(), "kind": "remote", "call_id": call_id,
+                                   "args": ser.dumps_args(args, kwargs), "wait": POLL_S})
         while resp.get("pending"):
             resp = await client.acall("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}")
         return _decode_output(resp["status"], resp["data"])
@@ -184,11 +216,12 @@ class Function:
     async def _remote_gen(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Stream a generator function's items as the container yields them."""
         self._check_gen(True, ".remote_gen()")
-        fid = self._fid()
+        fid = await self._afid()
         client = get_client()
         call_id = new_call_id()
         await client.acall("POST", f"/v1/functions/{fid}/calls",
-                           {"kind": "gen", "call_id": call_id, "args": ser.dumps_args(args, kwargs)})
+                           {**self._call_extra(), "kind": "gen", "call_id": call_id,
+                            "args": ser.dumps_args(args, kwargs)})
         after = -1
         while True:
             resp = await client.acall("GET", f"/v1/calls/{call_id}/outputs?after={after}&timeout={POLL_S}")
@@ -207,7 +240,8 @@ class Function:
         self._check_gen(False, ".spawn()")
         call_id = new_call_id()
         get_client().call("POST", f"/v1/functions/{self._fid()}/calls",
-                          {"kind": "spawn", "call_id": call_id, "args": ser.dumps_args(args, kwargs)})
+                          {**self._call_extra(), "kind": "spawn", "call_id": call_id,
+                           "args": ser.dumps_args(args, kwargs)})
         return FunctionCall(call_id, num_inputs=1)
 
     @with_sync(_spawn_sync)
@@ -215,8 +249,9 @@ class Function:
         """Start a call and return its handle at once; the result is kept for 7 days."""
         self._check_gen(False, ".spawn()")
         call_id = new_call_id()
-        await get_client().acall("POST", f"/v1/functions/{self._fid()}/calls",
-                                 {"kind": "spawn", "call_id": call_id, "args": ser.dumps_args(args, kwargs)})
+        await get_client().acall("POST", f"/v1/functions/{await self._afid()}/calls",
+                                 {**self._call_extra(), "kind": "spawn", "call_id": call_id,
+                                  "args": ser.dumps_args(args, kwargs)})
         return FunctionCall(call_id, num_inputs=1)
 
     # -- map family ------------------------------------------------------------------------------------------
@@ -229,10 +264,11 @@ class Function:
         import asyncio
 
         self._check_gen(False, ".map()")
-        fid = self._fid()
+        fid = await self._afid()
         client = get_client()
         call_id = new_call_id()
-        await client.acall("POST", f"/v1/functions/{fid}/calls", {"kind": "map", "call_id": call_id})
+        await client.acall("POST", f"/v1/functions/{fid}/calls",
+                           {**self._call_extra(), "kind": "map", "call_id": call_id})
         window = asyncio.Semaphore(MAP_WINDOW)
         total: list[int] = []  # set once the feeder has read every input
 
@@ -328,7 +364,8 @@ class Function:
         self._check_gen(False, ".spawn_map()")
         client = get_client()
         call_id = new_call_id()
-        await client.acall("POST", f"/v1/functions/{self._fid()}/calls", {"kind": "map", "call_id": call_id})
+        await client.acall("POST", f"/v1/functions/{await self._afid()}/calls",
+                           {**self._call_extra(), "kind": "map", "call_id": call_id})
         batch: list[list[Any]] = []
         n = 0
         async for args in _zip(input_iterators):
@@ -341,6 +378,74 @@ class Function:
 
     spawn_map = aio_method(_spawn_map)
 
+    # -- variants: each a new, independent container pool ---------------------------------------------------
+    def _variant(self, overrides: dict[str, Any], params: bytes | None = None) -> Function:
+        """A copy whose calls go to the pool for these option overrides (and class parameter values)."""
+        import copy
+
+        from ._options import merge_overrides
+
+        v = copy.copy(self)
+        v._variant_base = self._variant_base or self
+        v._variant_overrides = merge_overrides(self._variant_overrides, overrides)
+        v._variant_params = params if params is not None else self._variant_params
+        v._variant_cache = None
+        v._function_id = None
+        return v
+
+    def _effective_option(self, key: str) -> Any:
+        ov = (self._variant_overrides or {}).get("options", {})
+        return ov[key] if key in ov else getattr(self._options, key, None)
+
+    def with_options(
+        self,
+        *,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        gpu: str | list[str] | None = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Any = None,
+        volumes: dict[Any, Any] = {},  # noqa: B006 - Modal's signature
+        retries: Any = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+        timeout: int | None = None,
+        region: str | list[str] | None = None,
+        cloud: str | None = None,
+        routing_region: str | None = None,
+    ) -> Function:
+        """This function with other options, running in its own container pool. Calls stack (later values win);
+        `secrets` and `volumes` replace the function's rather than adding to them; options cannot be unset."""
+        from ._options import option_overrides
+
+        return self._variant(option_overrides(
+            cpu=cpu, memory=memory, gpu=gpu, env=env, secrets=secrets, volumes=volumes, retries=retries,
+            max_containers=max_containers, buffer_containers=buffer_containers, scaledown_window=scaledown_window,
+            timeout=timeout, region=region, cloud=cloud, routing_region=routing_region))
+
+    def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> Function:
+        """This function with each container running up to `max_inputs` inputs at once, in its own pool."""
+        from ._partial import concurrent
+
+        concurrent(max_inputs=max_inputs, target_inputs=target_inputs)  # the decorator's validation
+        if self._options.single_use_containers:
+            raise InvalidError("with_concurrency cannot be combined with single_use_containers=True")
+        if self._effective_option("batch_max_size"):
+            raise InvalidError(f"{self._tag!r} uses dynamic batching; it cannot also take concurrent inputs")
+        return self._variant({"options": {"max_inputs": max_inputs, "target_inputs": target_inputs}})
+
+    def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Function:
+        """This function called with batches of up to `max_batch_size` inputs (lists), in its own pool."""
+        from ._partial import check_batched_function, check_batching
+
+        check_batching(max_batch_size, wait_ms)
+        if int(self._effective_option("max_inputs") or 1) > 1:
+            raise InvalidError(f"{self._tag!r} takes concurrent inputs; it cannot also use dynamic batching")
+        if self._raw_f is not None and self._cls_info is None and self._method_name is None:
+            check_batched_function(self._raw_f, self._tag, self._is_generator)
+        return self._variant({"options": {"batch_max_size": max_batch_size, "batch_wait_ms": wait_ms}})
+
     # -- introspection ---------------------------------------------------------------------------------------
     def get_web_url(self) -> str | None:
         return None
@@ -348,11 +453,77 @@ class Function:
     async def _get_current_stats(self) -> Any:
         from .types import FunctionCurrentStats
 
-        s = await get_client().acall("GET", f"/v1/functions/{self._fid()}/stats")
+        s = await get_client().acall("GET", f"/v1/functions/{await self._afid()}/stats")
         return FunctionCurrentStats(backlog=s["backlog"], num_total_runners=s["num_total_runners"],
-                                    num_running_inputs=s["num_running_inputs"], input_headroom=0)
+                                    num_running_inputs=s["num_running_inputs"],
+                                    input_headroom=s.get("input_headroom", 0))
 
     get_current_stats = aio_method(_get_current_stats)
+
+    # -- autoscaler ------------------------------------------------------------------------------------------
+    @property
+    def autoscaler(self) -> FunctionAutoscalerManager:
+        """`.autoscaler.settings()` and `.autoscaler.update(...)`: this function's pool at runtime."""
+        return FunctionAutoscalerManager(self._fid)
+
+    def _update_autoscaler_sync(self, *, min_containers: int | None = None, max_containers: int | None = None,
+                                buffer_containers: int | None = None, scaledown_window: int | None = None) -> Any:
+        warnings.warn("`Function.update_autoscaler(...)` is deprecated; use `Function.autoscaler.update(...)`",
+                      DeprecationWarning, stacklevel=4)
+        from ._client.aio import run_sync
+
+        return run_sync(self.autoscaler._apply(min_containers=min_containers, max_containers=max_containers,
+                                               buffer_containers=buffer_containers,
+                                               scaledown_window=scaledown_window))
+
+    @with_sync(_update_autoscaler_sync)
+    async def update_autoscaler(self, *, min_containers: int | None = None, max_containers: int | None = None,
+                                buffer_containers: int | None = None, scaledown_window: int | None = None) -> Any:
+        """Deprecated: use `.autoscaler.update(...)`. Returns the settings now in force."""
+        warnings.warn("`Function.update_autoscaler(...)` is deprecated; use `Function.autoscaler.update(...)`",
+                      DeprecationWarning, stacklevel=2)
+        return await self.autoscaler._apply(min_containers=min_containers, max_containers=max_containers,
+                                            buffer_containers=buffer_containers, scaledown_window=scaledown_window)
+
+
+class FunctionAutoscalerManager:
+    """`Function.autoscaler`: read and override the pool's autoscaler knobs while the app runs. Overrides last
+    until the app is redeployed."""
+
+    def __init__(self, function_id: Callable[[], str]) -> None:
+        self._function_id = function_id
+
+    async def _apply(self, **values: int | None) -> Any:
+        from ._options import _check_int
+        from .types import FunctionAutoscalerSettings
+
+        _check_int("min_containers", values.get("min_containers"), 0)
+        _check_int("max_containers", values.get("max_containers"), 1)
+        _check_int("buffer_containers", values.get("buffer_containers"), 0)
+        _check_int("scaledown_window", values.get("scaledown_window"), 2, 3600)
+        lo, hi = values.get("min_containers"), values.get("max_containers")
+        if lo is not None and hi is not None and lo > hi:
+            raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")
+        body = {k: v for k, v in values.items() if v is not None}
+        resp = await get_client().acall("POST", f"/v1/functions/{self._function_id()}/autoscaler", body)
+        return FunctionAutoscalerSettings(**resp["settings"])
+
+    async def _update(self, *, min_containers: int | None = None, max_containers: int | None = None,
+                      buffer_containers: int | None = None, scaledown_window: int | None = None) -> None:
+        """Override some knobs now (None leaves one as it is); validated like the decorator's."""
+        await self._apply(min_containers=min_containers, max_containers=max_containers,
+                          buffer_containers=buffer_containers, scaledown_window=scaledown_window)
+
+    update = aio_method(_update)
+
+    async def _settings(self) -> Any:
+        """The knobs in force now: the decorator's, with runtime overrides applied."""
+        from .types import FunctionAutoscalerSettings
+
+        resp = await get_client().acall("GET", f"/v1/functions/{self._function_id()}/autoscaler")
+        return FunctionAutoscalerSettings(**resp["settings"])
+
+    settings = aio_method(_settings)
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -23,8 +23,39 @@ def _check(env: dict[str, str | None]) -> dict[str, str | None]:
     return dict(env)
 
 
+class _SecretManager:
+    """`Secret.objects.create / delete / list`: named secrets, stored encrypted by the control plane."""
+
+    def create(self, name: str, env_dict: dict[str, str], *, allow_existing: bool = False,
+               environment_name: str | None = None, client: object = None) -> None:
+        from ._client.transport import get_client
+
+        _check(env_dict)
+        get_client().call("POST", "/v1/secrets", {"name": name, "env": env_dict, "allow_existing": allow_existing})
+
+    def delete(self, name: str, *, allow_missing: bool = False, environment_name: str | None = None,
+               client: object = None) -> None:
+        from ._client.transport import get_client
+        from .exception import NotFoundError
+
+        try:
+            get_client().call("DELETE", f"/v1/secrets/{name}")
+        except NotFoundError:
+            if not allow_missing:
+                raise
+
+    def list(self, *, max_objects: int | None = None, created_before: object = None,
+             environment_name: str = "", client: object = None) -> list[Secret]:
+        from ._client.transport import get_client
+
+        rows = get_client().call("GET", "/v1/secrets")["secrets"]
+        return [Secret({}, name=r["name"]) for r in rows[:max_objects]]
+
+
 class Secret:
     """A set of environment variables. Later secrets in a function's list override earlier ones."""
+
+    objects = _SecretManager()
 
     def __init__(self, env: dict[str, str | None] | None = None, *, name: str | None = None,
                  required_keys: list[str] | None = None) -> None:
@@ -71,6 +102,29 @@ class Secret:
 
     def env(self) -> dict[str, str | None]:
         return dict(self._env)
+
+    def update(self, env_dict: dict[str, str]) -> None:
+        """Change a named secret (dict.update semantics); containers started afterwards see the new values."""
+        from ._client.transport import get_client
+
+        if not self._name:
+            self._env.update(_check(env_dict))
+            return
+        get_client().call("POST", f"/v1/secrets/{self._name}/update", {"env": _check(env_dict)})
+
+    def info(self) -> dict:
+        return {"name": self._name, "keys": sorted(self._env) if not self._name else None}
+
+    def to_ref(self) -> dict:
+        """Wire form: a name the control plane resolves at container start, or the values themselves."""
+        if self._name:
+            return {"name": self._name, "required_keys": self._required_keys}
+        return {"env": {k: v for k, v in self._env.items() if v is not None}}
+
+
+def secret_refs(secrets: list[Secret]) -> list[dict]:
+    """A function's secrets in order; later ones override earlier ones when the container starts."""
+    return [s.to_ref() for s in secrets]
 
 
 def _parse_dotenv(text: str) -> dict[str, str | None]:

@@ -60,17 +60,24 @@ def _files_for(module_name: str) -> list[tuple[str, Path]]:
 @functools.lru_cache(maxsize=64)
 def pack_module(module_name: str) -> tuple[str, bytes]:
     """(sha256, tarball) of the source that defines `module_name`."""
+    return pack_files(_files_for(module_name), f"source of {module_name!r}")
+
+
+def pack_files(files: list[tuple[str, Path]], what: str, limit: int = MAX_SOURCE_BYTES,
+               keep_exec: bool = False) -> tuple[str, bytes]:
+    """(sha256, deterministic tarball) of `(arcname, path)` pairs: no timestamps or owners, so equal content
+    gives an equal hash. `keep_exec` keeps the executable bit (image files)."""
     buf = io.BytesIO()
     total = 0
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for arcname, path in _files_for(module_name):
+        for arcname, path in files:
             data = path.read_bytes()
             total += len(data)
-            if total > MAX_SOURCE_BYTES:
-                raise InvalidError(f"source of {module_name!r} is larger than {MAX_SOURCE_BYTES} bytes")
+            if total > limit:
+                raise InvalidError(f"{what} is larger than {limit} bytes")
             info = tarfile.TarInfo(arcname)
             info.size = len(data)
-            info.mode = 0o644
+            info.mode = 0o755 if keep_exec and path.stat().st_mode & 0o111 else 0o644
             tar.addfile(info, io.BytesIO(data))
     blob = buf.getvalue()
     return hashlib.sha256(blob).hexdigest(), blob

@@ -30,6 +30,10 @@ def _raise_for(status: int, payload: bytes) -> None:
         message, kind = body.get("error", ""), body.get("type", "RemoteError")
     except Exception:  # noqa: BLE001 - not our error format: show the raw body
         message, kind = payload[:500].decode("utf-8", "replace"), "RemoteError"
+    if kind == "QueueFull":
+        import queue
+
+        raise queue.Full(message)
     cls = getattr(exception, kind, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = exception.RemoteError

@@ -1,28 +1,81 @@
-"""Local backend: each container is a process on this machine running `python -m shoal.runtime`.
+"""Local backend: each container is a process tree on this machine running `python -m shoal.runtime`.
 
-(Namespaces, cgroups and images arrive with the sandbox; this backend already owns the process lifecycle and
-captures output so both can be added behind the same calls.)
+On Linux, where the kernel allows it, each container is sandboxed (its own mount, pid, ipc, uts, user and network
+namespaces; see docs/sandbox.md, shoal/backends/sandbox.py and shoal/runtime/sandbox_init.py). Elsewhere, or
+with `SHOAL_ISOLATION=process`, containers are plain processes and the backend says so once. Either way, when the
+host lets us, each container gets a cgroup with its `cpu=`/`memory=` limits, and an OOM kill is reported as one.
+GPUs of the machine (`nvidia-smi -L`) are handed out exclusively through `CUDA_VISIBLE_DEVICES`; a container
+whose `gpu=` cannot be met now raises `Unschedulable` with the reason, and the control plane tries again later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
+import logging
 import os
 import signal
+import socket
 import sys
+import time
+from pathlib import Path
 
 from ..config import home
-from .base import ContainerSpec, OutputSink
+from . import gpus as gpu_mod
+from .base import ContainerSpec, OutputSink, Unschedulable
+from .sandbox import (
+    ISOLATION_ENV,
+    SETUP_FAILED,
+    Availability,
+    Cgroups,
+    ContainerCgroup,
+    Forwarding,
+    Limits,
+    id_base,
+    image_layers,
+    interpreter_paths,
+    launcher_argv,
+    loopback_ports,
+    newroot_dir,
+    probe,
+    rewrite_server_url,
+    shares_from_env,
+    source_binds,
+    under,
+    ID_COUNT,
+)
+
+log = logging.getLogger("shoal.backend")
 
 # The only variables a container inherits from the control plane's environment; everything else it gets
 # comes from its function's secrets and env.
 INHERITED_ENV = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM"}
+_said_process_isolation = False
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
 
 
 class LocalContainer:
-    def __init__(self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task], *, sandboxed: bool = False,
+                 cgroup: ContainerCgroup | None = None, forwarding: Forwarding | None = None,
+                 release: list = (), setup_error: list[str] | None = None) -> None:
         self.proc = proc
         self._pumps = pumps
+        self.sandboxed = sandboxed
+        self.cgroup = cgroup
+        self.forwarding = forwarding
+        self._release = list(release)  # callbacks once the process is gone (GPUs)
+        self._setup_error = setup_error if setup_error is not None else []
+        self._returncode: int | None = None
+        self._oom_kills = 0
 
     @property
     def pid(self) -> int:
@@ -31,7 +84,35 @@ class LocalContainer:
     async def wait(self) -> int:
         code = await self.proc.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self._returncode is None:
+            self._returncode = code
+            await self._cleanup()
         return code
+
+    async def _cleanup(self) -> None:
+        if self.forwarding is not None:
+            self.forwarding.close()
+        for release in self._release:
+            release()
+        if self.cgroup is not None:
+            self._oom_kills = self.cgroup.oom_kills()
+            await self.cgroup.remove()
+
+    def exit_reason(self) -> str | None:
+        """Why the container ended, when the backend knows better than its exit status: an OOM kill (from the
+        cgroup's own counter), or a sandbox that could not be set up. None: describe the exit status."""
+        code = self._returncode
+        if code is None:
+            return None
+        if self._oom_kills:
+            limit = self.cgroup.limits.memory_limit_mib if self.cgroup else None
+            where = f"at its memory limit of {limit} MiB" if limit else "when the machine ran out of memory"
+            return f"out of memory: OOM-killed {where} ({_describe(code)})"
+        if self.sandboxed and code == SETUP_FAILED and self._setup_error:
+            return f"sandbox setup failed: {self._setup_error[-1]}"
+        if self.cgroup is not None and self.cgroup.memory_dir is not None:
+            return _describe(code)  # the cgroup saw no OOM kill: no need to guess one
+        return None
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
@@ -50,36 +131,194 @@ class LocalContainer:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, python: str | None = None, max_containers: int | None = None) -> None:
+    def __init__(self, python: str | None = None, max_containers: int | None = None,
+                 isolation: str | None = None, state_dir: str | Path | None = None) -> None:
         # The resolved interpreter, never a shim on PATH: a pyenv shim costs ~130 ms per start.
         self.python = python or sys.executable
         default_cap = max(4, 4 * (os.cpu_count() or 1))
         self.max_containers = max_containers or int(os.environ.get("SHOAL_LOCAL_MAX_CONTAINERS", default_cap))
+        self.state_dir = os.path.realpath(state_dir or home())
+        self.shares = shares_from_env()
+        self.forward_ports: dict[int, tuple[str, int]] = {}  # more host ports to reach from inside containers
+        self._paths: dict[str, list[str]] = {}
+        self._paths_locks: dict[str, asyncio.Lock] = {}
+        self.availability = self._choose_isolation(isolation)
+        self.isolation = self.availability.isolation
+        self.cgroups = Cgroups()
+        if not self.cgroups.available:
+            log.warning("cgroup limits unavailable (%s): cpu= and memory= are not enforced", self.cgroups.reason)
+        found, note = gpu_mod.detect()
+        self.gpus = gpu_mod.GpuAllocator(found, note)
+        self._newroot = newroot_dir()
+
+    # -- isolation -------------------------------------------------------------------------------------------
+    def _exclude(self) -> list[str]:
+        return [self.state_dir, os.path.realpath(home())]
+
+    def _choose_isolation(self, requested: str | None) -> Availability:
+        global _said_process_isolation
+        wanted = (requested or os.environ.get(ISOLATION_ENV) or "auto").strip().lower()
+        if wanted not in ("auto", "sandbox", "process"):
+            raise ValueError(f"{ISOLATION_ENV} must be 'sandbox' or 'process', not {wanted!r}")
+        if wanted == "process":
+            avail = Availability("process", reason=f"{ISOLATION_ENV}=process")
+        else:
+            paths = interpreter_paths(self.python, self._exclude())
+            self._paths[self.python] = paths
+            avail = probe(self.python, paths)
+            if avail.isolation != "sandbox" and wanted == "sandbox":
+                raise RuntimeError(f"{ISOLATION_ENV}=sandbox, but containers cannot be sandboxed here: "
+                                   f"{avail.reason}")
+        if avail.isolation == "process" and not _said_process_isolation:
+            _said_process_isolation = True
+            msg = f"isolation=process: containers are not sandboxed ({avail.reason})"
+            log.warning(msg)
+            print(f"shoal: {msg}", file=sys.stderr, flush=True)
+        return avail
+
+    async def _interpreter_paths(self, python: str) -> list[str]:
+        if python in self._paths:
+            return self._paths[python]
+        lock = self._paths_locks.setdefault(python, asyncio.Lock())
+        async with lock:
+            if python not in self._paths:
+                self._paths[python] = await asyncio.to_thread(interpreter_paths, python, self._exclude())
+        return self._paths[python]
 
     def capacity(self) -> int:
         return self.max_containers
 
+    # -- starting --------------------------------------------------------------------------------------------
     async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> LocalContainer:
         container_id = spec.container_id
-        source_dir = spec.source_dir
+        options = spec.definition.get("options") or {}
+        full_env = self._env(spec)
+        release = []
+        request = options.get("gpu")
+        if request:
+            ids = self.gpus.acquire(container_id, list(request))
+            if ids is None:
+                raise Unschedulable(self.gpus.reason(list(request)))
+            release.append(lambda: self.gpus.release(container_id))
+            spec.gpus = [str(i) for i in ids]
+            full_env["CUDA_VISIBLE_DEVICES"] = full_env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
+            full_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi numbers them
+        cgroup = None
+        try:
+            if self.cgroups.available:
+                try:
+                    cgroup = self.cgroups.create(container_id, Limits.from_options(options))
+                except OSError as exc:
+                    log.warning("container %s runs without cgroup limits: %s", container_id, exc)
+            if self.isolation == "sandbox":
+                return await self._start_sandboxed(spec, full_env, on_output, cgroup, release)
+            return await self._start_process(spec, full_env, on_output, cgroup, release)
+        except BaseException:
+            for r in release:
+                r()
+            if cgroup is not None:
+                await cgroup.remove()
+            raise
+
+    def _env(self, spec: ContainerSpec) -> dict[str, str]:
         full_env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
+        if spec.image is not None:
+            full_env.update(spec.image.env)  # the image's PATH, LD_LIBRARY_PATH, PYTHONPATH and ENV steps
         full_env.update(spec.env)
         full_env["SHOAL_IMAGE_ID"] = spec.image.image_id if spec.image else "im-host"
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env["SHOAL_HOME"] = str(home())
+        return full_env
+
+    async def _start_process(self, spec: ContainerSpec, full_env: dict[str, str], on_output: OutputSink | None,
+                             cgroup: ContainerCgroup | None, release: list) -> LocalContainer:
+        source_dir = spec.source_dir
         if source_dir:
             full_env["PYTHONPATH"] = source_dir + os.pathsep + full_env.get("PYTHONPATH", "")
         python = spec.image.python if spec.image else self.python
+        cwd = source_dir or None
+        if spec.image is not None and spec.image.workdir and spec.image.root:
+            # Without a mount namespace the image's workdir is its copy under the image's files/.
+            workdir = os.path.join(spec.image.root, "files", spec.image.workdir.lstrip("/"))
+            cwd = workdir if os.path.isdir(workdir) else cwd
         proc = await asyncio.create_subprocess_exec(
             python, "-m", "shoal.runtime",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=full_env, cwd=source_dir or None, start_new_session=True,
+            env=full_env, cwd=cwd, start_new_session=True,
         )
+        if cgroup is not None:
+            try:
+                cgroup.add(proc.pid)  # the runtime has not allocated much yet; its children follow it in
+            except OSError as exc:
+                log.warning("container %s runs without cgroup limits: %s", spec.container_id, exc)
+                await cgroup.remove()
+                cgroup = None
         pumps = [
-            asyncio.create_task(_pump(proc.stdout, container_id, "stdout", on_output)),
-            asyncio.create_task(_pump(proc.stderr, container_id, "stderr", on_output)),
+            asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output)),
+            asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", on_output)),
         ]
-        return LocalContainer(proc, pumps)
+        return LocalContainer(proc, pumps, cgroup=cgroup, release=release)
+
+    async def _start_sandboxed(self, spec: ContainerSpec, env: dict[str, str], on_output: OutputSink | None,
+                               cgroup: ContainerCgroup | None, release: list) -> LocalContainer:
+        image = spec.image
+        python = image.python if image else self.python
+        ro = list(await self._interpreter_paths(python))
+        if image is not None and image.root:
+            ro.append(os.path.realpath(image.root))
+        image_binds, overlays = image_layers(image.root if image else None)
+        taken = {"/root/" + p.split("/")[2] for p in ro if under(p, "/root") and p != "/root"}
+        binds = image_binds + source_binds(spec.source_dir, taken)
+        mask = sorted({d for d in self._exclude() if any(under(d, p) for p in ro + self.shares)})
+        devices = sorted(glob.glob("/dev/nvidia*")) if spec.gpus else []
+
+        env["HOME"] = "/root"
+        env["USER"] = env["LOGNAME"] = "root"
+        env["TMPDIR"] = "/tmp"
+        env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        forwards = {**self.forward_ports, **loopback_ports(env)}
+        rewrite_server_url(env, forwards)
+        control = env.get("SHOAL_CONTROL", "")
+
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cfg = {
+            "mode": self.availability.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT,
+            "newroot": self._newroot, "hostname": spec.container_id[:63],
+            "ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask, "devices": devices,
+            "cgroups": cgroup.dirs if cgroup else [], "listen": sorted(forwards), "chan_fd": child_end.fileno(),
+            "control": control[5:] if control.startswith("unix:") else None,
+            "argv": [python, "-m", "shoal.runtime"],
+            "cwd": (image.workdir if image is not None and image.workdir else "/root"),
+        }
+        if os.environ.get("SHOAL_SANDBOX_TRACE"):
+            cfg["trace"] = time.perf_counter()
+        forwarding = Forwarding(forwards)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *launcher_argv(self.python, cfg),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=env, cwd="/", start_new_session=True, pass_fds=(child_end.fileno(),),
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        forwarding.start(parent_end)
+        setup_error: list[str] = []
+
+        def watch(container_id: str, fd: str, text: str) -> None:
+            if fd == "stderr" and "shoal sandbox: " in text:
+                setup_error.append(text.split("shoal sandbox: ", 1)[1].strip().splitlines()[0])
+            if on_output is not None:
+                on_output(container_id, fd, text)
+
+        pumps = [
+            asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output)),
+            asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", watch)),
+        ]
+        return LocalContainer(proc, pumps, sandboxed=True, cgroup=cgroup, forwarding=forwarding, release=release,
+                              setup_error=setup_error)
 
 
 async def _pump(stream: asyncio.StreamReader | None, container_id: str, fd: str, sink: OutputSink | None) -> None:

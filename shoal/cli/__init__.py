@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import click
 
+from .container_cmds import container_group, function_group
 from .run import run
-from .server_cmds import app_group, container_group, down, status, up
+from .secret_cmds import secret_group
+from .server_cmds import app_group, down, status, up
+from .storage_cmds import dict_group, queue_group
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -33,6 +36,10 @@ cli.add_command(down)
 cli.add_command(status)
 cli.add_command(app_group)
 cli.add_command(container_group)
+cli.add_command(function_group)
+cli.add_command(dict_group)
+cli.add_command(queue_group)
+cli.add_command(secret_group)
 
 
 def main() -> None:

@@ -145,6 +145,8 @@ def list_runnables(members: dict[str, Any]) -> list[Runnable]:
             r = found.setdefault(id(ep), Runnable(ep, [], APP_LOCAL_ENTRYPOINT))
             r.names.append(f"{var}.{name}")
         for tag, fn in value.registered_functions.items():
+            if fn._cls_info is not None:
+                continue  # a class's service function: its methods are what runs
             r = found.setdefault(id(fn), Runnable(fn, [], APP_FUNCTION))
             r.names.append(f"{var}.{tag}")
     for var, value in members.items():

@@ -1,4 +1,5 @@
-"""`shoal up | down | status` (the local control plane) and `shoal app …`, `shoal container …` (what runs on it).
+"""`shoal up | down | status` (the local control plane) and `shoal app …` (what runs on it; `shoal container …`
+is in container_cmds.py).
 
 `down` and `status` never start a control plane; `app` and `container` commands start one if none runs, as
 any SDK call does.
@@ -281,27 +282,3 @@ def app_stop(app_id_or_name: str, yes: bool) -> None:
         click.confirm(f"Stop app {label}? Its running inputs are cancelled.", default=True, abort=True)
     get_client().call("POST", f"/v1/apps/{app['app_id']}/stop", {})
     click.echo(f"Stopped app {label}.")
-
-
-# -- container ---------------------------------------------------------------------------------------------------
-@click.group(name="container")
-def container_group() -> None:
-    """Containers on the control plane."""
-
-
-@container_group.command(name="list")
-@click.option("--app-id", default=None, help="Only the containers of this app.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def container_list(app_id: str | None, as_json: bool) -> None:
-    """List live containers: id, app, function, state, running inputs, age, start-up timings."""
-    from .._client.transport import get_client
-
-    containers = get_client().call("GET", "/v1/containers")["containers"]
-    if app_id:
-        containers = [c for c in containers if c.get("app_id") == app_id]
-    if as_json:
-        _print_json(containers)
-    elif not containers:
-        click.echo("No containers.")
-    else:
-        _console().print(_containers_table(containers))

@@ -24,6 +24,7 @@ import msgpack
 
 from .. import _container_context, _protocol
 from .._serialization import dumps, dumps_exception, loads
+from ..exception import InvalidError
 
 T_PROCESS_START = time.time()
 FLUSH_INTERVAL_S = 0.002
@@ -96,17 +97,78 @@ class Channel:
         return msgpack.unpackb(body, raw=False)
 
 
+class Terminated(BaseException):
+    """SIGTERM while a class with @exit hooks runs: unwind to run the hooks, then exit."""
+
+
 class Worker:
     """Runs inputs one at a time on the main thread, or with `@modal.concurrent` up to `max_inputs` at once:
-    sync functions on a thread pool, async ones as tasks on one event loop thread."""
+    sync functions on a thread pool, async ones as tasks on one event loop thread; or, for `@modal.batched`,
+    in batches (one call with lists).
+
+    For a class (`@app.cls()`), `enter()` builds the object with its parameter values and runs its @enter
+    hooks; each input names the method it calls; `exit()` runs the @exit hooks."""
 
     def __init__(self, channel: Channel, fn: Callable, definition: dict[str, Any]) -> None:
         self.channel = channel
         self.fn = fn
+        self.definition = definition
         self.is_gen = bool(definition.get("is_generator"))
         self.is_async = bool(definition.get("is_async"))
-        self.max_inputs = int(definition.get("options", {}).get("max_inputs") or 1)
-        self.loop: Any = None  # asyncio loop, created on first async input
+        options = definition.get("options", {})
+        self.max_inputs = int(options.get("max_inputs") or 1)
+        self.batch_max_size = int(options.get("batch_max_size") or 0)
+        self.batch_wait_s = float(options.get("batch_wait_ms") or 0) / 1000.0
+        self.cls_info: dict[str, Any] | None = definition.get("cls")
+        self.instance: Any = None
+        self._targets: dict[str | None, tuple[Callable, bool, bool]] = {}
+        if self.cls_info is not None:
+            self.is_async = any(m["is_async"] for m in self.cls_info["methods"].values())
+        self.loop: Any = None  # asyncio loop, created on first async use
+        self.loop_thread: threading.Thread | None = None  # set once the loop runs on its own thread
+
+    # -- classes ---------------------------------------------------------------------------------------------
+    def enter(self) -> None:
+        """Build the object (parameters set as attributes, `__init__` not run) and run its @enter hooks:
+        `snap=True` ones first, then the others, base classes first. An exception fails the container start."""
+        if self.cls_info is None:
+            return
+        from ..cls import construct_instance, unpack_params
+
+        self.instance = construct_instance(self.fn, self.cls_info, unpack_params(self.definition.get("params")))
+        for name in self.cls_info["enter"]:
+            result = getattr(self.instance, name)()
+            if inspect.isawaitable(result):
+                self.run_coro(result)
+
+    def exit(self) -> None:
+        """Run the @exit hooks (the control plane allows 30 s before it kills the container)."""
+        if self.instance is None or not self.cls_info or not self.cls_info["exit"]:
+            return
+        for name in self.cls_info["exit"]:
+            try:
+                result = getattr(self.instance, name)()
+                if inspect.isawaitable(result):
+                    self.run_coro(result)
+            except BaseException:  # noqa: BLE001 - one failing hook must not skip the others
+                import traceback
+
+                print(f"shoal: @exit hook {name} failed:", file=sys.stderr)
+                traceback.print_exc()
+
+    def target(self, method: str | None) -> tuple[Callable, bool, bool]:
+        """What an input runs: (callable, is generator, is async)."""
+        if self.instance is None:
+            return self.fn, self.is_gen, self.is_async
+        t = self._targets.get(method)
+        if t is None:
+            assert self.cls_info is not None
+            info = self.cls_info["methods"].get(method or "")
+            if info is None:
+                raise AttributeError(f"class {self.cls_info['name']} has no method {method!r}")
+            t = (getattr(self.instance, method or ""), bool(info["is_generator"]), bool(info["is_async"]))
+            self._targets[method] = t
+        return t
 
     # -- one input -------------------------------------------------------------------------------------------
     def run_coro(self, awaitable: Any) -> Any:
@@ -114,24 +176,27 @@ class Worker:
 
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
+        if self.loop_thread is not None:  # the loop runs concurrent inputs on its own thread
+            return asyncio.run_coroutine_threadsafe(_as_coro(awaitable), self.loop).result()
         return self.loop.run_until_complete(awaitable)
 
-    def call(self, key: int, input_id: str, call_id: str, args: bytes) -> list[Any]:
+    def call(self, key: int, input_id: str, call_id: str, args: bytes, method: str | None = None) -> list[Any]:
         """Run one input on this thread; returns its output row."""
         tokens = _container_context.set_current(input_id, call_id)
         t0 = time.perf_counter()
         try:
             a, kw = loads(args, "arguments")
-            if self.is_gen:
-                self.stream(key, self.fn(*a, **kw))
+            fn, is_gen, _ = self.target(method)
+            if is_gen:
+                self.stream(key, fn(*a, **kw))
                 result = None
             else:
-                result = self.fn(*a, **kw)
+                result = fn(*a, **kw)
                 if inspect.isawaitable(result):
                     result = self.run_coro(result)
             out = [key, "ok", dumps(result, "return value")]
         except BaseException as exc:  # noqa: BLE001 - every failure, SystemExit included, goes to the caller
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, (KeyboardInterrupt, Terminated)):
                 raise
             out = [key, "err", dumps_exception(exc)]
         finally:
@@ -140,18 +205,19 @@ class Worker:
         out.append(time.perf_counter() - t0)
         return out
 
-    async def acall(self, key: int, input_id: str, call_id: str, args: bytes) -> None:
+    async def acall(self, key: int, input_id: str, call_id: str, args: bytes, method: str | None = None) -> None:
         """Run one input as a task on the container's event loop and send its output."""
         _container_context.set_current(input_id, call_id)  # each task has its own context
         t0 = time.perf_counter()
         try:
             a, kw = loads(args, "arguments")
-            if self.is_gen:
-                async for item in self.fn(*a, **kw):
+            fn, is_gen, _ = self.target(method)
+            if is_gen:
+                async for item in fn(*a, **kw):
                     self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
                 result = None
             else:
-                result = await self.fn(*a, **kw)
+                result = await fn(*a, **kw)
             out = [key, "ok", dumps(result, "return value")]
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
             out = [key, "err", dumps_exception(exc)]
@@ -170,6 +236,8 @@ class Worker:
 
     # -- the input loop --------------------------------------------------------------------------------------
     def serve(self) -> None:
+        if self.batch_max_size:
+            return self.serve_batched()
         if self.max_inputs > 1:
             return self.serve_concurrently()
         while True:
@@ -189,41 +257,147 @@ class Worker:
                     last_flush = time.perf_counter()
 
     def serve_concurrently(self) -> None:
-        """Inputs may arrive ahead of time (prefetch); at most `max_inputs` run at once either way."""
-        if self.is_async:
-            import asyncio
+        """Inputs may arrive ahead of time (prefetch); at most `max_inputs` run at once either way. Async
+        targets run as tasks on one event loop thread (the one @enter hooks ran on), sync ones on threads."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="shoal-inputs", daemon=True).start()
-            slots = asyncio.Semaphore(self.max_inputs)
+        pool = ThreadPoolExecutor(self.max_inputs, thread_name_prefix="shoal-input")
+        slots: asyncio.Semaphore | None = None
 
-            async def guarded(item: list[Any]) -> None:
-                async with slots:
-                    await self.acall(*item)
+        async def guarded(item: list[Any]) -> None:
+            assert slots is not None
+            async with slots:
+                await self.acall(*item)
 
-            def submit(item: list[Any]) -> None:
-                asyncio.run_coroutine_threadsafe(guarded(item), loop)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+        def run_one(item: list[Any]) -> None:
+            self.channel.send({"t": "out", "items": [self.call(*item)]})
 
-            pool = ThreadPoolExecutor(self.max_inputs, thread_name_prefix="shoal-input")
-
-            def run_one(item: list[Any]) -> None:
-                self.channel.send({"t": "out", "items": [self.call(*item)]})
-
-            def submit(item: list[Any]) -> None:
-                pool.submit(run_one, item)
+        def is_async(item: list[Any]) -> bool:
+            try:
+                return self.target(item[4] if len(item) > 4 else None)[2]
+            except Exception:  # noqa: BLE001 - the input itself reports the error
+                return False
 
         while True:
             msg = self.channel.recv()
             if msg is None or msg["t"] == "stop":
                 return
+            if msg["t"] != "inputs":
+                continue
+            for item in msg["items"]:
+                if not is_async(item):
+                    pool.submit(run_one, item)
+                    continue
+                if self.loop_thread is None:
+                    if self.loop is None:
+                        self.loop = asyncio.new_event_loop()
+                    slots = asyncio.Semaphore(self.max_inputs)
+                    self.loop_thread = threading.Thread(target=self.loop.run_forever, name="shoal-inputs",
+                                                        daemon=True)
+                    self.loop_thread.start()
+                asyncio.run_coroutine_threadsafe(guarded(item), self.loop)
+
+    def serve_batched(self) -> None:
+        """Collect inputs until `max_batch_size` have arrived or `wait_ms` passed since the first, then call the
+        function once with lists. The control plane never sends more than `max_batch_size` at a time."""
+        import queue
+
+        frames: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+        def read() -> None:
+            while True:
+                msg = self.channel.recv()
+                frames.put(msg)
+                if msg is None or msg["t"] == "stop":
+                    return
+
+        threading.Thread(target=read, name="shoal-frames", daemon=True).start()
+        buffer: list[list[Any]] = []
+        deadline = 0.0
+        while True:
+            try:
+                msg = frames.get(timeout=max(0.0, deadline - time.monotonic()) if buffer else None)
+            except queue.Empty:
+                msg = {"t": "tick"}
+            if msg is None or msg["t"] == "stop":
+                return  # inputs still buffered were handed back to the queue by the control plane
             if msg["t"] == "inputs":
-                for item in msg["items"]:
-                    submit(item)
+                if not buffer:
+                    deadline = time.monotonic() + self.batch_wait_s
+                buffer.extend(msg["items"])
+            while len(buffer) >= self.batch_max_size or (buffer and time.monotonic() >= deadline):
+                batch, buffer = buffer[:self.batch_max_size], buffer[self.batch_max_size:]
+                self.channel.send({"t": "out", "items": self.call_batch(batch)})
+                deadline = time.monotonic() + self.batch_wait_s
+
+    def call_batch(self, items: list[list[Any]]) -> list[list[Any]]:
+        """One call with a list per parameter; its list of results is split back into one output per input.
+        Inputs whose arguments don't fit the signature fail alone; an exception fails the whole batch."""
+        t0 = time.perf_counter()
+        outs: dict[int, list[Any]] = {}
+        accepted: list[tuple[int, inspect.BoundArguments]] = []
+        fn: Callable | None = None
+        try:
+            fn, _, _ = self.target(items[0][4] if len(items[0]) > 4 else None)
+            sig = inspect.signature(fn)
+        except BaseException as exc:  # noqa: BLE001 - goes to every caller
+            data = dumps_exception(exc)
+            return [[item[0], "err", data, 0.0] for item in items]
+        for key, _input_id, _call_id, args, *_ in items:
+            try:
+                a, kw = loads(args, "arguments")
+                accepted.append((key, sig.bind(*a, **kw)))
+            except BaseException as exc:  # noqa: BLE001 - this input's own mistake
+                outs[key] = [key, "err", dumps_exception(exc)]
+        if accepted:
+            positional: list[list[Any]] = []
+            keyword: dict[str, list[Any]] = {}
+            for p in sig.parameters.values():
+                column = [bound.arguments.get(p.name) for _, bound in accepted]
+                if p.kind is p.KEYWORD_ONLY:
+                    keyword[p.name] = column
+                else:
+                    positional.append(column)
+            first = next(i for i in items if i[0] == accepted[0][0])
+            tokens = _container_context.set_current(first[1], first[2])
+            try:
+                result = fn(*positional, **keyword)
+                if inspect.isawaitable(result):
+                    result = self.run_coro(result)
+                if not isinstance(result, (list, tuple)) or len(result) != len(accepted):
+                    got = f"{len(result)} outputs" if isinstance(result, (list, tuple)) else \
+                        f"a {type(result).__name__}"
+                    raise InvalidError(
+                        f"Output of batched function {getattr(fn, '__qualname__', fn)} must be a list of equal "
+                        f"length to its inputs: got {got} for {len(accepted)} inputs")
+                for (key, _), value in zip(accepted, result, strict=True):
+                    try:
+                        outs[key] = [key, "ok", dumps(value, "return value")]
+                    except BaseException as exc:  # noqa: BLE001 - one unpicklable result fails its input only
+                        outs[key] = [key, "err", dumps_exception(exc)]
+            except BaseException as exc:  # noqa: BLE001 - every input of the batch gets the failure
+                if isinstance(exc, (KeyboardInterrupt, Terminated)):
+                    raise
+                data = dumps_exception(exc)
+                for key, _ in accepted:
+                    outs[key] = [key, "err", data]
+            finally:
+                _container_context._input_id.reset(tokens[0])
+                _container_context._call_id.reset(tokens[1])
+        share = (time.perf_counter() - t0) / len(items)
+        return [[*outs[item[0]], share] for item in items]
+
+
+async def _as_coro(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def connect(address: str) -> socket.socket:
+    if address.startswith("fd:"):  # connected for us by the sandbox (shoal/runtime/sandbox_init.py)
+        sock = socket.socket(fileno=int(address[3:]))
+        sock.set_inheritable(False)  # inherited for the exec only; processes the user starts do not get it
+        return sock
     if address.startswith("unix:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(address[5:])
@@ -249,19 +423,34 @@ def main() -> None:
     if init is None:
         os._exit(1)
     t_connected = time.time()
+    stage = "load function"
     try:
         fn, timings = load_function(init)
-    except BaseException as exc:  # noqa: BLE001 - report import errors to the caller, then exit
-        print(f"shoal: failed to load function: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        worker = Worker(channel, fn, init["definition"])
+        if worker.cls_info is not None:
+            stage = "start class (@enter)"
+            t_enter = time.perf_counter()
+            worker.enter()
+            timings["enter_s"] = time.perf_counter() - t_enter
+    except BaseException as exc:  # noqa: BLE001 - report import and @enter errors to the caller, then exit
+        print(f"shoal: failed to {stage}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         channel.send({"t": "init_failed", "exc": dumps_exception(exc), "summary": f"{type(exc).__name__}: {exc}"})
         os._exit(1)
+    if worker.cls_info is not None and worker.cls_info["exit"]:
+        signal.signal(signal.SIGTERM, _on_sigterm)  # unwind to run the @exit hooks
     timings["connect_s"] = t_connected - T_PROCESS_START
     timings["init_s"] = time.time() - T_PROCESS_START
     channel.send({"t": "ready", "timings": timings})
     try:
-        Worker(channel, fn, init["definition"]).serve()
-    except (KeyboardInterrupt, BrokenPipeError, ConnectionError):
+        worker.serve()
+    except (KeyboardInterrupt, Terminated, BrokenPipeError, ConnectionError):
         pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the hooks have their grace period; SIGKILL ends it
+    worker.exit()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()

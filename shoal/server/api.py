@@ -19,6 +19,7 @@ import msgpack
 from aiohttp import web
 
 from .dispatch import Dispatcher, new_id
+from .images import ImageBuilder
 
 MAX_WAIT_S = 50.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,8 +66,10 @@ def query_int(request: web.Request, name: str, default: int) -> int:
 
 
 class Api:
-    def __init__(self, dispatcher: Dispatcher, token: str, state_dir: Path, on_shutdown: Callable[[], None]):
+    def __init__(self, dispatcher: Dispatcher, token: str, state_dir: Path, on_shutdown: Callable[[], None],
+                 images: ImageBuilder | None = None):
         self.d = dispatcher
+        self.images = images or ImageBuilder(state_dir)
         self.token = token.encode()
         self.state_dir = state_dir
         self.blob_dir = state_dir / "blobs"
@@ -87,6 +90,8 @@ class Api:
         r.add_post("/v1/apps/{app_id}/stop", self.stop_app)
         r.add_get("/v1/apps/{app_id}/logs", self.app_logs)
         r.add_post("/v1/functions/{function_id}/calls", self.create_call)
+        r.add_post("/v1/functions/{function_id}/variants", self.create_variant)
+        r.add_get("/v1/functions/lookup", self.lookup_function)
         r.add_get("/v1/functions/{function_id}/stats", self.function_stats)
         r.add_post("/v1/calls/{call_id}/inputs", self.add_inputs)
         r.add_get("/v1/calls/{call_id}/outputs", self.get_outputs)
@@ -94,6 +99,10 @@ class Api:
         r.add_get("/v1/calls/{call_id}", self.get_call)
         r.add_post("/v1/calls/{call_id}/cancel", self.cancel_call)
         r.add_get("/v1/containers", self.list_containers)
+        r.add_get("/v1/functions/{function_id}/autoscaler", self.get_autoscaler)
+        r.add_post("/v1/functions/{function_id}/autoscaler", self.update_autoscaler)
+        r.add_get("/v1/containers/{container_id}/logs", self.container_logs)
+        r.add_post("/v1/containers/{container_id}/stop", self.stop_container)
         return app
 
     # -- middleware ------------------------------------------------------------------------------------------
@@ -194,14 +203,46 @@ class Api:
         if not isinstance(defs, list) or not all(isinstance(d, dict) and "tag" in d for d in defs):
             raise ApiError(400, "functions must be a list of maps with a 'tag'")
         for d in defs:
-            if d.get("secret_names"):
-                raise ApiError(404, f"secret {d['secret_names'][0]!r} not found: this control plane does not "
-                                    "store named secrets yet (use Secret.from_dict / from_dotenv)", "NotFoundError")
+            await self.d.secrets.check(d.get("secrets") or [])
             if d.get("source_id"):
                 d["source_dir"] = self._materialise(d["source_id"])
             elif d.get("serialized_fn") is None:
                 raise ApiError(400, f"function {d['tag']!r} has neither source_id nor serialized_fn")
+        await self._build_images(app, defs)
         return reply({"functions": await self.d.register_functions(app, defs)})
+
+    async def _build_images(self, app: Any, defs: list[dict[str, Any]]) -> None:
+        """Build (or find in the cache) each distinct image of these functions, at once; the output streams to
+        the app's log, marked with the image id. The open request keeps the app alive while it builds."""
+        import asyncio
+        import dataclasses
+
+        from ..exception import ImageBuildError, InvalidError
+
+        specs = {d["image"].get("image_id"): d["image"] for d in defs if isinstance(d.get("image"), dict)}
+        if any(d.get("image") is not None and not isinstance(d["image"], dict) for d in defs):
+            raise ApiError(400, "image must be a map (shoal.Image.to_wire())")
+        app.sessions += 1
+        app.orphaned_at = None
+        try:
+            results = await asyncio.gather(*(
+                self.images.ensure(spec, log=lambda text, iid=str(iid): app.logs.append(iid, "stderr", text))
+                for iid, spec in specs.items()), return_exceptions=True)
+        finally:
+            app.sessions -= 1
+            if app.sessions == 0:
+                app.orphaned_at = time.monotonic()
+        for result in results:
+            if isinstance(result, ImageBuildError):
+                raise ApiError(400, str(result), "ImageBuildError")
+            if isinstance(result, InvalidError):
+                raise ApiError(400, str(result))
+            if isinstance(result, BaseException):
+                raise result
+        built = dict(zip(specs, results, strict=True))
+        for d in defs:
+            if isinstance(d.get("image"), dict):
+                d["image_built"] = dataclasses.asdict(built[d["image"].get("image_id")])
 
     async def stop_app(self, request: web.Request) -> web.Response:
         await self.d.stop_app(request.match_info["app_id"])
@@ -248,7 +289,8 @@ class Api:
         call_id = body.get("call_id") or new_id("fc")
         if not isinstance(call_id, str) or not call_id.startswith("fc-"):
             raise ApiError(400, "call_id must be a string starting with 'fc-'")
-        call, ticket = await self.d.create_call(pool, call_id, kind, body.get("args"))
+        method = self._check_method(pool, body.get("method"))
+        call, ticket = await self.d.create_call(pool, call_id, kind, body.get("args"), method)
         if kind != "remote":
             await self.d.store.flushed(ticket)
             return reply({"call_id": call.id})
@@ -256,6 +298,67 @@ class Api:
         if result is None:
             return reply({"call_id": call.id, "pending": True})
         return reply({"call_id": call.id, "status": result[0], "data": result[1]})
+
+    @staticmethod
+    def _check_method(pool: Any, method: Any) -> str | None:
+        """Calls of a class name one of its methods; calls of a function name none."""
+        cls = pool.definition.get("cls")
+        if cls is None:
+            if method is not None:
+                raise ApiError(400, f"{pool.tag!r} is a function, not a class: calls cannot name a method")
+            return None
+        if not isinstance(method, str):
+            raise ApiError(400, f"{pool.tag!r} is a class: a call must name one of its methods "
+                                f"({', '.join(cls['methods']) or 'it has none'})")
+        if method not in cls["methods"]:
+            raise ApiError(404, f"class {cls['name']} has no method {method!r}", "NotFoundError")
+        return method
+
+    async def create_variant(self, request: web.Request) -> web.Response:
+        """The pool of a class parameter set and/or `with_options` overrides (made on first use)."""
+        from .._options import OVERRIDABLE_EXTRA, OVERRIDABLE_OPTIONS
+
+        pool = self._pool(request)
+        body = await body_of(request)
+        params, overrides = body.get("params"), body.get("options") or {}
+        if params is not None and not isinstance(params, bytes):
+            raise ApiError(400, "params must be bytes (msgpack of the parameter values) or null")
+        if params is not None and not pool.definition.get("cls"):
+            raise ApiError(400, f"{pool.tag!r} is a function, not a class: it takes no parameters")
+        if not isinstance(overrides, dict) or not isinstance(overrides.get("options", {}), dict) or \
+                not isinstance(overrides.get("extra", {}), dict):
+            raise ApiError(400, "options must be a map of overrides")
+        unknown = [k for k in overrides.get("options", {}) if k not in OVERRIDABLE_OPTIONS] + \
+            [k for k in overrides.get("extra", {}) if k not in OVERRIDABLE_EXTRA] + \
+            [k for k in overrides if k not in ("options", "extra", "secrets")]
+        if unknown:
+            raise ApiError(400, f"these options cannot be overridden: {', '.join(map(str, unknown))}")
+        await self.d.secrets.check(overrides.get("secrets") or [])
+        try:
+            function_id = await self.d.create_variant(pool, params, overrides)
+        except KeyError as exc:
+            raise ApiError(404, str(exc.args[0]), "NotFoundError") from exc
+        return reply({"function_id": function_id})
+
+    async def lookup_function(self, request: web.Request) -> web.Response:
+        """A function or class of a running app, by app name and tag (`Cls.from_name`): a deployed app first,
+        else the most recently started ephemeral one."""
+        app_name, tag = request.query.get("app_name", ""), request.query.get("tag", "")
+        running = [a for a in self.d.apps.values() if a.name == app_name and a.state == "running"]
+        running.sort(key=lambda a: a.mode != "deployed")  # stable: among ephemeral apps, the newest last
+        candidates = [a for a in running if a.mode == "deployed"] or running[-1:]
+        for app in candidates:
+            function_id = app.functions.get(tag)
+            pool = self.d.get_pool(function_id) if function_id else None
+            if pool is not None:
+                return reply({"function_id": function_id, "app_id": app.id, "tag": pool.tag,
+                              "is_generator": bool(pool.definition.get("is_generator")),
+                              "cls": pool.definition.get("cls")})
+        if not running:
+            raise ApiError(404, f"no running app named {app_name!r} (deployed apps arrive with `shoal deploy`; "
+                                "until then an app can be looked up while it runs with `app.run()`/`shoal run`)",
+                           "NotFoundError")
+        raise ApiError(404, f"app {app_name!r} has no object {tag!r}", "NotFoundError")
 
     def _call(self, request: web.Request) -> Any:
         return self.d.calls.get(request.match_info["call_id"])
@@ -334,7 +437,56 @@ class Api:
     async def list_containers(self, request: web.Request) -> web.Response:
         now = time.monotonic()
         return reply({"containers": [
-            {"container_id": c.id, "app_id": c.pool.app_id, "function": c.pool.tag, "state": c.state,
+            {"container_id": c.id, "app_id": c.pool.app_id, "function": c.pool.tag,
+             "function_id": c.pool.function_id, "state": c.state,
              "running_inputs": len(c.running), "age_s": now - c.created_at, "timings": c.timings}
             for c in self.d.containers.values()
         ]})
+
+    # -- autoscaler and containers (operator actions) ---------------------------------------------------------
+    async def get_autoscaler(self, request: web.Request) -> web.Response:
+        """The pool's effective settings, runtime overrides and last decision (with its inputs)."""
+        pool = self._pool(request)
+        return reply(pool.autoscaler.describe(pool, time.monotonic()))
+
+    async def update_autoscaler(self, request: web.Request) -> web.Response:
+        """Runtime overrides of min/max/buffer containers and scaledown_window, until the app is redeployed."""
+        pool = self._pool(request)
+        body = await body_of(request)
+        try:
+            self.d.update_autoscaler(pool, body)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+        return reply(pool.autoscaler.describe(pool, time.monotonic()))
+
+    async def container_logs(self, request: web.Request) -> web.Response:
+        """Log entries of one container (its app's log, filtered), long-polled like the app's log."""
+        cid = request.match_info["container_id"]
+        after = query_int(request, "after", -1)
+        timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
+        c = self.d.containers.get(cid)
+        app = self.d.apps.get(c.pool.app_id) if c is not None else next(
+            (a for a in self.d.apps.values() if any(e["container_id"] == cid for e in a.logs.entries)), None)
+        if app is None:
+            if c is not None:
+                return reply({"entries": [], "last": after, "state": "stopped"})
+            raise ApiError(404, f"container {cid} not found (its app stopped, or its logs were dropped)",
+                           "NotFoundError")
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = await app.logs.wait(after, max(0.0, deadline - time.monotonic()))
+            if entries:
+                after = entries[-1]["seq"]
+            mine = [e for e in entries if e["container_id"] == cid and e["data"]]
+            alive = cid in self.d.containers and app.state == "running"
+            if mine or not alive or time.monotonic() >= deadline:
+                break
+        return reply({"entries": mine, "last": after, "state": "running" if alive else "stopped"})
+
+    async def stop_container(self, request: web.Request) -> web.Response:
+        """End a container; its inputs go back to the queue (`graceful`: it finishes them first)."""
+        body = await body_of(request)
+        c = self.d.stop_container(request.match_info["container_id"], bool(body.get("graceful")))
+        if c is None:
+            raise ApiError(404, f"container {request.match_info['container_id']} not found", "NotFoundError")
+        return reply({"ok": True, "container_id": c.id, "state": c.state})

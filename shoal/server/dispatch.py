@@ -7,6 +7,8 @@ read only at start-up and for calls no longer in memory.
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
 import logging
 import os
 import secrets as _secrets
@@ -18,7 +20,7 @@ import msgpack
 
 from .. import _protocol
 from .._serialization import dumps_exception
-from ..backends.base import ContainerSpec
+from ..backends.base import ContainerImage, ContainerSpec
 from ..config import RESULT_TTL_S
 from ..exception import ExecutionError, FunctionTimeoutError
 from ..retries import retry_delay
@@ -60,6 +62,7 @@ class Dispatcher:
         self.pools: dict[str, Pool] = {}
         self.calls: dict[str, Call] = {}
         self.containers: dict[str, Container] = {}
+        self.secrets: Any = None  # server.secrets.SecretStore, set by main
         self._waiting: set[Pool] = set()  # pools that wanted containers the machine had no room for
         self.server_url = ""
         self.server_token = ""
@@ -79,16 +82,16 @@ class Dispatcher:
                 self._add_pool(function_id, app_id, msgpack.unpackb(definition))
         rows = self.store.read_now(
             "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
-            "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id) "
+            "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
             "FROM calls c WHERE c.state='running'"
         )
         requeued = 0
-        for call_id, function_id, kind, num_inputs, max_seq in rows:
+        for call_id, function_id, kind, num_inputs, max_seq, method in rows:
             pool = self.pools.get(function_id)
             if pool is None:
                 self.store.set_call_state(call_id, TERMINATED)
                 continue
-            call = Call(call_id, pool, kind, num_inputs)
+            call = Call(call_id, pool, kind, num_inputs, method)
             call.next_seq = max_seq + 1
             self.calls[call_id] = call
             finals = dict(
@@ -147,8 +150,38 @@ class Dispatcher:
     def _add_pool(self, function_id: str, app_id: str, definition: dict[str, Any]) -> Pool:
         pool = Pool(function_id, app_id, definition)
         self.pools[function_id] = pool
-        self.apps[app_id].functions[definition["tag"]] = function_id
+        # A variant (class parameter set, with_options) is listed under its own key; its tag stays the base's.
+        self.apps[app_id].functions[definition.get("variant_key") or definition["tag"]] = function_id
+        if _needs_params(definition):
+            # A class with required parameters runs only in its parameter sets' pools: none warm here.
+            pool.options = {**pool.options, "min_containers": None, "buffer_containers": None}
         return pool
+
+    async def create_variant(self, pool: Pool, params: bytes | None, overrides: dict[str, Any]) -> str:
+        """The pool for a class parameter set and/or option overrides of `pool`'s function: created on first
+        use, stored like any function (so it survives a restart), the same one for the same values."""
+        base = self.pools.get(pool.definition.get("variant_of") or pool.function_id)
+        if base is None or base.stopped:
+            raise KeyError(f"function {pool.function_id} is not running")
+        app = self.apps[base.app_id]
+        digest = hashlib.sha256(msgpack.packb([params, _canonical(overrides)], use_bin_type=True)).hexdigest()
+        key = f"{base.tag}#{digest[:16]}"
+        existing = app.functions.get(key)
+        if existing is not None and existing in self.pools:
+            return existing
+        d = copy.deepcopy(base.definition)
+        d["options"] = {**d.get("options", {}), **overrides.get("options", {})}
+        if overrides.get("extra"):
+            d["options"]["extra"] = {**d["options"].get("extra", {}), **overrides["extra"]}
+        if "secrets" in overrides:
+            d["secrets"] = list(overrides["secrets"])
+        d.update(params=params, variant_of=base.function_id, variant_key=key)
+        function_id = new_id("fu")
+        variant = self._add_pool(function_id, app.id, d)
+        await self.store.flushed(self.store.put_function(function_id, app.id, key, msgpack.packb(d)))
+        if variant.options.get("min_containers"):
+            self._scale(variant)
+        return function_id
 
     async def register_functions(self, app: AppState, definitions: list[dict[str, Any]]) -> dict[str, str]:
         ticket = 0
@@ -158,6 +191,7 @@ class Dispatcher:
                 self.pools[function_id].definition = d
                 self.pools[function_id].options = d.get("options", {})
                 self.pools[function_id].start_failures = 0
+                self.pools[function_id].autoscaler.reset()  # runtime overrides last until a redeploy
             else:
                 pool = self._add_pool(function_id, app.id, d)
                 min_c = pool.options.get("min_containers") or 0
@@ -196,15 +230,17 @@ class Dispatcher:
     def get_pool(self, function_id: str) -> Pool | None:
         return self.pools.get(function_id)
 
-    async def create_call(self, pool: Pool, call_id: str, kind: str, args: bytes | None) -> tuple[Call, int]:
-        """A new call (idempotent on `call_id`); returns it with the store ticket that makes it durable."""
+    async def create_call(self, pool: Pool, call_id: str, kind: str, args: bytes | None,
+                          method: str | None = None) -> tuple[Call, int]:
+        """A new call (idempotent on `call_id`); returns it with the store ticket that makes it durable.
+        `method`: the method of a class the call runs."""
         existing = self.calls.get(call_id)
         if existing is not None:
             return existing, 0
         total = None if kind == "map" else 1
-        call = Call(call_id, pool, kind, total)
+        call = Call(call_id, pool, kind, total, method)
         self.calls[call_id] = call
-        ticket = self.store.put_call(call_id, pool.function_id, kind, total)
+        ticket = self.store.put_call(call_id, pool.function_id, kind, total, method)
         if args is not None:
             ticket = self.store.put_inputs([(call_id, 0, args)])
             self._enqueue(pool, [Input(call, 0, args)])
@@ -263,7 +299,8 @@ class Dispatcher:
         ready = pool.ready()
         if not ready:
             return
-        capacity = 1 if pool.single_use else policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s)
+        capacity = 1 if pool.single_use else (
+            pool.batch_max_size or policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s))  # batches: no more
         now = time.monotonic()
         timeout = float(pool.options.get("timeout") or 300)
         for c in sorted(ready, key=lambda c: len(c.running)):
@@ -285,34 +322,35 @@ class Dispatcher:
                 inp.dispatched_at = now
                 inp.timer = loop.call_later(timeout, self._on_timeout, inp)
                 c.running[inp.key] = inp
-                items.append([inp.key, inp.input_id, inp.call.id, inp.args])
+                items.append([inp.key, inp.input_id, inp.call.id, inp.args, inp.call.method])
             if items and c.writer is not None:
                 c.writer.write(_protocol.encode({"t": "inputs", "items": items}))
             if not pool.queue:
                 break
 
-    def _scale(self, pool: Pool) -> None:
+    def _scale(self, pool: Pool, decision: policy.Decision | None = None) -> None:
+        """Start the containers the autoscaler wants (`decision`, else one made now for the load now)."""
         if pool.stopped:
             return
+        now = time.monotonic()
         if pool.start_failures >= policy.MAX_START_FAILURES:
+            pause = pool.autoscaler.start_failed(now, pool.last_start_error)
+            log.warning("%s: %d container starts failed in a row (last error: %s); warm-up starts pause %gs",
+                        pool.tag, pool.start_failures, pool.last_start_error, pause)
             self._fail_queue(pool, ExecutionError(
                 f"Function {pool.tag!r}: {pool.start_failures} container starts failed in a row; last error: "
                 f"{pool.last_start_error}"))
             pool.start_failures = 0  # the next call tries fresh containers
             return
         live = pool.live()
-        opts = pool.options
-        want = policy.desired_containers(
-            queued=len(pool.queue), running=pool.running_count(), per_container=pool.target_inputs,
-            min_containers=opts.get("min_containers"), max_containers=opts.get("max_containers"),
-            buffer_containers=opts.get("buffer_containers"),
-            capacity=self.backend.capacity(),
-            avg_exec_s=pool.avg_exec_s,
-        )
-        need = want - len(live)
+        if decision is None:
+            decision = pool.autoscaler.decide(pool, now, current=len(live), capacity=self.backend.capacity())
+        need = decision.desired - len(live)
         if need <= 0:
             self._waiting.discard(pool)
             return
+        if not pool.queue and now < pool.autoscaler.backoff_until:
+            return  # warm containers (min/buffer) wait out the back-off after failed starts; inputs don't
         free = self.backend.capacity() - len(self.containers)
         if free < need:
             # The machine is full: make room by ending idle containers of other pools; this pool gets
@@ -331,20 +369,25 @@ class Dispatcher:
         idle = sorted((c for p in self.pools.values() if p is not keep for c in p.ready() if not c.running),
                       key=lambda c: c.idle_since)
         for c in idle[:count]:
-            if len(c.pool.live()) > int(c.pool.options.get("min_containers") or 0):
+            if len(c.pool.live()) > c.pool.autoscaler.min_containers(c.pool.options):
                 self._stop_container(c, f"evicted to make room for {keep.tag!r}")
 
     def _scale_down(self, pool: Pool, now: float) -> None:
-        window = float(pool.options.get("scaledown_window") or policy.DEFAULT_SCALEDOWN_WINDOW_S)
-        min_c = int(pool.options.get("min_containers") or 0)
-        for c in pool.ready():
-            if c.running or pool.queue:
-                continue
-            if policy.should_scale_down(idle_for_s=now - c.idle_since, scaledown_window_s=window,
-                                        live=len(pool.live()), min_containers=min_c):
-                self._stop_container(c, "scaled down after idle window")
-        if len(pool.live()) < min_c:
-            self._scale(pool)
+        """The autoscaler's once-a-second tick for one pool: sample its load, decide, then start containers or
+        stop idle ones (only those idle for the scaledown window, only down to the decision)."""
+        if pool.stopped:
+            return
+        live = pool.live()
+        decision = pool.autoscaler.decide(pool, now, current=len(live), capacity=self.backend.capacity(),
+                                          record=True)
+        if decision.desired > len(live):
+            self._scale(pool, decision)
+        elif len(live) > decision.desired:
+            window = pool.autoscaler.settings(pool).scaledown_window
+            idle_for = [now - c.idle_since if c.state == "ready" and not c.running and not pool.queue else None
+                        for c in live]
+            for i in policy.scale_down_victims(idle_for, decision=decision, window_s=window):
+                self._stop_container(live[i], "scaled down after idle window")
         # Containers that never became ready in time are failed starts.
         startup = float(pool.options.get("startup_timeout") or pool.options.get("timeout") or 300)
         for c in pool.live():
@@ -380,9 +423,16 @@ class Dispatcher:
         }
         app = self.apps.get(c.pool.app_id)
         definition = c.pool.definition
+        try:
+            secret_env = await self.secrets.resolve(definition.get("secrets") or [])
+        except Exception as exc:  # noqa: BLE001 - e.g. the secret was deleted since registration
+            c.pool.last_start_error = f"cannot resolve secrets: {exc}"
+            self._on_container_exit(c, None, failed_start=True)
+            return
         spec = ContainerSpec(
             container_id=c.id, function_id=c.pool.function_id, app_id=c.pool.app_id, definition=definition,
-            env={**(definition.get("env") or {}), **env}, source_dir=definition.get("source_dir"),
+            env={**secret_env, **env}, source_dir=definition.get("source_dir"),
+            image=ContainerImage(**definition["image_built"]) if definition.get("image_built") else None,
         )
         try:
             c.handle = await self.backend.start(spec, on_output=(app.logs.append if app else None))
@@ -495,7 +545,10 @@ class Dispatcher:
                     c.idle_since = c.ready_at
                     c.timings = msg.get("timings", {})
                     pool.start_failures = 0
+                    pool.autoscaler.started()
                     self._pump(pool)
+                    if pool.queue:
+                        self._scale(pool)
             elif t == "init_failed":
                 c.init_error = msg["exc"]
                 pool.last_start_error = msg.get("summary", "container initialisation failed")
@@ -525,6 +578,8 @@ class Dispatcher:
             self._stop_container(c, "single-use container finished its input")
         if not c.running:
             c.idle_since = time.monotonic()
+            if c.state == "draining":
+                self._stop_container(c, c.stop_reason or "drained")
         self._pump(pool)
         if pool.queue:
             self._scale(pool)
@@ -630,11 +685,40 @@ class Dispatcher:
         return call.outputs_after(after, limit)
 
     def stats(self, pool: Pool) -> dict[str, int]:
+        live = pool.live()
+        slots = 1 if pool.single_use else pool.max_inputs
         return {
             "backlog": len(pool.queue),
-            "num_total_runners": len(pool.live()),
+            "num_total_runners": len(live),
             "num_running_inputs": pool.running_count(),
+            "input_headroom": sum(max(0, slots - len(c.running)) for c in live),
         }
+
+    # -- operator actions ------------------------------------------------------------------------------------
+    def update_autoscaler(self, pool: Pool, values: dict[str, Any]) -> dict[str, int]:
+        """Runtime overrides of the pool's autoscaler knobs, kept until the app is redeployed; takes effect now
+        (a higher min_containers starts containers at once). Raises ValueError on bad values."""
+        applied = pool.autoscaler.update(pool.options, values)
+        log.info("%s: autoscaler settings updated: %s", pool.tag, applied)
+        self._scale(pool)
+        return applied
+
+    def stop_container(self, container_id: str, graceful: bool = False) -> Container | None:
+        """`shoal container stop`: the container ends now and its inputs go back to the queue; with `graceful`
+        it takes no new inputs and ends once the ones it runs are done."""
+        c = self.containers.get(container_id)
+        if c is None or c.state in ("stopping", "dead"):
+            return c
+        if graceful and c.state == "ready" and c.running:
+            c.state = "draining"  # neither live nor ready: gets no inputs, and the pool may replace it
+            c.stop_reason = "stopped by user (drained)"
+            self._scale(c.pool)
+            return c
+        busy = bool(c.running)
+        self._stop_container(c, "stopped by user")
+        if busy and c.handle is not None:
+            c.handle.terminate()  # its inputs run elsewhere now
+        return c
 
 
 def pool_timeout(pool: Pool) -> float:
@@ -654,3 +738,18 @@ def describe_exit(returncode: int | None) -> str:
         hint = " (out of memory?)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
     return f"exited with code {returncode}"
+
+
+def _canonical(value: Any) -> Any:
+    """Maps with sorted keys, so equal overrides hash equally whatever order the client built them in."""
+    if isinstance(value, dict):
+        return [[k, _canonical(value[k])] for k in sorted(value)]
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _needs_params(definition: dict[str, Any]) -> bool:
+    """The base pool of a class with required parameters (its parameter sets get pools of their own)."""
+    cls = definition.get("cls")
+    return bool(cls) and definition.get("params") is None and any("default" not in p for p in cls["params"])

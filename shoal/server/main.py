@@ -25,6 +25,9 @@ from ..backends.local import LocalBackend
 from ..config import home
 from .api import Api
 from .dispatch import Dispatcher
+from .images import ImageBuilder
+from .objects import Objects
+from .secrets import SecretStore
 from .store import open_store
 
 log = logging.getLogger("shoal.server")
@@ -70,12 +73,17 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     await store.open()
     sock_path = control_socket_path(state_dir)
     sock_path.unlink(missing_ok=True)
-    dispatcher = Dispatcher(store, LocalBackend(), state_dir, f"unix:{sock_path}")
+    dispatcher = Dispatcher(store, LocalBackend(state_dir=state_dir), state_dir, f"unix:{sock_path}")
     stop = asyncio.Event()
-    api = Api(dispatcher, token, state_dir, on_shutdown=stop.set)
+    api = Api(dispatcher, token, state_dir, on_shutdown=stop.set, images=ImageBuilder(state_dir))
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
     # session is noticed in milliseconds, not when the poll would have timed out.
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True)
+    http_app = api.app()
+    objects = Objects(store)
+    objects.add_routes(http_app.router)
+    dispatcher.secrets = SecretStore(store, state_dir)
+    dispatcher.secrets.add_routes(http_app.router)
+    runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
@@ -87,6 +95,7 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     os.chmod(sock_path, 0o600)
     await dispatcher.recover()
     housekeeping = asyncio.create_task(dispatcher.housekeeping())
+    objects_housekeeping = asyncio.create_task(objects.housekeeping())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir)}
     tmp = state_dir / f".server.json.{os.getpid()}"
     tmp.write_text(json.dumps(info))
@@ -98,6 +107,7 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     await stop.wait()
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
+    objects_housekeeping.cancel()
     dispatcher.shutdown()
     control.close()
     await runner.cleanup()
@@ -110,6 +120,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
 def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SHOAL_LOGLEVEL", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if "SHOAL_LOGLEVEL" not in os.environ:
+        logging.getLogger("shoal.autoscaler").setLevel(logging.INFO)  # its decisions, with their inputs
     try:
         import uvloop
 

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .autoscaler import PoolAutoscaler
+
 # Output statuses as stored and sent to clients.
 SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "terminated", "item"
 
@@ -37,10 +39,11 @@ class Input:
 class Call:
     """A FunctionCall: one input (remote, spawn, generator) or many (map)."""
 
-    def __init__(self, call_id: str, pool: Pool, kind: str, total: int | None) -> None:
+    def __init__(self, call_id: str, pool: Pool, kind: str, total: int | None, method: str | None = None) -> None:
         self.id = call_id
         self.pool = pool
         self.kind = kind
+        self.method = method  # the method of a class this call runs (None for functions)
         self.total = total  # None while a map is still streaming inputs in
         self.received: set[int] | None = set() if total is None else None
         self.next_seq = 0
@@ -130,6 +133,7 @@ class Pool:
         self.start_failures = 0
         self.last_start_error: str | None = None
         self.stopped = False
+        self.autoscaler = PoolAutoscaler()  # samples, last decision, runtime overrides
 
     @property
     def tag(self) -> str:
@@ -141,7 +145,12 @@ class Pool:
 
     @property
     def target_inputs(self) -> int:
-        return int(self.options.get("target_inputs") or self.max_inputs)
+        return int(self.options.get("target_inputs") or self.batch_max_size or self.max_inputs)
+
+    @property
+    def batch_max_size(self) -> int:
+        """Inputs one container takes at once for a dynamically batched function (0: not batched)."""
+        return int(self.options.get("batch_max_size") or 0)
 
     @property
     def single_use(self) -> bool:

@@ -1,4 +1,5 @@
-"""Pure decisions of the dispatcher: how many containers, how many inputs per dispatch, when to give up.
+"""Pure decisions of the dispatcher: how many containers (the KPA autoscaler), how many inputs per dispatch,
+when to give up.
 
 No I/O and no clocks read here: callers pass everything in, so each rule is unit-tested on its own.
 """
@@ -6,6 +7,8 @@ No I/O and no clocks read here: callers pass everything in, so each rule is unit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 # A container that dies mid-input gets its inputs re-run this many times before they fail,
 # without touching the user's `retries` budget.
@@ -80,3 +83,173 @@ def should_scale_down(*, idle_for_s: float, scaledown_window_s: float, live: int
 
 def ewma(previous: float | None, sample: float, alpha: float = 0.2) -> float:
     return sample if previous is None else previous + alpha * (sample - previous)
+
+
+# -- the autoscaler: Knative's KPA with Modal's knobs ----------------------------------------------------------
+# Load (running + queued inputs) is sampled once a second per pool. The stable window averages it for the
+# steady-state decision; the panic window (a tenth of it) reacts to steps. A short `scaledown_window` shortens
+# the stable window too, so that "scale down after 2 s idle" means what it says.
+STABLE_WINDOW_S = 60.0
+PANIC_WINDOW_FRACTION = 0.1  # panic window = 6 s of the default 60 s stable window
+MIN_WINDOW_S = 1.0
+PANIC_THRESHOLD = 2.0  # panic when the panic window asks for >= 2x the containers the pool has
+SAMPLE_INTERVAL_S = 1.0
+# After MAX_START_FAILURES in a row, warm-up starts (min/buffer containers) pause this long, doubling each time.
+START_BACKOFF_S = 2.0
+MAX_START_BACKOFF_S = 60.0
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """A pool's knobs, with the runtime overrides (`autoscaler.update`) already applied."""
+
+    min_containers: int = 0
+    max_containers: int | None = None
+    buffer_containers: int = 0
+    scaledown_window: float = DEFAULT_SCALEDOWN_WINDOW_S
+    target_inputs: float = 1.0  # inputs per container the scaler aims for (soft: averaged)
+    max_inputs: int = 1  # inputs one container may run at once (hard: inputs beyond it need a container now)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The pool's raw load at one instant; weighted by the measured execution time when a decision is made."""
+
+    t: float
+    running: int
+    queued: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    current: int
+    reason: str
+    load: float = 0.0  # effective load now (in inputs running at once)
+    stable_load: float = 0.0  # averages over the windows
+    panic_load: float = 0.0
+    panic_until: float | None = None  # carried to the next decision: panic mode lasts until then
+    base: int = 0  # desired from load alone (before buffer and clamps); panic never goes below the last one
+    at: float = 0.0
+
+    @property
+    def panic(self) -> bool:
+        return self.panic_until is not None
+
+
+def windows(scaledown_window_s: float) -> tuple[float, float]:
+    """(stable, panic) window lengths for a pool."""
+    stable = min(STABLE_WINDOW_S, max(float(scaledown_window_s), MIN_WINDOW_S))
+    return stable, max(MIN_WINDOW_S, stable * PANIC_WINDOW_FRACTION)
+
+
+def effective_load(inputs: int, avg_exec_s: float | None) -> float:
+    """Inputs running or queued, counted by their measured work once known (Little's law): 10,000 queued
+    inputs of 20 µs are 0.2 s of work, which one container drains within BACKLOG_DRAIN_S."""
+    if avg_exec_s is not None and inputs:
+        return float(min(inputs, max(1, math.ceil(inputs * avg_exec_s / BACKLOG_DRAIN_S))))
+    return float(inputs)
+
+
+def _ceil(x: float) -> int:
+    return max(0, math.ceil(x - 1e-9))
+
+
+def kpa_decide(
+    samples: Sequence[Sample],
+    now: float,
+    *,
+    current: int,
+    settings: ScalingSettings,
+    capacity: int,
+    avg_exec_s: float | None = None,
+    prev: Decision | None = None,
+) -> Decision:
+    """How many containers a pool should have now. Pure: `samples` (oldest first, the last one being the load
+    now) and `prev` (the last decision) are the whole history.
+
+    - stable mode: ceil(average load over the stable window / target_inputs);
+    - panic mode, entered when the panic window asks for >= PANIC_THRESHOLD x `current`: ceil(panic-window
+      average / target_inputs), never below what the pool has (it does not scale down); it lasts a stable
+      window past the last time the threshold was crossed;
+    - inputs beyond the hard cap (`max_inputs` per container) need a container now, whatever the averages say
+      (this is also what starts the first container at once when an input arrives at zero);
+    - while no input is running or queued, the pool does not grow (except up to min_containers);
+    - plus `buffer_containers` while the stable window saw any load; clamped to [min, max] and to `capacity`.
+    """
+    stable_w, panic_w = windows(settings.scaledown_window)
+    target = max(float(settings.target_inputs), 1e-9)
+    last = samples[-1] if samples else None
+    load = effective_load(last.running + last.queued, avg_exec_s) if last is not None else 0.0
+    stable_sum = panic_sum = 0.0
+    stable_n = panic_n = 0
+    for s in samples:
+        age = now - s.t
+        if age >= stable_w or age < 0:
+            continue
+        value = effective_load(s.running + s.queued, avg_exec_s)
+        stable_sum += value
+        stable_n += 1
+        if age < panic_w:
+            panic_sum += value
+            panic_n += 1
+    stable_load = stable_sum / stable_n if stable_n else 0.0
+    panic_load = panic_sum / panic_n if panic_n else 0.0
+    stable_want, panic_want = _ceil(stable_load / target), _ceil(panic_load / target)
+
+    panic_until = prev.panic_until if prev is not None and prev.panic_until is not None else None
+    if panic_until is not None and now >= panic_until:
+        panic_until = None
+    if panic_want >= PANIC_THRESHOLD * max(current, 1):
+        panic_until = now + stable_w
+    if panic_until is not None:
+        # Never down while panicking: keep what the pool has (up to what the last decision wanted).
+        floor = min(prev.base, current) if prev is not None and prev.panic_until is not None else 0
+        base = max(panic_want, floor)
+        reason = f"panic: {panic_w:g}s window asks {panic_want} for {current} container(s)"
+    else:
+        base = stable_want
+        reason = f"stable: {stable_w:g}s window asks {stable_want}"
+    hard = _ceil(load / max(settings.max_inputs, 1))
+    if hard > base:
+        base = hard
+        reason = f"{load:g} input(s) need {hard} container(s) now"
+    if current == 0 and load > 0:
+        reason = f"scale from zero; {reason}"
+    desired = base
+    if settings.buffer_containers and stable_sum > 0:
+        desired += settings.buffer_containers
+        reason += f" + {settings.buffer_containers} buffer"
+    if load == 0 and desired > current:
+        desired = current
+        reason += "; idle, not growing"
+    if desired < settings.min_containers:
+        desired = settings.min_containers
+        reason += f"; min_containers={settings.min_containers}"
+    if settings.max_containers is not None and desired > settings.max_containers:
+        desired = settings.max_containers
+        reason += f"; max_containers={settings.max_containers}"
+    if desired > capacity:
+        desired = max(0, capacity)
+        reason += f"; machine holds {capacity}"
+    return Decision(desired=desired, current=current, reason=reason, load=load, stable_load=stable_load,
+                    panic_load=panic_load, panic_until=panic_until, base=base, at=now)
+
+
+def scale_down_victims(idle_for_s: Sequence[float | None], *, decision: Decision, window_s: float) -> list[int]:
+    """Which containers to stop (indices into `idle_for_s`; None = busy or not ready), longest idle first.
+
+    Only idle containers go, only once idle for the pool's scaledown window, only down to the decision's
+    desired count, and never while in panic.
+    """
+    excess = len(idle_for_s) - decision.desired
+    if excess <= 0 or decision.panic:
+        return []
+    idle = sorted((i for i, t in enumerate(idle_for_s) if t is not None and t >= window_s),
+                  key=lambda i: -(idle_for_s[i] or 0.0))
+    return idle[:excess]
+
+
+def start_backoff(consecutive_backoffs: int) -> float:
+    """Seconds to pause warm-up starts after the n-th run of MAX_START_FAILURES failed starts (n >= 1)."""
+    return min(MAX_START_BACKOFF_S, START_BACKOFF_S * 2 ** max(0, consecutive_backoffs - 1))

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS functions (
 );
 CREATE TABLE IF NOT EXISTS calls (
     call_id TEXT PRIMARY KEY, function_id TEXT NOT NULL, kind TEXT NOT NULL, created_at REAL NOT NULL,
-    num_inputs INTEGER, state TEXT NOT NULL DEFAULT 'running', completed_at REAL
+    num_inputs INTEGER, state TEXT NOT NULL DEFAULT 'running', completed_at REAL, method TEXT
 );
 CREATE TABLE IF NOT EXISTS inputs (
     call_id TEXT NOT NULL, idx INTEGER NOT NULL, args BLOB NOT NULL, PRIMARY KEY (call_id, idx)
@@ -38,9 +38,62 @@ CREATE TABLE IF NOT EXISTS outputs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outputs_final ON outputs (call_id, idx) WHERE final = 1;
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY, data BLOB NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    object_id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT, created_at REAL NOT NULL, app_id TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS objects_name ON objects (kind, name) WHERE name IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dict_entries (
+    dict_id TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, touched_at REAL NOT NULL,
+    PRIMARY KEY (dict_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_items (
+    queue_id TEXT NOT NULL, partition TEXT NOT NULL, seq INTEGER NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (queue_id, partition, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_partitions (
+    queue_id TEXT NOT NULL, partition TEXT NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (queue_id, partition)
+) WITHOUT ROWID;
 """
 
-Write = tuple[str, Any, bool]  # sql, params, executemany
+# Columns added after a table first shipped: (table, column, declaration). Applied at open when missing, so a
+# state directory from an older shoal keeps working. Append here; never edit a shipped CREATE TABLE's meaning.
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("calls", "method", "TEXT"),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    for table, column, decl in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+class _Txn:
+    """A function run inside the writer's transaction whose result the caller awaits (read-modify-write)."""
+
+    __slots__ = ("fn", "future", "result", "error")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future) -> None:
+        self.fn = fn
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.result)
+
+
+Write = tuple[str, Any, bool] | _Txn  # (sql, params, executemany) or a transaction function
 
 
 class SQLiteStore:
@@ -67,6 +120,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer = self._connect()
         writer.executescript(SCHEMA)
+        migrate(writer)  # state directories made by an older shoal
         self._reader = self._connect()
         self._thread = threading.Thread(target=self._write_loop, args=(writer,), name="store-writer", daemon=True)
         self._thread.start()
@@ -84,6 +138,14 @@ class SQLiteStore:
         self._next_ticket += 1
         self._queue.put((sql, params, many))
         return self._next_ticket
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn(connection)` in the writer thread, in order with every other write, and return its result
+        once committed. For atomic read-modify-write (put-if-absent, queue pops)."""
+        txn = _Txn(fn, asyncio.get_running_loop().create_future())
+        self._next_ticket += 1
+        self._queue.put(txn)
+        return await txn.future
 
     async def flushed(self, ticket: int) -> None:
         """Wait until the write with this ticket (and all before it) is committed."""
@@ -112,8 +174,19 @@ class SQLiteStore:
                     break
             stop = None in batch
             conn.execute("BEGIN")
+            txns = []
             for w in batch:
                 if w is None:
+                    continue
+                if isinstance(w, _Txn):
+                    txns.append(w)
+                    conn.execute("SAVEPOINT txn")
+                    try:
+                        w.result = w.fn(conn)
+                    except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller
+                        w.error = exc
+                        conn.execute("ROLLBACK TO txn")
+                    conn.execute("RELEASE txn")
                     continue
                 sql, params, many = w
                 try:
@@ -123,6 +196,8 @@ class SQLiteStore:
             conn.execute("COMMIT")
             done += sum(1 for w in batch if w is not None)
             assert self._loop is not None
+            for txn in txns:
+                self._loop.call_soon_threadsafe(txn.resolve)
             self._loop.call_soon_threadsafe(self._on_commit, done)
             if stop:
                 conn.close()
@@ -162,10 +237,13 @@ class SQLiteStore:
             (function_id, app_id, tag, definition),
         )
 
-    def put_call(self, call_id: str, function_id: str, kind: str, num_inputs: int | None) -> int:
+    def put_call(self, call_id: str, function_id: str, kind: str, num_inputs: int | None,
+                 method: str | None = None) -> int:
+        """`method`: the method of a class a call runs (None for functions)."""
         return self.write(
-            "INSERT OR IGNORE INTO calls (call_id, function_id, kind, created_at, num_inputs) VALUES (?,?,?,?,?)",
-            (call_id, function_id, kind, time.time(), num_inputs),
+            "INSERT OR IGNORE INTO calls (call_id, function_id, kind, created_at, num_inputs, method) "
+            "VALUES (?,?,?,?,?,?)",
+            (call_id, function_id, kind, time.time(), num_inputs, method),
         )
 
     def set_call_total(self, call_id: str, num_inputs: int) -> int:

@@ -1,0 +1,190 @@
+"""Base for storage objects (Dict, Queue): lazy lookup by name, pickling by reference, ephemeral objects,
+and `rpc`, which gives each operation a blocking and an `.aio` form from one implementation.
+
+An operation is written as a generator that yields requests `(method, path, body)` and receives responses;
+`rpc` drives it with the blocking transport or the async one, so neither form hops threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from ._client.aio import aio_method
+from ._client.transport import get_client
+from .exception import AlreadyExistsError, InvalidError, NotFoundError
+
+Request = tuple[str, str, dict[str, Any] | None]
+Plan = Generator[Request, dict[str, Any], Any]
+T = TypeVar("T", bound="StorageObject")
+
+
+def _drive_sync(plan: Plan) -> Any:
+    client = get_client()
+    try:
+        request = next(plan)
+        while True:
+            try:
+                response = client.call(*request)
+            except Exception as exc:  # noqa: BLE001 - the plan may handle it (e.g. NotFound → default)
+                request = plan.throw(exc)
+            else:
+                request = plan.send(response)
+    except StopIteration as done:
+        return done.value
+
+
+async def _drive_async(plan: Plan) -> Any:
+    client = get_client()
+    try:
+        request = next(plan)
+        while True:
+            try:
+                response = await client.acall(*request)
+            except Exception as exc:  # noqa: BLE001 - the plan may handle it
+                request = plan.throw(exc)
+            else:
+                request = plan.send(response)
+    except StopIteration as done:
+        return done.value
+
+
+def rpc(plan_fn: Callable[..., Plan]) -> aio_method:
+    """Turn a request plan into a method with blocking and `.aio` forms."""
+
+    def blocking(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return _drive_sync(plan_fn(self, *args, **kwargs))
+
+    async def non_blocking(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return await _drive_async(plan_fn(self, *args, **kwargs))
+
+    non_blocking.__name__ = plan_fn.__name__
+    non_blocking.__qualname__ = plan_fn.__qualname__
+    non_blocking.__doc__ = plan_fn.__doc__
+    return aio_method(non_blocking, sync=blocking)
+
+
+class _Ephemeral:
+    """`with X.ephemeral() as x:` / `async with …`: an unnamed object deleted on exit."""
+
+    def __init__(self, cls: type[StorageObject]) -> None:
+        self.cls = cls
+        self.obj: StorageObject | None = None
+
+    def __enter__(self) -> Any:
+        self.obj = _drive_sync(_create_unnamed(self.cls))
+        return self.obj
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self.obj is not None
+        self.obj._delete_by_id()
+
+    async def __aenter__(self) -> Any:
+        self.obj = await _drive_async(_create_unnamed(self.cls))
+        return self.obj
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.obj is not None
+        await self.obj._delete_by_id.aio()
+
+
+class _Manager:
+    """`X.objects.create / delete / list`."""
+
+    def __init__(self, cls: type[StorageObject]) -> None:
+        self.cls = cls
+
+    def create(self, name: str, *, allow_existing: bool = False, environment_name: str | None = None,
+               client: Any = None) -> None:
+        resp = get_client().call("POST", "/v1/objects", {"kind": self.cls._kind, "name": name,
+                                                         "create_if_missing": True})
+        if not resp["created"] and not allow_existing:
+            raise AlreadyExistsError(f"{self.cls.__name__} {name!r} already exists")
+
+    def delete(self, name: str, *, allow_missing: bool = False, environment_name: str | None = None,
+               client: Any = None) -> None:
+        try:
+            object_id = get_client().call("POST", "/v1/objects", {"kind": self.cls._kind, "name": name})["object_id"]
+            get_client().call("DELETE", f"/v1/objects/{object_id}")
+        except NotFoundError:
+            if not allow_missing:
+                raise
+
+    def list(self, *, max_objects: int | None = None, environment_name: str | None = None,
+             client: Any = None) -> list[Any]:
+        rows = get_client().call("GET", f"/v1/objects?kind={self.cls._kind}")["objects"]
+        return [self.cls(name=r["name"], object_id=r["object_id"]) for r in rows[:max_objects]]
+
+
+class _ManagerDescriptor:
+    def __get__(self, obj: Any, cls: type[StorageObject]) -> _Manager:
+        return _Manager(cls)
+
+
+class StorageObject:
+    _kind = ""
+    objects = _ManagerDescriptor()
+
+    def __init__(self, *, name: str | None = None, object_id: str | None = None,
+                 create_if_missing: bool = False) -> None:
+        self._name = name
+        self._object_id = object_id
+        self._create_if_missing = create_if_missing
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._name or self._object_id!r})"
+
+    def __reduce__(self) -> tuple:
+        """Pickled by reference: a function receiving it talks to the same object."""
+        return (_rebuild, (type(self), self._name, self._object_id, self._create_if_missing))
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def object_id(self) -> str | None:
+        return self._object_id
+
+    @classmethod
+    def from_name(cls: type[T], name: str, *, environment_name: str | None = None,
+                  create_if_missing: bool = False, client: Any = None) -> T:
+        """A reference resolved on first use; NotFoundError then if it does not exist."""
+        if not isinstance(name, str) or not name:
+            raise InvalidError(f"{cls.__name__} name must be a non-empty string")
+        return cls(name=name, create_if_missing=create_if_missing)
+
+    @classmethod
+    def from_id(cls: type[T], object_id: str, client: Any = None) -> T:
+        return cls(object_id=object_id)
+
+    @classmethod
+    def ephemeral(cls, client: Any = None, environment_name: str | None = None, **_: Any) -> _Ephemeral:
+        return _Ephemeral(cls)
+
+    def _resolve(self) -> Generator[Request, dict[str, Any], str]:
+        if self._object_id is None:
+            resp = yield ("POST", "/v1/objects", {"kind": self._kind, "name": self._name,
+                                                  "create_if_missing": self._create_if_missing})
+            self._object_id = resp["object_id"]
+        return self._object_id
+
+    @rpc
+    def _delete_by_id(self) -> Plan:
+        object_id = yield from self._resolve()
+        yield ("DELETE", f"/v1/objects/{object_id}", None)
+
+    @rpc
+    def info(self) -> Plan:
+        object_id = yield from self._resolve()
+        return {"name": self._name, "object_id": object_id}
+
+
+def _create_unnamed(cls: type[StorageObject]) -> Plan:
+    resp = yield ("POST", "/v1/objects", {"kind": cls._kind})
+    return cls(object_id=resp["object_id"])
+
+
+def _rebuild(cls: type[StorageObject], name: str | None, object_id: str | None,
+             create_if_missing: bool = False) -> StorageObject:
+    return cls(name=name, object_id=object_id, create_if_missing=create_if_missing)

@@ -1,0 +1,610 @@
+"""The host side of the Linux sandbox (see docs/sandbox.md): whether containers can be sandboxed here, what each
+one sees, its cgroup limits, and its way back to the control plane's TCP ports.
+
+`shoal/runtime/sandbox_init.py` does the work inside the new namespaces; this module only decides and plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import marshal
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("shoal.sandbox")
+
+ISOLATION_ENV = "SHOAL_ISOLATION"  # "sandbox" (fail if unavailable), "process" (never), unset: sandbox if possible
+SHARE_ENV = "SHOAL_SANDBOX_SHARE"  # host directories containers may read and write, at the same path
+UID_ENV = "SHOAL_SANDBOX_UID"  # first host uid/gid of the range container ids map to (root mode)
+DEFAULT_ID_BASE = 100000
+ID_COUNT = 65536
+SANDBOX_RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+SHOAL_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# Never bound into a container whole, whatever an interpreter's sys.path says.
+_TOO_BROAD = {"/", "/root", "/home", "/tmp", "/var", "/var/tmp", "/run", "/mnt", "/opt", "/srv", "/media", "/work"}
+# The setup runs as `python -I -S -c BOOT hexconfig`: importing the file (rather than running it as a script)
+# lets Python cache its bytecode, which saves ~6 ms a start.
+BOOT = f"import sys; sys.path.insert(0, {str(SANDBOX_RUNTIME_DIR)!r}); import sandbox_init; sandbox_init.main()"
+SETUP_FAILED = 121
+MIB = 1024 * 1024
+
+
+def launcher_argv(python: str, cfg: dict[str, Any]) -> list[str]:
+    return [python, "-I", "-S", "-c", BOOT, marshal.dumps(cfg).hex()]
+
+
+def id_base() -> int:
+    return int(os.environ.get(UID_ENV) or DEFAULT_ID_BASE)
+
+
+def shares_from_env() -> list[str]:
+    return [os.path.realpath(p) for p in (os.environ.get(SHARE_ENV) or "").split(os.pathsep) if p.strip()]
+
+
+def under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def newroot_dir() -> str:
+    """An empty host directory each sandbox mounts its root on, in its own mount namespace only."""
+    if os.geteuid() == 0 and os.access("/run", os.W_OK):
+        return "/run/shoal-sandbox"
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"shoal-sandbox-{os.geteuid()}")
+
+
+# -- interpreters ------------------------------------------------------------------------------------------------
+_PATHS_CODE = r"""
+import importlib.util, json, os, sys
+paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+         os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+paths.update(p for p in sys.path if p)
+for name in ("shoal", "msgpack", "cloudpickle", "tblib"):
+    try:
+        spec = importlib.util.find_spec(name)
+    except Exception:
+        continue
+    if spec is not None:
+        paths.update(spec.submodule_search_locations or [os.path.dirname(spec.origin or "")])
+print(json.dumps(sorted(p for p in paths if p)))
+"""
+
+
+def minimal_paths(paths: list[str], exclude: list[str] = ()) -> list[str]:
+    """Existing paths (and their real paths) not already visible through a system dir or a parent in the list."""
+    found: set[str] = set()
+    for p in paths:
+        if not p or not os.path.exists(p):
+            continue
+        for q in (os.path.abspath(p), os.path.realpath(p)):
+            if q in _TOO_BROAD or any(under(x, q) for x in exclude):
+                log.warning("sandbox: not exposing %s to containers (too broad)", q)
+                continue
+            if any(under(q, s) for s in SYSTEM_DIRS):
+                continue
+            found.add(q)
+    out: list[str] = []
+    for q in sorted(found, key=lambda s: (s.count("/"), s)):
+        if not any(under(q, kept) for kept in out):
+            out.append(q)
+    return sorted(out)
+
+
+def interpreter_paths(python: str, exclude: list[str] = ()) -> list[str]:
+    """What a container running `python` must see: its prefixes, its sys.path, the shoal package."""
+    try:
+        out = subprocess.run([python, "-I", "-c", _PATHS_CODE], capture_output=True, text=True, timeout=60)
+        paths = json.loads(out.stdout) if out.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        paths = []
+    if not paths:  # at least the interpreter's own tree
+        real = os.path.realpath(python)
+        paths = [os.path.dirname(os.path.dirname(python)), os.path.dirname(os.path.dirname(real))]
+    return minimal_paths([*paths, SHOAL_PACKAGE_DIR], exclude)
+
+
+# -- availability ------------------------------------------------------------------------------------------------
+@dataclass
+class Availability:
+    isolation: str  # "sandbox" or "process"
+    mode: str = ""  # "root" or "rootless" (sandbox only)
+    reason: str = ""  # why not sandboxed
+
+
+def probe(python: str, ro: list[str]) -> Availability:
+    """Run one empty sandbox (`python -c pass` inside) to learn whether this kernel allows them."""
+    if sys.platform != "linux":
+        return Availability("process", reason=f"namespaces need Linux (this is {sys.platform})")
+    mode = "root" if os.geteuid() == 0 else "rootless"
+    cfg = {"mode": mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
+           "hostname": "probe", "ro": ro, "argv": [python, "-I", "-S", "-c", "pass"], "cwd": "/"}
+    try:
+        proc = subprocess.run(launcher_argv(python, cfg), capture_output=True, text=True, timeout=30,
+                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Availability("process", reason=str(exc))
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()
+        reason = detail[-1] if detail else f"exit status {proc.returncode}"
+        return Availability("process", reason=reason.removeprefix("shoal sandbox: "))
+    return Availability("sandbox", mode=mode)
+
+
+# -- cgroups -----------------------------------------------------------------------------------------------------
+@dataclass
+class Limits:
+    """A container's resources, from the function's `cpu=` and `memory=` (request, or (request, limit))."""
+
+    cpu_request: float = 0.125
+    cpu_limit: float | None = None
+    memory_request_mib: int = 128
+    memory_limit_mib: int | None = None
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Limits:
+        lim = cls()
+        cpu, memory = options.get("cpu"), options.get("memory")
+        if isinstance(cpu, (list, tuple)):
+            lim.cpu_request, lim.cpu_limit = float(cpu[0]), float(cpu[1])
+        elif cpu is not None:
+            lim.cpu_request = float(cpu)
+        if isinstance(memory, (list, tuple)):
+            lim.memory_request_mib, lim.memory_limit_mib = int(memory[0]), int(memory[1])
+        elif memory is not None:
+            lim.memory_request_mib = int(memory)
+        return lim
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read_counter(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if k == key:
+                    return int(v)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+@dataclass
+class ContainerCgroup:
+    version: int
+    dirs: list[str]  # one per hierarchy (v2: one)
+    memory_dir: str | None
+    limits: Limits
+    _oom_before: int = 0
+
+    def procs_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self.dirs]
+
+    def add(self, pid: int) -> None:
+        for f in self.procs_files():
+            _write(f, str(pid))
+
+    def oom_kills(self) -> int:
+        if self.memory_dir is None:
+            return 0
+        if self.version == 2:
+            return _read_counter(os.path.join(self.memory_dir, "memory.events"), "oom_kill")
+        return _read_counter(os.path.join(self.memory_dir, "memory.oom_control"), "oom_kill")
+
+    async def remove(self) -> None:
+        """rmdir each directory (retrying while the last processes finish exiting), then the shared parent if it
+        is empty now, so nothing is left behind in the cgroup we were started in."""
+        for d in self.dirs:
+            for attempt in range(100):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or attempt == 99:
+                        log.warning("could not remove cgroup %s: %s", d, exc)
+                        break
+                    await asyncio.sleep(0.02)
+            try:
+                os.rmdir(os.path.dirname(d))
+            except OSError:
+                pass  # other containers still use it
+
+
+class Cgroups:
+    """Per-container cgroups below the control plane's own cgroup: `<own>/shoal/<container_id>`, on cgroup v2
+    or on the v1 `memory` and `cpu` hierarchies. `available` is False, with `reason`, where neither works."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.parents: dict[str, str] = {}  # controller -> parent dir
+        self.reason = ""
+        try:
+            self._detect()
+        except OSError as exc:
+            self.parents, self.reason = {}, str(exc)
+
+    @property
+    def available(self) -> bool:
+        return bool(self.parents)
+
+    def _detect(self) -> None:
+        if sys.platform != "linux":
+            self.reason = "cgroups need Linux"
+            return
+        mounts: dict[str, str] = {}  # "cgroup2" or controller name -> mount point
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fstype, _, super_opts = (right.split() + ["", "", ""])[:3]
+                point = left.split()[4]
+                if fstype == "cgroup2":
+                    mounts.setdefault("cgroup2", point)
+                elif fstype == "cgroup":
+                    for opt in super_opts.split(","):
+                        if opt in ("memory", "cpu"):
+                            mounts.setdefault(opt, point)
+        own: dict[str, str] = {}
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    own["cgroup2"] = path
+                for c in controllers.split(","):
+                    if c in ("memory", "cpu"):
+                        own[c] = path
+        if "cgroup2" in mounts and "cgroup2" in own:
+            base = mounts["cgroup2"] + own["cgroup2"].rstrip("/")
+            try:
+                with open(os.path.join(base, "cgroup.controllers")) as f:
+                    have = set(f.read().split())
+            except OSError:
+                have = set()
+            if {"memory", "cpu"} & have:
+                self._setup_v2(base, sorted({"memory", "cpu"} & have))
+                if self.parents:
+                    return
+        v1 = {c: mounts[c] + own[c].rstrip("/") for c in ("memory", "cpu") if c in mounts and c in own}
+        if v1:
+            for c, base in v1.items():
+                parent = os.path.join(base, "shoal")
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                    self.parents[c] = parent
+                except OSError as exc:
+                    self.reason = f"cannot create {parent}: {exc.strerror}"
+            if self.parents:
+                self.version = 1
+                self._tune_parent()
+                return
+        self.reason = self.reason or "no cgroup hierarchy with the memory or cpu controller is writable here"
+
+    def _setup_v2(self, base: str, controllers: list[str]) -> None:
+        enable = " ".join(f"+{c}" for c in controllers)
+        try:
+            _write(os.path.join(base, "cgroup.subtree_control"), enable)
+        except OSError as exc:
+            # A cgroup with processes of its own cannot hand controllers to children (the "no internal
+            # processes" rule): move this process into a leaf of its own, if it is alone there.
+            try:
+                with open(os.path.join(base, "cgroup.procs")) as f:
+                    procs = {int(p) for p in f.read().split()}
+            except OSError:
+                procs = set()
+            if exc.errno != errno.EBUSY or procs - {os.getpid()}:
+                self.reason = (f"cgroup v2: cannot enable {enable} in {base} ({exc.strerror}); run the control plane "
+                               f"in a cgroup of its own (e.g. systemd-run --scope -p Delegate=yes)")
+                return
+            try:
+                leaf = os.path.join(base, "shoal-control-plane")
+                os.makedirs(leaf, exist_ok=True)
+                _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+                _write(os.path.join(base, "cgroup.subtree_control"), enable)
+            except OSError as exc2:
+                self.reason = f"cgroup v2: cannot enable {enable} in {base}: {exc2.strerror}"
+                return
+        parent = os.path.join(base, "shoal")
+        try:
+            os.makedirs(parent, exist_ok=True)
+            _write(os.path.join(parent, "cgroup.subtree_control"), enable)
+        except OSError as exc:
+            self.reason = f"cgroup v2: cannot use {parent}: {exc.strerror}"
+            return
+        self.version = 2
+        self.parents = {c: parent for c in controllers}
+        self._tune_parent()
+
+    def _tune_parent(self) -> None:
+        """All containers together weigh like the machine's CPUs against the host's other processes."""
+        ncpu = os.cpu_count() or 1
+        cpu_parent = self.parents.get("cpu")
+        if cpu_parent is None:
+            return
+        try:
+            if self.version == 2:
+                _write(os.path.join(cpu_parent, "cpu.weight"), str(min(10000, 100 * ncpu)))
+            else:
+                _write(os.path.join(cpu_parent, "cpu.shares"), str(1024 * ncpu))
+        except OSError:
+            pass
+
+    def create(self, container_id: str, limits: Limits) -> ContainerCgroup:
+        """A cgroup for one container with its limits written (see docs/sandbox.md for the mapping)."""
+        made: list[str] = []
+        try:
+            by_dir: dict[str, list[str]] = {}
+            for controller, parent in self.parents.items():
+                by_dir.setdefault(os.path.join(parent, container_id), []).append(controller)
+            for d, controllers in by_dir.items():
+                for attempt in range(3):
+                    try:
+                        os.mkdir(d)
+                        break
+                    except FileNotFoundError:  # another control plane removed the empty parent meanwhile
+                        os.makedirs(os.path.dirname(d), exist_ok=True)
+                        if self.version == 2:
+                            _write(os.path.join(os.path.dirname(d), "cgroup.subtree_control"),
+                                   " ".join(f"+{c}" for c in self.parents))
+                        self._tune_parent()
+                made.append(d)
+                for controller in controllers:
+                    self._limit(d, controller, limits)
+        except OSError:
+            for d in made:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+            raise
+        memory_dir = next((d for d, cs in by_dir.items() if "memory" in cs), None)
+        return ContainerCgroup(self.version, made, memory_dir, limits)
+
+    def _limit(self, d: str, controller: str, lim: Limits) -> None:
+        j = os.path.join
+        if controller == "memory":
+            if self.version == 2:
+                _write(j(d, "memory.low"), str(lim.memory_request_mib * MIB))
+                if lim.memory_limit_mib is not None:
+                    _write(j(d, "memory.max"), str(lim.memory_limit_mib * MIB))
+                    if os.path.exists(j(d, "memory.swap.max")):
+                        _write(j(d, "memory.swap.max"), "0")
+            else:
+                _write(j(d, "memory.soft_limit_in_bytes"), str(lim.memory_request_mib * MIB))
+                if lim.memory_limit_mib is not None:
+                    _write(j(d, "memory.limit_in_bytes"), str(lim.memory_limit_mib * MIB))
+                    if os.path.exists(j(d, "memory.memsw.limit_in_bytes")):
+                        _write(j(d, "memory.memsw.limit_in_bytes"), str(lim.memory_limit_mib * MIB))
+        elif controller == "cpu":
+            if self.version == 2:
+                _write(j(d, "cpu.weight"), str(max(1, min(10000, round(100 * lim.cpu_request)))))
+                if lim.cpu_limit is not None:
+                    _write(j(d, "cpu.max"), f"{max(1000, round(lim.cpu_limit * 100000))} 100000")
+            else:
+                _write(j(d, "cpu.shares"), str(max(2, round(1024 * lim.cpu_request))))
+                if lim.cpu_limit is not None:
+                    _write(j(d, "cpu.cfs_period_us"), "100000")
+                    _write(j(d, "cpu.cfs_quota_us"), str(max(1000, round(lim.cpu_limit * 100000))))
+
+
+# -- ports -------------------------------------------------------------------------------------------------------
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
+
+
+def loopback_ports(env: dict[str, str]) -> dict[int, tuple[str, int]]:
+    """Ports of http(s) URLs in a container's environment that point at this machine: inside the container's
+    network namespace they must lead to the host's port. Returns {port inside: (host, port) outside}."""
+    out: dict[int, tuple[str, int]] = {}
+    for value in env.values():
+        if not value.startswith(("http://", "https://")):
+            continue
+        try:
+            u = urlsplit(value)
+            port = u.port or (443 if u.scheme == "https" else 80)
+        except ValueError:
+            continue
+        host = u.hostname or ""
+        if host in _LOOPBACK or host.endswith(".localhost"):
+            out[port] = ("127.0.0.1", port)
+    return out
+
+
+def rewrite_server_url(env: dict[str, str], forwards: dict[int, tuple[str, int]]) -> None:
+    """SHOAL_SERVER_URL on a non-loopback address (a control plane listening on the LAN): inside, it is reached
+    through the container's own loopback, forwarded to that address."""
+    url = env.get("SHOAL_SERVER_URL") or ""
+    try:
+        u = urlsplit(url)
+        host, port = u.hostname, u.port
+    except ValueError:
+        return
+    if not host or not port or host in _LOOPBACK or host.endswith(".localhost"):
+        return
+    forwards[port] = (host, port)
+    env["SHOAL_SERVER_URL"] = url.replace(u.netloc, f"127.0.0.1:{port}", 1)
+
+
+class _Pipe(asyncio.Protocol):
+    """One side of a forwarded TCP connection; writes what it reads to its peer, with back-pressure."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Pipe | None = None
+        self.pending: list[bytes] = []
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def link(self, peer: _Pipe) -> None:
+        self.peer = peer
+        for chunk in self.pending:
+            peer.transport.write(chunk)  # type: ignore[union-attr]
+        self.pending.clear()
+        if self.eof:
+            self.eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.peer is not None and self.peer.transport is not None and self.peer.transport.can_write_eof():
+            self.peer.transport.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+class _Inbound(_Pipe):
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__()
+        self.target = target
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, out = await loop.create_connection(_Pipe, *self.target)
+        except OSError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        sock = out.transport.get_extra_info("socket") if out.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.transport is None or self.transport.is_closing():
+            out.transport.close()  # type: ignore[union-attr]
+            return
+        out.peer = self
+        out.link(self)
+        self.link(out)
+
+
+@dataclass
+class Forwarding:
+    """The listening sockets a sandbox opened in its network namespace, served by the control plane's loop."""
+
+    targets: dict[int, tuple[str, int]]
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    _chan: socket.socket | None = None
+
+    def start(self, chan: socket.socket) -> None:
+        """Wait (on the event loop) for the sandbox to send its listening sockets over `chan`."""
+        self._chan = chan
+        chan.setblocking(False)
+        asyncio.get_running_loop().add_reader(chan.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        chan = self._chan
+        if chan is None:
+            return
+        try:
+            msg, fds, _, _ = socket.recv_fds(chan, 64, 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            msg, fds = b"", []
+        asyncio.get_running_loop().remove_reader(chan.fileno())
+        chan.close()
+        self._chan = None
+        if fds:
+            asyncio.get_running_loop().create_task(self._serve(fds))
+
+    async def _serve(self, fds: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in fds:
+            sock = socket.socket(fileno=fd)
+            port = sock.getsockname()[1]
+            target = self.targets.get(port, ("127.0.0.1", port))
+            try:
+                self.servers.append(await loop.create_server(lambda t=target: _Inbound(t), sock=sock))
+            except OSError as exc:
+                log.warning("cannot forward port %s into a container: %s", port, exc)
+                sock.close()
+
+    def close(self) -> None:
+        if self._chan is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._chan.fileno())
+            except (RuntimeError, ValueError):
+                pass
+            self._chan.close()
+            self._chan = None
+        for s in self.servers:
+            s.close()
+        self.servers.clear()
+
+
+# -- a container's view ------------------------------------------------------------------------------------------
+def image_layers(root: str | None) -> tuple[list[list], dict[str, list[str]]]:
+    """The image's files (`<root>/files/<container path>`) placed at their container paths: returns bind mounts
+    [src, dst, writable] and overlays {system dir: [lower dirs, top first]} for files under /usr, /etc, …"""
+    binds: list[list] = []
+    overlays: dict[str, list[str]] = {}
+    if not root:
+        return binds, overlays
+    files = os.path.join(root, "files")
+    try:
+        entries = sorted(os.listdir(files))
+    except OSError:
+        return binds, overlays
+    for name in entries:
+        src = os.path.join(files, name)
+        dst = "/" + name
+        if dst in SYSTEM_DIRS and os.path.isdir(src) and not os.path.islink("/" + name):
+            overlays[dst] = [src, dst]
+        elif name == "root":
+            for entry in sorted(os.listdir(src)):
+                binds.append([os.path.join(src, entry), f"/root/{entry}", False])
+        elif name in ("tmp", "proc", "sys", "dev", "run"):
+            continue  # replaced by the container's own
+        else:
+            binds.append([src, dst, False])
+    return binds, overlays
+
+
+def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:
+    """The app's source, entry by entry, at /root/<entry> (read-only); /root itself stays writable."""
+    if not source_dir:
+        return []
+    try:
+        entries = sorted(os.listdir(source_dir))
+    except OSError:
+        return []
+    return [[os.path.join(source_dir, e), f"/root/{e}", False] for e in entries if f"/root/{e}" not in taken]

@@ -1,0 +1,580 @@
+"""`@app.cls()` classes: `Cls` (what the decorator returns), `Obj` (an instance bound to parameter values) and
+the helpers the container runtime uses to build the object and find its lifecycle hooks.
+
+A class registers one "service function" tagged `"<Class>.*"`; its methods are Functions bound to it whose calls
+carry the method name, so all methods share the class's container pool and `@modal.concurrent` limit. Each
+distinct set of parameter values (and each `with_options`/`with_concurrency`/`with_batching` variant) is a
+separate pool the control plane creates on first use (`POST /v1/functions/{id}/variants`).
+
+Parameters travel as msgpack of the full `{name: value}` map (defaults applied, keys sorted), so the same values
+always name the same pool, and a container never unpickles them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import typing
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ._partial import (
+    BATCHED_ATTR,
+    CONCURRENT_ATTR,
+    ENTER_ATTR,
+    EXIT_ATTR,
+    METHOD_ATTR,
+    NO_DEFAULT,
+    Parameter,
+    check_batched_function,
+    check_batching,
+)
+from .exception import DeprecationError, InvalidError, NotFoundError
+from .functions import Function
+
+if TYPE_CHECKING:
+    from .app import App
+
+PARAM_TYPES: dict[str, type] = {"int": int, "str": str, "bytes": bytes, "bool": bool}
+INT64 = (-(2**63), 2**63 - 1)
+
+
+# -- class inspection (decoration time, and again in the container) ---------------------------------------------
+def _annotations(user_cls: type) -> dict[str, Any]:
+    """Annotations of the class and its bases, base classes first (resolved where possible)."""
+    try:
+        return typing.get_type_hints(user_cls)
+    except Exception:  # noqa: BLE001 - unresolvable forward references: fall back to the raw annotations
+        out: dict[str, Any] = {}
+        for klass in reversed(user_cls.__mro__):
+            out.update(klass.__dict__.get("__annotations__", {}))
+        return out
+
+
+def _type_name(pname: str, annotation: Any) -> str:
+    if isinstance(annotation, type) and annotation.__name__ in PARAM_TYPES and \
+            PARAM_TYPES[annotation.__name__] is annotation:
+        return annotation.__name__
+    if isinstance(annotation, str) and annotation in PARAM_TYPES:
+        return annotation
+    shown = getattr(annotation, "__name__", None) or repr(annotation)
+    raise InvalidError(f"Class parameter '{pname}': {shown} is not a supported parameter type; "
+                       "modal.parameter() supports int, str, bytes and bool")
+
+
+def check_value(cls_name: str, pname: str, type_name: str, value: Any) -> None:
+    """InvalidError unless `value` has the parameter's type (a bool is not an int here)."""
+    expected = PARAM_TYPES[type_name]
+    ok = type(value) is bool if expected is bool else (
+        isinstance(value, int) and not isinstance(value, bool) if expected is int else isinstance(value, expected))
+    if not ok:
+        raise InvalidError(f"{cls_name}: parameter {pname!r} must be of type {type_name}, got "
+                           f"{type(value).__name__} {value!r}")
+    if expected is int and not INT64[0] <= value <= INT64[1]:
+        raise InvalidError(f"{cls_name}: parameter {pname!r} is out of range for a 64-bit integer: {value}")
+
+
+def _members(user_cls: type) -> dict[str, Any]:
+    """Attributes of the class and its bases; a subclass's definition replaces its base's, keeping the base's
+    position (definition order, base classes first)."""
+    members: dict[str, Any] = {}
+    for klass in reversed(user_cls.__mro__):
+        if klass is object:
+            continue
+        for name, value in klass.__dict__.items():
+            members[name] = value
+    return members
+
+
+def inspect_class(user_cls: type) -> dict[str, Any]:
+    """Everything the SDK, control plane and runtime need to know about a class, in wire form; validates it
+    the way Modal does."""
+    name = user_cls.__name__
+    members = _members(user_cls)
+    methods: dict[str, dict[str, Any]] = {}
+    snap_hooks, enter_hooks, exit_hooks = [], [], []
+    batched: dict[str, Any] | None = None
+    batched_names = []
+    for key, value in members.items():
+        f = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        if not callable(f) or isinstance(f, type):
+            continue
+        if getattr(f, CONCURRENT_ATTR, None) is not None:
+            raise InvalidError(f"@modal.concurrent on method {name}.{key}: with @app.cls(), apply it to the "
+                               "class (under @app.cls()), not to individual methods")
+        if hasattr(f, METHOD_ATTR) or hasattr(f, BATCHED_ATTR):
+            is_gen = bool(getattr(f, METHOD_ATTR, {}).get("is_generator")) or inspect.isgeneratorfunction(f) or \
+                inspect.isasyncgenfunction(f)
+            methods[key] = {"is_generator": is_gen,
+                            "is_async": inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)}
+            if hasattr(f, BATCHED_ATTR):
+                batched_names.append(key)
+                batched = dict(getattr(f, BATCHED_ATTR))
+                check_batched_function(f, f"{name}.{key}", is_gen)
+        if hasattr(f, ENTER_ATTR):
+            (snap_hooks if getattr(f, ENTER_ATTR).get("snap") else enter_hooks).append(key)
+        if hasattr(f, EXIT_ATTR):
+            exit_hooks.append(key)
+    if len(batched_names) > 1:
+        raise InvalidError(f"Modal class {name} can only have one batched function.")
+    if batched_names and len(methods) > 1:
+        raise InvalidError(f"Modal class {name} with a modal batched function cannot have other modal methods.")
+
+    # Parameters: annotated class attributes whose value is modal.parameter(init=True).
+    hints = _annotations(user_cls)
+    params: list[dict[str, Any]] = []
+    for pname, annotation in hints.items():
+        spec = members.get(pname)
+        if not isinstance(spec, Parameter) or not spec.init:
+            continue
+        entry: dict[str, Any] = {"name": pname, "type": _type_name(pname, annotation)}
+        if spec.default is not NO_DEFAULT:
+            check_value(name, pname, entry["type"], spec.default)
+            entry["default"] = spec.default
+        params.append(entry)
+    unannotated = [k for k, v in members.items() if isinstance(v, Parameter) and v.init and k not in hints]
+    if unannotated:
+        raise InvalidError("All modal.parameter() specifications need to be type-annotated "
+                           f"(missing: {', '.join(unannotated)})")
+    custom_init = user_cls.__init__ is not object.__init__  # type: ignore[misc]
+    if custom_init:
+        if params:
+            raise InvalidError("A class can't have both a custom __init__ constructor and dataclass-style "
+                               "modal.parameter() annotations")
+        try:
+            init_params = list(inspect.signature(user_cls.__init__).parameters.values())[1:]  # type: ignore[misc]
+        except (TypeError, ValueError):
+            init_params = []
+        if any(p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in init_params):
+            raise InvalidError(f"{name}.__init__ takes arguments: shoal does not pass constructor arguments; "
+                               "declare them as parameters instead, e.g. `model_name: str = modal.parameter()`")
+        warnings.warn(
+            f"{name} uses a non-default constructor (__init__) method. Custom constructors will not be supported "
+            "in a future version of Modal; use modal.parameter() declarations and @modal.enter() instead.",
+            DeprecationError, stacklevel=4)
+    return {"name": name, "params": params, "methods": methods, "enter": snap_hooks + enter_hooks,
+            "exit": exit_hooks, "batched": batched, "custom_init": custom_init}
+
+
+def bind_params(info: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Parameter values for `Cls(*args, **kwargs)`: positional in declaration order, defaults applied, keys
+    sorted. InvalidError for a missing, unknown or mistyped parameter."""
+    cls_name = info["name"]
+    specs = {p["name"]: p for p in info["params"]}
+    names = list(specs)
+    if info.get("custom_init") and (args or kwargs):
+        raise InvalidError(f"{cls_name}() takes no arguments (its custom __init__ is called without any)")
+    if len(args) > len(names):
+        raise InvalidError(f"{cls_name}() takes {len(names)} parameter(s) but {len(args)} positional "
+                           "argument(s) were given")
+    values = dict(zip(names, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in specs:
+            known = f"; its parameters are: {', '.join(names)}" if names else "; it has no parameters"
+            raise InvalidError(f"{cls_name}() got an unexpected parameter {key!r}{known}")
+        if key in values:
+            raise InvalidError(f"{cls_name}() got multiple values for parameter {key!r}")
+        values[key] = value
+    missing = [n for n in names if n not in values and "default" not in specs[n]]
+    if missing:
+        raise InvalidError(f"{cls_name}() missing required parameter(s): {', '.join(missing)}")
+    for n in names:
+        if n not in values:
+            values[n] = specs[n]["default"]
+        check_value(cls_name, n, specs[n]["type"], values[n])
+    return dict(sorted(values.items()))
+
+
+def pack_params(values: dict[str, Any]) -> bytes:
+    import msgpack
+
+    return msgpack.packb(dict(sorted(values.items())), use_bin_type=True)
+
+
+def unpack_params(data: bytes | None) -> dict[str, Any]:
+    import msgpack
+
+    return dict(msgpack.unpackb(data, raw=False)) if data else {}
+
+
+def construct_instance(user_cls: type, info: dict[str, Any], values: dict[str, Any]) -> Any:
+    """The user's object as Modal builds it: `__init__` is not run for parameterized classes; parameter values
+    (defaults applied) are set as instance attributes."""
+    if info.get("custom_init"):
+        return user_cls()
+    values = {**{p["name"]: p["default"] for p in info["params"] if "default" in p}, **values}
+    missing = [p["name"] for p in info["params"] if p["name"] not in values]
+    if missing:
+        raise InvalidError(f"{info['name']}() missing required parameter(s): {', '.join(missing)}")
+    instance = user_cls.__new__(user_cls)
+    instance.__dict__.update(values)
+    return instance
+
+
+def run_awaitable(awaitable: Any) -> Any:
+    """Run a coroutine from blocking code, also when called from inside a running event loop."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_as_coro(awaitable))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _as_coro(awaitable)).result()
+
+
+async def _as_coro(awaitable: Any) -> Any:
+    return await awaitable
+
+
+# -- Cls, Obj and bound methods ----------------------------------------------------------------------------------
+class _Method(Function):
+    """A method of an `Obj`: a Function whose calls go to the object's pool and name the method."""
+
+    _obj: Obj
+
+    def _fid(self) -> str:
+        return self._obj._service_function()._fid()
+
+    async def _afid(self) -> str:
+        return await self._obj._service_function()._afid()
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the method in this process on a local object, built once per Obj; its @enter hooks run once."""
+        return self._obj._local_call(self._method_name or "", args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Method {self._tag}>"
+
+
+class _UnboundMethod:
+    """`MyCls.method`: using it says to instantiate the class first, as Modal does."""
+
+    def __init__(self, cls_name: str, name: str) -> None:
+        self._label = f"{cls_name}.{name}"
+
+    def _fail(self) -> AttributeError:
+        return AttributeError(
+            "You can't access methods on a Cls directly - Did you forget to instantiate the class first?\n"
+            f"e.g. instead of {self._label}.remote(), do {self._label.replace('.', '().', 1)}.remote()")
+
+    def __getattr__(self, k: str) -> Any:
+        if k.startswith("__"):
+            raise AttributeError(k)
+        raise self._fail()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._fail()
+
+    def __repr__(self) -> str:
+        return f"<unbound method {self._label}>"
+
+
+class Obj:
+    """An instance of a `Cls` with its parameter values: `Model(name="x")`. Its methods are Functions."""
+
+    def __init__(self, cls: Cls, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._cls = cls
+        self._args = args
+        self._kwargs = kwargs
+        self._values: dict[str, Any] | None = None
+        self._service_fn: Function | None = None
+        self._methods: dict[str, _Method] = {}
+        self._local_instance: Any = None
+        self._entered = False
+        self._lock = threading.RLock()
+        if cls._info is not None:
+            self._values = bind_params(cls._info, args, kwargs)  # mistakes surface where they are written
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in (self._values or self._kwargs).items())
+        return f"{self._cls._name}({shown})"
+
+    def _info(self) -> dict[str, Any]:
+        self._cls._ensure_hydrated()
+        info = self._cls._info
+        assert info is not None
+        if self._values is None:
+            self._values = bind_params(info, self._args, self._kwargs)
+        return info
+
+    def _service_function(self) -> Function:
+        """The Function serving this object's pool: the class's own, or a variant for these parameter values
+        and options (created on the control plane on first use)."""
+        with self._lock:
+            if self._service_fn is None:
+                info = self._info()
+                base = self._cls._service
+                assert base is not None and self._values is not None
+                params = pack_params(self._values) if info["params"] else None
+                if params is None and not self._cls._overrides:
+                    self._service_fn = base
+                else:
+                    self._service_fn = base._variant(self._cls._overrides, params=params)
+            return self._service_fn
+
+    def _method(self, name: str) -> _Method:
+        m = self._methods.get(name)
+        if m is None:
+            info = self._info()
+            cls = self._cls
+            raw = _members(cls._user_cls).get(name) if cls._user_cls is not None else None
+            base = cls._service
+            assert base is not None
+            m = _Method(cls._app, raw, tag=f"{info['name']}.{name}", options=base._options, secrets=[],
+                        is_generator=bool(info["methods"][name]["is_generator"]))
+            m._is_async = bool(info["methods"][name]["is_async"])
+            m._method_name = name
+            m._obj = self
+            self._methods[name] = m
+        return m
+
+    def __getattr__(self, k: str) -> Any:
+        if k.startswith("__") or "_cls" not in self.__dict__:
+            raise AttributeError(k)
+        info = self._info()
+        if k in info["methods"]:
+            return self._method(k)
+        if self._cls._user_cls is not None:
+            return getattr(self._local(), k)
+        raise NotFoundError(f"Class has no method `{k}` and attributes (or undecorated methods) can't be accessed "
+                            "for remote classes (`Cls.from_name` instances)")
+
+    # -- local ---------------------------------------------------------------------------------------------------
+    def _local(self) -> Any:
+        with self._lock:
+            if self._local_instance is None:
+                info = self._info()
+                if self._cls._user_cls is None:
+                    raise InvalidError(f"{info['name']} was looked up by name: .local() and attribute access "
+                                       "need the class definition in this process")
+                assert self._values is not None
+                self._local_instance = construct_instance(self._cls._user_cls, info, self._values)
+            return self._local_instance
+
+    def _local_call(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        instance = self._local()
+        with self._lock:
+            if not self._entered:
+                for hook in self._info()["enter"]:
+                    result = getattr(instance, hook)()
+                    if inspect.isawaitable(result):
+                        run_awaitable(result)
+                self._entered = True
+        return getattr(instance, name)(*args, **kwargs)
+
+    # -- autoscaler ----------------------------------------------------------------------------------------------
+    def update_autoscaler(self, **kwargs: Any) -> Any:
+        """Override the autoscaler settings of this object's pool (this parameter set)."""
+        fn = self._service_function()
+        update = getattr(fn, "update_autoscaler", None)
+        if update is None:
+            raise NotImplementedError("runtime autoscaler overrides are not available in this version of shoal")
+        return update(**kwargs)
+
+
+class Cls:
+    """What `@app.cls()` returns. Call it with parameter values to get an `Obj`: `Model(name="x").f.remote()`."""
+
+    _is_shoal_cls = True
+
+    def __init__(self, *, name: str, user_cls: type | None, app: App | None, service: Function | None,
+                 info: dict[str, Any] | None, overrides: dict[str, Any] | None = None,
+                 lookup: tuple[str, str] | None = None) -> None:
+        self._name = name
+        self._user_cls = user_cls
+        self._app = app
+        self._service = service
+        self._info = info
+        self._overrides: dict[str, Any] = overrides or {}
+        self._lookup = lookup
+        self._parent: Cls | None = None
+        self._hydrate_lock = threading.Lock()
+        if user_cls is not None:
+            self.__doc__ = user_cls.__doc__
+            self.__module__ = user_cls.__module__
+            self.__qualname__ = user_cls.__qualname__
+
+    def __repr__(self) -> str:
+        return f"Cls({self._name})"
+
+    @property
+    def object_id(self) -> str | None:
+        return self._service.object_id if self._service is not None else None
+
+    def _get_user_cls(self) -> type:
+        assert self._user_cls is not None
+        return self._user_cls
+
+    def _get_method_names(self) -> list[str]:
+        self._ensure_hydrated()
+        assert self._info is not None
+        return list(self._info["methods"])
+
+    # -- construction --------------------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Obj:
+        """Bind parameter values (missing, unknown or mistyped ones raise InvalidError here)."""
+        return Obj(self, args, kwargs)
+
+    def __getattr__(self, k: str) -> Any:
+        if k.startswith("__") or "_info" not in self.__dict__:
+            raise AttributeError(k)
+        user_cls = self.__dict__.get("_user_cls")
+        info = self.__dict__.get("_info")
+        if user_cls is not None:
+            if info is not None and k in info["methods"]:
+                return _UnboundMethod(self._name, k)
+            return getattr(user_cls, k)
+        if k.startswith("_"):
+            raise AttributeError(k)
+        return _UnboundMethod(self._name, k)
+
+    # -- lookups -------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, app_name: str, name: str, *, version: int | None = None, environment_name: str | None = None,
+                  client: Any = None) -> Cls:
+        """A lazy reference to class `name` of app `app_name`; resolved on first use.
+
+        Deployed apps arrive with `shoal deploy`; until then this resolves against an app of that name that is
+        running now (`app.run()` / `shoal run`), and raises NotFoundError when there is none."""
+        if not isinstance(app_name, str) or not isinstance(name, str):
+            raise InvalidError("Cls.from_name takes an app name and a class name (strings)")
+        if version is not None:
+            raise InvalidError("`version=` needs deployed apps, which arrive with `shoal deploy`")
+        return cls(name=name, user_cls=None, app=None, service=None, info=None, lookup=(app_name, name))
+
+    def _ensure_hydrated(self) -> None:
+        if self._info is not None:
+            return
+        if self._parent is not None:
+            self._parent._ensure_hydrated()
+            self._service, self._info = self._parent._service, self._parent._info
+            return
+        from ._client.transport import get_client
+        from ._options import FunctionOptions
+
+        assert self._lookup is not None
+        app_name, name = self._lookup
+        with self._hydrate_lock:
+            if self._info is not None:
+                return
+            try:
+                resp = get_client().call(
+                    "GET", f"/v1/functions/lookup?app_name={quote(app_name)}&tag={quote(name + '.*')}")
+            except NotFoundError as exc:
+                raise NotFoundError(f"Lookup failed for Cls '{name}' from the '{app_name}' app: {exc}") from None
+            if not resp.get("cls"):
+                raise NotFoundError(f"Lookup failed for Cls '{name}' from the '{app_name}' app: not a class")
+            service = Function(None, None, tag=f"{name}.*", options=FunctionOptions(), secrets=[])
+            service._hydrate(resp["function_id"])
+            service._cls_info = resp["cls"]
+            self._service = service
+            self._info = resp["cls"]
+
+    # -- variants ------------------------------------------------------------------------------------------------
+    def with_options(
+        self,
+        *,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        gpu: str | list[str] | None = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Any = None,
+        volumes: dict[Any, Any] = {},  # noqa: B006 - Modal's signature
+        retries: Any = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+        timeout: int | None = None,
+        region: str | list[str] | None = None,
+        cloud: str | None = None,
+        routing_region: str | None = None,
+        concurrency_limit: Any = None,
+        container_idle_timeout: Any = None,
+        allow_concurrent_inputs: Any = None,
+    ) -> Cls:
+        """A copy of this class whose objects run in their own pools with these options. Calls stack: later
+        values win; `secrets`/`volumes` are replaced, not merged; options cannot be unset."""
+        from ._options import option_overrides, reject_deprecated
+
+        reject_deprecated(dict(concurrency_limit=concurrency_limit, container_idle_timeout=container_idle_timeout,
+                               allow_concurrent_inputs=allow_concurrent_inputs), where="Cls.with_options")
+        overrides = option_overrides(
+            cpu=cpu, memory=memory, gpu=gpu, env=env, secrets=secrets, volumes=volumes, retries=retries,
+            max_containers=max_containers, buffer_containers=buffer_containers, scaledown_window=scaledown_window,
+            timeout=timeout, region=region, cloud=cloud, routing_region=routing_region)
+        return self._variant_cls(overrides)
+
+    def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> Cls:
+        """A copy of this class whose containers each run up to `max_inputs` inputs at once."""
+        from ._partial import concurrent
+
+        concurrent(max_inputs=max_inputs, target_inputs=target_inputs)  # same validation as the decorator
+        if self._service is not None and self._service._options.single_use_containers:
+            raise InvalidError("with_concurrency cannot be combined with single_use_containers=True")
+        if self._batching_enabled():
+            raise InvalidError(f"{self._name} uses dynamic batching; it cannot also take concurrent inputs")
+        return self._variant_cls({"options": {"max_inputs": max_inputs, "target_inputs": target_inputs}})
+
+    def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Cls:
+        """A copy of this class whose batched method gets batches of up to `max_batch_size` inputs."""
+        check_batching(max_batch_size, wait_ms)
+        if self._concurrency_enabled():
+            raise InvalidError(f"{self._name} takes concurrent inputs; it cannot also use dynamic batching")
+        return self._variant_cls({"options": {"batch_max_size": max_batch_size, "batch_wait_ms": wait_ms}})
+
+    def _variant_cls(self, overrides: dict[str, Any]) -> Cls:
+        from ._options import merge_overrides
+
+        other = Cls(name=self._name, user_cls=self._user_cls, app=self._app, service=self._service,
+                    info=self._info, overrides=merge_overrides(self._overrides, overrides), lookup=self._lookup)
+        other._parent = self  # a looked-up class is resolved once, through its parent
+        return other
+
+    def _effective(self, key: str) -> Any:
+        if key in self._overrides.get("options", {}):
+            return self._overrides["options"][key]
+        return getattr(self._service._options, key, None) if self._service is not None else None
+
+    def _batching_enabled(self) -> bool:
+        return bool(self._effective("batch_max_size"))
+
+    def _concurrency_enabled(self) -> bool:
+        return int(self._effective("max_inputs") or 1) > 1
+
+
+def _cls_decorator(app: App, function_kwargs: dict[str, Any]) -> Callable[[type], Cls]:
+    """The decorator `@app.cls(...)` returns: registers the service function through `app.function` (so the
+    class gets exactly the options handling of functions), then records what the class looks like."""
+
+    def decorate(user_cls: type) -> Cls:
+        if getattr(user_cls, "_is_shoal_cls", False):
+            raise InvalidError(f"{user_cls!r} is already a shoal Cls; decorate it only once")
+        if not isinstance(user_cls, type):
+            raise InvalidError(f"@app.cls() must decorate a class, got {type(user_cls).__name__}")
+        info = inspect_class(user_cls)
+        service = app.function(**function_kwargs, name=f"{user_cls.__name__}.*")(user_cls)
+        options = service._options
+        if info["batched"]:
+            if options.max_inputs > 1:
+                raise InvalidError(f"Modal class {info['name']}: @modal.batched cannot be combined with "
+                                   "@modal.concurrent")
+            options.batch_max_size = info["batched"]["max_batch_size"]
+            options.batch_wait_ms = info["batched"]["wait_ms"]
+        service._cls_info = info
+        cls = Cls(name=user_cls.__name__, user_cls=user_cls, app=app, service=service, info=info)
+        app._classes[user_cls.__name__] = cls
+        return cls
+
+    return decorate
+
+
+def _check_function_target(f: Any) -> None:
+    """`@app.function()` on something decorated for classes only."""
+    for attr, deco in ((METHOD_ATTR, "method"), (ENTER_ATTR, "enter"), (EXIT_ATTR, "exit")):
+        if hasattr(f, attr):
+            raise InvalidError(f"@modal.{deco}() is for methods of an @app.cls() class, not for @app.function()")

@@ -1,0 +1,554 @@
+"""Builds one container's sandbox and runs the container runtime inside it (Linux).
+
+The local backend runs this file as a script, `python -I -S sandbox_init.py CONFIG_JSON`, with the environment
+the runtime is to get. It imports only the standard library and never anything from a user's path, and it is
+single-threaded, as `unshare`/`setns` of a user namespace require. Three processes make a container:
+
+    supervisor (the backend's child, on the host side)
+      └─ init (pid 1 of the container's pid namespace)
+           └─ runtime (`python -m shoal.runtime`, the user's code)
+
+The supervisor, still the host's root, unshares the mount, pid, ipc, uts and network namespaces, brings up the
+loopback device, opens the listening sockets the backend forwards to the host (the control plane's HTTP URL),
+and builds the container's root on a fresh tmpfs: the host's system directories read-only, the interpreter and
+the image at their own paths read-only, the app's source under `/root`, private `/tmp`, `/root`, `/run`,
+`/dev/shm`, a minimal `/dev`, the control plane's socket at `/run/shoal/control.sock`. Because every mount is
+made by the host's root in a mount namespace the container's user namespace does not own, the container can
+neither unmount nor remount any of them: read-only stays read-only.
+
+The init joins the container's cgroups, mounts `/proc` and `/sys`, pivots into the new root, joins the
+container's user namespace (root inside, an unprivileged uid range outside) and forks the runtime with the pid
+number of the supervisor on the host, so `os.getpid()` in a container is still unique on the machine and names
+a process the host can signal. It forwards termination signals, reaps orphans, and when the runtime exits,
+reports its wait status to the supervisor, which exits the same way.
+
+Rootless mode (the control plane is not root): the supervisor first enters a user namespace mapping its own uid
+to root, builds the same root there, and the init locks the mounts by entering one more user and mount
+namespace before running the runtime.
+
+Setup failures print `shoal sandbox: …` to stderr and exit with status 121.
+"""
+
+from __future__ import annotations
+
+import _signal as signal  # the C module: `signal` would import enum (+5 ms)
+import _socket as socket  # likewise
+import ctypes
+import errno
+import fcntl
+import marshal
+import os
+import struct
+import sys
+import time
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = 1, 0o2000000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x100000
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
+
+# Syscalls glibc has no wrapper for; the new mount API has the same numbers on every architecture.
+_ARCH = os.uname().machine
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}.get(_ARCH, -1)
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
+
+SETUP_FAILED = 121
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+_TRACE: list = []
+
+
+def trace(label: str) -> None:
+    """With `trace` in the config, step timings go to stderr (see docs/sandbox.md)."""
+    if _TRACE:
+        now = time.perf_counter()
+        _TRACE.append((label, now))
+
+
+def print_trace() -> None:
+    if _TRACE:
+        t0 = _TRACE[0][1]
+        steps = " ".join(f"{label}={(t - t0) * 1000:.1f}" for label, t in _TRACE[1:])
+        os.write(2, f"shoal sandbox trace (ms since start): {steps}\n".encode())
+
+
+class SetupError(Exception):
+    pass
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)} ({errno.errorcode.get(err, err)})")
+    return ret
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else s.encode()
+
+
+def mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(libc.mount(_b(src), _b(dst), _b(fstype), flags, _b(data)), f"mount {src or fstype} on {dst}")
+
+
+def unshare(flags: int) -> None:
+    _check(libc.unshare(flags), "unshare")
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def set_mount_attrs(path: str, attrs: int, recursive: bool = True, fd: int | None = None,
+                    userns_fd: int = 0) -> bool:
+    """mount_setattr(2) on a path (or a detached tree's fd); False where the kernel lacks it."""
+    attr = MountAttr(attrs, 0, 0, userns_fd)
+    flags = AT_RECURSIVE if recursive else 0
+    if fd is not None:
+        ret = libc.syscall(SYS_MOUNT_SETATTR, fd, b"", flags | 0x1000, ctypes.byref(attr), ctypes.sizeof(attr))
+    else:
+        ret = libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, _b(path), flags, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        _check(ret, f"mount_setattr {path}")
+    return True
+
+
+def bind(src: str, dst: str, writable: bool, idmap_fd: int | None = None) -> None:
+    """Bind `src` (and what is mounted below it) at `dst`; read-only unless `writable`. With `idmap_fd`, the
+    mount shows files owned by the host's ids as owned by the same ids inside the container (idmapped mount),
+    so a writable share behaves as it does for the host's root."""
+    if idmap_fd is not None and writable:
+        tree = libc.syscall(SYS_OPEN_TREE, AT_FDCWD, _b(src), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+        if tree >= 0:
+            try:
+                if set_mount_attrs(src, MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID, fd=tree, userns_fd=idmap_fd):
+                    _check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, _b(dst), MOVE_MOUNT_F_EMPTY_PATH),
+                           f"move_mount {src} to {dst}")
+                    return
+            except SetupError:
+                pass  # this filesystem cannot be idmapped: a plain bind mount instead
+            finally:
+                os.close(tree)
+    mount(src, dst, None, MS_BIND | MS_REC)
+    attrs = MOUNT_ATTR_NOSUID | (0 if writable else MOUNT_ATTR_RDONLY)
+    if not set_mount_attrs(dst, attrs):
+        mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_NOSUID | (0 if writable else MS_RDONLY))
+
+
+def tmpfs(dst: str, mode: str, owner: tuple[int, int] | None, flags: int = MS_NOSUID | MS_NODEV,
+          size: str | None = None) -> None:
+    opts = [f"mode={mode}"]
+    if owner is not None:
+        opts += [f"uid={owner[0]}", f"gid={owner[1]}"]
+    if size:
+        opts.append(f"size={size}")
+    mount("tmpfs", dst, "tmpfs", flags, ",".join(opts))
+
+
+def make_mountpoint(path: str, like: str | None) -> None:
+    """An empty directory, or an empty file when `like` is not a directory."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if like is not None and not os.path.isdir(like):
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def write_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def loopback_up() -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING, b""))
+    finally:
+        s.close()
+
+
+def depth(path: str) -> int:
+    return len([p for p in path.split("/") if p])
+
+
+# -- the supervisor ----------------------------------------------------------------------------------------------
+def make_userns(uid: int, gid: int, count: int) -> int:
+    """A user namespace mapping container ids 0..count-1 to host ids uid.. (written by us, the host's root);
+    returns an fd on it. A short-lived child creates it, since we must stay in the host's namespace."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            unshare(CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)  # wait until the parent has written the maps and opened the namespace
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise SetupError("could not create a user namespace")
+        write_file(f"/proc/{pid}/uid_map", f"0 {uid} {count}\n")
+        write_file(f"/proc/{pid}/gid_map", f"0 {gid} {count}\n")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(go_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+
+
+def map_self_as_root() -> None:
+    """Rootless: enter a user namespace where our own uid and gid are root."""
+    uid, gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER)
+    write_file("/proc/self/setgroups", "deny")
+    write_file("/proc/self/uid_map", f"0 {uid} 1\n")
+    write_file("/proc/self/gid_map", f"0 {gid} 1\n")
+
+
+def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | None) -> None:
+    """Mount the container's filesystem under `root` (in our private mount namespace)."""
+    tmpfs(root, "0755", None, MS_NOSUID | MS_NODEV, size="1m")
+    ops: list[tuple[str, int, tuple]] = []  # (path inside, order at equal depth, op)
+    overlays = cfg.get("overlays", {})
+    for name in SYSTEM_DIRS:
+        host = "/" + name
+        if os.path.islink(host):
+            ops.append((host, 0, ("symlink", os.readlink(host))))
+        elif host in overlays:  # the image's files over the host's (read-only overlayfs)
+            ops.append((host, 0, ("overlay", overlays[host])))
+        elif os.path.isdir(host):
+            ops.append((host, 0, ("bind", host, False)))
+    ops.append(("/tmp", 0, ("tmpfs", "1777", None)))
+    ops.append(("/root", 0, ("tmpfs", "0700", owner)))
+    ops.append(("/run", 0, ("tmpfs", "0755", owner)))
+    ops.append(("/var", 0, ("dir",)))
+    ops.append(("/var/tmp", 0, ("symlink", "/tmp")))
+    ops.append(("/dev", 0, ("dev",)))
+    ops.append(("/dev/shm", 1, ("tmpfs", "1777", None)))
+    for path in ("/proc", "/sys", "/home", "/mnt", "/opt"):
+        ops.append((path, 0, ("dir",)))
+    for path in cfg.get("ro", []):
+        ops.append((path, 2, ("bind", path, False)))
+    for path in cfg.get("rw", []):
+        ops.append((path, 2, ("bind", path, True)))
+    for src, dst, writable in cfg.get("binds", []):
+        ops.append((dst, 3, ("bind", src, writable)))
+    for path in cfg.get("mask", []):
+        ops.append((path, 4, ("mask",)))
+    ops.sort(key=lambda op: (depth(op[0]), op[1]))
+    done: list[str] = []
+    for path, _, op in ops:
+        target = root + path
+        kind = op[0]
+        if any(path == d for d in done) and kind != "mask":
+            continue  # already provided (an interpreter under a system dir, a duplicate)
+        if kind == "symlink":
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if not os.path.lexists(target):
+                os.symlink(op[1], target)
+        elif kind == "dir":
+            os.makedirs(target, exist_ok=True)
+        elif kind == "tmpfs":
+            make_mountpoint(target, None)
+            tmpfs(target, op[1], op[2])
+        elif kind == "bind":
+            src, writable = op[1], op[2]
+            if not os.path.lexists(src):
+                continue
+            if _covered(path, done, root):
+                continue
+            make_mountpoint(target, src)
+            bind(src, target, writable, idmap_fd)
+        elif kind == "overlay":
+            make_mountpoint(target, None)
+            lower = ":".join(d.replace(":", "\\:") for d in op[1])
+            try:
+                mount("overlay", target, "overlay", MS_RDONLY | MS_NOSUID, f"lowerdir={lower}")
+            except SetupError:
+                bind(path, target, False)  # no overlayfs here: the host's directory without the image's files
+        elif kind == "mask":
+            if os.path.isdir(target):
+                tmpfs(target, "0000", None, MS_NOSUID | MS_NODEV | MS_RDONLY, size="4k")
+            elif os.path.exists(target):
+                mount("/dev/null", target, None, MS_BIND)
+        elif kind == "dev":
+            make_dev(target, cfg.get("devices", []))
+        done.append(path)
+    os.makedirs(root + "/run/shoal", exist_ok=True)
+
+
+def _covered(path: str, done: list[str], root: str) -> bool:
+    """True when `path` already shows through a read-only bind of a parent of it (e.g. a venv under /usr)."""
+    for d in done:
+        if path.startswith(d + "/") and d in [("/" + s) for s in SYSTEM_DIRS]:
+            return True
+    return False
+
+
+def make_dev(target: str, extra: list[str]) -> None:
+    make_mountpoint(target, None)
+    tmpfs(target, "0755", None, MS_NOSUID)
+    for name in DEVICES:
+        host = f"/dev/{name}"
+        if os.path.exists(host):
+            make_mountpoint(f"{target}/{name}", host)
+            mount(host, f"{target}/{name}", None, MS_BIND)
+    for host in extra:  # GPUs
+        if os.path.exists(host):
+            make_mountpoint(target + host[4:], host)
+            mount(host, target + host[4:], None, MS_BIND | (MS_REC if os.path.isdir(host) else 0))
+    for name, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                       ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore"), ("ptmx", "pts/ptmx")):
+        os.symlink(dest, f"{target}/{name}")
+    os.mkdir(f"{target}/pts")
+    try:
+        mount("devpts", f"{target}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    except SetupError:
+        pass  # no pseudo-terminals in this container
+
+
+def open_listeners(ports: list[int]) -> list:
+    socks = []
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(512)
+        socks.append(s)
+    return socks
+
+
+def supervise(cfg: dict) -> None:
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    rootless = cfg.get("mode") == "rootless"
+    if rootless:
+        map_self_as_root()
+        owner = (0, 0)
+        idmap_fd = None
+    else:
+        owner = (cfg["uid"], cfg["gid"])
+        idmap_fd = make_userns(cfg["uid"], cfg["gid"], cfg["ids"])
+    trace("userns")
+    unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    trace("unshare")
+    libc.sethostname(_b(cfg.get("hostname", "shoal")), len(cfg.get("hostname", "shoal")))
+    loopback_up()
+    write_file("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")  # this namespace only
+    listeners = open_listeners(cfg.get("listen", []))
+    control = cfg.get("control")
+    if control:
+        # Connected here, as the host's root, and inherited: the runtime needs no access to the socket's path.
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctl.connect(control)
+        ctl_fd = ctl.detach()
+        os.set_inheritable(ctl_fd, True)
+        os.environ["SHOAL_CONTROL"] = f"fd:{ctl_fd}"
+        cfg["_control_fd"] = ctl_fd
+    chan_fd = cfg.get("chan_fd")
+    if chan_fd is not None:
+        chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, chan_fd)
+        if listeners:
+            fds = struct.pack(f"{len(listeners)}i", *[s.fileno() for s in listeners])
+            chan.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        chan.close()
+    for s in listeners:
+        s.close()
+    trace("net")
+    root = cfg["newroot"]
+    os.makedirs(root, exist_ok=True)
+    build_root(cfg, root, owner, idmap_fd)
+    trace("mounts")
+
+    status_r, status_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(status_r)
+            container_init(cfg, root, idmap_fd, status_w, rootless)
+        except BaseException as exc:  # noqa: BLE001
+            _fail(exc)
+        os._exit(SETUP_FAILED)
+    os.close(status_w)
+    if idmap_fd is not None:
+        os.close(idmap_fd)
+    if cfg.get("_control_fd") is not None:
+        os.close(cfg["_control_fd"])
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            status = SETUP_FAILED << 8
+            break
+        except InterruptedError:
+            continue
+    reported = b""
+    try:
+        reported = os.read(status_r, 8)
+    except OSError:
+        pass
+    if len(reported) == 4:
+        (status,) = struct.unpack("i", reported)  # the runtime's own wait status
+    mirror(status)
+
+
+def mirror(status: int) -> None:
+    """Exit the way a process with wait status `status` did."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else SETUP_FAILED)
+
+
+# -- the container's init ---------------------------------------------------------------------------------------
+def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, rootless: bool) -> None:
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for path in cfg.get("cgroups", []):  # before anything allocates: the limits count from here
+        try:
+            write_file(os.path.join(path, "cgroup.procs"), "0")
+        except OSError as exc:
+            raise SetupError(f"joining cgroup {path}: {exc}") from exc
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    try:
+        mount("sysfs", root + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+    except SetupError:
+        pass
+    # The runtime gets the supervisor's host pid as its own: unique on the machine, and a pid the host can kill.
+    want_pid = int(cfg.get("_supervisor_pid", 0))
+    if want_pid > 2:
+        try:
+            write_file(root + "/proc/sys/kernel/ns_last_pid", str(want_pid - 1))
+        except OSError:
+            pass
+    trace("proc")
+    os.chdir(root)
+    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "unmount the host's root")
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    if rootless:
+        # Lock every mount: a mount namespace owned by a less privileged user namespace cannot undo them.
+        unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        write_file("/proc/self/setgroups", "deny")
+        write_file("/proc/self/uid_map", "0 0 1\n")
+        write_file("/proc/self/gid_map", "0 0 1\n")
+    else:
+        assert idmap_fd is not None
+        _check(libc.setns(idmap_fd, CLONE_NEWUSER), "joining the container's user namespace")
+        os.close(idmap_fd)
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it
+    trace("pivot+userns")
+    print_trace()
+
+    argv = cfg["argv"]
+    cwd = cfg.get("cwd") or "/root"
+    child = os.fork()
+    if child == 0:
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                        signal.SIGUSR2, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            try:
+                os.chdir(cwd)
+            except OSError:
+                os.chdir("/root")
+            os.execve(argv[0], argv, os.environ)
+        except BaseException as exc:  # noqa: BLE001
+            _fail(exc)
+        os._exit(SETUP_FAILED)
+
+    if cfg.get("_control_fd") is not None:
+        os.close(cfg["_control_fd"])  # the runtime's alone: its exit must close the stream
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
+    while True:  # reap every orphan; stop when the runtime exits (the kernel then ends the rest)
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            os._exit(SETUP_FAILED)
+        if pid == child:
+            os.write(status_w, struct.pack("i", status))
+            os._exit(0)
+
+
+def _fail(exc: BaseException) -> None:
+    msg = str(exc) if isinstance(exc, (SetupError, OSError)) else f"{type(exc).__name__}: {exc}"
+    try:
+        os.write(2, f"shoal sandbox: {msg}\n".encode())
+    except OSError:
+        pass
+
+
+def main() -> None:
+    try:
+        cfg = marshal.loads(bytes.fromhex(sys.argv[1]))
+        if cfg.get("trace"):
+            _TRACE.append(("start", float(cfg["trace"])))
+            trace("imported")
+        cfg["_supervisor_pid"] = os.getpid()
+        supervise(cfg)
+    except BaseException as exc:  # noqa: BLE001
+        _fail(exc)
+    os._exit(SETUP_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,534 @@
+"""The image builder: turns an image spec (shoal.Image.to_wire()) into a directory containers run from.
+
+`SHOAL_HOME/images/<image_id>/` holds, once built:
+
+    manifest.json   written last: its presence is what makes the image built (a cache hit reads only this)
+    venv/           `uv venv` for the image's Python (an interpreter found on this machine, never downloaded),
+                    with what the container runtime needs (cloudpickle, msgpack, tblib, aiohttp) and a .pth
+                    file that makes the `shoal` package importable through `shoal-sdk/shoal` (a symlink to
+                    the control plane's own package: nothing else of the control plane's environment)
+    apt-root/       Debian packages unpacked with `dpkg -x` (never installed on the host)
+    files/          the image's files by container path: `files/root/x.py` is `/root/x.py` in the container
+    build/          scratch space of build steps
+
+Images whose chain ends with files added with `copy=False` are built in two layers: the build steps as their own
+image (`base` in the manifest), and a thin image that hard-links the base's files and adds those files on top,
+so editing them never re-runs a build step.
+
+Builds stream their output through `log` as it is produced; a failing step raises ImageBuildError naming the
+step, with the end of its output. See docs/images.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import dataclasses
+import glob
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import sysconfig
+import tarfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+from typing import Any, NoReturn
+
+import shoal
+
+from ..backends.base import ContainerImage
+from ..exception import ImageBuildError, InvalidError
+from ..image import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
+
+Log = Callable[[str], None]
+
+SHOAL_PACKAGE_DIR = str(Path(shoal.__file__).resolve().parent)
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TAIL_CHARS = 4000
+# Variables of the control plane's environment that build tools may see (network, locale, package indexes).
+_BUILD_ENV_NAMES = {"HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "NETRC", "SSL_CERT_FILE",
+                    "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"}
+_BUILD_ENV_PREFIXES = ("LC_", "PIP_", "UV_")
+_BUILD_ENV_DROP = {"UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "UV_SYSTEM_PYTHON"}
+
+
+def _runtime_requirements() -> list[str]:
+    """What every image gets for the container runtime. cloudpickle is pinned to the control plane's version:
+    functions pickled by the caller must unpickle in the container."""
+    try:
+        cloudpickle = f"cloudpickle=={metadata.version('cloudpickle')}"
+    except metadata.PackageNotFoundError:
+        cloudpickle = "cloudpickle>=3.0"
+    return [cloudpickle, "msgpack>=1.0", "tblib>=3.0", "aiohttp>=3.9"]
+
+
+RUNTIME_REQUIREMENTS = _runtime_requirements()
+
+
+def _multiarch() -> str:
+    return sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+
+
+def _build_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if (k in _BUILD_ENV_NAMES or k.startswith(_BUILD_ENV_PREFIXES) or k.lower().endswith("_proxy"))
+           and k not in _BUILD_ENV_DROP}
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(extra or {})
+    return env
+
+
+def _discovery_path() -> str:
+    """PATH for finding interpreters: the control plane's PATH without shim directories (a pyenv shim for a
+    version that is not active fails and stops uv's search), plus pyenv's installed 3.x versions."""
+    dirs = [d for d in os.environ.get("PATH", STANDARD_PATH).split(os.pathsep)
+            if d and "shims" not in Path(d).parts]
+    pyenv_root = os.environ.get("PYENV_ROOT")
+    if not pyenv_root and shutil.which("pyenv"):
+        import subprocess
+
+        try:
+            pyenv_root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pyenv_root = None
+    if pyenv_root:
+        versions = glob.glob(os.path.join(pyenv_root, "versions", "3.*", "bin"))
+        dirs += sorted((v for v in versions if re.search(r"/3\.\d+\.\d+/bin$", v)), reverse=True)
+    return os.pathsep.join(dict.fromkeys(dirs))
+
+
+def check_spec(spec: Any) -> dict[str, Any]:
+    """Validate an image spec from a client; its id must be the hash of its steps."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
+        raise InvalidError("image must be a map with 'image_id', 'python_version' and 'steps'")
+    image_id, version = spec.get("image_id"), spec.get("python_version")
+    if not isinstance(image_id, str) or not IMAGE_ID_RE.match(image_id):
+        raise InvalidError(f"invalid image id {image_id!r}")
+    if not isinstance(version, str) or not re.fullmatch(r"3\.\d+(\.\d+)?", version):
+        raise InvalidError(f"invalid python_version {version!r}")
+    if spec.get("builder") != BUILDER_VERSION:
+        raise InvalidError(f"image spec from builder {spec.get('builder')!r}; this control plane builds "
+                           f"{BUILDER_VERSION!r} (upgrade the client or the control plane so they match)")
+    for step in spec["steps"]:
+        if not isinstance(step, dict) or step.get("kind") not in STEP_KINDS or not isinstance(step.get("repr"), str):
+            raise InvalidError(f"invalid image step {step!r}")
+        remote = step.get("remote_path", step.get("path"))
+        if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
+                                   or ".." in PurePosixPath(remote).parts):
+            raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
+        if "sha" in step and not (isinstance(step["sha"], str) and re.fullmatch(r"[0-9a-f]{64}", step["sha"])):
+            raise InvalidError(f"invalid blob id in {step['repr']}")
+    if image_id_for(version, spec["steps"]) != image_id:
+        raise InvalidError(f"image id {image_id} does not match its steps")
+    return spec
+
+
+@dataclasses.dataclass
+class _Build:
+    """What a build has made so far."""
+
+    image_id: str
+    root: Path
+    log: Log
+    python: str = ""
+    python_version: str = ""
+    base_python: str = ""
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # ENV steps
+    workdir: str | None = None
+    apt: bool = False
+    step_no: int = 0
+    step_repr: str = ""
+
+    @property
+    def venv(self) -> Path:
+        return self.root / "venv"
+
+    @property
+    def files(self) -> Path:
+        return self.root / "files"
+
+    def path_env(self) -> dict[str, str]:
+        """PATH and friends of containers and build commands of this image (never the host's PATH)."""
+        path = [str(self.venv / "bin")]
+        env = {"VIRTUAL_ENV": str(self.venv)}
+        if self.apt:
+            apt = self.root / "apt-root"
+            path += [str(apt / d) for d in ("usr/local/bin", "usr/bin", "bin", "usr/sbin", "sbin", "usr/games")]
+            arch = _multiarch()
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                str(apt / d) for d in (f"usr/lib/{arch}", f"lib/{arch}", "usr/lib", "lib"))
+        env["PATH"] = os.pathsep.join([*path, STANDARD_PATH])
+        return env
+
+    def container_env(self) -> dict[str, str]:
+        env = self.path_env()
+        if (self.files / "root").is_dir():
+            env["PYTHONPATH"] = str(self.files / "root")  # add_local_python_source: /root is on the path
+        image_path = env["PATH"].split(os.pathsep)
+        env.update(self.env)
+        if env["PATH"] != os.pathsep.join(image_path):  # an ENV PATH keeps the image's own dirs (apt, venv)
+            own = [d for d in image_path if d not in STANDARD_PATH.split(os.pathsep)]
+            user = env["PATH"].split(os.pathsep)
+            env["PATH"] = os.pathsep.join([*(d for d in own if d not in user), *user])
+        return env
+
+
+class ImageBuilder:
+    """Builds images once per machine and caches them by id."""
+
+    def __init__(self, state_dir: Path, blob_dir: Path | None = None) -> None:
+        self.dir = Path(state_dir) / "images"
+        self.blob_dir = blob_dir or Path(state_dir) / "blobs"
+        self.apt_cache = self.dir / ".cache" / "apt"
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._apt_lock = asyncio.Lock()
+        self._pythons: dict[str, tuple[str, str]] = {}
+        self._discovery_path: str | None = None
+        self.builds = 0  # images built (cache misses) by this builder
+        from uv import find_uv_bin
+
+        self.uv = find_uv_bin()
+
+    # -- cache -----------------------------------------------------------------------------------------------
+    def cached(self, image_id: str) -> ContainerImage | None:
+        """The built image, or None: one small JSON read."""
+        try:
+            manifest = json.loads((self.dir / image_id / "manifest.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        if (manifest.get("builder") != BUILDER_VERSION or manifest.get("runtime") != RUNTIME_REQUIREMENTS
+                or manifest.get("shoal") != SHOAL_PACKAGE_DIR or not os.path.exists(manifest["python"])):
+            return None  # built for another runtime, or its interpreter is gone: build again
+        return ContainerImage(image_id=image_id, python=manifest["python"], root=manifest["root"],
+                              env=manifest["env"], workdir=manifest["workdir"])
+
+    async def ensure(self, spec: dict[str, Any], log: Log) -> ContainerImage:
+        """The built image of `spec`, building it first if this machine has not (or if a step is forced)."""
+        check_spec(spec)
+        image_id = spec["image_id"]
+        build_steps, mounts = split_mounts(spec["steps"])
+        force = bool(spec.get("force_base")) or any(s.get("force") for s in spec["steps"])
+        if not force and (hit := self.cached(image_id)) is not None:
+            return hit
+        async with self._locks.setdefault(image_id, asyncio.Lock()):
+            if not force and (hit := self.cached(image_id)) is not None:
+                return hit  # built while we waited
+            if not mounts:
+                return await self._build(spec, log)
+            base_spec = {**spec, "steps": build_steps, "image_id": image_id_for(spec["python_version"], build_steps)}
+            base = await self.ensure(base_spec, log)
+            return await self._layer(image_id, base, mounts, log)
+
+    # -- building --------------------------------------------------------------------------------------------
+    async def _build(self, spec: dict[str, Any], log: Log) -> ContainerImage:
+        image_id = spec["image_id"]
+        steps = spec["steps"]
+        root = self._fresh_dir(image_id)
+        b = _Build(image_id, root, log)
+        t0 = time.monotonic()
+        log(f"Building image {image_id}\n")
+        forced_from = 0 if spec.get("force_base") else next(
+            (i + 1 for i, s in enumerate(steps) if s.get("force")), len(steps) + 1)
+        b.step_repr = f"debian_slim(python_version={spec['python_version']!r})"
+        self._header(b)
+        await self._base(b, spec["python_version"], forced_from == 0)
+        for i, step in enumerate(steps, start=1):
+            b.step_no, b.step_repr = i, step["repr"]
+            self._header(b)
+            await getattr(self, "_step_" + step["kind"])(b, step, i >= forced_from)
+        manifest = {"image_id": image_id, "builder": BUILDER_VERSION, "runtime": RUNTIME_REQUIREMENTS,
+                    "shoal": SHOAL_PACKAGE_DIR, "python": b.python, "python_version": b.python_version,
+                    "base_python": b.base_python, "root": str(root), "env": b.container_env(),
+                    "workdir": b.workdir, "built_at": time.time(), "build_s": round(time.monotonic() - t0, 3),
+                    "steps": [s["repr"] for s in steps]}
+        self._commit(root, manifest)
+        log(f"Built image {image_id} in {time.monotonic() - t0:.2f}s\n")
+        return self.cached(image_id) or _missing(image_id)
+
+    async def _layer(self, image_id: str, base: ContainerImage, mounts: list[dict[str, Any]],
+                     log: Log) -> ContainerImage:
+        """A base image plus files added with copy=False: hard links of the base's files and the new files."""
+        root = self._fresh_dir(image_id)
+        assert base.root is not None
+        base_files = Path(base.root) / "files"
+        if base_files.is_dir():
+            shutil.copytree(base_files, root / "files", symlinks=True, copy_function=os.link)
+        b = _Build(image_id, root, log)
+        for step in mounts:
+            b.step_repr = step["repr"]
+            await getattr(self, "_step_" + step["kind"])(b, step, False)
+        env = dict(base.env)
+        if (root / "files" / "root").is_dir():
+            env["PYTHONPATH"] = str(root / "files" / "root")
+        base_manifest = json.loads((Path(base.root) / "manifest.json").read_bytes())
+        manifest = {**base_manifest, "image_id": image_id, "root": str(root), "env": env, "base": base.image_id,
+                    "built_at": time.time(), "steps": [*base_manifest["steps"], *(s["repr"] for s in mounts)]}
+        self._commit(root, manifest)
+        return self.cached(image_id) or _missing(image_id)
+
+    def _fresh_dir(self, image_id: str) -> Path:
+        """An empty directory at the image's final path (venvs are not relocatable, so builds happen in place;
+        the manifest, written last, is what marks it built). An older build is moved aside first."""
+        root = self.dir / image_id
+        if root.exists():
+            trash = self.dir / ".trash" / f"{image_id}.{time.time_ns()}"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            root.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        root.mkdir(parents=True)
+        return root
+
+    def _commit(self, root: Path, manifest: dict[str, Any]) -> None:
+        tmp = root / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(root / "manifest.json")
+        self.builds += 1
+
+    @staticmethod
+    def _header(b: _Build) -> None:
+        b.log(f"=> Step {b.step_no}: {b.step_repr}\n")
+
+    async def _base(self, b: _Build, version: str, forced: bool) -> None:
+        """Step 0: the virtual environment, the container runtime's packages, and shoal itself."""
+        python, b.python_version = await self._find_python(version, b)
+        b.base_python = python
+        await self._uv(b, ["venv", "--seed", "--no-project", "--python", python, str(b.venv)], forced,
+                       env={"UV_VENV_CLEAR": "1"})  # an offline attempt may leave a partial one
+        b.python = str(b.venv / "bin" / "python")
+        await self._uv(b, ["pip", "install", "--python", b.python, *RUNTIME_REQUIREMENTS], forced)
+        sdk = b.root / "shoal-sdk"
+        sdk.mkdir()
+        (sdk / "shoal").symlink_to(SHOAL_PACKAGE_DIR, target_is_directory=True)
+        site = glob.glob(str(b.venv / "lib" / "python3.*" / "site-packages"))
+        if not site:
+            self._fail(b, f"no site-packages in {b.venv}")
+        Path(site[0], "_shoal_runtime.pth").write_text(str(sdk) + "\n")
+        b.files.mkdir()
+
+    async def _find_python(self, version: str, b: _Build) -> tuple[str, str]:
+        """(interpreter, its full version) for `version`, among the interpreters installed here."""
+        if version in self._pythons:
+            return self._pythons[version]
+        if self._discovery_path is None:
+            self._discovery_path = await asyncio.to_thread(_discovery_path)
+        env = _build_env({"PATH": self._discovery_path, "UV_PYTHON_DOWNLOADS": "never"})
+        argv = [self.uv, "python", "find", version, "--system", "--no-project", "--python-preference", "system",
+                "--no-python-downloads"]
+        rc, out = await self._exec(argv, env=env, cwd=self.dir, log=None)
+        python = out.strip().splitlines()[-1].strip() if rc == 0 and out.strip() else ""
+        if not python:
+            raise ImageBuildError(
+                f"Image build for {b.image_id} failed: Python {version} is not installed on this machine, and "
+                f"shoal never downloads interpreters. Install it (for example `uv python install {version}`, "
+                f"`pyenv install {version}`, or your OS's python{version} package), or use another "
+                f"python_version.\n{out.strip()[-TAIL_CHARS:]}")
+        rc, full = await self._exec([python, "-c", "import platform; print(platform.python_version())"],
+                                    env=_build_env(), cwd=self.dir, log=None)
+        self._pythons[version] = (python, full.strip() or version)
+        return self._pythons[version]
+
+    # -- steps -----------------------------------------------------------------------------------------------
+    async def _step_pip_install(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        argv = ["pip", "install", "--python", b.python, *step.get("packages", [])]
+        for i, text in enumerate(step.get("requirements") or []):
+            req = b.root / "build" / f"requirements-{b.step_no}-{i}.txt"
+            req.parent.mkdir(exist_ok=True)
+            req.write_text(text)
+            argv += ["-r", str(req)]
+        for flag, key in (("--find-links", "find_links"), ("--index-url", "index_url"),
+                          ("--extra-index-url", "extra_index_url")):
+            if step.get(key):
+                argv += [flag, step[key]]
+        if step.get("pre"):
+            argv += ["--prerelease", "allow"]
+        argv += shlex.split(step.get("extra_options") or "")
+        await self._uv(b, argv, forced, env={**b.env, **step.get("env", {}), **step.get("secret_env", {})})
+
+    _step_uv_pip_install = _step_pip_install
+    _step_pip_install_from_requirements = _step_pip_install
+    _step_pip_install_from_pyproject = _step_pip_install
+
+    async def _step_uv_sync(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        project = b.root / "build" / f"uv-project-{b.step_no}"
+        project.mkdir(parents=True)
+        (project / "pyproject.toml").write_text(step["pyproject"])
+        if step.get("lock") is not None:
+            (project / "uv.lock").write_text(step["lock"])
+        argv = ["sync", "--project", str(project), "--python", b.python, "--inexact", "--no-install-project",
+                "--no-install-workspace"]
+        if step.get("frozen"):
+            argv.append("--frozen")
+        for g in step.get("groups", []):
+            argv += ["--group", g]
+        for e in step.get("extras", []):
+            argv += ["--extra", e]
+        argv += shlex.split(step.get("extra_options") or "")
+        await self._uv(b, argv, forced, env={**b.env, **step.get("secret_env", {}),
+                                             "UV_PROJECT_ENVIRONMENT": str(b.venv)})
+
+    async def _step_apt_install(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        """Download the packages and those of their dependencies this host lacks; unpack them into apt-root."""
+        async with self._apt_lock:
+            debs = await self._apt_download(b, step["packages"], forced)
+        target = b.root / "apt-root"
+        target.mkdir(exist_ok=True)
+        for deb in debs:
+            b.log(f"Unpacking {deb.name}\n")
+            await self._checked(b, ["dpkg", "-x", str(deb), str(target)], env=_build_env({"PATH": STANDARD_PATH}),
+                                cwd=b.root)
+        b.apt = True
+
+    async def _apt_download(self, b: _Build, packages: list[str], forced: bool) -> list[Path]:
+        if not shutil.which("apt-get") or not shutil.which("dpkg"):
+            self._fail(b, "apt_install needs apt-get and dpkg on the machine that builds images")
+        env = _build_env({"PATH": STANDARD_PATH, "DEBIAN_FRONTEND": "noninteractive"})
+        opts = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+        if not glob.glob("/var/lib/apt/lists/*_Packages*"):  # no package lists: keep our own, never the host's
+            lists = self.apt_cache / "lists"
+            opts += ["-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={self.apt_cache / 'pkgcache'}"]
+            if forced or not glob.glob(str(lists / "*_Packages*")):
+                (lists / "partial").mkdir(parents=True, exist_ok=True)
+                (self.apt_cache / "pkgcache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+                await self._checked(b, ["apt-get", *opts, "update"], env=env, cwd=self.apt_cache)
+        names = [p.split("=")[0] for p in packages]
+        rc, out = await self._exec(
+            ["apt-cache", *opts, "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+             "--no-breaks", "--no-replaces", "--no-enhances", *names], env=env, cwd=self.dir, log=None)
+        if rc != 0:
+            self._fail(b, out)
+        deps = [line.strip() for line in out.splitlines() if line and not line[0].isspace()]
+        rc, listing = await self._exec(["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\n"],
+                                       env=env, cwd=self.dir, log=None)
+        installed = {ln.split("\t")[0] for ln in listing.splitlines() if ln.split("\t")[-1].startswith("ii")}
+        wanted = list(dict.fromkeys([*packages, *(d for d in deps if re.fullmatch(r"[a-z0-9][a-z0-9+.\-]*", d)
+                                                  and d not in installed and d not in names)]))
+        self.apt_cache.mkdir(parents=True, exist_ok=True)
+        cached = {p: sorted(self.apt_cache.glob(f"{p.split('=')[0]}_*.deb")) for p in wanted}
+        missing = [p for p in wanted if forced or not cached[p]]
+        if missing:
+            for p in missing:
+                for old in cached[p]:
+                    old.unlink()
+            await self._checked(b, ["apt-get", *opts, "download", *missing], env=env, cwd=self.apt_cache)
+        debs = []
+        for p in wanted:
+            found = sorted(self.apt_cache.glob(f"{p.split('=')[0]}_*.deb"))
+            if not found:
+                self._fail(b, f"apt-get download did not produce a package file for {p}")
+            debs.append(found[-1])
+        return debs
+
+    async def _step_run_commands(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        cwd = b.files / (b.workdir or "/root").lstrip("/")
+        cwd.mkdir(parents=True, exist_ok=True)
+        env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
+        for cmd in step["commands"]:
+            b.log(f"$ {cmd}\n")
+            bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
+            await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
+
+    async def _step_env(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        """As Docker's ENV: `$NAME` / `${NAME}` expand to the image's value so far (e.g. PATH=/opt/x:$PATH)."""
+        current = b.container_env()
+        for k, v in step["vars"].items():
+            b.env[k] = re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: current.get(m.group(1) or m.group(2), ""), v)
+
+    async def _step_workdir(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        b.workdir = step["path"]
+        (b.files / step["path"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+    async def _step_add_local_file(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        dest = b.files / step["remote_path"].lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".shoal-tmp")
+        shutil.copyfile(self._blob(b, step["sha"]), tmp)
+        tmp.chmod(int(step.get("mode", 0o644)) & 0o777)
+        tmp.replace(dest)
+
+    async def _step_add_local_dir(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        dest = b.files / step["remote_path"].lstrip("/")
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(self._blob(b, step["sha"]).read_bytes())) as tar:
+            tar.extractall(dest, filter="data")
+
+    _step_add_local_python_source = _step_add_local_dir
+
+    def _blob(self, b: _Build, sha: str) -> Path:
+        path = self.blob_dir / sha
+        if not path.is_file():
+            self._fail(b, f"the local files of this step (blob {sha}) were not uploaded")
+        return path
+
+    # -- processes -------------------------------------------------------------------------------------------
+    async def _uv(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None = None) -> None:
+        """Run uv: offline first (a warm cache then costs milliseconds, with no index round trip), online when
+        the cache lacks something; a forced step goes online and refreshes what it installs."""
+        full_env = _build_env({"PATH": self._discovery_path or STANDARD_PATH, **(env or {})})
+        argv = [self.uv, *args]
+        if forced:
+            await self._checked(b, [*argv, "--refresh"], env=full_env, cwd=b.root)
+            return
+        quiet: list[str] = []
+        rc, out = await self._exec([*argv, "--offline"], env=full_env, cwd=b.root, log=quiet.append)
+        if rc == 0:
+            b.log("".join(quiet))
+            return
+        b.log("(not everything is in the local cache: resolving online)\n")
+        await self._checked(b, argv, env=full_env, cwd=b.root)
+
+    async def _checked(self, b: _Build, argv: list[str], *, env: dict[str, str], cwd: Path) -> str:
+        rc, out = await self._exec(argv, env=env, cwd=cwd, log=b.log)
+        if rc != 0:
+            self._fail(b, out, rc)
+        return out
+
+    def _fail(self, b: _Build, output: str, rc: int | None = None) -> NoReturn:
+        status = f" (exit status {rc})" if rc is not None else ""
+        tail = output[-TAIL_CHARS:].rstrip()
+        raise ImageBuildError(f"Image build for {b.image_id} failed at step {b.step_no}, {b.step_repr}{status}:\n"
+                              f"{tail}")
+
+    @staticmethod
+    async def _exec(argv: list[str], *, env: dict[str, str], cwd: Path, log: Log | None) -> tuple[int, str]:
+        """Run a process, passing its output (stdout and stderr, in order) to `log` as it is produced; returns
+        the exit status and the end of the output."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=env, cwd=str(cwd), start_new_session=True)
+        except OSError as exc:
+            return 127, f"cannot run {argv[0]}: {exc}\n"
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        tail: collections.deque[str] = collections.deque()
+        size = 0
+        try:
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(65536):
+                text = decoder.decode(chunk)
+                if not text:
+                    continue
+                if log is not None:
+                    log(text)
+                tail.append(text)
+                size += len(text)
+                while size - len(tail[0]) > 4 * TAIL_CHARS:
+                    size -= len(tail.popleft())
+            return await proc.wait(), "".join(tail)
+        finally:
+            if proc.returncode is None:  # cancelled: the client went away, or the control plane is stopping
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _missing(image_id: str) -> ContainerImage:
+    raise ImageBuildError(f"image {image_id} was built but cannot be used (its interpreter is missing)")

@@ -1,0 +1,146 @@
+"""Named secrets: environment variables stored encrypted (Fernet) with a key that is not in the database.
+
+The key comes from `SHOAL_SECRET_KEY`, else `SHOAL_HOME/secrets.key` (created once, mode 0600). Values are
+decrypted only when a container starts, into that container's environment; they are never logged or listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.fernet import Fernet, InvalidToken
+
+from ..secret import KEY_RE, MAX_KEY, MAX_VALUE
+from .api import ApiError, body_of, reply
+from .store.sqlite import SQLiteStore
+
+def load_key(state_dir: Path) -> bytes:
+    if os.environ.get("SHOAL_SECRET_KEY"):
+        return os.environ["SHOAL_SECRET_KEY"].encode()
+    path = state_dir / "secrets.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key())
+    return path.read_bytes().strip()
+
+
+def _check_env(env: Any) -> dict[str, str]:
+    if not isinstance(env, dict) or not env:
+        raise ApiError(400, "a secret needs at least one KEY=value")
+    for k, v in env.items():
+        if not isinstance(k, str) or not KEY_RE.match(k) or len(k) > MAX_KEY:
+            raise ApiError(400, f"invalid secret key {k!r}: must match [A-Za-z_][A-Za-z0-9_]*")
+        if not isinstance(v, str) or len(v) > MAX_VALUE:
+            raise ApiError(400, f"the value of {k!r} must be a string of at most {MAX_VALUE} characters")
+    return env
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ApiError(400, f"invalid secret name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
+    return name
+
+
+class SecretStore:
+    def __init__(self, store: SQLiteStore, state_dir: Path) -> None:
+        self.store = store
+        self.fernet = Fernet(load_key(state_dir))
+
+    def add_routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/v1/secrets", self.list)
+        r.add_post("/v1/secrets", self.create)
+        r.add_post("/v1/secrets/{name}/update", self.update)
+        r.add_delete("/v1/secrets/{name}", self.delete)
+
+    def _seal(self, env: dict[str, str]) -> bytes:
+        return self.fernet.encrypt(json.dumps(env).encode())
+
+    def _open(self, data: bytes) -> dict[str, str]:
+        try:
+            return json.loads(self.fernet.decrypt(data))
+        except InvalidToken as exc:
+            raise ApiError(500, "a secret cannot be decrypted with this control plane's key "
+                                "(SHOAL_SECRET_KEY or SHOAL_HOME/secrets.key changed?)", "InternalFailure") from exc
+
+    async def _get(self, name: str) -> dict[str, str] | None:
+        rows = await self.store.read("SELECT data FROM secrets WHERE name=?", (name,))
+        return self._open(rows[0][0]) if rows else None
+
+    # -- routes ----------------------------------------------------------------------------------------------
+    async def list(self, request: web.Request) -> web.Response:
+        rows = await self.store.read("SELECT name, created_at, updated_at FROM secrets ORDER BY name")
+        return reply({"secrets": [{"name": n, "created_at": c, "updated_at": u} for n, c, u in rows]})
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await body_of(request, "name", "env")
+        name, env = _check_name(body["name"]), _check_env(body["env"])
+        overwrite = bool(body.get("overwrite"))
+        data, now = self._seal(env), time.time()
+
+        def run(c: sqlite3.Connection) -> bool:
+            if c.execute("SELECT 1 FROM secrets WHERE name=?", (name,)).fetchone():
+                if not overwrite:
+                    return False
+                c.execute("UPDATE secrets SET data=?, updated_at=? WHERE name=?", (data, now, name))
+                return True
+            c.execute("INSERT INTO secrets (name, data, created_at, updated_at) VALUES (?,?,?,?)",
+                      (name, data, now, now))
+            return True
+
+        if not await self.store.transact(run):
+            if body.get("allow_existing"):
+                return reply({"created": False})
+            raise ApiError(409, f"secret {name!r} already exists", "AlreadyExistsError")
+        return reply({"created": True})
+
+    async def update(self, request: web.Request) -> web.Response:
+        """dict.update semantics; containers started afterwards see the new values."""
+        name = _check_name(request.match_info["name"])
+        body = await body_of(request, "env")
+        changes = _check_env(body["env"])
+        current = await self._get(name)
+        if current is None:
+            raise ApiError(404, f"secret {name!r} not found", "NotFoundError")
+        await self.store.flushed(self.store.write("UPDATE secrets SET data=?, updated_at=? WHERE name=?",
+                                                  (self._seal({**current, **changes}), time.time(), name)))
+        return reply({"ok": True})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        deleted = await self.store.transact(
+            lambda c: c.execute("DELETE FROM secrets WHERE name=?", (name,)).rowcount)
+        if not deleted:
+            raise ApiError(404, f"secret {name!r} not found", "NotFoundError")
+        return reply({"ok": True})
+
+    # -- used by registration and container start --------------------------------------------------------------
+    async def check(self, refs: list[dict[str, Any]]) -> None:
+        """Every named secret exists and holds its required keys (at `app.run()`, not at first call)."""
+        for ref in refs:
+            if "name" not in ref:
+                continue
+            env = await self._get(ref["name"])
+            if env is None:
+                raise ApiError(404, f"secret {ref['name']!r} not found (create it with `shoal secret create`)",
+                               "NotFoundError")
+            missing = [k for k in ref.get("required_keys") or [] if k not in env]
+            if missing:
+                raise ApiError(404, f"secret {ref['name']!r} is missing required keys: {', '.join(missing)}",
+                               "NotFoundError")
+
+    async def resolve(self, refs: list[dict[str, Any]]) -> dict[str, str]:
+        """The environment of a function's secrets, later ones overriding earlier ones."""
+        env: dict[str, str] = {}
+        for ref in refs:
+            if "name" in ref:
+                env.update(await self._get(ref["name"]) or {})
+            else:
+                env.update({k: v for k, v in ref.get("env", {}).items() if v is not None})
+        return env

@@ -1,0 +1,39 @@
+"""Classes whose containers are stopped or outlive a control-plane restart (tests/integration/test_cls.py)."""
+
+import os
+import time
+
+import shoal as modal
+
+app = modal.App("cls-lifecycle")
+
+
+@app.cls()
+class Recorder:
+    path: str = modal.parameter()
+
+    @modal.enter()
+    def start(self) -> None:
+        self.write("enter")
+
+    @modal.method()
+    def pid(self) -> int:
+        self.write("method")
+        return os.getpid()
+
+    @modal.method()
+    def slow(self, x: str, seconds: float) -> str:
+        time.sleep(seconds)
+        return f"{x} from {self.path}"
+
+    @modal.exit()
+    def first_exit(self) -> None:
+        self.write("exit1")
+
+    @modal.exit()
+    async def second_exit(self) -> None:
+        self.write("exit2")
+
+    def write(self, event: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{event}:{os.getpid()}\n")
