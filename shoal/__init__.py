@@ -8,8 +8,8 @@ from ._output import enable_output
 from ._partial import batched, concurrent, enter, exit, method, parameter  # noqa: A004 - Modal's names
 from .app import App, LocalEntrypoint
 from .cls import Cls, Obj
-from .exception import Error
 from .dict import Dict
+from .exception import Error
 from .functions import Function, FunctionCall
 from .image import Image
 from .queue import Queue

@@ -20,6 +20,7 @@ from ..secret import KEY_RE, MAX_KEY, MAX_VALUE
 from .api import ApiError, body_of, reply
 from .store.sqlite import SQLiteStore
 
+
 def load_key(state_dir: Path) -> bytes:
     if os.environ.get("SHOAL_SECRET_KEY"):
         return os.environ["SHOAL_SECRET_KEY"].encode()
