@@ -175,6 +175,7 @@ class Function:
             "is_async": self._is_async,
             "options": self._options.to_wire(),
             "secrets": secret_refs(self._secrets),
+            "schedule": self._schedule.to_wire() if self._schedule is not None else None,
             "app_name": self._app.name if self._app else None,
         }
         if self._cls_info is not None:

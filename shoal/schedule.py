@@ -30,7 +30,9 @@ class Cron:
     """Run on a cron schedule, on the wall clock of `timezone` (an IANA name, UTC by default)."""
 
     def __init__(self, cron_string: str, timezone: str = "UTC") -> None:
-        if not isinstance(cron_string, str) or len(cron_string.split()) not in (5, 6):
+        from croniter import croniter
+
+        if not isinstance(cron_string, str) or len(cron_string.split()) != 5 or not croniter.is_valid(cron_string):
             raise InvalidError(f"invalid cron string {cron_string!r}: expected 5 fields like '0 */6 * * *'")
         try:
             from zoneinfo import ZoneInfo

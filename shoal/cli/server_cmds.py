@@ -66,12 +66,15 @@ def _apps_table(apps: list[dict[str, Any]], title: str | None = None) -> Any:
     table.add_column("Containers", justify="right")
     table.add_column("Created")
     table.add_column("Stopped")
+    table.add_column("Next scheduled runs")
     for a in apps:
         functions = list(a.get("functions") or {})
         shown = ", ".join(functions[:4]) + (f" +{len(functions) - 4} more" if len(functions) > 4 else "")
+        runs = ", ".join(f"{tag} at {datetime.datetime.fromtimestamp(ts).astimezone():%Y-%m-%d %H:%M:%S}"
+                         for tag, ts in (a.get("next_runs") or {}).items() if ts)
         table.add_row(a["app_id"], a.get("name") or "-", a.get("mode") or "-", a.get("state") or "-",
                       shown or "-", str(a.get("containers", 0)), _timestamp(a.get("created_at")),
-                      _timestamp(a.get("stopped_at")))
+                      _timestamp(a.get("stopped_at")), runs or "-")
     return table
 
 

@@ -177,9 +177,12 @@ class Api:
         apps = []
         for app_id, name, mode, state, created_at, stopped_at in rows:
             live = self.d.apps.get(app_id)
+            pools = [p for p in self.d.pools.values() if p.app_id == app_id]
             apps.append({"app_id": app_id, "name": name, "mode": mode, "state": state, "created_at": created_at,
                          "stopped_at": stopped_at, "functions": dict(live.functions) if live else {},
-                         "containers": sum(len(p.live()) for p in self.d.pools.values() if p.app_id == app_id)})
+                         "containers": sum(len(p.live()) for p in pools),
+                         "next_runs": {p.tag: self.d.scheduler.upcoming(p) for p in pools
+                                       if p.definition.get("schedule") and self.d.scheduler}})
         return reply({"apps": apps})
 
     async def create_app(self, request: web.Request) -> web.Response:
@@ -438,7 +441,8 @@ class Api:
         now = time.monotonic()
         return reply({"containers": [
             {"container_id": c.id, "app_id": c.pool.app_id, "function": c.pool.tag,
-             "function_id": c.pool.function_id, "state": c.state,
+             "function_id": c.pool.function_id, "state": "pending" if c.pending_reason else c.state,
+             "pending_reason": c.pending_reason,
              "running_inputs": len(c.running), "age_s": now - c.created_at, "timings": c.timings}
             for c in self.d.containers.values()
         ]})

@@ -20,7 +20,7 @@ import msgpack
 
 from .. import _protocol
 from .._serialization import dumps_exception
-from ..backends.base import ContainerImage, ContainerSpec
+from ..backends.base import ContainerImage, ContainerSpec, Unschedulable
 from ..config import RESULT_TTL_S
 from ..exception import ExecutionError, FunctionTimeoutError
 from ..retries import retry_delay
@@ -32,6 +32,7 @@ from .store.sqlite import SQLiteStore
 log = logging.getLogger("shoal.dispatch")
 SESSION_GRACE_S = float(os.environ.get("SHOAL_SESSION_GRACE_S", "10"))
 CALL_IDLE_EVICT_S = 300.0
+PENDING_RETRY_S = 0.25  # how often a container waiting for resources (a GPU) tries again
 STOP_DRAIN_S = 3.0  # how long stopping an app waits for its containers' last output
 
 
@@ -63,6 +64,7 @@ class Dispatcher:
         self.calls: dict[str, Call] = {}
         self.containers: dict[str, Container] = {}
         self.secrets: Any = None  # server.secrets.SecretStore, set by main
+        self.scheduler: Any = None  # server.scheduler.Scheduler, set by main
         self._waiting: set[Pool] = set()  # pools that wanted containers the machine had no room for
         self.server_url = ""
         self.server_token = ""
@@ -192,6 +194,8 @@ class Dispatcher:
                 self.pools[function_id].options = d.get("options", {})
                 self.pools[function_id].start_failures = 0
                 self.pools[function_id].autoscaler.reset()  # runtime overrides last until a redeploy
+                if self.scheduler is not None:
+                    self.scheduler.reset(function_id)  # a Period restarts from the redeploy
             else:
                 pool = self._add_pool(function_id, app.id, d)
                 min_c = pool.options.get("min_containers") or 0
@@ -391,7 +395,7 @@ class Dispatcher:
         # Containers that never became ready in time are failed starts.
         startup = float(pool.options.get("startup_timeout") or pool.options.get("timeout") or 300)
         for c in pool.live():
-            if c.state == "starting" and now - c.created_at > startup:
+            if c.state == "starting" and c.pending_reason is None and now - c.created_at > startup:
                 c.init_error = None
                 pool.last_start_error = f"container did not become ready within {startup:g}s"
                 self._stop_container(c, pool.last_start_error, kill=True, failed_start=True)
@@ -435,16 +439,46 @@ class Dispatcher:
             image=ContainerImage(**definition["image_built"]) if definition.get("image_built") else None,
         )
         try:
-            c.handle = await self.backend.start(spec, on_output=(app.logs.append if app else None))
+            c.handle = await self._start_when_schedulable(c, spec, app)
         except Exception as exc:  # the backend could not even start it
             log.exception("container %s failed to start", c.id)
             c.pool.last_start_error = f"{type(exc).__name__}: {exc}"
             self._on_container_exit(c, None, failed_start=True)
             return
+        if c.handle is None:  # it waited for resources until it was no longer wanted
+            self._on_container_exit(c, None)
+            return
         if c.state == "dead":  # stopped while starting
             c.handle.kill()
         returncode = await c.handle.wait()
         self._on_container_exit(c, returncode)
+
+    async def _start_when_schedulable(self, c: Container, spec: ContainerSpec, app: AppState | None) -> Any:
+        """Start the container; while the backend cannot yet (`Unschedulable`: no free GPU of the model asked
+        for), it stays pending with the reason shown (containers list, app logs) and tries again. Returns None
+        once it is no longer wanted (stopped, or nothing left queued for it: a cancelled call)."""
+        while True:
+            try:
+                handle = await self.backend.start(spec, on_output=(app.logs.append if app else None))
+            except Unschedulable as exc:
+                if c.pending_reason != str(exc):
+                    c.pending_reason = str(exc)
+                    log.info("container %s of %s is pending: %s", c.id, c.pool.tag, exc)
+                    if app is not None:
+                        app.logs.append(c.id, "system", f"container {c.id} is pending: {exc}\n")
+                await asyncio.sleep(PENDING_RETRY_S)
+                pool = c.pool
+                if c.state != "starting" or pool.stopped:
+                    return None
+                if not pool.queue and len(pool.live()) > int(pool.options.get("min_containers") or 0):
+                    c.state = "stopping"
+                    c.stop_reason = "no longer needed while pending"
+                    return None
+                continue
+            if c.pending_reason is not None:
+                c.pending_reason = None
+                c.created_at = time.monotonic()  # the startup timeout counts from the real start
+            return handle
 
     def _stop_container(self, c: Container, reason: str, kill: bool = False, failed_start: bool = False) -> None:
         if c.state in ("stopping", "dead"):
@@ -495,6 +529,9 @@ class Dispatcher:
         if c.writer is not None:
             c.writer.close()
         reason = describe_exit(returncode)
+        exit_reason = getattr(c.handle, "exit_reason", None)  # the backend may know better (an OOM kill)
+        if callable(exit_reason):
+            reason = exit_reason() or reason
         if prev_state != "stopping":
             app = self.apps.get(pool.app_id)
             if app and returncode not in (0, None):

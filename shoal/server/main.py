@@ -27,6 +27,7 @@ from .api import Api
 from .dispatch import Dispatcher
 from .images import ImageBuilder
 from .objects import Objects
+from .scheduler import Scheduler
 from .secrets import SecretStore
 from .store import open_store
 
@@ -96,6 +97,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     await dispatcher.recover()
     housekeeping = asyncio.create_task(dispatcher.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
+    dispatcher.scheduler = Scheduler(dispatcher)
+    scheduling = asyncio.create_task(dispatcher.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir)}
     tmp = state_dir / f".server.json.{os.getpid()}"
     tmp.write_text(json.dumps(info))
@@ -108,6 +111,7 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
     objects_housekeeping.cancel()
+    scheduling.cancel()
     dispatcher.shutdown()
     control.close()
     await runner.cleanup()

@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS outputs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outputs_final ON outputs (call_id, idx) WHERE final = 1;
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state);
+CREATE TABLE IF NOT EXISTS schedules (
+    function_id TEXT PRIMARY KEY, anchor REAL NOT NULL, last_fire REAL
+);
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY, data BLOB NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
 );

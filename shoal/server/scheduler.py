@@ -1,0 +1,111 @@
+"""Schedules: `Period` (relative to when the app was deployed or started) and `Cron` (wall clock, IANA zone).
+
+`next_fire` is pure. The loop fires each due function through the ordinary spawn path (so retries, timeouts
+and logs apply), never while the previous scheduled run of that function is still going, and remembers the
+last fire in the store: ticks missed while the control plane was down fire once on start, not once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import pickle
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from dateutil.relativedelta import relativedelta
+
+from .dispatch import Dispatcher, new_id
+from .model import Call, Pool
+
+log = logging.getLogger("shoal.scheduler")
+NO_ARGS = pickle.dumps(((), {}))
+TICK_S = 0.25
+
+
+def _period_delta(spec: dict[str, Any], k: int) -> relativedelta:
+    return relativedelta(years=k * spec.get("years", 0), months=k * spec.get("months", 0),
+                         weeks=k * spec.get("weeks", 0), days=k * spec.get("days", 0),
+                         hours=k * spec.get("hours", 0), minutes=k * spec.get("minutes", 0),
+                         seconds=k * spec.get("seconds", 0))
+
+
+def next_fire(spec: dict[str, Any], anchor: float, after: float) -> float:
+    """The first fire time strictly after `after` (epoch seconds). Pure.
+
+    Period: anchor + k·period for the smallest k ≥ 1 beyond `after` (calendar arithmetic, so `months=1`
+    from Jan 31 is Feb 28/29). Cron: the next matching wall-clock time in the schedule's time zone.
+    """
+    if spec["type"] == "cron":
+        from croniter import croniter
+
+        zone = ZoneInfo(spec.get("timezone") or "UTC")
+        start = dt.datetime.fromtimestamp(after, zone)
+        return croniter(spec["cron_string"], start).get_next(dt.datetime).timestamp()
+    base = dt.datetime.fromtimestamp(anchor, dt.timezone.utc)
+    one = (base + _period_delta(spec, 1)).timestamp() - anchor
+    k = max(1, int((after - anchor) // one) if one > 0 else 1)
+    while (base + _period_delta(spec, k)).timestamp() <= after:  # exact for calendar periods too
+        k += 1
+    while k > 1 and (base + _period_delta(spec, k - 1)).timestamp() > after:
+        k -= 1
+    return (base + _period_delta(spec, k)).timestamp()
+
+
+class Scheduler:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.d = dispatcher
+        self.state: dict[str, dict[str, Any]] = {}  # function_id -> {anchor, last_fire, next, call}
+
+    def _load(self, pool: Pool) -> dict[str, Any]:
+        st = self.state.get(pool.function_id)
+        if st is None:
+            rows = self.d.store.read_now("SELECT anchor, last_fire FROM schedules WHERE function_id=?",
+                                         (pool.function_id,))
+            anchor, last_fire = rows[0] if rows else (time.time(), None)
+            if not rows:
+                self.d.store.write("INSERT OR REPLACE INTO schedules (function_id, anchor, last_fire) VALUES (?,?,?)",
+                                   (pool.function_id, anchor, None))
+            spec = pool.definition["schedule"]
+            upcoming = next_fire(spec, anchor, last_fire if last_fire is not None else anchor)
+            st = {"anchor": anchor, "last_fire": last_fire, "call": None, "next": upcoming,
+                  "missed": last_fire is not None and upcoming <= time.time()}
+            self.state[pool.function_id] = st
+        return st
+
+    def reset(self, function_id: str) -> None:
+        """A redeploy restarts a Period from now."""
+        self.state.pop(function_id, None)
+        self.d.store.write("DELETE FROM schedules WHERE function_id=?", (function_id,))
+
+    def upcoming(self, pool: Pool) -> float | None:
+        return self._load(pool)["next"] if pool.definition.get("schedule") else None
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.time()
+            for pool in list(self.d.pools.values()):
+                if pool.definition.get("schedule") and not pool.stopped:
+                    await self._maybe_fire(pool, now)
+
+    async def _maybe_fire(self, pool: Pool, now: float) -> None:
+        st = self._load(pool)
+        if st["next"] > now and not st["missed"]:
+            return
+        spec = pool.definition["schedule"]
+        previous: Call | None = st["call"]
+        if previous is not None and previous.state == "running":
+            log.info("%s: skipping a tick, the previous scheduled run %s is still going", pool.tag, previous.id)
+        else:
+            call, _ticket = await self.d.create_call(pool, new_id("fc"), "spawn", NO_ARGS)
+            st["call"] = call
+            st["last_fire"] = now
+            self.d.store.write("UPDATE schedules SET last_fire=? WHERE function_id=?", (now, pool.function_id))
+            app = self.d.apps.get(pool.app_id)
+            if app is not None:
+                app.logs.append("", "system", f"schedule fired {pool.tag} ({call.id})\n")
+        st["missed"] = False
+        st["next"] = next_fire(spec, st["anchor"], now)
