@@ -27,7 +27,7 @@ DEPRECATED_ALIASES = {
 }
 # Options shoal accepts and records but does not act on yet; using one warns once per process.
 NOT_YET_ENFORCED = (
-    "cpu", "memory", "gpu", "volumes", "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region",
+    "volumes", "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region",
     "routing_region",
     "nonpreemptible", "enable_memory_snapshot", "block_network", "restrict_modal_access", "i6pn",
     "experimental_options",

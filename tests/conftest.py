@@ -36,7 +36,10 @@ class ControlPlane:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "shoal.server", "--port", "0", "--state-dir", str(self.home)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SHOAL_SESSION_GRACE_S": "3", **self.env},
+            # Tests hand containers directories under the session's temporary root to leave side effects in:
+            # shared into sandboxed containers (the control plane's own state dir stays hidden).
+            env={**os.environ, "SHOAL_SESSION_GRACE_S": "3", "SHOAL_SANDBOX_SHARE": str(self.home.parent),
+                 **self.env},
         )
         deadline = time.monotonic() + 30
         while not (self.home / "server.json").exists():

@@ -300,7 +300,9 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
                 bind(path, target, False)  # no overlayfs here: the host's directory without the image's files
         elif kind == "mask":
             if os.path.isdir(target):
-                tmpfs(target, "0000", None, MS_NOSUID | MS_NODEV | MS_RDONLY, size="4k")
+                # An empty directory of the host's root: the container can pass through it to what is mounted
+                # below (an image under the state dir) but cannot list or write it.
+                tmpfs(target, "0711", None, MS_NOSUID | MS_NODEV, size="4k")
             elif os.path.exists(target):
                 mount("/dev/null", target, None, MS_BIND)
         elif kind == "dev":

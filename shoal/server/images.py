@@ -12,8 +12,8 @@
     build/          scratch space of build steps
 
 Images whose chain ends with files added with `copy=False` are built in two layers: the build steps as their own
-image (`base` in the manifest), and a thin image that hard-links the base's files and adds those files on top,
-so editing them never re-runs a build step.
+image (`base` in the manifest), and a thin image that hard-links the base's files/ and apt-root/, uses its venv,
+and adds those files on top, so editing them never re-runs a build step.
 
 Builds stream their output through `log` as it is produced; a failing step raises ImageBuildError naming the
 step, with the end of its output. See docs/images.md.
@@ -258,14 +258,19 @@ class ImageBuilder:
         """A base image plus files added with copy=False: hard links of the base's files and the new files."""
         root = self._fresh_dir(image_id)
         assert base.root is not None
-        base_files = Path(base.root) / "files"
-        if base_files.is_dir():
-            shutil.copytree(base_files, root / "files", symlinks=True, copy_function=os.link)
+        base_root = Path(base.root)
+        # Hard links, so this image's root holds all it needs besides the venv (which its interpreter's paths
+        # name): a sandbox that shows containers this root sees the base's files and apt packages too.
+        for part in ("files", "apt-root"):
+            if (base_root / part).is_dir():
+                await asyncio.to_thread(shutil.copytree, base_root / part, root / part, symlinks=True,
+                                        copy_function=os.link)
         b = _Build(image_id, root, log)
         for step in mounts:
             b.step_repr = step["repr"]
             await getattr(self, "_step_" + step["kind"])(b, step, False)
-        env = dict(base.env)
+        apt = str(base_root / "apt-root")
+        env = {k: v.replace(apt, str(root / "apt-root")) for k, v in base.env.items()}
         if (root / "files" / "root").is_dir():
             env["PYTHONPATH"] = str(root / "files" / "root")
         base_manifest = json.loads((Path(base.root) / "manifest.json").read_bytes())
@@ -317,6 +322,7 @@ class ImageBuilder:
         """(interpreter, its full version) for `version`, among the interpreters installed here."""
         if version in self._pythons:
             return self._pythons[version]
+        self.dir.mkdir(parents=True, exist_ok=True)
         if self._discovery_path is None:
             self._discovery_path = await asyncio.to_thread(_discovery_path)
         env = _build_env({"PATH": self._discovery_path, "UV_PYTHON_DOWNLOADS": "never"})

@@ -115,6 +115,7 @@ class Container:
     idle_since: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set when the control plane itself ends the container
     init_error: bytes | None = None
+    pending_reason: str | None = None  # why it waits to start (no free GPU of its model), shown to users
     timings: dict[str, float] = field(default_factory=dict)
     exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
 

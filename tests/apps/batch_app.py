@@ -7,6 +7,11 @@ import shoal as modal
 app = modal.App("batch-app")
 
 
+def container_id() -> str:
+    """Which container runs this (process ids repeat across sandboxed containers)."""
+    return os.environ["SHOAL_CONTAINER_ID"]
+
+
 @app.function(max_containers=1)
 @modal.batched(max_batch_size=4, wait_ms=300)
 def sizes(xs: list[int]) -> list[tuple[int, int]]:
@@ -38,7 +43,7 @@ class Batcher:
 
     @modal.batched(max_batch_size=5, wait_ms=200)
     def run(self, xs: list[int]) -> list[tuple[int, int, int]]:
-        return [(x + self.offset, len(xs), os.getpid()) for x in xs]
+        return [(x + self.offset, len(xs), container_id()) for x in xs]
 
 
 @app.function(max_containers=1)

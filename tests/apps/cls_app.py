@@ -2,11 +2,18 @@
 
 import asyncio
 import os
+import signal
+import threading
 import time
 
 import shoal as modal
 
 app = modal.App("cls-app")
+
+
+def container_id() -> str:
+    """Which container runs this (process ids repeat across sandboxed containers)."""
+    return os.environ["SHOAL_CONTAINER_ID"]
 
 
 def record(path: str, line: str) -> None:
@@ -24,7 +31,7 @@ class Base:
 
     @modal.exit()
     def base_exit(self) -> None:
-        record(self.events_dir, f"base_exit:{os.getpid()}")
+        record(self.events_dir, f"base_exit:{container_id()}")
 
 
 @app.cls()
@@ -46,8 +53,14 @@ class Hooks(Base):
         return list(self.events)
 
     @modal.method()
-    def pid(self) -> int:
-        return os.getpid()
+    def container(self) -> str:
+        return container_id()
+
+    @modal.method()
+    def terminate_soon(self) -> str:
+        """SIGTERM this container shortly after answering (as an operator or a preemption would)."""
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return container_id()
 
     @modal.method()
     def count(self, n: int):
@@ -60,7 +73,7 @@ class Hooks(Base):
 
     @modal.exit()
     def own_exit(self) -> None:
-        record(self.events_dir, f"own_exit:{self.label}:{os.getpid()}")
+        record(self.events_dir, f"own_exit:{self.label}:{container_id()}")
 
 
 class ParamBase:
@@ -82,7 +95,7 @@ class Params(ParamBase):
     @modal.method()
     def values(self) -> dict:
         return {"n": self.n, "s": self.s, "b": self.b, "flag": self.flag, "inherited": self.inherited,
-                "scratch": self.scratch, "pid": os.getpid()}
+                "scratch": self.scratch, "container": container_id()}
 
 
 @app.cls()
@@ -103,13 +116,13 @@ class Concurrent:
     def sleep(self, seconds: float) -> tuple:
         start = time.monotonic()
         time.sleep(seconds)
-        return (os.getpid(), start, time.monotonic())
+        return (container_id(), start, time.monotonic())
 
     @modal.method()
     async def asleep(self, seconds: float) -> tuple:
         start = time.monotonic()
         await asyncio.sleep(seconds)
-        return (os.getpid(), start, time.monotonic())
+        return (container_id(), start, time.monotonic())
 
 
 @app.cls(max_containers=1)
@@ -118,7 +131,7 @@ class Sequential:
     def sleep(self, seconds: float) -> tuple:
         start = time.monotonic()
         time.sleep(seconds)
-        return (os.getpid(), start, time.monotonic())
+        return (container_id(), start, time.monotonic())
 
 
 @app.function(env={"GREETING": "hi"})
@@ -127,6 +140,6 @@ def environment(name: str) -> str | None:
 
 
 @app.function()
-def sleeper(seconds: float) -> int:
+def sleeper(seconds: float) -> str:
     time.sleep(seconds)
-    return os.getpid()
+    return container_id()

@@ -8,6 +8,11 @@ import shoal as modal
 app = modal.App("cls-lifecycle")
 
 
+def container_id() -> str:
+    """Which container runs this (process ids repeat across sandboxed containers)."""
+    return os.environ["SHOAL_CONTAINER_ID"]
+
+
 @app.cls()
 class Recorder:
     path: str = modal.parameter()
@@ -17,9 +22,9 @@ class Recorder:
         self.write("enter")
 
     @modal.method()
-    def pid(self) -> int:
+    def container(self) -> str:
         self.write("method")
-        return os.getpid()
+        return container_id()
 
     @modal.method()
     def slow(self, x: str, seconds: float) -> str:
@@ -36,4 +41,4 @@ class Recorder:
 
     def write(self, event: str) -> None:
         with open(self.path, "a") as f:
-            f.write(f"{event}:{os.getpid()}\n")
+            f.write(f"{event}:{container_id()}\n")

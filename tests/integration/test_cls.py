@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -54,11 +52,11 @@ def test_enter_hooks_run_once_in_modal_order(cls_app) -> None:
 
 def test_methods_share_the_pool_and_all_call_styles_work(cls_app) -> None:
     obj = cls_app.Hooks(label="styles")
-    pid = obj.pid.remote()
+    cid = obj.container.remote()
     assert obj.double.remote(21) == 42  # async method
     assert list(obj.count.remote_gen(3)) == [0, 1, 2]  # generator method
     assert obj.double.spawn(5).get(timeout=30) == 10
-    assert obj.pid.remote() == pid  # one warm container served every method
+    assert obj.container.remote() == cid  # one warm container served every method
     assert list(obj.double.map([1, 2, 3])) == [2, 4, 6]
     pool = obj._service_function()._fid()
     assert {c["function"] for c in containers() if c["function_id"] == pool} == {"Hooks.*"}
@@ -106,39 +104,39 @@ def test_bad_parameters_raise_invalid_error_at_construction(cls_app) -> None:
 
 
 def test_each_parameter_set_gets_its_own_pool(cls_app) -> None:
-    one = cls_app.Params(n=101).values.remote()
-    two = cls_app.Params(n=102).values.remote()
-    assert one["pid"] != two["pid"], "two parameter sets shared a container"
+    one = cls_app.Params(n=101).values.remote()["container"]
+    two = cls_app.Params(n=102).values.remote()["container"]
+    assert one != two, "two parameter sets shared a container"
     # The same values (defaults spelled out or not) name the same pool: its warm container answers.
-    assert cls_app.Params(n=101, s="s", flag=False).values.remote()["pid"] == one["pid"]
-    listed = [c for c in containers() if c["function"] == "Params.*" and c["state"] in ("ready", "starting")]
-    assert len({c["function_id"] for c in listed}) >= 2, listed
+    assert cls_app.Params(n=101, s="s", flag=False).values.remote()["container"] == one
+    pools = {c["container_id"]: c["function_id"] for c in containers() if c["function"] == "Params.*"}
+    assert one in pools and two in pools and pools[one] != pools[two], pools
 
 
 # -- options, concurrency ----------------------------------------------------------------------------------------
 def test_cls_with_options_is_a_separate_pool_with_its_options(cls_app) -> None:
-    base_pid = cls_app.Sequential().sleep.remote(0)[0]
+    base_cid = cls_app.Sequential().sleep.remote(0)[0]
     slow = cls_app.Sequential.with_options(timeout=30)
-    assert slow().sleep.remote(0)[0] != base_pid
+    assert slow().sleep.remote(0)[0] != base_cid
     with pytest.raises(FunctionTimeoutError):
         cls_app.Sequential.with_options(timeout=2)().sleep.remote(30)
-    assert cls_app.Sequential().sleep.remote(0)[0] == base_pid  # the original pool is untouched
+    assert cls_app.Sequential().sleep.remote(0)[0] == base_cid  # the original pool is untouched
 
 
 def test_cls_with_concurrency_overlaps_inputs_in_one_container(cls_app) -> None:
     conc = cls_app.Sequential.with_concurrency(max_inputs=3)()
     calls = [conc.sleep.spawn(1.0) for _ in range(3)]
     spans = [c.get(timeout=60) for c in calls]
-    assert len({pid for pid, _, _ in spans}) == 1  # max_containers=1 is kept
+    assert len({cid for cid, _, _ in spans}) == 1  # max_containers=1 is kept
     assert overlapped(spans)
 
 
 def test_concurrent_class_shares_the_limit_across_sync_and_async_methods(cls_app) -> None:
     obj = cls_app.Concurrent()
     spans = [c.get(timeout=60) for c in [obj.sleep.spawn(1.0) for _ in range(3)]]
-    assert len({pid for pid, _, _ in spans}) == 1 and overlapped(spans)
+    assert len({cid for cid, _, _ in spans}) == 1 and overlapped(spans)
     spans = [c.get(timeout=60) for c in [obj.asleep.spawn(1.0) for _ in range(3)]]
-    assert len({pid for pid, _, _ in spans}) == 1 and overlapped(spans)
+    assert len({cid for cid, _, _ in spans}) == 1 and overlapped(spans)
 
 
 def test_function_with_options_replaces_env_and_has_its_own_pool(cls_app) -> None:
@@ -150,11 +148,11 @@ def test_function_with_options_replaces_env_and_has_its_own_pool(cls_app) -> Non
 
 
 def test_function_with_options_timeout_and_rejects_min_containers(cls_app) -> None:
-    base_pid = cls_app.sleeper.remote(0)
+    base_cid = cls_app.sleeper.remote(0)
     quick = cls_app.sleeper.with_options(timeout=2)
     with pytest.raises(FunctionTimeoutError):
         quick.remote(30)
-    assert cls_app.sleeper.remote(0) == base_pid
+    assert cls_app.sleeper.remote(0) == base_cid
     with pytest.raises(TypeError):
         cls_app.sleeper.with_options(min_containers=1)
 
@@ -162,8 +160,8 @@ def test_function_with_options_timeout_and_rejects_min_containers(cls_app) -> No
 def test_function_with_concurrency_stacked_on_with_options(cls_app) -> None:
     fn = cls_app.sleeper.with_options(max_containers=1).with_concurrency(max_inputs=3)
     start = time.monotonic()
-    pids = [c.get(timeout=60) for c in [fn.spawn(1.0) for _ in range(3)]]
-    assert len(set(pids)) == 1
+    cids = [c.get(timeout=60) for c in [fn.spawn(1.0) for _ in range(3)]]
+    assert len(set(cids)) == 1
     assert time.monotonic() - start < 2.8, "inputs did not run concurrently"
 
 
@@ -172,7 +170,7 @@ def test_cls_from_name_resolves_a_running_app(cls_app) -> None:
     Remote = shoal.Cls.from_name("cls-app", "Params")  # noqa: N806 - a class
     got = Remote(n=55).values.remote()
     assert got["n"] == 55 and got["s"] == "s"
-    assert got["pid"] == cls_app.Params(n=55).values.remote()["pid"]  # the same pool as the app's own
+    assert got["container"] == cls_app.Params(n=55).values.remote()["container"]  # the app's own pool
     with pytest.raises(InvalidError, match="missing required"):
         Remote().values.remote()
     with pytest.raises(NotFoundError, match="no method"):
@@ -195,18 +193,17 @@ def test_exit_hooks_run_when_the_app_stops(control_plane, tmp_path: Path) -> Non
 
     events = tmp_path / "events.txt"
     with cls_lifecycle_app.app.run(quiet=True):
-        pid = cls_lifecycle_app.Recorder(path=str(events)).pid.remote()
+        cid = cls_lifecycle_app.Recorder(path=str(events)).container.remote()
     assert wait_for(lambda: len(_lines(events)) >= 4, timeout=15), _lines(events)
-    assert _lines(events) == [f"enter:{pid}", f"method:{pid}", f"exit1:{pid}", f"exit2:{pid}"]
+    assert _lines(events) == [f"enter:{cid}", f"method:{cid}", f"exit1:{cid}", f"exit2:{cid}"]
 
 
 def test_exit_hooks_run_on_sigterm(cls_app, tmp_path: Path) -> None:
-    obj = cls_app.Hooks(events_dir=str(tmp_path / "exits.txt"), label="term")
-    pid = obj.pid.remote()
-    os.kill(pid, signal.SIGTERM)
     path = tmp_path / "exits.txt"
+    cid = cls_app.Hooks(events_dir=str(path), label="term").terminate_soon.remote()
     assert wait_for(lambda: len(_lines(path)) >= 2, timeout=15), _lines(path)
-    assert _lines(path) == [f"base_exit:{pid}", f"own_exit:term:{pid}"]
+    assert _lines(path) == [f"base_exit:{cid}", f"own_exit:term:{cid}"]
+    assert wait_for(lambda: cid not in {c["container_id"] for c in containers()}), "the container did not exit"
 
 
 def test_method_call_of_a_parameter_set_survives_control_plane_restart(

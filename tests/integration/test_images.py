@@ -19,8 +19,8 @@ import shoal
 from shoal.exception import ImageBuildError
 from shoal.image import Image
 from shoal.server.images import ImageBuilder, _discovery_path
+from tests.conftest import APPS_DIR, run_script
 
-APPS_DIR = Path(__file__).parent.parent / "apps"
 HOST_PYTHON = [sys.version_info.major, sys.version_info.minor]
 
 
@@ -101,8 +101,6 @@ def test_a_failing_step_raises_image_build_error_with_its_output(control_plane):
 
 
 def test_build_output_streams_to_the_callers_terminal(control_plane):
-    from conftest import run_script
-
     proc = run_script(APPS_DIR / "images_fail_app.py", timeout=180)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "RAISED ImageBuildError" in proc.stdout

@@ -63,7 +63,7 @@ def test_ticks_missed_while_the_control_plane_was_down_fire_once(tmp_path) -> No
         time.sleep(3)
         after = sorted(t for t in m.fires.get_many(100, block=False) if t >= restarted - 0.1)
         assert after, "no catch-up fire after the restart"
-        gaps = [b - a for a, b in zip(after, after[1:])]
+        gaps = [b - a for a, b in zip(after, after[1:], strict=False)]
         assert all(g > 0.5 for g in gaps), f"missed ticks fired in a burst: {after}"
         get_client().call("POST", f"/v1/apps/{app_id}/stop", {})
     finally:

@@ -287,8 +287,8 @@ def test_cls_with_options_stacks_and_keeps_the_original() -> None:
         def f(self):
             return 1
 
-    v = C.with_options(timeout=5).with_options(gpu="a100").with_concurrency(max_inputs=4)
-    assert v._overrides["options"] == {"timeout": 5, "gpu": ["A100"], "max_inputs": 4, "target_inputs": None}
+    v = C.with_options(timeout=5).with_options(buffer_containers=1).with_concurrency(max_inputs=4)
+    assert v._overrides["options"] == {"timeout": 5, "buffer_containers": 1, "max_inputs": 4, "target_inputs": None}
     assert C._overrides == {}
     with pytest.raises(TypeError):
         C.with_options(min_containers=1)
