@@ -247,6 +247,10 @@ class _Method(Function):
         """Run the method in this process on a local object, built once per Obj; its @enter hooks run once."""
         return self._obj._local_call(self._method_name or "", args, kwargs)
 
+    def _variant(self, overrides: dict[str, Any], params: bytes | None = None) -> Function:
+        raise InvalidError(f"{self._tag}: options apply to the whole class; use "
+                           f"{self._tag.split('.')[0]}.with_options(...) / with_concurrency / with_batching")
+
     def __repr__(self) -> str:
         return f"<Method {self._tag}>"
 
@@ -368,13 +372,12 @@ class Obj:
         return getattr(instance, name)(*args, **kwargs)
 
     # -- autoscaler ----------------------------------------------------------------------------------------------
-    def update_autoscaler(self, **kwargs: Any) -> Any:
-        """Override the autoscaler settings of this object's pool (this parameter set)."""
-        fn = self._service_function()
-        update = getattr(fn, "update_autoscaler", None)
-        if update is None:
-            raise NotImplementedError("runtime autoscaler overrides are not available in this version of shoal")
-        return update(**kwargs)
+    def update_autoscaler(self, *, min_containers: int | None = None, max_containers: int | None = None,
+                          scaledown_window: int | None = None, buffer_containers: int | None = None) -> None:
+        """Override the autoscaler settings of this object's pool (its parameter set) while the app runs."""
+        self._service_function().autoscaler.update(
+            min_containers=min_containers, max_containers=max_containers, scaledown_window=scaledown_window,
+            buffer_containers=buffer_containers)
 
 
 class Cls:

@@ -143,3 +143,10 @@ def environment(name: str) -> str | None:
 def sleeper(seconds: float) -> str:
     time.sleep(seconds)
     return container_id()
+
+
+@app.function()
+def span(seconds: float) -> tuple:
+    start = time.monotonic()
+    time.sleep(seconds)
+    return (container_id(), start, time.monotonic())

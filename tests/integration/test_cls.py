@@ -113,6 +113,14 @@ def test_each_parameter_set_gets_its_own_pool(cls_app) -> None:
     assert one in pools and two in pools and pools[one] != pools[two], pools
 
 
+def test_update_autoscaler_of_one_parameter_set(cls_app) -> None:
+    obj = cls_app.Params(n=303)
+    obj.update_autoscaler(min_containers=1)
+    pool = obj._service_function()._fid()
+    assert wait_for(lambda: any(c["function_id"] == pool for c in containers())), "no warm container"
+    obj.update_autoscaler(min_containers=0)
+
+
 # -- options, concurrency ----------------------------------------------------------------------------------------
 def test_cls_with_options_is_a_separate_pool_with_its_options(cls_app) -> None:
     base_cid = cls_app.Sequential().sleep.remote(0)[0]
@@ -158,11 +166,9 @@ def test_function_with_options_timeout_and_rejects_min_containers(cls_app) -> No
 
 
 def test_function_with_concurrency_stacked_on_with_options(cls_app) -> None:
-    fn = cls_app.sleeper.with_options(max_containers=1).with_concurrency(max_inputs=3)
-    start = time.monotonic()
-    cids = [c.get(timeout=60) for c in [fn.spawn(1.0) for _ in range(3)]]
-    assert len(set(cids)) == 1
-    assert time.monotonic() - start < 2.8, "inputs did not run concurrently"
+    fn = cls_app.span.with_options(max_containers=1).with_concurrency(max_inputs=3)
+    spans = [c.get(timeout=60) for c in [fn.spawn(1.0) for _ in range(3)]]
+    assert len({cid for cid, _, _ in spans}) == 1 and overlapped(spans)
 
 
 # -- lookups -----------------------------------------------------------------------------------------------------

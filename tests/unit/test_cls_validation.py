@@ -296,6 +296,8 @@ def test_cls_with_options_stacks_and_keeps_the_original() -> None:
         C.with_options(concurrency_limit=3)
     with pytest.raises(InvalidError, match="cannot also use dynamic batching"):
         v.with_batching(max_batch_size=2, wait_ms=1)
+    with pytest.raises(InvalidError, match="apply to the whole class"):
+        C().f.with_options(timeout=3)
 
 
 def test_cls_from_name_is_lazy() -> None:
