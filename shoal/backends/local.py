@@ -11,12 +11,14 @@ whose `gpu=` cannot be met now raises `Unschedulable` with the reason, and the c
 from __future__ import annotations
 
 import asyncio
+import atexit
 import glob
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from ..config import home
 from . import gpus as gpu_mod
 from .base import ContainerSpec, OutputSink, Unschedulable
 from .sandbox import (
+    ID_COUNT,
     ISOLATION_ENV,
     SETUP_FAILED,
     Availability,
@@ -36,13 +39,13 @@ from .sandbox import (
     interpreter_paths,
     launcher_argv,
     loopback_ports,
+    minimal_paths,
     newroot_dir,
     probe,
     rewrite_server_url,
     shares_from_env,
     source_binds,
     under,
-    ID_COUNT,
 )
 
 log = logging.getLogger("shoal.backend")
@@ -147,6 +150,10 @@ class LocalBackend:
         self.cgroups = Cgroups()
         if not self.cgroups.available:
             log.warning("cgroup limits unavailable (%s): cpu= and memory= are not enforced", self.cgroups.reason)
+        else:
+            self.cgroups.collect_garbage()
+        self._live_cgroups: dict[str, ContainerCgroup] = {}
+        atexit.register(self._remove_cgroups_at_exit)
         found, note = gpu_mod.detect()
         self.gpus = gpu_mod.GpuAllocator(found, note)
         self._newroot = newroot_dir()
@@ -163,30 +170,48 @@ class LocalBackend:
         if wanted == "process":
             avail = Availability("process", reason=f"{ISOLATION_ENV}=process")
         else:
-            paths = interpreter_paths(self.python, self._exclude())
-            self._paths[self.python] = paths
-            avail = probe(self.python, paths)
+            # The probe needs only the interpreter's own trees; what else it imports (its sys.path, bytecode
+            # warmed up) is worked out in the background meanwhile.
+            if self.python == sys.executable:
+                prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+            else:
+                prefixes = [os.path.dirname(os.path.dirname(self.python))]
+            prefixes.append(os.path.dirname(os.path.dirname(os.path.realpath(self.python))))
+            warm = threading.Thread(target=self._warm_paths, name="shoal-sandbox-paths", daemon=True)
+            warm.start()
+            avail = probe(self.python, minimal_paths(prefixes, self._exclude()))
             if avail.isolation != "sandbox" and wanted == "sandbox":
                 raise RuntimeError(f"{ISOLATION_ENV}=sandbox, but containers cannot be sandboxed here: "
                                    f"{avail.reason}")
         if avail.isolation == "process" and not _said_process_isolation:
             _said_process_isolation = True
             msg = f"isolation=process: containers are not sandboxed ({avail.reason})"
-            log.warning(msg)
-            print(f"shoal: {msg}", file=sys.stderr, flush=True)
+            log.warning(msg)  # once per control plane: the server log, or stderr where logging is not set up
         return avail
 
-    async def _interpreter_paths(self, python: str) -> list[str]:
+    def _warm_paths(self) -> None:
+        self._paths.setdefault(self.python, interpreter_paths(self.python, self._exclude()))
+
+    async def _interpreter_paths(self, python: str, image_root: str | None = None) -> list[str]:
         if python in self._paths:
             return self._paths[python]
         lock = self._paths_locks.setdefault(python, asyncio.Lock())
         async with lock:
             if python not in self._paths:
-                self._paths[python] = await asyncio.to_thread(interpreter_paths, python, self._exclude())
+                # An image's interpreter: only its own trees (the image, the state dir's images) are exposed.
+                allowed = None
+                if python != self.python and image_root:
+                    allowed = [image_root, os.path.dirname(os.path.realpath(image_root))]
+                self._paths[python] = await asyncio.to_thread(interpreter_paths, python, self._exclude(), allowed)
         return self._paths[python]
 
     def capacity(self) -> int:
         return self.max_containers
+
+    def _remove_cgroups_at_exit(self) -> None:
+        """The control plane is exiting (its containers were killed): leave no cgroup behind."""
+        for cgroup in list(self._live_cgroups.values()):
+            cgroup.remove_now()
 
     # -- starting --------------------------------------------------------------------------------------------
     async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> LocalContainer:
@@ -208,6 +233,8 @@ class LocalBackend:
             if self.cgroups.available:
                 try:
                     cgroup = self.cgroups.create(container_id, Limits.from_options(options))
+                    self._live_cgroups[container_id] = cgroup
+                    release.append(lambda: self._live_cgroups.pop(container_id, None))
                 except OSError as exc:
                     log.warning("container %s runs without cgroup limits: %s", container_id, exc)
             if self.isolation == "sandbox":
@@ -248,7 +275,7 @@ class LocalBackend:
         )
         if cgroup is not None:
             try:
-                cgroup.add(proc.pid)  # the runtime has not allocated much yet; its children follow it in
+                await cgroup.add_async(proc.pid)  # the runtime has not allocated much yet; children follow it in
             except OSError as exc:
                 log.warning("container %s runs without cgroup limits: %s", spec.container_id, exc)
                 await cgroup.remove()
@@ -263,7 +290,7 @@ class LocalBackend:
                                cgroup: ContainerCgroup | None, release: list) -> LocalContainer:
         image = spec.image
         python = image.python if image else self.python
-        ro = list(await self._interpreter_paths(python))
+        ro = list(await self._interpreter_paths(python, image.root if image else None))
         if image is not None and image.root:
             ro.append(os.path.realpath(image.root))
         image_binds, overlays = image_layers(image.root if image else None)
@@ -285,7 +312,7 @@ class LocalBackend:
             "mode": self.availability.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT,
             "newroot": self._newroot, "hostname": spec.container_id[:63],
             "ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask, "devices": devices,
-            "cgroups": cgroup.dirs if cgroup else [], "listen": sorted(forwards), "chan_fd": child_end.fileno(),
+            "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
             "control": control[5:] if control.startswith("unix:") else None,
             "argv": [python, "-m", "shoal.runtime"],
             "cwd": (image.workdir if image is not None and image.workdir else "/root"),
@@ -304,6 +331,14 @@ class LocalBackend:
             raise
         finally:
             child_end.close()
+        if cgroup is not None:
+            # While the supervisor's interpreter starts: it forks the container's init only after this.
+            try:
+                await cgroup.add_async(proc.pid)
+                parent_end.send(b"G")
+            except OSError as exc:
+                log.warning("container %s: could not join its cgroup: %s", spec.container_id, exc)
+                parent_end.send(b"X")
         forwarding.start(parent_end)
         setup_error: list[str] = []
 

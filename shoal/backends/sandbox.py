@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import glob
 import json
 import logging
 import marshal
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -50,7 +50,16 @@ def id_base() -> int:
 
 
 def shares_from_env() -> list[str]:
-    return [os.path.realpath(p) for p in (os.environ.get(SHARE_ENV) or "").split(os.pathsep) if p.strip()]
+    shares = []
+    for p in (os.environ.get(SHARE_ENV) or "").split(os.pathsep):
+        if not p.strip():
+            continue
+        real = os.path.realpath(p)
+        if real in _TOO_BROAD:
+            log.warning("%s: not sharing %s with containers (too broad)", SHARE_ENV, real)
+            continue
+        shares.append(real)
+    return shares
 
 
 def under(path: str, parent: str) -> bool:
@@ -79,7 +88,13 @@ for name in ("shoal", "msgpack", "cloudpickle", "tblib"):
         continue
     if spec is not None:
         paths.update(spec.submodule_search_locations or [os.path.dirname(spec.origin or "")])
-print(json.dumps(sorted(p for p in paths if p)))
+print(json.dumps(sorted(p for p in paths if p)), flush=True)
+# Import what a container's runtime imports, here on the host, so their bytecode is cached: inside the sandbox
+# these trees are read-only and every cold start would compile them again.
+try:
+    import shoal.runtime.worker, shoal.app, shoal.functions, shoal.cls, cloudpickle, msgpack, tblib
+except Exception:
+    pass
 """
 
 
@@ -103,17 +118,42 @@ def minimal_paths(paths: list[str], exclude: list[str] = ()) -> list[str]:
     return sorted(out)
 
 
-def interpreter_paths(python: str, exclude: list[str] = ()) -> list[str]:
-    """What a container running `python` must see: its prefixes, its sys.path, the shoal package."""
+def _python_home(prefix: str) -> bool:
+    """Whether `prefix` looks like a Python installation (has its standard library)."""
+    return bool(glob.glob(os.path.join(prefix, "lib", "python3*", "os.py")))
+
+
+def interpreter_paths(python: str, exclude: list[str] = (), allowed: list[str] | None = None) -> list[str]:
+    """What a container running `python` must see: its prefixes, its sys.path, the shoal package.
+
+    `allowed`: for an image's interpreter, whose `.pth` files and venv a build step could have written, only paths
+    below these directories (the image's trees), the shoal package, and the installation the interpreter binary
+    belongs to are exposed; the control plane's own interpreter (None) is trusted."""
+    real = os.path.realpath(python)
+    own = [os.path.dirname(os.path.dirname(python)), os.path.dirname(os.path.dirname(real))]
     try:
         out = subprocess.run([python, "-I", "-c", _PATHS_CODE], capture_output=True, text=True, timeout=60)
-        paths = json.loads(out.stdout) if out.returncode == 0 else []
+        paths = json.loads(out.stdout.splitlines()[0]) if out.stdout.strip() else []
     except (OSError, ValueError, subprocess.TimeoutExpired):
         paths = []
-    if not paths:  # at least the interpreter's own tree
-        real = os.path.realpath(python)
-        paths = [os.path.dirname(os.path.dirname(python)), os.path.dirname(os.path.dirname(real))]
+    paths = paths or own  # at least the interpreter's own tree
+    if allowed is not None:
+        roots = [os.path.realpath(a) for a in allowed] + [SHOAL_PACKAGE_DIR]
+        roots += [p for p in own if _python_home(p)]
+        kept = [p for p in paths if any(under(os.path.realpath(p), r) or under(os.path.abspath(p), r) for r in roots)]
+        for p in sorted(set(paths) - set(kept)):
+            log.warning("sandbox: not exposing %s (named by the image's interpreter) to containers", p)
+        paths = kept + [p for p in own if _python_home(p) or any(under(p, r) for r in roots)]
     return minimal_paths([*paths, SHOAL_PACKAGE_DIR], exclude)
+
+
+def _entry(base: str, name: str) -> str | None:
+    """`base/name`, unless it is a symlink leading out of `base` (binding it would show the host's target)."""
+    path = os.path.join(base, name)
+    if os.path.islink(path) and not under(os.path.realpath(path), os.path.realpath(base)):
+        log.warning("sandbox: not binding %s: a symlink out of %s", path, base)
+        return None
+    return path
 
 
 # -- availability ------------------------------------------------------------------------------------------------
@@ -152,6 +192,7 @@ class Limits:
     cpu_limit: float | None = None
     memory_request_mib: int = 128
     memory_limit_mib: int | None = None
+    cpu_given: bool = False  # `cpu=` was set (else, on cgroup v1, the container skips the cpu hierarchy)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Limits:
@@ -161,6 +202,7 @@ class Limits:
             lim.cpu_request, lim.cpu_limit = float(cpu[0]), float(cpu[1])
         elif cpu is not None:
             lim.cpu_request = float(cpu)
+        lim.cpu_given = cpu is not None
         if isinstance(memory, (list, tuple)):
             lim.memory_request_mib, lim.memory_limit_mib = int(memory[0]), int(memory[1])
         elif memory is not None:
@@ -200,6 +242,11 @@ class ContainerCgroup:
         for f in self.procs_files():
             _write(f, str(pid))
 
+    async def add_async(self, pid: int) -> None:
+        """Move `pid` in, off the event loop and one thread per hierarchy: a migration may wait for an RCU grace
+        period (10-20 ms measured)."""
+        await asyncio.gather(*(asyncio.to_thread(_write, f, str(pid)) for f in self.procs_files()))
+
     def oom_kills(self) -> int:
         if self.memory_dir is None:
             return 0
@@ -207,25 +254,37 @@ class ContainerCgroup:
             return _read_counter(os.path.join(self.memory_dir, "memory.events"), "oom_kill")
         return _read_counter(os.path.join(self.memory_dir, "memory.oom_control"), "oom_kill")
 
-    async def remove(self) -> None:
-        """rmdir each directory (retrying while the last processes finish exiting), then the shared parent if it
-        is empty now, so nothing is left behind in the cgroup we were started in."""
-        for d in self.dirs:
-            for attempt in range(100):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY or attempt == 99:
-                        log.warning("could not remove cgroup %s: %s", d, exc)
-                        break
-                    await asyncio.sleep(0.02)
+    def _try_remove(self) -> bool:
+        """rmdir each directory, then the shared parent if it is empty now, so nothing is left behind in the
+        cgroup we were started in. False while processes are still leaving."""
+        for d in list(self.dirs):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    return False
+                log.warning("could not remove cgroup %s: %s", d, exc)
+            self.dirs.remove(d)
             try:
                 os.rmdir(os.path.dirname(d))
             except OSError:
                 pass  # other containers still use it
+        return True
+
+    async def remove(self) -> None:
+        for _ in range(250):
+            if self._try_remove():
+                return
+            await asyncio.sleep(0.02)
+        log.warning("could not remove cgroups %s: processes are still in them", self.dirs)
+
+    def remove_now(self, timeout: float = 1.0) -> None:
+        """The same, blocking (at exit, when the event loop is gone)."""
+        deadline = time.monotonic() + timeout
+        while not self._try_remove() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 class Cgroups:
@@ -244,6 +303,25 @@ class Cgroups:
     @property
     def available(self) -> bool:
         return bool(self.parents)
+
+    def collect_garbage(self, older_than_s: float = 60.0) -> None:
+        """Remove container cgroups a control plane that died without cleaning up left behind (empty ones
+        only: rmdir refuses a cgroup with processes; young ones may be another control plane's, just made)."""
+        now = time.time()
+        for parent in set(self.parents.values()):
+            try:
+                entries = os.listdir(parent)
+            except OSError:
+                continue
+            for name in entries:
+                d = os.path.join(parent, name)
+                if not name.startswith("ta-") or not os.path.isdir(d):
+                    continue
+                try:
+                    if now - os.stat(d).st_mtime > older_than_s:
+                        os.rmdir(d)
+                except OSError:
+                    pass
 
     def _detect(self) -> None:
         if sys.platform != "linux":
@@ -351,9 +429,11 @@ class Cgroups:
         try:
             by_dir: dict[str, list[str]] = {}
             for controller, parent in self.parents.items():
+                if controller == "cpu" and self.version == 1 and not limits.cpu_given:
+                    continue  # one migration fewer at start (each may cost an RCU grace period)
                 by_dir.setdefault(os.path.join(parent, container_id), []).append(controller)
             for d, controllers in by_dir.items():
-                for attempt in range(3):
+                for _attempt in range(3):
                     try:
                         os.mkdir(d)
                         break
@@ -535,11 +615,11 @@ class Forwarding:
         if chan is None:
             return
         try:
-            msg, fds, _, _ = socket.recv_fds(chan, 64, 16)
+            _, fds, _, _ = socket.recv_fds(chan, 64, 16)
         except BlockingIOError:
             return
         except OSError:
-            msg, fds = b"", []
+            fds = []
         asyncio.get_running_loop().remove_reader(chan.fileno())
         chan.close()
         self._chan = None
@@ -585,15 +665,17 @@ def image_layers(root: str | None) -> tuple[list[list], dict[str, list[str]]]:
     except OSError:
         return binds, overlays
     for name in entries:
-        src = os.path.join(files, name)
+        src = _entry(files, name)
         dst = "/" + name
-        if dst in SYSTEM_DIRS and os.path.isdir(src) and not os.path.islink("/" + name):
+        if src is None or name in ("tmp", "proc", "sys", "dev", "run"):
+            continue  # (the latter are the container's own)
+        if dst in SYSTEM_DIRS and os.path.isdir(src) and not os.path.islink(src) and not os.path.islink(dst):
             overlays[dst] = [src, dst]
-        elif name == "root":
+        elif name == "root" and os.path.isdir(src) and not os.path.islink(src):
             for entry in sorted(os.listdir(src)):
-                binds.append([os.path.join(src, entry), f"/root/{entry}", False])
-        elif name in ("tmp", "proc", "sys", "dev", "run"):
-            continue  # replaced by the container's own
+                inner = _entry(src, entry)
+                if inner is not None:
+                    binds.append([inner, f"/root/{entry}", False])
         else:
             binds.append([src, dst, False])
     return binds, overlays
@@ -607,4 +689,9 @@ def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:
         entries = sorted(os.listdir(source_dir))
     except OSError:
         return []
-    return [[os.path.join(source_dir, e), f"/root/{e}", False] for e in entries if f"/root/{e}" not in taken]
+    out = []
+    for e in entries:
+        src = _entry(source_dir, e)
+        if src is not None and f"/root/{e}" not in taken:
+            out.append([src, f"/root/{e}", False])
+    return out

@@ -380,12 +380,12 @@ def supervise(cfg: dict) -> None:
         os.environ["SHOAL_CONTROL"] = f"fd:{ctl_fd}"
         cfg["_control_fd"] = ctl_fd
     chan_fd = cfg.get("chan_fd")
+    chan = None
     if chan_fd is not None:
         chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, chan_fd)
         if listeners:
             fds = struct.pack(f"{len(listeners)}i", *[s.fileno() for s in listeners])
             chan.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        chan.close()
     for s in listeners:
         s.close()
     trace("net")
@@ -394,10 +394,20 @@ def supervise(cfg: dict) -> None:
     build_root(cfg, root, owner, idmap_fd)
     trace("mounts")
 
+    if chan is not None:
+        if cfg.get("wait_go"):
+            # The backend moves us into the container's cgroups meanwhile (a cgroup migration can take 10-20 ms:
+            # done while this interpreter starts, not after); the init and the runtime are forked inside them.
+            if chan.recv(1) != b"G":
+                raise SetupError("the control plane could not place the container in its cgroup")
+            trace("cgroup")
+        chan.close()
     status_r, status_w = os.pipe()
+    trace("prefork")
     pid = os.fork()
     if pid == 0:
         try:
+            trace("forked")
             os.close(status_r)
             container_init(cfg, root, idmap_fd, status_w, rootless)
         except BaseException as exc:  # noqa: BLE001
@@ -449,12 +459,13 @@ def mirror(status: int) -> None:
 # -- the container's init ---------------------------------------------------------------------------------------
 def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, rootless: bool) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    for path in cfg.get("cgroups", []):  # before anything allocates: the limits count from here
+    for path in cfg.get("cgroups", []):  # joined here when the backend did not move the supervisor itself
         try:
             write_file(os.path.join(path, "cgroup.procs"), "0")
         except OSError as exc:
             raise SetupError(f"joining cgroup {path}: {exc}") from exc
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    trace("procfs")
     try:
         mount("sysfs", root + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
     except SetupError:

@@ -246,6 +246,7 @@ class Api:
         for d in defs:
             if isinstance(d.get("image"), dict):
                 d["image_built"] = dataclasses.asdict(built[d["image"].get("image_id")])
+                d["image"] = {"image_id": d["image"]["image_id"]}  # build inputs (and secrets) stay out of containers
 
     async def stop_app(self, request: web.Request) -> web.Response:
         await self.d.stop_app(request.match_info["app_id"])

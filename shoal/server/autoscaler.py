@@ -18,6 +18,8 @@ from .policy import Decision, Sample, ScalingSettings
 
 log = logging.getLogger("shoal.autoscaler")
 
+# Events closer together than this share one decision (the once-a-second tick always decides afresh).
+EVENT_REUSE_S = 0.05
 FIELDS = ("min_containers", "max_containers", "buffer_containers", "scaledown_window")
 # name -> (lowest, highest) accepted, as the decorator validates them
 BOUNDS: dict[str, tuple[int, int | None]] = {
@@ -63,7 +65,8 @@ class PoolAutoscaler:
         self.backoff_until = 0.0
         self.backoffs = 0  # runs of MAX_START_FAILURES failed starts since the last container became ready
         self.backoff_reason: str | None = None
-        self._logged: tuple[int, bool] | None = None
+        self._logged: tuple[int, bool] = (0, False)  # an idle pool says nothing until it wants containers
+        self._last_inputs = 0  # running + queued when the last decision was made
 
     # -- settings --------------------------------------------------------------------------------------------
     def effective(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +117,15 @@ class PoolAutoscaler:
     # -- decisions -------------------------------------------------------------------------------------------
     def decide(self, pool: Any, now: float, *, current: int, capacity: int, record: bool = False) -> Decision:
         """A decision for the pool's load now. `record=True` (the once-a-second tick) keeps the sample in the
-        windows; otherwise (an event: inputs arrived, outputs came back) the load now is only considered."""
+        windows; otherwise (an event: inputs arrived, outputs came back) the load now is only considered, and a
+        decision under EVENT_REUSE_S old is reused if the load has not grown since (fast maps have hundreds of
+        events a second), except at zero."""
         sample = Sample(now, pool.running_count(), len(pool.queue))
+        last = self.last
+        if (not record and current and last is not None and 0 <= now - last.at < EVENT_REUSE_S
+                and sample.running + sample.queued <= self._last_inputs):
+            return last
+        self._last_inputs = sample.running + sample.queued
         if record:
             self.samples.append(sample)
             samples: Any = self.samples

@@ -538,7 +538,8 @@ class Dispatcher:
                 app.logs.append(c.id, "system", f"container {c.id} exited: {reason}\n")
             if not was_ready:
                 pool.start_failures += 1
-                pool.last_start_error = pool.last_start_error if failed_start else f"container {reason}"
+                if not failed_start and c.init_error is None:  # an init failure already said why
+                    pool.last_start_error = f"container {reason}"
             self._requeue_running(c, charge=True, reason=reason)
         if c.init_error is not None:
             self._fail_queue(pool, ExecutionError("init failed"), data=c.init_error)
@@ -584,8 +585,8 @@ class Dispatcher:
                     pool.start_failures = 0
                     pool.autoscaler.started()
                     self._pump(pool)
-                    if pool.queue:
-                        self._scale(pool)
+                    if pool.queue and pool.avg_exec_s is not None:
+                        self._scale(pool)  # a start slot is free; unmeasured inputs wait for their first output
             elif t == "init_failed":
                 c.init_error = msg["exc"]
                 pool.last_start_error = msg.get("summary", "container initialisation failed")

@@ -26,7 +26,7 @@ import codecs
 import collections
 import dataclasses
 import glob
-import io
+import hashlib
 import json
 import os
 import platform
@@ -71,6 +71,48 @@ def _runtime_requirements() -> list[str]:
 
 
 RUNTIME_REQUIREMENTS = _runtime_requirements()
+RUNTIME_NAMES = ("cloudpickle", "msgpack", "tblib", "aiohttp", "pip")
+
+
+def _copy_host_packages(names: tuple[str, ...], target: Path) -> list[str]:
+    """Hard-link (or copy) the installed distributions `names` and what they require from the control plane's
+    environment into `target`, laid out as `pip install --target` would. Returns the names it could not take
+    (not installed here, or installed without a file list). Requirements not installed here are conditional
+    ones this Python does not need (the control plane's installer evaluated their markers for it)."""
+    missing = []
+    seen: set[str] = set()
+    stack = [(n, True) for n in reversed(names)]
+    while stack:
+        name, top = stack.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            if top:
+                missing.append(name)
+            continue
+        base = Path(str(dist.locate_file("")))
+        files = [f for f in dist.files or [] if not str(f).startswith("..") and "__pycache__" not in str(f)]
+        if not files:
+            if top:
+                missing.append(name)
+            continue
+        for f in files:
+            src, dst = base / f, target / f
+            if not src.is_file():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        for req in dist.requires or []:
+            if "extra ==" not in req:
+                stack.append((re.split(r"[\s<>=!~;\[(]", req.strip(), maxsplit=1)[0], False))
+    return missing
 
 
 def _multiarch() -> str:
@@ -105,6 +147,20 @@ def _discovery_path() -> str:
     return os.pathsep.join(dict.fromkeys(dirs))
 
 
+_FIELD_TYPES = {"packages": "strs", "requirements": "strs", "commands": "strs", "groups": "strs", "extras": "strs",
+                "modules": "strs", "vars": "env", "env": "env", "secret_env": "env", "extra_options": "str",
+                "find_links": "str", "index_url": "str", "extra_index_url": "str", "pyproject": "str",
+                "lock": "str", "mode": "int"}
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "strs":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "env":
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    return isinstance(value, str if kind == "str" else int)
+
+
 def check_spec(spec: Any) -> dict[str, Any]:
     """Validate an image spec from a client; its id must be the hash of its steps."""
     if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
@@ -126,6 +182,11 @@ def check_spec(spec: Any) -> dict[str, Any]:
             raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
         if "sha" in step and not (isinstance(step["sha"], str) and re.fullmatch(r"[0-9a-f]{64}", step["sha"])):
             raise InvalidError(f"invalid blob id in {step['repr']}")
+        for key, kind in _FIELD_TYPES.items():
+            if key in step and step[key] is not None and not _is(step[key], kind):
+                raise InvalidError(f"invalid {key!r} in image step {step['repr']}")
+        if any(p.startswith("-") for p in step.get("packages") or []):
+            raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
     if image_id_for(version, spec["steps"]) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
@@ -141,6 +202,7 @@ class _Build:
     python: str = ""
     python_version: str = ""
     base_python: str = ""
+    runtime: str = ""  # the shared directory of the runtime's packages
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # ENV steps
     workdir: str | None = None
     apt: bool = False
@@ -190,12 +252,16 @@ class ImageBuilder:
         self.apt_cache = self.dir / ".cache" / "apt"
         self._locks: dict[str, asyncio.Lock] = {}
         self._apt_lock = asyncio.Lock()
-        self._pythons: dict[str, tuple[str, str]] = {}
+        self._runtime_lock = asyncio.Lock()
+        self._pythons: dict[str, tuple[str, str, str]] = {}
         self._discovery_path: str | None = None
         self.builds = 0  # images built (cache misses) by this builder
-        from uv import find_uv_bin
+        try:
+            from uv import find_uv_bin
 
-        self.uv = find_uv_bin()
+            self.uv = find_uv_bin()
+        except (ImportError, FileNotFoundError):
+            self.uv = shutil.which("uv") or "uv"  # a build then fails naming it
 
     # -- cache -----------------------------------------------------------------------------------------------
     def cached(self, image_id: str) -> ContainerImage | None:
@@ -205,8 +271,9 @@ class ImageBuilder:
         except (OSError, ValueError):
             return None
         if (manifest.get("builder") != BUILDER_VERSION or manifest.get("runtime") != RUNTIME_REQUIREMENTS
-                or manifest.get("shoal") != SHOAL_PACKAGE_DIR or not os.path.exists(manifest["python"])):
-            return None  # built for another runtime, or its interpreter is gone: build again
+                or manifest.get("shoal") != SHOAL_PACKAGE_DIR or not os.path.exists(manifest["python"])
+                or not os.path.isdir(manifest.get("runtime_dir") or "")):
+            return None  # built for another runtime, or its interpreter or runtime packages are gone
         return ContainerImage(image_id=image_id, python=manifest["python"], root=manifest["root"],
                               env=manifest["env"], workdir=manifest["workdir"])
 
@@ -246,7 +313,8 @@ class ImageBuilder:
             await getattr(self, "_step_" + step["kind"])(b, step, i >= forced_from)
         manifest = {"image_id": image_id, "builder": BUILDER_VERSION, "runtime": RUNTIME_REQUIREMENTS,
                     "shoal": SHOAL_PACKAGE_DIR, "python": b.python, "python_version": b.python_version,
-                    "base_python": b.base_python, "root": str(root), "env": b.container_env(),
+                    "base_python": b.base_python, "runtime_dir": b.runtime, "root": str(root),
+                    "env": b.container_env(),
                     "workdir": b.workdir, "built_at": time.time(), "build_s": round(time.monotonic() - t0, 3),
                     "steps": [s["repr"] for s in steps]}
         self._commit(root, manifest)
@@ -287,7 +355,7 @@ class ImageBuilder:
             trash = self.dir / ".trash" / f"{image_id}.{time.time_ns()}"
             trash.parent.mkdir(parents=True, exist_ok=True)
             root.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, trash, True)
         root.mkdir(parents=True)
         return root
 
@@ -302,24 +370,60 @@ class ImageBuilder:
         b.log(f"=> Step {b.step_no}: {b.step_repr}\n")
 
     async def _base(self, b: _Build, version: str, forced: bool) -> None:
-        """Step 0: the virtual environment, the container runtime's packages, and shoal itself."""
-        python, b.python_version = await self._find_python(version, b)
+        """Step 0: the virtual environment, with the container runtime's packages and shoal on its path."""
+        python, b.python_version, soabi = await self._find_python(version, b)
         b.base_python = python
-        await self._uv(b, ["venv", "--seed", "--no-project", "--python", python, str(b.venv)], forced,
-                       env={"UV_VENV_CLEAR": "1"})  # an offline attempt may leave a partial one
+        venv = self._uv(b, ["venv", "--no-project", "--python", python, str(b.venv)], forced,
+                        env={"UV_VENV_CLEAR": "1"})  # an offline attempt may leave a partial one
+        _, runtime = await asyncio.gather(venv, self._runtime_dir(b, python, b.python_version, soabi))
         b.python = str(b.venv / "bin" / "python")
-        await self._uv(b, ["pip", "install", "--python", b.python, *RUNTIME_REQUIREMENTS], forced)
+        b.runtime = str(runtime)
         sdk = b.root / "shoal-sdk"
         sdk.mkdir()
         (sdk / "shoal").symlink_to(SHOAL_PACKAGE_DIR, target_is_directory=True)
         site = glob.glob(str(b.venv / "lib" / "python3.*" / "site-packages"))
         if not site:
             self._fail(b, f"no site-packages in {b.venv}")
-        Path(site[0], "_shoal_runtime.pth").write_text(str(sdk) + "\n")
+        # After site-packages on sys.path: packages the image installs itself take precedence.
+        Path(site[0], "_shoal_runtime.pth").write_text(f"{sdk}\n{runtime}\n")
+        for name in ("pip", "pip3"):  # pip comes with the runtime packages; `pip install` targets this venv
+            script = b.venv / "bin" / name
+            script.write_text('#!/bin/sh\nexec "$(dirname -- "$0")/python" -m pip "$@"\n')
+            script.chmod(0o755)
         b.files.mkdir()
 
-    async def _find_python(self, version: str, b: _Build) -> tuple[str, str]:
-        """(interpreter, its full version) for `version`, among the interpreters installed here."""
+    async def _runtime_dir(self, b: _Build, python: str, full_version: str, soabi: str) -> Path:
+        """The container runtime's packages (and pip) for one interpreter, shared by its images: copied from
+        the control plane's own environment when that runs the same Python (no download at all), else
+        installed with `uv pip install --target` once per machine. Forced builds leave it alone: it depends
+        only on shoal's own requirements, which are part of its path."""
+        key = hashlib.sha256(json.dumps([os.path.realpath(python), soabi, RUNTIME_REQUIREMENTS]).encode())
+        target = self.dir / ".runtime" / f"py{full_version}-{key.hexdigest()[:12]}"
+        if (target / ".complete").exists():
+            return target
+        async with self._runtime_lock:
+            if (target / ".complete").exists():
+                return target
+            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            missing = list(RUNTIME_NAMES)
+            if soabi and soabi == sysconfig.get_config_var("SOABI"):
+                missing = await asyncio.to_thread(_copy_host_packages, RUNTIME_NAMES, tmp)
+                if len(missing) < len(RUNTIME_NAMES):
+                    b.log(f"Runtime packages: {len(RUNTIME_NAMES) - len(missing)} of {len(RUNTIME_NAMES)} linked "
+                          "from the control plane's environment (same Python)\n")
+            if missing:
+                wanted = [r for r in [*RUNTIME_REQUIREMENTS, "pip"] if re.split(r"[<>=!~ ]", r)[0] in missing]
+                await self._uv(b, ["pip", "install", "--target", str(tmp), "--python", python, *wanted], False)
+            (tmp / ".complete").touch()
+            if target.exists():  # an incomplete one, from a build that was interrupted
+                shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        return target
+
+    async def _find_python(self, version: str, b: _Build) -> tuple[str, str, str]:
+        """(interpreter, its full version, its SOABI) for `version`, among the interpreters installed here."""
         if version in self._pythons:
             return self._pythons[version]
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -336,9 +440,10 @@ class ImageBuilder:
                 f"shoal never downloads interpreters. Install it (for example `uv python install {version}`, "
                 f"`pyenv install {version}`, or your OS's python{version} package), or use another "
                 f"python_version.\n{out.strip()[-TAIL_CHARS:]}")
-        rc, full = await self._exec([python, "-c", "import platform; print(platform.python_version())"],
-                                    env=_build_env(), cwd=self.dir, log=None)
-        self._pythons[version] = (python, full.strip() or version)
+        code = "import platform, sysconfig; print(platform.python_version(), sysconfig.get_config_var('SOABI'))"
+        rc, info = await self._exec([python, "-I", "-c", code], env=_build_env(), cwd=self.dir, log=None)
+        parts = info.split() if rc == 0 else []
+        self._pythons[version] = (python, parts[0] if parts else version, parts[1] if len(parts) > 1 else "")
         return self._pythons[version]
 
     # -- steps -----------------------------------------------------------------------------------------------
@@ -455,15 +560,20 @@ class ImageBuilder:
         dest = b.files / step["remote_path"].lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".shoal-tmp")
-        shutil.copyfile(self._blob(b, step["sha"]), tmp)
+        await asyncio.to_thread(shutil.copyfile, self._blob(b, step["sha"]), tmp)
         tmp.chmod(int(step.get("mode", 0o644)) & 0o777)
         tmp.replace(dest)
 
     async def _step_add_local_dir(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
         dest = b.files / step["remote_path"].lstrip("/")
         dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(self._blob(b, step["sha"]).read_bytes())) as tar:
-            tar.extractall(dest, filter="data")
+        blob = self._blob(b, step["sha"])
+
+        def extract() -> None:
+            with tarfile.open(blob) as tar:
+                tar.extractall(dest, filter="data")
+
+        await asyncio.to_thread(extract)
 
     _step_add_local_python_source = _step_add_local_dir
 

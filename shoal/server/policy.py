@@ -129,7 +129,7 @@ class Decision:
     stable_load: float = 0.0  # averages over the windows
     panic_load: float = 0.0
     panic_until: float | None = None  # carried to the next decision: panic mode lasts until then
-    base: int = 0  # desired from load alone (before buffer and clamps); panic never goes below the last one
+    base: int = 0  # desired from load alone (before buffer and clamps); panic keeps min(this, current)
     at: float = 0.0
 
     @property
@@ -183,14 +183,20 @@ def kpa_decide(
     load = effective_load(last.running + last.queued, avg_exec_s) if last is not None else 0.0
     stable_sum = panic_sum = 0.0
     stable_n = panic_n = 0
+    # effective_load, inlined: this runs on every event that may need a container.
+    work = None if avg_exec_s is None else avg_exec_s / BACKLOG_DRAIN_S
+    ceil = math.ceil
+    stable_from, panic_from = now - stable_w, now - panic_w
     for s in samples:
-        age = now - s.t
-        if age >= stable_w or age < 0:
+        t = s.t
+        if t <= stable_from or t > now:
             continue
-        value = effective_load(s.running + s.queued, avg_exec_s)
+        value = s.running + s.queued
+        if work is not None and value:
+            value = min(value, max(1, ceil(value * work)))
         stable_sum += value
         stable_n += 1
-        if age < panic_w:
+        if t > panic_from:
             panic_sum += value
             panic_n += 1
     stable_load = stable_sum / stable_n if stable_n else 0.0

@@ -185,10 +185,30 @@ def test_function_autoscaler_cli(autoscale) -> None:
     proc = run_cli("function", "autoscaler", "update", ref, "--buffer-containers", "1")
     assert proc.returncode == 0, proc.stderr
     assert "buffer_containers  1 (runtime override)" in proc.stdout
-    proc = run_cli("function", "autoscaler", "settings", f"autoscale/limited")
+    proc = run_cli("function", "autoscaler", "settings", "autoscale/limited")
     assert proc.returncode == 0, proc.stderr
     assert "max_containers     3" in proc.stdout
     proc = run_cli("function", "autoscaler", "update", ref, "--scaledown-window", "1")
     assert proc.returncode != 0 and "scaledown_window" in proc.stderr
     assert autoscale.limited.autoscaler.settings().buffer_containers == 1
     autoscale.limited.autoscaler.update(buffer_containers=0)
+
+
+def test_failed_starts_back_off_and_say_why(autoscale) -> None:
+    import autoscale_broken_app as broken
+
+    with broken.app.run(quiet=True):
+        fid = broken.never.object_id
+
+        def backing_off() -> bool:
+            info = get_client().call("GET", f"/v1/functions/{fid}/autoscaler")
+            return bool(info["backoff_reason"]) and info["backoff_s"] > 0
+
+        assert wait_for(backing_off, timeout=90), "min_containers kept restarting broken containers"
+        info = get_client().call("GET", f"/v1/functions/{fid}/autoscaler")
+        assert "cannot start in a container" in info["backoff_reason"]
+        proc = run_cli("function", "autoscaler", "settings", fid)
+        assert proc.returncode == 0, proc.stderr
+        assert "backing off" in proc.stdout and "cannot start in a container" in proc.stdout
+    log = (autoscale.home / "server.log").read_text()
+    assert "container starts failed in a row" in log

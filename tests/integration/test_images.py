@@ -222,3 +222,18 @@ def test_files_added_at_container_start_do_not_rebuild_the_image(tmp_path):
     assert (Path(second.root) / "files" / "root" / "data.txt").read_text() == "two"
     assert (Path(second.root) / "files" / "root" / "marker.txt").read_text() == "built\n"
     assert (Path(first.root) / "files" / "root" / "data.txt").read_text() == "one"
+
+
+def test_requirements_file_and_uv_sync(tmp_path):
+    builder = ImageBuilder(tmp_path / "state")
+    (tmp_path / "requirements.txt").write_text("packaging==24.0\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "proj"\nversion = "0.1.0"\nrequires-python = ">=3.10"\ndependencies = ["six==1.16.0"]\n')
+    subprocess.run([builder.uv, "lock", "-q", "--project", str(project)], check=True, timeout=120)
+    image = Image.debian_slim().pip_install_from_requirements(str(tmp_path / "requirements.txt")).uv_sync(project)
+    built, _ = ensure(builder, image)
+    out = subprocess.run([built.python, "-c", "import packaging, six, cloudpickle; print(packaging.__version__, "
+                          "six.__version__)"], capture_output=True, text=True, env=built.env)
+    assert out.stdout.split() == ["24.0", "1.16.0"], out.stderr  # uv_sync kept the runtime and the other step

@@ -57,14 +57,14 @@ def test_ticks_missed_while_the_control_plane_was_down_fire_once(tmp_path) -> No
             time.sleep(0.2)
         assert m.fires.len() >= 1, "the schedule never fired"
         cp.kill()
-        time.sleep(5)  # two or three ticks are missed
+        time.sleep(8)  # four ticks are missed
         cp.start()
         restarted = time.time()
-        time.sleep(3)
-        after = sorted(t for t in m.fires.get_many(100, block=False) if t >= restarted - 0.1)
-        assert after, "no catch-up fire after the restart"
-        gaps = [b - a for a, b in zip(after, after[1:], strict=False)]
-        assert all(g > 0.5 for g in gaps), f"missed ticks fired in a burst: {after}"
+        time.sleep(1.5)
+        after = [t for t in m.fires.get_many(100, block=False) if t >= restarted - 0.1]
+        # Once: the catch-up fire, plus at most the regular tick that may fall due right after it; firing each
+        # missed tick would give five or more.
+        assert 1 <= len(after) <= 2, f"{len(after)} fires right after the restart: {after}"
         get_client().call("POST", f"/v1/apps/{app_id}/stop", {})
     finally:
         cp.stop()

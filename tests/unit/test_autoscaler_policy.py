@@ -267,3 +267,16 @@ def test_pool_autoscaler_events_do_not_fill_the_window():
     assert not scaler.samples
     scaler.decide(pool, 1.0, current=0, capacity=10, record=True)
     assert len(scaler.samples) == 1
+
+
+def test_pool_autoscaler_events_share_a_recent_decision_unless_load_grows():
+    scaler = PoolAutoscaler()
+    pool = _pool()
+    first = scaler.decide(pool, 10.0, current=1, capacity=10)
+    assert scaler.decide(pool, 10.01, current=1, capacity=10) is first
+    pool.queue = [object()] * 5  # more load: decide again at once
+    grown = scaler.decide(pool, 10.02, current=1, capacity=10)
+    assert grown is not first and grown.desired == 5
+    # At zero, and on the tick, always afresh.
+    assert scaler.decide(pool, 10.03, current=0, capacity=10) is not grown
+    assert scaler.decide(pool, 10.04, current=5, capacity=10, record=True).at == 10.04

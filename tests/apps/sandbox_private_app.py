@@ -1,0 +1,28 @@
+"""Functions run on control planes of their own by tests/integration/test_sandbox.py (rm -rf /, process mode)."""
+
+import os
+import subprocess
+
+import shoal as modal
+
+app = modal.App("sandbox-private")
+
+
+@app.function()
+def isolation() -> dict:
+    with open("/proc/self/uid_map") as f:
+        uid_map = f.read().split()
+    return {"uid_map": uid_map, "pid": os.getpid(), "cwd": os.getcwd(),
+            "source_here": os.path.exists("/root/sandbox_private_app.py")}
+
+
+@app.function()
+def destroy() -> dict:
+    """`rm -rf /` from inside, then report what is left."""
+    proc = subprocess.run(["rm", "-rf", "--no-preserve-root", "/"], capture_output=True, text=True, timeout=120)
+    return {"rc": proc.returncode, "left": sorted(os.listdir("/")), "usr_bin": len(os.listdir("/usr/bin"))}
+
+
+@app.function()
+def double(x: int) -> int:
+    return 2 * x
