@@ -93,6 +93,8 @@ class LogPrinter:
 
     def write(self, entry: dict[str, Any]) -> None:
         fd, cid, data = entry["fd"], entry["container_id"], entry["data"]
+        if fd == "info" and not _enabled:
+            return  # start-up timings and similar: shown with enable_output(), in `shoal app/container logs`
         stream = sys.stdout if fd == "stdout" else sys.stderr
         mark = f"[{cid[:9]}] " if cid else "[shoal] "
         key = (cid, fd)

@@ -439,7 +439,9 @@ def main() -> None:
     if worker.cls_info is not None and worker.cls_info["exit"]:
         signal.signal(signal.SIGTERM, _on_sigterm)  # unwind to run the @exit hooks
     timings["connect_s"] = t_connected - T_PROCESS_START
-    timings["init_s"] = time.time() - T_PROCESS_START
+    timings["t_main"] = T_PROCESS_START  # after the interpreter started and imported shoal
+    timings["t_exec"] = float(os.environ.get("SHOAL_T_EXEC") or T_PROCESS_START)  # set by the launcher
+    timings["t_ready"] = time.time()
     channel.send({"t": "ready", "timings": timings})
     try:
         worker.serve()

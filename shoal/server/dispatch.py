@@ -459,6 +459,7 @@ class Dispatcher:
         once it is no longer wanted (stopped, or nothing left queued for it: a cancelled call)."""
         while True:
             try:
+                c.t_launch = time.time()
                 handle = await self.backend.start(spec, on_output=(app.logs.append if app else None))
             except Unschedulable as exc:
                 if c.pending_reason != str(exc):
@@ -581,7 +582,9 @@ class Dispatcher:
                     c.state = "ready"
                     c.ready_at = time.monotonic()
                     c.idle_since = c.ready_at
-                    c.timings = msg.get("timings", {})
+                    c.timings = phase_timings(c.t_requested, c.t_launch or c.t_requested, msg.get("timings", {}))
+                    if app is not None:
+                        app.logs.append(c.id, "info", f"container {c.id} ready in {format_timings(c.timings)}\n")
                     pool.start_failures = 0
                     pool.autoscaler.started()
                     self._pump(pool)
@@ -757,6 +760,28 @@ class Dispatcher:
         if busy and c.handle is not None:
             c.handle.terminate()  # its inputs run elsewhere now
         return c
+
+
+def phase_timings(t_requested: float, t_launch: float, reported: dict[str, float]) -> dict[str, float]:
+    """Where a container's cold start went, in seconds: waiting to be scheduled, building the sandbox and
+    starting the process, the interpreter (with shoal's own import), the user's imports, `@enter`. The image is
+    built when the app is registered, so it costs containers nothing here."""
+    t_exec = reported.get("t_exec", t_launch)
+    t_main = reported.get("t_main", t_exec)
+    phases = {
+        "schedule": max(0.0, t_launch - t_requested),
+        "sandbox": max(0.0, t_exec - t_launch),
+        "interpreter": max(0.0, t_main - t_exec),
+        "imports": reported.get("imports_s", 0.0),
+        "enter": reported.get("enter_s", 0.0),
+    }
+    phases["total"] = max(0.0, reported.get("t_ready", t_main) - t_requested)
+    return phases
+
+
+def format_timings(t: dict[str, float]) -> str:
+    parts = ", ".join(f"{k} {t[k] * 1000:.0f}" for k in ("schedule", "sandbox", "interpreter", "imports", "enter"))
+    return f"{t['total'] * 1000:.0f} ms ({parts})"
 
 
 def pool_timeout(pool: Pool) -> float:

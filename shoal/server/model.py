@@ -112,6 +112,8 @@ class Container:
     next_key: int = 0
     created_at: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
+    t_requested: float = field(default_factory=time.time)  # wall clock, to line up with the runtime's report
+    t_launch: float | None = None  # when the backend was asked to start it (after waiting for resources)
     idle_since: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set when the control plane itself ends the container
     init_error: bytes | None = None
