@@ -268,6 +268,7 @@ class LocalBackend:
             # Without a mount namespace the image's workdir is its copy under the image's files/.
             workdir = os.path.join(spec.image.root, "files", spec.image.workdir.lstrip("/"))
             cwd = workdir if os.path.isdir(workdir) else cwd
+        full_env["SHOAL_T_EXEC"] = repr(time.time())  # no sandbox to build: the interpreter starts now
         proc = await asyncio.create_subprocess_exec(
             python, "-m", "shoal.runtime",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -313,6 +314,7 @@ class LocalBackend:
             "newroot": self._newroot, "hostname": spec.container_id[:63],
             "ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask, "devices": devices,
             "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
+            "cgroup_dirs": cgroup.dirs if cgroup else [], "cgroup_homes": cgroup.homes if cgroup else [],
             "control": control[5:] if control.startswith("unix:") else None,
             "argv": [python, "-m", "shoal.runtime"],
             "cwd": (image.workdir if image is not None and image.workdir else "/root"),

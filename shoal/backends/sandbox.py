@@ -233,6 +233,7 @@ class ContainerCgroup:
     dirs: list[str]  # one per hierarchy (v2: one)
     memory_dir: str | None
     limits: Limits
+    homes: list[str] = field(default_factory=list)  # cgroups the supervisor moves back to before removing these
     _oom_before: int = 0
 
     def procs_files(self) -> list[str]:
@@ -294,6 +295,7 @@ class Cgroups:
     def __init__(self) -> None:
         self.version = 0
         self.parents: dict[str, str] = {}  # controller -> parent dir
+        self.homes: dict[str, str] = {}  # parent dir -> a cgroup of the control plane's that may hold processes
         self.reason = ""
         try:
             self._detect()
@@ -366,6 +368,7 @@ class Cgroups:
                 try:
                     os.makedirs(parent, exist_ok=True)
                     self.parents[c] = parent
+                    self.homes[parent] = base
                 except OSError as exc:
                     self.reason = f"cannot create {parent}: {exc.strerror}"
             if self.parents:
@@ -398,6 +401,9 @@ class Cgroups:
             except OSError as exc2:
                 self.reason = f"cgroup v2: cannot enable {enable} in {base}: {exc2.strerror}"
                 return
+            home = leaf
+        else:
+            home = base
         parent = os.path.join(base, "shoal")
         try:
             os.makedirs(parent, exist_ok=True)
@@ -407,6 +413,7 @@ class Cgroups:
             return
         self.version = 2
         self.parents = {c: parent for c in controllers}
+        self.homes = {parent: home}
         self._tune_parent()
 
     def _tune_parent(self) -> None:
@@ -454,7 +461,8 @@ class Cgroups:
                     pass
             raise
         memory_dir = next((d for d, cs in by_dir.items() if "memory" in cs), None)
-        return ContainerCgroup(self.version, made, memory_dir, limits)
+        homes = [self.homes[os.path.dirname(d)] for d in made if os.path.dirname(d) in self.homes]
+        return ContainerCgroup(self.version, made, memory_dir, limits, homes)
 
     def _limit(self, d: str, controller: str, lim: Limits) -> None:
         j = os.path.join

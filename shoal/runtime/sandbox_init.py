@@ -59,6 +59,7 @@ OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = 1, 0o2000000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_IDMAP = 0x1, 0x2, 0x4, 0x100000
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+SIG_PARENT_DIED = signal.SIGRTMIN + 2  # the supervisor's parent-death signal: caught, so it can clean up
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 
 # Syscalls glibc has no wrapper for; the new mount API has the same numbers on every architecture.
@@ -353,7 +354,21 @@ def open_listeners(ports: list[int]) -> list:
 
 
 def supervise(cfg: dict) -> None:
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # If the control plane dies (even by SIGKILL), end the container and remove its cgroups: nobody else will.
+    orphan = {"child": 0, "orphaned": False}
+
+    def on_parent_death(_signum: int, _frame: object) -> None:
+        orphan["orphaned"] = True
+        if not orphan["child"]:
+            os._exit(SETUP_FAILED)  # no container yet (leftover cgroups are collected by the next control plane)
+        try:
+            os.kill(orphan["child"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(SIG_PARENT_DIED, on_parent_death)
+    libc.prctl(PR_SET_PDEATHSIG, SIG_PARENT_DIED)
+    _oom_score_adj("-1000")  # in the container's cgroup too: its OOM kills should pick the container's own code
     rootless = cfg.get("mode") == "rootless"
     if rootless:
         map_self_as_root()
@@ -402,17 +417,23 @@ def supervise(cfg: dict) -> None:
                 raise SetupError("the control plane could not place the container in its cgroup")
             trace("cgroup")
         chan.close()
+    # The init's pivot_root changes this process's root too (one mount namespace): what the supervisor needs of
+    # the host afterwards (removing the cgroups if the control plane dies) is opened now.
+    cleanup = open_cgroup_cleanup(cfg)
     status_r, status_w = os.pipe()
     trace("prefork")
     pid = os.fork()
     if pid == 0:
         try:
             trace("forked")
+            for fd in cleanup["fds"]:
+                os.close(fd)
             os.close(status_r)
             container_init(cfg, root, idmap_fd, status_w, rootless)
         except BaseException as exc:  # noqa: BLE001
             _fail(exc)
         os._exit(SETUP_FAILED)
+    orphan["child"] = pid
     os.close(status_w)
     if idmap_fd is not None:
         os.close(idmap_fd)
@@ -443,22 +464,78 @@ def supervise(cfg: dict) -> None:
         pass
     if len(reported) == 4:
         (status,) = struct.unpack("i", reported)  # the runtime's own wait status
+    if orphan["orphaned"]:
+        remove_cgroups(cleanup)
     mirror(status)
+
+
+def open_cgroup_cleanup(cfg: dict) -> dict:
+    """Descriptors for leaving and removing the container's cgroups without looking up host paths later."""
+    out: dict = {"fds": [], "homes": [], "dirs": []}
+    try:
+        for home in cfg.get("cgroup_homes", []):
+            fd = os.open(os.path.join(home, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            out["fds"].append(fd)
+            out["homes"].append(fd)
+        for d in cfg.get("cgroup_dirs", []):
+            parent = os.path.dirname(d)
+            pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            gfd = os.open(os.path.dirname(parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            out["fds"] += [pfd, gfd]
+            out["dirs"].append((pfd, os.path.basename(d), gfd, os.path.basename(parent)))
+    except OSError:
+        pass  # best effort: the next control plane collects what is left
+    return out
+
+
+def remove_cgroups(cleanup: dict) -> None:
+    """Leave the container's cgroups (back to the control plane's own) and remove them."""
+    for fd in cleanup["homes"]:
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            pass
+    for pfd, name, gfd, parent_name in cleanup["dirs"]:
+        for _ in range(200):
+            try:
+                os.rmdir(name, dir_fd=pfd)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    break
+                time.sleep(0.01)
+        try:
+            os.rmdir(parent_name, dir_fd=gfd)
+        except OSError:
+            pass
 
 
 def mirror(status: int) -> None:
     """Exit the way a process with wait status `status` did."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # SIGKILL, SIGSTOP: no handler to reset
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else SETUP_FAILED)
 
 
 # -- the container's init ---------------------------------------------------------------------------------------
+def _oom_score_adj(value: str) -> None:
+    try:
+        write_file("/proc/self/oom_score_adj", value)
+    except OSError:
+        pass
+
+
 def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, rootless: bool) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _oom_score_adj("0")  # the supervisor's -1000 is not for the container
     for path in cfg.get("cgroups", []):  # joined here when the backend did not move the supervisor itself
         try:
             write_file(os.path.join(path, "cgroup.procs"), "0")
@@ -514,6 +591,7 @@ def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, ro
                 os.chdir(cwd)
             except OSError:
                 os.chdir("/root")
+            os.environ["SHOAL_T_EXEC"] = repr(time.time())  # the sandbox is built: the interpreter starts now
             os.execve(argv[0], argv, os.environ)
         except BaseException as exc:  # noqa: BLE001
             _fail(exc)

@@ -448,7 +448,8 @@ class ImageBuilder:
 
     # -- steps -----------------------------------------------------------------------------------------------
     async def _step_pip_install(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
-        argv = ["pip", "install", "--python", b.python, *step.get("packages", [])]
+        # Bytecode compiled now: image trees are read-only in containers, which could not cache it themselves.
+        argv = ["pip", "install", "--compile-bytecode", "--python", b.python, *step.get("packages", [])]
         for i, text in enumerate(step.get("requirements") or []):
             req = b.root / "build" / f"requirements-{b.step_no}-{i}.txt"
             req.parent.mkdir(exist_ok=True)
@@ -473,7 +474,8 @@ class ImageBuilder:
         (project / "pyproject.toml").write_text(step["pyproject"])
         if step.get("lock") is not None:
             (project / "uv.lock").write_text(step["lock"])
-        argv = ["sync", "--project", str(project), "--python", b.python, "--inexact", "--no-install-project",
+        argv = ["sync", "--compile-bytecode", "--project", str(project), "--python", b.python, "--inexact",
+                "--no-install-project",
                 "--no-install-workspace"]
         if step.get("frozen"):
             argv.append("--frozen")

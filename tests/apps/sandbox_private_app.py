@@ -18,7 +18,12 @@ def isolation() -> dict:
 
 @app.function()
 def destroy() -> dict:
-    """`rm -rf /` from inside, then report what is left."""
+    """`rm -rf /` from inside, then report what is left. Refuses unless this very process is in a user
+    namespace that maps container root to an unprivileged host uid (i.e. it is sandboxed)."""
+    with open("/proc/self/uid_map") as f:
+        inside, outside, _count = f.read().split()[:3]
+    if inside != "0" or outside == "0":
+        return {"refused": True, "uid_map": [inside, outside]}
     proc = subprocess.run(["rm", "-rf", "--no-preserve-root", "/"], capture_output=True, text=True, timeout=120)
     return {"rc": proc.returncode, "left": sorted(os.listdir("/")), "usr_bin": len(os.listdir("/usr/bin"))}
 

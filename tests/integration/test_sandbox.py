@@ -171,6 +171,7 @@ def test_rm_rf_root_leaves_host_and_next_container_intact(sandbox_available, tmp
             info = sandbox_app.isolation.remote()
             assert info["uid_map"] != ["0", "0", "4294967295"], "not sandboxed: refusing to run rm -rf /"
             result = sandbox_app.destroy.remote()
+            assert not result.get("refused"), f"the container was not sandboxed: {result}"
             assert result["rc"] != 0  # plenty it could not remove
             assert result["usr_bin"] > 10  # /usr is read-only
             assert sandbox_app.double.remote(21) == 42  # a fresh container works
