@@ -39,6 +39,7 @@ class ContainerSpec:
     image: ContainerImage | None = None  # None: the control plane's own interpreter
     source_dir: str | None = None  # the app's source, importable inside the container (at /root)
     gpus: list[str] = field(default_factory=list)  # device indices assigned to this container
+    binds: list[tuple[str, str, bool]] = field(default_factory=list)  # extra (host path, container path, rw)
 
 
 class ContainerHandle(Protocol):

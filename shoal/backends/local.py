@@ -296,7 +296,7 @@ class LocalBackend:
             ro.append(os.path.realpath(image.root))
         image_binds, overlays = image_layers(image.root if image else None)
         taken = {"/root/" + p.split("/")[2] for p in ro if under(p, "/root") and p != "/root"}
-        binds = image_binds + source_binds(spec.source_dir, taken)
+        binds = image_binds + source_binds(spec.source_dir, taken) + [list(b) for b in spec.binds]
         mask = sorted({d for d in self._exclude() if any(under(d, p) for p in ro + self.shares)})
         devices = sorted(glob.glob("/dev/nvidia*")) if spec.gpus else []
 

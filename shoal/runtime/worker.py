@@ -408,6 +408,50 @@ def connect(address: str) -> socket.socket:
     return sock
 
 
+def wait_warm(channel: Channel, warm: dict[str, Any]) -> dict[str, Any] | None:
+    """A warm-pool container: import what this image's functions imported before, then wait to be given a
+    function (the `init` frame) or to be stopped."""
+    for name in warm.get("imports") or []:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - a hint only; the function imports what it needs itself
+            pass
+    channel.send({"t": "warm_ready"})
+    return channel.recv()
+
+
+def take_assignment(assign: dict[str, Any]) -> None:
+    """Become the container of the assigned function: its secrets as environment, its source at /root (the
+    sandbox) or on sys.path (process isolation)."""
+    os.environ.update(assign.get("env") or {})
+    source = assign["source"]
+    if assign.get("sandboxed"):
+        for entry in os.listdir(source):
+            target = os.path.join("/root", entry)
+            if not os.path.lexists(target):
+                os.symlink(os.path.join(source, entry), target)
+        os.chdir("/root")
+    else:
+        sys.path.insert(0, source)
+        os.chdir(source)
+    importlib.invalidate_caches()
+
+
+def imported_packages(baseline: set[str]) -> list[str]:
+    """Top-level packages the function's module imported, from the image (not the app's own source): what a
+    warm container of this image imports ahead."""
+    names = set()
+    for name in set(sys.modules) - baseline:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None) or ""
+        if "." in name or name.startswith("_") or not path or path.startswith(("/root/", "/run/shoal-src")):
+            continue
+        if os.getcwd() and path.startswith(os.getcwd() + os.sep):
+            continue
+        names.add(name)
+    return sorted(names)
+
+
 def main() -> None:
     _die_with_parent()
     # One write per line, so a line never reaches the caller in pieces (PYTHONUNBUFFERED would make
@@ -420,9 +464,15 @@ def main() -> None:
         "token": os.environ.get("SHOAL_CONTAINER_TOKEN", ""), "pid": os.getpid(),
     })
     init = channel.recv()
-    if init is None:
-        os._exit(1)
+    warm = init is not None and init["t"] == "warm"
+    if warm:
+        init = wait_warm(channel, init)
+    if init is None or init["t"] != "init":
+        os._exit(0 if init is not None else 1)
     t_connected = time.time()
+    if init.get("assign"):
+        take_assignment(init["assign"])
+    baseline = set(sys.modules)
     stage = "load function"
     try:
         fn, timings = load_function(init)
@@ -442,7 +492,10 @@ def main() -> None:
     timings["t_main"] = T_PROCESS_START  # after the interpreter started and imported shoal
     timings["t_exec"] = float(os.environ.get("SHOAL_T_EXEC") or T_PROCESS_START)  # set by the launcher
     timings["t_ready"] = time.time()
+    if warm:
+        timings.update(warm=True, t_assigned=t_connected)
     channel.send({"t": "ready", "timings": timings})
+    channel.send({"t": "modules", "names": imported_packages(baseline)})
     try:
         worker.serve()
     except (KeyboardInterrupt, Terminated, BrokenPipeError, ConnectionError):

@@ -28,6 +28,7 @@ from . import policy
 from .logs import AppLogs
 from .model import FAILURE, ITEM, SUCCESS, TERMINATED, TIMEOUT, Call, Container, Input, Pool
 from .store.sqlite import SQLiteStore
+from .warmpool import WARM_SOURCE_MOUNT, WarmPool
 
 log = logging.getLogger("shoal.dispatch")
 SESSION_GRACE_S = float(os.environ.get("SHOAL_SESSION_GRACE_S", "10"))
@@ -65,7 +66,8 @@ class Dispatcher:
         self.containers: dict[str, Container] = {}
         self.secrets: Any = None  # server.secrets.SecretStore, set by main
         self.scheduler: Any = None  # server.scheduler.Scheduler, set by main
-        self._waiting: set[Pool] = set()  # pools that wanted containers the machine had no room for
+        self._waiting: set[Pool] = set()
+        self.warmpool = WarmPool(self)  # pools that wanted containers the machine had no room for
         self.server_url = ""
         self.server_token = ""
         self._tasks: set[asyncio.Task] = set()
@@ -130,6 +132,7 @@ class Dispatcher:
                     await self.stop_app(app.id)
             for pool in list(self.pools.values()):
                 self._scale_down(pool, now)
+            self.warmpool.trim(now)
             for call in list(self.calls.values()):
                 if call.state != "running" and now - call.last_active > CALL_IDLE_EVICT_S:
                     del self.calls[call.id]
@@ -171,13 +174,7 @@ class Dispatcher:
         existing = app.functions.get(key)
         if existing is not None and existing in self.pools:
             return existing
-        d = copy.deepcopy(base.definition)
-        d["options"] = {**d.get("options", {}), **overrides.get("options", {})}
-        if overrides.get("extra"):
-            d["options"]["extra"] = {**d["options"].get("extra", {}), **overrides["extra"]}
-        if "secrets" in overrides:
-            d["secrets"] = list(overrides["secrets"])
-        d.update(params=params, variant_of=base.function_id, variant_key=key)
+        d = variant_definition(base.definition, params, overrides, base.function_id, key)
         function_id = new_id("fu")
         variant = self._add_pool(function_id, app.id, d)
         await self.store.flushed(self.store.put_function(function_id, app.id, key, msgpack.packb(d)))
@@ -192,6 +189,9 @@ class Dispatcher:
             if function_id in self.pools:
                 self.pools[function_id].definition = d
                 self.pools[function_id].options = d.get("options", {})
+                if _needs_params(d):  # as in _add_pool: no warm containers without parameter values
+                    self.pools[function_id].options = {**d.get("options", {}), "min_containers": None,
+                                                       "buffer_containers": None}
                 self.pools[function_id].start_failures = 0
                 self.pools[function_id].autoscaler.reset()  # runtime overrides last until a redeploy
                 if self.scheduler is not None:
@@ -369,7 +369,9 @@ class Dispatcher:
             self._start_container(pool)
 
     def _evict_idle(self, count: int, keep: Pool) -> None:
-        """Stop up to `count` idle containers of other pools, longest idle first, above their minimums."""
+        """Stop up to `count` idle containers of other pools, longest idle first, above their minimums; warm
+        containers go first."""
+        count -= self.warmpool.evict(count)
         idle = sorted((c for p in self.pools.values() if p is not keep for c in p.ready() if not c.running),
                       key=lambda c: c.idle_since)
         for c in idle[:count]:
@@ -408,14 +410,48 @@ class Dispatcher:
                 self._finish_output(inp.call, inp.idx, FAILURE, data)
 
     # -- containers ------------------------------------------------------------------------------------------
-    def _start_container(self, pool: Pool) -> None:
-        c = Container(id=new_id("ta"), pool=pool, token=_secrets.token_hex(16),
+    def _start_container(self, pool: Pool, warm: bool = False) -> Container:
+        c = None if warm else self.warmpool.take(pool)
+        if c is not None:
+            self._spawn_task(self._assign_warm(c))
+            return c
+        c = Container(id=new_id("ta"), pool=pool, token=_secrets.token_hex(16), warm=warm,
                       exited=asyncio.get_running_loop().create_future())
         pool.containers[c.id] = c
         self.containers[c.id] = c
-        task = asyncio.create_task(self._run_container(c))
+        self._spawn_task(self._run_container(c))
+        return c
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _assign_warm(self, c: Container) -> None:
+        """Give a warm container its function: source linked in, secrets as its environment, then `init`."""
+        try:
+            secret_env = await self.secrets.resolve(c.pool.definition.get("secrets") or [])
+        except Exception as exc:  # noqa: BLE001 - e.g. the secret was deleted since registration
+            c.pool.last_start_error = f"cannot resolve secrets: {exc}"
+            self._stop_container(c, c.pool.last_start_error, kill=True, failed_start=True)
+            return
+        self._send_init(c, assign=self.warmpool.assignment(c, secret_env))
+
+    def _send_init(self, c: Container, assign: dict[str, Any] | None = None) -> None:
+        pool = c.pool
+        app = self.apps.get(pool.app_id)
+        assert c.writer is not None
+        c.writer.write(_protocol.encode({
+            "t": "init", "function_id": pool.function_id, "definition": pool.definition,
+            "app_functions": dict(app.functions) if app else {}, "app_id": pool.app_id, "assign": assign,
+        }))
+
+    def _route_output(self, container_id: str, fd: str, text: str) -> None:
+        """Container output goes to the log of the app its container serves now (a warm one changes apps)."""
+        c = self.containers.get(container_id)
+        app = self.apps.get(c.pool.app_id) if c is not None else None
+        if app is not None:
+            app.logs.append(container_id, fd, text)
 
     async def _run_container(self, c: Container) -> None:
         env = {
@@ -428,15 +464,16 @@ class Dispatcher:
         app = self.apps.get(c.pool.app_id)
         definition = c.pool.definition
         try:
-            secret_env = await self.secrets.resolve(definition.get("secrets") or [])
+            secret_env = {} if c.warm else await self.secrets.resolve(definition.get("secrets") or [])
         except Exception as exc:  # noqa: BLE001 - e.g. the secret was deleted since registration
             c.pool.last_start_error = f"cannot resolve secrets: {exc}"
             self._on_container_exit(c, None, failed_start=True)
             return
         spec = ContainerSpec(
             container_id=c.id, function_id=c.pool.function_id, app_id=c.pool.app_id, definition=definition,
-            env={**secret_env, **env}, source_dir=definition.get("source_dir"),
+            env={**secret_env, **env}, source_dir=None if c.warm else definition.get("source_dir"),
             image=ContainerImage(**definition["image_built"]) if definition.get("image_built") else None,
+            binds=[(str(self.warmpool.source_dir(c)), WARM_SOURCE_MOUNT, False)] if c.warm else [],
         )
         try:
             c.handle = await self._start_when_schedulable(c, spec, app)
@@ -460,7 +497,7 @@ class Dispatcher:
         while True:
             try:
                 c.t_launch = time.time()
-                handle = await self.backend.start(spec, on_output=(app.logs.append if app else None))
+                handle = await self.backend.start(spec, on_output=self._route_output)
             except Unschedulable as exc:
                 if c.pending_reason != str(exc):
                     c.pending_reason = str(exc)
@@ -529,6 +566,8 @@ class Dispatcher:
         self.containers.pop(c.id, None)
         if c.writer is not None:
             c.writer.close()
+        if c.warm:
+            self.warmpool.forget(c)
         reason = describe_exit(returncode)
         exit_reason = getattr(c.handle, "exit_reason", None)  # the backend may know better (an OOM kill)
         if callable(exit_reason):
@@ -560,17 +599,24 @@ class Dispatcher:
             writer.close()
             return
         c.writer = writer
-        pool = c.pool
-        app = self.apps.get(pool.app_id)
-        writer.write(_protocol.encode({
-            "t": "init", "function_id": pool.function_id, "definition": pool.definition,
-            "app_functions": dict(app.functions) if app else {}, "app_id": pool.app_id,
-        }))
+        if c.warm:
+            writer.write(_protocol.encode({"t": "warm", "imports": self.warmpool.imports_for(c)}))
+        else:
+            self._send_init(c)
         while True:
             msg = await _protocol.read_frame(reader)
             if msg is None:
                 break
             t = msg["t"]
+            pool = c.pool  # a warm container changes pools when it is assigned
+            app = self.apps.get(pool.app_id)
+            if t == "warm_ready":
+                if c.state == "starting" and c.pool.function_id.startswith("warm:"):
+                    c.state = "warm"
+                continue
+            if t == "modules":
+                self.warmpool.learn(pool, msg.get("names") or [])
+                continue
             if t == "out":
                 self._on_outputs(c, msg["items"])
             elif t == "item":
@@ -587,6 +633,9 @@ class Dispatcher:
                         app.logs.append(c.id, "info", f"container {c.id} ready in {format_timings(c.timings)}\n")
                     pool.start_failures = 0
                     pool.autoscaler.started()
+                    if pool.superseded and c.id not in pool.superseded:
+                        self._retire_superseded(pool)  # a container of the new version is ready (rolling)
+                    self.warmpool.want(pool)  # its image is in use: keep one started for the next container
                     self._pump(pool)
                     if pool.queue and pool.avg_exec_s is not None:
                         self._scale(pool)  # a start slot is free; unmeasured inputs wait for their first output
@@ -744,6 +793,19 @@ class Dispatcher:
         self._scale(pool)
         return applied
 
+    def _retire_superseded(self, pool: Pool) -> None:
+        """Containers of an earlier version of the pool's function take no new inputs: idle ones stop now, busy
+        ones once their inputs are done (draining). See server/deploy.py."""
+        for cid in list(pool.superseded):
+            c = pool.containers.get(cid)
+            if c is None:
+                pool.superseded.discard(cid)
+            elif c.state == "ready" and c.running:
+                c.state = "draining"
+                c.stop_reason = "replaced by a new version (drained)"
+            elif c.state in ("starting", "ready"):
+                self._stop_container(c, "replaced by a new version")
+
     def stop_container(self, container_id: str, graceful: bool = False) -> Container | None:
         """`shoal container stop`: the container ends now and its inputs go back to the queue; with `graceful`
         it takes no new inputs and ends once the ones it runs are done."""
@@ -766,6 +828,9 @@ def phase_timings(t_requested: float, t_launch: float, reported: dict[str, float
     """Where a container's cold start went, in seconds: waiting to be scheduled, building the sandbox and
     starting the process, the interpreter (with shoal's own import), the user's imports, `@enter`. The image is
     built when the app is registered, so it costs containers nothing here."""
+    if reported.get("warm"):  # a warm container: sandbox and interpreter were ready before it was asked for
+        t_launch = reported.get("t_assigned", t_launch)
+        reported = {**reported, "t_exec": t_launch, "t_main": t_launch}
     t_exec = reported.get("t_exec", t_launch)
     t_main = reported.get("t_main", t_exec)
     phases = {
@@ -801,6 +866,20 @@ def describe_exit(returncode: int | None) -> str:
         hint = " (out of memory?)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
     return f"exited with code {returncode}"
+
+
+def variant_definition(base: dict[str, Any], params: bytes | None, overrides: dict[str, Any], base_id: str,
+                       key: str) -> dict[str, Any]:
+    """The definition of a variant pool: its base function's with the option overrides and parameter values
+    applied. The overrides are kept, so a redeploy can derive the variant again from the new base."""
+    d = copy.deepcopy(base)
+    d["options"] = {**d.get("options", {}), **overrides.get("options", {})}
+    if overrides.get("extra"):
+        d["options"]["extra"] = {**d["options"].get("extra", {}), **overrides["extra"]}
+    if "secrets" in overrides:
+        d["secrets"] = list(overrides["secrets"])
+    d.update(params=params, variant_of=base_id, variant_key=key, variant_overrides=overrides)
+    return d
 
 
 def _canonical(value: Any) -> Any:

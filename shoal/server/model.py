@@ -114,6 +114,7 @@ class Container:
     ready_at: float | None = None
     t_requested: float = field(default_factory=time.time)  # wall clock, to line up with the runtime's report
     t_launch: float | None = None  # when the backend was asked to start it (after waiting for resources)
+    warm: bool = False  # started for the warm pool: no function until assigned (see server/warmpool.py)
     idle_since: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set when the control plane itself ends the container
     init_error: bytes | None = None
@@ -137,10 +138,18 @@ class Pool:
         self.last_start_error: str | None = None
         self.stopped = False
         self.autoscaler = PoolAutoscaler()  # samples, last decision, runtime overrides
+        # Containers started for an earlier version of a deployed app: not counted as live, retired once one of
+        # the new version is ready (server/deploy.py).
+        self.superseded: set[str] = set()
 
     @property
     def tag(self) -> str:
         return self.definition["tag"]
+
+    @property
+    def generation(self) -> int:
+        """The version of the deployed app that set this definition (0: not deployed)."""
+        return int(self.definition.get("generation") or 0)
 
     @property
     def max_inputs(self) -> int:
@@ -160,7 +169,7 @@ class Pool:
         return bool(self.options.get("single_use_containers"))
 
     def live(self) -> list[Container]:
-        return [c for c in self.containers.values() if c.state in ("starting", "ready")]
+        return [c for c in self.containers.values() if c.state in ("starting", "ready") and c.id not in self.superseded]
 
     def ready(self) -> list[Container]:
         return [c for c in self.containers.values() if c.state == "ready"]
