@@ -44,3 +44,11 @@ def _make_cold(i: int):
 for _i in range(N_COLD):
     globals()[f"cold_{_i}"] = _make_cold(_i)
 del _i
+
+
+@app.function()
+def container_pid() -> int:
+    """The container's pid on the host (the sandbox keeps pids host-unique), for memory probes."""
+    import os
+
+    return os.getpid()
