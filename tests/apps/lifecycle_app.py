@@ -51,3 +51,11 @@ async def overlap_async(seconds: float) -> tuple:
     start = time.monotonic()
     await asyncio.sleep(seconds)
     return (os.getpid(), start, time.monotonic(), modal.current_input_id())
+
+
+@app.function(max_containers=2)
+@modal.concurrent(max_inputs=4)
+def overlap_two(seconds: float) -> tuple:
+    start = time.monotonic()
+    time.sleep(seconds)
+    return (os.environ["SHOAL_CONTAINER_ID"], start, time.monotonic())

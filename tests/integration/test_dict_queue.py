@@ -187,7 +187,7 @@ def test_queue_aio_forms(q: shoal.Queue) -> None:
 
 
 # -- durability ------------------------------------------------------------------------------------------------
-def test_dicts_and_queues_survive_a_control_plane_sigkill(tmp_path: Path) -> None:
+def test_dicts_queues_and_secrets_survive_a_control_plane_sigkill(tmp_path: Path) -> None:
     import os
 
     previous = os.environ.get("SHOAL_HOME")
@@ -198,10 +198,12 @@ def test_dicts_and_queues_survive_a_control_plane_sigkill(tmp_path: Path) -> Non
         q = shoal.Queue.from_name("durable", create_if_missing=True)
         d["k"] = "v"
         q.put_many([1, 2], partition="p")
+        shoal.Secret.objects.create("durable-secret", {"K": "v"})
         cp.kill()
         cp.start()
         assert shoal.Dict.from_name("durable")["k"] == "v"
         assert shoal.Queue.from_name("durable").get_many(5, partition="p") == [1, 2]
+        assert "durable-secret" in [s.name for s in shoal.Secret.objects.list()]
     finally:
         cp.stop()
         if previous:
