@@ -69,6 +69,7 @@ class App:
         self._entrypoints: dict[str, LocalEntrypoint] = {}
         self._classes: dict[str, Any] = {}  # name -> Cls
         self._app_id: str | None = None
+        self._deployed_version: int | None = None
         self._running = False
         App._instances.add(self)
 
@@ -329,6 +330,49 @@ class App:
     def stop(self) -> None:
         if self._app_id:
             get_client().call("POST", f"/v1/apps/{self._app_id}/stop", {})
+
+    def deploy(self, *, name: str | None = None, environment_name: str | None = None, tag: str = "",
+               client: Any = None, strategy: str = "rolling") -> App:
+        """Deploy this app: it persists under its name until stopped. Deploying again updates it in place as
+        its next version: `strategy="rolling"` keeps the old containers serving until new ones are ready, then
+        drains them; `"recreate"` stops them at once. The functions are hydrated, so `.remote()` works here
+        afterwards; other processes reach them with `Function.from_name(name, tag)`."""
+        if not _container_context.is_local():
+            if _container_context.importing_user_module:
+                from .runtime.worker import StopImport
+
+                raise StopImport()
+            raise InvalidError("app.deploy() cannot be used inside a shoal container")
+        if strategy not in ("rolling", "recreate"):
+            raise InvalidError(f"strategy must be 'rolling' or 'recreate', not {strategy!r}")
+        name = name or self._name
+        if not name or not isinstance(name, str):
+            raise InvalidError("a deployed app needs a name: `App(\"name\")` or `app.deploy(name=\"name\")`")
+        if self._running:
+            raise InvalidError("this app is running (`app.run()`): deploy it outside the `with` block")
+        resp = get_client().call("POST", "/v1/apps/deploy", {
+            "name": name, "strategy": strategy, "tag": tag or "", "functions": self._definitions()})
+        self._app_id = resp["app_id"]
+        for fn_tag, fn in self._functions.items():
+            fn._hydrate(resp["functions"][fn_tag])
+        self._deployed_version = int(resp["version"])
+        status(f"Created objects: {', '.join(self._functions) or 'none'}")
+        status(f"App deployed: {name!r} version {resp['version']} ({self._app_id}, {strategy})")
+        return self
+
+    @classmethod
+    def lookup(cls, name: str, *, client: Any = None, environment_name: str | None = None,
+               create_if_missing: bool = False) -> App:
+        """The deployed app named `name` (or any app by its `ap-` id); with `create_if_missing`, an empty
+        deployed app is created when there is none. NotFoundError otherwise."""
+        if not isinstance(name, str) or not name:
+            raise InvalidError("App.lookup takes the name (or ap- id) of an app")
+        resp = get_client().call("POST", "/v1/apps/lookup", {"name": name, "create_if_missing": create_if_missing})
+        app = cls(resp.get("name"))
+        App._instances.discard(app)  # not a definition: containers never hydrate it
+        app._app_id = resp["app_id"]
+        app._deployed_version = resp.get("version")
+        return app
 
     def _definitions(self) -> list[dict[str, Any]]:
         from ._client.source import container_module_name, pack_module

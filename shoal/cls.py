@@ -384,6 +384,7 @@ class Cls:
     """What `@app.cls()` returns. Call it with parameter values to get an `Obj`: `Model(name="x").f.remote()`."""
 
     _is_shoal_cls = True
+    _version: int | None = None  # Cls.from_name(..., version=N)
 
     def __init__(self, *, name: str, user_cls: type | None, app: App | None, service: Function | None,
                  info: dict[str, Any] | None, overrides: dict[str, Any] | None = None,
@@ -440,15 +441,17 @@ class Cls:
     @classmethod
     def from_name(cls, app_name: str, name: str, *, version: int | None = None, environment_name: str | None = None,
                   client: Any = None) -> Cls:
-        """A lazy reference to class `name` of app `app_name`; resolved on first use.
-
-        Deployed apps arrive with `shoal deploy`; until then this resolves against an app of that name that is
-        running now (`app.run()` / `shoal run`), and raises NotFoundError when there is none."""
+        """A lazy reference to class `name` of the deployed app `app_name`; resolved on first use (NotFoundError
+        then if there is none). Where no deployed app has that name, the most recently started running app of
+        that name is used (`app.run()` / `shoal run`). `version=` must be the app's current version: only that
+        one runs."""
         if not isinstance(app_name, str) or not isinstance(name, str):
             raise InvalidError("Cls.from_name takes an app name and a class name (strings)")
-        if version is not None:
-            raise InvalidError("`version=` needs deployed apps, which arrive with `shoal deploy`")
-        return cls(name=name, user_cls=None, app=None, service=None, info=None, lookup=(app_name, name))
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise InvalidError(f"version must be a positive integer, got {version!r}")
+        found = cls(name=name, user_cls=None, app=None, service=None, info=None, lookup=(app_name, name))
+        found._version = version
+        return found
 
     def _ensure_hydrated(self) -> None:
         if self._info is not None:
@@ -472,6 +475,10 @@ class Cls:
                 raise NotFoundError(f"Lookup failed for Cls '{name}' from the '{app_name}' app: {exc}") from None
             if not resp.get("cls"):
                 raise NotFoundError(f"Lookup failed for Cls '{name}' from the '{app_name}' app: not a class")
+            version = self._version
+            if version is not None and resp.get("version") != version:
+                raise NotFoundError(f"Lookup failed for Cls '{name}' from the '{app_name}' app: it runs version "
+                                    f"{resp.get('version')}, not {version} (only the current version runs)")
             service = Function(None, None, tag=f"{name}.*", options=FunctionOptions(), secrets=[])
             service._hydrate(resp["function_id"])
             service._cls_info = resp["cls"]

@@ -66,6 +66,7 @@ class Function:
     _variant_params: bytes | None = None
     _variant_overrides: dict[str, Any] | None = None
     _variant_cache: tuple[str, str] | None = None  # (base function id, variant function id)
+    _lookup: tuple[str, str, int | None] | None = None  # Function.from_name: (app name, tag, version)
 
     def __init__(
         self,
@@ -129,7 +130,71 @@ class Function:
     def _hydrate(self, function_id: str) -> None:
         self._function_id = function_id
 
+    # -- lookups ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, app_name: str, name: str, *, version: int | None = None,
+                  environment_name: str | None = None, client: Client | None = None) -> Function:
+        """A lazy reference to function `name` of the deployed app `app_name`, resolved on first use
+        (NotFoundError then if there is none). Where no deployed app has that name, the most recently started
+        running app of that name is used (`app.run()`, `shoal run`). `version=` must be the app's current
+        version: only that one runs."""
+        from ._options import FunctionOptions
+
+        if not isinstance(app_name, str) or not isinstance(name, str) or not app_name or not name:
+            raise InvalidError("Function.from_name takes an app name and a function name (strings)")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise InvalidError(f"version must be a positive integer, got {version!r}")
+        fn = cls(None, None, tag=name, options=FunctionOptions(), secrets=[])
+        fn._lookup = (app_name, name, version)
+        return fn
+
+    def _lookup_path(self) -> str:
+        from urllib.parse import quote
+
+        assert self._lookup is not None
+        return f"/v1/functions/lookup?app_name={quote(self._lookup[0])}&tag={quote(self._lookup[1])}"
+
+    def _apply_lookup(self, resp: dict[str, Any]) -> None:
+        assert self._lookup is not None
+        app_name, name, version = self._lookup
+        if resp.get("cls"):
+            raise InvalidError(f"{name!r} of app {app_name!r} is a class: use Cls.from_name({app_name!r}, "
+                               f"{name.split('.')[0]!r})")
+        if version is not None and resp.get("version") != version:
+            from .exception import NotFoundError
+
+            raise NotFoundError(f"Lookup failed for Function {name!r} from the {app_name!r} app: it runs version "
+                                f"{resp.get('version')}, not {version} (only the current version runs)")
+        self._is_generator = bool(resp.get("is_generator"))
+        self._function_id = resp["function_id"]
+
+    def _lookup_failed(self, exc: Exception) -> Exception:
+        from .exception import NotFoundError
+
+        assert self._lookup is not None
+        return NotFoundError(f"Lookup failed for Function {self._lookup[1]!r} from the {self._lookup[0]!r} app: "
+                             f"{exc}")
+
+    def _resolve_sync(self) -> None:
+        from .exception import NotFoundError
+
+        try:
+            resp = get_client().call("GET", self._lookup_path())
+        except NotFoundError as exc:
+            raise self._lookup_failed(exc) from None
+        self._apply_lookup(resp)
+
+    def hydrate(self, client: Client | None = None) -> Function:
+        """Resolve a looked-up function now (raising NotFoundError if it does not exist); returns self."""
+        base = self._variant_base or self
+        if base._lookup is not None and base._function_id is None:
+            base._resolve_sync()
+        self._is_generator = base._is_generator
+        return self
+
     def _fid(self) -> str:
+        if self._function_id is None and self._lookup is not None:
+            self._resolve_sync()
         if self._variant_base is not None:
             base_id = self._variant_base._fid()
             if self._variant_cache is None or self._variant_cache[0] != base_id:
@@ -146,6 +211,14 @@ class Function:
     async def _afid(self) -> str:
         """`_fid()` for async paths: resolving a variant is a request, made without blocking the loop."""
         if self._variant_base is None:
+            if self._function_id is None and self._lookup is not None:
+                from .exception import NotFoundError
+
+                try:
+                    resp = await get_client().acall("GET", self._lookup_path())
+                except NotFoundError as exc:
+                    raise self._lookup_failed(exc) from None
+                self._apply_lookup(resp)
             return self._fid()
         base_id = await self._variant_base._afid()
         if self._variant_cache is None or self._variant_cache[0] != base_id:
@@ -160,6 +233,9 @@ class Function:
         return {"method": self._method_name} if self._method_name else {}
 
     def _check_gen(self, generator_call: bool, what: str) -> None:
+        base = self._variant_base or self
+        if base._lookup is not None:
+            self.hydrate()  # a looked-up function: whether it is a generator is known once resolved
         if generator_call and not self._is_generator:
             raise InvalidError(f"{what} is only for generator functions; use .remote() for {self._tag!r}")
         if not generator_call and self._is_generator:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from .container_cmds import container_group, function_group
+from .deploy_cmds import deploy
 from .run import run
 from .secret_cmds import secret_group
 from .server_cmds import app_group, down, status, up
@@ -31,6 +32,7 @@ def cli() -> None:
 
 
 cli.add_command(run)
+cli.add_command(deploy)
 cli.add_command(up)
 cli.add_command(down)
 cli.add_command(status)

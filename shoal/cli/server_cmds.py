@@ -61,6 +61,7 @@ def _apps_table(apps: list[dict[str, Any]], title: str | None = None) -> Any:
     table.add_column("App ID", no_wrap=True)
     table.add_column("Name")
     table.add_column("Mode")
+    table.add_column("Version", justify="right")
     table.add_column("State")
     table.add_column("Functions")
     table.add_column("Containers", justify="right")
@@ -72,7 +73,8 @@ def _apps_table(apps: list[dict[str, Any]], title: str | None = None) -> Any:
         shown = ", ".join(functions[:4]) + (f" +{len(functions) - 4} more" if len(functions) > 4 else "")
         runs = ", ".join(f"{tag} at {datetime.datetime.fromtimestamp(ts).astimezone():%Y-%m-%d %H:%M:%S}"
                          for tag, ts in (a.get("next_runs") or {}).items() if ts)
-        table.add_row(a["app_id"], a.get("name") or "-", a.get("mode") or "-", a.get("state") or "-",
+        table.add_row(a["app_id"], a.get("name") or "-", a.get("mode") or "-",
+                      f"v{a['version']}" if a.get("version") else "-", a.get("state") or "-",
                       shown or "-", str(a.get("containers", 0)), _timestamp(a.get("created_at")),
                       _timestamp(a.get("stopped_at")), runs or "-")
     return table
@@ -257,13 +259,13 @@ def app_list(as_json: bool) -> None:
 
 
 def resolve_app(apps: list[dict[str, Any]], id_or_name: str) -> dict[str, Any]:
-    """An app by id, else the newest running app with that name."""
+    """An app by id, else the running deployed app with that name, else the newest running one."""
     for a in apps:
         if a["app_id"] == id_or_name:
             return a
     named = [a for a in apps if a.get("name") == id_or_name and a.get("state") == "running"]
     if named:
-        return max(named, key=lambda a: a.get("created_at") or 0)
+        return max(named, key=lambda a: (a.get("mode") == "deployed", a.get("created_at") or 0))
     if any(a.get("name") == id_or_name for a in apps):
         raise click.ClickException(f"no running app named {id_or_name!r}")
     raise click.ClickException(f"no app with id or name {id_or_name!r}")
@@ -273,7 +275,8 @@ def resolve_app(apps: list[dict[str, Any]], id_or_name: str) -> dict[str, Any]:
 @click.argument("app_id_or_name")
 @click.option("-y", "--yes", is_flag=True, help="Don't ask for confirmation (only asked on a terminal).")
 def app_stop(app_id_or_name: str, yes: bool) -> None:
-    """Stop a running app, by id or by name (the newest running app of that name)."""
+    """Stop a running app, by id or by name (the deployed app of that name, else the newest running one).
+    Stopping a deployed app is final: deploying it again starts a new app at version 1."""
     from .._client.transport import get_client
 
     app = resolve_app(_list_apps(), app_id_or_name)

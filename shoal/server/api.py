@@ -103,6 +103,10 @@ class Api:
         r.add_post("/v1/functions/{function_id}/autoscaler", self.update_autoscaler)
         r.add_get("/v1/containers/{container_id}/logs", self.container_logs)
         r.add_post("/v1/containers/{container_id}/stop", self.stop_container)
+        from .deploy import Deployments
+
+        self.deployments = Deployments(self)
+        self.deployments.add_routes(r)
         return app
 
     # -- middleware ------------------------------------------------------------------------------------------
@@ -172,13 +176,16 @@ class Api:
     # -- apps ------------------------------------------------------------------------------------------------
     async def list_apps(self, request: web.Request) -> web.Response:
         rows = await self.d.store.read(
-            "SELECT app_id, name, mode, state, created_at, stopped_at FROM apps ORDER BY created_at DESC LIMIT 200"
+            "SELECT app_id, name, mode, state, created_at, stopped_at, "
+            "(SELECT MAX(version) FROM app_versions v WHERE v.app_id = apps.app_id) "
+            "FROM apps ORDER BY created_at DESC LIMIT 200"
         )
         apps = []
-        for app_id, name, mode, state, created_at, stopped_at in rows:
+        for app_id, name, mode, state, created_at, stopped_at, version in rows:
             live = self.d.apps.get(app_id)
             pools = [p for p in self.d.pools.values() if p.app_id == app_id]
-            apps.append({"app_id": app_id, "name": name, "mode": mode, "state": state, "created_at": created_at,
+            apps.append({"app_id": app_id, "name": name, "mode": mode, "version": version, "state": state,
+                         "created_at": created_at,
                          "stopped_at": stopped_at, "functions": dict(live.functions) if live else {},
                          "containers": sum(len(p.live()) for p in pools),
                          "next_runs": {p.tag: self.d.scheduler.upcoming(p) for p in pools
@@ -205,6 +212,11 @@ class Api:
         defs = body["functions"]
         if not isinstance(defs, list) or not all(isinstance(d, dict) and "tag" in d for d in defs):
             raise ApiError(400, "functions must be a list of maps with a 'tag'")
+        await self.prepare_definitions(app, defs)
+        return reply({"functions": await self.d.register_functions(app, defs)})
+
+    async def prepare_definitions(self, app: Any, defs: list[dict[str, Any]]) -> None:
+        """Check named secrets, unpack sources, build images: what a definition needs before it runs."""
         for d in defs:
             await self.d.secrets.check(d.get("secrets") or [])
             if d.get("source_id"):
@@ -212,7 +224,6 @@ class Api:
             elif d.get("serialized_fn") is None:
                 raise ApiError(400, f"function {d['tag']!r} has neither source_id nor serialized_fn")
         await self._build_images(app, defs)
-        return reply({"functions": await self.d.register_functions(app, defs)})
 
     async def _build_images(self, app: Any, defs: list[dict[str, Any]]) -> None:
         """Build (or find in the cache) each distinct image of these functions, at once; the output streams to
@@ -357,11 +368,11 @@ class Api:
             if pool is not None:
                 return reply({"function_id": function_id, "app_id": app.id, "tag": pool.tag,
                               "is_generator": bool(pool.definition.get("is_generator")),
-                              "cls": pool.definition.get("cls")})
+                              "cls": pool.definition.get("cls"),
+                              "version": self.deployments.version_of(app.id)})
         if not running:
-            raise ApiError(404, f"no running app named {app_name!r} (deployed apps arrive with `shoal deploy`; "
-                                "until then an app can be looked up while it runs with `app.run()`/`shoal run`)",
-                           "NotFoundError")
+            raise ApiError(404, f"no deployed or running app named {app_name!r} (deploy it with `shoal deploy`, "
+                                "or run it with `app.run()`/`shoal run`)", "NotFoundError")
         raise ApiError(404, f"app {app_name!r} has no object {tag!r}", "NotFoundError")
 
     def _call(self, request: web.Request) -> Any:

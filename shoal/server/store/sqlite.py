@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS queue_partitions (
     queue_id TEXT NOT NULL, partition TEXT NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (queue_id, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS app_versions (
+    app_id TEXT NOT NULL, version INTEGER NOT NULL, created_at REAL NOT NULL, definitions BLOB NOT NULL,
+    strategy TEXT NOT NULL, tag TEXT, rollback_of INTEGER, PRIMARY KEY (app_id, version)
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). Applied at open when missing, so a
