@@ -16,6 +16,7 @@ from .queue import Queue
 from .retries import Retries
 from .schedule import Cron, Period
 from .secret import Secret
+from .volume import Volume
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "Queue",
     "Retries",
     "Secret",
+    "Volume",
     "batched",
     "concurrent",
     "current_function_call_id",

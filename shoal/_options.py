@@ -27,7 +27,7 @@ DEPRECATED_ALIASES = {
 }
 # Options shoal accepts and records but does not act on yet; using one warns once per process.
 NOT_YET_ENFORCED = (
-    "volumes", "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region",
+    "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region",
     "routing_region",
     "nonpreemptible", "enable_memory_snapshot", "block_network", "restrict_modal_access", "i6pn",
     "experimental_options",
@@ -181,6 +181,10 @@ def build_options(
         if not all(isinstance(r, str) for r in region):
             raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
     extra = dict(extra or {})
+    if extra.get("volumes"):
+        from .volume import check_mounts
+
+        extra["volumes"] = check_mounts(extra["volumes"])
     parsed_gpu = parse_gpu(gpu)
     # Warn on the caller's side only: containers import the same module and would repeat every warning.
     in_container = "SHOAL_CONTAINER_ID" in os.environ

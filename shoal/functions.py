@@ -254,6 +254,10 @@ class Function:
             "schedule": self._schedule.to_wire() if self._schedule is not None else None,
             "app_name": self._app.name if self._app else None,
         }
+        if self._options.extra.get("volumes"):
+            from .volume import mount_refs
+
+            d["volumes"] = mount_refs(self._options.extra["volumes"])  # resolved (or created) now
         if self._cls_info is not None:
             d["cls"] = self._cls_info
         return d

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -21,3 +22,25 @@ class FunctionAutoscalerSettings:
     max_containers: int | None = None
     buffer_containers: int | None = None
     scaledown_window: int | None = None
+
+
+class FileEntryType(enum.IntEnum):
+    """The kind of an entry of a Volume (`Volume.listdir`)."""
+
+    UNSPECIFIED = 0
+    FILE = 1
+    DIRECTORY = 2
+    SYMLINK = 3
+    FIFO = 4
+    SOCKET = 5
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """An entry of a Volume: its path relative to the volume's root, kind, modification time (Unix seconds)
+    and size in bytes."""
+
+    path: str
+    type: FileEntryType
+    mtime: int
+    size: int

@@ -252,6 +252,8 @@ class LocalBackend:
         if spec.image is not None:
             full_env.update(spec.image.env)  # the image's PATH, LD_LIBRARY_PATH, PYTHONPATH and ENV steps
         full_env.update(spec.env)
+        if spec.idle:
+            full_env.pop("SHOAL_CONTROL", None)  # nothing in it talks to the control plane's socket
         full_env["SHOAL_IMAGE_ID"] = spec.image.image_id if spec.image else "im-host"
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env["SHOAL_HOME"] = str(home())
@@ -259,6 +261,9 @@ class LocalBackend:
 
     async def _start_process(self, spec: ContainerSpec, full_env: dict[str, str], on_output: OutputSink | None,
                              cgroup: ContainerCgroup | None, release: list) -> LocalContainer:
+        if spec.volumes:
+            raise RuntimeError(f"a volume is mounted at {spec.volumes[0][0]}, which needs the sandbox; containers "
+                               f"here are plain processes ({self.availability.reason})")
         source_dir = spec.source_dir
         if source_dir:
             full_env["PYTHONPATH"] = source_dir + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -270,7 +275,7 @@ class LocalBackend:
             cwd = workdir if os.path.isdir(workdir) else cwd
         full_env["SHOAL_T_EXEC"] = repr(time.time())  # no sandbox to build: the interpreter starts now
         proc = await asyncio.create_subprocess_exec(
-            python, "-m", "shoal.runtime",
+            *_runtime_argv(python, spec),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=full_env, cwd=cwd, start_new_session=True,
         )
@@ -313,10 +318,11 @@ class LocalBackend:
             "mode": self.availability.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT,
             "newroot": self._newroot, "hostname": spec.container_id[:63],
             "ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask, "devices": devices,
+            "volumes": [list(v) for v in spec.volumes],
             "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
             "cgroup_dirs": cgroup.dirs if cgroup else [], "cgroup_homes": cgroup.homes if cgroup else [],
             "control": control[5:] if control.startswith("unix:") else None,
-            "argv": [python, "-m", "shoal.runtime"],
+            "argv": _runtime_argv(python, spec),
             "cwd": (image.workdir if image is not None and image.workdir else "/root"),
         }
         if os.environ.get("SHOAL_SANDBOX_TRACE"):
@@ -356,6 +362,17 @@ class LocalBackend:
         ]
         return LocalContainer(proc, pumps, sandboxed=True, cgroup=cgroup, forwarding=forwarding, release=release,
                               setup_error=setup_error)
+
+
+# An idle container (`shoal shell`) waits for signals; it dies with the control plane like a runtime would.
+IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\nexcept Exception:\n"
+             "    pass\nwhile True:\n    signal.pause()\n")
+
+
+def _runtime_argv(python: str, spec: ContainerSpec) -> list[str]:
+    if spec.idle:
+        return [python, "-I", "-S", "-c", IDLE_CODE]
+    return [python, "-m", "shoal.runtime"]
 
 
 async def _pump(stream: asyncio.StreamReader | None, container_id: str, fd: str, sink: OutputSink | None) -> None:

@@ -9,10 +9,12 @@ import click
 
 from .container_cmds import container_group, function_group
 from .deploy_cmds import deploy
+from .exec_cmds import container_exec, shell
 from .run import run
 from .secret_cmds import secret_group
 from .server_cmds import app_group, down, status, up
 from .storage_cmds import dict_group, queue_group
+from .volume_cmds import volume_group
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -42,6 +44,9 @@ cli.add_command(function_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)
 cli.add_command(secret_group)
+cli.add_command(volume_group)
+cli.add_command(shell)
+container_group.add_command(container_exec)
 
 
 def main() -> None:

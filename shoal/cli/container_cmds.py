@@ -1,7 +1,7 @@
 """`shoal container list | logs | stop` (what runs on the control plane) and `shoal function autoscaler
 settings | update`.
 
-`exec` and `shoal shell` are not here yet: they need the sandbox.
+`shoal container exec` and `shoal shell` are in exec_cmds.py.
 """
 
 from __future__ import annotations

@@ -268,6 +268,8 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
         ops.append((dst, 3, ("bind", src, writable)))
     for path in cfg.get("mask", []):
         ops.append((path, 4, ("mask",)))
+    for path, lower, upper, work in cfg.get("volumes", []):  # shoal Volumes (server/volumes.py)
+        ops.append((path, 5, ("volume", lower, upper, work)))
     ops.sort(key=lambda op: (depth(op[0]), op[1]))
     done: list[str] = []
     for path, _, op in ops:
@@ -308,8 +310,26 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
                 mount("/dev/null", target, None, MS_BIND)
         elif kind == "dev":
             make_dev(target, cfg.get("devices", []))
+        elif kind == "volume":
+            make_mountpoint(target, None)
+            mount_volume(target, *op[1:], userxattr=cfg.get("mode") == "rootless")
         done.append(path)
     os.makedirs(root + "/run/shoal", exist_ok=True)
+
+
+def mount_volume(target: str, lower: str, upper: str | None, work: str | None, userxattr: bool) -> None:
+    """A volume's committed version (`lower`) with the container's own writes in `upper` (overlayfs), or the
+    version alone, read-only. Redirects, metacopy and the index stay off: every change the container makes is
+    a plain file, directory or whiteout in `upper`, which is what a commit merges."""
+    if upper is None:
+        bind(lower, target, False)
+        return
+
+    def esc(p: str | None) -> str:
+        return str(p).replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+    opts = f"lowerdir={esc(lower)},upperdir={esc(upper)},workdir={esc(work)},redirect_dir=off,metacopy=off,index=off"
+    mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts + (",userxattr" if userxattr else ""))
 
 
 def _covered(path: str, done: list[str], root: str) -> bool:

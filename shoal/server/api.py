@@ -103,6 +103,8 @@ class Api:
         r.add_post("/v1/functions/{function_id}/autoscaler", self.update_autoscaler)
         r.add_get("/v1/containers/{container_id}/logs", self.container_logs)
         r.add_post("/v1/containers/{container_id}/stop", self.stop_container)
+        r.add_get("/v1/containers/{container_id}", self.get_container)
+        r.add_post("/v1/functions/{function_id}/shell", self.start_shell)
         from .deploy import Deployments
 
         self.deployments = Deployments(self)
@@ -219,6 +221,8 @@ class Api:
         """Check named secrets, unpack sources, build images: what a definition needs before it runs."""
         for d in defs:
             await self.d.secrets.check(d.get("secrets") or [])
+            if self.d.volumes is not None:
+                await self.d.volumes.check(d)
             if d.get("source_id"):
                 d["source_dir"] = self._materialise(d["source_id"])
             elif d.get("serialized_fn") is None:
@@ -506,3 +510,35 @@ class Api:
         if c is None:
             raise ApiError(404, f"container {request.match_info['container_id']} not found", "NotFoundError")
         return reply({"ok": True, "container_id": c.id, "state": c.state})
+
+    # -- exec and shell (shoal/cli/exec_cmds.py) -------------------------------------------------------------
+    async def get_container(self, request: web.Request) -> web.Response:
+        """One container, with what `shoal container exec` needs to enter it on this machine: its process (the
+        backend handle's pid: a sandbox's supervisor), whether it is sandboxed, its cgroups, and the machine."""
+        from ..backends.local_exec import machine_id
+
+        cid = request.match_info["container_id"]
+        c = self.d.containers.get(cid)
+        if c is None:
+            raise ApiError(404, f"container {cid} not found (it is not running)", "NotFoundError")
+        handle = c.handle
+        cgroup = getattr(handle, "cgroup", None)
+        info = {
+            "container_id": c.id, "app_id": c.pool.app_id, "function": c.pool.tag, "function_id": c.pool.function_id,
+            "state": "pending" if c.pending_reason else c.state, "pending_reason": c.pending_reason,
+            "running_inputs": len(c.running), "age_s": time.monotonic() - c.created_at, "timings": c.timings,
+            "pid": getattr(handle, "pid", None), "sandboxed": bool(getattr(handle, "sandboxed", False)),
+            "isolation": getattr(self.d.backend, "isolation", None), "backend": getattr(self.d.backend, "name", None),
+            "cgroups": list(cgroup.dirs) if cgroup is not None else [], "machine": machine_id(),
+        }
+        if getattr(c, "warm", False) and not c.pool.function_id.startswith("warm:"):
+            # A warm container got its function's secrets after it started: its process environment lacks them.
+            info["env"] = await self.d.secrets.resolve(c.pool.definition.get("secrets") or [])
+        return reply(info)
+
+    async def start_shell(self, request: web.Request) -> web.Response:
+        """`shoal shell`: start a container of this function that runs nothing (its image, sandbox, secrets and
+        source), for the CLI to exec a shell into. It ends when stopped or when its app stops."""
+        pool = self._pool(request)
+        c = self.d.start_shell(pool)
+        return reply({"container_id": c.id})

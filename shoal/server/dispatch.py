@@ -66,6 +66,7 @@ class Dispatcher:
         self.containers: dict[str, Container] = {}
         self.secrets: Any = None  # server.secrets.SecretStore, set by main
         self.scheduler: Any = None  # server.scheduler.Scheduler, set by main
+        self.volumes: Any = None  # server.volumes.Volumes, set by main
         self._waiting: set[Pool] = set()
         self.warmpool = WarmPool(self)  # pools that wanted containers the machine had no room for
         self.server_url = ""
@@ -474,21 +475,31 @@ class Dispatcher:
             env={**secret_env, **env}, source_dir=None if c.warm else definition.get("source_dir"),
             image=ContainerImage(**definition["image_built"]) if definition.get("image_built") else None,
             binds=[(str(self.warmpool.source_dir(c)), WARM_SOURCE_MOUNT, False)] if c.warm else [],
+            idle=c.shell,
         )
         try:
+            if self.volumes is not None and not c.warm:
+                spec.volumes = await self.volumes.prepare(c)  # each at its current version
             c.handle = await self._start_when_schedulable(c, spec, app)
         except Exception as exc:  # the backend could not even start it
             log.exception("container %s failed to start", c.id)
             c.pool.last_start_error = f"{type(exc).__name__}: {exc}"
+            await self._release_volumes(c)
             self._on_container_exit(c, None, failed_start=True)
             return
         if c.handle is None:  # it waited for resources until it was no longer wanted
+            await self._release_volumes(c)
             self._on_container_exit(c, None)
             return
-        if c.state == "dead":  # stopped while starting
+        if c.state == "dead" or (c.shell and c.state == "stopping"):  # stopped while starting
             c.handle.kill()
         returncode = await c.handle.wait()
+        await self._release_volumes(c)  # its uncommitted volume changes are committed before it counts as gone
         self._on_container_exit(c, returncode)
+
+    async def _release_volumes(self, c: Container) -> None:
+        if self.volumes is not None:
+            await self.volumes.release(c.id)
 
     async def _start_when_schedulable(self, c: Container, spec: ContainerSpec, app: AppState | None) -> Any:
         """Start the container; while the backend cannot yet (`Unschedulable`: no free GPU of the model asked
@@ -805,6 +816,21 @@ class Dispatcher:
                 c.stop_reason = "replaced by a new version (drained)"
             elif c.state in ("starting", "ready"):
                 self._stop_container(c, "replaced by a new version")
+
+    def start_shell(self, pool: Pool) -> Container:
+        """`shoal shell`: a container of the pool's function (image, sandbox, secrets, source) that runs nothing
+        until it is stopped, for the CLI to exec a shell into. Its state is "shell": it takes no inputs, the
+        autoscaler neither counts nor stops it, and its exit is no failed start of the pool; stopping the app
+        (the CLI's session ends) stops it."""
+        c = Container(id=new_id("ta"), pool=pool, token=_secrets.token_hex(16), state="shell", shell=True,
+                      exited=asyncio.get_running_loop().create_future())
+        c.ready_at = time.monotonic()
+        pool.containers[c.id] = c
+        self.containers[c.id] = c
+        task = asyncio.create_task(self._run_container(c))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return c
 
     def stop_container(self, container_id: str, graceful: bool = False) -> Container | None:
         """`shoal container stop`: the container ends now and its inputs go back to the queue; with `graceful`

@@ -30,6 +30,7 @@ from .objects import Objects
 from .scheduler import Scheduler
 from .secrets import SecretStore
 from .store import open_store
+from .volumes import Volumes
 
 log = logging.getLogger("shoal.server")
 
@@ -84,6 +85,9 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     objects.add_routes(http_app.router)
     dispatcher.secrets = SecretStore(store, state_dir)
     dispatcher.secrets.add_routes(http_app.router)
+    dispatcher.volumes = Volumes(store, state_dir, dispatcher)
+    dispatcher.volumes.add_routes(http_app.router)
+    objects.on_delete.append(dispatcher.volumes.on_deleted)
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -94,6 +98,7 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     dispatcher.server_token = token
     control = await asyncio.start_unix_server(dispatcher.handle_runtime, str(sock_path), limit=2**26)
     os.chmod(sock_path, 0o600)
+    await dispatcher.volumes.recover()  # before any container starts: commits what the last run left
     await dispatcher.recover()
     housekeeping = asyncio.create_task(dispatcher.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())

@@ -115,6 +115,7 @@ class Container:
     t_requested: float = field(default_factory=time.time)  # wall clock, to line up with the runtime's report
     t_launch: float | None = None  # when the backend was asked to start it (after waiting for resources)
     warm: bool = False  # started for the warm pool: no function until assigned (see server/warmpool.py)
+    shell: bool = False  # `shoal shell`: runs nothing, takes no inputs, state "shell" (Dispatcher.start_shell)
     idle_since: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set when the control plane itself ends the container
     init_error: bytes | None = None

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from .api import ApiError, body_of, query_int, reply
 from .dispatch import new_id
 from .store.sqlite import SQLiteStore
 
-KINDS = {"dict": "di", "queue": "qu"}
+KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: server/volumes.py
 DICT_TTL_S = 7 * 24 * 3600  # entries untouched this long expire
 MAX_VALUE = 100 * 1024 * 1024  # Dict: per object
 MAX_UPDATE = 10_000  # Dict: entries per update
@@ -51,6 +52,7 @@ class Objects:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         self.getters: dict[tuple[str, str], collections.deque[_Getter]] = collections.defaultdict(collections.deque)
+        self.on_delete: list[Callable[[str], None]] = []  # told each deleted object's id (volumes drop files)
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_post("/v1/objects", self.lookup)
@@ -112,6 +114,8 @@ class Objects:
 
         if not await self.store.transact(run):
             raise ApiError(404, f"object {object_id} not found", "NotFoundError")
+        for hook in self.on_delete:
+            hook(object_id)
         return reply({"ok": True})
 
     async def _exists(self, object_id: str, kind: str) -> None:
@@ -298,6 +302,14 @@ class Objects:
         key = (object_id, partition)
         self.getters[key].append(getter)
         try:
+            # A put that chose its takers between the pop above and this registration stores its items instead
+            # of handing them over: look again, now that every later put sees this getter. (Such a put queues
+            # its transaction on its next step: sleep(0) lets it, so this pop runs after it.)
+            await asyncio.sleep(0)
+            items = await self.store.transact(lambda c: _pop(c, object_id, partition, n))
+            if items:
+                await self._abandon(key, getter)  # (items a put handed it meanwhile go back to the head)
+                return reply({"values": items})
             await asyncio.wait({getter.future}, timeout=timeout)
         except asyncio.CancelledError:
             await self._abandon(key, getter)

@@ -48,9 +48,11 @@ GREETER = '''
 
 @app.cls()
 class Greeter:
+    who: str = modal.parameter(default="you")
+
     @modal.method()
     def hello(self) -> str:
-        return f"hello v{VERSION}"
+        return f"hello {self.who} v{VERSION}"
 '''
 
 
@@ -84,6 +86,13 @@ def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def switches_to(call: Any, expected: Any, timeout: float = 30.0) -> None:
+    """After a rolling redeploy the old containers serve until a new one is ready: `call()` returns the new
+    version's value soon, and then keeps returning it."""
+    wait_for(lambda: call() == expected, timeout=timeout, what=f"the new version ({expected!r})")
+    assert [call() for _ in range(3)] == [expected] * 3
 
 
 def busy_container(ref: str, function: str) -> dict[str, Any] | None:
@@ -180,13 +189,15 @@ def test_redeploy_with_changed_source_updates_the_app_in_place(control_plane, st
     assert f"Deployed app '{name}' version 1" in out.stdout
     fn = shoal.Function.from_name(name, "version")
     greeter = shoal.Cls.from_name(name, "Greeter")
-    assert fn.remote() == 1 and greeter().hello.remote() == "hello v1"
+    assert fn.remote() == 1 and greeter().hello.remote() == "hello you v1"
+    assert greeter(who="Ann").hello.remote() == "hello Ann v1"  # a parameter set: a pool of its own
     app_id = app_info(name)["app_id"]
 
     write_app(path, name, 2, GREETER)
     assert f"Deployed app '{name}' version 2" in deploy_cli(path).stdout
-    assert fn.remote() == 2  # the same handle: the function keeps its id across versions
-    assert greeter().hello.remote() == "hello v2"
+    switches_to(fn.remote, 2)  # the same handle: the function keeps its id across versions
+    switches_to(greeter().hello.remote, "hello you v2")
+    switches_to(greeter(who="Ann").hello.remote, "hello Ann v2")  # parameter sets follow the new version
     assert shoal.Function.from_name(name, "version").remote() == 2
     info = app_info(name)
     assert info["app_id"] == app_id and info["version"] == 2
@@ -201,7 +212,7 @@ def test_redeploy_with_changed_source_updates_the_app_in_place(control_plane, st
     path.write_text(VERSIONED_APP.format(name=name, version=3, extra="").replace(
         "def slow_version", "def renamed"))
     deploy_cli(path)
-    assert shoal.Function.from_name(name, "renamed").remote(0) == 3
+    assert shoal.Function.from_name(name, "renamed").remote(0) == 3  # a new function: only the new version
     with pytest.raises(NotFoundError):
         shoal.Function.from_name(name, "slow_version").remote(0)
     with pytest.raises(NotFoundError):
@@ -261,7 +272,7 @@ def test_rolling_redeploy_lets_running_inputs_finish_on_the_old_version(control_
     write_app(path, name, 2)
     deploy_cli(path)
     assert call.get(timeout=60) == 1  # drained: finished where it ran, not restarted
-    assert fn.remote(0) == 2
+    switches_to(lambda: fn.remote(0), 2)
     wait_for(lambda: old["container_id"] not in {c["container_id"] for c in app_info(name)["containers"]},
              what="the drained container to stop")
 
@@ -300,12 +311,12 @@ def test_rollback_redeploys_an_earlier_version(control_plane, stop_after, tmp_pa
     for v in (1, 2):
         write_app(path, name, v)
         deploy_cli(path)
-    assert fn.remote() == 2
+    switches_to(fn.remote, 2)
     out = ok(run_cli("app", "rollback", name))
     assert "to version 1" in out.stdout and "now version 3" in out.stdout
-    assert fn.remote() == 1
+    switches_to(fn.remote, 1)
     ok(run_cli("app", "rollback", name, "2", "--strategy", "recreate"))
-    assert fn.remote() == 2
+    assert fn.remote() == 2  # recreate: no old container serves once the command returns
     history = json.loads(ok(run_cli("app", "history", name, "--json")).stdout)
     assert [(v["version"], v["rollback_of"]) for v in history["versions"]] == [(1, None), (2, None), (3, 1), (4, 2)]
     assert "rollback to v1" in ok(run_cli("app", "history", name)).stdout
@@ -385,7 +396,8 @@ def test_deployed_app_survives_a_control_plane_sigkill(tmp_path: Path) -> None:
         # Versions survive too: the next deploy is version 2 of the same app, and it rolls.
         write_app(path, name, 2)
         deploy_cli(path)
-        assert fn.remote() == 2 and app_info(name)["version"] == 2
+        switches_to(fn.remote, 2)
+        assert app_info(name)["version"] == 2
         cp.kill()
         cp.start()
         assert fn.remote() == 2

@@ -303,5 +303,6 @@ def test_cls_with_options_stacks_and_keeps_the_original() -> None:
 def test_cls_from_name_is_lazy() -> None:
     ref = modal.Cls.from_name("some-app", "Model")
     assert repr(ref) == "Cls(Model)"
-    with pytest.raises(InvalidError, match="shoal deploy"):
-        modal.Cls.from_name("some-app", "Model", version=2)
+    assert repr(modal.Cls.from_name("some-app", "Model", version=2)) == "Cls(Model)"  # checked on use
+    with pytest.raises(InvalidError, match="positive integer"):
+        modal.Cls.from_name("some-app", "Model", version=0)

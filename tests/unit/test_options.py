@@ -383,7 +383,8 @@ def test_generator_detected():
 def test_to_wire():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotImplementedWarning)
-        opts = build(cpu=(1.0, 2.0), memory=(512, 1024), retries=2, extra={"cloud": "aws", "volumes": {"/x": object()}})
+        opts = build(cpu=(1.0, 2.0), memory=(512, 1024), retries=2,
+                     extra={"cloud": "aws", "volumes": {"/x": modal.Volume.from_name("v")}})
     wire = opts.to_wire()
     assert wire["cpu"] == [1.0, 2.0]
     assert wire["memory"] == [512, 1024]
