@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -235,20 +235,23 @@ class Worker:
             self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
 
     # -- the input loop --------------------------------------------------------------------------------------
+    def input_batches(self) -> Iterator[list[list[Any]]]:
+        """The items of each `inputs` frame, until the control plane says stop (or goes away)."""
+        while True:
+            msg = self.channel.recv()
+            if msg is None or msg["t"] == "stop":
+                return
+            if msg["t"] == "inputs":
+                yield msg["items"]
+
     def serve(self) -> None:
         if self.batch_max_size:
             return self.serve_batched()
         if self.max_inputs > 1:
             return self.serve_concurrently()
-        while True:
-            msg = self.channel.recv()
-            if msg is None or msg["t"] == "stop":
-                return
-            if msg["t"] != "inputs":
-                continue
+        for items in self.input_batches():
             pending: list[list[Any]] = []
             last_flush = time.perf_counter()
-            items = msg["items"]
             for i, item in enumerate(items):
                 pending.append(self.call(*item))
                 if i == len(items) - 1 or time.perf_counter() - last_flush > FLUSH_INTERVAL_S:
@@ -279,13 +282,8 @@ class Worker:
             except Exception:  # noqa: BLE001 - the input itself reports the error
                 return False
 
-        while True:
-            msg = self.channel.recv()
-            if msg is None or msg["t"] == "stop":
-                return
-            if msg["t"] != "inputs":
-                continue
-            for item in msg["items"]:
+        for items in self.input_batches():
+            for item in items:
                 if not is_async(item):
                     pool.submit(run_one, item)
                     continue
