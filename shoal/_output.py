@@ -26,10 +26,6 @@ class enable_output:  # noqa: N801 - Modal's name; usable as `with modal.enable_
         _enabled = self._previous
 
 
-def progress_enabled() -> bool:
-    return _enabled
-
-
 def status(message: str) -> None:
     if _enabled:
         print(f"✓ {message}", file=sys.stderr, flush=True)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..config import home, server_file, server_url_override
 from ..exception import ConnectionError as ShoalConnectionError
@@ -95,7 +94,3 @@ def ensure_server() -> ServerInfo:
         assert info is not None
         return info
     return find_server() or start_server_background()
-
-
-def server_state_dir() -> Path:
-    return home()
