@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import click
@@ -63,6 +65,10 @@ def test_process_isolation_target_is_the_process_itself() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], cwd="/",
                             env={"SHOAL_CONTROL": "unix:/x", "SHOAL_T_EXEC": "1", "FOO": "bar"})
     try:
+        deadline = time.monotonic() + 10
+        while b"time.sleep" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():  # until the child has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         target = find_target({"container_id": "ta-1", "pid": proc.pid, "sandboxed": False,
                               "env": {"LATER": "1"}}, timeout=1)
         assert target.pid == proc.pid and target.cwd == "/" and not target.sandboxed
