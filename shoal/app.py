@@ -20,6 +20,7 @@ from .schedule import Cron, Period
 
 LOG_POLL_S = 25.0
 STOP_WAIT_S = 5.0
+DETACHED_LOG_WAIT_S = 0.5  # a detached app's log never ends: wait only for output already on its way
 
 
 class LocalEntrypoint:
@@ -462,7 +463,7 @@ class _RunContext:
             self.app._start(self.name, self.detach, on_created=self._follow)
         except BaseException as exc:  # e.g. ImageBuildError: print the rest of the build output first
             if self._follower is not None:
-                self._follower.stop(wait=True)
+                self._follower.stop()
             self._streams.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self.app
@@ -476,8 +477,8 @@ class _RunContext:
             self.app._finish(self.detach)
         finally:
             if self._follower is not None:
-                # A detached app keeps running, so its log never ends: don't wait for it.
-                self._follower.stop(wait=not self.detach)
+                # A detached app keeps running and its log never ends: wait only briefly for it.
+                self._follower.stop(wait=DETACHED_LOG_WAIT_S if self.detach else STOP_WAIT_S)
             self._streams.__exit__(*exc)
 
     async def __aenter__(self) -> App:
@@ -520,11 +521,11 @@ class _LogFollower(threading.Thread):
             if resp["state"] == "stopped" or (self._stop_event.is_set() and not resp["entries"]):
                 return
 
-    def stop(self, wait: bool = True) -> None:
-        """Stop following; with `wait`, first print what the app still logs while it stops."""
+    def stop(self, wait: float = STOP_WAIT_S) -> None:
+        """Stop following after at most `wait` seconds spent printing what the app still logs (while it stops,
+        or, for a detached app that keeps running, output already on its way)."""
         self._stop_event.set()
-        if wait:
-            self.join(timeout=STOP_WAIT_S)
+        self.join(timeout=wait)
 
 
 def _has_required_params(f: Callable) -> bool:
