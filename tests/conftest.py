@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,3 +110,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([PYTHON, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, cwd=cwd, input=input)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1) -> bool:
+    """Poll until `predicate()` is true (True) or `timeout` passes (False): a generous deadline, not a timing."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

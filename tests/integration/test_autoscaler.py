@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from shoal._client.transport import get_client
 from shoal.exception import InvalidError
 from shoal.types import FunctionAutoscalerSettings, FunctionCurrentStats
 
-from ..conftest import ControlPlane, _use_home, run_cli
+from ..conftest import ControlPlane, _use_home, run_cli, wait_for
 
 MAX_CONTAINERS = 20
 
@@ -50,13 +50,6 @@ def containers_of(fn: object, states: tuple[str, ...] = ("starting", "ready", "d
             if c["function_id"] == fid and c["state"] in states]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def test_map_fans_out_to_max_containers_and_returns_to_zero(autoscale) -> None:

@@ -11,7 +11,7 @@ import shoal
 from shoal._client.transport import get_client
 from shoal.exception import FunctionTimeoutError, InvalidError, NotFoundError
 
-from ..conftest import ControlPlane
+from ..conftest import ControlPlane, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,6 @@ def containers() -> list[dict]:
     return get_client().call("GET", "/v1/containers")["containers"]
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def overlapped(spans: list[tuple]) -> bool:

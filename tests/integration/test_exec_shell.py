@@ -8,7 +8,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from shoal._client.transport import get_client
 
-from ..conftest import APPS_DIR, PYTHON, ControlPlane, _use_home, run_cli
+from ..conftest import APPS_DIR, PYTHON, ControlPlane, _use_home, run_cli, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="exec enters Linux namespaces")
 
@@ -27,13 +26,6 @@ def containers() -> list[dict]:
     return get_client().call("GET", "/v1/containers")["containers"]
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _running_container(fn, exclude: tuple[str, ...] = ()) -> Iterator[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 import shoal
 from shoal._client.transport import get_client
 
-from ..conftest import APPS_DIR, PYTHON
+from ..conftest import APPS_DIR, PYTHON, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +27,6 @@ def containers_of(function_name: str) -> list[dict]:
     return [c for c in get_client().call("GET", "/v1/containers")["containers"] if c["function"] == function_name]
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def test_container_is_reused_then_scaled_down_after_window(lifecycle) -> None:

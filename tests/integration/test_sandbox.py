@@ -15,7 +15,7 @@ import pytest
 from shoal._client.transport import get_client
 from shoal.exception import ExecutionError, InputCancellation
 
-from ..conftest import ControlPlane, _use_home
+from ..conftest import ControlPlane, _use_home, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="sandboxes need Linux namespaces")
 
@@ -54,13 +54,6 @@ def containers_of(fn: object) -> list[dict]:
     return [c for c in get_client().call("GET", "/v1/containers")["containers"] if c["function_id"] == fid]
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_container_has_its_own_namespaces(sandbox) -> None:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 from shoal._client.transport import get_client
+
+from ..conftest import wait_for
 
 
 def warm_containers() -> list[dict]:
     return [c for c in get_client().call("GET", "/v1/containers")["containers"] if c["function"] == "(warm)"]
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_next_container_comes_from_the_warm_pool(control_plane) -> None:
