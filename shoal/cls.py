@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from ._object import Plan
 from ._partial import (
     BATCHED_ATTR,
     CONCURRENT_ATTR,
@@ -237,11 +238,8 @@ class _Method(Function):
 
     _obj: Obj
 
-    def _fid(self) -> str:
-        return self._obj._service_function()._fid()
-
-    async def _afid(self) -> str:
-        return await self._obj._service_function()._afid()
+    def _fid_plan(self) -> Plan:
+        return (yield from self._obj._service_function()._fid_plan())
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method in this process on a local object, built once per Obj; its @enter hooks run once."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import _serialization as ser
 from ._client.aio import aio_method, with_sync
 from ._client.transport import Client, get_client
+from ._object import Plan, _drive_async, _drive_sync, rpc
 from ._options import FunctionOptions
 from .exception import (
     ExecutionError,
@@ -175,32 +176,31 @@ class Function:
         return NotFoundError(f"Lookup failed for Function {self._lookup[1]!r} from the {self._lookup[0]!r} app: "
                              f"{exc}")
 
-    def _resolve_sync(self) -> None:
-        from .exception import NotFoundError
-
-        try:
-            resp = get_client().call("GET", self._lookup_path())
-        except NotFoundError as exc:
-            raise self._lookup_failed(exc) from None
-        self._apply_lookup(resp)
-
     def hydrate(self, client: Client | None = None) -> Function:
         """Resolve a looked-up function now (raising NotFoundError if it does not exist); returns self."""
         base = self._variant_base or self
         if base._lookup is not None and base._function_id is None:
-            base._resolve_sync()
+            base._fid()
         self._is_generator = base._is_generator
         return self
 
-    def _fid(self) -> str:
-        if self._function_id is None and self._lookup is not None:
-            self._resolve_sync()
+    def _fid_plan(self) -> Plan:
+        """This function's id, as a request plan (`_object.rpc`): a looked-up function is resolved by name, a
+        variant (`with_options`, a parameter set) is registered with the control plane, once each."""
         if self._variant_base is not None:
-            base_id = self._variant_base._fid()
+            base_id = yield from self._variant_base._fid_plan()
             if self._variant_cache is None or self._variant_cache[0] != base_id:
-                resp = get_client().call("POST", f"/v1/functions/{base_id}/variants", self._variant_request())
+                resp = yield ("POST", f"/v1/functions/{base_id}/variants", self._variant_request())
                 self._variant_cache = (base_id, resp["function_id"])
             return self._variant_cache[1]
+        if self._function_id is None and self._lookup is not None:
+            from .exception import NotFoundError
+
+            try:
+                resp = yield ("GET", self._lookup_path(), None)
+            except NotFoundError as exc:
+                raise self._lookup_failed(exc) from None
+            self._apply_lookup(resp)
         if self._function_id is None:
             raise ExecutionError(
                 f"Function {self._tag!r} has not been hydrated: its app is not running. Call it inside "
@@ -208,23 +208,11 @@ class Function:
             )
         return self._function_id
 
-    async def _afid(self) -> str:
-        """`_fid()` for async paths: resolving a variant is a request, made without blocking the loop."""
-        if self._variant_base is None:
-            if self._function_id is None and self._lookup is not None:
-                from .exception import NotFoundError
+    def _fid(self) -> str:
+        return _drive_sync(self._fid_plan())
 
-                try:
-                    resp = await get_client().acall("GET", self._lookup_path())
-                except NotFoundError as exc:
-                    raise self._lookup_failed(exc) from None
-                self._apply_lookup(resp)
-            return self._fid()
-        base_id = await self._variant_base._afid()
-        if self._variant_cache is None or self._variant_cache[0] != base_id:
-            resp = await get_client().acall("POST", f"/v1/functions/{base_id}/variants", self._variant_request())
-            self._variant_cache = (base_id, resp["function_id"])
-        return self._variant_cache[1]
+    async def _afid(self) -> str:
+        return await _drive_async(self._fid_plan())
 
     def _variant_request(self) -> dict[str, Any]:
         return {"params": self._variant_params, "options": self._variant_overrides or {}}
@@ -268,30 +256,17 @@ class Function:
         return self.get_raw_f()(*args, **kwargs)
 
     # -- remote ----------------------------------------------------------------------------------------------
-    def _remote_sync(self, *args: Any, **kwargs: Any) -> Any:
-        self._check_gen(False, ".remote()")
-        fid = self._fid()
-        client = get_client()
-        call_id = new_call_id()
-        resp = client.call("POST", f"/v1/functions/{fid}/calls",
-                           {**self._call_extra(), "kind": "remote", "call_id": call_id,
-                            "args": ser.dumps_args(args, kwargs), "wait": POLL_S})
-        while resp.get("pending"):
-            resp = client.call("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}")
-        return _decode_output(resp["status"], resp["data"])
-
-    @with_sync(_remote_sync)
-    async def remote(self, *args: Any, **kwargs: Any) -> Any:
+    @rpc
+    def remote(self, *args: Any, **kwargs: Any) -> Plan:
         """Run in a container and return the result (re-raising its exception)."""
         self._check_gen(False, ".remote()")
-        fid = await self._afid()
-        client = get_client()
+        fid = yield from self._fid_plan()
         call_id = new_call_id()
-        resp = await client.acall("POST", f"/v1/functions/{fid}/calls",
-                                  {**self._call_extra(), "kind": "remote", "call_id": call_id,
-                                   "args": ser.dumps_args(args, kwargs), "wait": POLL_S})
+        resp = yield ("POST", f"/v1/functions/{fid}/calls",
+                      {**self._call_extra(), "kind": "remote", "call_id": call_id,
+                       "args": ser.dumps_args(args, kwargs), "wait": POLL_S})
         while resp.get("pending"):
-            resp = await client.acall("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}")
+            resp = yield ("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}", None)
         return _decode_output(resp["status"], resp["data"])
 
     async def _remote_gen(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -317,22 +292,14 @@ class Function:
     remote_gen = aio_method(_remote_gen)
 
     # -- spawn -----------------------------------------------------------------------------------------------
-    def _spawn_sync(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        self._check_gen(False, ".spawn()")
-        call_id = new_call_id()
-        get_client().call("POST", f"/v1/functions/{self._fid()}/calls",
-                          {**self._call_extra(), "kind": "spawn", "call_id": call_id,
-                           "args": ser.dumps_args(args, kwargs)})
-        return FunctionCall(call_id, num_inputs=1)
-
-    @with_sync(_spawn_sync)
-    async def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
+    @rpc
+    def spawn(self, *args: Any, **kwargs: Any) -> Plan:
         """Start a call and return its handle at once; the result is kept for 7 days."""
         self._check_gen(False, ".spawn()")
+        fid = yield from self._fid_plan()
         call_id = new_call_id()
-        await get_client().acall("POST", f"/v1/functions/{await self._afid()}/calls",
-                                 {**self._call_extra(), "kind": "spawn", "call_id": call_id,
-                                  "args": ser.dumps_args(args, kwargs)})
+        yield ("POST", f"/v1/functions/{fid}/calls",
+               {**self._call_extra(), "kind": "spawn", "call_id": call_id, "args": ser.dumps_args(args, kwargs)})
         return FunctionCall(call_id, num_inputs=1)
 
     # -- map family ------------------------------------------------------------------------------------------
@@ -649,25 +616,13 @@ class FunctionCall:
             raise InvalidError(f"not a function call id: {function_call_id!r}")
         return FunctionCall(function_call_id)
 
-    def _get_sync(self, timeout: float | None = None, *, index: int = 0) -> Any:
-        client = get_client()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
-            resp = client.call("GET", f"/v1/calls/{self._call_id}/result?index={index}&timeout={wait}")
-            if not resp.get("pending"):
-                return _decode_output(resp["status"], resp["data"])
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"function call {self._call_id} did not finish within {timeout}s")
-
-    @with_sync(_get_sync)
-    async def get(self, timeout: float | None = None, *, index: int = 0) -> Any:
+    @rpc
+    def get(self, timeout: float | None = None, *, index: int = 0) -> Plan:
         """The result; waits up to `timeout` seconds (None: forever, 0: poll) then raises builtin TimeoutError."""
-        client = get_client()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
-            resp = await client.acall("GET", f"/v1/calls/{self._call_id}/result?index={index}&timeout={wait}")
+            resp = yield ("GET", f"/v1/calls/{self._call_id}/result?index={index}&timeout={wait}", None)
             if not resp.get("pending"):
                 return _decode_output(resp["status"], resp["data"])
             if deadline is not None and time.monotonic() >= deadline:
