@@ -111,6 +111,15 @@ def parse_gpu(gpu: str | Sequence[str] | None) -> list[str] | None:
     return parsed
 
 
+def _parse_region(region: str | Sequence[str] | None) -> list[str] | None:
+    if region is None:
+        return None
+    regions = [region] if isinstance(region, str) else list(region)
+    if not all(isinstance(r, str) for r in regions):
+        raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
+    return regions
+
+
 def _check_resource(name: str, value: Any, kind: type) -> None:
     if value is None:
         return
@@ -174,12 +183,7 @@ def build_options(
             "`max_inputs=1` is deprecated; use `single_use_containers=True`", DeprecationWarning, stacklevel=3
         )
         single_use_containers = True
-    if isinstance(region, str):
-        region = [region]
-    elif region is not None:
-        region = list(region)
-        if not all(isinstance(r, str) for r in region):
-            raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
+    region = _parse_region(region)
     extra = dict(extra or {})
     if extra.get("volumes"):
         from .volume import check_mounts
@@ -268,12 +272,7 @@ def option_overrides(
         raise InvalidError(f"`env` must be a dict, got {type(env).__name__}")
     if volumes is not None and not isinstance(volumes, dict):
         raise InvalidError(f"`volumes` must be a dict, got {type(volumes).__name__}")
-    if isinstance(region, str):
-        region = [region]
-    elif region is not None:
-        region = list(region)
-        if not all(isinstance(r, str) for r in region):
-            raise InvalidError(f"`region` must be a string or a list of strings, got {region!r}")
+    region = _parse_region(region)
     parsed_retries = parse_retries(retries)
     options: dict[str, Any] = {
         "timeout": timeout, "max_containers": max_containers, "buffer_containers": buffer_containers,

@@ -460,14 +460,7 @@ def supervise(cfg: dict) -> None:
     if cfg.get("_control_fd") is not None:
         os.close(cfg["_control_fd"])
 
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, forward)
+    forward_signals(pid)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -530,6 +523,18 @@ def remove_cgroups(cleanup: dict) -> None:
             os.rmdir(parent_name, dir_fd=gfd)
         except OSError:
             pass
+
+
+def forward_signals(pid: int) -> None:
+    """Pass termination and user signals on to `pid` (the process this one stands in front of)."""
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
 
 
 def mirror(status: int) -> None:
@@ -620,14 +625,7 @@ def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, ro
     if cfg.get("_control_fd") is not None:
         os.close(cfg["_control_fd"])  # the runtime's alone: its exit must close the stream
 
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, forward)
+    forward_signals(child)
     while True:  # reap every orphan; stop when the runtime exits (the kernel then ends the rest)
         try:
             pid, status = os.waitpid(-1, 0)
