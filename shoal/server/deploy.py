@@ -197,8 +197,10 @@ class Deployments:
                 if p.superseded:
                     self._rolling.add(p)
         ticket = self.d.store.write(
-            "INSERT OR REPLACE INTO app_versions (app_id, version, created_at, definitions, strategy, tag, "
-            "rollback_of) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO app_versions (app_id, version, created_at, definitions, strategy, tag, rollback_of) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT (app_id, version) DO UPDATE SET created_at=excluded.created_at, "
+            "definitions=excluded.definitions, strategy=excluded.strategy, tag=excluded.tag, "
+            "rollback_of=excluded.rollback_of",
             (app.id, version, time.time(), msgpack.packb(defs, use_bin_type=True), strategy, tag, rollback_of))
         self.versions[app.id] = version
         if self._rolling and self._rollout_task is None:

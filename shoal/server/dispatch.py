@@ -27,7 +27,7 @@ from ..retries import retry_delay
 from . import policy
 from .logs import AppLogs
 from .model import FAILURE, ITEM, SUCCESS, TERMINATED, TIMEOUT, Call, Container, Input, Pool
-from .store.sqlite import SQLiteStore
+from .store import Store
 from .warmpool import WARM_SOURCE_MOUNT, WarmPool
 
 log = logging.getLogger("shoal.dispatch")
@@ -55,7 +55,7 @@ class AppState:
 
 
 class Dispatcher:
-    def __init__(self, store: SQLiteStore, backend: Any, state_dir: Path, control_address: str) -> None:
+    def __init__(self, store: Store, backend: Any, state_dir: Path, control_address: str) -> None:
         self.store = store
         self.backend = backend
         self.state_dir = state_dir

@@ -29,7 +29,7 @@ from .images import ImageBuilder
 from .objects import Objects
 from .scheduler import Scheduler
 from .secrets import SecretStore
-from .store import open_store
+from .store import StoreError, open_store
 from .volumes import Volumes
 
 log = logging.getLogger("shoal.server")
@@ -139,7 +139,7 @@ def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -
         runner = asyncio.run
     try:
         runner(serve(host, port, state_dir or home()))
-    except AlreadyRunningError as exc:
+    except (AlreadyRunningError, StoreError) as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .api import ApiError, body_of, query_int, reply
 from .dispatch import new_id
-from .store.sqlite import SQLiteStore
+from .store import Store
 
 KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: server/volumes.py
 DICT_TTL_S = 7 * 24 * 3600  # entries untouched this long expire
@@ -49,7 +49,7 @@ def _partition(body: dict[str, Any]) -> str:
 
 
 class Objects:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.getters: dict[tuple[str, str], collections.deque[_Getter]] = collections.defaultdict(collections.deque)
         self.on_delete: list[Callable[[str], None]] = []  # told each deleted object's id (volumes drop files)
@@ -151,10 +151,12 @@ class Objects:
 
     async def dict_put(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "key", "value")
-        verb = "INSERT OR IGNORE" if body.get("skip_if_exists") else "INSERT OR REPLACE"
+        action = "DO NOTHING" if body.get("skip_if_exists") else \
+            "(dict_id, key) DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at"
 
         def run(c: sqlite3.Connection) -> bool:
-            return c.execute(f"{verb} INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?)",
+            return c.execute(f"INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) "
+                             f"ON CONFLICT {action}",
                              (object_id, body["key"], body["value"], time.time())).rowcount > 0
 
         return reply({"created": await self.store.transact(run)})
@@ -169,7 +171,8 @@ class Objects:
             raise ApiError(413, f"at most {MAX_UPDATE} entries per update", "RequestSizeError")
         now = time.time()
         await self.store.flushed(self.store.write(
-            "INSERT OR REPLACE INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?)",
+            "INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) ON CONFLICT (dict_id, key) "
+            "DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at",
             [(object_id, k, v, now) for k, v in items], many=True))
         return reply({"ok": True})
 
@@ -264,7 +267,8 @@ class Objects:
             if not known and c.execute("SELECT COUNT(*) FROM queue_partitions WHERE queue_id=?",
                                        (object_id,)).fetchone()[0] >= MAX_PARTITIONS:
                 raise ApiError(409, f"a queue may have at most {MAX_PARTITIONS} partitions", "QueueFull")
-            c.execute("INSERT OR REPLACE INTO queue_partitions (queue_id, partition, expires_at) VALUES (?,?,?)",
+            c.execute("INSERT INTO queue_partitions (queue_id, partition, expires_at) VALUES (?,?,?) "
+                      "ON CONFLICT (queue_id, partition) DO UPDATE SET expires_at=excluded.expires_at",
                       (object_id, partition, time.time() + ttl))
             top = c.execute("SELECT COALESCE(MAX(seq), 0) FROM queue_items WHERE queue_id=? AND partition=?",
                             (object_id, partition)).fetchone()[0]

@@ -66,8 +66,9 @@ class Scheduler:
                                          (pool.function_id,))
             anchor, last_fire = rows[0] if rows else (time.time(), None)
             if not rows:
-                self.d.store.write("INSERT OR REPLACE INTO schedules (function_id, anchor, last_fire) VALUES (?,?,?)",
-                                   (pool.function_id, anchor, None))
+                self.d.store.write("INSERT INTO schedules (function_id, anchor, last_fire) VALUES (?,?,?) "
+                                   "ON CONFLICT (function_id) DO UPDATE SET anchor=excluded.anchor, "
+                                   "last_fire=excluded.last_fire", (pool.function_id, anchor, None))
             spec = pool.definition["schedule"]
             upcoming = next_fire(spec, anchor, last_fire if last_fire is not None else anchor)
             st = {"anchor": anchor, "last_fire": last_fire, "call": None, "next": upcoming,

@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from ..secret import KEY_RE, MAX_KEY, MAX_VALUE
 from .api import ApiError, body_of, reply
-from .store.sqlite import SQLiteStore
+from .store import Store
 
 
 def load_key(state_dir: Path) -> bytes:
@@ -50,7 +50,7 @@ def _check_name(name: Any) -> str:
 
 
 class SecretStore:
-    def __init__(self, store: SQLiteStore, state_dir: Path) -> None:
+    def __init__(self, store: Store, state_dir: Path) -> None:
         self.store = store
         self.fernet = Fernet(load_key(state_dir))
 

@@ -43,7 +43,7 @@ from aiohttp import web
 from . import volume_fs as vfs
 from .api import ApiError, body_of, reply
 from .dispatch import new_id
-from .store.sqlite import SQLiteStore
+from .store import Store
 
 log = logging.getLogger("shoal.volumes")
 CHUNK = 1 << 20
@@ -220,7 +220,7 @@ class Upload:
 
 
 class Volumes:
-    def __init__(self, store: SQLiteStore, state_dir: Path, dispatcher: Any) -> None:
+    def __init__(self, store: Store, state_dir: Path, dispatcher: Any) -> None:
         self.store = store
         self.d = dispatcher
         backend = getattr(dispatcher, "backend", None)

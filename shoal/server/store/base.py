@@ -1,0 +1,222 @@
+"""What both stores share: group-commit tickets, transactions, reads in a thread, and the domain writes.
+
+Writes are queued to one writer thread that commits everything queued so far in one transaction, then reports
+the highest committed ticket back to the event loop. Callers that acknowledge something to a client first
+`await flushed(ticket)`; everything else fires and forgets. Reads run on other connections in a thread.
+
+SQL given to `write`, `read`, `read_now` and run by `transact` functions uses `?` placeholders and the subset of
+SQL that SQLite (>= 3.24) and PostgreSQL both run: `INSERT ... ON CONFLICT (key) DO UPDATE SET c=excluded.c` or
+`ON CONFLICT DO NOTHING`, not `INSERT OR REPLACE`/`OR IGNORE` (the PostgreSQL store rewrites those, but only as a
+safety net); no PRAGMA, no GLOB. Rows come back as tuples, BLOB columns as bytes, REAL as float.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class StoreError(Exception):
+    """The store cannot be opened (database unreachable, schema in use by another control plane...)."""
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> tuple | None: ...
+
+    def fetchall(self) -> list[tuple]: ...
+
+
+class Connection(Protocol):
+    """What a `transact` function is handed: the part of `sqlite3.Connection` callers use."""
+
+    def execute(self, sql: str, params: Any = ...) -> Cursor: ...
+
+    def executemany(self, sql: str, params: Any) -> Cursor: ...
+
+
+class _Txn:
+    """A function run inside the writer's transaction whose result the caller awaits (read-modify-write)."""
+
+    __slots__ = ("fn", "future", "result", "error")
+
+    def __init__(self, fn: Callable[[Any], Any], future: asyncio.Future) -> None:
+        self.fn = fn
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.result)
+
+
+Write = tuple[str, Any, bool] | _Txn  # (sql, params, executemany) or a transaction function
+
+
+class Store:
+    """The interface callers use. Subclasses open connections (`open`), run the writer thread's loop (started
+    with `_start_writer`) and read (`_read`)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        self._next_ticket = 0
+        self._committed = 0
+        self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    def _start_writer(self, loop_fn: Callable[..., None], *args: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=loop_fn, args=args, name="store-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread:
+            await self.flushed(self._next_ticket)
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join, 5)
+            self._thread = None
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    def write(self, sql: str, params: Any = (), many: bool = False) -> int:
+        """Queue a write; returns a ticket to pass to `flushed()`."""
+        self._next_ticket += 1
+        self._queue.put((sql, params, many))
+        return self._next_ticket
+
+    async def transact(self, fn: Callable[[Connection], Any]) -> Any:
+        """Run `fn(connection)` in the writer thread, in order with every other write, and return its result
+        once committed. For atomic read-modify-write (put-if-absent, queue pops). `fn` may run more than once
+        (the PostgreSQL store replays a batch after a failed write or a lost connection): only the committed
+        run's result is returned, so `fn` must not act outside the database."""
+        txn = _Txn(fn, asyncio.get_running_loop().create_future())
+        self._next_ticket += 1
+        self._queue.put(txn)
+        return await txn.future
+
+    async def flushed(self, ticket: int) -> None:
+        """Wait until the write with this ticket (and all before it) is committed."""
+        if ticket <= self._committed:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.after(ticket, lambda: fut.done() or fut.set_result(None))
+        await fut
+
+    def after(self, ticket: int, callback: Callable[[], None]) -> None:
+        """Run `callback` on the event loop once `ticket` is committed (at once if it already is)."""
+        if ticket <= self._committed:
+            callback()
+        else:
+            self._waiters.append((ticket, callback))
+
+    def _next_batch(self) -> tuple[list[Write], bool]:
+        """Block for the next write, then take everything queued behind it: (writes, stop after them)."""
+        batch = [self._queue.get()]
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return [w for w in batch if w is not None], None in batch
+
+    def _committed_batch(self, done: int, batch: list[Write]) -> None:
+        """From the writer thread: `batch` is committed, `done` writes in all."""
+        assert self._loop is not None
+        for w in batch:
+            if isinstance(w, _Txn):
+                self._loop.call_soon_threadsafe(w.resolve)
+        self._loop.call_soon_threadsafe(self._on_commit, done)
+
+    def _on_commit(self, ticket: int) -> None:
+        self._committed = ticket
+        while self._waiters and self._waiters[0][0] <= ticket:
+            self._waiters.popleft()[1]()
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def _read(self, fn: Callable[[Connection], Any]) -> Any:
+        raise NotImplementedError
+
+    async def read(self, sql: str, params: Any = ()) -> list[tuple]:
+        return await asyncio.to_thread(self._read, lambda c: c.execute(sql, params).fetchall())
+
+    def read_now(self, sql: str, params: Any = ()) -> list[tuple]:
+        """Blocking read, for start-up only."""
+        return self._read(lambda c: c.execute(sql, params).fetchall())
+
+    # -- domain writes ---------------------------------------------------------------------------------------
+    def put_app(self, app_id: str, name: str | None, mode: str, detach: bool) -> int:
+        return self.write(
+            "INSERT INTO apps (app_id, name, mode, state, detach, created_at) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT DO NOTHING",
+            (app_id, name, mode, "running", int(detach), time.time()),
+        )
+
+    def set_app_stopped(self, app_id: str) -> int:
+        return self.write("UPDATE apps SET state='stopped', stopped_at=? WHERE app_id=?", (time.time(), app_id))
+
+    def put_function(self, function_id: str, app_id: str, tag: str, definition: bytes) -> int:
+        return self.write(
+            "INSERT INTO functions (function_id, app_id, tag, definition) VALUES (?,?,?,?) "
+            "ON CONFLICT (function_id) DO UPDATE SET app_id=excluded.app_id, tag=excluded.tag, "
+            "definition=excluded.definition",
+            (function_id, app_id, tag, definition),
+        )
+
+    def put_call(self, call_id: str, function_id: str, kind: str, num_inputs: int | None,
+                 method: str | None = None) -> int:
+        """`method`: the method of a class a call runs (None for functions)."""
+        return self.write(
+            "INSERT INTO calls (call_id, function_id, kind, created_at, num_inputs, method) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (call_id, function_id, kind, time.time(), num_inputs, method),
+        )
+
+    def set_call_total(self, call_id: str, num_inputs: int) -> int:
+        return self.write("UPDATE calls SET num_inputs=? WHERE call_id=?", (num_inputs, call_id))
+
+    def set_call_state(self, call_id: str, state: str) -> int:
+        return self.write(
+            "UPDATE calls SET state=?, completed_at=? WHERE call_id=?", (state, time.time(), call_id)
+        )
+
+    def put_inputs(self, rows: list[tuple[str, int, bytes]]) -> int:
+        return self.write("INSERT INTO inputs (call_id, idx, args) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                          rows, many=True)
+
+    def put_outputs(self, rows: list[tuple[str, int, int, str, bytes | None, bool]]) -> int:
+        """Rows of (call_id, seq, idx, status, data, final)."""
+        now = time.time()
+        return self.write(
+            "INSERT INTO outputs (call_id, seq, idx, status, data, final, created_at) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            [(c, s, i, st, d, int(f), now) for c, s, i, st, d, f in rows], many=True,
+        )
+
+    def expire(self, before: float) -> int:
+        """Drop inputs and outputs of calls completed before `before`; keep the call row to say 'expired'."""
+        self.write(
+            "DELETE FROM outputs WHERE call_id IN (SELECT call_id FROM calls WHERE state!='running' "
+            "AND completed_at < ?)", (before,),
+        )
+        self.write(
+            "DELETE FROM inputs WHERE call_id IN (SELECT call_id FROM calls WHERE state!='running' "
+            "AND completed_at < ?)", (before,),
+        )
+        return self.write(
+            "UPDATE calls SET state='expired' WHERE state!='running' AND completed_at < ?", (before,)
+        )
