@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,15 +20,31 @@ import pytest
 APPS_DIR = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS_DIR))
 PYTHON = sys.executable
+# With SHOAL_TEST_DATABASE_URL=postgresql://… every control plane of the suite keeps its state in PostgreSQL, each
+# in a schema of its own (dropped when it stops); otherwise in SQLite under its state directory.
+TEST_DATABASE_URL = os.environ.get("SHOAL_TEST_DATABASE_URL", "").strip()
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 class ControlPlane:
-    """A `python -m shoal.server` process with its own state directory."""
+    """A `python -m shoal.server` process with its own state directory (and database schema, on PostgreSQL)."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, env: dict[str, str] | None = None, database_url: str | None = None) -> None:
         self.home = home
-        self.env = env or {}
+        self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
+        self.schema: str | None = None  # the PostgreSQL schema holding its state, when on PostgreSQL
+        url = database_url or TEST_DATABASE_URL
+        if url and "SHOAL_DATABASE_URL" not in self.env:
+            self.schema = f"t_{secrets.token_hex(6)}"
+            self.env.update(SHOAL_DATABASE_URL=url, SHOAL_DATABASE_SCHEMA=self.schema)
 
     def start(self) -> ControlPlane:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -65,6 +82,27 @@ class ControlPlane:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.schema is not None:
+            drop_schema(self.env["SHOAL_DATABASE_URL"], self.schema)
+            self.schema = None
+
+    def state_bytes(self) -> bytes:
+        """Everything its store holds, as bytes: the SQLite files, or a dump of its PostgreSQL schema's rows."""
+        if self.schema is None:
+            return b"".join(p.read_bytes() for p in sorted(self.home.glob("state.db*")))
+        import psycopg
+        from psycopg import sql
+
+        out = []
+        with psycopg.connect(self.env["SHOAL_DATABASE_URL"], autocommit=True) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (self.schema,))]
+            for table in tables:
+                for row in conn.execute(sql.SQL("SELECT * FROM {}.{}").format(
+                        sql.Identifier(self.schema), sql.Identifier(table))):
+                    out.extend(v if isinstance(v, bytes) else str(v).encode() for v in row)
+        return b"".join(out)
 
 
 def _use_home(home: Path) -> None:
