@@ -48,6 +48,9 @@ async def body_of(request: web.Request, *required: str) -> dict[str, Any]:
     missing = [k for k in required if k not in body]
     if missing:
         raise ApiError(400, f"missing field(s): {', '.join(missing)}")
+    nul = [k for k, v in body.items() if isinstance(v, str) and "\x00" in v]
+    if nul:  # names, tags, partition keys: the store's text columns cannot hold NUL in PostgreSQL
+        raise ApiError(400, f"field(s) {', '.join(map(str, nul))} must not contain NUL characters")
     return body
 
 

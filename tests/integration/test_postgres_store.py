@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import shoal
+from shoal.exception import InvalidError
 
 from ..conftest import TEST_DATABASE_URL, ControlPlane, _use_home, drop_schema
 
@@ -309,6 +310,8 @@ def test_a_control_plane_on_postgres_runs_calls_and_keeps_them_across_a_sigkill(
         assert shoal.FunctionCall.from_id(call.object_id).get(timeout=60) == "done a"
         assert shoal.FunctionCall.from_id(finished.object_id).get(timeout=30) == "done b"
     assert shoal.Dict.from_name("pg-durable")["k"] == b"\x00binary\xff"
+    with pytest.raises(InvalidError, match="NUL"):  # text columns cannot hold it: a clear 400, not a 500
+        shoal.Queue.from_name("pg-q", create_if_missing=True).put(1, partition="a\x00b")
     # It all lives in PostgreSQL, in the control plane's schema: no SQLite file was made.
     assert not (cp.home / "state.db").exists()
     with psycopg.connect(URL) as conn:

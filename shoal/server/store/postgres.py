@@ -232,7 +232,6 @@ class PostgresStore(Store):
                                (LOCK_CLASS,)).fetchone()[0]:
             if deadline is not None and time.monotonic() > deadline:
                 name = self._schema_name(conn)
-                conn.close()
                 raise StoreError(f"another shoal control plane uses schema {name!r} of {redact(self.url)} "
                                  "(set SHOAL_DATABASE_SCHEMA to give this one its own)")
             if not warned and deadline is None:
@@ -269,18 +268,25 @@ class PostgresStore(Store):
 
     def _open_writer(self, wait_s: float | None) -> Any:
         conn = self._connect()
-        self._lock_schema(conn, wait_s)
+        try:
+            self._lock_schema(conn, wait_s)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def open(self) -> None:
         def connect() -> Any:
             conn = self._connect()
             try:
-                self._migrate(conn)
-            except psycopg.Error as exc:
+                try:
+                    self._migrate(conn)
+                except psycopg.Error as exc:
+                    raise StoreError(f"cannot create shoal's tables in {redact(self.url)}: {exc}") from exc
+                self._lock_schema(conn, OPEN_WAIT_S)
+            except BaseException:
                 conn.close()
-                raise StoreError(f"cannot create shoal's tables in {redact(self.url)}: {exc}") from exc
-            self._lock_schema(conn, OPEN_WAIT_S)
+                raise
             return conn
 
         self._writer = await asyncio.to_thread(connect)
