@@ -264,6 +264,8 @@ def test_open_store_picks_the_database_from_the_environment(tmp_path: Path, monk
     for url in ("postgresql://u@h/db", "postgres://u@h/db"):
         monkeypatch.setenv("SHOAL_DATABASE_URL", url)
         assert isinstance(open_store(tmp_path), PostgresStore)
+    with pytest.raises(StoreError, match="not a valid PostgreSQL URL"):
+        PostgresStore("postgresql://h/db?nonsense=1")
     monkeypatch.setenv("SHOAL_DATABASE_URL", "mysql://u:secret@h/db")
     with pytest.raises(StoreError, match="postgresql://") as info:
         open_store(tmp_path)

@@ -201,8 +201,11 @@ class PostgresStore(Store):
             raise StoreError("SHOAL_DATABASE_URL names a PostgreSQL database, but psycopg is not installed: "
                              "pip install 'shoal[postgres]'")
         self.url = url
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise StoreError(f"SHOAL_DATABASE_URL is not a valid PostgreSQL URL: {exc}") from exc
         self.schema = schema_of(url)
-        params = conninfo_to_dict(url)
         self._connect_args: dict[str, Any] = {"autocommit": True}
         if "application_name" not in params:
             self._connect_args["application_name"] = "shoal control plane"
