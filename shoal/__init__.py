@@ -17,6 +17,7 @@ from .retries import Retries
 from .schedule import Cron, Period
 from .secret import Secret
 from .volume import Volume
+from .web import asgi_app, fastapi_endpoint, web_endpoint, web_server, wsgi_app
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "Retries",
     "Secret",
     "Volume",
+    "asgi_app",
     "batched",
     "concurrent",
     "current_function_call_id",
@@ -44,7 +46,11 @@ __all__ = [
     "enter",
     "exception",
     "exit",
+    "fastapi_endpoint",
     "is_local",
     "method",
     "parameter",
+    "web_endpoint",
+    "web_server",
+    "wsgi_app",
 ]

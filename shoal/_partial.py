@@ -46,6 +46,7 @@ METHOD_ATTR = "__shoal_method__"
 ENTER_ATTR = "__shoal_enter__"
 EXIT_ATTR = "__shoal_exit__"
 BATCHED_ATTR = "__shoal_batched__"
+WEBHOOK_ATTR = "__shoal_webhook__"  # set by the web decorators (shoal/web.py): they are interface decorators too
 MAX_MAX_BATCH_SIZE = 1000
 MAX_BATCH_WAIT_MS = 10 * 60 * 1000  # 10 minutes
 
@@ -70,7 +71,7 @@ def _check_target(f: Any, decorator: str) -> None:
 
 
 def _is_interface(f: Any) -> bool:
-    return hasattr(f, METHOD_ATTR) or hasattr(f, BATCHED_ATTR)
+    return hasattr(f, METHOD_ATTR) or hasattr(f, BATCHED_ATTR) or hasattr(f, WEBHOOK_ATTR)
 
 
 def _is_lifecycle(f: Any) -> bool:

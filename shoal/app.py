@@ -17,6 +17,7 @@ from .exception import InvalidError
 from .functions import Function
 from .retries import Retries
 from .schedule import Cron, Period
+from .web import check_not_generator, webhook_of
 
 LOG_POLL_S = 25.0
 STOP_WAIT_S = 5.0
@@ -72,6 +73,7 @@ class App:
         self._app_id: str | None = None
         self._deployed_version: int | None = None
         self._running = False
+        self._serve = False  # `shoal serve`: definitions say so (web URLs get "-dev"), registrations recreate
         App._instances.add(self)
 
     def __repr__(self) -> str:
@@ -104,7 +106,12 @@ class App:
 
     @property
     def registered_web_endpoints(self) -> list[str]:
-        return []
+        """Tags of the web functions, and `Cls.method` for the web methods of classes."""
+        tags = [tag for tag, fn in self._functions.items() if fn._webhook is not None]
+        for cls_name, cls in self._classes.items():
+            methods = (cls._info or {}).get("methods", {})
+            tags += [f"{cls_name}.{m}" for m, spec in methods.items() if spec.get("webhook") is not None]
+        return tags
 
     def include(self, other_app: App, /, inherit_tags: bool = True) -> App:
         """Add another app's functions and entrypoints to this one."""
@@ -209,12 +216,16 @@ class App:
                     "module level")
             if schedule is not None and _has_required_params(f):
                 raise InvalidError(f"scheduled function {qualname!r} must take no arguments")
+            webhook = webhook_of(f)
+            if webhook is not None:
+                check_not_generator(qualname, gen)
             options = build_options(
                 timeout=timeout, startup_timeout=startup_timeout, retries=retries, min_containers=min_containers,
                 max_containers=max_containers, buffer_containers=buffer_containers,
                 scaledown_window=scaledown_window, cpu=cpu, memory=memory, gpu=gpu,
                 single_use_containers=single_use_containers, max_inputs=max_inputs, serialized=serialized,
-                include_source=include_source, region=region, is_generator=gen, extra=extra,
+                include_source=include_source, region=region, is_generator=gen, is_web=webhook is not None,
+                extra=extra,
             )
             concurrency = getattr(f, CONCURRENT_ATTR, None)
             if concurrency:
@@ -227,11 +238,14 @@ class App:
                 check_batched_function(f, getattr(f, "__name__", qualname), gen)
                 if concurrency:
                     raise InvalidError(f"{qualname}: @modal.batched cannot be combined with @modal.concurrent")
+                if webhook is not None:
+                    raise InvalidError(f"{qualname}: @modal.batched cannot be combined with a web endpoint "
+                                       "decorator")
                 options.batch_max_size = batching["max_batch_size"]
                 options.batch_wait_ms = batching["wait_ms"]
             tag = name or qualname
             fn = Function(self, f, tag=tag, options=options, secrets=all_secrets, image=image or self._image,
-                          is_generator=gen, schedule=schedule)
+                          is_generator=gen, schedule=schedule, webhook=webhook)
             if tag in self._functions and self._functions[tag]._raw_f is not f:
                 import warnings
 
@@ -399,21 +413,32 @@ class App:
                     uploaded.add(sha)
                 d["source_id"] = sha
                 d["module"] = container_module_name(module)
+            if self._serve:
+                d["serve"] = True
             defs.append(d)
         return defs
+
+    def _functions_body(self) -> dict[str, Any]:
+        """The body of `POST /v1/apps/{id}/functions`. A served app's (`shoal serve`) definitions are registered
+        as the app's next version, replacing its running containers at once, so a reload from a fresh import
+        of the code (in another process) is a redeploy of the running app."""
+        body: dict[str, Any] = {"functions": self._definitions()}
+        if self._serve:
+            body["strategy"] = "recreate"
+        return body
 
     def _start(self, name: str | None, detach: bool, on_created: Callable[[str], None] | None = None) -> None:
         if self._running:
             raise InvalidError("this app is already running")
         client = get_client()
-        resp = client.call("POST", "/v1/apps", {"name": name or self._name, "mode": "ephemeral", "detach": detach})
+        resp = client.call("POST", "/v1/apps", {"name": name or self._name, "mode": "ephemeral", "detach": detach,
+                                                **({"serve": True} if self._serve else {})})
         self._app_id = resp["app_id"]
         status(f"Initialized app {self._app_id}")
         try:
             if on_created is not None:
                 on_created(self._app_id)  # follow the log now: image builds stream to it while registering
-            ids = client.call("POST", f"/v1/apps/{self._app_id}/functions",
-                              {"functions": self._definitions()})["functions"]
+            ids = client.call("POST", f"/v1/apps/{self._app_id}/functions", self._functions_body())["functions"]
         except BaseException:
             client.call("POST", f"/v1/apps/{self._app_id}/stop", {})
             raise

@@ -28,12 +28,14 @@ from ._partial import (
     EXIT_ATTR,
     METHOD_ATTR,
     NO_DEFAULT,
+    WEBHOOK_ATTR,
     Parameter,
     check_batched_function,
     check_batching,
 )
 from .exception import DeprecationError, InvalidError, NotFoundError
 from .functions import Function
+from .web import check_not_generator, webhook_of
 
 if TYPE_CHECKING:
     from .app import App
@@ -105,11 +107,15 @@ def inspect_class(user_cls: type) -> dict[str, Any]:
         if getattr(f, CONCURRENT_ATTR, None) is not None:
             raise InvalidError(f"@modal.concurrent on method {name}.{key}: with @app.cls(), apply it to the "
                                "class (under @app.cls()), not to individual methods")
-        if hasattr(f, METHOD_ATTR) or hasattr(f, BATCHED_ATTR):
+        if hasattr(f, METHOD_ATTR) or hasattr(f, BATCHED_ATTR) or hasattr(f, WEBHOOK_ATTR):
             is_gen = bool(getattr(f, METHOD_ATTR, {}).get("is_generator")) or inspect.isgeneratorfunction(f) or \
                 inspect.isasyncgenfunction(f)
             methods[key] = {"is_generator": is_gen,
                             "is_async": inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)}
+            webhook = webhook_of(f)
+            if webhook is not None:
+                _check_web_method(f"{name}.{key}", f, is_gen)
+                methods[key]["webhook"] = webhook
             if hasattr(f, BATCHED_ATTR):
                 batched_names.append(key)
                 batched = dict(getattr(f, BATCHED_ATTR))
@@ -157,6 +163,13 @@ def inspect_class(user_cls: type) -> dict[str, Any]:
             DeprecationError, stacklevel=4)
     return {"name": name, "params": params, "methods": methods, "enter": snap_hooks + enter_hooks,
             "exit": exit_hooks, "batched": batched, "custom_init": custom_init}
+
+
+def _check_web_method(label: str, f: Any, is_generator: bool) -> None:
+    """A web method answers requests with one response each, and runs on the class's pool unbatched."""
+    check_not_generator(label, is_generator)
+    if hasattr(f, BATCHED_ATTR):
+        raise InvalidError(f"{label}: @modal.batched cannot be combined with a web endpoint decorator")
 
 
 def bind_params(info: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +253,14 @@ class _Method(Function):
 
     def _fid_plan(self) -> Plan:
         return (yield from self._obj._service_function()._fid_plan())
+
+    def _web_url_fid_plan(self) -> Plan:
+        """A web method has one URL for the class (parameters go in its query string): ask by the class's own
+        service function, never creating a parameter-set pool for it."""
+        self._obj._info()  # resolves a looked-up class
+        service = self._obj._cls._service
+        assert service is not None
+        return (yield from service._fid_plan())
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the method in this process on a local object, built once per Obj; its @enter hooks run once."""
@@ -330,6 +351,7 @@ class Obj:
             m = _Method(cls._app, raw, tag=f"{info['name']}.{name}", options=base._options, secrets=[],
                         is_generator=bool(info["methods"][name]["is_generator"]))
             m._is_async = bool(info["methods"][name]["is_async"])
+            m._webhook = info["methods"][name].get("webhook")
             m._method_name = name
             m._obj = self
             self._methods[name] = m

@@ -8,6 +8,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from . import _serialization as ser
 from ._client.aio import aio_method, with_sync
@@ -68,6 +69,8 @@ class Function:
     _variant_overrides: dict[str, Any] | None = None
     _variant_cache: tuple[str, str] | None = None  # (base function id, variant function id)
     _lookup: tuple[str, str, int | None] | None = None  # Function.from_name: (app name, tag, version)
+    _web_url: str | None = None  # a web function's URL where already known (get_web_url returns it as is)
+    _web_url_cache: tuple[str, str | None] | None = None  # (function id, URL the control plane gave for it)
 
     def __init__(
         self,
@@ -241,6 +244,7 @@ class Function:
             "secrets": secret_refs(self._secrets),
             "schedule": self._schedule.to_wire() if self._schedule is not None else None,
             "app_name": self._app.name if self._app else None,
+            "webhook": self._webhook,
         }
         if self._options.extra.get("volumes"):
             from .volume import mount_refs
@@ -495,8 +499,39 @@ class Function:
         return self._variant({"options": {"batch_max_size": max_batch_size, "batch_wait_ms": wait_ms}})
 
     # -- introspection ---------------------------------------------------------------------------------------
-    def get_web_url(self) -> str | None:
-        return None
+    def _web_url_fid_plan(self) -> Plan:
+        """The id the control plane knows the URL by: the base function's (a variant shares its URL, and asking
+        must not create a pool)."""
+        return (yield from (self._variant_base or self)._fid_plan())
+
+    def _known_web_url(self) -> tuple[bool, str | None]:
+        """(known, url) without asking: a URL set already, or None for a function that is not a web function
+        (a looked-up function may be one, so it is asked)."""
+        if self._web_url is not None:
+            return True, self._web_url
+        base = self._variant_base or self
+        if self._webhook is None and base._lookup is None:
+            return True, None
+        return False, None
+
+    def _web_url_plan(self) -> Plan:
+        """Ask the control plane, once per function id (an ephemeral app gets new ids, and URLs, each run)."""
+        fid = yield from self._web_url_fid_plan()
+        if self._web_url_cache is None or self._web_url_cache[0] != fid:
+            query = f"?method={quote(self._method_name)}" if self._method_name else ""
+            resp = yield ("GET", f"/v1/functions/{fid}/web_url{query}", None)
+            self._web_url_cache = (fid, resp.get("url"))
+        return self._web_url_cache[1]
+
+    def _get_web_url_sync(self) -> str | None:
+        known, url = self._known_web_url()
+        return url if known else _drive_sync(self._web_url_plan())
+
+    @with_sync(_get_web_url_sync)
+    async def get_web_url(self) -> str | None:
+        """The URL of a web function (None for other functions)."""
+        known, url = self._known_web_url()
+        return url if known else await _drive_async(self._web_url_plan())
 
     async def _get_current_stats(self) -> Any:
         from .types import FunctionCurrentStats

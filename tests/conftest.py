@@ -55,8 +55,8 @@ class ControlPlane:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # Tests hand containers directories under the session's temporary root to leave side effects in:
             # shared into sandboxed containers (the control plane's own state dir stays hidden).
-            env={**os.environ, "SHOAL_SESSION_GRACE_S": "3", "SHOAL_SANDBOX_SHARE": str(self.home.parent),
-                 **self.env},
+            env={**os.environ, "SHOAL_SESSION_GRACE_S": "3", "SHOAL_WEB_PORT": "0",
+                 "SHOAL_SANDBOX_SHARE": str(self.home.parent), **self.env},
         )
         deadline = time.monotonic() + 30
         while not (self.home / "server.json").exists():

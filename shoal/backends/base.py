@@ -6,6 +6,7 @@ exit, and stops it. Backends never make scheduling decisions.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,6 +52,8 @@ class ContainerHandle(Protocol):
     async def wait(self) -> int: ...  # exit code (negative: killed by that signal), after output is drained
     def kill(self) -> None: ...
     def terminate(self) -> None: ...
+    # An unconnected non-blocking socket from which ("127.0.0.1", port) is the container's port (web traffic).
+    def web_socket(self) -> socket.socket: ...
 
 
 class Backend(Protocol):

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..config import home
 from . import gpus as gpu_mod
 from .base import ContainerSpec, OutputSink, Unschedulable
+from .netns import open_netns, socket_in
 from .sandbox import (
     ID_COUNT,
     ISOLATION_ENV,
@@ -79,10 +80,23 @@ class LocalContainer:
         self._setup_error = setup_error if setup_error is not None else []
         self._returncode: int | None = None
         self._oom_kills = 0
+        self._netns: int | None = None  # the container's network namespace, opened on the first web request
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def web_socket(self) -> socket.socket:
+        """An unconnected socket from which 127.0.0.1:PORT is the container's own loopback: made inside its
+        network namespace when sandboxed (the supervisor's), else a plain socket (containers share the host's)."""
+        if not self.sandboxed:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        if self._netns is None:
+            self._netns = open_netns(self.proc.pid)
+        return socket_in(self._netns)
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -93,6 +107,9 @@ class LocalContainer:
         return code
 
     async def _cleanup(self) -> None:
+        if self._netns is not None:
+            os.close(self._netns)
+            self._netns = None
         if self.forwarding is not None:
             self.forwarding.close()
         for release in self._release:

@@ -587,8 +587,12 @@ class _Inbound(_Pipe):
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
+        host, port = self.target
+        if host in _LOOPBACK and self.transport is not None:
+            # The loopback address it was sent to inside is the one it goes to outside (web URLs differ by it).
+            host = (self.transport.get_extra_info("sockname") or (host,))[0]
         try:
-            _, out = await loop.create_connection(_Pipe, *self.target)
+            _, out = await loop.create_connection(_Pipe, host, port)
         except OSError:
             if self.transport is not None:
                 self.transport.close()

@@ -12,9 +12,11 @@ from .deploy_cmds import deploy
 from .exec_cmds import container_exec, shell
 from .run import run
 from .secret_cmds import secret_group
+from .serve_cmds import serve
 from .server_cmds import app_group, down, status, up
 from .storage_cmds import dict_group, queue_group
 from .volume_cmds import volume_group
+from .workspace_cmds import token_group, workspace_group
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -35,6 +37,7 @@ def cli() -> None:
 
 cli.add_command(run)
 cli.add_command(deploy)
+cli.add_command(serve)
 cli.add_command(up)
 cli.add_command(down)
 cli.add_command(status)
@@ -45,6 +48,8 @@ cli.add_command(dict_group)
 cli.add_command(queue_group)
 cli.add_command(secret_group)
 cli.add_command(volume_group)
+cli.add_command(workspace_group)
+cli.add_command(token_group)
 cli.add_command(shell)
 container_group.add_command(container_exec)
 

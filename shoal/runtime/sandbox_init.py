@@ -367,7 +367,7 @@ def open_listeners(ports: list[int]) -> list:
     for port in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
+        s.bind(("0.0.0.0", port))  # only loopback exists here: every 127.x address (web URLs are 127.77.x.y)
         s.listen(512)
         socks.append(s)
     return socks

@@ -450,6 +450,12 @@ def imported_packages(baseline: set[str]) -> list[str]:
     return sorted(names)
 
 
+def has_web(definition: dict[str, Any]) -> bool:
+    """A web function, or a class with web methods: the container serves HTTP (see runtime/web.py)."""
+    methods = (definition.get("cls") or {}).get("methods") or {}
+    return bool(definition.get("webhook")) or any(m.get("webhook") for m in methods.values())
+
+
 def main() -> None:
     _die_with_parent()
     # One write per line, so a line never reaches the caller in pieces (PYTHONUNBUFFERED would make
@@ -472,6 +478,8 @@ def main() -> None:
         take_assignment(init["assign"])
     baseline = set(sys.modules)
     stage = "load function"
+    web: Any = None  # runtime.web.WebServers of a web function's container
+    web_ports: dict[str, int] = {}
     try:
         fn, timings = load_function(init)
         worker = Worker(channel, fn, init["definition"])
@@ -480,6 +488,12 @@ def main() -> None:
             t_enter = time.perf_counter()
             worker.enter()
             timings["enter_s"] = time.perf_counter() - t_enter
+        if has_web(init["definition"]):
+            from .web import WebServers, start_web
+
+            stage = "start its web server"
+            web = WebServers()
+            web_ports = start_web(fn, init["definition"], worker.instance, web)
     except BaseException as exc:  # noqa: BLE001 - report import and @enter errors to the caller, then exit
         print(f"shoal: failed to {stage}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         channel.send({"t": "init_failed", "exc": dumps_exception(exc), "summary": f"{type(exc).__name__}: {exc}"})
@@ -492,13 +506,15 @@ def main() -> None:
     timings["t_ready"] = time.time()
     if warm:
         timings.update(warm=True, t_assigned=t_connected)
-    channel.send({"t": "ready", "timings": timings})
+    channel.send({"t": "ready", "timings": timings, "web": web_ports})
     channel.send({"t": "modules", "names": imported_packages(baseline)})
     try:
         worker.serve()
     except (KeyboardInterrupt, Terminated, BrokenPipeError, ConnectionError):
         pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the hooks have their grace period; SIGKILL ends it
+    if web is not None:
+        web.stop()  # requests in flight finish, the ASGI lifespan shutdown runs
     worker.exit()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -96,6 +96,7 @@ class Api:
         r.add_post("/v1/functions/{function_id}/variants", self.create_variant)
         r.add_get("/v1/functions/lookup", self.lookup_function)
         r.add_get("/v1/functions/{function_id}/stats", self.function_stats)
+        r.add_get("/v1/functions/{function_id}/web_url", self.web_url)
         r.add_post("/v1/calls/{call_id}/inputs", self.add_inputs)
         r.add_get("/v1/calls/{call_id}/outputs", self.get_outputs)
         r.add_get("/v1/calls/{call_id}/result", self.get_result)
@@ -212,13 +213,28 @@ class Api:
         return app
 
     async def register_functions(self, request: web.Request) -> web.Response:
+        """Add (or update) an app's functions. With `strategy` ("rolling" or "recreate"; `shoal serve` sends
+        recreate on each reload) the definitions become the app's next version, exactly as a redeploy: pools
+        keep their ids and get the new definitions, their containers are superseded that way, and functions
+        left out stop."""
+        from .deploy import STRATEGIES
+
         app = self._app(request)
         body = await body_of(request, "functions")
-        defs = body["functions"]
+        defs, strategy = body["functions"], body.get("strategy")
         if not isinstance(defs, list) or not all(isinstance(d, dict) and "tag" in d for d in defs):
             raise ApiError(400, "functions must be a list of maps with a 'tag'")
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ApiError(400, f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         await self.prepare_definitions(app, defs)
-        return reply({"functions": await self.d.register_functions(app, defs)})
+        if strategy is None:
+            return reply({"functions": await self.d.register_functions(app, defs)})
+        async with self.deployments._lock(app.id):
+            if app.state != "running":  # stopped while its images were building
+                raise ApiError(409, f"app {app.id} was stopped while its functions were being updated",
+                               "InvalidError")
+            version, functions = await self.deployments._apply(app, defs, strategy, "", None)
+        return reply({"functions": functions, "version": version})
 
     async def prepare_definitions(self, app: Any, defs: list[dict[str, Any]]) -> None:
         """Check named secrets, unpack sources, build images: what a definition needs before it runs."""
@@ -452,6 +468,13 @@ class Api:
         if call is not None and call.state == "running":
             self.d.cancel_call(call, bool(body.get("terminate_containers")))
         return reply({"ok": True})
+
+    async def web_url(self, request: web.Request) -> web.Response:
+        """The URL of a web function (or of a class's web method, `?method=`); null for other functions."""
+        pool = self._pool(request)
+        router = self.d.router
+        url = router.url_for(pool.function_id, request.query.get("method")) if router is not None else None
+        return reply({"url": url})
 
     async def function_stats(self, request: web.Request) -> web.Response:
         return reply(self.d.stats(self._pool(request)))

@@ -37,6 +37,10 @@ PENDING_RETRY_S = 0.25  # how often a container waiting for resources (a GPU) tr
 STOP_DRAIN_S = 3.0  # how long stopping an app waits for its containers' last output
 
 
+class WebUnavailableError(Exception):
+    """A web request cannot get a container: its function's containers fail to start, or its app stopped."""
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{_secrets.token_hex(10)}"
 
@@ -67,6 +71,8 @@ class Dispatcher:
         self.secrets: Any = None  # server.secrets.SecretStore, set by main
         self.scheduler: Any = None  # server.scheduler.Scheduler, set by main
         self.volumes: Any = None  # server.volumes.Volumes, set by main
+        self.proxy_tokens: Any = None  # server.proxy_tokens.ProxyTokens, set by main
+        self.router: Any = None  # server.web_routes.Router (web URLs), set by main
         self._waiting: set[Pool] = set()
         self.warmpool = WarmPool(self)  # pools that wanted containers the machine had no room for
         self.server_url = ""
@@ -77,7 +83,7 @@ class Dispatcher:
     async def recover(self) -> None:
         """Rebuild running apps, their functions and every unfinished input from the store."""
         for app_id, name, mode, detach in self.store.read_now(
-            "SELECT app_id, name, mode, detach FROM apps WHERE state='running'"
+            "SELECT app_id, name, mode, detach FROM apps WHERE state='running' ORDER BY created_at"
         ):
             self.apps[app_id] = AppState(app_id, name, mode, bool(detach))
         for function_id, app_id, definition in self.store.read_now(
@@ -117,6 +123,7 @@ class Dispatcher:
                 self._complete_call(call)
         if requeued:
             log.info("recovered %d unfinished inputs", requeued)
+        self.routes_changed()
         for pool in self.pools.values():
             self._scale(pool)
 
@@ -204,7 +211,13 @@ class Dispatcher:
                     self._scale(pool)
             ticket = self.store.put_function(function_id, app.id, d["tag"], msgpack.packb(d))
         await self.store.flushed(ticket)
+        self.routes_changed()
         return dict(app.functions)
+
+    def routes_changed(self) -> None:
+        """Apps or functions changed: the web routing table (labels, URLs) follows."""
+        if self.router is not None:
+            self.router.rebuild(self)
 
     async def stop_app(self, app_id: str) -> None:
         """Terminate the app's calls and containers. Its log stays open ("stopping") until the containers'
@@ -222,6 +235,7 @@ class Dispatcher:
             pool.stopped = True
             for call in [c for c in self.calls.values() if c.pool is pool and c.state == "running"]:
                 self._terminate_call(call, "the app was stopped")
+            self._fail_queue(pool, WebUnavailableError("the app was stopped"))  # web requests still waiting
             for c in list(pool.containers.values()):
                 self._stop_container(c, "app stopped")
                 exits.append(c.exited)
@@ -229,6 +243,7 @@ class Dispatcher:
             await asyncio.wait(exits, timeout=STOP_DRAIN_S)
         app.state = "stopped"
         self.apps.pop(app_id, None)
+        self.routes_changed()
         app.logs.wake()
 
     # -- calls -----------------------------------------------------------------------------------------------
@@ -304,29 +319,38 @@ class Dispatcher:
         ready = pool.ready()
         if not ready:
             return
-        capacity = 1 if pool.single_use else (
-            pool.batch_max_size or policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s))  # batches: no more
+        if pool.single_use:
+            capacity = 1
+        elif pool.batch_max_size or pool.is_web:  # no prefetch: a batch, or requests held by the proxy
+            capacity = pool.batch_max_size or pool.max_inputs
+        else:
+            capacity = policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s)
         now = time.monotonic()
         timeout = float(pool.options.get("timeout") or 300)
         for c in sorted(ready, key=lambda c: len(c.running)):
-            n = policy.dispatch_batch(
-                room=capacity - len(c.running), queued=len(pool.queue), ready_containers=len(ready),
-                avg_exec_s=pool.avg_exec_s,
+            room = capacity - len(c.running)
+            n = room if pool.is_web else policy.dispatch_batch(
+                room=room, queued=len(pool.queue), ready_containers=len(ready), avg_exec_s=pool.avg_exec_s,
             )
             if n <= 0:
                 continue
             items = []
+            taken = 0
             loop = asyncio.get_running_loop()
-            while pool.queue and len(items) < n:
+            while pool.queue and taken < n:
                 inp = pool.queue.popleft()
-                if inp.call.cancelled:
-                    continue
+                if inp.call.cancelled or (inp.waiter is not None and inp.waiter.done()):
+                    continue  # cancelled, or a web request whose client gave up while it waited
+                taken += 1
                 c.next_key += 1
                 inp.key = c.next_key
                 inp.container = c
                 inp.dispatched_at = now
-                inp.timer = loop.call_later(timeout, self._on_timeout, inp)
                 c.running[inp.key] = inp
+                if inp.waiter is not None:
+                    inp.waiter.set_result(c)  # the proxy forwards the request to this container itself
+                    continue
+                inp.timer = loop.call_later(timeout, self._on_timeout, inp)
                 items.append([inp.key, inp.input_id, inp.call.id, inp.args, inp.call.method])
             if items and c.writer is not None:
                 c.writer.write(_protocol.encode({"t": "inputs", "items": items}))
@@ -407,7 +431,11 @@ class Dispatcher:
         data = data or dumps_exception(exc)
         while pool.queue:
             inp = pool.queue.popleft()
-            if not inp.call.cancelled:
+            if inp.waiter is not None:
+                if not inp.waiter.done():
+                    why = str(exc) if isinstance(exc, WebUnavailableError) else (pool.last_start_error or str(exc))
+                    inp.waiter.set_exception(WebUnavailableError(why))
+            elif not inp.call.cancelled:
                 self._finish_output(inp.call, inp.idx, FAILURE, data)
 
     # -- containers ------------------------------------------------------------------------------------------
@@ -553,8 +581,8 @@ class Dispatcher:
             if inp.timer:
                 inp.timer.cancel()
             inp.container = None
-            if inp.call.cancelled:
-                continue
+            if inp.call.cancelled or inp.waiter is not None:
+                continue  # a web request was already forwarded: its client sees the failure (502)
             if charge:
                 inp.crashes += 1
                 if inp.crashes > policy.MAX_CRASH_RETRIES:
@@ -636,6 +664,7 @@ class Dispatcher:
                     self._add_output(inp.call, inp.idx, ITEM, msg["data"], final=False)
             elif t == "ready":
                 if c.state == "starting":
+                    c.web_ports = msg.get("web") or {}
                     c.state = "ready"
                     c.ready_at = time.monotonic()
                     c.idle_since = c.ready_at
@@ -784,6 +813,42 @@ class Dispatcher:
         except asyncio.TimeoutError:
             pass
         return call.outputs_after(after, limit)
+
+    # -- web requests (server/proxy.py) -----------------------------------------------------------------------
+    def web_enqueue(self, pool: Pool) -> Input:
+        """A web request waits for a slot in one of the pool's containers, counted as an input (the autoscaler
+        sees it at once); `inp.waiter` resolves with the container. Requests are not stored: they do not
+        outlive their HTTP connection."""
+        call = pool.web_call
+        if call is None:
+            call = pool.web_call = Call(new_id("fc"), pool, "web", None)
+        call.next_seq += 1
+        inp = Input(call, call.next_seq, None)
+        inp.waiter = asyncio.get_running_loop().create_future()
+        self._enqueue(pool, [inp])
+        return inp
+
+    def web_release(self, inp: Input) -> None:
+        """The request is over (answered, failed or abandoned): its slot goes to the next one waiting."""
+        inp.call.open.pop(inp.idx, None)
+        if inp.waiter is not None and not inp.waiter.done():
+            inp.waiter.cancel()  # still queued: _pump skips it
+            return
+        c = inp.container
+        inp.container = None
+        if c is None or c.running.pop(inp.key, None) is None:
+            return
+        pool = c.pool
+        pool.avg_exec_s = policy.ewma(pool.avg_exec_s, time.monotonic() - inp.dispatched_at)
+        if pool.single_use:
+            self._stop_container(c, "single-use container finished its request")
+        if not c.running:
+            c.idle_since = time.monotonic()
+            if c.state == "draining":
+                self._stop_container(c, c.stop_reason or "drained")
+        self._pump(pool)
+        if pool.queue:
+            self._scale(pool)
 
     def stats(self, pool: Pool) -> dict[str, int]:
         live = pool.live()

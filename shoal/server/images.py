@@ -60,6 +60,11 @@ _BUILD_ENV_PREFIXES = ("LC_", "PIP_", "UV_")
 _BUILD_ENV_DROP = {"UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "UV_SYSTEM_PYTHON"}
 
 
+# Web functions: the runtime serves ASGI/WSGI apps itself (uvicorn with httptools and websockets; a2wsgi for
+# WSGI), whatever the image installs. An image's own versions of these come first on its path.
+WEB_REQUIREMENTS = ["uvicorn>=0.30", "httptools>=0.6", "websockets>=12", "a2wsgi>=1.10"]
+
+
 def _runtime_requirements() -> list[str]:
     """What every image gets for the container runtime. cloudpickle is pinned to the control plane's version:
     functions pickled by the caller must unpickle in the container."""
@@ -67,11 +72,11 @@ def _runtime_requirements() -> list[str]:
         cloudpickle = f"cloudpickle=={metadata.version('cloudpickle')}"
     except metadata.PackageNotFoundError:
         cloudpickle = "cloudpickle>=3.0"
-    return [cloudpickle, "msgpack>=1.0", "tblib>=3.0", "aiohttp>=3.9"]
+    return [cloudpickle, "msgpack>=1.0", "tblib>=3.0", "aiohttp>=3.9", *WEB_REQUIREMENTS]
 
 
 RUNTIME_REQUIREMENTS = _runtime_requirements()
-RUNTIME_NAMES = ("cloudpickle", "msgpack", "tblib", "aiohttp", "pip")
+RUNTIME_NAMES = ("cloudpickle", "msgpack", "tblib", "aiohttp", "uvicorn", "httptools", "websockets", "a2wsgi", "pip")
 
 
 def _copy_host_packages(names: tuple[str, ...], target: Path) -> list[str]:

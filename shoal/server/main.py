@@ -27,12 +27,16 @@ from .api import Api
 from .dispatch import Dispatcher
 from .images import ImageBuilder
 from .objects import Objects
+from .proxy import Proxy
+from .proxy_tokens import ProxyTokens
 from .scheduler import Scheduler
 from .secrets import SecretStore
 from .store import StoreError, open_store
 from .volumes import Volumes
+from .web_routes import Router
 
 log = logging.getLogger("shoal.server")
+DEFAULT_WEB_PORT = 8700
 
 
 def load_token(state_dir: Path) -> str:
@@ -55,6 +59,25 @@ def control_socket_path(state_dir: Path) -> Path:
 
 class AlreadyRunningError(Exception):
     pass
+
+
+def web_port_for(state_dir: Path) -> int:
+    """The ingress proxy's port: SHOAL_WEB_PORT (0: any free one), else the one this state directory used
+    last (web URLs stay the same across restarts), else 8700 when free, else any."""
+    if "SHOAL_WEB_PORT" in os.environ:
+        return int(os.environ["SHOAL_WEB_PORT"])
+    try:
+        return int((state_dir / "web_port").read_text())
+    except (OSError, ValueError):
+        pass
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", DEFAULT_WEB_PORT))
+            return DEFAULT_WEB_PORT
+        except OSError:
+            return 0
 
 
 def take_lock(state_dir: Path) -> int:
@@ -85,6 +108,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     objects.add_routes(http_app.router)
     dispatcher.secrets = SecretStore(store, state_dir)
     dispatcher.secrets.add_routes(http_app.router)
+    dispatcher.proxy_tokens = ProxyTokens(store)  # the web proxy calls .lookup per request
+    dispatcher.proxy_tokens.add_routes(http_app.router)
     dispatcher.volumes = Volumes(store, state_dir, dispatcher)
     dispatcher.volumes.add_routes(http_app.router)
     objects.on_delete.append(dispatcher.volumes.on_deleted)
@@ -96,6 +121,12 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     url = f"http://{host}:{bound_port}"
     dispatcher.server_url = url
     dispatcher.server_token = token
+    dispatcher.router = Router()
+    proxy = Proxy(dispatcher, dispatcher.router)
+    web_port = await proxy.start(web_port_for(state_dir))
+    (state_dir / "web_port").write_text(str(web_port))
+    dispatcher.backend.forward_ports[web_port] = ("127.0.0.1", web_port)  # web URLs work inside containers
+    proxy_housekeeping = asyncio.create_task(proxy.housekeeping())
     control = await asyncio.start_unix_server(dispatcher.handle_runtime, str(sock_path), limit=2**26)
     os.chmod(sock_path, 0o600)
     await dispatcher.volumes.recover()  # before any container starts: commits what the last run left
@@ -104,7 +135,7 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
     dispatcher.scheduler = Scheduler(dispatcher)
     scheduling = asyncio.create_task(dispatcher.scheduler.run())
-    info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir)}
+    info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port}
     tmp = state_dir / f".server.json.{os.getpid()}"
     tmp.write_text(json.dumps(info))
     tmp.replace(state_dir / "server.json")
@@ -115,6 +146,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     await stop.wait()
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
+    proxy_housekeeping.cancel()
+    proxy.close()
     objects_housekeeping.cancel()
     scheduling.cancel()
     dispatcher.shutdown()

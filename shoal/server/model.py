@@ -17,9 +17,9 @@ SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "
 class Input:
     """One input of a call; lives until its final output is produced."""
 
-    __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at")
+    __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at", "waiter")
 
-    def __init__(self, call: Call, idx: int, args: bytes) -> None:
+    def __init__(self, call: Call, idx: int, args: bytes | None) -> None:
         call.open[idx] = self
         self.call = call
         self.idx = idx
@@ -30,6 +30,8 @@ class Input:
         self.container: Container | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.dispatched_at = 0.0
+        # A web request (server/proxy.py): resolved with the container that got its slot; no frame is sent.
+        self.waiter: asyncio.Future | None = None
 
     @property
     def input_id(self) -> str:
@@ -121,6 +123,7 @@ class Container:
     init_error: bytes | None = None
     pending_reason: str | None = None  # why it waits to start (no free GPU of its model), shown to users
     timings: dict[str, float] = field(default_factory=dict)
+    web_ports: dict[str, int] = field(default_factory=dict)  # web target ("" or a method) -> port inside
     exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
 
 
@@ -142,6 +145,7 @@ class Pool:
         # Containers started for an earlier version of a deployed app: not counted as live, retired once one of
         # the new version is ready (server/deploy.py).
         self.superseded: set[str] = set()
+        self.web_call: Call | None = None  # the requests of a web function count as inputs of this call
 
     @property
     def tag(self) -> str:
@@ -164,6 +168,12 @@ class Pool:
     def batch_max_size(self) -> int:
         """Inputs one container takes at once for a dynamically batched function (0: not batched)."""
         return int(self.options.get("batch_max_size") or 0)
+
+    @property
+    def is_web(self) -> bool:
+        """A web function, or a class with web methods: requests take container slots directly."""
+        methods = (self.definition.get("cls") or {}).get("methods") or {}
+        return bool(self.definition.get("webhook")) or any(m.get("webhook") for m in methods.values())
 
     @property
     def single_use(self) -> bool:

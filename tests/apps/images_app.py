@@ -66,7 +66,7 @@ def default_image() -> dict:
         "executable": sys.executable,
         "prefix": sys.prefix,
         "python": list(sys.version_info[:2]),
-        "leaked": [m for m in ("pytest", "rich", "click", "ray") if importlib.util.find_spec(m) is not None],
+        "leaked": [m for m in ("pytest", "rich", "ray") if importlib.util.find_spec(m) is not None],
         "runtime": [m for m in ("cloudpickle", "msgpack", "tblib", "aiohttp")
                     if importlib.util.find_spec(m) is not None],
         "image_id": os.environ.get("SHOAL_IMAGE_ID"),

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS queue_partitions (
     queue_id TEXT NOT NULL, partition TEXT NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (queue_id, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS proxy_tokens (
+    token_id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, scope BLOB NOT NULL, created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS app_versions (
     app_id TEXT NOT NULL, version INTEGER NOT NULL, created_at REAL NOT NULL, definitions BLOB NOT NULL,
     strategy TEXT NOT NULL, tag TEXT, rollback_of INTEGER, PRIMARY KEY (app_id, version)

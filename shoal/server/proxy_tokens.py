@@ -1,0 +1,150 @@
+"""Proxy auth tokens (`Modal-Key: wk-…` / `Modal-Secret: ws-…`) for web functions with `requires_proxy_auth`.
+
+Every token is held in memory, so the proxy checks a request without touching the store (`lookup` is
+synchronous). Edits go to memory first, then to the store, and are acknowledged once committed. Only the
+secret's hash is kept anywhere; the secret itself is returned once, by `create`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import string
+import time
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from .api import ApiError, body_of, reply
+from .ingress_policy import TokenRecord, hash_secret
+from .store import Store
+
+Scope = list[str]  # app names; empty means every app
+_ALPHABET = string.ascii_letters + string.digits
+ID_CHARS = 22  # ≈ 131 bits: unguessable, though ids are not secret
+SECRET_CHARS = 43  # ≈ 256 bits, the "32+ random bytes" that make a fast hash safe
+MAX_SCOPE = 100
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def _check_app(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ApiError(400, f"invalid app name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def _check_scope(scope: Any) -> Scope:
+    if not isinstance(scope, list) or len(scope) > MAX_SCOPE:
+        raise ApiError(400, f"scope must be a list of at most {MAX_SCOPE} app names")
+    return list(dict.fromkeys(_check_app(a) for a in scope))  # de-duplicated, in order
+
+
+def _public(r: TokenRecord) -> dict[str, Any]:
+    """What listing shows: never the secret nor its hash."""
+    return {"token_id": r.token_id, "scope": list(r.scope), "created_at": r.created_at}
+
+
+class ProxyTokens:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.tokens: dict[str, TokenRecord] = {}
+        for token_id, secret_hash, scope, created_at in store.read_now(
+                "SELECT token_id, secret_hash, scope, created_at FROM proxy_tokens"):
+            self.tokens[token_id] = TokenRecord(token_id, secret_hash, msgpack.unpackb(scope), created_at)
+
+    # -- used by the proxy, per request ----------------------------------------------------------------------
+    def lookup(self, token_id: str) -> TokenRecord | None:
+        return self.tokens.get(token_id)
+
+    # -- operations ------------------------------------------------------------------------------------------
+    async def create(self, scope: Scope) -> tuple[str, str]:
+        """A new token valid for `scope`: (token_id, secret). The secret is not kept, only its hash."""
+        token_id, secret = "wk-" + _random(ID_CHARS), "ws-" + _random(SECRET_CHARS)
+        record = TokenRecord(token_id, hash_secret(secret), list(scope), time.time())
+        self.tokens[token_id] = record
+        await self.store.flushed(self.store.write(
+            "INSERT INTO proxy_tokens (token_id, secret_hash, scope, created_at) VALUES (?,?,?,?)",
+            (token_id, record.secret_hash, msgpack.packb(record.scope), record.created_at)))
+        return token_id, secret
+
+    async def delete(self, token_id: str) -> bool:
+        """False if there is no such token. Requests stop passing at once, before the commit."""
+        if self.tokens.pop(token_id, None) is None:
+            return False
+        await self.store.flushed(self.store.write("DELETE FROM proxy_tokens WHERE token_id=?", (token_id,)))
+        return True
+
+    def list(self) -> list[dict[str, Any]]:
+        return [_public(r) for r in sorted(self.tokens.values(), key=lambda r: r.created_at)]
+
+    async def allow(self, token_id: str, app: str) -> TokenRecord:
+        """Add `app` to a scoped token. A token for every app already allows it (narrowing it would be a
+        surprise: create a scoped token instead)."""
+        record = self._get(token_id)
+        if not record.scope or app in record.scope:
+            return record
+        return await self._set_scope(record, [*record.scope, app])
+
+    async def revoke(self, token_id: str, app: str) -> TokenRecord:
+        """Remove `app` from a token's scope. Refused where it would mean every app: an empty scope does."""
+        record = self._get(token_id)
+        if not record.scope:
+            raise ApiError(400, f"token {token_id} is valid for every app, so it cannot exclude {app!r}; "
+                                "create a token scoped to the apps it should reach, then delete this one")
+        if app not in record.scope:
+            return record
+        if record.scope == [app]:
+            raise ApiError(400, f"{app!r} is the only app token {token_id} may access: revoking it would make "
+                                "the token valid for every app; delete the token instead")
+        return await self._set_scope(record, [a for a in record.scope if a != app])
+
+    def _get(self, token_id: str) -> TokenRecord:
+        record = self.tokens.get(token_id)
+        if record is None:
+            raise ApiError(404, f"proxy token {token_id!r} not found", "NotFoundError")
+        return record
+
+    async def _set_scope(self, record: TokenRecord, scope: Scope) -> TokenRecord:
+        if len(scope) > MAX_SCOPE:
+            raise ApiError(400, f"a token may name at most {MAX_SCOPE} apps")
+        new = dataclasses.replace(record, scope=scope)
+        self.tokens[record.token_id] = new
+        await self.store.flushed(self.store.write("UPDATE proxy_tokens SET scope=? WHERE token_id=?",
+                                                  (msgpack.packb(scope), record.token_id)))
+        return new
+
+    # -- routes ----------------------------------------------------------------------------------------------
+    def add_routes(self, r: web.UrlDispatcher) -> None:
+        r.add_post("/v1/proxy-tokens", self.handle_create)
+        r.add_get("/v1/proxy-tokens", self.handle_list)
+        r.add_delete("/v1/proxy-tokens/{token_id}", self.handle_delete)
+        r.add_post("/v1/proxy-tokens/{token_id}/allow", self.handle_allow)
+        r.add_post("/v1/proxy-tokens/{token_id}/revoke", self.handle_revoke)
+
+    async def handle_create(self, request: web.Request) -> web.Response:
+        body = await body_of(request)
+        token_id, secret = await self.create(_check_scope(body.get("scope", [])))
+        return reply({"token_id": token_id, "token_secret": secret})
+
+    async def handle_list(self, request: web.Request) -> web.Response:
+        return reply({"tokens": self.list()})
+
+    async def handle_delete(self, request: web.Request) -> web.Response:
+        token_id = request.match_info["token_id"]
+        if not await self.delete(token_id):
+            raise ApiError(404, f"proxy token {token_id!r} not found", "NotFoundError")
+        return reply({"ok": True})
+
+    async def handle_allow(self, request: web.Request) -> web.Response:
+        body = await body_of(request, "app")
+        record = await self.allow(request.match_info["token_id"], _check_app(body["app"]))
+        return reply(_public(record))
+
+    async def handle_revoke(self, request: web.Request) -> web.Response:
+        body = await body_of(request, "app")
+        record = await self.revoke(request.match_info["token_id"], _check_app(body["app"]))
+        return reply(_public(record))

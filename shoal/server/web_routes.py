@@ -1,0 +1,139 @@
+"""Which web function answers a request: labels, URLs and the routing table.
+
+A web function's label follows Modal's rules (`<workspace>--<app>-<function>`, or `<workspace>--<label>`,
+`-dev` for ephemeral apps, cut to 63 characters with a hash). Its URL needs no DNS set-up: each label gets its
+own loopback address, `http://127.A.B.C:PORT/` (derived from the label, so it is stable across restarts), which
+curl, Python, browsers and containers (through their forwarded loopback) all reach, and root-relative links work.
+Browsers may also use `http://<label>.localhost:PORT/`; with `SHOAL_WEB_DOMAIN` set, URLs are
+`http://<label>.<domain>` for a wildcard DNS name pointing at the proxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
+    from .model import Pool
+
+MAX_LABEL = 63
+WORKSPACE = os.environ.get("SHOAL_WORKSPACE", "shoal")
+
+
+def web_label(workspace: str, app_name: str, function_name: str, label: str | None, dev: bool) -> str:
+    """Modal's label: `<workspace>--<label or app-function>[-dev]`, lower-case, at most 63 characters (longer
+    ones are cut to 56 and end in `-` and 6 hex digits of the full label's SHA-256)."""
+    base = label or f"{app_name}-{function_name}"
+    base = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")
+    full = f"{workspace}--{base}{'-dev' if dev else ''}"
+    if len(full) > MAX_LABEL:
+        full = f"{full[:56]}-{hashlib.sha256(full.encode()).hexdigest()[:6]}"
+    return full
+
+
+def label_address(label: str, attempt: int = 0) -> str:
+    """The label's loopback address, in 127.64.0.0–127.127.255.255 (127.0.0.1 stays the control plane's)."""
+    h = hashlib.sha256(f"{label}#{attempt}".encode() if attempt else label.encode()).digest()
+    return f"127.{64 + h[0] % 64}.{h[1]}.{h[2] or 1}"
+
+
+@dataclass
+class Route:
+    label: str
+    address: str
+    app_id: str
+    app_name: str | None
+    function_id: str  # the base pool (a class's parameter sets get pools of their own, per request)
+    method: str | None  # the web method of a class, None for a web function
+    webhook: dict[str, Any]
+
+    @property
+    def requires_auth(self) -> bool:
+        return bool(self.webhook.get("requires_proxy_auth"))
+
+
+def web_targets(pool: Pool) -> list[tuple[str | None, dict[str, Any]]]:
+    """(method, webhook) of each web target of a pool: the function itself, or a class's web methods."""
+    d = pool.definition
+    if d.get("webhook"):
+        return [(None, d["webhook"])]
+    methods = (d.get("cls") or {}).get("methods") or {}
+    return [(name, m["webhook"]) for name, m in methods.items() if m.get("webhook")]
+
+
+def function_name(pool: Pool, method: str | None) -> str:
+    if method is not None:
+        return f"{(pool.definition.get('cls') or {}).get('name', pool.tag)}-{method}"
+    return pool.tag
+
+
+class Router:
+    """label → route, rebuilt from the running apps whenever their functions change. Apps are visited oldest
+    first, so a newer app claiming a label (a newer `shoal serve`) takes it over."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.domain = os.environ.get("SHOAL_WEB_DOMAIN") or ""
+        self.by_label: dict[str, Route] = {}
+        self.by_address: dict[str, Route] = {}
+        self.by_host: dict[str, Route] = {}  # custom domains
+        self.on_change: list[Any] = []  # callbacks(routes) — the proxy opens listeners for new addresses
+
+    def rebuild(self, dispatcher: Dispatcher) -> None:
+        by_label: dict[str, Route] = {}
+        by_host: dict[str, Route] = {}
+        for app in list(dispatcher.apps.values()):
+            if app.state != "running":
+                continue
+            for function_id in app.functions.values():
+                pool = dispatcher.pools.get(function_id)
+                if pool is None or pool.definition.get("variant_of"):
+                    continue
+                for method, webhook in web_targets(pool):
+                    app_name = app.name or pool.definition.get("module") or "app"
+                    label = web_label(WORKSPACE, app_name, function_name(pool, method), webhook.get("label"),
+                                      dev=app.mode == "ephemeral")
+                    route = Route(label, "", app.id, app.name, function_id, method, webhook)
+                    by_label[label] = route
+                    for domain in webhook.get("custom_domains") or []:
+                        by_host[domain.lower()] = route
+        used: dict[str, str] = {}
+        for label in sorted(by_label):
+            attempt = 0
+            while (addr := label_address(label, attempt)) in used:
+                attempt += 1
+            used[addr] = label
+            by_label[label].address = addr
+        self.by_label = by_label
+        self.by_address = {r.address: r for r in by_label.values()}
+        self.by_host = by_host
+        for callback in self.on_change:
+            callback(list(by_label.values()))
+
+    def url(self, route: Route) -> str:
+        if self.domain:
+            return f"http://{route.label}.{self.domain}" + (f":{self.port}" if self.port != 80 else "")
+        return f"http://{route.address}:{self.port}"
+
+    def url_for(self, function_id: str, method: str | None) -> str | None:
+        for route in self.by_label.values():
+            if route.function_id == function_id and (method is None or route.method == method):
+                return self.url(route)
+        return None
+
+    def resolve(self, host: bytes | None, local_address: str) -> Route | None:
+        """The route of a request: by its Host (`<label>.localhost`, `<label>.<domain>`, a custom domain), else
+        by the loopback address it came to."""
+        if host:
+            name = host.decode("latin-1").rsplit(":", 1)[0].lower() if not host.startswith(b"[") else ""
+            route = self.by_host.get(name)
+            if route is not None:
+                return route
+            first, _, rest = name.partition(".")
+            if rest and (rest == "localhost" or rest == self.domain) and first in self.by_label:
+                return self.by_label[first]
+        return self.by_address.get(local_address)
