@@ -75,7 +75,8 @@ class ControlPlane:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self) -> None:
+    def stop(self, keep_state: bool = False) -> None:
+        """Stop it (SIGTERM) and drop its database schema, unless `keep_state` (a later `stop()` drops it)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -83,9 +84,19 @@ class ControlPlane:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        if self.schema is not None:
+        if self.schema is not None and not keep_state:
             drop_schema(self.env["SHOAL_DATABASE_URL"], self.schema)
             self.schema = None
+
+    def store(self):  # -> shoal.server.store.Store
+        """A store opened on its state (call `open()`), for tests that look at it while it is stopped."""
+        if self.schema is None:
+            from shoal.server.store import SQLiteStore
+
+            return SQLiteStore(self.home / "state.db")
+        from shoal.server.store.postgres import PostgresStore
+
+        return PostgresStore(self.env["SHOAL_DATABASE_URL"], schema=self.schema)
 
     def state_bytes(self) -> bytes:
         """Everything its store holds, as bytes: the SQLite files, or a dump of its PostgreSQL schema's rows."""

@@ -7,7 +7,6 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import msgpack
 
@@ -52,7 +51,7 @@ def test_cli_create_list_allow_revoke_delete(control_plane: ControlPlane) -> Non
         assert secret not in out.stdout and hash_secret(secret) not in out.stdout
     assert set(listed()[token_id]) == {"token_id", "scope", "created_at"}
 
-    db = b"".join(p.read_bytes() for p in control_plane.home.glob("state.db*"))
+    db = control_plane.state_bytes()
     assert secret.encode() not in db, "the token secret is stored in plain text"
     assert hash_secret(secret).encode() in db, "the secret's hash should be what is stored"
 
@@ -118,17 +117,16 @@ def test_tokens_survive_a_sigkill(private_control_plane: ControlPlane) -> None:
     private_control_plane.start()
     tokens = listed()
     assert tokens[token_id]["scope"] == ["web", "api"] and deleted not in tokens
-    private_control_plane.stop()
-    assert reloaded_check(private_control_plane.home, token_id, secret)
+    private_control_plane.stop(keep_state=True)
+    assert reloaded_check(private_control_plane, token_id, secret)
 
 
-def reloaded_check(home: Path, token_id: str, secret: str) -> bool:
+def reloaded_check(cp: ControlPlane, token_id: str, secret: str) -> bool:
     """What the proxy would see after a restart: `lookup` from the reloaded store, checked by the policy."""
     from shoal.server.proxy_tokens import ProxyTokens
-    from shoal.server.store.sqlite import SQLiteStore
 
     async def run() -> bool:
-        store = SQLiteStore(home / "state.db")
+        store = cp.store()
         await store.open()
         try:
             tokens = ProxyTokens(store)

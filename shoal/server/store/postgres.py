@@ -173,10 +173,10 @@ def is_postgres_url(url: str | None) -> bool:
     return url is not None and url.startswith(("postgresql://", "postgres://"))
 
 
-def schema_of(url: str) -> str | None:
-    """The schema an installation keeps its tables in: SHOAL_DATABASE_SCHEMA, else the first entry of the URL's
-    `search_path` option, else None (the database's default, normally `public`)."""
-    name = os.environ.get("SHOAL_DATABASE_SCHEMA", "").strip()
+def schema_of(url: str, name: str | None = None) -> str | None:
+    """The schema an installation keeps its tables in: `name`, else SHOAL_DATABASE_SCHEMA, else the first entry
+    of the URL's `search_path` option, else None (the database's default, normally `public`)."""
+    name = (name or os.environ.get("SHOAL_DATABASE_SCHEMA", "")).strip()
     if not name:
         options = conninfo_to_dict(url).get("options") or ""
         m = re.search(r"-c\s*search_path\s*=\s*([^\s,]+)", str(options))
@@ -195,7 +195,7 @@ def redact(url: str) -> str:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, schema: str | None = None) -> None:
         super().__init__()
         if psycopg is None:
             raise StoreError("SHOAL_DATABASE_URL names a PostgreSQL database, but psycopg is not installed: "
@@ -205,7 +205,7 @@ class PostgresStore(Store):
             params = conninfo_to_dict(url)
         except psycopg.Error as exc:
             raise StoreError(f"SHOAL_DATABASE_URL is not a valid PostgreSQL URL: {exc}") from exc
-        self.schema = schema_of(url)
+        self.schema = schema_of(url, schema)
         self._connect_args: dict[str, Any] = {"autocommit": True}
         if "application_name" not in params:
             self._connect_args["application_name"] = "shoal control plane"
