@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import exception
 from ._container_context import current_function_call_id, current_input_id, is_local
 from ._output import enable_output
-from ._partial import batched, concurrent, enter, exit, method, parameter  # noqa: A004 - Modal's names
+from ._partial import batched, concurrent, enter, exit, method, parameter, sessioned  # noqa: A004 - Modal's names
 from .app import App, LocalEntrypoint
 from .cls import Cls, Obj
 from .dict import Dict
@@ -16,6 +16,7 @@ from .queue import Queue
 from .retries import Retries
 from .schedule import Cron, Period
 from .secret import Secret
+from .servers import Server
 from .volume import Volume
 from .web import asgi_app, fastapi_endpoint, web_endpoint, web_server, wsgi_app
 
@@ -36,6 +37,7 @@ __all__ = [
     "Queue",
     "Retries",
     "Secret",
+    "Server",
     "Volume",
     "asgi_app",
     "batched",
@@ -50,6 +52,7 @@ __all__ = [
     "is_local",
     "method",
     "parameter",
+    "sessioned",
     "web_endpoint",
     "web_server",
     "wsgi_app",

@@ -209,3 +209,26 @@ def parameter(*, default: Any = NO_DEFAULT, init: bool = True) -> Any:
     bytes, bool. Each distinct set of values gets its own container pool. With `init=False` the field is only
     annotated (e.g. set by an @enter hook) and is not a parameter."""
     return Parameter(default, init)
+
+
+# -- @modal.sessioned (Servers) ------------------------------------------------------------------------------------
+SESSIONED_ATTR = "__shoal_sessioned__"
+
+
+def sessioned(_warn_parentheses_missing: Any = None) -> Callable[[type], type]:
+    """Opt an `@app.server()` class into strict sessions (`Server.sessions.start()`): requests carrying a session's
+    token go to the container that holds it. Goes under `@app.server()`; sets a flag the Server records."""
+    _parentheses("sessioned", _warn_parentheses_missing)
+
+    def decorate(user_cls: type) -> type:
+        if getattr(user_cls, "_is_shoal_server", False):
+            raise InvalidError("Cannot stack `@modal.sessioned` on top of `@app.server()`. Hint: swap the order of "
+                               "the decorators.")
+        if getattr(user_cls, "_is_shoal_function", False) or getattr(user_cls, "_is_shoal_cls", False):
+            raise InvalidError("`@modal.sessioned()` is only for `@app.server()` classes.")
+        if not isinstance(user_cls, type):
+            raise InvalidError("`@modal.sessioned()` must decorate a class (under `@app.server()`).")
+        setattr(user_cls, SESSIONED_ATTR, True)
+        return user_cls
+
+    return decorate

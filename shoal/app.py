@@ -70,6 +70,7 @@ class App:
         self._functions: dict[str, Function] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
         self._classes: dict[str, Any] = {}  # name -> Cls
+        self._servers: dict[str, Any] = {}  # name -> Server (its function is in _functions, under the same tag)
         self._app_id: str | None = None
         self._deployed_version: int | None = None
         self._running = False
@@ -105,6 +106,11 @@ class App:
         return dict(self._classes)
 
     @property
+    def registered_servers(self) -> dict[str, Any]:
+        """`@app.server()` classes by name (each is also a registered function, under the same tag)."""
+        return dict(self._servers)
+
+    @property
     def registered_web_endpoints(self) -> list[str]:
         """Tags of the web functions, and `Cls.method` for the web methods of classes."""
         tags = [tag for tag, fn in self._functions.items() if fn._webhook is not None]
@@ -121,6 +127,7 @@ class App:
             self._functions[tag] = fn
         self._entrypoints.update(other_app._entrypoints)
         self._classes.update(other_app._classes)
+        self._servers.update(other_app._servers)
         if inherit_tags:
             self._tags = {**other_app._tags, **self._tags}
         return self
@@ -316,6 +323,64 @@ class App:
             single_use_containers=single_use_containers, i6pn=i6pn, include_source=include_source,
             experimental_options=experimental_options, _experimental_restrict_output=_experimental_restrict_output,
             max_inputs=max_inputs))
+
+    def server(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        env: dict[str, str | None] | None = None,
+        secrets: Collection[Any] | None = None,
+        gpu: str | list[str] | None = None,
+        serialized: bool = False,
+        volumes: dict[Any, Any] = {},  # noqa: B006 - Modal's signature
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        target_concurrency: float | None = None,
+        max_concurrency: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaleup_window: int | None = None,
+        scaledown_window: int | None = None,
+        startup_timeout: int = 30,
+        name: str | None = None,
+        port: int = 8000,
+        unauthenticated: bool = False,
+        h2_enabled: bool = False,
+        exit_grace_period: int = 0,
+        routing_region: str = "us-east",
+        compute_region: str | Collection[str] | None = None,
+        cloud: str | None = None,
+        nonpreemptible: bool = False,
+        proxy: Any = None,
+        i6pn: bool | None = None,
+        enable_memory_snapshot: bool = False,
+        include_source: bool | None = None,
+        experimental_options: dict[str, Any] | None = None,
+    ) -> Callable[[type], Any]:
+        """Turn a class into a shoal Server: its `@modal.enter()` starts a process listening on `0.0.0.0:port`,
+        served at `Server.get_url()` (authenticated unless `unauthenticated=True`). Containers autoscale only
+        with `target_concurrency`; with none up, requests get 503 while one starts."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("Did you forget parentheses? Use `@app.server()`, not `@app.server`.")
+        from .image import check_image
+        from .servers import _server_decorator, server_config
+
+        check_image(image, "@app.server()")
+        config = server_config(
+            port=port, startup_timeout=startup_timeout, target_concurrency=target_concurrency,
+            max_concurrency=max_concurrency, scaleup_window=scaleup_window, unauthenticated=unauthenticated,
+            exit_grace_period=exit_grace_period, routing_region=routing_region, compute_region=compute_region,
+            h2_enabled=h2_enabled)
+        return _server_decorator(self, config, dict(
+            image=image, env=env, secrets=secrets, gpu=gpu, serialized=serialized, volumes=volumes, cpu=cpu,
+            memory=memory, ephemeral_disk=ephemeral_disk, min_containers=min_containers,
+            max_containers=max_containers, buffer_containers=buffer_containers, scaledown_window=scaledown_window,
+            cloud=cloud, nonpreemptible=nonpreemptible, proxy=proxy, i6pn=i6pn,
+            enable_memory_snapshot=enable_memory_snapshot, include_source=include_source,
+            experimental_options=experimental_options), name)
 
     def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None
                          ) -> Callable[[Callable], LocalEntrypoint]:

@@ -161,6 +161,9 @@ class Function:
     def _apply_lookup(self, resp: dict[str, Any]) -> None:
         assert self._lookup is not None
         app_name, name, version = self._lookup
+        if resp.get("server"):
+            raise InvalidError(f"{name!r} of app {app_name!r} is a Server: use Server.from_name({app_name!r}, "
+                               f"{name!r})")
         if resp.get("cls"):
             raise InvalidError(f"{name!r} of app {app_name!r} is a class: use Cls.from_name({app_name!r}, "
                                f"{name.split('.')[0]!r})")

@@ -14,6 +14,7 @@ from .run import run
 from .secret_cmds import secret_group
 from .serve_cmds import serve
 from .server_cmds import app_group, down, status, up
+from .server_obj_cmds import server_group
 from .storage_cmds import dict_group, queue_group
 from .volume_cmds import volume_group
 from .workspace_cmds import token_group, workspace_group
@@ -44,6 +45,7 @@ cli.add_command(status)
 cli.add_command(app_group)
 cli.add_command(container_group)
 cli.add_command(function_group)
+cli.add_command(server_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)
 cli.add_command(secret_group)

@@ -4,7 +4,9 @@ server on a port of the container's own loopback, which the control plane's ingr
 - `fastapi_endpoint`: the function wrapped in a FastAPI app (the image must have FastAPI, as in Modal);
 - `asgi_app` / `wsgi_app`: the factory's app (WSGI through a2wsgi, on `max_inputs` threads);
 - `web_server(port)`: the function starts its own server; the container is ready once that port accepts
-  connections (within `startup_timeout`).
+  connections (within `startup_timeout`);
+- `@app.server`: the class's `@enter` hooks start the server; the container is ready once the port accepts
+  connections on 0.0.0.0 (within `startup_timeout`).
 
 ASGI apps are served by uvicorn (its httptools parser, WebSockets through `websockets`) on one event loop thread,
 with the ASGI lifespan honoured: a failing startup fails the container start with its error. WebSocket messages
@@ -60,18 +62,19 @@ def build_app(kind: str, target: Callable, webhook: dict[str, Any], max_inputs: 
     return app
 
 
-def wait_for_port(port: int, timeout: float) -> None:
-    """Until something accepts connections on `port` (the container's loopback, 0.0.0.0 binds included)."""
+def wait_for_port(port: int, timeout: float, what: str = "web server", address: str = "127.0.0.1") -> None:
+    """Until something accepts connections on `port`. A Server must bind 0.0.0.0: it is probed on 127.0.0.2,
+    which a server bound to 127.0.0.1 alone refuses."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((address, port), timeout=0.5).close()
             return
         except OSError:
             if time.monotonic() > deadline:
                 raise WebStartError(
-                    f"the web server did not listen on port {port} within {timeout:g}s (startup_timeout); it must "
-                    "bind 0.0.0.0, not only another interface") from None
+                    f"the {what} did not listen on 0.0.0.0:{port} within {timeout:g}s (startup_timeout); it must "
+                    "bind 0.0.0.0, not only 127.0.0.1 or another interface") from None
             time.sleep(0.01)
 
 
@@ -101,7 +104,6 @@ class WebServers:
         import uvicorn
 
         capture = _ErrorCapture()
-        logging.getLogger("uvicorn.error").addHandler(capture)
         ports: dict[str, int] = {}
         pairs = []
         for key, app in apps.items():
@@ -119,6 +121,9 @@ class WebServers:
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # older uvicorn
             pairs.append((server, sock))
             self.servers.append(server)
+        # After the configs: each uvicorn.Config runs logging.config.dictConfig, which drops the handlers of
+        # the "uvicorn.error" logger (a handler added before would never see the lifespan's error).
+        logging.getLogger("uvicorn.error").addHandler(capture)
         try:
             import uvloop
 
@@ -157,6 +162,8 @@ def _importable(name: str) -> bool:
 
 def web_targets(fn: Callable, definition: dict[str, Any], instance: Any) -> dict[str, tuple[dict[str, Any], Callable]]:
     """{target key: (webhook, callable)}: "" for a web function, the method name for a class's web methods."""
+    if definition.get("server"):  # @app.server: its @enter hooks started the process; only the port is ours
+        return {"": ({"type": "server", **definition["server"]}, fn)}
     if definition.get("webhook"):
         return {"": (definition["webhook"], fn)}
     cls = definition.get("cls") or {}
@@ -177,7 +184,11 @@ def start_web(fn: Callable, definition: dict[str, Any], instance: Any, servers: 
     ports: dict[str, int] = {}
     for key, (webhook, target) in targets.items():
         kind = webhook["type"]
-        if kind == "web_server":
+        if kind == "server":
+            wait_for_port(int(webhook.get("port") or 8000), float(webhook.get("startup_timeout") or 30), "server",
+                          address="127.0.0.2")
+            ports[key] = int(webhook.get("port") or 8000)
+        elif kind == "web_server":
             result = target()
             if asyncio.iscoroutine(result):
                 asyncio.run(result)

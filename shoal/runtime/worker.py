@@ -451,9 +451,11 @@ def imported_packages(baseline: set[str]) -> list[str]:
 
 
 def has_web(definition: dict[str, Any]) -> bool:
-    """A web function, or a class with web methods: the container serves HTTP (see runtime/web.py)."""
+    """A web function, a class with web methods, or a Server: the container serves HTTP (runtime/web.py)."""
     methods = (definition.get("cls") or {}).get("methods") or {}
-    return bool(definition.get("webhook")) or any(m.get("webhook") for m in methods.values())
+    if definition.get("webhook") or definition.get("server"):
+        return True
+    return any(m.get("webhook") for m in methods.values())
 
 
 def main() -> None:

@@ -97,6 +97,7 @@ class Api:
         r.add_get("/v1/functions/lookup", self.lookup_function)
         r.add_get("/v1/functions/{function_id}/stats", self.function_stats)
         r.add_get("/v1/functions/{function_id}/web_url", self.web_url)
+        r.add_get("/v1/functions/{function_id}/requests", self.web_requests)
         r.add_post("/v1/calls/{call_id}/inputs", self.add_inputs)
         r.add_get("/v1/calls/{call_id}/outputs", self.get_outputs)
         r.add_get("/v1/calls/{call_id}/result", self.get_result)
@@ -391,7 +392,8 @@ class Api:
             if pool is not None:
                 return reply({"function_id": function_id, "app_id": app.id, "tag": pool.tag,
                               "is_generator": bool(pool.definition.get("is_generator")),
-                              "cls": pool.definition.get("cls"),
+                              "cls": pool.definition.get("cls"), "server": pool.definition.get("server"),
+                              "webhook": pool.definition.get("webhook"),
                               "version": self.deployments.version_of(app.id)})
         if not running:
             raise ApiError(404, f"no deployed or running app named {app_name!r} (deploy it with `shoal deploy`, "
@@ -475,6 +477,13 @@ class Api:
         router = self.d.router
         url = router.url_for(pool.function_id, request.query.get("method")) if router is not None else None
         return reply({"url": url})
+
+    async def web_requests(self, request: web.Request) -> web.Response:
+        """The latest requests the ingress proxy handled for a web function or Server, newest last."""
+        pool = self._pool(request)
+        proxy = self.d.proxy
+        entries = list(proxy.requests.get(pool.function_id, ())) if proxy is not None else []
+        return reply({"requests": entries[-query_int(request, "limit", 100):]})
 
     async def function_stats(self, request: web.Request) -> web.Response:
         return reply(self.d.stats(self._pool(request)))

@@ -21,6 +21,8 @@ log = logging.getLogger("shoal.autoscaler")
 # Events closer together than this share one decision (the once-a-second tick always decides afresh).
 EVENT_REUSE_S = 0.05
 FIELDS = ("min_containers", "max_containers", "buffer_containers", "scaledown_window")
+SERVER_FIELDS = ("target_concurrency", "scaleup_window")  # a Server's knobs (server definition), also updatable
+UNBOUNDED = 1e9  # a Server without target_concurrency: one container while it has requests (no autoscaling)
 # name -> (lowest, highest) accepted, as the decorator validates them
 BOUNDS: dict[str, tuple[int, int | None]] = {
     "min_containers": (0, None),
@@ -30,15 +32,23 @@ BOUNDS: dict[str, tuple[int, int | None]] = {
 }
 
 
-def validate_update(current: dict[str, Any], update: dict[str, Any]) -> dict[str, int]:
+def validate_update(current: dict[str, Any], update: dict[str, Any], server: bool = False) -> dict[str, Any]:
     """The non-None values of an `autoscaler.update(...)`, checked like the decorator checks them (and against
     the settings they will be merged into). Raises ValueError with a message naming the parameter."""
-    unknown = sorted(set(update) - set(FIELDS))
+    fields = FIELDS + SERVER_FIELDS if server else FIELDS
+    unknown = sorted(set(update) - set(fields))
     if unknown:
-        raise ValueError(f"unknown autoscaler setting(s): {', '.join(unknown)}; expected {', '.join(FIELDS)}")
-    clean: dict[str, int] = {}
+        raise ValueError(f"unknown autoscaler setting(s): {', '.join(unknown)}; expected {', '.join(fields)}")
+    clean: dict[str, Any] = {}
     for name, value in update.items():
         if value is None:
+            continue
+        if name in SERVER_FIELDS:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (
+                    name == "scaleup_window" and value <= 0):
+                raise ValueError(f"`{name}` must be a {'positive' if name == 'scaleup_window' else 'non-negative'} "
+                                 f"number, got {value!r}")
+            clean[name] = value
             continue
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"`{name}` must be an integer, got {value!r}")
@@ -73,23 +83,34 @@ class PoolAutoscaler:
         """The four knobs as they apply now: the decorator's, replaced by runtime overrides."""
         return {k: self.overrides.get(k, options.get(k)) for k in FIELDS}
 
+    def server_knobs(self, server: dict[str, Any]) -> dict[str, Any]:
+        """A Server's target_concurrency and scaleup_window as they apply now."""
+        return {k: self.overrides.get(k, server.get(k)) for k in SERVER_FIELDS}
+
     def min_containers(self, options: dict[str, Any]) -> int:
         return int(self.effective(options)["min_containers"] or 0)
 
     def settings(self, pool: Any) -> ScalingSettings:
         eff = self.effective(pool.options)
+        target, max_inputs, scaleup = float(pool.target_inputs), 1 if pool.single_use else pool.max_inputs, None
+        if pool.server is not None:
+            # Load is requests in flight; max_concurrency overflow is answered 429, it never asks for containers.
+            knobs = self.server_knobs(pool.server)
+            target = float(knobs["target_concurrency"] or UNBOUNDED)
+            max_inputs, scaleup = int(UNBOUNDED), knobs["scaleup_window"]
         return ScalingSettings(
             min_containers=int(eff["min_containers"] or 0),
             max_containers=eff["max_containers"],
             buffer_containers=int(eff["buffer_containers"] or 0),
             scaledown_window=float(eff["scaledown_window"] or policy.DEFAULT_SCALEDOWN_WINDOW_S),
-            target_inputs=float(pool.target_inputs),
-            max_inputs=1 if pool.single_use else pool.max_inputs,
+            target_inputs=target,
+            max_inputs=max_inputs,
+            scaleup_window=float(scaleup) if scaleup else None,
         )
 
-    def update(self, options: dict[str, Any], values: dict[str, Any]) -> dict[str, int]:
+    def update(self, options: dict[str, Any], values: dict[str, Any], server: bool = False) -> dict[str, Any]:
         """Apply runtime overrides (kept until the app is redeployed); raises ValueError on bad values."""
-        clean = validate_update(self.effective(options), values)
+        clean = validate_update(self.effective(options), values, server)
         self.overrides.update(clean)
         return clean
 
@@ -148,12 +169,16 @@ class PoolAutoscaler:
         eff = self.effective(pool.options)
         d = self.last
         stable_w, panic_w = policy.windows(float(eff["scaledown_window"] or policy.DEFAULT_SCALEDOWN_WINDOW_S))
+        scaleup = self.settings(pool).scaleup_window
+        if scaleup:
+            panic_w = min(stable_w, scaleup)
         return {
             "settings": {
                 "min_containers": int(eff["min_containers"] or 0),
                 "max_containers": eff["max_containers"],
                 "buffer_containers": int(eff["buffer_containers"] or 0),
                 "scaledown_window": eff["scaledown_window"] or int(policy.DEFAULT_SCALEDOWN_WINDOW_S),
+                **(self.server_knobs(pool.server) if pool.server is not None else {}),
             },
             "overrides": dict(self.overrides),
             "target_inputs": pool.target_inputs,

@@ -73,6 +73,7 @@ class Dispatcher:
         self.volumes: Any = None  # server.volumes.Volumes, set by main
         self.proxy_tokens: Any = None  # server.proxy_tokens.ProxyTokens, set by main
         self.router: Any = None  # server.web_routes.Router (web URLs), set by main
+        self.proxy: Any = None  # server.proxy.Proxy (request logs), set by main
         self._waiting: set[Pool] = set()
         self.warmpool = WarmPool(self)  # pools that wanted containers the machine had no room for
         self.server_url = ""
@@ -828,6 +829,45 @@ class Dispatcher:
         self._enqueue(pool, [inp])
         return inp
 
+    def server_acquire(self, pool: Pool, session: str | None) -> Input | str:
+        """A Server request gets a slot now or not at all (Servers have no queue): the least loaded ready
+        container, or with a `Modal-Session-ID` the session's container (rendezvous hashing, best effort).
+        Returns "none" when no container is ready (a container is started: the caller answers 503) and "full"
+        when every container is at `max_concurrency` (429)."""
+        ready = [c for c in pool.ready() if c.web_ports]
+        if not ready:
+            live = pool.live()
+            if not live:
+                self._scale(pool, policy.Decision(desired=1, current=0, reason="a request at zero"))
+            return "none"
+        cap = int((pool.server or {}).get("max_concurrency") or 0)
+        choice = None
+        if session:
+            choice = ready[policy.rendezvous(session, [c.id for c in ready])]
+            if cap and len(choice.running) >= cap:
+                choice = None
+        if choice is None:
+            choice = min(ready, key=lambda c: len(c.running))
+            if cap and len(choice.running) >= cap:
+                return "full"
+        call = pool.web_call
+        if call is None:
+            call = pool.web_call = Call(new_id("fc"), pool, "web", None)
+        call.next_seq += 1
+        inp = Input(call, call.next_seq, None)
+        choice.next_key += 1
+        inp.key = choice.next_key
+        inp.container = choice
+        inp.dispatched_at = time.monotonic()
+        choice.running[inp.key] = inp
+        if len(ready) == len(pool.live()) and sum(len(c.running) for c in ready) > len(ready) * self._target(pool):
+            self._scale(pool)  # above target: the autoscaler may want more now, not at the next tick
+        return inp
+
+    @staticmethod
+    def _target(pool: Pool) -> float:
+        return float(pool.autoscaler.settings(pool).target_inputs)
+
     def web_release(self, inp: Input) -> None:
         """The request is over (answered, failed or abandoned): its slot goes to the next one waiting."""
         inp.call.open.pop(inp.idx, None)
@@ -839,7 +879,8 @@ class Dispatcher:
         if c is None or c.running.pop(inp.key, None) is None:
             return
         pool = c.pool
-        pool.avg_exec_s = policy.ewma(pool.avg_exec_s, time.monotonic() - inp.dispatched_at)
+        if pool.server is None:  # a Server's load is its requests in flight, never weighted by their time
+            pool.avg_exec_s = policy.ewma(pool.avg_exec_s, time.monotonic() - inp.dispatched_at)
         if pool.single_use:
             self._stop_container(c, "single-use container finished its request")
         if not c.running:
@@ -864,7 +905,7 @@ class Dispatcher:
     def update_autoscaler(self, pool: Pool, values: dict[str, Any]) -> dict[str, int]:
         """Runtime overrides of the pool's autoscaler knobs, kept until the app is redeployed; takes effect now
         (a higher min_containers starts containers at once). Raises ValueError on bad values."""
-        applied = pool.autoscaler.update(pool.options, values)
+        applied = pool.autoscaler.update(pool.options, values, server=pool.server is not None)
         log.info("%s: autoscaler settings updated: %s", pool.tag, applied)
         self._scale(pool)
         return applied
@@ -879,8 +920,30 @@ class Dispatcher:
             elif c.state == "ready" and c.running:
                 c.state = "draining"
                 c.stop_reason = "replaced by a new version (drained)"
+                self._drain_deadline(c)
             elif c.state in ("starting", "ready"):
                 self._stop_container(c, "replaced by a new version")
+
+    def _drain_deadline(self, c: Container) -> None:
+        """A draining Server container gets `exit_grace_period` seconds for its requests in flight, then it is
+        stopped (SIGTERM-like: `@exit` hooks with 30 s, then killed) whether or not they finished."""
+        if c.pool.server is None:
+            return
+        grace = float(c.pool.server.get("exit_grace_period") or 0)
+
+        def end() -> None:
+            if c.state == "draining":
+                self._stop_container(c, f"{c.stop_reason} after its exit_grace_period of {grace:g}s")
+
+        asyncio.get_running_loop().call_later(grace, end)
+
+    def health_failed(self, c: Container, reason: str) -> None:
+        """A Server container whose port stopped answering HEALTH_FAILURES checks in a row: replaced."""
+        app = self.apps.get(c.pool.app_id)
+        if app is not None:
+            app.logs.append(c.id, "system", f"container {c.id} failed its health checks ({reason}); replacing it\n")
+        self._stop_container(c, f"failed {c.health_failures} health checks in a row ({reason})", kill=True)
+        self._scale(c.pool)
 
     def start_shell(self, pool: Pool) -> Container:
         """`shoal shell`: a container of the pool's function (image, sandbox, secrets, source) that runs nothing
@@ -906,6 +969,7 @@ class Dispatcher:
         if graceful and c.state == "ready" and c.running:
             c.state = "draining"  # neither live nor ready: gets no inputs, and the pool may replace it
             c.stop_reason = "stopped by user (drained)"
+            self._drain_deadline(c)
             self._scale(c.pool)
             return c
         busy = bool(c.running)

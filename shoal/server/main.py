@@ -126,7 +126,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     web_port = await proxy.start(web_port_for(state_dir))
     (state_dir / "web_port").write_text(str(web_port))
     dispatcher.backend.forward_ports[web_port] = ("127.0.0.1", web_port)  # web URLs work inside containers
-    proxy_housekeeping = asyncio.create_task(proxy.housekeeping())
+    dispatcher.proxy = proxy
+    proxy_tasks = [asyncio.create_task(proxy.housekeeping()), asyncio.create_task(proxy.health_checks())]
     control = await asyncio.start_unix_server(dispatcher.handle_runtime, str(sock_path), limit=2**26)
     os.chmod(sock_path, 0o600)
     await dispatcher.volumes.recover()  # before any container starts: commits what the last run left
@@ -146,7 +147,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     await stop.wait()
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
-    proxy_housekeeping.cancel()
+    for task in proxy_tasks:
+        task.cancel()
     proxy.close()
     objects_housekeeping.cancel()
     scheduling.cancel()

@@ -124,6 +124,7 @@ class Container:
     pending_reason: str | None = None  # why it waits to start (no free GPU of its model), shown to users
     timings: dict[str, float] = field(default_factory=dict)
     web_ports: dict[str, int] = field(default_factory=dict)  # web target ("" or a method) -> port inside
+    health_failures: int = 0  # a Server container's failed port checks in a row
     exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
 
 
@@ -171,9 +172,16 @@ class Pool:
 
     @property
     def is_web(self) -> bool:
-        """A web function, or a class with web methods: requests take container slots directly."""
+        """A web function, a class with web methods or a Server: requests take container slots directly."""
+        if self.definition.get("webhook") or self.definition.get("server"):
+            return True
         methods = (self.definition.get("cls") or {}).get("methods") or {}
-        return bool(self.definition.get("webhook")) or any(m.get("webhook") for m in methods.values())
+        return any(m.get("webhook") for m in methods.values())
+
+    @property
+    def server(self) -> dict[str, Any] | None:
+        """An `@app.server`'s settings (port, target_concurrency, max_concurrency, …); None for functions."""
+        return self.definition.get("server")
 
     @property
     def single_use(self) -> bool:

@@ -6,6 +6,7 @@ No I/O and no clocks read here: callers pass everything in, so each rule is unit
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,6 +110,7 @@ class ScalingSettings:
     scaledown_window: float = DEFAULT_SCALEDOWN_WINDOW_S
     target_inputs: float = 1.0  # inputs per container the scaler aims for (soft: averaged)
     max_inputs: int = 1  # inputs one container may run at once (hard: inputs beyond it need a container now)
+    scaleup_window: float | None = None  # a Server's `scaleup_window`: the panic window's length
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ def kpa_decide(
     - plus `buffer_containers` while the stable window saw any load; clamped to [min, max] and to `capacity`.
     """
     stable_w, panic_w = windows(settings.scaledown_window)
+    if settings.scaleup_window:
+        panic_w = min(stable_w, float(settings.scaleup_window))
     target = max(float(settings.target_inputs), 1e-9)
     last = samples[-1] if samples else None
     load = effective_load(last.running + last.queued, avg_exec_s) if last is not None else 0.0
@@ -259,3 +263,14 @@ def scale_down_victims(idle_for_s: Sequence[float | None], *, decision: Decision
 def start_backoff(consecutive_backoffs: int) -> float:
     """Seconds to pause warm-up starts after the n-th run of MAX_START_FAILURES failed starts (n >= 1)."""
     return min(MAX_START_BACKOFF_S, START_BACKOFF_S * 2 ** max(0, consecutive_backoffs - 1))
+
+
+def rendezvous(key: str, candidates: Sequence[str]) -> int:
+    """Which of `candidates` (container ids) a sticky session `key` goes to: the highest hash of (key,
+    candidate). Removing or adding one container moves only the sessions that were, or will be, on it."""
+    best, best_score = -1, b""
+    for i, c in enumerate(candidates):
+        score = hashlib.blake2b(f"{key}\0{c}".encode(), digest_size=8).digest()
+        if score > best_score:
+            best, best_score = i, score
+    return best

@@ -43,7 +43,12 @@ MAX_BODY = 4 * 1024 ** 3  # Modal's request body limit
 IDLE_UPSTREAM_S = 60.0
 BUFFER_HIGH = 1 << 20  # body bytes held while the upstream is not connected yet or cannot keep up
 RESULT_PARAM = "__shoal_call_id"
-_STRIP = {b"modal-key", b"modal-secret", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+REQUEST_LOG = 200  # recent requests kept per web function / Server
+HEALTH_INTERVAL_S = float(os.environ.get("SHOAL_SERVER_HEALTH_INTERVAL_S", "5"))
+HEALTH_FAILURES = 3  # failed port checks in a row before a Server container is replaced
+# sec-websocket-extensions: no permessage-deflate (RFC 7692), as in Modal, so the 2 MiB limit is on messages.
+_STRIP = {b"modal-key", b"modal-secret", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+          b"sec-websocket-extensions"}
 _REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -69,6 +74,7 @@ class Proxy:
         self.listeners: dict[str, asyncio.AbstractServer] = {}  # (a bare socket until it serves)
         self.host = os.environ.get("SHOAL_WEB_HOST", "127.0.0.1")
         self._variants: dict[tuple[str, bytes], str] = {}
+        self.requests: dict[str, collections.deque[dict[str, Any]]] = {}
         router.on_change.append(self._open_listeners)
 
     # -- listening -------------------------------------------------------------------------------------------
@@ -172,6 +178,41 @@ class Proxy:
             raise
         return u
 
+    def log_request(self, function_id: str, r: Request, t0: float, c: Container | None) -> None:
+        """The last REQUEST_LOG requests of each web function and Server (`shoal server requests`)."""
+        log_ = self.requests.get(function_id)
+        if log_ is None:
+            log_ = self.requests[function_id] = collections.deque(maxlen=REQUEST_LOG)
+        log_.append({"t": time.time(), "method": r.method.decode("latin-1"),
+                     "path": r.url.partition(b"?")[0].decode("latin-1"), "status": r.status,
+                     "duration_ms": round((time.monotonic() - t0) * 1000, 3), "container_id": c.id if c else None})
+
+    async def health_checks(self) -> None:
+        """Every HEALTH_INTERVAL_S, each ready Server container's port must accept a connection; one that fails
+        HEALTH_FAILURES checks in a row is replaced."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            checks = [c for p in list(self.d.pools.values()) if p.server is not None for c in p.ready()
+                      if c.web_ports]
+            results = await asyncio.gather(*(self._probe(c) for c in checks), return_exceptions=True)
+            for c, error in zip(checks, results, strict=True):
+                if error is None:
+                    c.health_failures = 0
+                    continue
+                c.health_failures += 1
+                if c.health_failures >= HEALTH_FAILURES and c.state == "ready":
+                    self.d.health_failed(c, str(error) or type(error).__name__)
+
+    async def _probe(self, c: Container) -> None:
+        port = c.web_ports.get("")
+        if port is None or c.handle is None:
+            return
+        sock = c.handle.web_socket()
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 2.0)
+        finally:
+            sock.close()
+
     def park(self, u: Upstream) -> None:
         """A keep-alive upstream connection whose response is done: reused by the next request there."""
         if u.closed:
@@ -204,7 +245,7 @@ class Request:
     """One request of a client connection, from its head to the end of its response."""
 
     __slots__ = ("method", "url", "version", "headers", "keep_alive", "upgrade", "chunked", "body", "body_bytes",
-                 "complete", "upstream", "done", "response_started")
+                 "complete", "upstream", "done", "response_started", "status")
 
     def __init__(self) -> None:
         self.method = b""
@@ -220,6 +261,7 @@ class Request:
         self.upstream: Upstream | None = None
         self.done: asyncio.Future | None = None
         self.response_started = False
+        self.status = 0  # the response's, once known (for the request log)
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -412,36 +454,68 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - bad class parameters in the query string
             self.write(simple_response(400, f"shoal: {exc}"))
             return await self.skip_body(r)
-        if len(pool.queue) >= MAX_QUEUED:
-            self.write(simple_response(503, "shoal: too many requests waiting for this endpoint's containers",
-                                       [("retry-after", "1")]))
+        t0 = time.monotonic()
+        inp = await self.take_slot(r, pool)
+        if inp is None:
+            proxy.log_request(pool.function_id, r, t0, None)
             return await self.skip_body(r)
-        inp = proxy.d.web_enqueue(pool)
         try:
-            return await self.forward(r, route, inp)
+            return await self.forward(r, route, inp.container, timeout=pool.server is None)  # type: ignore[arg-type]
         finally:
+            proxy.log_request(pool.function_id, r, t0, inp.container)
             if r.done is not None and not r.done.done():  # redirected, or its upstream is still closing
                 r.done.add_done_callback(lambda _f: proxy.d.web_release(inp))
             else:
                 proxy.d.web_release(inp)
 
+    async def take_slot(self, r: Request, pool: Pool) -> Input | None:
+        """A slot in a container of the pool, or None once the client has been answered (503/429). Web functions
+        wait in the pool's bounded queue while containers start; Servers have no queue: 503 when none is
+        ready (one is started), 429 when all are at `max_concurrency`."""
+        from .dispatch import WebUnavailableError
+
+        d = self.proxy.d
+        if pool.server is not None:
+            got = d.server_acquire(pool, _s(r.header(b"modal-session-id")))
+            if got == "none":
+                self.respond(r, 503, "shoal: no container of this Server is ready; one is starting, retry shortly",
+                             [("retry-after", "1")])
+                return None
+            if got == "full":
+                self.respond(r, 429, "shoal: every container of this Server is at its max_concurrency")
+                return None
+            return got  # type: ignore[return-value]
+        if len(pool.queue) >= MAX_QUEUED:
+            self.respond(r, 503, "shoal: too many requests waiting for this endpoint's containers",
+                         [("retry-after", "1")])
+            return None
+        inp = d.web_enqueue(pool)
+        assert inp.waiter is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(inp.waiter), REQUEST_TIMEOUT_S)
+            return inp
+        except WebUnavailableError as exc:
+            self.respond(r, 503, f"shoal: the web endpoint's container could not start: {exc}")
+        except asyncio.TimeoutError:
+            self.respond(r, 503, "shoal: no container became free in time", [("retry-after", "1")])
+        except BaseException:
+            d.web_release(inp)
+            raise
+        d.web_release(inp)
+        return None
+
+    def respond(self, r: Request, status: int, body: str, extra: list[tuple[str, str]] = ()) -> None:
+        r.status = status
+        self.write(simple_response(status, body, extra))
+
     async def skip_body(self, r: Request) -> bool:
         """An answered request whose body was not wanted: keep the connection only if it was all read."""
         return r.complete and not r.upgrade
 
-    async def forward(self, r: Request, route: Route, inp: Input) -> bool:
-        from .dispatch import WebUnavailableError
-
-        deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        assert inp.waiter is not None
-        try:
-            c = await asyncio.wait_for(asyncio.shield(inp.waiter), REQUEST_TIMEOUT_S)
-        except WebUnavailableError as exc:
-            self.write(simple_response(503, f"shoal: the web endpoint's container could not start: {exc}"))
-            return await self.skip_body(r)
-        except asyncio.TimeoutError:
-            self.write(simple_response(503, "shoal: no container became free in time", [("retry-after", "1")]))
-            return await self.skip_body(r)
+    async def forward(self, r: Request, route: Route, c: Container, timeout: bool = True) -> bool:
+        """Send the request to the container and its response back. With `timeout` (web functions), a response
+        not started within REQUEST_TIMEOUT_S becomes a 303 to its result URL; Servers have no such limit."""
+        deadline = time.monotonic() + (REQUEST_TIMEOUT_S if timeout else float("inf"))
         port = c.web_ports.get(route.method or "")
         if port is None:
             self.write(simple_response(502, "shoal: the container serves no web endpoint for this URL"))
@@ -463,7 +537,10 @@ class ClientConnection(asyncio.Protocol):
             u.write(b"0\r\n\r\n")
         self.resume()
         try:
-            await asyncio.wait_for(asyncio.shield(r.done), max(0.0, deadline - time.monotonic()))
+            if timeout:
+                await asyncio.wait_for(asyncio.shield(r.done), max(0.0, deadline - time.monotonic()))
+            else:
+                await r.done
         except asyncio.TimeoutError:
             if r.response_started or r.upgrade:
                 await r.done  # a response on its way (or a WebSocket) runs as long as it runs
@@ -627,6 +704,8 @@ class Upstream(asyncio.Protocol):
     # -- parser callbacks ------------------------------------------------------------------------------------
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        if self.request is not None and self.status >= 200:
+            self.request.status = self.status
         self.keep_alive = self.parser.should_keep_alive()
         if self.request is not None and self.request.method == b"HEAD" and self.status >= 200:
             self.finished = True  # no body follows, whatever the headers say

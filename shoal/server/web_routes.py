@@ -59,6 +59,10 @@ class Route:
 def web_targets(pool: Pool) -> list[tuple[str | None, dict[str, Any]]]:
     """(method, webhook) of each web target of a pool: the function itself, or a class's web methods."""
     d = pool.definition
+    if d.get("server") is not None:  # @app.server: authenticated unless `unauthenticated=True`
+        server = d["server"]
+        return [(None, {"type": "server", "requires_proxy_auth": not server.get("unauthenticated"),
+                        "label": None, "custom_domains": []})]
     if d.get("webhook"):
         return [(None, d["webhook"])]
     methods = (d.get("cls") or {}).get("methods") or {}

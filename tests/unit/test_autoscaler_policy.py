@@ -245,7 +245,7 @@ def test_overrides_checked_against_current_settings():
 
 
 def _pool(**options: Any) -> Any:
-    return SimpleNamespace(options=options, target_inputs=1, max_inputs=1, single_use=False, tag="f",
+    return SimpleNamespace(options=options, target_inputs=1, max_inputs=1, single_use=False, server=None, tag="f",
                            function_id="fu-1", avg_exec_s=None, queue=[], running_count=lambda: 0)
 
 

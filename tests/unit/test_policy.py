@@ -148,3 +148,37 @@ def test_ewma():
     for _ in range(100):
         value = ewma(value, 5.0 if value is not None else 0.0)
     assert value == pytest.approx(5.0, abs=1e-6)
+
+
+# -- sticky sessions: rendezvous hashing ---------------------------------------------------------------------
+def test_rendezvous_is_stable_and_moves_only_the_removed_containers_sessions() -> None:
+    from shoal.server.policy import rendezvous
+
+    containers = [f"ta-{i}" for i in range(4)]
+    before = {f"s{i}": containers[rendezvous(f"s{i}", containers)] for i in range(200)}
+    assert before == {k: containers[rendezvous(k, containers)] for k in before}  # same answer every time
+    assert len(set(before.values())) == 4  # sessions spread over every container
+    survivors = [c for c in containers if c != "ta-2"]
+    after = {k: survivors[rendezvous(k, survivors)] for k in before}
+    moved = {k for k in before if before[k] != after[k]}
+    assert moved == {k for k, c in before.items() if c == "ta-2"}
+
+
+def test_rendezvous_of_no_candidates() -> None:
+    from shoal.server.policy import rendezvous
+
+    assert rendezvous("s", []) == -1
+
+
+def test_server_scaleup_window_sets_the_panic_window() -> None:
+    from shoal.server.policy import Sample, ScalingSettings, kpa_decide
+
+    settings = ScalingSettings(scaledown_window=60, target_inputs=8, max_inputs=10**9, scaleup_window=2)
+    # 64 requests in flight for the last 2 s after a quiet minute: the 2 s window panics to 8 containers.
+    samples = [Sample(float(t), 1, 0) for t in range(58)] + [Sample(58.0, 64, 0), Sample(59.0, 64, 0)]
+    d = kpa_decide(samples, 59.0, current=1, settings=settings, capacity=100)
+    assert d.desired == 8 and d.panic
+    # Without it the 6 s default window averages the step down.
+    slow = kpa_decide(samples, 59.0, current=1, settings=ScalingSettings(
+        scaledown_window=60, target_inputs=8, max_inputs=10**9), capacity=100)
+    assert slow.desired < 8
