@@ -482,8 +482,8 @@ class Api:
         """The latest requests the ingress proxy handled for a web function or Server, newest last."""
         pool = self._pool(request)
         proxy = self.d.proxy
-        entries = list(proxy.requests.get(pool.function_id, ())) if proxy is not None else []
-        return reply({"requests": entries[-query_int(request, "limit", 100):]})
+        limit = query_int(request, "limit", 100)
+        return reply({"requests": proxy.requests_of(pool.function_id, limit) if proxy is not None else []})
 
     async def function_stats(self, request: web.Request) -> web.Response:
         return reply(self.d.stats(self._pool(request)))

@@ -846,15 +846,21 @@ class Dispatcher:
             choice = ready[policy.rendezvous(session, [c.id for c in ready])]
             if cap and len(choice.running) >= cap:
                 choice = None
-        if choice is None:
-            choice = min(ready, key=lambda c: len(c.running))
-            if cap and len(choice.running) >= cap:
-                return "full"
         call = pool.web_call
         if call is None:
             call = pool.web_call = Call(new_id("fc"), pool, "web", None)
         call.next_seq += 1
+        if choice is None:
+            low = min(len(c.running) for c in ready)
+            if cap and low >= cap:
+                return "full"
+            least = [c for c in ready if len(c.running) == low]
+            choice = least[call.next_seq % len(least)]  # ties in turn: one request at a time spreads too
         inp = Input(call, call.next_seq, None)
+        # Resolved: a request the proxy forwards itself, so a container that ends under it does not put it back
+        # in the queue as a function input (_requeue_running); its client gets the 502.
+        inp.waiter = asyncio.get_running_loop().create_future()
+        inp.waiter.set_result(choice)
         choice.next_key += 1
         inp.key = choice.next_key
         inp.container = choice

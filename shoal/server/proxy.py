@@ -74,8 +74,15 @@ class Proxy:
         self.listeners: dict[str, asyncio.AbstractServer] = {}  # (a bare socket until it serves)
         self.host = os.environ.get("SHOAL_WEB_HOST", "127.0.0.1")
         self._variants: dict[tuple[str, bytes], str] = {}
-        self.requests: dict[str, collections.deque[dict[str, Any]]] = {}
+        self.requests: dict[str, collections.deque[tuple]] = {}
         router.on_change.append(self._open_listeners)
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Any) -> None:
+        """A task the proxy keeps (a redirected request going on behind its 303)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- listening -------------------------------------------------------------------------------------------
     async def start(self, port: int) -> int:
@@ -183,9 +190,14 @@ class Proxy:
         log_ = self.requests.get(function_id)
         if log_ is None:
             log_ = self.requests[function_id] = collections.deque(maxlen=REQUEST_LOG)
-        log_.append({"t": time.time(), "method": r.method.decode("latin-1"),
-                     "path": r.url.partition(b"?")[0].decode("latin-1"), "status": r.status,
-                     "duration_ms": round((time.monotonic() - t0) * 1000, 3), "container_id": c.id if c else None})
+        # Kept raw (this runs per request); requests_of() formats them when asked.
+        log_.append((time.time(), r.method, r.url, r.status, time.monotonic() - t0, c.id if c else None))
+
+    def requests_of(self, function_id: str, limit: int) -> list[dict[str, Any]]:
+        entries = list(self.requests.get(function_id, ()))[-limit:] if limit > 0 else []
+        return [{"t": t, "method": m.decode("latin-1"), "path": url.partition(b"?")[0].decode("latin-1"),
+                 "status": status, "duration_ms": round(seconds * 1000, 3), "container_id": cid}
+                for t, m, url, status, seconds, cid in entries]
 
     async def health_checks(self) -> None:
         """Every HEALTH_INTERVAL_S, each ready Server container's port must accept a connection; one that fails
@@ -279,7 +291,8 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: Request | None = None
         self.queue: collections.deque[Request] = collections.deque()
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None  # answers the requests, one after the other
+        self.idle: asyncio.Future | None = None  # resolved when a request arrives while the task waits
         self.client_ip = ""
         self.local_ip = ""
         self.tunnel: Upstream | None = None  # after a WebSocket upgrade: bytes go straight through
@@ -364,8 +377,10 @@ class ClientConnection(asyncio.Protocol):
         te = r.header(b"transfer-encoding")
         r.chunked = te is not None and b"chunked" in te.lower()
         self.queue.append(r)
-        if self.task is None or self.task.done():
+        if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self.serve())
+        elif self.idle is not None and not self.idle.done():
+            self.idle.set_result(None)  # the connection's task answers the next request (no task per request)
 
     def on_body(self, body: bytes) -> None:
         r = self.parsing
@@ -405,8 +420,13 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     async def serve(self) -> None:
-        """Answer queued requests in order until none is left."""
-        while self.queue and not self.closed:
+        """Answer the connection's requests in order, for as long as it lives."""
+        while not self.closed:
+            if not self.queue:
+                self.idle = asyncio.get_running_loop().create_future()
+                await self.idle
+                self.idle = None
+                continue
             r = self.queue[0]
             try:
                 keep = await self.handle(r)
@@ -455,30 +475,39 @@ class ClientConnection(asyncio.Protocol):
             self.write(simple_response(400, f"shoal: {exc}"))
             return await self.skip_body(r)
         t0 = time.monotonic()
-        inp = await self.take_slot(r, pool)
+        # Web functions: REQUEST_TIMEOUT_S from now, waiting for a container included, then the 303.
+        # Servers have no Modal-level request timeout.
+        deadline = None if pool.server is not None else t0 + REQUEST_TIMEOUT_S
+        inp = await self.take_slot(r, pool, deadline)
         if inp is None:
             proxy.log_request(pool.function_id, r, t0, None)
             return await self.skip_body(r)
+        if not inp.waiter.done():  # type: ignore[union-attr]  # still waiting at the deadline
+            return self.redirect(r, route, inp)
+        c = inp.container  # (cleared if the container ends under the request: it is still the one that had it)
         try:
-            return await self.forward(r, route, inp.container, timeout=pool.server is None)  # type: ignore[arg-type]
+            return await self.forward(r, route, c, deadline)  # type: ignore[arg-type]
         finally:
-            proxy.log_request(pool.function_id, r, t0, inp.container)
+            proxy.log_request(pool.function_id, r, t0, c)
             if r.done is not None and not r.done.done():  # redirected, or its upstream is still closing
                 r.done.add_done_callback(lambda _f: proxy.d.web_release(inp))
             else:
                 proxy.d.web_release(inp)
 
-    async def take_slot(self, r: Request, pool: Pool) -> Input | None:
+    async def take_slot(self, r: Request, pool: Pool, deadline: float | None) -> Input | None:
         """A slot in a container of the pool, or None once the client has been answered (503/429). Web functions
-        wait in the pool's bounded queue while containers start; Servers have no queue: 503 when none is
+        wait in the pool's bounded queue while containers start: at the deadline a complete request is returned
+        still waiting (the caller redirects it), another gets 503. Servers have no queue: 503 when none is
         ready (one is started), 429 when all are at `max_concurrency`."""
-        from .dispatch import WebUnavailableError
-
         d = self.proxy.d
         if pool.server is not None:
             got = d.server_acquire(pool, _s(r.header(b"modal-session-id")))
             if got == "none":
-                self.respond(r, 503, "shoal: no container of this Server is ready; one is starting, retry shortly",
+                # Starts failing (e.g. nothing listened on 0.0.0.0 within startup_timeout): say why, not "starting".
+                failing = pool.start_failures or pool.autoscaler.backoff_until > time.monotonic()
+                why = f"its last container start failed: {pool.last_start_error}" if (
+                    failing and pool.last_start_error) else "one is starting"
+                self.respond(r, 503, f"shoal: no container of this Server is ready; {why}; retry shortly",
                              [("retry-after", "1")])
                 return None
             if got == "full":
@@ -490,14 +519,17 @@ class ClientConnection(asyncio.Protocol):
                          [("retry-after", "1")])
             return None
         inp = d.web_enqueue(pool)
-        assert inp.waiter is not None
+        waiter = inp.waiter
+        assert waiter is not None
         try:
-            await asyncio.wait_for(asyncio.shield(inp.waiter), REQUEST_TIMEOUT_S)
-            return inp
-        except WebUnavailableError as exc:
-            self.respond(r, 503, f"shoal: the web endpoint's container could not start: {exc}")
-        except asyncio.TimeoutError:
-            self.respond(r, 503, "shoal: no container became free in time", [("retry-after", "1")])
+            if not await until(waiter, deadline):
+                if r.complete and not r.upgrade:
+                    return inp
+                self.respond(r, 503, "shoal: no container became free in time", [("retry-after", "1")])
+            elif waiter.exception() is None:
+                return inp
+            else:
+                self.respond(r, 503, f"shoal: the web endpoint's container could not start: {waiter.exception()}")
         except BaseException:
             d.web_release(inp)
             raise
@@ -512,41 +544,41 @@ class ClientConnection(asyncio.Protocol):
         """An answered request whose body was not wanted: keep the connection only if it was all read."""
         return r.complete and not r.upgrade
 
-    async def forward(self, r: Request, route: Route, c: Container, timeout: bool = True) -> bool:
-        """Send the request to the container and its response back. With `timeout` (web functions), a response
-        not started within REQUEST_TIMEOUT_S becomes a 303 to its result URL; Servers have no such limit."""
-        deadline = time.monotonic() + (REQUEST_TIMEOUT_S if timeout else float("inf"))
+    async def forward(self, r: Request, route: Route, c: Container, deadline: float | None) -> bool:
+        """Send the request to the container and its response back. A web function's response not started by
+        the deadline becomes a 303 to its result URL."""
+        try:
+            u = await self.send(r, route, c, self)
+        except OSError as exc:
+            self.respond(r, 502, f"shoal: {exc}")
+            return await self.skip_body(r)
+        self.resume()
+        assert r.done is not None
+        if not await until(r.done, deadline) and not r.response_started and not r.upgrade:
+            return self.redirect(r, route, None, u)
+        await until(r.done, None)  # a response on its way (or a WebSocket) runs as long as it runs
+        return bool(r.done.result()) and not r.upgrade  # a refused upgrade leaves the parser unusable
+
+    async def send(self, r: Request, route: Route, c: Container, sink: Any) -> Upstream:
+        """Connect to the container's port and send the request (head and the body received so far; the rest
+        follows as it arrives); the response goes to `sink`. OSError (for a 502) if it cannot."""
         port = c.web_ports.get(route.method or "")
         if port is None:
-            self.write(simple_response(502, "shoal: the container serves no web endpoint for this URL"))
-            return await self.skip_body(r)
+            raise OSError("the container serves no web endpoint for this URL")
         try:
             u = await self.proxy.connect(c, port)
         except OSError as exc:
-            self.write(simple_response(502, f"shoal: cannot reach the web endpoint's container: {exc}"))
-            return await self.skip_body(r)
-        loop = asyncio.get_running_loop()
-        r.done = loop.create_future()
+            raise OSError(f"cannot reach the web endpoint's container: {exc}") from exc
+        r.done = asyncio.get_running_loop().create_future()
         r.upstream = u
-        u.start(self, r)
+        u.start(self, r, sink)
         u.write(self.request_head(r))
         for chunk in r.body:
             u.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if r.chunked else chunk)
         r.body.clear()
         if r.complete and r.chunked:
             u.write(b"0\r\n\r\n")
-        self.resume()
-        try:
-            if timeout:
-                await asyncio.wait_for(asyncio.shield(r.done), max(0.0, deadline - time.monotonic()))
-            else:
-                await r.done
-        except asyncio.TimeoutError:
-            if r.response_started or r.upgrade:
-                await r.done  # a response on its way (or a WebSocket) runs as long as it runs
-            else:
-                return self.redirect(r, u)
-        return bool(r.done.result()) and not r.upgrade  # a refused upgrade leaves the parser unusable
+        return u
 
     def request_head(self, r: Request) -> bytes:
         host = r.header(b"host") or b""
@@ -559,17 +591,38 @@ class ClientConnection(asyncio.Protocol):
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     # -- requests past REQUEST_TIMEOUT_S: 303 to a result URL ------------------------------------------------
-    def redirect(self, r: Request, u: Upstream) -> bool:
+    def redirect(self, r: Request, route: Route, inp: Input | None, u: Upstream | None = None) -> bool:
+        """Answer 303 to a result URL; the request goes on behind it: its response (`u`, not started yet) goes
+        into memory, or, still waiting for a container (`inp`), it is sent once one is free."""
         rid = secrets.token_urlsafe(12)
         held = Redirected()
         self.proxy.results[rid] = held
-        u.sink = held  # the response goes into memory now, for whoever polls the result URL
+        if u is not None:
+            u.sink = held
+        if inp is not None:
+            self.proxy.spawn(self.send_behind(r, route, inp, held))
         path, _, query = r.url.partition(b"?")
         sep = b"&" if query else b""
         location = path + b"?" + query + sep + f"{RESULT_PARAM}={rid}".encode()
         self.write(simple_response(303, "shoal: the request is still running; follow the redirect for its result",
                                    [("location", location.decode("latin-1"))]))
         return r.complete
+
+    async def send_behind(self, r: Request, route: Route, inp: Input, held: Redirected) -> None:
+        """A redirected request that was still waiting for a container: sent when one is free, its response
+        held for the result URL."""
+        try:
+            assert inp.waiter is not None
+            if not await until(inp.waiter, time.monotonic() + RESULT_KEEP_S):
+                raise TimeoutError(f"no container became free within {RESULT_KEEP_S:g}s")
+            await self.send(r, route, inp.waiter.result(), held)
+            assert r.done is not None
+            await until(r.done, None)
+        except Exception as exc:  # noqa: BLE001 - the result URL says what happened
+            held.data = [simple_response(503, f"shoal: the web endpoint could not run this request: {exc}")]
+        finally:
+            held.end(keep_alive=True)
+            self.proxy.d.web_release(inp)
 
     async def serve_result(self, r: Request, query: bytes) -> bool:
         rid = dict(urllib.parse.parse_qsl(query.decode("latin-1"))).get(RESULT_PARAM, "")
@@ -635,8 +688,8 @@ class Upstream(asyncio.Protocol):
         self.closed = False
         self.idle_since = time.monotonic()
 
-    def start(self, client: ClientConnection, r: Request) -> None:
-        self.client, self.request, self.sink = client, r, client
+    def start(self, client: ClientConnection, r: Request, sink: Any) -> None:
+        self.client, self.request, self.sink = client, r, sink
         self.parser = httptools.HttpResponseParser(self)
         self.status, self.finished, self.keep_alive = 0, False, True
 
@@ -711,10 +764,9 @@ class Upstream(asyncio.Protocol):
             self.finished = True  # no body follows, whatever the headers say
 
     def on_message_complete(self) -> None:
+        # 100 Continue and other informational responses: the parser goes on to the real one that follows.
         if self.status >= 200 or self.status == 0:
             self.finished = True
-        else:  # 100 Continue and other informational responses: the real one follows
-            self.parser = httptools.HttpResponseParser(self)
 
     # -- the end of a response -------------------------------------------------------------------------------
     def _to_tunnel(self) -> None:
@@ -742,6 +794,7 @@ class Upstream(asyncio.Protocol):
             if not ok:
                 sink.overflow = sink.overflow or not sink.data
         elif not ok and not r.response_started and sink is not None:
+            r.status = 502  # (for the request log)
             sink.write(simple_response(502, "shoal: the web endpoint's container closed the connection",
                                        close=True))
         if r.done is not None and not r.done.done():
@@ -750,6 +803,29 @@ class Upstream(asyncio.Protocol):
             self.proxy.park(self)
         else:
             self.close()
+
+
+async def until(fut: asyncio.Future, deadline: float | None) -> bool:
+    """Wait for `fut` until `deadline` (monotonic; None: no limit); True if it is done. Unlike
+    `wait_for(shield(fut))` this makes no task: one timer and one callback (the proxy does it per request)."""
+    if fut.done():
+        return True
+    loop = asyncio.get_running_loop()
+    wake = loop.create_future()  # cancelling the waiting task cancels this one, never `fut`
+
+    def fire(_f: object = None) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    fut.add_done_callback(fire)
+    timer = loop.call_later(max(0.0, deadline - time.monotonic()), fire) if deadline is not None else None
+    try:
+        await wake
+    finally:
+        if timer is not None:
+            timer.cancel()
+        fut.remove_done_callback(fire)
+    return fut.done()
 
 
 def _s(value: bytes | None) -> str | None:

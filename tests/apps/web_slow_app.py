@@ -19,3 +19,14 @@ def slow(seconds: float, counter: str, key: str = ""):
         d.put(key, d.get(key, 0) + 1)
     time.sleep(seconds)
     return {"slept": seconds, "key": key}
+
+
+@app.function(image=image, max_containers=1)
+@modal.fastapi_endpoint()
+def one_at_a_time(seconds: float, counter: str, key: str = ""):
+    """One container taking one request at a time: a second request waits in the queue."""
+    if key:
+        d = modal.Dict.from_name(counter)
+        d.put(key, d.get(key, 0) + 1)
+    time.sleep(seconds)
+    return {"slept": seconds, "key": key}

@@ -331,6 +331,21 @@ def test_long_request_redirects_to_its_result(control_plane, tmp_path: Path) -> 
 
         missing = get(url + "/?__shoal_call_id=nosuchcall")
         assert missing.status_code == 404
+
+        # A request still waiting for a container at the timeout gets the 303 too, and runs once a slot frees.
+        queued_url = web_slow_app.one_at_a_time.get_web_url()
+        assert wait_for(lambda: get(queued_url, params={"seconds": 0, "counter": counter}).status_code == 200,
+                        timeout=FIRST_S, interval=0.5)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(get, queued_url, params={"seconds": 2.5, "counter": counter, "key": "qa"})
+            assert wait_for(lambda: calls.get("qa") == 1, timeout=30, interval=0.05)  # the container is busy
+            waited = get(queued_url, params={"seconds": 0, "counter": counter, "key": "qb"}, allow_redirects=False)
+            assert waited.status_code == 303, waited.text
+            assert calls.get("qb") is None  # not run yet: it was still waiting for the container
+            final = get(urllib.parse.urljoin(queued_url + "/", waited.headers["location"]))
+            assert final.status_code == 200 and final.json() == {"slept": 0, "key": "qb"}
+            assert busy.result().status_code == 200
+        assert calls.get("qb") == 1
     modal.Dict.objects.delete(counter, allow_missing=True)
 
 
