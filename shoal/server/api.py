@@ -295,6 +295,8 @@ class Api:
         if app is None:
             return reply({"entries": [], "last": after, "state": "stopped"})
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
+        if after >= app.logs.next_seq:
+            after = -1  # a cursor into the log another control plane kept (before a restart or a takeover)
         session = request.query.get("session") == "1"
         if session:
             app.sessions += 1
@@ -426,6 +428,15 @@ class Api:
         after = query_int(request, "after", -1)
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         limit = query_int(request, "limit", 1000)
+        if after < call.recovered_seq:
+            # Outputs committed before a restart or a takeover, which this reader has not seen yet.
+            rows = await self.d.store.read(
+                "SELECT seq, idx, status, data, final FROM outputs WHERE call_id=? AND seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?", (call.id, after, call.recovered_seq, limit))
+            outputs = [(seq, idx, status, data, bool(final)) for seq, idx, status, data, final in rows]
+            if len(outputs) < limit:
+                outputs += call.outputs_after(call.recovered_seq, limit - len(outputs))
+            return reply({"outputs": [list(o) for o in outputs], "done": False})
         outputs = await self.d.wait_outputs(call, after, timeout, limit)
         done = call.drained and (not outputs or outputs[-1][0] == call.published)
         return reply({"outputs": [list(o) for o in outputs], "done": done})
