@@ -115,7 +115,8 @@ class Dispatcher:
                 "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
                 "FROM calls c WHERE c.state='running' AND c.function_id IN "
                 "(SELECT function_id FROM functions WHERE app_id=?)", (app_id,))
-        known = {row[0] for row in functions if any(a[0] == row[1] for a in apps)}
+        running = {a[0] for a in apps}
+        known = {row[0] for row in functions if row[1] in running}
         details = {}
         for call_id, function_id, *_ in calls:
             if function_id not in known:
@@ -855,7 +856,10 @@ class Dispatcher:
                         fut.set_result((status, data))
             stored.append((call.id, seq, idx, status, data, final))
             shown.append((call, seq, idx, status, data, final))
-        ticket = self.store.put_outputs(stored)
+        fences = None
+        if self.replicas is not None:  # written only while this replica still holds the app's lease
+            fences = [self.replicas.fence(call.pool.app_id) for call, *_ in shown]
+        ticket = self.store.put_outputs(stored, fences)
 
         def publish() -> None:
             for call, seq, idx, status, data, final in shown:

@@ -144,6 +144,10 @@ class Replicas:
         until = self.confirmed.get(app_id)
         return until is not None and time.monotonic() < until and app_id in self.d.apps
 
+    def fence(self, app_id: str) -> tuple[str, str]:
+        """What a write for the app checks in the database: this replica still holds its lease."""
+        return APP_PREFIX + app_id, self.id
+
     async def claim_new(self, app_id: str) -> None:
         """A freshly created app (nobody else knows its id yet): this replica owns it."""
         sent = time.monotonic()
@@ -242,31 +246,34 @@ class Replicas:
             now = db_now(c)
             c.execute("UPDATE replicas SET heartbeat_at=? WHERE replica_id=?", (now, me))
             rows = c.execute("SELECT key, owner, expires_at FROM leases WHERE owner=? FOR UPDATE", (me,)).fetchall()
-            renewed, stale = set(), []
+            renewed = set()
             for key, owner, expires_at in rows:
                 decision = policy.lease_decision(holder=owner, expires_at=expires_at, me=me, now=now, ttl_s=ttl)
+                # Only what is held is renewed. A lease of this replica's that it does not hold (taken or claimed
+                # after this pass began, or let go of) is left alone: it is renewed next time, or it expires.
                 if key in held and decision.action == "renew":
                     renewed.add(key)
-                else:
-                    stale.append(key)  # expired, or not held in memory: free it (a takeover rebuilds it)
             if renewed:
                 c.executemany("UPDATE leases SET expires_at=? WHERE key=? AND owner=?",
                               [(now + ttl, key, me) for key in renewed])
-            if stale:
-                c.executemany("DELETE FROM leases WHERE key=? AND owner=?", [(key, me) for key in stale])
             free = c.execute(
                 "SELECT a.app_id FROM apps a LEFT JOIN leases l ON l.key = ? || a.app_id "
                 "WHERE a.state='running' AND (l.key IS NULL OR l.expires_at <= ?)", (APP_PREFIX, now)).fetchall()
             return renewed, [r[0] for r in free]
 
         try:
-            renewed, free = await self.store.coordinate(renew)
+            # Bounded: however long the database takes, the leases this replica can no longer vouch for are let
+            # go of in time (below).
+            renewed, free = await asyncio.wait_for(asyncio.shield(self.store.coordinate(renew)),
+                                                   timeout=self.ttl_s - self.margin_s)
         except Exception as exc:  # noqa: BLE001 - the database is unreachable: leases lapse below
             log.warning("could not renew leases: %s", exc)
             renewed, free = set(), []
         until = policy.lease_confirmed_until(sent_at=sent, ttl_s=self.ttl_s, margin_s=self.margin_s)
         for key in renewed:
-            self.confirmed[key[len(APP_PREFIX):]] = until
+            app_id = key[len(APP_PREFIX):]
+            if app_id in self.confirmed:  # (not forgotten meanwhile: stopped)
+                self.confirmed[app_id] = max(until, self.confirmed[app_id])
         now = time.monotonic()
         for app_id in list(self.d.apps):
             if app_id not in self.taking and (app_id not in self.confirmed or self.confirmed[app_id] <= now):

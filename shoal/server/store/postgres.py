@@ -238,7 +238,8 @@ class PostgresStore(Store):
         warned = False
         fn = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
         while not conn.execute(f"SELECT {fn}(%s, hashtext(current_schema()))", (LOCK_CLASS,)).fetchone()[0]:
-            if deadline is not None and time.monotonic() > deadline:
+            late = deadline is not None and time.monotonic() > deadline
+            if deadline is not None and (late or (not self.shared and self._replicas_hold(conn))):
                 name = self._schema_name(conn)
                 if self.shared:
                     raise StoreError(f"a single-node shoal control plane uses schema {name!r} of "
@@ -250,6 +251,14 @@ class PostgresStore(Store):
                 log.warning("store: waiting for another control plane to let go of the database schema")
                 warned = True
             time.sleep(0.2)
+
+    @staticmethod
+    def _replicas_hold(conn: Any) -> bool:
+        """Replicas hold the schema's lock (shared): a single-node control plane need not wait for it."""
+        return conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype='advisory' AND mode='ShareLock' AND granted "
+            "AND classid=%s AND objid::bigint = (hashtext(current_schema())::bigint & 4294967295) "
+            "AND objsubid=2)", (LOCK_CLASS,)).fetchone()[0]
 
     def _schema_name(self, conn: Any) -> str:
         try:
@@ -329,6 +338,7 @@ class PostgresStore(Store):
                 try:
                     if self._coord is None or self._coord.closed or self._coord.broken:
                         self._coord = self._connect()
+                        self._coord.execute("SET statement_timeout = '5s'")  # never hang a lease renewal
                     with self._coord.transaction():
                         return fn(_Conn(self._coord))
                 except psycopg.OperationalError as exc:
