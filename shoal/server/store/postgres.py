@@ -244,9 +244,9 @@ class PostgresStore(Store):
                 if self.shared:
                     raise StoreError(f"a single-node shoal control plane uses schema {name!r} of "
                                      f"{redact(self.url)}: stop it before starting replicas on that schema")
-                raise StoreError(f"another shoal control plane (or replicas) uses schema {name!r} of "
-                                 f"{redact(self.url)} (set SHOAL_DATABASE_SCHEMA to give this one its own, or "
-                                 "start every control plane on that schema with --replica)")
+                raise StoreError(f"another shoal control plane uses schema {name!r} of {redact(self.url)} "
+                                 "(set SHOAL_DATABASE_SCHEMA to give this one its own; several control planes "
+                                 "share one schema when each runs with --replica)")
             if not warned and deadline is None:
                 log.warning("store: waiting for another control plane to let go of the database schema")
                 warned = True
