@@ -23,8 +23,9 @@ from ..conftest import PYTHON, TEST_DATABASE_URL, drop_schema, wait_for
 
 DATABASE_URL = TEST_DATABASE_URL or os.environ.get("SHOAL_REPLICAS_DATABASE_URL",
                                                    "postgresql://postgres@127.0.0.1:5432/test")
-LEASE_TTL_S = 2.0
-LEASE_RENEW_S = 0.4
+# Short leases keep the tests quick; SHOAL_TEST_LEASE_TTL_S=5 SHOAL_TEST_LEASE_RENEW_S=1 measures the defaults.
+LEASE_TTL_S = float(os.environ.get("SHOAL_TEST_LEASE_TTL_S", "2"))
+LEASE_RENEW_S = float(os.environ.get("SHOAL_TEST_LEASE_RENEW_S", "0.4"))
 
 
 def _postgres_reachable() -> str | None:
@@ -137,13 +138,31 @@ def test_second_single_node_control_plane_is_refused_beside_replicas(replicas: t
 def test_remote_through_either_replica(replicas: tuple[Replica, Replica]) -> None:
     import replicas_app
 
+    import shoal
+    from shoal._client.transport import get_client
+
     a, b = replicas
     with replicas_app.app.run(quiet=True):
         assert replicas_app.square.remote(7) == 49  # the app was created through A: A owns it
         _use(b.url, a.url)
         assert replicas_app.square.remote(8) == 64  # B forwards to A
         assert sorted(replicas_app.square.map(range(20))) == [x * x for x in range(20)]
+        # B lists A's containers too.
+        listed = get_client().call("GET", "/v1/containers")["containers"]
+        assert any(c["function"] == "square" for c in listed), listed
         _use(a.url, b.url)
+
+    # A Queue getter blocked at A gets an item put through B.
+    q = shoal.Queue.from_name("replicas-q", create_if_missing=True)
+    got: list = []
+    getter = threading.Thread(target=lambda: got.append(q.get(timeout=30)), daemon=True)
+    getter.start()
+    time.sleep(0.5)  # its request waits at A now
+    _use(b.url, a.url)
+    shoal.Queue.from_name("replicas-q").put("through B")
+    getter.join(timeout=30)
+    assert got == ["through B"]
+    assert shoal.Queue.from_name("replicas-q").len() == 0  # handed out once
 
 
 def test_sigkill_of_the_owner_mid_map_loses_nothing_and_returns_each_result_once(
