@@ -188,12 +188,19 @@ class Api:
             "FROM apps ORDER BY created_at DESC LIMIT 200"
         )
         apps = []
+        others: dict[str, dict[str, str]] = {}  # functions of running apps another replica owns
+        if self.d.replicas is not None and any(r[3] == "running" and r[0] not in self.d.apps for r in rows):
+            for app_id, tag, function_id in await self.d.store.read(
+                    "SELECT f.app_id, f.tag, f.function_id FROM functions f JOIN apps a ON a.app_id = f.app_id "
+                    "WHERE a.state='running'"):
+                others.setdefault(app_id, {})[tag] = function_id
         for app_id, name, mode, state, created_at, stopped_at, version in rows:
             live = self.d.apps.get(app_id)
             pools = [p for p in self.d.pools.values() if p.app_id == app_id]
             apps.append({"app_id": app_id, "name": name, "mode": mode, "version": version, "state": state,
                          "created_at": created_at,
-                         "stopped_at": stopped_at, "functions": dict(live.functions) if live else {},
+                         "stopped_at": stopped_at,
+                         "functions": dict(live.functions) if live else others.get(app_id, {}),
                          "containers": sum(len(p.live()) for p in pools),
                          "next_runs": {p.tag: self.d.scheduler.upcoming(p) for p in pools
                                        if p.definition.get("schedule") and self.d.scheduler}})

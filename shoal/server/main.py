@@ -159,7 +159,10 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False) ->
                     dispatcher.scheduler.state.pop(function_id, None)  # read again from the store
 
         replicas.on_takeover.append(taken_over)
-        await replicas.start(url, f"http://{host}:{web_port}")
+        # The address the other replicas forward to: SHOAL_REPLICA_URL when this one listens on 0.0.0.0 or
+        # behind a name.
+        await replicas.start(os.environ.get("SHOAL_REPLICA_URL", "").rstrip("/") or url,
+                             f"http://{host}:{web_port}")
     housekeeping = asyncio.create_task(dispatcher.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
     dispatcher.scheduler = Scheduler(dispatcher)

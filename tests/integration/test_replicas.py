@@ -150,6 +150,8 @@ def test_remote_through_either_replica(replicas: tuple[Replica, Replica]) -> Non
         # B lists A's containers too.
         listed = get_client().call("GET", "/v1/containers")["containers"]
         assert any(c["function"] == "square" for c in listed), listed
+        apps = get_client().call("GET", "/v1/apps")["apps"]  # B lists the functions of A's app
+        assert any("square" in a["functions"] for a in apps if a["state"] == "running"), apps
         _use(a.url, b.url)
 
     # A Queue getter blocked at A gets an item put through B.
