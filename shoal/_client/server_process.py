@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import home, server_file, server_url_override
 from ..exception import ConnectionError as ShoalConnectionError
@@ -22,9 +22,28 @@ START_TIMEOUT_S = 30.0
 
 @dataclass
 class ServerInfo:
-    url: str
+    url: str  # the one in use
     token: str
     pid: int | None = None
+    # Every address of the control plane: several replicas behind `SHOAL_SERVER_URL=urlA,urlB` (tried in
+    # order; a connection error moves to the next one).
+    urls: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.urls and self.url:
+            self.urls = [self.url]
+
+    def next_url(self) -> ServerInfo:
+        """The same control plane at its next address (the first one after the last)."""
+        if len(self.urls) < 2:
+            return self
+        i = self.urls.index(self.url) if self.url in self.urls else -1
+        return ServerInfo(self.urls[(i + 1) % len(self.urls)], self.token, None, list(self.urls))
+
+
+def parse_urls(value: str) -> list[str]:
+    """`SHOAL_SERVER_URL`: one URL, or several separated by commas (replicas of one control plane)."""
+    return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
 
 
 def _healthy(url: str, timeout: float = 1.0) -> bool:
@@ -43,7 +62,8 @@ def read_server_info() -> ServerInfo | None:
     token_path = home() / "token"
     token = os.environ.get("SHOAL_TOKEN") or (token_path.read_text().strip() if token_path.exists() else "")
     if override:
-        return ServerInfo(override.rstrip("/"), token)
+        urls = parse_urls(override)
+        return ServerInfo(urls[0] if urls else override, token, urls=urls)
     try:
         info = json.loads(server_file().read_text())
     except (OSError, ValueError):
@@ -52,9 +72,12 @@ def read_server_info() -> ServerInfo | None:
 
 
 def find_server() -> ServerInfo | None:
+    """The control plane if it answers (at the first of its addresses that does)."""
     info = read_server_info()
-    if info is not None and _healthy(info.url):
-        return info
+    for _ in info.urls if info is not None else ():
+        if _healthy(info.url):
+            return info
+        info = info.next_url()
     return None
 
 

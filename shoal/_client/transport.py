@@ -2,7 +2,9 @@
 no event loop hop) and an async path on aiohttp, sharing encoding, error mapping and reconnect rules.
 
 Every request is safe to repeat (calls carry client-made ids), so both paths retry through a control-plane
-restart for up to RECONNECT_WINDOW_S, re-reading its address each time.
+restart for up to RECONNECT_WINDOW_S, re-reading its address each time. With several addresses
+(`SHOAL_SERVER_URL=urlA,urlB`: replicas of one control plane) a connection error moves to the next address at
+once, and backs off only after each address failed once.
 """
 
 from __future__ import annotations
@@ -63,9 +65,20 @@ class Client:
     def _refresh(self) -> None:
         """After a connection failure: the control plane may have restarted on another port."""
         info = read_server_info()
-        if info is not None and (info.url, info.token) != (self.info.url, self.info.token):
+        if info is not None and (info.urls, info.token) != (self.info.urls, self.info.token):
             self.info = info
             self._local = threading.local()
+
+    def _failed(self, url: str, failures: int) -> bool:
+        """A request to `url` failed to connect (`failures` in a row): move to the next address. True when the
+        caller should retry at once (an address not tried yet), False when it should back off first."""
+        if len(self.info.urls) > 1:
+            if self.info.url == url:
+                self.info = self.info.next_url()
+            if failures % len(self.info.urls):
+                return True
+        self._refresh()
+        return False
 
     # -- blocking --------------------------------------------------------------------------------------------
     def _conn(self) -> http.client.HTTPConnection:
@@ -84,8 +97,10 @@ class Client:
 
         deadline = time.monotonic() + RECONNECT_WINDOW_S
         delay = 0.05
+        failures = 0
         while True:
             conn = self._conn()
+            url = self.info.url
             try:
                 conn.request(method, path, body=body, headers=self._headers(body))
                 resp = conn.getresponse()
@@ -95,9 +110,10 @@ class Client:
                 self._local.conn = None
                 if time.monotonic() > deadline:
                     raise exception.ConnectionError(f"cannot reach the shoal control plane: {exc}") from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                self._refresh()
+                failures += 1
+                if not self._failed(url, failures):
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = msgpack.packb(body, use_bin_type=True) if body is not None else None
@@ -128,18 +144,21 @@ class Client:
         data = msgpack.packb(body, use_bin_type=True) if body is not None else None
         deadline = time.monotonic() + RECONNECT_WINDOW_S
         delay = 0.05
+        failures = 0
         while True:
+            url = self.info.url
             try:
                 async with self._session.request(
-                    method, self.info.url + path, data=data, headers=self._headers(data)
+                    method, url + path, data=data, headers=self._headers(data)
                 ) as resp:
                     return _decode(resp.status, await resp.read())
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise exception.ConnectionError(f"cannot reach the shoal control plane: {exc}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                self._refresh()
+                failures += 1
+                if not self._failed(url, failures):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
 
 
 def _close_session(session: Any) -> None:

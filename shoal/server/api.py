@@ -188,12 +188,19 @@ class Api:
             "FROM apps ORDER BY created_at DESC LIMIT 200"
         )
         apps = []
+        others: dict[str, dict[str, str]] = {}  # functions of running apps another replica owns
+        if self.d.replicas is not None and any(r[3] == "running" and r[0] not in self.d.apps for r in rows):
+            for app_id, tag, function_id in await self.d.store.read(
+                    "SELECT f.app_id, f.tag, f.function_id FROM functions f JOIN apps a ON a.app_id = f.app_id "
+                    "WHERE a.state='running'"):
+                others.setdefault(app_id, {})[tag] = function_id
         for app_id, name, mode, state, created_at, stopped_at, version in rows:
             live = self.d.apps.get(app_id)
             pools = [p for p in self.d.pools.values() if p.app_id == app_id]
             apps.append({"app_id": app_id, "name": name, "mode": mode, "version": version, "state": state,
                          "created_at": created_at,
-                         "stopped_at": stopped_at, "functions": dict(live.functions) if live else {},
+                         "stopped_at": stopped_at,
+                         "functions": dict(live.functions) if live else others.get(app_id, {}),
                          "containers": sum(len(p.live()) for p in pools),
                          "next_runs": {p.tag: self.d.scheduler.upcoming(p) for p in pools
                                        if p.definition.get("schedule") and self.d.scheduler}})
@@ -295,6 +302,8 @@ class Api:
         if app is None:
             return reply({"entries": [], "last": after, "state": "stopped"})
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
+        if after >= app.logs.next_seq:
+            after = -1  # a cursor into the log another control plane kept (before a restart or a takeover)
         session = request.query.get("session") == "1"
         if session:
             app.sessions += 1
@@ -426,6 +435,15 @@ class Api:
         after = query_int(request, "after", -1)
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         limit = query_int(request, "limit", 1000)
+        if after < call.recovered_seq:
+            # Outputs committed before a restart or a takeover, which this reader has not seen yet.
+            rows = await self.d.store.read(
+                "SELECT seq, idx, status, data, final FROM outputs WHERE call_id=? AND seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?", (call.id, after, call.recovered_seq, limit))
+            outputs = [(seq, idx, status, data, bool(final)) for seq, idx, status, data, final in rows]
+            if len(outputs) < limit:
+                outputs += call.outputs_after(call.recovered_seq, limit - len(outputs))
+            return reply({"outputs": [list(o) for o in outputs], "done": False})
         outputs = await self.d.wait_outputs(call, after, timeout, limit)
         done = call.drained and (not outputs or outputs[-1][0] == call.published)
         return reply({"outputs": [list(o) for o in outputs], "done": done})

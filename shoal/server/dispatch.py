@@ -74,6 +74,7 @@ class Dispatcher:
         self.proxy_tokens: Any = None  # server.proxy_tokens.ProxyTokens, set by main
         self.router: Any = None  # server.web_routes.Router (web URLs), set by main
         self.proxy: Any = None  # server.proxy.Proxy (request logs), set by main
+        self.replicas: Any = None  # server.replicas.Replicas, when this is one of several control planes
         self._waiting: set[Pool] = set()
         self.warmpool = WarmPool(self)  # pools that wanted containers the machine had no room for
         self.server_url = ""
@@ -82,39 +83,76 @@ class Dispatcher:
 
     # -- start-up and housekeeping ---------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Rebuild running apps, their functions and every unfinished input from the store."""
-        for app_id, name, mode, detach in self.store.read_now(
-            "SELECT app_id, name, mode, detach FROM apps WHERE state='running' ORDER BY created_at"
-        ):
+        """Rebuild running apps, their functions and every unfinished input from the store (at start, when this
+        control plane is the only one; replicas rebuild the apps they take over one by one: `recover_app`)."""
+        self._apply_recovered(self._load_recovered(None))
+
+    async def recover_app(self, app_id: str) -> bool:
+        """Take over one app from the store, as `recover` does at start: its functions, its running calls and
+        their unfinished inputs (queued again), the outputs already committed (kept). False when the app is
+        not running (stopped meanwhile)."""
+        data = await asyncio.to_thread(self._load_recovered, app_id)
+        if not data["apps"] or app_id in self.apps:
+            return False
+        self._apply_recovered(data)
+        return True
+
+    def _load_recovered(self, app_id: str | None) -> dict[str, Any]:
+        """What recovery needs, read from the store (blocking: at start, or in a thread)."""
+        read = self.store.read_now
+        if app_id is None:
+            apps = read("SELECT app_id, name, mode, detach FROM apps WHERE state='running' ORDER BY created_at")
+            functions = read("SELECT function_id, app_id, definition FROM functions")
+            calls = read(
+                "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
+                "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
+                "FROM calls c WHERE c.state='running'")
+        else:
+            apps = read("SELECT app_id, name, mode, detach FROM apps WHERE state='running' AND app_id=?", (app_id,))
+            functions = read("SELECT function_id, app_id, definition FROM functions WHERE app_id=?", (app_id,))
+            calls = read(
+                "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
+                "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
+                "FROM calls c WHERE c.state='running' AND c.function_id IN "
+                "(SELECT function_id FROM functions WHERE app_id=?)", (app_id,))
+        running = {a[0] for a in apps}
+        known = {row[0] for row in functions if row[1] in running}
+        details = {}
+        for call_id, function_id, *_ in calls:
+            if function_id not in known:
+                continue
+            finals = read("SELECT idx, status, data FROM outputs WHERE call_id=? AND final=1", (call_id,))
+            inputs = read("SELECT idx, args FROM inputs WHERE call_id=?", (call_id,))
+            details[call_id] = (finals, inputs)
+        return {"apps": apps, "functions": functions, "calls": calls, "details": details}
+
+    def _apply_recovered(self, data: dict[str, Any]) -> None:
+        for app_id, name, mode, detach in data["apps"]:
             self.apps[app_id] = AppState(app_id, name, mode, bool(detach))
-        for function_id, app_id, definition in self.store.read_now(
-            "SELECT function_id, app_id, definition FROM functions"
-        ):
-            if app_id in self.apps:
+        for function_id, app_id, definition in data["functions"]:
+            if app_id in self.apps and function_id not in self.pools:
                 self._add_pool(function_id, app_id, msgpack.unpackb(definition))
-        rows = self.store.read_now(
-            "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
-            "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
-            "FROM calls c WHERE c.state='running'"
-        )
         requeued = 0
-        for call_id, function_id, kind, num_inputs, max_seq, method in rows:
+        pools = set()
+        for call_id, function_id, kind, num_inputs, max_seq, method in data["calls"]:
             pool = self.pools.get(function_id)
             if pool is None:
-                self.store.set_call_state(call_id, TERMINATED)
+                self.store.set_call_state(call_id, TERMINATED)  # its function or its app is gone
                 continue
+            if call_id in self.calls:
+                continue
+            pools.add(pool)
             call = Call(call_id, pool, kind, num_inputs, method)
             call.next_seq = max_seq + 1
+            call.published = max_seq  # committed, so visible: readers behind it read them from the store
+            call.recovered_seq = max_seq
             self.calls[call_id] = call
-            finals = dict(
-                (idx, (status, data)) for idx, status, data in self.store.read_now(
-                    "SELECT idx, status, data FROM outputs WHERE call_id=? AND final=1", (call_id,)
-                )
-            )
+            finals_rows, input_rows = data["details"].get(call_id, ((), ()))
+            finals = {idx: (status, data_) for idx, status, data_ in finals_rows}
             call.done = len(finals)
             if call.keeps_results:
                 call.results.update(finals)
-            for idx, args in self.store.read_now("SELECT idx, args FROM inputs WHERE call_id=?", (call_id,)):
+            for idx, args in input_rows:
                 if call.received is not None:
                     call.received.add(idx)
                 if idx not in finals:
@@ -125,8 +163,46 @@ class Dispatcher:
         if requeued:
             log.info("recovered %d unfinished inputs", requeued)
         self.routes_changed()
-        for pool in self.pools.values():
-            self._scale(pool)
+        for app_id, *_ in data["apps"]:
+            app = self.apps.get(app_id)
+            for function_id in list(app.functions.values()) if app else ():
+                pool = self.pools.get(function_id)
+                if pool is not None:
+                    self._scale(pool)
+
+    def release_app(self, app_id: str, reason: str) -> None:
+        """Forget an app without touching the store: another replica owns it now (server/replicas.py). Its
+        containers are killed (their inputs run again at the new owner), its waiting readers are woken, and
+        requests for it go to the new owner from now on."""
+        app = self.apps.pop(app_id, None)
+        if app is None:
+            return
+        log.warning("app %s: %s; letting go of it", app_id, reason)
+        app.state = "moved"
+        for function_id in list(app.functions.values()):
+            pool = self.pools.pop(function_id, None)
+            if pool is None:
+                continue
+            pool.stopped = True
+            pool.queue.clear()
+            for c in list(pool.containers.values()):
+                for inp in c.running.values():
+                    if inp.timer:
+                        inp.timer.cancel()
+                c.running.clear()
+                self._stop_container(c, f"app moved to another control plane ({reason})", kill=True)
+            for call in [c for c in self.calls.values() if c.pool is pool]:
+                del self.calls[call.id]
+                call.state = "moved"
+                for futs in call.result_waiters.values():
+                    for fut in futs:
+                        if not fut.done():
+                            fut.set_result(None)
+                for fut in call.output_waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+        self.routes_changed()
+        app.logs.wake()
 
     async def housekeeping(self) -> None:
         """Once a second: scale idle pools down, stop orphaned apps, forget idle calls; hourly: expire results."""
@@ -157,6 +233,8 @@ class Dispatcher:
     # -- apps and functions ----------------------------------------------------------------------------------
     async def create_app(self, name: str | None, mode: str, detach: bool) -> AppState:
         app = AppState(new_id("ap"), name, mode, detach)
+        if self.replicas is not None:
+            await self.replicas.claim_new(app.id)  # the replica that creates an app owns it
         self.apps[app.id] = app
         await self.store.flushed(self.store.put_app(app.id, name, mode, detach))
         return app
@@ -227,7 +305,7 @@ class Dispatcher:
         if app is None or app.state != "running":
             return
         app.state = "stopping"
-        self.store.set_app_stopped(app_id)
+        stopped = self.store.set_app_stopped(app_id)
         exits = []
         for function_id in app.functions.values():
             pool = self.pools.pop(function_id, None)
@@ -246,6 +324,9 @@ class Dispatcher:
         self.apps.pop(app_id, None)
         self.routes_changed()
         app.logs.wake()
+        if self.replicas is not None:
+            await self.store.flushed(stopped)  # no other replica may take it over as a running app
+            await self.replicas.forget(app_id)
 
     # -- calls -----------------------------------------------------------------------------------------------
     def get_pool(self, function_id: str) -> Pool | None:
@@ -775,7 +856,10 @@ class Dispatcher:
                         fut.set_result((status, data))
             stored.append((call.id, seq, idx, status, data, final))
             shown.append((call, seq, idx, status, data, final))
-        ticket = self.store.put_outputs(stored)
+        fences = None
+        if self.replicas is not None:  # written only while this replica still holds the app's lease
+            fences = [self.replicas.fence(call.pool.app_id) for call, *_ in shown]
+        ticket = self.store.put_outputs(stored, fences)
 
         def publish() -> None:
             for call, seq, idx, status, data, final in shown:

@@ -1,7 +1,9 @@
 """Start the control plane: store, dispatcher, container stream, HTTP API; publish its address.
 
 One control plane per state directory, enforced with a lock file. Its URL and pid go to
-`SHOAL_HOME/server.json`, its API token to `SHOAL_HOME/token` (mode 0600).
+`SHOAL_HOME/server.json`, its API token to `SHOAL_HOME/token` (mode 0600). With `--replica` it is one of several
+sharing a PostgreSQL schema and the state directory (server/replicas.py); its own files go to
+`SHOAL_HOME/replicas/<replica id>/`.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from pathlib import Path
 from aiohttp import web
 
 from ..backends.local import LocalBackend
-from ..config import home
+from ..config import env_flag, home
 from .api import Api
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, new_id
 from .images import ImageBuilder
 from .objects import Objects
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
+from .replicas import Replicas
 from .scheduler import Scheduler
 from .secrets import SecretStore
 from .store import StoreError, open_store
@@ -90,22 +93,32 @@ def take_lock(state_dir: Path) -> int:
     return fd
 
 
-async def serve(host: str, port: int, state_dir: Path) -> None:
+async def serve(host: str, port: int, state_dir: Path, replica: bool = False) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = take_lock(state_dir)
+    # A replica (one of several control planes on one PostgreSQL schema: server/replicas.py) shares the state
+    # directory's token, sources, images and volumes with the others, and keeps what is its own (lock, container
+    # socket, address, web port) under replicas/<id>/.
+    replica_id = (os.environ.get("SHOAL_REPLICA_ID") or new_id("cp")) if replica else None
+    run_dir = state_dir / "replicas" / replica_id if replica_id else state_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = take_lock(run_dir)
     token = load_token(state_dir)
-    store = open_store(state_dir)
+    store = open_store(state_dir, replica=replica)
     await store.open()
-    sock_path = control_socket_path(state_dir)
+    sock_path = control_socket_path(run_dir)
     sock_path.unlink(missing_ok=True)
     dispatcher = Dispatcher(store, LocalBackend(state_dir=state_dir), state_dir, f"unix:{sock_path}")
+    replicas = Replicas(dispatcher, replica_id) if replica_id else None
+    dispatcher.replicas = replicas
     stop = asyncio.Event()
     api = Api(dispatcher, token, state_dir, on_shutdown=stop.set, images=ImageBuilder(state_dir))
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
     # session is noticed in milliseconds, not when the poll would have timed out.
     http_app = api.app()
-    objects = Objects(store)
+    objects = Objects(store, shared=replica)
     objects.add_routes(http_app.router)
+    if replicas is not None:
+        http_app.middlewares.append(replicas.middleware)  # after auth: requests for other replicas' apps go there
     dispatcher.secrets = SecretStore(store, state_dir)
     dispatcher.secrets.add_routes(http_app.router)
     dispatcher.proxy_tokens = ProxyTokens(store)  # the web proxy calls .lookup per request
@@ -123,27 +136,48 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     dispatcher.server_token = token
     dispatcher.router = Router()
     proxy = Proxy(dispatcher, dispatcher.router)
-    web_port = await proxy.start(web_port_for(state_dir))
-    (state_dir / "web_port").write_text(str(web_port))
+    web_port = await proxy.start(web_port_for(run_dir))
+    (run_dir / "web_port").write_text(str(web_port))
     dispatcher.backend.forward_ports[web_port] = ("127.0.0.1", web_port)  # web URLs work inside containers
     dispatcher.proxy = proxy
     proxy_tasks = [asyncio.create_task(proxy.housekeeping()), asyncio.create_task(proxy.health_checks())]
     control = await asyncio.start_unix_server(dispatcher.handle_runtime, str(sock_path), limit=2**26)
     os.chmod(sock_path, 0o600)
-    await dispatcher.volumes.recover()  # before any container starts: commits what the last run left
-    await dispatcher.recover()
+    if replicas is None:
+        await dispatcher.volumes.recover()  # before any container starts: commits what the last run left
+        await dispatcher.recover()
+    else:
+        if not await replicas.others_alive():  # the others' containers may be writing to volumes
+            await dispatcher.volumes.recover()
+
+        def taken_over(app_id: str) -> None:
+            rows = store.read_now("SELECT MAX(version) FROM app_versions WHERE app_id=?", (app_id,))
+            if rows and rows[0][0] is not None:
+                api.deployments.versions[app_id] = int(rows[0][0])
+            if dispatcher.scheduler is not None:
+                for function_id in dispatcher.apps[app_id].functions.values():
+                    dispatcher.scheduler.state.pop(function_id, None)  # read again from the store
+
+        replicas.on_takeover.append(taken_over)
+        # The address the other replicas forward to: SHOAL_REPLICA_URL when this one listens on 0.0.0.0 or
+        # behind a name.
+        await replicas.start(os.environ.get("SHOAL_REPLICA_URL", "").rstrip("/") or url,
+                             f"http://{host}:{web_port}")
     housekeeping = asyncio.create_task(dispatcher.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
     dispatcher.scheduler = Scheduler(dispatcher)
     scheduling = asyncio.create_task(dispatcher.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port}
-    tmp = state_dir / f".server.json.{os.getpid()}"
+    if replica_id:
+        info["replica_id"] = replica_id
+    tmp = run_dir / f".server.json.{os.getpid()}"
     tmp.write_text(json.dumps(info))
-    tmp.replace(state_dir / "server.json")
+    tmp.replace(run_dir / "server.json")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"shoal control plane listening on {url} (state in {state_dir})", flush=True)
+    role = f"replica {replica_id} " if replica_id else ""
+    print(f"shoal control plane {role}listening on {url} (state in {state_dir})", flush=True)
     await stop.wait()
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
@@ -153,15 +187,18 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     objects_housekeeping.cancel()
     scheduling.cancel()
     dispatcher.shutdown()
+    if replicas is not None:
+        await store.flushed(store._next_ticket)  # everything it did is committed before another replica takes over
+        await replicas.close()
     control.close()
     await runner.cleanup()
     await store.close()
-    (state_dir / "server.json").unlink(missing_ok=True)
+    (run_dir / "server.json").unlink(missing_ok=True)
     sock_path.unlink(missing_ok=True)
     os.close(lock_fd)
 
 
-def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -> int:
+def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None, replica: bool = False) -> int:
     logging.basicConfig(level=os.environ.get("SHOAL_LOGLEVEL", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if "SHOAL_LOGLEVEL" not in os.environ:
@@ -173,8 +210,8 @@ def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -
     except ImportError:
         runner = asyncio.run
     try:
-        runner(serve(host, port, state_dir or home()))
-    except (AlreadyRunningError, StoreError) as exc:
+        runner(serve(host, port, state_dir or home(), replica))
+    except (AlreadyRunningError, StoreError, ValueError) as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -185,5 +222,8 @@ def cli_main() -> None:
     parser.add_argument("--host", default=os.environ.get("SHOAL_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SHOAL_PORT", "0")))
     parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--replica", action="store_true", default=env_flag("SHOAL_REPLICA"),
+                        help="one of several control planes sharing SHOAL_DATABASE_URL's schema (and the state "
+                             "directory); SHOAL_REPLICA=1 says the same")
     args = parser.parse_args()
-    sys.exit(run(args.host, args.port, args.state_dir))
+    sys.exit(run(args.host, args.port, args.state_dir, args.replica))

@@ -50,6 +50,8 @@ class Call:
         self.received: set[int] | None = set() if total is None else None
         self.next_seq = 0
         self.published = -1  # highest seq visible to readers (outputs show once committed)
+        # Recovered from the store (a restart, a takeover): outputs up to this seq are read from there.
+        self.recovered_seq = -1
         self.done = 0
         self.cancelled = False
         self.state = "running"

@@ -3,6 +3,10 @@
 Everything is in the store; reads use the read connection, read-modify-writes run as store transactions.
 Blocked queue getters wait in memory, first come first served: a put hands its items straight to the waiting
 getters in the same transaction, so arriving items reach blocked getters in order.
+
+With several control planes (`shared`, server/replicas.py) a put on one replica cannot hand items to getters
+blocked on another: those look in the store every SHARED_POLL_S as well, and every pop first locks its
+partition's row, so two replicas popping at once never both get the same item.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ MAX_ITEM = 1024 * 1024  # Queue: per item
 MAX_PARTITION_ITEMS = 5_000
 MAX_PARTITIONS = 100_000
 MAX_WAIT_S = 50.0
+SHARED_POLL_S = 0.1  # how often a blocked getter of a replica looks for items put through another replica
 
 
 class _Getter:
@@ -49,8 +54,9 @@ def _partition(body: dict[str, Any]) -> str:
 
 
 class Objects:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, shared: bool = False) -> None:
         self.store = store
+        self.shared = shared  # other control planes use the same store (replicas)
         self.getters: dict[tuple[str, str], collections.deque[_Getter]] = collections.defaultdict(collections.deque)
         self.on_delete: list[Callable[[str], None]] = []  # told each deleted object's id (volumes drop files)
 
@@ -298,7 +304,7 @@ class Objects:
         n = int(body.get("n") or 1)
         if n < 1:
             raise ApiError(400, "n must be at least 1")
-        items = await self.store.transact(lambda c: _pop(c, object_id, partition, n))
+        items = await self.store.transact(lambda c: _pop(c, object_id, partition, n, self.shared))
         timeout = min(float(body.get("timeout") or 0), MAX_WAIT_S)
         if items or timeout <= 0:
             return reply({"values": items})
@@ -310,11 +316,30 @@ class Objects:
             # of handing them over: look again, now that every later put sees this getter. (Such a put queues
             # its transaction on its next step: sleep(0) lets it, so this pop runs after it.)
             await asyncio.sleep(0)
-            items = await self.store.transact(lambda c: _pop(c, object_id, partition, n))
+            items = await self.store.transact(lambda c: _pop(c, object_id, partition, n, self.shared))
             if items:
                 await self._abandon(key, getter)  # (items a put handed it meanwhile go back to the head)
                 return reply({"values": items})
-            await asyncio.wait({getter.future}, timeout=timeout)
+            if not self.shared:
+                await asyncio.wait({getter.future}, timeout=timeout)
+            else:
+                deadline = time.monotonic() + timeout
+                while not getter.future.done() and not getter.taken and time.monotonic() < deadline:
+                    await asyncio.wait({getter.future}, timeout=min(SHARED_POLL_S, deadline - time.monotonic()))
+                    if getter.future.done() or getter.taken:
+                        break
+                    waiting = self.getters[key]
+                    place = waiting.index(getter)
+                    del waiting[place]  # while it looks, no put of this replica hands it items
+                    look = asyncio.ensure_future(self.store.transact(lambda c: _pop(c, object_id, partition, n, True)))
+                    try:
+                        items = await asyncio.shield(look)
+                    except asyncio.CancelledError:
+                        await self._give_back(key, await look)
+                        raise
+                    if items:
+                        return reply({"values": items})
+                    waiting.insert(min(place, len(waiting)), getter)
         except asyncio.CancelledError:
             await self._abandon(key, getter)
             raise
@@ -327,9 +352,13 @@ class Objects:
     async def _abandon(self, key: tuple[str, str], getter: _Getter) -> None:
         """A waiting client went away; items already popped for it go back to the head of the queue."""
         if not getter.taken:
-            self.getters[key].remove(getter)
+            if getter in self.getters[key]:  # (a shared getter looking in the store is not listed meanwhile)
+                self.getters[key].remove(getter)
             return
-        items = await asyncio.shield(getter.future)
+        await self._give_back(key, await asyncio.shield(getter.future))
+
+    async def _give_back(self, key: tuple[str, str], items: list[bytes]) -> None:
+        """Items popped for a client that went away go back to the head of the queue."""
         if items:
             object_id, partition = key
 
@@ -388,7 +417,10 @@ class Objects:
         self.store.write("DELETE FROM queue_partitions WHERE expires_at < ?", (now,))
 
 
-def _pop(c: sqlite3.Connection, object_id: str, partition: str, n: int) -> list[bytes]:
+def _pop(c: sqlite3.Connection, object_id: str, partition: str, n: int, shared: bool = False) -> list[bytes]:
+    if shared:  # lock the partition first: a pop of another replica waits, then sees what this one took
+        c.execute("UPDATE queue_partitions SET expires_at=expires_at WHERE queue_id=? AND partition=?",
+                  (object_id, partition))
     rows = c.execute("SELECT seq, value FROM queue_items WHERE queue_id=? AND partition=? ORDER BY seq LIMIT ?",
                      (object_id, partition, n)).fetchall()
     if rows:

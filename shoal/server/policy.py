@@ -274,3 +274,39 @@ def rendezvous(key: str, candidates: Sequence[str]) -> int:
         if score > best_score:
             best, best_score = i, score
     return best
+
+
+# -- several control planes (server/replicas.py) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LeaseDecision:
+    """What a replica does about one lease: "take" it (it is free or expired: the state it guards must be
+    rebuilt from the store), "renew" it (it holds it and it has not expired), or "defer" to its holder."""
+
+    action: str
+    owner: str | None
+    expires_at: float | None
+
+
+def lease_decision(*, holder: str | None, expires_at: float | None, me: str, now: float, ttl_s: float,
+                   want: bool = True) -> LeaseDecision:
+    """One replica's decision about a lease row (`holder`, `expires_at`; None when there is no row), all times on
+    one clock (the database's). A holder's lease lasts until `expires_at`: up to then nobody else may take it,
+    not even a replica that believes the holder dead. A lease that expired is free, also for its old holder,
+    who must then rebuild what it guards as a newcomer would (it may have been taken and handed back meanwhile).
+    `want=False`: the replica only asks who holds it (it never takes)."""
+    alive = holder is not None and expires_at is not None and expires_at > now
+    if alive and holder == me:
+        return LeaseDecision("renew", me, now + ttl_s)
+    if alive:
+        return LeaseDecision("defer", holder, expires_at)
+    if not want:
+        return LeaseDecision("defer", None, None)
+    return LeaseDecision("take", me, now + ttl_s)
+
+
+def lease_confirmed_until(*, sent_at: float, ttl_s: float, margin_s: float) -> float:
+    """Until when (on the replica's own monotonic clock) a lease renewed by a request sent at `sent_at` may be
+    acted on. The database set the expiry at least ttl after `sent_at` (its clock read the request later), so
+    stopping `margin_s` before `sent_at + ttl` stops before anyone else can take the lease, whatever the clocks
+    of the two machines say."""
+    return sent_at + max(0.0, ttl_s - margin_s)

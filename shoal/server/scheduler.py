@@ -3,6 +3,10 @@
 `next_fire` is pure. The loop fires each due function through the ordinary spawn path (so retries, timeouts
 and logs apply), never while the previous scheduled run of that function is still going, and remembers the
 last fire in the store: ticks missed while the control plane was down fire once on start, not once each.
+
+With several control planes, each app's schedules fire at the replica that owns the app (one at a time, by
+lease), which reads the last fire from the store when it takes the app over: so a tick fires once, and the
+schedule keeps firing when the owner dies.
 """
 
 from __future__ import annotations
@@ -62,16 +66,18 @@ class Scheduler:
     def _load(self, pool: Pool) -> dict[str, Any]:
         st = self.state.get(pool.function_id)
         if st is None:
-            rows = self.d.store.read_now("SELECT anchor, last_fire FROM schedules WHERE function_id=?",
+            rows = self.d.store.read_now("SELECT anchor, last_fire, call_id FROM schedules WHERE function_id=?",
                                          (pool.function_id,))
-            anchor, last_fire = rows[0] if rows else (time.time(), None)
+            anchor, last_fire, last_call = rows[0] if rows else (time.time(), None, None)
             if not rows:
                 self.d.store.write("INSERT INTO schedules (function_id, anchor, last_fire) VALUES (?,?,?) "
                                    "ON CONFLICT (function_id) DO UPDATE SET anchor=excluded.anchor, "
                                    "last_fire=excluded.last_fire", (pool.function_id, anchor, None))
             spec = pool.definition["schedule"]
             upcoming = next_fire(spec, anchor, last_fire if last_fire is not None else anchor)
-            st = {"anchor": anchor, "last_fire": last_fire, "call": None, "next": upcoming,
+            # The last scheduled run may still be going (recovered after a restart or a takeover): no overlap.
+            previous = self.d.calls.get(last_call) if last_call else None
+            st = {"anchor": anchor, "last_fire": last_fire, "call": previous, "next": upcoming,
                   "missed": last_fire is not None and upcoming <= time.time()}
             self.state[pool.function_id] = st
         return st
@@ -88,8 +94,11 @@ class Scheduler:
         while True:
             await asyncio.sleep(TICK_S)
             now = time.time()
+            replicas = self.d.replicas
             for pool in list(self.d.pools.values()):
                 if pool.definition.get("schedule") and not pool.stopped:
+                    if replicas is not None and not replicas.owns(pool.app_id):
+                        continue  # only the app's owner fires its schedules (server/replicas.py)
                     await self._maybe_fire(pool, now)
 
     async def _maybe_fire(self, pool: Pool, now: float) -> None:
@@ -104,7 +113,8 @@ class Scheduler:
             call, _ticket = await self.d.create_call(pool, new_id("fc"), "spawn", NO_ARGS)
             st["call"] = call
             st["last_fire"] = now
-            self.d.store.write("UPDATE schedules SET last_fire=? WHERE function_id=?", (now, pool.function_id))
+            self.d.store.write("UPDATE schedules SET last_fire=?, call_id=? WHERE function_id=?",
+                               (now, call.id, pool.function_id))
             app = self.d.apps.get(pool.app_id)
             if app is not None:
                 app.logs.append("", "system", f"schedule fired {pool.tag} ({call.id})\n")

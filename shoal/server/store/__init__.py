@@ -10,7 +10,8 @@ from .base import Connection, Store, StoreError
 from .sqlite import SQLiteStore
 
 
-def open_store(state_dir: Path) -> Store:
+def open_store(state_dir: Path, replica: bool = False) -> Store:
+    """`replica`: this control plane is one of several sharing the database (server/replicas.py)."""
     url = os.environ.get("SHOAL_DATABASE_URL", "").strip()
     if url:
         from .postgres import PostgresStore, is_postgres_url
@@ -18,7 +19,9 @@ def open_store(state_dir: Path) -> Store:
         if not is_postgres_url(url):
             raise StoreError("SHOAL_DATABASE_URL must be a postgresql:// URL; unset it to keep state in SQLite "
                              "under the state directory")
-        return PostgresStore(url)
+        return PostgresStore(url, shared=replica)
+    if replica:
+        raise StoreError("replicas share their state in PostgreSQL: set SHOAL_DATABASE_URL=postgresql://…")
     return SQLiteStore(state_dir / "state.db")
 
 

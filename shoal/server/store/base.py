@@ -198,13 +198,24 @@ class Store:
         return self.write("INSERT INTO inputs (call_id, idx, args) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                           rows, many=True)
 
-    def put_outputs(self, rows: list[tuple[str, int, int, str, bytes | None, bool]]) -> int:
-        """Rows of (call_id, seq, idx, status, data, final)."""
+    def put_outputs(self, rows: list[tuple[str, int, int, str, bytes | None, bool]],
+                    fences: list[tuple[str, str]] | None = None) -> int:
+        """Rows of (call_id, seq, idx, status, data, final). `fences` (replicas, PostgreSQL only): for each row,
+        the (lease key, owner) that must still hold when it is written, else it is dropped: a replica that lost
+        an app cannot add outputs behind the back of its new owner. The lease row is share-locked until the
+        write commits, so a takeover (which locks it to update it) reads the store after such writes."""
         now = time.time()
+        values = [(c, s, i, st, d, int(f), now) for c, s, i, st, d, f in rows]
+        if fences is not None:
+            return self.write(
+                "INSERT INTO outputs (call_id, seq, idx, status, data, final, created_at) "
+                "SELECT ?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM leases WHERE key=? AND owner=? FOR SHARE) "
+                "ON CONFLICT DO NOTHING",
+                [v + fence for v, fence in zip(values, fences, strict=True)], many=True,
+            )
         return self.write(
             "INSERT INTO outputs (call_id, seq, idx, status, data, final, created_at) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            [(c, s, i, st, d, int(f), now) for c, s, i, st, d, f in rows], many=True,
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", values, many=True,
         )
 
     def expire(self, before: float) -> int:

@@ -11,7 +11,9 @@ into `ON CONFLICT` clauses using the primary keys of `schema.SCHEMA`, which `pg_
 One installation keeps its tables in one PostgreSQL schema: `SHOAL_DATABASE_SCHEMA`, else the first entry of a
 `search_path` in the URL's options (`?options=-csearch_path%3Dname`), else the database's default (`public`).
 A named schema is created when missing. The writer holds an advisory lock on the schema, so a second control
-plane pointed at the same schema fails to start instead of running the same calls twice.
+plane pointed at the same schema fails to start instead of running the same calls twice; replicas
+(`shared=True`, server/replicas.py) hold it shared: any number of them, and no single-node control plane
+beside them. Replicas coordinate through `coordinate()`, transactions on a connection of their own.
 
 Failures: a plain write that fails is logged and skipped (as in SQLite); since an error aborts a PostgreSQL
 transaction, the batch is then replayed with a savepoint around each write. A lost connection is reopened and
@@ -195,8 +197,9 @@ def redact(url: str) -> str:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, schema: str | None = None) -> None:
+    def __init__(self, url: str, schema: str | None = None, shared: bool = False) -> None:
         super().__init__()
+        self.shared = shared  # a replica: the schema lock is shared with the other replicas
         if psycopg is None:
             raise StoreError("SHOAL_DATABASE_URL names a PostgreSQL database, but psycopg is not installed: "
                              "pip install 'shoal[postgres]'")
@@ -216,6 +219,8 @@ class PostgresStore(Store):
         self._readers = threading.BoundedSemaphore(READERS)
         self._idle_lock = threading.Lock()
         self._committing = False
+        self._coord: Any = None  # the connection of `coordinate()`
+        self._coord_lock = threading.Lock()
 
     # -- connections -----------------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -228,19 +233,32 @@ class PostgresStore(Store):
         return conn
 
     def _lock_schema(self, conn: Any, wait_s: float | None) -> None:
-        """Hold this session's lock on the schema: one control plane per schema."""
+        """Hold this session's lock on the schema: one control plane per schema, or any number of replicas."""
         deadline = None if wait_s is None else time.monotonic() + wait_s
         warned = False
-        while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))",
-                               (LOCK_CLASS,)).fetchone()[0]:
-            if deadline is not None and time.monotonic() > deadline:
+        fn = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
+        while not conn.execute(f"SELECT {fn}(%s, hashtext(current_schema()))", (LOCK_CLASS,)).fetchone()[0]:
+            late = deadline is not None and time.monotonic() > deadline
+            if deadline is not None and (late or (not self.shared and self._replicas_hold(conn))):
                 name = self._schema_name(conn)
+                if self.shared:
+                    raise StoreError(f"a single-node shoal control plane uses schema {name!r} of "
+                                     f"{redact(self.url)}: stop it before starting replicas on that schema")
                 raise StoreError(f"another shoal control plane uses schema {name!r} of {redact(self.url)} "
-                                 "(set SHOAL_DATABASE_SCHEMA to give this one its own)")
+                                 "(set SHOAL_DATABASE_SCHEMA to give this one its own; several control planes "
+                                 "share one schema when each runs with --replica)")
             if not warned and deadline is None:
                 log.warning("store: waiting for another control plane to let go of the database schema")
                 warned = True
             time.sleep(0.2)
+
+    @staticmethod
+    def _replicas_hold(conn: Any) -> bool:
+        """Replicas hold the schema's lock (shared): a single-node control plane need not wait for it."""
+        return conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype='advisory' AND mode='ShareLock' AND granted "
+            "AND classid=%s AND objid::bigint = (hashtext(current_schema())::bigint & 4294967295) "
+            "AND objsubid=2)", (LOCK_CLASS,)).fetchone()[0]
 
     def _schema_name(self, conn: Any) -> str:
         try:
@@ -301,6 +319,34 @@ class PostgresStore(Store):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+        with self._coord_lock:
+            if self._coord is not None:
+                self._coord.close()
+                self._coord = None
+
+    # -- coordination between replicas ----------------------------------------------------------------------
+    async def coordinate(self, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(connection)` in one transaction of its own, committed before this returns, on a connection
+        used for nothing else (leases and heartbeats must not wait behind a batch of writes or a slow read).
+        `fn` may read the database's clock with `db_now(c)`. Raises StoreError when the database is unreachable;
+        a transaction whose commit was cut off may or may not have applied, so `fn` must be safe to re-run."""
+        return await asyncio.to_thread(self._coordinate, fn)
+
+    def _coordinate(self, fn: Callable[[Any], Any]) -> Any:
+        with self._coord_lock:
+            for attempt in (1, 2):
+                try:
+                    if self._coord is None or self._coord.closed or self._coord.broken:
+                        self._coord = self._connect()
+                        self._coord.execute("SET statement_timeout = '5s'")  # never hang a lease renewal
+                    with self._coord.transaction():
+                        return fn(_Conn(self._coord))
+                except psycopg.OperationalError as exc:
+                    lost = self._coord is None or self._coord.closed or self._coord.broken
+                    if lost and attempt == 1:
+                        continue  # a connection that went stale: once more on a fresh one
+                    raise StoreError(f"database unreachable: {exc}") from exc
+            raise AssertionError("unreachable")
 
     # -- writes ----------------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -461,6 +507,11 @@ class PostgresStore(Store):
             self._give_reader(conn, healthy=True)
             return result
         raise AssertionError("unreachable")
+
+
+def db_now(c: Any) -> float:
+    """The database's clock (epoch seconds): the one clock every replica's leases are measured on."""
+    return float(c.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
 
 
 class _PlainWriteError(Exception):

@@ -56,10 +56,18 @@ CREATE TABLE IF NOT EXISTS app_versions (
     app_id TEXT NOT NULL, version INTEGER NOT NULL, created_at REAL NOT NULL, definitions BLOB NOT NULL,
     strategy TEXT NOT NULL, tag TEXT, rollback_of INTEGER, PRIMARY KEY (app_id, version)
 );
+CREATE TABLE IF NOT EXISTS replicas (
+    replica_id TEXT PRIMARY KEY, url TEXT NOT NULL, web_url TEXT, pid INTEGER, started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). Applied at open when missing, so a
 # state directory from an older shoal keeps working. Append here; never edit a shipped CREATE TABLE's meaning.
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("calls", "method", "TEXT"),
+    ("schedules", "call_id", "TEXT"),  # the last scheduled call: a new owner does not overlap it
 ]
