@@ -109,6 +109,9 @@ class WebServers:
         for key, app in apps.items():
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Inherited by accepted connections: a response written in two pieces (head, body) must not wait
+            # 40 ms for the proxy's delayed ACK (uvloop does not set it on sockets it is given).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind(("127.0.0.1", 0))
             ports[key] = sock.getsockname()[1]
             config = uvicorn.Config(
