@@ -74,6 +74,7 @@ class Dispatcher:
         self.proxy_tokens: Any = None  # server.proxy_tokens.ProxyTokens, set by main
         self.router: Any = None  # server.web_routes.Router (web URLs), set by main
         self.proxy: Any = None  # server.proxy.Proxy (request logs), set by main
+        self._ties = 0  # Server requests among equally loaded containers go round in turn
         self.replicas: Any = None  # server.replicas.Replicas, when this is one of several control planes
         self._waiting: set[Pool] = set()
         self.warmpool = WarmPool(self)  # pools that wanted containers the machine had no room for
@@ -904,13 +905,19 @@ class Dispatcher:
         """A web request waits for a slot in one of the pool's containers, counted as an input (the autoscaler
         sees it at once); `inp.waiter` resolves with the container. Requests are not stored: they do not
         outlive their HTTP connection."""
+        inp = self._web_input(pool)
+        self._enqueue(pool, [inp])
+        return inp
+
+    @staticmethod
+    def _web_input(pool: Pool) -> Input:
+        """A request as an input of its pool's web call (never stored); `waiter` gets its container."""
         call = pool.web_call
         if call is None:
             call = pool.web_call = Call(new_id("fc"), pool, "web", None)
         call.next_seq += 1
         inp = Input(call, call.next_seq, None)
         inp.waiter = asyncio.get_running_loop().create_future()
-        self._enqueue(pool, [inp])
         return inp
 
     def server_acquire(self, pool: Pool, session: str | None) -> Input | str:
@@ -930,21 +937,17 @@ class Dispatcher:
             choice = ready[policy.rendezvous(session, [c.id for c in ready])]
             if cap and len(choice.running) >= cap:
                 choice = None
-        call = pool.web_call
-        if call is None:
-            call = pool.web_call = Call(new_id("fc"), pool, "web", None)
-        call.next_seq += 1
         if choice is None:
             low = min(len(c.running) for c in ready)
             if cap and low >= cap:
                 return "full"
             least = [c for c in ready if len(c.running) == low]
-            choice = least[call.next_seq % len(least)]  # ties in turn: one request at a time spreads too
-        inp = Input(call, call.next_seq, None)
-        # Resolved: a request the proxy forwards itself, so a container that ends under it does not put it back
-        # in the queue as a function input (_requeue_running); its client gets the 502.
-        inp.waiter = asyncio.get_running_loop().create_future()
-        inp.waiter.set_result(choice)
+            self._ties += 1
+            choice = least[self._ties % len(least)]  # ties in turn: one request at a time spreads too
+        inp = self._web_input(pool)
+        # Resolved at once: a container that ends under the request does not put it back in the queue as a
+        # function input (_requeue_running); its client gets the 502.
+        inp.waiter.set_result(choice)  # type: ignore[union-attr]
         choice.next_key += 1
         inp.key = choice.next_key
         inp.container = choice
