@@ -35,6 +35,7 @@ SESSION_GRACE_S = float(os.environ.get("SHOAL_SESSION_GRACE_S", "10"))
 CALL_IDLE_EVICT_S = 300.0
 PENDING_RETRY_S = 0.25  # how often a container waiting for resources (a GPU) tries again
 STOP_DRAIN_S = 3.0  # how long stopping an app waits for its containers' last output
+SERVER_REPORT_GRACE_S = 2.0  # past a Server's startup_timeout, before the control plane kills it unheard
 
 
 class WebUnavailableError(Exception):
@@ -504,8 +505,10 @@ class Dispatcher:
                 self._stop_container(live[i], "scaled down after idle window")
         # Containers that never became ready in time are failed starts.
         startup = float(pool.options.get("startup_timeout") or pool.options.get("timeout") or 300)
+        # A Server's runtime enforces the same timeout on its port and says why it failed: it goes first.
+        grace = SERVER_REPORT_GRACE_S if pool.server is not None else 0.0
         for c in pool.live():
-            if c.state == "starting" and c.pending_reason is None and now - c.created_at > startup:
+            if c.state == "starting" and c.pending_reason is None and now - c.created_at > startup + grace:
                 c.init_error = None
                 pool.last_start_error = f"container did not become ready within {startup:g}s"
                 self._stop_container(c, pool.last_start_error, kill=True, failed_start=True)
@@ -953,13 +956,10 @@ class Dispatcher:
         inp.container = choice
         inp.dispatched_at = time.monotonic()
         choice.running[inp.key] = inp
-        if len(ready) == len(pool.live()) and sum(len(c.running) for c in ready) > len(ready) * self._target(pool):
+        target = pool.autoscaler.server_knobs(pool.server or {})["target_concurrency"]
+        if target and len(ready) == len(pool.live()) and sum(len(c.running) for c in ready) > len(ready) * target:
             self._scale(pool)  # above target: the autoscaler may want more now, not at the next tick
         return inp
-
-    @staticmethod
-    def _target(pool: Pool) -> float:
-        return float(pool.autoscaler.settings(pool).target_inputs)
 
     def web_release(self, inp: Input) -> None:
         """The request is over (answered, failed or abandoned): its slot goes to the next one waiting."""

@@ -213,8 +213,9 @@ def kpa_decide(
     if panic_want >= PANIC_THRESHOLD * max(current, 1):
         panic_until = now + stable_w
     if panic_until is not None:
-        # Never down while panicking: keep what the pool has (up to what the last decision wanted).
-        floor = min(prev.base, current) if prev is not None and prev.panic_until is not None else 0
+        # Never down while panicking: keep the most the panic asked for, even while those containers are still
+        # starting (they start a few at a time), as Knative's KPA keeps its panic maximum.
+        floor = prev.base if prev is not None and prev.panic_until is not None else 0
         base = max(panic_want, floor)
         reason = f"panic: {panic_w:g}s window asks {panic_want} for {current} container(s)"
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -356,3 +357,54 @@ def test_a_web_container_that_cannot_start_answers_503_with_the_reason() -> None
         r = get(web_broken_app.failing_lifespan.get_web_url())
         assert r.status_code == 503, r.text
         assert "the database is unreachable" in r.text  # the lifespan's own error
+
+
+# -- a newer app claiming a label takes it over -------------------------------------------------------------------
+TAKEOVER_APP = '''
+import sys
+import time
+
+import shoal as modal
+
+app = modal.App("{name}")
+
+
+@app.function()
+@modal.asgi_app()
+def page():
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({{"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}})
+        await send({{"type": "http.response.body", "body": b"{which}"}})
+    return asgi
+
+
+if __name__ == "__main__":
+    with app.run():
+        print(page.get_web_url(), flush=True)
+        time.sleep(float(sys.argv[1]))
+'''
+
+
+def test_a_newer_ephemeral_app_takes_its_label_over(tmp_path: Path) -> None:
+    """Two runs of one app (as two `shoal serve`s would be): one `-dev` URL, answered by the newer run; once that
+    stops, by the older one again (the only app left holding the label)."""
+    name = unique("web-takeover")
+    procs, urls = [], []
+    try:
+        for which in ("older", "newer"):
+            script = tmp_path / which / "takeover_app.py"
+            script.parent.mkdir()
+            script.write_text(TAKEOVER_APP.format(name=name, which=which))
+            procs.append(subprocess.Popen([sys.executable, str(script), "120"], stdout=subprocess.PIPE, text=True))
+            urls.append(procs[-1].stdout.readline().strip())  # type: ignore[union-attr]
+            assert wait_for(lambda w=which: get(urls[0]).text == w, timeout=FIRST_S, interval=0.3), which
+        assert urls[1] == urls[0]  # the same label, so the same URL
+        procs[1].terminate()
+        procs[1].wait(30)
+        assert wait_for(lambda: get(urls[0]).text == "older", timeout=60, interval=0.3)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)

@@ -280,3 +280,15 @@ def test_pool_autoscaler_events_share_a_recent_decision_unless_load_grows():
     # At zero, and on the tick, always afresh.
     assert scaler.decide(pool, 10.03, current=0, capacity=10) is not grown
     assert scaler.decide(pool, 10.04, current=5, capacity=10, record=True).at == 10.04
+
+
+def test_panic_keeps_its_maximum_while_containers_are_still_starting():
+    """A panic asked for 8; only 2 have started so far (a few start at a time); a lower sample must not take
+    the count back below 8."""
+    settings = ScalingSettings(scaledown_window=60, target_inputs=8, max_inputs=10**9)
+    step = [Sample(float(t), 1, 0) for t in range(50)] + [Sample(50.0 + i, 64, 0) for i in range(6)]
+    first = kpa_decide(step, 55.0, current=1, settings=settings, capacity=100)
+    assert first.panic and first.desired == 8
+    lower = [*step, Sample(56.0, 8, 0)]
+    again = kpa_decide(lower, 56.0, current=2, settings=settings, capacity=100, prev=first)
+    assert again.panic and again.desired == 8
