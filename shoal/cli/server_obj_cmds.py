@@ -16,26 +16,8 @@ from urllib.parse import quote
 
 import click
 
+from .deploy_cmds import FOLLOW_POLL_S, STRATEGY, _call
 from .server_cmds import _console, _print_json
-
-FOLLOW_POLL_S = 25.0
-STRATEGY = click.Choice(["rolling", "recreate"])
-
-
-def _client() -> Any:
-    from .._client.transport import get_client
-
-    return get_client()
-
-
-def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A control-plane request whose errors (no such app or Server, bad values) are CLI errors."""
-    from ..exception import Error
-
-    try:
-        return _client().call(method, path, body)
-    except Error as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _server(app_name: str, name: str) -> Any:
