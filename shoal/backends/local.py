@@ -98,6 +98,15 @@ class LocalContainer:
             self._netns = open_netns(self.proc.pid)
         return socket_in(self._netns)
 
+    async def web_connect(self, port: int) -> socket.socket:
+        sock = self.web_socket()
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     async def wait(self) -> int:
         code = await self.proc.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
@@ -339,6 +348,7 @@ class LocalBackend:
             "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
             "cgroup_dirs": cgroup.dirs if cgroup else [], "cgroup_homes": cgroup.homes if cgroup else [],
             "control": control[5:] if control.startswith("unix:") else None,
+            "control_tcp": list(tcp_address(control)) if control.startswith("tcp://") else None,
             "argv": _runtime_argv(python, spec),
             "cwd": (image.workdir if image is not None and image.workdir else "/root"),
         }
@@ -384,6 +394,12 @@ class LocalBackend:
 # An idle container (`shoal shell`) waits for signals; it dies with the control plane like a runtime would.
 IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\nexcept Exception:\n"
              "    pass\nwhile True:\n    signal.pause()\n")
+
+
+def tcp_address(address: str) -> tuple[str, int]:
+    """`tcp://host:port` (`tcp://[::1]:port` for IPv6) → (host, port)."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _runtime_argv(python: str, spec: ContainerSpec) -> list[str]:

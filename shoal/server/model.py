@@ -125,6 +125,7 @@ class Container:
     timings: dict[str, float] = field(default_factory=dict)
     web_ports: dict[str, int] = field(default_factory=dict)  # web target ("" or a method) -> port inside
     exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
+    fenced_frames: int = 0  # frames it sent after it was declared dead (discarded: Dispatcher.handle_runtime)
 
 
 class Pool:

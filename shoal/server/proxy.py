@@ -162,10 +162,9 @@ class Proxy:
             u = conns.pop()
             if not u.closed:
                 return u
-        sock = c.handle.web_socket()
+        sock = await c.handle.web_connect(port)
         loop = asyncio.get_running_loop()
         try:
-            await loop.sock_connect(sock, ("127.0.0.1", port))
             _, u = await loop.create_connection(lambda: Upstream(self, key), sock=sock)
         except BaseException:
             sock.close()
