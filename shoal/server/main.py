@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -90,7 +91,25 @@ def take_lock(state_dir: Path) -> int:
     return fd
 
 
-async def serve(host: str, port: int, state_dir: Path) -> None:
+def make_backend(name: str, state_dir: Path, ray_address: str | None = None) -> Any:
+    """The container backend: "local" (this machine) or "ray" (actors on the Ray cluster at `ray_address`)."""
+    name = (name or "local").strip().lower()
+    if name == "local":
+        return LocalBackend(state_dir=state_dir)
+    if name == "ray":
+        try:
+            from ..backends.ray import RayBackend
+        except ImportError as exc:
+            raise BackendError(f"the Ray backend needs ray (pip install 'shoal[ray]'): {exc}") from exc
+        return RayBackend(ray_address, state_dir)
+    raise BackendError(f"unknown backend {name!r}: 'local' or 'ray'")
+
+
+class BackendError(Exception):
+    pass
+
+
+async def serve(host: str, port: int, state_dir: Path, backend: str = "local", ray_address: str | None = None) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     lock_fd = take_lock(state_dir)
     token = load_token(state_dir)
@@ -98,7 +117,19 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     await store.open()
     sock_path = control_socket_path(state_dir)
     sock_path.unlink(missing_ok=True)
-    dispatcher = Dispatcher(store, LocalBackend(state_dir=state_dir), state_dir, f"unix:{sock_path}")
+    dispatcher = Dispatcher(store, make_backend(backend, state_dir, ray_address), state_dir, f"unix:{sock_path}")
+    control_tcp = None
+    if dispatcher.backend.name != "local":
+        # Containers on other machines: their runtimes connect over TCP and say who they are with their
+        # container token (the hello frame), as on the unix socket.
+        bind = os.environ.get("SHOAL_CONTROL_BIND") or dispatcher.backend.control_ip
+        control_tcp = await asyncio.start_server(dispatcher.handle_runtime, bind,
+                                                 int(os.environ.get("SHOAL_CONTROL_PORT", "0")), limit=2**26)
+        tcp_port = control_tcp.sockets[0].getsockname()[1]
+        host_part = dispatcher.backend.control_ip
+        dispatcher.control_address = f"tcp://[{host_part}]:{tcp_port}" if ":" in host_part else \
+            f"tcp://{host_part}:{tcp_port}"
+        dispatcher.warmpool.size = 0  # warm containers are linked to sources on this machine's disk
     stop = asyncio.Event()
     api = Api(dispatcher, token, state_dir, on_shutdown=stop.set, images=ImageBuilder(state_dir))
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
@@ -135,7 +166,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
     dispatcher.scheduler = Scheduler(dispatcher)
     scheduling = asyncio.create_task(dispatcher.scheduler.run())
-    info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port}
+    info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
+            "backend": dispatcher.backend.name}
     tmp = state_dir / f".server.json.{os.getpid()}"
     tmp.write_text(json.dumps(info))
     tmp.replace(state_dir / "server.json")
@@ -152,6 +184,10 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     scheduling.cancel()
     dispatcher.shutdown()
     control.close()
+    if control_tcp is not None:
+        control_tcp.close()
+    if hasattr(dispatcher.backend, "shutdown"):
+        dispatcher.backend.shutdown()
     await runner.cleanup()
     await store.close()
     (state_dir / "server.json").unlink(missing_ok=True)
@@ -159,7 +195,8 @@ async def serve(host: str, port: int, state_dir: Path) -> None:
     os.close(lock_fd)
 
 
-def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -> int:
+def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None, backend: str | None = None,
+        ray_address: str | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SHOAL_LOGLEVEL", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if "SHOAL_LOGLEVEL" not in os.environ:
@@ -171,8 +208,9 @@ def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None) -
     except ImportError:
         runner = asyncio.run
     try:
-        runner(serve(host, port, state_dir or home()))
-    except AlreadyRunningError as exc:
+        runner(serve(host, port, state_dir or home(), backend or os.environ.get("SHOAL_BACKEND") or "local",
+                     ray_address or os.environ.get("SHOAL_RAY_ADDRESS") or None))
+    except (AlreadyRunningError, BackendError) as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -183,5 +221,9 @@ def cli_main() -> None:
     parser.add_argument("--host", default=os.environ.get("SHOAL_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SHOAL_PORT", "0")))
     parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--backend", choices=("local", "ray"), default=os.environ.get("SHOAL_BACKEND") or "local",
+                        help="where containers run (default: SHOAL_BACKEND, else local)")
+    parser.add_argument("--ray-address", default=os.environ.get("SHOAL_RAY_ADDRESS") or None,
+                        help="the Ray cluster for --backend ray (default: SHOAL_RAY_ADDRESS, else 'auto')")
     args = parser.parse_args()
-    sys.exit(run(args.host, args.port, args.state_dir))
+    sys.exit(run(args.host, args.port, args.state_dir, args.backend, args.ray_address))
