@@ -48,7 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from . import ray_placement as placement
 from .base import ContainerSpec, OutputSink, Unschedulable
@@ -411,7 +411,9 @@ class RayBackend:
     address Ray uses for this machine)."""
 
     name = "ray"
-    availability = None  # no sandbox here to mount volumes into: docs/cluster.md
+    availability = None  # the sandboxes are on the nodes (each actor reports its container's isolation)
+    volumes_unsupported = ("containers on the Ray backend cannot mount volumes yet: volumes live on the control "
+                           "plane's disk (docs/cluster.md)")
 
     def __init__(self, address: str | None, state_dir: str | Path, isolation: str | None = None,
                  namespace: str = NAMESPACE) -> None:
@@ -429,6 +431,7 @@ class RayBackend:
         self._nodes: list[placement.NodeView] = []
         self._nodes_at = 0.0
         self._nodes_lock = asyncio.Lock()
+        self._refreshing: asyncio.Task | None = None
         self._live: dict[str, RayContainer] = {}
         self._sources: dict[str, Any] = {}  # source dir -> object ref of its tarball
         self._refresh_nodes_sync()
@@ -457,9 +460,10 @@ class RayBackend:
         return self._nodes
 
     def capacity(self) -> int:
-        if time.monotonic() - self._nodes_at > NODES_TTL_S and not self._nodes_lock.locked():
+        if time.monotonic() - self._nodes_at > NODES_TTL_S and self._refreshing is None:
             with contextlib.suppress(RuntimeError):  # refreshed in the background: the next call sees it
-                asyncio.get_running_loop().create_task(self.nodes())
+                self._refreshing = asyncio.get_running_loop().create_task(self.nodes())
+                self._refreshing.add_done_callback(lambda _t: setattr(self, "_refreshing", None))
         if self.max_containers is not None:
             return self.max_containers
         return max(1, placement.capacity(self._nodes))
@@ -520,10 +524,14 @@ class RayBackend:
             ray.kill(actor, no_restart=True)
             raise Unschedulable(f"waiting for room: Ray did not place {chosen.describe()} within "
                                 f"{PLACE_TIMEOUT_S:g}s") from None
+        except RayTaskError as exc:  # the start itself failed on the node (e.g. the image is not there)
+            ray.kill(actor, no_restart=True)
+            cause = getattr(exc, "cause", None)
+            raise RuntimeError(str(cause) if cause is not None else str(exc).splitlines()[0]) from None
         except ActorDiedError as exc:
             ray.kill(actor, no_restart=True)
-            cause = exc.cause if hasattr(exc, "cause") else None
-            raise RuntimeError(f"the container's Ray actor died while starting: {cause or exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeError(f"the container's Ray actor died while starting: {first}") from None
         except BaseException:
             ray.kill(actor, no_restart=True)
             raise

@@ -175,6 +175,14 @@ def test_nested_call_from_a_container_on_the_cluster(app: Any) -> None:
     assert app.nested.remote(41) == 42
 
 
+def test_a_volume_is_refused_with_the_reason(ray_control_plane: ControlPlane) -> None:
+    import ray_volume_app
+
+    with pytest.raises(Exception, match="cannot mount volumes yet"):
+        with ray_volume_app.app.run():
+            pass
+
+
 def test_web_endpoint_is_reached_through_the_actor(app: Any, ray_nodes: RayNodes) -> None:
     url = app.web.get_web_url()
     with urllib.request.urlopen(url, timeout=60) as resp:
