@@ -7,7 +7,9 @@ each, token authentication on, node health checks every 0.5 s, a node dead after
 control plane of its own (temporary SHOAL_HOME) runs with `SHOAL_BACKEND=ray` against it.
 
 (a) throughput: `.map` of N trivial inputs on shoal (containers in Ray actors; inputs over shoal's own TCP
-    stream), and N plain Ray tasks (`ray.get([f.remote(i) ...])`) from a driver on the same cluster.
+    stream), and N plain Ray tasks (`ray.get([f.remote(i) ...])`) from a driver on the same cluster. Also the
+    first result of a never-run function (an actor placed and a container started in it) next to a new Ray
+    actor's first call.
 (b) failover: 300 inputs of 50 ms each on three workers, one per node (shoal: three containers; Ray: tasks
     that take a whole node's 2 CPUs); a worker node is killed (SIGKILL of its processes) once the run is under
     way. Reported: from the node's death to the last result, and the run's time against the same run without a
@@ -120,7 +122,10 @@ class Bench:
 
     # -- (a) -----------------------------------------------------------------------------------------------
     def shoal_throughput(self, w: Any) -> None:
-        list(w.noop.map(range(1000)))  # its container started and measured
+        t0 = time.perf_counter()
+        w.noop.remote(0)  # a never-run function: an actor placed, its container started on its node
+        self.set("cold", "shoal", time.perf_counter() - t0)
+        list(w.noop.map(range(1000)))  # measured: the map below batches inputs
         times = []
         for _ in range(self.reps):
             t0 = time.perf_counter()
@@ -134,6 +139,20 @@ class Bench:
         @ray.remote
         def noop(x):
             return x
+
+        @ray.remote(num_cpus=0.125)
+        class Box:
+            def call(self, x):
+                return x
+
+        samples = []
+        for _ in range(3):  # the first ones may find idle prestarted workers; a container never does
+            t0 = time.perf_counter()
+            box = Box.remote()
+            ray.get(box.call.remote(0))
+            samples.append(time.perf_counter() - t0)
+            ray.kill(box)
+        self.set("cold", "ray", samples[-1], samples=samples)
 
         ray.get([noop.remote(i) for i in range(500)])  # workers started
         times = []
@@ -219,6 +238,7 @@ class Bench:
     def table(self) -> str:
         spec = [
             ("throughput", f"(a) .map of {self.n // 1000}k trivial inputs [inputs/s]", "higher"),
+            ("cold", "(a) first result: new container / new Ray actor [s]", "lower"),
             ("failover_detect", "(b) node death → its containers declared dead [s]", "lower"),
             ("failover_last", "(b) node death → last result [s]", "lower"),
             ("failover_total", f"(b) {FAILOVER_N} × {FAILOVER_S * 1000:.0f} ms with a node death [s]", "lower"),

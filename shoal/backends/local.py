@@ -161,7 +161,11 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, python: str | None = None, max_containers: int | None = None,
-                 isolation: str | None = None, state_dir: str | Path | None = None) -> None:
+                 isolation: str | None = None, state_dir: str | Path | None = None,
+                 known: dict | None = None) -> None:
+        """`known`: what an earlier backend on this machine found, to skip finding it again (the Ray backend
+        makes one backend per container): {"availability": {...} (the isolation probe's result), "paths":
+        {interpreter: paths a container of it must see}}."""
         # The resolved interpreter, never a shim on PATH: a pyenv shim costs ~130 ms per start.
         self.python = python or sys.executable
         default_cap = max(4, 4 * (os.cpu_count() or 1))
@@ -169,9 +173,10 @@ class LocalBackend:
         self.state_dir = os.path.realpath(state_dir or home())
         self.shares = shares_from_env()
         self.forward_ports: dict[int, tuple[str, int]] = {}  # more host ports to reach from inside containers
-        self._paths: dict[str, list[str]] = {}
+        self._paths: dict[str, list[str]] = dict((known or {}).get("paths") or {})
         self._paths_locks: dict[str, asyncio.Lock] = {}
-        self.availability = self._choose_isolation(isolation)
+        avail = (known or {}).get("availability")
+        self.availability = Availability(**avail) if avail else self._choose_isolation(isolation)
         self.isolation = self.availability.isolation
         self.cgroups = Cgroups()
         if not self.cgroups.available:
@@ -203,8 +208,9 @@ class LocalBackend:
             else:
                 prefixes = [os.path.dirname(os.path.dirname(self.python))]
             prefixes.append(os.path.dirname(os.path.dirname(os.path.realpath(self.python))))
-            warm = threading.Thread(target=self._warm_paths, name="shoal-sandbox-paths", daemon=True)
-            warm.start()
+            if self.python not in self._paths:
+                warm = threading.Thread(target=self._warm_paths, name="shoal-sandbox-paths", daemon=True)
+                warm.start()
             avail = probe(self.python, minimal_paths(prefixes, self._exclude()))
             if avail.isolation != "sandbox" and wanted == "sandbox":
                 raise RuntimeError(f"{ISOLATION_ENV}=sandbox, but containers cannot be sandboxed here: "

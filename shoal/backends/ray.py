@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import hmac
 import io
+import json
 import logging
 import os
 import secrets
@@ -61,6 +62,7 @@ OUTPUT_BUFFER_BYTES = 8 * 1024 * 1024  # output the actor keeps while nobody rea
 KILL_GRACE_S = 2.0  # after asking the actor to kill its container: when to kill the actor itself
 PLACE_TIMEOUT_S = 30.0  # an actor Ray has not placed by then gives its resources back and waits as pending
 NODES_TTL_S = 1.0
+CACHE_TTL_S = 600.0  # how long a node trusts what an earlier container's start found out (_NodeCache)
 # Settings of the control plane's environment the containers' actors (on other machines) need for the sandbox.
 PASSED_ENV = ("SHOAL_ISOLATION", "SHOAL_SANDBOX_SHARE", "SHOAL_SANDBOX_UID", "SHOAL_SANDBOX_TRACE")
 KEY_BYTES = 16  # the forwarding key a web connection to an actor's forwarder starts with
@@ -147,6 +149,67 @@ class _Gate(asyncio.Protocol):
             self.pipe.resume_writing()
 
 
+class _NodeCache:
+    """What the local backend learns about this node once (whether it can sandbox; which paths an interpreter's
+    containers must see), kept for the node's next containers: each runs in a fresh actor process, and
+    finding these out again costs 0.1-0.4 s a container start. Entries expire after CACHE_TTL_S."""
+
+    def __init__(self, isolation: str) -> None:
+        self.dir = _node_dir()
+        self.path = self.dir / "node-cache.json" if self.dir else None
+        self.isolation = isolation
+
+    def load(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if data.get("isolation") != self.isolation or time.time() - data.get("at", 0) > CACHE_TTL_S:
+            return {}
+        paths = {py: p for py, (mtime, p) in (data.get("paths") or {}).items() if _mtime(py) == mtime}
+        return {"availability": data.get("availability"), "paths": paths}
+
+    def save(self, backend: Any) -> None:
+        from dataclasses import asdict
+
+        data = {"isolation": self.isolation, "at": time.time(), "availability": asdict(backend.availability),
+                "paths": {py: [_mtime(py), p] for py, p in backend._paths.items()}}
+        if self.path is None:
+            return
+        try:
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(self.path)
+        except OSError:
+            pass
+
+
+def _node_dir() -> Path | None:
+    """This node's private directory for shoal (node cache, unpacked sources): ours alone, or None. What is in
+    it decides what containers see, so a directory someone else made or may write is never used."""
+    path = Path(tempfile.gettempdir()) / f"shoal-ray-{os.geteuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        log.warning("not using %s: it is not a private directory of this user", path)
+        return None
+    return path
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
 class ContainerActor:
     """One container on a Ray node. Its Ray worker process is the container's parent: when Ray kills the actor,
     or the node's raylet dies, the container dies with it."""
@@ -216,7 +279,8 @@ class ContainerActor:
         for k, v in s["env"].items():
             os.environ[k] = v
         os.environ["SHOAL_HOME"] = s["state_dir"]
-        backend = LocalBackend(state_dir=s["state_dir"])
+        cache = _NodeCache(os.environ.get("SHOAL_ISOLATION", "auto"))
+        backend = LocalBackend(state_dir=s["state_dir"], known=cache.load())
         same_machine = self.node_ip == s["control_ip"]
         backend.forward_ports = {port: (host if same_machine or host not in _LOOPBACK else s["control_ip"], p)
                                  for port, (host, p) in s["forward_ports"].items()}
@@ -239,6 +303,7 @@ class ContainerActor:
                                f"{spec.image.python} is missing (images are built on the control plane's machine; "
                                "see docs/cluster.md)")
         self.container = await backend.start(spec, self._on_output)
+        cache.save(backend)
         asyncio.get_running_loop().create_task(self._wait())
         return {"pid": self.container.pid, "node_id": self.node_id, "node_ip": self.node_ip,
                 "sandboxed": bool(getattr(self.container, "sandboxed", False)), "isolation": backend.isolation}
@@ -247,7 +312,10 @@ class ContainerActor:
         """The app's source on this node: unpacked once per node from the control plane's tarball."""
         if not sources:
             raise RuntimeError(f"the app's source {source_dir} is not on node {self.node_id[:12]}")
-        cache = Path(tempfile.gettempdir()) / f"shoal-ray-{os.geteuid()}" / "sources"
+        node_dir = _node_dir()
+        if node_dir is None:
+            raise RuntimeError(f"no private directory on node {self.node_id[:12]} to unpack the app's source in")
+        cache = node_dir / "sources"
         target = cache / Path(source_dir).name  # the source's sha256: one directory per content
         if not target.is_dir():
             blob = await sources[0]

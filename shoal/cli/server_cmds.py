@@ -145,7 +145,7 @@ def _pid_gone(pid: int) -> bool:
               help="Address to listen on (default: SHOAL_HOST, else 127.0.0.1).", show_default="127.0.0.1")
 @click.option("-d", "--background", is_flag=True, help="Start it in the background and return once it answers.")
 @click.option("--backend", type=click.Choice(["local", "ray"]),
-              default=lambda: os.environ.get("SHOAL_BACKEND", "local"),
+              default=lambda: os.environ.get("SHOAL_BACKEND") or "local",
               help="Where containers run: this machine, or actors on a Ray cluster (default: SHOAL_BACKEND, else "
                    "local).", show_default="local")
 @click.option("--ray-address", default=lambda: os.environ.get("SHOAL_RAY_ADDRESS"),

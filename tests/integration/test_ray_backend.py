@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import ControlPlane, _use_home, wait_for
+from ..conftest import ControlPlane, _use_home, run_cli, wait_for
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs ray (pip install 'shoal[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -118,6 +118,21 @@ def test_control_plane_reports_the_ray_backend(ray_control_plane: ControlPlane) 
     import json
 
     assert json.loads((ray_control_plane.home / "server.json").read_text())["backend"] == "ray"
+
+
+def test_shoal_up_with_the_ray_backend(ray_nodes: RayNodes, tmp_path: Path) -> None:
+    import json
+
+    env = {"SHOAL_HOME": str(tmp_path / "home"), "SHOAL_BACKEND": ""}
+    wrong = run_cli("up", "--ray-address", ray_nodes.cluster.address, env=env)
+    assert wrong.returncode != 0 and "--ray-address needs --backend ray" in wrong.stderr
+    up = run_cli("up", "--backend", "ray", "--ray-address", ray_nodes.cluster.address, "-d", env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert json.loads((tmp_path / "home" / "server.json").read_text())["backend"] == "ray"
+    finally:
+        down = run_cli("down", env=env)
+    assert down.returncode == 0, down.stderr
 
 
 def test_map_spreads_over_nodes_and_returns_every_result(app: Any, ray_nodes: RayNodes) -> None:
