@@ -21,3 +21,17 @@ def work(x, seconds: float = 0.05):
     """A bit of work per input, on three containers: one per node with Ray's SPREAD placement."""
     time.sleep(seconds)
     return x, os.environ.get("SHOAL_NODE_ID")
+
+
+# First results of never-run functions: cold_0 .. cold_2, the same body as distinct functions.
+def _make_cold(i: int):
+    def cold(x):
+        return x
+
+    cold.__name__ = cold.__qualname__ = f"cold_{i}"
+    cold.__module__ = __name__
+    return app.function()(cold)
+
+
+for _i in range(3):
+    globals()[f"cold_{_i}"] = _make_cold(_i)
