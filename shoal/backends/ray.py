@@ -486,6 +486,7 @@ class RayBackend:
     def __init__(self, address: str | None, state_dir: str | Path, isolation: str | None = None,
                  namespace: str = NAMESPACE) -> None:
         if not ray.is_initialized():
+            _check_reachable(address)
             ray.init(address=address or "auto", namespace=namespace, log_to_driver=False,
                      logging_level=logging.WARNING)
         self.address = address
@@ -623,6 +624,28 @@ class RayBackend:
         for handle in list(self._live.values()):
             self.kill_actor(handle)
         self._live.clear()
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once, saying so, when nothing listens at a `host:port` address (`ray.init` would retry for
+    minutes). A loopback host is also tried as this machine's address, as Ray itself does."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    hosts = [host]
+    if host in _LOOPBACK:
+        from ray._private.services import get_node_ip_address
+
+        hosts.append(get_node_ip_address())
+    errors = []
+    for h in hosts:
+        try:
+            socket.create_connection((h, int(port)), timeout=timeout).close()
+            return
+        except (OSError, ValueError) as exc:
+            errors.append(f"{h}:{port}: {exc}")
+    raise ConnectionError(f"no Ray cluster answers at {address} ({'; '.join(errors)})")
 
 
 def _as_future(ref: Any) -> asyncio.Future:

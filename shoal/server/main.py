@@ -101,7 +101,11 @@ def make_backend(name: str, state_dir: Path, ray_address: str | None = None) -> 
             from ..backends.ray import RayBackend
         except ImportError as exc:
             raise BackendError(f"the Ray backend needs ray (pip install 'shoal[ray]'): {exc}") from exc
-        return RayBackend(ray_address, state_dir)
+        try:
+            return RayBackend(ray_address, state_dir)
+        except Exception as exc:  # noqa: BLE001 - no cluster there, a wrong token, …: say which
+            raise BackendError(f"cannot use the Ray cluster at {ray_address or 'auto'}: "
+                               f"{type(exc).__name__}: {exc}") from exc
     raise BackendError(f"unknown backend {name!r}: 'local' or 'ray'")
 
 

@@ -2,7 +2,8 @@
 workers, one with a (fake) A100, one in region eu-west, token authentication on, node health checks tuned so a
 dead node is noticed in seconds. A control plane runs with `SHOAL_BACKEND=ray` against it.
 
-The tests run in file order: the last two take worker nodes away.
+The tests run in file order: the raylet test replaces the eu-west node it kills; the node-death test, near the
+end, takes a worker away for good.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from ..conftest import ControlPlane, _use_home, run_cli, wait_for
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs ray (pip install 'shoal[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
+
+# With `--dist loadgroup` these tests share one worker and so one cluster (where loadgroup works: with
+# pytest 9.2 and xdist 3.8 it silently does not group). Split over workers, each worker builds its own
+# cluster; each test needs only that the tests before it on its worker left three nodes up.
+pytestmark = pytest.mark.xdist_group("ray-cluster")
 
 # A dead node is noticed after ~2 s instead of ~15 s (GCS health checks of the raylets).
 HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
@@ -133,6 +139,16 @@ def test_shoal_up_with_the_ray_backend(ray_nodes: RayNodes, tmp_path: Path) -> N
     finally:
         down = run_cli("down", env=env)
     assert down.returncode == 0, down.stderr
+
+
+def test_no_cluster_at_the_address_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "shoal.server", "--backend", "ray", "--ray-address", "127.0.0.1:1",
+                        "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "cannot use the Ray cluster at 127.0.0.1:1" in r.stderr and "no Ray cluster answers" in r.stderr
 
 
 def test_map_spreads_over_nodes_and_returns_every_result(app: Any, ray_nodes: RayNodes) -> None:
