@@ -98,6 +98,15 @@ class LocalContainer:
             self._netns = open_netns(self.proc.pid)
         return socket_in(self._netns)
 
+    async def web_connect(self, port: int) -> socket.socket:
+        sock = self.web_socket()
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     async def wait(self) -> int:
         code = await self.proc.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
@@ -152,7 +161,11 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, python: str | None = None, max_containers: int | None = None,
-                 isolation: str | None = None, state_dir: str | Path | None = None) -> None:
+                 isolation: str | None = None, state_dir: str | Path | None = None,
+                 known: dict | None = None) -> None:
+        """`known`: what an earlier backend on this machine found, to skip finding it again (the Ray backend
+        makes one backend per container): {"availability": {...} (the isolation probe's result), "paths":
+        {interpreter: paths a container of it must see}}."""
         # The resolved interpreter, never a shim on PATH: a pyenv shim costs ~130 ms per start.
         self.python = python or sys.executable
         default_cap = max(4, 4 * (os.cpu_count() or 1))
@@ -160,9 +173,10 @@ class LocalBackend:
         self.state_dir = os.path.realpath(state_dir or home())
         self.shares = shares_from_env()
         self.forward_ports: dict[int, tuple[str, int]] = {}  # more host ports to reach from inside containers
-        self._paths: dict[str, list[str]] = {}
+        self._paths: dict[str, list[str]] = dict((known or {}).get("paths") or {})
         self._paths_locks: dict[str, asyncio.Lock] = {}
-        self.availability = self._choose_isolation(isolation)
+        avail = (known or {}).get("availability")
+        self.availability = Availability(**avail) if avail else self._choose_isolation(isolation)
         self.isolation = self.availability.isolation
         self.cgroups = Cgroups()
         if not self.cgroups.available:
@@ -194,8 +208,9 @@ class LocalBackend:
             else:
                 prefixes = [os.path.dirname(os.path.dirname(self.python))]
             prefixes.append(os.path.dirname(os.path.dirname(os.path.realpath(self.python))))
-            warm = threading.Thread(target=self._warm_paths, name="shoal-sandbox-paths", daemon=True)
-            warm.start()
+            if self.python not in self._paths:
+                warm = threading.Thread(target=self._warm_paths, name="shoal-sandbox-paths", daemon=True)
+                warm.start()
             avail = probe(self.python, minimal_paths(prefixes, self._exclude()))
             if avail.isolation != "sandbox" and wanted == "sandbox":
                 raise RuntimeError(f"{ISOLATION_ENV}=sandbox, but containers cannot be sandboxed here: "
@@ -339,6 +354,7 @@ class LocalBackend:
             "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
             "cgroup_dirs": cgroup.dirs if cgroup else [], "cgroup_homes": cgroup.homes if cgroup else [],
             "control": control[5:] if control.startswith("unix:") else None,
+            "control_tcp": list(tcp_address(control)) if control.startswith("tcp://") else None,
             "argv": _runtime_argv(python, spec),
             "cwd": (image.workdir if image is not None and image.workdir else "/root"),
         }
@@ -384,6 +400,12 @@ class LocalBackend:
 # An idle container (`shoal shell`) waits for signals; it dies with the control plane like a runtime would.
 IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\nexcept Exception:\n"
              "    pass\nwhile True:\n    signal.pause()\n")
+
+
+def tcp_address(address: str) -> tuple[str, int]:
+    """`tcp://host:port` (`tcp://[::1]:port` for IPv6) → (host, port)."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _runtime_argv(python: str, spec: ContainerSpec) -> list[str]:

@@ -144,10 +144,28 @@ def _pid_gone(pid: int) -> bool:
 @click.option("--host", default=lambda: os.environ.get("SHOAL_HOST", "127.0.0.1"),
               help="Address to listen on (default: SHOAL_HOST, else 127.0.0.1).", show_default="127.0.0.1")
 @click.option("-d", "--background", is_flag=True, help="Start it in the background and return once it answers.")
-def up(port: int, host: str, background: bool) -> None:
+@click.option("--backend", type=click.Choice(["local", "ray"]),
+              default=lambda: os.environ.get("SHOAL_BACKEND") or "local",
+              help="Where containers run: this machine, or actors on a Ray cluster (default: SHOAL_BACKEND, else "
+                   "local).", show_default="local")
+@click.option("--ray-address", default=lambda: os.environ.get("SHOAL_RAY_ADDRESS"),
+              help="The Ray cluster for --backend ray, e.g. 10.0.0.5:6379 (default: SHOAL_RAY_ADDRESS, else 'auto': "
+                   "the cluster this machine belongs to).")
+def up(port: int, host: str, background: bool, backend: str, ray_address: str | None) -> None:
     """Start the shoal control plane for this state directory (SHOAL_HOME, default ~/.shoal)."""
     from ..config import home
 
+    if ray_address and backend != "ray":
+        raise click.UsageError("--ray-address needs --backend ray")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError as exc:
+            raise click.ClickException("--backend ray needs ray: pip install 'shoal[ray]'") from exc
+    # The control plane (here, or the background process) reads them from its environment.
+    os.environ["SHOAL_BACKEND"] = backend
+    if ray_address:
+        os.environ["SHOAL_RAY_ADDRESS"] = ray_address
     info = _running_server()
     if info is not None:
         pid = f" (pid {info.pid})" if info.pid else ""

@@ -388,6 +388,17 @@ def supervise(cfg: dict) -> None:
 
     signal.signal(SIG_PARENT_DIED, on_parent_death)
     libc.prctl(PR_SET_PDEATHSIG, SIG_PARENT_DIED)
+    tcp = cfg.get("control_tcp")
+    if tcp:
+        # A control plane on another machine (the Ray backend): connected before the network namespace is
+        # unshared, since the container's own namespace has only `lo`; inherited like the unix socket below.
+        ctl = socket.socket(socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET, socket.SOCK_STREAM)
+        ctl.connect((tcp[0], int(tcp[1])))
+        ctl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctl_fd = ctl.detach()
+        os.set_inheritable(ctl_fd, True)
+        os.environ["SHOAL_CONTROL"] = f"fd:{ctl_fd}"
+        cfg["_control_fd"] = ctl_fd
     _oom_score_adj("-1000")  # in the container's cgroup too: its OOM kills should pick the container's own code
     rootless = cfg.get("mode") == "rootless"
     if rootless:

@@ -401,7 +401,7 @@ def connect(address: str) -> socket.socket:
         sock.connect(address[5:])
     else:
         host, _, port = address.removeprefix("tcp://").rpartition(":")
-        sock = socket.create_connection((host, int(port)))
+        sock = socket.create_connection((host.strip("[]"), int(port)))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

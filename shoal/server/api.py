@@ -512,7 +512,8 @@ class Api:
             {"container_id": c.id, "app_id": c.pool.app_id, "function": c.pool.tag,
              "function_id": c.pool.function_id, "state": "pending" if c.pending_reason else c.state,
              "pending_reason": c.pending_reason,
-             "running_inputs": len(c.running), "age_s": now - c.created_at, "timings": c.timings}
+             "running_inputs": len(c.running), "age_s": now - c.created_at, "timings": c.timings,
+             "node": getattr(c.handle, "node_id", None)}
             for c in self.d.containers.values()
         ]})
 
@@ -581,8 +582,10 @@ class Api:
             "state": "pending" if c.pending_reason else c.state, "pending_reason": c.pending_reason,
             "running_inputs": len(c.running), "age_s": time.monotonic() - c.created_at, "timings": c.timings,
             "pid": getattr(handle, "pid", None), "sandboxed": bool(getattr(handle, "sandboxed", False)),
-            "isolation": getattr(self.d.backend, "isolation", None), "backend": getattr(self.d.backend, "name", None),
+            "isolation": getattr(handle, "isolation", None) or getattr(self.d.backend, "isolation", None),
+            "backend": getattr(self.d.backend, "name", None),
             "cgroups": list(cgroup.dirs) if cgroup is not None else [], "machine": machine_id(),
+            "node": getattr(handle, "node_id", None),
         }
         if getattr(c, "warm", False) and not c.pool.function_id.startswith("warm:"):
             # A warm container got its function's secrets after it started: its process environment lacks them.

@@ -36,6 +36,7 @@ CALL_IDLE_EVICT_S = 300.0
 PENDING_RETRY_S = 0.25  # how often a container waiting for resources (a GPU) tries again
 STOP_DRAIN_S = 3.0  # how long stopping an app waits for its containers' last output
 SERVER_REPORT_GRACE_S = 2.0  # past a Server's startup_timeout, before the control plane kills it unheard
+HELLO_TIMEOUT_S = 30.0  # a connection to the container listener must say which container it is by then
 
 
 class WebUnavailableError(Exception):
@@ -718,8 +719,11 @@ class Dispatcher:
 
     async def handle_runtime(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One container runtime's stream: hello, init, then inputs out and outputs in."""
-        hello = await _protocol.read_frame(reader)
-        c = self.containers.get(hello.get("container_id", "")) if hello else None
+        try:
+            hello = await asyncio.wait_for(_protocol.read_frame(reader), HELLO_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - silent or garbled: a peer that is no runtime of ours (the Ray
+            hello = None  # backend's TCP listener is reachable from the network)
+        c = self.containers.get(hello.get("container_id", "")) if isinstance(hello, dict) else None
         if c is None or hello.get("token") != c.token or c.state != "starting":
             writer.close()
             return
@@ -731,6 +735,12 @@ class Dispatcher:
         while True:
             msg = await _protocol.read_frame(reader)
             if msg is None:
+                break
+            if c.state == "dead":
+                # Fenced: the backend reported this container gone (e.g. its Ray node died) and its inputs were
+                # handed to other containers; whatever it still sends is discarded, and its stream closed.
+                log.warning("container %s sent a %r frame after it was declared dead; discarded", c.id, msg.get("t"))
+                c.fenced_frames += 1
                 break
             t = msg["t"]
             pool = c.pool  # a warm container changes pools when it is assigned
@@ -773,6 +783,8 @@ class Dispatcher:
             c.handle.kill()
 
     def _on_outputs(self, c: Container, items: list[list[Any]]) -> None:
+        if c.state == "dead":
+            return  # fenced (see handle_runtime): its inputs run elsewhere now
         pool = c.pool
         finals: list[tuple[Call, int, str, bytes | None]] = []
         for key, status, data, duration in items:

@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -93,7 +94,30 @@ def take_lock(state_dir: Path) -> int:
     return fd
 
 
-async def serve(host: str, port: int, state_dir: Path, replica: bool = False) -> None:
+def make_backend(name: str, state_dir: Path, ray_address: str | None = None) -> Any:
+    """The container backend: "local" (this machine) or "ray" (actors on the Ray cluster at `ray_address`)."""
+    name = (name or "local").strip().lower()
+    if name == "local":
+        return LocalBackend(state_dir=state_dir)
+    if name == "ray":
+        try:
+            from ..backends.ray import RayBackend
+        except ImportError as exc:
+            raise BackendError(f"the Ray backend needs ray (pip install 'shoal[ray]'): {exc}") from exc
+        try:
+            return RayBackend(ray_address, state_dir)
+        except Exception as exc:  # noqa: BLE001 - no cluster there, a wrong token, …: say which
+            raise BackendError(f"cannot use the Ray cluster at {ray_address or 'auto'}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    raise BackendError(f"unknown backend {name!r}: 'local' or 'ray'")
+
+
+class BackendError(Exception):
+    pass
+
+
+async def serve(host: str, port: int, state_dir: Path, replica: bool = False, backend: str = "local",
+                ray_address: str | None = None) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     # A replica (one of several control planes on one PostgreSQL schema: server/replicas.py) shares the state
     # directory's token, sources, images and volumes with the others, and keeps what is its own (lock, container
@@ -107,9 +131,21 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False) ->
     await store.open()
     sock_path = control_socket_path(run_dir)
     sock_path.unlink(missing_ok=True)
-    dispatcher = Dispatcher(store, LocalBackend(state_dir=state_dir), state_dir, f"unix:{sock_path}")
+    dispatcher = Dispatcher(store, make_backend(backend, state_dir, ray_address), state_dir, f"unix:{sock_path}")
     replicas = Replicas(dispatcher, replica_id) if replica_id else None
     dispatcher.replicas = replicas
+    control_tcp = None
+    if dispatcher.backend.name != "local":
+        # Containers on other machines: their runtimes connect over TCP and say who they are with their
+        # container token (the hello frame), as on the unix socket.
+        bind = os.environ.get("SHOAL_CONTROL_BIND") or dispatcher.backend.control_ip
+        control_tcp = await asyncio.start_server(dispatcher.handle_runtime, bind,
+                                                 int(os.environ.get("SHOAL_CONTROL_PORT", "0")), limit=2**26)
+        tcp_port = control_tcp.sockets[0].getsockname()[1]
+        host_part = dispatcher.backend.control_ip
+        dispatcher.control_address = f"tcp://[{host_part}]:{tcp_port}" if ":" in host_part else \
+            f"tcp://{host_part}:{tcp_port}"
+        dispatcher.warmpool.size = 0  # warm containers are linked to sources on this machine's disk
     stop = asyncio.Event()
     api = Api(dispatcher, token, state_dir, on_shutdown=stop.set, images=ImageBuilder(state_dir))
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
@@ -167,7 +203,8 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False) ->
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
     dispatcher.scheduler = Scheduler(dispatcher)
     scheduling = asyncio.create_task(dispatcher.scheduler.run())
-    info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port}
+    info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
+            "backend": dispatcher.backend.name}
     if replica_id:
         info["replica_id"] = replica_id
     tmp = run_dir / f".server.json.{os.getpid()}"
@@ -191,6 +228,10 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False) ->
         await store.flushed(store._next_ticket)  # everything it did is committed before another replica takes over
         await replicas.close()
     control.close()
+    if control_tcp is not None:
+        control_tcp.close()
+    if hasattr(dispatcher.backend, "shutdown"):
+        dispatcher.backend.shutdown()
     await runner.cleanup()
     await store.close()
     (run_dir / "server.json").unlink(missing_ok=True)
@@ -198,7 +239,8 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False) ->
     os.close(lock_fd)
 
 
-def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None, replica: bool = False) -> int:
+def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None, replica: bool = False,
+        backend: str | None = None, ray_address: str | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SHOAL_LOGLEVEL", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if "SHOAL_LOGLEVEL" not in os.environ:
@@ -210,8 +252,10 @@ def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None, r
     except ImportError:
         runner = asyncio.run
     try:
-        runner(serve(host, port, state_dir or home(), replica))
-    except (AlreadyRunningError, StoreError, ValueError) as exc:
+        runner(serve(host, port, state_dir or home(), replica,
+                     backend or os.environ.get("SHOAL_BACKEND") or "local",
+                     ray_address or os.environ.get("SHOAL_RAY_ADDRESS") or None))
+    except (AlreadyRunningError, StoreError, ValueError, BackendError) as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -225,5 +269,9 @@ def cli_main() -> None:
     parser.add_argument("--replica", action="store_true", default=env_flag("SHOAL_REPLICA"),
                         help="one of several control planes sharing SHOAL_DATABASE_URL's schema (and the state "
                              "directory); SHOAL_REPLICA=1 says the same")
+    parser.add_argument("--backend", choices=("local", "ray"), default=os.environ.get("SHOAL_BACKEND") or "local",
+                        help="where containers run (default: SHOAL_BACKEND, else local)")
+    parser.add_argument("--ray-address", default=os.environ.get("SHOAL_RAY_ADDRESS") or None,
+                        help="the Ray cluster for --backend ray (default: SHOAL_RAY_ADDRESS, else 'auto')")
     args = parser.parse_args()
-    sys.exit(run(args.host, args.port, args.state_dir, args.replica))
+    sys.exit(run(args.host, args.port, args.state_dir, args.replica, args.backend, args.ray_address))

@@ -173,10 +173,9 @@ class Proxy:
             u = conns.pop()
             if not u.closed:
                 return u
-        sock = c.handle.web_socket()
+        sock = await c.handle.web_connect(port)
         loop = asyncio.get_running_loop()
         try:
-            await loop.sock_connect(sock, ("127.0.0.1", port))
             _, u = await loop.create_connection(lambda: Upstream(self, key), sock=sock)
         except BaseException:
             sock.close()
@@ -217,11 +216,8 @@ class Proxy:
         port = c.web_ports.get("")
         if port is None or c.handle is None:
             return
-        sock = c.handle.web_socket()
-        try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 2.0)
-        finally:
-            sock.close()
+        sock = await asyncio.wait_for(c.handle.web_connect(port), 2.0)
+        sock.close()
 
     def park(self, u: Upstream) -> None:
         """A keep-alive upstream connection whose response is done: reused by the next request there."""

@@ -228,6 +228,7 @@ class Volumes:
         self.isolation = getattr(availability, "isolation", "process") if availability else "process"
         self.isolation_reason = getattr(availability, "reason", "") if availability else "no sandbox backend"
         self.rootless = getattr(availability, "mode", "") == "rootless"
+        self.unsupported: str | None = getattr(backend, "volumes_unsupported", None)  # the backend's reason
         owner = None
         if self.isolation == "sandbox" and not self.rootless:
             from ..backends.sandbox import id_base
@@ -332,6 +333,9 @@ class Volumes:
                                          (ref["volume_id"],))
             if not rows:
                 raise ApiError(404, f"Volume {label!r} not found", "NotFoundError")
+            if self.unsupported:
+                raise ApiError(400, f"function {definition.get('tag')!r} mounts Volume {label!r} at {path}, "
+                                    f"but {self.unsupported}")
             if self.isolation != "sandbox":
                 raise ApiError(400, f"function {definition.get('tag')!r} mounts Volume {label!r} at {path}, "
                                     "but this control plane runs containers as plain processes "
