@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import hmac
 import io
 import json
@@ -264,10 +265,20 @@ class ContainerActor:
         self.changed.set()
 
     def _kill_container_now(self) -> None:
+        """SIGKILL the container's whole process tree and return once none of it runs any more (fencing: only
+        then may the control plane hear that it is gone)."""
         c = self.container
-        if c is not None and c.proc.returncode is None:
+        if c is None or c.proc.returncode is not None:
+            return
+        tree = _process_tree(c.proc.pid)  # the supervisor, the init, the runtime and what user code started
+        with contextlib.suppress(OSError):
+            os.killpg(c.proc.pid, signal.SIGKILL)
+        for pid in tree:
             with contextlib.suppress(OSError):
-                os.killpg(c.proc.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while any(_running(pid) for pid in tree) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     async def start(self, spec: ContainerSpec, sources: list[Any]) -> dict[str, Any]:
         """Start the container; returns where it runs. `sources`: [the app's source as a tarball (an object
@@ -598,9 +609,11 @@ class RayBackend:
             cause = getattr(exc, "cause", None)
             raise RuntimeError(str(cause) if cause is not None else str(exc).splitlines()[0]) from None
         except ActorDiedError as exc:
+            # Its node died (or was removed) under it: not the function's failure, so not a failed start that
+            # counts toward failing the queue; the dispatcher tries again, on the nodes that are left.
             ray.kill(actor, no_restart=True)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"the container's Ray actor died while starting: {first}") from None
+            raise Unschedulable(f"the container's Ray actor died while starting (its node went?): {first}") from None
         except BaseException:
             ray.kill(actor, no_restart=True)
             raise
@@ -651,3 +664,24 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
 def _as_future(ref: Any) -> asyncio.Future:
     return asyncio.wrap_future(ref.future())
 
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and its descendants, from /proc (children lists of every thread)."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        for task in glob.glob(f"/proc/{pid}/task/*/children"):
+            with contextlib.suppress(OSError), open(task) as f:
+                todo.extend(int(x) for x in f.read().split())
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process waiting to be reaped runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -32,6 +32,8 @@ import click
 from .run import UserCodeError, import_file_or_module, parse_func_ref
 
 DEBOUNCE_MS = 300  # changes within this window (an editor's save: write, rename, chmod) make one reload
+WATCH_TICK_MS = 200  # the watcher thread wakes this often without changes (to see `stop`, and to say it watches)
+WATCH_READY_S = 30.0  # at most this long to set the watches up before serving goes on regardless
 POLL_S = 0.25  # how often the main loop looks at the deadline and at the app's log follower
 # Files editors write next to the real one while saving (vim's swap files and its `4913` probe, emacs's lock
 # and backup files, generic temporaries): changes to them never reload.
@@ -163,24 +165,35 @@ def _shown(path: Path | str) -> str:
 
 
 def _watch_thread(paths: list[Path], recursive: bool, watch: WatchSet, out: queue.Queue,
-                  stop: threading.Event) -> None:
+                  stop: threading.Event, ready: threading.Event) -> None:
     import watchfiles
 
     try:
+        # yield_on_timeout: the first (empty) batch comes once the watches are in place, which is when
+        # "Watching for changes" may be said; empty batches after it are skipped.
         for changes in watchfiles.watch(*paths, watch_filter=lambda _change, path: watch.relevant(path),
                                         debounce=DEBOUNCE_MS, stop_event=stop, recursive=recursive,
-                                        raise_interrupt=False, rust_timeout=1000):
-            out.put(changes)
+                                        raise_interrupt=False, rust_timeout=WATCH_TICK_MS, yield_on_timeout=True):
+            ready.set()
+            if changes:
+                out.put(changes)
     except Exception as exc:  # noqa: BLE001 - e.g. inotify's watch limit: say so, keep serving without it
         out.put(exc)
+    finally:
+        ready.set()
 
 
 def start_watching(watch: WatchSet, stop: threading.Event) -> queue.Queue:
-    """Watcher threads that put each debounced batch of relevant changes (set of (Change, path)) on a queue."""
+    """Watcher threads that put each debounced batch of relevant changes (set of (Change, path)) on a queue;
+    returns once they watch (an edit right after this is seen)."""
     changes: queue.Queue = queue.Queue()
+    ready = []
     for paths, recursive in watch.groups():
-        threading.Thread(target=_watch_thread, args=(paths, recursive, watch, changes, stop),
+        ready.append(threading.Event())
+        threading.Thread(target=_watch_thread, args=(paths, recursive, watch, changes, stop, ready[-1]),
                          name="shoal-serve-watch", daemon=True).start()
+    for event in ready:
+        event.wait(WATCH_READY_S)
     return changes
 
 
