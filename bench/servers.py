@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import shoal as modal
+
+from ._proc import cpu_s, free_port, wrk_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"added_p50_ms": 0.5, "rps_ratio": 0.80}
@@ -113,14 +114,7 @@ class ScalingFast:
 
 
 # -- load ----------------------------------------------------------------------------------------------------------
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"cannot read wrk's latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def wrk(url: str, connections: int, duration: float) -> dict[str, Any]:
@@ -136,8 +130,8 @@ def wrk(url: str, connections: int, duration: float) -> dict[str, Any]:
     bad = re.search(r"Socket errors: (.*)|Non-2xx or 3xx responses: (\d+)", out)
     if bad:
         raise RuntimeError(f"wrk saw errors against {url}: {bad.group(0)}")
-    return {"rps": float(rps.group(1)), "requests": int(total.group(1)), "p50_ms": _ms(p50.group(1)),
-            "p99_ms": _ms(p99.group(1))}
+    return {"rps": float(rps.group(1)), "requests": int(total.group(1)), "p50_ms": wrk_ms(p50.group(1)),
+            "p99_ms": wrk_ms(p99.group(1))}
 
 
 def wait_served(url: str, timeout: float) -> tuple[float, int]:
@@ -159,17 +153,6 @@ def wait_served(url: str, timeout: float) -> tuple[float, int]:
         time.sleep(0.05)
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of one process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def containers(function_id: str) -> list[dict[str, Any]]:

@@ -45,9 +45,10 @@ from typing import Any
 
 import shoal as modal
 
+from ._proc import cpu_s, descendants, free_port, wrk_ms
+
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {"rps": 0.70, "add_p50_c32_ms": 1.0, "add_p50_c1_ms": 0.150}
 
 # -- the workload (module level: the container imports this module again) ---------------------------------------
@@ -101,33 +102,6 @@ def hello():
 
 
 # -- /proc helpers -----------------------------------------------------------------------------------------------
-def cpu_s(pid: int) -> float:
-    """utime + stime of one process, in seconds (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(name))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def vmrss(pid: int) -> int:
@@ -167,14 +141,7 @@ class RssSampler(threading.Thread):
 
 
 # -- load --------------------------------------------------------------------------------------------------------
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"cannot read wrk's latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def wrk(url: str, connections: int, duration: float, procs: dict[str, list[int]], prefix: list[str] = ()
@@ -202,7 +169,7 @@ def wrk(url: str, connections: int, duration: float, procs: dict[str, list[int]]
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     n = int(total.group(1))
-    return {"rps": float(rps.group(1)), "requests": n, "p50_ms": _ms(p50.group(1)), "p99_ms": _ms(p99.group(1)),
+    return {"rps": float(rps.group(1)), "requests": n, "p50_ms": wrk_ms(p50.group(1)), "p99_ms": wrk_ms(p99.group(1)),
             "socket_errors": errors.group(1) if errors else None, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
             "wall_s": wall, "cpu_s": cpu, "cpu_us_per_request": {k: v / max(1, n) * 1e6 for k, v in cpu.items()},
             "raw": out}
@@ -264,11 +231,6 @@ def get_json(url: str, timeout: float = 120) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:

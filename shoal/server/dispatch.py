@@ -804,13 +804,17 @@ class Dispatcher:
         self._finish_outputs(finals)
         if pool.single_use and c.ready_at is not None:
             self._stop_container(c, "single-use container finished its input")
+        self._slots_freed(c)
+
+    def _slots_freed(self, c: Container) -> None:
+        """Inputs (or requests) of `c` finished: an idle draining container stops; the queue moves on."""
         if not c.running:
             c.idle_since = time.monotonic()
             if c.state == "draining":
                 self._stop_container(c, c.stop_reason or "drained")
-        self._pump(pool)
-        if pool.queue:
-            self._scale(pool)
+        self._pump(c.pool)
+        if c.pool.queue:
+            self._scale(c.pool)
 
     def _on_timeout(self, inp: Input) -> None:
         c = inp.container
@@ -988,13 +992,7 @@ class Dispatcher:
             pool.avg_exec_s = policy.ewma(pool.avg_exec_s, time.monotonic() - inp.dispatched_at)
         if pool.single_use:
             self._stop_container(c, "single-use container finished its request")
-        if not c.running:
-            c.idle_since = time.monotonic()
-            if c.state == "draining":
-                self._stop_container(c, c.stop_reason or "drained")
-        self._pump(pool)
-        if pool.queue:
-            self._scale(pool)
+        self._slots_freed(c)
 
     def stats(self, pool: Pool) -> dict[str, int]:
         live = pool.live()
