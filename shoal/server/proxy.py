@@ -5,7 +5,8 @@ It runs on the control plane's event loop, so a request takes a container slot f
 protocols with httptools (llhttp) for message boundaries: request heads are rewritten (X-Forwarded-*, proxy-auth
 headers removed), bodies and responses are streamed through as they arrive, with back-pressure both ways, so a
 4 GiB upload or an endless SSE stream never sits in memory. Upstream connections are kept alive per container
-and port. Measured against an aiohttp-based proxy, this kept ~3× the throughput (docs/web.md).
+and port. Chosen over a proxy built on aiohttp's client, which measured about 30% of direct uvicorn's throughput
+on this machine before this one was written; this one's figures are in bench/README.md (`python -m bench.web`).
 
 Per request: route (Host, else the loopback address the client connected to) → rate limit (429) → proxy auth
 (401/403) → a container slot (waiting in the pool's bounded queue while containers start) → forward. A response
@@ -43,6 +44,7 @@ MAX_BODY = 4 * 1024 ** 3  # Modal's request body limit
 IDLE_UPSTREAM_S = 60.0
 BUFFER_HIGH = 1 << 20  # body bytes held while the upstream is not connected yet or cannot keep up
 RESULT_PARAM = "__shoal_call_id"
+_RESULT_PARAM = RESULT_PARAM.encode()
 REQUEST_LOG = 200  # recent requests kept per web function / Server
 HEALTH_INTERVAL_S = float(os.environ.get("SHOAL_SERVER_HEALTH_INTERVAL_S", "5"))
 HEALTH_FAILURES = 3  # failed port checks in a row before a Server container is replaced
@@ -73,7 +75,6 @@ class Proxy:
         self.results: dict[str, Redirected] = {}
         self.listeners: dict[str, asyncio.AbstractServer] = {}  # (a bare socket until it serves)
         self.host = os.environ.get("SHOAL_WEB_HOST", "127.0.0.1")
-        self._variants: dict[tuple[str, bytes], str] = {}
         self.requests: dict[str, collections.deque[tuple]] = {}
         router.on_change.append(self._open_listeners)
         self._tasks: set[asyncio.Task] = set()
@@ -156,15 +157,7 @@ class Proxy:
         names = {p["name"]: p for p in info["params"]}
         given = {k: v for k, v in urllib.parse.parse_qsl(query.decode("latin-1")) if k in names}
         values = bind_params(info, (), {k: _typed(names[k]["type"], k, v) for k, v in given.items()})
-        packed = pack_params(values)
-        key = (route.function_id, packed)
-        function_id = self._variants.get(key)
-        variant = self.d.pools.get(function_id) if function_id else None
-        if variant is None:
-            function_id = await self.d.create_variant(pool, packed, {})
-            self._variants[key] = function_id
-            variant = self.d.pools[function_id]
-        return variant
+        return self.d.pools[await self.d.create_variant(pool, pack_params(values), {})]  # idempotent
 
     async def connect(self, c: Container, port: int) -> Upstream:
         key = (c.id, port)
@@ -303,7 +296,6 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_pending: list[bytes] | None = None
         self.paused = False
         self.closed = False
-        self.write_paused = False
 
     # -- transport events ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -337,14 +329,12 @@ class ClientConnection(asyncio.Protocol):
             self.task.cancel()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
         r = self.queue[0] if self.queue else None
         u = self.tunnel or (r.upstream if r else None)
         if u is not None and u.transport is not None:
             u.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         r = self.queue[0] if self.queue else None
         u = self.tunnel or (r.upstream if r else None)
         if u is not None and u.transport is not None:
@@ -452,32 +442,31 @@ class ClientConnection(asyncio.Protocol):
         """Route, check and forward one request; True when the connection stays open for the next."""
         proxy = self.proxy
         path, _, query = r.url.partition(b"?")
-        if RESULT_PARAM.encode() in query:
+        if _RESULT_PARAM in query:
             return await self.serve_result(r, query)
         route = proxy.router.resolve(r.header(b"host"), self.local_ip)
         if route is None:
             self.write(simple_response(404, "shoal: no web endpoint at this address"))
-            return await self.skip_body(r)
+            return self.skip_body(r)
         if proxy.bucket is not None and not proxy.bucket.take(time.monotonic()):
             wait = max(1, int(proxy.bucket.retry_after(time.monotonic()) + 0.999))
             self.write(simple_response(429, "shoal: too many requests (workspace rate limit)",
                                        [("retry-after", str(wait))]))
-            return await self.skip_body(r)
+            return self.skip_body(r)
         if route.requires_auth:
-            tokens = getattr(proxy.d, "proxy_tokens", None)
             denied = check_proxy_auth(_s(r.header(b"modal-key")), _s(r.header(b"modal-secret")),
-                                      tokens.lookup if tokens else (lambda _id: None), route.app_name)
+                                      proxy.d.proxy_tokens.lookup, route.app_name)
             if denied is not None:
                 self.write(simple_response(denied[0], denied[1]))
-                return await self.skip_body(r)
+                return self.skip_body(r)
         try:
             pool = await proxy.pool_for(route, query)
         except LookupError as exc:
             self.write(simple_response(404, f"shoal: {exc}"))
-            return await self.skip_body(r)
+            return self.skip_body(r)
         except Exception as exc:  # noqa: BLE001 - bad class parameters in the query string
             self.write(simple_response(400, f"shoal: {exc}"))
-            return await self.skip_body(r)
+            return self.skip_body(r)
         t0 = time.monotonic()
         # Web functions: REQUEST_TIMEOUT_S from now, waiting for a container included, then the 303.
         # Servers have no Modal-level request timeout.
@@ -485,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
         inp = await self.take_slot(r, pool, deadline)
         if inp is None:
             proxy.log_request(pool.function_id, r, t0, None)
-            return await self.skip_body(r)
+            return self.skip_body(r)
         if not inp.waiter.done():  # type: ignore[union-attr]  # still waiting at the deadline
             return self.redirect(r, route, inp)
         c = inp.container  # (cleared if the container ends under the request: it is still the one that had it)
@@ -544,7 +533,7 @@ class ClientConnection(asyncio.Protocol):
         r.status = status
         self.write(simple_response(status, body, extra))
 
-    async def skip_body(self, r: Request) -> bool:
+    def skip_body(self, r: Request) -> bool:
         """An answered request whose body was not wanted: keep the connection only if it was all read."""
         return r.complete and not r.upgrade
 
@@ -555,7 +544,7 @@ class ClientConnection(asyncio.Protocol):
             u = await self.send(r, route, c, self)
         except OSError as exc:
             self.respond(r, 502, f"shoal: {exc}")
-            return await self.skip_body(r)
+            return self.skip_body(r)
         self.resume()
         assert r.done is not None
         if not await until(r.done, deadline) and not r.response_started and not r.upgrade:
@@ -634,9 +623,7 @@ class ClientConnection(asyncio.Protocol):
         if held is None:
             self.write(simple_response(404, "shoal: no such call result (it expired or never existed)"))
             return r.complete
-        try:
-            await asyncio.wait_for(asyncio.shield(held.finished), REQUEST_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        if not await until(held.finished, time.monotonic() + REQUEST_TIMEOUT_S):
             self.write(simple_response(303, "shoal: the request is still running",
                                        [("location", r.url.decode("latin-1"))]))
             return r.complete
