@@ -103,21 +103,17 @@ class Dispatcher:
     def _load_recovered(self, app_id: str | None) -> dict[str, Any]:
         """What recovery needs, read from the store (blocking: at start, or in a thread)."""
         read = self.store.read_now
-        if app_id is None:
-            apps = read("SELECT app_id, name, mode, detach FROM apps WHERE state='running' ORDER BY created_at")
-            functions = read("SELECT function_id, app_id, definition FROM functions")
-            calls = read(
-                "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
-                "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
-                "FROM calls c WHERE c.state='running'")
-        else:
-            apps = read("SELECT app_id, name, mode, detach FROM apps WHERE state='running' AND app_id=?", (app_id,))
-            functions = read("SELECT function_id, app_id, definition FROM functions WHERE app_id=?", (app_id,))
-            calls = read(
-                "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
-                "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
-                "FROM calls c WHERE c.state='running' AND c.function_id IN "
-                "(SELECT function_id FROM functions WHERE app_id=?)", (app_id,))
+        one = app_id is not None  # one app (a takeover), else every running app (start-up)
+        args = (app_id,) if one else ()
+        apps = read("SELECT app_id, name, mode, detach FROM apps WHERE state='running'"
+                    + (" AND app_id=?" if one else "") + " ORDER BY created_at", args)
+        functions = read("SELECT function_id, app_id, definition FROM functions" + (" WHERE app_id=?" if one else ""),
+                         args)
+        calls = read(
+            "SELECT c.call_id, c.function_id, c.kind, c.num_inputs, "
+            "(SELECT COALESCE(MAX(seq), -1) FROM outputs o WHERE o.call_id = c.call_id), c.method "
+            "FROM calls c WHERE c.state='running'"
+            + (" AND c.function_id IN (SELECT function_id FROM functions WHERE app_id=?)" if one else ""), args)
         running = {a[0] for a in apps}
         known = {row[0] for row in functions if row[1] in running}
         details = {}
@@ -404,9 +400,10 @@ class Dispatcher:
         ready = pool.ready()
         if not ready:
             return
+        web = pool.is_web
         if pool.single_use:
             capacity = 1
-        elif pool.batch_max_size or pool.is_web:  # no prefetch: a batch, or requests held by the proxy
+        elif pool.batch_max_size or web:  # no prefetch: a batch, or requests held by the proxy
             capacity = pool.batch_max_size or pool.max_inputs
         else:
             capacity = policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s)
@@ -414,7 +411,7 @@ class Dispatcher:
         timeout = float(pool.options.get("timeout") or 300)
         for c in sorted(ready, key=lambda c: len(c.running)):
             room = capacity - len(c.running)
-            n = room if pool.is_web else policy.dispatch_batch(
+            n = room if web else policy.dispatch_batch(
                 room=room, queued=len(pool.queue), ready_containers=len(ready), avg_exec_s=pool.avg_exec_s,
             )
             if n <= 0:
@@ -427,11 +424,7 @@ class Dispatcher:
                 if inp.call.cancelled or (inp.waiter is not None and inp.waiter.done()):
                     continue  # cancelled, or a web request whose client gave up while it waited
                 taken += 1
-                c.next_key += 1
-                inp.key = c.next_key
-                inp.container = c
-                inp.dispatched_at = now
-                c.running[inp.key] = inp
+                self._assign(c, inp, now)
                 if inp.waiter is not None:
                     inp.waiter.set_result(c)  # the proxy forwards the request to this container itself
                     continue
@@ -441,6 +434,15 @@ class Dispatcher:
                 c.writer.write(_protocol.encode({"t": "inputs", "items": items}))
             if not pool.queue:
                 break
+
+    @staticmethod
+    def _assign(c: Container, inp: Input, now: float) -> None:
+        """`inp` runs in `c` from now: it holds one of the container's slots until its output (or release)."""
+        c.next_key += 1
+        inp.key = c.next_key
+        inp.container = c
+        inp.dispatched_at = now
+        c.running[inp.key] = inp
 
     def _scale(self, pool: Pool, decision: policy.Decision | None = None) -> None:
         """Start the containers the autoscaler wants (`decision`, else one made now for the load now)."""
@@ -740,7 +742,6 @@ class Dispatcher:
                 # Fenced: the backend reported this container gone (e.g. its Ray node died) and its inputs were
                 # handed to other containers; whatever it still sends is discarded, and its stream closed.
                 log.warning("container %s sent a %r frame after it was declared dead; discarded", c.id, msg.get("t"))
-                c.fenced_frames += 1
                 break
             t = msg["t"]
             pool = c.pool  # a warm container changes pools when it is assigned
@@ -783,8 +784,6 @@ class Dispatcher:
             c.handle.kill()
 
     def _on_outputs(self, c: Container, items: list[list[Any]]) -> None:
-        if c.state == "dead":
-            return  # fenced (see handle_runtime): its inputs run elsewhere now
         pool = c.pool
         finals: list[tuple[Call, int, str, bytes | None]] = []
         for key, status, data, duration in items:
@@ -967,11 +966,7 @@ class Dispatcher:
         # Resolved at once: a container that ends under the request does not put it back in the queue as a
         # function input (_requeue_running); its client gets the 502.
         inp.waiter.set_result(choice)  # type: ignore[union-attr]
-        choice.next_key += 1
-        inp.key = choice.next_key
-        inp.container = choice
-        inp.dispatched_at = time.monotonic()
-        choice.running[inp.key] = inp
+        self._assign(choice, inp, time.monotonic())
         target = pool.autoscaler.server_knobs(pool.server or {})["target_concurrency"]
         if target and len(ready) == len(pool.live()) and sum(len(c.running) for c in ready) > len(ready) * target:
             self._scale(pool)  # above target: the autoscaler may want more now, not at the next tick

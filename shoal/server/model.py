@@ -128,7 +128,6 @@ class Container:
     web_ports: dict[str, int] = field(default_factory=dict)  # web target ("" or a method) -> port inside
     health_failures: int = 0  # a Server container's failed port checks in a row
     exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
-    fenced_frames: int = 0  # frames it sent after it was declared dead (discarded: Dispatcher.handle_runtime)
 
 
 class Pool:
