@@ -62,19 +62,22 @@ def build_app(kind: str, target: Callable, webhook: dict[str, Any], max_inputs: 
     return app
 
 
-def wait_for_port(port: int, timeout: float, what: str = "web server", address: str = "127.0.0.1") -> None:
-    """Until something accepts connections on `port`. A Server must bind 0.0.0.0: it is probed on 127.0.0.2,
-    which a server bound to 127.0.0.1 alone refuses."""
+def wait_for_port(port: int, timeout: float, any_address: bool = False) -> None:
+    """Until something accepts connections on `port`. A Server must bind 0.0.0.0 (`any_address`): it is probed
+    on 127.0.0.2, which a server bound to 127.0.0.1 alone refuses; a `web_server` only needs the port."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            socket.create_connection((address, port), timeout=0.5).close()
+            socket.create_connection(("127.0.0.2" if any_address else "127.0.0.1", port), timeout=0.5).close()
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise WebStartError(
-                    f"the {what} did not listen on 0.0.0.0:{port} within {timeout:g}s (startup_timeout); it must "
-                    "bind 0.0.0.0, not only 127.0.0.1 or another interface") from None
+                if any_address:
+                    raise WebStartError(
+                        f"the server did not listen on 0.0.0.0:{port} within {timeout:g}s (startup_timeout); it "
+                        "must bind 0.0.0.0, not only 127.0.0.1 or another interface") from None
+                raise WebStartError(f"the web server did not listen on port {port} within {timeout:g}s "
+                                    "(startup_timeout)") from None
             time.sleep(0.01)
 
 
@@ -117,7 +120,7 @@ class WebServers:
             config = uvicorn.Config(
                 app, lifespan="auto", log_level="warning", access_log=False, proxy_headers=True,
                 forwarded_allow_ips="*", ws_max_size=WS_MAX_MESSAGE, timeout_keep_alive=KEEPALIVE_S,
-                http="httptools" if _importable("httptools") else "h11",
+                http="auto",  # httptools when importable (it is among the runtime's packages), else h11
                 backlog=max(2048, concurrency), timeout_graceful_shutdown=30,
             )
             server = uvicorn.Server(config)
@@ -163,12 +166,6 @@ class WebServers:
             self.thread.join(timeout)
 
 
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 def web_targets(fn: Callable, definition: dict[str, Any], instance: Any) -> dict[str, tuple[dict[str, Any], Callable]]:
     """{target key: (webhook, callable)}: "" for a web function, the method name for a class's web methods."""
     if definition.get("server"):  # @app.server: its @enter hooks started the process; only the port is ours
@@ -194,15 +191,14 @@ def start_web(fn: Callable, definition: dict[str, Any], instance: Any, servers: 
     for key, (webhook, target) in targets.items():
         kind = webhook["type"]
         if kind == "server":
-            wait_for_port(int(webhook.get("port") or 8000), float(webhook.get("startup_timeout") or 30), "server",
-                          address="127.0.0.2")
             ports[key] = int(webhook.get("port") or 8000)
+            wait_for_port(ports[key], float(webhook.get("startup_timeout") or 30), any_address=True)
         elif kind == "web_server":
             result = target()
             if asyncio.iscoroutine(result):
                 asyncio.run(result)
-            wait_for_port(int(webhook["port"]), float(webhook.get("startup_timeout") or 5.0))
             ports[key] = int(webhook["port"])
+            wait_for_port(ports[key], float(webhook.get("startup_timeout") or 5.0))
         else:
             apps[key] = build_app(kind, target, webhook, max_inputs)
     ports.update(servers.start(apps, max_inputs))

@@ -105,12 +105,12 @@ class Router:
                     by_label[label] = route
                     for domain in webhook.get("custom_domains") or []:
                         by_host[domain.lower()] = route
-        used: dict[str, str] = {}
+        used: set[str] = set()
         for label in sorted(by_label):
             attempt = 0
             while (addr := label_address(label, attempt)) in used:
                 attempt += 1
-            used[addr] = label
+            used.add(addr)
             by_label[label].address = addr
         self.by_label = by_label
         self.by_address = {r.address: r for r in by_label.values()}
