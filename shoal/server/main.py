@@ -65,23 +65,24 @@ class AlreadyRunningError(Exception):
     pass
 
 
-def web_port_for(state_dir: Path) -> int:
+def web_port_for(state_dir: Path) -> int | None:
     """The ingress proxy's port: SHOAL_WEB_PORT (0: any free one), else the one this state directory used
-    last (web URLs stay the same across restarts), else 8700 when free, else any."""
+    last (web URLs stay the same across restarts); None: DEFAULT_WEB_PORT if free, else any."""
     if "SHOAL_WEB_PORT" in os.environ:
         return int(os.environ["SHOAL_WEB_PORT"])
     try:
         return int((state_dir / "web_port").read_text())
     except (OSError, ValueError):
-        pass
-    import socket
+        return None
 
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", DEFAULT_WEB_PORT))
-            return DEFAULT_WEB_PORT
-        except OSError:
-            return 0
+
+async def start_proxy(proxy: Proxy, port: int | None) -> int:
+    if port is not None:
+        return await proxy.start(port)
+    try:
+        return await proxy.start(DEFAULT_WEB_PORT)
+    except OSError:  # taken (another control plane, another program): any free port
+        return await proxy.start(0)
 
 
 def take_lock(state_dir: Path) -> int:
@@ -172,7 +173,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     dispatcher.server_token = token
     dispatcher.router = Router()
     proxy = Proxy(dispatcher, dispatcher.router)
-    web_port = await proxy.start(web_port_for(run_dir))
+    web_port = await start_proxy(proxy, web_port_for(run_dir))
     (run_dir / "web_port").write_text(str(web_port))
     dispatcher.backend.forward_ports[web_port] = ("127.0.0.1", web_port)  # web URLs work inside containers
     dispatcher.proxy = proxy
