@@ -31,20 +31,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import hmac
 import io
 import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
+import stat
 import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +55,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from . import ray_placement as placement
 from .base import ContainerSpec, OutputSink, Unschedulable
+from .local_exec import children
+from .sandbox import _LOOPBACK
 
 log = logging.getLogger("shoal.backend.ray")
 
@@ -173,12 +176,10 @@ class _NodeCache:
         return {"availability": data.get("availability"), "paths": paths}
 
     def save(self, backend: Any) -> None:
-        from dataclasses import asdict
-
-        data = {"isolation": self.isolation, "at": time.time(), "availability": asdict(backend.availability),
-                "paths": {py: [_mtime(py), p] for py, p in backend._paths.items()}}
         if self.path is None:
             return
+        data = {"isolation": self.isolation, "at": time.time(), "availability": asdict(backend.availability),
+                "paths": {py: [_mtime(py), p] for py, p in backend._paths.items()}}
         try:
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(data))
@@ -196,8 +197,6 @@ def _node_dir() -> Path | None:
         st = os.lstat(path)
     except OSError:
         return None
-    import stat
-
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         log.warning("not using %s: it is not a private directory of this user", path)
         return None
@@ -337,8 +336,6 @@ class ContainerActor:
             try:
                 os.rename(tmp, target)
             except OSError:  # another container of this node unpacked it meanwhile
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
         return str(target)
 
@@ -393,7 +390,6 @@ class ContainerActor:
         return host, fport, self.web_key
 
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 RemoteContainerActor = ray.remote(max_restarts=0, max_task_retries=0)(ContainerActor)
 
 
@@ -420,18 +416,14 @@ class RayContainer:
         self._pump = asyncio.get_running_loop().create_task(self._follow())
 
     async def _follow(self) -> None:
-        unavailable_since: float | None = None
         try:
             while True:
                 try:
                     r = await self.actor.output.remote(OUTPUT_POLL_S)
                 except ActorUnavailableError:
                     # The actor's node is unreachable for now; Ray says "died" once the node is declared dead.
-                    now = time.monotonic()
-                    unavailable_since = unavailable_since or now
                     await asyncio.sleep(0.2)
                     continue
-                unavailable_since = None
                 for fd, text in r["chunks"]:
                     if self._on_output is not None:
                         self._on_output(self.container_id, fd, text)
@@ -556,8 +548,7 @@ class RayBackend:
             return f"its Ray node {where} died"
         if killed:
             return f"killed: its Ray actor on node {where} did not answer, so it was killed"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"its Ray actor on node {where} died ({first})"
+        return f"its Ray actor on node {where} died ({_first_line(exc)})"
 
     # -- starting ------------------------------------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
@@ -612,8 +603,8 @@ class RayBackend:
             # Its node died (or was removed) under it: not the function's failure, so not a failed start that
             # counts toward failing the queue; the dispatcher tries again, on the nodes that are left.
             ray.kill(actor, no_restart=True)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise Unschedulable(f"the container's Ray actor died while starting (its node went?): {first}") from None
+            raise Unschedulable("the container's Ray actor died while starting (its node went?): "
+                                f"{_first_line(exc)}") from None
         except BaseException:
             ray.kill(actor, no_restart=True)
             raise
@@ -665,16 +656,19 @@ def _as_future(ref: Any) -> asyncio.Future:
     return asyncio.wrap_future(ref.future())
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
 
 def _process_tree(root: int) -> list[int]:
-    """`root` and its descendants, from /proc (children lists of every thread)."""
+    """`root` and its descendants."""
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
         out.append(pid)
-        for task in glob.glob(f"/proc/{pid}/task/*/children"):
-            with contextlib.suppress(OSError), open(task) as f:
-                todo.extend(int(x) for x in f.read().split())
+        with contextlib.suppress(OSError):  # gone meanwhile
+            todo.extend(children(pid))
     return out
 
 
