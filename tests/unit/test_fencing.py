@@ -1,8 +1,8 @@
 """Fencing in the dispatcher: a container the backend has reported gone (its Ray node died, say) may still be
 running somewhere and still send frames; nothing it sends counts any more.
 
-The dispatcher and its SQLite store are real; the test plays the container's runtime over a real socket, speaking
-the frame protocol. The backend has no room, so the dispatcher starts nothing by itself.
+The dispatcher and its SQLite store are real; the test plays the container's runtime, speaking the frame protocol.
+The backend has no room, so the dispatcher starts nothing by itself.
 """
 
 from __future__ import annotations
@@ -48,12 +48,16 @@ async def _scenario(tmp_path: Path) -> dict:
     c = Container(id="ta-fencing", pool=pool, token="secret", exited=asyncio.get_running_loop().create_future())
     pool.containers[c.id] = c
     d.containers[c.id] = c
+    # What the dispatcher reads from the container: bytes it has received already, which closing the stream does
+    # not take back (a frame written after the stream closed would never reach the dispatcher's loop at all).
+    inbox = asyncio.StreamReader()
     ours, theirs = socket.socketpair()
-    server_side = asyncio.create_task(d.handle_runtime(*await asyncio.open_connection(sock=ours)))
+    _, to_container = await asyncio.open_connection(sock=ours)
+    server_side = asyncio.create_task(d.handle_runtime(inbox, to_container))
     reader, writer = await asyncio.open_connection(sock=theirs)
-    writer.write(_protocol.encode({"t": "hello", "container_id": c.id, "token": "secret"}))
+    inbox.feed_data(_protocol.encode({"t": "hello", "container_id": c.id, "token": "secret"}))
     assert (await _protocol.read_frame(reader))["t"] == "init"
-    writer.write(_protocol.encode({"t": "ready"}))
+    inbox.feed_data(_protocol.encode({"t": "ready"}))
     frame = await _protocol.read_frame(reader)
     assert frame["t"] == "inputs"
     key = frame["items"][0][0]
@@ -64,11 +68,11 @@ async def _scenario(tmp_path: Path) -> dict:
     d._on_container_exit(c, -9)
     assert c.state == "dead" and len(pool.queue) == 1
 
-    # The old container finishes the input anyway and reports it: discarded, and its stream is closed.
-    writer.write(_protocol.encode({"t": "out", "items": [[key, "ok", b"stale", 0.01]]}))
-    await writer.drain()
-    eof = await _closed(reader)
+    # The old container finishes the input anyway and reports it: discarded, and the dispatcher stops reading its
+    # stream (no end of stream follows: only the fence ends `handle_runtime` here) and closes it.
+    inbox.feed_data(_protocol.encode({"t": "out", "items": [[key, "ok", b"stale", 0.01]]}))
     await asyncio.wait_for(server_side, 5)
+    eof = await _closed(reader)
     result = {"queued": len(pool.queue), "results": dict(call.results), "done": call.done, "eof": eof}
     writer.close()
     await store.close()
