@@ -34,12 +34,17 @@ def drop_schema(url: str, schema: str) -> None:
 
 
 class ControlPlane:
-    """A `python -m shoal.server` process with its own state directory (and database schema, on PostgreSQL)."""
+    """A `python -m shoal.server` process with its own state directory (and database schema, on PostgreSQL).
+    With `replica_id`, a `--replica` one: its own files under `home/replicas/<id>/` (server/replicas.py)."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None, database_url: str | None = None) -> None:
+    def __init__(self, home: Path, env: dict[str, str] | None = None, database_url: str | None = None,
+                 replica_id: str | None = None) -> None:
         self.home = home
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
+        self.id = replica_id
+        self.run_dir = home / "replicas" / replica_id if replica_id else home
+        self.log_path = home / (f"server-{replica_id}.log" if replica_id else "server.log")
         self.schema: str | None = None  # the PostgreSQL schema holding its state, when on PostgreSQL
         url = database_url or TEST_DATABASE_URL
         if url and "SHOAL_DATABASE_URL" not in self.env:
@@ -48,26 +53,28 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "server.json").unlink(missing_ok=True)
-        log = open(self.home / "server.log", "ab")
+        (self.run_dir / "server.json").unlink(missing_ok=True)
+        log = open(self.log_path, "ab")
+        replica = ["--replica"] if self.id else []
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "shoal.server", "--port", "0", "--state-dir", str(self.home)],
+            [PYTHON, "-m", "shoal.server", *replica, "--port", "0", "--state-dir", str(self.home)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # Tests hand containers directories under the session's temporary root to leave side effects in:
             # shared into sandboxed containers (the control plane's own state dir stays hidden).
             env={**os.environ, "SHOAL_SESSION_GRACE_S": "3", "SHOAL_WEB_PORT": "0",
-                 "SHOAL_SANDBOX_SHARE": str(self.home.parent), **self.env},
+                 "SHOAL_SANDBOX_SHARE": str(self.home.parent), **self.env,
+                 **({"SHOAL_REPLICA_ID": self.id} if self.id else {})},
         )
         deadline = time.monotonic() + 30
-        while not (self.home / "server.json").exists():
+        while not (self.run_dir / "server.json").exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"control plane failed to start: {(self.home / 'server.log').read_text()}")
+                raise RuntimeError(f"control plane failed to start: {self.log_path.read_text()}")
             time.sleep(0.02)
         return self
 
     @property
     def url(self) -> str:
-        return json.loads((self.home / "server.json").read_text())["url"]
+        return json.loads((self.run_dir / "server.json").read_text())["url"]
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no clean-up runs."""

@@ -45,5 +45,4 @@ def test_a_replica_stops_acting_before_its_lease_can_expire() -> None:
     # Renewed by a request sent at 10.0 (its own clock): the database set the expiry at least ttl later.
     until = policy.lease_confirmed_until(sent_at=10.0, ttl_s=5.0, margin_s=1.25)
     assert until == 13.75
-    assert until < 10.0 + 5.0
     assert policy.lease_confirmed_until(sent_at=10.0, ttl_s=1.0, margin_s=2.0) == 10.0  # never after the send
