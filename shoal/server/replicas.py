@@ -305,7 +305,8 @@ class Replicas:
                              (me, db_now(c) - ttl)).fetchall()
             return [r[0] for r in rows]
 
-        return await self.store.coordinate(peers)
+        # On a read connection: the coordination one is kept for leases, which must not wait behind requests.
+        return await asyncio.to_thread(self.store._read, peers)
 
     async def locate(self, app_id: str) -> str | None:
         """Where a request for the app is served: None here (this replica owns it, has just taken it over, or
