@@ -69,7 +69,6 @@ class Function:
     _variant_overrides: dict[str, Any] | None = None
     _variant_cache: tuple[str, str] | None = None  # (base function id, variant function id)
     _lookup: tuple[str, str, int | None] | None = None  # Function.from_name: (app name, tag, version)
-    _web_url: str | None = None  # a web function's URL where already known (get_web_url returns it as is)
     _web_url_cache: tuple[str, str | None] | None = None  # (function id, URL the control plane gave for it)
 
     def __init__(
@@ -507,15 +506,10 @@ class Function:
         must not create a pool)."""
         return (yield from (self._variant_base or self)._fid_plan())
 
-    def _known_web_url(self) -> tuple[bool, str | None]:
-        """(known, url) without asking: a URL set already, or None for a function that is not a web function
-        (a looked-up function may be one, so it is asked)."""
-        if self._web_url is not None:
-            return True, self._web_url
-        base = self._variant_base or self
-        if self._webhook is None and base._lookup is None:
-            return True, None
-        return False, None
+    def _asks_for_web_url(self) -> bool:
+        """False where the answer is None without asking: not a web function (a looked-up function may be one,
+        so it is asked)."""
+        return self._webhook is not None or (self._variant_base or self)._lookup is not None
 
     def _web_url_plan(self) -> Plan:
         """Ask the control plane, once per function id (an ephemeral app gets new ids, and URLs, each run)."""
@@ -527,14 +521,12 @@ class Function:
         return self._web_url_cache[1]
 
     def _get_web_url_sync(self) -> str | None:
-        known, url = self._known_web_url()
-        return url if known else _drive_sync(self._web_url_plan())
+        return _drive_sync(self._web_url_plan()) if self._asks_for_web_url() else None
 
     @with_sync(_get_web_url_sync)
     async def get_web_url(self) -> str | None:
         """The URL of a web function (None for other functions)."""
-        known, url = self._known_web_url()
-        return url if known else await _drive_async(self._web_url_plan())
+        return await _drive_async(self._web_url_plan()) if self._asks_for_web_url() else None
 
     async def _get_current_stats(self) -> Any:
         from .types import FunctionCurrentStats

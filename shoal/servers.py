@@ -91,6 +91,17 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def _check_target_concurrency(value: Any) -> None:
+    """None, or a finite number >= 0 (0 turns autoscaling off)."""
+    if value is not None and (not _is_number(value) or value < 0 or not math.isfinite(value)):
+        raise InvalidError(f"`target_concurrency` must be a non-negative number, got {value!r}")
+
+
+def _check_scaleup_window(value: Any) -> None:
+    if value is not None and (not _is_number(value) or not value > 0):
+        raise InvalidError(f"`scaleup_window` must be a positive number of seconds, got {value!r}")
+
+
 def _parse_compute_region(compute_region: str | Sequence[str] | None) -> list[str] | None:
     """A region or a list of them, recorded as a list (the `region=` parser's rules, naming this parameter)."""
     if compute_region is None:
@@ -129,9 +140,7 @@ def server_config(
     if exit_grace_period > MAX_EXIT_GRACE_PERIOD_S:
         raise InvalidError("The `exit_grace_period` argument must not exceed 3600 seconds (1 hour), got "
                            f"{exit_grace_period!r}")
-    if target_concurrency is not None and (not _is_number(target_concurrency) or target_concurrency < 0 or
-                                           not math.isfinite(target_concurrency)):
-        raise InvalidError(f"`target_concurrency` must be a non-negative number, got {target_concurrency!r}")
+    _check_target_concurrency(target_concurrency)
     if max_concurrency is not None and (not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
                                         or max_concurrency < 0):
         raise InvalidError(f"`max_concurrency` must be a non-negative integer, got {max_concurrency!r}")
@@ -140,8 +149,7 @@ def server_config(
     if target is not None and cap is not None and cap < target:
         raise InvalidError(f"`max_concurrency` ({cap}) must be greater than or equal to `target_concurrency` "
                            f"({target_concurrency})")
-    if scaleup_window is not None and (not _is_number(scaleup_window) or not scaleup_window > 0):
-        raise InvalidError(f"`scaleup_window` must be a positive number of seconds, got {scaleup_window!r}")
+    _check_scaleup_window(scaleup_window)
     if not routing_region:
         raise InvalidError("The `routing_region` argument must be passed.")
     if routing_region not in ROUTING_REGIONS:
@@ -247,9 +255,9 @@ class _ServerFunction(Function):
         d["server"] = dict(self._server_config or {})
         return d
 
-    def _known_web_url(self) -> tuple[bool, str | None]:
+    def _asks_for_web_url(self) -> bool:
         """Always ask the control plane (a Server always has a URL; `shoal serve` prints it)."""
-        return (True, self._web_url) if self._web_url is not None else (False, None)
+        return True
 
     def _check_hydratable(self) -> None:
         """Fail before any request (which would start a control plane) where there is nothing to resolve."""
@@ -294,12 +302,8 @@ class ServerAutoscalerManager:
         _check_int("max_containers", values.get("max_containers"), 1)
         _check_int("buffer_containers", values.get("buffer_containers"), 0)
         _check_int("scaledown_window", values.get("scaledown_window"), 2, 3600)
-        target = values.get("target_concurrency")
-        if target is not None and (not _is_number(target) or target < 0 or not math.isfinite(target)):
-            raise InvalidError(f"`target_concurrency` must be a non-negative number, got {target!r}")
-        window = values.get("scaleup_window")
-        if window is not None and (not _is_number(window) or not window > 0):
-            raise InvalidError(f"`scaleup_window` must be a positive number of seconds, got {window!r}")
+        _check_target_concurrency(values.get("target_concurrency"))
+        _check_scaleup_window(values.get("scaleup_window"))
         lo, hi = values.get("min_containers"), values.get("max_containers")
         if lo is not None and hi is not None and lo > hi:
             raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")
