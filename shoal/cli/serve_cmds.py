@@ -217,10 +217,7 @@ def reload_main(argv: list[str]) -> int:
         ref = parse_func_ref(app_ref, module_mode == "1")
         module = import_file_or_module(ref)
         app = find_app(vars(module), ref.object_path, ref.file_or_module)
-    except UserCodeError as exc:
-        exc.show()
-        return 1
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # a UserCodeError among them: its traceback
         exc.show()
         return 1
     from .._client.transport import get_client

@@ -5,21 +5,10 @@ A token's secret is printed once, by `create`; the control plane keeps only its 
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
+from .deploy_cmds import _call
 from .server_cmds import _console, _print_json, _timestamp
-
-
-def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A control-plane request whose error is shown as its message, not a traceback."""
-    from .._client.transport import get_client
-
-    try:
-        return get_client().call(method, path, body)
-    except Exception as exc:  # noqa: BLE001 - show the control plane's message
-        raise click.ClickException(str(exc)) from exc
 
 
 def _scope_text(scope: list[str]) -> str:
@@ -85,13 +74,17 @@ def proxy_tokens_delete(token_id: str, yes: bool) -> None:
     click.echo(f"Deleted proxy token {token_id}")
 
 
+def _change_scope(token_id: str, action: str, app: str) -> None:
+    out = _call("POST", f"/v1/proxy-tokens/{token_id}/{action}", {"app": app})
+    click.echo(f"Token {token_id} may access: {_scope_text(out['scope'])}")
+
+
 @proxy_tokens_group.command("allow")
 @click.argument("token_id")
 @click.argument("app")
 def proxy_tokens_allow(token_id: str, app: str) -> None:
     """Let a scoped token reach one more app."""
-    out = _call("POST", f"/v1/proxy-tokens/{token_id}/allow", {"app": app})
-    click.echo(f"Token {token_id} may access: {_scope_text(out['scope'])}")
+    _change_scope(token_id, "allow", app)
 
 
 @proxy_tokens_group.command("revoke")
@@ -99,8 +92,7 @@ def proxy_tokens_allow(token_id: str, app: str) -> None:
 @click.argument("app")
 def proxy_tokens_revoke(token_id: str, app: str) -> None:
     """Stop a scoped token from reaching an app."""
-    out = _call("POST", f"/v1/proxy-tokens/{token_id}/revoke", {"app": app})
-    click.echo(f"Token {token_id} may access: {_scope_text(out['scope'])}")
+    _change_scope(token_id, "revoke", app)
 
 
 @click.group("token")
