@@ -47,7 +47,7 @@ from typing import Any
 
 import shoal as modal
 
-from ._proc import cpu_s, free_port, wrk_ms
+from ._proc import cpu_s, free_port, wait_gone, wrk_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"added_p50_ms": 0.5, "rps_ratio": 0.80}
@@ -114,9 +114,6 @@ class ScalingFast:
 
 
 # -- load ----------------------------------------------------------------------------------------------------------
-
-
-
 def wrk(url: str, connections: int, duration: float) -> dict[str, Any]:
     """One `wrk -t1 --latency` run: requests/s, p50/p99 [ms]; any error or non-2xx answer fails the bench."""
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "10s",
@@ -151,8 +148,6 @@ def wait_served(url: str, timeout: float) -> tuple[float, int]:
         if time.perf_counter() - t0 > timeout:
             raise TimeoutError(f"{url} not served within {timeout}s")
         time.sleep(0.05)
-
-
 
 
 def containers(function_id: str) -> list[dict[str, Any]]:
@@ -335,8 +330,8 @@ class ServersBench:
         try:
             pid = int(json.loads((self.home / "server.json").read_text())["pid"])
             get_client().call("POST", "/v1/shutdown", {})
-            wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-                       open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", 15)
+            if not wait_gone(pid, 15):
+                raise TimeoutError(f"the control plane (pid {pid}) still runs")
         except Exception as exc:  # noqa: BLE001
             self.log(f"shutting the control plane down failed: {exc!r}")
         if self.args.keep_home:

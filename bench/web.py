@@ -45,10 +45,9 @@ from typing import Any
 
 import shoal as modal
 
-from ._proc import cpu_s, descendants, free_port, wrk_ms
+from ._proc import MIB, cpu_s, descendants, free_port, rss, wait_gone, wrk_ms
 
 ROOT = Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
 TARGETS = {"rps": 0.70, "add_p50_c32_ms": 1.0, "add_p50_c1_ms": 0.150}
 
 # -- the workload (module level: the container imports this module again) ---------------------------------------
@@ -102,16 +101,6 @@ def hello():
 
 
 # -- /proc helpers -----------------------------------------------------------------------------------------------
-
-
-def vmrss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 class RssSampler(threading.Thread):
     """VmRSS of another process every `interval` seconds; keeps the peak and the samples."""
 
@@ -119,7 +108,7 @@ class RssSampler(threading.Thread):
         super().__init__(name="rss-sampler", daemon=True)
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, int]] = []
-        self.peak = vmrss(pid)
+        self.peak = rss(pid)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -137,13 +126,10 @@ class RssSampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
-        self.peak = max(self.peak, vmrss(self.pid))
+        self.peak = max(self.peak, rss(self.pid))
 
 
 # -- load --------------------------------------------------------------------------------------------------------
-
-
-
 def wrk(url: str, connections: int, duration: float, procs: dict[str, list[int]], prefix: list[str] = ()
         ) -> dict[str, Any]:
     """One `wrk -t1 --latency` run; requests/s, p50/p99 (ms), errors, and the CPU seconds each process group in
@@ -230,7 +216,6 @@ def upload(url: str, size: int, chunk: int = 1 << 20) -> dict[str, Any]:
 def get_json(url: str, timeout: float = 120) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
-
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -332,12 +317,8 @@ class WebBench:
     def shutdown_shoal(self, get_client: Any) -> None:
         try:
             get_client().call("POST", "/v1/shutdown", {})
-            deadline = time.monotonic() + 15
-            while self.server_pid and os.path.exists(f"/proc/{self.server_pid}") and time.monotonic() < deadline:
-                with open(f"/proc/{self.server_pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break
-                time.sleep(0.05)
+            if self.server_pid:
+                wait_gone(self.server_pid, 15)
         except Exception as exc:  # noqa: BLE001
             self.log(f"shutting the control plane down failed: {exc!r}")
         if self.args.keep_home:
@@ -389,7 +370,7 @@ class WebBench:
             cpu0 = {k: sum(cpu_s(p) for p in v) for k, v in procs.items()}
             if side == "shoal":
                 time.sleep(0.5)
-                before = vmrss(sp)
+                before = rss(sp)
                 sampler = RssSampler(sp, 0.05)
                 sampler.start()
             try:
@@ -400,7 +381,7 @@ class WebBench:
             r["cpu_s"] = {k: sum(cpu_s(p) for p in v) - cpu0[k] for k, v in procs.items()}
             if side == "shoal":
                 time.sleep(1.0)
-                r.update(rss_before=before, rss_peak=sampler.peak, rss_after=vmrss(sp),
+                r.update(rss_before=before, rss_peak=sampler.peak, rss_after=rss(sp),
                          rss_samples=len(sampler.samples))
             res["upload"][side] = r
 
