@@ -104,6 +104,19 @@ def deploy(name: str, version: int, *args: str) -> None:
                env={"SERVER_APP_VERSION": str(version)}, cwd=APPS_DIR))
 
 
+def deploy_versioned(cp: ControlPlane, stop_after: list[str], prefix: str) -> tuple[str, modal.Server, str]:
+    """Deploy version 1 of server_versioned_app.py under a new name (stopped when the test ends): the name, its
+    Server `Versioned` looked up, and that Server's URL."""
+    needs_own_network(cp)
+    name = unique(prefix)
+    stop_after.append(name)
+    deploy(name, 1)
+    server = modal.Server.from_name(name, "Versioned")
+    url = server.get_url()
+    assert url
+    return name, server, url
+
+
 class Held:
     """GET requests held by the handler (`/slow?release=PATH`) in threads, until `release()` creates PATH."""
 
@@ -342,13 +355,7 @@ def test_session_ids_stick_to_a_container_and_requests_spread_over_the_pool(cont
 # -- 7. drain ---------------------------------------------------------------------------------------------------------
 def test_rolling_redeploy_drains_a_request_in_flight(control_plane: ControlPlane, stop_after: list[str],
                                                      tmp_path: Path) -> None:
-    needs_own_network(control_plane)
-    name = unique("server-drain")
-    stop_after.append(name)
-    deploy(name, 1)
-    server = modal.Server.from_name(name, "Versioned")
-    url = server.get_url()
-    assert url
+    name, server, url = deploy_versioned(control_plane, stop_after, "server-drain")
     r, _ = until_served(url)
     old = r.json()
     assert old["version"] == "1"
@@ -377,12 +384,7 @@ def test_rolling_redeploy_drains_a_request_in_flight(control_plane: ControlPlane
 
 def test_graceful_stop_takes_no_new_requests_and_ends_after_the_grace_period(
         control_plane: ControlPlane, stop_after: list[str], tmp_path: Path) -> None:
-    needs_own_network(control_plane)
-    name = unique("server-stop")
-    stop_after.append(name)
-    deploy(name, 1)
-    server = modal.Server.from_name(name, "Versioned")
-    url = server.get_url()
+    name, server, url = deploy_versioned(control_plane, stop_after, "server-stop")
     r, _ = until_served(url)
     first = r.json()["container"]
     held = Held(url, tmp_path)
@@ -428,12 +430,7 @@ def test_graceful_stop_takes_no_new_requests_and_ends_after_the_grace_period(
 # -- 8. lookups and the CLI -------------------------------------------------------------------------------------------
 def test_server_from_name_and_the_server_cli(control_plane: ControlPlane, stop_after: list[str],
                                             tmp_path: Path) -> None:
-    needs_own_network(control_plane)
-    name = unique("server-cli")
-    stop_after.append(name)
-    deploy(name, 1)
-    server = modal.Server.from_name(name, "Versioned")
-    url = server.get_url()
+    name, server, url = deploy_versioned(control_plane, stop_after, "server-cli")
     script = tmp_path / "lookup.py"
     script.write_text(textwrap.dedent(f"""
         import shoal as modal
