@@ -142,6 +142,22 @@ def free_port() -> int:
 _WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
+def parse_wrk(out: str) -> dict:
+    """The figures of one `wrk --latency` run's output: requests/s, requests, p50/p99 [ms], socket errors (their
+    line, or None), non-2xx/3xx answers."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if not (rps and total and p50 and p99):
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(rps.group(1)), "requests": int(total.group(1)), "p50_ms": wrk_ms(p50.group(1)),
+            "p99_ms": wrk_ms(p99.group(1)), "socket_errors": errors.group(1) if errors else None,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
 def wrk_ms(text: str) -> float:
     """One of wrk's latency figures ("512.00us", "1.20ms", "2s") in milliseconds."""
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -47,7 +46,7 @@ from typing import Any
 
 import shoal as modal
 
-from ._proc import cpu_s, free_port, wait_gone, wrk_ms
+from ._proc import cpu_s, free_port, parse_wrk, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"added_p50_ms": 0.5, "rps_ratio": 0.80}
@@ -118,17 +117,11 @@ def wrk(url: str, connections: int, duration: float) -> dict[str, Any]:
     """One `wrk -t1 --latency` run: requests/s, p50/p99 [ms]; any error or non-2xx answer fails the bench."""
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "10s",
                           url], capture_output=True, text=True, check=True).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    if not (rps and total and p50 and p99):
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    bad = re.search(r"Socket errors: (.*)|Non-2xx or 3xx responses: (\d+)", out)
-    if bad:
-        raise RuntimeError(f"wrk saw errors against {url}: {bad.group(0)}")
-    return {"rps": float(rps.group(1)), "requests": int(total.group(1)), "p50_ms": wrk_ms(p50.group(1)),
-            "p99_ms": wrk_ms(p99.group(1))}
+    figures = parse_wrk(out)
+    if figures["socket_errors"] or figures["non_2xx"]:
+        raise RuntimeError(f"wrk saw errors against {url}: socket errors {figures['socket_errors']}, "
+                           f"{figures['non_2xx']} non-2xx/3xx answers")
+    return figures
 
 
 def wait_served(url: str, timeout: float) -> tuple[float, int]:

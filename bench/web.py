@@ -45,7 +45,7 @@ from typing import Any
 
 import shoal as modal
 
-from ._proc import MIB, cpu_s, descendants, free_port, rss, wait_gone, wrk_ms
+from ._proc import MIB, cpu_s, descendants, free_port, parse_wrk, rss, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"rps": 0.70, "add_p50_c32_ms": 1.0, "add_p50_c1_ms": 0.150}
@@ -146,19 +146,10 @@ def wrk(url: str, connections: int, duration: float, procs: dict[str, list[int]]
     cpu["wrk"] = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited {proc.returncode}:\n{out}")
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    if not (rps and total and p50 and p99):
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    errors = re.search(r"Socket errors: (.*)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    n = int(total.group(1))
-    return {"rps": float(rps.group(1)), "requests": n, "p50_ms": wrk_ms(p50.group(1)), "p99_ms": wrk_ms(p99.group(1)),
-            "socket_errors": errors.group(1) if errors else None, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "wall_s": wall, "cpu_s": cpu, "cpu_us_per_request": {k: v / max(1, n) * 1e6 for k, v in cpu.items()},
-            "raw": out}
+    figures = parse_wrk(out)
+    n = figures["requests"]
+    return {**figures, "wall_s": wall, "cpu_s": cpu,
+            "cpu_us_per_request": {k: v / max(1, n) * 1e6 for k, v in cpu.items()}, "raw": out}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
