@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shoal.controlplane.images import ImageBuilder
 from shoal.image import Image
-from shoal.server.images import ImageBuilder
 
 
 def by_hand(workdir: Path, env: dict[str, str], uv: str, python: str) -> float:

@@ -83,7 +83,7 @@ def _cluster() -> Any:
 def _start_control_plane(home: Path, address: str) -> subprocess.Popen:
     env = {**os.environ, "SHOAL_BACKEND": "ray", "SHOAL_RAY_ADDRESS": address, "SHOAL_WEB_PORT": "0"}
     log = open(home / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.server", "--port", "0", "--state-dir", str(home)],
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.controlplane", "--port", "0", "--state-dir", str(home)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while not (home / "server.json").exists():

@@ -406,7 +406,7 @@ class Bench:
             self.shoal_started = True
             if "platform_start" in r.rows:
                 r.set("platform_start", "shoal", time.perf_counter() - t0,
-                      what="first SDK call auto-starts `python -m shoal.server` and waits until it answers")
+                      what="first SDK call auto-starts `python -m shoal.controlplane` and waits until it answers")
         if not self.shoal_started:
             return
         self.r.meta["shoal_home"] = str(self.shoal_home)

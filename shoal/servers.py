@@ -1,7 +1,7 @@
 """`@app.server()` and `modal.Server` (Modal 1.5+): a class whose `@modal.enter()` starts a process that listens
 on a port and speaks HTTP; the control plane proxies requests to it at the Server's URL.
 
-(`shoal/server/` is the control plane; this module is the SDK side, hence the name.)
+(`shoal/controlplane/` is the control plane; this module is the SDK side, hence the name.)
 
 A Server registers one definition, like a class's service function: tag `name or cls.__name__`, the class info
 in `"cls"` (lifecycle hooks only), `"webhook": None`, the usual `"options"`, and the Server's settings in

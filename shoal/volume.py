@@ -4,7 +4,7 @@ As in Modal, a container sees the volume as it was committed when the container 
 `vol.commit()` (inside the container) makes its writes visible to others, `vol.reload()` shows what others
 committed since. A container's changes are also committed when it exits, whatever the reason. From anywhere,
 `listdir`, `read_file`, `remove_file`, `copy_files` and `batch_upload` work on the committed state.
-See shoal/server/volumes.py for how it is stored and mounted.
+See shoal/controlplane/volumes.py for how it is stored and mounted.
 """
 
 from __future__ import annotations

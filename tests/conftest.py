@@ -34,8 +34,8 @@ def drop_schema(url: str, schema: str) -> None:
 
 
 class ControlPlane:
-    """A `python -m shoal.server` process with its own state directory (and database schema, on PostgreSQL).
-    With `replica_id`, a `--replica` one: its own files under `home/replicas/<id>/` (server/replicas.py)."""
+    """A `python -m shoal.controlplane` process with its own state directory (and database schema, on PostgreSQL).
+    With `replica_id`, a `--replica` one: its own files under `home/replicas/<id>/` (controlplane/replicas.py)."""
 
     def __init__(self, home: Path, env: dict[str, str] | None = None, database_url: str | None = None,
                  replica_id: str | None = None) -> None:
@@ -57,7 +57,7 @@ class ControlPlane:
         log = open(self.log_path, "ab")
         replica = ["--replica"] if self.id else []
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "shoal.server", *replica, "--port", "0", "--state-dir", str(self.home)],
+            [PYTHON, "-m", "shoal.controlplane", *replica, "--port", "0", "--state-dir", str(self.home)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # Tests hand containers directories under the session's temporary root to leave side effects in:
             # shared into sandboxed containers (the control plane's own state dir stays hidden).
@@ -95,13 +95,13 @@ class ControlPlane:
             drop_schema(self.env["SHOAL_DATABASE_URL"], self.schema)
             self.schema = None
 
-    def store(self):  # -> shoal.server.store.Store
+    def store(self):  # -> shoal.controlplane.store.Store
         """A store opened on its state (call `open()`), for tests that look at it while it is stopped."""
         if self.schema is None:
-            from shoal.server.store import SQLiteStore
+            from shoal.controlplane.store import SQLiteStore
 
             return SQLiteStore(self.home / "state.db")
-        from shoal.server.store.postgres import PostgresStore
+        from shoal.controlplane.store.postgres import PostgresStore
 
         return PostgresStore(self.env["SHOAL_DATABASE_URL"], schema=self.schema)
 

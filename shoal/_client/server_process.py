@@ -82,7 +82,7 @@ def find_server() -> ServerInfo | None:
 
 
 def start_server_background(port: int = 0, wait: bool = True, host: str = "127.0.0.1") -> ServerInfo:
-    """Start `python -m shoal.server` detached, logging to SHOAL_HOME/server.log, and wait until it answers."""
+    """Start `python -m shoal.controlplane` detached, logging to SHOAL_HOME/server.log, and wait until it answers."""
     state = home()
     state.mkdir(parents=True, exist_ok=True)
     with open(state / "start.lock", "w") as lock:
@@ -93,7 +93,8 @@ def start_server_background(port: int = 0, wait: bool = True, host: str = "127.0
         server_file().unlink(missing_ok=True)
         with open(state / "server.log", "ab") as logf:
             subprocess.Popen(
-                [sys.executable, "-m", "shoal.server", "--host", host, "--port", str(port), "--state-dir", str(state)],
+                [sys.executable, "-m", "shoal.controlplane", "--host", host, "--port", str(port),
+                 "--state-dir", str(state)],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                 close_fds=True,
             )

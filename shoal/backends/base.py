@@ -41,7 +41,7 @@ class ContainerSpec:
     source_dir: str | None = None  # the app's source, importable inside the container (at /root)
     gpus: list[str] = field(default_factory=list)  # device indices assigned to this container
     binds: list[tuple[str, str, bool]] = field(default_factory=list)  # extra (host path, container path, rw)
-    # Volumes (server/volumes.py): [container path, version dir, upper dir, work dir]; upper/work None: read-only
+    # Volumes (controlplane/volumes.py): [container path, version dir, upper dir, work dir]; upper/work None: read-only
     volumes: list[list] = field(default_factory=list)
     idle: bool = False  # run nothing (not the runtime) until stopped: `shoal shell` execs into it
 

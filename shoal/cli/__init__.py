@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import click
 
+from .app_cmds import app_group
 from .container_cmds import container_group, function_group
+from .controlplane_cmds import down, status, up
 from .deploy_cmds import deploy
 from .exec_cmds import container_exec, shell
 from .run import run
 from .secret_cmds import secret_group
 from .serve_cmds import serve
-from .server_cmds import app_group, down, status, up
-from .server_obj_cmds import server_group
+from .server_cmds import server_group
 from .storage_cmds import dict_group, queue_group
 from .volume_cmds import volume_group
 from .workspace_cmds import token_group, workspace_group

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from .server_cmds import _console, _containers_table, _list_apps, _print_json
+from . import display
+from .app_cmds import list_apps
 
 FOLLOW_POLL_S = 25.0
 
@@ -37,11 +38,11 @@ def container_list(app_id: str | None, as_json: bool) -> None:
     if app_id:
         containers = [c for c in containers if c.get("app_id") == app_id]
     if as_json:
-        _print_json(containers)
+        display.print_json(containers)
     elif not containers:
         click.echo("No containers.")
     else:
-        _console().print(_containers_table(containers))
+        display.console().print(display.containers_table(containers))
 
 
 def _echo_entries(entries: list[dict[str, Any]]) -> None:
@@ -96,7 +97,7 @@ def resolve_function(ref: str) -> str:
     """A function id from `fu-…`, `APP/FUNCTION` or `APP.FUNCTION` (APP: a running app's id or name)."""
     if ref.startswith("fu-"):
         return ref
-    apps = [a for a in _list_apps() if a.get("state") == "running"]
+    apps = [a for a in list_apps() if a.get("state") == "running"]
     splits = [tuple(ref.split("/", 1))] if "/" in ref else [
         (ref[:i], ref[i + 1:]) for i, ch in enumerate(ref) if ch == "."]
     for app_ref, tag in splits:
@@ -118,7 +119,7 @@ def autoscaler_group() -> None:
 
 def _print_settings(resp: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(resp)
+        display.print_json(resp)
         return
     settings = resp["settings"]
     overridden = resp.get("overrides") or {}

@@ -1,5 +1,5 @@
 """`shoal deploy APP_REF` and the commands on deployed apps: `shoal app info | history | logs | rollback`
-(`app list` and `app stop` are in server_cmds.py).
+(`app list` and `app stop` are in controlplane_cmds.py).
 
 APP_REF is `file.py`, `file.py::app_var`, or with `-m` a module path (`-m pkg.mod[::app_var]`); the file is
 imported as `shoal run` imports it. Without a variable name the module's only App is deployed (or, among
@@ -15,8 +15,9 @@ from urllib.parse import quote
 
 import click
 
+from . import display
+from .app_cmds import app_group
 from .run import UserCodeError, import_file_or_module, parse_func_ref
-from .server_cmds import _console, _print_json, _timestamp, app_group
 
 FOLLOW_POLL_S = 25.0
 STRATEGY = click.Choice(["rolling", "recreate"])
@@ -112,18 +113,18 @@ def app_info(app_ref: str, as_json: bool) -> None:
 
     info = _call("GET", f"/v1/apps/{quote(app_ref, safe='')}/info")
     if as_json:
-        _print_json(info)
+        display.print_json(info)
         return
     click.echo(f"App        {info['app_id']}" + (f" ({info['name']})" if info.get("name") else ""))
     click.echo(f"Mode       {info.get('mode')}")
     click.echo(f"State      {info.get('state')}")
     if info.get("version"):
-        click.echo(f"Version    {info['version']} (deployed {_timestamp(info.get('deployed_at'))}, "
+        click.echo(f"Version    {info['version']} (deployed {display.timestamp(info.get('deployed_at'))}, "
                    f"{info.get('strategy')})")
-    click.echo(f"Created    {_timestamp(info.get('created_at'))}")
+    click.echo(f"Created    {display.timestamp(info.get('created_at'))}")
     if info.get("stopped_at"):
-        click.echo(f"Stopped    {_timestamp(info.get('stopped_at'))}")
-    console = _console()
+        click.echo(f"Stopped    {display.timestamp(info.get('stopped_at'))}")
+    console = display.console()
     if info["functions"]:
         table = Table(title="Functions", title_justify="left")
         for col in ("Function", "Function ID", "Version", "Containers", "Queued", "Next scheduled run"):
@@ -155,7 +156,7 @@ def app_history(app_ref: str, as_json: bool) -> None:
 
     info = _call("GET", f"/v1/apps/{quote(app_ref, safe='')}/history")
     if as_json:
-        _print_json(info)
+        display.print_json(info)
         return
     if not info["versions"]:
         click.echo(f"App {info['app_id']} has no deployed versions.")
@@ -169,7 +170,7 @@ def app_history(app_ref: str, as_json: bool) -> None:
         if v.get("rollback_of") and not tag:
             tag = f"rollback to v{v['rollback_of']}"
         table.add_row(label, _when(v["created_at"]), v["strategy"], tag or "-", ", ".join(v["functions"]) or "-")
-    _console().print(table)
+    display.console().print(table)
 
 
 @app_group.command(name="rollback")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .server_cmds import _console, _print_json, _timestamp
+from . import display
 
 
 @click.group("secret")
@@ -61,7 +61,7 @@ def secret_list(as_json: bool) -> None:
 
     rows = get_client().call("GET", "/v1/secrets")["secrets"]
     if as_json:
-        _print_json(rows)
+        display.print_json(rows)
         return
     from rich.table import Table
 
@@ -70,8 +70,8 @@ def secret_list(as_json: bool) -> None:
     table.add_column("Created")
     table.add_column("Updated")
     for r in rows:
-        table.add_row(r["name"], _timestamp(r["created_at"]), _timestamp(r["updated_at"]))
-    _console().print(table)
+        table.add_row(r["name"], display.timestamp(r["created_at"]), display.timestamp(r["updated_at"]))
+    display.console().print(table)
 
 
 @secret_group.command("delete")

@@ -1,308 +1,302 @@
-"""`shoal up | down | status` (the local control plane) and `shoal app …` (what runs on it; `shoal container …`
-is in container_cmds.py).
+"""`shoal server info | logs | requests | autoscaler settings | autoscaler update | deploy`: Servers
+(`@app.server()`) of running and deployed apps, named `APP NAME` as in Modal's CLI.
 
-`down` and `status` never start a control plane; `app` and `container` commands start one if none runs, as
-any SDK call does.
+(`shoal up | down | status` manage the control plane itself; they are in controlplane_cmds.py.)
+
+`shoal server deploy --app-name NAME --cmd "CMD"` is the "direct" form: it deploys an app with one Server whose
+`@modal.enter()` runs CMD in a shell; CMD must start a process listening on `0.0.0.0:PORT`.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import sys
-import time
 from typing import Any
+from urllib.parse import quote
 
 import click
 
-DOWN_WAIT_S = 15.0
+from . import display
+from .deploy_cmds import FOLLOW_POLL_S, STRATEGY, _call
 
 
-# -- helpers -----------------------------------------------------------------------------------------------------
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m {s}s"
-    h, m = divmod(m, 60)
-    if h < 24:
-        return f"{h}h {m}m"
-    d, h = divmod(h, 24)
-    return f"{d}d {h}h"
+def _server(app_name: str, name: str) -> Any:
+    """The Server `name` of the app `app_name`, resolved now (a CLI error if there is none)."""
+    from ..exception import Error
+    from ..servers import Server
+
+    try:
+        return Server.from_name(app_name, name).hydrate()
+    except Error as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
-def _timestamp(epoch: float | None) -> str:
-    if not epoch:
-        return "-"
-    when = datetime.datetime.fromtimestamp(epoch).astimezone()
-    return f"{when:%Y-%m-%d %H:%M:%S} ({_duration(time.time() - epoch)} ago)"
+@click.group(name="server")
+def server_group() -> None:
+    """Servers (`@app.server()`) of running and deployed apps."""
 
 
-def _console() -> Any:
-    from rich.console import Console
+# -- info ----------------------------------------------------------------------------------------------------------
+@server_group.command(name="info")
+@click.argument("app_name")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_info(app_name: str, name: str, as_json: bool) -> None:
+    """A Server's URL, port and request-handling settings."""
+    import dataclasses
 
-    # Not a terminal (a pipe, a test): don't cut ids to 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 200)
+    from ..exception import Error
+
+    server = _server(app_name, name)
+    try:
+        info = server.info()
+    except Error as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        display.print_json(dataclasses.asdict(info))
+        return
+    labels = {"name": "Server", "app_name": "App", "object_id": "Server ID", "url": "URL", "port": "Port",
+              "unauthenticated": "Unauthenticated", "target_concurrency": "Target concurrency",
+              "max_concurrency": "Max concurrency", "routing_region": "Routing region"}
+    for key, label in labels.items():
+        value = getattr(info, key)
+        click.echo(f"{label:19} {'-' if value is None else value}")
 
 
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+# -- logs ----------------------------------------------------------------------------------------------------------
+@server_group.command(name="logs")
+@click.argument("app_name")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries until the app stops.")
+def server_logs(app_name: str, name: str, follow: bool) -> None:
+    """Print the output of a Server's containers (what its app's log still holds), optionally following it.
+
+    Where the app has other functions, entries are those of the Server's containers that are still up (or were
+    while this command ran)."""
+    from .. import enable_output
+    from .._output import LogPrinter
+
+    server = _server(app_name, name)
+    function_id = server.object_id
+    app_id = server._service._lookup_app_id
+    info = _call("GET", f"/v1/apps/{quote(app_id or app_name, safe='')}/info")
+    app_id = info["app_id"]
+    only_this = len(info.get("functions") or []) <= 1  # the Server is all the app runs: no need to filter
+    mine: set[str] = set()
+    printer = LogPrinter()
+    after, wait = -1, 0.0  # the first read returns what is there at once
+    with enable_output():
+        while True:
+            # No `session=1`: reading the log of an app must not make its liveness depend on this process.
+            resp = _call("GET", f"/v1/apps/{app_id}/logs?after={after}&timeout={wait}")
+            if not only_this and resp["entries"]:
+                containers = _call("GET", "/v1/containers")["containers"]
+                mine |= {c["container_id"] for c in containers if c.get("function_id") == function_id}
+            for entry in resp["entries"]:
+                if only_this or entry.get("container_id") in mine:
+                    printer.write(entry)
+            after, wait = max(after, resp.get("last", after)), FOLLOW_POLL_S
+            if resp["state"] == "stopped" and after < 0:
+                click.echo(f"App {app_id} is stopped; its log is no longer kept.", err=True)
+            if not follow or resp["state"] == "stopped":
+                return
+            sys.stdout.flush()
 
 
-def _apps_table(apps: list[dict[str, Any]], title: str | None = None) -> Any:
+# -- requests ------------------------------------------------------------------------------------------------------
+def _clock(t: Any) -> str:
+    if not isinstance(t, (int, float)):
+        return "-" if t is None else str(t)
+    return f"{datetime.datetime.fromtimestamp(t).astimezone():%Y-%m-%d %H:%M:%S.%f}"[:-3]
+
+
+@server_group.command(name="requests")
+@click.argument("app_name")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_requests(app_name: str, name: str, as_json: bool) -> None:
+    """The recent requests a Server answered: when, method, path, status, duration and container."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    table.add_column("App ID", no_wrap=True)
-    table.add_column("Name")
-    table.add_column("Mode")
-    table.add_column("Version", justify="right")
-    table.add_column("State")
-    table.add_column("Functions")
-    table.add_column("Containers", justify="right")
-    table.add_column("Created")
-    table.add_column("Stopped")
-    table.add_column("Next scheduled runs")
-    for a in apps:
-        functions = list(a.get("functions") or {})
-        shown = ", ".join(functions[:4]) + (f" +{len(functions) - 4} more" if len(functions) > 4 else "")
-        runs = ", ".join(f"{tag} at {datetime.datetime.fromtimestamp(ts).astimezone():%Y-%m-%d %H:%M:%S}"
-                         for tag, ts in (a.get("next_runs") or {}).items() if ts)
-        table.add_row(a["app_id"], a.get("name") or "-", a.get("mode") or "-",
-                      f"v{a['version']}" if a.get("version") else "-", a.get("state") or "-",
-                      shown or "-", str(a.get("containers", 0)), _timestamp(a.get("created_at")),
-                      _timestamp(a.get("stopped_at")), runs or "-")
-    return table
-
-
-def _timings(timings: dict[str, Any] | None) -> str:
-    if not timings:
-        return "-"
-    parts = []
-    for phase, seconds in timings.items():
-        label = phase[:-2] if phase.endswith("_s") else phase
-        try:
-            parts.append(f"{label}={float(seconds):.3f}s")
-        except (TypeError, ValueError):
-            parts.append(f"{label}={seconds}")
-    return " ".join(parts)
-
-
-def _containers_table(containers: list[dict[str, Any]], title: str | None = None) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    table.add_column("Container ID", no_wrap=True)
-    table.add_column("App ID", no_wrap=True)
-    table.add_column("Function")
-    table.add_column("State")
-    table.add_column("Running inputs", justify="right")
-    table.add_column("Age")
-    table.add_column("Timings")
-    for c in containers:
-        table.add_row(c["container_id"], c.get("app_id") or "-", c.get("function") or "-", c.get("state") or "-",
-                      str(c.get("running_inputs", 0)), _duration(c.get("age_s")), _timings(c.get("timings")))
-    return table
-
-
-def _running_server() -> Any:
-    """The control plane that answers for this state directory, or None; never starts one."""
-    from .._client.server_process import find_server
-
-    return find_server()
-
-
-def _client_for(info: Any) -> Any:
-    from .._client.transport import Client
-
-    return Client(info)
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-# -- up / down / status ------------------------------------------------------------------------------------------
-@click.command()
-@click.option("--port", type=int, default=lambda: int(os.environ.get("SHOAL_PORT", "0")),
-              help="Port for the HTTP API (default: SHOAL_PORT, else any free port).", show_default="any free port")
-@click.option("--host", default=lambda: os.environ.get("SHOAL_HOST", "127.0.0.1"),
-              help="Address to listen on (default: SHOAL_HOST, else 127.0.0.1).", show_default="127.0.0.1")
-@click.option("-d", "--background", is_flag=True, help="Start it in the background and return once it answers.")
-@click.option("--backend", type=click.Choice(["local", "ray"]),
-              default=lambda: os.environ.get("SHOAL_BACKEND") or "local",
-              help="Where containers run: this machine, or actors on a Ray cluster (default: SHOAL_BACKEND, else "
-                   "local).", show_default="local")
-@click.option("--ray-address", default=lambda: os.environ.get("SHOAL_RAY_ADDRESS"),
-              help="The Ray cluster for --backend ray, e.g. 10.0.0.5:6379 (default: SHOAL_RAY_ADDRESS, else 'auto': "
-                   "the cluster this machine belongs to).")
-def up(port: int, host: str, background: bool, backend: str, ray_address: str | None) -> None:
-    """Start the shoal control plane for this state directory (SHOAL_HOME, default ~/.shoal)."""
-    from ..config import home
-
-    if ray_address and backend != "ray":
-        raise click.UsageError("--ray-address needs --backend ray")
-    if backend == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError as exc:
-            raise click.ClickException("--backend ray needs ray: pip install 'shoal[ray]'") from exc
-    # The control plane (here, or the background process) reads them from its environment.
-    os.environ["SHOAL_BACKEND"] = backend
-    if ray_address:
-        os.environ["SHOAL_RAY_ADDRESS"] = ray_address
-    info = _running_server()
-    if info is not None:
-        pid = f" (pid {info.pid})" if info.pid else ""
-        click.echo(f"A shoal control plane is already running at {info.url}{pid}.")
-        return
-    if background:
-        from .._client.server_process import start_server_background
-
-        try:
-            info = start_server_background(port=port, host=host)
-        except Exception as exc:  # noqa: BLE001 - report why it did not start
-            raise click.ClickException(str(exc)) from exc
-        pid = f" (pid {info.pid})" if info.pid else ""
-        click.echo(f"shoal control plane running at {info.url}{pid}; state in {home()}, log in "
-                   f"{home() / 'server.log'}. Stop it with `shoal down`.")
-        return
-    from ..server.main import run as run_server
-
-    sys.exit(run_server(host=host, port=port))
-
-
-@click.command()
-def down() -> None:
-    """Stop the running shoal control plane (and its containers)."""
-    info = _running_server()
-    if info is None:
-        click.echo("No shoal control plane is running.")
-        return
-    try:
-        _client_for(info).call("POST", "/v1/shutdown", {})
-    except Exception as exc:  # noqa: BLE001 - report and give up
-        raise click.ClickException(f"could not ask the control plane at {info.url} to stop: {exc}") from exc
-    deadline = time.monotonic() + DOWN_WAIT_S
-    while time.monotonic() < deadline:
-        if info.pid is not None and _pid_gone(info.pid):
-            break
-        if info.pid is None and _running_server() is None:
-            break
-        time.sleep(0.05)
-    else:
-        raise click.ClickException(
-            f"the control plane at {info.url} (pid {info.pid}) is still running after {DOWN_WAIT_S:.0f}s")
-    click.echo(f"Stopped the shoal control plane at {info.url}.")
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(as_json: bool) -> None:
-    """Whether the shoal control plane runs, and its running apps and containers. Exit code 1 if it does not
-    run."""
-    from ..config import home
-
-    info = _running_server()
-    if info is None:
-        if as_json:
-            _print_json({"running": False, "state_dir": str(home())})
-        else:
-            click.echo(f"shoal control plane: not running (state dir {home()})")
-        sys.exit(1)
-    client = _client_for(info)
-    health = client.call("GET", "/v1/health")
-    apps = [a for a in client.call("GET", "/v1/apps")["apps"] if a.get("state") == "running"]
-    containers = client.call("GET", "/v1/containers")["containers"]
-    pid = health.get("pid", info.pid)
+    server = _server(app_name, name)
+    requests = _call("GET", f"/v1/functions/{server.object_id}/requests").get("requests") or []
     if as_json:
-        _print_json({"running": True, "url": info.url, "pid": pid, "state_dir": str(home()),
-                     "uptime_s": health.get("uptime_s"), "apps": apps, "containers": containers})
+        display.print_json(requests)
         return
-    click.echo("shoal control plane: running")
-    click.echo(f"  URL        {info.url}")
-    click.echo(f"  PID        {pid}")
-    click.echo(f"  State dir  {home()}")
-    click.echo(f"  Uptime     {_duration(health.get('uptime_s'))}")
-    console = _console()
-    click.echo()
-    if apps:
-        console.print(_apps_table(apps, title="Running apps"))
-    else:
-        click.echo("No running apps.")
-    if containers:
-        console.print(_containers_table(containers, title="Containers"))
-    else:
-        click.echo("No containers.")
+    if not requests:
+        click.echo("No requests.")
+        return
+    table = Table(title=f"{name} ({server.object_id})", title_justify="left")
+    for col in ("Time", "Method", "Path", "Status", "Duration (ms)", "Container ID"):
+        table.add_column(col, no_wrap=col in ("Time", "Container ID"),
+                         justify="right" if col in ("Status", "Duration (ms)") else "left")
+    for r in requests:
+        duration = r.get("duration_ms")
+        table.add_row(_clock(r.get("t")), str(r.get("method") or "-"), str(r.get("path") or "-"),
+                      str(r.get("status") or "-"), "-" if duration is None else f"{float(duration):.1f}",
+                      str(r.get("container_id") or "-"))
+    display.console().print(table)
 
 
-# -- app ---------------------------------------------------------------------------------------------------------
-@click.group(name="app")
-def app_group() -> None:
-    """Apps on the control plane."""
+# -- autoscaler ----------------------------------------------------------------------------------------------------
+@server_group.group(name="autoscaler")
+def server_autoscaler_group() -> None:
+    """A Server's autoscaler settings (runtime overrides last until the app is redeployed)."""
 
 
-def _list_apps() -> list[dict[str, Any]]:
-    from .._client.transport import get_client
-
-    return list(get_client().call("GET", "/v1/apps")["apps"])
+SETTINGS = ("target_concurrency", "min_containers", "max_containers", "buffer_containers", "scaleup_window",
+            "scaledown_window")
 
 
-@app_group.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def app_list(as_json: bool) -> None:
-    """List apps, newest first (running and recently stopped)."""
-    apps = _list_apps()
+def _print_settings(resp: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(apps)
-    elif not apps:
-        click.echo("No apps.")
-    else:
-        _console().print(_apps_table(apps))
-
-
-def resolve_app(apps: list[dict[str, Any]], id_or_name: str) -> dict[str, Any]:
-    """An app by id, else the running deployed app with that name, else the newest running one."""
-    for a in apps:
-        if a["app_id"] == id_or_name:
-            return a
-    named = [a for a in apps if a.get("name") == id_or_name and a.get("state") == "running"]
-    if named:
-        return max(named, key=lambda a: (a.get("mode") == "deployed", a.get("created_at") or 0))
-    if any(a.get("name") == id_or_name for a in apps):
-        raise click.ClickException(f"no running app named {id_or_name!r}")
-    raise click.ClickException(f"no app with id or name {id_or_name!r}")
-
-
-@app_group.command(name="stop")
-@click.argument("app_id_or_name")
-@click.option("-y", "--yes", is_flag=True, help="Don't ask for confirmation (only asked on a terminal).")
-def app_stop(app_id_or_name: str, yes: bool) -> None:
-    """Stop a running app, by id or by name (the deployed app of that name, else the newest running one).
-    Stopping a deployed app is final: deploying it again starts a new app at version 1."""
-    from .._client.transport import get_client
-
-    app = resolve_app(_list_apps(), app_id_or_name)
-    label = app["app_id"] + (f" ({app['name']})" if app.get("name") else "")
-    if app.get("state") != "running":
-        click.echo(f"App {label} is already {app.get('state')}.")
+        display.print_json(resp)
         return
-    if not yes and sys.stdin.isatty() and sys.stdout.isatty():
-        click.confirm(f"Stop app {label}? Its running inputs are cancelled.", default=True, abort=True)
-    get_client().call("POST", f"/v1/apps/{app['app_id']}/stop", {})
-    click.echo(f"Stopped app {label}.")
+    settings = resp["settings"]
+    overridden = resp.get("overrides") or {}
+    for name in SETTINGS:
+        value = settings.get(name)
+        mark = " (runtime override)" if name in overridden else ""
+        shown = "- (no autoscaling)" if name == "target_concurrency" and not value else (
+            "-" if value is None else value)
+        click.echo(f"{name:18} {shown}{mark}")
+    d = resp.get("last_decision")
+    if d:
+        click.echo(f"{'last decision':18} desired {d['desired']} (current {d['current']}"
+                   f"{', panic' if d.get('panic') else ''}): {d['reason']}")
+    if resp.get("backoff_reason"):
+        click.echo(f"{'backing off':18} {resp['backoff_s']:.0f}s after failed starts: {resp['backoff_reason']}")
+
+
+@server_autoscaler_group.command(name="settings")
+@click.argument("app_name")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the last decision and its inputs).")
+def server_autoscaler_settings(app_name: str, name: str, as_json: bool) -> None:
+    """Show the autoscaler settings in force and the last decision."""
+    server = _server(app_name, name)
+    _print_settings(_call("GET", f"/v1/functions/{server.object_id}/autoscaler"), as_json)
+
+
+@server_autoscaler_group.command(name="update")
+@click.argument("app_name")
+@click.argument("name")
+@click.option("--target-concurrency", type=float, default=None, help="Requests per container; 0 turns it off.")
+@click.option("--min-containers", type=int, default=None)
+@click.option("--max-containers", type=int, default=None)
+@click.option("--buffer-containers", type=int, default=None)
+@click.option("--scaleup-window", type=float, default=None, help="Seconds of sustained demand before scaling up.")
+@click.option("--scaledown-window", type=int, default=None, help="Seconds, 2 to 3600.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def server_autoscaler_update(app_name: str, name: str, target_concurrency: float | None,
+                             min_containers: int | None, max_containers: int | None,
+                             buffer_containers: int | None, scaleup_window: float | None,
+                             scaledown_window: int | None, as_json: bool) -> None:
+    """Override some autoscaler settings now, until the app is redeployed."""
+    values = {"target_concurrency": target_concurrency, "min_containers": min_containers,
+              "max_containers": max_containers, "buffer_containers": buffer_containers,
+              "scaleup_window": scaleup_window, "scaledown_window": scaledown_window}
+    body = {k: v for k, v in values.items() if v is not None}
+    if not body:
+        raise click.UsageError("give at least one of " + ", ".join(f"--{k.replace('_', '-')}" for k in SETTINGS))
+    server = _server(app_name, name)
+    _print_settings(_call("POST", f"/v1/functions/{server.object_id}/autoscaler", body), as_json)
+
+
+# -- deploy (the direct form) ----------------------------------------------------------------------------------------
+def _direct_server_class(command: str) -> type:
+    """A Server class whose @enter runs `command` in a shell. Defined in a local scope, so it (and `command`)
+    travels by value in the definition (`serialized=True`): the container needs nothing of this machine."""
+    from .._partial import enter
+
+    class Server:
+        @enter()
+        def start(self) -> None:
+            import subprocess
+
+            self.process = subprocess.Popen(command, shell=True)
+
+    Server.__doc__ = f"Runs `{command}`."
+    return Server
+
+
+def build_direct_app(*, app_name: str, command: str, name: str = "Server", port: int = 8000,
+                     image_pip: tuple[str, ...] = (), env_vars: tuple[str, ...] = (), secrets: tuple[str, ...] = (),
+                     **server_kwargs: Any) -> tuple[Any, Any]:
+    """The App `shoal server deploy` deploys, and its one Server; `server_kwargs` go to `@app.server()`."""
+    from ..app import App
+    from ..image import Image
+    from ..secret import Secret
+
+    if not command.strip():
+        raise click.UsageError("--cmd must be a shell command that starts the server process")
+    env: dict[str, str | None] = {}
+    for item in env_vars:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--env-var takes KEY=VALUE, got {item!r}")
+        env[key] = value
+    image = Image.debian_slim().pip_install(*image_pip) if image_pip else None
+    app = App(app_name)
+    server = app.server(image=image, env=env or None, secrets=[Secret.from_name(s) for s in secrets],
+                        serialized=True, name=name, port=port,
+                        **{k: v for k, v in server_kwargs.items() if v is not None})(_direct_server_class(command))
+    return app, server
+
+
+@server_group.command(name="deploy")
+@click.option("--app-name", required=True, help="The app to deploy (or update, if deployed already).")
+@click.option("--cmd", "command", required=True,
+              help="Shell command that starts the server process; it must listen on 0.0.0.0:PORT.")
+@click.option("--name", default="Server", show_default=True, help="The Server's name in the app.")
+@click.option("--port", type=int, default=8000, show_default=True, help="The port the process listens on.")
+@click.option("--image-pip", "image_pip", multiple=True, metavar="PKG",
+              help="A package to pip install into the image (repeat for more).")
+@click.option("--env-var", "env_vars", multiple=True, metavar="KEY=VALUE", help="An environment variable (repeat).")
+@click.option("--secret", "secrets", multiple=True, metavar="NAME", help="A named secret to mount (repeat).")
+@click.option("--unauthenticated", is_flag=True, help="Accept requests without Modal-Key/Modal-Secret headers.")
+@click.option("--target-concurrency", type=float, default=None, help="Requests per container to autoscale to.")
+@click.option("--max-concurrency", type=int, default=None, help="Requests per container above which 429.")
+@click.option("--min-containers", type=int, default=None)
+@click.option("--max-containers", type=int, default=None)
+@click.option("--buffer-containers", type=int, default=None)
+@click.option("--scaleup-window", type=float, default=None)
+@click.option("--scaledown-window", type=int, default=None)
+@click.option("--startup-timeout", type=float, default=30, show_default=True,
+              help="Seconds for the process to listen on the port.")
+@click.option("--exit-grace-period", type=float, default=0, show_default=True,
+              help="Seconds for in-flight requests when a container scales down.")
+@click.option("--cpu", type=float, default=None)
+@click.option("--memory", type=int, default=None, help="MiB.")
+@click.option("--gpu", default=None, help="e.g. T4, A100:2.")
+@click.option("--strategy", type=STRATEGY, default="rolling", show_default=True,
+              help="rolling: old containers serve until new ones are ready, then drain; recreate: stop them now.")
+def server_deploy(app_name: str, command: str, name: str, port: int, image_pip: tuple[str, ...],
+                  env_vars: tuple[str, ...], secrets: tuple[str, ...], unauthenticated: bool,
+                  target_concurrency: float | None, max_concurrency: int | None, min_containers: int | None,
+                  max_containers: int | None, buffer_containers: int | None, scaleup_window: float | None,
+                  scaledown_window: int | None, startup_timeout: float, exit_grace_period: float,
+                  cpu: float | None, memory: int | None, gpu: str | None, strategy: str) -> None:
+    """Deploy an app with one Server that runs CMD, without writing Python.
+
+    \b
+    e.g.  shoal server deploy --app-name files --unauthenticated \\
+              --cmd "python -m http.server -d / 8000"
+    """
+    from .. import enable_output
+    from ..exception import Error
+
+    try:
+        app, server = build_direct_app(
+            app_name=app_name, command=command, name=name, port=port, image_pip=image_pip, env_vars=env_vars,
+            secrets=secrets, unauthenticated=unauthenticated, target_concurrency=target_concurrency,
+            max_concurrency=max_concurrency, min_containers=min_containers, max_containers=max_containers,
+            buffer_containers=buffer_containers, scaleup_window=scaleup_window, scaledown_window=scaledown_window,
+            startup_timeout=startup_timeout, exit_grace_period=exit_grace_period, cpu=cpu, memory=memory, gpu=gpu)
+        with enable_output():
+            app.deploy(name=app_name, strategy=strategy)
+        url = server.get_url()
+    except Error as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    click.echo(f"Deployed app {app_name!r} version {app._deployed_version} ({app.app_id}).")
+    click.echo(f"  {name} => {url or '(no URL)'}")

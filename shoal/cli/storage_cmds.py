@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from .server_cmds import _console, _print_json
+from . import display
 
 
 def _objects_table(kind: str, rows: list[Any], as_json: bool) -> None:
     data = [{"name": o.name, "object_id": o.object_id} for o in rows]
     if as_json:
-        _print_json(data)
+        display.print_json(data)
         return
     from rich.table import Table
 
@@ -22,7 +22,7 @@ def _objects_table(kind: str, rows: list[Any], as_json: bool) -> None:
     table.add_column("ID", no_wrap=True)
     for row in data:
         table.add_row(row["name"], row["object_id"])
-    _console().print(table)
+    display.console().print(table)
 
 
 def _show(value: Any, use_repr: bool) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .server_cmds import _console, _print_json
+from . import display
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,7 +104,7 @@ def volume_ls(name: str, path: str, as_json: bool) -> None:
     """List the files and directories at PATH (default: the root)."""
     entries = _volume(name).listdir(path)
     if as_json:
-        _print_json([{"path": e.path, "type": _type_name(e.type), "mtime": e.mtime, "size": e.size}
+        display.print_json([{"path": e.path, "type": _type_name(e.type), "mtime": e.mtime, "size": e.size}
                      for e in entries])
         return
     from rich.table import Table
@@ -118,7 +118,7 @@ def volume_ls(name: str, path: str, as_json: bool) -> None:
         shown = e.path + ("/" if _type_name(e.type) == "directory" else "")
         table.add_row(shown, _type_name(e.type), time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime)),
                       _size(e.size))
-    _console().print(table)
+    display.console().print(table)
 
 
 def _size(n: int) -> str:

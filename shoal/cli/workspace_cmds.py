@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import click
 
+from . import display
 from .deploy_cmds import _call
-from .server_cmds import _console, _print_json, _timestamp
 
 
 def _scope_text(scope: list[str]) -> str:
@@ -35,7 +35,7 @@ def proxy_tokens_create(apps: tuple[str, ...], as_json: bool) -> None:
     out = _call("POST", "/v1/proxy-tokens", {"scope": list(apps)})
     token_id, secret = out["token_id"], out["token_secret"]
     if as_json:
-        _print_json({"token_id": token_id, "token_secret": secret, "scope": list(apps)})
+        display.print_json({"token_id": token_id, "token_secret": secret, "scope": list(apps)})
         return
     click.echo(f"Created proxy token for {_scope_text(list(apps))}.")
     click.echo(f"Token ID:     {token_id}")
@@ -50,7 +50,7 @@ def proxy_tokens_list(as_json: bool) -> None:
     """List tokens with their scope (never their secrets)."""
     rows = _call("GET", "/v1/proxy-tokens")["tokens"]
     if as_json:
-        _print_json(rows)
+        display.print_json(rows)
         return
     from rich.table import Table
 
@@ -59,8 +59,8 @@ def proxy_tokens_list(as_json: bool) -> None:
     table.add_column("Apps")
     table.add_column("Created")
     for r in rows:
-        table.add_row(r["token_id"], _scope_text(r["scope"]), _timestamp(r["created_at"]))
-    _console().print(table)
+        table.add_row(r["token_id"], _scope_text(r["scope"]), display.timestamp(r["created_at"]))
+    display.console().print(table)
 
 
 @proxy_tokens_group.command("delete")

@@ -268,7 +268,7 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
         ops.append((dst, 3, ("bind", src, writable)))
     for path in cfg.get("mask", []):
         ops.append((path, 4, ("mask",)))
-    for path, lower, upper, work in cfg.get("volumes", []):  # shoal Volumes (server/volumes.py)
+    for path, lower, upper, work in cfg.get("volumes", []):  # shoal Volumes (controlplane/volumes.py)
         ops.append((path, 5, ("volume", lower, upper, work)))
     ops.sort(key=lambda op: (depth(op[0]), op[1]))
     done: list[str] = []

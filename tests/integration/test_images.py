@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import shoal
+from shoal.controlplane.images import ImageBuilder, _discovery_path
 from shoal.exception import ImageBuildError
 from shoal.image import Image
-from shoal.server.images import ImageBuilder, _discovery_path
 from tests.conftest import APPS_DIR, run_script
 
 HOST_PYTHON = [sys.version_info.major, sys.version_info.minor]

@@ -43,9 +43,9 @@ if _why_not:
 
 import psycopg  # noqa: E402 - only once it is known to be installed
 
-from shoal.server.store import SQLiteStore, StoreError, open_store  # noqa: E402
-from shoal.server.store import postgres as pg  # noqa: E402
-from shoal.server.store.postgres import PostgresStore, pg_schema, to_pg  # noqa: E402
+from shoal.controlplane.store import SQLiteStore, StoreError, open_store  # noqa: E402
+from shoal.controlplane.store import postgres as pg  # noqa: E402
+from shoal.controlplane.store.postgres import PostgresStore, pg_schema, to_pg  # noqa: E402
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from shoal._client.transport import get_client
-from shoal.server.ingress_policy import INVALID_CREDENTIALS, check_proxy_auth, hash_secret
+from shoal.controlplane.ingress_policy import INVALID_CREDENTIALS, check_proxy_auth, hash_secret
 
 from ..conftest import ControlPlane, run_cli
 
@@ -122,7 +122,7 @@ def test_tokens_survive_a_sigkill(private_control_plane: ControlPlane) -> None:
 
 def reloaded_check(cp: ControlPlane, token_id: str, secret: str) -> bool:
     """What the proxy would see after a restart: `lookup` from the reloaded store, checked by the policy."""
-    from shoal.server.proxy_tokens import ProxyTokens
+    from shoal.controlplane.proxy_tokens import ProxyTokens
 
     async def run() -> bool:
         store = cp.store()

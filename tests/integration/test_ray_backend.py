@@ -145,7 +145,7 @@ def test_no_cluster_at_the_address_is_a_clear_error(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "shoal.server", "--backend", "ray", "--ray-address", "127.0.0.1:1",
+    r = subprocess.run([sys.executable, "-m", "shoal.controlplane", "--backend", "ray", "--ray-address", "127.0.0.1:1",
                         "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "cannot use the Ray cluster at 127.0.0.1:1" in r.stderr and "no Ray cluster answers" in r.stderr

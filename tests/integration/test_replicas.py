@@ -81,7 +81,7 @@ def test_second_single_node_control_plane_is_refused_beside_replicas(replicas: t
                                                                      tmp_path: Path) -> None:
     a, _b = replicas
     other = subprocess.run(
-        [PYTHON, "-m", "shoal.server", "--port", "0", "--state-dir", str(tmp_path / "single")],
+        [PYTHON, "-m", "shoal.controlplane", "--port", "0", "--state-dir", str(tmp_path / "single")],
         env={**os.environ, **a.env, "SHOAL_SERVER_URL": ""}, capture_output=True, text=True, timeout=60)
     assert other.returncode == 1
     assert "--replica" in other.stderr

@@ -22,7 +22,7 @@ import requests
 
 import shoal as modal
 from shoal._client.transport import get_client
-from shoal.server.ingress_policy import INVALID_CREDENTIALS, MISSING_CREDENTIALS
+from shoal.controlplane.ingress_policy import INVALID_CREDENTIALS, MISSING_CREDENTIALS
 
 from ..conftest import APPS_DIR, ControlPlane, _use_home, run_cli, run_script, wait_for
 

@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 import shoal as modal
-from shoal.server.ingress_policy import INVALID_CREDENTIALS, MISSING_CREDENTIALS
+from shoal.controlplane.ingress_policy import INVALID_CREDENTIALS, MISSING_CREDENTIALS
 
 from ..conftest import ControlPlane, _use_home, run_cli, wait_for
 

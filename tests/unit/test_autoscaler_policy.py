@@ -1,5 +1,5 @@
-"""The KPA autoscaler's pure policy (shoal/server/policy.py: kpa_decide, scale_down_victims, …) and the
-validation of runtime overrides (shoal/server/autoscaler.py)."""
+"""The KPA autoscaler's pure policy (shoal/controlplane/policy.py: kpa_decide, scale_down_victims, …) and the
+validation of runtime overrides (shoal/controlplane/autoscaler.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from shoal.server import policy
-from shoal.server.autoscaler import PoolAutoscaler, validate_update
-from shoal.server.policy import Decision, Sample, ScalingSettings, kpa_decide, scale_down_victims, windows
+from shoal.controlplane import policy
+from shoal.controlplane.autoscaler import PoolAutoscaler, validate_update
+from shoal.controlplane.policy import Decision, Sample, ScalingSettings, kpa_decide, scale_down_victims, windows
 
 
 def settings(**kw: Any) -> ScalingSettings:

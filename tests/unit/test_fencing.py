@@ -12,9 +12,9 @@ import socket
 from pathlib import Path
 
 from shoal import _protocol
-from shoal.server.dispatch import Dispatcher
-from shoal.server.model import Container
-from shoal.server.store.sqlite import SQLiteStore
+from shoal.controlplane.dispatch import Dispatcher
+from shoal.controlplane.model import Container
+from shoal.controlplane.store.sqlite import SQLiteStore
 
 
 class NoRoom:
@@ -87,7 +87,7 @@ def test_output_from_a_container_declared_dead_is_discarded(tmp_path: Path) -> N
 
 
 async def _silent_peer(tmp_path: Path) -> bool:
-    import shoal.server.dispatch as dispatch
+    import shoal.controlplane.dispatch as dispatch
 
     store = SQLiteStore(tmp_path / "state.db")
     await store.open()

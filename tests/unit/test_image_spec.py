@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import shoal
+from shoal.controlplane.images import check_spec
 from shoal.exception import InvalidError
 from shoal.image import Image, image_id_for, split_mounts
-from shoal.server.images import check_spec
 
 
 def wire(image: Image) -> dict:

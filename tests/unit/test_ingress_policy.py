@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.server.ingress_policy import (
+from shoal.controlplane.ingress_policy import (
     INVALID_CREDENTIALS,
     MISSING_CREDENTIALS,
     TokenBucket,

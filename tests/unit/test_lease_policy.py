@@ -1,8 +1,8 @@
-"""The lease rules of several control planes (server/replicas.py), as pure functions."""
+"""The lease rules of several control planes (controlplane/replicas.py), as pure functions."""
 
 from __future__ import annotations
 
-from shoal.server import policy
+from shoal.controlplane import policy
 
 
 def decide(holder, expires_at, me="cp-a", now=100.0, ttl=5.0, want=True):

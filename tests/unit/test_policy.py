@@ -1,4 +1,4 @@
-"""The dispatcher's pure decisions (shoal/server/policy.py)."""
+"""The dispatcher's pure decisions (shoal/controlplane/policy.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from shoal.server import policy
-from shoal.server.policy import (
+from shoal.controlplane import policy
+from shoal.controlplane.policy import (
     MAX_PREFETCH,
     PREFETCH_BUDGET_S,
     desired_containers,
@@ -152,7 +152,7 @@ def test_ewma():
 
 # -- sticky sessions: rendezvous hashing ---------------------------------------------------------------------
 def test_rendezvous_is_stable_and_moves_only_the_removed_containers_sessions() -> None:
-    from shoal.server.policy import rendezvous
+    from shoal.controlplane.policy import rendezvous
 
     containers = [f"ta-{i}" for i in range(4)]
     before = {f"s{i}": containers[rendezvous(f"s{i}", containers)] for i in range(200)}
@@ -165,13 +165,13 @@ def test_rendezvous_is_stable_and_moves_only_the_removed_containers_sessions() -
 
 
 def test_rendezvous_of_no_candidates() -> None:
-    from shoal.server.policy import rendezvous
+    from shoal.controlplane.policy import rendezvous
 
     assert rendezvous("s", []) == -1
 
 
 def test_server_scaleup_window_sets_the_panic_window() -> None:
-    from shoal.server.policy import Sample, ScalingSettings, kpa_decide
+    from shoal.controlplane.policy import Sample, ScalingSettings, kpa_decide
 
     settings = ScalingSettings(scaledown_window=60, target_inputs=8, max_inputs=10**9, scaleup_window=2)
     # 64 requests in flight for the last 2 s after a quiet minute: the 2 s window panics to 8 containers.

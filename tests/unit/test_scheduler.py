@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 import shoal
+from shoal.controlplane.scheduler import next_fire
 from shoal.exception import InvalidError
-from shoal.server.scheduler import next_fire
 
 UTC = dt.timezone.utc
 

@@ -532,7 +532,7 @@ def test_cli_group() -> None:
 
 
 def test_direct_deploy_builds_one_serialized_server() -> None:
-    from shoal.cli.server_obj_cmds import build_direct_app
+    from shoal.cli.server_cmds import build_direct_app
 
     app, server = build_direct_app(app_name="files", command="python -m http.server 9000", port=9000,
                                    image_pip=("httpx",), env_vars=("A=1", "B=x=y"), unauthenticated=True,
@@ -551,7 +551,7 @@ def test_direct_server_class_travels_by_value(tmp_path: Any) -> None:
     """What the container does with a `shoal server deploy` definition: unpickle the class in an interpreter that
     never imported shoal.cli, build the object as the runtime does and run its @enter hooks."""
     from shoal._serialization import dumps
-    from shoal.cli.server_obj_cmds import _direct_server_class
+    from shoal.cli.server_cmds import _direct_server_class
 
     marker = tmp_path / "started"
     cls = _direct_server_class(f"echo hi > {marker}")
@@ -560,7 +560,7 @@ def test_direct_server_class_travels_by_value(tmp_path: Any) -> None:
     code = (
         "import pickle, sys\n"
         "cls = pickle.loads(open(sys.argv[1], 'rb').read())\n"
-        "assert 'shoal.cli' not in sys.modules and 'shoal.cli.server_obj_cmds' not in sys.modules\n"
+        "assert 'shoal.cli' not in sys.modules and 'shoal.cli.server_cmds' not in sys.modules\n"
         "obj = cls.__new__(cls)\n"
         "obj.start()\n"
         "sys.exit(obj.process.wait())\n"

@@ -1,4 +1,4 @@
-"""The merge of a container's overlay upper directory into a new volume version (shoal/server/volume_fs.py),
+"""The merge of a container's overlay upper directory into a new volume version (shoal/controlplane/volume_fs.py),
 on real directories: whiteouts are real 0:0 character devices (os.mknod, as root), opaque directories carry
 the real xattr, and one test lets the kernel's overlayfs write the upper directory itself."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.server import volume_fs as vfs
-from shoal.server.volumes import VolumeStorage, commit_upper, load_manifest
+from shoal.controlplane import volume_fs as vfs
+from shoal.controlplane.volumes import VolumeStorage, commit_upper, load_manifest
 
 root_only = pytest.mark.skipif(os.geteuid() != 0 or sys.platform != "linux",
                                reason="whiteouts (mknod) and trusted xattrs need root on Linux")

@@ -6,7 +6,7 @@ import hashlib
 import ipaddress
 from types import SimpleNamespace
 
-from shoal.server.web_routes import Route, Router, label_address, web_label
+from shoal.controlplane.web_routes import Route, Router, label_address, web_label
 
 
 def test_labels_follow_modals_rules() -> None:

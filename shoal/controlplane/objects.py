@@ -4,7 +4,7 @@ Everything is in the store; reads use the read connection, read-modify-writes ru
 Blocked queue getters wait in memory, first come first served: a put hands its items straight to the waiting
 getters in the same transaction, so arriving items reach blocked getters in order.
 
-With several control planes (`shared`, server/replicas.py) a put on one replica cannot hand items to getters
+With several control planes (`shared`, controlplane/replicas.py) a put on one replica cannot hand items to getters
 blocked on another: those look in the store every SHARED_POLL_S as well, and every pop first locks its
 partition's row, so two replicas popping at once never both get the same item.
 """
@@ -24,7 +24,7 @@ from .api import ApiError, body_of, query_int, reply
 from .dispatch import new_id
 from .store import Store
 
-KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: server/volumes.py
+KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: controlplane/volumes.py
 DICT_TTL_S = 7 * 24 * 3600  # entries untouched this long expire
 MAX_VALUE = 100 * 1024 * 1024  # Dict: per object
 MAX_UPDATE = 10_000  # Dict: entries per update

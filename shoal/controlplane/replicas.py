@@ -1,4 +1,4 @@
-"""Several control planes on one PostgreSQL schema (`python -m shoal.server --replica`).
+"""Several control planes on one PostgreSQL schema (`python -m shoal.controlplane --replica`).
 
 Every replica answers the whole API on its own URL; clients list them all (`SHOAL_SERVER_URL=urlA,urlB`) and fail
 over to the next on a connection error (every request is safe to repeat). Each running app has exactly one owner
@@ -18,7 +18,7 @@ owner renews its leases every `renew_s`; a lease not renewed for `ttl_s` is free
 - A replica that cannot renew a lease in time lets go of the app before the lease can expire (the margin is
   measured on its own clock from when it sent the renewal: `policy.lease_confirmed_until`), killing the app's
   containers, so two replicas never run one app.
-- Schedules fire at the app's owner (server/scheduler.py), so each fires once, and keep firing at the next owner.
+- Schedules fire at the app's owner (controlplane/scheduler.py), so each fires once, and keep firing at the next owner.
 - Web endpoints are served by the owner's ingress proxy: the URLs an app's functions get point at it.
 
 The lease rules are pure (`policy.lease_decision`); this module applies them.

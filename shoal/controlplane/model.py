@@ -30,7 +30,7 @@ class Input:
         self.container: Container | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.dispatched_at = 0.0
-        # A web request (server/proxy.py): resolved with the container that got its slot; no frame is sent.
+        # A web request (controlplane/proxy.py): resolved with the container that got its slot; no frame is sent.
         self.waiter: asyncio.Future | None = None
 
     @property
@@ -118,7 +118,7 @@ class Container:
     ready_at: float | None = None
     t_requested: float = field(default_factory=time.time)  # wall clock, to line up with the runtime's report
     t_launch: float | None = None  # when the backend was asked to start it (after waiting for resources)
-    warm: bool = False  # started for the warm pool: no function until assigned (see server/warmpool.py)
+    warm: bool = False  # started for the warm pool: no function until assigned (see controlplane/warmpool.py)
     shell: bool = False  # `shoal shell`: runs nothing, takes no inputs, state "shell" (Dispatcher.start_shell)
     idle_since: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set when the control plane itself ends the container
@@ -146,7 +146,7 @@ class Pool:
         self.stopped = False
         self.autoscaler = PoolAutoscaler()  # samples, last decision, runtime overrides
         # Containers started for an earlier version of a deployed app: not counted as live, retired once one of
-        # the new version is ready (server/deploy.py).
+        # the new version is ready (controlplane/deploy.py).
         self.superseded: set[str] = set()
         self.web_call: Call | None = None  # the requests of a web function count as inputs of this call
 

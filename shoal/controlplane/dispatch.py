@@ -170,7 +170,7 @@ class Dispatcher:
                     self._scale(pool)
 
     def release_app(self, app_id: str, reason: str) -> None:
-        """Forget an app without touching the store: another replica owns it now (server/replicas.py). Its
+        """Forget an app without touching the store: another replica owns it now (controlplane/replicas.py). Its
         containers are killed (their inputs run again at the new owner), its waiting readers are woken, and
         requests for it go to the new owner from now on."""
         app = self.apps.pop(app_id, None)
@@ -918,7 +918,7 @@ class Dispatcher:
             pass
         return call.outputs_after(after, limit)
 
-    # -- web requests (server/proxy.py) -----------------------------------------------------------------------
+    # -- web requests (controlplane/proxy.py) -----------------------------------------------------------------------
     def web_enqueue(self, pool: Pool) -> Input:
         """A web request waits for a slot in one of the pool's containers, counted as an input (the autoscaler
         sees it at once); `inp.waiter` resolves with the container. Requests are not stored: they do not
@@ -1010,7 +1010,7 @@ class Dispatcher:
 
     def _retire_superseded(self, pool: Pool) -> None:
         """Containers of an earlier version of the pool's function take no new inputs: idle ones stop now, busy
-        ones once their inputs are done (draining). See server/deploy.py."""
+        ones once their inputs are done (draining). See controlplane/deploy.py."""
         for cid in list(pool.superseded):
             c = pool.containers.get(cid)
             if c is None:

@@ -12,7 +12,7 @@ One installation keeps its tables in one PostgreSQL schema: `SHOAL_DATABASE_SCHE
 `search_path` in the URL's options (`?options=-csearch_path%3Dname`), else the database's default (`public`).
 A named schema is created when missing. The writer holds an advisory lock on the schema, so a second control
 plane pointed at the same schema fails to start instead of running the same calls twice; replicas
-(`shared=True`, server/replicas.py) hold it shared: any number of them, and no single-node control plane
+(`shared=True`, controlplane/replicas.py) hold it shared: any number of them, and no single-node control plane
 beside them. Replicas coordinate through `coordinate()`, transactions on a connection of their own.
 
 Failures: a plain write that fails is logged and skipped (as in SQLite); since an error aborts a PostgreSQL
@@ -147,7 +147,7 @@ def to_pg(sql: str) -> str:
             i += 1
     bad = _SQLITE_ONLY.search("".join(code))
     if bad:
-        raise ValueError(f"{bad.group(0)!r} is SQLite-only; write portable SQL (see shoal/server/store/base.py): "
+        raise ValueError(f"{bad.group(0)!r} is SQLite-only; write portable SQL (see shoal/controlplane/store/base.py): "
                          f"{sql[:80]}")
     return "".join(out)
 

@@ -98,7 +98,7 @@ class Scheduler:
             for pool in list(self.d.pools.values()):
                 if pool.definition.get("schedule") and not pool.stopped:
                     if replicas is not None and not replicas.owns(pool.app_id):
-                        continue  # only the app's owner fires its schedules (server/replicas.py)
+                        continue  # only the app's owner fires its schedules (controlplane/replicas.py)
                     await self._maybe_fire(pool, now)
 
     async def _maybe_fire(self, pool: Pool, now: float) -> None:

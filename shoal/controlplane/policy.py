@@ -277,7 +277,7 @@ def rendezvous(key: str, candidates: Sequence[str]) -> int:
     return best
 
 
-# -- several control planes (server/replicas.py) ------------------------------------------------------------------
+# -- several control planes (controlplane/replicas.py) ---------------------------------------------------------------
 @dataclass(frozen=True)
 class LeaseDecision:
     """What a replica does about one lease: "take" it (it is free or expired: the state it guards must be

@@ -11,7 +11,7 @@ from .sqlite import SQLiteStore
 
 
 def open_store(state_dir: Path, replica: bool = False) -> Store:
-    """`replica`: this control plane is one of several sharing the database (server/replicas.py)."""
+    """`replica`: this control plane is one of several sharing the database (controlplane/replicas.py)."""
     url = os.environ.get("SHOAL_DATABASE_URL", "").strip()
     if url:
         from .postgres import PostgresStore, is_postgres_url

@@ -2,7 +2,7 @@
 
 One control plane per state directory, enforced with a lock file. Its URL and pid go to
 `SHOAL_HOME/server.json`, its API token to `SHOAL_HOME/token` (mode 0600). With `--replica` it is one of several
-sharing a PostgreSQL schema and the state directory (server/replicas.py); its own files go to
+sharing a PostgreSQL schema and the state directory (controlplane/replicas.py); its own files go to
 `SHOAL_HOME/replicas/<replica id>/`.
 """
 
@@ -39,7 +39,7 @@ from .store import StoreError, open_store
 from .volumes import Volumes
 from .web_routes import Router
 
-log = logging.getLogger("shoal.server")
+log = logging.getLogger("shoal.controlplane")
 DEFAULT_WEB_PORT = 8700
 
 
@@ -120,7 +120,7 @@ class BackendError(Exception):
 async def serve(host: str, port: int, state_dir: Path, replica: bool = False, backend: str = "local",
                 ray_address: str | None = None) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    # A replica (one of several control planes on one PostgreSQL schema: server/replicas.py) shares the state
+    # A replica (one of several control planes on one PostgreSQL schema: controlplane/replicas.py) shares the state
     # directory's token, sources, images and volumes with the others, and keeps what is its own (lock, container
     # socket, address, web port) under replicas/<id>/.
     replica_id = (os.environ.get("SHOAL_REPLICA_ID") or new_id("cp")) if replica else None
@@ -263,7 +263,7 @@ def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None, r
 
 
 def cli_main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m shoal.server")
+    parser = argparse.ArgumentParser(prog="python -m shoal.controlplane")
     parser.add_argument("--host", default=os.environ.get("SHOAL_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SHOAL_PORT", "0")))
     parser.add_argument("--state-dir", type=Path, default=None)

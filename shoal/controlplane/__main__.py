@@ -1,0 +1,3 @@
+from .main import cli_main
+
+cli_main()
