@@ -11,6 +11,11 @@ _call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("shoal_cal
 importing_user_module = False
 
 
+class StopImport(BaseException):
+    """Raised by `App.run()`/`App.deploy()` when the runtime imports a module that calls it at top level: the
+    runtime catches it and goes on with what the module defined above that line."""
+
+
 def is_local() -> bool:
     """False only inside a shoal container."""
     return "SHOAL_CONTAINER_ID" not in os.environ

@@ -12,10 +12,10 @@ import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from ._spec.limits import SCALEDOWN_WINDOW_S, TIMEOUT_S
 from .exception import DeprecationError, InvalidError, NotImplementedWarning
 from .retries import Retries, parse_retries
 
-MAX_TIMEOUT = 24 * 3600
 KNOWN_GPUS = {
     "T4", "L4", "A10", "A10G", "A100", "A100-40GB", "A100-80GB", "L40S", "H100", "H100!", "H200", "B200", "ANY",
 }
@@ -158,12 +158,12 @@ def build_options(
     """Validate decorator arguments the way Modal 1.6 does and collect them."""
     if timeout is None:
         raise InvalidError("`timeout` must be a number of seconds; None is not allowed (the default is 300)")
-    _check_int("timeout", timeout, 1, MAX_TIMEOUT)
-    _check_int("startup_timeout", startup_timeout, 1, MAX_TIMEOUT)
+    _check_int("timeout", timeout, *TIMEOUT_S)
+    _check_int("startup_timeout", startup_timeout, *TIMEOUT_S)
     _check_int("min_containers", min_containers, 0)
     _check_int("max_containers", max_containers, 1)
     _check_int("buffer_containers", buffer_containers, 0)
-    _check_int("scaledown_window", scaledown_window, 2, 3600)
+    _check_int("scaledown_window", scaledown_window, *SCALEDOWN_WINDOW_S)
     if min_containers is not None and max_containers is not None and min_containers > max_containers:
         raise InvalidError(
             f"`min_containers` ({min_containers}) cannot be greater than `max_containers` ({max_containers})"
@@ -232,12 +232,6 @@ def check_secrets(secrets: Collection[Any] | None) -> list[Any]:
     return items
 
 
-# What `Function.with_options` / `Cls.with_options` may change, as sent to the control plane for a variant.
-OVERRIDABLE_OPTIONS = ("timeout", "retries", "max_containers", "buffer_containers", "scaledown_window", "cpu",
-                       "memory", "gpu", "region", "max_inputs", "target_inputs", "batch_max_size", "batch_wait_ms")
-OVERRIDABLE_EXTRA = ("cloud", "routing_region")
-
-
 def option_overrides(
     *,
     cpu: float | tuple[float, float] | None = None,
@@ -262,10 +256,10 @@ def option_overrides(
     secrets rather than adding to them."""
     from .secret import Secret, secret_refs
 
-    _check_int("timeout", timeout, 1, MAX_TIMEOUT)
+    _check_int("timeout", timeout, *TIMEOUT_S)
     _check_int("max_containers", max_containers, 1)
     _check_int("buffer_containers", buffer_containers, 0)
-    _check_int("scaledown_window", scaledown_window, 2, 3600)
+    _check_int("scaledown_window", scaledown_window, *SCALEDOWN_WINDOW_S)
     _check_resource("cpu", cpu, float)
     _check_resource("memory", memory, int)
     if env is not None and not isinstance(env, dict):

@@ -1,17 +1,19 @@
-"""Turning arguments, results and exceptions into bytes and back (cloudpickle + tblib).
+"""Turning arguments and results into bytes and back (cloudpickle).
 
-Shared by the SDK and the container runtime. Errors name what could not be serialized.
+Shared by the SDK and the container runtime. Errors name what could not be serialized. Exceptions travel in the
+form `shoal._spec.errors` defines (the control plane makes some too); `loads_exception` is re-exported here for
+the SDK's callers.
 """
 
 from __future__ import annotations
 
 import pickle
-import traceback
 from typing import Any
 
 import cloudpickle
 
-from .exception import DeserializationError, ExecutionError, SerializationError
+from ._spec.errors import loads_exception as loads_exception
+from .exception import DeserializationError, SerializationError
 
 
 def dumps(obj: Any, what: str = "value") -> bytes:
@@ -39,42 +41,3 @@ def dumps_args(args: tuple, kwargs: dict) -> bytes:
     for k, v in kwargs.items():
         dumps(v, f"keyword argument {k!r}")
     return dumps((args, kwargs), "arguments")
-
-
-def dumps_exception(exc: BaseException) -> bytes:
-    """An exception with its traceback frames, so the caller can re-raise it with the remote frames."""
-    from tblib import Traceback
-
-    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    tb_dict = Traceback(exc.__traceback__).as_dict() if exc.__traceback__ else None
-    try:
-        exc_bytes = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt; catch that here
-    except Exception:  # noqa: BLE001 - fall back to the text form
-        exc_bytes = None
-    return cloudpickle.dumps(
-        {"exc": exc_bytes, "type": type(exc).__name__, "repr": repr(exc), "str": str(exc), "tb": tb_dict,
-         "tb_text": tb_text}
-    )
-
-
-def loads_exception(data: bytes) -> BaseException:
-    """Rebuild a remote exception with its original class and the remote frames attached."""
-    from tblib import Traceback
-
-    info = pickle.loads(data)
-    exc: BaseException | None = None
-    if info.get("exc") is not None:
-        try:
-            exc = pickle.loads(info["exc"])
-        except Exception:  # noqa: BLE001 - e.g. the class is not importable here
-            exc = None
-    if exc is None:
-        exc = ExecutionError(f"{info['type']}: {info['str']}\n\nRemote traceback:\n{info['tb_text']}")
-    if info.get("tb"):
-        try:
-            exc = exc.with_traceback(Traceback.from_dict(info["tb"]).as_traceback())
-        except Exception:  # noqa: BLE001 - frames are a nicety; the exception itself matters
-            pass
-    exc.__shoal_remote_traceback__ = info["tb_text"]  # type: ignore[attr-defined]
-    return exc

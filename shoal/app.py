@@ -401,7 +401,7 @@ class App:
         """Run this app ephemerally for the duration of the `with` (or `async with`) block."""
         if not _container_context.is_local():
             if _container_context.importing_user_module:
-                from .runtime.worker import StopImport
+                from ._container_context import StopImport
 
                 raise StopImport()
             raise InvalidError("app.run() cannot be used inside a shoal container")
@@ -419,7 +419,7 @@ class App:
         afterwards; other processes reach them with `Function.from_name(name, tag)`."""
         if not _container_context.is_local():
             if _container_context.importing_user_module:
-                from .runtime.worker import StopImport
+                from ._container_context import StopImport
 
                 raise StopImport()
             raise InvalidError("app.deploy() cannot be used inside a shoal container")

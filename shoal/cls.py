@@ -33,16 +33,13 @@ from ._partial import (
     check_batched_function,
     check_batching,
 )
+from ._spec.params import PARAM_TYPES, bind_params, check_value, pack_params
 from .exception import DeprecationError, InvalidError, NotFoundError
 from .functions import Function
 from .web import check_not_generator, webhook_of
 
 if TYPE_CHECKING:
     from .app import App
-
-PARAM_TYPES: dict[str, type] = {"int": int, "str": str, "bytes": bytes, "bool": bool}
-INT64 = (-(2**63), 2**63 - 1)
-
 
 # -- class inspection (decoration time, and again in the container) ---------------------------------------------
 def _annotations(user_cls: type) -> dict[str, Any]:
@@ -65,18 +62,6 @@ def _type_name(pname: str, annotation: Any) -> str:
     shown = getattr(annotation, "__name__", None) or repr(annotation)
     raise InvalidError(f"Class parameter '{pname}': {shown} is not a supported parameter type; "
                        "modal.parameter() supports int, str, bytes and bool")
-
-
-def check_value(cls_name: str, pname: str, type_name: str, value: Any) -> None:
-    """InvalidError unless `value` has the parameter's type (a bool is not an int here)."""
-    expected = PARAM_TYPES[type_name]
-    ok = type(value) is bool if expected is bool else (
-        isinstance(value, int) and not isinstance(value, bool) if expected is int else isinstance(value, expected))
-    if not ok:
-        raise InvalidError(f"{cls_name}: parameter {pname!r} must be of type {type_name}, got "
-                           f"{type(value).__name__} {value!r}")
-    if expected is int and not INT64[0] <= value <= INT64[1]:
-        raise InvalidError(f"{cls_name}: parameter {pname!r} is out of range for a 64-bit integer: {value}")
 
 
 def _members(user_cls: type) -> dict[str, Any]:
@@ -170,47 +155,6 @@ def _check_web_method(label: str, f: Any, is_generator: bool) -> None:
     check_not_generator(label, is_generator)
     if hasattr(f, BATCHED_ATTR):
         raise InvalidError(f"{label}: @modal.batched cannot be combined with a web endpoint decorator")
-
-
-def bind_params(info: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Parameter values for `Cls(*args, **kwargs)`: positional in declaration order, defaults applied, keys
-    sorted. InvalidError for a missing, unknown or mistyped parameter."""
-    cls_name = info["name"]
-    specs = {p["name"]: p for p in info["params"]}
-    names = list(specs)
-    if info.get("custom_init") and (args or kwargs):
-        raise InvalidError(f"{cls_name}() takes no arguments (its custom __init__ is called without any)")
-    if len(args) > len(names):
-        raise InvalidError(f"{cls_name}() takes {len(names)} parameter(s) but {len(args)} positional "
-                           "argument(s) were given")
-    values = dict(zip(names, args, strict=False))
-    for key, value in kwargs.items():
-        if key not in specs:
-            known = f"; its parameters are: {', '.join(names)}" if names else "; it has no parameters"
-            raise InvalidError(f"{cls_name}() got an unexpected parameter {key!r}{known}")
-        if key in values:
-            raise InvalidError(f"{cls_name}() got multiple values for parameter {key!r}")
-        values[key] = value
-    missing = [n for n in names if n not in values and "default" not in specs[n]]
-    if missing:
-        raise InvalidError(f"{cls_name}() missing required parameter(s): {', '.join(missing)}")
-    for n in names:
-        if n not in values:
-            values[n] = specs[n]["default"]
-        check_value(cls_name, n, specs[n]["type"], values[n])
-    return dict(sorted(values.items()))
-
-
-def pack_params(values: dict[str, Any]) -> bytes:
-    import msgpack
-
-    return msgpack.packb(dict(sorted(values.items())), use_bin_type=True)
-
-
-def unpack_params(data: bytes | None) -> dict[str, Any]:
-    import msgpack
-
-    return dict(msgpack.unpackb(data, raw=False)) if data else {}
 
 
 def construct_instance(user_cls: type, info: dict[str, Any], values: dict[str, Any]) -> Any:

@@ -573,12 +573,13 @@ class FunctionAutoscalerManager:
 
     async def _apply(self, **values: int | None) -> Any:
         from ._options import _check_int
+        from ._spec.limits import SCALEDOWN_WINDOW_S
         from .types import FunctionAutoscalerSettings
 
         _check_int("min_containers", values.get("min_containers"), 0)
         _check_int("max_containers", values.get("max_containers"), 1)
         _check_int("buffer_containers", values.get("buffer_containers"), 0)
-        _check_int("scaledown_window", values.get("scaledown_window"), 2, 3600)
+        _check_int("scaledown_window", values.get("scaledown_window"), *SCALEDOWN_WINDOW_S)
         lo, hi = values.get("min_containers"), values.get("max_containers")
         if lo is not None and hi is not None and lo > hi:
             raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -26,48 +25,11 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ._spec.images import BUILD_KINDS, BUILDER_VERSION, FILE_KINDS, image_id_for
 from .exception import InvalidError
 
-# Part of every image id: bump it when what a step builds changes, so old builds are not reused.
-BUILDER_VERSION = "shoal-2025.06.1"
 SUPPORTED_PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
-IMAGE_ID_RE = re.compile(r"^im-[0-9a-f]{64}$")
 MAX_LOCAL_BYTES = 1 << 30
-# Step keys that do not change what is built, so they stay out of the id.
-_UNHASHED_KEYS = frozenset({"force", "repr", "secret_env"})
-_BUILD_KINDS = frozenset({
-    "pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject", "uv_sync",
-    "apt_install", "run_commands", "env", "workdir",
-})
-_FILE_KINDS = frozenset({"add_local_file", "add_local_dir", "add_local_python_source"})
-STEP_KINDS = _BUILD_KINDS | _FILE_KINDS
-
-
-def image_id_for(python_version: str, steps: Sequence[dict[str, Any]], force_base: bool = False) -> str:
-    """The id of an image: sha256 of its canonical chain. Used by the SDK and re-checked by the control plane."""
-    del force_base  # forcing a rebuild does not change what is built
-    canon = json.dumps(
-        {"builder": BUILDER_VERSION, "python_version": python_version,
-         "steps": [_hashed(s) for s in steps]},
-        sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-    )
-    return "im-" + hashlib.sha256(canon.encode()).hexdigest()
-
-
-def _hashed(step: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in step.items() if k not in _UNHASHED_KEYS}
-    if step.get("secret_env"):
-        out["secret_keys"] = sorted(step["secret_env"])  # secret values never enter an id
-    return out
-
-
-def split_mounts(steps: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(build steps, trailing `copy=False` file steps). The trailing ones are added on top of a built image,
-    so editing those files never re-runs the build steps before them."""
-    n = len(steps)
-    while n and steps[n - 1]["kind"] in _FILE_KINDS and not steps[n - 1].get("copy"):
-        n -= 1
-    return list(steps[:n]), list(steps[n:])
 
 
 def _validate_python_version(version: str | None) -> str:
@@ -271,9 +233,9 @@ class Image:
     # -- chaining --------------------------------------------------------------------------------------------
     def _extend(self, step: dict[str, Any], force_build: bool = False,
                 local: dict[str, Any] | None = None) -> Image:
-        if step["kind"] in _BUILD_KINDS:
+        if step["kind"] in BUILD_KINDS:
             for prev in self._steps:
-                if prev["kind"] in _FILE_KINDS and not prev.get("copy"):
+                if prev["kind"] in FILE_KINDS and not prev.get("copy"):
                     raise InvalidError(
                         f"Image.{step['kind']}() comes after {prev['repr']}, which adds files at container start "
                         f"(copy=False). Build steps cannot follow it: use copy=True, or add the files last.")
@@ -583,7 +545,7 @@ class Image:
                     "python_version": self._python_version, "steps": steps}
             self._wire = (wire, blobs)
         wire, blobs = self._wire
-        from .config import env_flag
+        from ._spec.config import env_flag
 
         force_base = self._force_base or env_flag("SHOAL_FORCE_BUILD")
         return ({**wire, "force_base": True} if force_base else wire), blobs

@@ -1,4 +1,4 @@
-"""`Retries`: Modal's retry policy object, plus the pure delay computation the control plane uses."""
+"""`Retries`: Modal's retry policy object. The delay rule the control plane applies is `shoal._spec.retries`."""
 
 from __future__ import annotations
 
@@ -69,9 +69,3 @@ def parse_retries(retries: int | Retries | None) -> Retries | None:
             raise InvalidError(f"Invalid retries number: {retries}. Function retries must be between 0 and 10.")
         return Retries(max_retries=retries, initial_delay=1.0, backoff_coefficient=1.0)
     raise InvalidError(f"retries must be an int or a modal.Retries object, got {type(retries).__name__}")
-
-
-def retry_delay(policy: dict, attempt: int) -> float:
-    """Seconds to wait before retry number `attempt` (1-based). Pure; used by the control plane."""
-    delay = policy["initial_delay"] * policy["backoff_coefficient"] ** max(attempt - 1, 0)
-    return min(delay, policy["max_delay"])

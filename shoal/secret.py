@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from ._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
 from .exception import InvalidError
-
-KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_KEY, MAX_VALUE = 16_384, 32_768
 
 
 def _check(env: dict[str, str | None]) -> dict[str, str | None]:

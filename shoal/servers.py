@@ -297,11 +297,12 @@ class ServerAutoscalerManager:
 
     async def _apply(self, **values: Any) -> ServerAutoscalerSettings:
         from ._options import _check_int
+        from ._spec.limits import SCALEDOWN_WINDOW_S
 
         _check_int("min_containers", values.get("min_containers"), 0)
         _check_int("max_containers", values.get("max_containers"), 1)
         _check_int("buffer_containers", values.get("buffer_containers"), 0)
-        _check_int("scaledown_window", values.get("scaledown_window"), 2, 3600)
+        _check_int("scaledown_window", values.get("scaledown_window"), *SCALEDOWN_WINDOW_S)
         _check_target_concurrency(values.get("target_concurrency"))
         _check_scaleup_window(values.get("scaleup_window"))
         lo, hi = values.get("min_containers"), values.get("max_containers")

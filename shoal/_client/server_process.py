@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ..config import home, server_file, server_url_override
+from .._spec.config import home, server_file, server_url_override
 from ..exception import ConnectionError as ShoalConnectionError
 
 START_TIMEOUT_S = 30.0

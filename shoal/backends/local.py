@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..config import home
+from .._spec.config import home
 from . import gpus as gpu_mod
 from .base import ContainerSpec, OutputSink, Unschedulable
 from .netns import open_netns, socket_in

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from .._spec.limits import SCALEDOWN_WINDOW_S
 from . import display
 from .app_cmds import list_apps
 
@@ -149,7 +150,8 @@ def autoscaler_settings(function_ref: str, as_json: bool) -> None:
 @click.option("--min-containers", type=int, default=None)
 @click.option("--max-containers", type=int, default=None)
 @click.option("--buffer-containers", type=int, default=None)
-@click.option("--scaledown-window", type=int, default=None, help="Seconds, 2 to 3600.")
+@click.option("--scaledown-window", type=int, default=None,
+              help=f"Seconds, {SCALEDOWN_WINDOW_S[0]} to {SCALEDOWN_WINDOW_S[1]}.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def autoscaler_update(function_ref: str, min_containers: int | None, max_containers: int | None,
                       buffer_containers: int | None, scaledown_window: int | None, as_json: bool) -> None:

@@ -62,7 +62,7 @@ def _pid_gone(pid: int) -> bool:
                    "the cluster this machine belongs to).")
 def up(port: int, host: str, background: bool, backend: str, ray_address: str | None) -> None:
     """Start the shoal control plane for this state directory (SHOAL_HOME, default ~/.shoal)."""
-    from ..config import home
+    from .._spec.config import home
 
     if ray_address and backend != "ray":
         raise click.UsageError("--ray-address needs --backend ray")
@@ -125,7 +125,7 @@ def down() -> None:
 def status(as_json: bool) -> None:
     """Whether the shoal control plane runs, and its running apps and containers. Exit code 1 if it does not
     run."""
-    from ..config import home
+    from .._spec.config import home
 
     info = _running_server()
     if info is None:

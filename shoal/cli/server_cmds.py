@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import click
 
+from .._spec.limits import SCALEDOWN_WINDOW_S
 from . import display
 from .deploy_cmds import FOLLOW_POLL_S, STRATEGY, _call
 
@@ -186,7 +187,8 @@ def server_autoscaler_settings(app_name: str, name: str, as_json: bool) -> None:
 @click.option("--max-containers", type=int, default=None)
 @click.option("--buffer-containers", type=int, default=None)
 @click.option("--scaleup-window", type=float, default=None, help="Seconds of sustained demand before scaling up.")
-@click.option("--scaledown-window", type=int, default=None, help="Seconds, 2 to 3600.")
+@click.option("--scaledown-window", type=int, default=None,
+              help=f"Seconds, {SCALEDOWN_WINDOW_S[0]} to {SCALEDOWN_WINDOW_S[1]}.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def server_autoscaler_update(app_name: str, name: str, target_concurrency: float | None,
                              min_containers: int | None, max_containers: int | None,

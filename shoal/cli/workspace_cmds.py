@@ -106,7 +106,7 @@ def token_info() -> None:
     import os
 
     from .._client.server_process import _healthy, read_server_info
-    from ..config import home
+    from .._spec.config import home
 
     info = read_server_info()
     if info is None:

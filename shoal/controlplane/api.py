@@ -364,7 +364,7 @@ class Api:
 
     async def create_variant(self, request: web.Request) -> web.Response:
         """The pool of a class parameter set and/or `with_options` overrides (made on first use)."""
-        from .._options import OVERRIDABLE_EXTRA, OVERRIDABLE_OPTIONS
+        from .._spec.options import OVERRIDABLE_EXTRA, OVERRIDABLE_OPTIONS
 
         pool = self._pool(request)
         body = await body_of(request)

@@ -13,6 +13,7 @@ import logging
 import math
 from typing import Any
 
+from .._spec.limits import AUTOSCALER_BOUNDS
 from . import policy
 from .policy import Decision, Sample, ScalingSettings
 
@@ -23,13 +24,6 @@ EVENT_REUSE_S = 0.05
 FIELDS = ("min_containers", "max_containers", "buffer_containers", "scaledown_window")
 SERVER_FIELDS = ("target_concurrency", "scaleup_window")  # a Server's knobs (server definition), also updatable
 UNBOUNDED = 1e9  # a Server without target_concurrency: one container while it has requests (no autoscaling)
-# name -> (lowest, highest) accepted, as the decorator validates them
-BOUNDS: dict[str, tuple[int, int | None]] = {
-    "min_containers": (0, None),
-    "max_containers": (1, None),
-    "buffer_containers": (0, None),
-    "scaledown_window": (2, 3600),
-}
 
 
 def validate_update(current: dict[str, Any], update: dict[str, Any], server: bool = False) -> dict[str, Any]:
@@ -52,7 +46,7 @@ def validate_update(current: dict[str, Any], update: dict[str, Any], server: boo
             continue
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"`{name}` must be an integer, got {value!r}")
-        lo, hi = BOUNDS[name]
+        lo, hi = AUTOSCALER_BOUNDS[name]
         if value < lo or (hi is not None and value > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
             raise ValueError(f"`{name}` must be {bound}, got {value}")

@@ -18,12 +18,12 @@ from typing import Any
 
 import msgpack
 
-from .. import _protocol
-from .._serialization import dumps_exception
+from .._spec import frames as _protocol
+from .._spec.config import RESULT_TTL_S
+from .._spec.errors import dumps_exception
+from .._spec.retries import retry_delay
 from ..backends.base import ContainerImage, ContainerSpec, Unschedulable
-from ..config import RESULT_TTL_S
 from ..exception import ExecutionError, FunctionTimeoutError
-from ..retries import retry_delay
 from . import policy
 from .logs import AppLogs
 from .model import FAILURE, ITEM, SUCCESS, TERMINATED, TIMEOUT, Call, Container, Input, Pool

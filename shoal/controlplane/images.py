@@ -42,15 +42,14 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-import shoal
-
+from .._spec.config import package_dir
+from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
 from ..exception import ImageBuildError, InvalidError
-from ..image import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 
 Log = Callable[[str], None]
 
-SHOAL_PACKAGE_DIR = str(Path(shoal.__file__).resolve().parent)
+SHOAL_PACKAGE_DIR = str(package_dir())
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_CHARS = 4000
 # Variables of the control plane's environment that build tools may see (network, locale, package indexes).

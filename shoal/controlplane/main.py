@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .._spec.config import env_flag, home
 from ..backends.local import LocalBackend
-from ..config import env_flag, home
 from .api import Api
 from .dispatch import Dispatcher, new_id
 from .images import ImageBuilder

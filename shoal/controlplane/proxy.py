@@ -152,7 +152,7 @@ class Proxy:
         info = pool.definition.get("cls")
         if not info or not info.get("params"):
             return pool
-        from ..cls import bind_params, pack_params
+        from .._spec.params import bind_params, pack_params
 
         names = {p["name"]: p for p in info["params"]}
         given = {k: v for k, v in urllib.parse.parse_qsl(query.decode("latin-1")) if k in names}

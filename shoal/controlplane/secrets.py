@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
-from ..secret import KEY_RE, MAX_KEY, MAX_VALUE
+from .._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
 from .api import ApiError, body_of, reply
 from .store import Store
 

@@ -22,16 +22,15 @@ from typing import Any
 
 import msgpack
 
-from .. import _container_context, _protocol
-from .._serialization import dumps, dumps_exception, loads
+from .. import _container_context
+from .._container_context import StopImport
+from .._serialization import dumps, loads
+from .._spec import frames
+from .._spec.errors import dumps_exception
 from ..exception import InvalidError
 
 T_PROCESS_START = time.time()
 FLUSH_INTERVAL_S = 0.002
-
-
-class StopImport(BaseException):
-    """Raised by `App.run()` when the runtime imports a module that calls it at top level."""
 
 
 def _die_with_parent() -> None:
@@ -82,15 +81,15 @@ class Channel:
         self._send_lock = threading.Lock()
 
     def send(self, msg: dict[str, Any]) -> None:
-        data = _protocol.encode(msg)
+        data = frames.encode(msg)
         with self._send_lock:
             self.sock.sendall(data)
 
     def recv(self) -> dict[str, Any] | None:
-        header = self.rfile.read(_protocol.HEADER.size)
-        if len(header) < _protocol.HEADER.size:
+        header = self.rfile.read(frames.HEADER.size)
+        if len(header) < frames.HEADER.size:
             return None
-        (length,) = _protocol.HEADER.unpack(header)
+        (length,) = frames.HEADER.unpack(header)
         body = self.rfile.read(length)
         if len(body) < length:
             return None
@@ -133,7 +132,8 @@ class Worker:
         `snap=True` ones first, then the others, base classes first. An exception fails the container start."""
         if self.cls_info is None:
             return
-        from ..cls import construct_instance, unpack_params
+        from .._spec.params import unpack_params
+        from ..cls import construct_instance
 
         self.instance = construct_instance(self.fn, self.cls_info, unpack_params(self.definition.get("params")))
         for name in self.cls_info["enter"]:
@@ -301,12 +301,12 @@ class Worker:
         function once with lists. The control plane never sends more than `max_batch_size` at a time."""
         import queue
 
-        frames: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        incoming: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
         def read() -> None:
             while True:
                 msg = self.channel.recv()
-                frames.put(msg)
+                incoming.put(msg)
                 if msg is None or msg["t"] == "stop":
                     return
 
@@ -315,7 +315,7 @@ class Worker:
         deadline = 0.0
         while True:
             try:
-                msg = frames.get(timeout=max(0.0, deadline - time.monotonic()) if buffer else None)
+                msg = incoming.get(timeout=max(0.0, deadline - time.monotonic()) if buffer else None)
             except queue.Empty:
                 msg = {"t": "tick"}
             if msg is None or msg["t"] == "stop":

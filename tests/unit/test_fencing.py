@@ -11,7 +11,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-from shoal import _protocol
+from shoal._spec import frames as _protocol
 from shoal.controlplane.dispatch import Dispatcher
 from shoal.controlplane.model import Container
 from shoal.controlplane.store.sqlite import SQLiteStore

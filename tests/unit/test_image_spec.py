@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 import shoal
+from shoal._spec.images import image_id_for, split_mounts
 from shoal.controlplane.images import check_spec
 from shoal.exception import InvalidError
-from shoal.image import Image, image_id_for, split_mounts
+from shoal.image import Image
 
 
 def wire(image: Image) -> dict:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 import shoal as modal
+from shoal._spec.retries import retry_delay
 from shoal.exception import InvalidError
-from shoal.retries import Retries, parse_retries, retry_delay
+from shoal.retries import Retries, parse_retries
 
 
 def test_exported():

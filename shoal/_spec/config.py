@@ -1,4 +1,7 @@
-"""Where shoal keeps its state and how clients find the control plane. Environment variables win."""
+"""Where shoal keeps its state and how clients find the control plane. Environment variables win.
+
+Read by the SDK (finding or starting a control plane), the control plane and the backends alike.
+"""
 
 from __future__ import annotations
 
@@ -21,11 +24,17 @@ def server_url_override() -> str | None:
     return os.environ.get("SHOAL_SERVER_URL") or None
 
 
+def package_dir() -> Path:
+    """The directory of this `shoal` package: images link it in, so containers run the control plane's own copy."""
+    return Path(__file__).resolve().parent.parent
+
+
 def env_flag(name: str, default: bool = False) -> bool:
+    """`1`, `true`, `yes` or `on` (any case) set a flag; anything else clears it."""
     value = os.environ.get(name)
     if value is None:
         return default
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-RESULT_TTL_S = 7 * 24 * 3600
+RESULT_TTL_S = 7 * 24 * 3600  # results are kept this long (OutputExpiredError after)

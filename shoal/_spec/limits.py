@@ -1,0 +1,17 @@
+"""Bounds stated once: the decorators, `autoscaler.update(...)`, the CLI and the control plane all check these.
+
+Each bound is `(lowest, highest)`, `None` for no upper bound, both inclusive.
+"""
+
+from __future__ import annotations
+
+SCALEDOWN_WINDOW_S: tuple[int, int] = (2, 3600)  # seconds an idle container waits before it may go
+TIMEOUT_S: tuple[int, int] = (1, 24 * 3600)  # a function's `timeout` and `startup_timeout`
+
+# The autoscaler's knobs, as `@app.function(...)`, `with_options(...)` and `autoscaler.update(...)` accept them.
+AUTOSCALER_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "min_containers": (0, None),
+    "max_containers": (1, None),
+    "buffer_containers": (0, None),
+    "scaledown_window": SCALEDOWN_WINDOW_S,
+}
