@@ -25,35 +25,6 @@ MAX_PREFETCH = 256
 BACKLOG_DRAIN_S = 1.0
 
 
-def desired_containers(
-    *,
-    queued: int,
-    running: int,
-    per_container: int,
-    min_containers: int | None,
-    max_containers: int | None,
-    buffer_containers: int | None,
-    capacity: int,
-    avg_exec_s: float | None = None,
-) -> int:
-    """Containers a pool should have: enough slots for all running and queued inputs, plus the buffer while
-    active, clamped to the pool's bounds and to what the machine can hold (`capacity`).
-
-    Once execution time is measured, inputs count by their work: 10,000 queued inputs of 20 µs are
-    0.2 s of work, which one container drains, not 10,000 containers.
-    """
-    load = queued + running  # `running` includes inputs prefetched by containers
-    if avg_exec_s is not None and load:
-        load = min(load, max(1, math.ceil(load * avg_exec_s / BACKLOG_DRAIN_S)))
-    want = math.ceil(load / max(per_container, 1))
-    if load and buffer_containers:
-        want += buffer_containers
-    want = max(want, min_containers or 0)
-    if max_containers is not None:
-        want = min(want, max_containers)
-    return max(0, min(want, capacity))
-
-
 def dispatch_batch(*, room: int, queued: int, ready_containers: int, avg_exec_s: float | None) -> int:
     """Inputs to hand one container that has `room` free places now.
 
@@ -75,11 +46,6 @@ def prefetch_capacity(max_inputs: int, avg_exec_s: float | None) -> int:
     if avg_exec_s is not None and avg_exec_s < PREFETCH_BUDGET_S:
         return max(max_inputs, MAX_PREFETCH)
     return max_inputs
-
-
-def should_scale_down(*, idle_for_s: float, scaledown_window_s: float, live: int, min_containers: int) -> bool:
-    """An idle container goes once it has been idle for the window and the pool stays above its minimum."""
-    return idle_for_s >= scaledown_window_s and live > min_containers
 
 
 def ewma(previous: float | None, sample: float, alpha: float = 0.2) -> float:
@@ -187,17 +153,14 @@ def kpa_decide(
     load = effective_load(last.running + last.queued, avg_exec_s) if last is not None else 0.0
     stable_sum = panic_sum = 0.0
     stable_n = panic_n = 0
-    # effective_load, inlined: this runs on every event that may need a container.
-    work = None if avg_exec_s is None else avg_exec_s / BACKLOG_DRAIN_S
-    ceil = math.ceil
     stable_from, panic_from = now - stable_w, now - panic_w
     for s in samples:
         t = s.t
         if t <= stable_from or t > now:
             continue
         value = s.running + s.queued
-        if work is not None and value:
-            value = min(value, max(1, ceil(value * work)))
+        if avg_exec_s is not None and value:  # the call only where it changes something: this runs on every event
+            value = effective_load(value, avg_exec_s)
         stable_sum += value
         stable_n += 1
         if t > panic_from:

@@ -2,80 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
+from shoal._spec.limits import SCALEDOWN_WINDOW_S
 from shoal.controlplane import policy
 from shoal.controlplane.policy import (
     MAX_PREFETCH,
     PREFETCH_BUDGET_S,
-    desired_containers,
     dispatch_batch,
+    effective_load,
     ewma,
     prefetch_capacity,
-    should_scale_down,
 )
 
-
-def want(**kw: Any) -> int:
-    args: dict[str, Any] = dict(queued=0, running=0, per_container=1, min_containers=None, max_containers=None,
-                                buffer_containers=None, capacity=100)
-    args.update(kw)
-    return desired_containers(**args)
+# -- effective_load (Little's law) --------------------------------------------------------------------------
 
 
-# -- desired_containers --------------------------------------------------------------------------------------
+def test_inputs_count_one_each_until_measured():
+    assert effective_load(0, None) == 0
+    assert effective_load(4, None) == 4
 
 
-def test_idle_pool_scales_to_zero():
-    assert want() == 0
-
-
-def test_one_container_per_input_by_default():
-    assert want(queued=3) == 3
-    assert want(queued=2, running=3) == 5
-
-
-def test_concurrent_containers_hold_several_inputs():
-    assert want(queued=10, per_container=4) == 3
-    assert want(queued=8, per_container=4) == 2
-    assert want(queued=1, per_container=100) == 1
-
-
-def test_per_container_zero_is_treated_as_one():
-    assert want(queued=3, per_container=0) == 3
-
-
-def test_min_containers_kept_when_idle():
-    assert want(min_containers=2) == 2
-    assert want(queued=5, min_containers=2) == 5
-
-
-def test_max_containers_caps():
-    assert want(queued=50, max_containers=10) == 10
-    assert want(min_containers=2, max_containers=10) == 2
-
-
-def test_buffer_only_while_active():
-    assert want(buffer_containers=1) == 0
-    assert want(queued=3, buffer_containers=1) == 4
-    assert want(running=1, buffer_containers=2) == 3
-    assert want(queued=20, buffer_containers=5, max_containers=22) == 22
-
-
-def test_capacity_clamps_everything():
-    assert want(queued=50, capacity=8) == 8
-    assert want(min_containers=4, capacity=2) == 2
-    assert want(queued=5, capacity=0) == 0
-
-
-def test_measured_fast_inputs_need_few_containers():
-    # 10,000 inputs of 20 µs are 0.2 s of work: one container drains them.
-    assert want(queued=10_000, avg_exec_s=20e-6) == 1
-    assert want(queued=4, avg_exec_s=None) == 4
-    # Slow inputs still get one container each.
-    assert want(queued=4, avg_exec_s=5.0) == 4
+def test_measured_fast_inputs_count_by_their_work():
+    # 10,000 inputs of 20 µs are 0.2 s of work: one container drains them within BACKLOG_DRAIN_S.
+    assert effective_load(10_000, 20e-6) == 1
+    assert effective_load(100_000, 20e-6) == 2
+    assert effective_load(0, 20e-6) == 0
+    # Slow inputs still count one each (never more).
+    assert effective_load(4, 5.0) == 4
 
 
 # -- dispatch_batch ------------------------------------------------------------------------------------------
@@ -121,19 +75,12 @@ def test_prefetch_capacity():
     assert prefetch_capacity(1000, 1e-5) == 1000
 
 
-# -- should_scale_down ---------------------------------------------------------------------------------------
-
-
-def test_should_scale_down():
-    assert should_scale_down(idle_for_s=60, scaledown_window_s=60, live=1, min_containers=0)
-    assert should_scale_down(idle_for_s=61, scaledown_window_s=60, live=3, min_containers=2)
-    assert not should_scale_down(idle_for_s=59.9, scaledown_window_s=60, live=1, min_containers=0)
-    assert not should_scale_down(idle_for_s=600, scaledown_window_s=60, live=2, min_containers=2)
-    assert not should_scale_down(idle_for_s=600, scaledown_window_s=60, live=0, min_containers=0)
+# -- defaults ----------------------------------------------------------------------------------------------
 
 
 def test_default_scaledown_window_in_allowed_range():
-    assert 2 <= policy.DEFAULT_SCALEDOWN_WINDOW_S <= 3600
+    lo, hi = SCALEDOWN_WINDOW_S
+    assert lo <= policy.DEFAULT_SCALEDOWN_WINDOW_S <= hi
 
 
 # -- ewma ----------------------------------------------------------------------------------------------------
