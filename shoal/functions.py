@@ -15,6 +15,7 @@ from ._client.aio import aio_method, with_sync
 from ._client.transport import Client, get_client
 from ._object import Plan, _drive_async, _drive_sync, rpc
 from ._options import FunctionOptions
+from ._spec.limits import MAX_WAIT_S, SCALEDOWN_WINDOW_S
 from .exception import (
     ExecutionError,
     FunctionTimeoutError,
@@ -25,7 +26,7 @@ from .exception import (
 if TYPE_CHECKING:
     from .app import App
 
-POLL_S = 50.0
+POLL_S = MAX_WAIT_S  # longest a single server-side wait lasts; longer waits are several requests
 MAP_WINDOW = 1000  # inputs in flight per map, as Modal's per-map concurrency limit
 MAP_BATCH = 500  # inputs per request
 MAP_BATCH_WAIT_S = 0.002
@@ -573,7 +574,6 @@ class FunctionAutoscalerManager:
 
     async def _apply(self, **values: int | None) -> Any:
         from ._options import _check_int
-        from ._spec.limits import SCALEDOWN_WINDOW_S
         from .types import FunctionAutoscalerSettings
 
         _check_int("min_containers", values.get("min_containers"), 0)

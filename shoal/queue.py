@@ -13,9 +13,10 @@ from typing import Any
 from ._client.aio import aio_method
 from ._object import Plan, StorageObject, _drive_async, _drive_sync, rpc
 from ._serialization import dumps, loads
+from ._spec.limits import MAX_WAIT_S
 from .exception import InvalidError
 
-POLL_S = 50.0  # longest a single server-side wait lasts; longer waits are several requests
+POLL_S = MAX_WAIT_S  # longest a single server-side wait lasts; longer waits are several requests
 
 
 def _check_partition(partition: str | None) -> None:

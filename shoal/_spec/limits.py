@@ -7,6 +7,9 @@ from __future__ import annotations
 
 SCALEDOWN_WINDOW_S: tuple[int, int] = (2, 3600)  # seconds an idle container waits before it may go
 TIMEOUT_S: tuple[int, int] = (1, 24 * 3600)  # a function's `timeout` and `startup_timeout`
+# The longest one request waits in the control plane (results, outputs, queue gets and puts): longer waits are
+# several requests, so no proxy or load balancer on the way times a request out.
+MAX_WAIT_S = 50.0
 
 # The autoscaler's knobs, as `@app.function(...)`, `with_options(...)` and `autoscaler.update(...)` accept them.
 AUTOSCALER_BOUNDS: dict[str, tuple[int, int | None]] = {

@@ -18,10 +18,10 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from .._spec.limits import MAX_WAIT_S
 from .dispatch import Dispatcher, new_id
 from .images import ImageBuilder
 
-MAX_WAIT_S = 50.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .._spec.limits import MAX_WAIT_S
 from .api import ApiError, body_of, query_int, reply
 from .dispatch import new_id
 from .store import Store
@@ -31,7 +32,6 @@ MAX_UPDATE = 10_000  # Dict: entries per update
 MAX_ITEM = 1024 * 1024  # Queue: per item
 MAX_PARTITION_ITEMS = 5_000
 MAX_PARTITIONS = 100_000
-MAX_WAIT_S = 50.0
 SHARED_POLL_S = 0.1  # how often a blocked getter of a replica looks for items put through another replica
 
 
