@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ from aiohttp import web
 from .._spec.limits import MAX_WAIT_S
 from .api import ApiError, body_of, query_int, reply
 from .dispatch import new_id
-from .store import Store
+from .store import Store, dicts, objects, queues
 
 KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: controlplane/volumes.py
 DICT_TTL_S = 7 * 24 * 3600  # entries untouched this long expire
@@ -81,20 +80,8 @@ class Objects:
             raise ApiError(400, f"invalid {kind} name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
         create = bool(body.get("create_if_missing")) or name is None
         allow_existing = body.get("allow_existing", True)
-
-        def run(c: sqlite3.Connection) -> tuple[str, bool]:
-            if name is not None:
-                row = c.execute("SELECT object_id FROM objects WHERE kind=? AND name=?", (kind, name)).fetchone()
-                if row:
-                    return row[0], False
-            if not create:
-                return "", False
-            object_id = new_id(KINDS[kind])
-            c.execute("INSERT INTO objects (object_id, kind, name, created_at, app_id) VALUES (?,?,?,?,?)",
-                      (object_id, kind, name, time.time(), body.get("app_id")))
-            return object_id, True
-
-        object_id, created = await self.store.transact(run)
+        object_id, created = await objects.find_or_create(self.store, kind, name, create=create,
+                                                          new_id=new_id(KINDS[kind]), app_id=body.get("app_id"))
         if not object_id:
             raise ApiError(404, f"{kind.capitalize()} {name!r} not found", "NotFoundError")
         if not created and body.get("must_create") and not allow_existing:
@@ -102,31 +89,19 @@ class Objects:
         return reply({"object_id": object_id, "created": created})
 
     async def list(self, request: web.Request) -> web.Response:
-        kind = request.query.get("kind", "")
-        rows = await self.store.read(
-            "SELECT object_id, name, created_at FROM objects WHERE kind=? AND name IS NOT NULL ORDER BY name",
-            (kind,))
-        return reply({"objects": [{"object_id": i, "name": n, "created_at": t} for i, n, t in rows]})
+        named = await objects.list_named(self.store, request.query.get("kind", ""))
+        return reply({"objects": [{"object_id": i, "name": n, "created_at": t} for i, n, t in named]})
 
     async def delete(self, request: web.Request) -> web.Response:
         object_id = request.match_info["object_id"]
-
-        def run(c: sqlite3.Connection) -> int:
-            n = c.execute("DELETE FROM objects WHERE object_id=?", (object_id,)).rowcount
-            c.execute("DELETE FROM dict_entries WHERE dict_id=?", (object_id,))
-            c.execute("DELETE FROM queue_items WHERE queue_id=?", (object_id,))
-            c.execute("DELETE FROM queue_partitions WHERE queue_id=?", (object_id,))
-            return n
-
-        if not await self.store.transact(run):
+        if not await objects.delete(self.store, object_id):
             raise ApiError(404, f"object {object_id} not found", "NotFoundError")
         for hook in self.on_delete:
             hook(object_id)
         return reply({"ok": True})
 
     async def _exists(self, object_id: str, kind: str) -> None:
-        rows = await self.store.read("SELECT 1 FROM objects WHERE object_id=? AND kind=?", (object_id, kind))
-        if not rows:
+        if not await objects.exists(self.store, object_id, kind):
             raise ApiError(404, f"{kind.capitalize()} {object_id} not found (deleted?)", "NotFoundError")
 
     # -- dicts -----------------------------------------------------------------------------------------------
@@ -143,29 +118,18 @@ class Objects:
 
     async def dict_get(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "key")
-        rows = await self.store.read("SELECT value FROM dict_entries WHERE dict_id=? AND key=?",
-                                     (object_id, body["key"]))
-        if rows:
-            self.store.write("UPDATE dict_entries SET touched_at=? WHERE dict_id=? AND key=?",
-                             (time.time(), object_id, body["key"]))
-        return reply({"found": bool(rows), "value": rows[0][0] if rows else None})
+        value = await dicts.get(self.store, object_id, body["key"])
+        return reply({"found": value is not None, "value": value})
 
     async def dict_contains(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "key")
-        rows = await self.store.read("SELECT 1 FROM dict_entries WHERE dict_id=? AND key=?", (object_id, body["key"]))
-        return reply({"found": bool(rows)})
+        return reply({"found": await dicts.contains(self.store, object_id, body["key"])})
 
     async def dict_put(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "key", "value")
-        action = "DO NOTHING" if body.get("skip_if_exists") else \
-            "(dict_id, key) DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at"
-
-        def run(c: sqlite3.Connection) -> bool:
-            return c.execute(f"INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) "
-                             f"ON CONFLICT {action}",
-                             (object_id, body["key"], body["value"], time.time())).rowcount > 0
-
-        return reply({"created": await self.store.transact(run)})
+        created = await dicts.put(self.store, object_id, body["key"], body["value"],
+                                  skip_if_exists=bool(body.get("skip_if_exists")))
+        return reply({"created": created})
 
     async def dict_update(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "items")
@@ -175,52 +139,32 @@ class Objects:
             raise ApiError(400, "items must be a list of [key, value] byte pairs")
         if len(items) > MAX_UPDATE:
             raise ApiError(413, f"at most {MAX_UPDATE} entries per update", "RequestSizeError")
-        now = time.time()
-        await self.store.flushed(self.store.write(
-            "INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) ON CONFLICT (dict_id, key) "
-            "DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at",
-            [(object_id, k, v, now) for k, v in items], many=True))
+        await dicts.update(self.store, object_id, [(k, v) for k, v in items])
         return reply({"ok": True})
 
     async def dict_pop(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "key")
-
-        def run(c: sqlite3.Connection) -> bytes | None:
-            row = c.execute("SELECT value FROM dict_entries WHERE dict_id=? AND key=?",
-                            (object_id, body["key"])).fetchone()
-            if row:
-                c.execute("DELETE FROM dict_entries WHERE dict_id=? AND key=?", (object_id, body["key"]))
-            return row[0] if row else None
-
-        value = await self.store.transact(run)
+        value = await dicts.pop(self.store, object_id, body["key"])
         return reply({"found": value is not None, "value": value})
 
     async def dict_clear(self, request: web.Request) -> web.Response:
         object_id, _ = await self._dict_body(request)
-        await self.store.flushed(self.store.write("DELETE FROM dict_entries WHERE dict_id=?", (object_id,)))
+        await dicts.clear(self.store, object_id)
         return reply({"ok": True})
 
     async def dict_len(self, request: web.Request) -> web.Response:
         object_id, _ = await self._dict_body(request)
-        rows = await self.store.read("SELECT COUNT(*) FROM dict_entries WHERE dict_id=?", (object_id,))
-        return reply({"len": rows[0][0]})
+        return reply({"len": await dicts.length(self.store, object_id)})
 
     async def dict_items(self, request: web.Request) -> web.Response:
         """A page of entries in key order, after `after` (exclusive)."""
         object_id, body = await self._dict_body(request)
         limit = max(1, min(int(body.get("limit") or 1000), 1000))
-        after = body.get("after")
-        if after is None:
-            rows = await self.store.read(
-                "SELECT key, value FROM dict_entries WHERE dict_id=? ORDER BY key LIMIT ?", (object_id, limit))
-        else:
-            rows = await self.store.read(
-                "SELECT key, value FROM dict_entries WHERE dict_id=? AND key > ? ORDER BY key LIMIT ?",
-                (object_id, after, limit))
+        rows = await dicts.page(self.store, object_id, body.get("after"), limit)
         return reply({"items": [[k, v] for k, v in rows], "more": len(rows) == limit})
 
     def expire_dicts(self) -> None:
-        self.store.write("DELETE FROM dict_entries WHERE touched_at < ?", (time.time() - DICT_TTL_S,))
+        dicts.expire(self.store, untouched_since=time.time() - DICT_TTL_S)
 
     # -- queues ----------------------------------------------------------------------------------------------
     async def _queue_body(self, request: web.Request, *required: str) -> tuple[str, str, dict[str, Any]]:
@@ -262,32 +206,16 @@ class Objects:
         for g in takers:  # from here on these getters must receive what the transaction pops for them
             g.taken = True
             self.getters[key].remove(g)
-
-        def run(c: sqlite3.Connection) -> list[list[bytes]] | None:
-            count = c.execute("SELECT COUNT(*) FROM queue_items WHERE queue_id=? AND partition=?",
-                              (object_id, partition)).fetchone()[0]
-            if count + len(values) > MAX_PARTITION_ITEMS:
-                return None
-            known = c.execute("SELECT 1 FROM queue_partitions WHERE queue_id=? AND partition=?",
-                              (object_id, partition)).fetchone()
-            if not known and c.execute("SELECT COUNT(*) FROM queue_partitions WHERE queue_id=?",
-                                       (object_id,)).fetchone()[0] >= MAX_PARTITIONS:
-                raise ApiError(409, f"a queue may have at most {MAX_PARTITIONS} partitions", "QueueFull")
-            c.execute("INSERT INTO queue_partitions (queue_id, partition, expires_at) VALUES (?,?,?) "
-                      "ON CONFLICT (queue_id, partition) DO UPDATE SET expires_at=excluded.expires_at",
-                      (object_id, partition, time.time() + ttl))
-            top = c.execute("SELECT COALESCE(MAX(seq), 0) FROM queue_items WHERE queue_id=? AND partition=?",
-                            (object_id, partition)).fetchone()[0]
-            c.executemany("INSERT INTO queue_items (queue_id, partition, seq, value) VALUES (?,?,?,?)",
-                          [(object_id, partition, top + 1 + i, v) for i, v in enumerate(values)])
-            return [_pop(c, object_id, partition, g.n) for g in takers]
-
         try:
-            handed = await asyncio.shield(self.store.transact(run))
-        except BaseException:
+            handed = await asyncio.shield(queues.put(
+                self.store, object_id, partition, values, ttl_s=ttl, max_items=MAX_PARTITION_ITEMS,
+                max_partitions=MAX_PARTITIONS, hand_to=[g.n for g in takers]))
+        except BaseException as exc:
             for g in reversed(takers):  # nothing was popped for them: let them wait again
                 g.taken = False
                 self.getters[key].appendleft(g)
+            if isinstance(exc, queues.TooManyPartitionsError):
+                raise ApiError(409, f"a queue may have at most {MAX_PARTITIONS} partitions", "QueueFull") from exc
             raise
         if handed is None:
             for g in reversed(takers):
@@ -304,7 +232,7 @@ class Objects:
         n = int(body.get("n") or 1)
         if n < 1:
             raise ApiError(400, "n must be at least 1")
-        items = await self.store.transact(lambda c: _pop(c, object_id, partition, n, self.shared))
+        items = await queues.pop(self.store, object_id, partition, n, shared=self.shared)
         timeout = min(float(body.get("timeout") or 0), MAX_WAIT_S)
         if items or timeout <= 0:
             return reply({"values": items})
@@ -316,7 +244,7 @@ class Objects:
             # of handing them over: look again, now that every later put sees this getter. (Such a put queues
             # its transaction on its next step: sleep(0) lets it, so this pop runs after it.)
             await asyncio.sleep(0)
-            items = await self.store.transact(lambda c: _pop(c, object_id, partition, n, self.shared))
+            items = await queues.pop(self.store, object_id, partition, n, shared=self.shared)
             if items:
                 await self._abandon(key, getter)  # (items a put handed it meanwhile go back to the head)
                 return reply({"values": items})
@@ -331,7 +259,7 @@ class Objects:
                     waiting = self.getters[key]
                     place = waiting.index(getter)
                     del waiting[place]  # while it looks, no put of this replica hands it items
-                    look = asyncio.ensure_future(self.store.transact(lambda c: _pop(c, object_id, partition, n, True)))
+                    look = asyncio.ensure_future(queues.pop(self.store, object_id, partition, n, shared=True))
                     try:
                         items = await asyncio.shield(look)
                     except asyncio.CancelledError:
@@ -361,43 +289,22 @@ class Objects:
         """Items popped for a client that went away go back to the head of the queue."""
         if items:
             object_id, partition = key
-
-            def run(c: sqlite3.Connection) -> None:
-                low = c.execute("SELECT COALESCE(MIN(seq), 1) FROM queue_items WHERE queue_id=? AND partition=?",
-                                (object_id, partition)).fetchone()[0]
-                c.executemany("INSERT INTO queue_items (queue_id, partition, seq, value) VALUES (?,?,?,?)",
-                              [(object_id, partition, low - len(items) + i, v) for i, v in enumerate(items)])
-
-            await self.store.transact(run)
+            await queues.give_back(self.store, object_id, partition, items)
 
     async def queue_len(self, request: web.Request) -> web.Response:
         object_id, partition, body = await self._queue_body(request)
-        if body.get("total"):
-            rows = await self.store.read("SELECT COUNT(*) FROM queue_items WHERE queue_id=?", (object_id,))
-        else:
-            rows = await self.store.read("SELECT COUNT(*) FROM queue_items WHERE queue_id=? AND partition=?",
-                                         (object_id, partition))
-        return reply({"len": rows[0][0]})
+        count = await queues.length(self.store, object_id, None if body.get("total") else partition)
+        return reply({"len": count})
 
     async def queue_clear(self, request: web.Request) -> web.Response:
         object_id, partition, body = await self._queue_body(request)
-        if body.get("all"):
-            self.store.write("DELETE FROM queue_partitions WHERE queue_id=?", (object_id,))
-            ticket = self.store.write("DELETE FROM queue_items WHERE queue_id=?", (object_id,))
-        else:
-            self.store.write("DELETE FROM queue_partitions WHERE queue_id=? AND partition=?", (object_id, partition))
-            ticket = self.store.write("DELETE FROM queue_items WHERE queue_id=? AND partition=?",
-                                      (object_id, partition))
-        await self.store.flushed(ticket)
+        await queues.clear(self.store, object_id, None if body.get("all") else partition)
         return reply({"ok": True})
 
     async def queue_peek(self, request: web.Request) -> web.Response:
         object_id, partition, body = await self._queue_body(request)
         n = max(1, min(query_int(request, "n", int(body.get("n") or 1)), 1000))
-        rows = await self.store.read(
-            "SELECT value FROM queue_items WHERE queue_id=? AND partition=? ORDER BY seq LIMIT ?",
-            (object_id, partition, n))
-        return reply({"values": [r[0] for r in rows]})
+        return reply({"values": await queues.peek(self.store, object_id, partition, n)})
 
     async def housekeeping(self) -> None:
         """Expire queue partitions every few seconds and idle Dict entries every hour."""
@@ -411,19 +318,4 @@ class Objects:
 
     def expire_partitions(self) -> None:
         """Partitions are cleared `partition_ttl` seconds after their last put."""
-        now = time.time()
-        self.store.write("DELETE FROM queue_items WHERE (queue_id, partition) IN (SELECT queue_id, partition FROM "
-                         "queue_partitions WHERE expires_at < ?)", (now,))
-        self.store.write("DELETE FROM queue_partitions WHERE expires_at < ?", (now,))
-
-
-def _pop(c: sqlite3.Connection, object_id: str, partition: str, n: int, shared: bool = False) -> list[bytes]:
-    if shared:  # lock the partition first: a pop of another replica waits, then sees what this one took
-        c.execute("UPDATE queue_partitions SET expires_at=expires_at WHERE queue_id=? AND partition=?",
-                  (object_id, partition))
-    rows = c.execute("SELECT seq, value FROM queue_items WHERE queue_id=? AND partition=? ORDER BY seq LIMIT ?",
-                     (object_id, partition, n)).fetchall()
-    if rows:
-        c.execute("DELETE FROM queue_items WHERE queue_id=? AND partition=? AND seq <= ?",
-                  (object_id, partition, rows[-1][0]))
-    return [v for _, v in rows]
+        queues.expire_partitions(self.store, time.time())

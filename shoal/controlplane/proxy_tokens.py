@@ -13,12 +13,12 @@ import string
 import time
 from typing import Any
 
-import msgpack
 from aiohttp import web
 
 from .api import ApiError, body_of, reply
 from .ingress_policy import TokenRecord, hash_secret
 from .store import Store
+from .store import tokens as stored_tokens
 
 Scope = list[str]  # app names; empty means every app
 _ALPHABET = string.ascii_letters + string.digits
@@ -51,10 +51,9 @@ def _public(r: TokenRecord) -> dict[str, Any]:
 class ProxyTokens:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.tokens: dict[str, TokenRecord] = {}
-        for token_id, secret_hash, scope, created_at in store.read_now(
-                "SELECT token_id, secret_hash, scope, created_at FROM proxy_tokens"):
-            self.tokens[token_id] = TokenRecord(token_id, secret_hash, msgpack.unpackb(scope), created_at)
+        self.tokens: dict[str, TokenRecord] = {
+            t.token_id: TokenRecord(t.token_id, t.secret_hash, t.scope, t.created_at)
+            for t in stored_tokens.load_all(store)}
 
     # -- used by the proxy, per request ----------------------------------------------------------------------
     def lookup(self, token_id: str) -> TokenRecord | None:
@@ -66,16 +65,14 @@ class ProxyTokens:
         token_id, secret = "wk-" + _random(ID_CHARS), "ws-" + _random(SECRET_CHARS)
         record = TokenRecord(token_id, hash_secret(secret), list(scope), time.time())
         self.tokens[token_id] = record
-        await self.store.flushed(self.store.write(
-            "INSERT INTO proxy_tokens (token_id, secret_hash, scope, created_at) VALUES (?,?,?,?)",
-            (token_id, record.secret_hash, msgpack.packb(record.scope), record.created_at)))
+        await stored_tokens.insert(self.store, token_id, record.secret_hash, record.scope, record.created_at)
         return token_id, secret
 
     async def delete(self, token_id: str) -> bool:
         """False if there is no such token. Requests stop passing at once, before the commit."""
         if self.tokens.pop(token_id, None) is None:
             return False
-        await self.store.flushed(self.store.write("DELETE FROM proxy_tokens WHERE token_id=?", (token_id,)))
+        await stored_tokens.delete(self.store, token_id)
         return True
 
     def list(self) -> list[dict[str, Any]]:
@@ -113,8 +110,7 @@ class ProxyTokens:
             raise ApiError(400, f"a token may name at most {MAX_SCOPE} apps")
         new = dataclasses.replace(record, scope=scope)
         self.tokens[record.token_id] = new
-        await self.store.flushed(self.store.write("UPDATE proxy_tokens SET scope=? WHERE token_id=?",
-                                                  (msgpack.packb(scope), record.token_id)))
+        await stored_tokens.set_scope(self.store, record.token_id, scope)
         return new
 
     # -- routes ----------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ owner renews its leases every `renew_s`; a lease not renewed for `ttl_s` is free
 - Schedules fire at the app's owner (controlplane/scheduler.py), so each fires once, and keep firing at the next owner.
 - Web endpoints are served by the owner's ingress proxy: the URLs an app's functions get point at it.
 
-The lease rules are pure (`policy.lease_decision`); this module applies them.
+The lease rules are pure (`policy.lease_decision`); `store/leases.py` applies them inside the transactions that
+change leases, and this module acts on the outcome.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
 from . import policy
 from .api import ApiError
 from .dispatch import Dispatcher, new_id
+from .store import leases
+from .store import replicas as registry
 
 log = logging.getLogger("shoal.replicas")
 HOPS_HEADER = "X-Shoal-Forwarded"  # how many replicas a request went through (a forward is served, not re-sent)
@@ -92,19 +95,7 @@ class Replicas:
         """Register this replica (its URL, for forwards) and start renewing; free apps are taken over by the
         loop's first pass."""
         self.url, self.web_url = url, web_url
-        me, pid = self.id, os.getpid()
-
-        def register(c: Any) -> None:
-            from .store.postgres import db_now
-
-            now = db_now(c)
-            c.execute("INSERT INTO replicas (replica_id, url, web_url, pid, started_at, heartbeat_at) "
-                      "VALUES (?,?,?,?,?,?) ON CONFLICT (replica_id) DO UPDATE SET url=excluded.url, "
-                      "web_url=excluded.web_url, pid=excluded.pid, started_at=excluded.started_at, "
-                      "heartbeat_at=excluded.heartbeat_at", (me, url, web_url, pid, now, now))
-            c.execute("DELETE FROM leases WHERE owner=?", (me,))  # a previous run under this id held them
-
-        await self.store.coordinate(register)
+        await registry.register(self.store, self.id, url, web_url, os.getpid())
         self._session = ClientSession(timeout=ClientTimeout(total=None, sock_connect=5))
         await self.pass_once()
         if self._tasks:
@@ -112,27 +103,14 @@ class Replicas:
         self._task = asyncio.create_task(self._loop())
 
     async def others_alive(self) -> bool:
-        def check(c: Any) -> bool:
-            from .store.postgres import db_now
-
-            now = db_now(c)
-            return c.execute("SELECT COUNT(*) FROM replicas WHERE replica_id<>? AND heartbeat_at > ?",
-                             (self.id, now - self.ttl_s)).fetchone()[0] > 0
-
-        return bool(await self.store.coordinate(check))
+        return await registry.others_alive(self.store, self.id, self.ttl_s)
 
     async def close(self) -> None:
         """A clean stop: its containers are already gone; hand every app over at once (no lease to wait out)."""
         if self._task is not None:
             self._task.cancel()
-        me = self.id
-
-        def leave(c: Any) -> None:
-            c.execute("DELETE FROM leases WHERE owner=?", (me,))
-            c.execute("DELETE FROM replicas WHERE replica_id=?", (me,))
-
         try:
-            await self.store.coordinate(leave)
+            await registry.leave(self.store, self.id)
         except Exception as exc:  # noqa: BLE001 - the leases expire anyway
             log.warning("could not hand over leases at stop: %s", exc)
         if self._session is not None:
@@ -151,51 +129,16 @@ class Replicas:
     async def claim_new(self, app_id: str) -> None:
         """A freshly created app (nobody else knows its id yet): this replica owns it."""
         sent = time.monotonic()
-        me, ttl = self.id, self.ttl_s
-
-        def claim(c: Any) -> None:
-            from .store.postgres import db_now
-
-            c.execute("INSERT INTO leases (key, owner, expires_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE SET "
-                      "owner=excluded.owner, expires_at=excluded.expires_at",
-                      (APP_PREFIX + app_id, me, db_now(c) + ttl))
-
-        await self.store.coordinate(claim)
+        await leases.claim(self.store, APP_PREFIX + app_id, self.id, self.ttl_s)
         self.confirmed[app_id] = policy.lease_confirmed_until(sent_at=sent, ttl_s=self.ttl_s, margin_s=self.margin_s)
 
     async def forget(self, app_id: str) -> None:
         """The app stopped (its state is committed): its lease goes."""
         self.confirmed.pop(app_id, None)
-        key, me = APP_PREFIX + app_id, self.id
         try:
-            await self.store.coordinate(lambda c: c.execute("DELETE FROM leases WHERE key=? AND owner=?", (key, me)))
+            await leases.release(self.store, APP_PREFIX + app_id, self.id)
         except Exception as exc:  # noqa: BLE001 - it expires anyway, and nobody takes a stopped app
             log.warning("could not drop the lease of %s: %s", app_id, exc)
-
-    async def _try_take(self, app_id: str) -> policy.LeaseDecision | None:
-        """One transaction: take the app's lease if the policy says so. None: the app is not running."""
-        key, me, ttl = APP_PREFIX + app_id, self.id, self.ttl_s
-
-        def take(c: Any) -> policy.LeaseDecision | None:
-            from .store.postgres import db_now
-
-            state = c.execute("SELECT state FROM apps WHERE app_id=?", (app_id,)).fetchone()
-            if state is None or state[0] != "running":
-                return None
-            now = db_now(c)
-            row = c.execute("SELECT owner, expires_at FROM leases WHERE key=? FOR UPDATE", (key,)).fetchone()
-            decision = policy.lease_decision(holder=row[0] if row else None, expires_at=row[1] if row else None,
-                                             me=me, now=now, ttl_s=ttl)
-            if decision.action != "take":
-                return decision
-            if row is not None:
-                c.execute("UPDATE leases SET owner=?, expires_at=? WHERE key=?", (me, decision.expires_at, key))
-            elif c.execute("INSERT INTO leases (key, owner, expires_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                           (key, me, decision.expires_at)).rowcount != 1:
-                return policy.LeaseDecision("defer", None, None)  # another replica inserted it first
-            return decision
-
-        return await self.store.coordinate(take)
 
     async def take_over(self, app_id: str) -> bool:
         """Take the app if its lease is free and rebuild it from the store; True when this replica owns it now.
@@ -210,7 +153,7 @@ class Replicas:
         ok = False
         try:
             sent = time.monotonic()
-            decision = await self._try_take(app_id)
+            decision = await leases.take(self.store, app_id, APP_PREFIX + app_id, self.id, self.ttl_s)
             if decision is not None and decision.action in ("take", "renew"):
                 self.confirmed[app_id] = policy.lease_confirmed_until(sent_at=sent, ttl_s=self.ttl_s,
                                                                       margin_s=self.margin_s)
@@ -238,34 +181,12 @@ class Replicas:
         running apps whose lease is free."""
         sent = time.monotonic()
         held = {APP_PREFIX + a for a in self.confirmed} | {APP_PREFIX + a for a in self.taking}
-        me, ttl = self.id, self.ttl_s
-
-        def renew(c: Any) -> tuple[set[str], list[str]]:
-            from .store.postgres import db_now
-
-            now = db_now(c)
-            c.execute("UPDATE replicas SET heartbeat_at=? WHERE replica_id=?", (now, me))
-            rows = c.execute("SELECT key, owner, expires_at FROM leases WHERE owner=? FOR UPDATE", (me,)).fetchall()
-            renewed = set()
-            for key, owner, expires_at in rows:
-                decision = policy.lease_decision(holder=owner, expires_at=expires_at, me=me, now=now, ttl_s=ttl)
-                # Only what is held is renewed. A lease of this replica's that it does not hold (taken or claimed
-                # after this pass began, or let go of) is left alone: it is renewed next time, or it expires.
-                if key in held and decision.action == "renew":
-                    renewed.add(key)
-            if renewed:
-                c.executemany("UPDATE leases SET expires_at=? WHERE key=? AND owner=?",
-                              [(now + ttl, key, me) for key in renewed])
-            free = c.execute(
-                "SELECT a.app_id FROM apps a LEFT JOIN leases l ON l.key = ? || a.app_id "
-                "WHERE a.state='running' AND (l.key IS NULL OR l.expires_at <= ?)", (APP_PREFIX, now)).fetchall()
-            return renewed, [r[0] for r in free]
-
         try:
             # Bounded: however long the database takes, the leases this replica can no longer vouch for are let
             # go of in time (below).
-            renewed, free = await asyncio.wait_for(asyncio.shield(self.store.coordinate(renew)),
-                                                   timeout=self.ttl_s - self.margin_s)
+            renewed, free = await asyncio.wait_for(
+                asyncio.shield(leases.renew(self.store, self.id, held, self.ttl_s, APP_PREFIX)),
+                timeout=self.ttl_s - self.margin_s)
         except Exception as exc:  # noqa: BLE001 - the database is unreachable: leases lapse below
             log.warning("could not renew leases: %s", exc)
             renewed, free = set(), []
@@ -295,19 +216,6 @@ class Replicas:
                 log.exception("replica pass failed")
 
     # -- where requests go -----------------------------------------------------------------------------------
-    async def _peers(self) -> list[str]:
-        me, ttl = self.id, self.ttl_s
-
-        def peers(c: Any) -> list[str]:
-            from .store.postgres import db_now
-
-            rows = c.execute("SELECT url FROM replicas WHERE replica_id<>? AND heartbeat_at > ? ORDER BY started_at",
-                             (me, db_now(c) - ttl)).fetchall()
-            return [r[0] for r in rows]
-
-        # On a read connection: the coordination one is kept for leases, which must not wait behind requests.
-        return await asyncio.to_thread(self.store._read, peers)
-
     async def locate(self, app_id: str) -> str | None:
         """Where a request for the app is served: None here (this replica owns it, has just taken it over, or
         the app is not running: the handlers answer from the store), else the owner's URL."""
@@ -319,23 +227,7 @@ class Replicas:
         cached = self._owner_cache.get(app_id)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        key, me, ttl = APP_PREFIX + app_id, self.id, self.ttl_s
-
-        def look(c: Any) -> tuple[str, Any]:
-            from .store.postgres import db_now
-
-            state = c.execute("SELECT state FROM apps WHERE app_id=?", (app_id,)).fetchone()
-            if state is None or state[0] != "running":
-                return "none", None
-            row = c.execute("SELECT l.owner, l.expires_at, r.url FROM leases l LEFT JOIN replicas r "
-                            "ON r.replica_id = l.owner WHERE l.key=?", (key,)).fetchone()
-            decision = policy.lease_decision(holder=row[0] if row else None, expires_at=row[1] if row else None,
-                                             me=me, now=db_now(c), ttl_s=ttl, want=False)
-            if decision.action == "defer" and decision.owner not in (None, me):
-                return "remote", row[2]
-            return "free", None
-
-        where, url = await asyncio.to_thread(self.store._read, look)
+        where, url = await leases.locate(self.store, app_id, APP_PREFIX + app_id, self.id, self.ttl_s)
         if where == "none":
             return None
         if where == "remote" and url:
@@ -347,11 +239,7 @@ class Replicas:
         return await self.locate_again(app_id)
 
     async def locate_again(self, app_id: str) -> str | None:
-        key = APP_PREFIX + app_id
-        rows = await self.store.read(
-            "SELECT r.url FROM leases l JOIN replicas r ON r.replica_id = l.owner WHERE l.key=? AND l.owner<>?",
-            (key, self.id))
-        return str(rows[0][0]) if rows else None
+        return await leases.holder_url(self.store, APP_PREFIX + app_id, self.id)
 
     async def app_of(self, request: web.Request) -> str | None:
         """The app a request is about, when it is about one that runs (else None: served here)."""
@@ -386,10 +274,10 @@ class Replicas:
             return pool.app_id
         app_id = self._app_of_function.get(function_id)
         if app_id is None:
-            rows = await self.store.read("SELECT app_id FROM functions WHERE function_id=?", (function_id,))
-            if not rows:
+            app_id = await registry.app_of_function(self.store, function_id)
+            if app_id is None:
                 return None
-            app_id = self._app_of_function[function_id] = rows[0][0]
+            self._app_of_function[function_id] = app_id
         return app_id
 
     async def _call_app(self, call_id: str) -> str | None:
@@ -398,20 +286,17 @@ class Replicas:
             return call.pool.app_id
         app_id = self._app_of_call.get(call_id)
         if app_id is None:
-            rows = await self.store.read(
-                "SELECT f.app_id FROM calls c JOIN functions f ON f.function_id = c.function_id WHERE c.call_id=?",
-                (call_id,))
-            if not rows:
+            app_id = await registry.app_of_call(self.store, call_id)
+            if app_id is None:
                 return None
             if len(self._app_of_call) > 100_000:
                 self._app_of_call.clear()
-            app_id = self._app_of_call[call_id] = rows[0][0]
+            self._app_of_call[call_id] = app_id
         return app_id
 
     async def _app_by_name(self, name: str, deployed_only: bool) -> str | None:
         """The running app a name means: the deployed one, else (`deployed_only=False`) the newest running."""
-        rows = await self.store.read(
-            "SELECT app_id, mode FROM apps WHERE name=? AND state='running' ORDER BY created_at DESC", (name,))
+        rows = await registry.running_apps_named(self.store, name)
         deployed = [r[0] for r in rows if r[1] == "deployed"]
         if deployed:
             return deployed[0]
@@ -451,8 +336,7 @@ class Replicas:
                 await asyncio.sleep(min(0.2, self.renew_s))
 
     async def _still_running(self, app_id: str) -> bool:
-        rows = await self.store.read("SELECT state FROM apps WHERE app_id=?", (app_id,))
-        return bool(rows) and rows[0][0] == "running"
+        return await registry.app_state(self.store, app_id) == "running"
 
     async def forward(self, request: web.Request, url: str, hops: int) -> web.Response:
         """Send the request to another replica and relay its answer (API bodies are bounded msgpack)."""
@@ -474,7 +358,7 @@ class Replicas:
         if not isinstance(resp, web.Response) or resp.status != 200 or resp.body is None:
             return resp
         merged = msgpack.unpackb(resp.body, raw=False)  # type: ignore[arg-type]
-        for url in await self._peers():
+        for url in await registry.peers(self.store, self.id, self.ttl_s):
             try:
                 other = await self.forward(request, url, MAX_HOPS)
             except (ClientConnectionError, OSError, asyncio.TimeoutError):
@@ -486,7 +370,7 @@ class Replicas:
     async def _container_anywhere(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """A container this replica does not run: the replica that runs it answers (else this one, from what
         it knows)."""
-        for url in await self._peers():
+        for url in await registry.peers(self.store, self.id, self.ttl_s):
             try:
                 resp = await self.forward(request, url, MAX_HOPS)
             except (ClientConnectionError, OSError, asyncio.TimeoutError):

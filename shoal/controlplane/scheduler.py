@@ -23,6 +23,7 @@ from dateutil.relativedelta import relativedelta
 
 from .dispatch import Dispatcher, new_id
 from .model import Call, Pool
+from .store import schedules
 
 log = logging.getLogger("shoal.scheduler")
 NO_ARGS = pickle.dumps(((), {}))
@@ -66,13 +67,10 @@ class Scheduler:
     def _load(self, pool: Pool) -> dict[str, Any]:
         st = self.state.get(pool.function_id)
         if st is None:
-            rows = self.d.store.read_now("SELECT anchor, last_fire, call_id FROM schedules WHERE function_id=?",
-                                         (pool.function_id,))
-            anchor, last_fire, last_call = rows[0] if rows else (time.time(), None, None)
-            if not rows:
-                self.d.store.write("INSERT INTO schedules (function_id, anchor, last_fire) VALUES (?,?,?) "
-                                   "ON CONFLICT (function_id) DO UPDATE SET anchor=excluded.anchor, "
-                                   "last_fire=excluded.last_fire", (pool.function_id, anchor, None))
+            stored = schedules.load(self.d.store, pool.function_id)
+            anchor, last_fire, last_call = stored if stored is not None else (time.time(), None, None)
+            if stored is None:
+                schedules.start(self.d.store, pool.function_id, anchor)
             spec = pool.definition["schedule"]
             upcoming = next_fire(spec, anchor, last_fire if last_fire is not None else anchor)
             # The last scheduled run may still be going (recovered after a restart or a takeover): no overlap.
@@ -85,7 +83,7 @@ class Scheduler:
     def reset(self, function_id: str) -> None:
         """A redeploy restarts a Period from now."""
         self.state.pop(function_id, None)
-        self.d.store.write("DELETE FROM schedules WHERE function_id=?", (function_id,))
+        schedules.reset(self.d.store, function_id)
 
     def upcoming(self, pool: Pool) -> float | None:
         return self._load(pool)["next"] if pool.definition.get("schedule") else None
@@ -113,8 +111,7 @@ class Scheduler:
             call, _ticket = await self.d.create_call(pool, new_id("fc"), "spawn", NO_ARGS)
             st["call"] = call
             st["last_fire"] = now
-            self.d.store.write("UPDATE schedules SET last_fire=?, call_id=? WHERE function_id=?",
-                               (now, call.id, pool.function_id))
+            schedules.fired(self.d.store, pool.function_id, now, call.id)
             app = self.d.apps.get(pool.app_id)
             if app is not None:
                 app.logs.append("", "system", f"schedule fired {pool.tag} ({call.id})\n")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from .._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
 from .api import ApiError, body_of, reply
 from .store import Store
+from .store import secrets as sealed_secrets
 
 
 def load_key(state_dir: Path) -> bytes:
@@ -71,31 +71,19 @@ class SecretStore:
                                 "(SHOAL_SECRET_KEY or SHOAL_HOME/secrets.key changed?)", "InternalFailure") from exc
 
     async def _get(self, name: str) -> dict[str, str] | None:
-        rows = await self.store.read("SELECT data FROM secrets WHERE name=?", (name,))
-        return self._open(rows[0][0]) if rows else None
+        data = await sealed_secrets.sealed(self.store, name)
+        return self._open(data) if data is not None else None
 
     # -- routes ----------------------------------------------------------------------------------------------
     async def list(self, request: web.Request) -> web.Response:
-        rows = await self.store.read("SELECT name, created_at, updated_at FROM secrets ORDER BY name")
-        return reply({"secrets": [{"name": n, "created_at": c, "updated_at": u} for n, c, u in rows]})
+        listed = await sealed_secrets.list_all(self.store)
+        return reply({"secrets": [{"name": n, "created_at": c, "updated_at": u} for n, c, u in listed]})
 
     async def create(self, request: web.Request) -> web.Response:
         body = await body_of(request, "name", "env")
         name, env = _check_name(body["name"]), _check_env(body["env"])
         overwrite = bool(body.get("overwrite"))
-        data, now = self._seal(env), time.time()
-
-        def run(c: sqlite3.Connection) -> bool:
-            if c.execute("SELECT 1 FROM secrets WHERE name=?", (name,)).fetchone():
-                if not overwrite:
-                    return False
-                c.execute("UPDATE secrets SET data=?, updated_at=? WHERE name=?", (data, now, name))
-                return True
-            c.execute("INSERT INTO secrets (name, data, created_at, updated_at) VALUES (?,?,?,?)",
-                      (name, data, now, now))
-            return True
-
-        if not await self.store.transact(run):
+        if not await sealed_secrets.create(self.store, name, self._seal(env), time.time(), overwrite=overwrite):
             if body.get("allow_existing"):
                 return reply({"created": False})
             raise ApiError(409, f"secret {name!r} already exists", "AlreadyExistsError")
@@ -109,15 +97,12 @@ class SecretStore:
         current = await self._get(name)
         if current is None:
             raise ApiError(404, f"secret {name!r} not found", "NotFoundError")
-        await self.store.flushed(self.store.write("UPDATE secrets SET data=?, updated_at=? WHERE name=?",
-                                                  (self._seal({**current, **changes}), time.time(), name)))
+        await sealed_secrets.replace(self.store, name, self._seal({**current, **changes}), time.time())
         return reply({"ok": True})
 
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        deleted = await self.store.transact(
-            lambda c: c.execute("DELETE FROM secrets WHERE name=?", (name,)).rowcount)
-        if not deleted:
+        if not await sealed_secrets.delete(self.store, name):
             raise ApiError(404, f"secret {name!r} not found", "NotFoundError")
         return reply({"ok": True})
 

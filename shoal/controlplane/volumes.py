@@ -30,7 +30,6 @@ import json
 import logging
 import marshal
 import os
-import sqlite3
 import sys
 import time
 import uuid
@@ -43,7 +42,7 @@ from aiohttp import web
 from . import volume_fs as vfs
 from .api import ApiError, body_of, reply
 from .dispatch import new_id
-from .store import Store
+from .store import Store, objects
 
 log = logging.getLogger("shoal.volumes")
 CHUNK = 1 << 20
@@ -260,7 +259,7 @@ class Volumes:
         root = self.storage.root
         if not root.exists():
             return
-        known = {r[0] for r in await self.store.read("SELECT object_id FROM objects WHERE kind='volume'")}
+        known = await objects.ids(self.store, "volume")
         for entry in sorted(os.listdir(root)):
             if entry not in known:
                 await asyncio.to_thread(vfs.rmtree, str(root / entry))
@@ -310,10 +309,10 @@ class Volumes:
 
     async def _existing(self, vid: str) -> str | None:
         """The volume's name (None when unnamed); 404 when it does not exist."""
-        rows = await self.store.read("SELECT name FROM objects WHERE object_id=? AND kind='volume'", (vid,))
-        if not rows:
+        found, name = await objects.name_of(self.store, vid, "volume")
+        if not found:
             raise ApiError(404, f"Volume {vid} not found (deleted?)", "NotFoundError")
-        return rows[0][0]
+        return name
 
     # -- functions and containers ------------------------------------------------------------------------------
     async def check(self, definition: dict[str, Any]) -> None:
@@ -329,9 +328,7 @@ class Volumes:
                 raise ApiError(400, f"two volumes are mounted at {path!r}")
             paths.add(path)
             label = ref.get("name") or ref["volume_id"]
-            rows = await self.store.read("SELECT 1 FROM objects WHERE object_id=? AND kind='volume'",
-                                         (ref["volume_id"],))
-            if not rows:
+            if not await objects.exists(self.store, ref["volume_id"], "volume"):
                 raise ApiError(404, f"Volume {label!r} not found", "NotFoundError")
             if self.unsupported:
                 raise ApiError(400, f"function {definition.get('tag')!r} mounts Volume {label!r} at {path}, "
@@ -629,14 +626,7 @@ class Volumes:
         if not isinstance(new, str) or not new or len(new) > 64 or \
                 not all(ch.isalnum() or ch in "-_." for ch in new):
             raise ApiError(400, f"invalid volume name {new!r}: use 1-64 letters, digits, '-', '_' or '.'")
-
-        def run(c: sqlite3.Connection) -> str:
-            if c.execute("SELECT 1 FROM objects WHERE kind='volume' AND name=?", (new,)).fetchone():
-                return "exists"
-            n = c.execute("UPDATE objects SET name=? WHERE kind='volume' AND name=?", (new, old)).rowcount
-            return "ok" if n else "missing"
-
-        result = await self.store.transact(run)
+        result = await objects.rename(self.store, "volume", old, new)
         if result == "exists":
             raise ApiError(409, f"Volume {new!r} already exists", "AlreadyExistsError")
         if result == "missing":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -42,10 +43,13 @@ if _why_not:
     pytest.skip(_why_not, allow_module_level=True)
 
 import psycopg  # noqa: E402 - only once it is known to be installed
+from psycopg import sql as pgsql  # noqa: E402
 
 from shoal.controlplane.store import SQLiteStore, StoreError, open_store  # noqa: E402
 from shoal.controlplane.store import postgres as pg  # noqa: E402
 from shoal.controlplane.store.postgres import PostgresStore, pg_schema, to_pg  # noqa: E402
+
+from ..unit.test_store_boundary import STORE, sql_literals  # noqa: E402
 
 
 @pytest.fixture
@@ -96,21 +100,48 @@ def test_sqlite_only_inserts_become_on_conflict_and_the_rest_is_refused() -> Non
     assert to_pg("SELECT 'PRAGMA' FROM t") == "SELECT 'PRAGMA' FROM t"  # in a literal: just text
 
 
-def test_every_sql_statement_of_the_control_plane_translates() -> None:
-    """Every literal SQL string in shoal/server goes through to_pg (catches SQLite-only syntax in new code)."""
-    import ast
+def _store_statements() -> list[tuple[str, int, str]]:
+    """(module, line, text) of every SQL literal of the store but those of the two implementations, which run
+    their own database's dialect directly, and of the schema, which `pg_schema` translates (tested below). Since
+    no SQL is left outside the store (tests/unit/test_store_boundary.py), these are all the control plane runs
+    through `to_pg`."""
+    return [(path.name, line, text) for path in sorted(STORE.glob("*.py"))
+            if path.name not in ("postgres.py", "sqlite.py", "schema.py")
+            for line, text in sql_literals(path.read_text())]
 
-    root = Path(shoal.__file__).parent / "server"
-    seen = 0
-    for path in root.rglob("*.py"):
-        if path.parent.name == "store":  # (its messages quote SQLite-only syntax)
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-                    node.value.lstrip().split(" ", 1)[0] in ("SELECT", "INSERT", "UPDATE", "DELETE"):
-                to_pg(node.value)
-                seen += 1
-    assert seen > 40
+
+def _numbered(psycopg_sql: str) -> str:
+    """psycopg's `%s` placeholders as PREPARE's `$1`, `$2`, …, and its `%%` as `%` (a query sent without
+    parameters is not parsed for placeholders)."""
+    numbers = iter(range(1, 10_000))
+    return re.sub(r"%%|%s", lambda m: "%" if m.group() == "%%" else f"${next(numbers)}", psycopg_sql)
+
+
+def test_every_sql_statement_of_the_store_translates_and_postgres_prepares_it(schema: str) -> None:
+    """Every SQL literal of the store goes through to_pg (catches SQLite-only syntax in new code), and PostgreSQL
+    prepares it against the store's tables without running it (catches a misspelt table or column, or syntax
+    PostgreSQL lacks). An f-string, whose text is only known at run time, is translated only."""
+
+    async def create_tables(store: PostgresStore) -> None:
+        pass
+
+    run(create_tables)
+    statements = _store_statements()
+    prepared = 0
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(schema)))
+        for module, line, text in statements:
+            translated = to_pg(text)
+            if "{}" in text:
+                continue
+            try:
+                conn.execute(f"PREPARE stmt{prepared} AS {_numbered(translated)}")
+            except psycopg.Error as exc:
+                pytest.fail(f"store/{module}:{line}: PostgreSQL refuses {text[:80]!r}: {exc}")
+            prepared += 1
+    assert prepared > 80
+    assert {m for m, _, _ in statements} >= {"dicts.py", "leases.py", "objects.py", "queues.py", "replicas.py",
+                                             "schedules.py", "secrets.py", "tokens.py"}
 
 
 def test_the_postgres_schema_has_the_tables_and_columns_of_the_sqlite_one(schema: str, tmp_path: Path) -> None:

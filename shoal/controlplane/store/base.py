@@ -154,6 +154,11 @@ class Store:
     async def read(self, sql: str, params: Any = ()) -> list[tuple]:
         return await asyncio.to_thread(self._read, lambda c: c.execute(sql, params).fetchall())
 
+    async def read_with(self, fn: Callable[[Connection], Any]) -> Any:
+        """Run `fn(connection)` on a read connection in a thread: for reads of several statements, or that ask
+        the connection for more than rows (the database's clock), that must not wait behind the writer."""
+        return await asyncio.to_thread(self._read, fn)
+
     def read_now(self, sql: str, params: Any = ()) -> list[tuple]:
         """Blocking read, for start-up only."""
         return self._read(lambda c: c.execute(sql, params).fetchall())

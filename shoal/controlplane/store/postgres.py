@@ -328,8 +328,9 @@ class PostgresStore(Store):
     async def coordinate(self, fn: Callable[[Any], Any]) -> Any:
         """Run `fn(connection)` in one transaction of its own, committed before this returns, on a connection
         used for nothing else (leases and heartbeats must not wait behind a batch of writes or a slow read).
-        `fn` may read the database's clock with `db_now(c)`. Raises StoreError when the database is unreachable;
-        a transaction whose commit was cut off may or may not have applied, so `fn` must be safe to re-run."""
+        `fn` may read the database's clock with `leases.db_now(c)`. Raises StoreError when the database is
+        unreachable; a transaction whose commit was cut off may or may not have applied, so `fn` must be safe to
+        re-run."""
         return await asyncio.to_thread(self._coordinate, fn)
 
     def _coordinate(self, fn: Callable[[Any], Any]) -> Any:
@@ -507,11 +508,6 @@ class PostgresStore(Store):
             self._give_reader(conn, healthy=True)
             return result
         raise AssertionError("unreachable")
-
-
-def db_now(c: Any) -> float:
-    """The database's clock (epoch seconds): the one clock every replica's leases are measured on."""
-    return float(c.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
 
 
 class _PlainWriteError(Exception):

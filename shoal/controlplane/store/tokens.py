@@ -1,0 +1,43 @@
+"""Proxy auth tokens (`proxy_tokens`): the hash of each token's secret (never the secret) and its scope, the
+app names it is valid for (msgpack; empty means every app). The control plane holds them all in memory and
+reads them once, at start (controlplane/proxy_tokens.py)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgpack
+
+from .base import Store
+
+
+class StoredToken(NamedTuple):
+    token_id: str
+    secret_hash: str
+    scope: list[str]
+    created_at: float
+
+
+def load_all(store: Store) -> list[StoredToken]:
+    """Every token (a blocking read, for start-up)."""
+    return [StoredToken(token_id, secret_hash, msgpack.unpackb(scope), created_at)
+            for token_id, secret_hash, scope, created_at in store.read_now(
+                "SELECT token_id, secret_hash, scope, created_at FROM proxy_tokens")]
+
+
+async def insert(store: Store, token_id: str, secret_hash: str, scope: list[str], created_at: float) -> None:
+    """Returns once committed."""
+    await store.flushed(store.write(
+        "INSERT INTO proxy_tokens (token_id, secret_hash, scope, created_at) VALUES (?,?,?,?)",
+        (token_id, secret_hash, msgpack.packb(scope), created_at)))
+
+
+async def delete(store: Store, token_id: str) -> None:
+    """Returns once committed."""
+    await store.flushed(store.write("DELETE FROM proxy_tokens WHERE token_id=?", (token_id,)))
+
+
+async def set_scope(store: Store, token_id: str, scope: list[str]) -> None:
+    """Returns once committed."""
+    await store.flushed(store.write("UPDATE proxy_tokens SET scope=? WHERE token_id=?",
+                                    (msgpack.packb(scope), token_id)))
