@@ -20,8 +20,8 @@ is called; `refuse_in_loop=True` (`@on_loop`) makes the blocking form raise Inva
 pointing at `.name.aio` (a blocking `.map` there would stall the caller's loop).
 
 The result, a `Method`, binds like a function: `obj.m` gives both forms for `obj`; under `@staticmethod` the class
-gives them (`FunctionCall.gather(...)`, `FunctionCall.gather.aio(...)`). In an `@on_loop` implementation,
-`warnings.warn(..., stacklevel=4)` names the caller's line in either form.
+gives them (`FunctionCall.gather(...)`, `FunctionCall.gather.aio(...)`; `@classmethod` is not supported). In an
+`@on_loop` implementation, `warnings.warn(..., stacklevel=4)` names the caller's line in either form.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from typing import Any
 
 from ..exception import InvalidError
 from .loop import in_running_loop, iter_sync, run_sync
-from .transport import get_client
+from .transport import Client, get_client
 
 Request = tuple[str, str, dict[str, Any] | None]
 Plan = Generator[Request, dict[str, Any], Any]
 
-__all__ = ["Emit", "Method", "Plan", "Request", "aiter_plan", "arun_plan", "in_thread", "iter_plan", "on_loop",
-           "rpc", "rpc_iter", "run_plan"]
+__all__ = ["BoundMethod", "Emit", "Method", "Plan", "Request", "aiter_plan", "arun_plan", "in_thread", "iter_plan",
+           "on_loop", "rpc", "rpc_iter", "run_plan"]
 
 
 class Emit:
@@ -88,7 +88,7 @@ async def arun_plan(plan: Plan) -> Any:
 def iter_plan(plan: Generator[Any, Any, Any]) -> Iterator[Any]:
     """Run an `@rpc_iter` plan with the blocking transport, yielding what it emits; requests are sent as the caller
     iterates."""
-    client = None
+    client: Client | None = None
     try:
         request = next(plan)
         while True:
@@ -111,7 +111,7 @@ def iter_plan(plan: Generator[Any, Any, Any]) -> Iterator[Any]:
 
 async def aiter_plan(plan: Generator[Any, Any, Any]) -> AsyncIterator[Any]:
     """`iter_plan` with the async transport."""
-    client = None
+    client: Client | None = None
     try:
         request = next(plan)
         while True:
