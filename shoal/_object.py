@@ -1,67 +1,15 @@
-"""Base for storage objects (Dict, Queue): lazy lookup by name, pickling by reference, ephemeral objects,
-and `rpc`, which gives each operation a blocking and an `.aio` form from one implementation.
-
-An operation is written as a generator that yields requests `(method, path, body)` and receives responses;
-`rpc` drives it with the blocking transport or the async one, so neither form hops threads.
-"""
+"""Base for storage objects (Dict, Queue, Volume): lazy lookup by name, pickling by reference, ephemeral objects,
+and the `objects` manager. Their operations are Plans (`shoal._client.aio`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any, TypeVar
 
-from ._client.aio import aio_method
-from ._client.transport import get_client
+from ._client.aio import Plan, Request, arun_plan, rpc, run_plan
 from .exception import AlreadyExistsError, InvalidError, NotFoundError
 
-Request = tuple[str, str, dict[str, Any] | None]
-Plan = Generator[Request, dict[str, Any], Any]
 T = TypeVar("T", bound="StorageObject")
-
-
-def _drive_sync(plan: Plan) -> Any:
-    client = get_client()
-    try:
-        request = next(plan)
-        while True:
-            try:
-                response = client.call(*request)
-            except Exception as exc:  # noqa: BLE001 - the plan may handle it (e.g. NotFound → default)
-                request = plan.throw(exc)
-            else:
-                request = plan.send(response)
-    except StopIteration as done:
-        return done.value
-
-
-async def _drive_async(plan: Plan) -> Any:
-    client = get_client()
-    try:
-        request = next(plan)
-        while True:
-            try:
-                response = await client.acall(*request)
-            except Exception as exc:  # noqa: BLE001 - the plan may handle it
-                request = plan.throw(exc)
-            else:
-                request = plan.send(response)
-    except StopIteration as done:
-        return done.value
-
-
-def rpc(plan_fn: Callable[..., Plan]) -> aio_method:
-    """Turn a request plan into a method with blocking and `.aio` forms."""
-
-    def blocking(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return _drive_sync(plan_fn(self, *args, **kwargs))
-
-    async def non_blocking(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return await _drive_async(plan_fn(self, *args, **kwargs))
-
-    non_blocking.__name__ = plan_fn.__name__
-    non_blocking.__qualname__ = plan_fn.__qualname__
-    non_blocking.__doc__ = plan_fn.__doc__
-    return aio_method(non_blocking, sync=blocking)
 
 
 class _Ephemeral:
@@ -72,7 +20,7 @@ class _Ephemeral:
         self.obj: StorageObject | None = None
 
     def __enter__(self) -> Any:
-        self.obj = _drive_sync(_create_unnamed(self.cls))
+        self.obj = run_plan(_create_unnamed(self.cls))
         return self.obj
 
     def __exit__(self, *exc: Any) -> None:
@@ -80,7 +28,7 @@ class _Ephemeral:
         self.obj._delete_by_id()
 
     async def __aenter__(self) -> Any:
-        self.obj = await _drive_async(_create_unnamed(self.cls))
+        self.obj = await arun_plan(_create_unnamed(self.cls))
         return self.obj
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -88,37 +36,42 @@ class _Ephemeral:
         await self.obj._delete_by_id.aio()
 
 
-class _Manager:
+class ObjectManager:
     """`X.objects.create / delete / list`."""
 
     def __init__(self, cls: type[StorageObject]) -> None:
         self.cls = cls
 
-    def create(self, name: str, *, allow_existing: bool = False, environment_name: str | None = None,
-               client: Any = None) -> None:
-        resp = get_client().call("POST", "/v1/objects", {"kind": self.cls._kind, "name": name,
-                                                         "create_if_missing": True})
+    def _create(self, name: str, allow_existing: bool) -> Plan:
+        resp = yield ("POST", "/v1/objects", {"kind": self.cls._kind, "name": name, "create_if_missing": True})
         if not resp["created"] and not allow_existing:
             raise AlreadyExistsError(f"{self.cls.__name__} {name!r} already exists")
 
+    @rpc
+    def create(self, name: str, *, allow_existing: bool = False, environment_name: str | None = None,
+               client: Any = None) -> Plan:
+        return (yield from self._create(name, allow_existing))
+
+    @rpc
     def delete(self, name: str, *, allow_missing: bool = False, environment_name: str | None = None,
-               client: Any = None) -> None:
+               client: Any = None) -> Plan:
         try:
-            object_id = get_client().call("POST", "/v1/objects", {"kind": self.cls._kind, "name": name})["object_id"]
-            get_client().call("DELETE", f"/v1/objects/{object_id}")
+            resp = yield ("POST", "/v1/objects", {"kind": self.cls._kind, "name": name})
+            yield ("DELETE", f"/v1/objects/{resp['object_id']}", None)
         except NotFoundError:
             if not allow_missing:
                 raise
 
+    @rpc
     def list(self, *, max_objects: int | None = None, environment_name: str | None = None,
-             client: Any = None) -> list[Any]:
-        rows = get_client().call("GET", f"/v1/objects?kind={self.cls._kind}")["objects"]
-        return [self.cls(name=r["name"], object_id=r["object_id"]) for r in rows[:max_objects]]
+             client: Any = None) -> Plan:
+        resp = yield ("GET", f"/v1/objects?kind={self.cls._kind}", None)
+        return [self.cls(name=r["name"], object_id=r["object_id"]) for r in resp["objects"][:max_objects]]
 
 
 class _ManagerDescriptor:
-    def __get__(self, obj: Any, cls: type[StorageObject]) -> _Manager:
-        return _Manager(cls)
+    def __get__(self, obj: Any, cls: type[StorageObject]) -> ObjectManager:
+        return ObjectManager(cls)
 
 
 class StorageObject:

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ._object import Plan
+from ._client.aio import Plan
+from ._client.loop import run_sync
 from ._partial import (
     BATCHED_ATTR,
     CONCURRENT_ATTR,
@@ -171,24 +172,6 @@ def construct_instance(user_cls: type, info: dict[str, Any], values: dict[str, A
     return instance
 
 
-def run_awaitable(awaitable: Any) -> Any:
-    """Run a coroutine from blocking code, also when called from inside a running event loop."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_as_coro(awaitable))
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, _as_coro(awaitable)).result()
-
-
-async def _as_coro(awaitable: Any) -> Any:
-    return await awaitable
-
-
 # -- Cls, Obj and bound methods ----------------------------------------------------------------------------------
 class _Method(Function):
     """A method of an `Obj`: a Function whose calls go to the object's pool and name the method."""
@@ -331,7 +314,7 @@ class Obj:
                 for hook in self._info()["enter"]:
                     result = getattr(instance, hook)()
                     if inspect.isawaitable(result):
-                        run_awaitable(result)
+                        run_sync(result)
                 self._entered = True
         return getattr(instance, name)(*args, **kwargs)
 

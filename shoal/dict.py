@@ -4,11 +4,11 @@ code."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ._client.aio import aio_method
-from ._object import Plan, StorageObject, _drive_async, _drive_sync, rpc
+from ._client.aio import Emit, Plan, rpc, rpc_iter
+from ._object import StorageObject
 from ._serialization import dumps, loads
 
 _MISSING = object()
@@ -70,55 +70,29 @@ class Dict(StorageObject):
         resp = yield ("POST", self._path(object_id, "len"), {})
         return resp["len"]
 
-    # -- iteration: pages of 1,000 entries in key order ------------------------------------------------------
-    def _page(self, after: bytes | None) -> Plan:
+    # -- iteration: pages of 1,000 entries in key order, requested as the caller iterates --------------------
+    def _entries(self, decode: Callable[[bytes, bytes], Any]) -> Plan:
         object_id = yield from self._resolve()
-        resp = yield ("POST", self._path(object_id, "items"), {"after": after, "limit": 1000})
-        return resp["items"], resp["more"]
-
-    def _iter_raw(self) -> Iterator[tuple[bytes, bytes]]:
         after = None
         while True:
-            items, more = _drive_sync(self._page(after))
-            yield from ((k, v) for k, v in items)
-            if not more or not items:
+            resp = yield ("POST", self._path(object_id, "items"), {"after": after, "limit": 1000})
+            items = resp["items"]
+            yield Emit(decode(k, v) for k, v in items)  # decoded as the caller takes each
+            if not resp["more"] or not items:
                 return
             after = items[-1][0]
 
-    async def _aiter_raw(self) -> AsyncIterator[tuple[bytes, bytes]]:
-        after = None
-        while True:
-            items, more = await _drive_async(self._page(after))
-            for k, v in items:
-                yield k, v
-            if not more or not items:
-                return
-            after = items[-1][0]
+    @rpc_iter
+    def keys(self) -> Plan:
+        return self._entries(lambda k, _: loads(k, "key"))
 
-    def _keys_sync(self) -> Iterator[Any]:
-        return (loads(k, "key") for k, _ in self._iter_raw())
+    @rpc_iter
+    def values(self) -> Plan:
+        return self._entries(lambda _, v: loads(v, "value"))
 
-    async def _keys(self) -> AsyncIterator[Any]:
-        async for k, _ in self._aiter_raw():
-            yield loads(k, "key")
-
-    def _values_sync(self) -> Iterator[Any]:
-        return (loads(v, "value") for _, v in self._iter_raw())
-
-    async def _values(self) -> AsyncIterator[Any]:
-        async for _, v in self._aiter_raw():
-            yield loads(v, "value")
-
-    def _items_sync(self) -> Iterator[tuple[Any, Any]]:
-        return ((loads(k, "key"), loads(v, "value")) for k, v in self._iter_raw())
-
-    async def _items(self) -> AsyncIterator[tuple[Any, Any]]:
-        async for k, v in self._aiter_raw():
-            yield loads(k, "key"), loads(v, "value")
-
-    keys = aio_method(_keys, sync=_keys_sync)
-    values = aio_method(_values, sync=_values_sync)
-    items = aio_method(_items, sync=_items_sync)
+    @rpc_iter
+    def items(self) -> Plan:
+        return self._entries(lambda k, v: (loads(k, "key"), loads(v, "value")))
 
     # -- operators (blocking, as in Modal) --------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:

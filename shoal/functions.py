@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import _serialization as ser
-from ._client.aio import aio_method, with_sync
+from ._client.aio import Plan, arun_plan, on_loop, rpc, run_plan
 from ._client.transport import Client, get_client
-from ._object import Plan, _drive_async, _drive_sync, rpc
 from ._options import FunctionOptions
 from ._spec.limits import MAX_WAIT_S, SCALEDOWN_WINDOW_S
 from .exception import (
@@ -182,16 +181,20 @@ class Function:
         return NotFoundError(f"Lookup failed for Function {self._lookup[1]!r} from the {self._lookup[0]!r} app: "
                              f"{exc}")
 
-    def hydrate(self, client: Client | None = None) -> Function:
+    @rpc
+    def hydrate(self, client: Client | None = None) -> Plan:
         """Resolve a looked-up function now (raising NotFoundError if it does not exist); returns self."""
+        return (yield from self._hydrate_plan())
+
+    def _hydrate_plan(self) -> Plan:
         base = self._variant_base or self
         if base._lookup is not None and base._function_id is None:
-            base._fid()
+            yield from base._fid_plan()
         self._is_generator = base._is_generator
         return self
 
     def _fid_plan(self) -> Plan:
-        """This function's id, as a request plan (`_object.rpc`): a looked-up function is resolved by name, a
+        """This function's id, as a request plan (`_client.aio`): a looked-up function is resolved by name, a
         variant (`with_options`, a parameter set) is registered with the control plane, once each."""
         if self._variant_base is not None:
             base_id = yield from self._variant_base._fid_plan()
@@ -215,10 +218,7 @@ class Function:
         return self._function_id
 
     def _fid(self) -> str:
-        return _drive_sync(self._fid_plan())
-
-    async def _afid(self) -> str:
-        return await _drive_async(self._fid_plan())
+        return run_plan(self._fid_plan())
 
     def _variant_request(self) -> dict[str, Any]:
         return {"params": self._variant_params, "options": self._variant_overrides or {}}
@@ -226,10 +226,11 @@ class Function:
     def _call_extra(self) -> dict[str, Any]:
         return {"method": self._method_name} if self._method_name else {}
 
-    def _check_gen(self, generator_call: bool, what: str) -> None:
+    def _check_gen(self, generator_call: bool, what: str) -> Plan:
+        """A plan: `what` (a call form) fits whether this is a generator function."""
         base = self._variant_base or self
         if base._lookup is not None:
-            self.hydrate()  # a looked-up function: whether it is a generator is known once resolved
+            yield from self._hydrate_plan()  # a looked-up function: whether it is a generator is known once resolved
         if generator_call and not self._is_generator:
             raise InvalidError(f"{what} is only for generator functions; use .remote() for {self._tag!r}")
         if not generator_call and self._is_generator:
@@ -266,7 +267,7 @@ class Function:
     @rpc
     def remote(self, *args: Any, **kwargs: Any) -> Plan:
         """Run in a container and return the result (re-raising its exception)."""
-        self._check_gen(False, ".remote()")
+        yield from self._check_gen(False, ".remote()")
         fid = yield from self._fid_plan()
         call_id = new_call_id()
         resp = yield ("POST", f"/v1/functions/{fid}/calls",
@@ -276,10 +277,11 @@ class Function:
             resp = yield ("GET", f"/v1/calls/{call_id}/result?timeout={POLL_S}", None)
         return _decode_output(resp["status"], resp["data"])
 
-    async def _remote_gen(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    @on_loop
+    async def remote_gen(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Stream a generator function's items as the container yields them."""
-        self._check_gen(True, ".remote_gen()")
-        fid = await self._afid()
+        await arun_plan(self._check_gen(True, ".remote_gen()"))
+        fid = await arun_plan(self._fid_plan())
         client = get_client()
         call_id = new_call_id()
         await client.acall("POST", f"/v1/functions/{fid}/calls",
@@ -296,13 +298,11 @@ class Function:
                     _decode_output(status, data)
                     return
 
-    remote_gen = aio_method(_remote_gen)
-
     # -- spawn -----------------------------------------------------------------------------------------------
     @rpc
     def spawn(self, *args: Any, **kwargs: Any) -> Plan:
         """Start a call and return its handle at once; the result is kept for 7 days."""
-        self._check_gen(False, ".spawn()")
+        yield from self._check_gen(False, ".spawn()")
         fid = yield from self._fid_plan()
         call_id = new_call_id()
         yield ("POST", f"/v1/functions/{fid}/calls",
@@ -318,8 +318,8 @@ class Function:
         yield outputs (in input order unless order_outputs=False)."""
         import asyncio
 
-        self._check_gen(False, ".map()")
-        fid = await self._afid()
+        await arun_plan(self._check_gen(False, ".map()"))
+        fid = await arun_plan(self._fid_plan())
         client = get_client()
         call_id = new_call_id()
         await client.acall("POST", f"/v1/functions/{fid}/calls",
@@ -382,7 +382,8 @@ class Function:
             raise
         await feeder
 
-    def _map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
+    @on_loop(refuse_in_loop=True)
+    def map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
              order_outputs: bool = True, return_exceptions: bool = False,
              wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
         """Run once per input, in parallel containers; yields results in input order by default."""
@@ -394,32 +395,29 @@ class Function:
         return self._map_outputs(_zip(input_iterators), kwargs, order_outputs=order_outputs,
                                  return_exceptions=return_exceptions)
 
-    map = aio_method(_map, refuse_in_loop=True)
-
-    def _starmap(self, input_iterator: Iterable[tuple], *, kwargs: dict[str, Any] = {},  # noqa: B006
+    @on_loop(refuse_in_loop=True)
+    def starmap(self, input_iterator: Iterable[tuple], *, kwargs: dict[str, Any] = {},  # noqa: B006
                  order_outputs: bool = True, return_exceptions: bool = False,
                  wrap_returned_exceptions: bool | None = None) -> AsyncIterator[Any]:
         """Like map, with each input a tuple of positional arguments."""
         return self._map_outputs(input_iterator, kwargs, order_outputs=order_outputs,
                                  return_exceptions=return_exceptions)
 
-    starmap = aio_method(_starmap, refuse_in_loop=True)
-
-    async def _for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
+    @on_loop(refuse_in_loop=True)
+    async def for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {},  # noqa: B006
                         ignore_exceptions: bool = False) -> None:
         """Map for side effects; results are discarded."""
         async for _ in self._map_outputs(_zip(input_iterators), kwargs, order_outputs=False,
                                          return_exceptions=ignore_exceptions):
             pass
 
-    for_each = aio_method(_for_each, refuse_in_loop=True)
-
-    async def _spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}) -> None:  # noqa: B006
+    @on_loop
+    async def spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}) -> None:  # noqa: B006
         """Submit every input and return once they are all accepted; results are not retrievable."""
-        self._check_gen(False, ".spawn_map()")
+        await arun_plan(self._check_gen(False, ".spawn_map()"))
         client = get_client()
         call_id = new_call_id()
-        await client.acall("POST", f"/v1/functions/{await self._afid()}/calls",
+        await client.acall("POST", f"/v1/functions/{await arun_plan(self._fid_plan())}/calls",
                            {**self._call_extra(), "kind": "map", "call_id": call_id})
         batch: list[list[Any]] = []
         n = 0
@@ -430,8 +428,6 @@ class Function:
                 await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
                 batch = []
         await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
-
-    spawn_map = aio_method(_spawn_map)
 
     # -- variants: each a new, independent container pool ---------------------------------------------------
     def _variant(self, overrides: dict[str, Any], params: bytes | None = None) -> Function:
@@ -521,58 +517,46 @@ class Function:
             self._web_url_cache = (fid, resp.get("url"))
         return self._web_url_cache[1]
 
-    def _get_web_url_sync(self) -> str | None:
-        return _drive_sync(self._web_url_plan()) if self._asks_for_web_url() else None
-
-    @with_sync(_get_web_url_sync)
-    async def get_web_url(self) -> str | None:
+    @rpc
+    def get_web_url(self) -> Plan:
         """The URL of a web function (None for other functions)."""
-        return await _drive_async(self._web_url_plan()) if self._asks_for_web_url() else None
+        if not self._asks_for_web_url():
+            return None
+        return (yield from self._web_url_plan())
 
-    async def _get_current_stats(self) -> Any:
+    @rpc
+    def get_current_stats(self) -> Plan:
         from .types import FunctionCurrentStats
 
-        s = await get_client().acall("GET", f"/v1/functions/{await self._afid()}/stats")
+        fid = yield from self._fid_plan()
+        s = yield ("GET", f"/v1/functions/{fid}/stats", None)
         return FunctionCurrentStats(backlog=s["backlog"], num_total_runners=s["num_total_runners"],
                                     num_running_inputs=s["num_running_inputs"],
                                     input_headroom=s.get("input_headroom", 0))
-
-    get_current_stats = aio_method(_get_current_stats)
 
     # -- autoscaler ------------------------------------------------------------------------------------------
     @property
     def autoscaler(self) -> FunctionAutoscalerManager:
         """`.autoscaler.settings()` and `.autoscaler.update(...)`: this function's pool at runtime."""
-        return FunctionAutoscalerManager(self._fid)
+        return FunctionAutoscalerManager(self._fid_plan)
 
-    def _update_autoscaler_sync(self, *, min_containers: int | None = None, max_containers: int | None = None,
-                                buffer_containers: int | None = None, scaledown_window: int | None = None) -> Any:
-        warnings.warn("`Function.update_autoscaler(...)` is deprecated; use `Function.autoscaler.update(...)`",
-                      DeprecationWarning, stacklevel=4)
-        from ._client.aio import run_sync
-
-        return run_sync(self.autoscaler._apply(min_containers=min_containers, max_containers=max_containers,
-                                               buffer_containers=buffer_containers,
-                                               scaledown_window=scaledown_window))
-
-    @with_sync(_update_autoscaler_sync)
-    async def update_autoscaler(self, *, min_containers: int | None = None, max_containers: int | None = None,
-                                buffer_containers: int | None = None, scaledown_window: int | None = None) -> Any:
+    @rpc(deprecated="`Function.update_autoscaler(...)` is deprecated; use `Function.autoscaler.update(...)`")
+    def update_autoscaler(self, *, min_containers: int | None = None, max_containers: int | None = None,
+                          buffer_containers: int | None = None, scaledown_window: int | None = None) -> Plan:
         """Deprecated: use `.autoscaler.update(...)`. Returns the settings now in force."""
-        warnings.warn("`Function.update_autoscaler(...)` is deprecated; use `Function.autoscaler.update(...)`",
-                      DeprecationWarning, stacklevel=2)
-        return await self.autoscaler._apply(min_containers=min_containers, max_containers=max_containers,
-                                            buffer_containers=buffer_containers, scaledown_window=scaledown_window)
+        return (yield from self.autoscaler._apply(min_containers=min_containers, max_containers=max_containers,
+                                                  buffer_containers=buffer_containers,
+                                                  scaledown_window=scaledown_window))
 
 
 class FunctionAutoscalerManager:
     """`Function.autoscaler`: read and override the pool's autoscaler knobs while the app runs. Overrides last
     until the app is redeployed."""
 
-    def __init__(self, function_id: Callable[[], str]) -> None:
-        self._function_id = function_id
+    def __init__(self, function_id: Callable[[], Plan]) -> None:
+        self._function_id = function_id  # a plan giving the function's id
 
-    async def _apply(self, **values: int | None) -> Any:
+    def _apply(self, **values: int | None) -> Plan:
         from ._options import _check_int
         from .types import FunctionAutoscalerSettings
 
@@ -584,25 +568,25 @@ class FunctionAutoscalerManager:
         if lo is not None and hi is not None and lo > hi:
             raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")
         body = {k: v for k, v in values.items() if v is not None}
-        resp = await get_client().acall("POST", f"/v1/functions/{self._function_id()}/autoscaler", body)
+        fid = yield from self._function_id()
+        resp = yield ("POST", f"/v1/functions/{fid}/autoscaler", body)
         return FunctionAutoscalerSettings(**resp["settings"])
 
-    async def _update(self, *, min_containers: int | None = None, max_containers: int | None = None,
-                      buffer_containers: int | None = None, scaledown_window: int | None = None) -> None:
+    @rpc
+    def update(self, *, min_containers: int | None = None, max_containers: int | None = None,
+               buffer_containers: int | None = None, scaledown_window: int | None = None) -> Plan:
         """Override some knobs now (None leaves one as it is); validated like the decorator's."""
-        await self._apply(min_containers=min_containers, max_containers=max_containers,
-                          buffer_containers=buffer_containers, scaledown_window=scaledown_window)
+        yield from self._apply(min_containers=min_containers, max_containers=max_containers,
+                               buffer_containers=buffer_containers, scaledown_window=scaledown_window)
 
-    update = aio_method(_update)
-
-    async def _settings(self) -> Any:
+    @rpc
+    def settings(self) -> Plan:
         """The knobs in force now: the decorator's, with runtime overrides applied."""
         from .types import FunctionAutoscalerSettings
 
-        resp = await get_client().acall("GET", f"/v1/functions/{self._function_id()}/autoscaler")
+        fid = yield from self._function_id()
+        resp = yield ("GET", f"/v1/functions/{fid}/autoscaler", None)
         return FunctionAutoscalerSettings(**resp["settings"])
-
-    settings = aio_method(_settings)
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -659,46 +643,33 @@ class FunctionCall:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"function call {self._call_id} did not finish within {timeout}s")
 
-    async def _iter(self, *, start: int = 0, end: int | None = None) -> AsyncIterator[Any]:
+    @on_loop
+    async def iter(self, *, start: int = 0, end: int | None = None) -> AsyncIterator[Any]:
         """Results of each input in order (for calls with several inputs)."""
-        n = await self._num_inputs_aio() if end is None else end
+        n = await self.num_inputs.aio() if end is None else end
         for i in range(start, n):
             yield await self.get.aio(index=i)
 
-    iter = aio_method(_iter)
-
-    async def _num_inputs_aio(self) -> int:
+    @rpc
+    def num_inputs(self) -> Plan:
         if self._num_inputs is None:
-            info = await get_client().acall("GET", f"/v1/calls/{self._call_id}")
+            info = yield ("GET", f"/v1/calls/{self._call_id}", None)
             self._num_inputs = info["num_inputs"]
         return int(self._num_inputs or 0)
 
-    num_inputs = aio_method(_num_inputs_aio)
-
-    async def _cancel(self, terminate_containers: bool = False) -> None:
+    @rpc
+    def cancel(self, terminate_containers: bool = False) -> Plan:
         """Cancel every input of the call; none is retried."""
-        await get_client().acall("POST", f"/v1/calls/{self._call_id}/cancel",
-                                 {"terminate_containers": terminate_containers})
+        yield ("POST", f"/v1/calls/{self._call_id}/cancel", {"terminate_containers": terminate_containers})
 
-    cancel = aio_method(_cancel)
-
-    async def _get_call_graph(self) -> list[Any]:
+    @on_loop
+    async def get_call_graph(self) -> list[Any]:
         return []
 
-    get_call_graph = aio_method(_get_call_graph)
-
     @staticmethod
-    async def _gather(*function_calls: FunctionCall) -> list[Any]:
+    @on_loop
+    async def gather(*function_calls: FunctionCall) -> list[Any]:
         """All results, in order; the first failure is raised."""
         import asyncio
 
         return list(await asyncio.gather(*(fc.get.aio() for fc in function_calls)))
-
-    @staticmethod
-    def gather(*function_calls: FunctionCall) -> list[Any]:
-        from ._client.aio import run_sync
-
-        return run_sync(FunctionCall._gather(*function_calls))
-
-
-FunctionCall.gather.aio = FunctionCall._gather  # type: ignore[attr-defined]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import queue as _stdlib_queue
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ._client.aio import aio_method
-from ._object import Plan, StorageObject, _drive_async, _drive_sync, rpc
+from ._client.aio import Emit, Plan, rpc, rpc_iter
+from ._object import StorageObject
 from ._serialization import dumps, loads
 from ._spec.limits import MAX_WAIT_S
 from .exception import InvalidError
@@ -112,28 +111,14 @@ class Queue(StorageObject):
         resp = yield ("POST", self._path(object_id, "peek"), {"n": n, "partition": partition})
         return [loads(v, "queue item") for v in resp["values"]]
 
-    def _iterate_sync(self, *, partition: str | None = None, item_poll_timeout: float = 0.0) -> Iterator[Any]:
-        while True:
-            try:
-                items = _drive_sync(self._get_plan(100, item_poll_timeout > 0, item_poll_timeout or None,
-                                                   partition))
-            except _stdlib_queue.Empty:
-                return
-            if not items:
-                return
-            yield from items
-
-    async def _iterate(self, *, partition: str | None = None, item_poll_timeout: float = 0.0) -> AsyncIterator[Any]:
+    @rpc_iter
+    def iterate(self, *, partition: str | None = None, item_poll_timeout: float = 0.0) -> Plan:
         """Yield items until none arrives within `item_poll_timeout` seconds."""
         while True:
             try:
-                items = await _drive_async(self._get_plan(100, item_poll_timeout > 0, item_poll_timeout or None,
-                                                          partition))
+                items = yield from self._get_plan(100, item_poll_timeout > 0, item_poll_timeout or None, partition)
             except _stdlib_queue.Empty:
                 return
             if not items:
                 return
-            for item in items:
-                yield item
-
-    iterate = aio_method(_iterate, sync=_iterate_sync)
+            yield Emit(items)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._client.aio import Plan, rpc
 from ._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
-from .exception import InvalidError
+from .exception import InvalidError, NotFoundError
 
 
 def _check(env: dict[str, str | None]) -> dict[str, str | None]:
@@ -23,30 +24,26 @@ def _check(env: dict[str, str | None]) -> dict[str, str | None]:
 class _SecretManager:
     """`Secret.objects.create / delete / list`: named secrets, stored encrypted by the control plane."""
 
+    @rpc
     def create(self, name: str, env_dict: dict[str, str], *, allow_existing: bool = False,
-               environment_name: str | None = None, client: object = None) -> None:
-        from ._client.transport import get_client
-
+               environment_name: str | None = None, client: object = None) -> Plan:
         _check(env_dict)
-        get_client().call("POST", "/v1/secrets", {"name": name, "env": env_dict, "allow_existing": allow_existing})
+        yield ("POST", "/v1/secrets", {"name": name, "env": env_dict, "allow_existing": allow_existing})
 
+    @rpc
     def delete(self, name: str, *, allow_missing: bool = False, environment_name: str | None = None,
-               client: object = None) -> None:
-        from ._client.transport import get_client
-        from .exception import NotFoundError
-
+               client: object = None) -> Plan:
         try:
-            get_client().call("DELETE", f"/v1/secrets/{name}")
+            yield ("DELETE", f"/v1/secrets/{name}", None)
         except NotFoundError:
             if not allow_missing:
                 raise
 
+    @rpc
     def list(self, *, max_objects: int | None = None, created_before: object = None,
-             environment_name: str = "", client: object = None) -> list[Secret]:
-        from ._client.transport import get_client
-
-        rows = get_client().call("GET", "/v1/secrets")["secrets"]
-        return [Secret({}, name=r["name"]) for r in rows[:max_objects]]
+             environment_name: str = "", client: object = None) -> Plan:
+        resp = yield ("GET", "/v1/secrets", None)
+        return [Secret({}, name=r["name"]) for r in resp["secrets"][:max_objects]]
 
 
 class Secret:
@@ -100,14 +97,13 @@ class Secret:
     def env(self) -> dict[str, str | None]:
         return dict(self._env)
 
-    def update(self, env_dict: dict[str, str]) -> None:
+    @rpc
+    def update(self, env_dict: dict[str, str]) -> Plan:
         """Change a named secret (dict.update semantics); containers started afterwards see the new values."""
-        from ._client.transport import get_client
-
         if not self._name:
             self._env.update(_check(env_dict))
             return
-        get_client().call("POST", f"/v1/secrets/{self._name}/update", {"env": _check(env_dict)})
+        yield ("POST", f"/v1/secrets/{self._name}/update", {"env": _check(env_dict)})
 
     def info(self) -> dict:
         return {"name": self._name, "keys": sorted(self._env) if not self._name else None}

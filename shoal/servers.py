@@ -18,9 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._client.aio import aio_method, with_sync
-from ._client.transport import get_client
-from ._object import Plan, _drive_async, _drive_sync
+from ._client.aio import Plan, rpc
 from ._partial import (
     BATCHED_ATTR,
     CONCURRENT_ATTR,
@@ -295,7 +293,7 @@ class ServerAutoscalerManager:
     def __init__(self, service: Function) -> None:
         self._service = service
 
-    async def _apply(self, **values: Any) -> ServerAutoscalerSettings:
+    def _apply(self, **values: Any) -> Plan:
         from ._options import _check_int
         from ._spec.limits import SCALEDOWN_WINDOW_S
 
@@ -310,30 +308,27 @@ class ServerAutoscalerManager:
             raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")
         body = {k: v for k, v in values.items() if v is not None}
         self._service._check_hydratable()
-        fid = await self._service._afid()
-        resp = await get_client().acall("POST", f"/v1/functions/{fid}/autoscaler", body)
+        fid = yield from self._service._fid_plan()
+        resp = yield ("POST", f"/v1/functions/{fid}/autoscaler", body)
         return ServerAutoscalerSettings._from_wire(resp["settings"])
 
-    async def _update(self, *, target_concurrency: float | None = None, min_containers: int | None = None,
-                      max_containers: int | None = None, buffer_containers: int | None = None,
-                      scaleup_window: float | None = None, scaledown_window: int | None = None
-                      ) -> ServerAutoscalerSettings:
+    @rpc
+    def update(self, *, target_concurrency: float | None = None, min_containers: int | None = None,
+               max_containers: int | None = None, buffer_containers: int | None = None,
+               scaleup_window: float | None = None, scaledown_window: int | None = None) -> Plan:
         """Override some knobs now (None leaves one as it is; `target_concurrency=0` turns autoscaling off);
-        returns the settings in force afterwards."""
-        return await self._apply(target_concurrency=target_concurrency, min_containers=min_containers,
-                                 max_containers=max_containers, buffer_containers=buffer_containers,
-                                 scaleup_window=scaleup_window, scaledown_window=scaledown_window)
+        returns the settings in force afterwards (a ServerAutoscalerSettings)."""
+        return (yield from self._apply(target_concurrency=target_concurrency, min_containers=min_containers,
+                                       max_containers=max_containers, buffer_containers=buffer_containers,
+                                       scaleup_window=scaleup_window, scaledown_window=scaledown_window))
 
-    update = aio_method(_update)
-
-    async def _settings(self) -> ServerAutoscalerSettings:
-        """The knobs in force now: the decorator's, with runtime overrides applied."""
+    @rpc
+    def settings(self) -> Plan:
+        """The knobs in force now (a ServerAutoscalerSettings): the decorator's, with runtime overrides applied."""
         self._service._check_hydratable()
-        fid = await self._service._afid()
-        resp = await get_client().acall("GET", f"/v1/functions/{fid}/autoscaler")
+        fid = yield from self._service._fid_plan()
+        resp = yield ("GET", f"/v1/functions/{fid}/autoscaler", None)
         return ServerAutoscalerSettings._from_wire(resp["settings"])
-
-    settings = aio_method(_settings)
 
 
 class ServerSessionsManager:
@@ -443,34 +438,21 @@ class Server:
         service._server_config = {}
         return cls(name=server_id, service=service, by_id=True)
 
-    def _hydrate_sync(self, client: Any = None) -> Server:
-        self._service._check_hydratable()
-        if self._service._function_id is None:
-            _drive_sync(self._service._fid_plan())
-        return self
-
-    @with_sync(_hydrate_sync)
-    async def hydrate(self, client: Any = None) -> Server:
+    @rpc
+    def hydrate(self, client: Any = None) -> Plan:
         """Resolve the Server now (NotFoundError if a looked-up one does not exist; ExecutionError if its app is
         not running); returns self."""
         self._service._check_hydratable()
         if self._service._function_id is None:
-            await _drive_async(self._service._fid_plan())
+            yield from self._service._fid_plan()
         return self
 
     # -- URL and info ----------------------------------------------------------------------------------------------
-    def _url_plan(self) -> Plan:
-        return (yield from self._service._web_url_plan())
-
-    def _get_url_sync(self) -> str | None:
-        self._service._check_hydratable()
-        return _drive_sync(self._url_plan())
-
-    @with_sync(_get_url_sync)
-    async def get_url(self) -> str | None:
+    @rpc
+    def get_url(self) -> Plan:
         """The URL to send requests to (cached per run of its app)."""
         self._service._check_hydratable()
-        return await _drive_async(self._url_plan())
+        return (yield from self._service._web_url_plan())
 
     def _info_needs_url(self, refresh: bool) -> bool:
         """Prepare `info()`; False where there is nothing to ask (defined here, its app not running)."""
@@ -494,16 +476,13 @@ class Server:
                           unauthenticated=config.get("unauthenticated"),
                           routing_region=config.get("routing_region"), object_id=service.object_id)
 
-    def _info_sync(self, *, refresh: bool = False) -> ServerInfo:
+    @rpc
+    def info(self, *, refresh: bool = False) -> Plan:
+        """An overview of the Server (a ServerInfo): name, app, URL, port and its request-handling settings. Asks
+        the control plane for what it does not know yet (a looked-up Server, the URL), or again with
+        `refresh=True`."""
         ask = self._info_needs_url(refresh)
-        return self._info_of(_drive_sync(self._url_plan()) if ask else None)
-
-    @with_sync(_info_sync)
-    async def info(self, *, refresh: bool = False) -> ServerInfo:
-        """An overview of the Server: name, app, URL, port and its request-handling settings. Asks the control
-        plane for what it does not know yet (a looked-up Server, the URL), or again with `refresh=True`."""
-        ask = self._info_needs_url(refresh)
-        return self._info_of(await _drive_async(self._url_plan()) if ask else None)
+        return self._info_of((yield from self._service._web_url_plan()) if ask else None)
 
     # -- autoscaler and sessions -----------------------------------------------------------------------------------
     @property
@@ -511,29 +490,15 @@ class Server:
         """`.autoscaler.settings()` and `.autoscaler.update(...)`: the Server's container pool at runtime."""
         return ServerAutoscalerManager(self._service)
 
-    def _update_autoscaler_sync(self, *, target_concurrency: float | None = None,
-                                min_containers: int | None = None, max_containers: int | None = None,
-                                buffer_containers: int | None = None, scaleup_window: float | None = None,
-                                scaledown_window: int | None = None) -> ServerAutoscalerSettings:
-        warnings.warn("`Server.update_autoscaler(...)` is deprecated; use `Server.autoscaler.update(...)`",
-                      DeprecationWarning, stacklevel=4)
-        from ._client.aio import run_sync
-
-        return run_sync(self.autoscaler._apply(
+    @rpc(deprecated="`Server.update_autoscaler(...)` is deprecated; use `Server.autoscaler.update(...)`")
+    def update_autoscaler(self, *, target_concurrency: float | None = None,
+                          min_containers: int | None = None, max_containers: int | None = None,
+                          buffer_containers: int | None = None, scaleup_window: float | None = None,
+                          scaledown_window: int | None = None) -> Plan:
+        """Deprecated: use `.autoscaler.update(...)`. Returns the settings now in force."""
+        return (yield from self.autoscaler._apply(
             target_concurrency=target_concurrency, min_containers=min_containers, max_containers=max_containers,
             buffer_containers=buffer_containers, scaleup_window=scaleup_window, scaledown_window=scaledown_window))
-
-    @with_sync(_update_autoscaler_sync)
-    async def update_autoscaler(self, *, target_concurrency: float | None = None,
-                                min_containers: int | None = None, max_containers: int | None = None,
-                                buffer_containers: int | None = None, scaleup_window: float | None = None,
-                                scaledown_window: int | None = None) -> ServerAutoscalerSettings:
-        """Deprecated: use `.autoscaler.update(...)`. Returns the settings now in force."""
-        warnings.warn("`Server.update_autoscaler(...)` is deprecated; use `Server.autoscaler.update(...)`",
-                      DeprecationWarning, stacklevel=2)
-        return await self.autoscaler._apply(
-            target_concurrency=target_concurrency, min_containers=min_containers, max_containers=max_containers,
-            buffer_containers=buffer_containers, scaleup_window=scaleup_window, scaledown_window=scaledown_window)
 
     @property
     def sessions(self) -> ServerSessionsManager:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
-from ._client.aio import aio_method
-from ._client.transport import _raise_for, get_client
-from ._object import Plan, Request, StorageObject, _drive_sync, _Manager, rpc
+from ._client.aio import Emit, Plan, Request, in_thread, rpc, rpc_iter, run_plan
+from ._client.transport import get_client, raise_error
+from ._object import ObjectManager, StorageObject
 from .exception import AlreadyExistsError, InvalidError, NotFoundError
 from .types import FileEntry, FileEntryType
 
@@ -74,17 +74,18 @@ def _check_response(resp: Any) -> bytes:
     data = resp.read()
     if resp.status >= 400:
         try:
-            _raise_for(resp.status, data)
+            raise_error(resp.status, data)
         except NotFoundError as exc:
             raise _FileNotFoundError(str(exc)) from None
     return data
 
 
-class _VolumeManager(_Manager):
+class _VolumeManager(ObjectManager):
+    @rpc
     def create(self, name: str, *, version: int | None = None, allow_existing: bool = False,
-               environment_name: str | None = None, client: Any = None) -> None:
+               environment_name: str | None = None, client: Any = None) -> Plan:
         _check_version(version)
-        super().create(name, allow_existing=allow_existing, environment_name=environment_name)
+        return (yield from self._create(name, allow_existing))
 
 
 class _VolumeManagerDescriptor:
@@ -132,8 +133,9 @@ class Volume(StorageObject):
                       read_only=self._read_only if read_only is None else bool(read_only))
 
     @staticmethod
-    def rename(old_name: str, new_name: str, *, client: Any = None, environment_name: str | None = None) -> None:
-        get_client().call("POST", "/v1/volumes/rename", {"old_name": old_name, "new_name": new_name})
+    @rpc
+    def rename(old_name: str, new_name: str, *, client: Any = None, environment_name: str | None = None) -> Plan:
+        yield ("POST", "/v1/volumes/rename", {"old_name": old_name, "new_name": new_name})
 
     # -- inside a container ----------------------------------------------------------------------------------
     @rpc
@@ -156,22 +158,23 @@ class Volume(StorageObject):
     def listdir(self, path: str, *, recursive: bool = False) -> Plan:
         """The entries of directory `path` (everything below it with `recursive`), paths relative to the
         volume's root."""
+        return (yield from self._listdir(path, recursive))
+
+    def _listdir(self, path: str, recursive: bool) -> Plan:
         object_id = yield from self._resolve()
         resp = yield from _file_op(
             ("GET", f"/v1/volumes/{object_id}/entries?path={quote(path)}&recursive={int(recursive)}", None))
         return [FileEntry(p, FileEntryType(t), mtime, size) for p, t, mtime, size in resp["entries"]]
 
-    def _iterdir_sync(self, path: str, *, recursive: bool = True) -> Iterator[FileEntry]:
-        yield from self.listdir(path, recursive=recursive)
+    @rpc_iter
+    def iterdir(self, path: str, *, recursive: bool = True) -> Plan:
+        """The entries below `path` (everything below it by default), one at a time."""
+        yield Emit((yield from self._listdir(path, recursive)))
 
-    async def _iterdir(self, path: str, *, recursive: bool = True) -> AsyncIterator[FileEntry]:
-        for entry in await self.listdir.aio(path, recursive=recursive):
-            yield entry
-
-    iterdir = aio_method(_iterdir, sync=_iterdir_sync)
-
-    def _read_file_sync(self, path: str) -> Iterator[bytes]:
-        object_id = _drive_sync(self._resolve())
+    @in_thread
+    def read_file(self, path: str) -> Iterator[bytes]:
+        """The file's bytes, in chunks of up to 1 MiB, streamed over a connection of their own."""
+        object_id = run_plan(self._resolve())
         conn, headers = _connection()
         try:
             conn.request("GET", f"/v1/volumes/{object_id}/file?path={quote(path)}", headers=headers)
@@ -186,31 +189,17 @@ class Volume(StorageObject):
         finally:
             conn.close()
 
-    async def _read_file(self, path: str) -> AsyncIterator[bytes]:
-        chunks = self._read_file_sync(path)
-        while True:
-            chunk = await asyncio.to_thread(next, chunks, None)
-            if chunk is None:
-                return
-            yield chunk
-
-    read_file = aio_method(_read_file, sync=_read_file_sync)
-
-    def _read_file_into_fileobj_sync(self, path: str, fileobj: BinaryIO,
-                                     progress_cb: Callable[..., Any] | None = None) -> int:
+    @in_thread
+    def read_file_into_fileobj(self, path: str, fileobj: BinaryIO,
+                               progress_cb: Callable[..., Any] | None = None) -> int:
+        """Write the file into `fileobj`; returns the number of bytes written."""
         n = 0
-        for chunk in self._read_file_sync(path):
+        for chunk in self.read_file(path):
             fileobj.write(chunk)
             n += len(chunk)
             if progress_cb is not None:
                 progress_cb(advance=len(chunk))
         return n
-
-    async def _read_file_into_fileobj(self, path: str, fileobj: BinaryIO,
-                                      progress_cb: Callable[..., Any] | None = None) -> int:
-        return await asyncio.to_thread(self._read_file_into_fileobj_sync, path, fileobj, progress_cb)
-
-    read_file_into_fileobj = aio_method(_read_file_into_fileobj, sync=_read_file_into_fileobj_sync)
 
     @rpc
     def remove_file(self, path: str, recursive: bool = False) -> Plan:
@@ -300,7 +289,7 @@ class _BatchUpload:
     def _upload(self) -> None:
         if not self._files:
             return
-        object_id = _drive_sync(self._volume._resolve())
+        object_id = run_plan(self._volume._resolve())
         client = get_client()
         upload_id = client.call("POST", f"/v1/volumes/{object_id}/uploads", {})["upload_id"]
         conn, headers = _connection()
@@ -317,9 +306,9 @@ class _BatchUpload:
                     _check_response(conn.getresponse())
         finally:
             conn.close()
-        _drive_sync(_file_op(("POST", f"/v1/volumes/{object_id}/uploads/{upload_id}/commit",
-                              {"files": [[i, remote, mode] for i, (_, remote, mode) in enumerate(self._files)],
-                               "force": self._force})))
+        run_plan(_file_op(("POST", f"/v1/volumes/{object_id}/uploads/{upload_id}/commit",
+                           {"files": [[i, remote, mode] for i, (_, remote, mode) in enumerate(self._files)],
+                            "force": self._force})))
 
 
 def check_mounts(volumes: Any) -> dict[str, Volume]:
@@ -352,6 +341,6 @@ def mount_refs(volumes: dict[str, Volume] | None) -> list[dict[str, Any]]:
     was looked up with `create_if_missing=True`)."""
     refs = []
     for path, vol in (volumes or {}).items():
-        object_id = _drive_sync(vol._resolve())
+        object_id = run_plan(vol._resolve())
         refs.append({"mount_path": path, "volume_id": object_id, "name": vol.name, "read_only": vol._read_only})
     return refs

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import msgpack
 
 from .. import exception
+from .loop import background_loop
 from .server_process import ServerInfo, ensure_server, read_server_info
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 RECONNECT_WINDOW_S = 60.0
 
 
-def _raise_for(status: int, payload: bytes) -> None:
+def raise_error(status: int, payload: bytes) -> None:
+    """Raise the exception an error response names (shoal's exception classes, queue.Full, else RemoteError)."""
     try:
         body = msgpack.unpackb(payload, raw=False)
         message, kind = body.get("error", ""), body.get("type", "RemoteError")
@@ -44,7 +46,7 @@ def _raise_for(status: int, payload: bytes) -> None:
 
 def _decode(status: int, payload: bytes) -> dict[str, Any]:
     if status >= 400:
-        _raise_for(status, payload)
+        raise_error(status, payload)
     return msgpack.unpackb(payload, raw=False) if payload else {}
 
 
@@ -125,8 +127,6 @@ class Client:
         repeated `asyncio.run()`s never leave sessions bound to dead loops."""
         import asyncio
 
-        from .aio import background_loop
-
         loop = background_loop()
         coro = self._acall_on_bg(method, path, body)
         if asyncio.get_running_loop() is loop:
@@ -163,8 +163,6 @@ class Client:
 
 def _close_session(session: Any) -> None:
     import asyncio
-
-    from .aio import background_loop
 
     if not session.closed:
         try:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import shoal as modal
-from shoal import _object, _options, servers
+from shoal import _options, servers
 from shoal._client import transport
 from shoal.exception import ExecutionError, InvalidError, NotImplementedWarning
 
@@ -61,19 +61,18 @@ class FakeClient:
 def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
     def install(routes: dict[tuple[str, str], Any]) -> FakeClient:
         client = FakeClient(routes)
-        monkeypatch.setattr(_object, "get_client", lambda: client)
-        monkeypatch.setattr(servers, "get_client", lambda: client)
+        monkeypatch.setattr(transport, "_client", client)
         return client
 
     return install
 
 
 def refuse_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse() -> Any:
-        raise AssertionError("no request expected")
+    class Refuse:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError("no request expected")
 
-    monkeypatch.setattr(_object, "get_client", refuse)
-    monkeypatch.setattr(servers, "get_client", refuse)
+    monkeypatch.setattr(transport, "_client", Refuse())
 
 
 def _server(app: modal.App | None = None, **kwargs: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import shoal as modal
+from shoal._client import transport
 from shoal.exception import DeprecationError, InvalidError
 
 WIRE_KEYS = {"type", "method", "label", "docs", "requires_proxy_auth", "custom_domains", "port", "startup_timeout"}
@@ -293,9 +294,7 @@ def test_concurrent_combines_with_web_decorators(web_on_top: bool) -> None:
 
 
 def test_get_web_url_of_a_plain_function_asks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shoal._object
-
-    monkeypatch.setattr(shoal._object, "get_client", lambda: pytest.fail("no request expected"))
+    monkeypatch.setattr(transport, "_client", _NoRequests())
     app = modal.App()
 
     @app.function(serialized=True)
@@ -303,6 +302,11 @@ def test_get_web_url_of_a_plain_function_asks_nothing(monkeypatch: pytest.Monkey
         pass
 
     assert plain.get_web_url() is None
+
+
+class _NoRequests:
+    def __getattr__(self, name: str) -> Any:
+        pytest.fail("no request expected")
 
 
 class _FakeClient:
@@ -316,10 +320,8 @@ class _FakeClient:
 
 
 def test_get_web_url_asks_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shoal._object
-
     client = _FakeClient("https://ws--app-f.shoal.run")
-    monkeypatch.setattr(shoal._object, "get_client", lambda: client)
+    monkeypatch.setattr(transport, "_client", client)
     app = modal.App()
 
     @app.function(serialized=True)
@@ -379,8 +381,6 @@ def test_class_web_methods_are_in_cls_info() -> None:
 
 
 def test_class_web_method_local_and_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shoal._object
-
     app = modal.App()
     server = _server_class(app)
     obj = server(root="/data")
@@ -388,7 +388,7 @@ def test_class_web_method_local_and_url(monkeypatch: pytest.MonkeyPatch) -> None
     assert obj.plain.get_web_url() is None
 
     client = _FakeClient("https://ws--server-files.shoal.run")
-    monkeypatch.setattr(shoal._object, "get_client", lambda: client)
+    monkeypatch.setattr(transport, "_client", client)
     server._service._hydrate("fu-cls")
     assert obj.files.get_web_url() == "https://ws--server-files.shoal.run"
     assert obj.files.get_web_url() == "https://ws--server-files.shoal.run"
@@ -434,14 +434,12 @@ def test_class_with_web_method_and_concurrency() -> None:
 def test_get_web_url_aio(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    import shoal._object
-
     class _AsyncClient(_FakeClient):
         async def acall(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
             return self.call(method, path, body)
 
     client = _AsyncClient("https://ws--app-g.shoal.run")
-    monkeypatch.setattr(shoal._object, "get_client", lambda: client)
+    monkeypatch.setattr(transport, "_client", client)
     app = modal.App()
 
     @app.function(serialized=True)

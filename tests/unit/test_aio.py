@@ -1,0 +1,153 @@
+"""The one sync/async rule (shoal/_client/aio.py): each shape of implementation gives the same answers blocking and
+through `.aio`, the options apply to both forms, and nothing asks the control plane before a request is due."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from typing import Any
+
+import pytest
+
+from shoal._client import transport
+from shoal._client.aio import Emit, Plan, in_thread, on_loop, rpc, rpc_iter
+from shoal.exception import InvalidError, NotFoundError
+
+
+class Echo:
+    """Answers every request with its path; `/missing` raises NotFoundError. Records requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        self.requests.append((method, path))
+        if path == "/missing":
+            raise NotFoundError(path)
+        return {"path": path}
+
+    async def acall(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return self.call(method, path, body)
+
+
+class NoRequests:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError("no request expected")
+
+
+@pytest.fixture
+def echo(monkeypatch: pytest.MonkeyPatch) -> Echo:
+    client = Echo()
+    monkeypatch.setattr(transport, "_client", client)
+    return client
+
+
+class Thing:
+    @rpc
+    def lookup(self, name: str) -> Plan:
+        resp = yield ("GET", f"/{name}", None)
+        return resp["path"]
+
+    @rpc
+    def lookup_or(self, default: str) -> Plan:
+        try:
+            return (yield ("GET", "/missing", None))
+        except NotFoundError:
+            return default
+
+    @rpc
+    def local_only(self) -> Plan:
+        if False:
+            yield ("GET", "/never", None)
+        return "no request"
+
+    @rpc_iter
+    def pages(self, n: int) -> Plan:
+        for i in range(n):
+            yield ("GET", f"/page{i}", None)
+            yield Emit([2 * i, 2 * i + 1])
+
+    @on_loop
+    async def doubled(self, x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    @on_loop(refuse_in_loop=True)
+    async def stream(self, n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    @in_thread
+    def chunks(self, n: int) -> Any:
+        yield from (bytes([i]) for i in range(n))
+
+    @rpc(deprecated="`Thing.old` is deprecated; use `Thing.lookup`")
+    def old(self) -> Plan:
+        resp = yield ("GET", "/old", None)
+        return resp["path"]
+
+    @staticmethod
+    @on_loop
+    async def total(*xs: int) -> int:
+        return sum(xs)
+
+
+def test_plan_forms_agree(echo: Echo) -> None:
+    t = Thing()
+    assert t.lookup("a") == "/a"
+    assert asyncio.run(t.lookup.aio("b")) == "/b"
+    assert t.lookup_or("dflt") == "dflt" == asyncio.run(t.lookup_or.aio("dflt"))
+    assert echo.requests == [("GET", "/a"), ("GET", "/b"), ("GET", "/missing"), ("GET", "/missing")]
+
+
+def test_a_plan_without_requests_never_gets_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport, "_client", NoRequests())
+    assert Thing().local_only() == "no request" == asyncio.run(Thing().local_only.aio())
+
+
+def test_paged_plans_request_as_the_caller_iterates(echo: Echo) -> None:
+    it = Thing().pages(3)
+    assert echo.requests == []
+    assert next(it) == 0 and echo.requests == [("GET", "/page0")]
+    assert list(it) == [1, 2, 3, 4, 5]
+
+    async def collect() -> list[int]:
+        return [x async for x in Thing().pages.aio(2)]
+
+    assert asyncio.run(collect()) == [0, 1, 2, 3]
+
+
+def test_async_implementations_run_blocking_on_the_loop_thread() -> None:
+    t = Thing()
+    assert t.doubled(21) == 42 == asyncio.run(t.doubled.aio(21))
+    assert list(t.stream(3)) == [0, 1, 2]
+    assert Thing.total(1, 2, 3) == 6 == asyncio.run(Thing.total.aio(1, 2, 3))
+
+
+def test_refuse_in_loop_points_at_aio() -> None:
+    async def blocking_inside_a_loop() -> None:
+        Thing().stream(3)
+
+    with pytest.raises(InvalidError, match=r"\.stream\.aio"):
+        asyncio.run(blocking_inside_a_loop())
+
+    async def collect() -> list[int]:
+        return [x async for x in Thing().stream.aio(3)]
+
+    assert asyncio.run(collect()) == [0, 1, 2]
+
+
+def test_blocking_implementations_run_in_a_thread_for_aio() -> None:
+    async def collect() -> list[bytes]:
+        return [c async for c in Thing().chunks.aio(3)]
+
+    assert list(Thing().chunks(3)) == [b"\x00", b"\x01", b"\x02"] == asyncio.run(collect())
+
+
+def test_deprecation_warns_once_at_the_callers_line(echo: Echo) -> None:
+    t = Thing()
+    for call in (lambda: t.old(), lambda: asyncio.run(t.old.aio())):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert call() == "/old"
+        assert [(w.category, w.filename) for w in caught] == [(DeprecationWarning, __file__)]
