@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from ._spec.definitions import Options, RetryPolicy
 from ._spec.limits import SCALEDOWN_WINDOW_S, TIMEOUT_S
 from .exception import DeprecationError, InvalidError, NotImplementedWarning
 from .retries import Retries, parse_retries
@@ -59,14 +60,18 @@ class FunctionOptions:
     region: list[str] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def to_wire(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["retries"] = self.retries.to_dict() if self.retries else None
-        for key in ("cpu", "memory"):
-            if isinstance(d[key], tuple):
-                d[key] = list(d[key])
-        d["extra"] = {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool, type(None)))}
-        return d
+    def to_wire(self) -> Options:
+        return Options(
+            timeout=self.timeout, startup_timeout=self.startup_timeout,
+            retries=RetryPolicy(**self.retries.to_dict()) if self.retries else None,
+            min_containers=self.min_containers, max_containers=self.max_containers,
+            buffer_containers=self.buffer_containers, scaledown_window=self.scaledown_window,
+            cpu=list(self.cpu) if isinstance(self.cpu, tuple) else self.cpu,
+            memory=list(self.memory) if isinstance(self.memory, tuple) else self.memory,
+            gpu=self.gpu, single_use_containers=self.single_use_containers, max_inputs=self.max_inputs,
+            target_inputs=self.target_inputs, batch_max_size=self.batch_max_size, batch_wait_ms=self.batch_wait_ms,
+            serialized=self.serialized, include_source=self.include_source, region=self.region,
+            extra={k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool, type(None)))})
 
 
 def reject_deprecated(kwargs: dict[str, Any], where: str = "@app.function") -> None:

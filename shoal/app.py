@@ -13,6 +13,7 @@ from ._client.transport import get_client
 from ._options import build_options, check_secrets, reject_deprecated
 from ._output import LogPrinter, line_safe_output, status
 from ._partial import BATCHED_ATTR, CONCURRENT_ATTR, check_batched_function
+from ._spec.definitions import FunctionDefinition
 from .exception import InvalidError
 from .functions import Function
 from .retries import Retries
@@ -115,8 +116,8 @@ class App:
         """Tags of the web functions, and `Cls.method` for the web methods of classes."""
         tags = [tag for tag, fn in self._functions.items() if fn._webhook is not None]
         for cls_name, cls in self._classes.items():
-            methods = (cls._info or {}).get("methods", {})
-            tags += [f"{cls_name}.{m}" for m, spec in methods.items() if spec.get("webhook") is not None]
+            methods = cls._info.methods if cls._info is not None else {}
+            tags += [f"{cls_name}.{m}" for m, spec in methods.items() if spec.webhook is not None]
         return tags
 
     def include(self, other_app: App, /, inherit_tags: bool = True) -> App:
@@ -454,7 +455,7 @@ class App:
         app._deployed_version = resp.get("version")
         return app
 
-    def _definitions(self) -> list[dict[str, Any]]:
+    def _definitions(self) -> list[FunctionDefinition]:
         from ._client.source import container_module_name, pack_module
         from ._serialization import dumps
         from .image import wire_for
@@ -464,10 +465,10 @@ class App:
         defs = []
         for fn in self._functions.values():
             d = fn._definition()
-            d["image"] = wire_for(getattr(fn, "_image", None), client, uploaded)  # fn's, else app's, else default
+            d.image = wire_for(getattr(fn, "_image", None), client, uploaded)  # fn's, else app's, else default
             raw = fn.get_raw_f()
             if fn._options.serialized:
-                d["serialized_fn"] = dumps(raw, f"function {fn.tag!r}")
+                d.serialized_fn = dumps(raw, f"function {fn.tag!r}")
             else:
                 module = raw.__module__
                 sha, blob = pack_module(module)
@@ -476,10 +477,9 @@ class App:
                     if status_code == 404:
                         client.request_raw("PUT", f"/v1/blobs/{sha}", blob)
                     uploaded.add(sha)
-                d["source_id"] = sha
-                d["module"] = container_module_name(module)
-            if self._serve:
-                d["serve"] = True
+                d.source_id = sha
+                d.module = container_module_name(module)
+            d.serve = self._serve
             defs.append(d)
         return defs
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import msgspec
+
 from ._client.aio import Plan
 from ._client.loop import run_sync
 from ._partial import (
@@ -34,6 +36,7 @@ from ._partial import (
     check_batched_function,
     check_batching,
 )
+from ._spec.definitions import Batching, ClsInfo, ClsParam, MethodInfo
 from ._spec.params import PARAM_TYPES, bind_params, check_value, pack_params
 from .exception import DeprecationError, InvalidError, NotFoundError
 from .functions import Function
@@ -77,14 +80,14 @@ def _members(user_cls: type) -> dict[str, Any]:
     return members
 
 
-def inspect_class(user_cls: type) -> dict[str, Any]:
+def inspect_class(user_cls: type) -> ClsInfo:
     """Everything the SDK, control plane and runtime need to know about a class, in wire form; validates it
     the way Modal does."""
     name = user_cls.__name__
     members = _members(user_cls)
-    methods: dict[str, dict[str, Any]] = {}
+    methods: dict[str, MethodInfo] = {}
     snap_hooks, enter_hooks, exit_hooks = [], [], []
-    batched: dict[str, Any] | None = None
+    batched: Batching | None = None
     batched_names = []
     for key, value in members.items():
         f = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
@@ -96,15 +99,14 @@ def inspect_class(user_cls: type) -> dict[str, Any]:
         if hasattr(f, METHOD_ATTR) or hasattr(f, BATCHED_ATTR) or hasattr(f, WEBHOOK_ATTR):
             is_gen = bool(getattr(f, METHOD_ATTR, {}).get("is_generator")) or inspect.isgeneratorfunction(f) or \
                 inspect.isasyncgenfunction(f)
-            methods[key] = {"is_generator": is_gen,
-                            "is_async": inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)}
             webhook = webhook_of(f)
             if webhook is not None:
                 _check_web_method(f"{name}.{key}", f, is_gen)
-                methods[key]["webhook"] = webhook
+            methods[key] = MethodInfo(is_generator=is_gen, webhook=webhook,
+                                      is_async=inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f))
             if hasattr(f, BATCHED_ATTR):
                 batched_names.append(key)
-                batched = dict(getattr(f, BATCHED_ATTR))
+                batched = Batching(**getattr(f, BATCHED_ATTR))
                 check_batched_function(f, f"{name}.{key}", is_gen)
         if hasattr(f, ENTER_ATTR):
             (snap_hooks if getattr(f, ENTER_ATTR).get("snap") else enter_hooks).append(key)
@@ -117,15 +119,15 @@ def inspect_class(user_cls: type) -> dict[str, Any]:
 
     # Parameters: annotated class attributes whose value is modal.parameter(init=True).
     hints = _annotations(user_cls)
-    params: list[dict[str, Any]] = []
+    params: list[ClsParam] = []
     for pname, annotation in hints.items():
         spec = members.get(pname)
         if not isinstance(spec, Parameter) or not spec.init:
             continue
-        entry: dict[str, Any] = {"name": pname, "type": _type_name(pname, annotation)}
+        entry = ClsParam(name=pname, type=_type_name(pname, annotation))  # type: ignore[arg-type]
         if spec.default is not NO_DEFAULT:
-            check_value(name, pname, entry["type"], spec.default)
-            entry["default"] = spec.default
+            check_value(name, pname, entry.type, spec.default)
+            entry.default = spec.default
         params.append(entry)
     unannotated = [k for k, v in members.items() if isinstance(v, Parameter) and v.init and k not in hints]
     if unannotated:
@@ -147,8 +149,8 @@ def inspect_class(user_cls: type) -> dict[str, Any]:
             f"{name} uses a non-default constructor (__init__) method. Custom constructors will not be supported "
             "in a future version of Modal; use modal.parameter() declarations and @modal.enter() instead.",
             DeprecationError, stacklevel=4)
-    return {"name": name, "params": params, "methods": methods, "enter": snap_hooks + enter_hooks,
-            "exit": exit_hooks, "batched": batched, "custom_init": custom_init}
+    return ClsInfo(name=name, params=params, methods=methods, enter=snap_hooks + enter_hooks, exit=exit_hooks,
+                   batched=batched, custom_init=custom_init)
 
 
 def _check_web_method(label: str, f: Any, is_generator: bool) -> None:
@@ -158,15 +160,15 @@ def _check_web_method(label: str, f: Any, is_generator: bool) -> None:
         raise InvalidError(f"{label}: @modal.batched cannot be combined with a web endpoint decorator")
 
 
-def construct_instance(user_cls: type, info: dict[str, Any], values: dict[str, Any]) -> Any:
+def construct_instance(user_cls: type, info: ClsInfo, values: dict[str, Any]) -> Any:
     """The user's object as Modal builds it: `__init__` is not run for parameterized classes; parameter values
     (defaults applied) are set as instance attributes."""
-    if info.get("custom_init"):
+    if info.custom_init:
         return user_cls()
-    values = {**{p["name"]: p["default"] for p in info["params"] if "default" in p}, **values}
-    missing = [p["name"] for p in info["params"] if p["name"] not in values]
+    values = {**{p.name: p.default for p in info.params if p.has_default}, **values}
+    missing = [p.name for p in info.params if p.name not in values]
     if missing:
-        raise InvalidError(f"{info['name']}() missing required parameter(s): {', '.join(missing)}")
+        raise InvalidError(f"{info.name}() missing required parameter(s): {', '.join(missing)}")
     instance = user_cls.__new__(user_cls)
     instance.__dict__.update(values)
     return instance
@@ -244,7 +246,7 @@ class Obj:
         shown = ", ".join(f"{k}={v!r}" for k, v in (self._values or self._kwargs).items())
         return f"{self._cls._name}({shown})"
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self) -> ClsInfo:
         self._cls._ensure_hydrated()
         info = self._cls._info
         assert info is not None
@@ -260,7 +262,7 @@ class Obj:
                 info = self._info()
                 base = self._cls._service
                 assert base is not None and self._values is not None
-                params = pack_params(self._values) if info["params"] else None
+                params = pack_params(self._values) if info.params else None
                 if params is None and not self._cls._overrides:
                     self._service_fn = base
                 else:
@@ -275,10 +277,11 @@ class Obj:
             raw = _members(cls._user_cls).get(name) if cls._user_cls is not None else None
             base = cls._service
             assert base is not None
-            m = _Method(cls._app, raw, tag=f"{info['name']}.{name}", options=base._options, secrets=[],
-                        is_generator=bool(info["methods"][name]["is_generator"]))
-            m._is_async = bool(info["methods"][name]["is_async"])
-            m._webhook = info["methods"][name].get("webhook")
+            method = info.methods[name]
+            m = _Method(cls._app, raw, tag=f"{info.name}.{name}", options=base._options, secrets=[],
+                        is_generator=method.is_generator)
+            m._is_async = method.is_async
+            m._webhook = method.webhook
             m._method_name = name
             m._obj = self
             self._methods[name] = m
@@ -288,7 +291,7 @@ class Obj:
         if k.startswith("__") or "_cls" not in self.__dict__:
             raise AttributeError(k)
         info = self._info()
-        if k in info["methods"]:
+        if k in info.methods:
             return self._method(k)
         if self._cls._user_cls is not None:
             return getattr(self._local(), k)
@@ -301,7 +304,7 @@ class Obj:
             if self._local_instance is None:
                 info = self._info()
                 if self._cls._user_cls is None:
-                    raise InvalidError(f"{info['name']} was looked up by name: .local() and attribute access "
+                    raise InvalidError(f"{info.name} was looked up by name: .local() and attribute access "
                                        "need the class definition in this process")
                 assert self._values is not None
                 self._local_instance = construct_instance(self._cls._user_cls, info, self._values)
@@ -311,7 +314,7 @@ class Obj:
         instance = self._local()
         with self._lock:
             if not self._entered:
-                for hook in self._info()["enter"]:
+                for hook in self._info().enter:
                     result = getattr(instance, hook)()
                     if inspect.isawaitable(result):
                         run_sync(result)
@@ -334,7 +337,7 @@ class Cls:
     _version: int | None = None  # Cls.from_name(..., version=N)
 
     def __init__(self, *, name: str, user_cls: type | None, app: App | None, service: Function | None,
-                 info: dict[str, Any] | None, overrides: dict[str, Any] | None = None,
+                 info: ClsInfo | None, overrides: dict[str, Any] | None = None,
                  lookup: tuple[str, str] | None = None) -> None:
         self._name = name
         self._user_cls = user_cls
@@ -364,7 +367,7 @@ class Cls:
     def _get_method_names(self) -> list[str]:
         self._ensure_hydrated()
         assert self._info is not None
-        return list(self._info["methods"])
+        return list(self._info.methods)
 
     # -- construction --------------------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Obj:
@@ -377,7 +380,7 @@ class Cls:
         user_cls = self.__dict__.get("_user_cls")
         info = self.__dict__.get("_info")
         if user_cls is not None:
-            if info is not None and k in info["methods"]:
+            if info is not None and k in info.methods:
                 return _UnboundMethod(self._name, k)
             return getattr(user_cls, k)
         if k.startswith("_"):
@@ -428,9 +431,10 @@ class Cls:
                                     f"{resp.get('version')}, not {version} (only the current version runs)")
             service = Function(None, None, tag=f"{name}.*", options=FunctionOptions(), secrets=[])
             service._hydrate(resp["function_id"])
-            service._cls_info = resp["cls"]
+            info = msgspec.convert(resp["cls"], ClsInfo)
+            service._cls_info = info
             self._service = service
-            self._info = resp["cls"]
+            self._info = info
 
     # -- variants ------------------------------------------------------------------------------------------------
     def with_options(
@@ -516,12 +520,12 @@ def _cls_decorator(app: App, function_kwargs: dict[str, Any]) -> Callable[[type]
         info = inspect_class(user_cls)
         service = app.function(**function_kwargs, name=f"{user_cls.__name__}.*")(user_cls)
         options = service._options
-        if info["batched"]:
+        if info.batched is not None:
             if options.max_inputs > 1:
-                raise InvalidError(f"Modal class {info['name']}: @modal.batched cannot be combined with "
+                raise InvalidError(f"Modal class {info.name}: @modal.batched cannot be combined with "
                                    "@modal.concurrent")
-            options.batch_max_size = info["batched"]["max_batch_size"]
-            options.batch_wait_ms = info["batched"]["wait_ms"]
+            options.batch_max_size = info.batched.max_batch_size
+            options.batch_wait_ms = info.batched.wait_ms
         service._cls_info = info
         cls = Cls(name=user_cls.__name__, user_cls=user_cls, app=app, service=service, info=info)
         app._classes[user_cls.__name__] = cls

@@ -14,6 +14,7 @@ from . import _serialization as ser
 from ._client.aio import Plan, arun_plan, on_loop, rpc, run_plan
 from ._client.transport import Client, get_client
 from ._options import FunctionOptions
+from ._spec.definitions import ClsInfo, FunctionDefinition, WebhookConfig
 from ._spec.limits import MAX_WAIT_S, SCALEDOWN_WINDOW_S
 from .exception import (
     ExecutionError,
@@ -63,7 +64,7 @@ class Function:
     # Methods of a Cls (their calls name the method), the Cls's service function, and variants made by
     # with_options/with_concurrency/with_batching or by parameter values (their own pool, created on first use).
     _method_name: str | None = None
-    _cls_info: dict[str, Any] | None = None
+    _cls_info: ClsInfo | None = None
     _variant_base: Function | None = None
     _variant_params: bytes | None = None
     _variant_overrides: dict[str, Any] | None = None
@@ -82,7 +83,7 @@ class Function:
         image: Any = None,
         is_generator: bool = False,
         schedule: Any = None,
-        webhook: dict[str, Any] | None = None,
+        webhook: WebhookConfig | None = None,
     ) -> None:
         self._app = app
         self._raw_f = raw_f
@@ -236,27 +237,27 @@ class Function:
         if not generator_call and self._is_generator:
             raise InvalidError(f"{self._tag!r} is a generator function: use .remote_gen(), not {what}")
 
-    def _definition(self) -> dict[str, Any]:
-        """What the control plane needs to run this function (the source is attached by the app)."""
+    def _definition(self) -> FunctionDefinition:
+        """What the control plane needs to run this function (the image and source are attached by the app)."""
         from .secret import secret_refs
 
-        d = {
-            "tag": self._tag,
-            "is_generator": self._is_generator,
-            "is_async": self._is_async,
-            "options": self._options.to_wire(),
-            "secrets": secret_refs(self._secrets),
-            "schedule": self._schedule.to_wire() if self._schedule is not None else None,
-            "app_name": self._app.name if self._app else None,
-            "webhook": self._webhook,
-        }
+        volumes = []
         if self._options.extra.get("volumes"):
             from .volume import mount_refs
 
-            d["volumes"] = mount_refs(self._options.extra["volumes"])  # resolved (or created) now
-        if self._cls_info is not None:
-            d["cls"] = self._cls_info
-        return d
+            volumes = mount_refs(self._options.extra["volumes"])  # resolved (or created) now
+        return FunctionDefinition(
+            tag=self._tag,
+            is_generator=self._is_generator,
+            is_async=self._is_async,
+            options=self._options.to_wire(),
+            secrets=secret_refs(self._secrets),
+            schedule=self._schedule.to_wire() if self._schedule is not None else None,
+            app_name=self._app.name if self._app else None,
+            webhook=self._webhook,
+            volumes=volumes,
+            cls=self._cls_info,
+        )
 
     # -- local -----------------------------------------------------------------------------------------------
     def local(self, *args: Any, **kwargs: Any) -> Any:

@@ -25,6 +25,9 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import msgspec
+
+from ._spec.definitions import ImageSpec
 from ._spec.images import BUILD_KINDS, BUILDER_VERSION, FILE_KINDS, image_id_for
 from .exception import InvalidError
 
@@ -185,7 +188,7 @@ class Image:
         self._steps = steps  # wire form, without the content hashes of local files
         self._local = _local or (None,) * len(steps)  # per step: what to read locally for it, if anything
         self._force_base = force_base
-        self._wire: tuple[dict[str, Any], dict[str, Callable[[], bytes]]] | None = None
+        self._wire: tuple[ImageSpec, dict[str, Callable[[], bytes]]] | None = None
 
     def __repr__(self) -> str:
         chain = ".".join([f"debian_slim(python_version={self._python_version!r})",
@@ -521,13 +524,13 @@ class Image:
     # -- wire ------------------------------------------------------------------------------------------------
     @property
     def object_id(self) -> str:
-        return self.to_wire()["image_id"]
+        return self.to_wire().image_id
 
-    def to_wire(self) -> dict[str, Any]:
-        """{"image_id", "python_version", "steps", ...}: what the control plane builds."""
+    def to_wire(self) -> ImageSpec:
+        """What the control plane builds: the id, the Python version and the steps."""
         return self._resolve()[0]
 
-    def _resolve(self) -> tuple[dict[str, Any], dict[str, Callable[[], bytes]]]:
+    def _resolve(self) -> tuple[ImageSpec, dict[str, Callable[[], bytes]]]:
         """The wire form and the local blobs it refers to ({sha256: read}); local files are read here."""
         if self._wire is None:
             blobs: dict[str, Callable[[], bytes]] = {}
@@ -541,14 +544,14 @@ class Image:
                     step["sha"] = sha
                     blobs[sha] = read
                 steps.append(step)
-            wire = {"image_id": image_id_for(self._python_version, steps), "builder": BUILDER_VERSION,
-                    "python_version": self._python_version, "steps": steps}
+            wire = ImageSpec(image_id=image_id_for(self._python_version, steps), builder=BUILDER_VERSION,
+                             python_version=self._python_version, steps=steps)
             self._wire = (wire, blobs)
         wire, blobs = self._wire
         from ._spec.config import env_flag
 
         force_base = self._force_base or env_flag("SHOAL_FORCE_BUILD")
-        return ({**wire, "force_base": True} if force_base else wire), blobs
+        return (msgspec.structs.replace(wire, force_base=True) if force_base else wire), blobs
 
 
 def _read_text(method: str, path: str | Path) -> str:
@@ -630,7 +633,7 @@ def check_image(image: Any, where: str) -> None:
                            f"got {type(image).__name__}")
 
 
-def wire_for(image: Image | None, client: Any, uploaded: set[str]) -> dict[str, Any]:
+def wire_for(image: Image | None, client: Any, uploaded: set[str]) -> ImageSpec:
     """The wire form of a function's image (default: `Image.debian_slim()`), after uploading the local files
     it refers to as content-addressed blobs the control plane does not have yet."""
     global _default_image

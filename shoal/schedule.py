@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._spec.definitions import CronSchedule, PeriodSchedule
 from .exception import InvalidError
 
 
@@ -22,8 +23,8 @@ class Period:
     def __repr__(self) -> str:
         return "Period(" + ", ".join(f"{k}={v}" for k, v in self.fields.items() if v) + ")"
 
-    def to_wire(self) -> dict:
-        return {"type": "period", **self.fields}
+    def to_wire(self) -> PeriodSchedule:
+        return PeriodSchedule(**self.fields)
 
 
 class Cron:
@@ -46,5 +47,5 @@ class Cron:
     def __repr__(self) -> str:
         return f"Cron({self.cron_string!r}, timezone={self.timezone!r})"
 
-    def to_wire(self) -> dict:
-        return {"type": "cron", "cron_string": self.cron_string, "timezone": self.timezone}
+    def to_wire(self) -> CronSchedule:
+        return CronSchedule(self.cron_string, self.timezone)

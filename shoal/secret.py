@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ._client.aio import Plan, rpc
+from ._spec.definitions import SecretRef
 from ._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
 from .exception import InvalidError, NotFoundError
 
@@ -108,14 +109,14 @@ class Secret:
     def info(self) -> dict:
         return {"name": self._name, "keys": sorted(self._env) if not self._name else None}
 
-    def to_ref(self) -> dict:
+    def to_ref(self) -> SecretRef:
         """Wire form: a name the control plane resolves at container start, or the values themselves."""
         if self._name:
-            return {"name": self._name, "required_keys": self._required_keys}
-        return {"env": {k: v for k, v in self._env.items() if v is not None}}
+            return SecretRef(name=self._name, required_keys=self._required_keys)
+        return SecretRef(env={k: v for k, v in self._env.items() if v is not None})
 
 
-def secret_refs(secrets: list[Secret]) -> list[dict]:
+def secret_refs(secrets: list[Secret]) -> list[SecretRef]:
     """A function's secrets in order; later ones override earlier ones when the container starts."""
     return [s.to_ref() for s in secrets]
 

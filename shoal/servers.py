@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._client.aio import Plan, rpc
 from ._partial import (
     BATCHED_ATTR,
@@ -28,6 +30,7 @@ from ._partial import (
     WEBHOOK_ATTR,
     Parameter,
 )
+from ._spec.definitions import FunctionDefinition, ServerConfig
 from .exception import ExecutionError, InvalidError, NotImplementedWarning
 from .functions import Function
 
@@ -124,8 +127,8 @@ def server_config(
     compute_region: Any = None,
     h2_enabled: Any = False,
     sessioned: bool = False,
-) -> dict[str, Any]:
-    """The `"server"` dict of the definition (the wire contract with the control plane), validated with Modal's
+) -> ServerConfig:
+    """The `server` of the definition (the wire contract with the control plane), validated with Modal's
     rules and messages. `target_concurrency=0` and `max_concurrency=0` mean "unset" and are sent as None."""
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= MAX_PORT:
         raise InvalidError(f"`port` must be a positive integer between 1 and {MAX_PORT}, got {port!r}")
@@ -152,19 +155,19 @@ def server_config(
         raise InvalidError("The `routing_region` argument must be passed.")
     if routing_region not in ROUTING_REGIONS:
         raise InvalidError(f"`routing_region` must be one of {', '.join(ROUTING_REGIONS)}, got {routing_region!r}")
-    return {
-        "port": port,
-        "startup_timeout": float(startup_timeout),
-        "target_concurrency": target,
-        "max_concurrency": cap,
-        "scaleup_window": float(scaleup_window) if scaleup_window is not None else None,
-        "unauthenticated": _check_bool("unauthenticated", unauthenticated),
-        "exit_grace_period": float(exit_grace_period),
-        "routing_region": routing_region,
-        "compute_region": _parse_compute_region(compute_region),
-        "h2_enabled": _check_bool("h2_enabled", h2_enabled),
-        "sessioned": bool(sessioned),
-    }
+    return ServerConfig(
+        port=port,
+        startup_timeout=float(startup_timeout),
+        target_concurrency=target,
+        max_concurrency=cap,
+        scaleup_window=float(scaleup_window) if scaleup_window is not None else None,
+        unauthenticated=_check_bool("unauthenticated", unauthenticated),
+        exit_grace_period=float(exit_grace_period),
+        routing_region=routing_region,
+        compute_region=_parse_compute_region(compute_region),
+        h2_enabled=_check_bool("h2_enabled", h2_enabled),
+        sessioned=bool(sessioned),
+    )
 
 
 def check_server_class(user_cls: Any, *, enable_memory_snapshot: bool = False) -> None:
@@ -199,7 +202,7 @@ def check_server_class(user_cls: Any, *, enable_memory_snapshot: bool = False) -
                            "`target_concurrency` param instead.")
     for key, f in funcs.items():
         webhook = getattr(f, WEBHOOK_ATTR, None)
-        if isinstance(webhook, dict):
+        if webhook is not None:
             from .web import webhook_decorator
 
             raise InvalidError(f"Server class {name} cannot be decorated with `@modal.{webhook_decorator(webhook)}()` "
@@ -209,15 +212,15 @@ def check_server_class(user_cls: Any, *, enable_memory_snapshot: bool = False) -
                            "initialization logic instead.")
 
 
-def _warn_not_enforced(config: dict[str, Any], stacklevel: int) -> None:
+def _warn_not_enforced(config: ServerConfig, stacklevel: int) -> None:
     """Server options shoal records but does not act on warn once per process, as `@app.function`'s do."""
     from . import _options
 
     if "SHOAL_CONTAINER_ID" in os.environ:  # the container imports the same module: warn on the caller's side
         return
-    given = {"h2_enabled": config["h2_enabled"],
-             "routing_region": config["routing_region"] != DEFAULT_ROUTING_REGION,
-             "compute_region": config["compute_region"]}
+    given = {"h2_enabled": config.h2_enabled,
+             "routing_region": config.routing_region != DEFAULT_ROUTING_REGION,
+             "compute_region": config.compute_region}
     for name in _SERVER_NOT_YET_ENFORCED:
         if given[name] and name not in _options._warned:
             _options._warned.add(name)
@@ -242,16 +245,14 @@ def _no_calls_message(attr: str) -> str:
 
 
 class _ServerFunction(Function):
-    """The Function a Server registers (and is hydrated as); its definition carries the `"server"` dict."""
+    """The Function a Server registers (and is hydrated as); its definition carries the `server` config."""
 
-    _server_config: dict[str, Any] | None = None
+    _server_config: ServerConfig | None = None  # None: a looked-up Server not resolved yet
     _lookup_app_id: str | None = None
 
-    def _definition(self) -> dict[str, Any]:
-        d = super()._definition()
-        d["webhook"] = None
-        d["server"] = dict(self._server_config or {})
-        return d
+    def _definition(self) -> FunctionDefinition:
+        return msgspec.structs.replace(super()._definition(), webhook=None,
+                                       server=self._server_config or ServerConfig())
 
     def _asks_for_web_url(self) -> bool:
         """Always ask the control plane (a Server always has a URL; `shoal serve` prints it)."""
@@ -273,7 +274,7 @@ class _ServerFunction(Function):
         if not is_server:
             raise InvalidError(f"{name!r} of app {app_name!r} is not a Server: use Function.from_name or "
                                "Cls.from_name")
-        self._server_config = dict(server or {})
+        self._server_config = msgspec.convert(server, ServerConfig) if server else None
         self._lookup_app_id = resp.get("app_id")
         self._function_id = resp["function_id"]
 
@@ -340,7 +341,8 @@ class ServerSessionsManager:
     def _check(self) -> None:
         if self._server._service._lookup is not None:
             self._server.hydrate()  # a looked-up Server: whether it is sessioned is known once resolved
-        if (self._server._service._server_config or {}).get("sessioned") is False:
+        config = self._server._service._server_config
+        if config is not None and not config.sessioned:
             raise InvalidError("`sessions` requires `@modal.sessioned()` on the Server.")
         raise InvalidError("Server sessions (`Server.sessions.start()` / `.terminate()`) are not supported by "
                            "shoal yet; the `Modal-Session-ID` header gives best-effort sticky routing.")
@@ -408,7 +410,8 @@ class Server:
         return self._user_cls is not None
 
     def _is_sessioned(self) -> bool:
-        return bool((self._service._server_config or {}).get("sessioned"))
+        config = self._service._server_config
+        return config is not None and config.sessioned
 
     # -- lookups ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -423,7 +426,6 @@ class Server:
             raise InvalidError("Server.from_name takes an app name and a Server name (strings)")
         service = _ServerFunction(None, None, tag=name, options=FunctionOptions(), secrets=[])
         service._lookup = (app_name, name, None)
-        service._server_config = {}
         return cls(name=name, service=service)
 
     @classmethod
@@ -435,7 +437,6 @@ class Server:
             raise InvalidError(f"not a Server id: {server_id!r}")
         service = _ServerFunction(None, None, tag=server_id, options=FunctionOptions(), secrets=[])
         service._function_id = server_id
-        service._server_config = {}
         return cls(name=server_id, service=service, by_id=True)
 
     @rpc
@@ -465,7 +466,7 @@ class Server:
 
     def _info_of(self, url: str | None) -> ServerInfo:
         service = self._service
-        config = service._server_config or {}
+        config = msgspec.structs.asdict(service._server_config) if service._server_config is not None else {}
         if self._app is not None:
             app_name = self._app.name
         else:
@@ -525,7 +526,7 @@ def _register(app: App, function_kwargs: dict[str, Any], user_cls: type) -> Func
     return fn
 
 
-def _server_decorator(app: App, config: dict[str, Any], function_kwargs: dict[str, Any],
+def _server_decorator(app: App, config: ServerConfig, function_kwargs: dict[str, Any],
                       name: str | None) -> Callable[[type], Server]:
     """The decorator `@app.server(...)` returns; `config` is validated already (`server_config`)."""
     if name is not None and (not isinstance(name, str) or not name):
@@ -541,12 +542,12 @@ def _server_decorator(app: App, config: dict[str, Any], function_kwargs: dict[st
         _warn_not_enforced(config, stacklevel=2)
         fn = _register(app, {**function_kwargs, "name": tag,
                              # @enter and the port together must be ready within startup_timeout
-                             "startup_timeout": math.ceil(config["startup_timeout"])}, user_cls)
+                             "startup_timeout": math.ceil(config.startup_timeout)}, user_cls)
         fn.__class__ = _ServerFunction  # the same Function, with the Server's definition and no calls
         assert isinstance(fn, _ServerFunction)
         fn._cls_info = info
-        fn._server_config = {**config, "sessioned": sessioned}
-        fn._options.region = config["compute_region"]
+        fn._server_config = msgspec.structs.replace(config, sessioned=sessioned)
+        fn._options.region = config.compute_region
         server = Server(name=tag, service=fn, user_cls=user_cls, app=app)
         app._servers[tag] = server
         return server

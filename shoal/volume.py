@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 from ._client.aio import Emit, Plan, Request, in_thread, rpc, rpc_iter, run_plan
 from ._client.transport import get_client, raise_error
 from ._object import ObjectManager, StorageObject
+from ._spec.definitions import VolumeMount
 from .exception import AlreadyExistsError, InvalidError, NotFoundError
 from .types import FileEntry, FileEntryType
 
@@ -336,11 +337,11 @@ def check_mounts(volumes: Any) -> dict[str, Volume]:
     return out
 
 
-def mount_refs(volumes: dict[str, Volume] | None) -> list[dict[str, Any]]:
+def mount_refs(volumes: dict[str, Volume] | None) -> list[VolumeMount]:
     """The mounts as a function definition carries them, each volume resolved to its id (created now when it
     was looked up with `create_if_missing=True`)."""
     refs = []
     for path, vol in (volumes or {}).items():
         object_id = run_plan(vol._resolve())
-        refs.append({"mount_path": path, "volume_id": object_id, "name": vol.name, "read_only": vol._read_only})
+        refs.append(VolumeMount(mount_path=path, volume_id=object_id, name=vol.name, read_only=vol._read_only))
     return refs

@@ -3,8 +3,8 @@
 
 Like the other decorators under `@app.function()` (see `_partial.py`), each returns the raw function with an
 attribute set, so `.local()` and stacking with `@modal.concurrent` keep working. The attribute,
-`__shoal_webhook__`, is the wire contract with the control plane: a plain dict with exactly the keys of
-`_webhook()` below, copied into the function's definition (`"webhook"`) or its class's method info.
+`__shoal_webhook__`, is the wire contract with the control plane: a `_spec.definitions.WebhookConfig`, made by
+`_webhook()` below and carried by the function's definition (`webhook`) or its class's method info.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._partial import BATCHED_ATTR, WEBHOOK_ATTR, _check_target, _no_mixing
+from ._spec.definitions import WebhookConfig
 from .exception import DeprecationError, InvalidError
 
 WEB_TYPES = ("fastapi", "asgi", "wsgi", "web_server")
@@ -72,18 +73,18 @@ def _check_domains(decorator: str, custom_domains: Any) -> list[str]:
 
 def _webhook(kind: str, decorator: str, *, label: Any, custom_domains: Any, requires_proxy_auth: Any,
              method: str | None = None, docs: bool = False, port: int | None = None,
-             startup_timeout: float | None = None) -> dict[str, Any]:
-    """The wire dict (exactly these keys)."""
-    return {
-        "type": kind,
-        "method": method,
-        "label": _check_label(decorator, label),
-        "docs": _check_bool(decorator, "docs", docs),
-        "requires_proxy_auth": _check_bool(decorator, "requires_proxy_auth", requires_proxy_auth),
-        "custom_domains": _check_domains(decorator, custom_domains),
-        "port": port,
-        "startup_timeout": startup_timeout,
-    }
+             startup_timeout: float | None = None) -> WebhookConfig:
+    """The wire form, its values checked."""
+    return WebhookConfig(
+        type=kind,  # type: ignore[arg-type]
+        method=method,
+        label=_check_label(decorator, label),
+        docs=_check_bool(decorator, "docs", docs),
+        requires_proxy_auth=_check_bool(decorator, "requires_proxy_auth", requires_proxy_auth),
+        custom_domains=_check_domains(decorator, custom_domains),
+        port=port,
+        startup_timeout=startup_timeout,
+    )
 
 
 # -- the wrapped function -----------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def check_not_generator(name: str, is_generator: bool) -> None:
                            "https://modal.com/docs/guide/streaming-endpoints")
 
 
-def _decorator(decorator: str, config: dict[str, Any]) -> Callable[[Callable], Callable]:
+def _decorator(decorator: str, config: WebhookConfig) -> Callable[[Callable], Callable]:
     def decorate(f: Callable) -> Callable:
         _check_target(f, decorator)
         if hasattr(f, WEBHOOK_ATTR):
@@ -129,27 +130,26 @@ def _decorator(decorator: str, config: dict[str, Any]) -> Callable[[Callable], C
                                "cannot be batched.")
         name = getattr(f, "__qualname__", getattr(f, "__name__", repr(f)))
         check_not_generator(name, inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f))
-        if config["type"] != "fastapi":
-            _check_factory(f, config["type"])
-        setattr(f, WEBHOOK_ATTR, {**config, "custom_domains": list(config["custom_domains"])})
+        if config.type != "fastapi":
+            _check_factory(f, config.type)
+        setattr(f, WEBHOOK_ATTR, config)
         _no_mixing(f)
         return f
 
     return decorate
 
 
-def webhook_decorator(webhook: dict[str, Any]) -> str:
-    """The decorator name for a wire dict, for messages."""
-    return {"fastapi": "fastapi_endpoint", "asgi": "asgi_app", "wsgi": "wsgi_app"}.get(webhook["type"],
-                                                                                       "web_server")
+def webhook_decorator(webhook: WebhookConfig) -> str:
+    """The decorator name for a web configuration, for messages."""
+    return {"fastapi": "fastapi_endpoint", "asgi": "asgi_app", "wsgi": "wsgi_app"}.get(webhook.type, "web_server")
 
 
-def webhook_of(f: Any) -> dict[str, Any] | None:
+def webhook_of(f: Any) -> WebhookConfig | None:
     """The web configuration of a raw function (None if it is not a web endpoint)."""
     if isinstance(f, type):
         return None
     webhook = getattr(f, WEBHOOK_ATTR, None)
-    return dict(webhook) if isinstance(webhook, dict) else None
+    return webhook if isinstance(webhook, WebhookConfig) else None
 
 
 # -- the decorators -----------------------------------------------------------------------------------------------

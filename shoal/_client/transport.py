@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgpack
+import msgspec
 
 from .. import exception
 from .loop import background_loop
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     import http.client
 
 RECONNECT_WINDOW_S = 60.0
+# Bodies are msgpack maps; msgspec encodes the definitions' Structs (`_spec.definitions`) as the same maps.
+_encode = msgspec.msgpack.Encoder().encode
 
 
 def raise_error(status: int, payload: bytes) -> None:
@@ -118,7 +121,7 @@ class Client:
                     delay = min(delay * 2, 1.0)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = msgpack.packb(body, use_bin_type=True) if body is not None else None
+        data = _encode(body) if body is not None else None
         return _decode(*self.request_raw(method, path, data))
 
     # -- async -----------------------------------------------------------------------------------------------
@@ -141,7 +144,7 @@ class Client:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
             atexit.register(_close_session, self._session)
-        data = msgpack.packb(body, use_bin_type=True) if body is not None else None
+        data = _encode(body) if body is not None else None
         deadline = time.monotonic() + RECONNECT_WINDOW_S
         delay = 0.05
         failures = 0

@@ -1,10 +1,14 @@
 """What crosses process boundaries, and the rules both sides of a boundary apply.
 
 The SDK, the control plane and the container runtime all import from here; nothing here imports them. Every
-container imports `frames` on its cold-start path, so modules here import only the standard library (and
-msgpack for frames) at module level: heavier libraries (cloudpickle, tblib) are imported where they are used.
+container imports `frames` on its cold-start path, so modules here import only the standard library, msgpack
+and msgspec at module level: heavier libraries (cloudpickle, tblib) are imported where they are used.
 
-- `frames`   the length-prefixed msgpack stream between the control plane and a container runtime
+- `definitions` a function's definition (options, secrets, schedule, web, Server, class, image, and what the
+             control plane adds) as msgspec Structs: built by the SDK, stored and run by the control plane,
+             decoded by the runtime; bounds from `limits` are checked when it is decoded
+- `frames`   the length-prefixed msgpack stream between the control plane and a container runtime, one Struct
+             per frame type
 - `errors`   exceptions as bytes (an exception raised in a container or by the control plane, re-raised by the
              caller with the remote frames); the classes themselves are `shoal.exception`'s, see there
 - `config`   where state lives (SHOAL_HOME) and environment flags; how long results are kept

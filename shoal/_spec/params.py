@@ -7,9 +7,12 @@ request's query string, so both reach the same pool; the container unpacks them 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exception import InvalidError
+
+if TYPE_CHECKING:
+    from .definitions import ClsInfo
 
 PARAM_TYPES: dict[str, type] = {"int": int, "str": str, "bytes": bytes, "bool": bool}
 INT64 = (-(2**63), 2**63 - 1)  # ints travel as msgpack integers
@@ -27,13 +30,13 @@ def check_value(cls_name: str, pname: str, type_name: str, value: Any) -> None:
         raise InvalidError(f"{cls_name}: parameter {pname!r} is out of range for a 64-bit integer: {value}")
 
 
-def bind_params(info: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+def bind_params(info: ClsInfo, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Parameter values for `Cls(*args, **kwargs)`: positional in declaration order, defaults applied, keys
     sorted. InvalidError for a missing, unknown or mistyped parameter."""
-    cls_name = info["name"]
-    specs = {p["name"]: p for p in info["params"]}
+    cls_name = info.name
+    specs = {p.name: p for p in info.params}
     names = list(specs)
-    if info.get("custom_init") and (args or kwargs):
+    if info.custom_init and (args or kwargs):
         raise InvalidError(f"{cls_name}() takes no arguments (its custom __init__ is called without any)")
     if len(args) > len(names):
         raise InvalidError(f"{cls_name}() takes {len(names)} parameter(s) but {len(args)} positional "
@@ -46,13 +49,13 @@ def bind_params(info: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> di
         if key in values:
             raise InvalidError(f"{cls_name}() got multiple values for parameter {key!r}")
         values[key] = value
-    missing = [n for n in names if n not in values and "default" not in specs[n]]
+    missing = [n for n in names if n not in values and not specs[n].has_default]
     if missing:
         raise InvalidError(f"{cls_name}() missing required parameter(s): {', '.join(missing)}")
     for n in names:
         if n not in values:
-            values[n] = specs[n]["default"]
-        check_value(cls_name, n, specs[n]["type"], values[n])
+            values[n] = specs[n].default
+        check_value(cls_name, n, specs[n].type, values[n])
     return dict(sorted(values.items()))
 
 

@@ -71,11 +71,12 @@ def _runtime_requirements() -> list[str]:
         cloudpickle = f"cloudpickle=={metadata.version('cloudpickle')}"
     except metadata.PackageNotFoundError:
         cloudpickle = "cloudpickle>=3.0"
-    return [cloudpickle, "msgpack>=1.0", "tblib>=3.0", "aiohttp>=3.9", *WEB_REQUIREMENTS]
+    return [cloudpickle, "msgpack>=1.0", "msgspec>=0.18", "tblib>=3.0", "aiohttp>=3.9", *WEB_REQUIREMENTS]
 
 
 RUNTIME_REQUIREMENTS = _runtime_requirements()
-RUNTIME_NAMES = ("cloudpickle", "msgpack", "tblib", "aiohttp", "uvicorn", "httptools", "websockets", "a2wsgi", "pip")
+RUNTIME_NAMES = ("cloudpickle", "msgpack", "msgspec", "tblib", "aiohttp", "uvicorn", "httptools", "websockets",
+                 "a2wsgi", "pip")
 
 
 def _copy_host_packages(names: tuple[str, ...], target: Path) -> list[str]:

@@ -152,11 +152,15 @@ class Proxy:
         info = pool.definition.get("cls")
         if not info or not info.get("params"):
             return pool
+        import msgspec
+
+        from .._spec.definitions import ClsInfo
         from .._spec.params import bind_params, pack_params
 
         names = {p["name"]: p for p in info["params"]}
         given = {k: v for k, v in urllib.parse.parse_qsl(query.decode("latin-1")) if k in names}
-        values = bind_params(info, (), {k: _typed(names[k]["type"], k, v) for k, v in given.items()})
+        values = bind_params(msgspec.convert(info, ClsInfo), (),
+                             {k: _typed(names[k]["type"], k, v) for k, v in given.items()})
         return self.d.pools[await self.d.create_variant(pool, pack_params(values), {})]  # idempotent
 
     async def connect(self, c: Container, port: int) -> Upstream:

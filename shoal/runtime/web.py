@@ -22,7 +22,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._spec.definitions import FunctionDefinition, ServerConfig, WebhookConfig
 
 WS_MAX_MESSAGE = 2 * 1024 * 1024  # Modal's WebSocket message limit
 KEEPALIVE_S = 3600  # the proxy closes idle connections first (no race between its reuse and our close)
@@ -32,7 +35,7 @@ class WebStartError(Exception):
     """A web target could not be served (missing FastAPI, lifespan startup failed, port never listened)."""
 
 
-def fastapi_app(fn: Callable, webhook: dict[str, Any]) -> Any:
+def fastapi_app(fn: Callable, webhook: WebhookConfig) -> Any:
     """The `fastapi_endpoint` wrapper: one route at `/` for the function, CORS open, `/docs` when asked."""
     try:
         from fastapi import FastAPI
@@ -41,16 +44,16 @@ def fastapi_app(fn: Callable, webhook: dict[str, Any]) -> Any:
         raise WebStartError(
             "@modal.fastapi_endpoint needs FastAPI in the function's image: "
             "Image.debian_slim().pip_install(\"fastapi[standard]\")") from exc
-    docs = bool(webhook.get("docs"))
+    docs = webhook.docs
     app = FastAPI(docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
-    app.add_api_route("/", fn, methods=[webhook.get("method") or "GET"])
+    app.add_api_route("/", fn, methods=[webhook.method or "GET"])
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
                        allow_credentials=False)
     return app
 
 
-def build_app(kind: str, target: Callable, webhook: dict[str, Any], max_inputs: int) -> Any:
+def build_app(kind: str, target: Callable, webhook: WebhookConfig, max_inputs: int) -> Any:
     """The ASGI app of one target (None for `web_server`, which serves itself)."""
     if kind == "fastapi":
         return fastapi_app(target, webhook)
@@ -166,40 +169,42 @@ class WebServers:
             self.thread.join(timeout)
 
 
-def web_targets(fn: Callable, definition: dict[str, Any], instance: Any) -> dict[str, tuple[dict[str, Any], Callable]]:
-    """{target key: (webhook, callable)}: "" for a web function, the method name for a class's web methods."""
-    if definition.get("server"):  # @app.server: its @enter hooks started the process; only the port is ours
-        return {"": ({"type": "server", **definition["server"]}, fn)}
-    if definition.get("webhook"):
-        return {"": (definition["webhook"], fn)}
-    cls = definition.get("cls") or {}
-    out = {}
-    for name, info in (cls.get("methods") or {}).items():
-        if info.get("webhook") and instance is not None:
-            out[name] = (info["webhook"], getattr(instance, name))
+def web_targets(fn: Callable, definition: FunctionDefinition,
+                instance: Any) -> dict[str, tuple[WebhookConfig | ServerConfig, Callable]]:
+    """{target key: (its config, callable)}: "" for a web function or a Server, the method name for a class's
+    web methods."""
+    if definition.server is not None:  # @app.server: its @enter hooks started the process; only the port is ours
+        return {"": (definition.server, fn)}
+    if definition.webhook is not None:
+        return {"": (definition.webhook, fn)}
+    out: dict[str, tuple[WebhookConfig | ServerConfig, Callable]] = {}
+    for name, info in (definition.cls.methods if definition.cls is not None else {}).items():
+        if info.webhook is not None and instance is not None:
+            out[name] = (info.webhook, getattr(instance, name))
     return out
 
 
-def start_web(fn: Callable, definition: dict[str, Any], instance: Any, servers: WebServers) -> dict[str, int]:
+def start_web(fn: Callable, definition: FunctionDefinition, instance: Any, servers: WebServers) -> dict[str, int]:
     """Start every web target of the container; returns {target key: port} for the control plane."""
+    from .._spec.definitions import ServerConfig
+
     targets = web_targets(fn, definition, instance)
     if not targets:
         return {}
-    max_inputs = int((definition.get("options") or {}).get("max_inputs") or 1)
+    max_inputs = definition.options.max_inputs
     apps: dict[str, Any] = {}
     ports: dict[str, int] = {}
-    for key, (webhook, target) in targets.items():
-        kind = webhook["type"]
-        if kind == "server":
-            ports[key] = int(webhook.get("port") or 8000)
-            wait_for_port(ports[key], float(webhook.get("startup_timeout") or 30), any_address=True)
-        elif kind == "web_server":
+    for key, (config, target) in targets.items():
+        if isinstance(config, ServerConfig):
+            ports[key] = config.port
+            wait_for_port(ports[key], config.startup_timeout, any_address=True)
+        elif config.type == "web_server":
             result = target()
             if asyncio.iscoroutine(result):
                 asyncio.run(result)
-            ports[key] = int(webhook["port"])
-            wait_for_port(ports[key], float(webhook.get("startup_timeout") or 5.0))
+            ports[key] = int(config.port or 8000)
+            wait_for_port(ports[key], float(config.startup_timeout or 5.0))
         else:
-            apps[key] = build_app(kind, target, webhook, max_inputs)
+            apps[key] = build_app(config.type, target, config, max_inputs)
     ports.update(servers.start(apps, max_inputs))
     return ports

@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import msgpack
+import msgspec
 
 from .. import _container_context
 from .._container_context import StopImport
 from .._serialization import dumps, loads
 from .._spec import frames
+from .._spec.definitions import FunctionDefinition
 from .._spec.errors import dumps_exception
 from ..exception import InvalidError
 
@@ -42,33 +43,31 @@ def _die_with_parent() -> None:
         pass
 
 
-def load_function(init: dict[str, Any]) -> tuple[Callable, dict[str, float]]:
+def load_function(init: frames.Init) -> tuple[Callable, dict[str, float]]:
     """Import (or unpickle) the user's function and hydrate its app so nested calls work."""
     from ..app import App
 
-    definition = init["definition"]
+    definition = init.definition
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if definition.get("serialized_fn") is not None:
-        fn = loads(definition["serialized_fn"], "serialized function")
+    if definition.serialized_fn is not None:
+        fn = loads(definition.serialized_fn, "serialized function")
         timings["imports_s"] = time.perf_counter() - t0
-        App._hydrate_all(init["app_functions"], definition.get("app_name"))
+        App._hydrate_all(init.app_functions, definition.app_name)
         return fn, timings
     _container_context.importing_user_module = True
     try:
         try:
-            importlib.import_module(definition["module"])
+            importlib.import_module(definition.module or "")
         except StopImport:
             pass  # top-level `with app.run():` reached: everything above it is defined
     finally:
         _container_context.importing_user_module = False
     timings["imports_s"] = time.perf_counter() - t0
-    app = App._hydrate_all(init["app_functions"], definition.get("app_name"), tag=definition["tag"])
-    fn_obj = app.registered_functions.get(definition["tag"]) if app else None
+    app = App._hydrate_all(init.app_functions, definition.app_name, tag=definition.tag)
+    fn_obj = app.registered_functions.get(definition.tag) if app else None
     if fn_obj is None:
-        raise RuntimeError(
-            f"function {definition['tag']!r} not found after importing module {definition['module']!r}"
-        )
+        raise RuntimeError(f"function {definition.tag!r} not found after importing module {definition.module!r}")
     return fn_obj.get_raw_f(), timings
 
 
@@ -80,12 +79,12 @@ class Channel:
         self.rfile = sock.makefile("rb", buffering=1 << 16)
         self._send_lock = threading.Lock()
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: msgspec.Struct) -> None:
         data = frames.encode(msg)
         with self._send_lock:
             self.sock.sendall(data)
 
-    def recv(self) -> dict[str, Any] | None:
+    def recv(self) -> frames.ToRuntime | None:
         header = self.rfile.read(frames.HEADER.size)
         if len(header) < frames.HEADER.size:
             return None
@@ -93,7 +92,7 @@ class Channel:
         body = self.rfile.read(length)
         if len(body) < length:
             return None
-        return msgpack.unpackb(body, raw=False)
+        return frames.to_runtime.decode(body)
 
 
 class Terminated(BaseException):
@@ -108,21 +107,21 @@ class Worker:
     For a class (`@app.cls()`), `enter()` builds the object with its parameter values and runs its @enter
     hooks; each input names the method it calls; `exit()` runs the @exit hooks."""
 
-    def __init__(self, channel: Channel, fn: Callable, definition: dict[str, Any]) -> None:
+    def __init__(self, channel: Channel, fn: Callable, definition: FunctionDefinition) -> None:
         self.channel = channel
         self.fn = fn
         self.definition = definition
-        self.is_gen = bool(definition.get("is_generator"))
-        self.is_async = bool(definition.get("is_async"))
-        options = definition.get("options", {})
-        self.max_inputs = int(options.get("max_inputs") or 1)
-        self.batch_max_size = int(options.get("batch_max_size") or 0)
-        self.batch_wait_s = float(options.get("batch_wait_ms") or 0) / 1000.0
-        self.cls_info: dict[str, Any] | None = definition.get("cls")
+        self.is_gen = definition.is_generator
+        self.is_async = definition.is_async
+        options = definition.options
+        self.max_inputs = options.max_inputs
+        self.batch_max_size = options.batch_max_size or 0
+        self.batch_wait_s = (options.batch_wait_ms or 0) / 1000.0
+        self.cls_info = definition.cls
         self.instance: Any = None
         self._targets: dict[str | None, tuple[Callable, bool, bool]] = {}
         if self.cls_info is not None:
-            self.is_async = any(m["is_async"] for m in self.cls_info["methods"].values())
+            self.is_async = any(m.is_async for m in self.cls_info.methods.values())
         self.loop: Any = None  # asyncio loop, created on first async use
         self.loop_thread: threading.Thread | None = None  # set once the loop runs on its own thread
 
@@ -135,17 +134,17 @@ class Worker:
         from .._spec.params import unpack_params
         from ..cls import construct_instance
 
-        self.instance = construct_instance(self.fn, self.cls_info, unpack_params(self.definition.get("params")))
-        for name in self.cls_info["enter"]:
+        self.instance = construct_instance(self.fn, self.cls_info, unpack_params(self.definition.params))
+        for name in self.cls_info.enter:
             result = getattr(self.instance, name)()
             if inspect.isawaitable(result):
                 self.run_coro(result)
 
     def exit(self) -> None:
         """Run the @exit hooks (the control plane allows 30 s before it kills the container)."""
-        if self.instance is None or not self.cls_info or not self.cls_info["exit"]:
+        if self.instance is None or self.cls_info is None or not self.cls_info.exit:
             return
-        for name in self.cls_info["exit"]:
+        for name in self.cls_info.exit:
             try:
                 result = getattr(self.instance, name)()
                 if inspect.isawaitable(result):
@@ -163,10 +162,10 @@ class Worker:
         t = self._targets.get(method)
         if t is None:
             assert self.cls_info is not None
-            info = self.cls_info["methods"].get(method or "")
+            info = self.cls_info.methods.get(method or "")
             if info is None:
-                raise AttributeError(f"class {self.cls_info['name']} has no method {method!r}")
-            t = (getattr(self.instance, method or ""), bool(info["is_generator"]), bool(info["is_async"]))
+                raise AttributeError(f"class {self.cls_info.name} has no method {method!r}")
+            t = (getattr(self.instance, method or ""), info.is_generator, info.is_async)
             self._targets[method] = t
         return t
 
@@ -214,14 +213,14 @@ class Worker:
             fn, is_gen, _ = self.target(method)
             if is_gen:
                 async for item in fn(*a, **kw):
-                    self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
+                    self.channel.send(frames.Item(key, dumps(item, "yielded value")))
                 result = None
             else:
                 result = await fn(*a, **kw)
             out = [key, "ok", dumps(result, "return value")]
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
             out = [key, "err", dumps_exception(exc)]
-        self.channel.send({"t": "out", "items": [[*out, time.perf_counter() - t0]]})
+        self.channel.send(frames.Out([(*out, time.perf_counter() - t0)]))
 
     def stream(self, key: int, gen: Any) -> None:
         if inspect.isasyncgen(gen):
@@ -230,19 +229,19 @@ class Worker:
                     item = self.run_coro(gen.__anext__())
                 except StopAsyncIteration:
                     return
-                self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
+                self.channel.send(frames.Item(key, dumps(item, "yielded value")))
         for item in gen:
-            self.channel.send({"t": "item", "key": key, "data": dumps(item, "yielded value")})
+            self.channel.send(frames.Item(key, dumps(item, "yielded value")))
 
     # -- the input loop --------------------------------------------------------------------------------------
-    def input_batches(self) -> Iterator[list[list[Any]]]:
+    def input_batches(self) -> Iterator[list[frames.InputItem]]:
         """The items of each `inputs` frame, until the control plane says stop (or goes away)."""
         while True:
             msg = self.channel.recv()
-            if msg is None or msg["t"] == "stop":
+            if msg is None or type(msg) is frames.Stop:
                 return
-            if msg["t"] == "inputs":
-                yield msg["items"]
+            if type(msg) is frames.Inputs:
+                yield msg.items
 
     def serve(self) -> None:
         if self.batch_max_size:
@@ -255,7 +254,7 @@ class Worker:
             for i, item in enumerate(items):
                 pending.append(self.call(*item))
                 if i == len(items) - 1 or time.perf_counter() - last_flush > FLUSH_INTERVAL_S:
-                    self.channel.send({"t": "out", "items": pending})
+                    self.channel.send(frames.Out(pending))
                     pending = []
                     last_flush = time.perf_counter()
 
@@ -274,7 +273,7 @@ class Worker:
                 await self.acall(*item)
 
         def run_one(item: list[Any]) -> None:
-            self.channel.send({"t": "out", "items": [self.call(*item)]})
+            self.channel.send(frames.Out([self.call(*item)]))
 
         def is_async(item: list[Any]) -> bool:
             try:
@@ -301,35 +300,36 @@ class Worker:
         function once with lists. The control plane never sends more than `max_batch_size` at a time."""
         import queue
 
-        incoming: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        incoming: queue.Queue[frames.ToRuntime | None] = queue.Queue()
 
         def read() -> None:
             while True:
                 msg = self.channel.recv()
                 incoming.put(msg)
-                if msg is None or msg["t"] == "stop":
+                if msg is None or type(msg) is frames.Stop:
                     return
 
         threading.Thread(target=read, name="shoal-frames", daemon=True).start()
-        buffer: list[list[Any]] = []
+        buffer: list[frames.InputItem] = []
         deadline = 0.0
         while True:
+            msg: frames.ToRuntime | None
             try:
                 msg = incoming.get(timeout=max(0.0, deadline - time.monotonic()) if buffer else None)
             except queue.Empty:
-                msg = {"t": "tick"}
-            if msg is None or msg["t"] == "stop":
+                msg = frames.Inputs([])  # the wait is over: call with what is buffered
+            if msg is None or type(msg) is frames.Stop:
                 return  # inputs still buffered were handed back to the queue by the control plane
-            if msg["t"] == "inputs":
-                if not buffer:
+            if type(msg) is frames.Inputs:
+                if not buffer and msg.items:
                     deadline = time.monotonic() + self.batch_wait_s
-                buffer.extend(msg["items"])
+                buffer.extend(msg.items)
             while len(buffer) >= self.batch_max_size or (buffer and time.monotonic() >= deadline):
                 batch, buffer = buffer[:self.batch_max_size], buffer[self.batch_max_size:]
-                self.channel.send({"t": "out", "items": self.call_batch(batch)})
+                self.channel.send(frames.Out(self.call_batch(batch)))
                 deadline = time.monotonic() + self.batch_wait_s
 
-    def call_batch(self, items: list[list[Any]]) -> list[list[Any]]:
+    def call_batch(self, items: list[frames.InputItem]) -> list[list[Any]]:
         """One call with a list per parameter; its list of results is split back into one output per input.
         Inputs whose arguments don't fit the signature fail alone; an exception fails the whole batch."""
         t0 = time.perf_counter()
@@ -406,24 +406,24 @@ def connect(address: str) -> socket.socket:
     return sock
 
 
-def wait_warm(channel: Channel, warm: dict[str, Any]) -> dict[str, Any] | None:
+def wait_warm(channel: Channel, warm: frames.Warm) -> frames.ToRuntime | None:
     """A warm-pool container: import what this image's functions imported before, then wait to be given a
     function (the `init` frame) or to be stopped."""
-    for name in warm.get("imports") or []:
+    for name in warm.imports:
         try:
             importlib.import_module(name)
         except BaseException:  # noqa: BLE001 - a hint only; the function imports what it needs itself
             pass
-    channel.send({"t": "warm_ready"})
+    channel.send(frames.WarmReady())
     return channel.recv()
 
 
-def take_assignment(assign: dict[str, Any]) -> None:
+def take_assignment(assign: frames.Assignment) -> None:
     """Become the container of the assigned function: its secrets as environment, its source at /root (the
     sandbox) or on sys.path (process isolation)."""
-    os.environ.update(assign.get("env") or {})
-    source = assign["source"]
-    if assign.get("sandboxed"):
+    os.environ.update(assign.env)
+    source = assign.source
+    if assign.sandboxed:
         for entry in os.listdir(source):
             target = os.path.join("/root", entry)
             if not os.path.lexists(target):
@@ -450,14 +450,6 @@ def imported_packages(baseline: set[str]) -> list[str]:
     return sorted(names)
 
 
-def has_web(definition: dict[str, Any]) -> bool:
-    """A web function, a class with web methods, or a Server: the container serves HTTP (runtime/web.py)."""
-    methods = (definition.get("cls") or {}).get("methods") or {}
-    if definition.get("webhook") or definition.get("server"):
-        return True
-    return any(m.get("webhook") for m in methods.values())
-
-
 def main() -> None:
     _die_with_parent()
     # One write per line, so a line never reaches the caller in pieces (PYTHONUNBUFFERED would make
@@ -465,42 +457,40 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, write_through=False)
     channel = Channel(connect(os.environ["SHOAL_CONTROL"]))
-    channel.send({
-        "t": "hello", "container_id": os.environ["SHOAL_CONTAINER_ID"],
-        "token": os.environ.get("SHOAL_CONTAINER_TOKEN", ""), "pid": os.getpid(),
-    })
+    channel.send(frames.Hello(os.environ["SHOAL_CONTAINER_ID"], os.environ.get("SHOAL_CONTAINER_TOKEN", ""),
+                              os.getpid()))
     init = channel.recv()
-    warm = init is not None and init["t"] == "warm"
-    if warm:
+    warm = isinstance(init, frames.Warm)
+    if isinstance(init, frames.Warm):
         init = wait_warm(channel, init)
-    if init is None or init["t"] != "init":
+    if type(init) is not frames.Init:
         os._exit(0 if init is not None else 1)
     t_connected = time.time()
-    if init.get("assign"):
-        take_assignment(init["assign"])
+    if init.assign is not None:
+        take_assignment(init.assign)
     baseline = set(sys.modules)
     stage = "load function"
     web: Any = None  # runtime.web.WebServers of a web function's container
     web_ports: dict[str, int] = {}
     try:
         fn, timings = load_function(init)
-        worker = Worker(channel, fn, init["definition"])
+        worker = Worker(channel, fn, init.definition)
         if worker.cls_info is not None:
             stage = "start class (@enter)"
             t_enter = time.perf_counter()
             worker.enter()
             timings["enter_s"] = time.perf_counter() - t_enter
-        if has_web(init["definition"]):
+        if init.definition.has_web():
             from .web import WebServers, start_web
 
             stage = "start its web server"
             web = WebServers()
-            web_ports = start_web(fn, init["definition"], worker.instance, web)
+            web_ports = start_web(fn, init.definition, worker.instance, web)
     except BaseException as exc:  # noqa: BLE001 - report import and @enter errors to the caller, then exit
         print(f"shoal: failed to {stage}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        channel.send({"t": "init_failed", "exc": dumps_exception(exc), "summary": f"{type(exc).__name__}: {exc}"})
+        channel.send(frames.InitFailed(dumps_exception(exc), f"{type(exc).__name__}: {exc}"))
         os._exit(1)
-    if worker.cls_info is not None and worker.cls_info["exit"]:
+    if worker.cls_info is not None and worker.cls_info.exit:
         signal.signal(signal.SIGTERM, _on_sigterm)  # unwind to run the @exit hooks
     timings["connect_s"] = t_connected - T_PROCESS_START
     timings["t_main"] = T_PROCESS_START  # after the interpreter started and imported shoal
@@ -508,8 +498,8 @@ def main() -> None:
     timings["t_ready"] = time.time()
     if warm:
         timings.update(warm=True, t_assigned=t_connected)
-    channel.send({"t": "ready", "timings": timings, "web": web_ports})
-    channel.send({"t": "modules", "names": imported_packages(baseline)})
+    channel.send(frames.Ready(timings, web_ports))
+    channel.send(frames.Modules(imported_packages(baseline)))
     try:
         worker.serve()
     except (KeyboardInterrupt, Terminated, BrokenPipeError, ConnectionError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 import shoal as modal
@@ -71,7 +72,7 @@ def test_batched_options_reach_the_definition() -> None:
     def f(xs):
         return xs
 
-    options = f._definition()["options"]
+    options = msgspec.to_builtins(f._definition())["options"]
     assert (options["batch_max_size"], options["batch_wait_ms"]) == (8, 50)
     assert f.local([1, 2]) == [1, 2]  # .local() calls the body as written, with lists
 
@@ -146,7 +147,7 @@ def test_concurrent_goes_on_the_class_not_a_method() -> None:
         def f(self):
             return 1
 
-    options = app._functions["D.*"]._definition()["options"]
+    options = msgspec.to_builtins(app._functions["D.*"]._definition())["options"]
     assert (options["max_inputs"], options["target_inputs"]) == (5, 3)
 
 

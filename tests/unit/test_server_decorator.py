@@ -8,6 +8,7 @@ import sys
 import warnings
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -90,7 +91,7 @@ def _server(app: modal.App | None = None, **kwargs: Any) -> Any:
 # -- the definition ------------------------------------------------------------------------------------------------
 def test_seed_example_definition() -> None:
     assert isinstance(Server, modal.Server)
-    d = Server._get_service_function()._definition()
+    d = msgspec.to_builtins(Server._get_service_function()._definition())
     assert d["tag"] == "Server"
     assert d["webhook"] is None
     assert d["cls"] == {"name": "Server", "params": [], "methods": {}, "enter": ["startup"], "exit": [],
@@ -117,7 +118,7 @@ def test_the_server_dict_carries_every_setting() -> None:
                     scaleup_window=5, exit_grace_period=60, routing_region="eu-west", compute_region="eu-west-1",
                     h2_enabled=True, min_containers=1, max_containers=4, buffer_containers=1, scaledown_window=120,
                     cpu=2.0, memory=1024, gpu="t4", name="api")
-    d = s._get_service_function()._definition()
+    d = msgspec.to_builtins(s._get_service_function()._definition())
     assert d["tag"] == "api" and s.name == "api" and app.registered_servers == {"api": s}
     assert d["server"] == {
         "port": 9000, "startup_timeout": 12.0, "target_concurrency": 2.5, "max_concurrency": 10,
@@ -131,13 +132,13 @@ def test_the_server_dict_carries_every_setting() -> None:
 
 
 def test_fractional_target_concurrency_is_accepted() -> None:
-    d = _server(target_concurrency=1.5, max_concurrency=2)._get_service_function()._definition()
+    d = msgspec.to_builtins(_server(target_concurrency=1.5, max_concurrency=2)._get_service_function()._definition())
     assert (d["server"]["target_concurrency"], d["server"]["max_concurrency"]) == (1.5, 2)
 
 
 def test_zero_means_unset() -> None:
     # 0 disables autoscaling (target) and means unlimited (max): sent as None, like leaving them out.
-    d = _server(target_concurrency=0, max_concurrency=0)._get_service_function()._definition()
+    d = msgspec.to_builtins(_server(target_concurrency=0, max_concurrency=0)._get_service_function()._definition())
     assert (d["server"]["target_concurrency"], d["server"]["max_concurrency"]) == (None, None)
 
 
@@ -156,7 +157,7 @@ def test_exit_hooks_and_compute_region_list() -> None:
             def stop(self) -> None:
                 pass
 
-    d = S._get_service_function()._definition()
+    d = msgspec.to_builtins(S._get_service_function()._definition())
     assert (d["cls"]["enter"], d["cls"]["exit"]) == (["start"], ["stop"])
     assert d["server"]["compute_region"] == ["us-east-1", "us-east-2"]
 
@@ -301,7 +302,7 @@ def test_class_rules_cover_base_classes() -> None:
     # an enter hook inherited from a base class is enough
     hooked = type("Hooked", (), {"start": modal.enter()(_start)})
     s = _decorate({}, bases=(hooked,))
-    assert s._get_service_function()._definition()["cls"]["enter"] == ["start"]
+    assert msgspec.to_builtins(s._get_service_function()._definition())["cls"]["enter"] == ["start"]
 
 
 def test_snap_enter_needs_memory_snapshots() -> None:
@@ -368,7 +369,7 @@ def test_sessioned() -> None:
         def start(self) -> None:
             pass
 
-    assert S._get_service_function()._definition()["server"]["sessioned"] is True
+    assert msgspec.to_builtins(S._get_service_function()._definition())["server"]["sessioned"] is True
     with pytest.raises(InvalidError, match="not supported by shoal yet"):
         S.sessions.start()
 
@@ -538,7 +539,7 @@ def test_direct_deploy_builds_one_serialized_server() -> None:
                                    target_concurrency=4.0, max_concurrency=None, startup_timeout=45.0,
                                    exit_grace_period=5.0)
     assert list(app.registered_servers) == ["Server"] and list(app.registered_functions) == ["Server"]
-    d = server._get_service_function()._definition()
+    d = msgspec.to_builtins(server._get_service_function()._definition())
     assert d["options"]["serialized"] is True and d["cls"]["enter"] == ["start"]
     assert d["server"] == {**d["server"], "port": 9000, "unauthenticated": True, "target_concurrency": 4.0,
                            "startup_timeout": 45.0, "exit_grace_period": 5.0}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 import shoal as modal
@@ -20,7 +21,7 @@ def test_fastapi_endpoint_dict() -> None:
     def f(x: int) -> int:
         return x
 
-    assert f.__shoal_webhook__ == {  # type: ignore[attr-defined]
+    assert msgspec.to_builtins(f.__shoal_webhook__) == {  # type: ignore[attr-defined]
         "type": "fastapi", "method": "POST", "label": "my-api", "docs": True, "requires_proxy_auth": True,
         "custom_domains": ["api.example.com"], "port": None, "startup_timeout": None}
 
@@ -30,10 +31,10 @@ def test_fastapi_endpoint_defaults() -> None:
     def f() -> str:
         return "hi"
 
-    assert f.__shoal_webhook__ == {  # type: ignore[attr-defined]
+    assert msgspec.to_builtins(f.__shoal_webhook__) == {  # type: ignore[attr-defined]
         "type": "fastapi", "method": "GET", "label": None, "docs": False, "requires_proxy_auth": False,
         "custom_domains": [], "port": None, "startup_timeout": None}
-    assert set(f.__shoal_webhook__) == WIRE_KEYS  # type: ignore[attr-defined]
+    assert set(msgspec.to_builtins(f.__shoal_webhook__)) == WIRE_KEYS  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("decorator", "kind"), [(modal.asgi_app, "asgi"), (modal.wsgi_app, "wsgi")])
@@ -42,7 +43,7 @@ def test_asgi_and_wsgi_dicts(decorator: Any, kind: str) -> None:
     def factory() -> Any:
         return object()
 
-    assert factory.__shoal_webhook__ == {
+    assert msgspec.to_builtins(factory.__shoal_webhook__) == {
         "type": kind, "method": None, "label": "web", "docs": False, "requires_proxy_auth": True,
         "custom_domains": [], "port": None, "startup_timeout": None}
 
@@ -52,7 +53,7 @@ def test_web_server_dict() -> None:
     def serve() -> None:
         pass
 
-    assert serve.__shoal_webhook__ == {  # type: ignore[attr-defined]
+    assert msgspec.to_builtins(serve.__shoal_webhook__) == {  # type: ignore[attr-defined]
         "type": "web_server", "method": None, "label": None, "docs": False, "requires_proxy_auth": False,
         "custom_domains": [], "port": 8000, "startup_timeout": 30.0}
 
@@ -96,7 +97,7 @@ def test_methods_are_case_insensitive(method: str) -> None:
     def f() -> None:
         pass
 
-    assert modal.fastapi_endpoint(method=method)(f).__shoal_webhook__["method"] == method.upper()
+    assert msgspec.to_builtins(modal.fastapi_endpoint(method=method)(f).__shoal_webhook__)["method"] == method.upper()
 
 
 @pytest.mark.parametrize("label", ["Upper", "-lead", "trail-", "under_score", "dot.ted", "", "a" * 64, 3])
@@ -269,10 +270,10 @@ def test_definition_contains_the_webhook() -> None:
     def plain() -> None:
         pass
 
-    assert files._definition()["webhook"] == {
+    assert msgspec.to_builtins(files._definition())["webhook"] == {
         "type": "web_server", "method": None, "label": "files", "docs": False, "requires_proxy_auth": False,
         "custom_domains": [], "port": 8080, "startup_timeout": 5.0}
-    assert plain._definition()["webhook"] is None
+    assert msgspec.to_builtins(plain._definition())["webhook"] is None
     assert app.registered_web_endpoints == [files.tag]
 
 
@@ -290,7 +291,7 @@ def test_concurrent_combines_with_web_decorators(web_on_top: bool) -> None:
     fn = app.function(serialized=True)(raw)
     assert fn._options.max_inputs == 100
     assert fn._options.target_inputs == 80
-    assert fn._definition()["webhook"]["type"] == "asgi"
+    assert msgspec.to_builtins(fn._definition())["webhook"]["type"] == "asgi"
 
 
 def test_get_web_url_of_a_plain_function_asks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,7 +365,7 @@ def _server_class(app: modal.App) -> Any:
 def test_class_web_methods_are_in_cls_info() -> None:
     app = modal.App()
     server = _server_class(app)
-    methods = server._info["methods"]
+    methods = msgspec.to_builtins(server._info)["methods"]
     assert set(methods) == {"files", "echo", "web", "plain"}
     assert methods["files"]["webhook"]["type"] == "web_server"
     assert methods["files"]["webhook"]["port"] == 8000
@@ -373,8 +374,8 @@ def test_class_web_methods_are_in_cls_info() -> None:
         "custom_domains": [], "port": None, "startup_timeout": None}
     assert methods["web"]["webhook"]["label"] == "server-app"
     assert methods["echo"]["is_generator"] is False
-    assert "webhook" not in methods["plain"]
-    definition = app._functions["Server.*"]._definition()
+    assert methods["plain"]["webhook"] is None
+    definition = msgspec.to_builtins(app._functions["Server.*"]._definition())
     assert definition["webhook"] is None
     assert definition["cls"]["methods"]["echo"]["webhook"]["type"] == "fastapi"
     assert sorted(app.registered_web_endpoints) == ["Server.echo", "Server.files", "Server.web"]
@@ -428,7 +429,7 @@ def test_class_with_web_method_and_concurrency() -> None:
             return "hi"
 
     assert app._functions["Web.*"]._options.max_inputs == 10
-    assert Web._info["methods"]["hello"]["webhook"]["type"] == "fastapi"
+    assert Web._info.methods["hello"].webhook.type == "fastapi"
 
 
 def test_get_web_url_aio(monkeypatch: pytest.MonkeyPatch) -> None:

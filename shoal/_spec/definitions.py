@@ -1,0 +1,252 @@
+"""A function's definition: what the SDK registers, the control plane stores and the runtime runs, typed once.
+
+msgspec Structs, because msgspec is a maintained C library that decodes msgpack straight into typed, validated
+objects: one declaration is both the type and its check (bounds as `Meta`), decoding is faster than msgpack to
+dicts, and a Struct encodes to the same msgpack map the dicts were. Field names are the wire's keys; a key
+missing from an older stored definition takes its default, and an unknown key is ignored, so stored state loads.
+The SDK's decorators check values with Modal's messages; decoding (control plane, runtime) checks them again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from .limits import AUTOSCALER_BOUNDS, SCALEDOWN_WINDOW_S, TIMEOUT_S
+
+
+def _bounded(lo: int, hi: int | None) -> Any:
+    return Meta(ge=lo) if hi is None else Meta(ge=lo, le=hi)
+
+
+Timeout = Annotated[int, _bounded(*TIMEOUT_S)]
+ScaledownWindow = Annotated[int, _bounded(*SCALEDOWN_WINDOW_S)]
+MinContainers = Annotated[int, _bounded(*AUTOSCALER_BOUNDS["min_containers"])]
+MaxContainers = Annotated[int, _bounded(*AUTOSCALER_BOUNDS["max_containers"])]
+BufferContainers = Annotated[int, _bounded(*AUTOSCALER_BOUNDS["buffer_containers"])]
+Positive = Annotated[int, Meta(ge=1)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class RetryPolicy(Struct):
+    """`Retries.to_dict()`: the control plane waits `retries.retry_delay(...)` between attempts."""
+
+    max_retries: Annotated[int, Meta(ge=0)]
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+
+class Options(Struct):
+    """How to run a function: the SDK's `FunctionOptions` (`_options.py`) as it travels."""
+
+    timeout: Timeout = 300
+    startup_timeout: Timeout | None = None
+    retries: RetryPolicy | None = None
+    min_containers: MinContainers | None = None
+    max_containers: MaxContainers | None = None
+    buffer_containers: BufferContainers | None = None
+    scaledown_window: ScaledownWindow | None = None
+    cpu: float | list[float] | None = None  # cores, or [request, limit]
+    memory: int | list[int] | None = None  # MiB, or [request, limit]
+    gpu: list[str] | None = None  # "A100-80GB:2", a fallback order
+    single_use_containers: bool = False
+    max_inputs: Positive = 1  # inputs one container runs at once (@modal.concurrent)
+    target_inputs: Positive | None = None
+    batch_max_size: Positive | None = None  # @modal.batched
+    batch_wait_ms: Annotated[int, Meta(ge=0)] | None = None
+    serialized: bool = False
+    include_source: bool | None = None
+    region: list[str] | None = None
+    extra: dict[str, Any] = {}  # recorded options shoal does not act on yet (scalars only)
+
+
+class SecretRef(Struct, omit_defaults=True):
+    """A named secret (resolved when a container starts) or the values of a `Secret.from_dict` themselves."""
+
+    name: str | None = None
+    required_keys: list[str] | None = None
+    env: dict[str, str | None] | None = None
+
+
+class PeriodSchedule(Struct, tag_field="type", tag="period"):
+    """`modal.Period(...)`: relativedelta fields, relative to the last deploy."""
+
+    years: int | float = 0
+    months: int | float = 0
+    weeks: int | float = 0
+    days: int | float = 0
+    hours: int | float = 0
+    minutes: int | float = 0
+    seconds: int | float = 0
+
+
+class CronSchedule(Struct, tag_field="type", tag="cron"):
+    """`modal.Cron(...)`: five cron fields on the wall clock of an IANA time zone."""
+
+    cron_string: str
+    timezone: str = "UTC"
+
+
+Schedule = PeriodSchedule | CronSchedule
+
+
+class WebhookConfig(Struct):
+    """A web function's endpoint (`shoal/web.py`): what the runtime serves and the proxy routes to."""
+
+    type: Literal["fastapi", "asgi", "wsgi", "web_server"]
+    method: str | None = None
+    label: str | None = None
+    docs: bool = False
+    requires_proxy_auth: bool = False
+    custom_domains: list[str] = []
+    port: Port | None = None  # web_server
+    startup_timeout: float | None = None  # web_server
+
+
+class ServerConfig(Struct):
+    """`@app.server(...)` (`servers.server_config`): the port the class's @enter hooks serve and its request
+    knobs. `target_concurrency`/`max_concurrency` None mean unset."""
+
+    port: Port = 8000
+    startup_timeout: float = 30.0
+    target_concurrency: float | None = None
+    max_concurrency: int | None = None
+    scaleup_window: float | None = None
+    unauthenticated: bool = False
+    exit_grace_period: float = 0.0
+    routing_region: str = "us-east"
+    compute_region: list[str] | None = None
+    h2_enabled: bool = False
+    sessioned: bool = False
+
+
+class VolumeMount(Struct):
+    """A Volume mounted into the function's containers, resolved to its id when the app registers."""
+
+    mount_path: str
+    volume_id: str
+    name: str | None = None
+    read_only: bool = False
+
+
+class ClsParam(Struct):
+    """A `modal.parameter()`: its name, type name (`params.PARAM_TYPES`) and default, if it has one."""
+
+    name: str
+    type: Literal["int", "str", "bytes", "bool"]
+    default: Any = UNSET  # UNSET (left out of the map): required
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not UNSET
+
+
+class MethodInfo(Struct):
+    """A `@modal.method()` (or web or batched method) of a class."""
+
+    is_generator: bool = False
+    is_async: bool = False
+    webhook: WebhookConfig | None = None
+
+
+class Batching(Struct):
+    """`@modal.batched(...)`."""
+
+    max_batch_size: Positive
+    wait_ms: Annotated[int, Meta(ge=0)]
+
+
+class ClsInfo(Struct):
+    """What a class looks like (`cls.inspect_class`): the SDK binds parameters with it, the runtime builds the
+    object and runs its hooks, the proxy routes to its web methods."""
+
+    name: str
+    params: list[ClsParam] = []
+    methods: dict[str, MethodInfo] = {}
+    enter: list[str] = []  # @enter hooks, in order (snap=True ones first)
+    exit: list[str] = []
+    batched: Batching | None = None
+    custom_init: bool = False
+
+
+class ImageSpec(Struct):
+    """`Image.to_wire()`: what the control plane builds; once built only `image_id` is kept (build inputs and
+    their secrets stay out of containers)."""
+
+    image_id: str
+    builder: str | None = None
+    python_version: str | None = None
+    steps: list[dict[str, Any]] = []  # `_spec.images.STEP_KINDS`, as hashed into the id
+    force_base: bool | UnsetType = UNSET  # True: rebuild from the base (left out of the map otherwise)
+
+
+class BuiltImage(Struct):
+    """A built image as containers run it (the backends' `ContainerImage`)."""
+
+    image_id: str
+    python: str
+    root: str | None = None
+    env: dict[str, str] = {}
+    workdir: str | None = None
+
+
+class VariantOverrides(Struct, omit_defaults=True):
+    """`with_options(...)` in wire form (`_options.option_overrides`): options and extra merged over the
+    base's; secrets, when given, replace the base's."""
+
+    options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    secrets: list[SecretRef] | None = None
+
+
+class FunctionDefinition(Struct):
+    """One function (or class service, or Server) as registered: the SDK's part, then what the control plane
+    adds (source, built image, deploy generation, variant)."""
+
+    tag: str
+    is_generator: bool = False
+    is_async: bool = False
+    options: Options = msgspec.field(default_factory=Options)
+    secrets: list[SecretRef] = []
+    schedule: Schedule | None = None
+    app_name: str | None = None
+    webhook: WebhookConfig | None = None
+    server: ServerConfig | None = None
+    volumes: list[VolumeMount] = []
+    cls: ClsInfo | None = None
+    image: ImageSpec | None = None
+    serialized_fn: bytes | None = None  # the function pickled (`serialized=True`), else source_id + module
+    source_id: str | None = None  # sha256 of the uploaded source archive
+    module: str | None = None
+    serve: bool = False  # registered by `shoal serve`
+    # Added by the control plane:
+    source_dir: str | None = None  # where the source was unpacked
+    image_built: BuiltImage | None = None
+    generation: int = 0  # the deployed version that set this definition (0: not deployed)
+    variant_of: str | None = None  # a variant's base function id
+    variant_key: str | None = None
+    variant_overrides: VariantOverrides | None = None
+    params: bytes | None = None  # a class's packed parameter values (`params.pack_params`)
+
+    def has_web(self) -> bool:
+        """A web function, a class with web methods, or a Server: its containers serve HTTP."""
+        if self.webhook is not None or self.server is not None:
+            return True
+        return self.cls is not None and any(m.webhook is not None for m in self.cls.methods.values())
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(FunctionDefinition)
+
+
+def encode(definition: FunctionDefinition) -> bytes:
+    """The stored (and sent) form: a msgpack map keyed by field name."""
+    return _encoder.encode(definition)
+
+
+def decode(data: bytes) -> FunctionDefinition:
+    """From the stored form, validated; msgspec.ValidationError names the field (`at $.options.timeout`)."""
+    return _decoder.decode(data)
