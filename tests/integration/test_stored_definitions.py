@@ -1,0 +1,95 @@
+"""Definitions stored by an older control plane (msgpack maps, without the keys added since) still load: the
+control plane decodes them through `_spec.definitions` on start, and their functions run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+
+import shoal
+
+from ..conftest import ControlPlane
+
+_OPTIONS = {
+    "batch_max_size": None, "batch_wait_ms": None, "buffer_containers": None, "cpu": None,
+    "extra": {"block_network": False, "cloud": None, "enable_memory_snapshot": False, "ephemeral_disk": None,
+              "experimental_options": None, "i6pn": None, "nonpreemptible": False, "proxy": None,
+              "restrict_modal_access": False, "routing_region": None},
+    "gpu": None, "include_source": None, "max_containers": None, "max_inputs": 1, "memory": None,
+    "min_containers": None, "region": None, "retries": None, "scaledown_window": None, "serialized": False,
+    "single_use_containers": False, "startup_timeout": None, "target_inputs": None, "timeout": 300,
+}
+_COUNTER_CLS = {"batched": None, "custom_init": False, "enter": [], "exit": [],
+                "methods": {"add": {"is_async": False, "is_generator": False}}, "name": "Counter",
+                "params": [{"default": 1, "name": "start", "type": "int"}]}
+# tests/apps/legacy_definition_app.py as the control plane of the wire-contract change's parent commit stored it
+# (`SELECT definition FROM functions`, unpacked). "<…>" values depend on the state directory and are taken from
+# the definitions the current code stored for the same source.
+LEGACY: dict[str, dict[str, Any]] = {
+    "greet": {
+        "app_name": "legacy-definitions", "generation": 1, "image": "<image>", "image_built": "<image_built>",
+        "is_async": False, "is_generator": False, "module": "legacy_definition_app",
+        "options": {**_OPTIONS, "timeout": 60, "retries": {"backoff_coefficient": 1.0, "initial_delay": 1.0,
+                                                           "max_delay": 60.0, "max_retries": 1}},
+        "schedule": None, "secrets": [{"env": {"GREETING": "hello"}}], "source_dir": "<source_dir>",
+        "source_id": "<source_id>", "tag": "greet", "webhook": None,
+        "a_key_from_a_later_version": {"ignored": True},  # unknown keys are ignored, not fatal
+    },
+    "Counter.*": {
+        "app_name": "legacy-definitions", "cls": _COUNTER_CLS, "generation": 1, "image": "<image>",
+        "image_built": "<image_built>", "is_async": False, "is_generator": False, "module": "legacy_definition_app",
+        "options": _OPTIONS, "schedule": None, "secrets": [], "source_dir": "<source_dir>",
+        "source_id": "<source_id>", "tag": "Counter.*", "webhook": None,
+    },
+    "Counter.*#": {  # the variant for start=2, created on first use
+        "app_name": "legacy-definitions", "cls": _COUNTER_CLS, "generation": 1, "image": "<image>",
+        "image_built": "<image_built>", "is_async": False, "is_generator": False, "module": "legacy_definition_app",
+        "options": _OPTIONS, "params": b"\x81\xa5start\x02", "schedule": None, "secrets": [],
+        "source_dir": "<source_dir>", "source_id": "<source_id>", "tag": "Counter.*",
+        "variant_key": "<variant_key>", "variant_of": "<variant_of>", "variant_overrides": {}, "webhook": None,
+    },
+}
+
+
+def _as_stored_before(current: dict[str, Any], legacy: dict[str, Any]) -> dict[str, Any]:
+    return {k: current[v[1:-1]] if isinstance(v, str) and v.startswith("<") else v for k, v in legacy.items()}
+
+
+def _rewrite_definitions(cp: ControlPlane) -> set[str]:
+    """Replace every stored definition with its older form; returns the tags rewritten."""
+
+    async def run() -> set[str]:
+        store = cp.store()
+        await store.open()
+        try:
+            done = set()
+            for function_id, app_id, tag, blob in await store.read(
+                    "SELECT function_id, app_id, tag, definition FROM functions"):
+                current = msgpack.unpackb(blob, raw=False)
+                key = "Counter.*#" if current.get("variant_of") else tag
+                older = _as_stored_before(current, LEGACY[key])
+                await store.flushed(store.put_function(function_id, app_id, tag, msgpack.packb(older)))
+                done.add(key)
+            return done
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def test_definitions_stored_by_an_older_version_load_and_run(private_control_plane: ControlPlane) -> None:
+    import legacy_definition_app as m
+
+    m.app.deploy()
+    assert m.greet.remote("x") == "hello x"
+    assert m.Counter(start=2).add.remote(3) == 5
+    private_control_plane.kill()
+    assert _rewrite_definitions(private_control_plane) == set(LEGACY)
+    private_control_plane.start()
+    greet = shoal.Function.from_name("legacy-definitions", "greet")
+    assert greet.remote("again") == "hello again"
+    counter = shoal.Cls.from_name("legacy-definitions", "Counter")
+    assert counter(start=2).add.remote(40) == 42
+    assert counter().add.remote(1) == 2
