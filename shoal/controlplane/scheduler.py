@@ -16,13 +16,18 @@ import datetime as dt
 import logging
 import pickle
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from dateutil.relativedelta import relativedelta
 
-from .dispatch import Dispatcher, new_id
-from .model import Call, Pool
+from .model import Call, Pool, new_id
+
+if TYPE_CHECKING:
+    from .calls import Calls
+    from .ownership import AppOwnership
+    from .registry import Registry
+    from .store import Store
 
 log = logging.getLogger("shoal.scheduler")
 NO_ARGS = pickle.dumps(((), {}))
@@ -59,33 +64,40 @@ def next_fire(spec: dict[str, Any], anchor: float, after: float) -> float:
 
 
 class Scheduler:
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.d = dispatcher
+    def __init__(self, store: Store, registry: Registry, calls: Calls, ownership: AppOwnership) -> None:
+        self.store = store
+        self.registry = registry
+        self.calls = calls
+        self.ownership = ownership
         self.state: dict[str, dict[str, Any]] = {}  # function_id -> {anchor, last_fire, next, call}
 
     def _load(self, pool: Pool) -> dict[str, Any]:
         st = self.state.get(pool.function_id)
         if st is None:
-            rows = self.d.store.read_now("SELECT anchor, last_fire, call_id FROM schedules WHERE function_id=?",
+            rows = self.store.read_now("SELECT anchor, last_fire, call_id FROM schedules WHERE function_id=?",
                                          (pool.function_id,))
             anchor, last_fire, last_call = rows[0] if rows else (time.time(), None, None)
             if not rows:
-                self.d.store.write("INSERT INTO schedules (function_id, anchor, last_fire) VALUES (?,?,?) "
+                self.store.write("INSERT INTO schedules (function_id, anchor, last_fire) VALUES (?,?,?) "
                                    "ON CONFLICT (function_id) DO UPDATE SET anchor=excluded.anchor, "
                                    "last_fire=excluded.last_fire", (pool.function_id, anchor, None))
             spec = pool.definition["schedule"]
             upcoming = next_fire(spec, anchor, last_fire if last_fire is not None else anchor)
             # The last scheduled run may still be going (recovered after a restart or a takeover): no overlap.
-            previous = self.d.calls.get(last_call) if last_call else None
+            previous = self.registry.calls.get(last_call) if last_call else None
             st = {"anchor": anchor, "last_fire": last_fire, "call": previous, "next": upcoming,
                   "missed": last_fire is not None and upcoming <= time.time()}
             self.state[pool.function_id] = st
         return st
 
+    def forget(self, function_id: str) -> None:
+        """Read the schedule's state from the store again when next needed (another replica ran it)."""
+        self.state.pop(function_id, None)
+
     def reset(self, function_id: str) -> None:
         """A redeploy restarts a Period from now."""
         self.state.pop(function_id, None)
-        self.d.store.write("DELETE FROM schedules WHERE function_id=?", (function_id,))
+        self.store.write("DELETE FROM schedules WHERE function_id=?", (function_id,))
 
     def upcoming(self, pool: Pool) -> float | None:
         return self._load(pool)["next"] if pool.definition.get("schedule") else None
@@ -94,10 +106,9 @@ class Scheduler:
         while True:
             await asyncio.sleep(TICK_S)
             now = time.time()
-            replicas = self.d.replicas
-            for pool in list(self.d.pools.values()):
+            for pool in list(self.registry.pools.values()):
                 if pool.definition.get("schedule") and not pool.stopped:
-                    if replicas is not None and not replicas.owns(pool.app_id):
+                    if not self.ownership.owns(pool.app_id):
                         continue  # only the app's owner fires its schedules (controlplane/replicas.py)
                     await self._maybe_fire(pool, now)
 
@@ -110,12 +121,12 @@ class Scheduler:
         if previous is not None and previous.state == "running":
             log.info("%s: skipping a tick, the previous scheduled run %s is still going", pool.tag, previous.id)
         else:
-            call, _ticket = await self.d.create_call(pool, new_id("fc"), "spawn", NO_ARGS)
+            call, _ticket = await self.calls.create_call(pool, new_id("fc"), "spawn", NO_ARGS)
             st["call"] = call
             st["last_fire"] = now
-            self.d.store.write("UPDATE schedules SET last_fire=?, call_id=? WHERE function_id=?",
+            self.store.write("UPDATE schedules SET last_fire=?, call_id=? WHERE function_id=?",
                                (now, call.id, pool.function_id))
-            app = self.d.apps.get(pool.app_id)
+            app = self.registry.apps.get(pool.app_id)
             if app is not None:
                 app.logs.append("", "system", f"schedule fired {pool.tag} ({call.id})\n")
         st["missed"] = False
