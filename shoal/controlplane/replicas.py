@@ -161,10 +161,6 @@ class Replicas:
         until = self.confirmed.get(app_id)
         return until is not None and time.monotonic() < until and app_id in self.registry.apps
 
-    def fence(self, app_id: str) -> tuple[str, str]:
-        """What a write for the app checks in the database: this replica still holds its lease."""
-        return app_fence(self.id, app_id)
-
     async def claim_new(self, app_id: str) -> None:
         """A freshly created app (nobody else knows its id yet): this replica owns it."""
         sent = time.monotonic()

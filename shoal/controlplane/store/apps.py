@@ -53,9 +53,10 @@ def delete(store: Store, app_id: str) -> int:
 
 # -- functions ---------------------------------------------------------------------------------------------------
 def definitions_now(store: Store, app_id: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(function_id, app_id, definition) of every stored function, or of `app_id`'s. Blocking."""
+    """(function_id, app_id, definition) of the functions of every running app, or of `app_id`'s. Blocking."""
     if app_id is None:
-        rows = store.read_now("SELECT function_id, app_id, definition FROM functions")
+        rows = store.read_now("SELECT f.function_id, f.app_id, f.definition FROM functions f "
+                              "JOIN apps a ON a.app_id = f.app_id WHERE a.state='running'")
     else:
         rows = store.read_now("SELECT function_id, app_id, definition FROM functions WHERE app_id=?", (app_id,))
     return [(function_id, owner, msgpack.unpackb(blob)) for function_id, owner, blob in rows]
