@@ -9,7 +9,10 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .sandbox import Availability
 
 OutputSink = Callable[[str, str, str], None]  # (container_id, fd, text)
 
@@ -47,9 +50,16 @@ class ContainerSpec:
 
 
 class ContainerHandle(Protocol):
-    pid: int
+    """A started container, as the control plane sees it."""
+
+    pid: int  # its process on its machine (a sandbox's supervisor): what `shoal container exec` enters
+    sandboxed: bool
+    isolation: str | None  # "sandbox" or "process" where the handle knows better than its backend (Ray)
+    node_id: str | None  # the cluster node it runs on (None: this machine)
+    cgroup: Any  # its cgroups (`sandbox.ContainerCgroup`, `.dirs`) when it has its own, else None
 
     async def wait(self) -> int: ...  # exit code (negative: killed by that signal), after output is drained
+    def exit_reason(self) -> str | None: ...  # why it ended, when the backend knows better (an OOM kill)
     def kill(self) -> None: ...
     def terminate(self) -> None: ...
     # A connected non-blocking socket to the container's own `port` (web traffic: the ingress proxy). The
@@ -59,7 +69,15 @@ class ContainerHandle(Protocol):
 
 
 class Backend(Protocol):
-    name: str
+    """What the control plane uses of a backend (controlplane/core.py holds one)."""
+
+    name: str  # "local", "ray"
+    isolation: str  # containers' isolation: "sandbox" or "process" (Ray: what the nodes were asked for)
+    availability: Availability | None  # this machine's isolation probe; None where sandboxes are elsewhere
+    volumes_unsupported: str | None  # why containers here cannot mount volumes; None: they can
+    control_ip: str  # the address containers reach the control plane at (over TCP where not local)
+    forward_ports: dict[int, tuple[str, int]]  # host ports containers may reach (the ingress proxy's)
 
     def capacity(self) -> int: ...
     async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> ContainerHandle: ...
+    def shutdown(self) -> None: ...  # the control plane exits: release what the backend holds

@@ -68,6 +68,9 @@ def _describe(returncode: int) -> str:
 
 
 class LocalContainer:
+    isolation: str | None = None  # its backend's (LocalBackend.isolation)
+    node_id: str | None = None  # this machine
+
     def __init__(self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task], *, sandboxed: bool = False,
                  cgroup: ContainerCgroup | None = None, forwarding: Forwarding | None = None,
                  release: list = (), setup_error: list[str] | None = None) -> None:
@@ -159,6 +162,8 @@ class LocalContainer:
 
 class LocalBackend:
     name = "local"
+    control_ip = "127.0.0.1"  # containers reach the control plane over its unix socket on this machine
+    volumes_unsupported: str | None = None
 
     def __init__(self, python: str | None = None, max_containers: int | None = None,
                  isolation: str | None = None, state_dir: str | Path | None = None,
@@ -239,6 +244,10 @@ class LocalBackend:
 
     def capacity(self) -> int:
         return self.max_containers
+
+    def shutdown(self) -> None:
+        """Nothing to release: the control plane killed its containers, their cgroups go as they exit (and at
+        interpreter exit, `_remove_cgroups_at_exit`)."""
 
     def _remove_cgroups_at_exit(self) -> None:
         """The control plane is exiting (its containers were killed): leave no cgroup behind."""

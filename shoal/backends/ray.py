@@ -397,6 +397,8 @@ RemoteContainerActor = ray.remote(max_restarts=0, max_task_retries=0)(ContainerA
 class RayContainer:
     """The control plane's handle on one container in a Ray actor."""
 
+    cgroup = None  # its cgroups are on its node, out of the control plane's reach
+
     def __init__(self, backend: RayBackend, actor: Any, container_id: str, info: dict[str, Any],
                  on_output: OutputSink | None) -> None:
         self.backend = backend

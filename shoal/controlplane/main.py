@@ -17,27 +17,27 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from .._spec.config import env_flag, home
+from ..backends.base import Backend
 from ..backends.local import LocalBackend
 from .api import Api
-from .dispatch import Dispatcher, new_id
+from .containers import ControlPlaneAddress
+from .core import build_core
+from .definitions import Definitions
+from .deploy import Deployments
 from .images import ImageBuilder
+from .model import new_id
 from .objects import Objects
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
-from .replicas import Replicas
-from .scheduler import Scheduler
-from .secrets import SecretStore
 from .store import StoreError, open_store
-from .volumes import Volumes
-from .web_routes import Router
 
 log = logging.getLogger("shoal.controlplane")
 DEFAULT_WEB_PORT = 8700
@@ -95,7 +95,7 @@ def take_lock(state_dir: Path) -> int:
     return fd
 
 
-def make_backend(name: str, state_dir: Path, ray_address: str | None = None) -> Any:
+def make_backend(name: str, state_dir: Path, ray_address: str | None = None) -> Backend:
     """The container backend: "local" (this machine) or "ray" (actors on the Ray cluster at `ray_address`)."""
     name = (name or "local").strip().lower()
     if name == "local":
@@ -132,23 +132,35 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     await store.open()
     sock_path = control_socket_path(run_dir)
     sock_path.unlink(missing_ok=True)
-    dispatcher = Dispatcher(store, make_backend(backend, state_dir, ray_address), state_dir, f"unix:{sock_path}")
-    replicas = Replicas(dispatcher, replica_id) if replica_id else None
-    dispatcher.replicas = replicas
-    control_tcp = None
-    if dispatcher.backend.name != "local":
+    backend = make_backend(backend, state_dir, ray_address)
+    # The sockets are bound first: their addresses go to every container the core starts.
+    http_sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                     reuse_port=False)
+    url = f"http://{host}:{http_sock.getsockname()[1]}"
+    control_address, tcp_sock = f"unix:{sock_path}", None
+    if backend.name != "local":
         # Containers on other machines: their runtimes connect over TCP and say who they are with their
         # container token (the hello frame), as on the unix socket.
-        bind = os.environ.get("SHOAL_CONTROL_BIND") or dispatcher.backend.control_ip
-        control_tcp = await asyncio.start_server(dispatcher.handle_runtime, bind,
-                                                 int(os.environ.get("SHOAL_CONTROL_PORT", "0")), limit=2**26)
-        tcp_port = control_tcp.sockets[0].getsockname()[1]
-        host_part = dispatcher.backend.control_ip
-        dispatcher.control_address = f"tcp://[{host_part}]:{tcp_port}" if ":" in host_part else \
-            f"tcp://{host_part}:{tcp_port}"
-        dispatcher.warmpool.size = 0  # warm containers are linked to sources on this machine's disk
+        bind = os.environ.get("SHOAL_CONTROL_BIND") or backend.control_ip
+        tcp_sock = socket.create_server((bind, int(os.environ.get("SHOAL_CONTROL_PORT", "0"))),
+                                        family=socket.AF_INET6 if ":" in bind else socket.AF_INET)
+        tcp_port = tcp_sock.getsockname()[1]
+        host_part = backend.control_ip
+        control_address = f"tcp://[{host_part}]:{tcp_port}" if ":" in host_part else f"tcp://{host_part}:{tcp_port}"
+    core = build_core(store, backend, state_dir, ControlPlaneAddress(control_address, url, token),
+                      replica_id=replica_id,
+                      warm_size=0 if backend.name != "local" else None)  # warm sources live on this disk
+    replicas = core.replicas
+    control_tcp = None
+    if tcp_sock is not None:
+        control_tcp = await asyncio.start_server(core.runtime.handle_runtime, sock=tcp_sock, limit=2**26)
     stop = asyncio.Event()
-    api = Api(dispatcher, token, state_dir, on_shutdown=stop.set, images=ImageBuilder(state_dir))
+    proxy_tokens = ProxyTokens(store)
+    proxy = Proxy(core.router, core.registry.pools, core.web, core.variants, proxy_tokens.lookup,
+                  core.operations.health_failed)
+    definitions = Definitions(state_dir, ImageBuilder(state_dir), core.secrets, core.volumes)
+    deployments = Deployments(core, definitions)
+    api = Api(core, deployments, definitions, proxy, token, on_shutdown=stop.set)
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
     # session is noticed in milliseconds, not when the poll would have timed out.
     http_app = api.app()
@@ -156,56 +168,42 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     objects.add_routes(http_app.router)
     if replicas is not None:
         http_app.middlewares.append(replicas.middleware)  # after auth: requests for other replicas' apps go there
-    dispatcher.secrets = SecretStore(store, state_dir)
-    dispatcher.secrets.add_routes(http_app.router)
-    dispatcher.proxy_tokens = ProxyTokens(store)  # the web proxy calls .lookup per request
-    dispatcher.proxy_tokens.add_routes(http_app.router)
-    dispatcher.volumes = Volumes(store, state_dir, dispatcher)
-    dispatcher.volumes.add_routes(http_app.router)
-    objects.on_delete.append(dispatcher.volumes.on_deleted)
+    core.secrets.add_routes(http_app.router)
+    proxy_tokens.add_routes(http_app.router)
+    core.volumes.add_routes(http_app.router)
+    objects.on_delete.append(core.volumes.on_deleted)
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.SockSite(runner, http_sock)
     await site.start()
-    bound_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    url = f"http://{host}:{bound_port}"
-    dispatcher.server_url = url
-    dispatcher.server_token = token
-    dispatcher.router = Router()
-    proxy = Proxy(dispatcher, dispatcher.router)
     web_port = await start_proxy(proxy, web_port_for(run_dir))
     (run_dir / "web_port").write_text(str(web_port))
-    dispatcher.backend.forward_ports[web_port] = ("127.0.0.1", web_port)  # web URLs work inside containers
-    dispatcher.proxy = proxy
+    backend.forward_ports[web_port] = ("127.0.0.1", web_port)  # web URLs work inside containers
     proxy_tasks = [asyncio.create_task(proxy.housekeeping()), asyncio.create_task(proxy.health_checks())]
-    control = await asyncio.start_unix_server(dispatcher.handle_runtime, str(sock_path), limit=2**26)
+    control = await asyncio.start_unix_server(core.runtime.handle_runtime, str(sock_path), limit=2**26)
     os.chmod(sock_path, 0o600)
     if replicas is None:
-        await dispatcher.volumes.recover()  # before any container starts: commits what the last run left
-        await dispatcher.recover()
+        await core.volumes.recover()  # before any container starts: commits what the last run left
+        await core.recovery.recover()
     else:
         if not await replicas.others_alive():  # the others' containers may be writing to volumes
-            await dispatcher.volumes.recover()
+            await core.volumes.recover()
 
         def taken_over(app_id: str) -> None:
-            rows = store.read_now("SELECT MAX(version) FROM app_versions WHERE app_id=?", (app_id,))
-            if rows and rows[0][0] is not None:
-                api.deployments.versions[app_id] = int(rows[0][0])
-            if dispatcher.scheduler is not None:
-                for function_id in dispatcher.apps[app_id].functions.values():
-                    dispatcher.scheduler.state.pop(function_id, None)  # read again from the store
+            deployments.reload_version(app_id)
+            for function_id in core.registry.apps[app_id].functions.values():
+                core.scheduler.forget(function_id)  # read again from the store
 
         replicas.on_takeover.append(taken_over)
         # The address the other replicas forward to: SHOAL_REPLICA_URL when this one listens on 0.0.0.0 or
         # behind a name.
         await replicas.start(os.environ.get("SHOAL_REPLICA_URL", "").rstrip("/") or url,
                              f"http://{host}:{web_port}")
-    housekeeping = asyncio.create_task(dispatcher.housekeeping())
+    housekeeping = asyncio.create_task(core.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
-    dispatcher.scheduler = Scheduler(dispatcher)
-    scheduling = asyncio.create_task(dispatcher.scheduler.run())
+    scheduling = asyncio.create_task(core.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
-            "backend": dispatcher.backend.name}
+            "backend": backend.name}
     if replica_id:
         info["replica_id"] = replica_id
     tmp = run_dir / f".server.json.{os.getpid()}"
@@ -224,15 +222,14 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     proxy.close()
     objects_housekeeping.cancel()
     scheduling.cancel()
-    dispatcher.shutdown()
+    core.shutdown()
     if replicas is not None:
         await store.flushed(store._next_ticket)  # everything it did is committed before another replica takes over
         await replicas.close()
     control.close()
     if control_tcp is not None:
         control_tcp.close()
-    if hasattr(dispatcher.backend, "shutdown"):
-        dispatcher.backend.shutdown()
+    backend.shutdown()
     await runner.cleanup()
     await store.close()
     (run_dir / "server.json").unlink(missing_ok=True)

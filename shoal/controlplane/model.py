@@ -1,17 +1,51 @@
-"""In-memory state of the dispatcher: calls, their inputs, container pools and containers."""
+"""In-memory state of the control plane: apps, calls, their inputs, container pools and containers."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .autoscaler import PoolAutoscaler
+from .logs import AppLogs
+
+if TYPE_CHECKING:
+    from ..backends.base import ContainerHandle
 
 # Output statuses as stored and sent to clients.
 SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "terminated", "item"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(10)}"
+
+
+class AppState:
+    """A running app: its functions (tag or variant key -> function id), its log, its client sessions."""
+
+    def __init__(self, app_id: str, name: str | None, mode: str, detach: bool) -> None:
+        self.id = app_id
+        self.name = name
+        self.mode = mode
+        self.detach = detach
+        self.state = "running"
+        self.functions: dict[str, str] = {}  # tag -> function_id
+        self.logs = AppLogs()
+        self.sessions = 0
+        self.orphaned_at: float | None = time.monotonic()  # no client session attached yet
+
+    def session_started(self) -> None:
+        """A client holds the app open (a log follower, an image build): it is not orphaned."""
+        self.sessions += 1
+        self.orphaned_at = None
+
+    def session_ended(self) -> None:
+        self.sessions -= 1
+        if self.sessions == 0:
+            self.orphaned_at = time.monotonic()
 
 
 class Input:
@@ -111,7 +145,7 @@ class Container:
     token: str
     state: str = "starting"  # starting → ready → stopping → dead
     writer: asyncio.StreamWriter | None = None
-    handle: Any = None
+    handle: ContainerHandle | None = None
     running: dict[int, Input] = field(default_factory=dict)
     next_key: int = 0
     created_at: float = field(default_factory=time.monotonic)
@@ -119,7 +153,7 @@ class Container:
     t_requested: float = field(default_factory=time.time)  # wall clock, to line up with the runtime's report
     t_launch: float | None = None  # when the backend was asked to start it (after waiting for resources)
     warm: bool = False  # started for the warm pool: no function until assigned (see controlplane/warmpool.py)
-    shell: bool = False  # `shoal shell`: runs nothing, takes no inputs, state "shell" (Dispatcher.start_shell)
+    shell: bool = False  # `shoal shell`: runs nothing, takes no inputs, state "shell" (Operations.start_shell)
     idle_since: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set when the control plane itself ends the container
     init_error: bytes | None = None
@@ -137,7 +171,7 @@ class Pool:
         self.function_id = function_id
         self.app_id = app_id
         self.definition = definition
-        self.options: dict[str, Any] = definition.get("options", {})
+        self.options: dict[str, Any] = pool_options(definition)
         self.queue: collections.deque[Input] = collections.deque()
         self.containers: dict[str, Container] = {}
         self.avg_exec_s: float | None = None
@@ -149,6 +183,14 @@ class Pool:
         # the new version is ready (controlplane/deploy.py).
         self.superseded: set[str] = set()
         self.web_call: Call | None = None  # the requests of a web function count as inputs of this call
+
+    def redefine(self, definition: dict[str, Any]) -> None:
+        """A redeploy gave the function a new definition: its options, and a fresh start for its autoscaler
+        (runtime overrides last until a redeploy) and its count of failed starts."""
+        self.definition = definition
+        self.options = pool_options(definition)
+        self.start_failures = 0
+        self.autoscaler.reset()
 
     @property
     def tag(self) -> str:
@@ -197,3 +239,18 @@ class Pool:
 
     def running_count(self) -> int:
         return sum(len(c.running) for c in self.containers.values())
+
+
+def needs_params(definition: dict[str, Any]) -> bool:
+    """The base pool of a class with required parameters (its parameter sets get pools of their own)."""
+    cls = definition.get("cls")
+    return bool(cls) and definition.get("params") is None and any("default" not in p for p in cls["params"])
+
+
+def pool_options(definition: dict[str, Any]) -> dict[str, Any]:
+    """A pool's options: the definition's, except that a class with required parameters runs only in its
+    parameter sets' pools, so its own pool keeps no warm containers."""
+    options = definition.get("options", {})
+    if needs_params(definition):
+        return {**options, "min_containers": None, "buffer_containers": None}
+    return options

@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from .._spec.limits import MAX_WAIT_S
-from .api import ApiError, body_of, query_int, reply
-from .dispatch import new_id
+from .model import new_id
+from .rest import ApiError, body_of, query_int, reply
 from .store import Store, dicts, objects, queues
 
 KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: controlplane/volumes.py

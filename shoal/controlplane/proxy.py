@@ -1,6 +1,6 @@
 """The ingress proxy: HTTP/1.1 and WebSockets from web clients to the containers of web functions.
 
-It runs on the control plane's event loop, so a request takes a container slot from the dispatcher directly
+It runs on the control plane's event loop, so a request takes a container slot (controlplane/web_slots.py) directly
 (the pool's queue: the autoscaler counts waiting requests at once) without any hop. Built on raw asyncio
 protocols with httptools (llhttp) for message boundaries: request heads are rewritten (X-Forwarded-*, proxy-auth
 headers removed), bodies and responses are streamed through as they arrive, with back-pressure both ways, so a
@@ -23,16 +23,18 @@ import secrets
 import socket
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from .ingress_policy import TokenBucket, check_proxy_auth
+from .ingress_policy import TokenBucket, TokenRecord, check_proxy_auth
 from .web_routes import Route, Router
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher
     from .model import Container, Input, Pool
+    from .variants import Variants
+    from .web_slots import WebSlots
 
 log = logging.getLogger("shoal.proxy")
 
@@ -66,9 +68,17 @@ def simple_response(status: int, body: str, extra: list[tuple[str, str]] = (), c
 
 
 class Proxy:
-    def __init__(self, dispatcher: Dispatcher, router: Router) -> None:
-        self.d = dispatcher
+    def __init__(self, router: Router, pools: Mapping[str, Pool], slots: WebSlots, variants: Variants,
+                 token_lookup: Callable[[str], TokenRecord | None],
+                 health_failed: Callable[[Container, str], None]) -> None:
+        """`pools`: the control plane's, by function id; `token_lookup`: ProxyTokens.lookup;
+        `health_failed`: what replaces a Server container that fails its health checks."""
         self.router = router
+        self.pools = pools
+        self.slots = slots
+        self.variants = variants
+        self.token_lookup = token_lookup
+        self.health_failed = health_failed
         rate = float(os.environ.get("SHOAL_WEB_RATE_LIMIT", "200"))
         self.bucket = TokenBucket(rate, float(os.environ.get("SHOAL_WEB_RATE_BURST_S", "5"))) if rate > 0 else None
         self.idle: dict[tuple[str, int], list[Upstream]] = collections.defaultdict(list)
@@ -146,7 +156,7 @@ class Proxy:
     async def pool_for(self, route: Route, query: bytes) -> Pool:
         """The pool a request goes to: the function's, or for a class the pool of the parameter values in the
         query string (`?root=%2F`), each value set its own pool."""
-        pool = self.d.pools.get(route.function_id)
+        pool = self.pools.get(route.function_id)
         if pool is None:
             raise LookupError("this web endpoint's app is no longer running")
         info = pool.definition.get("cls")
@@ -161,7 +171,7 @@ class Proxy:
         given = {k: v for k, v in urllib.parse.parse_qsl(query.decode("latin-1")) if k in names}
         values = bind_params(msgspec.convert(info, ClsInfo), (),
                              {k: _typed(names[k]["type"], k, v) for k, v in given.items()})
-        return self.d.pools[await self.d.create_variant(pool, pack_params(values), {})]  # idempotent
+        return self.pools[await self.variants.create_variant(pool, pack_params(values), {})]  # idempotent
 
     async def connect(self, c: Container, port: int) -> Upstream:
         key = (c.id, port)
@@ -198,7 +208,7 @@ class Proxy:
         HEALTH_FAILURES checks in a row is replaced."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            checks = [c for p in list(self.d.pools.values()) if p.server is not None for c in p.ready()
+            checks = [c for p in list(self.pools.values()) if p.server is not None for c in p.ready()
                       if c.web_ports]
             results = await asyncio.gather(*(self._probe(c) for c in checks), return_exceptions=True)
             for c, error in zip(checks, results, strict=True):
@@ -207,7 +217,7 @@ class Proxy:
                     continue
                 c.health_failures += 1
                 if c.health_failures >= HEALTH_FAILURES and c.state == "ready":
-                    self.d.health_failed(c, str(error) or type(error).__name__)
+                    self.health_failed(c, str(error) or type(error).__name__)
 
     async def _probe(self, c: Container) -> None:
         port = c.web_ports.get("")
@@ -459,7 +469,7 @@ class ClientConnection(asyncio.Protocol):
             return self.skip_body(r)
         if route.requires_auth:
             denied = check_proxy_auth(_s(r.header(b"modal-key")), _s(r.header(b"modal-secret")),
-                                      proxy.d.proxy_tokens.lookup, route.app_name)
+                                      proxy.token_lookup, route.app_name)
             if denied is not None:
                 self.write(simple_response(denied[0], denied[1]))
                 return self.skip_body(r)
@@ -487,18 +497,18 @@ class ClientConnection(asyncio.Protocol):
         finally:
             proxy.log_request(pool.function_id, r, t0, c)
             if r.done is not None and not r.done.done():  # redirected, or its upstream is still closing
-                r.done.add_done_callback(lambda _f: proxy.d.web_release(inp))
+                r.done.add_done_callback(lambda _f: proxy.slots.web_release(inp))
             else:
-                proxy.d.web_release(inp)
+                proxy.slots.web_release(inp)
 
     async def take_slot(self, r: Request, pool: Pool, deadline: float | None) -> Input | None:
         """A slot in a container of the pool, or None once the client has been answered (503/429). Web functions
         wait in the pool's bounded queue while containers start: at the deadline a complete request is returned
         still waiting (the caller redirects it), another gets 503. Servers have no queue: 503 when none is
         ready (one is started), 429 when all are at `max_concurrency`."""
-        d = self.proxy.d
+        slots = self.proxy.slots
         if pool.server is not None:
-            got = d.server_acquire(pool, _s(r.header(b"modal-session-id")))
+            got = slots.server_acquire(pool, _s(r.header(b"modal-session-id")))
             if got == "none":
                 # Starts failing (e.g. nothing listened on 0.0.0.0 within startup_timeout): say why, not "starting".
                 failing = pool.start_failures or pool.autoscaler.backoff_until > time.monotonic()
@@ -515,7 +525,7 @@ class ClientConnection(asyncio.Protocol):
             self.respond(r, 503, "shoal: too many requests waiting for this endpoint's containers",
                          [("retry-after", "1")])
             return None
-        inp = d.web_enqueue(pool)
+        inp = slots.web_enqueue(pool)
         waiter = inp.waiter
         assert waiter is not None
         try:
@@ -528,9 +538,9 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.respond(r, 503, f"shoal: the web endpoint's container could not start: {waiter.exception()}")
         except BaseException:
-            d.web_release(inp)
+            slots.web_release(inp)
             raise
-        d.web_release(inp)
+        slots.web_release(inp)
         return None
 
     def respond(self, r: Request, status: int, body: str, extra: list[tuple[str, str]] = ()) -> None:
@@ -619,7 +629,7 @@ class ClientConnection(asyncio.Protocol):
             held.data = [simple_response(503, f"shoal: the web endpoint could not run this request: {exc}")]
         finally:
             held.end(keep_alive=True)
-            self.proxy.d.web_release(inp)
+            self.proxy.slots.web_release(inp)
 
     async def serve_result(self, r: Request, query: bytes) -> bool:
         rid = dict(urllib.parse.parse_qsl(query.decode("latin-1"))).get(RESULT_PARAM, "")

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .api import ApiError, body_of, reply
 from .ingress_policy import TokenRecord, hash_secret
+from .rest import ApiError, body_of, reply
 from .store import Store
 from .store import tokens as stored_tokens
 

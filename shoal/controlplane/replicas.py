@@ -11,7 +11,7 @@ owner renews its leases every `renew_s`; a lease not renewed for `ttl_s` is free
   volumes, blobs, `create_app`) are served by the replica that receives them, from the shared store.
 - Creating an app makes the receiving replica its owner.
 - A lease that expired (its replica died or lost the database) is taken by another replica, which rebuilds the
-  app from the store exactly as a restarted control plane does (`Dispatcher.recover_app`): its functions, its
+  app from the store exactly as a restarted control plane does (`Recovery.recover_app`): its functions, its
   running calls and their unfinished inputs, queued again; outputs already committed stay, and are what readers
   behind them read next. Containers die with their control plane, so only the inputs that were running when it
   died run again, and only once: each gets its final output once (the new owner sees the committed ones).
@@ -33,16 +33,20 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
 
 from . import policy
-from .api import ApiError
-from .dispatch import Dispatcher, new_id
+from .model import new_id
+from .rest import ApiError
 from .store import leases
-from .store import replicas as registry
+from .store import replicas as replica_rows
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .store import Store
 
 log = logging.getLogger("shoal.replicas")
 HOPS_HEADER = "X-Shoal-Forwarded"  # how many replicas a request went through (a forward is served, not re-sent)
@@ -67,11 +71,24 @@ def replica_settings() -> tuple[float, float]:
     return ttl, renew
 
 
+def app_fence(replica_id: str, app_id: str) -> tuple[str, str]:
+    """What a write for the app checks in the database: this replica still holds its lease."""
+    return APP_PREFIX + app_id, replica_id
+
+
+class Takeover(Protocol):
+    """How apps come and go here (controlplane/recovery.py)."""
+
+    async def recover_app(self, app_id: str) -> bool: ...
+    def release_app(self, app_id: str, reason: str) -> None: ...
+
+
 class Replicas:
-    def __init__(self, dispatcher: Dispatcher, replica_id: str | None = None, ttl_s: float | None = None,
-                 renew_s: float | None = None) -> None:
-        self.d = dispatcher
-        self.store: Any = dispatcher.store  # a PostgresStore with shared=True
+    def __init__(self, store: Store, registry: Registry, takeover: Takeover, replica_id: str | None = None,
+                 ttl_s: float | None = None, renew_s: float | None = None) -> None:
+        self.registry = registry
+        self.takeover = takeover
+        self.store: Any = store  # a PostgresStore with shared=True
         self.id = replica_id or new_id("cp")
         default_ttl, default_renew = replica_settings()
         self.ttl_s = ttl_s or default_ttl
@@ -95,7 +112,7 @@ class Replicas:
         """Register this replica (its URL, for forwards) and start renewing; free apps are taken over by the
         loop's first pass."""
         self.url, self.web_url = url, web_url
-        await registry.register(self.store, self.id, url, web_url, os.getpid())
+        await replica_rows.register(self.store, self.id, url, web_url, os.getpid())
         self._session = ClientSession(timeout=ClientTimeout(total=None, sock_connect=5))
         await self.pass_once()
         if self._tasks:
@@ -103,14 +120,14 @@ class Replicas:
         self._task = asyncio.create_task(self._loop())
 
     async def others_alive(self) -> bool:
-        return await registry.others_alive(self.store, self.id, self.ttl_s)
+        return await replica_rows.others_alive(self.store, self.id, self.ttl_s)
 
     async def close(self) -> None:
         """A clean stop: its containers are already gone; hand every app over at once (no lease to wait out)."""
         if self._task is not None:
             self._task.cancel()
         try:
-            await registry.leave(self.store, self.id)
+            await replica_rows.leave(self.store, self.id)
         except Exception as exc:  # noqa: BLE001 - the leases expire anyway
             log.warning("could not hand over leases at stop: %s", exc)
         if self._session is not None:
@@ -120,11 +137,7 @@ class Replicas:
     def owns(self, app_id: str) -> bool:
         """This replica may act for the app now (its lease is confirmed and not about to expire)."""
         until = self.confirmed.get(app_id)
-        return until is not None and time.monotonic() < until and app_id in self.d.apps
-
-    def fence(self, app_id: str) -> tuple[str, str]:
-        """What a write for the app checks in the database: this replica still holds its lease."""
-        return APP_PREFIX + app_id, self.id
+        return until is not None and time.monotonic() < until and app_id in self.registry.apps
 
     async def claim_new(self, app_id: str) -> None:
         """A freshly created app (nobody else knows its id yet): this replica owns it."""
@@ -157,15 +170,15 @@ class Replicas:
             if decision is not None and decision.action in ("take", "renew"):
                 self.confirmed[app_id] = policy.lease_confirmed_until(sent_at=sent, ttl_s=self.ttl_s,
                                                                       margin_s=self.margin_s)
-                if app_id not in self.d.apps:
+                if app_id not in self.registry.apps:
                     t0 = time.monotonic()
-                    if await self.d.recover_app(app_id):
+                    if await self.takeover.recover_app(app_id):
                         self.takeovers += 1
                         log.warning("took over app %s (%.0f ms to rebuild it from the store)", app_id,
                                     (time.monotonic() - t0) * 1000)
                         for callback in self.on_takeover:
                             callback(app_id)
-                ok = app_id in self.d.apps
+                ok = app_id in self.registry.apps
                 if not ok:
                     self.confirmed.pop(app_id, None)
                     await self.forget(app_id)
@@ -196,12 +209,12 @@ class Replicas:
             if app_id in self.confirmed:  # (not forgotten meanwhile: stopped)
                 self.confirmed[app_id] = max(until, self.confirmed[app_id])
         now = time.monotonic()
-        for app_id in list(self.d.apps):
+        for app_id in list(self.registry.apps):
             if app_id not in self.taking and (app_id not in self.confirmed or self.confirmed[app_id] <= now):
                 self.confirmed.pop(app_id, None)
-                self.d.release_app(app_id, "its lease could not be renewed in time")
+                self.takeover.release_app(app_id, "its lease could not be renewed in time")
         for app_id in free:
-            if app_id not in self.d.apps and app_id not in self.taking:
+            if app_id not in self.registry.apps and app_id not in self.taking:
                 # In a task of its own: rebuilding a big app must not hold up the next renewal.
                 task = asyncio.create_task(self.take_over(app_id))
                 self._tasks.add(task)
@@ -269,24 +282,24 @@ class Replicas:
         return None
 
     async def _function_app(self, function_id: str) -> str | None:
-        pool = self.d.pools.get(function_id)
+        pool = self.registry.pools.get(function_id)
         if pool is not None:
             return pool.app_id
         app_id = self._app_of_function.get(function_id)
         if app_id is None:
-            app_id = await registry.app_of_function(self.store, function_id)
+            app_id = await replica_rows.app_of_function(self.store, function_id)
             if app_id is None:
                 return None
             self._app_of_function[function_id] = app_id
         return app_id
 
     async def _call_app(self, call_id: str) -> str | None:
-        call = self.d.calls.get(call_id)
+        call = self.registry.calls.get(call_id)
         if call is not None:
             return call.pool.app_id
         app_id = self._app_of_call.get(call_id)
         if app_id is None:
-            app_id = await registry.app_of_call(self.store, call_id)
+            app_id = await replica_rows.app_of_call(self.store, call_id)
             if app_id is None:
                 return None
             if len(self._app_of_call) > 100_000:
@@ -296,7 +309,7 @@ class Replicas:
 
     async def _app_by_name(self, name: str, deployed_only: bool) -> str | None:
         """The running app a name means: the deployed one, else (`deployed_only=False`) the newest running."""
-        rows = await registry.running_apps_named(self.store, name)
+        rows = await replica_rows.running_apps_named(self.store, name)
         deployed = [r[0] for r in rows if r[1] == "deployed"]
         if deployed:
             return deployed[0]
@@ -309,7 +322,7 @@ class Replicas:
         if request.path == "/v1/containers" and request.method == "GET" and hops == 0:
             return await self._all_containers(request, handler)
         if (m := _CONTAINER_PATH.match(request.path)) is not None and hops == 0 \
-                and m.group(1) not in self.d.containers:
+                and m.group(1) not in self.registry.containers:
             return await self._container_anywhere(request, handler)
         app_id = await self.app_of(request)
         if app_id is None:
@@ -319,7 +332,7 @@ class Replicas:
             url = await self.locate(app_id)
             if url is None:
                 resp = await handler(request)
-                if app_id in self.d.apps or self.owns(app_id) or time.monotonic() > deadline \
+                if app_id in self.registry.apps or self.owns(app_id) or time.monotonic() > deadline \
                         or not await self._still_running(app_id):
                     return resp
                 continue  # it moved to another replica while this request was being served: ask there
@@ -336,7 +349,7 @@ class Replicas:
                 await asyncio.sleep(min(0.2, self.renew_s))
 
     async def _still_running(self, app_id: str) -> bool:
-        return await registry.app_state(self.store, app_id) == "running"
+        return await replica_rows.app_state(self.store, app_id) == "running"
 
     async def forward(self, request: web.Request, url: str, hops: int) -> web.Response:
         """Send the request to another replica and relay its answer (API bodies are bounded msgpack)."""
@@ -358,7 +371,7 @@ class Replicas:
         if not isinstance(resp, web.Response) or resp.status != 200 or resp.body is None:
             return resp
         merged = msgpack.unpackb(resp.body, raw=False)  # type: ignore[arg-type]
-        for url in await registry.peers(self.store, self.id, self.ttl_s):
+        for url in await replica_rows.peers(self.store, self.id, self.ttl_s):
             try:
                 other = await self.forward(request, url, MAX_HOPS)
             except (ClientConnectionError, OSError, asyncio.TimeoutError):
@@ -370,7 +383,7 @@ class Replicas:
     async def _container_anywhere(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """A container this replica does not run: the replica that runs it answers (else this one, from what
         it knows)."""
-        for url in await registry.peers(self.store, self.id, self.ttl_s):
+        for url in await replica_rows.peers(self.store, self.id, self.ttl_s):
             try:
                 resp = await self.forward(request, url, MAX_HOPS)
             except (ClientConnectionError, OSError, asyncio.TimeoutError):

@@ -16,14 +16,19 @@ import datetime as dt
 import logging
 import pickle
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from dateutil.relativedelta import relativedelta
 
-from .dispatch import Dispatcher, new_id
-from .model import Call, Pool
+from .model import Call, Pool, new_id
 from .store import schedules
+
+if TYPE_CHECKING:
+    from .calls import Calls
+    from .ownership import AppOwnership
+    from .registry import Registry
+    from .store import Store
 
 log = logging.getLogger("shoal.scheduler")
 NO_ARGS = pickle.dumps(((), {}))
@@ -60,30 +65,37 @@ def next_fire(spec: dict[str, Any], anchor: float, after: float) -> float:
 
 
 class Scheduler:
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.d = dispatcher
+    def __init__(self, store: Store, registry: Registry, calls: Calls, ownership: AppOwnership) -> None:
+        self.store = store
+        self.registry = registry
+        self.calls = calls
+        self.ownership = ownership
         self.state: dict[str, dict[str, Any]] = {}  # function_id -> {anchor, last_fire, next, call}
 
     def _load(self, pool: Pool) -> dict[str, Any]:
         st = self.state.get(pool.function_id)
         if st is None:
-            stored = schedules.load(self.d.store, pool.function_id)
+            stored = schedules.load(self.store, pool.function_id)
             anchor, last_fire, last_call = stored if stored is not None else (time.time(), None, None)
             if stored is None:
-                schedules.start(self.d.store, pool.function_id, anchor)
+                schedules.start(self.store, pool.function_id, anchor)
             spec = pool.definition["schedule"]
             upcoming = next_fire(spec, anchor, last_fire if last_fire is not None else anchor)
             # The last scheduled run may still be going (recovered after a restart or a takeover): no overlap.
-            previous = self.d.calls.get(last_call) if last_call else None
+            previous = self.registry.calls.get(last_call) if last_call else None
             st = {"anchor": anchor, "last_fire": last_fire, "call": previous, "next": upcoming,
                   "missed": last_fire is not None and upcoming <= time.time()}
             self.state[pool.function_id] = st
         return st
 
+    def forget(self, function_id: str) -> None:
+        """Read the schedule's state from the store again when next needed (another replica ran it)."""
+        self.state.pop(function_id, None)
+
     def reset(self, function_id: str) -> None:
         """A redeploy restarts a Period from now."""
         self.state.pop(function_id, None)
-        schedules.reset(self.d.store, function_id)
+        schedules.reset(self.store, function_id)
 
     def upcoming(self, pool: Pool) -> float | None:
         return self._load(pool)["next"] if pool.definition.get("schedule") else None
@@ -92,10 +104,9 @@ class Scheduler:
         while True:
             await asyncio.sleep(TICK_S)
             now = time.time()
-            replicas = self.d.replicas
-            for pool in list(self.d.pools.values()):
+            for pool in list(self.registry.pools.values()):
                 if pool.definition.get("schedule") and not pool.stopped:
-                    if replicas is not None and not replicas.owns(pool.app_id):
+                    if not self.ownership.owns(pool.app_id):
                         continue  # only the app's owner fires its schedules (controlplane/replicas.py)
                     await self._maybe_fire(pool, now)
 
@@ -108,11 +119,11 @@ class Scheduler:
         if previous is not None and previous.state == "running":
             log.info("%s: skipping a tick, the previous scheduled run %s is still going", pool.tag, previous.id)
         else:
-            call, _ticket = await self.d.create_call(pool, new_id("fc"), "spawn", NO_ARGS)
+            call, _ticket = await self.calls.create_call(pool, new_id("fc"), "spawn", NO_ARGS)
             st["call"] = call
             st["last_fire"] = now
-            schedules.fired(self.d.store, pool.function_id, now, call.id)
-            app = self.d.apps.get(pool.app_id)
+            schedules.fired(self.store, pool.function_id, now, call.id)
+            app = self.registry.apps.get(pool.app_id)
             if app is not None:
                 app.logs.append("", "system", f"schedule fired {pool.tag} ({call.id})\n")
         st["missed"] = False

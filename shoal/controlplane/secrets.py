@@ -16,7 +16,7 @@ from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
 from .._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
-from .api import ApiError, body_of, reply
+from .rest import ApiError, body_of, reply
 from .store import Store
 from .store import secrets as sealed_secrets
 

@@ -35,14 +35,20 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from . import volume_fs as vfs
-from .api import ApiError, body_of, reply
-from .dispatch import new_id
+from .model import new_id
+from .rest import ApiError, body_of, reply
 from .store import Store, objects
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ..backends.base import Backend
+    from .model import Container
 
 log = logging.getLogger("shoal.volumes")
 CHUNK = 1 << 20
@@ -219,15 +225,14 @@ class Upload:
 
 
 class Volumes:
-    def __init__(self, store: Store, state_dir: Path, dispatcher: Any) -> None:
+    def __init__(self, store: Store, state_dir: Path, backend: Backend, containers: Mapping[str, Container]) -> None:
         self.store = store
-        self.d = dispatcher
-        backend = getattr(dispatcher, "backend", None)
-        availability = getattr(backend, "availability", None)
-        self.isolation = getattr(availability, "isolation", "process") if availability else "process"
-        self.isolation_reason = getattr(availability, "reason", "") if availability else "no sandbox backend"
-        self.rootless = getattr(availability, "mode", "") == "rootless"
-        self.unsupported: str | None = getattr(backend, "volumes_unsupported", None)  # the backend's reason
+        self.containers = containers  # the control plane's, by id: commits come from inside them
+        availability = backend.availability
+        self.isolation = availability.isolation if availability else "process"
+        self.isolation_reason = availability.reason if availability else "no sandbox backend"
+        self.rootless = availability is not None and availability.mode == "rootless"
+        self.unsupported: str | None = backend.volumes_unsupported  # the backend's reason
         owner = None
         if self.isolation == "sandbox" and not self.rootless:
             from ..backends.sandbox import id_base
@@ -388,7 +393,7 @@ class Volumes:
 
     def _container_mounts(self, vid: str, body: dict[str, Any]) -> tuple[Any, list[Mount]]:
         cid = body.get("container_id")
-        c = self.d.containers.get(cid) if isinstance(cid, str) else None
+        c = self.containers.get(cid) if isinstance(cid, str) else None
         if c is None or body.get("container_token") != c.token:
             raise ApiError(403, "commit() and reload() work only inside a running container", "InvalidError")
         mounts = [m for m in self.mounts.get(c.id, []) if m.volume_id == vid]

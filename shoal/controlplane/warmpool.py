@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .containers import stop
 from .model import Container, Pool
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher
+    from ..backends.base import Backend
+    from .registry import Registry
 
 WARM_SOURCE_MOUNT = "/run/shoal-src"  # where a sandboxed warm container sees its (later) source
 IDLE_EXPIRY_S = 600.0
@@ -45,21 +47,30 @@ def link_tree(src: str, dst: str) -> None:
 
 
 class WarmPool:
-    def __init__(self, dispatcher: Dispatcher, size: int | None = None) -> None:
-        self.d = dispatcher
+    """Keeps warm containers per image; `Queues` starts the ones `wanted` asks for and takes them (`take`)."""
+
+    def __init__(self, state_dir: Path, backend: Backend, registry: Registry, size: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.backend = backend
+        self.registry = registry
         self.size = int(os.environ.get("SHOAL_WARM_POOL", "1")) if size is None else size
         self.pools: dict[str, Pool] = {}  # image_id -> pseudo pool holding that image's warm containers
         self.imports: dict[str, list[str]] = {}  # image_id -> modules to import ahead
         self.last_used: dict[str, float] = {}
 
     def source_dir(self, c: Container) -> Path:
-        return self.d.state_dir / "warm" / c.id
+        return self.state_dir / "warm" / c.id
+
+    def binds(self, c: Container) -> list[tuple[str, str, bool]]:
+        """What a warm container mounts: its (still empty) source directory, where its function's source goes."""
+        return [(str(self.source_dir(c)), WARM_SOURCE_MOUNT, False)]
 
     # -- keeping it filled -----------------------------------------------------------------------------------
-    def want(self, pool: Pool) -> None:
-        """`pool` is in use: keep warm containers for its image (up to `size`)."""
+    def wanted(self, pool: Pool) -> tuple[Pool, int]:
+        """`pool` is in use: its image's warm pseudo pool, and how many warm containers to start for it now (up
+        to `size`, as far as the machine has room)."""
         if self.size <= 0 or not eligible(pool):
-            return
+            return pool, 0
         image = pool.definition["image_built"]
         image_id = image["image_id"]
         self.last_used[image_id] = time.monotonic()
@@ -68,9 +79,11 @@ class WarmPool:
             warm = Pool(f"warm:{image_id}", "", {"tag": "(warm)", "image_built": image, "options": {}})
             self.pools[image_id] = warm
         missing = self.size - len(warm.live())
-        for _ in range(max(0, min(missing, self.d.backend.capacity() - len(self.d.containers)))):
-            c = self.d._start_container(warm, warm=True)
-            self.source_dir(c).mkdir(parents=True, exist_ok=True)
+        return warm, max(0, min(missing, self.backend.capacity() - len(self.registry.containers)))
+
+    def started(self, c: Container) -> None:
+        """A warm container was started: its source directory waits for a function."""
+        self.source_dir(c).mkdir(parents=True, exist_ok=True)
 
     def learn(self, pool: Pool, modules: list[str]) -> None:
         image = pool.definition.get("image_built")
@@ -103,19 +116,19 @@ class WarmPool:
         return None
 
     def assignment(self, c: Container, env: dict[str, str]) -> dict[str, Any]:
-        sandboxed = getattr(self.d.backend, "isolation", "process") == "sandbox"
+        sandboxed = self.backend.isolation == "sandbox"
         return {"source": WARM_SOURCE_MOUNT if sandboxed else str(self.source_dir(c)), "env": env,
                 "sandboxed": sandboxed}
 
     # -- emptying it -----------------------------------------------------------------------------------------
     def trim(self, now: float) -> None:
         """Stop warm containers of images no running function uses, or unused for IDLE_EXPIRY_S."""
-        in_use = {p.definition["image_built"]["image_id"] for p in self.d.pools.values()
+        in_use = {p.definition["image_built"]["image_id"] for p in self.registry.pools.values()
                   if p.definition.get("image_built") and not p.stopped}
         for image_id, warm in list(self.pools.items()):
             if image_id not in in_use or now - self.last_used.get(image_id, 0) > IDLE_EXPIRY_S:
                 for c in list(warm.containers.values()):
-                    self.d._stop_container(c, "warm pool trimmed")
+                    stop(c, "warm pool trimmed")
 
     def evict(self, count: int) -> int:
         """Give machine slots back (another function needs them); returns how many were stopped."""
@@ -123,7 +136,7 @@ class WarmPool:
         for warm in self.pools.values():
             for c in list(warm.containers.values()):
                 if stopped < count and c.state in ("warm", "starting"):
-                    self.d._stop_container(c, "warm pool gave its slot away")
+                    stop(c, "warm pool gave its slot away")
                     stopped += 1
         return stopped
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher
     from .model import Pool
+    from .registry import Registry
 
 MAX_LABEL = 63
 WORKSPACE = os.environ.get("SHOAL_WORKSPACE", "shoal")
@@ -87,14 +87,14 @@ class Router:
         self.by_host: dict[str, Route] = {}  # custom domains
         self.on_change: list[Any] = []  # callbacks(routes) — the proxy opens listeners for new addresses
 
-    def rebuild(self, dispatcher: Dispatcher) -> None:
+    def rebuild(self, running: Registry) -> None:
         by_label: dict[str, Route] = {}
         by_host: dict[str, Route] = {}
-        for app in list(dispatcher.apps.values()):
+        for app in list(running.apps.values()):
             if app.state != "running":
                 continue
             for function_id in app.functions.values():
-                pool = dispatcher.pools.get(function_id)
+                pool = running.pools.get(function_id)
                 if pool is None or pool.definition.get("variant_of"):
                     continue
                 for method, webhook in web_targets(pool):

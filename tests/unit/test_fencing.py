@@ -1,8 +1,9 @@
-"""Fencing in the dispatcher: a container the backend has reported gone (its Ray node died, say) may still be
-running somewhere and still send frames; nothing it sends counts any more.
+"""Fencing in the control plane's core: a container the backend has reported gone (its Ray node died, say) may
+still be running somewhere and still send frames; nothing it sends counts any more.
 
-The dispatcher and its SQLite store are real; the test plays the container's runtime, speaking the frame protocol.
-The backend has no room, so the dispatcher starts nothing by itself.
+The core (controlplane/core.py) and its SQLite store are real; the test plays the container's runtime, speaking
+the frame protocol, and the backend: it has no room, so the core starts nothing by itself, and the container the
+test starts ends when the test says the backend saw it end.
 """
 
 from __future__ import annotations
@@ -12,19 +13,72 @@ import socket
 from pathlib import Path
 
 from shoal._spec import frames as _protocol
-from shoal.controlplane.dispatch import Dispatcher
-from shoal.controlplane.model import Container
+from shoal.backends.base import ContainerSpec, OutputSink
+from shoal.controlplane import runtime_link
+from shoal.controlplane.containers import ControlPlaneAddress
+from shoal.controlplane.core import Core, build_core
 from shoal.controlplane.store.sqlite import SQLiteStore
 
 
+class Handle:
+    """A started container whose process the backend can no longer reach: kill() does nothing, and wait()
+    returns when the test says the backend reported it gone."""
+
+    pid = 0
+    sandboxed = False
+    isolation = None
+    node_id = None
+    cgroup = None
+
+    def __init__(self) -> None:
+        self.gone: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> int:
+        return await self.gone
+
+    def exit_reason(self) -> str | None:
+        return None
+
+    def kill(self) -> None:
+        pass
+
+    def terminate(self) -> None:
+        pass
+
+    async def web_connect(self, port: int) -> socket.socket:
+        raise OSError("no web server here")
+
+
 class NoRoom:
-    """A backend whose cluster is full: the dispatcher queues inputs and starts no container."""
+    """A backend whose cluster is full: the core queues inputs and starts no container by itself."""
 
     name = "none"
-    forward_ports: dict = {}
+    isolation = "process"
+    availability = None
+    volumes_unsupported = None
+    control_ip = "127.0.0.1"
+
+    def __init__(self) -> None:
+        self.forward_ports: dict[int, tuple[str, int]] = {}
+        self.started: asyncio.Queue[Handle] = asyncio.Queue()
 
     def capacity(self) -> int:
         return 0
+
+    async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> Handle:
+        handle = Handle()
+        self.started.put_nowait(handle)
+        return handle
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def _core(tmp_path: Path) -> tuple[Core, NoRoom, SQLiteStore]:
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.open()
+    backend = NoRoom()
+    return build_core(store, backend, tmp_path, ControlPlaneAddress("unix:/nonexistent", "", "")), backend, store
 
 
 async def _closed(reader: asyncio.StreamReader) -> bool:
@@ -36,26 +90,25 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
 
 
 async def _scenario(tmp_path: Path) -> dict:
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    d = Dispatcher(store, NoRoom(), tmp_path, "unix:/nonexistent")
-    app = await d.create_app("fencing", "ephemeral", True)
-    pool = d._add_pool("fu-fencing", app.id, {"tag": "f", "options": {}})
-    call, _ = await d.create_call(pool, "fc-fencing", "remote", b"args")
+    core, backend, store = await _core(tmp_path)
+    app = await core.apps.create_app("fencing", "ephemeral", True)
+    functions = await core.apps.register_functions(app, [{"tag": "f", "options": {}}])
+    pool = core.registry.pools[functions["f"]]
+    call, _ = await core.calls.create_call(pool, "fc-fencing", "remote", b"args")
     assert len(pool.queue) == 1
 
-    # A container of the pool, as the dispatcher would have started it; its runtime connects and gets ready.
-    c = Container(id="ta-fencing", pool=pool, token="secret", exited=asyncio.get_running_loop().create_future())
-    pool.containers[c.id] = c
-    d.containers[c.id] = c
-    # What the dispatcher reads from the container: bytes it has received already, which closing the stream does
-    # not take back (a frame written after the stream closed would never reach the dispatcher's loop at all).
+    # A container of the pool, as the autoscaler would start one had the backend room; its runtime connects
+    # and gets ready.
+    c = core.queues.start_container(pool)
+    handle = await asyncio.wait_for(backend.started.get(), 5)
+    # What the core reads from the container: bytes it has received already, which closing the stream does
+    # not take back (a frame written after the stream closed would never reach the core's loop at all).
     inbox = asyncio.StreamReader()
     ours, theirs = socket.socketpair()
     _, to_container = await asyncio.open_connection(sock=ours)
-    server_side = asyncio.create_task(d.handle_runtime(inbox, to_container))
+    server_side = asyncio.create_task(core.runtime.handle_runtime(inbox, to_container))
     reader, writer = await asyncio.open_connection(sock=theirs)
-    inbox.feed_data(_protocol.encode({"t": "hello", "container_id": c.id, "token": "secret"}))
+    inbox.feed_data(_protocol.encode({"t": "hello", "container_id": c.id, "token": c.token}))
     assert (await _protocol.read_frame(reader))["t"] == "init"
     inbox.feed_data(_protocol.encode({"t": "ready"}))
     frame = await _protocol.read_frame(reader)
@@ -65,10 +118,11 @@ async def _scenario(tmp_path: Path) -> dict:
 
     # The backend reports the container gone (what the Ray backend's wait() returning does when its node dies),
     # while the process itself still runs: its input goes back to the queue for another container.
-    d._on_container_exit(c, -9)
+    handle.gone.set_result(-9)
+    await asyncio.wait_for(c.exited, 5)  # type: ignore[arg-type]
     assert c.state == "dead" and len(pool.queue) == 1
 
-    # The old container finishes the input anyway and reports it: discarded, and the dispatcher stops reading its
+    # The old container finishes the input anyway and reports it: discarded, and the core stops reading its
     # stream (no end of stream follows: only the fence ends `handle_runtime` here) and closes it.
     inbox.feed_data(_protocol.encode({"t": "out", "items": [[key, "ok", b"stale", 0.01]]}))
     await asyncio.wait_for(server_side, 5)
@@ -87,22 +141,18 @@ def test_output_from_a_container_declared_dead_is_discarded(tmp_path: Path) -> N
 
 
 async def _silent_peer(tmp_path: Path) -> bool:
-    import shoal.controlplane.dispatch as dispatch
-
-    store = SQLiteStore(tmp_path / "state.db")
-    await store.open()
-    d = Dispatcher(store, NoRoom(), tmp_path, "unix:/nonexistent")
-    old, dispatch.HELLO_TIMEOUT_S = dispatch.HELLO_TIMEOUT_S, 0.2
+    core, _backend, store = await _core(tmp_path)
+    old, runtime_link.HELLO_TIMEOUT_S = runtime_link.HELLO_TIMEOUT_S, 0.2
     try:
         ours, theirs = socket.socketpair()
-        server_side = asyncio.create_task(d.handle_runtime(*await asyncio.open_connection(sock=ours)))
+        server_side = asyncio.create_task(core.runtime.handle_runtime(*await asyncio.open_connection(sock=ours)))
         reader, writer = await asyncio.open_connection(sock=theirs)
         writer.write(b"\x00\x00\x00\x05garbage")  # not a frame of ours, then nothing
         await asyncio.wait_for(server_side, 5)
         closed = await _closed(reader)
         writer.close()
     finally:
-        dispatch.HELLO_TIMEOUT_S = old
+        runtime_link.HELLO_TIMEOUT_S = old
         await store.close()
     return closed
 

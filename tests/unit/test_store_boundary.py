@@ -15,13 +15,6 @@ import shoal.controlplane
 CONTROL_PLANE = Path(shoal.controlplane.__file__).parent
 STORE = CONTROL_PLANE / "store"
 
-# Modules whose SQL is moved into the store by the dispatcher split: empty this list once it is merged.
-ALLOWED = frozenset({
-    "dispatch.py",  # moved by the dispatcher split
-    "deploy.py",  # moved by the dispatcher split
-    "api.py",  # moved by the dispatcher split
-    "main.py",  # moved by the dispatcher split
-})
 
 # SQL as this project writes it: keywords in capitals.
 SQL = re.compile(
@@ -78,17 +71,10 @@ def _modules_outside_the_store() -> list[Path]:
 
 def test_no_sql_outside_the_store() -> None:
     offences = [f"{path.relative_to(CONTROL_PLANE.parent.parent)}:{line}: {text[:70]!r}"
-                for path in _modules_outside_the_store() if path.name not in ALLOWED
+                for path in _modules_outside_the_store()
                 for line, text in sql_literals(path.read_text())]
     assert not offences, "SQL outside shoal/controlplane/store/ (write a function in a store module):\n" + \
         "\n".join(offences)
-
-
-def test_the_allow_list_names_only_modules_that_still_hold_sql() -> None:
-    """So the list shrinks as modules are cleaned up, and cannot excuse a module that no longer needs it."""
-    by_name = {p.name: p for p in _modules_outside_the_store() if p.parent == CONTROL_PLANE}
-    stale = sorted(name for name in ALLOWED if name not in by_name or not sql_literals(by_name[name].read_text()))
-    assert not stale, f"remove from ALLOWED (no SQL left): {stale}"
 
 
 def test_the_scan_finds_sql_in_literals_and_f_strings_but_not_in_docstrings_or_prose() -> None:

@@ -1,0 +1,133 @@
+"""The control plane's core, built in one place: what runs (the registry), and the parts that act on it.
+
+    Registry     apps, pools, calls and containers in memory (registry.py)
+    Outputs      results of inputs: stored behind the group commit, then shown to readers (outputs.py)
+    Containers   container lifecycle: start (secrets, volumes, the backend), stop, exit (containers.py)
+    WarmPool     started runtimes per image waiting for a function (warmpool.py)
+    Queues       input queues, assignment to containers, timeouts, retries, the containers queues need (queues.py)
+    Calls        calls created, inputs added, calls cancelled or terminated (calls.py)
+    WebSlots     container slots for the ingress proxy's requests (web_slots.py)
+    Operations   operator actions: autoscaler overrides, container stop, shell, health (operations.py)
+    Rollout      superseding a pool's containers when its definition changes (rollout.py)
+    RuntimeLink  the frame protocol with each container's runtime (runtime_link.py)
+    ScalingTick  the autoscaler's once-a-second tick per pool (scaling.py)
+    Variants     class parameter sets and `with_options` pools (variants.py)
+    Recovery     running apps rebuilt from the store at start or takeover; letting go of one (recovery.py)
+    Apps         apps created, functions registered, apps and functions stopped (apps.py)
+
+Each part gets its collaborators in its constructor; `build_core` makes them in dependency order. The parts
+call one another through public methods; the HTTP API (api.py, deploy.py), the ingress proxy, the scheduler and
+the replicas use the parts they need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from .._spec.config import RESULT_TTL_S
+from ..backends.base import Backend
+from .apps import Apps
+from .calls import Calls
+from .containers import Containers, ControlPlaneAddress
+from .operations import Operations
+from .outputs import Outputs
+from .ownership import AppOwnership, LeasedOwnership, SoleOwner
+from .queues import Queues
+from .recovery import Recovery
+from .registry import Registry
+from .replicas import Replicas, app_fence
+from .rollout import Rollout
+from .runtime_link import RuntimeLink
+from .scaling import ScalingTick
+from .scheduler import Scheduler
+from .secrets import SecretStore
+from .store import Store
+from .variants import Variants
+from .volumes import Volumes
+from .warmpool import WarmPool
+from .web_routes import Router
+from .web_slots import WebSlots
+
+EXPIRY_INTERVAL_S = 3600.0  # how often results older than RESULT_TTL_S are dropped
+
+
+@dataclass
+class Core:
+    store: Store
+    backend: Backend
+    registry: Registry
+    router: Router
+    secrets: SecretStore
+    volumes: Volumes
+    outputs: Outputs
+    containers: Containers
+    warmpool: WarmPool
+    queues: Queues
+    calls: Calls
+    web: WebSlots
+    operations: Operations
+    rollout: Rollout
+    runtime: RuntimeLink
+    scaling: ScalingTick
+    variants: Variants
+    recovery: Recovery
+    ownership: AppOwnership
+    replicas: Replicas | None  # one of several control planes (controlplane/replicas.py), else None
+    scheduler: Scheduler
+    apps: Apps
+
+    async def housekeeping(self) -> None:
+        """Once a second: stop orphaned apps, the autoscaler's tick for every pool, trim the warm pool, forget
+        idle calls; hourly: expire results."""
+        last_expiry = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            await self.apps.stop_orphans(now)
+            for pool in list(self.registry.pools.values()):
+                self.scaling.tick(pool, now)
+            self.warmpool.trim(now)
+            self.calls.forget_idle(now)
+            if time.time() - last_expiry > EXPIRY_INTERVAL_S:
+                last_expiry = time.time()
+                self.store.expire(time.time() - RESULT_TTL_S)
+
+    def shutdown(self) -> None:
+        """Kill every container (the control plane is exiting; unfinished inputs stay in the store)."""
+        for c in list(self.registry.containers.values()):
+            self.queues.stop_container(c, "control plane shutting down", kill=True)
+
+
+def build_core(store: Store, backend: Backend, state_dir: Path, address: ControlPlaneAddress, *,
+               replica_id: str | None = None, warm_size: int | None = None) -> Core:
+    """Every part of the core, each given what it uses. `replica_id`: this control plane is one of several
+    sharing a PostgreSQL schema; `warm_size`: warm containers per image (default: SHOAL_WARM_POOL, else 1)."""
+    registry = Registry()
+    router = Router()
+    secrets = SecretStore(store, state_dir)
+    volumes = Volumes(store, state_dir, backend, registry.containers)
+    outputs = Outputs(store, partial(app_fence, replica_id) if replica_id else None)
+    warmpool = WarmPool(state_dir, backend, registry, warm_size)
+    containers = Containers(registry, backend, secrets, volumes, warmpool, address)
+    queues = Queues(registry, backend, containers, warmpool, outputs)
+    calls = Calls(registry, store, queues, outputs)
+    operations = Operations(registry, containers, queues)
+    rollout = Rollout(queues, operations)
+    recovery = Recovery(store, registry, queues, outputs, router)
+    replicas = Replicas(store, registry, recovery, replica_id) if replica_id else None
+    ownership: AppOwnership = LeasedOwnership(replicas, store) if replicas is not None else SoleOwner()
+    scheduler = Scheduler(store, registry, calls, ownership)
+    return Core(
+        store=store, backend=backend, registry=registry, router=router, secrets=secrets, volumes=volumes,
+        outputs=outputs, containers=containers, warmpool=warmpool, queues=queues, calls=calls,
+        web=WebSlots(queues), operations=operations, rollout=rollout,
+        runtime=RuntimeLink(registry, containers, queues, outputs, warmpool, rollout),
+        scaling=ScalingTick(backend, queues), variants=Variants(registry, store, queues), recovery=recovery,
+        ownership=ownership, replicas=replicas, scheduler=scheduler,
+        apps=Apps(registry, store, ownership, router, scheduler, calls, queues),
+    )
+

@@ -1,0 +1,101 @@
+"""Preparing function definitions before they run: named secrets and volumes checked, sources unpacked from
+their uploaded blobs, images built (or found in the cache). Used by app registration (api.py) and by deploys
+and rollbacks (deploy.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from ..exception import ImageBuildError, InvalidError
+from .images import ImageBuilder
+from .model import AppState
+from .rest import ApiError
+from .secrets import SecretStore
+from .volumes import Volumes
+
+
+class Definitions:
+    def __init__(self, state_dir: Path, images: ImageBuilder, secrets: SecretStore, volumes: Volumes) -> None:
+        self.images = images
+        self.secrets = secrets
+        self.volumes = volumes
+        self.blob_dir = state_dir / "blobs"
+        self.source_dir = state_dir / "sources"
+
+    def blob_path(self, sha: str) -> Path:
+        """Where an uploaded source blob lives (its name is its sha256)."""
+        if len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
+            raise ApiError(400, "blob id must be a lowercase sha256 hex digest")
+        return self.blob_dir / sha
+
+    def materialise(self, sha: str) -> str:
+        """Unpack a source tarball once per machine; containers run with it as working directory."""
+        target = self.source_dir / sha
+        if not target.exists():
+            blob = self.blob_path(sha)
+            if not blob.exists():
+                raise ApiError(400, f"source blob {sha} was not uploaded")
+            tmp = self.source_dir / f".{sha}.{os.getpid()}.tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=io.BytesIO(blob.read_bytes())) as tar:
+                tar.extractall(tmp, filter="data")
+            try:
+                tmp.rename(target)
+            except OSError:
+                pass  # another request got there first
+        return str(target)
+
+    async def prepare(self, app: AppState, defs: list[dict[str, Any]]) -> None:
+        """Check named secrets, unpack sources, build images: what a definition needs before it runs."""
+        for d in defs:
+            await self.secrets.check(d.get("secrets") or [])
+            await self.volumes.check(d)
+            if d.get("source_id"):
+                d["source_dir"] = self.materialise(d["source_id"])
+            elif d.get("serialized_fn") is None:
+                raise ApiError(400, f"function {d['tag']!r} has neither source_id nor serialized_fn")
+        await self._build_images(app, defs)
+
+    async def prepare_again(self, defs: list[dict[str, Any]], version: int) -> None:
+        """Definitions of an earlier version, deployed again (a rollback): their secrets must still exist,
+        their sources are unpacked again, their images must still be built here."""
+        for d in defs:
+            await self.secrets.check(d.get("secrets") or [])
+            if d.get("source_id"):
+                d["source_dir"] = self.materialise(d["source_id"])
+            image_id = (d.get("image") or {}).get("image_id")
+            if d.get("image_built") and image_id and self.images.cached(image_id) is None:
+                raise ApiError(409, f"the image of {d['tag']!r} in version {version} is no longer built here; "
+                                    "deploy that version from its source instead", "InvalidError")
+
+    async def _build_images(self, app: AppState, defs: list[dict[str, Any]]) -> None:
+        """Build (or find in the cache) each distinct image of these functions, at once; the output streams to
+        the app's log, marked with the image id. The open request keeps the app alive while it builds."""
+        specs = {d["image"].get("image_id"): d["image"] for d in defs if isinstance(d.get("image"), dict)}
+        if any(d.get("image") is not None and not isinstance(d["image"], dict) for d in defs):
+            raise ApiError(400, "image must be a map (shoal.Image.to_wire())")
+        app.session_started()
+        try:
+            results = await asyncio.gather(*(
+                self.images.ensure(spec, log=lambda text, iid=str(iid): app.logs.append(iid, "stderr", text))
+                for iid, spec in specs.items()), return_exceptions=True)
+        finally:
+            app.session_ended()
+        for result in results:
+            if isinstance(result, ImageBuildError):
+                raise ApiError(400, str(result), "ImageBuildError")
+            if isinstance(result, InvalidError):
+                raise ApiError(400, str(result))
+            if isinstance(result, BaseException):
+                raise result
+        built = dict(zip(specs, results, strict=True))
+        for d in defs:
+            if isinstance(d.get("image"), dict):
+                d["image_built"] = dataclasses.asdict(built[d["image"].get("image_id")])
+                d["image"] = {"image_id": d["image"]["image_id"]}  # build inputs (and secrets) stay out of containers

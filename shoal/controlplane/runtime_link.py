@@ -1,0 +1,110 @@
+"""The frame protocol with the container runtime (shoal/runtime/): one stream per container, on the control
+plane's unix socket (or TCP for containers on other machines).
+
+    runtime → control plane: hello {container_id, token}, then ready {web, timings} | init_failed {exc, summary}
+                             | out {items} | item {key, data} | modules {names} | warm_ready
+    control plane → runtime: init {definition, …} (or warm {imports}, later init with `assign`), inputs {items},
+                             stop
+
+A container the backend has reported gone is fenced: whatever it still sends is discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .._spec import frames as _protocol
+from .containers import Containers, format_timings, phase_timings
+from .model import ITEM, AppState, Container, Pool
+from .outputs import Outputs
+from .queues import Queues
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .rollout import Rollout
+    from .warmpool import WarmPool
+
+log = logging.getLogger("shoal.dispatch")
+HELLO_TIMEOUT_S = 30.0  # a connection to the container listener must say which container it is by then
+
+
+class RuntimeLink:
+    def __init__(self, registry: Registry, containers: Containers, queues: Queues, outputs: Outputs,
+                 warmpool: WarmPool, rollout: Rollout) -> None:
+        self.registry = registry
+        self.containers = containers
+        self.queues = queues
+        self.outputs = outputs
+        self.warmpool = warmpool
+        self.rollout = rollout
+
+    async def handle_runtime(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One container runtime's stream: hello, init, then inputs out and outputs in."""
+        try:
+            hello = await asyncio.wait_for(_protocol.read_frame(reader), HELLO_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - silent or garbled: a peer that is no runtime of ours (the Ray
+            hello = None  # backend's TCP listener is reachable from the network)
+        c = self.registry.containers.get(hello.get("container_id", "")) if isinstance(hello, dict) else None
+        if c is None or hello.get("token") != c.token or c.state != "starting":
+            writer.close()
+            return
+        c.writer = writer
+        if c.warm:
+            writer.write(_protocol.encode({"t": "warm", "imports": self.warmpool.imports_for(c)}))
+        else:
+            self.containers.send_init(c)
+        apps = self.registry.apps
+        while True:
+            msg = await _protocol.read_frame(reader)
+            if msg is None:
+                break
+            if c.state == "dead":
+                # Fenced: the backend reported this container gone (e.g. its Ray node died) and its inputs were
+                # handed to other containers; whatever it still sends is discarded, and its stream closed.
+                log.warning("container %s sent a %r frame after it was declared dead; discarded", c.id, msg.get("t"))
+                break
+            t = msg["t"]
+            pool = c.pool  # a warm container changes pools when it is assigned
+            if t == "warm_ready":
+                if c.state == "starting" and c.pool.function_id.startswith("warm:"):
+                    c.state = "warm"
+                continue
+            if t == "modules":
+                self.warmpool.learn(pool, msg.get("names") or [])
+                continue
+            if t == "out":
+                self.queues.on_outputs(c, msg["items"])
+            elif t == "item":
+                inp = c.running.get(msg["key"])
+                if inp is not None and not inp.call.cancelled:
+                    self.outputs.add_output(inp.call, inp.idx, ITEM, msg["data"], final=False)
+            elif t == "ready":
+                if c.state == "starting":
+                    self._ready(c, pool, apps.get(pool.app_id), msg)
+            elif t == "init_failed":
+                c.init_error = msg["exc"]
+                pool.last_start_error = msg.get("summary", "container initialisation failed")
+        # Stream gone: the process is dying or dead; make sure it is.
+        if c.state not in ("dead",) and c.handle is not None:
+            c.handle.kill()
+
+    def _ready(self, c: Container, pool: Pool, app: AppState | None, msg: dict) -> None:
+        """The container's function is imported and its `@enter` ran: it takes inputs from now."""
+        c.web_ports = msg.get("web") or {}
+        c.state = "ready"
+        c.ready_at = time.monotonic()
+        c.idle_since = c.ready_at
+        c.timings = phase_timings(c.t_requested, c.t_launch or c.t_requested, msg.get("timings", {}))
+        if app is not None:
+            app.logs.append(c.id, "info", f"container {c.id} ready in {format_timings(c.timings)}\n")
+        pool.start_failures = 0
+        pool.autoscaler.started()
+        if pool.superseded and c.id not in pool.superseded:
+            self.rollout.retire_superseded(pool)  # a container of the new version is ready (rolling)
+        self.queues.keep_warm(pool)  # its image is in use: keep one started for the next container
+        self.queues.pump(pool)
+        if pool.queue and pool.avg_exec_s is not None:
+            self.queues.scale(pool)  # a start slot is free; unmeasured inputs wait for their first output

@@ -1,0 +1,127 @@
+"""Apps, their versions and their function definitions, as stored (tables `apps`, `app_versions`, `functions`).
+
+Writes are queued (`Store.write`: a ticket for `flushed`); `async` reads run in a thread; the blocking reads
+(`*_now`) are for start-up and for work already off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+
+from .base import Store
+
+APP_COLUMNS = ("app_id", "name", "mode", "state", "created_at", "stopped_at")
+_APP_SELECT = "SELECT app_id, name, mode, state, created_at, stopped_at FROM apps"
+
+
+# -- apps --------------------------------------------------------------------------------------------------------
+def running_now(store: Store, app_id: str | None = None) -> list[tuple[str, str | None, str, int]]:
+    """(app_id, name, mode, detach) of the running apps, oldest first; only `app_id`'s when given. Blocking."""
+    if app_id is None:
+        return store.read_now("SELECT app_id, name, mode, detach FROM apps WHERE state='running' ORDER BY created_at")
+    return store.read_now("SELECT app_id, name, mode, detach FROM apps WHERE state='running' AND app_id=? "
+                          "ORDER BY created_at", (app_id,))
+
+
+async def by_id(store: Store, app_id: str) -> list[dict[str, Any]]:
+    """The app with this id (any state), as a dict of APP_COLUMNS; [] when there is none."""
+    rows = await store.read(f"{_APP_SELECT} WHERE app_id=?", (app_id,))
+    return [dict(zip(APP_COLUMNS, r, strict=True)) for r in rows]
+
+
+async def by_name(store: Store, name: str) -> list[dict[str, Any]]:
+    """The apps of this name (any state, any mode), newest first."""
+    rows = await store.read(f"{_APP_SELECT} WHERE name=? ORDER BY created_at DESC", (name,))
+    return [dict(zip(APP_COLUMNS, r, strict=True)) for r in rows]
+
+
+async def recent(store: Store, limit: int = 200) -> list[tuple]:
+    """(app_id, name, mode, state, created_at, stopped_at, current version) of the newest apps, newest first."""
+    return await store.read(
+        "SELECT app_id, name, mode, state, created_at, stopped_at, "
+        "(SELECT MAX(version) FROM app_versions v WHERE v.app_id = apps.app_id) "
+        "FROM apps ORDER BY created_at DESC LIMIT ?", (limit,))
+
+
+def delete(store: Store, app_id: str) -> int:
+    """Forget an app that never got anything deployed."""
+    return store.write("DELETE FROM apps WHERE app_id=?", (app_id,))
+
+
+# -- functions ---------------------------------------------------------------------------------------------------
+def definitions_now(store: Store, app_id: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(function_id, app_id, definition) of the functions of every running app, or of `app_id`'s. Blocking."""
+    if app_id is None:
+        rows = store.read_now("SELECT f.function_id, f.app_id, f.definition FROM functions f "
+                              "JOIN apps a ON a.app_id = f.app_id WHERE a.state='running'")
+    else:
+        rows = store.read_now("SELECT function_id, app_id, definition FROM functions WHERE app_id=?", (app_id,))
+    return [(function_id, owner, msgpack.unpackb(blob)) for function_id, owner, blob in rows]
+
+
+async def running_functions(store: Store) -> dict[str, dict[str, str]]:
+    """app_id -> {tag: function_id} for every running app (those other replicas own included)."""
+    out: dict[str, dict[str, str]] = {}
+    for app_id, tag, function_id in await store.read(
+            "SELECT f.app_id, f.tag, f.function_id FROM functions f JOIN apps a ON a.app_id = f.app_id "
+            "WHERE a.state='running'"):
+        out.setdefault(app_id, {})[tag] = function_id
+    return out
+
+
+def put_function(store: Store, function_id: str, app_id: str, key: str, definition: dict[str, Any]) -> int:
+    """Store (or replace) a function's definition under its tag (a variant: its variant key)."""
+    return store.put_function(function_id, app_id, key, msgpack.packb(definition))
+
+
+def delete_function(store: Store, function_id: str) -> int:
+    return store.write("DELETE FROM functions WHERE function_id=?", (function_id,))
+
+
+# -- versions of deployed apps -----------------------------------------------------------------------------------
+def latest_versions_now(store: Store) -> dict[str, int]:
+    """app_id -> its current version, for every app deployed at least once. Blocking."""
+    return {app_id: int(v) for app_id, v in store.read_now(
+        "SELECT app_id, MAX(version) FROM app_versions GROUP BY app_id")}
+
+
+def latest_version_now(store: Store, app_id: str) -> int | None:
+    """The app's current version (None: never deployed). Blocking."""
+    rows = store.read_now("SELECT MAX(version) FROM app_versions WHERE app_id=?", (app_id,))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def put_version(store: Store, app_id: str, version: int, definitions: list[dict[str, Any]], strategy: str,
+                tag: str, rollback_of: int | None) -> int:
+    return store.write(
+        "INSERT INTO app_versions (app_id, version, created_at, definitions, strategy, tag, rollback_of) "
+        "VALUES (?,?,?,?,?,?,?) ON CONFLICT (app_id, version) DO UPDATE SET created_at=excluded.created_at, "
+        "definitions=excluded.definitions, strategy=excluded.strategy, tag=excluded.tag, "
+        "rollback_of=excluded.rollback_of",
+        (app_id, version, time.time(), msgpack.packb(definitions, use_bin_type=True), strategy, tag, rollback_of))
+
+
+async def version_definitions(store: Store, app_id: str, version: int) -> list[dict[str, Any]] | None:
+    """The definitions a version deployed (None: that version is not recorded)."""
+    rows = await store.read("SELECT definitions FROM app_versions WHERE app_id=? AND version=?", (app_id, version))
+    return msgpack.unpackb(rows[0][0], raw=False) if rows else None
+
+
+async def last_deploy(store: Store, app_id: str) -> tuple[float, str] | None:
+    """(created_at, strategy) of the app's current version; None: never deployed."""
+    rows = await store.read(
+        "SELECT created_at, strategy FROM app_versions WHERE app_id=? ORDER BY version DESC LIMIT 1", (app_id,))
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+async def history(store: Store, app_id: str) -> list[dict[str, Any]]:
+    """Every version of the app, oldest first: number, when, strategy, tag, what it rolled back to, its tags."""
+    rows = await store.read(
+        "SELECT version, created_at, strategy, tag, rollback_of, definitions FROM app_versions WHERE app_id=? "
+        "ORDER BY version", (app_id,))
+    return [{"version": version, "created_at": created_at, "strategy": strategy, "tag": tag or "",
+             "rollback_of": rollback_of, "functions": [d["tag"] for d in msgpack.unpackb(blob, raw=False)]}
+            for version, created_at, strategy, tag, rollback_of, blob in rows]
