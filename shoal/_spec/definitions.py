@@ -240,13 +240,23 @@ class FunctionDefinition(Struct):
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FunctionDefinition)
+_list_decoder = msgspec.msgpack.Decoder(list[FunctionDefinition])
 
 
-def encode(definition: FunctionDefinition) -> bytes:
-    """The stored (and sent) form: a msgpack map keyed by field name."""
+def encode(definition: FunctionDefinition | list[FunctionDefinition]) -> bytes:
+    """The stored (and sent) form: a msgpack map keyed by field name (or an array of them)."""
     return _encoder.encode(definition)
 
 
 def decode(data: bytes) -> FunctionDefinition:
     """From the stored form, validated; msgspec.ValidationError names the field (`at $.options.timeout`)."""
     return _decoder.decode(data)
+
+
+def decode_list(data: bytes) -> list[FunctionDefinition]:
+    return _list_decoder.decode(data)
+
+
+def from_builtins(value: Any) -> list[FunctionDefinition]:
+    """Definitions from an already unpacked body (lists and maps), validated as `decode` does."""
+    return msgspec.convert(value, list[FunctionDefinition])

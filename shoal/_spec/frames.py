@@ -120,8 +120,9 @@ def encode(msg: Struct | dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """Next frame, or None at end of stream."""
+async def read_frame(reader: asyncio.StreamReader, decoder: msgspec.msgpack.Decoder = from_runtime) -> Any:
+    """Next frame (from a runtime unless `decoder` says otherwise), or None at end of stream.
+    msgspec.DecodeError (a ValidationError among them) for bytes that are no frame of ours."""
     import asyncio
 
     try:
@@ -135,4 +136,4 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         body = await reader.readexactly(length)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
-    return msgspec.msgpack.decode(body)
+    return decoder.decode(body)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from .._spec.definitions import FunctionDefinition
     from .sandbox import Availability
 
 OutputSink = Callable[[str, str, str], None]  # (container_id, fd, text)
@@ -38,7 +39,7 @@ class ContainerSpec:
     container_id: str
     function_id: str
     app_id: str
-    definition: dict[str, Any]  # the function's definition as registered (options, tag, module, …)
+    definition: FunctionDefinition  # the function's definition as registered (options, tag, module, …)
     env: dict[str, str]  # variables set by the control plane (ids, tokens, addresses) and secrets
     image: ContainerImage | None = None  # None: the control plane's own interpreter
     source_dir: str | None = None  # the app's source, importable inside the container (at /root)

@@ -257,10 +257,10 @@ class LocalBackend:
     # -- starting --------------------------------------------------------------------------------------------
     async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> LocalContainer:
         container_id = spec.container_id
-        options = spec.definition.get("options") or {}
+        options = spec.definition.options
         full_env = self._env(spec)
         release = []
-        request = options.get("gpu")
+        request = options.gpu
         if request:
             ids = self.gpus.acquire(container_id, list(request))
             if ids is None:

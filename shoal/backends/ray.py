@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
@@ -294,18 +295,19 @@ class ContainerActor:
         same_machine = self.node_ip == s["control_ip"]
         backend.forward_ports = {port: (host if same_machine or host not in _LOOPBACK else s["control_ip"], p)
                                  for port, (host, p) in s["forward_ports"].items()}
-        options = dict(spec.definition.get("options") or {})
+        definition = spec.definition
         env = dict(spec.env)
         env["SHOAL_NODE_ID"] = self.node_id
         env["SHOAL_NODE_IP"] = self.node_ip
-        if options.get("gpu"):
+        if definition.options.gpu:
             # Ray chose the GPUs (its CUDA_VISIBLE_DEVICES for this actor): the container gets exactly those.
             ids = [str(i) for i in ray.get_gpu_ids()]
-            options["gpu"] = None
+            definition = msgspec.structs.replace(
+                definition, options=msgspec.structs.replace(definition.options, gpu=None))
             spec.gpus = ids
             env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(ids)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        spec = replace(spec, env=env, definition={**spec.definition, "options": options})
+        spec = replace(spec, env=env, definition=definition)
         if spec.source_dir and not os.path.isdir(spec.source_dir):
             spec.source_dir = await self._fetch_source(spec.source_dir, sources)
         if spec.image is not None and not os.path.exists(spec.image.python):
@@ -581,8 +583,7 @@ class RayBackend:
         return env
 
     async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> RayContainer:
-        options = spec.definition.get("options") or {}
-        alternatives = placement.alternatives(options)
+        alternatives = placement.alternatives(spec.definition.options)
         nodes = await self.nodes(fresh=True)
         chosen = placement.choose(alternatives, nodes)
         if chosen is None:

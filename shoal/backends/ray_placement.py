@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .gpus import describe_request, parse_request
 from .sandbox import Limits
+
+if TYPE_CHECKING:
+    from .._spec.definitions import Options
 
 MIB = 1024 * 1024
 FRACTION = 0.001  # of a marker resource (accelerator type, region): any number of containers share a node's one
@@ -84,13 +87,13 @@ class Placement:
         return ", ".join(parts)
 
 
-def alternatives(options: dict[str, Any]) -> list[Placement]:
+def alternatives(options: Options) -> list[Placement]:
     """Every placement `options` accept, in the order to try them (GPU fallbacks first, then regions)."""
     lim = Limits.from_options(options)
     cpus = lim.cpu_request
     memory = lim.memory_request_mib * MIB
-    regions: list[str | None] = list(options.get("region") or []) or [None]
-    gpu_request = list(options.get("gpu") or [])
+    regions: list[str | None] = list(options.region or []) or [None]
+    gpu_request = list(options.gpu or [])
     gpu_choices: list[tuple[str | None, str | None, int]] = []  # (option, accelerator type, count)
     for item in gpu_request:
         model, count = parse_request(item)

@@ -19,8 +19,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .._spec.definitions import Options
 
 log = logging.getLogger("shoal.sandbox")
 
@@ -195,9 +198,9 @@ class Limits:
     cpu_given: bool = False  # `cpu=` was set (else, on cgroup v1, the container skips the cpu hierarchy)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> Limits:
+    def from_options(cls, options: Options) -> Limits:
         lim = cls()
-        cpu, memory = options.get("cpu"), options.get("memory")
+        cpu, memory = options.cpu, options.memory
         if isinstance(cpu, (list, tuple)):
             lim.cpu_request, lim.cpu_limit = float(cpu[0]), float(cpu[1])
         elif cpu is not None:

@@ -13,9 +13,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
+from .._spec.definitions import VariantOverrides
 from .._spec.limits import MAX_WAIT_S
+from .definitions import from_request
 from .model import AppState, Call, Pool, new_id
 from .rest import ApiError, Handler, body_of, query_float, query_int, reply
 from .store import apps as app_rows
@@ -134,7 +137,7 @@ class Api:
                          "stopped_at": stopped_at,
                          "functions": dict(live.functions) if live else others.get(app_id, {}),
                          "containers": sum(len(p.live()) for p in pools),
-                         "next_runs": {p.tag: scheduler.upcoming(p) for p in pools if p.definition.get("schedule")}})
+                         "next_runs": {p.tag: scheduler.upcoming(p) for p in pools if p.definition.schedule}})
         return reply({"apps": apps})
 
     async def create_app(self, request: web.Request) -> web.Response:
@@ -158,9 +161,7 @@ class Api:
         left out stop."""
         app = self._app(request)
         body = await body_of(request, "functions")
-        defs, strategy = body["functions"], body.get("strategy")
-        if not isinstance(defs, list) or not all(isinstance(d, dict) and "tag" in d for d in defs):
-            raise ApiError(400, "functions must be a list of maps with a 'tag'")
+        defs, strategy = from_request(body["functions"]), body.get("strategy")
         if strategy is not None:
             self.deployments.check_strategy(strategy)
         await self.definitions.prepare(app, defs)
@@ -226,16 +227,16 @@ class Api:
     @staticmethod
     def _check_method(pool: Pool, method: Any) -> str | None:
         """Calls of a class name one of its methods; calls of a function name none."""
-        cls = pool.definition.get("cls")
+        cls = pool.definition.cls
         if cls is None:
             if method is not None:
                 raise ApiError(400, f"{pool.tag!r} is a function, not a class: calls cannot name a method")
             return None
         if not isinstance(method, str):
             raise ApiError(400, f"{pool.tag!r} is a class: a call must name one of its methods "
-                                f"({', '.join(cls['methods']) or 'it has none'})")
-        if method not in cls["methods"]:
-            raise ApiError(404, f"class {cls['name']} has no method {method!r}", "NotFoundError")
+                                f"({', '.join(cls.methods) or 'it has none'})")
+        if method not in cls.methods:
+            raise ApiError(404, f"class {cls.name} has no method {method!r}", "NotFoundError")
         return method
 
     async def create_variant(self, request: web.Request) -> web.Response:
@@ -247,7 +248,7 @@ class Api:
         params, overrides = body.get("params"), body.get("options") or {}
         if params is not None and not isinstance(params, bytes):
             raise ApiError(400, "params must be bytes (msgpack of the parameter values) or null")
-        if params is not None and not pool.definition.get("cls"):
+        if params is not None and pool.definition.cls is None:
             raise ApiError(400, f"{pool.tag!r} is a function, not a class: it takes no parameters")
         if not isinstance(overrides, dict) or not isinstance(overrides.get("options", {}), dict) or \
                 not isinstance(overrides.get("extra", {}), dict):
@@ -257,9 +258,12 @@ class Api:
             [k for k in overrides if k not in ("options", "extra", "secrets")]
         if unknown:
             raise ApiError(400, f"these options cannot be overridden: {', '.join(map(str, unknown))}")
-        await self.core.secrets.check(overrides.get("secrets") or [])
         try:
-            function_id = await self.core.variants.create_variant(pool, params, overrides)
+            typed = msgspec.convert(overrides, VariantOverrides)
+            await self.core.secrets.check(typed.secrets or [])
+            function_id = await self.core.variants.create_variant(pool, params, typed)
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, f"invalid option override: {str(exc).replace('`$', '`options')}") from exc
         except KeyError as exc:
             raise ApiError(404, str(exc.args[0]), "NotFoundError") from exc
         return reply({"function_id": function_id})
@@ -276,9 +280,9 @@ class Api:
             pool = self.registry.pools.get(function_id) if function_id else None
             if pool is not None:
                 return reply({"function_id": function_id, "app_id": app.id, "tag": pool.tag,
-                              "is_generator": bool(pool.definition.get("is_generator")),
-                              "cls": pool.definition.get("cls"), "server": pool.definition.get("server"),
-                              "webhook": pool.definition.get("webhook"),
+                              "is_generator": pool.definition.is_generator,
+                              "cls": pool.definition.cls, "server": pool.definition.server,
+                              "webhook": pool.definition.webhook,
                               "version": self.deployments.version_of(app.id)})
         if not running:
             raise ApiError(404, f"no deployed or running app named {app_name!r} (deploy it with `shoal deploy`, "
@@ -459,7 +463,7 @@ class Api:
         }
         if c.warm and not c.pool.function_id.startswith("warm:"):
             # A warm container got its function's secrets after it started: its process environment lacks them.
-            info["env"] = await self.core.secrets.resolve(c.pool.definition.get("secrets") or [])
+            info["env"] = await self.core.secrets.resolve(c.pool.definition.secrets)
         return reply(info)
 
     async def start_shell(self, request: web.Request) -> web.Response:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from .._spec.definitions import FunctionDefinition
 from .calls import Calls
 from .model import AppState, Pool, new_id
 from .ownership import AppOwnership
@@ -50,21 +51,21 @@ class Apps:
         await self.store.flushed(self.store.put_app(app.id, name, mode, detach))
         return app
 
-    async def register_functions(self, app: AppState, definitions: list[dict[str, Any]]) -> dict[str, str]:
+    async def register_functions(self, app: AppState, definitions: list[FunctionDefinition]) -> dict[str, str]:
         """Add the app's functions, or give those it has (same tag) their new definitions."""
         ticket = 0
         pools = self.registry.pools
         for d in definitions:
-            function_id = app.functions.get(d["tag"]) or new_id("fu")
+            function_id = app.functions.get(d.tag) or new_id("fu")
             pool = pools.get(function_id)
             if pool is not None:
                 pool.redefine(d)
                 self.schedules.reset(function_id)  # a Period restarts from the redeploy
             else:
                 pool = self.registry.add_pool(function_id, app.id, d)
-                if pool.options.get("min_containers") or 0:
+                if pool.options.min_containers:
                     self.queues.scale(pool)
-            ticket = app_rows.put_function(self.store, function_id, app.id, d["tag"], d)
+            ticket = app_rows.put_function(self.store, function_id, app.id, d.tag, d)
         await self.store.flushed(ticket)
         self.routes_changed()
         return dict(app.functions)
@@ -117,7 +118,7 @@ class Apps:
         for c in list(pool.containers.values()):
             self.queues.stop_container(c, reason)
         app_rows.delete_function(self.store, pool.function_id)
-        if pool.definition.get("schedule"):
+        if pool.definition.schedule is not None:
             self.schedules.reset(pool.function_id)
 
     async def stop_orphans(self, now: float) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 from typing import Any
 
+from .._spec.definitions import Options, ServerConfig
 from .._spec.limits import AUTOSCALER_BOUNDS
 from . import policy
 from .policy import Decision, Sample, ScalingSettings
@@ -73,15 +74,15 @@ class PoolAutoscaler:
         self._last_inputs = 0  # running + queued when the last decision was made
 
     # -- settings --------------------------------------------------------------------------------------------
-    def effective(self, options: dict[str, Any]) -> dict[str, Any]:
+    def effective(self, options: Options) -> dict[str, Any]:
         """The four knobs as they apply now: the decorator's, replaced by runtime overrides."""
-        return {k: self.overrides.get(k, options.get(k)) for k in FIELDS}
+        return {k: self.overrides.get(k, getattr(options, k)) for k in FIELDS}
 
-    def server_knobs(self, server: dict[str, Any]) -> dict[str, Any]:
+    def server_knobs(self, server: ServerConfig | None) -> dict[str, Any]:
         """A Server's target_concurrency and scaleup_window as they apply now."""
-        return {k: self.overrides.get(k, server.get(k)) for k in SERVER_FIELDS}
+        return {k: self.overrides.get(k, getattr(server, k, None)) for k in SERVER_FIELDS}
 
-    def min_containers(self, options: dict[str, Any]) -> int:
+    def min_containers(self, options: Options) -> int:
         return int(self.effective(options)["min_containers"] or 0)
 
     def settings(self, pool: Any) -> ScalingSettings:
@@ -102,7 +103,7 @@ class PoolAutoscaler:
             scaleup_window=float(scaleup) if scaleup else None,
         )
 
-    def update(self, options: dict[str, Any], values: dict[str, Any], server: bool = False) -> dict[str, Any]:
+    def update(self, options: Options, values: dict[str, Any], server: bool = False) -> dict[str, Any]:
         """Apply runtime overrides (kept until the app is redeployed); raises ValueError on bad values."""
         clean = validate_update(self.effective(options), values, server)
         self.overrides.update(clean)

@@ -76,7 +76,7 @@ class Calls:
         self.queues.drop_call(call)
         for c in list(pool.containers.values()):
             hit = [i for i in c.running.values() if i.call is call]
-            if hit and (terminate_containers or not pool.definition.get("is_async")):
+            if hit and (terminate_containers or not pool.definition.is_async):
                 # Sync code cannot be interrupted safely: the container goes, its other inputs are re-queued.
                 self.queues.stop_container(c, f"terminated: {reason}", kill=True)
         if call.total is None:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._spec import frames as _protocol
+from .._spec import frames
+from .._spec.definitions import BuiltImage
 from ..backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
 from .model import AppState, Container, Pool, new_id
 
@@ -56,7 +57,7 @@ class WarmSources(Protocol):
     """What a warm container's start and end need of the warm pool (controlplane/warmpool.py)."""
 
     def binds(self, c: Container) -> list[tuple[str, str, bool]]: ...
-    def assignment(self, c: Container, env: dict[str, str]) -> dict[str, Any]: ...
+    def assignment(self, c: Container, env: dict[str, str]) -> frames.Assignment: ...
     def forget(self, c: Container) -> None: ...
 
 
@@ -105,21 +106,20 @@ class Containers:
     async def _assign_warm(self, c: Container) -> None:
         """Source linked in, secrets as its environment, then `init`."""
         try:
-            secret_env = await self.secrets.resolve(c.pool.definition.get("secrets") or [])
+            secret_env = await self.secrets.resolve(c.pool.definition.secrets)
         except Exception as exc:  # noqa: BLE001 - e.g. the secret was deleted since registration
             c.pool.last_start_error = f"cannot resolve secrets: {exc}"
             stop(c, c.pool.last_start_error, kill=True, failed_start=True)
             return
         self.send_init(c, assign=self.warm.assignment(c, secret_env))
 
-    def send_init(self, c: Container, assign: dict[str, Any] | None = None) -> None:
+    def send_init(self, c: Container, assign: frames.Assignment | None = None) -> None:
         pool = c.pool
         app = self.registry.apps.get(pool.app_id)
         assert c.writer is not None
-        c.writer.write(_protocol.encode({
-            "t": "init", "function_id": pool.function_id, "definition": pool.definition,
-            "app_functions": dict(app.functions) if app else {}, "app_id": pool.app_id, "assign": assign,
-        }))
+        c.writer.write(frames.encode(frames.Init(
+            function_id=pool.function_id, definition=pool.definition,
+            app_functions=dict(app.functions) if app else {}, app_id=pool.app_id, assign=assign)))
 
     def route_output(self, container_id: str, fd: str, text: str) -> None:
         """Container output goes to the log of the app its container serves now (a warm one changes apps)."""
@@ -140,15 +140,15 @@ class Containers:
         app = self.registry.apps.get(c.pool.app_id)
         definition = c.pool.definition
         try:
-            secret_env = {} if c.warm else await self.secrets.resolve(definition.get("secrets") or [])
+            secret_env = {} if c.warm else await self.secrets.resolve(definition.secrets)
         except Exception as exc:  # noqa: BLE001 - e.g. the secret was deleted since registration
             c.pool.last_start_error = f"cannot resolve secrets: {exc}"
             self._exited(c, None, on_exit, failed_start=True)
             return
         spec = ContainerSpec(
             container_id=c.id, function_id=c.pool.function_id, app_id=c.pool.app_id, definition=definition,
-            env={**secret_env, **env}, source_dir=None if c.warm else definition.get("source_dir"),
-            image=ContainerImage(**definition["image_built"]) if definition.get("image_built") else None,
+            env={**secret_env, **env}, source_dir=None if c.warm else definition.source_dir,
+            image=container_image(definition.image_built),
             binds=self.warm.binds(c) if c.warm else [],
             idle=c.shell,
         )
@@ -191,7 +191,7 @@ class Containers:
                 pool = c.pool
                 if c.state != "starting" or pool.stopped:
                     return None
-                if not pool.queue and len(pool.live()) > int(pool.options.get("min_containers") or 0):
+                if not pool.queue and len(pool.live()) > (pool.options.min_containers or 0):
                     c.state = "stopping"
                     c.stop_reason = "no longer needed while pending"
                     return None
@@ -237,9 +237,17 @@ def stop(c: Container, reason: str, kill: bool = False, failed_start: bool = Fal
     if kill or c.writer is None:
         c.handle.kill()
     else:
-        c.writer.write(_protocol.encode({"t": "stop"}))
+        c.writer.write(frames.encode(frames.Stop()))
         asyncio.get_running_loop().call_later(STOP_KILL_AFTER_S, c.handle.kill)
     return True
+
+
+def container_image(built: BuiltImage | None) -> ContainerImage | None:
+    """A built image as the backends take it."""
+    if built is None:
+        return None
+    return ContainerImage(image_id=built.image_id, python=built.python, root=built.root, env=dict(built.env),
+                          workdir=built.workdir)
 
 
 def describe_exit(returncode: int | None) -> str:

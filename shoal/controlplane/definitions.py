@@ -1,4 +1,5 @@
-"""Preparing function definitions before they run: named secrets and volumes checked, sources unpacked from
+"""Function definitions as they arrive, and preparing them before they run: decoded into the wire contract's
+Structs (`shoal/_spec/definitions.py`) at the edge, named secrets and volumes checked, sources unpacked from
 their uploaded blobs, images built (or found in the cache). Used by app registration (api.py) and by deploys
 and rollbacks (deploy.py)."""
 
@@ -12,12 +13,26 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from .._spec import definitions as spec
+from .._spec.definitions import BuiltImage, FunctionDefinition, ImageSpec
 from ..exception import ImageBuildError, InvalidError
 from .images import ImageBuilder
 from .model import AppState
 from .rest import ApiError
 from .secrets import SecretStore
 from .volumes import Volumes
+
+
+def from_request(functions: Any) -> list[FunctionDefinition]:
+    """The `functions` of a registration or deploy body, decoded and checked (types, bounds); a 400 naming the
+    field otherwise, e.g. "invalid function definition: Expected `int` >= 1, got `0` - at
+    `functions[0].options.timeout`"."""
+    try:
+        return spec.from_builtins(functions)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, f"invalid function definition: {str(exc).replace('`$', '`functions')}") from exc
 
 
 class Definitions:
@@ -51,35 +66,33 @@ class Definitions:
                 pass  # another request got there first
         return str(target)
 
-    async def prepare(self, app: AppState, defs: list[dict[str, Any]]) -> None:
+    async def prepare(self, app: AppState, defs: list[FunctionDefinition]) -> None:
         """Check named secrets, unpack sources, build images: what a definition needs before it runs."""
         for d in defs:
-            await self.secrets.check(d.get("secrets") or [])
+            await self.secrets.check(d.secrets)
             await self.volumes.check(d)
-            if d.get("source_id"):
-                d["source_dir"] = self.materialise(d["source_id"])
-            elif d.get("serialized_fn") is None:
-                raise ApiError(400, f"function {d['tag']!r} has neither source_id nor serialized_fn")
+            if d.source_id:
+                d.source_dir = self.materialise(d.source_id)
+            elif d.serialized_fn is None:
+                raise ApiError(400, f"function {d.tag!r} has neither source_id nor serialized_fn")
         await self._build_images(app, defs)
 
-    async def prepare_again(self, defs: list[dict[str, Any]], version: int) -> None:
+    async def prepare_again(self, defs: list[FunctionDefinition], version: int) -> None:
         """Definitions of an earlier version, deployed again (a rollback): their secrets must still exist,
         their sources are unpacked again, their images must still be built here."""
         for d in defs:
-            await self.secrets.check(d.get("secrets") or [])
-            if d.get("source_id"):
-                d["source_dir"] = self.materialise(d["source_id"])
-            image_id = (d.get("image") or {}).get("image_id")
-            if d.get("image_built") and image_id and self.images.cached(image_id) is None:
-                raise ApiError(409, f"the image of {d['tag']!r} in version {version} is no longer built here; "
+            await self.secrets.check(d.secrets)
+            if d.source_id:
+                d.source_dir = self.materialise(d.source_id)
+            image_id = d.image.image_id if d.image is not None else None
+            if d.image_built is not None and image_id and self.images.cached(image_id) is None:
+                raise ApiError(409, f"the image of {d.tag!r} in version {version} is no longer built here; "
                                     "deploy that version from its source instead", "InvalidError")
 
-    async def _build_images(self, app: AppState, defs: list[dict[str, Any]]) -> None:
+    async def _build_images(self, app: AppState, defs: list[FunctionDefinition]) -> None:
         """Build (or find in the cache) each distinct image of these functions, at once; the output streams to
         the app's log, marked with the image id. The open request keeps the app alive while it builds."""
-        specs = {d["image"].get("image_id"): d["image"] for d in defs if isinstance(d.get("image"), dict)}
-        if any(d.get("image") is not None and not isinstance(d["image"], dict) for d in defs):
-            raise ApiError(400, "image must be a map (shoal.Image.to_wire())")
+        specs: dict[str, ImageSpec] = {d.image.image_id: d.image for d in defs if d.image is not None}
         app.session_started()
         try:
             results = await asyncio.gather(*(
@@ -96,6 +109,6 @@ class Definitions:
                 raise result
         built = dict(zip(specs, results, strict=True))
         for d in defs:
-            if isinstance(d.get("image"), dict):
-                d["image_built"] = dataclasses.asdict(built[d["image"].get("image_id")])
-                d["image"] = {"image_id": d["image"]["image_id"]}  # build inputs (and secrets) stay out of containers
+            if d.image is not None:
+                d.image_built = BuiltImage(**dataclasses.asdict(built[d.image.image_id]))
+                d.image = ImageSpec(image_id=d.image.image_id)  # build inputs (and secrets) stay out of containers

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .._spec.definitions import FunctionDefinition
+from .definitions import from_request
 from .model import AppState, Pool
 from .rest import ApiError, body_of, reply
 from .store import apps as app_rows
@@ -64,7 +66,7 @@ class Deployments:
         if strategy not in STRATEGIES:
             raise ApiError(400, f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
 
-    async def next_version(self, app: AppState, defs: list[dict[str, Any]], strategy: str) -> tuple[int, dict]:
+    async def next_version(self, app: AppState, defs: list[FunctionDefinition], strategy: str) -> tuple[int, dict]:
         """Prepared definitions become the app's next version (an app registering its functions again with a
         strategy: `shoal serve`'s reloads)."""
         async with self._lock(app.id):
@@ -102,13 +104,12 @@ class Deployments:
     # -- deploy --------------------------------------------------------------------------------------------------
     async def deploy(self, request: web.Request) -> web.Response:
         body = await body_of(request, "name", "functions")
-        name, defs = body["name"], body["functions"]
+        name = body["name"]
         strategy = body.get("strategy") or "rolling"
         if not isinstance(name, str) or not name:
             raise ApiError(400, "a deployed app needs a name")
         self.check_strategy(strategy)
-        if not isinstance(defs, list) or not all(isinstance(d, dict) and "tag" in d for d in defs):
-            raise ApiError(400, "functions must be a list of maps with a 'tag'")
+        defs = from_request(body["functions"])
         tag = body.get("tag") or ""
         async with self._lock(name):
             app = self._deployed(name)
@@ -127,24 +128,24 @@ class Deployments:
         return reply({"app_id": app.id, "name": name, "version": version, "functions": functions,
                       "created": created})
 
-    async def _apply(self, app: AppState, defs: list[dict[str, Any]], strategy: str, tag: str,
+    async def _apply(self, app: AppState, defs: list[FunctionDefinition], strategy: str, tag: str,
                      rollback_of: int | None) -> tuple[int, dict[str, str]]:
         """Make `defs` the app's next version."""
         version = self.versions.get(app.id, 0) + 1
         for d in defs:
-            d["generation"] = version
-        tags = {d["tag"] for d in defs}
+            d.generation = version
+        tags = {d.tag for d in defs}
         core = self.core
         for fid in list(app.functions.values()):
             pool = self.registry.pools.get(fid)
             if pool is not None and pool.tag not in tags:
                 core.apps.stop_pool(pool, f"function {pool.tag!r} is not in version {version} of the app")
-        existing = {d["tag"]: app.functions.get(d["tag"]) for d in defs}
+        existing = {d.tag: app.functions.get(d.tag) for d in defs}
         functions = await core.apps.register_functions(app, defs)
         for d in defs:
-            fid = functions[d["tag"]]
+            fid = functions[d.tag]
             pool = self.registry.pools[fid]
-            if existing[d["tag"]] is None:
+            if existing[d.tag] is None:
                 continue  # a new function: its pool starts empty
             rolled = [pool]
             for variant in core.variants.variants_of(fid):
@@ -161,7 +162,7 @@ class Deployments:
         await self.store.flushed(ticket)
         what = f"rollback to version {rollback_of}" if rollback_of else "deploy"
         app.logs.append("", "system", f"version {version} deployed ({what}, {strategy})\n")
-        return version, {d["tag"]: functions[d["tag"]] for d in defs}
+        return version, {d.tag: functions[d.tag] for d in defs}
 
     async def _replace_until_done(self) -> None:
         """Replacements the machine had no room for when the version changed are started as room appears."""
@@ -237,10 +238,10 @@ class Deployments:
             pool = self.registry.pools.get(fid)
             if pool is None:
                 continue
-            scheduled = bool(pool.definition.get("schedule"))
+            scheduled = pool.definition.schedule is not None
             functions.append({"tag": key, "function_id": fid, "version": pool.generation or None,
                               "containers": len(pool.live()), "queued": len(pool.queue),
-                              "schedule": pool.definition.get("schedule"),
+                              "schedule": pool.definition.schedule,
                               "next_run": self.core.scheduler.upcoming(pool) if scheduled else None})
             for c in pool.containers.values():
                 containers.append({"container_id": c.id, "function": key, "function_id": fid, "state": c.state,

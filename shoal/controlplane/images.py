@@ -42,7 +42,10 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
+import msgspec
+
 from .._spec.config import package_dir
+from .._spec.definitions import ImageSpec
 from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
 from ..exception import ImageBuildError, InvalidError
@@ -166,19 +169,18 @@ def _is(value: Any, kind: str) -> bool:
     return isinstance(value, str if kind == "str" else int)
 
 
-def check_spec(spec: Any) -> dict[str, Any]:
-    """Validate an image spec from a client; its id must be the hash of its steps."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list):
-        raise InvalidError("image must be a map with 'image_id', 'python_version' and 'steps'")
-    image_id, version = spec.get("image_id"), spec.get("python_version")
-    if not isinstance(image_id, str) or not IMAGE_ID_RE.match(image_id):
+def check_spec(spec: ImageSpec) -> ImageSpec:
+    """Validate an image spec from a client (its types were checked when its definition was decoded); its id
+    must be the hash of its steps."""
+    image_id, version = spec.image_id, spec.python_version
+    if not IMAGE_ID_RE.match(image_id):
         raise InvalidError(f"invalid image id {image_id!r}")
-    if not isinstance(version, str) or not re.fullmatch(r"3\.\d+(\.\d+)?", version):
+    if version is None or not re.fullmatch(r"3\.\d+(\.\d+)?", version):
         raise InvalidError(f"invalid python_version {version!r}")
-    if spec.get("builder") != BUILDER_VERSION:
-        raise InvalidError(f"image spec from builder {spec.get('builder')!r}; this control plane builds "
+    if spec.builder != BUILDER_VERSION:
+        raise InvalidError(f"image spec from builder {spec.builder!r}; this control plane builds "
                            f"{BUILDER_VERSION!r} (upgrade the client or the control plane so they match)")
-    for step in spec["steps"]:
+    for step in spec.steps:
         if not isinstance(step, dict) or step.get("kind") not in STEP_KINDS or not isinstance(step.get("repr"), str):
             raise InvalidError(f"invalid image step {step!r}")
         remote = step.get("remote_path", step.get("path"))
@@ -192,7 +194,7 @@ def check_spec(spec: Any) -> dict[str, Any]:
                 raise InvalidError(f"invalid {key!r} in image step {step['repr']}")
         if any(p.startswith("-") for p in step.get("packages") or []):
             raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
-    if image_id_for(version, spec["steps"]) != image_id:
+    if image_id_for(version, spec.steps) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
 
@@ -282,12 +284,12 @@ class ImageBuilder:
         return ContainerImage(image_id=image_id, python=manifest["python"], root=manifest["root"],
                               env=manifest["env"], workdir=manifest["workdir"])
 
-    async def ensure(self, spec: dict[str, Any], log: Log) -> ContainerImage:
+    async def ensure(self, spec: ImageSpec, log: Log) -> ContainerImage:
         """The built image of `spec`, building it first if this machine has not (or if a step is forced)."""
         check_spec(spec)
-        image_id = spec["image_id"]
-        build_steps, mounts = split_mounts(spec["steps"])
-        force = bool(spec.get("force_base")) or any(s.get("force") for s in spec["steps"])
+        image_id = spec.image_id
+        build_steps, mounts = split_mounts(spec.steps)
+        force = spec.force_base is True or any(s.get("force") for s in spec.steps)
         if not force and (hit := self.cached(image_id)) is not None:
             return hit
         async with self._locks.setdefault(image_id, asyncio.Lock()):
@@ -295,23 +297,25 @@ class ImageBuilder:
                 return hit  # built while we waited
             if not mounts:
                 return await self._build(spec, log)
-            base_spec = {**spec, "steps": build_steps, "image_id": image_id_for(spec["python_version"], build_steps)}
+            base_spec = msgspec.structs.replace(spec, steps=build_steps,
+                                                image_id=image_id_for(spec.python_version or "", build_steps))
             base = await self.ensure(base_spec, log)
             return await self._layer(image_id, base, mounts, log)
 
     # -- building --------------------------------------------------------------------------------------------
-    async def _build(self, spec: dict[str, Any], log: Log) -> ContainerImage:
-        image_id = spec["image_id"]
-        steps = spec["steps"]
+    async def _build(self, spec: ImageSpec, log: Log) -> ContainerImage:
+        image_id = spec.image_id
+        steps = spec.steps
+        python_version = spec.python_version or ""
         root = self._fresh_dir(image_id)
         b = _Build(image_id, root, log)
         t0 = time.monotonic()
         log(f"Building image {image_id}\n")
-        forced_from = 0 if spec.get("force_base") else next(
+        forced_from = 0 if spec.force_base is True else next(
             (i + 1 for i, s in enumerate(steps) if s.get("force")), len(steps) + 1)
-        b.step_repr = f"debian_slim(python_version={spec['python_version']!r})"
+        b.step_repr = f"debian_slim(python_version={python_version!r})"
         self._header(b)
-        await self._base(b, spec["python_version"], forced_from == 0)
+        await self._base(b, python_version, forced_from == 0)
         for i, step in enumerate(steps, start=1):
             b.step_no, b.step_repr = i, step["repr"]
             self._header(b)

@@ -7,8 +7,11 @@ import collections
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import msgspec
+
+from .._spec.definitions import FunctionDefinition, Options, ServerConfig
 from .autoscaler import PoolAutoscaler
 from .logs import AppLogs
 
@@ -167,11 +170,11 @@ class Container:
 class Pool:
     """All containers of one function, and the inputs waiting for them."""
 
-    def __init__(self, function_id: str, app_id: str, definition: dict[str, Any]) -> None:
+    def __init__(self, function_id: str, app_id: str, definition: FunctionDefinition) -> None:
         self.function_id = function_id
         self.app_id = app_id
         self.definition = definition
-        self.options: dict[str, Any] = pool_options(definition)
+        self.options: Options = pool_options(definition)
         self.queue: collections.deque[Input] = collections.deque()
         self.containers: dict[str, Container] = {}
         self.avg_exec_s: float | None = None
@@ -184,7 +187,7 @@ class Pool:
         self.superseded: set[str] = set()
         self.web_call: Call | None = None  # the requests of a web function count as inputs of this call
 
-    def redefine(self, definition: dict[str, Any]) -> None:
+    def redefine(self, definition: FunctionDefinition) -> None:
         """A redeploy gave the function a new definition: its options, and a fresh start for its autoscaler
         (runtime overrides last until a redeploy) and its count of failed starts."""
         self.definition = definition
@@ -194,42 +197,39 @@ class Pool:
 
     @property
     def tag(self) -> str:
-        return self.definition["tag"]
+        return self.definition.tag
 
     @property
     def generation(self) -> int:
         """The version of the deployed app that set this definition (0: not deployed)."""
-        return int(self.definition.get("generation") or 0)
+        return self.definition.generation
 
     @property
     def max_inputs(self) -> int:
-        return int(self.options.get("max_inputs") or 1)
+        return self.options.max_inputs
 
     @property
     def target_inputs(self) -> int:
-        return int(self.options.get("target_inputs") or self.batch_max_size or self.max_inputs)
+        return self.options.target_inputs or self.batch_max_size or self.max_inputs
 
     @property
     def batch_max_size(self) -> int:
         """Inputs one container takes at once for a dynamically batched function (0: not batched)."""
-        return int(self.options.get("batch_max_size") or 0)
+        return self.options.batch_max_size or 0
 
     @property
     def is_web(self) -> bool:
         """A web function, a class with web methods or a Server: requests take container slots directly."""
-        if self.definition.get("webhook") or self.definition.get("server"):
-            return True
-        methods = (self.definition.get("cls") or {}).get("methods") or {}
-        return any(m.get("webhook") for m in methods.values())
+        return self.definition.has_web()
 
     @property
-    def server(self) -> dict[str, Any] | None:
+    def server(self) -> ServerConfig | None:
         """An `@app.server`'s settings (port, target_concurrency, max_concurrency, …); None for functions."""
-        return self.definition.get("server")
+        return self.definition.server
 
     @property
     def single_use(self) -> bool:
-        return bool(self.options.get("single_use_containers"))
+        return self.options.single_use_containers
 
     def live(self) -> list[Container]:
         return [c for c in self.containers.values() if c.state in ("starting", "ready") and c.id not in self.superseded]
@@ -241,16 +241,15 @@ class Pool:
         return sum(len(c.running) for c in self.containers.values())
 
 
-def needs_params(definition: dict[str, Any]) -> bool:
+def needs_params(definition: FunctionDefinition) -> bool:
     """The base pool of a class with required parameters (its parameter sets get pools of their own)."""
-    cls = definition.get("cls")
-    return bool(cls) and definition.get("params") is None and any("default" not in p for p in cls["params"])
+    cls = definition.cls
+    return cls is not None and definition.params is None and any(not p.has_default for p in cls.params)
 
 
-def pool_options(definition: dict[str, Any]) -> dict[str, Any]:
+def pool_options(definition: FunctionDefinition) -> Options:
     """A pool's options: the definition's, except that a class with required parameters runs only in its
     parameter sets' pools, so its own pool keeps no warm containers."""
-    options = definition.get("options", {})
     if needs_params(definition):
-        return {**options, "min_containers": None, "buffer_containers": None}
-    return options
+        return msgspec.structs.replace(definition.options, min_containers=None, buffer_containers=None)
+    return definition.options

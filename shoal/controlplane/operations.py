@@ -71,7 +71,7 @@ class Operations:
         c.stop_reason = reason
         if c.pool.server is None:
             return
-        grace = float(c.pool.server.get("exit_grace_period") or 0)
+        grace = c.pool.server.exit_grace_period
 
         def end() -> None:
             if c.state == "draining":

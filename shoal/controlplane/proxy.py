@@ -159,19 +159,16 @@ class Proxy:
         pool = self.pools.get(route.function_id)
         if pool is None:
             raise LookupError("this web endpoint's app is no longer running")
-        info = pool.definition.get("cls")
-        if not info or not info.get("params"):
+        info = pool.definition.cls
+        if info is None or not info.params:
             return pool
-        import msgspec
-
-        from .._spec.definitions import ClsInfo
+        from .._spec.definitions import VariantOverrides
         from .._spec.params import bind_params, pack_params
 
-        names = {p["name"]: p for p in info["params"]}
-        given = {k: v for k, v in urllib.parse.parse_qsl(query.decode("latin-1")) if k in names}
-        values = bind_params(msgspec.convert(info, ClsInfo), (),
-                             {k: _typed(names[k]["type"], k, v) for k, v in given.items()})
-        return self.pools[await self.variants.create_variant(pool, pack_params(values), {})]  # idempotent
+        types = {p.name: p.type for p in info.params}
+        given = {k: v for k, v in urllib.parse.parse_qsl(query.decode("latin-1")) if k in types}
+        values = bind_params(info, (), {k: _typed(types[k], k, v) for k, v in given.items()})
+        return self.pools[await self.variants.create_variant(pool, pack_params(values), VariantOverrides())]
 
     async def connect(self, c: Container, port: int) -> Upstream:
         key = (c.id, port)

@@ -14,7 +14,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._spec import frames as _protocol
+from .._spec import frames
 from .._spec.errors import dumps_exception
 from .._spec.retries import retry_delay
 from ..exception import ExecutionError, FunctionTimeoutError
@@ -93,7 +93,7 @@ class Queues:
                 inp.timer = loop.call_later(timeout, self._on_timeout, inp)
                 items.append([inp.key, inp.input_id, inp.call.id, inp.args, inp.call.method])
             if items and c.writer is not None:
-                c.writer.write(_protocol.encode({"t": "inputs", "items": items}))
+                c.writer.write(frames.encode(frames.Inputs(items)))
             if not pool.queue:
                 break
 
@@ -171,9 +171,9 @@ class Queues:
 
     def _fail_attempt(self, inp: Input, status: str, data: bytes) -> None:
         """A user-visible failure: retry per the function's policy or finish with the error."""
-        retries = inp.call.pool.options.get("retries")
+        retries = inp.call.pool.options.retries
         inp.attempt += 1
-        if retries and inp.attempt <= retries["max_retries"] and not inp.call.cancelled:
+        if retries is not None and inp.attempt <= retries.max_retries and not inp.call.cancelled:
             delay = retry_delay(retries, inp.attempt)
             asyncio.get_running_loop().call_later(delay, self._retry, inp)
         else:
@@ -303,4 +303,4 @@ def assign(c: Container, inp: Input, now: float) -> None:
 
 
 def pool_timeout(pool: Pool) -> float:
-    return float(pool.options.get("timeout") or 300)
+    return float(pool.options.timeout)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._spec.definitions import FunctionDefinition
 from .model import TERMINATED, AppState, Call, Input
 from .outputs import Outputs
 from .queues import Queues
@@ -31,7 +32,7 @@ class Stored:
     """What recovery reads from the store."""
 
     apps: list[tuple[str, str | None, str, int]]  # (app_id, name, mode, detach)
-    functions: list[tuple[str, str, dict[str, Any]]]  # (function_id, app_id, definition)
+    functions: list[tuple[str, str, FunctionDefinition]]  # (function_id, app_id, definition)
     calls: list[call_rows.Unfinished]
 
 

@@ -7,8 +7,7 @@ them), pools here (`add_pool`, `drop_pool`), calls by `Calls` (and `Recovery`), 
 
 from __future__ import annotations
 
-from typing import Any
-
+from .._spec.definitions import FunctionDefinition
 from .model import AppState, Call, Container, Pool
 
 
@@ -19,12 +18,12 @@ class Registry:
         self.calls: dict[str, Call] = {}
         self.containers: dict[str, Container] = {}
 
-    def add_pool(self, function_id: str, app_id: str, definition: dict[str, Any]) -> Pool:
+    def add_pool(self, function_id: str, app_id: str, definition: FunctionDefinition) -> Pool:
         """A pool for a function of a running app, listed under the app (a variant — class parameter set,
         `with_options` — under its own key; its tag stays the base's)."""
         pool = Pool(function_id, app_id, definition)
         self.pools[function_id] = pool
-        self.apps[app_id].functions[definition.get("variant_key") or definition["tag"]] = function_id
+        self.apps[app_id].functions[definition.variant_key or definition.tag] = function_id
         return pool
 
     def drop_pool(self, function_id: str) -> Pool | None:

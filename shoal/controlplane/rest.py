@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
+import msgspec
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -19,9 +20,11 @@ class ApiError(Exception):
         self.kind = kind
 
 
+_encode = msgspec.msgpack.Encoder().encode  # maps as msgpack encodes them; Structs (`_spec`) as their maps
+
+
 def reply(payload: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(body=msgpack.packb(payload, use_bin_type=True), status=status,
-                        content_type="application/msgpack")
+    return web.Response(body=_encode(payload), status=status, content_type="application/msgpack")
 
 
 async def body_of(request: web.Request, *required: str) -> dict[str, Any]:

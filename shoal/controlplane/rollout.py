@@ -43,7 +43,7 @@ class Rollout:
                       if (c := pool.containers.get(cid)) is not None and c.state == "ready")
         if pool.stopped or not serving:
             return False
-        cap = pool.options.get("max_containers")
+        cap = pool.options.max_containers
         desired = min(serving, int(cap)) if cap else serving
         self.queues.scale(pool, policy.Decision(desired=desired, current=len(pool.live()), reason="rolling update"))
         return True

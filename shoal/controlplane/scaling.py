@@ -44,7 +44,7 @@ class ScalingTick:
 
     def fail_slow_starts(self, pool: Pool, now: float) -> None:
         """Containers that never became ready within the startup timeout are failed starts."""
-        startup = float(pool.options.get("startup_timeout") or pool.options.get("timeout") or 300)
+        startup = float(pool.options.startup_timeout or pool.options.timeout)
         # A Server's runtime enforces the same timeout on its port and says why it failed: it goes first.
         grace = SERVER_REPORT_GRACE_S if pool.server is not None else 0.0
         for c in pool.live():

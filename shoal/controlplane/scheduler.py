@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from dateutil.relativedelta import relativedelta
 
+from .._spec.definitions import CronSchedule, PeriodSchedule, Schedule
 from .model import Call, Pool, new_id
 from .store import schedules
 
@@ -35,25 +36,23 @@ NO_ARGS = pickle.dumps(((), {}))
 TICK_S = 0.25
 
 
-def _period_delta(spec: dict[str, Any], k: int) -> relativedelta:
-    return relativedelta(years=k * spec.get("years", 0), months=k * spec.get("months", 0),
-                         weeks=k * spec.get("weeks", 0), days=k * spec.get("days", 0),
-                         hours=k * spec.get("hours", 0), minutes=k * spec.get("minutes", 0),
-                         seconds=k * spec.get("seconds", 0))
+def _period_delta(spec: PeriodSchedule, k: int) -> relativedelta:
+    return relativedelta(years=k * spec.years, months=k * spec.months, weeks=k * spec.weeks, days=k * spec.days,
+                         hours=k * spec.hours, minutes=k * spec.minutes, seconds=k * spec.seconds)
 
 
-def next_fire(spec: dict[str, Any], anchor: float, after: float) -> float:
+def next_fire(spec: Schedule, anchor: float, after: float) -> float:
     """The first fire time strictly after `after` (epoch seconds). Pure.
 
     Period: anchor + k·period for the smallest k ≥ 1 beyond `after` (calendar arithmetic, so `months=1`
     from Jan 31 is Feb 28/29). Cron: the next matching wall-clock time in the schedule's time zone.
     """
-    if spec["type"] == "cron":
+    if isinstance(spec, CronSchedule):
         from croniter import croniter
 
-        zone = ZoneInfo(spec.get("timezone") or "UTC")
+        zone = ZoneInfo(spec.timezone or "UTC")
         start = dt.datetime.fromtimestamp(after, zone)
-        return croniter(spec["cron_string"], start).get_next(dt.datetime).timestamp()
+        return croniter(spec.cron_string, start).get_next(dt.datetime).timestamp()
     base = dt.datetime.fromtimestamp(anchor, dt.timezone.utc)
     one = (base + _period_delta(spec, 1)).timestamp() - anchor
     k = max(1, int((after - anchor) // one) if one > 0 else 1)
@@ -79,7 +78,8 @@ class Scheduler:
             anchor, last_fire, last_call = stored if stored is not None else (time.time(), None, None)
             if stored is None:
                 schedules.start(self.store, pool.function_id, anchor)
-            spec = pool.definition["schedule"]
+            spec = pool.definition.schedule
+            assert spec is not None
             upcoming = next_fire(spec, anchor, last_fire if last_fire is not None else anchor)
             # The last scheduled run may still be going (recovered after a restart or a takeover): no overlap.
             previous = self.registry.calls.get(last_call) if last_call else None
@@ -98,14 +98,14 @@ class Scheduler:
         schedules.reset(self.store, function_id)
 
     def upcoming(self, pool: Pool) -> float | None:
-        return self._load(pool)["next"] if pool.definition.get("schedule") else None
+        return self._load(pool)["next"] if pool.definition.schedule is not None else None
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
             now = time.time()
             for pool in list(self.registry.pools.values()):
-                if pool.definition.get("schedule") and not pool.stopped:
+                if pool.definition.schedule is not None and not pool.stopped:
                     if not self.ownership.owns(pool.app_id):
                         continue  # only the app's owner fires its schedules (controlplane/replicas.py)
                     await self._maybe_fire(pool, now)
@@ -114,7 +114,8 @@ class Scheduler:
         st = self._load(pool)
         if st["next"] > now and not st["missed"]:
             return
-        spec = pool.definition["schedule"]
+        spec = pool.definition.schedule
+        assert spec is not None
         previous: Call | None = st["call"]
         if previous is not None and previous.state == "running":
             log.info("%s: skipping a tick, the previous scheduled run %s is still going", pool.tag, previous.id)

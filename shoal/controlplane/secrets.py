@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
+from .._spec.definitions import SecretRef
 from .._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
 from .rest import ApiError, body_of, reply
 from .store import Store
@@ -107,26 +108,26 @@ class SecretStore:
         return reply({"ok": True})
 
     # -- used by registration and container start --------------------------------------------------------------
-    async def check(self, refs: list[dict[str, Any]]) -> None:
+    async def check(self, refs: list[SecretRef]) -> None:
         """Every named secret exists and holds its required keys (at `app.run()`, not at first call)."""
         for ref in refs:
-            if "name" not in ref:
+            if ref.name is None:
                 continue
-            env = await self._get(ref["name"])
+            env = await self._get(ref.name)
             if env is None:
-                raise ApiError(404, f"secret {ref['name']!r} not found (create it with `shoal secret create`)",
+                raise ApiError(404, f"secret {ref.name!r} not found (create it with `shoal secret create`)",
                                "NotFoundError")
-            missing = [k for k in ref.get("required_keys") or [] if k not in env]
+            missing = [k for k in ref.required_keys or [] if k not in env]
             if missing:
-                raise ApiError(404, f"secret {ref['name']!r} is missing required keys: {', '.join(missing)}",
+                raise ApiError(404, f"secret {ref.name!r} is missing required keys: {', '.join(missing)}",
                                "NotFoundError")
 
-    async def resolve(self, refs: list[dict[str, Any]]) -> dict[str, str]:
+    async def resolve(self, refs: list[SecretRef]) -> dict[str, str]:
         """The environment of a function's secrets, later ones overriding earlier ones."""
         env: dict[str, str] = {}
         for ref in refs:
-            if "name" in ref:
-                env.update(await self._get(ref["name"]) or {})
+            if ref.name is not None:
+                env.update(await self._get(ref.name) or {})
             else:
-                env.update({k: v for k, v in ref.get("env", {}).items() if v is not None})
+                env.update({k: v for k, v in (ref.env or {}).items() if v is not None})
         return env

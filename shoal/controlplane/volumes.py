@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .._spec.definitions import FunctionDefinition
 from . import volume_fs as vfs
 from .model import new_id
 from .rest import ApiError, body_of, reply
@@ -320,26 +321,23 @@ class Volumes:
         return name
 
     # -- functions and containers ------------------------------------------------------------------------------
-    async def check(self, definition: dict[str, Any]) -> None:
-        """At registration: the mounts a function asks for are well-formed, their volumes exist, and this
-        control plane can mount them (it needs the sandbox)."""
-        refs = definition.get("volumes") or []
-        if not isinstance(refs, list) or not all(isinstance(r, dict) and "volume_id" in r for r in refs):
-            raise ApiError(400, "volumes must be a list of maps with mount_path and volume_id")
+    async def check(self, definition: FunctionDefinition) -> None:
+        """At registration: the mounts a function asks for are well-formed (their paths normalised), their
+        volumes exist, and this control plane can mount them (it needs the sandbox)."""
         paths = set()
-        for ref in refs:
-            ref["mount_path"] = path = mount_path(ref.get("mount_path"))
+        for ref in definition.volumes:
+            ref.mount_path = path = mount_path(ref.mount_path)
             if path in paths:
                 raise ApiError(400, f"two volumes are mounted at {path!r}")
             paths.add(path)
-            label = ref.get("name") or ref["volume_id"]
-            if not await objects.exists(self.store, ref["volume_id"], "volume"):
+            label = ref.name or ref.volume_id
+            if not await objects.exists(self.store, ref.volume_id, "volume"):
                 raise ApiError(404, f"Volume {label!r} not found", "NotFoundError")
             if self.unsupported:
-                raise ApiError(400, f"function {definition.get('tag')!r} mounts Volume {label!r} at {path}, "
+                raise ApiError(400, f"function {definition.tag!r} mounts Volume {label!r} at {path}, "
                                     f"but {self.unsupported}")
             if self.isolation != "sandbox":
-                raise ApiError(400, f"function {definition.get('tag')!r} mounts Volume {label!r} at {path}, "
+                raise ApiError(400, f"function {definition.tag!r} mounts Volume {label!r} at {path}, "
                                     "but this control plane runs containers as plain processes "
                                     f"({self.isolation_reason}): mounting volumes needs the Linux sandbox "
                                     "(unset SHOAL_ISOLATION=process, on Linux with user namespaces)")
@@ -347,18 +345,18 @@ class Volumes:
     async def prepare(self, c: Any) -> list[list]:
         """The mounts of a container about to start: [container path, lower dir, upper dir|None, work dir|None]
         for the backend, pinned to each volume's current version."""
-        refs = c.pool.definition.get("volumes") or []
+        refs = c.pool.definition.volumes
         if not refs:
             return []
         mounts: list[Mount] = []
         out: list[list] = []
         self.mounts[c.id] = mounts
         for i, ref in enumerate(refs):
-            vid = ref["volume_id"]
+            vid = ref.volume_id
             await self._existing(vid)
             async with self.locks[vid]:
                 n = await asyncio.to_thread(self.storage.current, vid)
-                m = Mount(vid, ref.get("name"), ref["mount_path"], bool(ref.get("read_only")), n)
+                m = Mount(vid, ref.name, ref.mount_path, ref.read_only, n)
                 lower = str(self.storage.version_dir(vid, n))
                 if m.read_only:
                     mounts.append(m)

@@ -14,8 +14,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._spec import frames
+from .._spec.definitions import FunctionDefinition
 from .containers import stop
 from .model import Container, Pool
 
@@ -30,9 +32,8 @@ IDLE_EXPIRY_S = 600.0
 def eligible(pool: Pool) -> bool:
     """Functions a warm container can serve: started with default limits, no GPU, no volumes."""
     opts = pool.options
-    extra = opts.get("extra") or {}
-    return bool(pool.definition.get("image_built")) and not any(
-        (opts.get("cpu"), opts.get("memory"), opts.get("gpu"), extra.get("volumes"), pool.definition.get("volumes")))
+    return pool.definition.image_built is not None and not any(
+        (opts.cpu, opts.memory, opts.gpu, opts.extra.get("volumes"), pool.definition.volumes))
 
 
 def link_tree(src: str, dst: str) -> None:
@@ -71,12 +72,13 @@ class WarmPool:
         to `size`, as far as the machine has room)."""
         if self.size <= 0 or not eligible(pool):
             return pool, 0
-        image = pool.definition["image_built"]
-        image_id = image["image_id"]
+        image = pool.definition.image_built
+        assert image is not None
+        image_id = image.image_id
         self.last_used[image_id] = time.monotonic()
         warm = self.pools.get(image_id)
         if warm is None:
-            warm = Pool(f"warm:{image_id}", "", {"tag": "(warm)", "image_built": image, "options": {}})
+            warm = Pool(f"warm:{image_id}", "", FunctionDefinition(tag="(warm)", image_built=image))
             self.pools[image_id] = warm
         missing = self.size - len(warm.live())
         return warm, max(0, min(missing, self.backend.capacity() - len(self.registry.containers)))
@@ -86,20 +88,22 @@ class WarmPool:
         self.source_dir(c).mkdir(parents=True, exist_ok=True)
 
     def learn(self, pool: Pool, modules: list[str]) -> None:
-        image = pool.definition.get("image_built")
-        if image:
-            known = self.imports.setdefault(image["image_id"], [])
+        image = pool.definition.image_built
+        if image is not None:
+            known = self.imports.setdefault(image.image_id, [])
             known.extend(m for m in modules if m not in known)
 
     def imports_for(self, c: Container) -> list[str]:
-        return list(self.imports.get(c.pool.definition["image_built"]["image_id"], []))
+        image = c.pool.definition.image_built
+        return list(self.imports.get(image.image_id, [])) if image is not None else []
 
     # -- using it --------------------------------------------------------------------------------------------
     def take(self, pool: Pool) -> Container | None:
         """A warm container for `pool`'s image, moved into `pool`, or None."""
         if not eligible(pool):
             return None
-        warm = self.pools.get(pool.definition["image_built"]["image_id"])
+        image = pool.definition.image_built
+        warm = self.pools.get(image.image_id) if image is not None else None
         if warm is None:
             return None
         for c in list(warm.containers.values()):
@@ -110,21 +114,21 @@ class WarmPool:
                 c.state = "starting"
                 c.t_requested = time.time()
                 c.created_at = time.monotonic()
-                link_tree(pool.definition["source_dir"], str(self.source_dir(c))) if pool.definition.get(
-                    "source_dir") else None
+                if pool.definition.source_dir:
+                    link_tree(pool.definition.source_dir, str(self.source_dir(c)))
                 return c
         return None
 
-    def assignment(self, c: Container, env: dict[str, str]) -> dict[str, Any]:
+    def assignment(self, c: Container, env: dict[str, str]) -> frames.Assignment:
         sandboxed = self.backend.isolation == "sandbox"
-        return {"source": WARM_SOURCE_MOUNT if sandboxed else str(self.source_dir(c)), "env": env,
-                "sandboxed": sandboxed}
+        return frames.Assignment(source=WARM_SOURCE_MOUNT if sandboxed else str(self.source_dir(c)), env=env,
+                                 sandboxed=sandboxed)
 
     # -- emptying it -----------------------------------------------------------------------------------------
     def trim(self, now: float) -> None:
         """Stop warm containers of images no running function uses, or unused for IDLE_EXPIRY_S."""
-        in_use = {p.definition["image_built"]["image_id"] for p in self.registry.pools.values()
-                  if p.definition.get("image_built") and not p.stopped}
+        in_use = {p.definition.image_built.image_id for p in self.registry.pools.values()
+                  if p.definition.image_built is not None and not p.stopped}
         for image_id, warm in list(self.pools.items()):
             if image_id not in in_use or now - self.last_used.get(image_id, 0) > IDLE_EXPIRY_S:
                 for c in list(warm.containers.values()):

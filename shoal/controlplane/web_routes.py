@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from .model import Pool
@@ -49,29 +49,32 @@ class Route:
     app_name: str | None
     function_id: str  # the base pool (a class's parameter sets get pools of their own, per request)
     method: str | None  # the web method of a class, None for a web function
-    webhook: dict[str, Any]
-
-    @property
-    def requires_auth(self) -> bool:
-        return bool(self.webhook.get("requires_proxy_auth"))
+    requires_auth: bool  # a proxy auth token is needed (`requires_proxy_auth`; a Server unless unauthenticated)
 
 
-def web_targets(pool: Pool) -> list[tuple[str | None, dict[str, Any]]]:
-    """(method, webhook) of each web target of a pool: the function itself, or a class's web methods."""
+class WebTarget(NamedTuple):
+    method: str | None
+    label: str | None
+    custom_domains: list[str]
+    requires_auth: bool
+
+
+def web_targets(pool: Pool) -> list[WebTarget]:
+    """Each web target of a pool: the function itself, or a class's web methods."""
     d = pool.definition
-    if d.get("server") is not None:  # @app.server: authenticated unless `unauthenticated=True`
-        server = d["server"]
-        return [(None, {"type": "server", "requires_proxy_auth": not server.get("unauthenticated"),
-                        "label": None, "custom_domains": []})]
-    if d.get("webhook"):
-        return [(None, d["webhook"])]
-    methods = (d.get("cls") or {}).get("methods") or {}
-    return [(name, m["webhook"]) for name, m in methods.items() if m.get("webhook")]
+    if d.server is not None:  # @app.server: authenticated unless `unauthenticated=True`
+        return [WebTarget(None, None, [], not d.server.unauthenticated)]
+    if d.webhook is not None:
+        return [WebTarget(None, d.webhook.label, d.webhook.custom_domains, d.webhook.requires_proxy_auth)]
+    methods = d.cls.methods if d.cls is not None else {}
+    return [WebTarget(name, m.webhook.label, m.webhook.custom_domains, m.webhook.requires_proxy_auth)
+            for name, m in methods.items() if m.webhook is not None]
 
 
 def function_name(pool: Pool, method: str | None) -> str:
     if method is not None:
-        return f"{(pool.definition.get('cls') or {}).get('name', pool.tag)}-{method}"
+        cls = pool.definition.cls
+        return f"{cls.name if cls is not None else pool.tag}-{method}"
     return pool.tag
 
 
@@ -95,15 +98,15 @@ class Router:
                 continue
             for function_id in app.functions.values():
                 pool = running.pools.get(function_id)
-                if pool is None or pool.definition.get("variant_of"):
+                if pool is None or pool.definition.variant_of:
                     continue
-                for method, webhook in web_targets(pool):
-                    app_name = app.name or pool.definition.get("module") or "app"
-                    label = web_label(WORKSPACE, app_name, function_name(pool, method), webhook.get("label"),
+                for target in web_targets(pool):
+                    app_name = app.name or pool.definition.module or "app"
+                    label = web_label(WORKSPACE, app_name, function_name(pool, target.method), target.label,
                                       dev=app.mode == "ephemeral")
-                    route = Route(label, "", app.id, app.name, function_id, method, webhook)
+                    route = Route(label, "", app.id, app.name, function_id, target.method, target.requires_auth)
                     by_label[label] = route
-                    for domain in webhook.get("custom_domains") or []:
+                    for domain in target.custom_domains:
                         by_host[domain.lower()] = route
         used: set[str] = set()
         for label in sorted(by_label):

@@ -35,7 +35,7 @@ class WebSlots:
             if not live:
                 self.queues.scale(pool, policy.Decision(desired=1, current=0, reason="a request at zero"))
             return "none"
-        cap = int((pool.server or {}).get("max_concurrency") or 0)
+        cap = (pool.server.max_concurrency or 0) if pool.server is not None else 0
         choice = None
         if session:
             choice = ready[policy.rendezvous(session, [c.id for c in ready])]
@@ -53,7 +53,7 @@ class WebSlots:
         # function input (Queues.stop_container); its client gets the 502.
         inp.waiter.set_result(choice)  # type: ignore[union-attr]
         assign(choice, inp, time.monotonic())
-        target = pool.autoscaler.server_knobs(pool.server or {})["target_concurrency"]
+        target = pool.autoscaler.server_knobs(pool.server)["target_concurrency"]
         if target and len(ready) == len(pool.live()) and sum(len(c.running) for c in ready) > len(ready) * target:
             self.queues.scale(pool)  # above target: the autoscaler may want more now, not at the next tick
         return inp

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import msgspec
 import pytest
 
 import shoal
@@ -141,7 +140,7 @@ class Recorder:
 
 def ensure(builder: ImageBuilder, image: Image) -> tuple[object, str]:
     log = Recorder()
-    built = asyncio.run(builder.ensure(msgspec.to_builtins(image.to_wire()), log))
+    built = asyncio.run(builder.ensure(image.to_wire(), log))
     return built, log.text
 
 
@@ -151,7 +150,7 @@ def test_cache_hits_run_nothing_and_concurrent_ensures_build_once(tmp_path):
 
     async def twice() -> list:
         logs = [Recorder(), Recorder()]
-        return [*await asyncio.gather(*(builder.ensure(msgspec.to_builtins(image.to_wire()), log) for log in logs)), logs]
+        return [*await asyncio.gather(*(builder.ensure(image.to_wire(), log) for log in logs)), logs]
 
     first, second, logs = asyncio.run(twice())
     assert builder.builds == 1 and first == second

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shoal._spec.definitions import Options
 from shoal.controlplane import policy
 from shoal.controlplane.autoscaler import PoolAutoscaler, validate_update
 from shoal.controlplane.policy import Decision, Sample, ScalingSettings, kpa_decide, scale_down_victims, windows
@@ -245,8 +246,8 @@ def test_overrides_checked_against_current_settings():
 
 
 def _pool(**options: Any) -> Any:
-    return SimpleNamespace(options=options, target_inputs=1, max_inputs=1, single_use=False, server=None, tag="f",
-                           function_id="fu-1", avg_exec_s=None, queue=[], running_count=lambda: 0)
+    return SimpleNamespace(options=Options(**options), target_inputs=1, max_inputs=1, single_use=False, server=None,
+                           tag="f", function_id="fu-1", avg_exec_s=None, queue=[], running_count=lambda: 0)
 
 
 def test_pool_autoscaler_overrides_until_reset():

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 from shoal._spec import frames as _protocol
+from shoal._spec.definitions import FunctionDefinition
 from shoal.backends.base import ContainerSpec, OutputSink
 from shoal.controlplane import runtime_link
 from shoal.controlplane.containers import ControlPlaneAddress
@@ -92,7 +93,7 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
 async def _scenario(tmp_path: Path) -> dict:
     core, backend, store = await _core(tmp_path)
     app = await core.apps.create_app("fencing", "ephemeral", True)
-    functions = await core.apps.register_functions(app, [{"tag": "f", "options": {}}])
+    functions = await core.apps.register_functions(app, [FunctionDefinition(tag="f")])
     pool = core.registry.pools[functions["f"]]
     call, _ = await core.calls.create_call(pool, "fc-fencing", "remote", b"args")
     assert len(pool.queue) == 1
@@ -108,12 +109,12 @@ async def _scenario(tmp_path: Path) -> dict:
     _, to_container = await asyncio.open_connection(sock=ours)
     server_side = asyncio.create_task(core.runtime.handle_runtime(inbox, to_container))
     reader, writer = await asyncio.open_connection(sock=theirs)
-    inbox.feed_data(_protocol.encode({"t": "hello", "container_id": c.id, "token": c.token}))
-    assert (await _protocol.read_frame(reader))["t"] == "init"
-    inbox.feed_data(_protocol.encode({"t": "ready"}))
-    frame = await _protocol.read_frame(reader)
-    assert frame["t"] == "inputs"
-    key = frame["items"][0][0]
+    inbox.feed_data(_protocol.encode(_protocol.Hello(c.id, c.token)))
+    assert isinstance(await _protocol.read_frame(reader, _protocol.to_runtime), _protocol.Init)
+    inbox.feed_data(_protocol.encode(_protocol.Ready()))
+    frame = await _protocol.read_frame(reader, _protocol.to_runtime)
+    assert isinstance(frame, _protocol.Inputs)
+    key = frame.items[0][0]
     assert not pool.queue and c.running
 
     # The backend reports the container gone (what the Ray backend's wait() returning does when its node dies),
@@ -124,7 +125,7 @@ async def _scenario(tmp_path: Path) -> dict:
 
     # The old container finishes the input anyway and reports it: discarded, and the core stops reading its
     # stream (no end of stream follows: only the fence ends `handle_runtime` here) and closes it.
-    inbox.feed_data(_protocol.encode({"t": "out", "items": [[key, "ok", b"stale", 0.01]]}))
+    inbox.feed_data(_protocol.encode(_protocol.Out([(key, "ok", b"stale", 0.01)])))
     await asyncio.wait_for(server_side, 5)
     eof = await _closed(reader)
     result = {"queued": len(pool.queue), "results": dict(call.results), "done": call.done, "eof": eof}

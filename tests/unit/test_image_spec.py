@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 import shoal
+from shoal._spec.definitions import ImageSpec
 from shoal._spec.images import image_id_for, split_mounts
 from shoal.controlplane.images import check_spec
 from shoal.exception import InvalidError
@@ -217,20 +218,25 @@ def test_unsupported_constructors_say_so():
         Image.debian_slim().dockerfile_commands("RUN true")
 
 
+def check_spec_of(wire_map: dict) -> None:
+    """The control plane decodes the image with its definition, then checks what the types cannot say."""
+    check_spec(msgspec.convert(wire_map, ImageSpec))
+
+
 def test_the_control_plane_checks_specs(tmp_path):
     good = wire(Image.debian_slim("3.12").pip_install("six").workdir("/app"))
-    check_spec(good)
+    check_spec_of(good)
     tampered = {**good, "steps": [{**good["steps"][0], "packages": ["evil"]}, good["steps"][1]]}
     with pytest.raises(InvalidError, match="does not match"):
-        check_spec(tampered)
+        check_spec_of(tampered)
     escape = {**good, "steps": [good["steps"][0], {**good["steps"][1], "path": "/app/../../etc"}]}
     escape["image_id"] = image_id_for(escape["python_version"], escape["steps"])
     with pytest.raises(InvalidError, match="path"):
-        check_spec(escape)
+        check_spec_of(escape)
     with pytest.raises(InvalidError):
-        check_spec({**good, "image_id": "im-../../x"})
+        check_spec_of({**good, "image_id": "im-../../x"})
     with pytest.raises(InvalidError):
-        check_spec({**good, "steps": [{"kind": "rm_rf", "repr": "x"}]})
+        check_spec_of({**good, "steps": [{"kind": "rm_rf", "repr": "x"}]})
 
 
 def test_pipe():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import shoal as modal
+from shoal._spec.definitions import RetryPolicy
 from shoal._spec.retries import retry_delay
 from shoal.exception import InvalidError
 from shoal.retries import Retries, parse_retries
@@ -86,7 +87,7 @@ def test_parse_none():
 def test_parse_int_is_fixed_one_second_delay():
     r = parse_retries(3)
     assert r == Retries(max_retries=3, initial_delay=1.0, backoff_coefficient=1.0)
-    assert [retry_delay(r.to_dict(), n) for n in range(1, 4)] == [1.0, 1.0, 1.0]
+    assert [retry_delay(wire(r), n) for n in range(1, 4)] == [1.0, 1.0, 1.0]
 
 
 def test_parse_zero():
@@ -111,25 +112,28 @@ def test_parse_wrong_type(value):
 
 
 # -- retry_delay ---------------------------------------------------------------------------------------------
+def wire(r: Retries) -> RetryPolicy:
+    return RetryPolicy(**r.to_dict())
+
 
 
 def test_exponential_backoff():
-    policy = Retries(max_retries=5, initial_delay=1.0, backoff_coefficient=2.0).to_dict()
+    policy = wire(Retries(max_retries=5, initial_delay=1.0, backoff_coefficient=2.0))
     assert [retry_delay(policy, n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 8.0, 16.0]
 
 
 def test_backoff_capped_at_max_delay():
-    policy = Retries(max_retries=10, initial_delay=5.0, backoff_coefficient=3.0, max_delay=30.0).to_dict()
+    policy = wire(Retries(max_retries=10, initial_delay=5.0, backoff_coefficient=3.0, max_delay=30.0))
     assert [retry_delay(policy, n) for n in range(1, 5)] == [5.0, 15.0, 30.0, 30.0]
-    policy = Retries(max_retries=10, initial_delay=1.0, backoff_coefficient=10.0).to_dict()
+    policy = wire(Retries(max_retries=10, initial_delay=1.0, backoff_coefficient=10.0))
     assert retry_delay(policy, 10) == 60.0
 
 
 def test_zero_initial_delay_retries_at_once():
-    policy = Retries(max_retries=3, initial_delay=0.0).to_dict()
+    policy = wire(Retries(max_retries=3, initial_delay=0.0))
     assert [retry_delay(policy, n) for n in range(1, 4)] == [0.0, 0.0, 0.0]
 
 
 def test_attempt_zero_treated_as_first():
-    policy = Retries(max_retries=3, initial_delay=2.0).to_dict()
+    policy = wire(Retries(max_retries=3, initial_delay=2.0))
     assert retry_delay(policy, 0) == 2.0

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shoal._spec.definitions import Options
 from shoal.backends.sandbox import Limits, image_layers, loopback_ports, minimal_paths, rewrite_server_url
 
 
 def test_limits_from_function_options():
-    default = Limits.from_options({})
+    default = Limits.from_options(Options())
     assert (default.cpu_request, default.cpu_limit, default.memory_request_mib, default.memory_limit_mib) == (
         0.125, None, 128, None)
     assert not default.cpu_given
-    single = Limits.from_options({"cpu": 2.0, "memory": 8192})  # requests only: no hard limit
+    single = Limits.from_options(Options(cpu=2.0, memory=8192))  # requests only: no hard limit
     assert (single.cpu_request, single.cpu_limit, single.memory_request_mib, single.memory_limit_mib) == (
         2.0, None, 8192, None)
-    pair = Limits.from_options({"cpu": [0.5, 1.0], "memory": [64, 128]})  # as the wire carries tuples
+    pair = Limits.from_options(Options(cpu=[0.5, 1.0], memory=[64, 128]))  # as the wire carries tuples
     assert (pair.cpu_request, pair.cpu_limit, pair.memory_request_mib, pair.memory_limit_mib) == (0.5, 1.0, 64, 128)
     assert pair.cpu_given
 

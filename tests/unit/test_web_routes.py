@@ -6,6 +6,9 @@ import hashlib
 import ipaddress
 from types import SimpleNamespace
 
+import msgspec
+
+from shoal._spec.definitions import FunctionDefinition
 from shoal.controlplane.web_routes import Route, Router, label_address, web_label
 
 
@@ -39,7 +42,7 @@ def _dispatcher(*apps: tuple[str, str, str, list[dict]]) -> SimpleNamespace:
         for i, d in enumerate(defs):
             fid = f"fu-{app_id}-{i}"
             functions[d["tag"]] = fid
-            pools[fid] = SimpleNamespace(definition=d, tag=d["tag"])
+            pools[fid] = SimpleNamespace(definition=msgspec.convert(d, FunctionDefinition), tag=d["tag"])
         app_states[app_id] = SimpleNamespace(id=app_id, name=name, mode=mode, state="running", functions=functions)
     return SimpleNamespace(apps=app_states, pools=pools)
 

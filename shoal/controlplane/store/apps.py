@@ -11,6 +11,8 @@ from typing import Any
 
 import msgpack
 
+from ..._spec import definitions as spec
+from ..._spec.definitions import FunctionDefinition
 from .base import Store
 
 APP_COLUMNS = ("app_id", "name", "mode", "state", "created_at", "stopped_at")
@@ -52,14 +54,16 @@ def delete(store: Store, app_id: str) -> int:
 
 
 # -- functions ---------------------------------------------------------------------------------------------------
-def definitions_now(store: Store, app_id: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(function_id, app_id, definition) of the functions of every running app, or of `app_id`'s. Blocking."""
+def definitions_now(store: Store, app_id: str | None = None) -> list[tuple[str, str, FunctionDefinition]]:
+    """(function_id, app_id, definition) of the functions of every running app, or of `app_id`'s. Blocking.
+    Definitions an older version stored decode too: missing keys take their defaults, unknown ones are
+    ignored."""
     if app_id is None:
         rows = store.read_now("SELECT f.function_id, f.app_id, f.definition FROM functions f "
                               "JOIN apps a ON a.app_id = f.app_id WHERE a.state='running'")
     else:
         rows = store.read_now("SELECT function_id, app_id, definition FROM functions WHERE app_id=?", (app_id,))
-    return [(function_id, owner, msgpack.unpackb(blob)) for function_id, owner, blob in rows]
+    return [(function_id, owner, spec.decode(blob)) for function_id, owner, blob in rows]
 
 
 async def running_functions(store: Store) -> dict[str, dict[str, str]]:
@@ -72,9 +76,9 @@ async def running_functions(store: Store) -> dict[str, dict[str, str]]:
     return out
 
 
-def put_function(store: Store, function_id: str, app_id: str, key: str, definition: dict[str, Any]) -> int:
+def put_function(store: Store, function_id: str, app_id: str, key: str, definition: FunctionDefinition) -> int:
     """Store (or replace) a function's definition under its tag (a variant: its variant key)."""
-    return store.put_function(function_id, app_id, key, msgpack.packb(definition))
+    return store.put_function(function_id, app_id, key, spec.encode(definition))
 
 
 def delete_function(store: Store, function_id: str) -> int:
@@ -94,20 +98,20 @@ def latest_version_now(store: Store, app_id: str) -> int | None:
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
-def put_version(store: Store, app_id: str, version: int, definitions: list[dict[str, Any]], strategy: str,
+def put_version(store: Store, app_id: str, version: int, definitions: list[FunctionDefinition], strategy: str,
                 tag: str, rollback_of: int | None) -> int:
     return store.write(
         "INSERT INTO app_versions (app_id, version, created_at, definitions, strategy, tag, rollback_of) "
         "VALUES (?,?,?,?,?,?,?) ON CONFLICT (app_id, version) DO UPDATE SET created_at=excluded.created_at, "
         "definitions=excluded.definitions, strategy=excluded.strategy, tag=excluded.tag, "
         "rollback_of=excluded.rollback_of",
-        (app_id, version, time.time(), msgpack.packb(definitions, use_bin_type=True), strategy, tag, rollback_of))
+        (app_id, version, time.time(), spec.encode(definitions), strategy, tag, rollback_of))
 
 
-async def version_definitions(store: Store, app_id: str, version: int) -> list[dict[str, Any]] | None:
+async def version_definitions(store: Store, app_id: str, version: int) -> list[FunctionDefinition] | None:
     """The definitions a version deployed (None: that version is not recorded)."""
     rows = await store.read("SELECT definitions FROM app_versions WHERE app_id=? AND version=?", (app_id, version))
-    return msgpack.unpackb(rows[0][0], raw=False) if rows else None
+    return spec.decode_list(rows[0][0]) if rows else None
 
 
 async def last_deploy(store: Store, app_id: str) -> tuple[float, str] | None:

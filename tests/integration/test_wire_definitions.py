@@ -1,14 +1,19 @@
-"""Definitions stored by an older control plane (msgpack maps, without the keys added since) still load: the
-control plane decodes them through `_spec.definitions` on start, and their functions run."""
+"""Function definitions at the control plane: decoded into `_spec.definitions` at the edge (a wrong value is a 400
+naming its field, and nothing is registered), and those an older control plane stored (msgpack maps, without
+the keys added since) still load on start, and their functions run."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import msgpack
+import pytest
 
 import shoal
+from shoal._client.transport import get_client
+from shoal.exception import InvalidError, NotFoundError
 
 from ..conftest import ControlPlane
 
@@ -93,3 +98,25 @@ def test_definitions_stored_by_an_older_version_load_and_run(private_control_pla
     counter = shoal.Cls.from_name("legacy-definitions", "Counter")
     assert counter(start=2).add.remote(40) == 42
     assert counter().add.remote(1) == 2
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"webhook": "x"}, "`functions[0].webhook`"),
+    ({"options": {"min_containers": "x"}}, "`functions[0].options.min_containers`"),
+    ({"options": {"timeout": 0}}, "`functions[0].options.timeout`"),
+    ({"cls": "x"}, "`functions[0].cls`"),
+    ({"secrets": [1]}, "`functions[0].secrets[0]`"),
+])
+def test_a_wrong_value_is_refused_naming_its_field(control_plane: ControlPlane, change: dict, field: str) -> None:
+    client = get_client()
+    app_id = client.call("POST", "/v1/apps", {"name": "bad-definition", "mode": "ephemeral"})["app_id"]
+    try:
+        with pytest.raises(InvalidError, match=f"invalid function definition: .* - at {re.escape(field)}"):
+            client.call("POST", f"/v1/apps/{app_id}/functions",
+                        {"functions": [{"tag": "f", "serialized_fn": b"x", **change}]})
+        with pytest.raises(InvalidError, match="functions\\[0\\]"):
+            client.call("POST", "/v1/apps/deploy", {"name": "bad-definition", "functions": [{"tag": "f", **change}]})
+    finally:
+        client.call("POST", f"/v1/apps/{app_id}/stop", {})
+    with pytest.raises(NotFoundError):  # the refused deploy left no app behind
+        shoal.App.lookup("bad-definition")
