@@ -115,7 +115,7 @@ to_runtime = msgspec.msgpack.Decoder(ToRuntime)
 from_runtime = msgspec.msgpack.Decoder(FromRuntime)
 
 
-def encode(msg: Struct | dict[str, Any]) -> bytes:
+def encode(msg: Struct) -> bytes:
     body = _encoder.encode(msg)
     return HEADER.pack(len(body)) + body
 

@@ -40,7 +40,7 @@ def _fail():
 
 
 def test_frame_is_length_prefixed_msgpack():
-    data = frames.encode({"t": "ready"})
+    data = frames.encode(frames.Ready())
     (length,) = frames.HEADER.unpack(data[:frames.HEADER.size])
     assert length == len(data) - frames.HEADER.size
 
