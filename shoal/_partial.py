@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ._spec.limits import BATCH_MAX_SIZE, BATCH_WAIT_MS
 from .exception import InvalidError
 
 CONCURRENT_ATTR = "__shoal_concurrent__"
@@ -47,8 +48,6 @@ ENTER_ATTR = "__shoal_enter__"
 EXIT_ATTR = "__shoal_exit__"
 BATCHED_ATTR = "__shoal_batched__"
 WEBHOOK_ATTR = "__shoal_webhook__"  # set by the web decorators (shoal/web.py): they are interface decorators too
-MAX_MAX_BATCH_SIZE = 1000
-MAX_BATCH_WAIT_MS = 10 * 60 * 1000  # 10 minutes
 
 
 def _parentheses(name: str, value: Any) -> None:
@@ -133,12 +132,12 @@ def check_batching(max_batch_size: Any, wait_ms: Any) -> None:
             raise InvalidError(f"{name} must be an integer, got {value!r}")
     if max_batch_size < 1:
         raise InvalidError("max_batch_size must be a positive integer.")
-    if max_batch_size >= MAX_MAX_BATCH_SIZE:
-        raise InvalidError(f"max_batch_size must be less than {MAX_MAX_BATCH_SIZE}.")
+    if max_batch_size > BATCH_MAX_SIZE[1]:
+        raise InvalidError(f"max_batch_size must be less than {BATCH_MAX_SIZE[1] + 1}.")
     if wait_ms < 0:
         raise InvalidError("wait_ms must be a non-negative integer.")
-    if wait_ms >= MAX_BATCH_WAIT_MS:
-        raise InvalidError(f"wait_ms must be less than {MAX_BATCH_WAIT_MS}.")
+    if wait_ms > BATCH_WAIT_MS[1]:
+        raise InvalidError(f"wait_ms must be less than {BATCH_WAIT_MS[1] + 1}.")
 
 
 def batched(_warn_parentheses_missing: Any = None, *, max_batch_size: int, wait_ms: int

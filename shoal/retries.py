@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
+from ._spec.limits import RETRIES, RETRY_BACKOFF, RETRY_INITIAL_DELAY_S, RETRY_MAX_DELAY_S
 from .exception import InvalidError
-
-MIN_DELAY = 0.0
-MAX_INITIAL_DELAY = 60.0
-MAX_DELAY = 60.0
 
 
 class Retries:
@@ -25,16 +22,18 @@ class Retries:
     ) -> None:
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
             raise InvalidError(f"Invalid retries number: {max_retries!r}. Must be a non-negative integer.")
-        if max_retries > 10:
-            raise InvalidError(f"Invalid retries number: {max_retries}. Function retries must be between 0 and 10.")
-        if not 1.0 <= backoff_coefficient <= 10.0:
-            raise InvalidError(
-                f"Invalid backoff_coefficient: {backoff_coefficient}. Must be between 1.0 and 10.0 inclusive."
-            )
-        if not MIN_DELAY <= initial_delay <= MAX_INITIAL_DELAY:
-            raise InvalidError(f"Invalid initial_delay: {initial_delay}. Must be between 0 and 60 seconds.")
-        if not 1.0 <= max_delay <= MAX_DELAY:
-            raise InvalidError(f"Invalid max_delay: {max_delay}. Must be between 1 and 60 seconds.")
+        if max_retries > RETRIES[1]:
+            raise InvalidError(f"Invalid retries number: {max_retries}. Function retries must be between "
+                               f"{RETRIES[0]} and {RETRIES[1]}.")
+        if not RETRY_BACKOFF[0] <= backoff_coefficient <= RETRY_BACKOFF[1]:
+            raise InvalidError(f"Invalid backoff_coefficient: {backoff_coefficient}. Must be between "
+                               f"{RETRY_BACKOFF[0]} and {RETRY_BACKOFF[1]} inclusive.")
+        if not RETRY_INITIAL_DELAY_S[0] <= initial_delay <= RETRY_INITIAL_DELAY_S[1]:
+            raise InvalidError(f"Invalid initial_delay: {initial_delay}. Must be between "
+                               f"{RETRY_INITIAL_DELAY_S[0]:g} and {RETRY_INITIAL_DELAY_S[1]:g} seconds.")
+        if not RETRY_MAX_DELAY_S[0] <= max_delay <= RETRY_MAX_DELAY_S[1]:
+            raise InvalidError(f"Invalid max_delay: {max_delay}. Must be between {RETRY_MAX_DELAY_S[0]:g} and "
+                               f"{RETRY_MAX_DELAY_S[1]:g} seconds.")
         self.max_retries = max_retries
         self.backoff_coefficient = float(backoff_coefficient)
         self.initial_delay = float(initial_delay)

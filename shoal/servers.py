@@ -31,6 +31,7 @@ from ._partial import (
     Parameter,
 )
 from ._spec.definitions import FunctionDefinition, ServerConfig
+from ._spec.limits import EXIT_GRACE_PERIOD_S, PORT
 from .exception import ExecutionError, InvalidError, NotImplementedWarning
 from .functions import Function
 
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 ROUTING_REGIONS = ("us-east", "us-west", "eu-west", "ap-south")
 DEFAULT_ROUTING_REGION = "us-east"
-MAX_EXIT_GRACE_PERIOD_S = 3600
-MAX_PORT = 65535
 # Server options shoal records but does not act on (the function options among them warn through build_options).
 _SERVER_NOT_YET_ENFORCED = ("h2_enabled", "routing_region", "compute_region")
 _NO_CALLS = ("remote", "remote_gen", "spawn", "map", "starmap", "for_each", "spawn_map", "local", "with_options",
@@ -130,15 +129,15 @@ def server_config(
 ) -> ServerConfig:
     """The `server` of the definition (the wire contract with the control plane), validated with Modal's
     rules and messages. `target_concurrency=0` and `max_concurrency=0` mean "unset" and are sent as None."""
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= MAX_PORT:
-        raise InvalidError(f"`port` must be a positive integer between 1 and {MAX_PORT}, got {port!r}")
+    if not isinstance(port, int) or isinstance(port, bool) or not PORT[0] <= port <= PORT[1]:
+        raise InvalidError(f"`port` must be a positive integer between {PORT[0]} and {PORT[1]}, got {port!r}")
     if not _is_number(startup_timeout) or not startup_timeout > 0:
         raise InvalidError(f"The `startup_timeout` argument must be positive, got {startup_timeout!r}")
     if exit_grace_period is None:
         exit_grace_period = 0
     if not _is_number(exit_grace_period) or exit_grace_period < 0:
         raise InvalidError(f"The `exit_grace_period` argument must be non-negative, got {exit_grace_period!r}")
-    if exit_grace_period > MAX_EXIT_GRACE_PERIOD_S:
+    if exit_grace_period > EXIT_GRACE_PERIOD_S[1]:
         raise InvalidError("The `exit_grace_period` argument must not exceed 3600 seconds (1 hour), got "
                            f"{exit_grace_period!r}")
     _check_target_concurrency(target_concurrency)

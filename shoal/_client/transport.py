@@ -15,7 +15,6 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import msgpack
 import msgspec
 
 from .. import exception
@@ -28,12 +27,13 @@ if TYPE_CHECKING:
 RECONNECT_WINDOW_S = 60.0
 # Bodies are msgpack maps; msgspec encodes the definitions' Structs (`_spec.definitions`) as the same maps.
 _encode = msgspec.msgpack.Encoder().encode
+_decode_body = msgspec.msgpack.Decoder().decode
 
 
 def raise_error(status: int, payload: bytes) -> None:
     """Raise the exception an error response names (shoal's exception classes, queue.Full, else RemoteError)."""
     try:
-        body = msgpack.unpackb(payload, raw=False)
+        body = _decode_body(payload)
         message, kind = body.get("error", ""), body.get("type", "RemoteError")
     except Exception:  # noqa: BLE001 - not our error format: show the raw body
         message, kind = payload[:500].decode("utf-8", "replace"), "RemoteError"
@@ -50,7 +50,7 @@ def raise_error(status: int, payload: bytes) -> None:
 def _decode(status: int, payload: bytes) -> dict[str, Any]:
     if status >= 400:
         raise_error(status, payload)
-    return msgpack.unpackb(payload, raw=False) if payload else {}
+    return _decode_body(payload) if payload else {}
 
 
 class Client:

@@ -1,8 +1,8 @@
 """What crosses process boundaries, and the rules both sides of a boundary apply.
 
 The SDK, the control plane and the container runtime all import from here; nothing here imports them. Every
-container imports `frames` on its cold-start path, so modules here import only the standard library, msgpack
-and msgspec at module level: heavier libraries (cloudpickle, tblib) are imported where they are used.
+container imports `frames` on its cold-start path, so modules here import only the standard library and
+msgspec at module level: heavier libraries (cloudpickle, tblib) are imported where they are used.
 
 - `definitions` a function's definition (options, secrets, schedule, web, Server, class, image, and what the
              control plane adds) as msgspec Structs: built by the SDK, stored and run by the control plane,

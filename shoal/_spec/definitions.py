@@ -14,29 +14,32 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from .limits import AUTOSCALER_BOUNDS, SCALEDOWN_WINDOW_S, TIMEOUT_S
+from . import limits
 
 
-def _bounded(lo: int, hi: int | None) -> Any:
+def _bounded(lo: float, hi: float | None) -> Any:
     return Meta(ge=lo) if hi is None else Meta(ge=lo, le=hi)
 
 
-Timeout = Annotated[int, _bounded(*TIMEOUT_S)]
-ScaledownWindow = Annotated[int, _bounded(*SCALEDOWN_WINDOW_S)]
-MinContainers = Annotated[int, _bounded(*AUTOSCALER_BOUNDS["min_containers"])]
-MaxContainers = Annotated[int, _bounded(*AUTOSCALER_BOUNDS["max_containers"])]
-BufferContainers = Annotated[int, _bounded(*AUTOSCALER_BOUNDS["buffer_containers"])]
+# The bounds of `limits`, checked whenever a definition is decoded.
+Timeout = Annotated[int, _bounded(*limits.TIMEOUT_S)]
+ScaledownWindow = Annotated[int, _bounded(*limits.SCALEDOWN_WINDOW_S)]
+MinContainers = Annotated[int, _bounded(*limits.AUTOSCALER_BOUNDS["min_containers"])]
+MaxContainers = Annotated[int, _bounded(*limits.AUTOSCALER_BOUNDS["max_containers"])]
+BufferContainers = Annotated[int, _bounded(*limits.AUTOSCALER_BOUNDS["buffer_containers"])]
+BatchMaxSize = Annotated[int, _bounded(*limits.BATCH_MAX_SIZE)]
+BatchWaitMs = Annotated[int, _bounded(*limits.BATCH_WAIT_MS)]
+Port = Annotated[int, _bounded(*limits.PORT)]
 Positive = Annotated[int, Meta(ge=1)]
-Port = Annotated[int, Meta(ge=1, le=65535)]
 
 
 class RetryPolicy(Struct):
     """`Retries.to_dict()`: the control plane waits `retries.retry_delay(...)` between attempts."""
 
-    max_retries: Annotated[int, Meta(ge=0)]
-    backoff_coefficient: float = 2.0
-    initial_delay: float = 1.0
-    max_delay: float = 60.0
+    max_retries: Annotated[int, _bounded(*limits.RETRIES)]
+    backoff_coefficient: Annotated[float, _bounded(*limits.RETRY_BACKOFF)] = 2.0
+    initial_delay: Annotated[float, _bounded(*limits.RETRY_INITIAL_DELAY_S)] = 1.0
+    max_delay: Annotated[float, _bounded(*limits.RETRY_MAX_DELAY_S)] = 60.0
 
 
 class Options(Struct):
@@ -55,8 +58,8 @@ class Options(Struct):
     single_use_containers: bool = False
     max_inputs: Positive = 1  # inputs one container runs at once (@modal.concurrent)
     target_inputs: Positive | None = None
-    batch_max_size: Positive | None = None  # @modal.batched
-    batch_wait_ms: Annotated[int, Meta(ge=0)] | None = None
+    batch_max_size: BatchMaxSize | None = None  # @modal.batched
+    batch_wait_ms: BatchWaitMs | None = None
     serialized: bool = False
     include_source: bool | None = None
     region: list[str] | None = None
@@ -116,7 +119,7 @@ class ServerConfig(Struct):
     max_concurrency: int | None = None
     scaleup_window: float | None = None
     unauthenticated: bool = False
-    exit_grace_period: float = 0.0
+    exit_grace_period: Annotated[float, _bounded(*limits.EXIT_GRACE_PERIOD_S)] = 0.0
     routing_region: str = "us-east"
     compute_region: list[str] | None = None
     h2_enabled: bool = False
@@ -155,8 +158,8 @@ class MethodInfo(Struct):
 class Batching(Struct):
     """`@modal.batched(...)`."""
 
-    max_batch_size: Positive
-    wait_ms: Annotated[int, Meta(ge=0)]
+    max_batch_size: BatchMaxSize
+    wait_ms: BatchWaitMs
 
 
 class ClsInfo(Struct):

@@ -11,6 +11,18 @@ TIMEOUT_S: tuple[int, int] = (1, 24 * 3600)  # a function's `timeout` and `start
 # several requests, so no proxy or load balancer on the way times a request out.
 MAX_WAIT_S = 50.0
 
+# `modal.Retries`.
+RETRIES: tuple[int, int] = (0, 10)
+RETRY_BACKOFF: tuple[float, float] = (1.0, 10.0)
+RETRY_INITIAL_DELAY_S: tuple[float, float] = (0.0, 60.0)
+RETRY_MAX_DELAY_S: tuple[float, float] = (1.0, 60.0)
+# `@modal.batched` (Modal's: max_batch_size under 1000, wait_ms under 10 minutes).
+BATCH_MAX_SIZE: tuple[int, int] = (1, 999)
+BATCH_WAIT_MS: tuple[int, int] = (0, 10 * 60 * 1000 - 1)
+# `@app.server(...)`.
+PORT: tuple[int, int] = (1, 65535)
+EXIT_GRACE_PERIOD_S: tuple[int, int] = (0, 3600)
+
 # The autoscaler's knobs, as `@app.function(...)`, `with_options(...)` and `autoscaler.update(...)` accept them.
 AUTOSCALER_BOUNDS: dict[str, tuple[int, int | None]] = {
     "min_containers": (0, None),

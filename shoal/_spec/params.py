@@ -61,12 +61,12 @@ def bind_params(info: ClsInfo, args: tuple, kwargs: dict[str, Any]) -> dict[str,
 
 def pack_params(values: dict[str, Any]) -> bytes:
     """msgpack with sorted keys: the same values always pack to the same bytes, which name the parameter set."""
-    import msgpack
+    import msgspec
 
-    return msgpack.packb(dict(sorted(values.items())), use_bin_type=True)
+    return msgspec.msgpack.encode(dict(sorted(values.items())))
 
 
 def unpack_params(data: bytes | None) -> dict[str, Any]:
-    import msgpack
+    import msgspec
 
-    return dict(msgpack.unpackb(data, raw=False)) if data else {}
+    return dict(msgspec.msgpack.decode(data)) if data else {}

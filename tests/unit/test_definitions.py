@@ -52,6 +52,11 @@ def test_a_struct_encodes_to_the_same_map() -> None:
     ({"secrets": [1]}, "$.secrets[0]"),
     ({"source_id": 5}, "$.source_id"),
     ({"schedule": {"type": "hourly"}}, "$.schedule"),
+    # the bounds of `_spec.limits`, which the decorators check too
+    ({"options": {**OLDER["options"], "retries": {"max_retries": 11}}}, "$.options.retries.max_retries"),
+    ({"options": {**OLDER["options"], "batch_max_size": 1000}}, "$.options.batch_max_size"),
+    ({"server": {"port": 0}}, "$.server.port"),
+    ({"server": {"exit_grace_period": 3601}}, "$.server.exit_grace_period"),
 ])
 def test_a_wrong_value_is_refused_naming_its_field(change: dict, field: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=field.replace("$", r"\$").replace("[", r"\[")):
