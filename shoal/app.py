@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from . import _container_context
+from ._client.aio import Plan, in_thread, on_class, rpc
 from ._client.transport import get_client
 from ._options import build_options, check_secrets, reject_deprecated
 from ._output import LogPrinter, line_safe_output, status
@@ -408,10 +409,13 @@ class App:
             raise InvalidError("app.run() cannot be used inside a shoal container")
         return _RunContext(self, name=name, detach=detach, quiet=quiet)
 
-    def stop(self) -> None:
+    @rpc
+    def stop(self) -> Plan:
+        """Stop the running app (its calls are cancelled, its containers stop)."""
         if self._app_id:
-            get_client().call("POST", f"/v1/apps/{self._app_id}/stop", {})
+            yield ("POST", f"/v1/apps/{self._app_id}/stop", {})
 
+    @in_thread  # it uploads sources and image files over connections of their own
     def deploy(self, *, name: str | None = None, environment_name: str | None = None, tag: str = "",
                client: Any = None, strategy: str = "rolling") -> App:
         """Deploy this app: it persists under its name until stopped. Deploying again updates it in place as
@@ -441,14 +445,15 @@ class App:
         status(f"App deployed: {name!r} version {resp['version']} ({self._app_id}, {strategy})")
         return self
 
-    @classmethod
+    @on_class
+    @rpc
     def lookup(cls, name: str, *, client: Any = None, environment_name: str | None = None,
-               create_if_missing: bool = False) -> App:
+               create_if_missing: bool = False) -> Plan:
         """The deployed app named `name` (or any app by its `ap-` id); with `create_if_missing`, an empty
         deployed app is created when there is none. NotFoundError otherwise."""
         if not isinstance(name, str) or not name:
             raise InvalidError("App.lookup takes the name (or ap- id) of an app")
-        resp = get_client().call("POST", "/v1/apps/lookup", {"name": name, "create_if_missing": create_if_missing})
+        resp = yield ("POST", "/v1/apps/lookup", {"name": name, "create_if_missing": create_if_missing})
         app = cls(resp.get("name"))
         App._instances.discard(app)  # not a definition: containers never hydrate it
         app._app_id = resp["app_id"]

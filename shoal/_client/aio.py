@@ -20,8 +20,9 @@ is called; `refuse_in_loop=True` (`@on_loop`) makes the blocking form raise Inva
 pointing at `.name.aio` (a blocking `.map` there would stall the caller's loop).
 
 The result, a `Method`, binds like a function: `obj.m` gives both forms for `obj`; under `@staticmethod` the class
-gives them (`FunctionCall.gather(...)`, `FunctionCall.gather.aio(...)`; `@classmethod` is not supported). In an
-`@on_loop` implementation, `warnings.warn(..., stacklevel=4)` names the caller's line in either form.
+gives them (`FunctionCall.gather(...)`, `FunctionCall.gather.aio(...)`); `@on_class` over a shape binds the class
+as `@classmethod` does (`App.lookup(...)`, `App.lookup.aio(...)`). In an `@on_loop` implementation,
+`warnings.warn(..., stacklevel=4)` names the caller's line in either form.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from .transport import Client, get_client
 Request = tuple[str, str, dict[str, Any] | None]
 Plan = Generator[Request, dict[str, Any], Any]
 
-__all__ = ["BoundMethod", "Emit", "Method", "Plan", "Request", "aiter_plan", "arun_plan", "in_thread", "iter_plan",
-           "on_loop", "rpc", "rpc_iter", "run_plan"]
+__all__ = ["BoundMethod", "ClassMethod", "Emit", "Method", "Plan", "Request", "aiter_plan", "arun_plan", "in_thread",
+           "iter_plan", "on_class", "on_loop", "rpc", "rpc_iter", "run_plan"]
 
 
 class Emit:
@@ -153,6 +154,19 @@ class Method:
 
     def __repr__(self) -> str:
         return f"<shoal method {self.__qualname__}>"
+
+
+class ClassMethod(Method):
+    """A Method bound to the class it is looked up on: `App.lookup(...)`, `App.lookup.aio(...)`."""
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return BoundMethod(self, objtype if objtype is not None else type(obj))
+
+
+def on_class(method: Method) -> ClassMethod:
+    """`@on_class` over `@rpc` (or another of the shapes): the method's first argument is the class, as with
+    `@classmethod`."""
+    return ClassMethod(method.__wrapped__, method._blocking, method._aio)
 
 
 class BoundMethod:

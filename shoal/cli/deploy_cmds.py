@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import sys
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ def _client() -> Any:
     return get_client()
 
 
-def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def api_call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """A control-plane request whose errors (no such app, bad version) are CLI errors, not tracebacks."""
     from ..exception import Error
 
@@ -111,7 +112,7 @@ def app_info(app_ref: str, as_json: bool) -> None:
     deployed app, else the newest running app of that name) or an app id."""
     from rich.table import Table
 
-    info = _call("GET", f"/v1/apps/{quote(app_ref, safe='')}/info")
+    info = api_call("GET", f"/v1/apps/{quote(app_ref, safe='')}/info")
     if as_json:
         display.print_json(info)
         return
@@ -154,7 +155,7 @@ def app_history(app_ref: str, as_json: bool) -> None:
     """The versions of a deployed app: when, how (strategy) and with which functions."""
     from rich.table import Table
 
-    info = _call("GET", f"/v1/apps/{quote(app_ref, safe='')}/history")
+    info = api_call("GET", f"/v1/apps/{quote(app_ref, safe='')}/history")
     if as_json:
         display.print_json(info)
         return
@@ -183,7 +184,7 @@ def app_rollback(app_ref: str, version: int | None, strategy: str) -> None:
     body: dict[str, Any] = {"strategy": strategy}
     if version is not None:
         body["version"] = version
-    resp = _call("POST", f"/v1/apps/{quote(app_ref, safe='')}/rollback", body)
+    resp = api_call("POST", f"/v1/apps/{quote(app_ref, safe='')}/rollback", body)
     click.echo(f"Rolled back app {resp.get('name') or resp['app_id']!r} to version {resp['rolled_back_to']}: "
                f"now version {resp['version']}.")
 
@@ -193,17 +194,24 @@ def app_rollback(app_ref: str, version: int | None, strategy: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new entries until the app stops.")
 def app_logs(app_ref: str, follow: bool) -> None:
     """Print an app's log (container output and system messages it still holds), optionally following it."""
+    print_app_log(api_call("GET", f"/v1/apps/{quote(app_ref, safe='')}/info")["app_id"], follow)
+
+
+Entries = list[dict[str, Any]]
+
+
+def print_app_log(app_id: str, follow: bool, keep: Callable[[Entries], Entries] | None = None) -> None:
+    """Print the entries of an app's log it still holds (those `keep` keeps) and, with `follow`, new ones until
+    the app stops. No `session=1`: reading an app's log must not make its liveness depend on this process."""
     from .. import enable_output
     from .._output import LogPrinter
 
-    app_id = _call("GET", f"/v1/apps/{quote(app_ref, safe='')}/info")["app_id"]
     printer = LogPrinter()
     after, wait = -1, 0.0  # the first read returns what is there at once
     with enable_output():  # also the start-up timings ("info" entries)
         while True:
-            # No `session=1`: reading the log of an app must not make its liveness depend on this process.
-            resp = _call("GET", f"/v1/apps/{app_id}/logs?after={after}&timeout={wait}")
-            for entry in resp["entries"]:
+            resp = api_call("GET", f"/v1/apps/{app_id}/logs?after={after}&timeout={wait}")
+            for entry in keep(resp["entries"]) if keep is not None else resp["entries"]:
                 printer.write(entry)
             after, wait = max(after, resp.get("last", after)), FOLLOW_POLL_S
             if resp["state"] == "stopped" and after < 0:

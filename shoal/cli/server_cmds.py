@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import datetime
-import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -18,7 +17,7 @@ import click
 
 from .._spec.limits import SCALEDOWN_WINDOW_S
 from . import display
-from .deploy_cmds import FOLLOW_POLL_S, STRATEGY, _call
+from .deploy_cmds import STRATEGY, api_call, print_app_log
 
 
 def _server(app_name: str, name: str) -> Any:
@@ -74,34 +73,22 @@ def server_logs(app_name: str, name: str, follow: bool) -> None:
 
     Where the app has other functions, entries are those of the Server's containers that are still up (or were
     while this command ran)."""
-    from .. import enable_output
-    from .._output import LogPrinter
-
     server = _server(app_name, name)
     function_id = server.object_id
     app_id = server._service._lookup_app_id
-    info = _call("GET", f"/v1/apps/{quote(app_id or app_name, safe='')}/info")
-    app_id = info["app_id"]
-    only_this = len(info.get("functions") or []) <= 1  # the Server is all the app runs: no need to filter
+    info = api_call("GET", f"/v1/apps/{quote(app_id or app_name, safe='')}/info")
+    if len(info.get("functions") or []) <= 1:  # the Server is all the app runs: no need to filter
+        print_app_log(info["app_id"], follow)
+        return
     mine: set[str] = set()
-    printer = LogPrinter()
-    after, wait = -1, 0.0  # the first read returns what is there at once
-    with enable_output():
-        while True:
-            # No `session=1`: reading the log of an app must not make its liveness depend on this process.
-            resp = _call("GET", f"/v1/apps/{app_id}/logs?after={after}&timeout={wait}")
-            if not only_this and resp["entries"]:
-                containers = _call("GET", "/v1/containers")["containers"]
-                mine |= {c["container_id"] for c in containers if c.get("function_id") == function_id}
-            for entry in resp["entries"]:
-                if only_this or entry.get("container_id") in mine:
-                    printer.write(entry)
-            after, wait = max(after, resp.get("last", after)), FOLLOW_POLL_S
-            if resp["state"] == "stopped" and after < 0:
-                click.echo(f"App {app_id} is stopped; its log is no longer kept.", err=True)
-            if not follow or resp["state"] == "stopped":
-                return
-            sys.stdout.flush()
+
+    def of_this_server(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if entries:
+            containers = api_call("GET", "/v1/containers")["containers"]
+            mine.update(c["container_id"] for c in containers if c.get("function_id") == function_id)
+        return [e for e in entries if e.get("container_id") in mine]
+
+    print_app_log(info["app_id"], follow, of_this_server)
 
 
 # -- requests ------------------------------------------------------------------------------------------------------
@@ -120,7 +107,7 @@ def server_requests(app_name: str, name: str, as_json: bool) -> None:
     from rich.table import Table
 
     server = _server(app_name, name)
-    requests = _call("GET", f"/v1/functions/{server.object_id}/requests").get("requests") or []
+    requests = api_call("GET", f"/v1/functions/{server.object_id}/requests").get("requests") or []
     if as_json:
         display.print_json(requests)
         return
@@ -176,7 +163,7 @@ def _print_settings(resp: dict[str, Any], as_json: bool) -> None:
 def server_autoscaler_settings(app_name: str, name: str, as_json: bool) -> None:
     """Show the autoscaler settings in force and the last decision."""
     server = _server(app_name, name)
-    _print_settings(_call("GET", f"/v1/functions/{server.object_id}/autoscaler"), as_json)
+    _print_settings(api_call("GET", f"/v1/functions/{server.object_id}/autoscaler"), as_json)
 
 
 @server_autoscaler_group.command(name="update")
@@ -202,7 +189,7 @@ def server_autoscaler_update(app_name: str, name: str, target_concurrency: float
     if not body:
         raise click.UsageError("give at least one of " + ", ".join(f"--{k.replace('_', '-')}" for k in SETTINGS))
     server = _server(app_name, name)
-    _print_settings(_call("POST", f"/v1/functions/{server.object_id}/autoscaler", body), as_json)
+    _print_settings(api_call("POST", f"/v1/functions/{server.object_id}/autoscaler", body), as_json)
 
 
 # -- deploy (the direct form) ----------------------------------------------------------------------------------------

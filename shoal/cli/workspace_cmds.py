@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from . import display
-from .deploy_cmds import _call
+from .deploy_cmds import api_call
 
 
 def _scope_text(scope: list[str]) -> str:
@@ -32,7 +32,7 @@ def proxy_tokens_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def proxy_tokens_create(apps: tuple[str, ...], as_json: bool) -> None:
     """Create a token and print its id and secret. The secret is shown only this once."""
-    out = _call("POST", "/v1/proxy-tokens", {"scope": list(apps)})
+    out = api_call("POST", "/v1/proxy-tokens", {"scope": list(apps)})
     token_id, secret = out["token_id"], out["token_secret"]
     if as_json:
         display.print_json({"token_id": token_id, "token_secret": secret, "scope": list(apps)})
@@ -48,7 +48,7 @@ def proxy_tokens_create(apps: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def proxy_tokens_list(as_json: bool) -> None:
     """List tokens with their scope (never their secrets)."""
-    rows = _call("GET", "/v1/proxy-tokens")["tokens"]
+    rows = api_call("GET", "/v1/proxy-tokens")["tokens"]
     if as_json:
         display.print_json(rows)
         return
@@ -70,12 +70,12 @@ def proxy_tokens_delete(token_id: str, yes: bool) -> None:
     """Delete a token: requests carrying it are refused from now on."""
     if not yes and not click.confirm(f"Delete proxy token {token_id}?", default=False):
         raise click.Abort()
-    _call("DELETE", f"/v1/proxy-tokens/{token_id}")
+    api_call("DELETE", f"/v1/proxy-tokens/{token_id}")
     click.echo(f"Deleted proxy token {token_id}")
 
 
 def _change_scope(token_id: str, action: str, app: str) -> None:
-    out = _call("POST", f"/v1/proxy-tokens/{token_id}/{action}", {"app": app})
+    out = api_call("POST", f"/v1/proxy-tokens/{token_id}/{action}", {"app": app})
     click.echo(f"Token {token_id} may access: {_scope_text(out['scope'])}")
 
 

@@ -180,7 +180,10 @@ class Api:
         app = self.registry.apps.get(app_id)
         after = query_int(request, "after", -1)
         if app is None:
-            return reply({"entries": [], "last": after, "state": "stopped"})
+            logs = self.registry.stopped_logs.get(app_id)
+            entries = logs.since(after) if logs is not None else []
+            return reply({"entries": [e for e in entries if e["data"]],
+                          "last": entries[-1]["seq"] if entries else after, "state": "stopped"})
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         if after >= app.logs.next_seq:
             after = -1  # a cursor into the log another control plane kept (before a restart or a takeover)

@@ -95,7 +95,7 @@ class Apps:
         if exits:
             await asyncio.wait(exits, timeout=STOP_DRAIN_S)
         app.state = "stopped"
-        self.registry.apps.pop(app_id, None)
+        self.registry.forget_app(app_id)
         self.routes_changed()
         app.logs.wake()
         await self.ownership.stopped(app_id, stopped)

@@ -224,7 +224,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     scheduling.cancel()
     core.shutdown()
     if replicas is not None:
-        await store.flushed(store._next_ticket)  # everything it did is committed before another replica takes over
+        await store.all_flushed()  # everything it did is committed before another replica takes over
         await replicas.close()
     control.close()
     if control_tcp is not None:

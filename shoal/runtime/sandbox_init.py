@@ -97,7 +97,7 @@ class SetupError(Exception):
     pass
 
 
-def _check(ret: int, what: str) -> int:
+def check_syscall(ret: int, what: str) -> int:
     if ret < 0:
         err = ctypes.get_errno()
         raise SetupError(f"{what}: {os.strerror(err)} ({errno.errorcode.get(err, err)})")
@@ -109,11 +109,11 @@ def _b(s: str | None) -> bytes | None:
 
 
 def mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(libc.mount(_b(src), _b(dst), _b(fstype), flags, _b(data)), f"mount {src or fstype} on {dst}")
+    check_syscall(libc.mount(_b(src), _b(dst), _b(fstype), flags, _b(data)), f"mount {src or fstype} on {dst}")
 
 
 def unshare(flags: int) -> None:
-    _check(libc.unshare(flags), "unshare")
+    check_syscall(libc.unshare(flags), "unshare")
 
 
 class MountAttr(ctypes.Structure):
@@ -133,7 +133,7 @@ def set_mount_attrs(path: str, attrs: int, recursive: bool = True, fd: int | Non
     if ret < 0:
         if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             return False
-        _check(ret, f"mount_setattr {path}")
+        check_syscall(ret, f"mount_setattr {path}")
     return True
 
 
@@ -146,7 +146,7 @@ def bind(src: str, dst: str, writable: bool, idmap_fd: int | None = None) -> Non
         if tree >= 0:
             try:
                 if set_mount_attrs(src, MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID, fd=tree, userns_fd=idmap_fd):
-                    _check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, _b(dst), MOVE_MOUNT_F_EMPTY_PATH),
+                    check_syscall(libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, _b(dst), MOVE_MOUNT_F_EMPTY_PATH),
                            f"move_mount {src} to {dst}")
                     return
             except SetupError:
@@ -592,8 +592,8 @@ def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, ro
             pass
     trace("proc")
     os.chdir(root)
-    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
-    _check(libc.umount2(b".", MNT_DETACH), "unmount the host's root")
+    check_syscall(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    check_syscall(libc.umount2(b".", MNT_DETACH), "unmount the host's root")
     os.chdir("/")
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
     if rootless:
@@ -604,7 +604,7 @@ def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, ro
         write_file("/proc/self/gid_map", "0 0 1\n")
     else:
         assert idmap_fd is not None
-        _check(libc.setns(idmap_fd, CLONE_NEWUSER), "joining the container's user namespace")
+        check_syscall(libc.setns(idmap_fd, CLONE_NEWUSER), "joining the container's user namespace")
         os.close(idmap_fd)
         os.setgroups([])
         os.setresgid(0, 0, 0)

@@ -49,23 +49,23 @@ def overlay_options(lower: str, upper: str, work: str, userxattr: bool) -> list[
 
 
 def detached_overlay(lower: str, upper: str, work: str, userxattr: bool) -> int:
-    fs = sb._check(libc.syscall(SYS_FSOPEN, b"overlay", FSOPEN_CLOEXEC), "fsopen(overlay)")
+    fs = sb.check_syscall(libc.syscall(SYS_FSOPEN, b"overlay", FSOPEN_CLOEXEC), "fsopen(overlay)")
     try:
         for key, value in overlay_options(lower, upper, work, userxattr):
             if value is None:
                 ret = libc.syscall(SYS_FSCONFIG, fs, FSCONFIG_SET_FLAG, key.encode(), None, 0)
             else:
                 ret = libc.syscall(SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
-            sb._check(ret, f"overlay option {key}")
-        sb._check(libc.syscall(SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0), "creating the overlay")
-        return sb._check(libc.syscall(SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC,
+            sb.check_syscall(ret, f"overlay option {key}")
+        sb.check_syscall(libc.syscall(SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0), "creating the overlay")
+        return sb.check_syscall(libc.syscall(SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC,
                                       sb.MOUNT_ATTR_NOSUID | sb.MOUNT_ATTR_NODEV), "fsmount")
     finally:
         os.close(fs)
 
 
 def detached_read_only(lower: str) -> int:
-    tree = sb._check(libc.syscall(sb.SYS_OPEN_TREE, sb.AT_FDCWD, lower.encode(),
+    tree = sb.check_syscall(libc.syscall(sb.SYS_OPEN_TREE, sb.AT_FDCWD, lower.encode(),
                                   sb.OPEN_TREE_CLONE | sb.OPEN_TREE_CLOEXEC | sb.AT_RECURSIVE), f"open_tree {lower}")
     sb.set_mount_attrs(lower, sb.MOUNT_ATTR_RDONLY | sb.MOUNT_ATTR_NOSUID | sb.MOUNT_ATTR_NODEV, fd=tree)
     return tree
@@ -78,7 +78,7 @@ def swap(cfg: dict) -> int:
     else:
         new = detached_read_only(cfg["lower"])
     ns = os.open(f"/proc/{int(cfg['pid'])}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    sb._check(libc.setns(ns, sb.CLONE_NEWNS), "entering the container's mount namespace")
+    sb.check_syscall(libc.setns(ns, sb.CLONE_NEWNS), "entering the container's mount namespace")
     os.close(ns)
     if libc.umount2(path.encode(), 0) < 0:
         err = ctypes.get_errno()
@@ -86,7 +86,7 @@ def swap(cfg: dict) -> int:
             os.write(2, f"{path}: volume busy\n".encode())
             return BUSY
         raise sb.SetupError(f"unmounting {path}: {os.strerror(err)}")
-    sb._check(libc.syscall(sb.SYS_MOVE_MOUNT, new, b"", sb.AT_FDCWD, path.encode(), sb.MOVE_MOUNT_F_EMPTY_PATH),
+    sb.check_syscall(libc.syscall(sb.SYS_MOVE_MOUNT, new, b"", sb.AT_FDCWD, path.encode(), sb.MOVE_MOUNT_F_EMPTY_PATH),
               f"attaching the new mount at {path}")
     return 0
 

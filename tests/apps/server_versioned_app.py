@@ -22,3 +22,4 @@ class Versioned:
     @modal.enter()
     def start(self):
         self.process = subprocess.Popen([sys.executable, "/srv/handler.py", "0.0.0.0", "8000"])
+        print(f"serving version {VERSION}", flush=True)  # read back by `shoal server logs`

@@ -4,6 +4,7 @@ schedules of deployed apps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -178,6 +179,24 @@ def test_app_lookup(control_plane, stop_after) -> None:
     assert deploy_app.app.app_id == created.app_id
     assert shoal.Function.from_name(empty, "square").remote(6) == 36
     assert app_info(empty)["version"] == 1
+
+
+def test_deploy_lookup_and_stop_have_aio_forms(control_plane) -> None:
+    import deploy_app
+
+    name = unique("deploy-aio")
+
+    async def main() -> tuple[str, str | None, int]:
+        app = await deploy_app.app.deploy.aio(name=name)
+        found = await shoal.App.lookup.aio(name)
+        result = await deploy_app.square.remote.aio(5)
+        await found.stop.aio()
+        return app.app_id, found.app_id, result
+
+    app_id, found_id, result = asyncio.run(main())
+    assert found_id == app_id and result == 25
+    listed = {a["app_id"]: a for a in get_client().call("GET", "/v1/apps")["apps"]}
+    assert listed[app_id]["state"] == "stopped"
 
 
 # -- redeploys -----------------------------------------------------------------------------------------------------

@@ -109,6 +109,27 @@ def test_build_output_streams_to_the_callers_terminal(control_plane):
     assert any("shoal-nonexistent-pkg-xyz" in ln and "Step" not in ln for ln in build_lines), proc.stderr
 
 
+def test_a_follower_that_polls_after_the_app_stopped_still_reads_the_build_output(control_plane):
+    """The race behind a flaky test under load: the build fails, the client stops the app, and only then does its
+    log follower poll again. The log's tail must still be there (and say the app stopped)."""
+    from shoal._client.transport import get_client
+    from shoal._serialization import dumps
+
+    client = get_client()
+    app_id = client.call("POST", "/v1/apps", {"name": "late-follower", "mode": "ephemeral", "detach": True})["app_id"]
+    image = Image.debian_slim().pip_install("shoal-nonexistent-pkg-xyz").to_wire()
+    with pytest.raises(ImageBuildError):
+        client.call("POST", f"/v1/apps/{app_id}/functions", {"functions": [
+            {"tag": "f", "is_generator": False, "is_async": False, "options": {}, "secrets": [], "schedule": None,
+             "app_name": "late-follower", "webhook": None, "image": image,
+             "serialized_fn": dumps(len, "f")}]})
+    client.call("POST", f"/v1/apps/{app_id}/stop", {})
+    resp = client.call("GET", f"/v1/apps/{app_id}/logs?after=-1&timeout=0")
+    assert resp["state"] == "stopped"
+    text = "".join(e["data"] for e in resp["entries"])
+    assert "=> Step 1: pip_install('shoal-nonexistent-pkg-xyz')" in text, text
+
+
 def test_a_python_that_is_not_installed_is_a_clear_error(control_plane):
     import images_fail_app
 

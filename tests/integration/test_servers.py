@@ -457,6 +457,8 @@ def test_server_from_name_and_the_server_cli(control_plane: ControlPlane, stop_a
     assert all(e["status"] == 503 and e["container_id"] is None for e in listed[:len(before)])
     table = ok(run_cli("server", "requests", name, "Versioned")).stdout
     assert "/a" in table and "200" in table and container in table
+    logs = ok(run_cli("server", "logs", name, "Versioned")).stdout
+    assert "serving version 1" in logs, logs
 
     settings = ok(run_cli("server", "autoscaler", "settings", name, "Versioned")).stdout
     assert "min_containers" in settings and "no autoscaling" in settings

@@ -87,7 +87,7 @@ class Store:
 
     async def close(self) -> None:
         if self._thread:
-            await self.flushed(self._next_ticket)
+            await self.all_flushed()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join, 5)
             self._thread = None
@@ -108,6 +108,10 @@ class Store:
         self._next_ticket += 1
         self._queue.put(txn)
         return await txn.future
+
+    async def all_flushed(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.flushed(self._next_ticket)
 
     async def flushed(self, ticket: int) -> None:
         """Wait until the write with this ticket (and all before it) is committed."""
