@@ -177,7 +177,12 @@ def test_shell_container_ends_with_the_cli(control_plane, sig) -> None:
         assert wait_for(lambda: bool(_shells()), 60), proc.stderr.read1() if proc.poll() is not None else ""
         shell_pid = _shells()[0]
         os.kill(proc.pid, sig)
-        proc.wait(30)
+        try:  # read its output meanwhile: a CLI blocked on a full pipe would not exit
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the CLI did not exit after {sig!r}:\n{out.decode()}\n{err.decode()}")
         # SIGTERM: the CLI stops the app itself; SIGKILL: the control plane stops it once the session is gone.
         assert wait_for(lambda: not _shells(), 10 if sig == signal.SIGTERM else 30), (shell_pid, _shells())
     finally:
