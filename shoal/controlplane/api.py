@@ -1,6 +1,6 @@
 """The control plane's HTTP API (aiohttp). Bodies are msgpack; every error is a 4xx/5xx with a message.
 
-Routes are thin: they validate, then call the part of the core that does the work (controlplane/core.py).
+Routes are thin: they validate, then call the part of the core that does the work (controlplane/build.py).
 Acknowledgements wait for the store's group commit.
 """
 
@@ -18,14 +18,14 @@ from aiohttp import web
 
 from .._spec.definitions import VariantOverrides
 from .._spec.limits import MAX_WAIT_S
+from .core.model import AppState, Call, Pool, new_id
 from .definitions import from_request
-from .model import AppState, Call, Pool, new_id
 from .rest import ApiError, Handler, body_of, query_float, query_int, reply
 from .store import apps as app_rows
 from .store import calls as call_rows
 
 if TYPE_CHECKING:
-    from .core import Core
+    from .build import Core
     from .definitions import Definitions
     from .deploy import Deployments
     from .proxy import Proxy

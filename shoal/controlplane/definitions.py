@@ -18,8 +18,8 @@ import msgspec
 from .._spec import definitions as spec
 from .._spec.definitions import BuiltImage, FunctionDefinition, ImageSpec
 from ..exception import ImageBuildError, InvalidError
+from .core.model import AppState
 from .images import ImageBuilder
-from .model import AppState
 from .rest import ApiError
 from .secrets import SecretStore
 from .volumes import Volumes

@@ -3,7 +3,7 @@
 A deploy finds the running deployed app of that name (or creates one) and registers the new definitions on it.
 Every function keeps its id and pool across versions; the pool gets the new definition, whose `generation` is
 the version that set it, so a restarted control plane knows it too. The containers a pool had when the version
-changed are *superseded* (controlplane/rollout.py: rolling or recreate).
+changed are *superseded* (controlplane/core/rollout.py: rolling or recreate).
 
 Functions a version no longer has stop (their calls are terminated); new ones get pools. Each version's
 definitions are kept (`app_versions`) for `shoal app history` and `shoal app rollback`, which deploys an older
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .._spec.definitions import FunctionDefinition
+from .core.model import AppState, Pool
 from .definitions import from_request
-from .model import AppState, Pool
 from .rest import ApiError, body_of, reply
 from .store import apps as app_rows
 
 if TYPE_CHECKING:
-    from .core import Core
+    from .build import Core
     from .definitions import Definitions
 
 STRATEGIES = ("rolling", "recreate")

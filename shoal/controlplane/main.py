@@ -28,12 +28,12 @@ from .._spec.config import env_flag, home
 from ..backends.base import Backend
 from ..backends.local import LocalBackend
 from .api import Api
-from .containers import ControlPlaneAddress
-from .core import build_core
+from .build import build_core
+from .core.containers import ControlPlaneAddress
+from .core.model import new_id
 from .definitions import Definitions
 from .deploy import Deployments
 from .images import ImageBuilder
-from .model import new_id
 from .objects import Objects
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .._spec.limits import MAX_WAIT_S
-from .model import new_id
+from .core.model import new_id
 from .rest import ApiError, body_of, query_int, reply
 from .store import Store, dicts, objects, queues
 

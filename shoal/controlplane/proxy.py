@@ -1,6 +1,6 @@
 """The ingress proxy: HTTP/1.1 and WebSockets from web clients to the containers of web functions.
 
-It runs on the control plane's event loop, so a request takes a container slot (controlplane/web_slots.py) directly
+It runs on the control plane's event loop, so a request takes a container slot (controlplane/core/web_slots.py) directly
 (the pool's queue: the autoscaler counts waiting requests at once) without any hop. Built on raw asyncio
 protocols with httptools (llhttp) for message boundaries: request heads are rewritten (X-Forwarded-*, proxy-auth
 headers removed), bodies and responses are streamed through as they arrive, with back-pressure both ways, so a
@@ -32,9 +32,9 @@ from .ingress_policy import TokenBucket, TokenRecord, check_proxy_auth
 from .web_routes import Route, Router
 
 if TYPE_CHECKING:
-    from .model import Container, Input, Pool
-    from .variants import Variants
-    from .web_slots import WebSlots
+    from .core.model import Container, Input, Pool
+    from .core.variants import Variants
+    from .core.web_slots import WebSlots
 
 log = logging.getLogger("shoal.proxy")
 

@@ -39,13 +39,13 @@ import msgpack
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
 
 from . import policy
-from .model import new_id
+from .core.model import new_id
 from .rest import ApiError
 from .store import leases
 from .store import replicas as replica_rows
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .core.registry import Registry
     from .store import Store
 
 log = logging.getLogger("shoal.replicas")
@@ -77,7 +77,7 @@ def app_fence(replica_id: str, app_id: str) -> tuple[str, str]:
 
 
 class Takeover(Protocol):
-    """How apps come and go here (controlplane/recovery.py)."""
+    """How apps come and go here (controlplane/core/recovery.py)."""
 
     async def recover_app(self, app_id: str) -> bool: ...
     def release_app(self, app_id: str, reason: str) -> None: ...

@@ -22,13 +22,13 @@ from zoneinfo import ZoneInfo
 from dateutil.relativedelta import relativedelta
 
 from .._spec.definitions import CronSchedule, PeriodSchedule, Schedule
-from .model import Call, Pool, new_id
+from .core.model import Call, Pool, new_id
 from .store import schedules
 
 if TYPE_CHECKING:
-    from .calls import Calls
-    from .ownership import AppOwnership
-    from .registry import Registry
+    from .core.calls import Calls
+    from .core.ownership import AppOwnership
+    from .core.registry import Registry
     from .store import Store
 
 log = logging.getLogger("shoal.scheduler")

@@ -41,7 +41,7 @@ from aiohttp import web
 
 from .._spec.definitions import FunctionDefinition
 from . import volume_fs as vfs
-from .model import new_id
+from .core.model import new_id
 from .rest import ApiError, body_of, reply
 from .store import Store, objects
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ..backends.base import Backend
-    from .model import Container
+    from .core.model import Container
 
 log = logging.getLogger("shoal.volumes")
 CHUNK = 1 << 20

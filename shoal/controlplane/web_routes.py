@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from .model import Pool
-    from .registry import Registry
+    from .core.model import Pool
+    from .core.registry import Registry
 
 MAX_LABEL = 63
 WORKSPACE = os.environ.get("SHOAL_WORKSPACE", "shoal")

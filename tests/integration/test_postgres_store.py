@@ -46,6 +46,8 @@ import psycopg  # noqa: E402 - only once it is known to be installed
 from psycopg import sql as pgsql  # noqa: E402
 
 from shoal.controlplane.store import SQLiteStore, StoreError, open_store  # noqa: E402
+from shoal.controlplane.store import apps as app_rows  # noqa: E402
+from shoal.controlplane.store import calls as call_rows  # noqa: E402
 from shoal.controlplane.store import postgres as pg  # noqa: E402
 from shoal.controlplane.store.postgres import PostgresStore, pg_schema, to_pg  # noqa: E402
 
@@ -176,8 +178,8 @@ def test_the_postgres_schema_has_the_tables_and_columns_of_the_sqlite_one(schema
 def test_group_commit_tickets_flushed_and_after(schema: str) -> None:
     async def body(store):
         order: list[int] = []
-        store.put_call("fc-1", "fu-1", "map", None)
-        tickets = [store.put_inputs([("fc-1", i, bytes([i % 256]) * 10)]) for i in range(500)]
+        call_rows.put_call(store, "fc-1", "fu-1", "map", None)
+        tickets = [call_rows.put_inputs(store, [("fc-1", i, bytes([i % 256]) * 10)]) for i in range(500)]
         assert tickets == sorted(tickets) and len(set(tickets)) == 500
         for t in (tickets[10], tickets[-1], tickets[200]):
             store.after(t, lambda t=t: order.append(t))
@@ -192,8 +194,8 @@ def test_group_commit_tickets_flushed_and_after(schema: str) -> None:
         assert count == 500
         assert transactions < 50, "500 writes queued at once should commit in a few transactions"
         assert await store.read("SELECT args FROM inputs WHERE call_id=? AND idx=?", ("fc-1", 3)) == [(b"\x03" * 10,)]
-        store.put_inputs([("fc-1", 3, b"other")])  # idempotent on (call_id, idx)
-        await store.flushed(store.set_call_total("fc-1", 500))
+        call_rows.put_inputs(store, [("fc-1", 3, b"other")])  # idempotent on (call_id, idx)
+        await store.flushed(call_rows.set_total(store, "fc-1", 500))
         assert await store.read("SELECT args FROM inputs WHERE call_id=? AND idx=?", ("fc-1", 3)) == [(b"\x03" * 10,)]
         assert store.read_now("SELECT num_inputs FROM calls WHERE call_id=?", ("fc-1",)) == [(500,)]
         created = (await store.read("SELECT created_at FROM calls"))[0][0]
@@ -243,13 +245,13 @@ def test_transact_is_atomic_and_a_failed_write_spares_the_rest_of_its_batch(sche
 
 def test_lost_connections_are_reopened_and_nothing_is_lost(schema: str) -> None:
     async def body(store):
-        await store.flushed(store.put_app("ap-1", "a", "ephemeral", False))
+        await store.flushed(app_rows.put_app(store, "ap-1", "a", "ephemeral", False))
         assert await store.read("SELECT name FROM apps") == [("a",)]
         with psycopg.connect(URL, autocommit=True) as admin:
             pids = [store._writer.info.backend_pid] + [c.info.backend_pid for c in store._idle]
             for pid in pids:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        tickets = [store.put_app(f"ap-{i}", f"a{i}", "ephemeral", False) for i in range(2, 6)]
+        tickets = [app_rows.put_app(store, f"ap-{i}", f"a{i}", "ephemeral", False) for i in range(2, 6)]
         assert await store.transact(lambda c: c.execute("SELECT COUNT(*) FROM apps").fetchone()[0]) == 5
         await store.flushed(tickets[-1])
         assert [r[0] for r in await store.read("SELECT name FROM apps ORDER BY name")] == \

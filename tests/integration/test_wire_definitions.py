@@ -13,6 +13,7 @@ import pytest
 
 import shoal
 from shoal._client.transport import get_client
+from shoal.controlplane.store import apps as app_rows
 from shoal.exception import InvalidError, NotFoundError
 
 from ..conftest import ControlPlane
@@ -75,7 +76,7 @@ def _rewrite_definitions(cp: ControlPlane) -> set[str]:
                 current = msgpack.unpackb(blob, raw=False)
                 key = "Counter.*#" if current.get("variant_of") else tag
                 older = _as_stored_before(current, LEGACY[key])
-                await store.flushed(store.put_function(function_id, app_id, tag, msgpack.packb(older)))
+                await store.flushed(app_rows.write_function(store, function_id, app_id, tag, msgpack.packb(older)))
                 done.add(key)
             return done
         finally:

@@ -1,5 +1,5 @@
 """The KPA autoscaler's pure policy (shoal/controlplane/policy.py: kpa_decide, scale_down_victims, …) and the
-validation of runtime overrides (shoal/controlplane/autoscaler.py)."""
+validation of runtime overrides (shoal/controlplane/core/autoscaler.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from shoal._spec.definitions import Options
 from shoal.controlplane import policy
-from shoal.controlplane.autoscaler import PoolAutoscaler, validate_update
+from shoal.controlplane.core.autoscaler import PoolAutoscaler, validate_update
 from shoal.controlplane.policy import Decision, Sample, ScalingSettings, kpa_decide, scale_down_victims, windows
 
 

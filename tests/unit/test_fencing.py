@@ -1,7 +1,7 @@
 """Fencing in the control plane's core: a container the backend has reported gone (its Ray node died, say) may
 still be running somewhere and still send frames; nothing it sends counts any more.
 
-The core (controlplane/core.py) and its SQLite store are real; the test plays the container's runtime, speaking
+The core (controlplane/build.py) and its SQLite store are real; the test plays the container's runtime, speaking
 the frame protocol, and the backend: it has no room, so the core starts nothing by itself, and the container the
 test starts ends when the test says the backend saw it end.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 from shoal._spec import frames as _protocol
 from shoal._spec.definitions import FunctionDefinition
 from shoal.backends.base import ContainerSpec, OutputSink
-from shoal.controlplane import runtime_link
-from shoal.controlplane.containers import ControlPlaneAddress
-from shoal.controlplane.core import Core, build_core
+from shoal.controlplane.build import Core, build_core
+from shoal.controlplane.core import runtime_link
+from shoal.controlplane.core.containers import ControlPlaneAddress
 from shoal.controlplane.store.sqlite import SQLiteStore
 
 

@@ -11,7 +11,7 @@ from shoal._spec import frames
 from shoal._spec.errors import dumps_exception, loads_exception
 from shoal._spec.limits import AUTOSCALER_BOUNDS, SCALEDOWN_WINDOW_S
 from shoal._spec.params import pack_params, unpack_params
-from shoal.controlplane.autoscaler import validate_update
+from shoal.controlplane.core.autoscaler import validate_update
 
 
 def test_exceptions_made_by_the_control_plane_are_caught_as_modals():

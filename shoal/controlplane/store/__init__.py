@@ -3,7 +3,8 @@ PostgreSQL when `SHOAL_DATABASE_URL` is a `postgresql://` (or `postgres://`) URL
 
 All the control plane's SQL is in this package (tests/unit/test_store_boundary.py keeps it so): `base.py`,
 `sqlite.py` and `postgres.py` are the store itself, `schema.py` its tables, and one module per aggregate holds
-the functions the rest of the control plane calls, each taking the Store: `objects` (Dicts, Queues and Volumes
+the functions the rest of the control plane calls, each taking the Store: `apps` (apps, versions, function
+definitions), `calls` (calls, inputs, outputs), `objects` (Dicts, Queues and Volumes
 by name), `dicts`, `queues`, `secrets`, `tokens` (proxy auth), `schedules`, and for replicas on PostgreSQL
 `leases` and `replicas`."""
 

@@ -78,7 +78,7 @@ async def running_functions(store: Store) -> dict[str, dict[str, str]]:
 
 def put_function(store: Store, function_id: str, app_id: str, key: str, definition: FunctionDefinition) -> int:
     """Store (or replace) a function's definition under its tag (a variant: its variant key)."""
-    return store.put_function(function_id, app_id, key, spec.encode(definition))
+    return write_function(store, function_id, app_id, key, spec.encode(definition))
 
 
 def delete_function(store: Store, function_id: str) -> int:
@@ -129,3 +129,25 @@ async def history(store: Store, app_id: str) -> list[dict[str, Any]]:
     return [{"version": version, "created_at": created_at, "strategy": strategy, "tag": tag or "",
              "rollback_of": rollback_of, "functions": [d["tag"] for d in msgpack.unpackb(blob, raw=False)]}
             for version, created_at, strategy, tag, rollback_of, blob in rows]
+
+
+def write_function(store: Store, function_id: str, app_id: str, tag: str, definition: bytes) -> int:
+    """A function row as stored: `definition` already encoded."""
+    return store.write(
+        "INSERT INTO functions (function_id, app_id, tag, definition) VALUES (?,?,?,?) "
+        "ON CONFLICT (function_id) DO UPDATE SET app_id=excluded.app_id, tag=excluded.tag, "
+        "definition=excluded.definition",
+        (function_id, app_id, tag, definition),
+    )
+
+
+def put_app(store: Store, app_id: str, name: str | None, mode: str, detach: bool) -> int:
+    return store.write(
+        "INSERT INTO apps (app_id, name, mode, state, detach, created_at) VALUES (?,?,?,?,?,?) "
+        "ON CONFLICT DO NOTHING",
+        (app_id, name, mode, "running", int(detach), time.time()),
+    )
+
+
+def set_stopped(store: Store, app_id: str) -> int:
+    return store.write("UPDATE apps SET state='stopped', stopped_at=? WHERE app_id=?", (time.time(), app_id))

@@ -16,7 +16,6 @@ import asyncio
 import collections
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -166,77 +165,3 @@ class Store:
     def read_now(self, sql: str, params: Any = ()) -> list[tuple]:
         """Blocking read, for start-up only."""
         return self._read(lambda c: c.execute(sql, params).fetchall())
-
-    # -- domain writes ---------------------------------------------------------------------------------------
-    def put_app(self, app_id: str, name: str | None, mode: str, detach: bool) -> int:
-        return self.write(
-            "INSERT INTO apps (app_id, name, mode, state, detach, created_at) VALUES (?,?,?,?,?,?) "
-            "ON CONFLICT DO NOTHING",
-            (app_id, name, mode, "running", int(detach), time.time()),
-        )
-
-    def set_app_stopped(self, app_id: str) -> int:
-        return self.write("UPDATE apps SET state='stopped', stopped_at=? WHERE app_id=?", (time.time(), app_id))
-
-    def put_function(self, function_id: str, app_id: str, tag: str, definition: bytes) -> int:
-        return self.write(
-            "INSERT INTO functions (function_id, app_id, tag, definition) VALUES (?,?,?,?) "
-            "ON CONFLICT (function_id) DO UPDATE SET app_id=excluded.app_id, tag=excluded.tag, "
-            "definition=excluded.definition",
-            (function_id, app_id, tag, definition),
-        )
-
-    def put_call(self, call_id: str, function_id: str, kind: str, num_inputs: int | None,
-                 method: str | None = None) -> int:
-        """`method`: the method of a class a call runs (None for functions)."""
-        return self.write(
-            "INSERT INTO calls (call_id, function_id, kind, created_at, num_inputs, method) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            (call_id, function_id, kind, time.time(), num_inputs, method),
-        )
-
-    def set_call_total(self, call_id: str, num_inputs: int) -> int:
-        return self.write("UPDATE calls SET num_inputs=? WHERE call_id=?", (num_inputs, call_id))
-
-    def set_call_state(self, call_id: str, state: str) -> int:
-        return self.write(
-            "UPDATE calls SET state=?, completed_at=? WHERE call_id=?", (state, time.time(), call_id)
-        )
-
-    def put_inputs(self, rows: list[tuple[str, int, bytes]]) -> int:
-        return self.write("INSERT INTO inputs (call_id, idx, args) VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                          rows, many=True)
-
-    def put_outputs(self, rows: list[tuple[str, int, int, str, bytes | None, bool]],
-                    fences: list[tuple[str, str]] | None = None) -> int:
-        """Rows of (call_id, seq, idx, status, data, final). `fences` (replicas, PostgreSQL only): for each row,
-        the (lease key, owner) that must still hold when it is written, else it is dropped: a replica that lost
-        an app cannot add outputs behind the back of its new owner. The lease row is share-locked until the
-        write commits, so a takeover (which locks it to update it) reads the store after such writes."""
-        now = time.time()
-        values = [(c, s, i, st, d, int(f), now) for c, s, i, st, d, f in rows]
-        if fences is not None:
-            return self.write(
-                "INSERT INTO outputs (call_id, seq, idx, status, data, final, created_at) "
-                "SELECT ?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM leases WHERE key=? AND owner=? FOR SHARE) "
-                "ON CONFLICT DO NOTHING",
-                [v + fence for v, fence in zip(values, fences, strict=True)], many=True,
-            )
-        return self.write(
-            "INSERT INTO outputs (call_id, seq, idx, status, data, final, created_at) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", values, many=True,
-        )
-
-    def expire(self, before: float) -> int:
-        """Drop inputs and outputs of calls completed before `before`; keep the call row to say 'expired'."""
-        self.write(
-            "DELETE FROM outputs WHERE call_id IN (SELECT call_id FROM calls WHERE state!='running' "
-            "AND completed_at < ?)", (before,),
-        )
-        self.write(
-            "DELETE FROM inputs WHERE call_id IN (SELECT call_id FROM calls WHERE state!='running' "
-            "AND completed_at < ?)", (before,),
-        )
-        return self.write(
-            "UPDATE calls SET state='expired' WHERE state!='running' AND completed_at < ?", (before,)
-        )

@@ -6,6 +6,7 @@ the group commit; here are the reads: what recovery rebuilds, and what readers o
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .base import Store
@@ -65,3 +66,64 @@ async def summary(store: Store, call_id: str) -> tuple[str, int | None, str] | N
     """(kind, num_inputs, state) of a stored call; None when there is no such call."""
     rows = await store.read("SELECT kind, num_inputs, state FROM calls WHERE call_id=?", (call_id,))
     return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+
+def put_call(store: Store, call_id: str, function_id: str, kind: str, num_inputs: int | None,
+                 method: str | None = None) -> int:
+    """`method`: the method of a class a call runs (None for functions)."""
+    return store.write(
+        "INSERT INTO calls (call_id, function_id, kind, created_at, num_inputs, method) "
+        "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        (call_id, function_id, kind, time.time(), num_inputs, method),
+    )
+
+
+def set_total(store: Store, call_id: str, num_inputs: int) -> int:
+    return store.write("UPDATE calls SET num_inputs=? WHERE call_id=?", (num_inputs, call_id))
+
+
+def set_state(store: Store, call_id: str, state: str) -> int:
+    return store.write(
+        "UPDATE calls SET state=?, completed_at=? WHERE call_id=?", (state, time.time(), call_id)
+    )
+
+
+def put_inputs(store: Store, rows: list[tuple[str, int, bytes]]) -> int:
+    return store.write("INSERT INTO inputs (call_id, idx, args) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                      rows, many=True)
+
+
+def put_outputs(store: Store, rows: list[tuple[str, int, int, str, bytes | None, bool]],
+                    fences: list[tuple[str, str]] | None = None) -> int:
+    """Rows of (call_id, seq, idx, status, data, final). `fences` (replicas, PostgreSQL only): for each row,
+    the (lease key, owner) that must still hold when it is written, else it is dropped: a replica that lost
+    an app cannot add outputs behind the back of its new owner. The lease row is share-locked until the
+    write commits, so a takeover (which locks it to update it) reads the store after such writes."""
+    now = time.time()
+    values = [(c, s, i, st, d, int(f), now) for c, s, i, st, d, f in rows]
+    if fences is not None:
+        return store.write(
+            "INSERT INTO outputs (call_id, seq, idx, status, data, final, created_at) "
+            "SELECT ?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM leases WHERE key=? AND owner=? FOR SHARE) "
+            "ON CONFLICT DO NOTHING",
+            [v + fence for v, fence in zip(values, fences, strict=True)], many=True,
+        )
+    return store.write(
+        "INSERT INTO outputs (call_id, seq, idx, status, data, final, created_at) "
+        "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", values, many=True,
+    )
+
+
+def expire(store: Store, before: float) -> int:
+    """Drop inputs and outputs of calls completed before `before`; keep the call row to say 'expired'."""
+    store.write(
+        "DELETE FROM outputs WHERE call_id IN (SELECT call_id FROM calls WHERE state!='running' "
+        "AND completed_at < ?)", (before,),
+    )
+    store.write(
+        "DELETE FROM inputs WHERE call_id IN (SELECT call_id FROM calls WHERE state!='running' "
+        "AND completed_at < ?)", (before,),
+    )
+    return store.write(
+        "UPDATE calls SET state='expired' WHERE state!='running' AND completed_at < ?", (before,)
+    )

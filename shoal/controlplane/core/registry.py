@@ -1,6 +1,6 @@
 """What this control plane runs now: its apps, their function pools, the calls in memory, the containers.
 
-One `Registry` is shared by the parts of the control plane (controlplane/core.py builds them); they read it
+One `Registry` is shared by the parts of the control plane (controlplane/build.py builds them); they read it
 freely. Each map is written by the part that owns what is in it: apps by `Apps` (and `Recovery`, which rebuilds
 them), pools here (`add_pool`, `drop_pool`), calls by `Calls` (and `Recovery`), containers by `Containers`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 
-from .._spec.definitions import FunctionDefinition
+from ..._spec.definitions import FunctionDefinition
 from .logs import AppLogs
 from .model import AppState, Call, Container, Pool
 

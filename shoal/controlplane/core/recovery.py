@@ -12,17 +12,17 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._spec.definitions import FunctionDefinition
+from ..._spec.definitions import FunctionDefinition
+from ..store import Store
+from ..store import apps as app_rows
+from ..store import calls as call_rows
 from .model import TERMINATED, AppState, Call, Input
 from .outputs import Outputs
 from .queues import Queues
-from .store import Store
-from .store import apps as app_rows
-from .store import calls as call_rows
 
 if TYPE_CHECKING:
+    from ..web_routes import Router
     from .registry import Registry
-    from .web_routes import Router
 
 log = logging.getLogger("shoal.dispatch")
 
@@ -76,7 +76,7 @@ class Recovery:
         for stored in data.calls:
             pool = registry.pools.get(stored.function_id)
             if pool is None:
-                self.store.set_call_state(stored.call_id, TERMINATED)  # its function or its app is gone
+                call_rows.set_state(self.store, stored.call_id, TERMINATED)  # its function or its app is gone
                 continue
             if stored.call_id in registry.calls:
                 continue

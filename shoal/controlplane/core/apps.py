@@ -9,17 +9,17 @@ import logging
 import os
 from typing import TYPE_CHECKING, Protocol
 
-from .._spec.definitions import FunctionDefinition
+from ..._spec.definitions import FunctionDefinition
+from ..store import Store
+from ..store import apps as app_rows
 from .calls import Calls
 from .model import AppState, Pool, new_id
 from .ownership import AppOwnership
 from .queues import Queues, WebUnavailableError
-from .store import Store
-from .store import apps as app_rows
 
 if TYPE_CHECKING:
+    from ..web_routes import Router
     from .registry import Registry
-    from .web_routes import Router
 
 log = logging.getLogger("shoal.dispatch")
 SESSION_GRACE_S = float(os.environ.get("SHOAL_SESSION_GRACE_S", "10"))
@@ -48,7 +48,7 @@ class Apps:
         app = AppState(new_id("ap"), name, mode, detach)
         await self.ownership.created(app.id)
         self.registry.apps[app.id] = app
-        await self.store.flushed(self.store.put_app(app.id, name, mode, detach))
+        await self.store.flushed(app_rows.put_app(self.store, app.id, name, mode, detach))
         return app
 
     async def register_functions(self, app: AppState, definitions: list[FunctionDefinition]) -> dict[str, str]:
@@ -81,7 +81,7 @@ class Apps:
         if app is None or app.state != "running":
             return
         app.state = "stopping"
-        stopped = self.store.set_app_stopped(app_id)
+        stopped = app_rows.set_stopped(self.store, app_id)
         exits = []
         for function_id in app.functions.values():
             pool = self.registry.drop_pool(function_id)

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._spec import frames
-from .._spec.definitions import FunctionDefinition
+from ..._spec import frames
+from ..._spec.definitions import FunctionDefinition
 from .containers import stop
 from .model import Container, Pool
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
+    from ...backends.base import Backend
     from .registry import Registry
 
 WARM_SOURCE_MOUNT = "/run/shoal-src"  # where a sandboxed warm container sees its (later) source

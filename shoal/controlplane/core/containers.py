@@ -17,9 +17,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._spec import frames
-from .._spec.definitions import BuiltImage
-from ..backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
+from ..._spec import frames
+from ..._spec.definitions import BuiltImage
+from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
 from .model import AppState, Container, Pool, new_id
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class VolumeMounts(Protocol):
 
 
 class WarmSources(Protocol):
-    """What a warm container's start and end need of the warm pool (controlplane/warmpool.py)."""
+    """What a warm container's start and end need of the warm pool (controlplane/core/warmpool.py)."""
 
     def binds(self, c: Container) -> list[tuple[str, str, bool]]: ...
     def assignment(self, c: Container, env: dict[str, str]) -> frames.Assignment: ...

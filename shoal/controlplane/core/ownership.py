@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .replicas import Replicas
-    from .store import Store
+    from ..replicas import Replicas
+    from ..store import Store
 
 
 class AppOwnership(Protocol):

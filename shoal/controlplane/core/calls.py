@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._spec.errors import dumps_exception
-from ..exception import ExecutionError
+from ..._spec.errors import dumps_exception
+from ...exception import ExecutionError
+from ..store import Store
+from ..store import calls as call_rows
 from .model import TERMINATED, Call, Input, Pool
 from .outputs import Outputs
 from .queues import Queues
-from .store import Store
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -42,9 +43,9 @@ class Calls:
         total = None if kind == "map" else 1
         call = Call(call_id, pool, kind, total, method)
         calls[call_id] = call
-        ticket = self.store.put_call(call_id, pool.function_id, kind, total, method)
+        ticket = call_rows.put_call(self.store, call_id, pool.function_id, kind, total, method)
         if args is not None:
-            ticket = self.store.put_inputs([(call_id, 0, args)])
+            ticket = call_rows.put_inputs(self.store, [(call_id, 0, args)])
             self.queues.enqueue(pool, [Input(call, 0, args)])
         return call, ticket
 
@@ -53,11 +54,11 @@ class Calls:
         assert call.received is not None
         fresh = [(idx, args) for idx, args in items if idx not in call.received]
         call.received.update(idx for idx, _ in fresh)
-        ticket = self.store.put_inputs([(call.id, idx, args) for idx, args in fresh]) if fresh else 0
+        ticket = call_rows.put_inputs(self.store, [(call.id, idx, args) for idx, args in fresh]) if fresh else 0
         if last and call.total is None:
             call.total = len(call.received)
             call.received = None
-            ticket = self.store.set_call_total(call.id, call.total)
+            ticket = call_rows.set_total(self.store, call.id, call.total)
         if call.cancelled:
             return ticket
         self.queues.enqueue(call.pool, [Input(call, idx, args) for idx, args in fresh])

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .._spec.definitions import FunctionDefinition, Options, ServerConfig
+from ..._spec.definitions import FunctionDefinition, Options, ServerConfig
 from .autoscaler import PoolAutoscaler
 from .logs import AppLogs
 
 if TYPE_CHECKING:
-    from ..backends.base import ContainerHandle
+    from ...backends.base import ContainerHandle
 
 # Output statuses as stored and sent to clients.
 SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "terminated", "item"
@@ -155,7 +155,7 @@ class Container:
     ready_at: float | None = None
     t_requested: float = field(default_factory=time.time)  # wall clock, to line up with the runtime's report
     t_launch: float | None = None  # when the backend was asked to start it (after waiting for resources)
-    warm: bool = False  # started for the warm pool: no function until assigned (see controlplane/warmpool.py)
+    warm: bool = False  # started for the warm pool: no function until assigned (see controlplane/core/warmpool.py)
     shell: bool = False  # `shoal shell`: runs nothing, takes no inputs, state "shell" (Operations.start_shell)
     idle_since: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # set when the control plane itself ends the container

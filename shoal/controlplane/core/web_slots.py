@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from . import policy
+from .. import policy
 from .model import Call, Input, Pool, new_id
 from .queues import Queues, assign
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from ..store import Store
+from ..store import calls as call_rows
 from .model import Call
-from .store import Store
 
 Fence = Callable[[str], tuple[str, str]]  # app_id -> (lease key, owner) a write for that app must still match
 OutputRow = tuple[Call, int, str, bytes | None, bool]  # (call, idx, status, data, final)
@@ -59,7 +60,7 @@ class Outputs:
                         fut.set_result((status, data))
             stored.append((call.id, seq, idx, status, data, final))
             shown.append((call, seq, idx, status, data, final))
-        ticket = self.store.put_outputs(stored, self._fences(shown))
+        ticket = call_rows.put_outputs(self.store, stored, self._fences(shown))
 
         def publish() -> None:
             for call, seq, idx, status, data, final in shown:
@@ -71,7 +72,7 @@ class Outputs:
         if call.state != "running":
             return
         call.state = "terminated" if call.cancelled else "complete"
-        self.store.set_call_state(call.id, call.state)
+        call_rows.set_state(self.store, call.id, call.state)
 
     # -- reading ---------------------------------------------------------------------------------------------
     async def wait_result(self, call: Call, idx: int, timeout: float) -> tuple[str, bytes | None] | None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import policy
+from .. import policy
 from .model import Container, Pool
 from .queues import Queues
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
+    from ...backends.base import Backend
 
 SERVER_REPORT_GRACE_S = 2.0  # past a Server's startup_timeout, before the control plane kills it unheard
 

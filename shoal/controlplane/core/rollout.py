@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from . import policy
+from .. import policy
 from .model import Pool
 from .operations import Operations
 from .queues import Queues

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .._spec import frames
+from ..._spec import frames
 from .containers import Containers, format_timings, phase_timings
 from .model import ITEM, AppState, Container, Pool
 from .outputs import Outputs

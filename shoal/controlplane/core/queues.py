@@ -14,17 +14,17 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._spec import frames
-from .._spec.errors import dumps_exception
-from .._spec.retries import retry_delay
-from ..exception import ExecutionError, FunctionTimeoutError
-from . import policy
+from ..._spec import frames
+from ..._spec.errors import dumps_exception
+from ..._spec.retries import retry_delay
+from ...exception import ExecutionError, FunctionTimeoutError
+from .. import policy
 from .containers import Containers, Exit, stop
 from .model import FAILURE, SUCCESS, TIMEOUT, Call, Container, Input, Pool
 from .outputs import Outputs
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
+    from ...backends.base import Backend
     from .registry import Registry
     from .warmpool import WarmPool
 

@@ -13,10 +13,10 @@ import logging
 import math
 from typing import Any
 
-from .._spec.definitions import Options, ServerConfig
-from .._spec.limits import AUTOSCALER_BOUNDS
-from . import policy
-from .policy import Decision, Sample, ScalingSettings
+from ..._spec.definitions import Options, ServerConfig
+from ..._spec.limits import AUTOSCALER_BOUNDS
+from .. import policy
+from ..policy import Decision, Sample, ScalingSettings
 
 log = logging.getLogger("shoal.autoscaler")
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import msgspec
 
-from .._spec.definitions import FunctionDefinition, Options, VariantOverrides
+from ..._spec.definitions import FunctionDefinition, Options, VariantOverrides
+from ..store import Store
+from ..store import apps as app_rows
 from .model import Pool, new_id
 from .queues import Queues
-from .store import Store
-from .store import apps as app_rows
 
 if TYPE_CHECKING:
     from .registry import Registry

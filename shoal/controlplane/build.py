@@ -1,24 +1,6 @@
-"""The control plane's core, built in one place: what runs (the registry), and the parts that act on it.
-
-    Registry     apps, pools, calls and containers in memory (registry.py)
-    Outputs      results of inputs: stored behind the group commit, then shown to readers (outputs.py)
-    Containers   container lifecycle: start (secrets, volumes, the backend), stop, exit (containers.py)
-    WarmPool     started runtimes per image waiting for a function (warmpool.py)
-    Queues       input queues, assignment to containers, timeouts, retries, the containers queues need (queues.py)
-    Calls        calls created, inputs added, calls cancelled or terminated (calls.py)
-    WebSlots     container slots for the ingress proxy's requests (web_slots.py)
-    Operations   operator actions: autoscaler overrides, container stop, shell, health (operations.py)
-    Rollout      superseding a pool's containers when its definition changes (rollout.py)
-    RuntimeLink  the frame protocol with each container's runtime (runtime_link.py)
-    ScalingTick  the autoscaler's once-a-second tick per pool (scaling.py)
-    Variants     class parameter sets and `with_options` pools (variants.py)
-    Recovery     running apps rebuilt from the store at start or takeover; letting go of one (recovery.py)
-    Apps         apps created, functions registered, apps and functions stopped (apps.py)
-
-Each part gets its collaborators in its constructor; `build_core` makes them in dependency order. The parts
-call one another through public methods; the HTTP API (api.py, deploy.py), the ingress proxy, the scheduler and
-the replicas use the parts they need.
-"""
+"""The control plane's core (controlplane/core/), built in one place: `build_core` makes every part, in
+dependency order, each given what it uses; `Core` holds them for the HTTP API (api.py, deploy.py), the ingress
+proxy, the scheduler, the replicas and main.py's housekeeping."""
 
 from __future__ import annotations
 
@@ -30,27 +12,28 @@ from pathlib import Path
 
 from .._spec.config import RESULT_TTL_S
 from ..backends.base import Backend
-from .apps import Apps
-from .calls import Calls
-from .containers import Containers, ControlPlaneAddress
-from .operations import Operations
-from .outputs import Outputs
-from .ownership import AppOwnership, LeasedOwnership, SoleOwner
-from .queues import Queues
-from .recovery import Recovery
-from .registry import Registry
+from .core.apps import Apps
+from .core.calls import Calls
+from .core.containers import Containers, ControlPlaneAddress
+from .core.operations import Operations
+from .core.outputs import Outputs
+from .core.ownership import AppOwnership, LeasedOwnership, SoleOwner
+from .core.queues import Queues
+from .core.recovery import Recovery
+from .core.registry import Registry
+from .core.rollout import Rollout
+from .core.runtime_link import RuntimeLink
+from .core.scaling import ScalingTick
+from .core.variants import Variants
+from .core.warmpool import WarmPool
+from .core.web_slots import WebSlots
 from .replicas import Replicas, app_fence
-from .rollout import Rollout
-from .runtime_link import RuntimeLink
-from .scaling import ScalingTick
 from .scheduler import Scheduler
 from .secrets import SecretStore
 from .store import Store
-from .variants import Variants
+from .store import calls as call_rows
 from .volumes import Volumes
-from .warmpool import WarmPool
 from .web_routes import Router
-from .web_slots import WebSlots
 
 EXPIRY_INTERVAL_S = 3600.0  # how often results older than RESULT_TTL_S are dropped
 
@@ -94,7 +77,7 @@ class Core:
             self.calls.forget_idle(now)
             if time.time() - last_expiry > EXPIRY_INTERVAL_S:
                 last_expiry = time.time()
-                self.store.expire(time.time() - RESULT_TTL_S)
+                call_rows.expire(self.store, time.time() - RESULT_TTL_S)
 
     def shutdown(self) -> None:
         """Kill every container (the control plane is exiting; unfinished inputs stay in the store)."""
