@@ -9,7 +9,6 @@ See shoal/controlplane/volumes.py for how it is stored and mounted.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -285,6 +284,8 @@ class _BatchUpload:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
+            import asyncio  # here, not at import: containers import the SDK
+
             await asyncio.to_thread(self._upload)
 
     def _upload(self) -> None:

@@ -151,3 +151,14 @@ def test_deprecation_warns_once_at_the_callers_line(echo: Echo) -> None:
             warnings.simplefilter("always")
             assert call() == "/old"
         assert [(w.category, w.filename) for w in caught] == [(DeprecationWarning, __file__)]
+
+
+def test_importing_the_sdk_imports_no_asyncio() -> None:
+    """Every container's runtime imports the SDK on its cold-start path; asyncio (with ssl, ≈ 12 ms) comes only
+    when something async runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, shoal, shoal.runtime.worker; print(sorted(m for m in ('asyncio', 'ssl') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
