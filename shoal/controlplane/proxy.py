@@ -229,6 +229,10 @@ class Proxy:
             return
         u.idle_since = time.monotonic()
         u.sink = u.parser = None
+        if u.transport is not None:
+            # Its client may have paused it (back-pressure) as the response's last bytes went out; parked, it
+            # must read again, or the next request on it would wait forever for its answer.
+            u.transport.resume_reading()
         self.idle[u.key].append(u)
 
 
@@ -305,6 +309,7 @@ class ClientConnection(asyncio.Protocol):
         self.local_ip = ""
         self.tunnel: Upstream | None = None  # after a WebSocket upgrade: bytes go straight through
         self.tunnel_pending: list[bytes] | None = None
+        self.paused_upstream: Upstream | None = None  # whose reading this connection's back-pressure paused
         self.paused = False
         self.closed = False
 
@@ -344,11 +349,11 @@ class ClientConnection(asyncio.Protocol):
         u = self.tunnel or (r.upstream if r else None)
         if u is not None and u.transport is not None:
             u.transport.pause_reading()
+            self.paused_upstream = u
 
     def resume_writing(self) -> None:
-        r = self.queue[0] if self.queue else None
-        u = self.tunnel or (r.upstream if r else None)
-        if u is not None and u.transport is not None:
+        u, self.paused_upstream = self.paused_upstream, None  # the one paused, even if its request is done
+        if u is not None and u.transport is not None and not u.closed:
             u.transport.resume_reading()
 
     def pause(self) -> None:
