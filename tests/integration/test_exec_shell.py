@@ -171,8 +171,8 @@ def test_shell_exit_code_and_default_image(control_plane) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_shell_container_ends_with_the_cli(control_plane, sig) -> None:
     proc = subprocess.Popen([PYTHON, "-m", "shoal.cli", "shell", f"{EXEC_APP}::fn", "--cmd", "sleep 300"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ),
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
     try:
         assert wait_for(lambda: bool(_shells()), 60), proc.stderr.read1() if proc.poll() is not None else ""
         shell_pid = _shells()[0]
@@ -180,7 +180,7 @@ def test_shell_container_ends_with_the_cli(control_plane, sig) -> None:
         try:  # read its output meanwhile: a CLI blocked on a full pipe would not exit
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints where each of its threads is
             out, err = proc.communicate()
             pytest.fail(f"the CLI did not exit after {sig!r}:\n{out.decode()}\n{err.decode()}")
         # SIGTERM: the CLI stops the app itself; SIGKILL: the control plane stops it once the session is gone.
