@@ -40,8 +40,19 @@ class _Terminated(Exception):  # noqa: N818 - a signal, not a failure
         self.signum = signum
 
 
+_signalled: list[int] = []  # SIGTERM/SIGHUP received by `shoal shell`
+
+
 def _raise_terminated(signum: int, _frame: Any) -> None:
+    _signalled.append(signum)
     raise _Terminated(signum)
+
+
+def _raise_if_signalled() -> None:
+    """The exception a signal handler raises can be lost: raised while Popen forks, inside an at-fork hook
+    (logging's), Python prints and ignores it. So the loops that wait for the command look here too."""
+    if _signalled:
+        raise _Terminated(_signalled[0])
 
 
 def _exit_code(returncode: int) -> int:
@@ -143,7 +154,9 @@ def _run_plain(target: Any, argv: list[str], env: dict[str, str]) -> int:
         return _not_found(argv[0])
     while True:
         try:
-            return _exit_code(proc.wait())
+            return _exit_code(proc.wait(timeout=0.5))
+        except subprocess.TimeoutExpired:
+            _raise_if_signalled()
         except KeyboardInterrupt:
             continue  # Ctrl-C reached the command too (one process group): it decides
 
@@ -211,6 +224,7 @@ def relay(master: int, proc: subprocess.Popen) -> None:
     last_input = b"\n"
     try:
         while True:
+            _raise_if_signalled()
             wanted = [fd for fd in readers if fd != 0 or len(pending) < 65536]
             ready, writable, _ = select.select(wanted, [master] if pending else [], [], 0.2)
             if master in writable:

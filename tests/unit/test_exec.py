@@ -91,3 +91,26 @@ def test_children_and_gone_processes() -> None:
         find_target({"container_id": "ta-1", "pid": proc.pid, "sandboxed": True}, timeout=0.1)
     with pytest.raises(ExecError, match="no process yet"):
         find_target({"container_id": "ta-1", "pid": None, "state": "pending", "pending_reason": "waiting"})
+
+
+def test_a_shell_signal_lost_while_the_command_forks_still_ends_the_wait(tmp_path: Path) -> None:
+    """SIGTERM handled while Popen forks raises inside an at-fork hook, where Python prints and drops the
+    exception; the CLI must still stop waiting for its command (it once waited for `sleep 300`)."""
+    script = """
+import os, signal, sys, time
+from types import SimpleNamespace
+from shoal.cli import exec_cmds
+signal.signal(signal.SIGTERM, exec_cmds._raise_terminated)
+exec_cmds._preexec = lambda target, pty: (lambda: None)  # a preexec_fn, as sandboxed targets have: fork hooks run
+os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGTERM))
+t0 = time.monotonic()
+try:
+    exec_cmds._run_plain(SimpleNamespace(sandboxed=False, cwd=None), ["sleep", "10"], dict(os.environ))
+except exec_cmds._Terminated as exc:
+    open(sys.argv[1], "w").write(f"terminated {exc.signum} {time.monotonic() - t0:.1f}")
+"""
+    result = tmp_path / "result"
+    subprocess.run([sys.executable, "-c", script, str(result)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=30)
+    word, signum, seconds = result.read_text().split()
+    assert (word, signum) == ("terminated", "15") and float(seconds) < 5
