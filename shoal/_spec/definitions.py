@@ -241,6 +241,11 @@ class FunctionDefinition(Struct):
         return self.cls is not None and any(m.webhook is not None for m in self.cls.methods.values())
 
 
+# What the control plane adds to a definition: host paths, built images, versions, variants. Never taken from a
+# client (a crafted definition would otherwise mount a host path of its choosing into its containers).
+CONTROL_PLANE_FIELDS = ("source_dir", "image_built", "generation", "variant_of", "variant_key", "variant_overrides",
+                        "params")
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FunctionDefinition)
 _list_decoder = msgspec.msgpack.Decoder(list[FunctionDefinition])

@@ -30,9 +30,16 @@ def from_request(functions: Any) -> list[FunctionDefinition]:
     field otherwise, e.g. "invalid function definition: Expected `int` >= 1, got `0` - at
     `functions[0].options.timeout`"."""
     try:
-        return spec.from_builtins(functions)
+        defs = spec.from_builtins(functions)
     except msgspec.ValidationError as exc:
         raise ApiError(400, f"invalid function definition: {str(exc).replace('`$', '`functions')}") from exc
+    blank = FunctionDefinition(tag="")
+    for i, d in enumerate(defs):
+        for name in spec.CONTROL_PLANE_FIELDS:
+            if getattr(d, name) != getattr(blank, name):
+                raise ApiError(400, f"invalid function definition: `functions[{i}].{name}` is set by the control "
+                                    "plane, not by clients")
+    return defs
 
 
 class Definitions:

@@ -121,3 +121,25 @@ def test_a_wrong_value_is_refused_naming_its_field(control_plane: ControlPlane, 
         client.call("POST", f"/v1/apps/{app_id}/stop", {})
     with pytest.raises(NotFoundError):  # the refused deploy left no app behind
         shoal.App.lookup("bad-definition")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("source_dir", "/root"),
+    ("image_built", {"image_id": "im-x", "python": "/usr/bin/python3", "root": "/"}),
+    ("variant_of", "fu-x"),
+    ("params", b"\x80"),
+])
+def test_what_the_control_plane_adds_is_never_taken_from_a_client(control_plane: ControlPlane, field: str,
+                                                                    value: object) -> None:
+    """A definition naming a host path (its source, an image root) would have it mounted into its containers."""
+    client = get_client()
+    app_id = client.call("POST", "/v1/apps", {"name": "crafted-definition", "mode": "ephemeral"})["app_id"]
+    try:
+        with pytest.raises(InvalidError, match=re.escape(f"`functions[0].{field}` is set by the control plane")):
+            client.call("POST", f"/v1/apps/{app_id}/functions",
+                        {"functions": [{"tag": "f", "serialized_fn": b"x", field: value}]})
+        with pytest.raises(InvalidError, match=re.escape(f"`functions[0].{field}`")):
+            client.call("POST", "/v1/apps/deploy", {"name": "crafted-definition",
+                                                    "functions": [{"tag": "f", "serialized_fn": b"x", field: value}]})
+    finally:
+        client.call("POST", f"/v1/apps/{app_id}/stop", {})
