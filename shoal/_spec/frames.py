@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from msgspec import Struct
 
-from .definitions import FunctionDefinition
+from .definitions import FunctionDefinition, Port
 
 if TYPE_CHECKING:
     import asyncio
@@ -82,7 +82,7 @@ class Ready(Struct, tag_field="t", tag="ready"):
     """The function is loaded (and its @enter hooks and web server are up)."""
 
     timings: dict[str, Any] = {}  # phase → seconds, wall-clock marks (`t_*`), `warm`
-    web: dict[str, int] = {}  # web target ("" or a method name) → local port
+    web: dict[str, Port] = {}  # web target ("" or a method name) → local port
 
 
 class InitFailed(Struct, tag_field="t", tag="init_failed"):
@@ -120,8 +120,8 @@ def encode(msg: Struct) -> bytes:
 
 
 async def read_frame(reader: "asyncio.StreamReader", decoder: msgspec.msgpack.Decoder = from_runtime) -> Any:
-    """Next frame (from a runtime unless `decoder` says otherwise), or None at end of stream.
-    msgspec.DecodeError (a ValidationError among them) for bytes that are no frame of ours."""
+    """Next frame (from a runtime unless `decoder` says otherwise), or None at end of stream. msgspec.DecodeError
+    (a ValidationError among them) for bytes that are no frame of ours, an oversized one included."""
     import asyncio
 
     try:
@@ -130,7 +130,7 @@ async def read_frame(reader: "asyncio.StreamReader", decoder: msgspec.msgpack.De
         return None
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME:
-        raise ValueError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
+        raise msgspec.DecodeError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
     try:
         body = await reader.readexactly(length)
     except (asyncio.IncompleteReadError, ConnectionError):

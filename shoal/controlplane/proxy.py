@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from .._spec.definitions import VariantOverrides
+from .._spec.params import bind_params, pack_params
 from .ingress_policy import TokenBucket, TokenRecord, check_proxy_auth
 from .web_routes import Route, Router
 
@@ -162,9 +164,6 @@ class Proxy:
         info = pool.definition.cls
         if info is None or not info.params:
             return pool
-        from .._spec.definitions import VariantOverrides
-        from .._spec.params import bind_params, pack_params
-
         types = {p.name: p.type for p in info.params}
         given = {k: v for k, v in urllib.parse.parse_qsl(query.decode("latin-1")) if k in types}
         values = bind_params(info, (), {k: _typed(types[k], k, v) for k, v in given.items()})

@@ -58,3 +58,28 @@ def test_scaledown_window_bounds_are_the_same_everywhere(value: int):
     with pytest.raises(ValueError, match="scaledown_window"):
         validate_update({}, {"scaledown_window": value})
     assert AUTOSCALER_BOUNDS["scaledown_window"] == SCALEDOWN_WINDOW_S
+
+
+def test_a_container_frame_too_large_or_out_of_shape_is_a_decode_error():
+    """What a container sends is checked: the control plane closes a stream that breaks the contract."""
+    import asyncio
+
+    import msgspec
+
+    async def read(data: bytes):
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await frames.read_frame(reader)
+
+    with pytest.raises(msgspec.DecodeError, match="exceeds"):
+        asyncio.run(read(frames.HEADER.pack(frames.MAX_FRAME + 1)))
+    with pytest.raises(msgspec.ValidationError):
+        asyncio.run(read(_frame({"t": "ready", "web": {"": 70000}})))  # no such port
+
+
+def _frame(msg: dict) -> bytes:
+    import msgspec
+
+    body = msgspec.msgpack.encode(msg)
+    return frames.HEADER.pack(len(body)) + body

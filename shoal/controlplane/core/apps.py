@@ -41,9 +41,6 @@ class Apps:
         self.calls = calls
         self.queues = queues
 
-    def get(self, app_id: str) -> AppState | None:
-        return self.registry.apps.get(app_id)
-
     async def create_app(self, name: str | None, mode: str, detach: bool) -> AppState:
         app = AppState(new_id("ap"), name, mode, detach)
         await self.ownership.created(app.id)

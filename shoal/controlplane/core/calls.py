@@ -29,9 +29,6 @@ class Calls:
         self.queues = queues
         self.outputs = outputs
 
-    def get(self, call_id: str) -> Call | None:
-        return self.registry.calls.get(call_id)
-
     async def create_call(self, pool: Pool, call_id: str, kind: str, args: bytes | None,
                           method: str | None = None) -> tuple[Call, int]:
         """A new call (idempotent on `call_id`); returns it with the store ticket that makes it durable.
@@ -89,7 +86,7 @@ class Calls:
 
     def terminate_running(self, pool: Pool, reason: str) -> None:
         """Every running call of the pool ends (its function or app stopped)."""
-        for call in [c for c in self.registry.calls.values() if c.pool is pool and c.state == "running"]:
+        for call in [c for c in self.registry.calls_of(pool) if c.state == "running"]:
             self.terminate_call(call, reason)
 
     def forget_idle(self, now: float) -> None:

@@ -23,7 +23,7 @@ class Outputs:
         """`fence`: with several control planes (controlplane/replicas.py), outputs are written only while this
         one still holds the lease of the call's app; None: the only control plane writes unconditionally."""
         self.store = store
-        self._fences = _fenced_by(fence) if fence is not None else _no_fences
+        self.fence = fence
 
     # -- writing ---------------------------------------------------------------------------------------------
     def finish_output(self, call: Call, idx: int, status: str, data: bytes | None) -> None:
@@ -60,7 +60,8 @@ class Outputs:
                         fut.set_result((status, data))
             stored.append((call.id, seq, idx, status, data, final))
             shown.append((call, seq, idx, status, data, final))
-        ticket = call_rows.put_outputs(self.store, stored, self._fences(shown))
+        fences = [self.fence(call.pool.app_id) for call, *_ in shown] if self.fence is not None else None
+        ticket = call_rows.put_outputs(self.store, stored, fences)
 
         def publish() -> None:
             for call, seq, idx, status, data, final in shown:
@@ -99,14 +100,3 @@ class Outputs:
         except asyncio.TimeoutError:
             pass
         return call.outputs_after(after, limit)
-
-
-def _fenced_by(fence: Fence) -> Callable[[list[tuple]], list[tuple[str, str]]]:
-    def fences(shown: list[tuple]) -> list[tuple[str, str]]:
-        return [fence(call.pool.app_id) for call, *_ in shown]
-
-    return fences
-
-
-def _no_fences(_shown: list[tuple]) -> None:
-    return None

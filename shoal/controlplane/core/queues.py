@@ -70,6 +70,7 @@ class Queues:
         else:
             capacity = policy.prefetch_capacity(pool.max_inputs, pool.avg_exec_s)
         now = time.monotonic()
+        loop = asyncio.get_running_loop()
         timeout = pool_timeout(pool)
         for c in sorted(ready, key=lambda c: len(c.running)):
             room = capacity - len(c.running)
@@ -80,7 +81,6 @@ class Queues:
                 continue
             items = []
             taken = 0
-            loop = asyncio.get_running_loop()
             while pool.queue and taken < n:
                 inp = pool.queue.popleft()
                 if inp.call.cancelled or (inp.waiter is not None and inp.waiter.done()):

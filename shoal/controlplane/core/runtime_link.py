@@ -94,7 +94,7 @@ class RuntimeLink:
                 c.init_error = msg.exc
                 pool.last_start_error = msg.summary
         # Stream gone: the process is dying or dead; make sure it is.
-        if c.state not in ("dead",) and c.handle is not None:
+        if c.state != "dead" and c.handle is not None:
             c.handle.kill()
 
     def _ready(self, c: Container, pool: Pool, app: AppState | None, msg: frames.Ready) -> None:

@@ -1,4 +1,4 @@
-"""What both stores share: group-commit tickets, transactions, reads in a thread, and the domain writes.
+"""What both stores share: group-commit tickets, transactions, reads in a thread.
 
 Writes are queued to one writer thread that commits everything queued so far in one transaction, then reports
 the highest committed ticket back to the event loop. Callers that acknowledge something to a client first

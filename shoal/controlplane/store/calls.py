@@ -1,7 +1,7 @@
 """Function calls, their inputs and their outputs, as stored (tables `calls`, `inputs`, `outputs`).
 
-The writes of the dispatch path (`put_call`, `put_inputs`, `put_outputs`, …) are `Store` methods, queued behind
-the group commit; here are the reads: what recovery rebuilds, and what readers of a call no longer in memory see.
+The writes of the dispatch path (`put_call`, `put_inputs`, `put_outputs`, …), queued behind the group commit,
+and the reads: what recovery rebuilds, and what readers of a call no longer in memory see.
 """
 
 from __future__ import annotations
