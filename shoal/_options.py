@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from ._spec.definitions import Options, RetryPolicy
-from ._spec.limits import SCALEDOWN_WINDOW_S, TIMEOUT_S
+from ._spec.limits import AUTOSCALER_BOUNDS, TIMEOUT_S
 from .exception import DeprecationError, InvalidError, NotImplementedWarning
 from .retries import Retries, parse_retries
 
@@ -79,6 +79,16 @@ def reject_deprecated(kwargs: dict[str, Any], where: str = "@app.function") -> N
     for old, new in DEPRECATED_ALIASES.items():
         if kwargs.get(old) is not None:
             raise DeprecationError(f"The `{old}` parameter of {where} has been renamed; use `{new}` instead.")
+
+
+def check_autoscaler(values: dict[str, Any]) -> None:
+    """The autoscaler's knobs among `values` (None: not given), in their bounds (`limits.AUTOSCALER_BOUNDS`), and
+    min_containers <= max_containers: as decorators, `with_options` and `autoscaler.update` take them."""
+    for name, bounds in AUTOSCALER_BOUNDS.items():
+        _check_int(name, values.get(name), *bounds)
+    lo, hi = values.get("min_containers"), values.get("max_containers")
+    if lo is not None and hi is not None and lo > hi:
+        raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -165,14 +175,8 @@ def build_options(
         raise InvalidError("`timeout` must be a number of seconds; None is not allowed (the default is 300)")
     _check_int("timeout", timeout, *TIMEOUT_S)
     _check_int("startup_timeout", startup_timeout, *TIMEOUT_S)
-    _check_int("min_containers", min_containers, 0)
-    _check_int("max_containers", max_containers, 1)
-    _check_int("buffer_containers", buffer_containers, 0)
-    _check_int("scaledown_window", scaledown_window, *SCALEDOWN_WINDOW_S)
-    if min_containers is not None and max_containers is not None and min_containers > max_containers:
-        raise InvalidError(
-            f"`min_containers` ({min_containers}) cannot be greater than `max_containers` ({max_containers})"
-        )
+    check_autoscaler({"min_containers": min_containers, "max_containers": max_containers,
+                      "buffer_containers": buffer_containers, "scaledown_window": scaledown_window})
     _check_resource("cpu", cpu, float)
     _check_resource("memory", memory, int)
     parsed_retries = parse_retries(retries)
@@ -262,9 +266,8 @@ def option_overrides(
     from .secret import Secret, secret_refs
 
     _check_int("timeout", timeout, *TIMEOUT_S)
-    _check_int("max_containers", max_containers, 1)
-    _check_int("buffer_containers", buffer_containers, 0)
-    _check_int("scaledown_window", scaledown_window, *SCALEDOWN_WINDOW_S)
+    check_autoscaler({"max_containers": max_containers, "buffer_containers": buffer_containers,
+                      "scaledown_window": scaledown_window})
     _check_resource("cpu", cpu, float)
     _check_resource("memory", memory, int)
     if env is not None and not isinstance(env, dict):

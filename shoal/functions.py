@@ -15,7 +15,7 @@ from ._client.aio import Plan, arun_plan, on_loop, rpc, run_plan
 from ._client.transport import Client, get_client
 from ._options import FunctionOptions
 from ._spec.definitions import ClsInfo, FunctionDefinition, WebhookConfig
-from ._spec.limits import MAX_WAIT_S, SCALEDOWN_WINDOW_S
+from ._spec.limits import MAX_WAIT_S
 from .exception import (
     ExecutionError,
     FunctionTimeoutError,
@@ -219,6 +219,7 @@ class Function:
         return self._function_id
 
     def _fid(self) -> str:
+        """The function id, a variant's created on first use (blocking)."""
         return run_plan(self._fid_plan())
 
     def _variant_request(self) -> dict[str, Any]:
@@ -558,16 +559,10 @@ class FunctionAutoscalerManager:
         self._function_id = function_id  # a plan giving the function's id
 
     def _apply(self, **values: int | None) -> Plan:
-        from ._options import _check_int
+        from ._options import check_autoscaler
         from .types import FunctionAutoscalerSettings
 
-        _check_int("min_containers", values.get("min_containers"), 0)
-        _check_int("max_containers", values.get("max_containers"), 1)
-        _check_int("buffer_containers", values.get("buffer_containers"), 0)
-        _check_int("scaledown_window", values.get("scaledown_window"), *SCALEDOWN_WINDOW_S)
-        lo, hi = values.get("min_containers"), values.get("max_containers")
-        if lo is not None and hi is not None and lo > hi:
-            raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")
+        check_autoscaler(values)
         body = {k: v for k, v in values.items() if v is not None}
         fid = yield from self._function_id()
         resp = yield ("POST", f"/v1/functions/{fid}/autoscaler", body)

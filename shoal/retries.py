@@ -64,7 +64,8 @@ def parse_retries(retries: int | Retries | None) -> Retries | None:
     if isinstance(retries, Retries):
         return retries
     if isinstance(retries, int) and not isinstance(retries, bool):
-        if retries < 0 or retries > 10:
-            raise InvalidError(f"Invalid retries number: {retries}. Function retries must be between 0 and 10.")
+        if not RETRIES[0] <= retries <= RETRIES[1]:
+            raise InvalidError(f"Invalid retries number: {retries}. Function retries must be between {RETRIES[0]} "
+                               f"and {RETRIES[1]}.")
         return Retries(max_retries=retries, initial_delay=1.0, backoff_coefficient=1.0)
     raise InvalidError(f"retries must be an int or a modal.Retries object, got {type(retries).__name__}")

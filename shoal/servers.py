@@ -294,18 +294,11 @@ class ServerAutoscalerManager:
         self._service = service
 
     def _apply(self, **values: Any) -> Plan:
-        from ._options import _check_int
-        from ._spec.limits import SCALEDOWN_WINDOW_S
+        from ._options import check_autoscaler
 
-        _check_int("min_containers", values.get("min_containers"), 0)
-        _check_int("max_containers", values.get("max_containers"), 1)
-        _check_int("buffer_containers", values.get("buffer_containers"), 0)
-        _check_int("scaledown_window", values.get("scaledown_window"), *SCALEDOWN_WINDOW_S)
+        check_autoscaler(values)
         _check_target_concurrency(values.get("target_concurrency"))
         _check_scaleup_window(values.get("scaleup_window"))
-        lo, hi = values.get("min_containers"), values.get("max_containers")
-        if lo is not None and hi is not None and lo > hi:
-            raise InvalidError(f"`min_containers` ({lo}) cannot be greater than `max_containers` ({hi})")
         body = {k: v for k, v in values.items() if v is not None}
         self._service._check_hydratable()
         fid = yield from self._service._fid_plan()
@@ -465,16 +458,14 @@ class Server:
 
     def _info_of(self, url: str | None) -> ServerInfo:
         service = self._service
-        config = msgspec.structs.asdict(service._server_config) if service._server_config is not None else {}
+        config = service._server_config
         if self._app is not None:
             app_name = self._app.name
         else:
             app_name = service._lookup[0] if service._lookup is not None else None
-        return ServerInfo(name=None if self._by_id else self._name, app_name=app_name, url=url,
-                          port=config.get("port"), target_concurrency=config.get("target_concurrency"),
-                          max_concurrency=config.get("max_concurrency"),
-                          unauthenticated=config.get("unauthenticated"),
-                          routing_region=config.get("routing_region"), object_id=service.object_id)
+        settings = (config.port, config.target_concurrency, config.max_concurrency, config.unauthenticated,
+                    config.routing_region) if config is not None else (None,) * 5
+        return ServerInfo(None if self._by_id else self._name, app_name, url, *settings, object_id=service.object_id)
 
     @rpc
     def info(self, *, refresh: bool = False) -> Plan:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._partial import BATCHED_ATTR, WEBHOOK_ATTR, _check_target, _no_mixing
 from ._spec.definitions import WebhookConfig
+from ._spec.limits import PORT
 from .exception import DeprecationError, InvalidError
 
 WEB_TYPES = ("fastapi", "asgi", "wsgi", "web_server")
@@ -216,9 +217,9 @@ def web_server(
     if callable(port):
         raise InvalidError("Have you forgotten parentheses? `port` is required: the first argument of "
                            "`@modal.web_server` must be a local port, such as `@modal.web_server(8000)`.")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+    if not isinstance(port, int) or isinstance(port, bool) or not PORT[0] <= port <= PORT[1]:
         raise InvalidError("First argument of `@web_server` must be a local port, such as `@web_server(8000)`: "
-                           f"`port` must be an integer from 1 to 65535, got {port!r}")
+                           f"`port` must be an integer from {PORT[0]} to {PORT[1]}, got {port!r}")
     if isinstance(startup_timeout, bool) or not isinstance(startup_timeout, (int, float)) or \
             not startup_timeout > 0:
         raise InvalidError(f"The `startup_timeout` argument of `@web_server` must be positive, got "

@@ -63,7 +63,7 @@ class Options(Struct):
     serialized: bool = False
     include_source: bool | None = None
     region: list[str] | None = None
-    extra: dict[str, Any] = {}  # recorded options shoal does not act on yet (scalars only)
+    extra: dict[str, str | int | float | bool | None] = {}  # recorded options shoal does not act on yet
 
 
 class SecretRef(Struct, omit_defaults=True):

@@ -461,7 +461,7 @@ def main() -> None:
                               os.getpid()))
     init = channel.recv()
     warm = isinstance(init, frames.Warm)
-    if isinstance(init, frames.Warm):
+    if warm:
         init = wait_warm(channel, init)
     if type(init) is not frames.Init:
         os._exit(0 if init is not None else 1)
