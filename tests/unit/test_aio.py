@@ -5,41 +5,59 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shoal._client import transport
 from shoal._client.aio import Emit, Plan, in_thread, on_loop, rpc, rpc_iter
+from shoal._client.server_process import ServerInfo
 from shoal.exception import InvalidError, NotFoundError
 
 
 class Echo:
-    """Answers every request with its path; `/missing` raises NotFoundError. Records requests."""
+    """A real HTTP server standing in for the control plane: answers every path with itself (msgpack, as the
+    control plane answers), `/missing` with a 404 NotFoundError; records the requests. The SDK's real client
+    talks to it, blocking (http.client) and async (aiohttp)."""
 
     def __init__(self) -> None:
+        import http.server
+        import threading
+
+        import msgspec
+
         self.requests: list[tuple[str, str]] = []
+        echo = self
 
-    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        self.requests.append((method, path))
-        if path == "/missing":
-            raise NotFoundError(path)
-        return {"path": path}
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the client expects
 
-    async def acall(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        return self.call(method, path, body)
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                echo.requests.append(("GET", self.path))
+                missing = self.path == "/missing"
+                body = msgspec.msgpack.encode({"error": self.path, "type": "NotFoundError"} if missing
+                                              else {"path": self.path})
+                self.send_response(404 if missing else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
+            def log_message(self, *args: Any) -> None:
+                pass
 
-class NoRequests:
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError("no request expected")
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.client = transport.Client(ServerInfo(url=f"http://127.0.0.1:{self.server.server_port}", token="t"))
 
 
 @pytest.fixture
-def echo(monkeypatch: pytest.MonkeyPatch) -> Echo:
-    client = Echo()
-    monkeypatch.setattr(transport, "_client", client)
-    return client
+def echo(monkeypatch: pytest.MonkeyPatch) -> Iterator[Echo]:
+    server = Echo()
+    monkeypatch.setattr(transport, "_client", server.client)
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
 
 
 class Thing:
@@ -100,9 +118,9 @@ def test_plan_forms_agree(echo: Echo) -> None:
     assert echo.requests == [("GET", "/a"), ("GET", "/b"), ("GET", "/missing"), ("GET", "/missing")]
 
 
-def test_a_plan_without_requests_never_gets_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport, "_client", NoRequests())
+def test_a_plan_without_requests_never_gets_a_client(echo: Echo) -> None:
     assert Thing().local_only() == "no request" == asyncio.run(Thing().local_only.aio())
+    assert echo.requests == []
 
 
 def test_paged_plans_request_as_the_caller_iterates(echo: Echo) -> None:
