@@ -30,3 +30,15 @@ AUTOSCALER_BOUNDS: dict[str, tuple[int, int | None]] = {
     "buffer_containers": (0, None),
     "scaledown_window": SCALEDOWN_WINDOW_S,
 }
+
+# Names, as Modal's: apps and named objects (Dicts, Queues, Volumes, Secrets) are 1 to 64 characters of ASCII
+# letters, digits, '-', '_' and '.'.
+NAME_MAX = 64
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+# Request bodies of the control plane's API, read into memory: most are small; those that carry a user's data
+# (call arguments, map inputs, Dict values, Queue items, definitions with a pickled function) are bounded by
+# the data limits (a Dict value is at most 100 MiB). Uploads (source blobs, Volume files) stream to disk.
+BODY_MAX = 4 * 1024 * 1024
+DATA_BODY_MAX = 128 * 1024 * 1024
+BLOB_MAX = 1024 * 1024 * 1024
+VOLUME_FILE_MAX = 64 * 1024 ** 3

@@ -11,16 +11,17 @@ import hmac
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
+from .._spec import requests as req
 from .._spec.definitions import VariantOverrides
-from .._spec.limits import MAX_WAIT_S
+from .._spec.limits import BLOB_MAX, DATA_BODY_MAX, MAX_WAIT_S
 from .core.model import AppState, Call, Pool, new_id
-from .definitions import from_request
-from .rest import ApiError, Handler, body_of, query_float, query_int, reply
+from .definitions import check_client_fields
+from .rest import ApiError, Handler, body_of, check_length, invalid, query_of, reply, too_large
 from .store import apps as app_rows
 from .store import calls as call_rows
 
@@ -46,7 +47,7 @@ class Api:
         self.started_at = time.time()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.errors, self.auth], client_max_size=1 << 30)
+        app = web.Application(middlewares=[self.errors, self.auth], client_max_size=DATA_BODY_MAX)
         r = app.router
         r.add_get("/v1/health", self.health)
         r.add_post("/v1/shutdown", self.shutdown)
@@ -111,13 +112,23 @@ class Api:
     async def put_blob(self, request: web.Request) -> web.Response:
         sha = request.match_info["sha"]
         path = self.definitions.blob_path(sha)
-        data = await request.read()
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise ApiError(400, "blob content does not match its sha256")
+        check_length(request, BLOB_MAX)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.{new_id('up')}")  # concurrent uploads of one blob
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(tmp, "wb") as f:  # streamed to disk, never whole in memory
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > BLOB_MAX:
+                        raise too_large(BLOB_MAX)
+                    digest.update(chunk)
+                    f.write(chunk)
+            if digest.hexdigest() != sha:
+                raise ApiError(400, "blob content does not match its sha256")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return reply({"ok": True})
 
     # -- apps ------------------------------------------------------------------------------------------------
@@ -141,11 +152,8 @@ class Api:
         return reply({"apps": apps})
 
     async def create_app(self, request: web.Request) -> web.Response:
-        body = await body_of(request)
-        mode = body.get("mode", "ephemeral")
-        if mode not in ("ephemeral", "deployed"):
-            raise ApiError(400, "mode must be 'ephemeral' or 'deployed'")
-        app = await self.core.apps.create_app(body.get("name"), mode, bool(body.get("detach")))
+        body = await body_of(request, req.CreateApp)
+        app = await self.core.apps.create_app(body.name, body.mode, body.detach)
         return reply({"app_id": app.id})
 
     def _app(self, request: web.Request) -> AppState:
@@ -160,10 +168,8 @@ class Api:
         keep their ids and get the new definitions, their containers are superseded that way, and functions
         left out stop."""
         app = self._app(request)
-        body = await body_of(request, "functions")
-        defs, strategy = from_request(body["functions"]), body.get("strategy")
-        if strategy is not None:
-            self.deployments.check_strategy(strategy)
+        body = await body_of(request, req.RegisterFunctions, DATA_BODY_MAX, "function definition")
+        defs, strategy = check_client_fields(body.functions), body.strategy
         await self.definitions.prepare(app, defs)
         if strategy is None:
             return reply({"functions": await self.core.apps.register_functions(app, defs)})
@@ -178,16 +184,17 @@ class Api:
         """Long-poll for log entries. A poll with `session=1` also tells the app its client is alive."""
         app_id = request.match_info["app_id"]
         app = self.registry.apps.get(app_id)
-        after = query_int(request, "after", -1)
+        query = query_of(request, req.LogsQuery)
+        after = query.after
         if app is None:
             logs = self.registry.stopped_logs.get(app_id)
             entries = logs.since(after) if logs is not None else []
             return reply({"entries": [e for e in entries if e["data"]],
                           "last": entries[-1]["seq"] if entries else after, "state": "stopped"})
-        timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
+        timeout = min(query.timeout, MAX_WAIT_S)
         if after >= app.logs.next_seq:
             after = -1  # a cursor into the log another control plane kept (before a restart or a takeover)
-        session = request.query.get("session") == "1"
+        session = query.session == "1"
         if session:
             app.session_started()
         try:
@@ -208,34 +215,30 @@ class Api:
 
     async def create_call(self, request: web.Request) -> web.Response:
         pool = self._pool(request)
-        body = await body_of(request, "kind")
-        kind = body["kind"]
-        if kind not in ("remote", "spawn", "gen", "map"):
-            raise ApiError(400, "kind must be one of remote, spawn, gen, map")
-        if kind != "map" and not isinstance(body.get("args"), bytes):
+        body = await body_of(request, req.CreateCall, DATA_BODY_MAX)
+        kind = body.kind
+        if kind != "map" and body.args is None:
             raise ApiError(400, "args (bytes) is required for this kind of call")
-        call_id = body.get("call_id") or new_id("fc")
-        if not isinstance(call_id, str) or not call_id.startswith("fc-"):
-            raise ApiError(400, "call_id must be a string starting with 'fc-'")
-        method = self._check_method(pool, body.get("method"))
-        call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.get("args"), method)
+        call_id = body.call_id or new_id("fc")
+        method = self._check_method(pool, body.method)
+        call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.args, method)
         if kind != "remote":
             await self.core.store.flushed(ticket)
             return reply({"call_id": call.id})
-        result = await self.core.outputs.wait_result(call, 0, min(float(body.get("wait", MAX_WAIT_S)), MAX_WAIT_S))
+        result = await self.core.outputs.wait_result(call, 0, min(body.wait, MAX_WAIT_S))
         if result is None:
             return reply({"call_id": call.id, "pending": True})
         return reply({"call_id": call.id, "status": result[0], "data": result[1]})
 
     @staticmethod
-    def _check_method(pool: Pool, method: Any) -> str | None:
+    def _check_method(pool: Pool, method: str | None) -> str | None:
         """Calls of a class name one of its methods; calls of a function name none."""
         cls = pool.definition.cls
         if cls is None:
             if method is not None:
                 raise ApiError(400, f"{pool.tag!r} is a function, not a class: calls cannot name a method")
             return None
-        if not isinstance(method, str):
+        if method is None:
             raise ApiError(400, f"{pool.tag!r} is a class: a call must name one of its methods "
                                 f"({', '.join(cls.methods) or 'it has none'})")
         if method not in cls.methods:
@@ -247,10 +250,8 @@ class Api:
         from .._spec.options import OVERRIDABLE_EXTRA, OVERRIDABLE_OPTIONS
 
         pool = self._pool(request)
-        body = await body_of(request)
-        params, overrides = body.get("params"), body.get("options") or {}
-        if params is not None and not isinstance(params, bytes):
-            raise ApiError(400, "params must be bytes (msgpack of the parameter values) or null")
+        body = await body_of(request, req.CreateVariant)
+        params, overrides = body.params, body.options or {}
         if params is not None and pool.definition.cls is None:
             raise ApiError(400, f"{pool.tag!r} is a function, not a class: it takes no parameters")
         if not isinstance(overrides, dict) or not isinstance(overrides.get("options", {}), dict) or \
@@ -266,7 +267,7 @@ class Api:
             await self.core.secrets.check(typed.secrets or [])
             function_id = await self.core.variants.create_variant(pool, params, typed)
         except msgspec.ValidationError as exc:
-            raise ApiError(400, f"invalid option override: {str(exc).replace('`$', '`options')}") from exc
+            raise invalid(exc, "option override") from exc
         except KeyError as exc:
             raise ApiError(404, str(exc.args[0]), "NotFoundError") from exc
         return reply({"function_id": function_id})
@@ -274,7 +275,8 @@ class Api:
     async def lookup_function(self, request: web.Request) -> web.Response:
         """A function or class of a running app, by app name and tag (`Cls.from_name`): a deployed app first,
         else the most recently started ephemeral one."""
-        app_name, tag = request.query.get("app_name", ""), request.query.get("tag", "")
+        query = query_of(request, req.FunctionLookupQuery)
+        app_name, tag = query.app_name, query.tag
         running = [a for a in self.registry.apps.values() if a.name == app_name and a.state == "running"]
         running.sort(key=lambda a: a.mode != "deployed")  # stable: among ephemeral apps, the newest last
         candidates = [a for a in running if a.mode == "deployed"] or running[-1:]
@@ -301,13 +303,8 @@ class Api:
             raise ApiError(404, f"call {request.match_info['call_id']} not found", "NotFoundError")
         if call.kind != "map":
             raise ApiError(400, "inputs can only be added to map calls")
-        body = await body_of(request, "items")
-        items = body["items"]
-        if not isinstance(items, list) or not all(
-            isinstance(i, list) and len(i) == 2 and isinstance(i[0], int) and isinstance(i[1], bytes) for i in items
-        ):
-            raise ApiError(400, "items must be a list of [index, args] pairs")
-        ticket = self.core.calls.add_inputs(call, [(i, a) for i, a in items], bool(body.get("last")))
+        body = await body_of(request, req.AddInputs, DATA_BODY_MAX)
+        ticket = self.core.calls.add_inputs(call, body.items, body.last)
         await self.core.store.flushed(ticket)
         return reply({"ok": True})
 
@@ -315,9 +312,8 @@ class Api:
         call = self._call(request)
         if call is None:
             raise ApiError(404, f"call {request.match_info['call_id']} not found", "NotFoundError")
-        after = query_int(request, "after", -1)
-        timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
-        limit = query_int(request, "limit", 1000)
+        query = query_of(request, req.OutputsQuery)
+        after, timeout, limit = query.after, min(query.timeout, MAX_WAIT_S), query.limit
         if after < call.recovered_seq:
             # Outputs committed before a restart or a takeover, which this reader has not seen yet.
             outputs = await call_rows.outputs_between(self.core.store, call.id, after, call.recovered_seq, limit)
@@ -330,8 +326,8 @@ class Api:
 
     async def get_result(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
-        index = query_int(request, "index", 0)
-        timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
+        query = query_of(request, req.ResultQuery)
+        index, timeout = query.index, min(query.timeout, MAX_WAIT_S)
         call = self.registry.calls.get(call_id)
         if call is not None:
             result = await self.core.outputs.wait_result(call, index, timeout)
@@ -362,20 +358,20 @@ class Api:
 
     async def cancel_call(self, request: web.Request) -> web.Response:
         call = self._call(request)
-        body = await body_of(request)
+        body = await body_of(request, req.CancelCall)
         if call is not None and call.state == "running":
-            self.core.calls.cancel_call(call, bool(body.get("terminate_containers")))
+            self.core.calls.cancel_call(call, body.terminate_containers)
         return reply({"ok": True})
 
     async def web_url(self, request: web.Request) -> web.Response:
         """The URL of a web function (or of a class's web method, `?method=`); null for other functions."""
         pool = self._pool(request)
-        return reply({"url": self.core.router.url_for(pool.function_id, request.query.get("method"))})
+        return reply({"url": self.core.router.url_for(pool.function_id, query_of(request, req.WebUrlQuery).method)})
 
     async def web_requests(self, request: web.Request) -> web.Response:
         """The latest requests the ingress proxy handled for a web function or Server, newest last."""
         pool = self._pool(request)
-        limit = query_int(request, "limit", 100)
+        limit = query_of(request, req.RequestsQuery).limit
         return reply({"requests": self.proxy.requests_of(pool.function_id, limit)})
 
     async def function_stats(self, request: web.Request) -> web.Response:
@@ -401,9 +397,10 @@ class Api:
     async def update_autoscaler(self, request: web.Request) -> web.Response:
         """Runtime overrides of min/max/buffer containers and scaledown_window, until the app is redeployed."""
         pool = self._pool(request)
-        body = await body_of(request)
+        body = await body_of(request, req.AutoscalerUpdate)
+        given = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
         try:
-            self.core.operations.update_autoscaler(pool, body)
+            self.core.operations.update_autoscaler(pool, given)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
         return reply(pool.autoscaler.describe(pool, time.monotonic()))
@@ -411,8 +408,8 @@ class Api:
     async def container_logs(self, request: web.Request) -> web.Response:
         """Log entries of one container (its app's log, filtered), long-polled like the app's log."""
         cid = request.match_info["container_id"]
-        after = query_int(request, "after", -1)
-        timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
+        query = query_of(request, req.ContainerLogsQuery)
+        after, timeout = query.after, min(query.timeout, MAX_WAIT_S)
         registry = self.registry
         c = registry.containers.get(cid)
         app = registry.apps.get(c.pool.app_id) if c is not None else next(
@@ -435,8 +432,8 @@ class Api:
 
     async def stop_container(self, request: web.Request) -> web.Response:
         """End a container; its inputs go back to the queue (`graceful`: it finishes them first)."""
-        body = await body_of(request)
-        c = self.core.operations.stop_container(request.match_info["container_id"], bool(body.get("graceful")))
+        body = await body_of(request, req.StopContainer)
+        c = self.core.operations.stop_container(request.match_info["container_id"], body.graceful)
         if c is None:
             raise ApiError(404, f"container {request.match_info['container_id']} not found", "NotFoundError")
         return reply({"ok": True, "container_id": c.id, "state": c.state})

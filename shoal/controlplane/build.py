@@ -5,6 +5,7 @@ proxy, the scheduler, the replicas and main.py's housekeeping."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +37,7 @@ from .volumes import Volumes
 from .web_routes import Router
 
 EXPIRY_INTERVAL_S = 3600.0  # how often results older than RESULT_TTL_S are dropped
+log = logging.getLogger("shoal.dispatch")
 
 
 @dataclass
@@ -70,14 +72,20 @@ class Core:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            await self.apps.stop_orphans(now)
-            for pool in list(self.registry.pools.values()):
-                self.scaling.tick(pool, now)
-            self.warmpool.trim(now)
-            self.calls.forget_idle(now)
-            if time.time() - last_expiry > EXPIRY_INTERVAL_S:
-                last_expiry = time.time()
-                call_rows.expire(self.store, time.time() - RESULT_TTL_S)
+            try:
+                await self.apps.stop_orphans(now)
+                for pool in list(self.registry.pools.values()):
+                    try:
+                        self.scaling.tick(pool, now)
+                    except Exception as exc:  # noqa: BLE001 - one app's state never stops the others' work
+                        await self.apps.fail_app(pool.app_id, f"the autoscaler of {pool.tag!r} failed: {exc!r}")
+                self.warmpool.trim(now)
+                self.calls.forget_idle(now)
+                if time.time() - last_expiry > EXPIRY_INTERVAL_S:
+                    last_expiry = time.time()
+                    call_rows.expire(self.store, time.time() - RESULT_TTL_S)
+            except Exception:  # noqa: BLE001 - the loop goes on: a failed pass is tried again next second
+                log.exception("housekeeping pass failed")
 
     def shutdown(self) -> None:
         """Kill every container (the control plane is exiting; unfinished inputs stay in the store)."""
@@ -104,6 +112,8 @@ def build_core(store: Store, backend: Backend, state_dir: Path, address: Control
     replicas = Replicas(store, registry, recovery, replica_id) if replica_id else None
     ownership: AppOwnership = LeasedOwnership(replicas, store) if replicas is not None else SoleOwner()
     scheduler = Scheduler(store, registry, calls, ownership)
+    apps = Apps(registry, store, ownership, router, scheduler, calls, queues)
+    scheduler.on_broken = apps.fail_app
     return Core(
         store=store, backend=backend, registry=registry, router=router, secrets=secrets, volumes=volumes,
         outputs=outputs, containers=containers, warmpool=warmpool, queues=queues, calls=calls,
@@ -111,6 +121,6 @@ def build_core(store: Store, backend: Backend, state_dir: Path, address: Control
         runtime=RuntimeLink(registry, containers, queues, outputs, warmpool, rollout),
         scaling=ScalingTick(backend, queues), variants=Variants(registry, store, queues), recovery=recovery,
         ownership=ownership, replicas=replicas, scheduler=scheduler,
-        apps=Apps(registry, store, ownership, router, scheduler, calls, queues),
+        apps=apps,
     )
 

@@ -11,9 +11,6 @@ import io
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from .._spec import definitions as spec
 from .._spec.definitions import BuiltImage, FunctionDefinition, ImageSpec
@@ -25,14 +22,9 @@ from .secrets import SecretStore
 from .volumes import Volumes
 
 
-def from_request(functions: Any) -> list[FunctionDefinition]:
-    """The `functions` of a registration or deploy body, decoded and checked (types, bounds); a 400 naming the
-    field otherwise, e.g. "invalid function definition: Expected `int` >= 1, got `0` - at
-    `functions[0].options.timeout`"."""
-    try:
-        defs = spec.from_builtins(functions)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, f"invalid function definition: {str(exc).replace('`$', '`functions')}") from exc
+def check_client_fields(defs: list[FunctionDefinition]) -> list[FunctionDefinition]:
+    """Definitions a client sent (decoded and checked at the edge: `_spec/requests.py`) set none of the fields
+    the control plane adds; a 400 naming the field otherwise."""
     blank = FunctionDefinition(tag="")
     for i, d in enumerate(defs):
         for name in spec.CONTROL_PLANE_FIELDS:

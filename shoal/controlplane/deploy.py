@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .._spec import requests as req
 from .._spec.definitions import FunctionDefinition
+from .._spec.limits import DATA_BODY_MAX
 from .core.model import AppState, Pool
-from .definitions import from_request
+from .definitions import check_client_fields
 from .rest import ApiError, body_of, reply
 from .store import apps as app_rows
 
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
     from .build import Core
     from .definitions import Definitions
 
-STRATEGIES = ("rolling", "recreate")
 ROLLOUT_RETRY_S = 0.5
 
 
@@ -60,11 +61,6 @@ class Deployments:
         version = app_rows.latest_version_now(self.store, app_id)
         if version is not None:
             self.versions[app_id] = version
-
-    @staticmethod
-    def check_strategy(strategy: Any) -> None:
-        if strategy not in STRATEGIES:
-            raise ApiError(400, f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
 
     async def next_version(self, app: AppState, defs: list[FunctionDefinition], strategy: str) -> tuple[int, dict]:
         """Prepared definitions become the app's next version (an app registering its functions again with a
@@ -103,14 +99,13 @@ class Deployments:
 
     # -- deploy --------------------------------------------------------------------------------------------------
     async def deploy(self, request: web.Request) -> web.Response:
-        body = await body_of(request, "name", "functions")
-        name = body["name"]
-        strategy = body.get("strategy") or "rolling"
-        if not isinstance(name, str) or not name:
+        body = await body_of(request, req.Deploy, DATA_BODY_MAX, "function definition")
+        name = body.name
+        if not name:
             raise ApiError(400, "a deployed app needs a name")
-        self.check_strategy(strategy)
-        defs = from_request(body["functions"])
-        tag = body.get("tag") or ""
+        strategy = body.strategy or "rolling"
+        defs = check_client_fields(body.functions)
+        tag = body.tag or ""
         async with self._lock(name):
             app = self._deployed(name)
             created = app is None
@@ -178,20 +173,18 @@ class Deployments:
     # -- rollback ------------------------------------------------------------------------------------------------
     async def rollback(self, request: web.Request) -> web.Response:
         ref = request.match_info["app_ref"]
-        body = await body_of(request)
-        strategy = body.get("strategy") or "rolling"
-        self.check_strategy(strategy)
+        body = await body_of(request, req.Rollback)
+        strategy = body.strategy or "rolling"
         row = await self._resolve(ref)
         app = self.registry.apps.get(row["app_id"])
         if app is None or app.mode != "deployed" or app.state != "running":
             raise ApiError(400, f"app {ref!r} is not a running deployed app", "InvalidError")
         async with self._lock(app.name or app.id):
             current = self.versions.get(app.id, 0)
-            target = body.get("version")
-            target = current - 1 if target is None else target
+            target = current - 1 if body.version is None else body.version
             if current < 2:
                 raise ApiError(400, f"app {app.name!r} has no earlier version to roll back to")
-            if not isinstance(target, int) or not 1 <= target < current:
+            if not 1 <= target < current:
                 raise ApiError(400, f"cannot roll back app {app.name!r} (at version {current}) to version "
                                     f"{target}: choose a version from 1 to {current - 1}")
             defs = await app_rows.version_definitions(self.store, app.id, target)
@@ -206,10 +199,8 @@ class Deployments:
     async def lookup(self, request: web.Request) -> web.Response:
         """`App.lookup(name)`: the deployed app of that name (or any app by id); `create_if_missing` creates an
         empty deployed app."""
-        body = await body_of(request, "name")
-        name = body["name"]
-        if not isinstance(name, str) or not name:
-            raise ApiError(400, "name must be a non-empty string")
+        body = await body_of(request, req.AppLookup)
+        name = body.name
         if name.startswith("ap-"):
             row = await self._resolve(name)
             return reply({**row, "version": self.versions.get(row["app_id"]),
@@ -219,7 +210,7 @@ class Deployments:
             app = self._deployed(name)
             created = False
             if app is None:
-                if not body.get("create_if_missing"):
+                if not body.create_if_missing:
                     raise ApiError(404, f"no deployed app named {name!r}", "NotFoundError")
                 app = await self.core.apps.create_app(name, "deployed", True)
                 created = True

@@ -15,13 +15,14 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
-from .._spec.limits import MAX_WAIT_S
+from .._spec import requests as req
+from .._spec.limits import BODY_MAX, DATA_BODY_MAX, MAX_WAIT_S
 from .core.model import new_id
-from .rest import ApiError, body_of, query_int, reply
+from .rest import ApiError, body_of, query_of, reply
 from .store import Store, dicts, objects, queues
 
 KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: controlplane/volumes.py
@@ -34,6 +35,10 @@ MAX_PARTITIONS = 100_000
 SHARED_POLL_S = 0.1  # how often a blocked getter of a replica looks for items put through another replica
 
 
+T = TypeVar("T")
+Q = TypeVar("Q", req.QueuePut, req.QueueGet, req.QueueLen, req.QueueClear, req.QueuePeek)
+
+
 class _Getter:
     __slots__ = ("n", "future", "taken")
 
@@ -43,11 +48,10 @@ class _Getter:
         self.taken = False  # chosen by a put to receive items; it must take them
 
 
-def _partition(body: dict[str, Any]) -> str:
-    p = body.get("partition")
+def _partition(p: str | None) -> str:
     if p is None:
         return ""
-    if not isinstance(p, str) or not 1 <= len(p.encode()) <= 64:
+    if len(p.encode()) > 64:
         raise ApiError(400, "a queue partition key must be 1 to 64 bytes")
     return p
 
@@ -71,25 +75,19 @@ class Objects:
     # -- objects ---------------------------------------------------------------------------------------------
     async def lookup(self, request: web.Request) -> web.Response:
         """Find a named object, or create it (named with create_if_missing, or unnamed = ephemeral)."""
-        body = await body_of(request, "kind")
-        kind, name = body["kind"], body.get("name")
-        if kind not in KINDS:
-            raise ApiError(400, f"kind must be one of {sorted(KINDS)}")
-        if name is not None and (not isinstance(name, str) or not name or len(name) > 64
-                                 or not all(ch.isalnum() or ch in "-_." for ch in name)):
-            raise ApiError(400, f"invalid {kind} name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
-        create = bool(body.get("create_if_missing")) or name is None
-        allow_existing = body.get("allow_existing", True)
+        body = await body_of(request, req.ObjectLookup)
+        kind, name = body.kind, body.name
+        create = body.create_if_missing or name is None
         object_id, created = await objects.find_or_create(self.store, kind, name, create=create,
-                                                          new_id=new_id(KINDS[kind]), app_id=body.get("app_id"))
+                                                          new_id=new_id(KINDS[kind]), app_id=body.app_id)
         if not object_id:
             raise ApiError(404, f"{kind.capitalize()} {name!r} not found", "NotFoundError")
-        if not created and body.get("must_create") and not allow_existing:
+        if not created and body.must_create and not body.allow_existing:
             raise ApiError(409, f"{kind.capitalize()} {name!r} already exists", "AlreadyExistsError")
         return reply({"object_id": object_id, "created": created})
 
     async def list(self, request: web.Request) -> web.Response:
-        named = await objects.list_named(self.store, request.query.get("kind", ""))
+        named = await objects.list_named(self.store, query_of(request, req.ObjectsQuery).kind)
         return reply({"objects": [{"object_id": i, "name": n, "created_at": t} for i, n, t in named]})
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -105,86 +103,80 @@ class Objects:
             raise ApiError(404, f"{kind.capitalize()} {object_id} not found (deleted?)", "NotFoundError")
 
     # -- dicts -----------------------------------------------------------------------------------------------
-    async def _dict_body(self, request: web.Request, *required: str) -> tuple[str, dict[str, Any]]:
+    async def _dict_body(self, request: web.Request, kind: type[T], limit: int = BODY_MAX) -> tuple[str, T]:
         object_id = request.match_info["object_id"]
-        body = await body_of(request, *required)
+        body = await body_of(request, kind, limit)
         await self._exists(object_id, "dict")
-        for field in ("key", "value"):
-            if field in body and not isinstance(body[field], bytes):
-                raise ApiError(400, f"{field} must be bytes (a pickled object)")
-        if len(body.get("value") or b"") > MAX_VALUE:
-            raise ApiError(413, "a Dict value may be at most 100 MiB", "RequestSizeError")
         return object_id, body
 
     async def dict_get(self, request: web.Request) -> web.Response:
-        object_id, body = await self._dict_body(request, "key")
-        value = await dicts.get(self.store, object_id, body["key"])
+        object_id, body = await self._dict_body(request, req.DictKey)
+        value = await dicts.get(self.store, object_id, body.key)
         return reply({"found": value is not None, "value": value})
 
     async def dict_contains(self, request: web.Request) -> web.Response:
-        object_id, body = await self._dict_body(request, "key")
-        return reply({"found": await dicts.contains(self.store, object_id, body["key"])})
+        object_id, body = await self._dict_body(request, req.DictKey)
+        return reply({"found": await dicts.contains(self.store, object_id, body.key)})
 
     async def dict_put(self, request: web.Request) -> web.Response:
-        object_id, body = await self._dict_body(request, "key", "value")
-        created = await dicts.put(self.store, object_id, body["key"], body["value"],
-                                  skip_if_exists=bool(body.get("skip_if_exists")))
+        object_id, body = await self._dict_body(request, req.DictPut, DATA_BODY_MAX)
+        if len(body.value) > MAX_VALUE:
+            raise ApiError(413, "a Dict value may be at most 100 MiB", "RequestSizeError")
+        created = await dicts.put(self.store, object_id, body.key, body.value, skip_if_exists=body.skip_if_exists)
         return reply({"created": created})
 
     async def dict_update(self, request: web.Request) -> web.Response:
-        object_id, body = await self._dict_body(request, "items")
-        items = body["items"]
-        if not isinstance(items, list) or not all(
-                isinstance(i, list) and len(i) == 2 and all(isinstance(x, bytes) for x in i) for i in items):
-            raise ApiError(400, "items must be a list of [key, value] byte pairs")
+        object_id, body = await self._dict_body(request, req.DictUpdate, DATA_BODY_MAX)
+        items = body.items
         if len(items) > MAX_UPDATE:
             raise ApiError(413, f"at most {MAX_UPDATE} entries per update", "RequestSizeError")
-        await dicts.update(self.store, object_id, [(k, v) for k, v in items])
+        if any(len(v) > MAX_VALUE for _, v in items):
+            raise ApiError(413, "a Dict value may be at most 100 MiB", "RequestSizeError")
+        await dicts.update(self.store, object_id, items)
         return reply({"ok": True})
 
     async def dict_pop(self, request: web.Request) -> web.Response:
-        object_id, body = await self._dict_body(request, "key")
-        value = await dicts.pop(self.store, object_id, body["key"])
+        object_id, body = await self._dict_body(request, req.DictKey)
+        value = await dicts.pop(self.store, object_id, body.key)
         return reply({"found": value is not None, "value": value})
 
     async def dict_clear(self, request: web.Request) -> web.Response:
-        object_id, _ = await self._dict_body(request)
+        object_id, _ = await self._dict_body(request, req.Empty)
         await dicts.clear(self.store, object_id)
         return reply({"ok": True})
 
     async def dict_len(self, request: web.Request) -> web.Response:
-        object_id, _ = await self._dict_body(request)
+        object_id, _ = await self._dict_body(request, req.Empty)
         return reply({"len": await dicts.length(self.store, object_id)})
 
     async def dict_items(self, request: web.Request) -> web.Response:
         """A page of entries in key order, after `after` (exclusive)."""
-        object_id, body = await self._dict_body(request)
-        limit = max(1, min(int(body.get("limit") or 1000), 1000))
-        rows = await dicts.page(self.store, object_id, body.get("after"), limit)
+        object_id, body = await self._dict_body(request, req.DictItems)
+        limit = body.limit or 1000
+        rows = await dicts.page(self.store, object_id, body.after, limit)
         return reply({"items": [[k, v] for k, v in rows], "more": len(rows) == limit})
 
     def expire_dicts(self) -> None:
         dicts.expire(self.store, untouched_since=time.time() - DICT_TTL_S)
 
     # -- queues ----------------------------------------------------------------------------------------------
-    async def _queue_body(self, request: web.Request, *required: str) -> tuple[str, str, dict[str, Any]]:
+    async def _queue_body(self, request: web.Request, kind: type[Q],
+                          limit: int = BODY_MAX) -> tuple[str, str, Q]:
         object_id = request.match_info["object_id"]
-        body = await body_of(request, *required)
+        body = await body_of(request, kind, limit)
         await self._exists(object_id, "queue")
-        return object_id, _partition(body), body
+        return object_id, _partition(body.partition), body
 
     async def queue_put(self, request: web.Request) -> web.Response:
         """Append items; with `timeout`, wait up to that long for room in a full partition."""
-        object_id, partition, body = await self._queue_body(request, "values")
-        values = body["values"]
-        if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values):
-            raise ApiError(400, "values must be a list of bytes")
+        object_id, partition, body = await self._queue_body(request, req.QueuePut, DATA_BODY_MAX)
+        values = body.values
         if any(len(v) > MAX_ITEM for v in values):
             raise ApiError(413, "a queue item may be at most 1 MiB", "RequestSizeError")
         if len(values) > MAX_PARTITION_ITEMS:
             raise ApiError(413, f"at most {MAX_PARTITION_ITEMS} items fit in a partition", "RequestSizeError")
-        ttl = float(body.get("partition_ttl") or 86400)
-        deadline = time.monotonic() + min(float(body.get("timeout") or 0), MAX_WAIT_S)
+        ttl = body.partition_ttl or 86400.0
+        deadline = time.monotonic() + min(body.timeout or 0.0, MAX_WAIT_S)
         while True:
             served = await self._try_put(object_id, partition, values, ttl)
             if served is not None:
@@ -228,12 +220,10 @@ class Objects:
 
     async def queue_get(self, request: web.Request) -> web.Response:
         """Remove and return up to `n` items; with `timeout` > 0, wait that long for the first one."""
-        object_id, partition, body = await self._queue_body(request)
-        n = int(body.get("n") or 1)
-        if n < 1:
-            raise ApiError(400, "n must be at least 1")
+        object_id, partition, body = await self._queue_body(request, req.QueueGet)
+        n = min(body.n or 1, MAX_PARTITION_ITEMS)  # a partition never holds more
         items = await queues.pop(self.store, object_id, partition, n, shared=self.shared)
-        timeout = min(float(body.get("timeout") or 0), MAX_WAIT_S)
+        timeout = min(body.timeout or 0.0, MAX_WAIT_S)
         if items or timeout <= 0:
             return reply({"values": items})
         getter = _Getter(n)
@@ -292,18 +282,18 @@ class Objects:
             await queues.give_back(self.store, object_id, partition, items)
 
     async def queue_len(self, request: web.Request) -> web.Response:
-        object_id, partition, body = await self._queue_body(request)
-        count = await queues.length(self.store, object_id, None if body.get("total") else partition)
+        object_id, partition, body = await self._queue_body(request, req.QueueLen)
+        count = await queues.length(self.store, object_id, None if body.total else partition)
         return reply({"len": count})
 
     async def queue_clear(self, request: web.Request) -> web.Response:
-        object_id, partition, body = await self._queue_body(request)
-        await queues.clear(self.store, object_id, None if body.get("all") else partition)
+        object_id, partition, body = await self._queue_body(request, req.QueueClear)
+        await queues.clear(self.store, object_id, None if body.all else partition)
         return reply({"ok": True})
 
     async def queue_peek(self, request: web.Request) -> web.Response:
-        object_id, partition, body = await self._queue_body(request)
-        n = max(1, min(query_int(request, "n", int(body.get("n") or 1)), 1000))
+        object_id, partition, body = await self._queue_body(request, req.QueuePeek)
+        n = min(query_of(request, req.PeekQuery).n or body.n or 1, 1000)
         return reply({"values": await queues.peek(self.store, object_id, partition, n)})
 
     async def housekeeping(self) -> None:

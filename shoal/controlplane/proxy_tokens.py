@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .._spec import requests as req
 from .ingress_policy import TokenRecord, hash_secret
 from .rest import ApiError, body_of, reply
 from .store import Store
@@ -31,16 +32,6 @@ def _random(n: int) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(n))
 
 
-def _check_app(name: Any) -> str:
-    if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise ApiError(400, f"invalid app name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
-    return name
-
-
-def _check_scope(scope: Any) -> Scope:
-    if not isinstance(scope, list) or len(scope) > MAX_SCOPE:
-        raise ApiError(400, f"scope must be a list of at most {MAX_SCOPE} app names")
-    return list(dict.fromkeys(_check_app(a) for a in scope))  # de-duplicated, in order
 
 
 def _public(r: TokenRecord) -> dict[str, Any]:
@@ -122,8 +113,8 @@ class ProxyTokens:
         r.add_post("/v1/proxy-tokens/{token_id}/revoke", self.handle_revoke)
 
     async def handle_create(self, request: web.Request) -> web.Response:
-        body = await body_of(request)
-        token_id, secret = await self.create(_check_scope(body.get("scope", [])))
+        body = await body_of(request, req.CreateProxyToken)
+        token_id, secret = await self.create(list(dict.fromkeys(body.scope)))  # de-duplicated, in order
         return reply({"token_id": token_id, "token_secret": secret})
 
     async def handle_list(self, request: web.Request) -> web.Response:
@@ -136,11 +127,11 @@ class ProxyTokens:
         return reply({"ok": True})
 
     async def handle_allow(self, request: web.Request) -> web.Response:
-        body = await body_of(request, "app")
-        record = await self.allow(request.match_info["token_id"], _check_app(body["app"]))
+        body = await body_of(request, req.ProxyTokenApp)
+        record = await self.allow(request.match_info["token_id"], body.app)
         return reply(_public(record))
 
     async def handle_revoke(self, request: web.Request) -> web.Response:
-        body = await body_of(request, "app")
-        record = await self.revoke(request.match_info["token_id"], _check_app(body["app"]))
+        body = await body_of(request, req.ProxyTokenApp)
+        record = await self.revoke(request.match_info["token_id"], body.app)
         return reply(_public(record))

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import pickle
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -70,6 +71,8 @@ class Scheduler:
         self.calls = calls
         self.ownership = ownership
         self.state: dict[str, dict[str, Any]] = {}  # function_id -> {anchor, last_fire, next, call}
+        # Told of an app whose schedule cannot run (build_core: `Apps.fail_app`), so the loop goes on.
+        self.on_broken: Callable[[str, str], Awaitable[None]] | None = None
 
     def _load(self, pool: Pool) -> dict[str, Any]:
         st = self.state.get(pool.function_id)
@@ -98,7 +101,12 @@ class Scheduler:
         schedules.reset(self.store, function_id)
 
     def upcoming(self, pool: Pool) -> float | None:
-        return self._load(pool)["next"] if pool.definition.schedule is not None else None
+        if pool.definition.schedule is None:
+            return None
+        try:
+            return self._load(pool)["next"]
+        except Exception:  # noqa: BLE001 - listing apps never fails on one broken schedule (the loop fails it)
+            return None
 
     async def run(self) -> None:
         while True:
@@ -108,7 +116,13 @@ class Scheduler:
                 if pool.definition.schedule is not None and not pool.stopped:
                     if not self.ownership.owns(pool.app_id):
                         continue  # only the app's owner fires its schedules (controlplane/replicas.py)
-                    await self._maybe_fire(pool, now)
+                    try:
+                        await self._maybe_fire(pool, now)
+                    except Exception as exc:  # noqa: BLE001 - one broken schedule never stops the others
+                        log.exception("schedule of %s failed", pool.tag)
+                        pool.stopped = True  # fires no more, whatever becomes of its app
+                        if self.on_broken is not None:
+                            await self.on_broken(pool.app_id, f"the schedule of {pool.tag!r} failed: {exc!r}")
 
     async def _maybe_fire(self, pool: Pool, now: float) -> None:
         st = self._load(pool)

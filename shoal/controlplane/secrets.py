@@ -10,14 +10,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
+from .._spec import requests as req
 from .._spec.definitions import SecretRef
-from .._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
-from .rest import ApiError, body_of, reply
+from .._spec.secrets import KEY_RE, MAX_KEY
+from .rest import ApiError, body_of, path_of, reply
 from .store import Store
 from .store import secrets as sealed_secrets
 
@@ -33,21 +33,13 @@ def load_key(state_dir: Path) -> bytes:
     return path.read_bytes().strip()
 
 
-def _check_env(env: Any) -> dict[str, str]:
-    if not isinstance(env, dict) or not env:
-        raise ApiError(400, "a secret needs at least one KEY=value")
-    for k, v in env.items():
-        if not isinstance(k, str) or not KEY_RE.match(k) or len(k) > MAX_KEY:
-            raise ApiError(400, f"invalid secret key {k!r}: must match [A-Za-z_][A-Za-z0-9_]*")
-        if not isinstance(v, str) or len(v) > MAX_VALUE:
-            raise ApiError(400, f"the value of {k!r} must be a string of at most {MAX_VALUE} characters")
+
+
+def _check_keys(env: dict[str, str]) -> dict[str, str]:
+    for k in env:
+        if not KEY_RE.match(k) or len(k) > MAX_KEY:
+            raise ApiError(400, f"invalid secret key {k[:100]!r}: must match [A-Za-z_][A-Za-z0-9_]*")
     return env
-
-
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise ApiError(400, f"invalid secret name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
-    return name
 
 
 class SecretStore:
@@ -81,20 +73,19 @@ class SecretStore:
         return reply({"secrets": [{"name": n, "created_at": c, "updated_at": u} for n, c, u in listed]})
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await body_of(request, "name", "env")
-        name, env = _check_name(body["name"]), _check_env(body["env"])
-        overwrite = bool(body.get("overwrite"))
-        if not await sealed_secrets.create(self.store, name, self._seal(env), time.time(), overwrite=overwrite):
-            if body.get("allow_existing"):
+        body = await body_of(request, req.CreateSecret)
+        name = body.name
+        if not await sealed_secrets.create(self.store, name, self._seal(_check_keys(body.env)), time.time(),
+                                           overwrite=body.overwrite):
+            if body.allow_existing:
                 return reply({"created": False})
             raise ApiError(409, f"secret {name!r} already exists", "AlreadyExistsError")
         return reply({"created": True})
 
     async def update(self, request: web.Request) -> web.Response:
         """dict.update semantics; containers started afterwards see the new values."""
-        name = _check_name(request.match_info["name"])
-        body = await body_of(request, "env")
-        changes = _check_env(body["env"])
+        name = path_of(request, req.SecretPath).name
+        changes = _check_keys((await body_of(request, req.UpdateSecret)).env)
         current = await self._get(name)
         if current is None:
             raise ApiError(404, f"secret {name!r} not found", "NotFoundError")

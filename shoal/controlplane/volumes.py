@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .._spec import requests as req
 from .._spec.definitions import FunctionDefinition
+from .._spec.limits import VOLUME_FILE_MAX
 from . import volume_fs as vfs
 from .core.model import new_id
-from .rest import ApiError, body_of, reply
+from .rest import ApiError, body_of, check_length, path_of, query_of, reply, too_large
 from .store import Store, objects
 
 if TYPE_CHECKING:
@@ -389,10 +391,9 @@ class Volumes:
         for vid in {m.volume_id for m in mounts}:
             await self._collect(vid)
 
-    def _container_mounts(self, vid: str, body: dict[str, Any]) -> tuple[Any, list[Mount]]:
-        cid = body.get("container_id")
-        c = self.containers.get(cid) if isinstance(cid, str) else None
-        if c is None or body.get("container_token") != c.token:
+    def _container_mounts(self, vid: str, body: req.ContainerVolume) -> tuple[Any, list[Mount]]:
+        c = self.containers.get(body.container_id) if body.container_id is not None else None
+        if c is None or body.container_token != c.token:
             raise ApiError(403, "commit() and reload() work only inside a running container", "InvalidError")
         mounts = [m for m in self.mounts.get(c.id, []) if m.volume_id == vid]
         if not mounts:
@@ -413,7 +414,7 @@ class Volumes:
 
     async def container_commit(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
-        body = await body_of(request)
+        body = await body_of(request, req.ContainerVolume)
         _, mounts = self._container_mounts(vid, body)
         version = None
         for m in mounts:
@@ -423,7 +424,7 @@ class Volumes:
     async def container_reload(self, request: web.Request) -> web.Response:
         """Commit this container's changes, then show it the current version (with an empty upper layer)."""
         vid = request.match_info["volume_id"]
-        body = await body_of(request)
+        body = await body_of(request, req.ContainerVolume)
         c, mounts = self._container_mounts(vid, body)
         if self.rootless:
             raise ApiError(400, "Volume.reload() needs a control plane running as root (rootless sandboxes "
@@ -482,9 +483,9 @@ class Volumes:
 
     async def list_entries(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
+        query = query_of(request, req.EntriesQuery)
         await self._existing(vid)
-        path = request.query.get("path", "/")
-        recursive = request.query.get("recursive") in ("1", "true")
+        path, recursive = query.path, query.recursive
         n = self._pin_current(vid)
         try:
             entries = await asyncio.to_thread(
@@ -498,8 +499,8 @@ class Volumes:
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         """A file's bytes, streamed (from an open descriptor: later commits cannot change what is sent)."""
         vid = request.match_info["volume_id"]
+        path = query_of(request, req.FileQuery).path
         await self._existing(vid)
-        path = request.query.get("path", "")
         n = self._pin_current(vid)
         try:
             host, size = vfs.open_file(str(self.storage.version_dir(vid, n)), path)
@@ -535,18 +536,14 @@ class Volumes:
 
     async def remove(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
-        body = await body_of(request, "path")
-        n = await self._change(vid, lambda stage: vfs.remove(stage, body["path"], bool(body.get("recursive"))))
+        body = await body_of(request, req.RemovePath)
+        n = await self._change(vid, lambda stage: vfs.remove(stage, body.path, body.recursive))
         return reply({"ok": True, "version": n})
 
     async def copy(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
-        body = await body_of(request, "src_paths", "dst_path")
-        srcs, dst = body["src_paths"], body["dst_path"]
-        if not isinstance(srcs, list) or not srcs or not all(isinstance(s, str) for s in srcs) \
-                or not isinstance(dst, str):
-            raise ApiError(400, "src_paths must be a non-empty list of paths and dst_path a path")
-        n = await self._change(vid, lambda stage: vfs.copy(stage, srcs, dst, bool(body.get("recursive")),
+        body = await body_of(request, req.CopyPaths)
+        n = await self._change(vid, lambda stage: vfs.copy(stage, body.src_paths, body.dst_path, body.recursive,
                                                            self.storage.owner))
         return reply({"ok": True, "version": n})
 
@@ -573,16 +570,16 @@ class Volumes:
 
     async def put_upload(self, request: web.Request) -> web.Response:
         """One file of a batch: the body streams to disk (no whole-file buffering)."""
+        index = path_of(request, req.UploadPath).index
         up = self._upload(request)
-        try:
-            index = int(request.match_info["index"])
-        except ValueError as exc:
-            raise ApiError(400, "upload index must be an integer") from exc
+        check_length(request, VOLUME_FILE_MAX)
         target = up.path / str(index)
         size = 0
         with open(target, "wb") as f:
             buf = bytearray()
             async for chunk in request.content.iter_chunked(CHUNK):
+                if size + len(buf) + len(chunk) > VOLUME_FILE_MAX:
+                    raise too_large(VOLUME_FILE_MAX)
                 buf += chunk
                 if len(buf) >= CHUNK:
                     await asyncio.to_thread(f.write, bytes(buf))
@@ -597,16 +594,12 @@ class Volumes:
     async def commit_upload(self, request: web.Request) -> web.Response:
         """The batch's files into a new version at once (all or none)."""
         up = self._upload(request)
-        body = await body_of(request, "files")
-        files = body["files"]
-        if not isinstance(files, list) or not all(
-                isinstance(f, list) and len(f) == 3 and isinstance(f[0], int) and isinstance(f[1], str)
-                and isinstance(f[2], int) for f in files):
-            raise ApiError(400, "files must be a list of [index, path, mode]")
+        body = await body_of(request, req.CommitUpload)
+        files = body.files
         missing = [f[1] for f in files if f[0] not in up.received]
         if missing:
             raise ApiError(400, f"these files of the batch were not uploaded: {', '.join(missing[:5])}")
-        force = bool(body.get("force"))
+        force = body.force
         owner = self.storage.owner
 
         def apply(stage: str) -> None:
@@ -624,11 +617,8 @@ class Volumes:
         return reply({"ok": True, "version": n})
 
     async def rename(self, request: web.Request) -> web.Response:
-        body = await body_of(request, "old_name", "new_name")
-        old, new = body["old_name"], body["new_name"]
-        if not isinstance(new, str) or not new or len(new) > 64 or \
-                not all(ch.isalnum() or ch in "-_." for ch in new):
-            raise ApiError(400, f"invalid volume name {new!r}: use 1-64 letters, digits, '-', '_' or '.'")
+        body = await body_of(request, req.RenameVolume)
+        old, new = body.old_name, body.new_name
         result = await objects.rename(self.store, "volume", old, new)
         if result == "exists":
             raise ApiError(409, f"Volume {new!r} already exists", "AlreadyExistsError")

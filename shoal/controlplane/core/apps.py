@@ -71,14 +71,15 @@ class Apps:
         """Apps or functions changed: the web routing table (labels, URLs) follows."""
         self.router.rebuild(self.registry)
 
-    async def stop_app(self, app_id: str) -> None:
+    async def stop_app(self, app_id: str, state: str = "stopped") -> None:
         """Terminate the app's calls and containers. Its log stays open ("stopping") until the containers'
-        output is drained, so followers print everything before they see "stopped"."""
+        output is drained, so followers print everything before they see "stopped". `state`: what the store
+        records ("failed": the control plane could not run it)."""
         app = self.registry.apps.get(app_id)
         if app is None or app.state != "running":
             return
         app.state = "stopping"
-        stopped = app_rows.set_stopped(self.store, app_id)
+        stopped = app_rows.set_stopped(self.store, app_id, state)
         exits = []
         for function_id in app.functions.values():
             pool = self.registry.drop_pool(function_id)
@@ -96,6 +97,23 @@ class Apps:
         self.routes_changed()
         app.logs.wake()
         await self.ownership.stopped(app_id, stopped)
+
+    async def fail_app(self, app_id: str, why: str) -> None:
+        """An app whose state breaks a background loop (an unusable definition): logged, stopped and marked
+        failed, so the loop goes on with every other app."""
+        log.error("app %s failed: %s; stopping it", app_id, why)
+        app = self.registry.apps.get(app_id)
+        if app is not None:
+            app.logs.append("", "system", f"app failed: {why}\n")
+        try:
+            await self.stop_app(app_id, "failed")
+        except Exception:  # noqa: BLE001 - whatever stopping it left, it runs nothing more here
+            log.exception("stopping failed app %s", app_id)
+        if app is not None and self.registry.apps.get(app_id) is app:
+            for function_id in list(app.functions.values()):
+                self.registry.drop_pool(function_id)
+            self.registry.forget_app(app_id)
+            app_rows.set_stopped(self.store, app_id, "failed")
 
     async def forget_unborn(self, app_id: str) -> None:
         """An app created for a deploy that failed before anything was deployed: stopped, and no row left."""
@@ -124,4 +142,7 @@ class Apps:
             if (app.mode == "ephemeral" and not app.detach and app.sessions == 0 and app.orphaned_at
                     and now - app.orphaned_at > SESSION_GRACE_S):
                 log.info("app %s lost its client; stopping", app.id)
-                await self.stop_app(app.id)
+                try:
+                    await self.stop_app(app.id)
+                except Exception as exc:  # noqa: BLE001 - one app never stops the reaping of the others
+                    await self.fail_app(app.id, f"stopping it failed: {exc!r}")

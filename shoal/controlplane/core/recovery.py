@@ -3,6 +3,9 @@ or when a replica takes one over (controlplane/replicas.py); and letting go of a
 
 Rebuilt: the app, its functions (pools), its running calls with their unfinished inputs queued again; outputs
 already committed are kept, and readers behind them read them from the store (`Call.recovered_seq`).
+
+Stored state this version cannot use (a definition an older or buggy version wrote with a wrong type, bytes
+that are no definition) fails that app alone: it is logged and marked "failed", and every other app recovers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ..._spec.definitions import FunctionDefinition
 from ..store import Store
 from ..store import apps as app_rows
 from ..store import calls as call_rows
-from .model import TERMINATED, AppState, Call, Input
+from .model import TERMINATED, AppState, Call, Input, Pool
 from .outputs import Outputs
 from .queues import Queues
 
@@ -32,7 +35,7 @@ class Stored:
     """What recovery reads from the store."""
 
     apps: list[tuple[str, str | None, str, int]]  # (app_id, name, mode, detach)
-    functions: list[tuple[str, str, FunctionDefinition]]  # (function_id, app_id, definition)
+    functions: list[tuple[str, str, FunctionDefinition | str]]  # (function_id, app_id, definition or why not)
     calls: list[call_rows.Unfinished]
 
 
@@ -67,11 +70,19 @@ class Recovery:
 
     def _apply(self, data: Stored) -> None:
         registry = self.registry
+        unusable = {app_id: f"function {function_id}: {why}"
+                    for function_id, app_id, why in data.functions if isinstance(why, str)}
         for app_id, name, mode, detach in data.apps:
-            registry.apps[app_id] = AppState(app_id, name, mode, bool(detach))
+            if app_id in unusable:
+                self._fail(app_id, unusable[app_id])
+            elif app_id not in registry.apps:
+                registry.apps[app_id] = AppState(app_id, name, mode, bool(detach))
         for function_id, app_id, definition in data.functions:
-            if app_id in registry.apps and function_id not in registry.pools:
-                registry.add_pool(function_id, app_id, definition)
+            if app_id in registry.apps and function_id not in registry.pools and not isinstance(definition, str):
+                try:
+                    registry.add_pool(function_id, app_id, definition)
+                except Exception as exc:  # noqa: BLE001 - one app's stored state never stops the others
+                    self._fail(app_id, f"function {function_id}: {exc!r}")
         requeued = 0
         for stored in data.calls:
             pool = registry.pools.get(stored.function_id)
@@ -80,22 +91,12 @@ class Recovery:
                 continue
             if stored.call_id in registry.calls:
                 continue
-            call = Call(stored.call_id, pool, stored.kind, stored.num_inputs, stored.method)
-            call.next_seq = stored.max_seq + 1
-            call.published = stored.max_seq  # committed, so visible: readers behind it read them from the store
-            call.recovered_seq = stored.max_seq
-            registry.calls[call.id] = call
-            call.done = len(stored.finals)
-            if call.keeps_results:
-                call.results.update(stored.finals)
-            for idx, args in stored.inputs:
-                if call.received is not None:
-                    call.received.add(idx)
-                if idx not in stored.finals:
-                    pool.queue.append(Input(call, idx, args))
-                    requeued += 1
-            if call.finished:
-                self.outputs.complete_call(call)
+            try:
+                requeued += self._recover_call(pool, stored)
+            except Exception:  # noqa: BLE001 - a call this version cannot read ends; the others go on
+                log.exception("call %s cannot be recovered; terminating it", stored.call_id)
+                registry.calls.pop(stored.call_id, None)
+                call_rows.set_state(self.store, stored.call_id, TERMINATED)
         if requeued:
             log.info("recovered %d unfinished inputs", requeued)
         self.router.rebuild(registry)
@@ -104,7 +105,40 @@ class Recovery:
             for function_id in list(app.functions.values()) if app else ():
                 pool = registry.pools.get(function_id)
                 if pool is not None:
-                    self.queues.scale(pool)
+                    try:
+                        self.queues.scale(pool)
+                    except Exception as exc:  # noqa: BLE001
+                        self._fail(app_id, f"function {function_id}: {exc!r}")
+
+    def _fail(self, app_id: str, why: str) -> None:
+        """An app whose stored state cannot run here: logged, marked failed in the store, forgotten."""
+        log.error("app %s cannot be recovered (%s); marking it failed", app_id, why)
+        app = self.registry.apps.get(app_id)
+        for function_id in list(app.functions.values()) if app else ():
+            pool = self.registry.drop_pool(function_id)
+            for call in self.registry.calls_of(pool) if pool is not None else ():
+                del self.registry.calls[call.id]
+        self.registry.forget_app(app_id)
+        app_rows.set_stopped(self.store, app_id, "failed")
+
+    def _recover_call(self, pool: Pool, stored: call_rows.Unfinished) -> int:
+        """A running call rebuilt, its unfinished inputs queued again: how many."""
+        registry = self.registry
+        call = Call(stored.call_id, pool, stored.kind, stored.num_inputs, stored.method)
+        call.next_seq = stored.max_seq + 1
+        call.published = stored.max_seq  # committed, so visible: readers behind it read them from the store
+        call.recovered_seq = stored.max_seq
+        call.done = len(stored.finals)
+        if call.keeps_results:
+            call.results.update(stored.finals)
+        unfinished = [Input(call, idx, args) for idx, args in stored.inputs if idx not in stored.finals]
+        if call.received is not None:
+            call.received.update(idx for idx, _ in stored.inputs)
+        registry.calls[call.id] = call
+        pool.queue.extend(unfinished)
+        if call.finished:
+            self.outputs.complete_call(call)
+        return len(unfinished)
 
     def release_app(self, app_id: str, reason: str) -> None:
         """Forget an app without touching the store: another replica owns it now. Its containers are killed

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import msgpack
+import msgspec
 
 from ..._spec import definitions as spec
 from ..._spec.definitions import FunctionDefinition
@@ -54,16 +55,24 @@ def delete(store: Store, app_id: str) -> int:
 
 
 # -- functions ---------------------------------------------------------------------------------------------------
-def definitions_now(store: Store, app_id: str | None = None) -> list[tuple[str, str, FunctionDefinition]]:
+def definitions_now(store: Store, app_id: str | None = None) -> list[tuple[str, str, FunctionDefinition | str]]:
     """(function_id, app_id, definition) of the functions of every running app, or of `app_id`'s. Blocking.
     Definitions an older version stored decode too: missing keys take their defaults, unknown ones are
-    ignored."""
+    ignored. One that cannot be used (a wrong type, bytes that are not a definition) comes back as the reason
+    why, a string, for recovery to fail its app rather than stop."""
     if app_id is None:
         rows = store.read_now("SELECT f.function_id, f.app_id, f.definition FROM functions f "
                               "JOIN apps a ON a.app_id = f.app_id WHERE a.state='running'")
     else:
         rows = store.read_now("SELECT function_id, app_id, definition FROM functions WHERE app_id=?", (app_id,))
-    return [(function_id, owner, spec.decode(blob)) for function_id, owner, blob in rows]
+    return [(function_id, owner, _definition(blob)) for function_id, owner, blob in rows]
+
+
+def _definition(blob: Any) -> FunctionDefinition | str:
+    try:
+        return spec.decode(blob)
+    except (msgspec.DecodeError, TypeError) as exc:  # (TypeError: not bytes at all)
+        return str(exc)
 
 
 async def running_functions(store: Store) -> dict[str, dict[str, str]]:
@@ -149,5 +158,6 @@ def put_app(store: Store, app_id: str, name: str | None, mode: str, detach: bool
     )
 
 
-def set_stopped(store: Store, app_id: str) -> int:
-    return store.write("UPDATE apps SET state='stopped', stopped_at=? WHERE app_id=?", (time.time(), app_id))
+def set_stopped(store: Store, app_id: str, state: str = "stopped") -> int:
+    """The app stopped (`state` "failed": the control plane could not run what it stored)."""
+    return store.write("UPDATE apps SET state=?, stopped_at=? WHERE app_id=?", (state, time.time(), app_id))

@@ -1,0 +1,287 @@
+"""What each route of the control plane's API accepts: a msgspec Struct per request body or query, checked once at
+the edge (`controlplane/rest.py` decodes into them), so a wrong type, a number out of range, a NaN, an oversized
+list or a name outside Modal's rules is a 400 naming the field (`$.options.min_containers`) and nothing
+unchecked reaches the store.
+
+Unknown keys are ignored (an older or newer SDK may send more); missing keys take their defaults. Queries are
+decoded from their strings (`?after=3`) with the same types.
+"""
+
+# No `from __future__ import annotations`: msgspec evaluates the annotations when a decoder is built.
+from typing import Annotated, Literal
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from . import limits
+from .definitions import FunctionDefinition
+from .secrets import MAX_VALUE
+
+NO_NUL = r"^[^\x00]*$"  # text the store keeps: PostgreSQL's text columns cannot hold NUL
+
+# -- scalars -----------------------------------------------------------------------------------------------------
+Name = Annotated[str, Meta(min_length=1, max_length=limits.NAME_MAX, pattern=limits.NAME_PATTERN)]
+Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]  # tags, ids, paths, methods
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+Index = Annotated[int, Meta(ge=0, le=2**53)]  # an input's position in a map
+Cursor = Annotated[int, Meta(ge=-1, le=2**53)]  # "after this sequence number" (-1: from the start)
+Version = Annotated[int, Meta(ge=1, le=2**31)]
+Page = Annotated[int, Meta(ge=1, le=10_000)]
+Strategy = Literal["rolling", "recreate"]
+Kind = Literal["dict", "queue", "volume"]
+Partition = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]  # characters; bytes checked too
+SecretValue = Annotated[str, Meta(max_length=MAX_VALUE)]
+Ttl = Annotated[float, Meta(ge=0.0, le=10 * 365 * 86400.0)]
+Lenient = Annotated[float, Meta(ge=0.0, le=1e9)]  # a wait a client asks for; the route clamps it to MAX_WAIT_S
+
+
+# -- apps and deploys --------------------------------------------------------------------------------------------
+class CreateApp(Struct):
+    name: Name | None = None
+    mode: Literal["ephemeral", "deployed"] = "ephemeral"
+    detach: bool = False
+    serve: bool = False
+
+
+class RegisterFunctions(Struct):
+    functions: list[FunctionDefinition]
+    strategy: Strategy | None = None
+
+
+class Deploy(Struct):
+    functions: list[FunctionDefinition]
+    name: Name | None = None  # required: left out, the route says "a deployed app needs a name"
+    strategy: Strategy | None = None
+    tag: Annotated[str, Meta(max_length=256, pattern=NO_NUL)] | None = None
+
+
+class AppLookup(Struct):
+    name: Name
+    create_if_missing: bool = False
+
+
+class Rollback(Struct):
+    strategy: Strategy | None = None
+    version: Version | None = None
+
+
+class LogsQuery(Struct):
+    after: Cursor = -1
+    timeout: Lenient = 0.0
+    session: str | None = None
+
+
+# -- calls -------------------------------------------------------------------------------------------------------
+class CreateCall(Struct):
+    kind: Literal["remote", "spawn", "gen", "map"]
+    args: bytes | None = None
+    call_id: Annotated[str, Meta(max_length=64, pattern=r"^fc-[A-Za-z0-9]+$")] | None = None
+    method: Text | None = None
+    wait: Lenient = limits.MAX_WAIT_S
+
+
+class CreateVariant(Struct):
+    params: bytes | None = None
+    options: dict[str, object] | None = None  # `VariantOverrides`, checked against what may be overridden
+
+
+class AddInputs(Struct):
+    items: Annotated[list[tuple[Index, bytes]], Meta(max_length=1_000_000)]
+    last: bool = False
+
+
+class OutputsQuery(Struct):
+    after: Cursor = -1
+    timeout: Lenient = 0.0
+    limit: Page = 1000
+
+
+class ResultQuery(Struct):
+    index: Index = 0
+    timeout: Lenient = 0.0
+
+
+class CancelCall(Struct):
+    terminate_containers: bool = False
+
+
+class FunctionLookupQuery(Struct):
+    app_name: Text = ""
+    tag: Text = ""
+
+
+class WebUrlQuery(Struct):
+    method: Text | None = None
+
+
+class RequestsQuery(Struct):
+    limit: Page = 100
+
+
+Count = Annotated[int, Meta(ge=0, le=2**31)]
+Seconds = Annotated[float, Meta(ge=0.0, le=1e9)]
+
+
+class AutoscalerUpdate(Struct, forbid_unknown_fields=True):
+    """`autoscaler.update(...)`: the knobs given, typed here; their bounds (and min <= max) are the autoscaler's
+    own check, with its messages. Left out or None: unchanged."""
+
+    min_containers: Count | None | UnsetType = UNSET
+    max_containers: Count | None | UnsetType = UNSET
+    buffer_containers: Count | None | UnsetType = UNSET
+    scaledown_window: Count | None | UnsetType = UNSET
+    target_concurrency: Seconds | None | UnsetType = UNSET  # a Server's
+    scaleup_window: Seconds | None | UnsetType = UNSET
+
+
+class ContainerLogsQuery(Struct):
+    after: Cursor = -1
+    timeout: Lenient = 0.0
+
+
+class StopContainer(Struct):
+    graceful: bool = False
+
+
+# -- Dicts, Queues and named objects -----------------------------------------------------------------------------
+class ObjectLookup(Struct):
+    kind: Kind
+    name: Name | None = None
+    create_if_missing: bool = False
+    allow_existing: bool = True
+    must_create: bool = False
+    app_id: Id | None = None
+
+
+class ObjectsQuery(Struct):
+    kind: Kind | Literal[""] = ""
+
+
+class DictKey(Struct):
+    key: bytes
+
+
+class DictPut(Struct):
+    key: bytes
+    value: bytes
+    skip_if_exists: bool = False
+
+
+class DictUpdate(Struct):
+    items: list[tuple[bytes, bytes]]
+
+
+class DictItems(Struct):
+    after: bytes | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] | None = None
+
+
+class Empty(Struct):
+    pass
+
+
+class QueuePut(Struct):
+    values: list[bytes]
+    partition: Partition | None = None
+    partition_ttl: Ttl | None = None
+    timeout: Lenient | None = None
+
+
+class QueueGet(Struct):
+    partition: Partition | None = None
+    n: Annotated[int, Meta(ge=1, le=2**31)] | None = None
+    timeout: Lenient | None = None
+
+
+class QueueLen(Struct):
+    partition: Partition | None = None
+    total: bool = False
+
+
+class QueueClear(Struct):
+    partition: Partition | None = None
+    all: bool = False
+
+
+class QueuePeek(Struct):
+    partition: Partition | None = None
+    n: Annotated[int, Meta(ge=1, le=2**31)] | None = None
+
+
+class PeekQuery(Struct):
+    n: Annotated[int, Meta(ge=1, le=2**31)] | None = None
+
+
+# -- secrets and proxy tokens ------------------------------------------------------------------------------------
+Env = dict[str, SecretValue]  # keys: `secrets.KEY_RE`, checked by the route (its message names the key)
+
+
+class CreateSecret(Struct):
+    name: Name
+    env: Annotated[Env, Meta(min_length=1, max_length=1000)]
+    overwrite: bool = False
+    allow_existing: bool = False
+
+
+class SecretPath(Struct):
+    name: Name
+
+
+class UpdateSecret(Struct):
+    env: Annotated[Env, Meta(min_length=1, max_length=1000)]
+
+
+class CreateProxyToken(Struct):
+    scope: Annotated[list[Name], Meta(max_length=100)] = []
+
+
+class ProxyTokenApp(Struct):
+    app: Name
+
+
+# -- Volumes -----------------------------------------------------------------------------------------------------
+class RenameVolume(Struct):
+    old_name: Name
+    new_name: Name
+
+
+class EntriesQuery(Struct):
+    path: Text = "/"
+    recursive: bool = False
+
+
+class FileQuery(Struct):
+    path: Text = ""
+
+
+class RemovePath(Struct):
+    path: Text
+    recursive: bool = False
+
+
+class CopyPaths(Struct):
+    src_paths: Annotated[list[Text], Meta(min_length=1, max_length=100_000)]
+    dst_path: Text
+    recursive: bool = False
+
+
+class CommitUpload(Struct):
+    files: Annotated[list[tuple[Index, Text, Annotated[int, Meta(ge=0, le=0o7777)]]], Meta(max_length=1_000_000)]
+    force: bool = False
+
+
+class UploadPath(Struct):
+    volume_id: Id
+    upload_id: Id
+    index: Index
+
+
+class BlobPath(Struct):
+    sha: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ContainerVolume(Struct):
+    """A container's own request about a mounted Volume (commit, reload), proven by its token."""
+
+    container_id: Id | None = None
+    container_token: Text | None = None
+
