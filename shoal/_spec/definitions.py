@@ -30,7 +30,13 @@ BufferContainers = Annotated[int, _bounded(*limits.AUTOSCALER_BOUNDS["buffer_con
 BatchMaxSize = Annotated[int, _bounded(*limits.BATCH_MAX_SIZE)]
 BatchWaitMs = Annotated[int, _bounded(*limits.BATCH_WAIT_MS)]
 Port = Annotated[int, _bounded(*limits.PORT)]
-Positive = Annotated[int, Meta(ge=1)]
+Positive = Annotated[int, Meta(ge=1, le=2**31)]
+# Numbers a definition carries are finite and in a range the control plane can compute with (no 2**63, no NaN).
+Cores = Annotated[float, Meta(ge=0.0, le=4096.0)]
+MiB = Annotated[int, Meta(ge=0, le=2**40)]
+Seconds = Annotated[float, Meta(ge=0.0, le=float(limits.TIMEOUT_S[1]))]
+Concurrency = Annotated[float, Meta(ge=0.0, le=2.0**31)]
+PeriodPart = Annotated[int, Meta(ge=0, le=10**6)] | Annotated[float, Meta(ge=0.0, le=1e6)]
 
 
 class RetryPolicy(Struct):
@@ -52,8 +58,8 @@ class Options(Struct):
     max_containers: MaxContainers | None = None
     buffer_containers: BufferContainers | None = None
     scaledown_window: ScaledownWindow | None = None
-    cpu: float | list[float] | None = None  # cores, or [request, limit]
-    memory: int | list[int] | None = None  # MiB, or [request, limit]
+    cpu: Cores | list[Cores] | None = None  # cores, or [request, limit]
+    memory: MiB | list[MiB] | None = None  # MiB, or [request, limit]
     gpu: list[str] | None = None  # "A100-80GB:2", a fallback order
     single_use_containers: bool = False
     max_inputs: Positive = 1  # inputs one container runs at once (@modal.concurrent)
@@ -77,13 +83,13 @@ class SecretRef(Struct, omit_defaults=True):
 class PeriodSchedule(Struct, tag_field="type", tag="period"):
     """`modal.Period(...)`: relativedelta fields, relative to the last deploy."""
 
-    years: int | float = 0
-    months: int | float = 0
-    weeks: int | float = 0
-    days: int | float = 0
-    hours: int | float = 0
-    minutes: int | float = 0
-    seconds: int | float = 0
+    years: PeriodPart = 0
+    months: PeriodPart = 0
+    weeks: PeriodPart = 0
+    days: PeriodPart = 0
+    hours: PeriodPart = 0
+    minutes: PeriodPart = 0
+    seconds: PeriodPart = 0
 
 
 class CronSchedule(Struct, tag_field="type", tag="cron"):
@@ -106,7 +112,7 @@ class WebhookConfig(Struct):
     requires_proxy_auth: bool = False
     custom_domains: list[str] = []
     port: Port | None = None  # web_server
-    startup_timeout: float | None = None  # web_server
+    startup_timeout: Seconds | None = None  # web_server
 
 
 class ServerConfig(Struct):
@@ -114,10 +120,10 @@ class ServerConfig(Struct):
     knobs. `target_concurrency`/`max_concurrency` None mean unset."""
 
     port: Port = 8000
-    startup_timeout: float = 30.0
-    target_concurrency: float | None = None
-    max_concurrency: int | None = None
-    scaleup_window: float | None = None
+    startup_timeout: Seconds = 30.0
+    target_concurrency: Concurrency | None = None
+    max_concurrency: Positive | None = None
+    scaleup_window: Seconds | None = None
     unauthenticated: bool = False
     exit_grace_period: Annotated[float, _bounded(*limits.EXIT_GRACE_PERIOD_S)] = 0.0
     routing_region: str = "us-east"

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import os
 import tarfile
+import time
 from pathlib import Path
 
 from .._spec import definitions as spec
@@ -18,19 +19,26 @@ from ..exception import ImageBuildError, InvalidError
 from .core.model import AppState
 from .images import ImageBuilder
 from .rest import ApiError
+from .scheduler import next_fire
 from .secrets import SecretStore
 from .volumes import Volumes
 
 
 def check_client_fields(defs: list[FunctionDefinition]) -> list[FunctionDefinition]:
     """Definitions a client sent (decoded and checked at the edge: `_spec/requests.py`) set none of the fields
-    the control plane adds; a 400 naming the field otherwise."""
+    the control plane adds, and their schedules can run; a 400 naming the field otherwise."""
     blank = FunctionDefinition(tag="")
+    now = time.time()
     for i, d in enumerate(defs):
         for name in spec.CONTROL_PLANE_FIELDS:
             if getattr(d, name) != getattr(blank, name):
                 raise ApiError(400, f"invalid function definition: `functions[{i}].{name}` is set by the control "
                                     "plane, not by clients")
+        if d.schedule is not None:
+            try:
+                next_fire(d.schedule, now, now)
+            except Exception as exc:  # noqa: BLE001 - croniter, zoneinfo and relativedelta raise their own
+                raise ApiError(400, f"invalid function definition: `functions[{i}].schedule`: {exc}") from exc
     return defs
 
 

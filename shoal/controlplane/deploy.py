@@ -109,34 +109,39 @@ class Deployments:
         async with self._lock(name):
             app = self._deployed(name)
             created = app is None
-            if app is None:
-                app = await self.core.apps.create_app(name, "deployed", True)
+            if app is None:  # stored with its functions and version, in one transaction, or not at all
+                app = await self.core.apps.unborn_app(name, "deployed", True)
             try:
                 await self.definitions.prepare(app, defs)
+                if app.state != "running":  # stopped while its images were building
+                    raise ApiError(409, f"app {name!r} was stopped while it was being deployed", "InvalidError")
+                version, functions = await self._apply(app, defs, strategy, tag, None, new=created)
             except BaseException:
-                if created:  # nothing was deployed: leave no empty app behind
-                    await self.core.apps.forget_unborn(app.id)
+                if created:
+                    await self.core.apps.abandon(app)
                 raise
-            if app.state != "running":  # stopped while its images were building
-                raise ApiError(409, f"app {name!r} was stopped while it was being deployed", "InvalidError")
-            version, functions = await self._apply(app, defs, strategy, str(tag), None)
         return reply({"app_id": app.id, "name": name, "version": version, "functions": functions,
                       "created": created})
 
     async def _apply(self, app: AppState, defs: list[FunctionDefinition], strategy: str, tag: str,
-                     rollback_of: int | None) -> tuple[int, dict[str, str]]:
-        """Make `defs` the app's next version."""
+                     rollback_of: int | None, new: bool = False) -> tuple[int, dict[str, str]]:
+        """Make `defs` the app's next version: the app (`new`), its functions and the version are stored in
+        one transaction first, so a deploy lands whole or leaves nothing; then the pools follow."""
         version = self.versions.get(app.id, 0) + 1
         for d in defs:
             d.generation = version
         tags = {d.tag for d in defs}
         core = self.core
-        for fid in list(app.functions.values()):
-            pool = self.registry.pools.get(fid)
-            if pool is not None and pool.tag not in tags:
-                core.apps.stop_pool(pool, f"function {pool.tag!r} is not in version {version} of the app")
+        removed = [pool for fid in app.functions.values()
+                   if (pool := self.registry.pools.get(fid)) is not None and pool.tag not in tags]
         existing = {d.tag: app.functions.get(d.tag) for d in defs}
-        functions = await core.apps.register_functions(app, defs)
+        functions = await core.apps.register_functions(
+            app, defs, new=new, removed=removed,
+            version=app_rows.NewVersion(version, strategy, tag, rollback_of))
+        for pool in removed:
+            core.apps.stop_pool(pool, f"function {pool.tag!r} is not in version {version} of the app")
+        if removed:
+            core.apps.routes_changed()
         for d in defs:
             fid = functions[d.tag]
             pool = self.registry.pools[fid]
@@ -150,11 +155,9 @@ class Deployments:
                 core.rollout.roll(p, strategy, version)
                 if p.superseded:
                     self._rolling.add(p)
-        ticket = app_rows.put_version(self.store, app.id, version, defs, strategy, tag, rollback_of)
         self.versions[app.id] = version
         if self._rolling and self._rollout_task is None:
             self._rollout_task = asyncio.create_task(self._replace_until_done())
-        await self.store.flushed(ticket)
         what = f"rollback to version {rollback_of}" if rollback_of else "deploy"
         app.logs.append("", "system", f"version {version} deployed ({what}, {strategy})\n")
         return version, {d.tag: functions[d.tag] for d in defs}

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.scheduler")
 NO_ARGS = pickle.dumps(((), {}))
 TICK_S = 0.25
+MIN_PERIOD_S = 1.0
 
 
 def _period_delta(spec: PeriodSchedule, k: int) -> relativedelta:
@@ -56,7 +57,9 @@ def next_fire(spec: Schedule, anchor: float, after: float) -> float:
         return croniter(spec.cron_string, start).get_next(dt.datetime).timestamp()
     base = dt.datetime.fromtimestamp(anchor, dt.timezone.utc)
     one = (base + _period_delta(spec, 1)).timestamp() - anchor
-    k = max(1, int((after - anchor) // one) if one > 0 else 1)
+    if one < MIN_PERIOD_S:  # (a shorter one would never get past `after` below)
+        raise ValueError(f"a Period must be at least {MIN_PERIOD_S:g} second long")
+    k = max(1, int((after - anchor) // one))
     while (base + _period_delta(spec, k)).timestamp() <= after:  # exact for calendar periods too
         k += 1
     while k > 1 and (base + _period_delta(spec, k - 1)).timestamp() > after:

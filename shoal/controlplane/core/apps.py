@@ -48,12 +48,32 @@ class Apps:
         await self.store.flushed(app_rows.put_app(self.store, app.id, name, mode, detach))
         return app
 
-    async def register_functions(self, app: AppState, definitions: list[FunctionDefinition]) -> dict[str, str]:
-        """Add the app's functions, or give those it has (same tag) their new definitions."""
-        ticket = 0
+    async def unborn_app(self, name: str | None, mode: str, detach: bool) -> AppState:
+        """A new app that is neither stored nor listed until `register_functions(..., new=True)` stores it with
+        its functions (a deploy lands whole or leaves nothing); `abandon` it if that never comes."""
+        app = AppState(new_id("ap"), name, mode, detach)
+        await self.ownership.created(app.id)
+        return app
+
+    async def abandon(self, app: AppState) -> None:
+        await self.ownership.stopped(app.id, 0)
+
+    async def register_functions(self, app: AppState, definitions: list[FunctionDefinition], *, new: bool = False,
+                                 removed: list[Pool] | None = None,
+                                 version: app_rows.NewVersion | None = None) -> dict[str, str]:
+        """Add the app's functions, or give those it has (same tag) their new definitions; stored in one
+        transaction with the app (`new`: an `unborn_app`), the functions a new version drops (`removed`, stopped
+        with `stop_pool` by the caller) and the version, before anything changes in memory."""
+        ids = {d.tag: app.functions.get(d.tag) or new_id("fu") for d in definitions}
+        await app_rows.put_functions(
+            self.store, app.id, [(ids[d.tag], d.tag, d) for d in definitions],
+            new_app=app_rows.NewApp(app.name, app.mode, app.detach) if new else None,
+            removed=[p.function_id for p in removed or ()], version=version)
+        if new:
+            self.registry.apps[app.id] = app
         pools = self.registry.pools
         for d in definitions:
-            function_id = app.functions.get(d.tag) or new_id("fu")
+            function_id = ids[d.tag]
             pool = pools.get(function_id)
             if pool is not None:
                 pool.redefine(d)
@@ -62,8 +82,6 @@ class Apps:
                 pool = self.registry.add_pool(function_id, app.id, d)
                 if pool.options.min_containers:
                     self.queues.scale(pool)
-            ticket = app_rows.put_function(self.store, function_id, app.id, d.tag, d)
-        await self.store.flushed(ticket)
         self.routes_changed()
         return dict(app.functions)
 
@@ -115,14 +133,9 @@ class Apps:
             self.registry.forget_app(app_id)
             app_rows.set_stopped(self.store, app_id, "failed")
 
-    async def forget_unborn(self, app_id: str) -> None:
-        """An app created for a deploy that failed before anything was deployed: stopped, and no row left."""
-        await self.stop_app(app_id)
-        app_rows.delete(self.store, app_id)
-
     def stop_pool(self, pool: Pool, reason: str) -> None:
-        """A function the app's new version no longer has: its calls end, its containers stop, it is
-        forgotten."""
+        """A function the app's new version no longer has (its row was deleted with the version): its calls
+        end, its containers stop, it is forgotten."""
         self.registry.drop_pool(pool.function_id)
         app = self.registry.apps.get(pool.app_id)
         if app is not None:
@@ -132,7 +145,6 @@ class Apps:
         self.calls.terminate_running(pool, reason)
         for c in list(pool.containers.values()):
             self.queues.stop_container(c, reason)
-        app_rows.delete_function(self.store, pool.function_id)
         if pool.definition.schedule is not None:
             self.schedules.reset(pool.function_id)
 

@@ -7,14 +7,14 @@ Writes are queued (`Store.write`: a ticket for `flushed`); `async` reads run in 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import msgspec
 
 from ..._spec import definitions as spec
 from ..._spec.definitions import FunctionDefinition
-from .base import Store
+from .base import Connection, Store
 
 APP_COLUMNS = ("app_id", "name", "mode", "state", "created_at", "stopped_at")
 _APP_SELECT = "SELECT app_id, name, mode, state, created_at, stopped_at FROM apps"
@@ -47,11 +47,6 @@ async def recent(store: Store, limit: int = 200) -> list[tuple]:
         "SELECT app_id, name, mode, state, created_at, stopped_at, "
         "(SELECT MAX(version) FROM app_versions v WHERE v.app_id = apps.app_id) "
         "FROM apps ORDER BY created_at DESC LIMIT ?", (limit,))
-
-
-def delete(store: Store, app_id: str) -> int:
-    """Forget an app that never got anything deployed."""
-    return store.write("DELETE FROM apps WHERE app_id=?", (app_id,))
 
 
 # -- functions ---------------------------------------------------------------------------------------------------
@@ -90,15 +85,11 @@ def put_function(store: Store, function_id: str, app_id: str, key: str, definiti
     return write_function(store, function_id, app_id, key, spec.encode(definition))
 
 
-def delete_function(store: Store, function_id: str) -> int:
-    return store.write("DELETE FROM functions WHERE function_id=?", (function_id,))
-
-
 # -- versions of deployed apps -----------------------------------------------------------------------------------
 def latest_versions_now(store: Store) -> dict[str, int]:
     """app_id -> its current version, for every app deployed at least once. Blocking."""
-    return {app_id: int(v) for app_id, v in store.read_now(
-        "SELECT app_id, MAX(version) FROM app_versions GROUP BY app_id")}
+    return {app_id: v for app_id, v in store.read_now(
+        "SELECT app_id, MAX(version) FROM app_versions GROUP BY app_id") if isinstance(v, int)}
 
 
 def latest_version_now(store: Store, app_id: str) -> int | None:
@@ -107,20 +98,15 @@ def latest_version_now(store: Store, app_id: str) -> int | None:
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
-def put_version(store: Store, app_id: str, version: int, definitions: list[FunctionDefinition], strategy: str,
-                tag: str, rollback_of: int | None) -> int:
-    return store.write(
-        "INSERT INTO app_versions (app_id, version, created_at, definitions, strategy, tag, rollback_of) "
-        "VALUES (?,?,?,?,?,?,?) ON CONFLICT (app_id, version) DO UPDATE SET created_at=excluded.created_at, "
-        "definitions=excluded.definitions, strategy=excluded.strategy, tag=excluded.tag, "
-        "rollback_of=excluded.rollback_of",
-        (app_id, version, time.time(), spec.encode(definitions), strategy, tag, rollback_of))
-
-
 async def version_definitions(store: Store, app_id: str, version: int) -> list[FunctionDefinition] | None:
     """The definitions a version deployed (None: that version is not recorded)."""
     rows = await store.read("SELECT definitions FROM app_versions WHERE app_id=? AND version=?", (app_id, version))
-    return spec.decode_list(rows[0][0]) if rows else None
+    if not rows:
+        return None
+    try:
+        return spec.decode_list(rows[0][0])
+    except (msgspec.DecodeError, TypeError):  # stored by an older or buggy version: not a version to deploy
+        return None
 
 
 async def last_deploy(store: Store, app_id: str) -> tuple[float, str] | None:
@@ -136,26 +122,76 @@ async def history(store: Store, app_id: str) -> list[dict[str, Any]]:
         "SELECT version, created_at, strategy, tag, rollback_of, definitions FROM app_versions WHERE app_id=? "
         "ORDER BY version", (app_id,))
     return [{"version": version, "created_at": created_at, "strategy": strategy, "tag": tag or "",
-             "rollback_of": rollback_of, "functions": [d["tag"] for d in msgpack.unpackb(blob, raw=False)]}
+             "rollback_of": rollback_of, "functions": _tags(blob)}
             for version, created_at, strategy, tag, rollback_of, blob in rows]
+
+
+def _tags(definitions: Any) -> list[str]:
+    """The tags of a version's stored definitions ([] where they cannot be read)."""
+    try:
+        return [str(d["tag"]) for d in msgpack.unpackb(definitions, raw=False)]
+    except Exception:  # noqa: BLE001 - stored by an older or buggy version: listed without its tags
+        return []
 
 
 def write_function(store: Store, function_id: str, app_id: str, tag: str, definition: bytes) -> int:
     """A function row as stored: `definition` already encoded."""
-    return store.write(
-        "INSERT INTO functions (function_id, app_id, tag, definition) VALUES (?,?,?,?) "
-        "ON CONFLICT (function_id) DO UPDATE SET app_id=excluded.app_id, tag=excluded.tag, "
-        "definition=excluded.definition",
-        (function_id, app_id, tag, definition),
-    )
+    return store.write(_UPSERT_FUNCTION, (function_id, app_id, tag, definition))
+
+
+class NewApp(NamedTuple):
+    name: str | None
+    mode: str
+    detach: bool
+
+
+class NewVersion(NamedTuple):
+    """A deployed app's next version: its number and how it was made (its definitions are the functions')."""
+
+    version: int
+    strategy: str
+    tag: str
+    rollback_of: int | None
+
+
+async def put_functions(store: Store, app_id: str, functions: list[tuple[str, str, FunctionDefinition]], *,
+                        new_app: NewApp | None = None, removed: list[str] | None = None,
+                        version: NewVersion | None = None) -> None:
+    """An app's functions (function_id, key, definition) stored in one transaction, with the app itself when it
+    is new, the functions a new version no longer has deleted, and the version (the functions' definitions): a
+    deploy or a registration lands whole or leaves nothing. Returns once committed."""
+    rows = [(function_id, app_id, key, spec.encode(d)) for function_id, key, d in functions]
+    version_row = None
+    if version is not None:
+        version_row = (app_id, version.version, time.time(), spec.encode([d for _, _, d in functions]),
+                       version.strategy, version.tag, version.rollback_of)
+
+    def run(c: Connection) -> None:
+        if new_app is not None:
+            c.execute(_INSERT_APP, (app_id, new_app.name, new_app.mode, "running", int(new_app.detach), time.time()))
+        for function_id in removed or ():
+            c.execute("DELETE FROM functions WHERE function_id=?", (function_id,))
+        if rows:
+            c.executemany(_UPSERT_FUNCTION, rows)
+        if version_row is not None:
+            c.execute(_UPSERT_VERSION, version_row)
+
+    await store.transact(run)
+
+
+_INSERT_APP = ("INSERT INTO apps (app_id, name, mode, state, detach, created_at) VALUES (?,?,?,?,?,?) "
+               "ON CONFLICT DO NOTHING")
+_UPSERT_FUNCTION = ("INSERT INTO functions (function_id, app_id, tag, definition) VALUES (?,?,?,?) "
+                    "ON CONFLICT (function_id) DO UPDATE SET app_id=excluded.app_id, tag=excluded.tag, "
+                    "definition=excluded.definition")
+_UPSERT_VERSION = ("INSERT INTO app_versions (app_id, version, created_at, definitions, strategy, tag, rollback_of) "
+                   "VALUES (?,?,?,?,?,?,?) ON CONFLICT (app_id, version) DO UPDATE SET created_at=excluded.created_at, "
+                   "definitions=excluded.definitions, strategy=excluded.strategy, tag=excluded.tag, "
+                   "rollback_of=excluded.rollback_of")
 
 
 def put_app(store: Store, app_id: str, name: str | None, mode: str, detach: bool) -> int:
-    return store.write(
-        "INSERT INTO apps (app_id, name, mode, state, detach, created_at) VALUES (?,?,?,?,?,?) "
-        "ON CONFLICT DO NOTHING",
-        (app_id, name, mode, "running", int(detach), time.time()),
-    )
+    return store.write(_INSERT_APP, (app_id, name, mode, "running", int(detach), time.time()))
 
 
 def set_stopped(store: Store, app_id: str, state: str = "stopped") -> int:
