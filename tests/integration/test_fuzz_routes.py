@@ -27,7 +27,7 @@ from shoal._spec import requests as req
 from ..conftest import ControlPlane
 
 CONTROLPLANE = Path(shoal.__file__).parent / "controlplane"
-MAX_EXAMPLES = 400
+MAX_EXAMPLES = 800
 HANG_S = 70.0  # the longest any route may wait is MAX_WAIT_S (50 s); the fuzz asks for waits of 0.1 s at most
 
 # (method, path, body type, query type): every route but POST /v1/shutdown (it ends the control plane).
@@ -205,9 +205,9 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
     # Real ids for the paths, next to made-up ones.
     shoal.Secret.objects.create("fuzz-secret", {"K": "v"})
     token_id = client.call("POST", "/v1/proxy-tokens", {"scope": []})["token_id"]
-    dict_id = shoal.Dict.from_name("fuzz-dict", create_if_missing=True).object_id
-    queue_id = shoal.Queue.from_name("fuzz-queue", create_if_missing=True).object_id
-    volume_id = shoal.Volume.from_name("fuzz-volume", create_if_missing=True).object_id
+    dict_id, queue_id, volume_id = (
+        client.call("POST", "/v1/objects", {"kind": kind, "name": f"fuzz-{kind}", "create_if_missing": True})[
+            "object_id"] for kind in ("dict", "queue", "volume"))
     upload_id = client.call("POST", f"/v1/volumes/{volume_id}/uploads", {})["upload_id"]
     throwaway = client.call("POST", "/v1/apps", {"name": "fuzz-throwaway"})["app_id"]
     counts: collections.Counter[int] = collections.Counter()
