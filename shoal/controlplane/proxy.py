@@ -385,6 +385,10 @@ class ClientConnection(asyncio.Protocol):
         r.upgrade = p.should_upgrade()
         te = r.header(b"transfer-encoding")
         r.chunked = te is not None and b"chunked" in te.lower()
+        length = r.header(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > MAX_BODY:  # refused before any is sent
+            self.reply_and_close(413, "shoal: request body larger than 4 GiB")
+            return
         self.queue.append(r)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self.serve())

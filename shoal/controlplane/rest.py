@@ -56,7 +56,7 @@ async def read_bounded(request: web.Request, limit: int = BODY_MAX) -> bytes:
 
 def invalid(exc: msgspec.DecodeError, what: str = "request") -> ApiError:
     """A 400 naming the field msgspec's error points at (`- at `$.options.min_containers``)."""
-    message = str(exc).replace(f"matching regex '{NO_NUL}'", "without NUL characters").replace("`$.", "`")
+    message = str(exc).replace(f"matching regex {NO_NUL!r}", "without NUL characters").replace("`$.", "`")
     return ApiError(400, f"invalid {what}: {message}")
 
 

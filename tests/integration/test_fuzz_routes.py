@@ -258,3 +258,26 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
     cp.start()
     assert get_client().call("GET", "/v1/health")["ok"]
     _round_trip()
+
+
+def _first_line_of_answer(port: int, head: str) -> bytes:
+    """Send only a request's head (its body never comes): the status line of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=HANG_S) as s:
+        s.sendall(head.encode())
+        return s.recv(200).split(b"\r\n")[0]
+
+
+def test_a_declared_body_over_its_limit_is_refused_before_it_is_sent(private_control_plane: ControlPlane) -> None:
+    cp = private_control_plane
+    token = get_client().info.token
+    api_port = urlsplit(cp.url).port
+    assert api_port is not None
+    for path, length in [("POST /v1/apps", 5 << 20), (f"PUT /v1/blobs/{'0' * 64}", 5 << 30),
+                         ("POST /v1/dicts/di-x/put", 200 << 20)]:
+        head = f"{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n"
+        assert b" 413 " in _first_line_of_answer(api_port, head), path
+    web_port = int((cp.run_dir / "web_port").read_text())
+    head = f"POST / HTTP/1.1\r\nHost: nothing.localhost\r\nContent-Length: {5 << 30}\r\n\r\n"
+    assert b" 413 " in _first_line_of_answer(web_port, head)
