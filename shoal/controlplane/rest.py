@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from .._spec.limits import BODY_MAX
+from .._spec.limits import BODY_MAX, NAME_PATTERN
 from .._spec.requests import NO_NUL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,19 +44,21 @@ def check_length(request: web.Request, limit: int) -> None:
 
 
 async def read_bounded(request: web.Request, limit: int = BODY_MAX) -> bytes:
-    """The whole body, at most `limit` bytes (a chunked body is cut off as soon as it passes it)."""
+    """The whole body, at most `limit` bytes. A body without a declared length is read up to the application's
+    `client_max_size` (aiohttp answers 413 past it), then held to `limit`. (`request.read()` keeps the body, so
+    a middleware that read it first, the replicas' forwarding, leaves it readable here.)"""
     check_length(request, limit)
-    buf = bytearray()
-    async for chunk in request.content.iter_any():
-        buf += chunk
-        if len(buf) > limit:
-            raise too_large(limit)
-    return bytes(buf)
+    raw = await request.read()
+    if len(raw) > limit:
+        raise too_large(limit)
+    return raw
 
 
 def invalid(exc: msgspec.DecodeError, what: str = "request") -> ApiError:
     """A 400 naming the field msgspec's error points at (`- at `$.options.min_containers``)."""
-    message = str(exc).replace(f"matching regex {NO_NUL!r}", "without NUL characters").replace("`$.", "`")
+    message = (str(exc).replace(f"matching regex {NO_NUL!r}", "without NUL characters")
+               .replace(f"matching regex {NAME_PATTERN!r}", "of letters, digits, '-', '_' and '.' (a name)")
+               .replace("`$.", "`"))
     return ApiError(400, f"invalid {what}: {message}")
 
 

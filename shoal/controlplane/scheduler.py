@@ -57,7 +57,8 @@ def next_fire(spec: Schedule, anchor: float, after: float) -> float:
         return croniter(spec.cron_string, start).get_next(dt.datetime).timestamp()
     base = dt.datetime.fromtimestamp(anchor, dt.timezone.utc)
     one = (base + _period_delta(spec, 1)).timestamp() - anchor
-    if one < MIN_PERIOD_S:  # (a shorter one would never get past `after` below)
+    if one < MIN_PERIOD_S - 1e-3:  # (the timestamps' float rounding aside; a shorter one, which datetime's
+        # microseconds can round to nothing, would never get past `after` below)
         raise ValueError(f"a Period must be at least {MIN_PERIOD_S:g} second long")
     k = max(1, int((after - anchor) // one))
     while (base + _period_delta(spec, k)).timestamp() <= after:  # exact for calendar periods too

@@ -50,8 +50,9 @@ def test_wrong_values_are_refused_naming_the_field(kind: type, body: object, fie
     assert field in _refused(kind, body)
 
 
-def test_a_nul_is_named_as_such() -> None:
+def test_a_nul_and_the_name_rule_are_named_as_such() -> None:
     assert "without NUL characters" in _refused(req.QueueLen, {"partition": "a\x00b"})
+    assert "letters, digits, '-', '_' and '.'" in _refused(req.CreateApp, {"name": "a b"})
 
 
 def test_bodies_that_are_not_a_map_or_not_msgpack_are_refused() -> None:
