@@ -36,6 +36,7 @@ Cores = Annotated[float, Meta(ge=0.0, le=4096.0)]
 MiB = Annotated[int, Meta(ge=0, le=2**40)]
 Seconds = Annotated[float, Meta(ge=0.0, le=float(limits.TIMEOUT_S[1]))]
 Concurrency = Annotated[float, Meta(ge=0.0, le=2.0**31)]
+Key = Annotated[str, Meta(max_length=4096, pattern=limits.NO_NUL)]  # a tag, a name or an id the store looks up
 PeriodPart = Annotated[int, Meta(ge=0, le=10**6)] | Annotated[float, Meta(ge=0.0, le=1e6)]
 
 
@@ -75,7 +76,7 @@ class Options(Struct):
 class SecretRef(Struct, omit_defaults=True):
     """A named secret (resolved when a container starts) or the values of a `Secret.from_dict` themselves."""
 
-    name: str | None = None
+    name: Key | None = None
     required_keys: list[str] | None = None
     env: dict[str, str | None] | None = None
 
@@ -136,8 +137,8 @@ class VolumeMount(Struct):
     """A Volume mounted into the function's containers, resolved to its id when the app registers."""
 
     mount_path: str
-    volume_id: str
-    name: str | None = None
+    volume_id: Key
+    name: Key | None = None
     read_only: bool = False
 
 
@@ -215,7 +216,7 @@ class FunctionDefinition(Struct):
     """One function (or class service, or Server) as registered: the SDK's part, then what the control plane
     adds (source, built image, deploy generation, variant)."""
 
-    tag: str
+    tag: Key
     is_generator: bool = False
     is_async: bool = False
     options: Options = msgspec.field(default_factory=Options)

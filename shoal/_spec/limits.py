@@ -35,6 +35,7 @@ AUTOSCALER_BOUNDS: dict[str, tuple[int, int | None]] = {
 # letters, digits, '-', '_' and '.'.
 NAME_MAX = 64
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+NO_NUL = r"^[^\x00]*$"  # text the store keeps or looks up: PostgreSQL's text columns cannot hold NUL
 # Request bodies of the control plane's API, read into memory: most are small; those that carry a user's data
 # (call arguments, map inputs, Dict values, Queue items, definitions with a pickled function) are bounded by
 # the data limits (a Dict value is at most 100 MiB). Uploads (source blobs, Volume files) stream to disk.

@@ -16,7 +16,7 @@ from . import limits
 from .definitions import FunctionDefinition
 from .secrets import MAX_VALUE
 
-NO_NUL = r"^[^\x00]*$"  # text the store keeps: PostgreSQL's text columns cannot hold NUL
+NO_NUL = limits.NO_NUL
 
 # -- scalars -----------------------------------------------------------------------------------------------------
 Name = Annotated[str, Meta(min_length=1, max_length=limits.NAME_MAX, pattern=limits.NAME_PATTERN)]

@@ -83,6 +83,8 @@ class Api:
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if "\x00" in request.path:  # an id the store would look up: PostgreSQL's text cannot hold NUL
+                raise ApiError(400, "the request path must not contain NUL characters")
             return await handler(request)
         except ApiError as exc:
             return reply({"error": str(exc), "type": exc.kind}, status=exc.status)

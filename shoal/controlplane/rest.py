@@ -11,8 +11,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from .._spec.limits import BODY_MAX, NAME_PATTERN
-from .._spec.requests import NO_NUL
+from .._spec.limits import BODY_MAX, NAME_PATTERN, NO_NUL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")

@@ -58,6 +58,9 @@ def _write_broken_apps(cp: ControlPlane) -> None:
         await store.flushed(store.write(  # a version whose stored definitions are garbage too
             "INSERT INTO app_versions (app_id, version, created_at, definitions, strategy, tag, rollback_of) "
             "VALUES (?,?,?,?,?,?,?)", ("ap-broken1", 1, 0.0, b"\xc1", "rolling", "", None)))
+        await store.flushed(store.write(  # a proxy token whose scope is garbage: it must admit nothing
+            "INSERT INTO proxy_tokens (token_id, secret_hash, scope, created_at) VALUES (?,?,?,?)",
+            ("wk-broken", "x", b"\xc1", 0.0)))
 
     _with_store(cp, write)
 
@@ -80,6 +83,7 @@ def test_broken_stored_rows_fail_their_apps_and_the_control_plane_serves(private
     assert wait_for(lambda: all(_states().get(name) == "failed" for name in BROKEN), timeout=30), _states()
     assert _states()["basic"] == "running"
     assert [v["functions"] for v in client.call("GET", "/v1/apps/ap-broken1/history")["versions"]] == [[]]
+    assert "wk-broken" not in {t["token_id"] for t in client.call("GET", "/v1/proxy-tokens")["tokens"]}
     with basic_app.app.run(quiet=True):  # an ephemeral app: registration, calls and the reaper work
         assert basic_app.add.remote(1, 2) == 3
     # The failed apps stay failed across a restart, and the good one keeps running.
@@ -91,18 +95,18 @@ def test_broken_stored_rows_fail_their_apps_and_the_control_plane_serves(private
 
 # -- atomic deploys ---------------------------------------------------------------------------------------------
 def _rows_named(cp: ControlPlane, name: str) -> tuple[int, int, int]:
-    """(apps, functions, versions) stored for apps of this name."""
+    """(apps, functions, versions) stored for apps of this name, read while the control plane runs."""
+    queries = ["SELECT COUNT(*) FROM {}apps WHERE name={p}",
+               "SELECT COUNT(*) FROM {}functions f JOIN {}apps a ON a.app_id=f.app_id WHERE a.name={p}",
+               "SELECT COUNT(*) FROM {}app_versions v JOIN {}apps a ON a.app_id=v.app_id WHERE a.name={p}"]
+    if cp.schema is None:
+        with sqlite3.connect(cp.home / "state.db") as conn:
+            return tuple(conn.execute(q.format("", "", p="?"), (name,)).fetchone()[0] for q in queries)
+    import psycopg
 
-    async def count(store: Any) -> tuple[int, int, int]:
-        apps = await store.read("SELECT app_id FROM apps WHERE name=?", (name,))
-        ids = [a[0] for a in apps]
-        functions = versions = 0
-        for app_id in ids:
-            functions += len(await store.read("SELECT 1 FROM functions WHERE app_id=?", (app_id,)))
-            versions += len(await store.read("SELECT 1 FROM app_versions WHERE app_id=?", (app_id,)))
-        return len(ids), functions, versions
-
-    return _with_store(cp, count)
+    with psycopg.connect(cp.env["SHOAL_DATABASE_URL"], autocommit=True) as conn:
+        s = f"{cp.schema}."
+        return tuple(conn.execute(q.format(s, s, p="%s"), (name,)).fetchone()[0] for q in queries)
 
 
 def _abort_version_inserts(cp: ControlPlane, on: bool) -> None:

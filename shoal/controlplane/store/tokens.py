@@ -4,11 +4,14 @@ reads them once, at start (controlplane/proxy_tokens.py)."""
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import msgpack
 
 from .base import Store
+
+log = logging.getLogger("shoal.store")
 
 
 class StoredToken(NamedTuple):
@@ -19,10 +22,20 @@ class StoredToken(NamedTuple):
 
 
 def load_all(store: Store) -> list[StoredToken]:
-    """Every token (a blocking read, for start-up)."""
-    return [StoredToken(token_id, secret_hash, msgpack.unpackb(scope), created_at)
-            for token_id, secret_hash, scope, created_at in store.read_now(
-                "SELECT token_id, secret_hash, scope, created_at FROM proxy_tokens")]
+    """Every token (a blocking read, for start-up). One whose scope cannot be read is left out, so it admits
+    nothing (an empty scope would admit every app), and the control plane starts."""
+    tokens = []
+    for token_id, secret_hash, scope, created_at in store.read_now(
+            "SELECT token_id, secret_hash, scope, created_at FROM proxy_tokens"):
+        try:
+            apps = msgpack.unpackb(scope, raw=False)
+            if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+                raise ValueError(f"not a list of app names: {apps!r:.100}")
+        except Exception as exc:  # noqa: BLE001 - stored by an older or buggy version
+            log.error("proxy token %s has an unreadable scope (%s); it admits nothing", token_id, exc)
+            continue
+        tokens.append(StoredToken(token_id, secret_hash, apps, created_at))
+    return tokens
 
 
 async def insert(store: Store, token_id: str, secret_hash: str, scope: list[str], created_at: float) -> None:
