@@ -31,7 +31,7 @@ Kind = Literal["dict", "queue", "volume"]
 Partition = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]  # characters; bytes checked too
 SecretValue = Annotated[str, Meta(max_length=MAX_VALUE)]
 Ttl = Annotated[float, Meta(ge=0.0, le=10 * 365 * 86400.0)]
-Lenient = Annotated[float, Meta(ge=0.0, le=1e9)]  # a wait a client asks for; the route clamps it to MAX_WAIT_S
+Wait = Annotated[float, Meta(ge=0.0, le=1e9)]  # a wait a client asks for; the route clamps it to MAX_WAIT_S
 
 
 # -- apps and deploys --------------------------------------------------------------------------------------------
@@ -39,7 +39,6 @@ class CreateApp(Struct):
     name: Name | None = None
     mode: Literal["ephemeral", "deployed"] = "ephemeral"
     detach: bool = False
-    serve: bool = False
 
 
 class RegisterFunctions(Struct):
@@ -66,7 +65,7 @@ class Rollback(Struct):
 
 class LogsQuery(Struct):
     after: Cursor = -1
-    timeout: Lenient = 0.0
+    timeout: Wait = 0.0
     session: str | None = None
 
 
@@ -76,7 +75,7 @@ class CreateCall(Struct):
     args: bytes | None = None
     call_id: Annotated[str, Meta(max_length=64, pattern=r"^fc-[A-Za-z0-9]+$")] | None = None
     method: Text | None = None
-    wait: Lenient = limits.MAX_WAIT_S
+    wait: Wait = limits.MAX_WAIT_S
 
 
 class CreateVariant(Struct):
@@ -91,13 +90,13 @@ class AddInputs(Struct):
 
 class OutputsQuery(Struct):
     after: Cursor = -1
-    timeout: Lenient = 0.0
+    timeout: Wait = 0.0
     limit: Page = 1000
 
 
 class ResultQuery(Struct):
     index: Index = 0
-    timeout: Lenient = 0.0
+    timeout: Wait = 0.0
 
 
 class CancelCall(Struct):
@@ -118,7 +117,7 @@ class RequestsQuery(Struct):
 
 
 Count = Annotated[int, Meta(ge=0, le=2**31)]
-Seconds = Annotated[float, Meta(ge=0.0, le=1e9)]
+NonNegative = Annotated[float, Meta(ge=0.0, le=1e9)]
 
 
 class AutoscalerUpdate(Struct, forbid_unknown_fields=True):
@@ -129,13 +128,13 @@ class AutoscalerUpdate(Struct, forbid_unknown_fields=True):
     max_containers: Count | None | UnsetType = UNSET
     buffer_containers: Count | None | UnsetType = UNSET
     scaledown_window: Count | None | UnsetType = UNSET
-    target_concurrency: Seconds | None | UnsetType = UNSET  # a Server's
-    scaleup_window: Seconds | None | UnsetType = UNSET
+    target_concurrency: NonNegative | None | UnsetType = UNSET  # a Server's
+    scaleup_window: NonNegative | None | UnsetType = UNSET
 
 
 class ContainerLogsQuery(Struct):
     after: Cursor = -1
-    timeout: Lenient = 0.0
+    timeout: Wait = 0.0
 
 
 class StopContainer(Struct):
@@ -183,13 +182,13 @@ class QueuePut(Struct):
     values: list[bytes]
     partition: Partition | None = None
     partition_ttl: Ttl | None = None
-    timeout: Lenient | None = None
+    timeout: Wait | None = None
 
 
 class QueueGet(Struct):
     partition: Partition | None = None
     n: Annotated[int, Meta(ge=1, le=2**31)] | None = None
-    timeout: Lenient | None = None
+    timeout: Wait | None = None
 
 
 class QueueLen(Struct):
