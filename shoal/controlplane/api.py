@@ -7,7 +7,6 @@ Acknowledgements wait for the store's group commit.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from .._spec.definitions import VariantOverrides
 from .._spec.limits import MAX_WAIT_S
 from .core.model import AppState, Call, Pool, new_id
 from .definitions import from_request
+from .gate import Gate
 from .rest import ApiError, Handler, body_of, query_float, query_int, reply
 from .store import apps as app_rows
 from .store import calls as call_rows
@@ -41,7 +41,7 @@ class Api:
         self.deployments = deployments
         self.definitions = definitions
         self.proxy = proxy
-        self.token = token.encode()
+        self.gate = Gate(token, core.registry, definitions.images, replicated=core.replicas is not None)
         self.on_shutdown = on_shutdown
         self.started_at = time.time()
 
@@ -90,11 +90,8 @@ class Api:
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/v1/health":
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-            if not hmac.compare_digest(given, self.token):
-                raise ApiError(401, "missing or wrong token (see SHOAL_HOME/token)", "AuthError")
-        return await handler(request)
+        """The admin token, or a container's own credential within what access.py allows it (gate.py)."""
+        return await self.gate.admit(request, handler)
 
     # -- server ----------------------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
