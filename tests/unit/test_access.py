@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from aiohttp import web
 
-from shoal.controlplane.access import ADMIN, ROUTES, Facts, Identity, Rule, decide
+from shoal.controlplane.access import ADMIN, ROUTES, Facts, Identity, decide
 from shoal.controlplane.credentials import (
     bearer,
     container_credential,
