@@ -12,6 +12,8 @@ import msgpack
 import msgspec
 import pytest
 
+from shoal.exception import AlreadyExistsError
+
 from ..conftest import run_cli
 
 
@@ -91,3 +93,44 @@ def test_the_api_takes_only_bearer_credentials(control_plane) -> None:
         assert resp.status_code == 401, header
         assert msgpack.unpackb(resp.content)["type"] == "AuthError"
     assert httpx.get(control_plane.url + "/v1/health", timeout=30).status_code == 200
+
+
+def test_a_web_label_stays_with_the_app_that_holds_it(control_plane) -> None:
+    import label_holder_app as apps
+
+    with apps.holder.run(quiet=True):
+        url = apps.held.get_web_url()
+        assert url and httpx.get(url, timeout=120).text == "holder"
+        with pytest.raises(AlreadyExistsError) as refused:
+            with apps.taker.run(quiet=True):
+                pass
+        message = str(refused.value)
+        assert "security-shared-label" in message and "label-holder" in message
+        assert apps.held.get_web_url() == url
+        assert httpx.get(url, timeout=120).text == "holder"
+    # Once the holder has stopped, the label is free.
+    with apps.taker.run(quiet=True):
+        url = apps.taken.get_web_url()
+        assert url and httpx.get(url, timeout=120).text == "taker"
+
+
+def test_a_deployed_label_is_taken_over_only_by_a_new_version_of_its_app(control_plane) -> None:
+    import label_holder_app as apps
+
+    try:
+        apps.holder.deploy()
+        url = apps.held.get_web_url()
+        with pytest.raises(AlreadyExistsError, match="label-holder"):
+            apps.taker.deploy()
+        assert not [a for a in msgpack.unpackb(_admin(control_plane, "GET", "/v1/apps").content)["apps"]
+                    if a["name"] == "label-taker" and a["state"] == "running"]
+        apps.holder.deploy()  # its next version keeps the label
+        assert apps.held.get_web_url() == url
+        assert httpx.get(url, timeout=120).text == "holder"
+    finally:
+        run_cli("app", "stop", "label-holder")
+        run_cli("app", "stop", "label-taker")
+
+
+def _admin(cp, method: str, path: str):
+    return _api(cp, method, path, (cp.home / "token").read_text().strip())
