@@ -115,3 +115,11 @@ def allowed(dict_name: str, child_defs: list) -> dict:
     out["child app"] = modal.Function.from_name("security-child", "child_double").remote(8)
     out["child stopped"] = _api("POST", f"/v1/apps/{child_id}/stop", {})[0]
     return out
+
+
+@app.function()
+def through_another_replica(other_app: str, other_app_id: str) -> dict:
+    """A function of another app, which another control plane runs: the request is forwarded there with this
+    container's identity (not its credential, which only this control plane knows), and judged the same."""
+    return {"call": modal.Function.from_name(other_app, "child_double").remote(21),
+            "stop": _api("POST", f"/v1/apps/{other_app_id}/stop", {})[0]}

@@ -15,6 +15,7 @@ import pytest
 from shoal.exception import AlreadyExistsError
 
 from ..conftest import run_cli
+from .test_replicas import _postgres_reachable, replicas  # noqa: F401 - the fixture: two replicas, one schema
 
 
 def _api(cp, method: str, path: str, token: str, body: object = None, raw_header: str | None = None):
@@ -134,3 +135,21 @@ def test_a_deployed_label_is_taken_over_only_by_a_new_version_of_its_app(control
 
 def _admin(cp, method: str, path: str):
     return _api(cp, method, path, (cp.home / "token").read_text().strip())
+
+
+@pytest.mark.skipif(_postgres_reachable() is not None, reason=_postgres_reachable() or "")
+def test_a_container_request_forwarded_to_another_replica_keeps_its_identity(replicas) -> None:  # noqa: F811
+    """Replicas: the app a function calls is owned by the other control plane; the call is forwarded with the
+    container's identity, vouched for by the replica that knows its credential, and refused there as here."""
+    import security_app
+
+    from shoal._client.transport import reset_client
+
+    a, b = replicas
+    with security_app.child.run(quiet=True) as other:  # created through A: A owns it
+        os.environ["SHOAL_SERVER_URL"] = f"{b.url},{a.url}"
+        reset_client()
+        with security_app.app.run(quiet=True):  # created through B: its containers talk to B
+            got = security_app.through_another_replica.remote("security-child", other.app_id)
+        assert got == {"call": 42, "stop": 403}
+        assert security_app.child_double.remote(1) == 2  # not stopped
