@@ -148,3 +148,11 @@ def test_a_forwarded_identity_is_taken_only_with_the_right_key() -> None:
     payload, _, mac = cred.rpartition(".")
     assert verify_forwarded(payload[:-2] + "xx." + mac, b"key") is None
     assert verify_forwarded(container_credential("ta-1", "x"), b"key") is None
+
+
+def test_docs_security_lists_every_route() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    missing = [f"{m} {r}" for m, r in ROUTES if f"| `{m} {r}` |" not in doc]
+    assert not missing, f"docs/security.md's table lacks: {missing}"
