@@ -14,7 +14,7 @@ import pytest
 
 from shoal.exception import AlreadyExistsError
 
-from ..conftest import run_cli
+from ..conftest import run_cli, wait_for
 from .test_replicas import _postgres_reachable, replicas  # noqa: F401 - the fixture: two replicas, one schema
 
 
@@ -46,9 +46,9 @@ def test_a_container_holds_its_own_credential_which_ends_with_it(control_plane) 
         assert credential and credential != admin and admin not in credential
         assert _api(control_plane, "GET", "/v1/functions/lookup?app_name=security&tag=double",
                     credential).status_code == 200
-    # Its containers are gone with the app: the credential is void.
-    resp = _api(control_plane, "GET", "/v1/functions/lookup?app_name=security&tag=double", credential)
-    assert resp.status_code == 401
+    # Once its container has ended (the app stopped), the credential is void.
+    assert wait_for(lambda: _api(control_plane, "GET", "/v1/functions/lookup?app_name=security&tag=double",
+                                 credential).status_code == 401)
 
 
 def test_what_an_attacker_in_a_container_tries_is_refused(other_secret) -> None:
