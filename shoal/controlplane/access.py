@@ -40,6 +40,7 @@ class Facts:
 
     app_id: str | None = None  # the app the route acts on (named in the path, or the app of the function named)
     mode: str | None = None  # `POST /v1/apps`: the mode asked for
+    name_taken: bool = False  # `POST /v1/apps`: a running app of another owner has the name asked for
     create_if_missing: bool = False  # `POST /v1/apps/lookup`
     secrets: frozenset[str] = frozenset()  # named secrets the request would attach (definitions, with_options)
     builds_image: bool = False  # a definition's image has build steps not yet built on this machine
@@ -158,6 +159,8 @@ def decide(who: Identity, method: str, route: str, facts: Facts = Facts()) -> De
         return _no(entry.denied)
     if rule is Rule.CREATE_APP and facts.mode != "ephemeral":
         return _no(entry.denied)
+    if rule is Rule.CREATE_APP and facts.name_taken:  # its labels would be that app's (web_routes.check_claims)
+        return _no("create an app with the name of another running app")
     if rule is Rule.LOOKUP_APP and facts.create_if_missing:
         return _no(entry.denied)
     if rule is Rule.OWN and (facts.app_id is None or facts.app_id not in who.created | {who.app_id}):

@@ -50,7 +50,7 @@ class Gate:
             headers = CIMultiDict(request.headers)
             headers["Authorization"] = f"Bearer {forwarded(who, self.token)}"
             request = request.clone(headers=headers)
-        facts = await self.facts(request, route)
+        facts = await self.facts(request, route, who)
         decision = decide(who, request.method, route, facts)
         if not decision.allowed:
             raise ApiError(403, f"{decision.reason} (the request came from container {who.container_id} of "
@@ -91,7 +91,7 @@ class Gate:
         self.created_by = {a: o for a, o in self.created_by.items() if a in self.registry.apps}
         self.created_by[app_id] = owner
 
-    async def facts(self, request: web.Request, route: str) -> Facts:
+    async def facts(self, request: web.Request, route: str, who: Identity) -> Facts:
         """What `access.decide` needs of this request beyond its route."""
         info = request.match_info
         app_id = info.get("app_id")
@@ -102,7 +102,9 @@ class Gate:
             return Facts(app_id=app_id)
         body = await body_of(request)
         if route == "/v1/apps":
-            return Facts(mode=body.get("mode", "ephemeral"))
+            name, mine = body.get("name"), who.created | {who.app_id}
+            return Facts(mode=body.get("mode", "ephemeral"), name_taken=name is not None and any(
+                a.name == name and a.id not in mine for a in self.registry.apps.values()))
         if route == "/v1/apps/lookup":
             return Facts(create_if_missing=bool(body.get("create_if_missing")))
         if route.endswith("/variants"):

@@ -52,6 +52,7 @@ class Route:
     function_id: str  # the base pool (a class's parameter sets get pools of their own, per request)
     method: str | None  # the web method of a class, None for a web function
     requires_auth: bool  # a proxy auth token is needed (`requires_proxy_auth`; a Server unless unauthenticated)
+    app_mode: str  # the holder's mode: only an app of the same name and mode takes a label over
 
 
 class WebTarget(NamedTuple):
@@ -110,7 +111,8 @@ class Router:
                 if pool is None or pool.definition.variant_of:
                     continue
                 for target, label in labels_of(app.name, app.mode, pool.definition):
-                    route = Route(label, "", app.id, app.name, function_id, target.method, target.requires_auth)
+                    route = Route(label, "", app.id, app.name, function_id, target.method, target.requires_auth,
+                                  app.mode)
                     by_label[label] = route
                     for domain in target.custom_domains:
                         by_host[domain.lower()] = route
@@ -130,7 +132,8 @@ class Router:
     def check_claims(self, app_id: str | None, app_name: str | None, mode: str,
                      defs: list[FunctionDefinition]) -> None:
         """Refuse (409, naming the holder) definitions of an app whose web label or custom domain another live
-        app holds; the same app, or a new version of it (same name), may take its own labels."""
+        app holds; the same app, or a new run of it (same name and mode: a newer `shoal serve`), may take its
+        own labels."""
         for d in defs:
             for target, label in labels_of(app_name, mode, d):
                 claims = [(f"web label {label!r}", self.by_label.get(label))]
@@ -138,7 +141,7 @@ class Router:
                            for domain in target.custom_domains]
                 for what, holder in claims:
                     if holder is not None and holder.app_id != app_id and (
-                            holder.app_name is None or holder.app_name != app_name):
+                            holder.app_name is None or holder.app_name != app_name or holder.app_mode != mode):
                         raise ApiError(409, f"function {d.tag!r} cannot take the {what}: app "
                                             f"{holder.app_name or '(unnamed)'} ({holder.app_id}) holds it. Give it "
                                             "another label, or stop that app first", "AlreadyExistsError")

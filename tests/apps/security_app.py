@@ -67,6 +67,8 @@ def forbidden(other_app_id: str, definition: dict, build_defs: list, steal_defs:
         "register in another app": ("POST", f"/v1/apps/{other_app_id}/functions", {"functions": [definition]}),
         "deploy": ("POST", "/v1/apps/deploy", {"name": "planted", "functions": [definition]}),
         "create a deployed app": ("POST", "/v1/apps", {"name": "planted", "mode": "deployed"}),
+        # An app of the other app's name could take over its web labels (only a new run of an app may).
+        "take another app's name": ("POST", "/v1/apps", {"name": "security-child", "mode": "ephemeral"}),
         "mint a proxy token": ("POST", "/v1/proxy-tokens", {"scope": []}),
         "list proxy tokens": ("GET", "/v1/proxy-tokens", None),
         "list containers": ("GET", "/v1/containers", None),

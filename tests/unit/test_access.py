@@ -79,6 +79,8 @@ def test_functions_are_registered_only_in_apps_it_created() -> None:
 def test_only_ephemeral_apps_are_created() -> None:
     assert decide(ME, "POST", "/v1/apps", Facts(mode="ephemeral")).allowed
     assert not decide(ME, "POST", "/v1/apps", Facts(mode="deployed")).allowed
+    taken = decide(ME, "POST", "/v1/apps", Facts(mode="ephemeral", name_taken=True))
+    assert not taken.allowed and taken.reason == "containers may not create an app with the name of another running app"
     assert decide(ME, "POST", "/v1/apps/lookup", Facts()).allowed
     assert not decide(ME, "POST", "/v1/apps/lookup", Facts(create_if_missing=True)).allowed
 
