@@ -61,8 +61,7 @@ def test_what_an_attacker_in_a_container_tries_is_refused(other_secret) -> None:
                                             _definitions(security_app.stealer))
         # The other app was not stopped.
         assert security_app.child_double.remote(2) == 4
-    assert not os.path.exists(security_app.BUILD_MARK)
-    assert got.pop("build ran") == [0, ""]
+    assert not os.path.exists(security_app.BUILD_MARK)  # on the host, where build steps run
     assert got.pop("bare credential")[0] == 401
     for what, (status, message) in got.items():
         assert status == 403, f"{what}: {status} {message}"
