@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["ADMIN", "ROUTES", "Decision", "Facts", "Identity", "Rule", "decide"]
+__all__ = ["ADMIN", "BODY_ROUTES", "ROUTES", "Decision", "Entry", "Facts", "Identity", "Rule", "decide"]
 
 
 @dataclass(frozen=True)
