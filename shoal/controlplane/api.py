@@ -7,7 +7,6 @@ Acknowledgements wait for the store's group commit.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from .._spec.definitions import VariantOverrides
 from .._spec.limits import BLOB_MAX, DATA_BODY_MAX, MAX_WAIT_S
 from .core.model import AppState, Call, Pool, new_id
 from .definitions import check_client_fields
+from .gate import Gate
 from .rest import ApiError, Handler, body_of, check_length, invalid, query_of, reply, too_large
 from .store import apps as app_rows
 from .store import calls as call_rows
@@ -42,7 +42,7 @@ class Api:
         self.deployments = deployments
         self.definitions = definitions
         self.proxy = proxy
-        self.token = token.encode()
+        self.gate = Gate(token, core.registry, definitions.images, replicated=core.replicas is not None)
         self.on_shutdown = on_shutdown
         self.started_at = time.time()
 
@@ -93,11 +93,8 @@ class Api:
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/v1/health":
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-            if not hmac.compare_digest(given, self.token):
-                raise ApiError(401, "missing or wrong token (see SHOAL_HOME/token)", "AuthError")
-        return await handler(request)
+        """The admin token, or a container's own credential within what access.py allows it (gate.py)."""
+        return await self.gate.admit(request, handler)
 
     # -- server ----------------------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:

@@ -106,6 +106,7 @@ class Deployments:
         strategy = body.strategy or "rolling"
         defs = check_client_fields(body.functions)
         tag = body.tag or ""
+        self.core.router.check_claims(None, name, "deployed", defs)  # before an app is made or images built
         async with self._lock(name):
             app = self._deployed(name)
             created = app is None
@@ -127,6 +128,7 @@ class Deployments:
                      rollback_of: int | None, new: bool = False) -> tuple[int, dict[str, str]]:
         """Make `defs` the app's next version: the app (`new`), its functions and the version are stored in
         one transaction first, so a deploy lands whole or leaves nothing; then the pools follow."""
+        self.core.router.check_claims(app.id, app.name, app.mode, defs)  # before any function of it stops
         version = self.versions.get(app.id, 0) + 1
         for d in defs:
             d.generation = version

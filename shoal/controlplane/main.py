@@ -147,7 +147,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         tcp_port = tcp_sock.getsockname()[1]
         host_part = backend.control_ip
         control_address = f"tcp://[{host_part}]:{tcp_port}" if ":" in host_part else f"tcp://{host_part}:{tcp_port}"
-    core = build_core(store, backend, state_dir, ControlPlaneAddress(control_address, url, token),
+    core = build_core(store, backend, state_dir, ControlPlaneAddress(control_address, url),
                       replica_id=replica_id,
                       warm_size=0 if backend.name != "local" else None)  # warm sources live on this disk
     replicas = core.replicas

@@ -64,6 +64,7 @@ class Apps:
         """Add the app's functions, or give those it has (same tag) their new definitions; stored in one
         transaction with the app (`new`: an `unborn_app`), the functions a new version drops (`removed`, stopped
         with `stop_pool` by the caller) and the version, before anything changes in memory."""
+        self.router.check_claims(app.id, app.name, app.mode, definitions)  # labels belong to their app
         ids = {d.tag: app.functions.get(d.tag) or new_id("fu") for d in definitions}
         await app_rows.put_functions(
             self.store, app.id, [(ids[d.tag], d.tag, d) for d in definitions],

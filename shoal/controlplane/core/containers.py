@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..._spec import frames
 from ..._spec.definitions import BuiltImage
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
+from ..credentials import container_credential
 from .model import AppState, Container, Pool, new_id
 
 if TYPE_CHECKING:
@@ -66,8 +67,7 @@ class ControlPlaneAddress:
     """Where a container's runtime finds the control plane: its container stream and its HTTP API."""
 
     control: str  # "unix:/path" or "tcp://host:port": the container stream (RuntimeLink)
-    url: str  # the HTTP API, for the SDK inside containers
-    token: str
+    url: str  # the HTTP API, for the SDK inside containers (with the container's own credential)
 
 
 class Containers:
@@ -135,7 +135,8 @@ class Containers:
             "SHOAL_CONTAINER_TOKEN": c.token,
             "SHOAL_CONTROL": address.control,
             "SHOAL_SERVER_URL": address.url,
-            "SHOAL_TOKEN": address.token,
+            # Its own API credential, never the admin token: what it may do is access.py's decision.
+            "SHOAL_TOKEN": container_credential(c.id, c.token),
         }
         app = self.registry.apps.get(c.pool.app_id)
         definition = c.pool.definition
