@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..._spec import frames
 from ..._spec.definitions import BuiltImage
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
+from ..metrics import METRICS
 from .model import AppState, Container, Pool, new_id
 
 if TYPE_CHECKING:
@@ -218,6 +219,7 @@ class Containers:
             better = c.handle.exit_reason()
             if better:
                 ended = Exit(returncode, better, ended.was_ready, ended.prev_state, failed_start)
+        METRICS.container_exited(c, ended)
         on_exit(c, ended)
 
 

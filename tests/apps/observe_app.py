@@ -1,0 +1,38 @@
+"""Functions for the observability tests (tests/integration/test_metrics.py, test_dashboard.py)."""
+
+import os
+import time
+
+import shoal as modal
+
+app = modal.App("observe")
+VERSION = os.environ.get("OBSERVE_VERSION", "1")
+
+
+@app.function()
+def square(x: int) -> int:
+    return x * x
+
+
+@app.function()
+def fail_on_negative(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative input {x} refused")
+    return x
+
+
+@app.function()
+def say(line: str) -> str:
+    print(line, flush=True)
+    return line
+
+
+@app.function()
+def slow(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+@app.function()
+def version() -> str:
+    return VERSION
