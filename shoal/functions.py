@@ -14,6 +14,7 @@ from . import _serialization as ser
 from ._client.aio import Plan, arun_plan, on_loop, rpc, run_plan
 from ._client.transport import Client, get_client
 from ._options import FunctionOptions
+from ._output import map_progress
 from ._spec.definitions import ClsInfo, FunctionDefinition, WebhookConfig
 from ._spec.limits import MAX_WAIT_S
 from .exception import (
@@ -328,6 +329,7 @@ class Function:
                            {**self._call_extra(), "kind": "map", "call_id": call_id})
         window = asyncio.Semaphore(MAP_WINDOW)
         total: list[int] = []  # set once the feeder has read every input
+        progress = map_progress(self._progress_label())
 
         async def feed() -> None:
             batch: list[list[Any]] = []
@@ -348,6 +350,7 @@ class Function:
                 if len(batch) >= MAP_BATCH or time.monotonic() - started > MAP_BATCH_WAIT_S:
                     await send(False)
             total.append(n)
+            progress.set_total(n)
             await send(True)
 
         feeder = asyncio.ensure_future(feed())
@@ -365,6 +368,7 @@ class Function:
                         continue
                     received += 1
                     window.release()
+                    progress.input_done(status == "success")
                     if status != "success" and not return_exceptions:
                         _decode_output(status, data)
                     if not order_outputs:
@@ -382,6 +386,8 @@ class Function:
                 except Exception:  # noqa: BLE001 - best effort while already failing
                     pass
             raise
+        finally:
+            progress.close()
         await feeder
 
     @on_loop(refuse_in_loop=True)
@@ -423,13 +429,23 @@ class Function:
                            {**self._call_extra(), "kind": "map", "call_id": call_id})
         batch: list[list[Any]] = []
         n = 0
-        async for args in _zip(input_iterators):
-            batch.append([n, ser.dumps_args(tuple(args), kwargs)])
-            n += 1
-            if len(batch) >= MAP_BATCH:
-                await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
-                batch = []
-        await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+        progress = map_progress(self._progress_label("spawn_map"), sent_only=True)
+        try:
+            async for args in _zip(input_iterators):
+                batch.append([n, ser.dumps_args(tuple(args), kwargs)])
+                n += 1
+                if len(batch) >= MAP_BATCH:
+                    await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
+                    progress.inputs_sent(len(batch))
+                    batch = []
+            progress.set_total(n)
+            await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+            progress.inputs_sent(len(batch))
+        finally:
+            progress.close()
+
+    def _progress_label(self, verb: str = "map") -> str:
+        return f"{self._tag or 'function'}.{verb}"
 
     # -- variants: each a new, independent container pool ---------------------------------------------------
     def _variant(self, overrides: dict[str, Any], params: bytes | None = None) -> Function:
