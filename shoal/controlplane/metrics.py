@@ -168,7 +168,7 @@ def exit_class(stop_reason: str | None, detail: str, prev_state: str, failed_sta
     failed (never started), killed (a signal), exited (by itself)."""
     if stop_reason and "timed out" in stop_reason:
         return "timeout"
-    if "out of memory" in detail.lower() or "oom" in detail.lower():
+    if detail.startswith("out of memory"):  # the backend saw the OOM kill (not describe_exit's guess)
         return "oom"
     if prev_state == "stopping":
         return "stopped"

@@ -77,6 +77,10 @@ def test_counters_and_histograms_match_a_known_workload(control_plane):
         # Control-plane health.
         assert value(m, "shoal_store_commit_seconds_count") > 0
         assert wait_for(lambda: value(scrape(control_plane), "shoal_event_loop_lag_seconds_count") > 0, timeout=30)
+        started = value(m, "modal_input_events_coldstart_time_us_count", **sq)
+    # The app stopped: each of its containers ended, counted by why (the control plane stopped them).
+    assert wait_for(lambda: value(scrape(control_plane), "shoal_container_exits_total", **sq, reason="stopped")
+                    == started, timeout=60)
 
 
 def test_pending_and_running_inputs_are_levels(control_plane):
@@ -87,3 +91,18 @@ def test_pending_and_running_inputs_are_levels(control_plane):
                         timeout=60)
         assert call.get(timeout=60) == 3.0
         assert value(scrape(control_plane), "modal_function_running_inputs", **labels) == 0
+
+
+def test_web_requests_by_status_and_latency(control_plane):
+    import web_simple_app
+
+    with web_simple_app.app.run(quiet=True) as app:
+        url = web_simple_app.f.get_web_url()
+        for _ in range(3):
+            assert requests.get(url, timeout=60).status_code == 200
+        assert requests.get(url.rstrip("/") + "/no-such-path", timeout=60).status_code == 404
+        labels = {"app_id": app.app_id, "function_name": "f"}
+        m = scrape(control_plane)
+        assert value(m, "shoal_web_requests_total", **labels, status="200") == 3
+        assert value(m, "shoal_web_requests_total", **labels, status="404") == 1
+        assert value(m, "shoal_web_request_duration_seconds_count", **labels) == 4
