@@ -104,14 +104,11 @@ class Metrics:
     def input_finished(self, pool: Pool, inp: Input, status: str) -> None:
         """An input got its final output (`Outputs.finish_outputs`)."""
         now = time.monotonic()
-        total, ok, elapsed, queued, by_status, lb = self._child(pool)
+        total, ok, elapsed, queued, cache, lb = self._child(pool)
         total.inc()
         if status == "success":
             ok.inc()
-        counter = by_status.get(status)
-        if counter is None:
-            counter = by_status[status] = self.outcomes.labels(*lb, status)
-        counter.inc()
+        self._extra(cache, lb, self.outcomes, status).inc()
         exec_s = queue_s = 0.0
         if inp.dispatched_at:
             exec_s = now - inp.dispatched_at
@@ -120,11 +117,21 @@ class Metrics:
             queued.observe(queue_s * 1e6)
         self.recent[pool.function_id].append((time.time(), status, queue_s, exec_s))
 
+    @staticmethod
+    def _extra(cache: dict[Any, Any], lb: tuple[str, ...], metric: Any, value: str) -> Any:
+        """The child of `metric` for this function and one more label value, made once."""
+        child = cache.get((metric, value))
+        if child is None:
+            child = cache[(metric, value)] = metric.labels(*lb, value)
+        return child
+
     def call_started(self, pool: Pool, kind: str) -> None:
-        self.calls.labels(*self._child(pool)[5], kind).inc()
+        ch = self._child(pool)
+        self._extra(ch[4], ch[5], self.calls, kind).inc()
 
     def call_finished(self, call: Call) -> None:
-        self.calls_finished.labels(*self._child(call.pool)[5], call.state).inc()
+        ch = self._child(call.pool)
+        self._extra(ch[4], ch[5], self.calls_finished, call.state).inc()
 
     def container_ready(self, c: Container) -> None:
         total = c.timings.get("total")
