@@ -151,9 +151,12 @@ class Metrics:
     def web_request(self, pool: Pool | None, status: int, seconds: float) -> None:
         if pool is None:
             return
-        lb = self._child(pool)[5]
-        self.web_requests.labels(*lb, str(status)).inc()
-        self.web_latency.labels(*lb).observe(seconds)
+        ch = self._child(pool)
+        self._extra(ch[4], ch[5], self.web_requests, str(status)).inc()
+        latency = ch[4].get(self.web_latency)
+        if latency is None:
+            latency = ch[4][self.web_latency] = self.web_latency.labels(*ch[5])
+        latency.observe(seconds)
 
     def commit_took(self, seconds: float) -> None:
         """From the store's writer thread (prometheus_client's metrics are thread-safe)."""
@@ -165,9 +168,6 @@ class Metrics:
             t0 = time.monotonic()
             await asyncio.sleep(LOOP_LAG_INTERVAL_S)
             self.loop_lag.observe(max(0.0, time.monotonic() - t0 - LOOP_LAG_INTERVAL_S))
-
-    def forget(self, function_id: str) -> None:
-        self._children.pop(function_id, None)
 
 
 def exit_class(stop_reason: str | None, detail: str, prev_state: str, failed_start: bool) -> str:

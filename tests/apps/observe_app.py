@@ -1,12 +1,10 @@
 """Functions for the observability tests (tests/integration/test_metrics.py, test_dashboard.py)."""
 
-import os
 import time
 
 import shoal as modal
 
 app = modal.App("observe")
-VERSION = os.environ.get("OBSERVE_VERSION", "1")
 
 
 @app.function()
@@ -31,8 +29,3 @@ def say(line: str) -> str:
 def slow(x: float) -> float:
     time.sleep(x)
     return x
-
-
-@app.function()
-def version() -> str:
-    return VERSION

@@ -109,9 +109,9 @@ class Views:
             version = int((await request.json())["version"])
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             return web.json_response({"error": "version (an integer) is required"}, status=400)
-        base = f"http://{request.host}"
+        url = f"{self.core.containers.address.url}/v1/apps/{app_id}/rollback"
         async with aiohttp.ClientSession() as session, session.post(
-                f"{base}/v1/apps/{app_id}/rollback", data=msgpack.packb({"version": version}),
+                url, data=msgpack.packb({"version": version}),
                 headers={"Authorization": f"Bearer {self.api.token.decode()}",
                          "Content-Type": "application/msgpack"}) as resp:
             body = msgpack.unpackb(await resp.read(), raw=False)
@@ -240,8 +240,8 @@ class Views:
     async def container_logs(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the container's new log lines as they arrive, until it stops or the page goes."""
         cid = request.match_info["container_id"]
-        try:
-            after = int(request.query.get("after", "-1"))
+        try:  # a reconnecting EventSource says where it was (Last-Event-ID); the page's first request, `after`
+            after = int(request.headers.get("Last-Event-ID") or request.query.get("after", "-1"))
         except ValueError:
             after = -1
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
@@ -256,8 +256,8 @@ class Views:
             if entries:
                 after = entries[-1]["seq"]
             mine = [e["data"] for e in entries if e["container_id"] == cid and e["data"]]
-            payload = json.dumps({"text": "".join(mine), "after": after}) if mine else None
-            await resp.write(f"data: {payload}\n\n".encode() if payload else b": keep-alive\n\n")
+            payload = json.dumps({"text": "".join(mine)}) if mine else None
+            await resp.write(f"id: {after}\ndata: {payload}\n\n".encode() if payload else b": keep-alive\n\n")
         return resp
 
     # -- web endpoints and Servers ---------------------------------------------------------------------------
