@@ -110,14 +110,20 @@ class LogPrinter:
 class _NoProgress:
     """What a map reports to when no progress is shown: every method does nothing."""
 
+    active = False  # whether anything is drawn (a map asks for its container count only then)
+
     def input_done(self, ok: bool) -> None: ...
     def inputs_sent(self, n: int) -> None: ...
     def set_total(self, n: int) -> None: ...
+    def set_containers(self, n: int) -> None: ...
     def close(self) -> None: ...
 
 
 class MapProgress(_NoProgress):
-    """A live progress line for a map (done/total, rate, failures), drawn by rich on the terminal's stderr."""
+    """A live progress line for a map (done/total, rate, failures, containers), drawn by rich on the terminal's
+    stderr."""
+
+    active = True
 
     def __init__(self, label: str, sent_only: bool = False) -> None:
         from rich.console import Console
@@ -128,9 +134,10 @@ class MapProgress(_NoProgress):
         self._done = 0
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[failures]}"), TimeElapsedColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[failures]}"),
+            TextColumn("{task.fields[containers]}"), TimeElapsedColumn(),
             console=Console(file=sys.stderr), transient=False, refresh_per_second=8)
-        self._task = self._progress.add_task(label, total=None, rate="", failures="")
+        self._task = self._progress.add_task(label, total=None, rate="", failures="", containers="")
         self._sent_only = sent_only
         self._progress.start()
 
@@ -152,6 +159,9 @@ class MapProgress(_NoProgress):
 
     def set_total(self, n: int) -> None:
         self._progress.update(self._task, total=n)
+
+    def set_containers(self, n: int) -> None:
+        self._progress.update(self._task, containers=f"{n} container{'s' if n != 1 else ''}")
 
     def close(self) -> None:
         self._update()

@@ -356,10 +356,15 @@ class Function:
         feeder = asyncio.ensure_future(feed())
         after, received, next_idx = -1, 0, 0
         pending: dict[int, tuple[str, bytes | None]] = {}
+        stats_at = 0.0
         try:
             while not total or received < total[0]:
                 if feeder.done() and feeder.exception() is not None:
                     raise feeder.exception()  # type: ignore[misc]
+                if progress.active and time.monotonic() - stats_at >= 1.0:  # the line shows the containers
+                    stats_at = time.monotonic()
+                    progress.set_containers((await client.acall("GET", f"/v1/functions/{fid}/stats"))
+                                            ["num_total_runners"])
                 wait = 0.5 if not feeder.done() else POLL_S
                 resp = await client.acall("GET", f"/v1/calls/{call_id}/outputs?after={after}&timeout={wait}")
                 for seq, idx, status, data, final in resp["outputs"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import textwrap
@@ -69,6 +70,8 @@ def test_map_progress_is_drawn_on_a_terminal(control_plane, tmp_path):
     assert "square.map" in out
     assert "25/25" in out  # done/total once the map ended
     assert "done/s" in out  # the rate
+    plain = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out)  # without rich's colours
+    assert re.search(r"square\.map .* \d+ containers? ", plain)  # the containers the function runs in
     assert "fail_on_negative.map" in out and "2 failed" in out
     assert "square.spawn_map" in out and "4/4" in out
 
