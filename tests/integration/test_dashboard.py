@@ -198,3 +198,34 @@ def test_dashboard_is_closed_without_a_login(private_control_plane, browser):
                          cookies={"shoal_dashboard": session}, timeout=30).status_code == 403
     browser.get(f"{url}/dashboard/")
     assert "Not logged in" in browser.page_source
+
+
+def logged_in() -> requests.Session:
+    session = requests.Session()
+    assert session.get(login_url(), timeout=30).status_code == 200
+    return session
+
+
+def test_storage_page_lists_names_never_values(private_control_plane):
+    secret_value = f"s3cr3t-{uuid.uuid4().hex}"
+    assert run_cli("secret", "create", "dash-secret", f"PASSWORD={secret_value}").returncode == 0
+    d = modal.Dict.from_name("dash-dict", create_if_missing=True)
+    d["a"], d["b"] = 1, 2
+    q = modal.Queue.from_name("dash-queue", create_if_missing=True)
+    q.put(1, partition="p1")
+    q.put_many([2, 3], partition="p2")
+    page = logged_in().get(f"{private_control_plane.url}/dashboard/storage", timeout=30).text
+    assert "dash-secret" in page and secret_value not in page
+    assert "<td>dash-dict</td><td>2</td>" in page
+    assert "<td>dash-queue</td><td>3</td><td>2</td>" in page
+
+
+def test_a_spawned_call_by_id(private_control_plane, tmp_path):
+    name = f"dash-{uuid.uuid4().hex[:6]}"
+    deploy(tmp_path, name, 1)
+    call = modal.Function.from_name(name, "fail_on_negative").spawn(-7)
+    with pytest.raises(Exception, match="negative input -7 refused"):
+        call.get(timeout=60)
+    page = logged_in().get(
+        f"{private_control_plane.url}/dashboard/calls/{call.object_id}", timeout=30).text
+    assert "spawn" in page and "ValueError: negative input -7 refused" in page

@@ -287,12 +287,13 @@ class Views:
             object_rows.list_named(store, "volume"), secret_rows.list_all(store))
         dict_lens = await asyncio.gather(*(dict_rows.length(store, d.object_id) for d in dicts))
         queue_lens = await asyncio.gather(*(queue_rows.length(store, q.object_id, None) for q in queues))
+        partitions = await rows.queue_partitions(store)
         volumes_mod = self.core.volumes
         body = "<h2>Dicts</h2>" + table(["name", "entries", "created"], [
             [esc(d.name), esc(n), esc(when(d.created_at))] for d, n in zip(dicts, dict_lens, strict=True)], "dicts")
-        body += "<h2>Queues</h2>" + table(["name", "items (all partitions)", "created"], [
-            [esc(q.name), esc(n), esc(when(q.created_at))] for q, n in zip(queues, queue_lens, strict=True)],
-            "queues")
+        body += "<h2>Queues</h2>" + table(["name", "items (all partitions)", "partitions with items", "created"], [
+            [esc(q.name), esc(n), esc(partitions.get(q.object_id, 0)), esc(when(q.created_at))]
+            for q, n in zip(queues, queue_lens, strict=True)], "queues")
         body += "<h2>Volumes</h2>" + table(["name", "version", "top-level entries", "created"], [
             [esc(v.name), *(esc(x) for x in volume_version(volumes_mod, v.object_id)), esc(when(v.created_at))]
             for v in volumes], "volumes")

@@ -60,3 +60,8 @@ async def function_app(store: Store, function_id: str) -> tuple[str, str] | None
     """(app_id, tag) of a stored function."""
     rows = await store.read("SELECT app_id, tag FROM functions WHERE function_id=?", (function_id,))
     return (rows[0][0], rows[0][1]) if rows else None
+
+
+async def queue_partitions(store: Store) -> dict[str, int]:
+    """queue_id -> how many partitions hold items now."""
+    return dict(await store.read("SELECT queue_id, COUNT(DISTINCT partition) FROM queue_items GROUP BY queue_id"))
