@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ S_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 RECENT_INPUTS = 2000  # per function, for the dashboard's percentiles and calls over time
 RECENT_EXITS = 500
 LOOP_LAG_INTERVAL_S = 0.25
+PRUNE_EVERY_S = 60.0
+GONE_AFTER_S = 900.0  # a function's series stay this long after it stopped (scrapers see its last counts)
 
 
 class Metrics:
@@ -74,6 +77,7 @@ class Metrics:
         self.recent: dict[str, collections.deque[tuple[float, str, float, float]]] = {}
         self.exits: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EXITS)
         self._registry: Registry | None = None
+        self._gone_since: dict[str, float] = {}
         self._live: LiveCollector | None = None
 
     def attach(self, registry: Registry) -> None:
@@ -136,13 +140,18 @@ class Metrics:
     def container_ready(self, c: Container) -> None:
         total = c.timings.get("total")
         if total is not None and not c.pool.function_id.startswith("warm:"):
-            self.coldstart.labels(*self._child(c.pool)[5]).observe(total * 1e6)
+            ch = self._child(c.pool)
+            child = ch[4].get(self.coldstart)
+            if child is None:
+                child = ch[4][self.coldstart] = self.coldstart.labels(*ch[5])
+            child.observe(total * 1e6)
 
     def container_exited(self, c: Container, ended: Exit) -> None:
         """A container ended: counted by why, and kept (with its last CPU and memory) for the dashboard."""
         reason = exit_class(c.stop_reason, ended.reason, ended.prev_state, ended.failed_start)
         if not c.pool.function_id.startswith("warm:"):
-            self.container_exits.labels(*self._child(c.pool)[5], reason).inc()
+            ch = self._child(c.pool)
+            self._extra(ch[4], ch[5], self.container_exits, reason).inc()
         self.exits.append({"container_id": c.id, "app_id": c.pool.app_id, "function_id": c.pool.function_id,
                            "function": c.pool.tag, "t": time.time(), "reason": reason, "detail": ended.reason,
                            "stop_reason": c.stop_reason, "timings": dict(c.timings),
@@ -163,11 +172,42 @@ class Metrics:
         self.store_commit.observe(seconds)
 
     async def watch_loop(self) -> None:
-        """Event-loop lag: how late a timer fires; a loop blocked by slow work delays every request."""
+        """Event-loop lag: how late a timer fires; a loop blocked by slow work delays every request. Now and
+        then, the series of functions gone for a while are dropped (`prune`)."""
+        last_prune = time.monotonic()
         while True:
             t0 = time.monotonic()
             await asyncio.sleep(LOOP_LAG_INTERVAL_S)
-            self.loop_lag.observe(max(0.0, time.monotonic() - t0 - LOOP_LAG_INTERVAL_S))
+            now = time.monotonic()
+            self.loop_lag.observe(max(0.0, now - t0 - LOOP_LAG_INTERVAL_S))
+            if now - last_prune >= PRUNE_EVERY_S:
+                last_prune = now
+                self.prune(now)
+
+    def prune(self, now: float) -> None:
+        """Forget the series and recent inputs of functions that left the registry GONE_AFTER_S ago (ephemeral
+        apps come and go: without this, every function ever run would stay in memory and in every scrape)."""
+        if self._registry is None:
+            return
+        pools = self._registry.pools
+        for function_id in list(self._children):
+            if function_id in pools:
+                self._gone_since.pop(function_id, None)
+                continue
+            since = self._gone_since.setdefault(function_id, now)
+            if now - since < GONE_AFTER_S:
+                continue
+            *_, cache, lb = self._children.pop(function_id)
+            del self._gone_since[function_id]
+            self.recent.pop(function_id, None)
+            for metric in (self.total_inputs, self.successes, self.elapsed, self.queue_time, self.coldstart,
+                           self.web_latency):
+                with contextlib.suppress(KeyError):
+                    metric.remove(*lb)
+            for key in cache:
+                if isinstance(key, tuple):
+                    with contextlib.suppress(KeyError):
+                        key[0].remove(*lb, key[1])
 
 
 def exit_class(stop_reason: str | None, detail: str, prev_state: str, failed_start: bool) -> str:
