@@ -320,12 +320,12 @@ def _cgroup_usage(cgroup: Any) -> tuple[float, int, int | None]:
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _proc_usage(pid: int) -> tuple[float, int, int | None]:
-    """CPU time and resident memory of `pid` and its descendants."""
-    cpu, rss, todo, seen = 0.0, 0, [pid], set()
+    """CPU time, resident memory and peak resident memory (the sum of each process's VmHWM) of `pid` and its
+    descendants."""
+    cpu, rss, peak, todo, seen = 0.0, 0, 0, [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
@@ -334,13 +334,19 @@ def _proc_usage(pid: int) -> tuple[float, int, int | None]:
         try:
             fields = _read(f"/proc/{p}/stat").rsplit(")", 1)[1].split()
             cpu += (int(fields[11]) + int(fields[12])) / _TICKS
-            rss += int(_read(f"/proc/{p}/statm").split()[1]) * _PAGE
+            for line in _read(f"/proc/{p}/status").splitlines():
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    kb = int(line.split()[1]) * 1024
+                    if line.startswith("VmRSS:"):
+                        rss += kb
+                    else:
+                        peak += kb
             for task in os.listdir(f"/proc/{p}/task"):
                 todo.extend(int(x) for x in _read(f"/proc/{p}/task/{task}/children").split())
         except (OSError, IndexError):
             if p == pid:
                 raise
-    return cpu, rss, None
+    return cpu, rss, peak
 
 
 METRICS = Metrics()  # one per control plane process; the core's hooks update it

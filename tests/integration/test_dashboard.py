@@ -170,10 +170,11 @@ def test_dashboard_in_a_browser(private_control_plane, tmp_path, browser):
     browser.find_element(By.LINK_TEXT, name).click()
     browser.find_element(By.CSS_SELECTOR, 'button.rollback[data-version="1"]').click()
     browser.switch_to.alert.accept()
-    assert wait_for(lambda: "rolled back" in text_of(browser, "#rollback-result"), timeout=120), \
-        text_of(browser, "#rollback-result")
+    assert wait_for(lambda: "rolled back to v1: now version 3" in text_of(browser, "#rollback-result"),
+                    timeout=120), text_of(browser, "#rollback-result")
     assert wait_for(lambda: modal.Function.from_name(name, "version").remote() == 1, timeout=120)
-    assert wait_for(lambda: "v3 current" in text_of(browser, "#versions"), timeout=30)
+    browser.refresh()
+    assert "v3 current" in text_of(browser, "#versions")
     assert "rollback to v1" in text_of(browser, "#versions")
 
 

@@ -336,8 +336,8 @@ document.querySelectorAll('button.rollback').forEach(function (b) {
     .then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
     .then(function (x) {
       var out = document.getElementById('rollback-result');
-      out.textContent = x[0] === 200 ? 'rolled back: now version ' + x[1].version : 'error: ' + x[1].error;
-      if (x[0] === 200) setTimeout(function () { location.reload(); }, 500);
+      out.textContent = x[0] === 200 ? 'rolled back to v' + x[1].rolled_back_to + ': now version ' + x[1].version +
+        ' (reload the page to see it)' : 'error: ' + x[1].error;
     });
   });
 });
