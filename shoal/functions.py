@@ -363,8 +363,11 @@ class Function:
                     raise feeder.exception()  # type: ignore[misc]
                 if progress.active and time.monotonic() - stats_at >= 1.0:  # the line shows the containers
                     stats_at = time.monotonic()
-                    progress.set_containers((await client.acall("GET", f"/v1/functions/{fid}/stats"))
-                                            ["num_total_runners"])
+                    try:
+                        stats = await client.acall("GET", f"/v1/functions/{fid}/stats")
+                        progress.set_containers(stats["num_total_runners"])
+                    except Exception:  # noqa: BLE001 - the progress line never fails the map
+                        pass
                 wait = 0.5 if not feeder.done() else POLL_S
                 resp = await client.acall("GET", f"/v1/calls/{call_id}/outputs?after={after}&timeout={wait}")
                 for seq, idx, status, data, final in resp["outputs"]:
