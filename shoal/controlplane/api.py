@@ -18,6 +18,7 @@ from aiohttp import web
 from .._spec.definitions import VariantOverrides
 from .._spec.limits import MAX_WAIT_S
 from .core.model import AppState, Call, Pool, new_id
+from .dashboard import mount as mount_dashboard
 from .definitions import from_request
 from .gate import Gate
 from .rest import ApiError, Handler, body_of, query_float, query_int, reply
@@ -76,6 +77,7 @@ class Api:
         r.add_get("/v1/containers/{container_id}", self.get_container)
         r.add_post("/v1/functions/{function_id}/shell", self.start_shell)
         self.deployments.add_routes(r)
+        mount_dashboard(app, self)  # /metrics and /dashboard/ (docs/observability.md)
         return app
 
     # -- middleware ------------------------------------------------------------------------------------------
