@@ -14,6 +14,7 @@ from . import _serialization as ser
 from ._client.aio import Plan, arun_plan, on_loop, rpc, run_plan
 from ._client.transport import Client, get_client
 from ._options import FunctionOptions
+from ._output import map_progress
 from ._spec.definitions import ClsInfo, FunctionDefinition, WebhookConfig
 from ._spec.limits import MAX_WAIT_S
 from .exception import (
@@ -328,6 +329,7 @@ class Function:
                            {**self._call_extra(), "kind": "map", "call_id": call_id})
         window = asyncio.Semaphore(MAP_WINDOW)
         total: list[int] = []  # set once the feeder has read every input
+        progress = map_progress(self._progress_label())
 
         async def feed() -> None:
             batch: list[list[Any]] = []
@@ -348,15 +350,24 @@ class Function:
                 if len(batch) >= MAP_BATCH or time.monotonic() - started > MAP_BATCH_WAIT_S:
                     await send(False)
             total.append(n)
+            progress.set_total(n)
             await send(True)
 
         feeder = asyncio.ensure_future(feed())
         after, received, next_idx = -1, 0, 0
         pending: dict[int, tuple[str, bytes | None]] = {}
+        stats_at = 0.0
         try:
             while not total or received < total[0]:
                 if feeder.done() and feeder.exception() is not None:
                     raise feeder.exception()  # type: ignore[misc]
+                if progress.active and time.monotonic() - stats_at >= 1.0:  # the line shows the containers
+                    stats_at = time.monotonic()
+                    try:
+                        stats = await client.acall("GET", f"/v1/functions/{fid}/stats")
+                        progress.set_containers(stats["num_total_runners"])
+                    except Exception:  # noqa: BLE001 - the progress line never fails the map
+                        pass
                 wait = 0.5 if not feeder.done() else POLL_S
                 resp = await client.acall("GET", f"/v1/calls/{call_id}/outputs?after={after}&timeout={wait}")
                 for seq, idx, status, data, final in resp["outputs"]:
@@ -365,6 +376,7 @@ class Function:
                         continue
                     received += 1
                     window.release()
+                    progress.input_done(status == "success")
                     if status != "success" and not return_exceptions:
                         _decode_output(status, data)
                     if not order_outputs:
@@ -382,6 +394,8 @@ class Function:
                 except Exception:  # noqa: BLE001 - best effort while already failing
                     pass
             raise
+        finally:
+            progress.close()
         await feeder
 
     @on_loop(refuse_in_loop=True)
@@ -423,13 +437,23 @@ class Function:
                            {**self._call_extra(), "kind": "map", "call_id": call_id})
         batch: list[list[Any]] = []
         n = 0
-        async for args in _zip(input_iterators):
-            batch.append([n, ser.dumps_args(tuple(args), kwargs)])
-            n += 1
-            if len(batch) >= MAP_BATCH:
-                await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
-                batch = []
-        await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+        progress = map_progress(self._progress_label("spawn_map"), sent_only=True)
+        try:
+            async for args in _zip(input_iterators):
+                batch.append([n, ser.dumps_args(tuple(args), kwargs)])
+                n += 1
+                if len(batch) >= MAP_BATCH:
+                    await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
+                    progress.inputs_sent(len(batch))
+                    batch = []
+            progress.set_total(n)
+            await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+            progress.inputs_sent(len(batch))
+        finally:
+            progress.close()
+
+    def _progress_label(self, verb: str = "map") -> str:
+        return f"{self._tag or 'function'}.{verb}"
 
     # -- variants: each a new, independent container pool ---------------------------------------------------
     def _variant(self, overrides: dict[str, Any], params: bytes | None = None) -> Function:

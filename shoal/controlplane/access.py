@@ -79,6 +79,8 @@ def _deny(what: str) -> Entry:
 # (method, route as registered) -> what a container may do there.
 ROUTES: dict[tuple[str, str], Entry] = {
     ("POST", "/v1/shutdown"): _deny("shut down the control plane"),
+    ("GET", "/metrics"): _deny("read the control plane's metrics"),
+    ("POST", "/v1/dashboard/login"): _deny("open the dashboard"),
     ("HEAD", "/v1/blobs/{sha}"): _any(),  # uploading the source of an ephemeral app it runs
     ("PUT", "/v1/blobs/{sha}"): _any(),
     ("GET", "/v1/apps"): _deny("list apps"),

@@ -19,6 +19,7 @@ from .._spec import requests as req
 from .._spec.definitions import VariantOverrides
 from .._spec.limits import BLOB_MAX, DATA_BODY_MAX, MAX_WAIT_S
 from .core.model import AppState, Call, Pool, new_id
+from .dashboard import mount as mount_dashboard
 from .definitions import check_client_fields
 from .gate import Gate
 from .rest import ApiError, Handler, body_of, check_length, invalid, query_of, reply, too_large
@@ -77,6 +78,7 @@ class Api:
         r.add_get("/v1/containers/{container_id}", self.get_container)
         r.add_post("/v1/functions/{function_id}/shell", self.start_shell)
         self.deployments.add_routes(r)
+        mount_dashboard(app, self)  # /metrics and /dashboard/ (docs/observability.md)
         return app
 
     # -- middleware ------------------------------------------------------------------------------------------

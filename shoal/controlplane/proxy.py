@@ -31,6 +31,7 @@ import httptools
 from .._spec.definitions import VariantOverrides
 from .._spec.params import bind_params, pack_params
 from .ingress_policy import TokenBucket, TokenRecord, check_proxy_auth
+from .metrics import METRICS
 from .web_routes import Route, Router
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ class Proxy:
             log_ = self.requests[function_id] = collections.deque(maxlen=REQUEST_LOG)
         # Kept raw (this runs per request); requests_of() formats them when asked.
         log_.append((time.time(), r.method, r.url, r.status, time.monotonic() - t0, c.id if c else None))
+        METRICS.web_request(self.pools.get(function_id), r.status, log_[-1][4])
 
     def requests_of(self, function_id: str, limit: int) -> list[dict[str, Any]]:
         entries = list(self.requests.get(function_id, ()))[-limit:] if limit > 0 else []

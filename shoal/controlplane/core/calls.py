@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..._spec.errors import dumps_exception
 from ...exception import ExecutionError
+from ..metrics import METRICS
 from ..store import Store
 from ..store import calls as call_rows
 from .model import TERMINATED, Call, Input, Pool
@@ -40,6 +41,7 @@ class Calls:
         total = None if kind == "map" else 1
         call = Call(call_id, pool, kind, total, method)
         calls[call_id] = call
+        METRICS.call_started(pool, kind)
         ticket = call_rows.put_call(self.store, call_id, pool.function_id, kind, total, method)
         if args is not None:
             ticket = call_rows.put_inputs(self.store, [(call_id, 0, args)])

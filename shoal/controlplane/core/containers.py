@@ -21,6 +21,7 @@ from ..._spec import frames
 from ..._spec.definitions import BuiltImage
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
 from ..credentials import container_credential
+from ..metrics import METRICS
 from .model import AppState, Container, Pool, new_id
 
 if TYPE_CHECKING:
@@ -219,6 +220,7 @@ class Containers:
             better = c.handle.exit_reason()
             if better:
                 ended = Exit(returncode, better, ended.was_ready, ended.prev_state, failed_start)
+        METRICS.container_exited(c, ended)
         on_exit(c, ended)
 
 

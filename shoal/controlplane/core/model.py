@@ -54,7 +54,8 @@ class AppState:
 class Input:
     """One input of a call; lives until its final output is produced."""
 
-    __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at", "waiter")
+    __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at", "waiter",
+                 "queued_at")
 
     def __init__(self, call: Call, idx: int, args: bytes | None) -> None:
         call.open[idx] = self
@@ -67,6 +68,7 @@ class Input:
         self.container: Container | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.dispatched_at = 0.0
+        self.queued_at = time.monotonic()  # for its queue time (metrics.py)
         # A web request (controlplane/proxy.py): resolved with the container that got its slot; no frame is sent.
         self.waiter: asyncio.Future | None = None
 
