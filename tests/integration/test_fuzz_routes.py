@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import json
 import re
 import string
 import time
@@ -91,18 +92,33 @@ ROUTES: list[tuple[str, str, Any, Any]] = [
     ("POST", "/v1/volumes/{volume_id}/uploads/{upload_id}/commit", req.CommitUpload, None),
     ("POST", "/v1/volumes/{volume_id}/commit", req.ContainerVolume, None),
     ("POST", "/v1/volumes/{volume_id}/reload", req.ContainerVolume, None),
+    ("GET", "/metrics", None, None),
+    ("POST", "/v1/dashboard/login", None, None),
+    # The dashboard's pages, with its session cookie (logged in first).
+    ("GET", "/dashboard/login", None, "token"),
+    ("GET", "/dashboard/", None, None),
+    ("GET", "/dashboard/apps/{app_id}", None, None),
+    ("POST", "/dashboard/apps/{app_id}/rollback", "json", None),
+    ("GET", "/dashboard/functions/{function_id}", None, None),
+    ("GET", "/dashboard/calls/{call_id}", None, None),
+    ("GET", "/dashboard/containers", None, None),
+    ("GET", "/dashboard/containers/{container_id}", None, None),
+    ("GET", "/dashboard/containers/{container_id}/logs", None, "after"),  # a live container's streams: made-up ids
+    ("GET", "/dashboard/web", None, None),
+    ("GET", "/dashboard/storage", None, None),
 ]
 
 
 def _declared_routes() -> set[tuple[str, str]]:
     """Every route the control plane's modules add to the router, read from their source."""
     found = set()
-    adder = re.compile(r'add_(get|post|put|delete)\(f?"(/v1/[^"]+)"|add_route\("(HEAD)", f?"(/v1/[^"]+)"')
-    for path in CONTROLPLANE.glob("*.py"):
+    adder = re.compile(r'add_(get|post|put|delete)\(f?"((?:/v1/|/metrics|\{PREFIX\})[^"]*)"'
+                       r'|add_route\("(HEAD)", f?"(/v1/[^"]+)"')
+    for path in CONTROLPLANE.rglob("*.py"):
         text = path.read_text()
         for m in adder.finditer(text):
             method, route = (m.group(1) or m.group(3)).upper(), m.group(2) or m.group(4)
-            route = route.replace("{{", "{").replace("}}", "}")
+            route = route.replace("{{", "{").replace("}}", "}").replace("{PREFIX}", "/dashboard")
             if "{op}" in route:  # objects.py: one route per operation, from a tuple on the same line
                 line = text[m.start():text.index("\n", m.start())]
                 prefix = text.rfind("for op in (", 0, m.start())
@@ -160,6 +176,10 @@ _SPECIAL: dict[str, st.SearchStrategy[Any]] = {
 def _body(kind: Any) -> st.SearchStrategy[bytes]:
     if kind == "raw":
         return st.binary(max_size=2000)
+    if kind == "json":
+        as_json = st.dictionaries(st.sampled_from(["version", "x"]), st.one_of(_SCALAR.filter(
+            lambda v: not isinstance(v, bytes | float)), st.floats(allow_nan=False, allow_infinity=False)), max_size=2)
+        return st.one_of(as_json.map(lambda v: json.dumps(v).encode()), st.binary(max_size=50))
     as_map = _map_of(_fields(kind), _SPECIAL) if kind is not None else st.dictionaries(st.text(max_size=8), _ANY,
                                                                                         max_size=3)
     packed = st.one_of(as_map, as_map, as_map, _ANY).map(lambda v: msgpack.packb(v, use_bin_type=True))
@@ -167,24 +187,41 @@ def _body(kind: Any) -> st.SearchStrategy[bytes]:
 
 
 def _query(kind: Any) -> st.SearchStrategy[dict[str, str]]:
-    names = _fields(kind) if kind is not None else []
+    names = [kind] if isinstance(kind, str) else _fields(kind) if kind is not None else []
     value = st.one_of(_WORDS, st.text(max_size=20), _INT.map(str), st.floats().map(str))
     timeouts = st.one_of(value, st.floats(min_value=0.0, max_value=0.1).map(str))
     known = st.fixed_dictionaries({}, optional={n: timeouts if n == "timeout" else value for n in names})
     return st.builds(lambda a, b: {**b, **a}, known, st.dictionaries(st.text(max_size=8), value, max_size=2))
 
 
-def _send(url: str, token: str, method: str, path: str, body: bytes | None) -> int:
+def _send(url: str, token: str, method: str, path: str, body: bytes | None, cookie: str = "") -> int:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=HANG_S)
     try:
         conn.request(method, path, body=body, headers={"Authorization": f"Bearer {token}",
-                                                       "Content-Type": "application/msgpack"})
+                                                       "Content-Type": "application/msgpack",
+                                                       "Cookie": cookie, "X-Shoal-Dashboard": "1"})
         resp = conn.getresponse()
+        if resp.getheader("Content-Type", "").startswith("text/event-stream"):
+            resp.read(1)  # a stream (a stopped container's logs end at once): it answered
         data = resp.read()
         assert resp.status < 500, f"{method} {path} -> {resp.status}: {data[:500]!r} (body {body[:300]!r})" \
             if body else f"{method} {path} -> {resp.status}: {data[:500]!r}"
         return resp.status
+    finally:
+        conn.close()
+
+
+def _dashboard_cookie(url: str, token: str) -> str:
+    """The dashboard's session cookie, from a login link (`shoal dashboard`)."""
+    link = get_client().call("POST", "/v1/dashboard/login")["path"]
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=HANG_S)
+    try:
+        conn.request("GET", link)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("Set-Cookie", "").split(";")[0]
     finally:
         conn.close()
 
@@ -224,6 +261,7 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
             "name": ["fuzz-secret"], "sha": ["0" * 64], "volume_id": [volume_id], "upload_id": [upload_id],
             "index": ["0", "1"],
         }
+        cookie = _dashboard_cookie(cp.url, token)
         segment = st.one_of(st.text(alphabet=string.printable, min_size=1, max_size=20),
                             st.text(min_size=1, max_size=80), _WORDS.filter(bool))
 
@@ -231,6 +269,8 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
             names = re.findall(r"\{(\w+)\}", template)
             choices = {n: st.one_of(st.sampled_from([throwaway] if template.endswith("/stop") and n == "app_id"
                                                     else real[n]), segment) for n in names}
+            if template.endswith("/logs") and template.startswith("/dashboard"):
+                choices = {"container_id": segment}  # a live container's log stream lasts as long as the page
             return st.fixed_dictionaries(choices).map(
                 lambda v: template.format(**{k: quote(x, safe="") for k, x in v.items()}))
 
@@ -245,7 +285,7 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
             method, path, body, query = request
             if query:
                 path += "?" + urlencode(query)
-            counts[_send(cp.url, token, method, path, body)] += 1
+            counts[_send(cp.url, token, method, path, body, cookie)] += 1
 
         started = time.monotonic()
         fuzz()
