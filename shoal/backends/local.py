@@ -191,7 +191,7 @@ class LocalBackend:
         self._live_cgroups: dict[str, ContainerCgroup] = {}
         atexit.register(self._remove_cgroups_at_exit)
         found, note = gpu_mod.detect()
-        self.gpus = gpu_mod.GpuAllocator(found, note)
+        self.gpus = gpu_mod.GpuAllocator(found, note, gpu_mod.fallback_setting(os.environ))
         self._newroot = newroot_dir()
 
     # -- isolation -------------------------------------------------------------------------------------------
@@ -261,12 +261,17 @@ class LocalBackend:
         full_env = self._env(spec)
         release = []
         request = options.gpu
-        if request:
-            ids = self.gpus.acquire(container_id, list(request))
-            if ids is None:
-                raise Unschedulable(self.gpus.reason(list(request)))
+        placed = self.gpus.place(container_id, list(request)) if request else None
+        if placed is not None and placed.fail:
+            raise RuntimeError(placed.fail)  # never schedulable here: the start fails, and so do its calls
+        if placed is not None and placed.wait:
+            raise Unschedulable(placed.wait)
+        if placed is not None and placed.cpu and on_output is not None:
+            on_output(container_id, "system", f"no GPU here matches gpu={','.join(request)!r}: running on the CPU "
+                                              f"({gpu_mod.FALLBACK_ENV}=cpu)\n")
+        if placed is not None and placed.ids:
             release.append(lambda: self.gpus.release(container_id))
-            spec.gpus = [str(i) for i in ids]
+            spec.gpus = [str(i) for i in placed.ids]
             full_env["CUDA_VISIBLE_DEVICES"] = full_env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
             full_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi numbers them
         cgroup = None
