@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .._spec.definitions import VariantOverrides
 from .._spec.limits import MAX_WAIT_S
+from .core import call_graph
 from .core.model import AppState, Call, Pool, new_id
 from .definitions import from_request
 from .rest import ApiError, Handler, body_of, query_float, query_int, reply
@@ -67,6 +68,7 @@ class Api:
         r.add_get("/v1/calls/{call_id}/outputs", self.get_outputs)
         r.add_get("/v1/calls/{call_id}/result", self.get_result)
         r.add_get("/v1/calls/{call_id}", self.get_call)
+        r.add_get("/v1/calls/{call_id}/graph", self.call_graph)
         r.add_post("/v1/calls/{call_id}/cancel", self.cancel_call)
         r.add_get("/v1/containers", self.list_containers)
         r.add_get("/v1/functions/{function_id}/autoscaler", self.get_autoscaler)
@@ -218,7 +220,8 @@ class Api:
         if not isinstance(call_id, str) or not call_id.startswith("fc-"):
             raise ApiError(400, "call_id must be a string starting with 'fc-'")
         method = self._check_method(pool, body.get("method"))
-        call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.get("args"), method)
+        call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.get("args"), method,
+                                                         parent_input=body.get("parent_input_id"))
         if kind != "remote":
             await self.core.store.flushed(ticket)
             return reply({"call_id": call.id})
@@ -258,12 +261,14 @@ class Api:
             raise ApiError(400, "options must be a map of overrides")
         unknown = [k for k in overrides.get("options", {}) if k not in OVERRIDABLE_OPTIONS] + \
             [k for k in overrides.get("extra", {}) if k not in OVERRIDABLE_EXTRA] + \
-            [k for k in overrides if k not in ("options", "extra", "secrets")]
+            [k for k in overrides if k not in ("options", "extra", "secrets", "volumes")]
         if unknown:
             raise ApiError(400, f"these options cannot be overridden: {', '.join(map(str, unknown))}")
         try:
             typed = msgspec.convert(overrides, VariantOverrides)
             await self.core.secrets.check(typed.secrets or [])
+            if typed.volumes is not None:  # paths normalised, volumes exist, this control plane can mount them
+                await self.definitions.volumes.check(msgspec.structs.replace(pool.definition, volumes=typed.volumes))
             function_id = await self.core.variants.create_variant(pool, params, typed)
         except msgspec.ValidationError as exc:
             raise ApiError(400, f"invalid option override: {str(exc).replace('`$', '`options')}") from exc
@@ -359,6 +364,22 @@ class Api:
             raise ApiError(404, f"function call {call_id} not found", "NotFoundError")
         kind, num_inputs, state = summary
         return reply({"call_id": call_id, "kind": kind, "num_inputs": num_inputs, "state": state})
+
+    async def call_graph(self, request: web.Request) -> web.Response:
+        """`FunctionCall.get_call_graph()`: the call's inputs with the calls made from them (call_graph.py)."""
+        call_id = request.match_info["call_id"]
+        call = self.registry.calls.get(call_id)
+        if call is not None:
+            call.last_active = time.monotonic()
+            return reply({"inputs": call_graph.graph(call)})
+        summary = await call_rows.summary(self.core.store, call_id)
+        if summary is None:
+            raise ApiError(404, f"function call {call_id} not found", "NotFoundError")
+        inputs = []  # no longer in memory: its inputs' final statuses from the store, without children
+        for idx in range(min(summary[1] or 0, call_graph.STORED_INPUTS)):
+            final = await call_rows.final_output(self.core.store, call_id, idx)
+            inputs.append(call_graph.stored_node(call_id, idx, final[0] if final else "pending"))
+        return reply({"inputs": inputs})
 
     async def cancel_call(self, request: web.Request) -> web.Response:
         call = self._call(request)

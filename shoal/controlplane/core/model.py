@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 # Output statuses as stored and sent to clients.
 SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "terminated", "item"
+GRAPH_INPUTS = 1000  # inputs of a call whose container and final status are kept for its call graph
 
 
 def new_id(prefix: str) -> str:
@@ -98,6 +99,13 @@ class Call:
         self.result_waiters: dict[int, list[asyncio.Future]] = collections.defaultdict(list)
         self.output_waiters: list[asyncio.Future] = []
         self.last_active = time.monotonic()
+        # The call graph (`FunctionCall.get_call_graph`), in memory: the input of another call this one was made
+        # from, the calls made from this one's inputs, and for its first GRAPH_INPUTS inputs the container each
+        # last ran in and each final status.
+        self.parent: tuple[Call, int] | None = None
+        self.children: list[Call] = []
+        self.tasks: dict[int, str] = {}
+        self.final_status: dict[int, str] = {}
 
     @property
     def keeps_results(self) -> bool:
@@ -118,6 +126,8 @@ class Call:
         self.last_active = time.monotonic()
         self.published = seq
         self.visible.append((seq, idx, status, data, final))
+        if final and idx < GRAPH_INPUTS:
+            self.final_status[idx] = status
         if final and self.keeps_results:
             self.results[idx] = (status, data)
             for fut in self.result_waiters.pop(idx, []):

@@ -20,7 +20,7 @@ from ..._spec.retries import retry_delay
 from ...exception import ExecutionError, FunctionTimeoutError
 from .. import policy
 from .containers import Containers, Exit, stop
-from .model import FAILURE, SUCCESS, TIMEOUT, Call, Container, Input, Pool
+from .model import FAILURE, GRAPH_INPUTS, SUCCESS, TIMEOUT, Call, Container, Input, Pool
 from .outputs import Outputs
 
 if TYPE_CHECKING:
@@ -300,6 +300,8 @@ def assign(c: Container, inp: Input, now: float) -> None:
     inp.container = c
     inp.dispatched_at = now
     c.running[inp.key] = inp
+    if inp.idx < GRAPH_INPUTS:
+        inp.call.tasks[inp.idx] = c.id
 
 
 def pool_timeout(pool: Pool) -> float:

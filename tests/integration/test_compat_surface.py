@@ -1,0 +1,40 @@
+"""Modal programs that use the rest of Modal's surface, run as a user runs them (`shoal run app.py`)."""
+
+from __future__ import annotations
+
+from ..conftest import APPS_DIR, run_cli
+from .test_seed_functions import local_lines
+
+
+def shoal_run(target: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    proc = run_cli("run", str(APPS_DIR / target), *args, env=env, timeout=180, cwd=APPS_DIR)
+    assert proc.returncode == 0, f"shoal run {target} failed:\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return local_lines(proc.stdout)
+
+
+def test_get_call_graph_shows_nested_calls_with_their_status(control_plane) -> None:
+    lines = shoal_run("call_graph_app.py")
+    assert lines[0] == "result 206"
+    assert lines[1] == "roots 1 True"
+    assert lines[2:] == [
+        "middle SUCCESS module=call_graph_app",
+        "  fails FAILURE module=call_graph_app",
+        "  leaf SUCCESS module=call_graph_app",
+        "  leaf SUCCESS module=call_graph_app",
+        "  leaf SUCCESS module=call_graph_app",
+        "  leaf SUCCESS module=call_graph_app",
+    ]
+
+
+def test_app_attributes_cron_in_containers_modal_env_and_with_options_secrets(control_plane) -> None:
+    """The module defines a Cron schedule, so every one of its containers constructs one (without croniter)."""
+    assert shoal_run("compat_app.py") == [
+        "name compat-surface description compat-surface interactive False",
+        "app_id True image True",
+        "functions ['greeting', 'modal_env', 'nightly'] entrypoints ['main']",
+        "classes {} web []",
+        "nightly nightly ran",
+        'env {"MODAL_TASK_ID": true, "MODAL_IMAGE_ID": true, "MODAL_IS_REMOTE": true, "MODAL_ENVIRONMENT": true, '
+        '"MODAL_REGION": true, "MODAL_CLOUD_PROVIDER": true, "remote": "1"}',
+        "greeting hello bonjour hej",
+    ]
