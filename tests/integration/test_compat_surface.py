@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..conftest import APPS_DIR, run_cli
+import pytest
+
+from ..conftest import APPS_DIR, ControlPlane, run_cli
 from .test_seed_functions import local_lines
 
 
@@ -38,3 +40,31 @@ def test_app_attributes_cron_in_containers_modal_env_and_with_options_secrets(co
         '"MODAL_REGION": true, "MODAL_CLOUD_PROVIDER": true, "remote": "1"}',
         "greeting hello bonjour hej",
     ]
+
+
+def _has_a_t4() -> bool:
+    from shoal.backends.gpus import detect
+
+    return any(g.model == "T4" for g in detect()[0])
+
+
+def test_a_gpu_function_on_a_machine_without_that_gpu_fails_at_once_naming_the_cpu_opt_in(control_plane) -> None:
+    if _has_a_t4():
+        pytest.skip("this machine has a T4: the call would run")
+    proc = run_cli("run", str(APPS_DIR / "gpu_app.py"), timeout=180, cwd=APPS_DIR)
+    assert proc.returncode != 0
+    assert "gpu='T4' can never run here" in proc.stderr and "SHOAL_GPU_FALLBACK=cpu" in proc.stderr, proc.stderr
+
+
+def test_with_the_cpu_fallback_a_gpu_function_runs_on_the_cpu(tmp_path) -> None:
+    if _has_a_t4():
+        pytest.skip("this machine has a T4: the fallback is not used")
+    cp = ControlPlane(tmp_path / "home", env={"SHOAL_GPU_FALLBACK": "cpu"}).start()
+    try:
+        proc = run_cli("run", str(APPS_DIR / "gpu_app.py"), timeout=180, cwd=APPS_DIR,
+                       env={"SHOAL_HOME": str(cp.home)})
+        assert proc.returncode == 0, proc.stderr
+        assert local_lines(proc.stdout) == ["ran, CUDA_VISIBLE_DEVICES=unset"]
+        assert "running on the CPU (SHOAL_GPU_FALLBACK=cpu)" in proc.stdout + proc.stderr
+    finally:
+        cp.stop()
