@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from .._spec.definitions import VariantOverrides
-from .._spec.limits import MAX_WAIT_S
+from .._spec.limits import MAX_WAIT_S, SESSION_IDLE_S
 from .core import call_graph
 from .core.model import AppState, Call, Pool, new_id
 from .definitions import from_request
@@ -69,6 +69,8 @@ class Api:
         r.add_get("/v1/calls/{call_id}/result", self.get_result)
         r.add_get("/v1/calls/{call_id}", self.get_call)
         r.add_get("/v1/calls/{call_id}/graph", self.call_graph)
+        r.add_post("/v1/functions/{function_id}/sessions", self.start_session)
+        r.add_post("/v1/functions/{function_id}/sessions/terminate", self.terminate_session)
         r.add_post("/v1/calls/{call_id}/cancel", self.cancel_call)
         r.add_get("/v1/containers", self.list_containers)
         r.add_get("/v1/functions/{function_id}/autoscaler", self.get_autoscaler)
@@ -380,6 +382,35 @@ class Api:
             final = await call_rows.final_output(self.core.store, call_id, idx)
             inputs.append(call_graph.stored_node(call_id, idx, final[0] if final else "pending"))
         return reply({"inputs": inputs})
+
+    def _sessioned(self, request: web.Request) -> Pool:
+        pool = self._pool(request)
+        if pool.server is None or not pool.server.sessioned:
+            raise ApiError(400, f"{pool.tag!r} is not a `@modal.sessioned()` Server", "InvalidError")
+        return pool
+
+    async def start_session(self, request: web.Request) -> web.Response:
+        """`Server.sessions.start()`: a session pinned to one container (core/server_sessions.py), waiting up to
+        `wait` seconds for a ready one (then `pending`: the client asks again)."""
+        pool = self._sessioned(request)
+        body = await body_of(request, "idle_timeout")
+        idle, wait = body["idle_timeout"], body.get("wait", MAX_WAIT_S)
+        if not isinstance(idle, int) or isinstance(idle, bool) or not SESSION_IDLE_S[0] <= idle <= SESSION_IDLE_S[1]:
+            raise ApiError(400, f"idle_timeout must be a whole number of seconds in {SESSION_IDLE_S[0]}.."
+                                f"{SESSION_IDLE_S[1]}", "InvalidError")
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+            raise ApiError(400, "wait must be a non-negative number of seconds")
+        got = await self.core.web.start_session(pool, idle, min(float(wait), MAX_WAIT_S))
+        return reply({"pending": True} if got is None else {"session_id": got[0], "token": got[1]})
+
+    async def terminate_session(self, request: web.Request) -> web.Response:
+        """`Server.sessions.terminate(token)`: 404 when this Server has no such live session."""
+        pool = self._sessioned(request)
+        body = await body_of(request, "token")
+        if not isinstance(body["token"], str) or not self.core.web.sessions.terminate(pool.function_id,
+                                                                                        body["token"]):
+            raise ApiError(404, "no such session of this Server", "NotFoundError")
+        return reply({"ok": True})
 
     async def cancel_call(self, request: web.Request) -> web.Response:
         call = self._call(request)

@@ -68,3 +68,16 @@ def test_with_the_cpu_fallback_a_gpu_function_runs_on_the_cpu(tmp_path) -> None:
         assert "running on the CPU (SHOAL_GPU_FALLBACK=cpu)" in proc.stdout + proc.stderr
     finally:
         cp.stop()
+
+
+def test_server_sessions_pin_a_container_keep_it_and_end(control_plane) -> None:
+    assert shoal_run("server_session_app.py") == [
+        "credentials True True",
+        "pinned 1",
+        "without a token 401",
+        "kept True",
+        "unknown token 404",
+        "terminated 410",
+        "fresh 200",
+        "idle 410",
+    ]

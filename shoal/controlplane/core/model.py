@@ -174,6 +174,7 @@ class Container:
     timings: dict[str, float] = field(default_factory=dict)
     web_ports: dict[str, int] = field(default_factory=dict)  # web target ("" or a method) -> port inside
     health_failures: int = 0  # a Server container's failed port checks in a row
+    session_until: float = 0.0  # kept (not scaled down) until then: a Server session lives on it (server_sessions)
     exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
 
 

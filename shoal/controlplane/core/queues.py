@@ -224,8 +224,9 @@ class Queues:
         """Stop up to `count` idle containers of other pools, longest idle first, above their minimums; warm
         containers go first."""
         count -= self.warmpool.evict(count)
-        idle = sorted((c for p in self.registry.pools.values() if p is not keep for c in p.ready() if not c.running),
-                      key=lambda c: c.idle_since)
+        now = time.monotonic()
+        idle = sorted((c for p in self.registry.pools.values() if p is not keep for c in p.ready()
+                       if not c.running and c.session_until <= now), key=lambda c: c.idle_since)
         for c in idle[:count]:
             if len(c.pool.live()) > c.pool.autoscaler.min_containers(c.pool.options):
                 self.stop_container(c, f"evicted to make room for {keep.tag!r}")
