@@ -81,3 +81,11 @@ def test_server_sessions_pin_a_container_keep_it_and_end(control_plane) -> None:
         "fresh 200",
         "idle 410",
     ]
+
+
+def test_a_failed_spawned_input_leaves_its_traceback_in_the_app_log(control_plane) -> None:
+    proc = run_cli("run", str(APPS_DIR / "spawn_fail_app.py"), timeout=180, cwd=APPS_DIR)
+    assert proc.returncode == 0, proc.stderr
+    assert local_lines(proc.stdout) == ["status FAILURE"]
+    output = proc.stdout + proc.stderr
+    assert "Traceback (most recent call last)" in output and "RuntimeError: spawned and failed" in output, output
