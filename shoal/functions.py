@@ -436,7 +436,19 @@ class Function:
     @on_loop
     async def spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}) -> None:  # noqa: B006
         """Submit every input and return once they are all accepted; results are not retrievable."""
-        await arun_plan(self._check_gen(False, ".spawn_map()"))
+        await self._submit_map(input_iterators, kwargs, ".spawn_map()")
+
+    @on_loop
+    async def experimental_spawn_map(self, *input_iterators: Iterable[Any],
+                                     kwargs: dict[str, Any] = {}) -> FunctionCall:  # noqa: B006
+        """Submit every input; the FunctionCall returned gives each result: `.get(index=i)`, `.iter()`."""
+        call_id, n = await self._submit_map(input_iterators, kwargs, ".experimental_spawn_map()")
+        return FunctionCall(call_id, n)
+
+    async def _submit_map(self, input_iterators: tuple[Iterable[Any], ...], kwargs: dict[str, Any],
+                          what: str) -> tuple[str, int]:
+        """A map call with every input submitted (none of its results read): its id and number of inputs."""
+        await arun_plan(self._check_gen(False, what))
         client = get_client()
         call_id = new_call_id()
         await client.acall("POST", f"/v1/functions/{await arun_plan(self._fid_plan())}/calls",
@@ -450,6 +462,7 @@ class Function:
                 await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
                 batch = []
         await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+        return call_id, n
 
     # -- variants: each a new, independent container pool ---------------------------------------------------
     def _variant(self, overrides: dict[str, Any], params: bytes | None = None) -> Function:

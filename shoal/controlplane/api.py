@@ -340,12 +340,17 @@ class Api:
         index = query_int(request, "index", 0)
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         call = self.registry.calls.get(call_id)
-        if call is not None:
+        if call is not None and call.keeps_results:
             result = await self.core.outputs.wait_result(call, index, timeout)
             if result is None:
                 return reply({"pending": True})
             return reply({"status": result[0], "data": result[1]})
         stored = await call_rows.final_output(self.core.store, call_id, index)
+        if call is not None and stored is None and timeout > 0 and not call.finished:
+            # An input of a spawned map (`experimental_spawn_map`): map calls keep no results in memory; wait
+            # for the call's next output, then look in the store again.
+            await self.core.outputs.wait_outputs(call, call.published, timeout, 1)
+            stored = await call_rows.final_output(self.core.store, call_id, index)
         if stored is not None:
             return reply({"status": stored[0], "data": stored[1]})
         summary = await call_rows.summary(self.core.store, call_id)

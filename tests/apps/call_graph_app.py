@@ -47,3 +47,11 @@ def main() -> None:
     print("result", fc.get())
     print("roots", len(graph), graph[0].task_id.startswith("ta-"))
     show(graph[0])
+
+
+@app.local_entrypoint()
+def spawned_map() -> None:
+    call = leaf.experimental_spawn_map(range(5))
+    print("inputs", call.num_inputs())
+    print("index 3", call.get(index=3))
+    print("all", list(call.iter()))

@@ -15,7 +15,7 @@ def shoal_run(target: str, *args: str, env: dict[str, str] | None = None) -> lis
 
 
 def test_get_call_graph_shows_nested_calls_with_their_status(control_plane) -> None:
-    lines = shoal_run("call_graph_app.py")
+    lines = shoal_run("call_graph_app.py::main")
     assert lines[0] == "result 206"
     assert lines[1] == "roots 1 True"
     assert lines[2:] == [
@@ -89,3 +89,7 @@ def test_a_failed_spawned_input_leaves_its_traceback_in_the_app_log(control_plan
     assert local_lines(proc.stdout) == ["status FAILURE"]
     output = proc.stdout + proc.stderr
     assert "Traceback (most recent call last)" in output and "RuntimeError: spawned and failed" in output, output
+
+
+def test_experimental_spawn_map_results_by_index(control_plane) -> None:
+    assert shoal_run("call_graph_app.py::spawned_map") == ["inputs 5", "index 3 6", "all [0, 2, 4, 6, 8]"]
