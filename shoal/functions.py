@@ -559,6 +559,21 @@ class Function:
             return None
         return (yield from self._web_url_plan())
 
+    def _web_urls(self) -> dict[str, str]:
+        """What `shoal serve` lists: this web function's URL by its tag, or a class's web methods' URLs by
+        `Cls.method` (blocking)."""
+        info = self._cls_info
+        if info is None or self._function_id is None:
+            url = self.get_web_url()
+            return {self._tag: url} if url else {}
+        urls = {}
+        for name, spec in info.methods.items():
+            if spec.webhook is not None:
+                resp = get_client().call("GET", f"/v1/functions/{self._function_id}/web_url?method={quote(name)}")
+                if resp.get("url"):
+                    urls[f"{info.name}.{name}"] = resp["url"]
+        return urls
+
     @rpc
     def get_current_stats(self) -> Plan:
         from .types import FunctionCurrentStats

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ..conftest import APPS_DIR, ControlPlane, run_cli
@@ -93,3 +95,12 @@ def test_a_failed_spawned_input_leaves_its_traceback_in_the_app_log(control_plan
 
 def test_experimental_spawn_map_results_by_index(control_plane) -> None:
     assert shoal_run("call_graph_app.py::spawned_map") == ["inputs 5", "index 3 6", "all [0, 2, 4, 6, 8]"]
+
+
+def test_shoal_serve_prints_the_url_of_a_class_web_method(control_plane, tmp_path) -> None:
+    import shutil
+
+    shutil.copy(APPS_DIR / "web_cls_app.py", tmp_path / "web_cls_app.py")
+    proc = run_cli("serve", "web_cls_app.py", "--timeout", "3", cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\s+Server\.files => http://\S+", proc.stdout + proc.stderr, re.M), proc.stdout + proc.stderr
