@@ -104,3 +104,11 @@ def test_shoal_serve_prints_the_url_of_a_class_web_method(control_plane, tmp_pat
     proc = run_cli("serve", "web_cls_app.py", "--timeout", "3", cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^\s+Server\.files => http://\S+", proc.stdout + proc.stderr, re.M), proc.stdout + proc.stderr
+
+
+def test_a_schedule_whose_containers_cannot_import_says_it_is_failing(control_plane) -> None:
+    proc = run_cli("run", str(APPS_DIR / "schedule_broken_app.py"), timeout=180, cwd=APPS_DIR)
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert re.search(r"schedule of tick is failing: its last 1 run\(s\) ended with failure; last container start "
+                     r"error: RuntimeError: this module is broken inside containers", output), output
