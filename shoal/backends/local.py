@@ -193,6 +193,7 @@ class LocalBackend:
         found, note = gpu_mod.detect()
         self.gpus = gpu_mod.GpuAllocator(found, note, gpu_mod.fallback_setting(os.environ))
         self._newroot = newroot_dir()
+        self._said_cpu: set[str] = set()  # functions told once that they asked for more cores than there are
 
     # -- isolation -------------------------------------------------------------------------------------------
     def _exclude(self) -> list[str]:
@@ -274,6 +275,11 @@ class LocalBackend:
             spec.gpus = [str(i) for i in placed.ids]
             full_env["CUDA_VISIBLE_DEVICES"] = full_env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
             full_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi numbers them
+        short = cpu_shortfall(options.cpu, os.cpu_count() or 1)
+        said = f"{spec.definition.variant_of or spec.function_id} {short}"  # once per function (its variants too)
+        if short and on_output is not None and said not in self._said_cpu:
+            self._said_cpu.add(said)
+            on_output(container_id, "system", short + "\n")
         cgroup = None
         try:
             if self.cgroups.available:
@@ -438,3 +444,12 @@ async def _pump(stream: asyncio.StreamReader | None, container_id: str, fd: str,
             return
         if sink is not None:
             sink(container_id, fd, chunk.decode("utf-8", "replace"))
+
+
+def cpu_shortfall(cpu: float | list[float] | tuple[float, ...] | None, cores: int) -> str | None:
+    """What a function asking for more cores than this machine has gets, said once (None when it fits)."""
+    asked = float(cpu[0]) if isinstance(cpu, (list, tuple)) else cpu
+    if asked is None or asked <= cores:
+        return None
+    return (f"cpu={asked:g} asked, but this machine has {cores} core{'s' if cores != 1 else ''}: its containers "
+            f"share those {cores} (no more than {cores} at once)")

@@ -27,7 +27,7 @@ def modal_env() -> str:
     return json.dumps({k: bool(v) for k, v in values.items()} | {"remote": values["MODAL_IS_REMOTE"]})
 
 
-@app.function(secrets=[modal.Secret.from_dict({"GREETING": "hello"})])
+@app.function(secrets=[modal.Secret.from_dict({"GREETING": "hello"})], cpu=4096.0)  # more cores than there are
 def greeting() -> str:
     return os.environ.get("GREETING", "-")
 

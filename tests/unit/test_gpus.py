@@ -137,3 +137,12 @@ def test_the_fallback_setting_is_checked():
     assert fallback_setting({"SHOAL_GPU_FALLBACK": "off"}) == "off"
     with pytest.raises(ValueError, match="SHOAL_GPU_FALLBACK must be"):
         fallback_setting({"SHOAL_GPU_FALLBACK": "gpu"})
+
+
+def test_a_cpu_request_above_the_machines_cores_is_described() -> None:
+    from shoal.backends.local import cpu_shortfall
+
+    assert cpu_shortfall(None, 2) is None and cpu_shortfall(2.0, 2) is None and cpu_shortfall([1.0, 8.0], 2) is None
+    assert cpu_shortfall(4.0, 2) == "cpu=4 asked, but this machine has 2 cores: its containers share those 2 " \
+                                    "(no more than 2 at once)"
+    assert "has 1 core:" in cpu_shortfall((3.0, 4.0), 1)
