@@ -12,7 +12,7 @@ from ..._spec.errors import dumps_exception
 from ...exception import ExecutionError
 from ..store import Store
 from ..store import calls as call_rows
-from .model import TERMINATED, Call, Input, Pool
+from .model import GRAPH_CHILDREN, TERMINATED, Call, Input, Pool
 from .outputs import Outputs
 from .queues import Queues
 
@@ -39,9 +39,9 @@ class Calls:
         if existing is not None:
             return existing, 0
         total = None if kind == "map" else 1
+        parent = self._parent_of(parent_input)  # looked up before this call exists: never its own parent
         call = Call(call_id, pool, kind, total, method)
         calls[call_id] = call
-        parent = self._parent_of(parent_input)
         if parent is not None:
             call.parent = parent
             parent[0].children.append(call)
@@ -57,7 +57,10 @@ class Calls:
             return None
         head, _, idx = input_id[3:].rpartition("-")
         parent = self.registry.calls.get(f"fc-{head}")
-        return (parent, int(idx)) if parent is not None and idx.isdigit() else None
+        # Web requests' calls (one per pool, as long-lived as it) and calls with many children keep no more.
+        if parent is None or parent.kind == "web" or not idx.isdigit() or len(parent.children) >= GRAPH_CHILDREN:
+            return None
+        return parent, int(idx)
 
     def add_inputs(self, call: Call, items: list[tuple[int, bytes]], last: bool) -> int:
         """Inputs of a map, streamed in batches; duplicates (client retries) are ignored."""

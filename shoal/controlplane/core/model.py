@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # Output statuses as stored and sent to clients.
 SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "terminated", "item"
 GRAPH_INPUTS = 1000  # inputs of a call whose container and final status are kept for its call graph
+GRAPH_CHILDREN = 10_000  # calls made from one call's inputs that its call graph keeps
 
 
 def new_id(prefix: str) -> str:
