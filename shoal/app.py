@@ -78,7 +78,7 @@ class App:
         self._deployed_version: int | None = None
         self._running = False
         self._serve = False  # `shoal serve`: definitions say so (web URLs get "-dev"), registrations recreate
-        self._interactive = False  # `app.run(interactive=True)` / `shoal run -i`
+        self._interactive = False  # `app.run(interactive=True)`
         App._instances.add(self)
 
     def __repr__(self) -> str:
@@ -105,8 +105,8 @@ class App:
 
     @property
     def image(self) -> Any:
-        """The default image of the app's functions (None: shoal's default image), so `with app.image.imports():`
-        works in user code."""
+        """The default image of the app's functions (when none was given, shoal's default, `Image.debian_slim()`),
+        so `with app.image.imports():` works in user code."""
         if self._image is None:
             from .image import Image
 
@@ -122,7 +122,7 @@ class App:
 
     @property
     def is_interactive(self) -> bool:
-        """Whether the app runs interactively (`app.run(interactive=True)`, `shoal run -i`)."""
+        """Whether the app was run with `app.run(interactive=True)` (shoal's CLI has no `-i` yet)."""
         return self._interactive
 
     @property
