@@ -597,7 +597,10 @@ class ClientConnection(asyncio.Protocol):
     def request_head(self, r: Request) -> bytes:
         host = r.header(b"host") or b""
         lines = [b"%s %s HTTP/%s" % (r.method, r.url, r.version.encode())]
-        lines += [k + b": " + v for k, v in r.headers if k.lower() not in _STRIP]
+        # `Connection` is hop-by-hop: a client's `close` must not close the pooled upstream connection (a race
+        # with its next request), except for an upgrade, which the container must see.
+        drop = _STRIP if r.upgrade else _STRIP | {b"connection", b"keep-alive"}
+        lines += [k + b": " + v for k, v in r.headers if k.lower() not in drop]
         lines.append(b"x-forwarded-for: " + self.client_ip.encode())
         lines.append(b"x-forwarded-proto: http")
         if host:

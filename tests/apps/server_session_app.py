@@ -30,7 +30,7 @@ def get(url: str, token: str | None = None) -> tuple[int, dict]:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, {}
+        return exc.code, {"error": exc.read().decode(errors="replace")}
 
 
 @app.local_entrypoint()
@@ -38,7 +38,9 @@ def main() -> None:
     url = Chat.get_url()
     first = Chat.sessions.start(idle_timeout=60)  # waits for a container
     print("credentials", first.session_id.startswith("ss-"), bool(first.token))
-    seen = {get(url, first.token)[1]["container"] for _ in range(10)}
+    answers = [get(url, first.token) for _ in range(10)]
+    print("statuses", sorted({status for status, _ in answers}), *[b["error"] for s, b in answers if s != 200][:1])
+    seen = {body.get("container") for _, body in answers}
     print("pinned", len(seen))
     print("without a token", get(url)[0])
     time.sleep(5)  # past the scaledown window: the session keeps its container

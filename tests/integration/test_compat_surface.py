@@ -79,6 +79,7 @@ def test_with_the_cpu_fallback_a_gpu_function_runs_on_the_cpu(tmp_path) -> None:
 def test_server_sessions_pin_a_container_keep_it_and_end(control_plane) -> None:
     assert shoal_run("server_session_app.py") == [
         "credentials True True",
+        "statuses [200]",
         "pinned 1",
         "without a token 401",
         "kept True",
