@@ -128,13 +128,13 @@ class Scheduler:
 
     async def _maybe_fire(self, pool: Pool, now: float) -> None:
         st = self._load(pool)
+        previous: Call | None = st["call"]
+        if previous is not None and previous.state != "running":
+            self._say_if_failing(pool, st, previous)  # as soon as the last run ended, not at the next fire
         if st["next"] > now and not st["missed"]:
             return
         spec = pool.definition.schedule
         assert spec is not None
-        previous: Call | None = st["call"]
-        if previous is not None and previous.state != "running":
-            self._say_if_failing(pool, st, previous)
         if previous is not None and previous.state == "running":
             log.info("%s: skipping a tick, the previous scheduled run %s is still going", pool.tag, previous.id)
         else:

@@ -18,4 +18,4 @@ def tick() -> None:
 
 @app.local_entrypoint()
 def main() -> None:
-    time.sleep(6)
+    time.sleep(10)  # the schedule fires within a second; its first run fails as soon as a container starts

@@ -50,6 +50,5 @@ def main() -> None:
     print("terminated", get(url, first.token)[0])
     Chat.sessions.terminate(first.token)  # an ended session: no error
     idle = Chat.sessions.start(idle_timeout=1)
-    print("fresh", get(url, idle.token)[0])
     time.sleep(2.5)
     print("idle", get(url, idle.token)[0])

@@ -85,7 +85,6 @@ def test_server_sessions_pin_a_container_keep_it_and_end(control_plane) -> None:
         "kept True",
         "unknown token 404",
         "terminated 410",
-        "fresh 200",
         "idle 410",
     ]
 
