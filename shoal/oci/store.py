@@ -17,6 +17,7 @@ removing, so prune never deletes a blob a pull has written but not yet recorded.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -201,6 +202,17 @@ class LayerStore:
                 shutil.rmtree(work, ignore_errors=True)
         return final
 
+    def _unpack_all(self, layers: tuple[Layer, ...]) -> None:
+        """Unpacks the missing layers side by side: decompression, hashing and writes release the GIL."""
+        todo = list({x.diff_id: x for x in layers if not self.layer_path(x.diff_id).is_dir()}.values())
+        if len(todo) <= 1:
+            for layer in todo:
+                self.unpack(layer)
+            return
+        with concurrent.futures.ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1, 4)) as pool:
+            for future in [pool.submit(self.unpack, x) for x in todo]:
+                future.result()  # the first failure is raised (after the others finish, so no scratch is left)
+
     def lowerdirs(self, image: Image) -> list[Path]:
         """The image's layer directories in overlayfs lowerdir order (top first), unpacking any missing."""
         return [self.unpack(x) for x in reversed(image.layers)]
@@ -231,7 +243,7 @@ class LayerStore:
         for layer in layers:
             if not self.has_blob(layer.digest):
                 raise StoreError(f"{name}: layer blob {layer.digest} is not in the store")
-            self.unpack(layer)
+        self._unpack_all(layers)
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="image-")
         with os.fdopen(fd, "w") as f:
             json.dump(image.to_json(), f, indent=1)
