@@ -32,7 +32,7 @@ from pathlib import Path
 from shoal.oci.layout import store_image
 from shoal.oci.store import Image, LayerStore
 
-RECIPE_VERSION = 1  # bump when the recipe below changes what a base image contains
+RECIPE_VERSION = 2  # bump when the recipe below changes what a base image contains
 SUITE = "bookworm"
 ARCH = "amd64"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -119,6 +119,10 @@ def _copy_python_hook(prefix: Path) -> list[str]:
         f'cp -a {prefix}/. "$1/usr/local/"',
         f'rm -rf "$1{lib}/test" "$1{lib}/idlelib" "$1{lib}/tkinter" "$1{lib}/turtledemo"'
         f' "$1{lib}"/lib-dynload/_tkinter* "$1/usr/local/bin/idle"* "$1/usr/local/lib/pkgconfig"',
+        f'rm -f "$1{lib}"/config-*/libpython*.a',  # the static library (60 MB): only for embedding at link time
+        # site-packages as a fresh install has it: pip only, nothing this machine added (.pth files, tools)
+        f'find "$1{lib}/site-packages" -mindepth 1 -maxdepth 1 ! -name pip ! -name "pip-*" ! -name README.txt'
+        ' -exec rm -rf {} +',
         # console scripts name pyenv's path in their #! line
         f'for f in "$1"/usr/local/bin/*; do [ -f "$f" ] && [ ! -L "$f" ] &&'
         f' sed -i "1s|^#!{prefix}/bin/|#!/usr/local/bin/|" "$f" || true; done',
@@ -162,6 +166,8 @@ def debian_slim(store: LayerStore, python_version: str = DEBIAN_PYTHON, *, mirro
             raise BaseImageError(f"mmdebstrap failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}")
         for entry in (rootfs / "dev").iterdir():  # the runtime gives containers their /dev; layers hold no devices
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for host_file in ("etc/resolv.conf", "etc/hostname"):  # mmdebstrap copies the host's; the runtime gives its own
+            (rootfs / host_file).unlink(missing_ok=True)
         tar = work / "layer.tar"
         subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=security.capability",
                         "--sort=name", "-C", str(rootfs), "-cf", str(tar), "."], check=True, capture_output=True)
