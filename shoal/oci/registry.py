@@ -181,7 +181,7 @@ def pull(store: LayerStore, ref: str | Reference, *, credentials: tuple[str, str
 
 
 def push_layout(layout: Path, tag: str, ref: str, *, all_platforms: bool = False,
-                credentials: tuple[str, str] | None = None) -> None:
+                credentials: tuple[str, str] | None = None, docker_format: bool = False) -> None:
     """Pushes `oci:LAYOUT:TAG` to a registry (plain HTTP for loopback ones) — how tests and benchmarks publish the
     images they make."""
     reference = parse_reference(ref)
@@ -190,6 +190,8 @@ def push_layout(layout: Path, tag: str, ref: str, *, all_platforms: bool = False
                f"--dest-tls-verify={'false' if reference.loopback else 'true'}"]
         if all_platforms:
             cmd.append("--all")
+        if docker_format:
+            cmd.append("--format=v2s2")  # Docker schema 2 manifests and media types, as `docker push` makes
         if credentials is None:
             cmd.append("--dest-no-creds")
         else:

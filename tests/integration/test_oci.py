@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,21 @@ def test_pull_by_digest_and_a_wrong_digest(tmp_path, reg, store) -> None:
         pull(store, f"{reg}/test/bydigest@sha256:" + "0" * 64)
     with pytest.raises(ImageNotFoundError, match="no such image"):
         pull(store, f"{reg}/test/nothing:v1")
+
+
+@needs_root
+def test_a_docker_schema2_image_pulls_too(tmp_path, reg, store) -> None:
+    layout = tmp_path / "docker"
+    writer = LayoutWriter(layout)
+    writer.tag("v1", writer.add_image([writer.add_layer(BASE), writer.add_layer(TOP)], CONFIG))
+    push_layout(layout, "v1", f"{reg}/test/docker:v1", docker_format=True)
+    with urllib.request.urlopen(urllib.request.Request(
+            f"http://{reg}/v2/test/docker/manifests/v1",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})) as resp:
+        assert resp.headers["Content-Type"] == "application/vnd.docker.distribution.manifest.v2+json"
+    image = pull(store, f"{reg}/test/docker:v1")
+    assert image.config.cmd == ("--flag",)
+    assert sorted(os.listdir(store.lowerdirs(image)[1] / "d")) == ["x"]  # the base layer, unpacked
 
 
 @needs_root
