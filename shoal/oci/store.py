@@ -185,6 +185,10 @@ class LayerStore:
         final = self.layer_path(layer.diff_id)
         if final.is_dir():
             return final
+        with self.lock():  # prune waits: it would take this scratch for a crash's leftovers
+            return self._unpack(layer, final)
+
+    def _unpack(self, layer: Layer, final: Path) -> Path:
         work = self.scratch_dir("layer-")
         try:
             os.chmod(work, 0o755)
