@@ -157,25 +157,6 @@ class LayerStore:
             raise StoreError(f"blob {digest} does not match its digest")
         return json.loads(data)
 
-    def add_blob_bytes(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if not self.has_blob(digest):
-            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.blob_path(digest))
-        return digest
-
-    def add_blob_file(self, path: Path) -> str:
-        """Moves a finished file into the store by its digest (it must be on the store's filesystem)."""
-        sha = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-        digest = "sha256:" + sha.hexdigest()
-        os.replace(path, self.blob_path(digest))
-        return digest
-
     # -- layers ----------------------------------------------------------------------------------------------------
     def layer_path(self, diff_id: str) -> Path:
         return self.layers / check_digest(diff_id).split(":", 1)[1]

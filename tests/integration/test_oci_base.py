@@ -43,7 +43,8 @@ def _run_in(store: LayerStore, image: Image, tmp: Path, argv: list[str]) -> subp
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount overlayfs here: {mounted.stderr.decode().strip()}")
     try:
-        return subprocess.run(["chroot", str(merged), *argv], capture_output=True, text=True, timeout=60,
+        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+        return subprocess.run([chroot, str(merged), *argv], capture_output=True, text=True, timeout=60,
                               env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
     finally:
         subprocess.run(["umount", str(merged)], check=True)
