@@ -8,6 +8,8 @@ files each), then alternates, ROUNDS times, into fresh directories each time:
   pull        shoal.oci.registry.pull into an empty store (the blobs, verified, + unpacking every layer +
               the record): what a node does before a container can start on the image
   pull-blobs  the same pull's transfer alone (skopeo into the store's blob directory), for the like-for-like ratio
+  skopeo+umoci  `skopeo copy` then `umoci raw unpack` (a Go unpacker) of the same layout: the same work as `pull`
+              done by other tools, for scale (when umoci is installed)
 Prints medians and the ratios to skopeo. Needs root (layers keep ownership), skopeo and docker-registry.
 """
 
@@ -44,6 +46,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shoal-oci-bench-"))
+    umoci = shutil.which("umoci")
     try:
         with registry(work / "registry") as reg:
             writer = LayoutWriter(work / "layout")
@@ -51,7 +54,7 @@ def main() -> int:
             writer.tag("v1", writer.add_image(layers, {"Cmd": ["/bin/sh"]}))
             ref = f"{reg}/bench/multi:v1"
             push_layout(work / "layout", "v1", ref)
-            times: dict[str, list[float]] = {"skopeo": [], "pull": [], "pull-blobs": []}
+            times: dict[str, list[float]] = {"skopeo": [], "pull": [], "pull-blobs": [], "skopeo+umoci": []}
             for i in range(args.rounds):
                 t = time.perf_counter()
                 _skopeo(ref, work / f"skopeo-{i}")
@@ -66,8 +69,16 @@ def main() -> int:
                 t = time.perf_counter()
                 _skopeo(ref, blobs.tmp / "layout", shared=blobs.blobs)
                 times["pull-blobs"].append(time.perf_counter() - t)
-                for d in (work / f"skopeo-{i}", work / f"store-{i}", work / f"blobs-{i}"):
-                    shutil.rmtree(d)
+                if umoci:
+                    t = time.perf_counter()
+                    _skopeo(ref, work / f"umoci-{i}")
+                    subprocess.run([umoci, "raw", "unpack", "--image", f"{work / f'umoci-{i}'}:image",
+                                    str(work / f"umoci-root-{i}")], check=True, capture_output=True)
+                    times["skopeo+umoci"].append(time.perf_counter() - t)
+                for d in (work / f"skopeo-{i}", work / f"store-{i}", work / f"blobs-{i}", work / f"umoci-{i}",
+                          work / f"umoci-root-{i}"):
+                    shutil.rmtree(d, ignore_errors=True)
+        times = {k: v for k, v in times.items() if v}
         base = statistics.median(times["skopeo"])
         print(f"image: {args.layers} layers x {args.mib} MiB (incompressible), registry on loopback, "
               f"{args.rounds} rounds, medians")

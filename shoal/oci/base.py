@@ -89,24 +89,17 @@ def find_interpreter(version: str) -> Path:
     return max(found)[1]
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _recipe(python_version: str, mirror: str) -> tuple[dict, Path | None]:
     if python_version == DEBIAN_PYTHON:
         return {"python": "debian", "packages": sorted({*BASE_PACKAGES, "python3"})}, None
     prefix = find_interpreter(python_version)
     minor = ".".join(prefix.name.split(".")[:2])
     libs = sorted(prefix.glob(f"lib/libpython{minor}*.so*"))
-    build = hashlib.sha256()
+    build = hashlib.sha256()  # the install's identity, cheaply: a reinstall changes sizes and mtimes
     for f in [prefix / "bin" / f"python{minor}", *libs]:
         if f.is_file() and not f.is_symlink():
-            build.update(f"{f.name}:{_file_sha(f)}".encode())
+            st = f.stat()
+            build.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return {"python": prefix.name, "python_build": build.hexdigest(),
             "packages": sorted({*BASE_PACKAGES, *PYTHON_RUNTIME_PACKAGES})}, prefix
 
