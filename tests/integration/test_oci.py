@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from shoal.oci.layout import LayoutWriter
 from shoal.oci.registry import ImageNotFoundError, RegistryAuthError, pull, push_layout
 from shoal.oci.store import LayerStore
-from tests.integration.oci_registry import have_registry_tools, layer_tar, random_layer, registry
+from tests.integration.oci_registry import have_registry_tools, layer_tar, random_layer, registry, token_registry
 
 pytestmark = pytest.mark.skipif(bool(have_registry_tools()), reason=have_registry_tools() or "ok")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the layer store keeps ownership and makes whiteout "
@@ -217,3 +218,28 @@ def test_the_record_is_plain_json_naming_the_image(tmp_path, reg, store) -> None
     image = pull(store, f"{reg}/test/record:v1")
     (record,) = store.images.glob("*.json")
     assert json.loads(record.read_text())["name"] == image.name
+
+
+
+@needs_root
+def test_bearer_token_auth_flow(tmp_path) -> None:
+    """The registry answers 401 with `WWW-Authenticate: Bearer realm=…,service=…,scope=…`; the pull asks the realm
+    for a token with the credentials (Basic) and retries with it."""
+    with token_registry(tmp_path / "tokenreg", users={"bob": "pw"}) as (reg, tokens):
+        try:
+            urllib.request.urlopen(f"http://{reg}/v2/test/tok/manifests/v1").close()
+            pytest.fail("the registry served a manifest without a token")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+            challenge = exc.headers["WWW-Authenticate"]
+            assert challenge.startswith("Bearer realm=") and 'service="shoal-test-registry"' in challenge
+        _push(tmp_path, reg, "test/tok", [BASE], credentials=("bob", "pw"))
+        store = LayerStore(tmp_path / "store")
+        with pytest.raises(RegistryAuthError, match="requires credentials and none were given"):
+            pull(store, f"{reg}/test/tok:v1")  # an anonymous token grants nothing
+        with pytest.raises(RegistryAuthError, match="refused the credentials given"):
+            pull(store, f"{reg}/test/tok:v1", credentials=("bob", "nope"))
+        tokens.requests.clear()
+        image = pull(store, f"{reg}/test/tok:v1", credentials=("bob", "pw"))
+        assert (store.lowerdirs(image)[0] / "etc/b").read_text() == "b\n"
+        assert ("bob", "repository:test/tok:pull") in tokens.requests
