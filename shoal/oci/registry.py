@@ -151,7 +151,7 @@ def pull(store: LayerStore, ref: str | Reference, *, credentials: tuple[str, str
     """Pulls `ref` into the store (only the blobs it lacks), unpacks its layers and records it as `name`
     (default: the normalised reference). A multi-arch index resolves to `os_name`/`arch`."""
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
-    if credentials is not None and (not credentials[0] or credentials[1] is None):
+    if credentials is not None and not credentials[0]:
         raise RegistryAuthError(f"pulling {reference}: REGISTRY_USERNAME is empty")
     with store.lock():
         work = store.scratch_dir("pull-")
