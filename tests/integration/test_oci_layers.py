@@ -3,7 +3,10 @@ fails leaves nothing that looks complete, and prune removes scratch left by a cr
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -89,3 +92,16 @@ def test_prune_removes_scratch_left_by_a_crash_and_keeps_complete_layers(tmp_pat
     assert not list(store.tmp.iterdir())
     assert result.blobs == 1 and result.layers == 0
     assert (store.lowerdirs(image)[0] / "f").read_bytes() == b"x"
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd layers are read through the `zstd` program")
+def test_a_zstd_layer_unpacks(tmp_path) -> None:
+    tar = layer_tar([("file", "z/f", b"zstd data"), ("file", "z/.wh.gone", b"")])
+    packed = subprocess.run(["zstd", "-q", "-c"], input=tar, capture_output=True, check=True).stdout
+    store = LayerStore(tmp_path / "store")
+    writer = LayoutWriter(store.tmp, blobs_dir=store.blobs)
+    desc = writer.add_blob(packed, "application/vnd.oci.image.layer.v1.tar+zstd")
+    manifest = writer.add_image([(desc, "sha256:" + hashlib.sha256(tar).hexdigest())])
+    image = store.record("zstd", manifest["digest"])
+    root = store.lowerdirs(image)[0]
+    assert (root / "z/f").read_bytes() == b"zstd data" and os.lstat(root / "z/gone").st_rdev == os.makedev(0, 0)
