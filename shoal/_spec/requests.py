@@ -76,6 +76,7 @@ class CreateCall(Struct):
     call_id: Annotated[str, Meta(max_length=64, pattern=r"^fc-[A-Za-z0-9]+$")] | None = None
     method: Text | None = None
     wait: Wait = limits.MAX_WAIT_S
+    parent_input_id: Id | None = None  # the input whose code made this call (a call made in a container)
 
 
 class CreateVariant(Struct):
@@ -97,6 +98,17 @@ class OutputsQuery(Struct):
 class ResultQuery(Struct):
     index: Index = 0
     timeout: Wait = 0.0
+
+
+class StartSession(Struct):
+    """`Server.sessions.start()`."""
+
+    idle_timeout: Annotated[int, Meta(ge=limits.SESSION_IDLE_S[0], le=limits.SESSION_IDLE_S[1])]
+    wait: Wait = limits.MAX_WAIT_S
+
+
+class TerminateSession(Struct):
+    token: Text
 
 
 class CancelCall(Struct):

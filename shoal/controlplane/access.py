@@ -108,6 +108,10 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("GET", "/v1/calls/{call_id}/result"): _any(),
     ("GET", "/v1/calls/{call_id}"): _any(),
     ("POST", "/v1/calls/{call_id}/cancel"): _any(),
+    ("GET", "/v1/calls/{call_id}/graph"): _any(),
+    # A session's token reaches one container of a Server: no more than calling the Server's app does.
+    ("POST", "/v1/functions/{function_id}/sessions"): _any(),
+    ("POST", "/v1/functions/{function_id}/sessions/terminate"): _any(),
     ("GET", "/v1/containers"): _deny("list containers"),
     ("GET", "/v1/containers/{container_id}"): _deny("inspect containers"),
     ("GET", "/v1/containers/{container_id}/logs"): _deny("read containers' logs"),

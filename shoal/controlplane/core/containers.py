@@ -154,6 +154,7 @@ class Containers:
             binds=self.warm.binds(c) if c.warm else [],
             idle=c.shell,
         )
+        spec.env.update(modal_environment(c.id, spec.image))
         try:
             if not c.warm:
                 spec.volumes = await self.volumes.prepare(c)  # each at its current version
@@ -289,3 +290,11 @@ def phase_timings(t_requested: float, t_launch: float, reported: dict[str, float
 def format_timings(t: dict[str, float]) -> str:
     parts = ", ".join(f"{k} {t[k] * 1000:.0f}" for k in ("schedule", "sandbox", "interpreter", "imports", "enter"))
     return f"{t['total'] * 1000:.0f} ms ({parts})"
+
+
+def modal_environment(container_id: str, image: ContainerImage | None) -> dict[str, str]:
+    """The `MODAL_*` variables Modal's containers carry, which programs read, with shoal's values: this
+    control plane has one environment (`main`) and no cloud regions."""
+    return {"MODAL_TASK_ID": container_id, "MODAL_IMAGE_ID": image.image_id if image else "im-host",
+            "MODAL_IS_REMOTE": "1", "MODAL_ENVIRONMENT": "main", "MODAL_REGION": "local",
+            "MODAL_CLOUD_PROVIDER": "local"}
