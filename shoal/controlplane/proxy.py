@@ -387,10 +387,8 @@ class ClientConnection(asyncio.Protocol):
         r.upgrade = p.should_upgrade()
         te = r.header(b"transfer-encoding")
         r.chunked = te is not None and b"chunked" in te.lower()
-        length = r.header(b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > MAX_BODY:  # refused before any is sent
-            self.reply_and_close(413, "shoal: request body larger than 4 GiB")
-            return
+        if int(r.header(b"content-length") or 0) > MAX_BODY:  # (llhttp checked it) refused before it is sent
+            return self.reply_and_close(413, "shoal: request body larger than 4 GiB")
         self.queue.append(r)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self.serve())
@@ -402,8 +400,7 @@ class ClientConnection(asyncio.Protocol):
         assert r is not None
         r.body_bytes += len(body)
         if r.body_bytes > MAX_BODY:
-            self.reply_and_close(413, "shoal: request body larger than 4 GiB")
-            return
+            return self.reply_and_close(413, "shoal: request body larger than 4 GiB")
         if r.upstream is not None and not r.upstream.closed:
             r.upstream.write(b"%x\r\n%s\r\n" % (len(body), body) if r.chunked else body)
         else:
