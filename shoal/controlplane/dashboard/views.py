@@ -107,7 +107,9 @@ class Views:
         app_id = request.match_info["app_id"]
         try:
             version = int((await request.json())["version"])
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        except (ValueError, KeyError, TypeError, OverflowError, json.JSONDecodeError):  # (Infinity: OverflowError)
+            version = 0
+        if not 1 <= version <= 2**31:  # (the API's bound: a larger one does not even pack)
             return web.json_response({"error": "version (an integer) is required"}, status=400)
         url = f"{self.core.containers.address.url}/v1/apps/{app_id}/rollback"
         async with aiohttp.ClientSession() as session, session.post(
