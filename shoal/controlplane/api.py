@@ -20,6 +20,7 @@ from .._spec.definitions import VariantOverrides
 from .._spec.limits import MAX_WAIT_S
 from .core.model import AppState, Call, Pool, new_id
 from .definitions import from_request
+from .idempotency import is_retry
 from .rest import ApiError, Handler, body_of, query_float, query_int, reply
 from .store import apps as app_rows
 from .store import calls as call_rows
@@ -218,6 +219,10 @@ class Api:
         if not isinstance(call_id, str) or not call_id.startswith("fc-"):
             raise ApiError(400, "call_id must be a string starting with 'fc-'")
         method = self._check_method(pool, body.get("method"))
+        if is_retry(request) and call_id not in self.registry.calls:
+            done = await self._finished_call(call_id)
+            if done is not None:
+                return reply(done)
         call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.get("args"), method)
         if kind != "remote":
             await self.core.store.flushed(ticket)
@@ -226,6 +231,14 @@ class Api:
         if result is None:
             return reply({"call_id": call.id, "pending": True})
         return reply({"call_id": call.id, "status": result[0], "data": result[1]})
+
+    async def _finished_call(self, call_id: str) -> dict[str, Any] | None:
+        """A resent call this control plane finished and let go of (before a restart, say): its reply, so the
+        call does not run twice; None for a call it never had."""
+        if await call_rows.summary(self.core.store, call_id) is None:
+            return None
+        final = await call_rows.final_output(self.core.store, call_id, 0)
+        return {"call_id": call_id, **({"status": final[0], "data": final[1]} if final else {"pending": True})}
 
     @staticmethod
     def _check_method(pool: Pool, method: Any) -> str | None:
@@ -302,6 +315,8 @@ class Api:
         if call.kind != "map":
             raise ApiError(400, "inputs can only be added to map calls")
         body = await body_of(request, "items")
+        if call.received is None:  # every input is in: a resent last batch
+            return reply({"ok": True})
         items = body["items"]
         if not isinstance(items, list) or not all(
             isinstance(i, list) and len(i) == 2 and isinstance(i[0], int) and isinstance(i[1], bytes) for i in items
