@@ -110,8 +110,11 @@ class _Resend:
         ConnectionError. May start the local control plane again (blocking, seconds)."""
         c = self.client
         now = time.monotonic()
-        if c.down_since is not None:
-            raise self._error(exc, "it was unreachable moments ago")
+        if c.down_since is not None:  # one look for it at a new address, no waiting
+            if c.local and not self.restarts and c.recover(url):
+                self.restarts += 1
+                return 0.0
+            raise self._error(exc, "unreachable moments ago as well")
         self.failures += 1
         if self.failures == 1:
             self.first_failure = now
@@ -129,7 +132,7 @@ class _Resend:
             window = c.connect_timeout
         if now - self.first_failure >= window:
             c.down_since = now
-            raise self._error(exc, f"for {now - self.first_failure:.0f}s")
+            raise self._error(exc, f"unreachable for {now - self.first_failure:.0f}s")
         delay, self.delay = self.delay, min(self.delay * 2, 1.0)
         return min(delay, max(0.0, self.first_failure + window - now))
 
@@ -137,7 +140,7 @@ class _Resend:
         where = ", ".join(self.client.info.urls) or "(no address)"
         hint = "" if self.client.local else " (SHOAL_CONNECT_TIMEOUT sets how long to wait)"
         return exception.ConnectionError(
-            f"cannot reach the shoal control plane at {where} {how_long}: {exc}{hint}")
+            f"cannot reach the shoal control plane at {where} ({how_long}): {exc}{hint}")
 
 
 class Client:

@@ -328,11 +328,11 @@ class Api:
 
     async def get_outputs(self, request: web.Request) -> web.Response:
         call = self._call(request)
-        if call is None:
-            raise ApiError(404, f"call {request.match_info['call_id']} not found", "NotFoundError")
         after = query_int(request, "after", -1)
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         limit = query_int(request, "limit", 1000)
+        if call is None:  # finished before a restart while its reader was behind: what it has not read yet
+            return reply(await self._stored_outputs(request.match_info["call_id"], after, limit))
         if after < call.recovered_seq:
             # Outputs committed before a restart or a takeover, which this reader has not seen yet.
             outputs = await call_rows.outputs_between(self.core.store, call.id, after, call.recovered_seq, limit)
@@ -342,6 +342,15 @@ class Api:
         outputs = await self.core.outputs.wait_outputs(call, after, timeout, limit)
         done = call.drained and (not outputs or outputs[-1][0] == call.published)
         return reply({"outputs": [list(o) for o in outputs], "done": done})
+
+    async def _stored_outputs(self, call_id: str, after: int, limit: int) -> dict[str, Any]:
+        summary = await call_rows.summary(self.core.store, call_id)
+        if summary is None:
+            raise ApiError(404, f"call {call_id} not found", "NotFoundError")
+        if summary[2] == "expired":
+            raise ApiError(410, f"the outputs of {call_id} have expired", "OutputExpiredError")
+        outputs = await call_rows.outputs_between(self.core.store, call_id, after, 2**62, limit)
+        return {"outputs": [list(o) for o in outputs], "done": summary[2] != "running" and len(outputs) < limit}
 
     async def get_result(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
