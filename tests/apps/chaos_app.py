@@ -3,6 +3,7 @@ Run as a script it is that client: `python chaos_app.py OUT_DIR` runs a mixed wo
 OUT_DIR/stop exists, logging each acknowledged write to OUT_DIR/acks, then writes what it saw to OUT_DIR/result.json."""
 
 import json
+import queue
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ class Workload:
         self.put_acked: list[int] = []  # queue items whose put_many returned
         self.got: list[int] = []  # queue items taken by get_many
         self.dict_acked: dict[str, int] = {}
+        self.producing = True
 
     def stopping(self) -> bool:
         return (self.out / "stop").exists()
@@ -80,13 +82,17 @@ class Workload:
         while not self.stopping():
             batch = list(range(n, n + 50))
             n += 50
-            q.put_many(batch)
+            q.put_many(batch)  # (blocks while the partition is full: the consumer goes on until this ends)
             self.put_acked.extend(batch)
             self.ack("put")
+        self.producing = False
 
     def consumer(self, q: modal.Queue) -> None:
-        while not self.stopping():
-            items = q.get_many(20, timeout=0.5)
+        while self.producing:
+            try:
+                items = q.get_many(100, timeout=0.5)
+            except queue.Empty:
+                continue
             self.got.extend(items)
             if items:
                 self.ack("get")
@@ -122,4 +128,8 @@ class Workload:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the threads' stacks if it hangs
     Workload(Path(sys.argv[1])).main()

@@ -103,7 +103,13 @@ def test_mixed_workload_survives_sigkills_of_its_control_plane(auto: AutoStarted
             kills.append((at, time.time()))
         time.sleep(2)
         (out / "stop").write_text("1")
-        stdout, _ = client.communicate(timeout=300)
+        try:
+            stdout, _ = client.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            client.send_signal(signal.SIGUSR1)  # its threads' stacks, to say where it hangs
+            time.sleep(1)
+            client.kill()
+            pytest.fail(f"the workload did not finish: {client.communicate()[0]}")
     finally:
         if client.poll() is None:
             client.kill()
