@@ -187,12 +187,13 @@ def test_put_many_in_flight_at_a_sigkill_is_never_doubled(auto: AutoStarted, tmp
         "q = shoal.Queue.from_name('stream', create_if_missing=True)\n"
         "n = 0\n"
         "while not (out / 'stop').exists():\n"
-        "    q.put_many(list(range(n, n + 200)))\n"
+        "    q.put_many(list(range(n, n + 200)), partition=f'p{n // 4800}')  # (a partition holds 5,000)\n"
         "    n += 200\n"
         "    (out / 'acked').write_text(str(n))\n"
         "items = []\n"
-        "while batch := q.get_many(1000, block=False):\n"
-        "    items.extend(batch)\n"
+        "for p in range((n + 4799) // 4800):\n"
+        "    while batch := q.get_many(1000, block=False, partition=f'p{p}'):\n"
+        "        items.extend(batch)\n"
         "print(n, len(items), len(set(items)), sorted(items) == list(range(n)))\n")
     out = tmp_path / "out"
     out.mkdir()
