@@ -30,7 +30,7 @@ async def put(store: Store, dict_id: str, key: bytes, value: bytes, *, skip_if_e
         "(dict_id, key) DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at"
 
     def run(c: Connection) -> bool:
-        done = idempotency.claim(c, idem)
+        done = idempotency.previous(c, idem)
         if done is not None:
             return bool(done.result)
         return idempotency.record(c, idem, c.execute(
@@ -54,7 +54,7 @@ async def update(store: Store, dict_id: str, items: list[tuple[bytes, bytes]], i
         return
 
     def run(c: Connection) -> None:
-        if idempotency.claim(c, idem) is None:
+        if idempotency.previous(c, idem) is None:
             c.executemany(_UPSERT, rows)
             idempotency.record(c, idem, True)
 
@@ -66,7 +66,7 @@ async def pop(store: Store, dict_id: str, key: bytes, idem: str | None = None) -
     idempotency key) a pop asked again returns the value the first one removed."""
 
     def run(c: Connection) -> bytes | None:
-        done = idempotency.claim(c, idem)
+        done = idempotency.previous(c, idem)
         if done is not None:
             return done.result
         row = c.execute("SELECT value FROM dict_entries WHERE dict_id=? AND key=?", (dict_id, key)).fetchone()
@@ -85,7 +85,7 @@ async def clear(store: Store, dict_id: str, idem: str | None = None) -> None:
         return
 
     def run(c: Connection) -> None:
-        if idempotency.claim(c, idem) is None:
+        if idempotency.previous(c, idem) is None:
             c.execute("DELETE FROM dict_entries WHERE dict_id=?", (dict_id,))
             idempotency.record(c, idem, True)
 

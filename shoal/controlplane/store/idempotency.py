@@ -2,10 +2,10 @@
 that the same write sent again (its reply was lost: the control plane died, the connection broke) returns the
 first result instead of being applied twice.
 
-A write that carries a key runs as one store transaction: `claim` the key (or find the result stored under it),
-do the write, `record` its result, or `release` the key when nothing was written (a full queue: trying again
-is right). The key row commits with the write or not at all. Keys are dropped `KEY_TTL_S` after their write
-(`expire`); a client retries for seconds to minutes, never that long.
+A write that carries a key runs as one store transaction: look for the result stored under it (`previous`),
+else do the write and `record` its result; `release` forgets it when the write is undone (items popped for a
+client that went away go back). The key row commits with the write or not at all. Keys are dropped `KEY_TTL_S`
+after their write (`expire`); a client resends for seconds to minutes, never that long.
 """
 
 from __future__ import annotations
@@ -31,16 +31,15 @@ class Replay:
         self.result = result
 
 
-def claim(c: Connection, key: str | None) -> Replay | None:
-    """Take `key` for the write this transaction does; a Replay of the first result when it was done already.
-    On PostgreSQL a second replica claiming the same key at once waits for the first one's commit."""
+def previous(c: Connection, key: str | None) -> Replay | None:
+    """A Replay of the first result when the write under `key` was done already, else None: do it (and
+    `record` it). A read: a write that ends up writing nothing (a full queue, an empty pop) leaves no trace.
+    (Two replicas doing the same keyed write at the same moment could both do it: a client sends again only
+    after its first send failed, so that needs a replica that stays up but lost the connection.)"""
     if key is None:
         return None
-    if c.execute("INSERT INTO idempotency_keys (key, created_at) VALUES (?,?) ON CONFLICT DO NOTHING",
-                 (key, time.time())).rowcount > 0:
-        return None
     row = c.execute("SELECT result FROM idempotency_keys WHERE key=?", (key,)).fetchone()
-    return Replay(_decode(row[0]) if row and row[0] is not None else None)
+    return Replay(_decode(row[0]) if row[0] is not None else None) if row else None
 
 
 def record(c: Connection, key: str | None, result: Any) -> Any:
@@ -52,7 +51,7 @@ def record(c: Connection, key: str | None, result: Any) -> Any:
 
 
 def release(c: Connection, key: str | None) -> None:
-    """Nothing was written under `key` (or it was undone): the same write may be tried again."""
+    """The write under `key` was undone: the same write may be done again."""
     if key is not None:
         c.execute("DELETE FROM idempotency_keys WHERE key=?", (key,))
 

@@ -29,13 +29,12 @@ async def put(store: Store, queue_id: str, partition: str, values: list[bytes], 
     idempotency key), a put done already is not done again: a Replay comes back. Raises TooManyPartitionsError."""
 
     def run(c: Connection) -> list[list[bytes]] | None | Replay:
-        done = idempotency.claim(c, key)
+        done = idempotency.previous(c, key)
         if done is not None:
             return done
         count = c.execute("SELECT COUNT(*) FROM queue_items WHERE queue_id=? AND partition=?",
                           (queue_id, partition)).fetchone()[0]
         if count + len(values) > max_items:
-            idempotency.release(c, key)
             return None
         known = c.execute("SELECT 1 FROM queue_partitions WHERE queue_id=? AND partition=?",
                           (queue_id, partition)).fetchone()
@@ -50,9 +49,9 @@ async def put(store: Store, queue_id: str, partition: str, values: list[bytes], 
         c.executemany("INSERT INTO queue_items (queue_id, partition, seq, value) VALUES (?,?,?,?)",
                       [(queue_id, partition, top + 1 + i, v) for i, v in enumerate(values)])
         idempotency.record(c, key, True)
-        # A getter whose key is taken already got items by a pop of its own (racing this put): none for it.
-        return [[] if idempotency.claim(c, getter_key) is not None else _pop(c, queue_id, partition, n, key=getter_key)
-                for n, getter_key in hand_to]
+        # A getter with a result under its key got items by a pop of its own (racing this put): none for it.
+        return [[] if idempotency.previous(c, getter) is not None else _pop(c, queue_id, partition, n, key=getter)
+                for n, getter in hand_to]
 
     return await store.transact(run)
 
@@ -63,7 +62,7 @@ async def pop(store: Store, queue_id: str, partition: str, n: int, *, shared: bo
     items are kept under it: the same pop asked again returns them instead of taking more."""
 
     def run(c: Connection) -> list[bytes]:
-        done = idempotency.claim(c, key)
+        done = idempotency.previous(c, key)
         return (done.result or []) if done is not None else _pop(c, queue_id, partition, n, shared, key)
 
     return await store.transact(run)
@@ -104,7 +103,7 @@ async def clear(store: Store, queue_id: str, partition: str | None, key: str | N
     idempotency key) a clear asked again does not empty what was put since."""
 
     def run(c: Connection) -> None:
-        if idempotency.claim(c, key) is None:
+        if idempotency.previous(c, key) is None:
             where, params = ("queue_id=?", (queue_id,)) if partition is None else \
                 ("queue_id=? AND partition=?", (queue_id, partition))
             c.execute(f"DELETE FROM queue_partitions WHERE {where}", params)
@@ -133,5 +132,4 @@ def _pop(c: Connection, queue_id: str, partition: str, n: int, shared: bool = Fa
         c.execute("DELETE FROM queue_items WHERE queue_id=? AND partition=? AND seq <= ?",
                   (queue_id, partition, rows[-1][0]))
         return idempotency.record(c, key, [v for _, v in rows])
-    idempotency.release(c, key)
     return []
