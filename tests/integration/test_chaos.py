@@ -246,6 +246,51 @@ def test_unreachable_remote_control_plane_fails_within_the_connect_timeout(tmp_p
     assert not (tmp_path / "home" / "server.json").exists()  # a remote one is never started locally
 
 
+def test_remote_control_plane_dying_inside_app_run_fails_within_the_connect_timeout(
+        private_control_plane: ControlPlane, tmp_path: Path) -> None:
+    """A remote control plane that dies while `app.run()` is open: the next call fails with ConnectionError after
+    SHOAL_CONNECT_TIMEOUT, and leaving `app.run()` after it does not wait that long again."""
+    script = tmp_path / "remote_run.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from shoal.exception import ConnectionError\n"
+        "import chaos_app\n"
+        "out = Path(sys.argv[1])\n"
+        "try:\n"
+        "    with chaos_app.app.run(quiet=True):\n"
+        "        assert chaos_app.square.remote(3) == 9\n"
+        "        (out / 'running').write_text('1')\n"
+        "        while not (out / 'killed').exists():\n"
+        "            time.sleep(0.05)\n"
+        "        t = time.monotonic()\n"
+        "        try:\n"
+        "            chaos_app.square.remote(4)\n"
+        "        finally:\n"
+        "            print(f'call failed after {time.monotonic() - t:.1f}s', flush=True)\n"
+        "            t = time.monotonic()\n"
+        "except ConnectionError as exc:\n"
+        "    print(f'left app.run() in {time.monotonic() - t:.1f}s: {exc}')\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "SHOAL_SERVER_URL": private_control_plane.url, "SHOAL_CONNECT_TIMEOUT": "2",
+           "PYTHONPATH": os.pathsep.join([str(APPS_DIR), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([PYTHON, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert wait_for(lambda: (out / "running").exists() or proc.poll() is not None, timeout=120)
+        private_control_plane.kill()
+        (out / "killed").write_text("1")
+        stdout, stderr = proc.communicate(timeout=45)  # before: 60 s for the call, 60 s more to leave app.run()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "call failed after" in stdout
+    assert "left app.run() in" in stdout and "cannot reach the shoal control plane" in stdout, stdout
+    print(stdout)
+
+
 def test_bad_connect_timeout_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from shoal._client.transport import connect_timeout
     from shoal.exception import InvalidError
