@@ -176,6 +176,29 @@ def test_a_resent_write_is_done_once_even_across_a_sigkill(private_control_plane
     assert q.len() == 10
 
 
+def test_a_resent_call_finished_before_a_restart_does_not_run_again(private_control_plane: ControlPlane,
+                                                                   tmp_path: Path) -> None:
+    """A spawn whose reply was lost, sent again after the control plane finished it and restarted (it holds the call
+    in memory no more): the call is not run a second time, and its result is the first one."""
+    import chaos_app
+
+    cp = private_control_plane
+    token = (cp.home / "token").read_text().strip()
+    runs = tmp_path / "runs"
+    with chaos_app.app.run(quiet=True):
+        fid = chaos_app.mark.object_id
+        call_id, key = f"fc-{uuid.uuid4().hex[:20]}", uuid.uuid4().hex
+        body = {"kind": "spawn", "call_id": call_id, "args": shoal._serialization.dumps_args((str(runs), 7), {})}
+        _post(cp.url, token, f"/v1/functions/{fid}/calls", body, key)
+        assert shoal.FunctionCall.from_id(call_id).get(timeout=60) == 7
+        cp.kill()
+        cp.start()
+        again = _post(cp.url, token, f"/v1/functions/{fid}/calls", body, key, resend=True)
+        assert again["call_id"] == call_id and shoal._serialization.loads(again["data"]) == 7
+        assert chaos_app.mark.remote(str(runs), 8) == 8  # queued after a second run of 7, were there one
+    assert sorted(runs.read_text().split()) == ["7", "8"]
+
+
 def test_put_many_in_flight_at_a_sigkill_is_never_doubled(auto: AutoStarted, tmp_path: Path) -> None:
     """A stream of put_many batches against the auto-started control plane, SIGKILLed at random moments: each
     acknowledged batch is in the queue exactly once and none appears twice."""
