@@ -39,7 +39,7 @@ def previous(c: Connection, key: str | None) -> Replay | None:
     if key is None:
         return None
     row = c.execute("SELECT result FROM idempotency_keys WHERE key=?", (key,)).fetchone()
-    return Replay(_decode(row[0]) if row[0] is not None else None) if row else None
+    return Replay(_decode(row[0])) if row else None
 
 
 def record(c: Connection, key: str | None, result: Any) -> Any:

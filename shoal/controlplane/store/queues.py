@@ -63,7 +63,7 @@ async def pop(store: Store, queue_id: str, partition: str, n: int, *, shared: bo
 
     def run(c: Connection) -> list[bytes]:
         done = idempotency.previous(c, key)
-        return (done.result or []) if done is not None else _pop(c, queue_id, partition, n, shared, key)
+        return done.result if done is not None else _pop(c, queue_id, partition, n, shared, key)
 
     return await store.transact(run)
 

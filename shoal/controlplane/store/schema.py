@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key TEXT PRIMARY KEY, result BLOB, created_at REAL NOT NULL
+    key TEXT PRIMARY KEY, result BLOB NOT NULL, created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_age ON idempotency_keys (created_at);
 """
