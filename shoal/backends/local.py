@@ -191,8 +191,9 @@ class LocalBackend:
         self._live_cgroups: dict[str, ContainerCgroup] = {}
         atexit.register(self._remove_cgroups_at_exit)
         found, note = gpu_mod.detect()
-        self.gpus = gpu_mod.GpuAllocator(found, note)
+        self.gpus = gpu_mod.GpuAllocator(found, note, gpu_mod.fallback_setting(os.environ))
         self._newroot = newroot_dir()
+        self._said_cpu: set[str] = set()  # functions told once that they asked for more cores than there are
 
     # -- isolation -------------------------------------------------------------------------------------------
     def _exclude(self) -> list[str]:
@@ -261,14 +262,24 @@ class LocalBackend:
         full_env = self._env(spec)
         release = []
         request = options.gpu
-        if request:
-            ids = self.gpus.acquire(container_id, list(request))
-            if ids is None:
-                raise Unschedulable(self.gpus.reason(list(request)))
+        placed = self.gpus.place(container_id, list(request)) if request else None
+        if placed is not None and placed.fail:
+            raise RuntimeError(placed.fail)  # never schedulable here: the start fails, and so do its calls
+        if placed is not None and placed.wait:
+            raise Unschedulable(placed.wait)
+        if placed is not None and placed.cpu and on_output is not None:
+            on_output(container_id, "system", f"no GPU here matches gpu={','.join(request)!r}: running on the CPU "
+                                              f"({gpu_mod.FALLBACK_ENV}=cpu)\n")
+        if placed is not None and placed.ids:
             release.append(lambda: self.gpus.release(container_id))
-            spec.gpus = [str(i) for i in ids]
+            spec.gpus = [str(i) for i in placed.ids]
             full_env["CUDA_VISIBLE_DEVICES"] = full_env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
             full_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi numbers them
+        short = cpu_shortfall(options.cpu, os.cpu_count() or 1)
+        said = f"{spec.definition.variant_of or spec.function_id} {short}"  # once per function (its variants too)
+        if short and on_output is not None and said not in self._said_cpu:
+            self._said_cpu.add(said)
+            on_output(container_id, "system", short + "\n")
         cgroup = None
         try:
             if self.cgroups.available:
@@ -433,3 +444,12 @@ async def _pump(stream: asyncio.StreamReader | None, container_id: str, fd: str,
             return
         if sink is not None:
             sink(container_id, fd, chunk.decode("utf-8", "replace"))
+
+
+def cpu_shortfall(cpu: float | list[float] | tuple[float, ...] | None, cores: int) -> str | None:
+    """What a function asking for more cores than this machine has gets, said once (None when it fits)."""
+    asked = float(cpu[0]) if isinstance(cpu, (list, tuple)) else cpu
+    if asked is None or asked <= cores:
+        return None
+    return (f"cpu={asked:g} asked, but this machine has {cores} core{'s' if cores != 1 else ''}: its containers "
+            f"share those {cores} (no more than {cores} at once)")

@@ -183,10 +183,10 @@ def check_spec(spec: ImageSpec) -> ImageSpec:
     for step in spec.steps:
         if not isinstance(step, dict) or step.get("kind") not in STEP_KINDS or not isinstance(step.get("repr"), str):
             raise InvalidError(f"invalid image step {step!r}")
-        remote = step.get("remote_path", step.get("path"))
-        if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
-                                   or ".." in PurePosixPath(remote).parts):
-            raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
+        for remote in (step.get("remote_path"), step.get("path")):  # each a path inside the image
+            if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
+                                       or ".." in PurePosixPath(remote).parts):
+                raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
         if "sha" in step and not (isinstance(step["sha"], str) and re.fullmatch(r"[0-9a-f]{64}", step["sha"])):
             raise InvalidError(f"invalid blob id in {step['repr']}")
         for key, kind in _FIELD_TYPES.items():

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS outputs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outputs_final ON outputs (call_id, idx) WHERE final = 1;
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state);
+CREATE INDEX IF NOT EXISTS calls_function ON calls (function_id, created_at);
 CREATE TABLE IF NOT EXISTS schedules (
     function_id TEXT PRIMARY KEY, anchor REAL NOT NULL, last_fire REAL
 );
