@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from .._spec.config import home
+from . import egress
 from . import gpus as gpu_mod
 from .base import ContainerSpec, OutputSink, Unschedulable
 from .netns import open_netns, socket_in
@@ -38,8 +39,8 @@ from .sandbox import (
     id_base,
     image_layers,
     interpreter_paths,
+    control_plane_ports,
     launcher_argv,
-    loopback_ports,
     minimal_paths,
     newroot_dir,
     probe,
@@ -193,6 +194,10 @@ class LocalBackend:
         found, note = gpu_mod.detect()
         self.gpus = gpu_mod.GpuAllocator(found, note)
         self._newroot = newroot_dir()
+        # Outbound network of sandboxed containers (egress.py): pasta, and what the installation allows anyway.
+        self.allowed_cidrs = egress.installation_allowed()
+        self.pasta = egress.find_pasta() if self.isolation == "sandbox" else None
+        self._resolv = egress.resolv_conf() if self.pasta else ""
 
     # -- isolation -------------------------------------------------------------------------------------------
     def _exclude(self) -> list[str]:
@@ -350,8 +355,19 @@ class LocalBackend:
         env["USER"] = env["LOGNAME"] = "root"
         env["TMPDIR"] = "/tmp"
         env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        forwards = {**self.forward_ports, **loopback_ports(env)}
-        rewrite_server_url(env, forwards)
+        blocked = spec.block_network or spec.definition.options.extra.get("block_network") is True
+        if blocked:
+            forwards: dict[int, tuple[str, int]] = {}  # not even the control plane's URL: only its channel
+        else:
+            forwards = {**self.forward_ports, **control_plane_ports(env)}
+            rewrite_server_url(env, forwards)
+        net = None
+        if self.pasta and not blocked:
+            allow = None
+            if spec.outbound_cidr_allowlist is not None:
+                allow = egress.parse_cidrs(spec.outbound_cidr_allowlist, "outbound_cidr_allowlist")
+            rules = egress.egress_rules(allow, self.allowed_cidrs, egress.host_addresses())
+            net = {"pasta": [self.pasta, *egress.PASTA_ARGS], "rules": rules}
         control = env.get("SHOAL_CONTROL", "")
 
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -359,7 +375,7 @@ class LocalBackend:
             "mode": self.availability.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT,
             "newroot": self._newroot, "hostname": spec.container_id[:63],
             "ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask, "devices": devices,
-            "volumes": [list(v) for v in spec.volumes],
+            "volumes": [list(v) for v in spec.volumes], "net": net, "resolv": self._resolv if net else "",
             "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
             "cgroup_dirs": cgroup.dirs if cgroup else [], "cgroup_homes": cgroup.homes if cgroup else [],
             "control": control[5:] if control.startswith("unix:") else None,

@@ -498,11 +498,13 @@ class Cgroups:
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 
-def loopback_ports(env: dict[str, str]) -> dict[int, tuple[str, int]]:
-    """Ports of http(s) URLs in a container's environment that point at this machine: inside the container's
-    network namespace they must lead to the host's port. Returns {port inside: (host, port) outside}."""
+def control_plane_ports(env: dict[str, str]) -> dict[int, tuple[str, int]]:
+    """Ports of the control plane's own URLs (`SHOAL_SERVER_URL`: one, or replicas separated by commas) on this
+    machine: inside the container's network namespace they lead to the host's port. Nothing else of the host's
+    loopback is forwarded, whatever other URLs the environment holds. Returns {port inside: (host, port)}."""
     out: dict[int, tuple[str, int]] = {}
-    for value in env.values():
+    for value in (env.get("SHOAL_SERVER_URL") or "").split(","):
+        value = value.strip()
         if not value.startswith(("http://", "https://")):
             continue
         try:
