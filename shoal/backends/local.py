@@ -36,10 +36,10 @@ from .sandbox import (
     ContainerCgroup,
     Forwarding,
     Limits,
+    control_plane_ports,
     id_base,
     image_layers,
     interpreter_paths,
-    control_plane_ports,
     launcher_argv,
     minimal_paths,
     newroot_dir,
@@ -310,6 +310,9 @@ class LocalBackend:
         if spec.volumes:
             raise RuntimeError(f"a volume is mounted at {spec.volumes[0][0]}, which needs the sandbox; containers "
                                f"here are plain processes ({self.availability.reason})")
+        if _network_limited(spec):
+            raise RuntimeError(f"block_network and outbound_cidr_allowlist need the sandbox; containers here are "
+                               f"plain processes ({self.availability.reason})")
         source_dir = spec.source_dir
         if source_dir:
             full_env["PYTHONPATH"] = source_dir + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -355,7 +358,7 @@ class LocalBackend:
         env["USER"] = env["LOGNAME"] = "root"
         env["TMPDIR"] = "/tmp"
         env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        blocked = spec.block_network or spec.definition.options.extra.get("block_network") is True
+        blocked = _blocks_network(spec)
         if blocked:
             forwards: dict[int, tuple[str, int]] = {}  # not even the control plane's URL: only its channel
         else:
@@ -425,6 +428,14 @@ class LocalBackend:
 # An idle container (`shoal shell`) waits for signals; it dies with the control plane like a runtime would.
 IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\nexcept Exception:\n"
              "    pass\nwhile True:\n    signal.pause()\n")
+
+
+def _blocks_network(spec: ContainerSpec) -> bool:
+    return spec.block_network or spec.definition.options.extra.get("block_network") is True
+
+
+def _network_limited(spec: ContainerSpec) -> bool:
+    return _blocks_network(spec) or spec.outbound_cidr_allowlist is not None
 
 
 def tcp_address(address: str) -> tuple[str, int]:

@@ -546,8 +546,7 @@ def supervise(cfg: dict) -> None:
     libc.sethostname(_b(cfg.get("hostname", "shoal")), len(cfg.get("hostname", "shoal")))
     loopback_up()
     write_file("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")  # this namespace only
-    if net and pasta is not None:
-        add_rules(net["rules"])  # before pasta adds an interface to leave by
+    if pasta is not None:
         pasta.start()
     listeners = open_listeners(cfg.get("listen", []))
     control = cfg.get("control")
@@ -587,6 +586,9 @@ def supervise(cfg: dict) -> None:
     cleanup = open_cgroup_cleanup(cfg)
     if pasta is not None:
         pasta.wait_ready()  # (started meanwhile, with the mounts and the cgroup move)
+        # Only now: pasta's default route is checked against the rules (its gateway may be in a blocked range).
+        # Nothing of the container runs yet.
+        add_rules(net["rules"])
         trace("pasta")
     status_r, status_w = os.pipe()
     trace("prefork")
