@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 log = logging.getLogger("shoal.sandbox")
 
+NETWORK_ENV = "SHOAL_CONTAINER_NETWORK"  # "egress" (the default) or "none": no container has outbound network
 ALLOW_ENV = "SHOAL_CONTAINER_ALLOW_CIDRS"  # comma- or space-separated CIDRs containers may reach anyway
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -120,6 +121,14 @@ def egress_rules(allowlist: list[Network] | None, installation: list[Network],
 
 
 _said_no_pasta = False
+
+
+def wanted() -> bool:
+    """Whether the installation gives containers outbound network (`SHOAL_CONTAINER_NETWORK`)."""
+    value = (os.environ.get(NETWORK_ENV) or "egress").strip().lower()
+    if value not in ("egress", "none"):
+        raise ValueError(f"{NETWORK_ENV} must be 'egress' or 'none', not {value!r}")
+    return value == "egress"
 
 
 def find_pasta() -> str | None:

@@ -196,7 +196,7 @@ class LocalBackend:
         self._newroot = newroot_dir()
         # Outbound network of sandboxed containers (egress.py): pasta, and what the installation allows anyway.
         self.allowed_cidrs = egress.installation_allowed()
-        self.pasta = egress.find_pasta() if self.isolation == "sandbox" else None
+        self.pasta = egress.find_pasta() if self.isolation == "sandbox" and egress.wanted() else None
         self._resolv = egress.resolv_conf() if self.pasta else ""
 
     # -- isolation -------------------------------------------------------------------------------------------

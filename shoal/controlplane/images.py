@@ -34,6 +34,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import sysconfig
 import tarfile
 import time
@@ -48,6 +49,8 @@ from .._spec.config import package_dir
 from .._spec.definitions import ImageSpec
 from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
+from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox
+from ..backends.sandbox import SYSTEM_DIRS
 from ..exception import ImageBuildError, InvalidError
 
 Log = Callable[[str], None]
@@ -263,6 +266,7 @@ class ImageBuilder:
         self._pythons: dict[str, tuple[str, str, str]] = {}
         self._discovery_path: str | None = None
         self.builds = 0  # images built (cache misses) by this builder
+        self.sandbox = BuildSandbox(str(state_dir))  # where run_commands runs
         try:
             from uv import find_uv_bin
 
@@ -549,13 +553,29 @@ class ImageBuilder:
         return debs
 
     async def _step_run_commands(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
-        cwd = b.files / (b.workdir or "/root").lstrip("/")
+        """Each command in a build sandbox (backends/build_sandbox.py), never on the host: writes to /etc, /root,
+        the venv, … land in the image. Without sandboxes only an unprivileged control plane runs them, as the
+        plain processes its containers are then; as root it refuses."""
+        workdir = b.workdir or "/root"
+        cwd = b.files / workdir.lstrip("/")
         cwd.mkdir(parents=True, exist_ok=True)
         env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
-        for cmd in step["commands"]:
-            b.log(f"$ {cmd}\n")
-            bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
-            await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
+        bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
+        avail = await asyncio.to_thread(self.sandbox.availability)
+        if avail.isolation != "sandbox" and os.geteuid() == 0:
+            self._fail(b, f"run_commands runs in a sandbox, and containers cannot be sandboxed here "
+                          f"({avail.reason}); it never runs on the host as root")
+        try:
+            for cmd in step["commands"]:
+                b.log(f"$ {cmd}\n")
+                if avail.isolation != "sandbox":
+                    await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
+                    continue
+                argv = await asyncio.to_thread(self.sandbox.argv, str(b.root), b.python, [bash, "-c", cmd], workdir)
+                inside = {**env, "HOME": "/root", "TMPDIR": "/tmp", "USER": "root", "LOGNAME": "root"}
+                await self._checked(b, argv, env=inside, cwd=Path("/"))
+        finally:
+            await asyncio.to_thread(_tidy_build_layers, b.root)
 
     async def _step_env(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
         """As Docker's ENV: `$NAME` / `${NAME}` expand to the image's value so far (e.g. PATH=/opt/x:$PATH)."""
@@ -655,6 +675,28 @@ class ImageBuilder:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _tidy_build_layers(root: Path) -> None:
+    """After build commands: no set-user/group-id file they made stays in the image's trees (they wrote there as
+    the host's root, through an idmapped mount); what the build sandbox made and left empty goes (each system
+    dir in files/ costs containers an overlay)."""
+    for top in (root / "files", root / "venv"):
+        for dirpath, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                        os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                except OSError:
+                    pass
+    shutil.rmtree(root / "build" / "overlay-work", ignore_errors=True)
+    for d in (*SYSTEM_DIRS, *ALWAYS_WRITABLE):
+        try:
+            (root / "files" / d.lstrip("/")).rmdir()
+        except OSError:
+            pass  # not empty (the build wrote there), or not there
 
 
 def _missing(image_id: str) -> ContainerImage:

@@ -349,8 +349,11 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
     tmpfs(root, "0755", None, MS_NOSUID | MS_NODEV, size="1m")
     ops: list[tuple[str, int, tuple]] = []  # (path inside, order at equal depth, op)
     overlays = cfg.get("overlays", {})
+    writable_system = {v[0] for v in cfg.get("volumes", []) if v[0] in [("/" + s) for s in SYSTEM_DIRS]}
     for name in SYSTEM_DIRS:
         host = "/" + name
+        if host in writable_system:  # a build's: a writable overlay (below)
+            continue
         if os.path.islink(host):
             ops.append((host, 0, ("symlink", os.readlink(host))))
         elif host in overlays:  # the image's files over the host's (read-only overlayfs)
@@ -378,11 +381,13 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
         ops.append((path, 5, ("volume", lower, upper, work)))
     ops.sort(key=lambda op: (depth(op[0]), op[1]))
     done: list[str] = []
+    # Coverable by a bind: a build's /root, /opt are the image's files/root, files/opt.
+    tmpfs_dirs = {path for path, _, op in ops if op[0] in ("tmpfs", "dir")}
     for path, _, op in ops:
         target = root + path
         kind = op[0]
-        if any(path == d for d in done) and kind != "mask":
-            continue  # already provided (an interpreter under a system dir, a duplicate)
+        if path in done and kind != "mask" and not (kind == "bind" and path in tmpfs_dirs):
+            continue  # already provided (an interpreter under a system dir, a duplicate); a bind covers a tmpfs
         if kind == "symlink":
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if not os.path.lexists(target):

@@ -9,113 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import secrets
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from ..conftest import wait_for
+from bench import remote_host as remote_host_mod
+from bench.remote_host import RemoteHost
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces need Linux")
 
-SERVER = r"""
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path.startswith("/bytes/"):
-            n = int(self.path.rsplit("/", 1)[1]); self.send_response(200)
-            self.send_header("Content-Length", str(n)); self.end_headers()
-            chunk = b"x" * (1 << 20)
-            while n > 0:
-                self.wfile.write(chunk[:n]); n -= len(chunk)
-            return
-        body = b"hello from the remote host"
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
-"""
-
-
-@dataclass
-class RemoteHost:
-    ns: str
-    host_side: str  # the host's end of the veth pair (an address of the host: must be unreachable)
-    addresses: list[str]  # the remote host's two addresses
-    port: int = 8080
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-def make_remote_host() -> tuple[RemoteHost, subprocess.Popen]:
-    """A network namespace with two addresses on a veth pair routed from the host, serving HTTP on port 8080."""
-    if os.geteuid() != 0:
-        pytest.skip("making a network namespace for the remote host needs root")
-    if not shutil.which("ip"):
-        pytest.skip("`ip` (iproute2) is not installed")
-    if not shutil.which("pasta"):
-        pytest.skip("pasta (the passt package) is not installed: containers have no outbound network")
-    tag = secrets.token_hex(3)
-    ns, veth_h, veth_r = f"shoal-t{tag}", f"st{tag}h", f"st{tag}r"
-    for _ in range(20):
-        net = f"198.{random.choice((18, 19))}.{random.randint(1, 254)}"
-        if not subprocess.run(["ip", "-4", "route", "show", f"{net}.0/24"], capture_output=True, text=True).stdout:
-            break
-    try:
-        _ip("netns", "add", ns)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot make a network namespace here: {exc.stderr.decode().strip()}")
-    try:
-        _ip("link", "add", veth_h, "type", "veth", "peer", "name", veth_r)
-        _ip("link", "set", veth_r, "netns", ns)
-        _ip("addr", "add", f"{net}.1/24", "dev", veth_h)
-        _ip("link", "set", veth_h, "up")
-        for a in (f"{net}.2/24", f"{net}.3/24"):
-            _ip("-n", ns, "addr", "add", a, "dev", veth_r)
-        _ip("-n", ns, "link", "set", veth_r, "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
-        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, "8080"])
-    except BaseException:
-        remove_remote_host(ns, veth_h, None)
-        raise
-    remote = RemoteHost(ns, f"{net}.1", [f"{net}.2", f"{net}.3"])
-
-    def up() -> bool:
-        try:
-            socket.create_connection((remote.addresses[0], 8080), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    assert wait_for(up, timeout=30), "the remote host's server did not start"
-    return remote, server
-
-
-def remove_remote_host(ns: str, veth_h: str, server: subprocess.Popen | None) -> None:
-    if server is not None:
-        server.kill()
-        server.wait()
-    subprocess.run(["ip", "link", "del", veth_h], capture_output=True)
-    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def remote_host() -> Iterator[RemoteHost]:
-    remote, server = make_remote_host()
+    if not shutil.which("pasta"):
+        pytest.skip("pasta (the passt package) is not installed: containers have no outbound network")
+    try:
+        remote = remote_host_mod.make()
+    except remote_host_mod.UnavailableError as exc:
+        pytest.skip(str(exc))
     try:
         yield remote
     finally:
-        remove_remote_host(remote.ns, f"st{remote.ns.removeprefix('shoal-t')}h", server)
+        remote.remove()
 
 
 @pytest.fixture(scope="module")

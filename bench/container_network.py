@@ -1,0 +1,106 @@
+"""What a container's outbound network costs (docs/sandbox.md, "Network"): a cold start with and without it,
+and a 100 MiB download from a "remote host" (bench/remote_host.py: a network namespace on this machine) by a
+container and by the host directly. Needs root, `ip` and pasta.
+
+    python -m bench.container_network [--repeat 15] [--mib 100]
+
+Cold start: each call goes to a new container (`single_use_containers=True`, no warm pool), one control plane with
+`SHOAL_CONTAINER_NETWORK=none` (loopback only, as before pasta) and one with the default (pasta).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import urllib.request
+
+import shoal
+
+app = shoal.App("bench-network")
+
+
+@app.function(single_use_containers=True)
+def ping(x: int) -> int:
+    return x
+
+
+@app.function()
+def download(url: str) -> tuple[int, float]:
+    return _download(url)
+
+
+def _download(url: str) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = 0
+    with urllib.request.urlopen(url, timeout=60) as r:
+        while chunk := r.read(1 << 20):
+            n += len(chunk)
+    return n, time.perf_counter() - t0
+
+
+def _control_plane(network: str) -> None:
+    from shoal._client.transport import reset_client
+
+    os.environ["SHOAL_HOME"] = tempfile.mkdtemp(prefix="shoal-bench-net-")
+    os.environ["SHOAL_WARM_POOL"] = "0"
+    os.environ["SHOAL_CONTAINER_NETWORK"] = network
+    reset_client()
+
+
+def _shutdown() -> None:
+    from shoal._client.transport import get_client, reset_client
+
+    get_client().call("POST", "/v1/shutdown", {})
+    reset_client()
+
+
+def cold_starts(network: str, repeat: int) -> list[float]:
+    _control_plane(network)
+    try:
+        with app.run(quiet=True):
+            ping.remote(-1)
+            samples = []
+            for i in range(repeat):
+                time.sleep(0.5)
+                t0 = time.perf_counter()
+                ping.remote(i)
+                samples.append(time.perf_counter() - t0)
+            return samples
+    finally:
+        _shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--mib", type=int, default=100)
+    args = parser.parse_args()
+    from bench import remote_host
+
+    remote = remote_host.make()
+    try:
+        for network in ("none", "egress", "none", "egress"):  # interleaved: the machine's load drifts
+            s = cold_starts(network, args.repeat)
+            print(f"cold start, SHOAL_CONTAINER_NETWORK={network}: median {statistics.median(s) * 1e3:.1f} ms, "
+                  f"p10 {sorted(s)[len(s) // 10] * 1e3:.1f} ms ({len(s)} calls)", flush=True)
+        url = remote.url(f"/bytes/{args.mib << 20}")
+        _control_plane("egress")
+        try:
+            with app.run(quiet=True):
+                download.remote(remote.url())
+                for _ in range(3):
+                    n, dt = _download(url)
+                    print(f"{args.mib} MiB, host directly:        {dt:.2f} s ({n / dt / 2**20:.0f} MiB/s)", flush=True)
+                    n, dt = download.remote(url)
+                    print(f"{args.mib} MiB, container via pasta: {dt:.2f} s ({n / dt / 2**20:.0f} MiB/s)", flush=True)
+        finally:
+            _shutdown()
+    finally:
+        remote.remove()
+
+
+if __name__ == "__main__":
+    main()
