@@ -73,6 +73,30 @@ def cold_starts(network: str, repeat: int) -> list[float]:
         _shutdown()
 
 
+def sandbox_starts(repeat: int) -> dict[str, list[float]]:
+    """The sandbox alone, as the local backend starts one (no control plane, no runtime): `true` in a fresh
+    sandbox, without and with pasta, interleaved. Returns seconds per run, by network."""
+    import subprocess
+    import sys
+
+    from shoal.backends import egress
+    from shoal.backends.sandbox import ID_COUNT, id_base, launcher_argv, minimal_paths, newroot_dir
+
+    own = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))]
+    base = {"mode": "root" if os.geteuid() == 0 else "rootless", "uid": id_base(), "gid": id_base(),
+            "ids": ID_COUNT, "newroot": newroot_dir(), "hostname": "bench", "ro": minimal_paths(own),
+            "argv": ["/bin/true"], "cwd": "/"}
+    rules = egress.egress_rules(None, [], egress.host_addresses())
+    net = {"net": {"pasta": [egress.find_pasta(), *egress.PASTA_ARGS], "rules": rules}, "resolv": egress.resolv_conf()}
+    out: dict[str, list[float]] = {"none": [], "egress": []}
+    for _ in range(repeat):
+        for name, extra in (("none", {}), ("egress", net)):
+            t0 = time.perf_counter()
+            subprocess.run(launcher_argv(sys.executable, {**base, **extra}), check=True, env={"PATH": "/usr/bin:/bin"})
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=15)
@@ -80,6 +104,9 @@ def main() -> None:
     args = parser.parse_args()
     from bench import remote_host
 
+    for name, samples in sandbox_starts(args.repeat * 2).items():
+        print(f"sandbox start and exit of `true`, {name}: median {statistics.median(samples) * 1e3:.1f} ms, "
+              f"p10 {sorted(samples)[len(samples) // 10] * 1e3:.1f} ms", flush=True)
     remote = remote_host.make()
     try:
         for network in ("none", "egress", "none", "egress"):  # interleaved: the machine's load drifts

@@ -294,10 +294,11 @@ class Pasta:
             raise SetupError("pasta could not set up the container's network")
 
     def stop(self) -> None:
+        """Kill it without waiting: tearing pasta down takes ~40 ms, which the container's exit need not wait
+        for (its cgroup's removal retries until pasta is gone)."""
         try:
-            os.kill(self.pid, signal.SIGTERM)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
