@@ -27,6 +27,7 @@ from . import egress
 from . import gpus as gpu_mod
 from .base import ContainerSpec, OutputSink, Unschedulable
 from .netns import open_netns, socket_in
+from .netpool import NetnsPool
 from .sandbox import (
     ID_COUNT,
     ISOLATION_ENV,
@@ -168,10 +169,11 @@ class LocalBackend:
 
     def __init__(self, python: str | None = None, max_containers: int | None = None,
                  isolation: str | None = None, state_dir: str | Path | None = None,
-                 known: dict | None = None) -> None:
+                 known: dict | None = None, netns_pool: int | None = None) -> None:
         """`known`: what an earlier backend on this machine found, to skip finding it again (the Ray backend
         makes one backend per container): {"availability": {...} (the isolation probe's result), "paths":
-        {interpreter: paths a container of it must see}}."""
+        {interpreter: paths a container of it must see}}. `netns_pool`: network namespaces with pasta kept ready
+        (netpool.py; default `SHOAL_NETNS_POOL`, 2)."""
         # The resolved interpreter, never a shim on PATH: a pyenv shim costs ~130 ms per start.
         self.python = python or sys.executable
         default_cap = max(4, 4 * (os.cpu_count() or 1))
@@ -198,6 +200,11 @@ class LocalBackend:
         self.allowed_cidrs = egress.installation_allowed()
         self.pasta = egress.find_pasta() if self.isolation == "sandbox" and egress.wanted() else None
         self._resolv = egress.resolv_conf() if self.pasta else ""
+        pool_size = int(os.environ.get("SHOAL_NETNS_POOL", "2")) if netns_pool is None else netns_pool
+        self.netpool = (NetnsPool([self.pasta, *egress.PASTA_ARGS], pool_size)
+                        if self.pasta and self.availability.mode == "root" and pool_size > 0 else None)
+        if self.netpool is not None:
+            self.netpool.prime()
 
     # -- isolation -------------------------------------------------------------------------------------------
     def _exclude(self) -> list[str]:
@@ -251,8 +258,10 @@ class LocalBackend:
         return self.max_containers
 
     def shutdown(self) -> None:
-        """Nothing to release: the control plane killed its containers, their cgroups go as they exit (and at
-        interpreter exit, `_remove_cgroups_at_exit`)."""
+        """The pool's namespaces go; the control plane killed its containers, their cgroups go as they exit (and
+        at interpreter exit, `_remove_cgroups_at_exit`)."""
+        if self.netpool is not None:
+            self.netpool.close()
 
     def _remove_cgroups_at_exit(self) -> None:
         """The control plane is exiting (its containers were killed): leave no cgroup behind."""
@@ -371,6 +380,10 @@ class LocalBackend:
                 allow = egress.parse_cidrs(spec.outbound_cidr_allowlist, "outbound_cidr_allowlist")
             rules = egress.egress_rules(allow, self.allowed_cidrs, egress.host_addresses())
             net = {"pasta": [self.pasta, *egress.PASTA_ARGS], "rules": rules}
+            pooled = self.netpool.take() if self.netpool is not None else None
+            if pooled is not None:
+                release.append(pooled.release)
+                net["netns_fd"] = pooled.fd
         control = env.get("SHOAL_CONTROL", "")
 
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -393,7 +406,8 @@ class LocalBackend:
             proc = await asyncio.create_subprocess_exec(
                 *launcher_argv(self.python, cfg),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env, cwd="/", start_new_session=True, pass_fds=(child_end.fileno(),),
+                env=env, cwd="/", start_new_session=True,
+                pass_fds=(child_end.fileno(), *([net["netns_fd"]] if net and "netns_fd" in net else [])),
             )
         except BaseException:
             parent_end.close()

@@ -436,8 +436,7 @@ def resolv_conf(root: str, text: str) -> None:
     to, e.g. systemd-resolved's under /run); left as it is where there is no such file to cover."""
     target = root + "/etc/resolv.conf"
     if os.path.islink(target):
-        link = os.readlink(target)
-        target = root + (link if link.startswith("/") else os.path.normpath("/etc/" + link))
+        target = root + os.path.normpath(os.path.join("/etc", os.readlink(target)))
         if not target.startswith(root + "/run/"):
             return
         make_mountpoint(target, "")
@@ -535,8 +534,8 @@ def supervise(cfg: dict) -> None:
         os.environ["SHOAL_CONTROL"] = f"fd:{ctl_fd}"
         cfg["_control_fd"] = ctl_fd
     _oom_score_adj("-1000")  # in the container's cgroup too: its OOM kills should pick the container's own code
-    net = cfg.get("net")  # outbound network: pasta's argv and the egress rules; None: loopback only
-    pasta = Pasta(net["pasta"]) if net else None
+    net = cfg.get("net")  # outbound network: the egress rules, and pasta's argv or a namespace pasta serves
+    pasta = Pasta(net["pasta"]) if net and net.get("netns_fd") is None else None
     rootless = cfg.get("mode") == "rootless"
     if rootless:
         map_self_as_root()
@@ -546,7 +545,12 @@ def supervise(cfg: dict) -> None:
         owner = (cfg["uid"], cfg["gid"])
         idmap_fd = make_userns(cfg["uid"], cfg["gid"], cfg["ids"])
     trace("userns")
-    unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+    if net and net.get("netns_fd") is not None:  # made ahead, pasta already attached (backends/netpool.py)
+        unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
+        check_syscall(libc.setns(net["netns_fd"], CLONE_NEWNET), "joining the container's network namespace")
+        os.close(net["netns_fd"])
+    else:
+        unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     trace("unshare")
     libc.sethostname(_b(cfg.get("hostname", "shoal")), len(cfg.get("hostname", "shoal")))
@@ -590,8 +594,9 @@ def supervise(cfg: dict) -> None:
     # The init's pivot_root changes this process's root too (one mount namespace): what the supervisor needs of
     # the host afterwards (removing the cgroups if the control plane dies) is opened now.
     cleanup = open_cgroup_cleanup(cfg)
-    if pasta is not None:
-        pasta.wait_ready()  # (started meanwhile, with the mounts and the cgroup move)
+    if net:
+        if pasta is not None:
+            pasta.wait_ready()  # (started meanwhile, with the mounts and the cgroup move)
         # Only now: pasta's default route is checked against the rules (its gateway may be in a blocked range).
         # Nothing of the container runs yet.
         add_rules(net["rules"])
