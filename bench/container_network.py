@@ -4,8 +4,9 @@ container and by the host directly. Needs root, `ip` and pasta.
 
     python -m bench.container_network [--repeat 15] [--mib 100]
 
-Cold start: each call goes to a new container (`single_use_containers=True`, no warm pool), one control plane with
-`SHOAL_CONTAINER_NETWORK=none` (loopback only, as before pasta) and one with the default (pasta).
+Cold start: each call goes to a new container (`single_use_containers=True`, no warm pool), on control planes with
+`SHOAL_CONTAINER_NETWORK=none` (loopback only, as before pasta), with pasta started by each container
+(`SHOAL_NETNS_POOL=0`), and with the default (namespaces and pasta made ahead: backends/netpool.py).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def _shutdown() -> None:
 
 
 def cold_starts(network: str, repeat: int) -> list[float]:
+    """`network`: "none", or "egress" with `SHOAL_NETNS_POOL` (namespaces made ahead) after a colon."""
+    network, _, pool = network.partition(":")
+    os.environ["SHOAL_NETNS_POOL"] = pool or "2"
     _control_plane(network)
     try:
         with app.run(quiet=True):
@@ -109,9 +113,9 @@ def main() -> None:
               f"p10 {sorted(samples)[len(samples) // 10] * 1e3:.1f} ms", flush=True)
     remote = remote_host.make()
     try:
-        for network in ("none", "egress", "none", "egress"):  # interleaved: the machine's load drifts
+        for network in ("none", "egress:0", "egress:2") * 2:  # interleaved: the machine's load drifts
             s = cold_starts(network, args.repeat)
-            print(f"cold start, SHOAL_CONTAINER_NETWORK={network}: median {statistics.median(s) * 1e3:.1f} ms, "
+            print(f"cold start, network {network}: median {statistics.median(s) * 1e3:.1f} ms, "
                   f"p10 {sorted(s)[len(s) // 10] * 1e3:.1f} ms ({len(s)} calls)", flush=True)
         url = remote.url(f"/bytes/{args.mib << 20}")
         _control_plane("egress")

@@ -24,6 +24,10 @@ _HOLDER = ("import ctypes, os, sys\n"
            "os.write(1, b'1'); sys.stdin.buffer.read()\n")
 
 
+# After a take, the refill (an interpreter and a pasta starting: CPU) waits for the container's own start.
+REFILL_DELAY_S = 0.3
+
+
 @dataclass
 class PooledNetns:
     fd: int  # the namespace (the supervisor enters it: `setns`)
@@ -69,18 +73,19 @@ class NetnsPool:
         while self.ready:
             item = self.ready.pop()
             if item.pasta.returncode is None:
-                self._refill()
+                self._refill(REFILL_DELAY_S)
                 return item
             item.release()
         self._refill()
         return None
 
-    def _refill(self) -> None:
+    def _refill(self, delay: float = 0.0) -> None:
         if self._broken or (self._filling is not None and not self._filling.done()):
             return
-        self._filling = asyncio.get_running_loop().create_task(self._fill())
+        self._filling = asyncio.get_running_loop().create_task(self._fill(delay))
 
-    async def _fill(self) -> None:
+    async def _fill(self, delay: float) -> None:
+        await asyncio.sleep(delay)
         while len(self.ready) < self.size:
             try:
                 self.ready.append(await self._make())
