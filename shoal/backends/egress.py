@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable
 
 log = logging.getLogger("shoal.sandbox")
@@ -62,9 +63,20 @@ def installation_allowed() -> list[Network]:
     return parse_cidrs(raw.replace(",", " ").split(), ALLOW_ENV)
 
 
+_host_cache: tuple[float, list[Network]] = (0.0, [])
+HOST_CACHE_S = 2.0  # (a machine with a large routing table has a large fib_trie)
+
+
 def host_addresses() -> list[Network]:
     """Every address of this machine's interfaces (IPv4 from /proc/net/fib_trie, IPv6 from /proc/net/if_inet6):
-    a connection from pasta to any of them would reach the host's own services."""
+    a connection from pasta to any of them would reach the host's own services. Read again after 2 s."""
+    global _host_cache
+    if time.monotonic() - _host_cache[0] > HOST_CACHE_S:
+        _host_cache = (time.monotonic(), _read_host_addresses())
+    return list(_host_cache[1])
+
+
+def _read_host_addresses() -> list[Network]:
     found: set[Network] = set()
     try:
         prev = ""
