@@ -59,7 +59,8 @@ class BuildSandbox:
         root = os.path.realpath(image_root)
         files = os.path.join(root, "files")
         if python not in self._paths:
-            self._paths[python] = interpreter_paths(python, [self.state_dir], [root, os.path.dirname(root)])
+            self._paths[python] = interpreter_paths(python, [self.state_dir], [root, os.path.dirname(root)],
+                                                    avail.mode)
         ro = [p for p in self._paths[python] if not under(p, root)]
         for name in ALWAYS_WRITABLE:
             os.makedirs(os.path.join(files, name), exist_ok=True)

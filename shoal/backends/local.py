@@ -251,7 +251,9 @@ class LocalBackend:
                 allowed = None
                 if python != self.python and image_root:
                     allowed = [image_root, os.path.dirname(os.path.realpath(image_root))]
-                self._paths[python] = await asyncio.to_thread(interpreter_paths, python, self._exclude(), allowed)
+                mode = self.availability.mode if self.isolation == "sandbox" else None
+                self._paths[python] = await asyncio.to_thread(interpreter_paths, python, self._exclude(), allowed,
+                                                              mode)
         return self._paths[python]
 
     def capacity(self) -> int:

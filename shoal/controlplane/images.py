@@ -70,6 +70,9 @@ _BUILD_ENV_DROP = {"UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "UV_SYSTEM_PYTHON"}
 WEB_REQUIREMENTS = ["uvicorn>=0.30", "httptools>=0.6", "websockets>=12", "a2wsgi>=1.10"]
 
 
+WARM_IMPORTS = "import shoal.runtime.worker, shoal.app, shoal.functions, shoal.cls, cloudpickle, msgpack, tblib"
+
+
 def _runtime_requirements() -> list[str]:
     """What every image gets for the container runtime. cloudpickle is pinned to the control plane's version:
     functions pickled by the caller must unpickle in the container."""
@@ -404,6 +407,10 @@ class ImageBuilder:
             script.write_text('#!/bin/sh\nexec "$(dirname -- "$0")/python" -m pip "$@"\n')
             script.chmod(0o755)
         b.files.mkdir()
+        # Bytecode of what a container's runtime imports, compiled now, on the host, while the venv holds nothing of
+        # the user's: later the image's interpreter only ever runs sandboxed (its trees read-only there).
+        await self._exec([b.python, "-I", "-c", WARM_IMPORTS], env=_build_env({"PATH": STANDARD_PATH}), cwd=b.root,
+                         log=None)
 
     async def _runtime_dir(self, b: _Build, python: str, full_version: str, soabi: str) -> Path:
         """The container runtime's packages (and pip) for one interpreter, shared by its images: copied from

@@ -12,6 +12,9 @@ image = modal.Image.debian_slim().run_commands(
     f"touch /root/{MARK}; id -u > /root/{MARK}.uid",
     f"mkdir -p /opt/{MARK} && echo tool > /opt/{MARK}/tool.txt",
     f"cp /usr/bin/true /root/{MARK}.suid && chmod 4755 /root/{MARK}.suid",  # set-user-id: cleared after the step
+    # A .pth file runs whenever the image's Python starts: the host must never start it.
+    f"echo \"import os; open('/var/tmp/{MARK}.pth-ran', 'w')\" > "
+    f"$(python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')/zz_{MARK}.pth",
 )
 app = modal.App("build-sandbox", image=image)
 

@@ -19,7 +19,7 @@ def test_build_commands_write_the_image_not_the_host(control_plane) -> None:
     if "isolation=process" in log:
         pytest.skip("containers are not sandboxed here: " + log.split("isolation=process", 1)[1].splitlines()[0])
     mark = f"shoal-build-{secrets.token_hex(4)}"
-    host_paths = [Path("/etc") / mark, Path("/root") / mark, Path("/opt") / mark]
+    host_paths = [Path("/etc") / mark, Path("/root") / mark, Path("/opt") / mark, Path(f"/var/tmp/{mark}.pth-ran")]
     os.environ["SHOAL_TEST_BUILD_MARK"] = mark
     try:
         import build_sandbox_app
