@@ -221,6 +221,7 @@ class _Build:
     apt: bool = False
     step_no: int = 0
     step_repr: str = ""
+    interpreter: str = ""  # what starting the venv's Python runs (_interpreter_fingerprint), as the host last saw it
 
     @property
     def venv(self) -> Path:
@@ -411,6 +412,7 @@ class ImageBuilder:
         # the user's: later the image's interpreter only ever runs sandboxed (its trees read-only there).
         await self._exec([b.python, "-I", "-c", WARM_IMPORTS], env=_build_env({"PATH": STANDARD_PATH}), cwd=b.root,
                          log=None)
+        b.interpreter = _interpreter_fingerprint(b.venv)
 
     async def _runtime_dir(self, b: _Build, python: str, full_version: str, soabi: str) -> Path:
         """The container runtime's packages (and pip) for one interpreter, shared by its images: copied from
@@ -624,7 +626,22 @@ class ImageBuilder:
     # -- processes -------------------------------------------------------------------------------------------
     async def _uv(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None = None) -> None:
         """Run uv: offline first (a warm cache then costs milliseconds, with no index round trip), online when
-        the cache lacks something; a forced step goes online and refreshes what it installs."""
+        the cache lacks something; a forced step goes online and refreshes what it installs.
+
+        uv starts the venv's Python on the host: refused when a build command (sandboxed) changed what that runs
+        at start (a `.pth` file, `sitecustomize`, `pyvenv.cfg`, the interpreter's link)."""
+        if b.interpreter and await asyncio.to_thread(_interpreter_fingerprint, b.venv) != b.interpreter:
+            self._fail(b, "a run_commands step before this one changed what the image's Python runs when it starts "
+                          "(a .pth file, sitecustomize, pyvenv.cfg or bin/python), and this step would start it on "
+                          "the host: install these packages before the run_commands step, or with "
+                          "`python -m pip install` inside it")
+        try:
+            await self._uv_run(b, args, forced, env)
+        finally:
+            if b.venv.is_dir():
+                b.interpreter = await asyncio.to_thread(_interpreter_fingerprint, b.venv)
+
+    async def _uv_run(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None) -> None:
         full_env = _build_env({"PATH": self._discovery_path or STANDARD_PATH, **(env or {})})
         argv = [self.uv, *args]
         if forced:
@@ -682,6 +699,30 @@ class ImageBuilder:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _interpreter_fingerprint(venv: Path) -> str:
+    """A digest of what starting the venv's Python runs besides the standard library."""
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(str(venv / "bin" / "python*")) + [str(venv / "pyvenv.cfg")]):
+        h.update(path.encode())
+        h.update(os.readlink(path).encode() if os.path.islink(path) else _digest(path))
+    for site in sorted(glob.glob(str(venv / "lib" / "python3*" / "site-packages"))):
+        for name in sorted(os.listdir(site)):
+            if name.endswith(".pth") or name.startswith(("sitecustomize", "usercustomize")):
+                h.update(name.encode())
+                h.update(_digest(os.path.join(site, name)))
+    return h.hexdigest()
+
+
+def _digest(path: str) -> bytes:
+    try:
+        if os.path.isdir(path):
+            return b"dir"
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:
+        return b"?"
 
 
 def _tidy_build_layers(root: Path) -> None:

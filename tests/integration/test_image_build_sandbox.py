@@ -54,3 +54,26 @@ def test_without_sandboxes_a_root_control_plane_refuses_build_commands(tmp_path,
     with pytest.raises(ImageBuildError, match="never runs on the host as root"):
         asyncio.run(ImageBuilder(tmp_path / "state").ensure(wire, lambda _text: None))
     assert not target.exists()
+
+
+def test_a_package_step_after_a_command_that_changed_pythons_start_is_refused(tmp_path) -> None:
+    """uv starts the image's Python on the host; a build command's .pth file would run there."""
+    import asyncio
+
+    from shoal.controlplane.images import ImageBuilder
+    from shoal.exception import ImageBuildError
+    from shoal.image import Image
+
+    builder = ImageBuilder(tmp_path / "state")
+    if builder.sandbox.availability().isolation != "sandbox":
+        pytest.skip("containers are not sandboxed here")
+    target = tmp_path / "ran-on-the-host"
+    site = "$(python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
+    pth = f"echo \"import os; open('{target}', 'w')\" > {site}/x.pth"
+    wire, _ = Image.debian_slim().run_commands(pth).pip_install("six==1.17.0")._resolve()
+    with pytest.raises(ImageBuildError, match="would start it on the host"):
+        asyncio.run(builder.ensure(wire, lambda _text: None))
+    assert not target.exists()
+    # Packages installed before the commands are fine, and so is `pip install` inside them.
+    ok, _ = Image.debian_slim().pip_install("six==1.17.0").run_commands("python -c 'import six'")._resolve()
+    asyncio.run(builder.ensure(ok, lambda _text: None))
