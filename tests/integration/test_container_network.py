@@ -149,6 +149,7 @@ def test_an_allow_list_lets_only_its_cidrs_through(remote_host, tmp_path) -> Non
         finally:
             handle.kill()
             await handle.wait()
+            backend.shutdown()  # (its pool of network namespaces)
 
     out = asyncio.run(run())
     assert f"{allowed} connected" in out, out
