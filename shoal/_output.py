@@ -48,11 +48,14 @@ def created_objects(names: list[str], web_urls: Callable[[], dict[str, str]]) ->
     urls = web_urls()
     lines = ["✓ Created objects."]
     for i, name in enumerate(names):
-        branch = "└──" if i == len(names) - 1 else "├──"
-        lines.append(f"{branch} 🔨 Created function {name}.")
-        for tag, url in urls.items():
-            if tag == name or tag.startswith(name + "."):
-                lines.append(f"{'    ' if i == len(names) - 1 else '│   '}    {tag} => {url}")
+        last = i == len(names) - 1
+        if name in urls:
+            lines.append(f"{'└──' if last else '├──'} 🔨 Created web function {name} => {urls[name]}")
+        else:
+            lines.append(f"{'└──' if last else '├──'} 🔨 Created function {name}.")
+        methods = [(tag, url) for tag, url in urls.items() if tag.startswith(name + ".")]  # a class's web methods
+        for j, (tag, url) in enumerate(methods):
+            lines.append(f"{'    ' if last else '│   '}{'└──' if j == len(methods) - 1 else '├──'} {tag} => {url}")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
@@ -293,7 +296,7 @@ class LiveStartProgress(StartProgress):
         self._images: dict[str, _ImageRow] = {}  # by the id the build log is marked with
         self._live = Live(console=Console(file=sys.stderr), get_renderable=self._render, transient=True,
                           refresh_per_second=8, redirect_stdout=False, redirect_stderr=False)
-        self._live.start()
+        self._live.start(refresh=True)
         self._restore = print_above(self._live.console)
 
     def _render(self) -> Any:
@@ -306,7 +309,7 @@ class LiveStartProgress(StartProgress):
             grid.add_row(Spinner("dots", f"{_escape(self._phase)}... [dim]{_elapsed(now - self._started)}[/dim]"))
             for row in self._images.values():
                 step = f": step {row.step}" if row.step else ""
-                grid.add_row(Spinner("dots", f"  Building image {row.image_id}{_escape(step)} "
+                grid.add_row(Spinner("dots", f"  Building image {row.image_id[:15]}{_escape(step)} "
                                              f"[dim]{_elapsed(now - row.started)}[/dim]"))
         return grid
 
