@@ -35,9 +35,9 @@ def output_enabled() -> bool:
     return _enabled
 
 
-def status(message: str) -> None:
+def status(message: str, mark: str = "✓ ") -> None:
     if _enabled:
-        print(f"✓ {message}", file=sys.stderr, flush=True)
+        print(f"{mark}{message}", file=sys.stderr, flush=True)
 
 
 def created_objects(names: list[str], web_urls: Callable[[], dict[str, str]]) -> None:

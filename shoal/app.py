@@ -504,7 +504,7 @@ class App:
         created_objects(list(self._functions), self._web_urls)
         status(f"App deployed in {time.monotonic() - t0:.1f}s! 🎉 {name!r} version {resp['version']} "
                f"({self._app_id}, {strategy})")
-        status(f"View Deployment: {get_client().info.url.rstrip('/')}/dashboard/apps/{self._app_id}")
+        status(f"View Deployment: {get_client().info.url.rstrip('/')}/dashboard/apps/{self._app_id}", mark="")
         return self
 
     @on_class
