@@ -504,7 +504,7 @@ class App:
         created_objects(list(self._functions), self._web_urls)
         status(f"App deployed in {time.monotonic() - t0:.1f}s! 🎉 {name!r} version {resp['version']} "
                f"({self._app_id}, {strategy})")
-        status(f"View Deployment: {get_client().info.url.rstrip('/')}/dashboard/apps/{self._app_id}", mark="")
+        status(f"View Deployment: {_app_page(self._app_id)}", mark="")
         return self
 
     @on_class
@@ -580,7 +580,7 @@ class App:
         resp = client.call("POST", "/v1/apps", {"name": name or self._name, "mode": "ephemeral", "detach": detach,
                                                 **({"serve": True} if self._serve else {})})
         self._app_id = resp["app_id"]
-        status(f"Initialized app {self._app_id}")
+        status(f"Initialized app {self._app_id}. View it at {_app_page(self._app_id)}")
         try:
             if on_created is not None:
                 on_created(self._app_id)  # follow the log now: image builds stream to it while registering
@@ -731,6 +731,11 @@ class _LogFollower(threading.Thread):
         or, for a detached app that keeps running, output already on its way)."""
         self._stop_event.set()
         self.join(timeout=wait)
+
+
+def _app_page(app_id: str) -> str:
+    """The app's page on the control plane's dashboard (`shoal dashboard` logs a browser in)."""
+    return f"{get_client().info.url.rstrip('/')}/dashboard/apps/{app_id}"
 
 
 def _has_required_params(f: Callable) -> bool:

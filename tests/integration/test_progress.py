@@ -142,6 +142,7 @@ def test_run_shows_the_image_build_live_on_a_terminal(control_plane, tmp_path):
     # The build's own lines stay, printed above the live status, marked with the image.
     assert f"[{image_id[:9]}] => Step 1: pip_install('six')" in out
     assert "✓ Created objects." in out and "Created function plus_one." in out
+    assert re.search(r"Initialized app ap-\w+\. View it at http://\S+/dashboard/apps/ap-", out)
 
 
 def test_deploy_shows_its_phases_and_the_build_on_a_terminal(control_plane, tmp_path):
