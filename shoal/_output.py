@@ -305,6 +305,7 @@ class LiveStartProgress(StartProgress):
 
         now = time.monotonic()
         grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, overflow="ellipsis")  # one line each, however narrow the terminal
         with self._lock:
             grid.add_row(Spinner("dots", f"{_escape(self._phase)}... [dim]{_elapsed(now - self._started)}[/dim]"))
             for row in self._images.values():
