@@ -318,7 +318,7 @@ class ImageBuilder:
         root = self._fresh_dir(image_id)
         b = _Build(image_id, root, log)
         t0 = time.monotonic()
-        log(f"Building image {image_id}\n")
+        log(f"Building image {image_id} (steps 0 to {len(steps)})\n")  # the total: clients show "step 2/4"
         forced_from = 0 if spec.force_base is True else next(
             (i + 1 for i, s in enumerate(steps) if s.get("force")), len(steps) + 1)
         b.step_repr = f"debian_slim(python_version={python_version!r})"
