@@ -30,7 +30,7 @@ DEPRECATED_ALIASES = {
 NOT_YET_ENFORCED = (
     "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region",
     "routing_region",
-    "nonpreemptible", "enable_memory_snapshot", "block_network", "restrict_modal_access", "i6pn",
+    "nonpreemptible", "enable_memory_snapshot", "restrict_modal_access", "i6pn",
     "experimental_options",
 )
 _warned: set[str] = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection
 from typing import Any
@@ -12,8 +13,18 @@ from typing import Any
 from . import _container_context
 from ._client.aio import Plan, in_thread, on_class, rpc
 from ._client.transport import get_client
+from ._deploy_log import DeployLogFollower
 from ._options import build_options, check_secrets, reject_deprecated
-from ._output import LogPrinter, line_safe_output, status
+from ._output import (
+    LiveStartProgress,
+    LogPrinter,
+    StartProgress,
+    created_objects,
+    line_safe_output,
+    output_enabled,
+    start_progress,
+    status,
+)
 from ._partial import BATCHED_ATTR, CONCURRENT_ATTR, check_batched_function
 from ._spec.definitions import FunctionDefinition
 from .exception import InvalidError
@@ -470,14 +481,30 @@ class App:
             raise InvalidError("a deployed app needs a name: `App(\"name\")` or `app.deploy(name=\"name\")`")
         if self._running:
             raise InvalidError("this app is running (`app.run()`): deploy it outside the `with` block")
-        resp = get_client().call("POST", "/v1/apps/deploy", {
-            "name": name, "strategy": strategy, "tag": tag or "", "functions": self._definitions()})
+        t0 = time.monotonic()
+        progress = start_progress("Uploading sources and image files")
+        follower = DeployLogFollower(name, progress) if output_enabled() else None
+        try:
+            body = {"name": name, "strategy": strategy, "tag": tag or "", "functions": self._definitions()}
+            progress.phase("Building images and registering functions")
+            if follower is not None:
+                follower.start()
+            resp: dict[str, Any] | None = None
+            try:
+                resp = get_client().call("POST", "/v1/apps/deploy", body)
+            finally:
+                if follower is not None:  # the build's lines all printed (and drawn) before the status goes
+                    follower.finish(resp["app_id"] if resp is not None else None)
+        finally:
+            progress.close()
         self._app_id = resp["app_id"]
         for fn_tag, fn in self._functions.items():
             fn._hydrate(resp["functions"][fn_tag])
         self._deployed_version = int(resp["version"])
-        status(f"Created objects: {', '.join(self._functions) or 'none'}")
-        status(f"App deployed: {name!r} version {resp['version']} ({self._app_id}, {strategy})")
+        created_objects(list(self._functions), self._web_urls)
+        status(f"App deployed in {time.monotonic() - t0:.1f}s! 🎉 {name!r} version {resp['version']} "
+               f"({self._app_id}, {strategy})")
+        status(f"View Deployment: {_app_page(self._app_id)}", mark="")
         return self
 
     @on_class
@@ -532,25 +559,41 @@ class App:
             body["strategy"] = "recreate"
         return body
 
-    def _start(self, name: str | None, detach: bool, on_created: Callable[[str], None] | None = None) -> None:
+    def _web_urls(self) -> dict[str, str]:
+        """Each web function's URL (and each web method's, `Cls.method`), for the tree of created objects."""
+        urls: dict[str, str] = {}
+        for fn in self._functions.values():
+            try:
+                urls.update(fn._web_urls())
+            except Exception:  # noqa: BLE001 - a URL we cannot get is not worth failing the start for
+                continue
+        return urls
+
+    def _start(self, name: str | None, detach: bool, on_created: Callable[[str], None] | None = None,
+               on_registered: Callable[[], None] | None = None) -> None:
+        """Create the ephemeral app and register its functions (their images built meanwhile). `on_created`
+        starts following its log; `on_registered` runs once the functions are registered (the build's output
+        all printed)."""
         if self._running:
             raise InvalidError("this app is already running")
         client = get_client()
         resp = client.call("POST", "/v1/apps", {"name": name or self._name, "mode": "ephemeral", "detach": detach,
                                                 **({"serve": True} if self._serve else {})})
         self._app_id = resp["app_id"]
-        status(f"Initialized app {self._app_id}")
+        status(f"Initialized app {self._app_id}. View it at {_app_page(self._app_id)}")
         try:
             if on_created is not None:
                 on_created(self._app_id)  # follow the log now: image builds stream to it while registering
             ids = client.call("POST", f"/v1/apps/{self._app_id}/functions", self._functions_body())["functions"]
+            if on_registered is not None:
+                on_registered()
         except BaseException:
             client.call("POST", f"/v1/apps/{self._app_id}/stop", {})
             raise
         for tag, fn in self._functions.items():
             fn._hydrate(ids[tag])
         self._running = True
-        status(f"Created objects: {', '.join(self._functions) or 'none'}")
+        created_objects(list(self._functions), self._web_urls)
 
     def _finish(self, detach: bool) -> None:
         self._running = False
@@ -585,13 +628,16 @@ class _RunContext:
         self.detach = detach
         self.quiet = quiet
         self._follower: _LogFollower | None = None
+        self._progress: StartProgress = StartProgress()
 
     def __enter__(self) -> App:
         self._streams = line_safe_output()
         self._streams.__enter__()
+        self._progress = start_progress("Creating objects")  # a live status on a terminal, else nothing
         try:
-            self.app._start(self.name, self.detach, on_created=self._follow)
+            self.app._start(self.name, self.detach, on_created=self._follow, on_registered=self._registered)
         except BaseException as exc:  # e.g. ImageBuildError: print the rest of the build output first
+            self._progress.close()
             if self._follower is not None:
                 self._follower.stop()
             self._streams.__exit__(type(exc), exc, exc.__traceback__)
@@ -600,7 +646,17 @@ class _RunContext:
 
     def _follow(self, app_id: str) -> None:
         self._follower = _LogFollower(app_id, session=not self.detach, quiet=self.quiet)
+        self._follower.printer.watcher = self._progress
         self._follower.start()
+
+    def _registered(self) -> None:
+        """The functions are registered, so their images are built: the live status goes once the build's
+        lines have been printed (each step drawn in it), and later lines are printed as they come."""
+        if self._follower is not None and isinstance(self._progress, LiveStartProgress):
+            self._follower.catch_up()
+        self._progress.close()
+        if self._follower is not None:
+            self._follower.printer.watcher = None
 
     def __exit__(self, *exc: Any) -> None:
         try:
@@ -633,29 +689,53 @@ class _LogFollower(threading.Thread):
         self.quiet = quiet
         self.printer = LogPrinter()
         self._stop_event = threading.Event()
+        self._read = threading.Condition()
+        self.after = -1  # the last entry printed
 
     def run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            with self._read:
+                self._read.notify_all()
+
+    def _follow(self) -> None:
         client = get_client()
-        after = -1
         while True:
             try:
                 resp = client.call(
-                    "GET", f"/v1/apps/{self.app_id}/logs?after={after}&timeout={LOG_POLL_S}"
+                    "GET", f"/v1/apps/{self.app_id}/logs?after={self.after}&timeout={LOG_POLL_S}"
                     f"&session={int(self.session and not self._stop_event.is_set())}")
             except Exception:  # noqa: BLE001 - the control plane went away for good
                 return
             for entry in resp["entries"]:
                 if not self.quiet:
                     self.printer.write(entry)
-            after = resp.get("last", after)
+            with self._read:
+                self.after = resp.get("last", self.after)
+                self._read.notify_all()
             if resp["state"] == "stopped" or (self._stop_event.is_set() and not resp["entries"]):
                 return
+
+    def catch_up(self, wait: float = STOP_WAIT_S) -> None:
+        """Return once what the app has logged until now is printed (or after `wait` seconds)."""
+        try:
+            last = get_client().call("GET", f"/v1/apps/{self.app_id}/logs?after={self.after}&timeout=0")["last"]
+        except Exception:  # noqa: BLE001 - nothing to wait for then
+            return
+        with self._read:
+            self._read.wait_for(lambda: self.after >= last or not self.is_alive(), timeout=wait)
 
     def stop(self, wait: float = STOP_WAIT_S) -> None:
         """Stop following after at most `wait` seconds spent printing what the app still logs (while it stops,
         or, for a detached app that keeps running, output already on its way)."""
         self._stop_event.set()
         self.join(timeout=wait)
+
+
+def _app_page(app_id: str) -> str:
+    """The app's page on the control plane's dashboard (`shoal dashboard` logs a browser in)."""
+    return f"{get_client().info.url.rstrip('/')}/dashboard/apps/{app_id}"
 
 
 def _has_required_params(f: Callable) -> bool:

@@ -10,7 +10,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -23,6 +23,7 @@ from .core.model import AppState, Call, Pool, new_id
 from .dashboard import mount as mount_dashboard
 from .definitions import check_client_fields
 from .gate import Gate
+from .idempotency import is_retry
 from .rest import ApiError, Handler, body_of, check_length, invalid, query_of, reply, too_large
 from .store import apps as app_rows
 from .store import calls as call_rows
@@ -226,6 +227,10 @@ class Api:
             raise ApiError(400, "args (bytes) is required for this kind of call")
         call_id = body.call_id or new_id("fc")
         method = self._check_method(pool, body.method)
+        if is_retry(request) and call_id not in self.registry.calls:
+            done = await self._finished_call(call_id)
+            if done is not None:
+                return reply(done)
         call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.args, method,
                                                          parent_input=body.parent_input_id)
         if kind != "remote":
@@ -235,6 +240,14 @@ class Api:
         if result is None:
             return reply({"call_id": call.id, "pending": True})
         return reply({"call_id": call.id, "status": result[0], "data": result[1]})
+
+    async def _finished_call(self, call_id: str) -> dict[str, Any] | None:
+        """A resent call this control plane finished and let go of (before a restart, say): its reply, so the
+        call does not run twice; None for a call it never had."""
+        if await call_rows.summary(self.core.store, call_id) is None:
+            return None
+        final = await call_rows.final_output(self.core.store, call_id, 0)
+        return {"call_id": call_id, **({"status": final[0], "data": final[1]} if final else {"pending": True})}
 
     @staticmethod
     def _check_method(pool: Pool, method: str | None) -> str | None:
@@ -312,16 +325,18 @@ class Api:
         if call.kind != "map":
             raise ApiError(400, "inputs can only be added to map calls")
         body = await body_of(request, req.AddInputs, DATA_BODY_MAX)
+        if call.received is None:  # every input is in: a resent last batch
+            return reply({"ok": True})
         ticket = self.core.calls.add_inputs(call, body.items, body.last)
         await self.core.store.flushed(ticket)
         return reply({"ok": True})
 
     async def get_outputs(self, request: web.Request) -> web.Response:
         call = self._call(request)
-        if call is None:
-            raise ApiError(404, f"call {request.match_info['call_id']} not found", "NotFoundError")
         query = query_of(request, req.OutputsQuery)
         after, timeout, limit = query.after, min(query.timeout, MAX_WAIT_S), query.limit
+        if call is None:  # finished before a restart while its reader was behind: what it has not read yet
+            return reply(await self._stored_outputs(request.match_info["call_id"], after, limit))
         if after < call.recovered_seq:
             # Outputs committed before a restart or a takeover, which this reader has not seen yet.
             outputs = await call_rows.outputs_between(self.core.store, call.id, after, call.recovered_seq, limit)
@@ -331,6 +346,15 @@ class Api:
         outputs = await self.core.outputs.wait_outputs(call, after, timeout, limit)
         done = call.drained and (not outputs or outputs[-1][0] == call.published)
         return reply({"outputs": [list(o) for o in outputs], "done": done})
+
+    async def _stored_outputs(self, call_id: str, after: int, limit: int) -> dict[str, Any]:
+        summary = await call_rows.summary(self.core.store, call_id)
+        if summary is None:
+            raise ApiError(404, f"call {call_id} not found", "NotFoundError")
+        if summary[2] == "expired":
+            raise ApiError(410, f"the outputs of {call_id} have expired", "OutputExpiredError")
+        outputs = await call_rows.outputs_between(self.core.store, call_id, after, 2**62, limit)
+        return {"outputs": [list(o) for o in outputs], "done": summary[2] != "running" and len(outputs) < limit}
 
     async def get_result(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]

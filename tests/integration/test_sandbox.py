@@ -59,7 +59,8 @@ def test_container_has_its_own_namespaces(sandbox) -> None:
     info = sandbox.isolation.remote()
     assert info["uid"] == 0 and info["uid_map"][0] == "0" and info["uid_map"][1] != "0"  # root inside only
     assert info["hostname"].startswith("ta-")
-    assert info["net"] == ["lo"]  # its own network namespace
+    # Its own network namespace: loopback, and pasta's interface where there is outbound network (egress.py).
+    assert "lo" in info["net"] and len(info["net"]) <= 2, info["net"]
     assert info["cwd"] == "/root" and info["home"] == "/root" and info["source_here"]
     # Its own pid namespace: the init, the runtime and the children the function started, nothing of the host.
     assert 1 in info["pids"] and info["pid"] in info["pids"]

@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS replicas (
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY, result BLOB NOT NULL, created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_age ON idempotency_keys (created_at);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). Applied at open when missing, so a
