@@ -60,6 +60,7 @@ IDLE_UPSTREAM_S = 60.0
 BUFFER_HIGH = 1 << 20  # body bytes held while the upstream is not connected yet or cannot keep up
 RESULT_PARAM = "__shoal_call_id"
 _RESULT_PARAM = RESULT_PARAM.encode()
+HEAD_TOO_LARGE = f"shoal: request head larger than {limits.PROXY_MAX_HEAD} bytes"
 REQUEST_LOG = 200  # recent requests kept per web function / Server
 HEALTH_INTERVAL_S = float(os.environ.get("SHOAL_SERVER_HEALTH_INTERVAL_S", "5"))
 HEALTH_FAILURES = 3  # failed port checks in a row before a Server container is replaced
@@ -286,6 +287,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.head_bytes = 0
         self.header_count = 0
+        self.head_size = 0  # of the target and header fields parsed so far (a head whole in one read is checked too)
         self.lingered: int | None = None  # after an error answer: bytes discarded since
         # One timer at most (the idle, head or linger limit), moved lazily: `deadline` changes per request, the
         # timer is re-made only when it fires early or the deadline comes sooner.
@@ -329,7 +331,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.in_head and self.head_bytes:  # a head under way, not whole yet
             if self.head_bytes > limits.PROXY_MAX_HEAD:
-                self.refuse(431, f"shoal: request head larger than {limits.PROXY_MAX_HEAD} bytes")
+                self.refuse(431, HEAD_TOO_LARGE)
             elif not self.head_timed and not self.queue:
                 self.limit(HEAD_TIMEOUT_S, head=True)
 
@@ -394,7 +396,7 @@ class ClientConnection(asyncio.Protocol):
     # -- parser callbacks ------------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = Request()
-        self.header_count = 0
+        self.header_count = self.head_size = 0
 
     def on_url(self, url: bytes) -> None:
         r = self.parsing
@@ -406,6 +408,9 @@ class ClientConnection(asyncio.Protocol):
         self.header_count += 1
         if self.header_count > limits.PROXY_MAX_HEADERS:
             raise HeadLimitError(431, f"shoal: more than {limits.PROXY_MAX_HEADERS} header fields")
+        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self.head_size + len(self.parsing.url) > limits.PROXY_MAX_HEAD:  # type: ignore[union-attr]
+            raise HeadLimitError(431, HEAD_TOO_LARGE)
         self.parsing.headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
