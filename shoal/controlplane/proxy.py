@@ -706,5 +706,3 @@ class ClientConnection(asyncio.Protocol):
             return r.complete
         self.write(b"".join(held.data))
         return r.complete and held.keep_alive
-
-
