@@ -60,7 +60,11 @@ IDLE_UPSTREAM_S = 60.0
 BUFFER_HIGH = 1 << 20  # body bytes held while the upstream is not connected yet or cannot keep up
 RESULT_PARAM = "__shoal_call_id"
 _RESULT_PARAM = RESULT_PARAM.encode()
-HEAD_TOO_LARGE = f"shoal: request head larger than {limits.PROXY_MAX_HEAD} bytes"
+# The head's bounds (_spec/limits.py), as module constants: they are checked per request.
+MAX_URL, MAX_HEAD, MAX_HEADERS = limits.PROXY_MAX_URL, limits.PROXY_MAX_HEAD, limits.PROXY_MAX_HEADERS
+MAX_BODY = limits.PROXY_MAX_BODY
+HEAD_TOO_LARGE = f"shoal: request head larger than {MAX_HEAD} bytes"
+BODY_TOO_LARGE = f"shoal: request body larger than {MAX_BODY >> 30} GiB"
 REQUEST_LOG = 200  # recent requests kept per web function / Server
 HEALTH_INTERVAL_S = float(os.environ.get("SHOAL_SERVER_HEALTH_INTERVAL_S", "5"))
 HEALTH_FAILURES = 3  # failed port checks in a row before a Server container is replaced
@@ -286,8 +290,8 @@ class ClientConnection(asyncio.Protocol):
         # against PROXY_MAX_HEAD (a body's bytes do not).
         self.in_head = True
         self.head_bytes = 0
-        self.header_count = 0
-        self.head_size = 0  # of the target and header fields parsed so far (a head whole in one read is checked too)
+        # No head in the bytes fed to the parser can be over PROXY_MAX_HEAD (they are fewer): heads need no count.
+        self.read_fits = True
         self.lingered: int | None = None  # after an error answer: bytes discarded since
         # One timer at most (the idle, head or linger limit), moved lazily: `deadline` changes per request, the
         # timer is re-made only when it fires early or the deadline comes sooner.
@@ -317,6 +321,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.in_head:
             self.head_bytes += len(data)
+            self.read_fits = self.head_bytes <= MAX_HEAD
+        else:
+            self.read_fits = len(data) <= MAX_HEAD
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -330,7 +337,7 @@ class ClientConnection(asyncio.Protocol):
                 self.refuse(400, "shoal: malformed HTTP request")
             return
         if self.in_head and self.head_bytes:  # a head under way, not whole yet
-            if self.head_bytes > limits.PROXY_MAX_HEAD:
+            if self.head_bytes > MAX_HEAD:
                 self.refuse(431, HEAD_TOO_LARGE)
             elif not self.head_timed and not self.queue:
                 self.limit(HEAD_TIMEOUT_S, head=True)
@@ -396,36 +403,38 @@ class ClientConnection(asyncio.Protocol):
     # -- parser callbacks ------------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = Request()
-        self.header_count = self.head_size = 0
 
     def on_url(self, url: bytes) -> None:
         r = self.parsing
         r.url += url  # type: ignore[union-attr]
-        if len(r.url) > limits.PROXY_MAX_URL:  # type: ignore[union-attr]
-            raise HeadLimitError(414, f"shoal: request target longer than {limits.PROXY_MAX_URL} bytes")
+        if len(r.url) > MAX_URL:  # type: ignore[union-attr]
+            raise HeadLimitError(414, f"shoal: request target longer than {MAX_URL} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        if self.header_count > limits.PROXY_MAX_HEADERS:
-            raise HeadLimitError(431, f"shoal: more than {limits.PROXY_MAX_HEADERS} header fields")
-        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
-        if self.head_size + len(self.parsing.url) > limits.PROXY_MAX_HEAD:  # type: ignore[union-attr]
-            raise HeadLimitError(431, HEAD_TOO_LARGE)
         self.parsing.headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         r = self.parsing
         assert r is not None
         self.in_head, self.head_bytes, self.deadline, self.head_timed = False, 0, None, False
-        length = r.header(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limits.PROXY_MAX_BODY:
-            raise HeadLimitError(413, f"shoal: request body larger than {limits.PROXY_MAX_BODY >> 30} GiB")
+        if len(r.headers) > MAX_HEADERS:
+            raise HeadLimitError(431, f"shoal: more than {MAX_HEADERS} header fields")
+        if not self.read_fits and len(r.url) + sum(len(k) + len(v) + 4 for k, v in r.headers) > MAX_HEAD:
+            raise HeadLimitError(431, HEAD_TOO_LARGE)  # (a head that came whole in one large read)
         p = self.parser
         r.method = p.get_method()
         r.version = p.get_http_version()
         r.keep_alive = p.should_keep_alive()
         r.upgrade = p.should_upgrade()
-        te = r.header(b"transfer-encoding")
+        te = length = None
+        for k, v in r.headers:  # (one pass for both)
+            k = k.lower()
+            if k == b"content-length":
+                length = v
+            elif k == b"transfer-encoding":
+                te = v
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            raise HeadLimitError(413, BODY_TOO_LARGE)  # before a byte of the body is read
         r.chunked = te is not None and b"chunked" in te.lower()
         self.queue.append(r)
         if self.task is None:
@@ -437,8 +446,8 @@ class ClientConnection(asyncio.Protocol):
         r = self.parsing
         assert r is not None
         r.body_bytes += len(body)
-        if r.body_bytes > limits.PROXY_MAX_BODY:  # (chunked: no length was declared)
-            self.reply_and_close(413, f"shoal: request body larger than {limits.PROXY_MAX_BODY >> 30} GiB")
+        if r.body_bytes > MAX_BODY:  # (chunked: no length was declared)
+            self.reply_and_close(413, BODY_TOO_LARGE)
             return
         if r.upstream is not None and not r.upstream.closed:
             r.upstream.write(b"%x\r\n%s\r\n" % (len(body), body) if r.chunked else body)

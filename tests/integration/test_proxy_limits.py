@@ -237,15 +237,17 @@ def apps(plane) -> Iterator[dict[str, str]]:
 def test_unauthenticated_flood_does_not_spend_the_budget_of_authenticated_traffic(apps) -> None:
     parts = urllib.parse.urlsplit(apps["slow"])
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    statuses = []
-    for _ in range(300):  # 15 times the workspace's budget of 20, on one keep-alive connection
+    statuses: list[int] = []
+    # On one keep-alive connection, until the address's budget for refused requests is spent (over 100 requests,
+    # five times the workspace's budget of 20), and 100 more.
+    while statuses.count(429) < 100 and len(statuses) < 5000:
         conn.request("GET", "/?seconds=0")
         response = conn.getresponse()
         body = response.read().decode()
         statuses.append(response.status)
         assert (response.status, body) in ((401, MISSING_CREDENTIALS), (429, REJECTED_LIMITED)), body
     conn.close()
-    assert 429 in statuses  # the flood spent its own address's budget for refused requests...
+    assert statuses.count(401) >= 100 and statuses.count(429) == 100  # the flood spent its own budget...
     # ...and none of the workspace's: another app, and the protected one with credentials, are served at once.
     assert get(apps["simple"]).status_code == 200
     creds = {"Modal-Key": apps["key"], "Modal-Secret": apps["secret"]}
@@ -261,6 +263,7 @@ def test_result_url_asks_for_the_endpoints_credentials_and_serves_only_there(pla
     query = urllib.parse.urlsplit(result_url).query
     assert "__shoal_call_id=" in query
 
+    # (The 303 took the request timeout, 1 s: an earlier flood's address budget has refilled by 20 since.)
     missing = get(result_url, allow_redirects=False)
     assert missing.status_code == 401 and missing.text == MISSING_CREDENTIALS
     scoped = {"Modal-Key": apps["other_key"], "Modal-Secret": apps["other_secret"]}
