@@ -290,7 +290,8 @@ class ClientConnection(asyncio.Protocol):
         # against PROXY_MAX_HEAD (a body's bytes do not).
         self.in_head = True
         self.head_bytes = 0
-        # No head in the bytes fed to the parser can be over PROXY_MAX_HEAD (they are fewer): heads need no count.
+        # The bytes of the head so far plus the last read are within PROXY_MAX_HEAD, so a head ending in that read
+        # is too and need not be measured (the common case: one small read per request).
         self.read_fits = True
         self.lingered: int | None = None  # after an error answer: bytes discarded since
         # One timer at most (the idle, head or linger limit), moved lazily: `deadline` changes per request, the
