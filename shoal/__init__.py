@@ -22,6 +22,17 @@ from .web import asgi_app, fastapi_endpoint, web_endpoint, web_server, wsgi_app
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """Modal's names shoal does not offer raise an error saying so (`_unsupported.py`), not an AttributeError."""
+    from ._unsupported import unsupported
+
+    error = unsupported(name)
+    if error is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    raise error
+
+
 __all__ = [
     "App",
     "Cls",

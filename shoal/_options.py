@@ -30,7 +30,7 @@ DEPRECATED_ALIASES = {
 NOT_YET_ENFORCED = (
     "network_file_systems", "ephemeral_disk", "proxy", "cloud", "region",
     "routing_region",
-    "nonpreemptible", "enable_memory_snapshot", "block_network", "restrict_modal_access", "i6pn",
+    "nonpreemptible", "enable_memory_snapshot", "restrict_modal_access", "i6pn",
     "experimental_options",
 )
 _warned: set[str] = set()
@@ -272,8 +272,6 @@ def option_overrides(
     _check_resource("memory", memory, int)
     if env is not None and not isinstance(env, dict):
         raise InvalidError(f"`env` must be a dict, got {type(env).__name__}")
-    if volumes is not None and not isinstance(volumes, dict):
-        raise InvalidError(f"`volumes` must be a dict, got {type(volumes).__name__}")
     region = _parse_region(region)
     parsed_retries = parse_retries(retries)
     options: dict[str, Any] = {
@@ -288,9 +286,12 @@ def option_overrides(
         out["extra"] = extra
     if secrets or env:
         out["secrets"] = secret_refs([*check_secrets(secrets), *([Secret.from_dict(env)] if env else [])])
+    if volumes:  # the Volume objects: resolved to mounts when the variant is created (`Function._fid_plan`)
+        from .volume import check_mounts
+
+        out["volumes"] = check_mounts(volumes)
     in_container = "SHOAL_CONTAINER_ID" in os.environ
-    given = {"cpu": cpu, "memory": memory, "gpu": gpu, "region": region, "cloud": cloud,
-             "routing_region": routing_region, "volumes": volumes}
+    given = {"region": region, "cloud": cloud, "routing_region": routing_region}  # as the decorator's
     for name, value in given.items():
         if value not in (None, {}, []) and name not in _warned and not in_container:
             _warned.add(name)
@@ -300,11 +301,12 @@ def option_overrides(
 
 
 def merge_overrides(first: dict[str, Any] | None, then: dict[str, Any]) -> dict[str, Any]:
-    """Stacked `with_options(...)`: later values win; `secrets` are replaced, not merged."""
+    """Stacked `with_options(...)`: later values win; `secrets` and `volumes` are replaced, not merged."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (first or {}).items()}
     for key in ("options", "extra"):
         if then.get(key):
             out[key] = {**out.get(key, {}), **then[key]}
-    if "secrets" in then:
-        out["secrets"] = then["secrets"]
+    for key in ("secrets", "volumes"):
+        if key in then:
+            out[key] = then[key]
     return out

@@ -1,9 +1,11 @@
-"""Printing container output in the caller's terminal, each line marked with its container."""
+"""Printing container output in the caller's terminal, each line marked with its container, and a live progress
+line for maps (`map_progress`)."""
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Any
 
 _enabled = False
@@ -103,3 +105,76 @@ class LogPrinter:
             self._at_line_start[key] = at_start
         stream.write("".join(out))
         stream.flush()
+
+
+class _NoProgress:
+    """What a map reports to when no progress is shown: every method does nothing."""
+
+    active = False  # whether anything is drawn (a map asks for its container count only then)
+
+    def input_done(self, ok: bool) -> None: ...
+    def inputs_sent(self, n: int) -> None: ...
+    def set_total(self, n: int) -> None: ...
+    def set_containers(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class MapProgress(_NoProgress):
+    """A live progress line for a map (done/total, rate, failures, containers), drawn by rich on the terminal's
+    stderr."""
+
+    active = True
+
+    def __init__(self, label: str, sent_only: bool = False) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._failures = 0
+        self._started = time.monotonic()
+        self._done = 0
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[failures]}"),
+            TextColumn("{task.fields[containers]}"), TimeElapsedColumn(),
+            console=Console(file=sys.stderr), transient=False, refresh_per_second=8)
+        self._task = self._progress.add_task(label, total=None, rate="", failures="", containers="")
+        self._sent_only = sent_only
+        self._progress.start()
+
+    def _update(self) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        verb = "sent" if self._sent_only else "done"
+        self._progress.update(self._task, completed=self._done, rate=f"{self._done / elapsed:.1f} {verb}/s",
+                              failures=f"[red]{self._failures} failed[/red]" if self._failures else "")
+
+    def input_done(self, ok: bool) -> None:
+        self._done += 1
+        if not ok:
+            self._failures += 1
+        self._update()
+
+    def inputs_sent(self, n: int) -> None:
+        self._done += n
+        self._update()
+
+    def set_total(self, n: int) -> None:
+        self._progress.update(self._task, total=n)
+
+    def set_containers(self, n: int) -> None:
+        self._progress.update(self._task, containers=f"{n} container{'s' if n != 1 else ''}")
+
+    def close(self) -> None:
+        self._update()
+        self._progress.stop()
+
+
+def map_progress(label: str, sent_only: bool = False) -> _NoProgress:
+    """A progress line for a map under `shoal run` or `enable_output()` when stderr is a terminal; otherwise
+    one that shows nothing (output piped to a file or a CI log stays free of redraws)."""
+    if not _enabled:
+        return _NoProgress()
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return MapProgress(label, sent_only) if tty else _NoProgress()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 import weakref
 from collections.abc import Callable, Collection
@@ -77,6 +78,7 @@ class App:
         self._deployed_version: int | None = None
         self._running = False
         self._serve = False  # `shoal serve`: definitions say so (web URLs get "-dev"), registrations recreate
+        self._interactive = False  # `app.run(interactive=True)`
         App._instances.add(self)
 
     def __repr__(self) -> str:
@@ -93,7 +95,39 @@ class App:
 
     @property
     def description(self) -> str | None:
-        return self._name
+        """The app's name, else the file that defines it: what the CLI shows for an unnamed app."""
+        if self._name:
+            return self._name
+        import __main__
+
+        main = getattr(__main__, "__file__", None)
+        return os.path.basename(main) if main else None
+
+    @property
+    def image(self) -> Any:
+        """The default image of the app's functions (when none was given, shoal's default, `Image.debian_slim()`),
+        so `with app.image.imports():` works in user code."""
+        if self._image is None:
+            from .image import Image
+
+            return Image.debian_slim()
+        return self._image
+
+    @image.setter
+    def image(self, value: Any) -> None:
+        from .image import check_image
+
+        check_image(value, "App.image")
+        self._image = value
+
+    @property
+    def is_interactive(self) -> bool:
+        """Whether the app was run with `app.run(interactive=True)` (shoal's CLI has no `-i` yet)."""
+        return self._interactive
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self._tags)
 
     @property
     def registered_functions(self) -> dict[str, Function]:
@@ -407,6 +441,7 @@ class App:
 
                 raise StopImport()
             raise InvalidError("app.run() cannot be used inside a shoal container")
+        self._interactive = bool(interactive)
         return _RunContext(self, name=name, detach=detach, quiet=quiet)
 
     @rpc

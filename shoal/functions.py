@@ -14,6 +14,7 @@ from . import _serialization as ser
 from ._client.aio import Plan, arun_plan, on_loop, rpc, run_plan
 from ._client.transport import Client, get_client
 from ._options import FunctionOptions
+from ._output import map_progress
 from ._spec.definitions import ClsInfo, FunctionDefinition, WebhookConfig
 from ._spec.limits import MAX_WAIT_S
 from .exception import (
@@ -200,7 +201,8 @@ class Function:
         if self._variant_base is not None:
             base_id = yield from self._variant_base._fid_plan()
             if self._variant_cache is None or self._variant_cache[0] != base_id:
-                resp = yield ("POST", f"/v1/functions/{base_id}/variants", self._variant_request())
+                body = yield from self._variant_request()
+                resp = yield ("POST", f"/v1/functions/{base_id}/variants", body)
                 self._variant_cache = (base_id, resp["function_id"])
             return self._variant_cache[1]
         if self._function_id is None and self._lookup is not None:
@@ -222,11 +224,30 @@ class Function:
         """The function id, a variant's created on first use (blocking)."""
         return run_plan(self._fid_plan())
 
-    def _variant_request(self) -> dict[str, Any]:
-        return {"params": self._variant_params, "options": self._variant_overrides or {}}
+    def _variant_request(self) -> Plan:
+        """The body creating this variant: `with_options(volumes=...)`'s volumes resolved to mounts now."""
+        overrides = dict(self._variant_overrides or {})
+        if "volumes" in overrides:
+            from ._spec.definitions import VolumeMount
+
+            mounts = []
+            for path, vol in overrides["volumes"].items():
+                volume_id = yield from vol._resolve()
+                mounts.append(VolumeMount(mount_path=path, volume_id=volume_id, name=vol.name,
+                                          read_only=vol._read_only))
+            overrides["volumes"] = mounts
+        return {"params": self._variant_params, "options": overrides}
 
     def _call_extra(self) -> dict[str, Any]:
-        return {"method": self._method_name} if self._method_name else {}
+        """What a new call says beside its arguments: the method of a class it runs, and inside a container the
+        input it is made from (the call graph links them)."""
+        from ._container_context import current_input_id
+
+        extra: dict[str, Any] = {"method": self._method_name} if self._method_name else {}
+        parent = current_input_id()
+        if parent is not None:
+            extra["parent_input_id"] = parent
+        return extra
 
     def _check_gen(self, generator_call: bool, what: str) -> Plan:
         """A plan: `what` (a call form) fits whether this is a generator function."""
@@ -328,6 +349,7 @@ class Function:
                            {**self._call_extra(), "kind": "map", "call_id": call_id})
         window = asyncio.Semaphore(MAP_WINDOW)
         total: list[int] = []  # set once the feeder has read every input
+        progress = map_progress(self._progress_label())
 
         async def feed() -> None:
             batch: list[list[Any]] = []
@@ -348,15 +370,24 @@ class Function:
                 if len(batch) >= MAP_BATCH or time.monotonic() - started > MAP_BATCH_WAIT_S:
                     await send(False)
             total.append(n)
+            progress.set_total(n)
             await send(True)
 
         feeder = asyncio.ensure_future(feed())
         after, received, next_idx = -1, 0, 0
         pending: dict[int, tuple[str, bytes | None]] = {}
+        stats_at = 0.0
         try:
             while not total or received < total[0]:
                 if feeder.done() and feeder.exception() is not None:
                     raise feeder.exception()  # type: ignore[misc]
+                if progress.active and time.monotonic() - stats_at >= 1.0:  # the line shows the containers
+                    stats_at = time.monotonic()
+                    try:
+                        stats = await client.acall("GET", f"/v1/functions/{fid}/stats")
+                        progress.set_containers(stats["num_total_runners"])
+                    except Exception:  # noqa: BLE001 - the progress line never fails the map
+                        pass
                 wait = 0.5 if not feeder.done() else POLL_S
                 resp = await client.acall("GET", f"/v1/calls/{call_id}/outputs?after={after}&timeout={wait}")
                 for seq, idx, status, data, final in resp["outputs"]:
@@ -365,6 +396,7 @@ class Function:
                         continue
                     received += 1
                     window.release()
+                    progress.input_done(status == "success")
                     if status != "success" and not return_exceptions:
                         _decode_output(status, data)
                     if not order_outputs:
@@ -382,6 +414,8 @@ class Function:
                 except Exception:  # noqa: BLE001 - best effort while already failing
                     pass
             raise
+        finally:
+            progress.close()
         await feeder
 
     @on_loop(refuse_in_loop=True)
@@ -416,20 +450,43 @@ class Function:
     @on_loop
     async def spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}) -> None:  # noqa: B006
         """Submit every input and return once they are all accepted; results are not retrievable."""
-        await arun_plan(self._check_gen(False, ".spawn_map()"))
+        await self._submit_map(input_iterators, kwargs, ".spawn_map()")
+
+    @on_loop
+    async def experimental_spawn_map(self, *input_iterators: Iterable[Any],
+                                     kwargs: dict[str, Any] = {}) -> FunctionCall:  # noqa: B006
+        """Submit every input; the FunctionCall returned gives each result: `.get(index=i)`, `.iter()`."""
+        call_id, n = await self._submit_map(input_iterators, kwargs, ".experimental_spawn_map()")
+        return FunctionCall(call_id, n)
+
+    async def _submit_map(self, input_iterators: tuple[Iterable[Any], ...], kwargs: dict[str, Any],
+                          what: str) -> tuple[str, int]:
+        """A map call with every input submitted (none of its results read): its id and number of inputs."""
+        await arun_plan(self._check_gen(False, what))
         client = get_client()
         call_id = new_call_id()
         await client.acall("POST", f"/v1/functions/{await arun_plan(self._fid_plan())}/calls",
                            {**self._call_extra(), "kind": "map", "call_id": call_id})
         batch: list[list[Any]] = []
         n = 0
-        async for args in _zip(input_iterators):
-            batch.append([n, ser.dumps_args(tuple(args), kwargs)])
-            n += 1
-            if len(batch) >= MAP_BATCH:
-                await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
-                batch = []
-        await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+        progress = map_progress(self._progress_label("spawn_map"), sent_only=True)
+        try:
+            async for args in _zip(input_iterators):
+                batch.append([n, ser.dumps_args(tuple(args), kwargs)])
+                n += 1
+                if len(batch) >= MAP_BATCH:
+                    await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": False})
+                    progress.inputs_sent(len(batch))
+                    batch = []
+            progress.set_total(n)
+            await client.acall("POST", f"/v1/calls/{call_id}/inputs", {"items": batch, "last": True})
+            progress.inputs_sent(len(batch))
+        finally:
+            progress.close()
+        return call_id, n
+
+    def _progress_label(self, verb: str = "map") -> str:
+        return f"{self._tag or 'function'}.{verb}"
 
     # -- variants: each a new, independent container pool ---------------------------------------------------
     def _variant(self, overrides: dict[str, Any], params: bytes | None = None) -> Function:
@@ -525,6 +582,21 @@ class Function:
         if not self._asks_for_web_url():
             return None
         return (yield from self._web_url_plan())
+
+    def _web_urls(self) -> dict[str, str]:
+        """What `shoal serve` lists: this web function's URL by its tag, or a class's web methods' URLs by
+        `Cls.method` (blocking)."""
+        info = self._cls_info
+        if info is None or self._function_id is None:
+            url = self.get_web_url()
+            return {self._tag: url} if url else {}
+        urls = {}
+        for name, spec in info.methods.items():
+            if spec.webhook is not None:
+                resp = get_client().call("GET", f"/v1/functions/{self._function_id}/web_url?method={quote(name)}")
+                if resp.get("url"):
+                    urls[f"{info.name}.{name}"] = resp["url"]
+        return urls
 
     @rpc
     def get_current_stats(self) -> Plan:
@@ -658,9 +730,13 @@ class FunctionCall:
         """Cancel every input of the call; none is retried."""
         yield ("POST", f"/v1/calls/{self._call_id}/cancel", {"terminate_containers": terminate_containers})
 
-    @on_loop
-    async def get_call_graph(self) -> list[Any]:
-        return []
+    @rpc
+    def get_call_graph(self) -> Plan:
+        """The inputs of this call, each with the inputs of the calls made while it ran (`InputInfo` trees)."""
+        from .call_graph import InputInfo
+
+        resp = yield ("GET", f"/v1/calls/{self._call_id}/graph", None)
+        return [InputInfo._from_wire(node) for node in resp["inputs"]]
 
     @staticmethod
     @on_loop

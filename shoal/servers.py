@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 ROUTING_REGIONS = ("us-east", "us-west", "eu-west", "ap-south")
 DEFAULT_ROUTING_REGION = "us-east"
+SESSION_START_WAIT_S = 25 * 60.0  # as Modal's client: a session start waits this long for a container
 # Server options shoal records but does not act on (the function options among them warn through build_options).
 _SERVER_NOT_YET_ENFORCED = ("h2_enabled", "routing_region", "compute_region")
 _NO_CALLS = ("remote", "remote_gen", "spawn", "map", "starmap", "for_each", "spawn_map", "local", "with_options",
@@ -324,30 +326,65 @@ class ServerAutoscalerManager:
         return ServerAutoscalerSettings._from_wire(resp["settings"])
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerSessionCredentials:
+    """A strict session (`Server.sessions.start()`): send `Modal-Authorization: Bearer <token>` with each request
+    to reach its container; the token also authenticates the request."""
+
+    session_id: str
+    token: str
+
+
 class ServerSessionsManager:
-    """`Server.sessions`: strict sticky sessions of a `@modal.sessioned()` Server."""
+    """`Server.sessions`: strict sessions of a `@modal.sessioned()` Server, each pinned to one container, which is
+    kept while the session lives. A session ends when terminated, after `idle_timeout` seconds without requests,
+    or with its container; its token then gets 410 (a token never issued: 404)."""
 
     def __init__(self, server: Server) -> None:
         self._server = server
 
-    def _check(self) -> None:
-        if self._server._service._lookup is not None:
-            self._server.hydrate()  # a looked-up Server: whether it is sessioned is known once resolved
-        config = self._server._service._server_config
+    def _fid_plan(self) -> Plan:
+        service = self._server._service
+        if service._lookup is not None:
+            yield from service._hydrate_plan()  # a looked-up Server: whether it is sessioned is known once resolved
+        config = service._server_config
         if config is not None and not config.sessioned:
             raise InvalidError("`sessions` requires `@modal.sessioned()` on the Server.")
-        raise InvalidError("Server sessions (`Server.sessions.start()` / `.terminate()`) are not supported by "
-                           "shoal yet; the `Modal-Session-ID` header gives best-effort sticky routing.")
+        service._check_hydratable()
+        return (yield from service._fid_plan())
 
-    def start(self, idle_timeout: int = 600) -> Any:
-        """Not supported by shoal yet (raises InvalidError)."""
-        if not isinstance(idle_timeout, int) or isinstance(idle_timeout, bool) or idle_timeout <= 0:
-            raise InvalidError("`idle_timeout` must be a positive integer.")
-        self._check()
+    @rpc
+    def start(self, idle_timeout: int = 600) -> Plan:
+        """A new session on one of the Server's containers (one is started when none is up; this waits for it,
+        up to SESSION_START_WAIT_S) -> ServerSessionCredentials."""
+        from ._spec.limits import SESSION_IDLE_S
 
-    def terminate(self, token: str) -> None:
-        """Not supported by shoal yet (raises InvalidError)."""
-        self._check()
+        if not isinstance(idle_timeout, int) or isinstance(idle_timeout, bool) or not (
+                SESSION_IDLE_S[0] <= idle_timeout <= SESSION_IDLE_S[1]):
+            raise InvalidError(f"`idle_timeout` must be a whole number of seconds in {SESSION_IDLE_S[0]}.."
+                               f"{SESSION_IDLE_S[1]}.")
+        fid = yield from self._fid_plan()
+        deadline = time.monotonic() + SESSION_START_WAIT_S
+        while True:
+            resp = yield ("POST", f"/v1/functions/{fid}/sessions", {"idle_timeout": idle_timeout})
+            if not resp.get("pending"):
+                return ServerSessionCredentials(session_id=resp["session_id"], token=resp["token"])
+            if time.monotonic() > deadline:
+                raise ExecutionError(f"no container of Server {self._server.name!r} became ready for a session "
+                                     f"within {SESSION_START_WAIT_S:g}s")
+
+    @rpc
+    def terminate(self, token: str) -> Plan:
+        """End the session of `token` (a session already ended, or unknown, counts as ended)."""
+        from .exception import NotFoundError
+
+        if not isinstance(token, str):
+            raise InvalidError("`token` must be the token of a session (a string)")
+        fid = yield from self._fid_plan()
+        try:
+            yield ("POST", f"/v1/functions/{fid}/sessions/terminate", {"token": token})
+        except NotFoundError:
+            pass
 
 
 class Server:

@@ -198,11 +198,12 @@ class BuiltImage(Struct):
 
 class VariantOverrides(Struct, omit_defaults=True):
     """`with_options(...)` in wire form (`_options.option_overrides`): options and extra merged over the
-    base's; secrets, when given, replace the base's."""
+    base's; secrets and volumes, when given, replace the base's."""
 
     options: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     secrets: list[SecretRef] | None = None
+    volumes: list[VolumeMount] | None = None
 
 
 class FunctionDefinition(Struct):

@@ -10,6 +10,7 @@ TIMEOUT_S: tuple[int, int] = (1, 24 * 3600)  # a function's `timeout` and `start
 # The longest one request waits in the control plane (results, outputs, queue gets and puts): longer waits are
 # several requests, so no proxy or load balancer on the way times a request out.
 MAX_WAIT_S = 50.0
+SESSION_IDLE_S: tuple[int, int] = (1, 24 * 3600)  # a Server session's `idle_timeout`
 
 # `modal.Retries`.
 RETRIES: tuple[int, int] = (0, 10)

@@ -13,6 +13,10 @@ A request is what `shoal._options.parse_gpu` produced: a list of `"MODEL"` or `"
 A container asking for `COUNT` GPUs gets that many of one model, lowest indices first, exclusively until it
 exits; `CUDA_VISIBLE_DEVICES` lists their indices, which are `nvidia-smi`'s (PCI bus order), so the backend
 also sets `CUDA_DEVICE_ORDER=PCI_BUS_ID`.
+
+A request no GPU of the machine could ever meet (none at all, or none of that model) fails the container's start
+at once with a message naming the development opt-in `SHOAL_GPU_FALLBACK=cpu`, which runs such functions on the
+CPU instead (`place`); waiting only makes sense where a matching GPU exists and is busy.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+FALLBACK_ENV = "SHOAL_GPU_FALLBACK"  # "cpu": run GPU functions on the CPU where no GPU could ever match (dev)
+FALLBACK_VALUES = ("", "off", "cpu")
 _LINE = re.compile(r"^GPU\s+(\d+):\s*(.+?)\s*(?:\(UUID:\s*([^)]+)\))?\s*$")
 
 # Models a request accepts, best first.
@@ -109,30 +116,72 @@ def describe_request(request: list[str]) -> str:
     return ", then ".join(request)
 
 
+def _fits_machine(item: str, gpus: list[Gpu]) -> list[Gpu]:
+    """The machine's GPUs that one request option could use if all were free (empty: it can never run here).
+    One model per container: a model must have `count` GPUs on its own."""
+    model, count = parse_request(item)
+    accepted = accepted_models(model)
+    group = [g for g in gpus if accepted is None or g.model in accepted]
+    sizes: dict[str, int] = {}
+    for g in group:
+        sizes[g.model] = sizes.get(g.model, 0) + 1
+    return [g for g in group if sizes[g.model] >= count]
+
+
+def _machine_listing(gpus: list[Gpu]) -> str:
+    have: dict[str, int] = {}
+    for g in gpus:
+        have[g.model] = have.get(g.model, 0) + 1
+    return ", ".join(f"{n}x {m}" for m, n in sorted(have.items()))
+
+
 def waiting_reason(request: list[str], gpus: list[Gpu], busy: set[int], note: str = "") -> str:
     """Why `request` cannot be met now, for users: no GPUs at all, none of that model, or all in use."""
     want = describe_request(request)
     if not gpus:
         return f"waiting for a GPU ({want}): this machine has no GPUs" + (f" ({note})" if note else "")
-    matching: set[int] = set()
-    for item in request:
-        model, count = parse_request(item)
-        accepted = accepted_models(model)
-        group = [g for g in gpus if accepted is None or g.model in accepted]
-        sizes: dict[str, int] = {}  # one model per container: a model must have `count` GPUs on its own
-        for g in group:
-            sizes[g.model] = sizes.get(g.model, 0) + 1
-        if not sizes or max(sizes.values()) < count:
-            continue
-        matching.update(g.index for g in group)
+    matching = {g.index for item in request for g in _fits_machine(item, gpus)}
     if not matching:
-        have: dict[str, int] = {}
-        for g in gpus:
-            have[g.model] = have.get(g.model, 0) + 1
-        listing = ", ".join(f"{n}x {m}" for m, n in sorted(have.items()))
-        return f"waiting for a GPU ({want}): this machine has {listing}, none that fit"
+        return f"waiting for a GPU ({want}): this machine has {_machine_listing(gpus)}, none that fit"
     in_use = len(matching & busy)
     return f"waiting for a GPU ({want}): {in_use} of {len(matching)} matching GPUs are in use"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What to do with a container asking for GPUs: give it `ids`, run it on the CPU (`cpu`), keep it pending
+    (`wait`, the reason), or fail its start (`fail`, the message)."""
+
+    ids: tuple[int, ...] = ()
+    cpu: bool = False
+    wait: str | None = None
+    fail: str | None = None
+
+
+def place(request: list[str], gpus: list[Gpu], busy: set[int], fallback: str = "", note: str = "") -> Placement:
+    """The decision for a container asking for `request` on one machine (the local backend). Waiting is for
+    GPUs that exist and are busy; a request no GPU here could ever meet fails at once, unless `fallback`
+    is "cpu" (SHOAL_GPU_FALLBACK, for developing GPU code on a machine without one)."""
+    ids = choose(request, gpus, busy)
+    if ids is not None:
+        return Placement(ids=tuple(ids))
+    if any(_fits_machine(item, gpus) for item in request):
+        return Placement(wait=waiting_reason(request, gpus, busy, note))
+    if fallback == "cpu":
+        return Placement(cpu=True)
+    want = describe_request(request)
+    have = f"has {_machine_listing(gpus)}" if gpus else "has no GPUs" + (f" ({note})" if note else "")
+    return Placement(fail=(
+        f"gpu={want!r} can never run here: this machine {have}. To run GPU functions on the CPU while "
+        f"developing, start the control plane with {FALLBACK_ENV}=cpu (e.g. `{FALLBACK_ENV}=cpu shoal up`)"))
+
+
+def fallback_setting(env: Mapping[str, str]) -> str:
+    """SHOAL_GPU_FALLBACK, checked: "" (off, the default), "off" or "cpu"."""
+    value = env.get(FALLBACK_ENV, "").strip().lower()
+    if value not in FALLBACK_VALUES:
+        raise ValueError(f"{FALLBACK_ENV} must be 'cpu' or 'off', not {value!r}")
+    return value
 
 
 def detect() -> tuple[list[Gpu], str]:
@@ -153,23 +202,22 @@ def detect() -> tuple[list[Gpu], str]:
 class GpuAllocator:
     """Which container holds which GPU, on one machine. Single-threaded (the control plane's event loop)."""
 
-    def __init__(self, gpus: list[Gpu], note: str = "") -> None:
+    def __init__(self, gpus: list[Gpu], note: str = "", fallback: str = "") -> None:
         self.gpus = gpus
         self.note = note
+        self.fallback = fallback
         self.held: dict[str, list[int]] = {}
 
     @property
     def busy(self) -> set[int]:
         return {i for ids in self.held.values() for i in ids}
 
-    def acquire(self, container_id: str, request: list[str]) -> list[int] | None:
-        ids = choose(request, self.gpus, self.busy)
-        if ids is not None:
-            self.held[container_id] = ids
-        return ids
-
-    def reason(self, request: list[str]) -> str:
-        return waiting_reason(request, self.gpus, self.busy, self.note)
+    def place(self, container_id: str, request: list[str]) -> Placement:
+        """`place()` for this machine; the GPUs given are held by `container_id` until `release`."""
+        decision = place(request, self.gpus, self.busy, self.fallback, self.note)
+        if decision.ids:
+            self.held[container_id] = list(decision.ids)
+        return decision
 
     def release(self, container_id: str) -> None:
         self.held.pop(container_id, None)

@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 from .._spec.config import home
+from . import egress
 from . import gpus as gpu_mod
 from .base import ContainerSpec, OutputSink, Unschedulable
 from .netns import open_netns, socket_in
+from .netpool import NetnsPool
 from .sandbox import (
     ID_COUNT,
     ISOLATION_ENV,
@@ -35,11 +37,11 @@ from .sandbox import (
     ContainerCgroup,
     Forwarding,
     Limits,
+    control_plane_ports,
     id_base,
     image_layers,
     interpreter_paths,
     launcher_argv,
-    loopback_ports,
     minimal_paths,
     newroot_dir,
     probe,
@@ -167,10 +169,11 @@ class LocalBackend:
 
     def __init__(self, python: str | None = None, max_containers: int | None = None,
                  isolation: str | None = None, state_dir: str | Path | None = None,
-                 known: dict | None = None) -> None:
+                 known: dict | None = None, netns_pool: int | None = None) -> None:
         """`known`: what an earlier backend on this machine found, to skip finding it again (the Ray backend
         makes one backend per container): {"availability": {...} (the isolation probe's result), "paths":
-        {interpreter: paths a container of it must see}}."""
+        {interpreter: paths a container of it must see}}. `netns_pool`: network namespaces with pasta kept ready
+        (netpool.py; default `SHOAL_NETNS_POOL`, 2)."""
         # The resolved interpreter, never a shim on PATH: a pyenv shim costs ~130 ms per start.
         self.python = python or sys.executable
         default_cap = max(4, 4 * (os.cpu_count() or 1))
@@ -191,8 +194,18 @@ class LocalBackend:
         self._live_cgroups: dict[str, ContainerCgroup] = {}
         atexit.register(self._remove_cgroups_at_exit)
         found, note = gpu_mod.detect()
-        self.gpus = gpu_mod.GpuAllocator(found, note)
+        self.gpus = gpu_mod.GpuAllocator(found, note, gpu_mod.fallback_setting(os.environ))
         self._newroot = newroot_dir()
+        self._said_cpu: set[str] = set()  # functions told once that they asked for more cores than there are
+        # Outbound network of sandboxed containers (egress.py): pasta, and what the installation allows anyway.
+        self.allowed_cidrs = egress.installation_allowed()
+        self.pasta = egress.find_pasta() if self.isolation == "sandbox" and egress.wanted() else None
+        self._resolv = egress.resolv_conf() if self.pasta else ""
+        pool_size = int(os.environ.get("SHOAL_NETNS_POOL", "2")) if netns_pool is None else netns_pool
+        self.netpool = (NetnsPool([self.pasta, *egress.PASTA_ARGS], pool_size)
+                        if self.pasta and self.availability.mode == "root" and pool_size > 0 else None)
+        if self.netpool is not None:
+            self.netpool.prime()
 
     # -- isolation -------------------------------------------------------------------------------------------
     def _exclude(self) -> list[str]:
@@ -239,15 +252,19 @@ class LocalBackend:
                 allowed = None
                 if python != self.python and image_root:
                     allowed = [image_root, os.path.dirname(os.path.realpath(image_root))]
-                self._paths[python] = await asyncio.to_thread(interpreter_paths, python, self._exclude(), allowed)
+                mode = self.availability.mode if self.isolation == "sandbox" else None
+                self._paths[python] = await asyncio.to_thread(interpreter_paths, python, self._exclude(), allowed,
+                                                              mode)
         return self._paths[python]
 
     def capacity(self) -> int:
         return self.max_containers
 
     def shutdown(self) -> None:
-        """Nothing to release: the control plane killed its containers, their cgroups go as they exit (and at
-        interpreter exit, `_remove_cgroups_at_exit`)."""
+        """The pool's namespaces go; the control plane killed its containers, their cgroups go as they exit (and
+        at interpreter exit, `_remove_cgroups_at_exit`)."""
+        if self.netpool is not None:
+            self.netpool.close()
 
     def _remove_cgroups_at_exit(self) -> None:
         """The control plane is exiting (its containers were killed): leave no cgroup behind."""
@@ -261,14 +278,24 @@ class LocalBackend:
         full_env = self._env(spec)
         release = []
         request = options.gpu
-        if request:
-            ids = self.gpus.acquire(container_id, list(request))
-            if ids is None:
-                raise Unschedulable(self.gpus.reason(list(request)))
+        placed = self.gpus.place(container_id, list(request)) if request else None
+        if placed is not None and placed.fail:
+            raise RuntimeError(placed.fail)  # never schedulable here: the start fails, and so do its calls
+        if placed is not None and placed.wait:
+            raise Unschedulable(placed.wait)
+        if placed is not None and placed.cpu and on_output is not None:
+            on_output(container_id, "system", f"no GPU here matches gpu={','.join(request)!r}: running on the CPU "
+                                              f"({gpu_mod.FALLBACK_ENV}=cpu)\n")
+        if placed is not None and placed.ids:
             release.append(lambda: self.gpus.release(container_id))
-            spec.gpus = [str(i) for i in ids]
+            spec.gpus = [str(i) for i in placed.ids]
             full_env["CUDA_VISIBLE_DEVICES"] = full_env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
             full_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi numbers them
+        short = cpu_shortfall(options.cpu, os.cpu_count() or 1)
+        said = f"{spec.definition.variant_of or spec.function_id} {short}"  # once per function (its variants too)
+        if short and on_output is not None and said not in self._said_cpu:
+            self._said_cpu.add(said)
+            on_output(container_id, "system", short + "\n")
         cgroup = None
         try:
             if self.cgroups.available:
@@ -305,6 +332,9 @@ class LocalBackend:
         if spec.volumes:
             raise RuntimeError(f"a volume is mounted at {spec.volumes[0][0]}, which needs the sandbox; containers "
                                f"here are plain processes ({self.availability.reason})")
+        if _network_limited(spec):
+            raise RuntimeError(f"block_network and outbound_cidr_allowlist need the sandbox; containers here are "
+                               f"plain processes ({self.availability.reason})")
         source_dir = spec.source_dir
         if source_dir:
             full_env["PYTHONPATH"] = source_dir + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -350,8 +380,23 @@ class LocalBackend:
         env["USER"] = env["LOGNAME"] = "root"
         env["TMPDIR"] = "/tmp"
         env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        forwards = {**self.forward_ports, **loopback_ports(env)}
-        rewrite_server_url(env, forwards)
+        blocked = _blocks_network(spec)
+        if blocked:
+            forwards: dict[int, tuple[str, int]] = {}  # not even the control plane's URL: only its channel
+        else:
+            forwards = {**self.forward_ports, **control_plane_ports(env)}
+            rewrite_server_url(env, forwards)
+        net = None
+        if self.pasta and not blocked:
+            allow = None
+            if spec.outbound_cidr_allowlist is not None:
+                allow = egress.parse_cidrs(spec.outbound_cidr_allowlist, "outbound_cidr_allowlist")
+            rules = egress.egress_rules(allow, self.allowed_cidrs, egress.host_addresses())
+            net = {"pasta": [self.pasta, *egress.PASTA_ARGS], "rules": rules}
+            pooled = self.netpool.take() if self.netpool is not None else None
+            if pooled is not None:
+                release.append(pooled.release)
+                net["netns_fd"] = pooled.fd
         control = env.get("SHOAL_CONTROL", "")
 
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -359,7 +404,7 @@ class LocalBackend:
             "mode": self.availability.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT,
             "newroot": self._newroot, "hostname": spec.container_id[:63],
             "ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask, "devices": devices,
-            "volumes": [list(v) for v in spec.volumes],
+            "volumes": [list(v) for v in spec.volumes], "net": net, "resolv": self._resolv if net else "",
             "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
             "cgroup_dirs": cgroup.dirs if cgroup else [], "cgroup_homes": cgroup.homes if cgroup else [],
             "control": control[5:] if control.startswith("unix:") else None,
@@ -374,7 +419,8 @@ class LocalBackend:
             proc = await asyncio.create_subprocess_exec(
                 *launcher_argv(self.python, cfg),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env, cwd="/", start_new_session=True, pass_fds=(child_end.fileno(),),
+                env=env, cwd="/", start_new_session=True,
+                pass_fds=(child_end.fileno(), *([net["netns_fd"]] if net and "netns_fd" in net else [])),
             )
         except BaseException:
             parent_end.close()
@@ -411,6 +457,14 @@ IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal
              "    pass\nwhile True:\n    signal.pause()\n")
 
 
+def _blocks_network(spec: ContainerSpec) -> bool:
+    return spec.block_network or spec.definition.options.extra.get("block_network") is True
+
+
+def _network_limited(spec: ContainerSpec) -> bool:
+    return _blocks_network(spec) or spec.outbound_cidr_allowlist is not None
+
+
 def tcp_address(address: str) -> tuple[str, int]:
     """`tcp://host:port` (`tcp://[::1]:port` for IPv6) → (host, port)."""
     host, _, port = address.removeprefix("tcp://").rpartition(":")
@@ -433,3 +487,12 @@ async def _pump(stream: asyncio.StreamReader | None, container_id: str, fd: str,
             return
         if sink is not None:
             sink(container_id, fd, chunk.decode("utf-8", "replace"))
+
+
+def cpu_shortfall(cpu: float | list[float] | tuple[float, ...] | None, cores: int) -> str | None:
+    """What a function asking for more cores than this machine has gets, said once (None when it fits)."""
+    asked = float(cpu[0]) if isinstance(cpu, (list, tuple)) else cpu
+    if asked is None or asked <= cores:
+        return None
+    return (f"cpu={asked:g} asked, but this machine has {cores} core{'s' if cores != 1 else ''}: its containers "
+            f"share those {cores} (no more than {cores} at once)")

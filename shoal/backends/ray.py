@@ -291,7 +291,7 @@ class ContainerActor:
             os.environ[k] = v
         os.environ["SHOAL_HOME"] = s["state_dir"]
         cache = _NodeCache(os.environ.get("SHOAL_ISOLATION", "auto"))
-        backend = LocalBackend(state_dir=s["state_dir"], known=cache.load())
+        backend = LocalBackend(state_dir=s["state_dir"], known=cache.load(), netns_pool=0)  # one container each
         same_machine = self.node_ip == s["control_ip"]
         backend.forward_ports = {port: (host if same_machine or host not in _LOOPBACK else s["control_ip"], p)
                                  for port, (host, p) in s["forward_ports"].items()}

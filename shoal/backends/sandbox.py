@@ -126,16 +126,26 @@ def _python_home(prefix: str) -> bool:
     return bool(glob.glob(os.path.join(prefix, "lib", "python3*", "os.py")))
 
 
-def interpreter_paths(python: str, exclude: list[str] = (), allowed: list[str] | None = None) -> list[str]:
+def interpreter_paths(python: str, exclude: list[str] = (), allowed: list[str] | None = None,
+                      sandbox_mode: str | None = None) -> list[str]:
     """What a container running `python` must see: its prefixes, its sys.path, the shoal package.
 
     `allowed`: for an image's interpreter, whose `.pth` files and venv a build step could have written, only paths
     below these directories (the image's trees), the shoal package, and the installation the interpreter binary
-    belongs to are exposed; the control plane's own interpreter (None) is trusted."""
+    belongs to are exposed; the control plane's own interpreter (None) is trusted. `sandbox_mode` ("root",
+    "rootless"): the interpreter is asked inside a sandbox seeing only those trees, without network, never on the
+    host (its site-packages may hold a build command's `.pth` file, which Python runs at start)."""
     real = os.path.realpath(python)
     own = [os.path.dirname(os.path.dirname(python)), os.path.dirname(os.path.dirname(real))]
+    argv = [python, "-I", "-c", _PATHS_CODE]
+    if sandbox_mode and allowed is not None:
+        ro = minimal_paths([*own, *allowed, SHOAL_PACKAGE_DIR], exclude)
+        cfg = {"mode": sandbox_mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
+               "hostname": "paths", "ro": ro, "argv": argv, "cwd": "/"}
+        argv = launcher_argv(sys.executable, cfg)
     try:
-        out = subprocess.run([python, "-I", "-c", _PATHS_CODE], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")} if sandbox_mode else None)
         paths = json.loads(out.stdout.splitlines()[0]) if out.stdout.strip() else []
     except (OSError, ValueError, subprocess.TimeoutExpired):
         paths = []
@@ -498,11 +508,13 @@ class Cgroups:
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 
-def loopback_ports(env: dict[str, str]) -> dict[int, tuple[str, int]]:
-    """Ports of http(s) URLs in a container's environment that point at this machine: inside the container's
-    network namespace they must lead to the host's port. Returns {port inside: (host, port) outside}."""
+def control_plane_ports(env: dict[str, str]) -> dict[int, tuple[str, int]]:
+    """Ports of the control plane's own URLs (`SHOAL_SERVER_URL`: one, or replicas separated by commas) on this
+    machine: inside the container's network namespace they lead to the host's port. Nothing else of the host's
+    loopback is forwarded, whatever other URLs the environment holds. Returns {port inside: (host, port)}."""
     out: dict[int, tuple[str, int]] = {}
-    for value in env.values():
+    for value in (env.get("SHOAL_SERVER_URL") or "").split(","):
+        value = value.strip()
         if not value.startswith(("http://", "https://")):
             continue
         try:

@@ -10,6 +10,7 @@ import click
 from .app_cmds import app_group
 from .container_cmds import container_group, function_group
 from .controlplane_cmds import down, status, up
+from .dashboard_cmds import dashboard
 from .deploy_cmds import deploy
 from .exec_cmds import container_exec, shell
 from .run import run
@@ -43,6 +44,7 @@ cli.add_command(serve)
 cli.add_command(up)
 cli.add_command(down)
 cli.add_command(status)
+cli.add_command(dashboard)
 cli.add_command(app_group)
 cli.add_command(container_group)
 cli.add_command(function_group)

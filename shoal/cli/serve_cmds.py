@@ -242,16 +242,13 @@ def reload_main(argv: list[str]) -> int:
 
 
 def _web_url_lines(app: Any) -> Iterator[str]:
-    """`tag => URL` for each web function (Functions without `get_web_url`, or that say None, are skipped)."""
-    for tag, fn in app.registered_functions.items():
-        get_url = getattr(fn, "get_web_url", None)
-        if not callable(get_url):
-            continue
+    """`tag => URL` for each web function and each web method of a class (`Cls.method => URL`)."""
+    for fn in app.registered_functions.values():
         try:
-            url = get_url()
+            urls = fn._web_urls()
         except Exception:  # noqa: BLE001 - a URL we cannot get is not worth stopping the app for
             continue
-        if url:
+        for tag, url in urls.items():
             yield f"  {tag} => {url}"
 
 

@@ -7,7 +7,6 @@ Acknowledgements wait for the store's group commit.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import time
 from collections.abc import Callable
@@ -17,9 +16,13 @@ import msgspec
 from aiohttp import web
 
 from .._spec.definitions import VariantOverrides
-from .._spec.limits import MAX_WAIT_S
+from .._spec.limits import MAX_WAIT_S, SESSION_IDLE_S
+from .core import call_graph
 from .core.model import AppState, Call, Pool, new_id
+from .dashboard import mount as mount_dashboard
 from .definitions import from_request
+from .gate import Gate
+from .idempotency import is_retry
 from .rest import ApiError, Handler, body_of, query_float, query_int, reply
 from .store import apps as app_rows
 from .store import calls as call_rows
@@ -41,7 +44,7 @@ class Api:
         self.deployments = deployments
         self.definitions = definitions
         self.proxy = proxy
-        self.token = token.encode()
+        self.gate = Gate(token, core.registry, definitions.images, replicated=core.replicas is not None)
         self.on_shutdown = on_shutdown
         self.started_at = time.time()
 
@@ -67,6 +70,9 @@ class Api:
         r.add_get("/v1/calls/{call_id}/outputs", self.get_outputs)
         r.add_get("/v1/calls/{call_id}/result", self.get_result)
         r.add_get("/v1/calls/{call_id}", self.get_call)
+        r.add_get("/v1/calls/{call_id}/graph", self.call_graph)
+        r.add_post("/v1/functions/{function_id}/sessions", self.start_session)
+        r.add_post("/v1/functions/{function_id}/sessions/terminate", self.terminate_session)
         r.add_post("/v1/calls/{call_id}/cancel", self.cancel_call)
         r.add_get("/v1/containers", self.list_containers)
         r.add_get("/v1/functions/{function_id}/autoscaler", self.get_autoscaler)
@@ -76,6 +82,7 @@ class Api:
         r.add_get("/v1/containers/{container_id}", self.get_container)
         r.add_post("/v1/functions/{function_id}/shell", self.start_shell)
         self.deployments.add_routes(r)
+        mount_dashboard(app, self)  # /metrics and /dashboard/ (docs/observability.md)
         return app
 
     # -- middleware ------------------------------------------------------------------------------------------
@@ -90,11 +97,8 @@ class Api:
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/v1/health":
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-            if not hmac.compare_digest(given, self.token):
-                raise ApiError(401, "missing or wrong token (see SHOAL_HOME/token)", "AuthError")
-        return await handler(request)
+        """The admin token, or a container's own credential within what access.py allows it (gate.py)."""
+        return await self.gate.admit(request, handler)
 
     # -- server ----------------------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -218,7 +222,12 @@ class Api:
         if not isinstance(call_id, str) or not call_id.startswith("fc-"):
             raise ApiError(400, "call_id must be a string starting with 'fc-'")
         method = self._check_method(pool, body.get("method"))
-        call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.get("args"), method)
+        if is_retry(request) and call_id not in self.registry.calls:
+            done = await self._finished_call(call_id)
+            if done is not None:
+                return reply(done)
+        call, ticket = await self.core.calls.create_call(pool, call_id, kind, body.get("args"), method,
+                                                         parent_input=body.get("parent_input_id"))
         if kind != "remote":
             await self.core.store.flushed(ticket)
             return reply({"call_id": call.id})
@@ -226,6 +235,14 @@ class Api:
         if result is None:
             return reply({"call_id": call.id, "pending": True})
         return reply({"call_id": call.id, "status": result[0], "data": result[1]})
+
+    async def _finished_call(self, call_id: str) -> dict[str, Any] | None:
+        """A resent call this control plane finished and let go of (before a restart, say): its reply, so the
+        call does not run twice; None for a call it never had."""
+        if await call_rows.summary(self.core.store, call_id) is None:
+            return None
+        final = await call_rows.final_output(self.core.store, call_id, 0)
+        return {"call_id": call_id, **({"status": final[0], "data": final[1]} if final else {"pending": True})}
 
     @staticmethod
     def _check_method(pool: Pool, method: Any) -> str | None:
@@ -258,12 +275,14 @@ class Api:
             raise ApiError(400, "options must be a map of overrides")
         unknown = [k for k in overrides.get("options", {}) if k not in OVERRIDABLE_OPTIONS] + \
             [k for k in overrides.get("extra", {}) if k not in OVERRIDABLE_EXTRA] + \
-            [k for k in overrides if k not in ("options", "extra", "secrets")]
+            [k for k in overrides if k not in ("options", "extra", "secrets", "volumes")]
         if unknown:
             raise ApiError(400, f"these options cannot be overridden: {', '.join(map(str, unknown))}")
         try:
             typed = msgspec.convert(overrides, VariantOverrides)
             await self.core.secrets.check(typed.secrets or [])
+            if typed.volumes is not None:  # paths normalised, volumes exist, this control plane can mount them
+                await self.definitions.volumes.check(msgspec.structs.replace(pool.definition, volumes=typed.volumes))
             function_id = await self.core.variants.create_variant(pool, params, typed)
         except msgspec.ValidationError as exc:
             raise ApiError(400, f"invalid option override: {str(exc).replace('`$', '`options')}") from exc
@@ -302,6 +321,8 @@ class Api:
         if call.kind != "map":
             raise ApiError(400, "inputs can only be added to map calls")
         body = await body_of(request, "items")
+        if call.received is None:  # every input is in: a resent last batch
+            return reply({"ok": True})
         items = body["items"]
         if not isinstance(items, list) or not all(
             isinstance(i, list) and len(i) == 2 and isinstance(i[0], int) and isinstance(i[1], bytes) for i in items
@@ -313,11 +334,11 @@ class Api:
 
     async def get_outputs(self, request: web.Request) -> web.Response:
         call = self._call(request)
-        if call is None:
-            raise ApiError(404, f"call {request.match_info['call_id']} not found", "NotFoundError")
         after = query_int(request, "after", -1)
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         limit = query_int(request, "limit", 1000)
+        if call is None:  # finished before a restart while its reader was behind: what it has not read yet
+            return reply(await self._stored_outputs(request.match_info["call_id"], after, limit))
         if after < call.recovered_seq:
             # Outputs committed before a restart or a takeover, which this reader has not seen yet.
             outputs = await call_rows.outputs_between(self.core.store, call.id, after, call.recovered_seq, limit)
@@ -328,17 +349,31 @@ class Api:
         done = call.drained and (not outputs or outputs[-1][0] == call.published)
         return reply({"outputs": [list(o) for o in outputs], "done": done})
 
+    async def _stored_outputs(self, call_id: str, after: int, limit: int) -> dict[str, Any]:
+        summary = await call_rows.summary(self.core.store, call_id)
+        if summary is None:
+            raise ApiError(404, f"call {call_id} not found", "NotFoundError")
+        if summary[2] == "expired":
+            raise ApiError(410, f"the outputs of {call_id} have expired", "OutputExpiredError")
+        outputs = await call_rows.outputs_between(self.core.store, call_id, after, 2**62, limit)
+        return {"outputs": [list(o) for o in outputs], "done": summary[2] != "running" and len(outputs) < limit}
+
     async def get_result(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
         index = query_int(request, "index", 0)
         timeout = min(query_float(request, "timeout", 0), MAX_WAIT_S)
         call = self.registry.calls.get(call_id)
-        if call is not None:
+        if call is not None and call.keeps_results:
             result = await self.core.outputs.wait_result(call, index, timeout)
             if result is None:
                 return reply({"pending": True})
             return reply({"status": result[0], "data": result[1]})
         stored = await call_rows.final_output(self.core.store, call_id, index)
+        if call is not None and stored is None and timeout > 0 and not call.finished:
+            # An input of a spawned map (`experimental_spawn_map`): map calls keep no results in memory; wait
+            # for the call's next output, then look in the store again.
+            await self.core.outputs.wait_outputs(call, call.published, timeout, 1)
+            stored = await call_rows.final_output(self.core.store, call_id, index)
         if stored is not None:
             return reply({"status": stored[0], "data": stored[1]})
         summary = await call_rows.summary(self.core.store, call_id)
@@ -359,6 +394,51 @@ class Api:
             raise ApiError(404, f"function call {call_id} not found", "NotFoundError")
         kind, num_inputs, state = summary
         return reply({"call_id": call_id, "kind": kind, "num_inputs": num_inputs, "state": state})
+
+    async def call_graph(self, request: web.Request) -> web.Response:
+        """`FunctionCall.get_call_graph()`: the call's inputs with the calls made from them (call_graph.py)."""
+        call_id = request.match_info["call_id"]
+        call = self.registry.calls.get(call_id)
+        if call is not None:
+            call.last_active = time.monotonic()
+            return reply({"inputs": call_graph.graph(call)})
+        summary = await call_rows.summary(self.core.store, call_id)
+        if summary is None:
+            raise ApiError(404, f"function call {call_id} not found", "NotFoundError")
+        inputs = []  # no longer in memory: its inputs' final statuses from the store, without children
+        for idx in range(min(summary[1] or 0, call_graph.STORED_INPUTS)):
+            final = await call_rows.final_output(self.core.store, call_id, idx)
+            inputs.append(call_graph.stored_node(call_id, idx, final[0] if final else "pending"))
+        return reply({"inputs": inputs})
+
+    def _sessioned(self, request: web.Request) -> Pool:
+        pool = self._pool(request)
+        if pool.server is None or not pool.server.sessioned:
+            raise ApiError(400, f"{pool.tag!r} is not a `@modal.sessioned()` Server", "InvalidError")
+        return pool
+
+    async def start_session(self, request: web.Request) -> web.Response:
+        """`Server.sessions.start()`: a session pinned to one container (core/server_sessions.py), waiting up to
+        `wait` seconds for a ready one (then `pending`: the client asks again)."""
+        pool = self._sessioned(request)
+        body = await body_of(request, "idle_timeout")
+        idle, wait = body["idle_timeout"], body.get("wait", MAX_WAIT_S)
+        if not isinstance(idle, int) or isinstance(idle, bool) or not SESSION_IDLE_S[0] <= idle <= SESSION_IDLE_S[1]:
+            raise ApiError(400, f"idle_timeout must be a whole number of seconds in {SESSION_IDLE_S[0]}.."
+                                f"{SESSION_IDLE_S[1]}", "InvalidError")
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait < 0:
+            raise ApiError(400, "wait must be a non-negative number of seconds")
+        got = await self.core.web.start_session(pool, idle, min(float(wait), MAX_WAIT_S))
+        return reply({"pending": True} if got is None else {"session_id": got[0], "token": got[1]})
+
+    async def terminate_session(self, request: web.Request) -> web.Response:
+        """`Server.sessions.terminate(token)`: 404 when this Server has no such live session."""
+        pool = self._sessioned(request)
+        body = await body_of(request, "token")
+        if not isinstance(body["token"], str) or not self.core.web.sessions.terminate(pool.function_id,
+                                                                                        body["token"]):
+            raise ApiError(404, "no such session of this Server", "NotFoundError")
+        return reply({"ok": True})
 
     async def cancel_call(self, request: web.Request) -> web.Response:
         call = self._call(request)

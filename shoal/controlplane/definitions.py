@@ -58,9 +58,9 @@ class Definitions:
 
     def materialise(self, sha: str) -> str:
         """Unpack a source tarball once per machine; containers run with it as working directory."""
+        blob = self.blob_path(sha)  # checks the id first: the path is derived from it
         target = self.source_dir / sha
         if not target.exists():
-            blob = self.blob_path(sha)
             if not blob.exists():
                 raise ApiError(400, f"source blob {sha} was not uploaded")
             tmp = self.source_dir / f".{sha}.{os.getpid()}.tmp"

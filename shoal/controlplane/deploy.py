@@ -111,6 +111,7 @@ class Deployments:
         self.check_strategy(strategy)
         defs = from_request(body["functions"])
         tag = body.get("tag") or ""
+        self.core.router.check_claims(None, name, "deployed", defs)  # before an app is made or images built
         async with self._lock(name):
             app = self._deployed(name)
             created = app is None
@@ -131,6 +132,7 @@ class Deployments:
     async def _apply(self, app: AppState, defs: list[FunctionDefinition], strategy: str, tag: str,
                      rollback_of: int | None) -> tuple[int, dict[str, str]]:
         """Make `defs` the app's next version."""
+        self.core.router.check_claims(app.id, app.name, app.mode, defs)  # before any function of it stops
         version = self.versions.get(app.id, 0) + 1
         for d in defs:
             d.generation = version

@@ -34,6 +34,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import sysconfig
 import tarfile
 import time
@@ -48,6 +49,8 @@ from .._spec.config import package_dir
 from .._spec.definitions import ImageSpec
 from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
+from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox
+from ..backends.sandbox import SYSTEM_DIRS
 from ..exception import ImageBuildError, InvalidError
 
 Log = Callable[[str], None]
@@ -65,6 +68,9 @@ _BUILD_ENV_DROP = {"UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "UV_SYSTEM_PYTHON"}
 # Web functions: the runtime serves ASGI/WSGI apps itself (uvicorn with httptools and websockets; a2wsgi for
 # WSGI), whatever the image installs. An image's own versions of these come first on its path.
 WEB_REQUIREMENTS = ["uvicorn>=0.30", "httptools>=0.6", "websockets>=12", "a2wsgi>=1.10"]
+
+
+WARM_IMPORTS = "import shoal.runtime.worker, shoal.app, shoal.functions, shoal.cls, cloudpickle, msgpack, tblib"
 
 
 def _runtime_requirements() -> list[str]:
@@ -183,10 +189,10 @@ def check_spec(spec: ImageSpec) -> ImageSpec:
     for step in spec.steps:
         if not isinstance(step, dict) or step.get("kind") not in STEP_KINDS or not isinstance(step.get("repr"), str):
             raise InvalidError(f"invalid image step {step!r}")
-        remote = step.get("remote_path", step.get("path"))
-        if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
-                                   or ".." in PurePosixPath(remote).parts):
-            raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
+        for remote in (step.get("remote_path"), step.get("path")):  # each a path inside the image
+            if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
+                                       or ".." in PurePosixPath(remote).parts):
+                raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
         if "sha" in step and not (isinstance(step["sha"], str) and re.fullmatch(r"[0-9a-f]{64}", step["sha"])):
             raise InvalidError(f"invalid blob id in {step['repr']}")
         for key, kind in _FIELD_TYPES.items():
@@ -215,6 +221,7 @@ class _Build:
     apt: bool = False
     step_no: int = 0
     step_repr: str = ""
+    interpreter: str = ""  # what starting the venv's Python runs (_interpreter_fingerprint), as the host last saw it
 
     @property
     def venv(self) -> Path:
@@ -263,6 +270,7 @@ class ImageBuilder:
         self._pythons: dict[str, tuple[str, str, str]] = {}
         self._discovery_path: str | None = None
         self.builds = 0  # images built (cache misses) by this builder
+        self.sandbox = BuildSandbox(str(state_dir))  # where run_commands runs
         try:
             from uv import find_uv_bin
 
@@ -400,6 +408,11 @@ class ImageBuilder:
             script.write_text('#!/bin/sh\nexec "$(dirname -- "$0")/python" -m pip "$@"\n')
             script.chmod(0o755)
         b.files.mkdir()
+        # Bytecode of what a container's runtime imports, compiled now, on the host, while the venv holds nothing of
+        # the user's: later the image's interpreter only ever runs sandboxed (its trees read-only there).
+        await self._exec([b.python, "-I", "-c", WARM_IMPORTS], env=_build_env({"PATH": STANDARD_PATH}), cwd=b.root,
+                         log=None)
+        b.interpreter = _interpreter_fingerprint(b.venv)
 
     async def _runtime_dir(self, b: _Build, python: str, full_version: str, soabi: str) -> Path:
         """The container runtime's packages (and pip) for one interpreter, shared by its images: copied from
@@ -549,13 +562,29 @@ class ImageBuilder:
         return debs
 
     async def _step_run_commands(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
-        cwd = b.files / (b.workdir or "/root").lstrip("/")
+        """Each command in a build sandbox (backends/build_sandbox.py), never on the host: writes to /etc, /root,
+        the venv, … land in the image. Without sandboxes only an unprivileged control plane runs them, as the
+        plain processes its containers are then; as root it refuses."""
+        workdir = b.workdir or "/root"
+        cwd = b.files / workdir.lstrip("/")
         cwd.mkdir(parents=True, exist_ok=True)
         env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
-        for cmd in step["commands"]:
-            b.log(f"$ {cmd}\n")
-            bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
-            await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
+        bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
+        avail = await asyncio.to_thread(self.sandbox.availability)
+        if avail.isolation != "sandbox" and os.geteuid() == 0:
+            self._fail(b, f"run_commands runs in a sandbox, and containers cannot be sandboxed here "
+                          f"({avail.reason}); it never runs on the host as root")
+        try:
+            for cmd in step["commands"]:
+                b.log(f"$ {cmd}\n")
+                if avail.isolation != "sandbox":
+                    await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
+                    continue
+                argv = await asyncio.to_thread(self.sandbox.argv, str(b.root), b.python, [bash, "-c", cmd], workdir)
+                inside = {**env, "HOME": "/root", "TMPDIR": "/tmp", "USER": "root", "LOGNAME": "root"}
+                await self._checked(b, argv, env=inside, cwd=Path("/"))
+        finally:
+            await asyncio.to_thread(_tidy_build_layers, b.root)
 
     async def _step_env(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
         """As Docker's ENV: `$NAME` / `${NAME}` expand to the image's value so far (e.g. PATH=/opt/x:$PATH)."""
@@ -597,7 +626,22 @@ class ImageBuilder:
     # -- processes -------------------------------------------------------------------------------------------
     async def _uv(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None = None) -> None:
         """Run uv: offline first (a warm cache then costs milliseconds, with no index round trip), online when
-        the cache lacks something; a forced step goes online and refreshes what it installs."""
+        the cache lacks something; a forced step goes online and refreshes what it installs.
+
+        uv starts the venv's Python on the host: refused when a build command (sandboxed) changed what that runs
+        at start (a `.pth` file, `sitecustomize`, `pyvenv.cfg`, the interpreter's link)."""
+        if b.interpreter and await asyncio.to_thread(_interpreter_fingerprint, b.venv) != b.interpreter:
+            self._fail(b, "a run_commands step before this one changed what the image's Python runs when it starts "
+                          "(a .pth file, sitecustomize, pyvenv.cfg or bin/python), and this step would start it on "
+                          "the host: install these packages before the run_commands step, or with "
+                          "`python -m pip install` inside it")
+        try:
+            await self._uv_run(b, args, forced, env)
+        finally:
+            if b.venv.is_dir():
+                b.interpreter = await asyncio.to_thread(_interpreter_fingerprint, b.venv)
+
+    async def _uv_run(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None) -> None:
         full_env = _build_env({"PATH": self._discovery_path or STANDARD_PATH, **(env or {})})
         argv = [self.uv, *args]
         if forced:
@@ -655,6 +699,52 @@ class ImageBuilder:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _interpreter_fingerprint(venv: Path) -> str:
+    """A digest of what starting the venv's Python runs besides the standard library."""
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(str(venv / "bin" / "python*")) + [str(venv / "pyvenv.cfg")]):
+        h.update(path.encode())
+        h.update(os.readlink(path).encode() if os.path.islink(path) else _digest(path))
+    for site in sorted(glob.glob(str(venv / "lib" / "python3*" / "site-packages"))):
+        for name in sorted(os.listdir(site)):
+            if name.endswith(".pth") or name.startswith(("sitecustomize", "usercustomize")):
+                h.update(name.encode())
+                h.update(_digest(os.path.join(site, name)))
+    return h.hexdigest()
+
+
+def _digest(path: str) -> bytes:
+    try:
+        if os.path.isdir(path):
+            return b"dir"
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:
+        return b"?"
+
+
+def _tidy_build_layers(root: Path) -> None:
+    """After build commands: no set-user/group-id file they made stays in the image's trees (they wrote there as
+    the host's root, through an idmapped mount); what the build sandbox made and left empty goes (each system
+    dir in files/ costs containers an overlay)."""
+    for top in (root / "files", root / "venv"):
+        for dirpath, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                        os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                except OSError:
+                    pass
+    shutil.rmtree(root / "build" / "overlay-work", ignore_errors=True)
+    for d in (*SYSTEM_DIRS, *ALWAYS_WRITABLE):
+        try:
+            (root / "files" / d.lstrip("/")).rmdir()
+        except OSError:
+            pass  # not empty (the build wrote there), or not there
 
 
 def _missing(image_id: str) -> ContainerImage:

@@ -34,6 +34,7 @@ from .core.model import new_id
 from .definitions import Definitions
 from .deploy import Deployments
 from .images import ImageBuilder
+from .logfmt import configure_logging
 from .objects import Objects
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
@@ -147,7 +148,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         tcp_port = tcp_sock.getsockname()[1]
         host_part = backend.control_ip
         control_address = f"tcp://[{host_part}]:{tcp_port}" if ":" in host_part else f"tcp://{host_part}:{tcp_port}"
-    core = build_core(store, backend, state_dir, ControlPlaneAddress(control_address, url, token),
+    core = build_core(store, backend, state_dir, ControlPlaneAddress(control_address, url),
                       replica_id=replica_id,
                       warm_size=0 if backend.name != "local" else None)  # warm sources live on this disk
     replicas = core.replicas
@@ -239,10 +240,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
 
 def run(host: str = "127.0.0.1", port: int = 0, state_dir: Path | None = None, replica: bool = False,
         backend: str | None = None, ray_address: str | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("SHOAL_LOGLEVEL", "WARNING"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if "SHOAL_LOGLEVEL" not in os.environ:
-        logging.getLogger("shoal.autoscaler").setLevel(logging.INFO)  # its decisions, with their inputs
+    configure_logging()  # SHOAL_LOGLEVEL, SHOAL_LOG_FORMAT=json (controlplane/logfmt.py)
     try:
         import uvloop
 

@@ -21,8 +21,9 @@ from aiohttp import web
 
 from .._spec.limits import MAX_WAIT_S
 from .core.model import new_id
+from .idempotency import request_key
 from .rest import ApiError, body_of, query_int, reply
-from .store import Store, dicts, objects, queues
+from .store import Store, dicts, idempotency, objects, queues
 
 KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # volumes' files: controlplane/volumes.py
 DICT_TTL_S = 7 * 24 * 3600  # entries untouched this long expire
@@ -35,10 +36,11 @@ SHARED_POLL_S = 0.1  # how often a blocked getter of a replica looks for items p
 
 
 class _Getter:
-    __slots__ = ("n", "future", "taken")
+    __slots__ = ("n", "key", "future", "taken")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, key: str | None) -> None:
         self.n = n
+        self.key = key  # the idempotency key of its request: what a put hands it is kept under it
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.taken = False  # chosen by a put to receive items; it must take them
 
@@ -128,7 +130,7 @@ class Objects:
     async def dict_put(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "key", "value")
         created = await dicts.put(self.store, object_id, body["key"], body["value"],
-                                  skip_if_exists=bool(body.get("skip_if_exists")))
+                                  skip_if_exists=bool(body.get("skip_if_exists")), idem=request_key(request))
         return reply({"created": created})
 
     async def dict_update(self, request: web.Request) -> web.Response:
@@ -139,17 +141,17 @@ class Objects:
             raise ApiError(400, "items must be a list of [key, value] byte pairs")
         if len(items) > MAX_UPDATE:
             raise ApiError(413, f"at most {MAX_UPDATE} entries per update", "RequestSizeError")
-        await dicts.update(self.store, object_id, [(k, v) for k, v in items])
+        await dicts.update(self.store, object_id, [(k, v) for k, v in items], request_key(request))
         return reply({"ok": True})
 
     async def dict_pop(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, "key")
-        value = await dicts.pop(self.store, object_id, body["key"])
+        value = await dicts.pop(self.store, object_id, body["key"], request_key(request))
         return reply({"found": value is not None, "value": value})
 
     async def dict_clear(self, request: web.Request) -> web.Response:
         object_id, _ = await self._dict_body(request)
-        await dicts.clear(self.store, object_id)
+        await dicts.clear(self.store, object_id, request_key(request))
         return reply({"ok": True})
 
     async def dict_len(self, request: web.Request) -> web.Response:
@@ -185,15 +187,17 @@ class Objects:
             raise ApiError(413, f"at most {MAX_PARTITION_ITEMS} items fit in a partition", "RequestSizeError")
         ttl = float(body.get("partition_ttl") or 86400)
         deadline = time.monotonic() + min(float(body.get("timeout") or 0), MAX_WAIT_S)
+        key = request_key(request)
         while True:
-            served = await self._try_put(object_id, partition, values, ttl)
+            served = await self._try_put(object_id, partition, values, ttl, key)
             if served is not None:
                 return reply({"ok": True})
             if time.monotonic() >= deadline:
                 raise ApiError(409, f"queue partition is full ({MAX_PARTITION_ITEMS} items)", "QueueFull")
             await asyncio.sleep(0.05)
 
-    async def _try_put(self, object_id: str, partition: str, values: list[bytes], ttl: float) -> bool | None:
+    async def _try_put(self, object_id: str, partition: str, values: list[bytes], ttl: float,
+                       idem: str | None) -> bool | None:
         key = (object_id, partition)
         waiting = [g for g in self.getters.get(key, ()) if not g.future.done()]
         takers = []
@@ -209,7 +213,7 @@ class Objects:
         try:
             handed = await asyncio.shield(queues.put(
                 self.store, object_id, partition, values, ttl_s=ttl, max_items=MAX_PARTITION_ITEMS,
-                max_partitions=MAX_PARTITIONS, hand_to=[g.n for g in takers]))
+                max_partitions=MAX_PARTITIONS, hand_to=[(g.n, g.key) for g in takers], key=idem))
         except BaseException as exc:
             for g in reversed(takers):  # nothing was popped for them: let them wait again
                 g.taken = False
@@ -217,11 +221,11 @@ class Objects:
             if isinstance(exc, queues.TooManyPartitionsError):
                 raise ApiError(409, f"a queue may have at most {MAX_PARTITIONS} partitions", "QueueFull") from exc
             raise
-        if handed is None:
+        if handed is None or isinstance(handed, idempotency.Replay):  # full, or put already (a resend)
             for g in reversed(takers):
                 g.taken = False
                 self.getters[key].appendleft(g)
-            return None
+            return None if handed is None else True
         for g, items in zip(takers, handed, strict=True):
             g.future.set_result(items)
         return True
@@ -232,11 +236,12 @@ class Objects:
         n = int(body.get("n") or 1)
         if n < 1:
             raise ApiError(400, "n must be at least 1")
-        items = await queues.pop(self.store, object_id, partition, n, shared=self.shared)
+        idem = request_key(request)
+        items = await queues.pop(self.store, object_id, partition, n, shared=self.shared, key=idem)
         timeout = min(float(body.get("timeout") or 0), MAX_WAIT_S)
         if items or timeout <= 0:
             return reply({"values": items})
-        getter = _Getter(n)
+        getter = _Getter(n, idem)
         key = (object_id, partition)
         self.getters[key].append(getter)
         try:
@@ -244,8 +249,12 @@ class Objects:
             # of handing them over: look again, now that every later put sees this getter. (Such a put queues
             # its transaction on its next step: sleep(0) lets it, so this pop runs after it.)
             await asyncio.sleep(0)
-            items = await queues.pop(self.store, object_id, partition, n, shared=self.shared)
+            items = await queues.pop(self.store, object_id, partition, n, shared=self.shared, key=idem)
             if items:
+                if idem is not None and getter.taken:
+                    # Under one key a getter gets items once: from a put that handed it some first (the pop
+                    # found them), or from this pop (the put then handed it none).
+                    return reply({"values": await asyncio.shield(getter.future) or items})
                 await self._abandon(key, getter)  # (items a put handed it meanwhile go back to the head)
                 return reply({"values": items})
             if not self.shared:
@@ -259,11 +268,12 @@ class Objects:
                     waiting = self.getters[key]
                     place = waiting.index(getter)
                     del waiting[place]  # while it looks, no put of this replica hands it items
-                    look = asyncio.ensure_future(queues.pop(self.store, object_id, partition, n, shared=True))
+                    look = asyncio.ensure_future(queues.pop(self.store, object_id, partition, n, shared=True,
+                                                            key=idem))
                     try:
                         items = await asyncio.shield(look)
                     except asyncio.CancelledError:
-                        await self._give_back(key, await look)
+                        await self._give_back(key, await look, idem)
                         raise
                     if items:
                         return reply({"values": items})
@@ -283,13 +293,14 @@ class Objects:
             if getter in self.getters[key]:  # (a shared getter looking in the store is not listed meanwhile)
                 self.getters[key].remove(getter)
             return
-        await self._give_back(key, await asyncio.shield(getter.future))
+        await self._give_back(key, await asyncio.shield(getter.future), getter.key)
 
-    async def _give_back(self, key: tuple[str, str], items: list[bytes]) -> None:
-        """Items popped for a client that went away go back to the head of the queue."""
+    async def _give_back(self, key: tuple[str, str], items: list[bytes], idem: str | None) -> None:
+        """Items popped for a client that went away go back to the head of the queue (and the pop's idempotency
+        key is released: the client's resend, if any, pops again)."""
         if items:
             object_id, partition = key
-            await queues.give_back(self.store, object_id, partition, items)
+            await queues.give_back(self.store, object_id, partition, items, idem)
 
     async def queue_len(self, request: web.Request) -> web.Response:
         object_id, partition, body = await self._queue_body(request)
@@ -298,7 +309,7 @@ class Objects:
 
     async def queue_clear(self, request: web.Request) -> web.Response:
         object_id, partition, body = await self._queue_body(request)
-        await queues.clear(self.store, object_id, None if body.get("all") else partition)
+        await queues.clear(self.store, object_id, None if body.get("all") else partition, request_key(request))
         return reply({"ok": True})
 
     async def queue_peek(self, request: web.Request) -> web.Response:
@@ -307,10 +318,14 @@ class Objects:
         return reply({"values": await queues.peek(self.store, object_id, partition, n)})
 
     async def housekeeping(self) -> None:
-        """Expire queue partitions every few seconds and idle Dict entries every hour."""
-        last_dicts = 0.0
+        """Expire queue partitions every few seconds, idempotency keys every minute and idle Dict entries every
+        hour."""
+        last_dicts = last_keys = 0.0
         while True:
             self.expire_partitions()
+            if time.time() - last_keys > 60:
+                last_keys = time.time()
+                idempotency.expire(self.store, time.time() - idempotency.KEY_TTL_S)
             if time.time() - last_dicts > 3600:
                 last_dicts = time.time()
                 self.expire_dicts()

@@ -40,6 +40,7 @@ from .._spec import limits
 from .._spec.definitions import VariantOverrides
 from .._spec.params import bind_params, pack_params
 from .ingress_policy import DEFAULT_BURST_S, DEFAULT_RATE, Admission, TokenRecord, check_proxy_auth
+from .metrics import METRICS
 from .proxy_http import Request, header_text, listening_socket, simple_response, until
 from .proxy_upstream import Redirected, Upstream
 from .web_routes import Route, Router
@@ -206,6 +207,7 @@ class Proxy:
             log_ = self.requests[function_id] = collections.deque(maxlen=REQUEST_LOG)
         # Kept raw (this runs per request); requests_of() formats them when asked.
         log_.append((time.time(), r.method, r.url, r.status, time.monotonic() - t0, c.id if c else None))
+        METRICS.web_request(self.pools.get(function_id), r.status, log_[-1][4])
 
     def requests_of(self, function_id: str, limit: int) -> list[dict[str, Any]]:
         entries = list(self.requests.get(function_id, ()))[-limit:] if limit > 0 else []
@@ -533,8 +535,16 @@ class ClientConnection(asyncio.Protocol):
         if route is None:
             self.write(simple_response(404, "shoal: no web endpoint at this address"))
             return self.skip_body(r)
-        denied = check_proxy_auth(header_text(r.header(b"modal-key")), header_text(r.header(b"modal-secret")),
-                                  proxy.token_lookup, route.app_name) if route.requires_auth else None
+        # A sessioned Server's session token routes the request to its container, and authenticates it; an
+        # unknown (404) or ended (410) one is refused as bad credentials are.
+        session = proxy.slots.session_for(route.function_id, header_text(r.header(b"modal-authorization")))
+        pinned = None if isinstance(session, tuple) else session
+        denied: tuple[int, str] | None = None
+        if isinstance(session, tuple):
+            denied = session
+        elif route.requires_auth and pinned is None:
+            denied = check_proxy_auth(header_text(r.header(b"modal-key")), header_text(r.header(b"modal-secret")),
+                                      proxy.token_lookup, route.app_name)
         refusal = proxy.admission.decide(denied, self.client_ip, time.monotonic())
         if refusal is not None:
             extra = [("retry-after", str(refusal.retry_after))] if refusal.retry_after is not None else []
@@ -554,7 +564,7 @@ class ClientConnection(asyncio.Protocol):
         # Web functions: REQUEST_TIMEOUT_S from now, waiting for a container included, then the 303.
         # Servers have no Modal-level request timeout.
         deadline = None if pool.server is not None else t0 + REQUEST_TIMEOUT_S
-        inp = await self.take_slot(r, pool, deadline)
+        inp = await self.take_slot(r, pool, deadline, pinned)
         if inp is None:
             proxy.log_request(pool.function_id, r, t0, None)
             return self.skip_body(r)
@@ -570,14 +580,15 @@ class ClientConnection(asyncio.Protocol):
             else:
                 proxy.slots.web_release(inp)
 
-    async def take_slot(self, r: Request, pool: Pool, deadline: float | None) -> Input | None:
+    async def take_slot(self, r: Request, pool: Pool, deadline: float | None, pinned: Container | None = None
+                        ) -> Input | None:
         """A slot in a container of the pool, or None once the client has been answered (503/429). Web functions
         wait in the pool's bounded queue while containers start: at the deadline a complete request is returned
         still waiting (the caller redirects it), another gets 503. Servers have no queue: 503 when none is
         ready (one is started), 429 when all are at `max_concurrency`."""
         slots = self.proxy.slots
         if pool.server is not None:
-            got = slots.server_acquire(pool, header_text(r.header(b"modal-session-id")))
+            got = slots.server_acquire(pool, header_text(r.header(b"modal-session-id")), pinned)
             if got == "none":
                 # Starts failing (e.g. nothing listened on 0.0.0.0 within startup_timeout): say why, not "starting".
                 failing = pool.start_failures or pool.autoscaler.backoff_until > time.monotonic()
@@ -659,7 +670,10 @@ class ClientConnection(asyncio.Protocol):
     def request_head(self, r: Request) -> bytes:
         host = r.header(b"host") or b""
         lines = [b"%s %s HTTP/%s" % (r.method, r.url, r.version.encode())]
-        lines += [k + b": " + v for k, v in r.headers if k.lower() not in _STRIP]
+        # `Connection` is hop-by-hop: a client's `close` must not close the pooled upstream connection (a race
+        # with its next request), except for an upgrade, which the container must see.
+        drop = _STRIP if r.upgrade else _STRIP | {b"connection", b"keep-alive"}
+        lines += [k + b": " + v for k, v in r.headers if k.lower() not in drop]
         lines.append(b"x-forwarded-for: " + self.client_ip.encode())
         lines.append(b"x-forwarded-proto: http")
         if host:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgpack
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
 
+from .._spec.headers import IDEMPOTENCY_KEY, RETRY
 from . import policy
 from .core.model import new_id
 from .rest import ApiError
@@ -356,7 +357,7 @@ class Replicas:
         assert self._session is not None
         body = await request.read()
         headers = {HOPS_HEADER: str(hops)}
-        for name in ("Authorization", "Content-Type"):
+        for name in ("Authorization", "Content-Type", IDEMPOTENCY_KEY, RETRY):
             if name in request.headers:
                 headers[name] = request.headers[name]
         async with self._session.request(request.method, url + request.path_qs, data=body or None,

@@ -110,13 +110,31 @@ class Scheduler:
                         continue  # only the app's owner fires its schedules (controlplane/replicas.py)
                     await self._maybe_fire(pool, now)
 
+    def _say_if_failing(self, pool: Pool, st: dict[str, Any], previous: Call) -> None:
+        """A schedule whose runs fail (e.g. its containers cannot import the module) says so in the app's log:
+        after the first failed run, then at 10, 100, … in a row, with the last container start error."""
+        status = previous.results.get(0, ("success", None))[0]
+        if st.get("checked") is previous:
+            return
+        st["checked"] = previous
+        st["failures"] = 0 if status == "success" else st.get("failures", 0) + 1
+        n = st["failures"]
+        app = self.registry.apps.get(pool.app_id)
+        if app is None or n == 0 or str(n).strip("0") != "1":
+            return
+        why = f"; last container start error: {pool.last_start_error}" if pool.last_start_error else ""
+        app.logs.append("", "system", f"schedule of {pool.tag} is failing: its last {n} run(s) ended with "
+                                      f"{status}{why}\n")
+
     async def _maybe_fire(self, pool: Pool, now: float) -> None:
         st = self._load(pool)
+        previous: Call | None = st["call"]
+        if previous is not None and previous.state != "running":
+            self._say_if_failing(pool, st, previous)  # as soon as the last run ended, not at the next fire
         if st["next"] > now and not st["missed"]:
             return
         spec = pool.definition.schedule
         assert spec is not None
-        previous: Call | None = st["call"]
         if previous is not None and previous.state == "running":
             log.info("%s: skipping a tick, the previous scheduled run %s is still going", pool.tag, previous.id)
         else:

@@ -16,8 +16,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .rest import ApiError
+
 if TYPE_CHECKING:
-    from .core.model import Pool
+    from .._spec.definitions import FunctionDefinition
     from .core.registry import Registry
 
 MAX_LABEL = 63
@@ -50,6 +52,7 @@ class Route:
     function_id: str  # the base pool (a class's parameter sets get pools of their own, per request)
     method: str | None  # the web method of a class, None for a web function
     requires_auth: bool  # a proxy auth token is needed (`requires_proxy_auth`; a Server unless unauthenticated)
+    app_mode: str  # the holder's mode: only an app of the same name and mode takes a label over
 
 
 class WebTarget(NamedTuple):
@@ -59,9 +62,8 @@ class WebTarget(NamedTuple):
     requires_auth: bool
 
 
-def web_targets(pool: Pool) -> list[WebTarget]:
-    """Each web target of a pool: the function itself, or a class's web methods."""
-    d = pool.definition
+def web_targets(d: FunctionDefinition) -> list[WebTarget]:
+    """Each web target of a function: the function itself, or a class's web methods."""
     if d.server is not None:  # @app.server: authenticated unless `unauthenticated=True`
         return [WebTarget(None, None, [], not d.server.unauthenticated)]
     if d.webhook is not None:
@@ -71,16 +73,24 @@ def web_targets(pool: Pool) -> list[WebTarget]:
             for name, m in methods.items() if m.webhook is not None]
 
 
-def function_name(pool: Pool, method: str | None) -> str:
+def function_name(d: FunctionDefinition, method: str | None) -> str:
     if method is not None:
-        cls = pool.definition.cls
-        return f"{cls.name if cls is not None else pool.tag}-{method}"
-    return pool.tag
+        return f"{d.cls.name if d.cls is not None else d.tag}-{method}"
+    return d.tag
+
+
+def labels_of(app_name: str | None, mode: str, d: FunctionDefinition) -> list[tuple[WebTarget, str]]:
+    """Each web target of a function of an app (its name, its mode) with its label."""
+    return [(target, web_label(WORKSPACE, app_name or d.module or "app", function_name(d, target.method),
+                               target.label, dev=mode == "ephemeral"))
+            for target in web_targets(d)]
 
 
 class Router:
-    """label → route, rebuilt from the running apps whenever their functions change. Apps are visited oldest
-    first, so a newer app claiming a label (a newer `shoal serve`) takes it over."""
+    """label → route, rebuilt from the running apps whenever their functions change. A label (or custom domain)
+    belongs to the app that holds it: another app claiming it is refused at registration (`check_claims`); a
+    new version of the same app (same name: a redeploy, a newer `shoal serve`) takes it over, which is why apps
+    are visited oldest first."""
 
     def __init__(self, port: int = 0) -> None:
         self.port = port
@@ -100,11 +110,9 @@ class Router:
                 pool = running.pools.get(function_id)
                 if pool is None or pool.definition.variant_of:
                     continue
-                for target in web_targets(pool):
-                    app_name = app.name or pool.definition.module or "app"
-                    label = web_label(WORKSPACE, app_name, function_name(pool, target.method), target.label,
-                                      dev=app.mode == "ephemeral")
-                    route = Route(label, "", app.id, app.name, function_id, target.method, target.requires_auth)
+                for target, label in labels_of(app.name, app.mode, pool.definition):
+                    route = Route(label, "", app.id, app.name, function_id, target.method, target.requires_auth,
+                                  app.mode)
                     by_label[label] = route
                     for domain in target.custom_domains:
                         by_host[domain.lower()] = route
@@ -120,6 +128,23 @@ class Router:
         self.by_host = by_host
         for callback in self.on_change:
             callback(list(by_label.values()))
+
+    def check_claims(self, app_id: str | None, app_name: str | None, mode: str,
+                     defs: list[FunctionDefinition]) -> None:
+        """Refuse (409, naming the holder) definitions of an app whose web label or custom domain another live
+        app holds; the same app, or a new run of it (same name and mode: a newer `shoal serve`), may take its
+        own labels."""
+        for d in defs:
+            for target, label in labels_of(app_name, mode, d):
+                claims = [(f"web label {label!r}", self.by_label.get(label))]
+                claims += [(f"custom domain {domain!r}", self.by_host.get(domain.lower()))
+                           for domain in target.custom_domains]
+                for what, holder in claims:
+                    if holder is not None and holder.app_id != app_id and (
+                            holder.app_name is None or holder.app_name != app_name or holder.app_mode != mode):
+                        raise ApiError(409, f"function {d.tag!r} cannot take the {what}: app "
+                                            f"{holder.app_name or '(unnamed)'} ({holder.app_id}) holds it. Give it "
+                                            "another label, or stop that app first", "AlreadyExistsError")
 
     def url(self, route: Route) -> str:
         if self.domain:

@@ -195,6 +195,115 @@ def loopback_up() -> None:
         s.close()
 
 
+# -- the container's network (shoal/backends/egress.py decides; docs/sandbox.md) -------------------------------
+RTM_NEWRULE, NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL = 32, 1, 4, 0x400, 0x200
+FRA_DST, FRA_PRIORITY, FRA_TABLE, FRA_IP_PROTO, FRA_DPORT_RANGE = 1, 6, 15, 22, 24
+FR_ACT_TO_TBL, FR_ACT_PROHIBIT, RT_TABLE_MAIN, IPPROTO_UDP = 1, 8, 254, 17
+FIRST_RULE_PRIORITY = 100  # after the local table's rule (0), before the main table's (32766)
+
+
+def _rtattr(kind: int, data: bytes) -> bytes:
+    return struct.pack("HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+def add_rules(rules: list) -> None:
+    """Install the egress rules ((action, cidr, udp port)) as policy-routing rules in our network namespace,
+    in order; a blocked destination then fails with EACCES before any packet reaches pasta."""
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+    try:
+        nl.bind((0, 0))
+        for seq, (action, cidr, port) in enumerate(rules, start=1):
+            addr, _, plen = cidr.partition("/")
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            raw = socket.inet_pton(family, addr)
+            prefix = int(plen) if plen else len(raw) * 8
+            act = FR_ACT_TO_TBL if action == "allow" else FR_ACT_PROHIBIT
+            body = struct.pack("BBBBBBBBI", family, prefix, 0, 0, RT_TABLE_MAIN if act == FR_ACT_TO_TBL else 0,
+                               0, 0, act, 0)
+            body += _rtattr(FRA_PRIORITY, struct.pack("I", FIRST_RULE_PRIORITY + seq))
+            if prefix:
+                body += _rtattr(FRA_DST, raw)
+            if act == FR_ACT_TO_TBL:
+                body += _rtattr(FRA_TABLE, struct.pack("I", RT_TABLE_MAIN))
+            if port:
+                body += _rtattr(FRA_IP_PROTO, bytes([IPPROTO_UDP])) + _rtattr(FRA_DPORT_RANGE,
+                                                                               struct.pack("HH", port, port))
+            flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+            nl.send(struct.pack("IHHII", 16 + len(body), RTM_NEWRULE, flags, seq, 0) + body)
+            reply = nl.recv(65536)
+            (err,) = struct.unpack_from("i", reply, 16)
+            if err and not (port or (family == socket.AF_INET6 and -err == errno.EAFNOSUPPORT)):
+                # (a kernel without IPv6 needs no IPv6 rules; one without port-matching rules, before 4.17,
+                # has no DNS through pasta, which fails safe)
+                raise SetupError(f"network rule {action} {cidr}: {os.strerror(-err)}")
+    finally:
+        nl.close()
+
+
+class Pasta:
+    """pasta, the container's way out: forked before any namespace is made (it must live in the host's network
+    namespace, and rootless in the host's user namespace), started once ours exists, and dying with us."""
+
+    def __init__(self, argv: list) -> None:
+        self.go_r, self.go_w = os.pipe()
+        self.ready_r, ready_w = os.pipe()
+        parent = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                os.close(self.go_w)
+                os.close(self.ready_r)
+                if os.getppid() != parent or os.read(self.go_r, 1) != b"G":
+                    os._exit(SETUP_FAILED)
+                fds = [os.open(f"/proc/{parent}/ns/net", os.O_RDONLY), ready_w]
+                args = ["-P", f"/proc/self/fd/{ready_w}", "--netns", f"/proc/self/fd/{fds[0]}"]
+                if os.geteuid() == 0:
+                    args += ["--runas", "0"]  # else it drops to nobody, who may not enter the namespace
+                else:  # rootless: enter the user namespace that owns ours (we own it)
+                    fds.append(os.open(f"/proc/{parent}/ns/user", os.O_RDONLY))
+                    args += ["--userns", f"/proc/self/fd/{fds[2]}"]
+                for fd in fds:
+                    os.set_inheritable(fd, True)
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)  # pasta complains about syslog on stderr: not the container's output
+                # Python ignores SIGPIPE, and that survives exec: pasta takes an ignored SIGPIPE for an error.
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                os.execve(argv[0], [*argv, *args], {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            except BaseException:  # noqa: BLE001
+                pass
+            os._exit(SETUP_FAILED)
+        os.close(self.go_r)
+        os.close(ready_w)
+
+    def start(self) -> None:
+        os.write(self.go_w, b"G")
+        os.close(self.go_w)
+
+    def wait_ready(self) -> None:
+        """pasta writes its pid once the namespace's interface is up and configured."""
+        out = b""
+        while True:
+            chunk = os.read(self.ready_r, 32)
+            if not chunk:
+                break
+            out += chunk
+            if out.endswith(b"\n"):
+                break
+        os.close(self.ready_r)
+        if not out.strip().isdigit():
+            raise SetupError("pasta could not set up the container's network")
+
+    def stop(self) -> None:
+        """Kill it without waiting: tearing pasta down takes ~40 ms, which the container's exit need not wait
+        for (its cgroup's removal retries until pasta is gone)."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def depth(path: str) -> int:
     return len([p for p in path.split("/") if p])
 
@@ -243,8 +352,11 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
     tmpfs(root, "0755", None, MS_NOSUID | MS_NODEV, size="1m")
     ops: list[tuple[str, int, tuple]] = []  # (path inside, order at equal depth, op)
     overlays = cfg.get("overlays", {})
+    writable_system = {v[0] for v in cfg.get("volumes", []) if v[0] in [("/" + s) for s in SYSTEM_DIRS]}
     for name in SYSTEM_DIRS:
         host = "/" + name
+        if host in writable_system:  # a build's: a writable overlay (below)
+            continue
         if os.path.islink(host):
             ops.append((host, 0, ("symlink", os.readlink(host))))
         elif host in overlays:  # the image's files over the host's (read-only overlayfs)
@@ -272,11 +384,13 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
         ops.append((path, 5, ("volume", lower, upper, work)))
     ops.sort(key=lambda op: (depth(op[0]), op[1]))
     done: list[str] = []
+    # Coverable by a bind: a build's /root, /opt are the image's files/root, files/opt.
+    tmpfs_dirs = {path for path, _, op in ops if op[0] in ("tmpfs", "dir")}
     for path, _, op in ops:
         target = root + path
         kind = op[0]
-        if any(path == d for d in done) and kind != "mask":
-            continue  # already provided (an interpreter under a system dir, a duplicate)
+        if path in done and kind != "mask" and not (kind == "bind" and path in tmpfs_dirs):
+            continue  # already provided (an interpreter under a system dir, a duplicate); a bind covers a tmpfs
         if kind == "symlink":
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if not os.path.lexists(target):
@@ -315,6 +429,28 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
             mount_volume(target, *op[1:], userxattr=cfg.get("mode") == "rootless")
         done.append(path)
     os.makedirs(root + "/run/shoal", exist_ok=True)
+    if cfg.get("resolv"):
+        resolv_conf(root, cfg["resolv"])
+
+
+def resolv_conf(root: str, text: str) -> None:
+    """The container's DNS: `text` (pasta's address) bound read-only over /etc/resolv.conf (or the file it links
+    to, e.g. systemd-resolved's under /run); left as it is where there is no such file to cover."""
+    target = root + "/etc/resolv.conf"
+    if os.path.islink(target):
+        target = root + os.path.normpath(os.path.join("/etc", os.readlink(target)))
+        if not target.startswith(root + "/run/"):
+            return
+        make_mountpoint(target, "")
+    if not os.path.isfile(target):
+        return
+    src = root + "/run/shoal/resolv.conf"
+    fd = os.open(src, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    bind(src, target, False)
 
 
 def mount_volume(target: str, lower: str, upper: str | None, work: str | None, userxattr: bool) -> None:
@@ -400,6 +536,8 @@ def supervise(cfg: dict) -> None:
         os.environ["SHOAL_CONTROL"] = f"fd:{ctl_fd}"
         cfg["_control_fd"] = ctl_fd
     _oom_score_adj("-1000")  # in the container's cgroup too: its OOM kills should pick the container's own code
+    net = cfg.get("net")  # outbound network: the egress rules, and pasta's argv or a namespace pasta serves
+    pasta = Pasta(net["pasta"]) if net and net.get("netns_fd") is None else None
     rootless = cfg.get("mode") == "rootless"
     if rootless:
         map_self_as_root()
@@ -409,12 +547,19 @@ def supervise(cfg: dict) -> None:
         owner = (cfg["uid"], cfg["gid"])
         idmap_fd = make_userns(cfg["uid"], cfg["gid"], cfg["ids"])
     trace("userns")
-    unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+    if net and net.get("netns_fd") is not None:  # made ahead, pasta already attached (backends/netpool.py)
+        unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
+        check_syscall(libc.setns(net["netns_fd"], CLONE_NEWNET), "joining the container's network namespace")
+        os.close(net["netns_fd"])
+    else:
+        unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     trace("unshare")
     libc.sethostname(_b(cfg.get("hostname", "shoal")), len(cfg.get("hostname", "shoal")))
     loopback_up()
     write_file("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")  # this namespace only
+    if pasta is not None:
+        pasta.start()
     listeners = open_listeners(cfg.get("listen", []))
     control = cfg.get("control")
     if control:
@@ -451,6 +596,13 @@ def supervise(cfg: dict) -> None:
     # The init's pivot_root changes this process's root too (one mount namespace): what the supervisor needs of
     # the host afterwards (removing the cgroups if the control plane dies) is opened now.
     cleanup = open_cgroup_cleanup(cfg)
+    if net:
+        if pasta is not None:
+            pasta.wait_ready()  # (started meanwhile, with the mounts and the cgroup move)
+        # Only now: pasta's default route is checked against the rules (its gateway may be in a blocked range).
+        # Nothing of the container runs yet.
+        add_rules(net["rules"])
+        trace("pasta")
     status_r, status_w = os.pipe()
     trace("prefork")
     pid = os.fork()
@@ -488,6 +640,8 @@ def supervise(cfg: dict) -> None:
         pass
     if len(reported) == 4:
         (status,) = struct.unpack("i", reported)  # the runtime's own wait status
+    if pasta is not None:
+        pasta.stop()
     if orphan["orphaned"]:
         remove_cgroups(cleanup)
     mirror(status)

@@ -28,10 +28,26 @@ from .._serialization import dumps, loads
 from .._spec import frames
 from .._spec.definitions import FunctionDefinition
 from .._spec.errors import dumps_exception
-from ..exception import InvalidError
+from ..exception import InputCancellation, InvalidError
 
 T_PROCESS_START = time.time()
 FLUSH_INTERVAL_S = 0.002
+
+
+def report_failure(exc: BaseException, input_id: str) -> None:
+    """A failed input's traceback goes to the app's log as well as to its caller, as on Modal: a spawned call
+    that fails is seen without anyone calling `.get()`. One write, so concurrent inputs' reports stay whole."""
+    aio = sys.modules.get("asyncio")  # imported on first async use only
+    if isinstance(exc, InputCancellation) or (aio is not None and isinstance(exc, aio.CancelledError)):
+        return
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:  # from the user's code on
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    sys.stderr.write(f"shoal: input {input_id} failed:\n{text}")
+    sys.stderr.flush()
 
 
 def _die_with_parent() -> None:
@@ -197,6 +213,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - every failure, SystemExit included, goes to the caller
             if isinstance(exc, (KeyboardInterrupt, Terminated)):
                 raise
+            report_failure(exc, input_id)
             out = [key, "err", dumps_exception(exc)]
         finally:
             _container_context._input_id.reset(tokens[0])
@@ -219,6 +236,7 @@ class Worker:
                 result = await fn(*a, **kw)
             out = [key, "ok", dumps(result, "return value")]
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
+            report_failure(exc, input_id)
             out = [key, "err", dumps_exception(exc)]
         self.channel.send(frames.Out([(*out, time.perf_counter() - t0)]))
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shoal._client.transport import get_client
-from shoal.exception import ExecutionError, InputCancellation
+from shoal.exception import ExecutionError
 
 from ..conftest import ControlPlane, _use_home, wait_for
 
@@ -60,7 +59,8 @@ def test_container_has_its_own_namespaces(sandbox) -> None:
     info = sandbox.isolation.remote()
     assert info["uid"] == 0 and info["uid_map"][0] == "0" and info["uid_map"][1] != "0"  # root inside only
     assert info["hostname"].startswith("ta-")
-    assert info["net"] == ["lo"]  # its own network namespace
+    # Its own network namespace: loopback, and pasta's interface where there is outbound network (egress.py).
+    assert "lo" in info["net"] and len(info["net"]) <= 2, info["net"]
     assert info["cwd"] == "/root" and info["home"] == "/root" and info["source_here"]
     # Its own pid namespace: the init, the runtime and the children the function started, nothing of the host.
     assert 1 in info["pids"] and info["pid"] in info["pids"]
@@ -130,24 +130,17 @@ def test_memory_limit_kills_with_out_of_memory(sandbox, control_plane) -> None:
     assert "128 MiB" in str(info.value)
 
 
-def test_gpu_function_waits_visibly_and_its_call_can_be_cancelled(sandbox) -> None:
+def test_gpu_function_on_a_machine_without_gpus_fails_at_once_and_leaves_nothing_pending(sandbox) -> None:
+    """No GPU here could ever run it: waiting would be forever (backends/gpus.py `place`; busy GPUs are waited
+    for, tests/unit/test_gpus.py)."""
     from shoal.backends.gpus import detect
 
     if detect()[0]:
         pytest.skip("this machine has GPUs")
     call = sandbox.needs_h100.spawn()
-
-    def pending() -> list[dict]:
-        return [c for c in containers_of(sandbox.needs_h100) if c["state"] == "pending"]
-
-    assert wait_for(pending), containers_of(sandbox.needs_h100)
-    reason = pending()[0]["pending_reason"]
-    assert "waiting for a GPU (H100)" in reason and "no GPUs" in reason
-    time.sleep(1.0)
-    assert pending(), "a GPU function stopped waiting on a machine without GPUs"
-    call.cancel()
-    with pytest.raises(InputCancellation, match="cancelled"):
-        call.get(timeout=30)
+    with pytest.raises(ExecutionError, match=r"gpu='H100' can never run here: this machine has no GPUs.*"
+                                             r"SHOAL_GPU_FALLBACK=cpu"):
+        call.get(timeout=60)
     assert wait_for(lambda: not containers_of(sandbox.needs_h100)), containers_of(sandbox.needs_h100)
 
 

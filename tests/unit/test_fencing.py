@@ -79,7 +79,7 @@ async def _core(tmp_path: Path) -> tuple[Core, NoRoom, SQLiteStore]:
     store = SQLiteStore(tmp_path / "state.db")
     await store.open()
     backend = NoRoom()
-    return build_core(store, backend, tmp_path, ControlPlaneAddress("unix:/nonexistent", "", "")), backend, store
+    return build_core(store, backend, tmp_path, ControlPlaneAddress("unix:/nonexistent", "")), backend, store
 
 
 async def _closed(reader: asyncio.StreamReader) -> bool:

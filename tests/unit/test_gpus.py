@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.backends.gpus import GpuAllocator, choose, normalize_model, parse_nvidia_smi, waiting_reason
+from shoal.backends.gpus import (
+    GpuAllocator,
+    Placement,
+    choose,
+    fallback_setting,
+    normalize_model,
+    parse_nvidia_smi,
+    place,
+    waiting_reason,
+)
 
 MIXED = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5d1f0c1e-8a5e-4c3c-9d0e-000000000000)
@@ -78,12 +87,12 @@ def test_any_takes_any_model_with_enough_gpus():
 
 def test_allocator_is_exclusive_until_release():
     alloc = GpuAllocator(parse_nvidia_smi(MIXED))
-    assert alloc.acquire("ta-1", ["A100-80GB"]) == [1]
-    assert alloc.acquire("ta-2", ["A100-80GB"]) == [2]
-    assert alloc.acquire("ta-3", ["A100-80GB"]) is None
-    assert "2 of 2 matching GPUs are in use" in alloc.reason(["A100-80GB"])
+    assert alloc.place("ta-1", ["A100-80GB"]).ids == (1,)
+    assert alloc.place("ta-2", ["A100-80GB"]).ids == (2,)
+    waiting = alloc.place("ta-3", ["A100-80GB"])
+    assert not waiting.ids and "2 of 2 matching GPUs are in use" in waiting.wait
     alloc.release("ta-1")
-    assert alloc.acquire("ta-3", ["A100-80GB"]) == [1]
+    assert alloc.place("ta-3", ["A100-80GB"]).ids == (1,)
 
 
 def test_reasons_say_why():
@@ -96,3 +105,44 @@ def test_reasons_say_why():
     assert "none that fit" in too_many
     busy = waiting_reason(["H100"], gpus, {0})
     assert busy.endswith("1 of 1 matching GPUs are in use")
+
+
+def test_a_request_no_gpu_here_could_meet_fails_at_once_naming_the_cpu_opt_in():
+    """No GPUs at all, or none of the model (or not enough of one model): waiting would be forever."""
+    for request, gpus in ((["T4"], []), (["L4", "B200"], parse_nvidia_smi(MIXED)),
+                          (["H100:2"], parse_nvidia_smi(MIXED))):
+        decision = place(request, gpus, set(), note="nvidia-smi not found")
+        assert decision.fail is not None and not decision.wait and not decision.ids and not decision.cpu
+        assert "SHOAL_GPU_FALLBACK=cpu" in decision.fail and "can never run here" in decision.fail
+    assert "has no GPUs (nvidia-smi not found)" in place(["T4"], [], set(), note="nvidia-smi not found").fail
+
+
+def test_busy_matching_gpus_are_waited_for_even_with_the_cpu_fallback():
+    gpus = parse_nvidia_smi(MIXED)
+    decision = place(["H100"], gpus, {0}, fallback="cpu")
+    assert decision.wait is not None and "1 of 1 matching GPUs are in use" in decision.wait
+    assert place(["T4"], gpus, set(), fallback="cpu") == Placement(ids=(3,))
+
+
+def test_the_cpu_fallback_runs_what_could_never_be_placed_and_is_off_by_default():
+    assert place(["T4"], [], set(), fallback="cpu") == Placement(cpu=True)
+    assert place(["T4"], [], set()).fail is not None
+    alloc = GpuAllocator([], "", fallback="cpu")
+    assert alloc.place("ta-1", ["A100"]).cpu and alloc.busy == set()
+
+
+def test_the_fallback_setting_is_checked():
+    assert fallback_setting({}) == ""
+    assert fallback_setting({"SHOAL_GPU_FALLBACK": " CPU "}) == "cpu"
+    assert fallback_setting({"SHOAL_GPU_FALLBACK": "off"}) == "off"
+    with pytest.raises(ValueError, match="SHOAL_GPU_FALLBACK must be"):
+        fallback_setting({"SHOAL_GPU_FALLBACK": "gpu"})
+
+
+def test_a_cpu_request_above_the_machines_cores_is_described() -> None:
+    from shoal.backends.local import cpu_shortfall
+
+    assert cpu_shortfall(None, 2) is None and cpu_shortfall(2.0, 2) is None and cpu_shortfall([1.0, 8.0], 2) is None
+    assert cpu_shortfall(4.0, 2) == "cpu=4 asked, but this machine has 2 cores: its containers share those 2 " \
+                                    "(no more than 2 at once)"
+    assert "has 1 core:" in cpu_shortfall((3.0, 4.0), 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shoal._spec.definitions import Options
-from shoal.backends.sandbox import Limits, image_layers, loopback_ports, minimal_paths, rewrite_server_url
+from shoal.backends.sandbox import Limits, control_plane_ports, image_layers, minimal_paths, rewrite_server_url
 
 
 def test_limits_from_function_options():
@@ -21,10 +21,14 @@ def test_limits_from_function_options():
     assert pair.cpu_given
 
 
-def test_loopback_urls_in_the_environment_are_forwarded():
+def test_only_the_control_planes_urls_are_forwarded():
     env = {"SHOAL_SERVER_URL": "http://127.0.0.1:4123", "WEB": "http://app--x.localhost:8080/path",
+           "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/db", "REDIS": "http://localhost:6379",
            "OTHER": "https://example.com:9999", "PLAIN": "127.0.0.1:5000", "BAD": "http://[::1:80"}
-    assert loopback_ports(env) == {4123: ("127.0.0.1", 4123), 8080: ("127.0.0.1", 8080)}
+    assert control_plane_ports(env) == {4123: ("127.0.0.1", 4123)}
+    replicas = {"SHOAL_SERVER_URL": "http://127.0.0.1:4123, http://localhost:4124,http://[::1:80"}
+    assert control_plane_ports(replicas) == {4123: ("127.0.0.1", 4123), 4124: ("127.0.0.1", 4124)}
+    assert control_plane_ports({"SHOAL_SERVER_URL": "http://10.1.2.3:4123"}) == {}
 
 
 def test_a_lan_server_url_is_reached_through_loopback_inside():

@@ -370,8 +370,10 @@ def test_sessioned() -> None:
             pass
 
     assert msgspec.to_builtins(S._get_service_function()._definition())["server"]["sessioned"] is True
-    with pytest.raises(InvalidError, match="not supported by shoal yet"):
-        S.sessions.start()
+    with pytest.raises(InvalidError, match="idle_timeout"):
+        S.sessions.start(idle_timeout=0)
+    with pytest.raises(ExecutionError, match="has not been hydrated"):
+        S.sessions.start()  # its app is not running
 
 
 def test_sessions_need_sessioned() -> None:

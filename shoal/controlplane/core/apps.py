@@ -50,6 +50,7 @@ class Apps:
 
     async def register_functions(self, app: AppState, definitions: list[FunctionDefinition]) -> dict[str, str]:
         """Add the app's functions, or give those it has (same tag) their new definitions."""
+        self.router.check_claims(app.id, app.name, app.mode, definitions)  # labels belong to their app
         ticket = 0
         pools = self.registry.pools
         for d in definitions:

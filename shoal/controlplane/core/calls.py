@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 from ..._spec.errors import dumps_exception
 from ...exception import ExecutionError
+from ..metrics import METRICS
 from ..store import Store
 from ..store import calls as call_rows
-from .model import TERMINATED, Call, Input, Pool
+from .model import GRAPH_CHILDREN, TERMINATED, Call, Input, Pool
 from .outputs import Outputs
 from .queues import Queues
 
@@ -30,21 +31,38 @@ class Calls:
         self.outputs = outputs
 
     async def create_call(self, pool: Pool, call_id: str, kind: str, args: bytes | None,
-                          method: str | None = None) -> tuple[Call, int]:
+                          method: str | None = None, parent_input: str | None = None) -> tuple[Call, int]:
         """A new call (idempotent on `call_id`); returns it with the store ticket that makes it durable.
-        `method`: the method of a class the call runs."""
+        `method`: the method of a class the call runs; `parent_input`: the input id (`in-…`) of the call
+        running here it was made from (a nested call), for the call graph."""
         calls = self.registry.calls
         existing = calls.get(call_id)
         if existing is not None:
             return existing, 0
         total = None if kind == "map" else 1
+        parent = self._parent_of(parent_input)  # looked up before this call exists: never its own parent
         call = Call(call_id, pool, kind, total, method)
         calls[call_id] = call
+        METRICS.call_started(pool, kind)
+        if parent is not None:
+            call.parent = parent
+            parent[0].children.append(call)
         ticket = call_rows.put_call(self.store, call_id, pool.function_id, kind, total, method)
         if args is not None:
             ticket = call_rows.put_inputs(self.store, [(call_id, 0, args)])
             self.queues.enqueue(pool, [Input(call, 0, args)])
         return call, ticket
+
+    def _parent_of(self, input_id: str | None) -> tuple[Call, int] | None:
+        """The running call and input index an input id names (`in-<call id without fc->-<index>`)."""
+        if not isinstance(input_id, str) or not input_id.startswith("in-"):
+            return None
+        head, _, idx = input_id[3:].rpartition("-")
+        parent = self.registry.calls.get(f"fc-{head}")
+        # Web requests' calls (one per pool, as long-lived as it) and calls with many children keep no more.
+        if parent is None or parent.kind == "web" or not idx.isdigit() or len(parent.children) >= GRAPH_CHILDREN:
+            return None
+        return parent, int(idx)
 
     def add_inputs(self, call: Call, items: list[tuple[int, bytes]], last: bool) -> int:
         """Inputs of a map, streamed in batches; duplicates (client retries) are ignored."""

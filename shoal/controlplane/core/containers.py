@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..._spec import frames
 from ..._spec.definitions import BuiltImage
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
+from ..credentials import container_credential
+from ..metrics import METRICS
 from .model import AppState, Container, Pool, new_id
 
 if TYPE_CHECKING:
@@ -66,8 +68,7 @@ class ControlPlaneAddress:
     """Where a container's runtime finds the control plane: its container stream and its HTTP API."""
 
     control: str  # "unix:/path" or "tcp://host:port": the container stream (RuntimeLink)
-    url: str  # the HTTP API, for the SDK inside containers
-    token: str
+    url: str  # the HTTP API, for the SDK inside containers (with the container's own credential)
 
 
 class Containers:
@@ -135,7 +136,8 @@ class Containers:
             "SHOAL_CONTAINER_TOKEN": c.token,
             "SHOAL_CONTROL": address.control,
             "SHOAL_SERVER_URL": address.url,
-            "SHOAL_TOKEN": address.token,
+            # Its own API credential, never the admin token: what it may do is access.py's decision.
+            "SHOAL_TOKEN": container_credential(c.id, c.token),
         }
         app = self.registry.apps.get(c.pool.app_id)
         definition = c.pool.definition
@@ -152,6 +154,7 @@ class Containers:
             binds=self.warm.binds(c) if c.warm else [],
             idle=c.shell,
         )
+        spec.env.update(modal_environment(c.id, spec.image))
         try:
             if not c.warm:
                 spec.volumes = await self.volumes.prepare(c)  # each at its current version
@@ -218,6 +221,7 @@ class Containers:
             better = c.handle.exit_reason()
             if better:
                 ended = Exit(returncode, better, ended.was_ready, ended.prev_state, failed_start)
+        METRICS.container_exited(c, ended)
         on_exit(c, ended)
 
 
@@ -286,3 +290,11 @@ def phase_timings(t_requested: float, t_launch: float, reported: dict[str, float
 def format_timings(t: dict[str, float]) -> str:
     parts = ", ".join(f"{k} {t[k] * 1000:.0f}" for k in ("schedule", "sandbox", "interpreter", "imports", "enter"))
     return f"{t['total'] * 1000:.0f} ms ({parts})"
+
+
+def modal_environment(container_id: str, image: ContainerImage | None) -> dict[str, str]:
+    """The `MODAL_*` variables Modal's containers carry, which programs read, with shoal's values: this
+    control plane has one environment (`main`) and no cloud regions."""
+    return {"MODAL_TASK_ID": container_id, "MODAL_IMAGE_ID": image.image_id if image else "im-host",
+            "MODAL_IS_REMOTE": "1", "MODAL_ENVIRONMENT": "main", "MODAL_REGION": "local",
+            "MODAL_CLOUD_PROVIDER": "local"}

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # Output statuses as stored and sent to clients.
 SUCCESS, FAILURE, TIMEOUT, TERMINATED, ITEM = "success", "failure", "timeout", "terminated", "item"
+GRAPH_INPUTS = 1000  # inputs of a call whose container and final status are kept for its call graph
+GRAPH_CHILDREN = 10_000  # calls made from one call's inputs that its call graph keeps
 
 
 def new_id(prefix: str) -> str:
@@ -54,7 +56,8 @@ class AppState:
 class Input:
     """One input of a call; lives until its final output is produced."""
 
-    __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at", "waiter")
+    __slots__ = ("call", "idx", "args", "attempt", "crashes", "key", "container", "timer", "dispatched_at", "waiter",
+                 "queued_at")
 
     def __init__(self, call: Call, idx: int, args: bytes | None) -> None:
         call.open[idx] = self
@@ -67,6 +70,7 @@ class Input:
         self.container: Container | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.dispatched_at = 0.0
+        self.queued_at = time.monotonic()  # for its queue time (metrics.py)
         # A web request (controlplane/proxy.py): resolved with the container that got its slot; no frame is sent.
         self.waiter: asyncio.Future | None = None
 
@@ -98,6 +102,13 @@ class Call:
         self.result_waiters: dict[int, list[asyncio.Future]] = collections.defaultdict(list)
         self.output_waiters: list[asyncio.Future] = []
         self.last_active = time.monotonic()
+        # The call graph (`FunctionCall.get_call_graph`), in memory: the input of another call this one was made
+        # from, the calls made from this one's inputs, and for its first GRAPH_INPUTS inputs the container each
+        # last ran in and each final status.
+        self.parent: tuple[Call, int] | None = None
+        self.children: list[Call] = []
+        self.tasks: dict[int, str] = {}
+        self.final_status: dict[int, str] = {}
 
     @property
     def keeps_results(self) -> bool:
@@ -118,6 +129,8 @@ class Call:
         self.last_active = time.monotonic()
         self.published = seq
         self.visible.append((seq, idx, status, data, final))
+        if final and idx < GRAPH_INPUTS:
+            self.final_status[idx] = status
         if final and self.keeps_results:
             self.results[idx] = (status, data)
             for fut in self.result_waiters.pop(idx, []):
@@ -164,6 +177,7 @@ class Container:
     timings: dict[str, float] = field(default_factory=dict)
     web_ports: dict[str, int] = field(default_factory=dict)  # web target ("" or a method) -> port inside
     health_failures: int = 0  # a Server container's failed port checks in a row
+    session_until: float = 0.0  # kept (not scaled down) until then: a Server session lives on it (server_sessions)
     exited: asyncio.Future | None = None  # resolved with the exit code once the process and its pipes are done
 
 

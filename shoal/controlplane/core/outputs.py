@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from ..metrics import METRICS
 from ..store import Store
 from ..store import calls as call_rows
 from .model import Call
@@ -33,8 +34,10 @@ class Outputs:
         """Final outputs of inputs: each counted once, stored in one write, then shown to readers."""
         rows = []
         for call, idx, status, data in finals:
-            if call.open.pop(idx, None) is None:
+            inp = call.open.pop(idx, None)
+            if inp is None:
                 continue  # already finished (a late duplicate)
+            METRICS.input_finished(call.pool, inp, status)
             call.done += 1
             rows.append((call, idx, status, data, True))
         self.add_outputs(rows)
@@ -74,6 +77,7 @@ class Outputs:
             return
         call.state = "terminated" if call.cancelled else "complete"
         call_rows.set_state(self.store, call.id, call.state)
+        METRICS.call_finished(call)
 
     # -- reading ---------------------------------------------------------------------------------------------
     async def wait_result(self, call: Call, idx: int, timeout: float) -> tuple[str, bytes | None] | None:

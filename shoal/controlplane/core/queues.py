@@ -20,7 +20,7 @@ from ..._spec.retries import retry_delay
 from ...exception import ExecutionError, FunctionTimeoutError
 from .. import policy
 from .containers import Containers, Exit, stop
-from .model import FAILURE, SUCCESS, TIMEOUT, Call, Container, Input, Pool
+from .model import FAILURE, GRAPH_INPUTS, SUCCESS, TIMEOUT, Call, Container, Input, Pool
 from .outputs import Outputs
 
 if TYPE_CHECKING:
@@ -224,8 +224,9 @@ class Queues:
         """Stop up to `count` idle containers of other pools, longest idle first, above their minimums; warm
         containers go first."""
         count -= self.warmpool.evict(count)
-        idle = sorted((c for p in self.registry.pools.values() if p is not keep for c in p.ready() if not c.running),
-                      key=lambda c: c.idle_since)
+        now = time.monotonic()
+        idle = sorted((c for p in self.registry.pools.values() if p is not keep for c in p.ready()
+                       if not c.running and c.session_until <= now), key=lambda c: c.idle_since)
         for c in idle[:count]:
             if len(c.pool.live()) > c.pool.autoscaler.min_containers(c.pool.options):
                 self.stop_container(c, f"evicted to make room for {keep.tag!r}")
@@ -300,6 +301,8 @@ def assign(c: Container, inp: Input, now: float) -> None:
     inp.container = c
     inp.dispatched_at = now
     c.running[inp.key] = inp
+    if inp.idx < GRAPH_INPUTS:
+        inp.call.tasks[inp.idx] = c.id
 
 
 def pool_timeout(pool: Pool) -> float:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..._spec import frames
+from ..metrics import METRICS
 from .containers import Containers, format_timings, phase_timings
 from .model import ITEM, AppState, Container, Pool
 from .outputs import Outputs
@@ -104,6 +105,7 @@ class RuntimeLink:
         c.ready_at = time.monotonic()
         c.idle_since = c.ready_at
         c.timings = phase_timings(c.t_requested, c.t_launch or c.t_requested, msg.timings)
+        METRICS.container_ready(c)
         if app is not None:
             app.logs.append(c.id, "info", f"container {c.id} ready in {format_timings(c.timings)}\n")
         pool.start_failures = 0

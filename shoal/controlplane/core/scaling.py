@@ -35,10 +35,11 @@ class ScalingTick:
         self.fail_slow_starts(pool, now)
 
     def scale_down(self, pool: Pool, live: list[Container], decision: policy.Decision, now: float) -> None:
-        """Stop idle containers: only those idle for the scaledown window, only down to the decision."""
+        """Stop idle containers: only those idle for the scaledown window, only down to the decision; a
+        container a Server session lives on is not idle (core/server_sessions.py)."""
         window = pool.autoscaler.settings(pool).scaledown_window
-        idle_for = [now - c.idle_since if c.state == "ready" and not c.running and not pool.queue else None
-                    for c in live]
+        idle_for = [now - c.idle_since if c.state == "ready" and not c.running and not pool.queue
+                    and c.session_until <= now else None for c in live]
         for i in policy.scale_down_victims(idle_for, decision=decision, window_s=window):
             self.queues.stop_container(live[i], "scaled down after idle window")
 

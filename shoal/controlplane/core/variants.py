@@ -73,7 +73,8 @@ def variant_definition(base: FunctionDefinition, params: bytes | None, overrides
         options = msgspec.convert(merged, Options)  # checked as a decoded definition is
     return msgspec.structs.replace(
         base, options=options, secrets=base.secrets if overrides.secrets is None else list(overrides.secrets),
-        params=params, variant_of=base_id, variant_key=key, variant_overrides=overrides)
+        volumes=base.volumes if overrides.volumes is None else list(overrides.volumes), params=params,
+        variant_of=base_id, variant_key=key, variant_overrides=overrides)
 
 
 def _canonical(value: Any) -> Any:

@@ -30,10 +30,12 @@ IDLE_EXPIRY_S = 600.0
 
 
 def eligible(pool: Pool) -> bool:
-    """Functions a warm container can serve: started with default limits, no GPU, no volumes."""
+    """Functions a warm container can serve: started with default limits, no GPU, no volumes, the default
+    network (`block_network` needs a container started without one)."""
     opts = pool.options
     return pool.definition.image_built is not None and not any(
-        (opts.cpu, opts.memory, opts.gpu, opts.extra.get("volumes"), pool.definition.volumes))
+        (opts.cpu, opts.memory, opts.gpu, opts.extra.get("volumes"), pool.definition.volumes,
+         opts.extra.get("block_network")))
 
 
 def link_tree(src: str, dst: str) -> None:

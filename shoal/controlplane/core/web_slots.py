@@ -8,14 +8,33 @@ import asyncio
 import time
 
 from .. import policy
-from .model import Call, Input, Pool, new_id
+from .model import Call, Container, Input, Pool, new_id
 from .queues import Queues, assign
+from .server_sessions import ServerSessions
+
+SESSION_POLL_S = 0.1  # how often a session start waiting for a ready container looks again
 
 
 class WebSlots:
     def __init__(self, queues: Queues) -> None:
         self.queues = queues
         self._ties = 0  # Server requests among equally loaded containers go round in turn
+        self.sessions = ServerSessions()
+
+    async def start_session(self, pool: Pool, idle_timeout: float, wait: float) -> tuple[str, str] | None:
+        """A strict session on a ready container of the Server `pool`: (session id, token). With none ready, one
+        is started and this waits up to `wait` seconds for it; None if none was ready by then."""
+        deadline = time.monotonic() + wait
+        while True:
+            now = time.monotonic()
+            started = self.sessions.start(pool, idle_timeout, now)
+            if started is not None:
+                return started[0].session_id, started[1]
+            if pool.stopped or now >= deadline:
+                return None
+            if not pool.live():
+                self.queues.scale(pool, policy.Decision(desired=1, current=0, reason="a session at zero"))
+            await asyncio.sleep(SESSION_POLL_S)
 
     def web_enqueue(self, pool: Pool) -> Input:
         """A web request waits for a slot in one of the pool's containers, counted as an input; `inp.waiter`
@@ -24,12 +43,28 @@ class WebSlots:
         self.queues.enqueue(pool, [inp])
         return inp
 
-    def server_acquire(self, pool: Pool, session: str | None) -> Input | str:
+    def session_for(self, function_id: str, authorization: str | None) -> Container | tuple[int, str] | None:
+        """The container of the strict session whose token a request to a `@modal.sessioned()` Server carries
+        (`Modal-Authorization: Bearer <token>`); the answer (status, body) when there is no such session (404)
+        or it has ended (410); None for other requests."""
+        pool = self.queues.registry.pools.get(function_id)
+        server = pool.definition.server if pool is not None else None
+        if server is None or not server.sessioned or not (authorization or "").lower().startswith("bearer "):
+            return None
+        got = self.sessions.route(function_id, (authorization or "")[7:].strip(), time.monotonic())
+        if got == 404:
+            return 404, "shoal: no such session of this Server"
+        if got == 410:
+            return 410, "shoal: this Server session has ended"
+        return got  # type: ignore[return-value]
+
+    def server_acquire(self, pool: Pool, session: str | None, pinned: Container | None = None) -> Input | str:
         """A Server request gets a slot now or not at all (Servers have no queue): the least loaded ready
-        container, or with a `Modal-Session-ID` the session's container (rendezvous hashing, best effort).
-        Returns "none" when no container is ready (a container is started: the caller answers 503) and "full"
-        when every container is at `max_concurrency` (429)."""
-        ready = [c for c in pool.ready() if c.web_ports]
+        container, or with a `Modal-Session-ID` the session's container (rendezvous hashing, best effort), or
+        the container of its strict session (`pinned`, server_sessions.py). Returns "none" when no container is
+        ready (a container is started: the caller answers 503) and "full" when every container (the pinned
+        one) is at `max_concurrency` (429)."""
+        ready = [pinned] if pinned is not None else [c for c in pool.ready() if c.web_ports]
         if not ready:
             live = pool.live()
             if not live:
@@ -37,7 +72,7 @@ class WebSlots:
             return "none"
         cap = (pool.server.max_concurrency or 0) if pool.server is not None else 0
         choice = None
-        if session:
+        if session and pinned is None:
             choice = ready[policy.rendezvous(session, [c.id for c in ready])]
             if cap and len(choice.running) >= cap:
                 choice = None

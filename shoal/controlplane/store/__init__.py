@@ -5,8 +5,8 @@ All the control plane's SQL is in this package (tests/unit/test_store_boundary.p
 `sqlite.py` and `postgres.py` are the store itself, `schema.py` its tables, and one module per aggregate holds
 the functions the rest of the control plane calls, each taking the Store: `apps` (apps, versions, function
 definitions), `calls` (calls, inputs, outputs), `objects` (Dicts, Queues and Volumes
-by name), `dicts`, `queues`, `secrets`, `tokens` (proxy auth), `schedules`, and for replicas on PostgreSQL
-`leases` and `replicas`."""
+by name), `dicts`, `queues`, `idempotency` (what keyed client writes did), `secrets`, `tokens` (proxy auth),
+`schedules`, and for replicas on PostgreSQL `leases` and `replicas`."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -74,6 +75,8 @@ class Store:
         self._waiters: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.on_commit: Callable[[float], None] | None = None  # told each group commit's duration, seconds
+        self._batch_t0 = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -130,6 +133,7 @@ class Store:
     def _next_batch(self) -> tuple[list[Write], bool]:
         """Block for the next write, then take everything queued behind it: (writes, stop after them)."""
         batch = [self._queue.get()]
+        self._batch_t0 = time.perf_counter()
         while True:
             try:
                 batch.append(self._queue.get_nowait())
@@ -140,6 +144,8 @@ class Store:
     def _committed_batch(self, done: int, batch: list[Write]) -> None:
         """From the writer thread: `batch` is committed, `done` writes in all."""
         assert self._loop is not None
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - self._batch_t0)  # metrics: the commit's duration
         for w in batch:
             if isinstance(w, _Txn):
                 self._loop.call_soon_threadsafe(w.resolve)

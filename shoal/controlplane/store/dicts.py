@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from . import idempotency
 from .base import Connection, Store
 
 
@@ -21,42 +22,74 @@ async def contains(store: Store, dict_id: str, key: bytes) -> bool:
     return bool(await store.read("SELECT 1 FROM dict_entries WHERE dict_id=? AND key=?", (dict_id, key)))
 
 
-async def put(store: Store, dict_id: str, key: bytes, value: bytes, *, skip_if_exists: bool) -> bool:
-    """Set one entry (keep an existing one with `skip_if_exists`); True when it was written."""
+async def put(store: Store, dict_id: str, key: bytes, value: bytes, *, skip_if_exists: bool,
+              idem: str | None = None) -> bool:
+    """Set one entry (keep an existing one with `skip_if_exists`); True when it was written. With `idem` (an
+    idempotency key) a put asked again returns the first answer and does not overwrite a later put."""
     action = "DO NOTHING" if skip_if_exists else \
         "(dict_id, key) DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at"
 
     def run(c: Connection) -> bool:
-        return c.execute(f"INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) "
-                         f"ON CONFLICT {action}", (dict_id, key, value, time.time())).rowcount > 0
+        done = idempotency.previous(c, idem)
+        if done is not None:
+            return bool(done.result)
+        return idempotency.record(c, idem, c.execute(
+            f"INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) ON CONFLICT {action}",
+            (dict_id, key, value, time.time())).rowcount > 0)
 
     return await store.transact(run)
 
 
-async def update(store: Store, dict_id: str, items: list[tuple[bytes, bytes]]) -> None:
-    """Set many entries; returns once committed."""
+_UPSERT = ("INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) ON CONFLICT (dict_id, key) "
+           "DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at")
+
+
+async def update(store: Store, dict_id: str, items: list[tuple[bytes, bytes]], idem: str | None = None) -> None:
+    """Set many entries; returns once committed. With `idem` (an idempotency key) an update asked again does
+    not overwrite later puts."""
     now = time.time()
-    await store.flushed(store.write(
-        "INSERT INTO dict_entries (dict_id, key, value, touched_at) VALUES (?,?,?,?) ON CONFLICT (dict_id, key) "
-        "DO UPDATE SET value=excluded.value, touched_at=excluded.touched_at",
-        [(dict_id, k, v, now) for k, v in items], many=True))
+    rows = [(dict_id, k, v, now) for k, v in items]
+    if idem is None:
+        await store.flushed(store.write(_UPSERT, rows, many=True))
+        return
+
+    def run(c: Connection) -> None:
+        if idempotency.previous(c, idem) is None:
+            c.executemany(_UPSERT, rows)
+            idempotency.record(c, idem, True)
+
+    await store.transact(run)
 
 
-async def pop(store: Store, dict_id: str, key: bytes) -> bytes | None:
-    """Remove an entry and return its value (None when there was none), in one transaction."""
+async def pop(store: Store, dict_id: str, key: bytes, idem: str | None = None) -> bytes | None:
+    """Remove an entry and return its value (None when there was none), in one transaction. With `idem` (an
+    idempotency key) a pop asked again returns the value the first one removed."""
 
     def run(c: Connection) -> bytes | None:
+        done = idempotency.previous(c, idem)
+        if done is not None:
+            return done.result
         row = c.execute("SELECT value FROM dict_entries WHERE dict_id=? AND key=?", (dict_id, key)).fetchone()
         if row:
             c.execute("DELETE FROM dict_entries WHERE dict_id=? AND key=?", (dict_id, key))
-        return row[0] if row else None
+        return idempotency.record(c, idem, row[0] if row else None)
 
     return await store.transact(run)
 
 
-async def clear(store: Store, dict_id: str) -> None:
-    """Remove every entry; returns once committed."""
-    await store.flushed(store.write("DELETE FROM dict_entries WHERE dict_id=?", (dict_id,)))
+async def clear(store: Store, dict_id: str, idem: str | None = None) -> None:
+    """Remove every entry; returns once committed. With `idem` (an idempotency key) a clear asked again does
+    not remove what was put since."""
+    if idem is None:
+        await store.flushed(store.write("DELETE FROM dict_entries WHERE dict_id=?", (dict_id,)))
+        return
+
+    def run(c: Connection) -> None:
+        if idempotency.previous(c, idem) is None:
+            c.execute("DELETE FROM dict_entries WHERE dict_id=?", (dict_id,))
+            idempotency.record(c, idem, True)
+
+    await store.transact(run)
 
 
 async def length(store: Store, dict_id: str) -> int:

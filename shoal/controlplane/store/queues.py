@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from . import idempotency
 from .base import Connection, Store
+from .idempotency import Replay
 
 
 class TooManyPartitionsError(Exception):
@@ -18,13 +20,18 @@ class TooManyPartitionsError(Exception):
 
 
 async def put(store: Store, queue_id: str, partition: str, values: list[bytes], *, ttl_s: float,
-              max_items: int, max_partitions: int, hand_to: Sequence[int] = ()) -> list[list[bytes]] | None:
+              max_items: int, max_partitions: int, hand_to: Sequence[tuple[int, str | None]] = (),
+              key: str | None = None) -> list[list[bytes]] | None | Replay:
     """Append `values` to the partition and renew its expiry; None (nothing written) when the partition would
-    hold more than `max_items`. In the same transaction, pop `n` items for each `n` of `hand_to` (blocked
-    getters, in the order they wait): what is returned is theirs, so arriving items reach blocked getters in
-    order and none is seen by a pop in between. Raises TooManyPartitionsError."""
+    hold more than `max_items`. In the same transaction, pop `n` items for each `(n, getter_key)` of `hand_to`
+    (blocked getters, in the order they wait, with their idempotency keys): what is returned is theirs, so
+    arriving items reach blocked getters in order and none is seen by a pop in between. With `key` (an
+    idempotency key), a put done already is not done again: a Replay comes back. Raises TooManyPartitionsError."""
 
-    def run(c: Connection) -> list[list[bytes]] | None:
+    def run(c: Connection) -> list[list[bytes]] | None | Replay:
+        done = idempotency.previous(c, key)
+        if done is not None:
+            return done
         count = c.execute("SELECT COUNT(*) FROM queue_items WHERE queue_id=? AND partition=?",
                           (queue_id, partition)).fetchone()[0]
         if count + len(values) > max_items:
@@ -41,24 +48,36 @@ async def put(store: Store, queue_id: str, partition: str, values: list[bytes], 
                         (queue_id, partition)).fetchone()[0]
         c.executemany("INSERT INTO queue_items (queue_id, partition, seq, value) VALUES (?,?,?,?)",
                       [(queue_id, partition, top + 1 + i, v) for i, v in enumerate(values)])
-        return [_pop(c, queue_id, partition, n) for n in hand_to]
+        idempotency.record(c, key, True)
+        # A getter with a result under its key got items by a pop of its own (racing this put): none for it.
+        return [[] if idempotency.previous(c, getter) is not None else _pop(c, queue_id, partition, n, key=getter)
+                for n, getter in hand_to]
 
     return await store.transact(run)
 
 
-async def pop(store: Store, queue_id: str, partition: str, n: int, *, shared: bool) -> list[bytes]:
-    """Remove and return up to `n` items from the head of the partition."""
-    return await store.transact(lambda c: _pop(c, queue_id, partition, n, shared))
+async def pop(store: Store, queue_id: str, partition: str, n: int, *, shared: bool,
+              key: str | None = None) -> list[bytes]:
+    """Remove and return up to `n` items from the head of the partition. With `key` (an idempotency key) the
+    items are kept under it: the same pop asked again returns them instead of taking more."""
+
+    def run(c: Connection) -> list[bytes]:
+        done = idempotency.previous(c, key)
+        return done.result if done is not None else _pop(c, queue_id, partition, n, shared, key)
+
+    return await store.transact(run)
 
 
-async def give_back(store: Store, queue_id: str, partition: str, items: list[bytes]) -> None:
-    """Put items popped for a client that went away back at the head of the partition, in their order."""
+async def give_back(store: Store, queue_id: str, partition: str, items: list[bytes], key: str | None = None) -> None:
+    """Put items popped for a client that went away back at the head of the partition, in their order; the pop
+    is undone, so its idempotency key `key` is released with it."""
 
     def run(c: Connection) -> None:
         low = c.execute("SELECT COALESCE(MIN(seq), 1) FROM queue_items WHERE queue_id=? AND partition=?",
                         (queue_id, partition)).fetchone()[0]
         c.executemany("INSERT INTO queue_items (queue_id, partition, seq, value) VALUES (?,?,?,?)",
                       [(queue_id, partition, low - len(items) + i, v) for i, v in enumerate(items)])
+        idempotency.release(c, key)
 
     await store.transact(run)
 
@@ -79,15 +98,19 @@ async def peek(store: Store, queue_id: str, partition: str, n: int) -> list[byte
     return [r[0] for r in rows]
 
 
-async def clear(store: Store, queue_id: str, partition: str | None) -> None:
-    """Empty the partition, or (`partition` None) the whole queue; returns once committed."""
-    if partition is None:
-        store.write("DELETE FROM queue_partitions WHERE queue_id=?", (queue_id,))
-        ticket = store.write("DELETE FROM queue_items WHERE queue_id=?", (queue_id,))
-    else:
-        store.write("DELETE FROM queue_partitions WHERE queue_id=? AND partition=?", (queue_id, partition))
-        ticket = store.write("DELETE FROM queue_items WHERE queue_id=? AND partition=?", (queue_id, partition))
-    await store.flushed(ticket)
+async def clear(store: Store, queue_id: str, partition: str | None, key: str | None = None) -> None:
+    """Empty the partition, or (`partition` None) the whole queue; returns once committed. With `key` (an
+    idempotency key) a clear asked again does not empty what was put since."""
+
+    def run(c: Connection) -> None:
+        if idempotency.previous(c, key) is None:
+            where, params = ("queue_id=?", (queue_id,)) if partition is None else \
+                ("queue_id=? AND partition=?", (queue_id, partition))
+            c.execute(f"DELETE FROM queue_partitions WHERE {where}", params)
+            c.execute(f"DELETE FROM queue_items WHERE {where}", params)
+            idempotency.record(c, key, True)
+
+    await store.transact(run)
 
 
 def expire_partitions(store: Store, now: float) -> int:
@@ -97,7 +120,9 @@ def expire_partitions(store: Store, now: float) -> int:
     return store.write("DELETE FROM queue_partitions WHERE expires_at < ?", (now,))
 
 
-def _pop(c: Connection, queue_id: str, partition: str, n: int, shared: bool = False) -> list[bytes]:
+def _pop(c: Connection, queue_id: str, partition: str, n: int, shared: bool = False,
+         key: str | None = None) -> list[bytes]:
+    """Take up to `n` items from the head, kept under the idempotency `key` when any were taken."""
     if shared:  # lock the partition first: a pop of another replica waits, then sees what this one took
         c.execute("UPDATE queue_partitions SET expires_at=expires_at WHERE queue_id=? AND partition=?",
                   (queue_id, partition))
@@ -106,4 +131,5 @@ def _pop(c: Connection, queue_id: str, partition: str, n: int, shared: bool = Fa
     if rows:
         c.execute("DELETE FROM queue_items WHERE queue_id=? AND partition=? AND seq <= ?",
                   (queue_id, partition, rows[-1][0]))
-    return [v for _, v in rows]
+        return idempotency.record(c, key, [v for _, v in rows])
+    return []

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS outputs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outputs_final ON outputs (call_id, idx) WHERE final = 1;
 CREATE INDEX IF NOT EXISTS calls_state ON calls (state);
+CREATE INDEX IF NOT EXISTS calls_function ON calls (function_id, created_at);
 CREATE TABLE IF NOT EXISTS schedules (
     function_id TEXT PRIMARY KEY, anchor REAL NOT NULL, last_fire REAL
 );
@@ -63,6 +64,10 @@ CREATE TABLE IF NOT EXISTS replicas (
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY, result BLOB NOT NULL, created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_age ON idempotency_keys (created_at);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). Applied at open when missing, so a

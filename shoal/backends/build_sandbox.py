@@ -1,0 +1,97 @@
+"""Image build commands (`run_commands`) run in the same sandbox as containers, never on the host as root.
+
+Until images have a root filesystem of their own, a build container sees what a container of the image sees
+(docs/sandbox.md), with the image's own directory writable: the image's root at its path (its venv, so
+`pip install` in a command lands in the image), the image's `files/<dir>` at `/<dir>` (`/root`, `/opt`, a
+workdir), and the host's system directories (`/etc`, `/usr`, …) as overlays whose upper layer is the image's
+`files/<dir>`: a command that writes `/etc/x` writes the image's `files/etc/x`, which the image's containers see
+at `/etc/x` (image_layers). It has outbound network like a container (package archives), and nothing else of
+the host.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from . import egress
+from .sandbox import (
+    ID_COUNT,
+    ISOLATION_ENV,
+    SYSTEM_DIRS,
+    Availability,
+    id_base,
+    interpreter_paths,
+    launcher_argv,
+    minimal_paths,
+    newroot_dir,
+    probe,
+    under,
+)
+
+ALWAYS_WRITABLE = ("root", "opt", "srv")  # besides what the image already has in files/ (created if missing)
+
+
+class BuildSandbox:
+    """Plans one sandboxed build command at a time; asks the kernel once whether sandboxes work here."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = os.path.realpath(state_dir)
+        self._availability: Availability | None = None
+        self._paths: dict[str, list[str]] = {}
+
+    def availability(self) -> Availability:
+        if self._availability is None:
+            wanted = (os.environ.get(ISOLATION_ENV) or "auto").strip().lower()
+            if wanted == "process":
+                self._availability = Availability("process", reason=f"{ISOLATION_ENV}=process")
+            else:
+                py = sys.executable
+                own = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(py)))]
+                self._availability = probe(py, minimal_paths(own, [self.state_dir]))
+        return self._availability
+
+    def argv(self, image_root: str, python: str, command: list[str], cwd: str) -> list[str]:
+        """The launcher's argv that runs `command` (with the environment the launcher is given) in a build
+        sandbox of the image at `image_root`, whose interpreter is `python`; `cwd` is a path inside."""
+        avail = self.availability()
+        root = os.path.realpath(image_root)
+        files = os.path.join(root, "files")
+        if python not in self._paths:
+            self._paths[python] = interpreter_paths(python, [self.state_dir], [root, os.path.dirname(root)],
+                                                    avail.mode)
+        ro = [p for p in self._paths[python] if not under(p, root)]
+        for name in ALWAYS_WRITABLE:
+            os.makedirs(os.path.join(files, name), exist_ok=True)
+        binds: list[list] = []
+        volumes: list[list] = []
+        work = os.path.join(root, "build", "overlay-work")
+        for name in sorted(os.listdir(files)):
+            src = os.path.join(files, name)
+            if os.path.islink(src) or not os.path.isdir(src) or name in ("tmp", "proc", "sys", "dev", "run"):
+                continue
+            if "/" + name not in SYSTEM_DIRS:
+                binds.append([src, "/" + name, True])
+        for d in SYSTEM_DIRS:
+            if os.path.isdir(d) and not os.path.islink(d):
+                upper = os.path.join(files, d.lstrip("/"))
+                os.makedirs(upper, exist_ok=True)
+                if avail.mode == "root":
+                    # The merged directory's owner is its upper layer's: the build's root may add entries to
+                    # /etc, /usr, … (what lies below stays the host's, read-only to it).
+                    os.chown(upper, id_base(), id_base())
+                os.makedirs(os.path.join(work, d.lstrip("/")), exist_ok=True)
+                volumes.append([d, d, upper, os.path.join(work, d.lstrip("/"))])
+        mask = sorted({self.state_dir} if any(under(self.state_dir, p) for p in [*ro, root]) else set())
+        cfg: dict[str, Any] = {
+            "mode": avail.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
+            "hostname": "build", "ro": ro, "rw": [root], "binds": binds, "mask": mask, "volumes": volumes,
+            "argv": command, "cwd": cwd,
+        }
+        pasta = egress.find_pasta() if egress.wanted() else None
+        if pasta:
+            rules = egress.egress_rules(None, egress.installation_allowed(), egress.host_addresses())
+            cfg["net"] = {"pasta": [pasta, *egress.PASTA_ARGS], "rules": rules}
+            cfg["resolv"] = egress.resolv_conf()
+        return launcher_argv(sys.executable, cfg)

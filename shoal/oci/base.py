@@ -1,0 +1,175 @@
+"""The base image: `debian_slim(python_version)`, a Debian bookworm root filesystem assembled from Debian's archive.
+
+Why from the archive (docs/oci.md): it must work on a machine that reaches package archives and no container
+registry. mmdebstrap (Debian's own tool for this) builds a minbase bookworm with apt, ca-certificates and the
+Python, as one layer; docs, man pages and locales are left out as in Debian's slim images; apt lists are removed
+(the image is bare: a build's `apt_install` runs `apt-get update` first). The result is a normal OCI image in the
+layer store, cached by content: suite, mirror, package list, architecture, recipe version and, for a copied
+interpreter, its exact build.
+
+Where Python comes from:
+  * 3.11 -> bookworm's own python3 (3.11.2), as Debian ships it (PEP 668 "externally managed").
+  * other versions -> an interpreter installed on this machine under `pyenv root`/versions/X.Y.Z (the newest
+    X.Y.Z), copied to /usr/local; the Debian packages of the shared libraries its stdlib extensions link to are
+    installed, and `python3 -c 'import ssl, sqlite3, …'` is run inside the new root to prove it works there.
+    pyenv builds on this machine link against bookworm's libraries, which is what makes the copy valid.
+  * anything else -> BaseImageError naming the version, what exists and how to get it.
+Either way `/usr/local/bin/python` and `/usr/local/bin/python3` are the image's Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.oci.layout import store_image
+from shoal.oci.store import Image, LayerStore
+
+RECIPE_VERSION = 2  # bump when the recipe below changes what a base image contains
+SUITE = "bookworm"
+ARCH = "amd64"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_PYTHON = "3.11"
+BASE_PACKAGES = ("ca-certificates",)
+# what CPython's stdlib extension modules link to (ssl, sqlite3, ctypes, lzma, bz2, readline, curses, uuid, dbm, …)
+PYTHON_RUNTIME_PACKAGES = ("libbz2-1.0", "libcrypt1", "libexpat1", "libffi8", "libgdbm6", "libgdbm-compat4",
+                           "liblzma5", "libncursesw6", "libnsl2", "libreadline8", "libsqlite3-0", "libssl3",
+                           "libtinfo6", "libtirpc3", "libuuid1", "zlib1g")
+SLIM_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
+                 "/usr/share/lintian/*", "/usr/share/linda/*")
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SMOKE = "import ssl, sqlite3, ctypes, lzma, bz2, zlib, uuid, decimal, hashlib, json; print('ok')"
+_VERSION = re.compile(r"^3\.(\d+)(?:\.(\d+))?$")
+
+
+class BaseImageError(Exception):
+    """The base image cannot be built here; the message says what is missing."""
+
+
+def _pyenv_root() -> Path | None:
+    root = os.environ.get("PYENV_ROOT")
+    if root:
+        return Path(root)
+    if shutil.which("pyenv"):
+        out = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            return Path(out.stdout.strip())
+    default = Path.home() / ".pyenv"
+    return default if default.is_dir() else None
+
+
+def find_interpreter(version: str) -> Path:
+    """The prefix of the newest pyenv-installed CPython matching `version` (X.Y or X.Y.Z)."""
+    m = _VERSION.match(version)
+    if not m:
+        raise BaseImageError(f"python_version {version!r}: expected 3.X or 3.X.Y")
+    root = _pyenv_root()
+    versions = root / "versions" if root else None
+    found: list[tuple[tuple[int, ...], Path]] = []
+    if versions and versions.is_dir():
+        for d in versions.iterdir():
+            parts = d.name.split(".")
+            if len(parts) == 3 and all(p.isdigit() for p in parts) and (d / "bin" / "python3").exists():
+                if d.name == version or ".".join(parts[:2]) == version:
+                    found.append((tuple(int(p) for p in parts), d))
+    if not found:
+        have = sorted(d.name for d in versions.iterdir()) if versions and versions.is_dir() else []
+        where = f"under {versions}" if versions else "(no pyenv on this machine)"
+        raise BaseImageError(
+            f"Python {version} cannot be provided on this machine: Debian {SUITE}'s python3 is {DEBIAN_PYTHON}, "
+            f"and no CPython {version} is installed {where} (have: {', '.join(have) or 'none'}). Install it "
+            f"with `pyenv install {version}`, or use python_version={DEBIAN_PYTHON!r}.")
+    return max(found)[1]
+
+
+def _recipe(python_version: str, mirror: str) -> tuple[dict, Path | None]:
+    if python_version == DEBIAN_PYTHON:
+        return {"python": "debian", "packages": sorted({*BASE_PACKAGES, "python3"})}, None
+    prefix = find_interpreter(python_version)
+    minor = ".".join(prefix.name.split(".")[:2])
+    libs = sorted(prefix.glob(f"lib/libpython{minor}*.so*"))
+    build = hashlib.sha256()  # the install's identity, cheaply: a reinstall changes sizes and mtimes
+    for f in [prefix / "bin" / f"python{minor}", *libs]:
+        if f.is_file() and not f.is_symlink():
+            st = f.stat()
+            build.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return {"python": prefix.name, "python_build": build.hexdigest(),
+            "packages": sorted({*BASE_PACKAGES, *PYTHON_RUNTIME_PACKAGES})}, prefix
+
+
+def _copy_python_hook(prefix: Path) -> list[str]:
+    """mmdebstrap hooks (run with the new root as $1) that install the interpreter at /usr/local and check it."""
+    minor = ".".join(prefix.name.split(".")[:2])
+    lib = f"/usr/local/lib/python{minor}"
+    return [
+        f'cp -a {prefix}/. "$1/usr/local/"',
+        f'rm -rf "$1{lib}/test" "$1{lib}/idlelib" "$1{lib}/tkinter" "$1{lib}/turtledemo"'
+        f' "$1{lib}"/lib-dynload/_tkinter* "$1/usr/local/bin/idle"* "$1/usr/local/lib/pkgconfig"',
+        f'rm -f "$1{lib}"/config-*/libpython*.a',  # the static library (60 MB): only for embedding at link time
+        # site-packages as a fresh install has it: pip only, nothing this machine added (.pth files, tools)
+        f'find "$1{lib}/site-packages" -mindepth 1 -maxdepth 1 ! -name pip ! -name "pip-*" ! -name README.txt'
+        ' -exec rm -rf {} +',
+        # console scripts name pyenv's path in their #! line
+        f'for f in "$1"/usr/local/bin/*; do [ -f "$f" ] && [ ! -L "$f" ] &&'
+        f' sed -i "1s|^#!{prefix}/bin/|#!/usr/local/bin/|" "$f" || true; done',
+        f'ln -sf python{minor} "$1/usr/local/bin/python3"; ln -sf python{minor} "$1/usr/local/bin/python"',
+        'chroot "$1" ldconfig',
+        f'chroot "$1" /usr/local/bin/python3 -c "{_SMOKE}"',
+    ]
+
+
+def debian_slim(store: LayerStore, python_version: str = DEBIAN_PYTHON, *, mirror: str | None = None,
+                log: Callable[[str], None] | None = None) -> Image:
+    """The base image for this Python, from the store if built before, else built now (a minute or more)."""
+    mirror = mirror or os.environ.get("SHOAL_DEBIAN_MIRROR") or DEFAULT_MIRROR
+    recipe, prefix = _recipe(python_version, mirror)
+    recipe.update({"suite": SUITE, "arch": ARCH, "mirror": mirror, "recipe": RECIPE_VERSION})
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
+    name = f"shoal/debian-slim:{python_version}-{key}"
+    cached = store.get(name)
+    if cached is not None:
+        return cached
+    if shutil.which("mmdebstrap") is None:
+        raise BaseImageError("building the Debian base image needs mmdebstrap (Debian package `mmdebstrap`)")
+    if os.geteuid() != 0:
+        raise BaseImageError("building the Debian base image runs mmdebstrap as root (it keeps file ownership)")
+    work = store.scratch_dir("base-")
+    try:
+        rootfs = work / "rootfs"
+        hooks = ['ln -sf /usr/bin/python3 "$1/usr/local/bin/python"',
+                 'ln -sf /usr/bin/python3 "$1/usr/local/bin/python3"']
+        if prefix is not None:
+            hooks = _copy_python_hook(prefix)
+        cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", f"--architectures={ARCH}",
+               f"--include={','.join(recipe['packages'])}", "--aptopt=Acquire::Languages \"none\"",
+               *(f"--dpkgopt=path-exclude={p}" for p in SLIM_EXCLUDES),
+               "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+               *(f"--customize-hook={h}" for h in hooks), SUITE, str(rootfs), mirror]
+        started = time.monotonic()
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}  # reproducible timestamps where Debian honours it
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise BaseImageError(f"mmdebstrap failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}")
+        for entry in (rootfs / "dev").iterdir():  # the runtime gives containers their /dev; layers hold no devices
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for host_file in ("etc/resolv.conf", "etc/hostname"):  # mmdebstrap copies the host's; the runtime gives its own
+            (rootfs / host_file).unlink(missing_ok=True)
+        tar = work / "layer.tar"
+        subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=security.capability",
+                        "--sort=name", "-C", str(rootfs), "-cf", str(tar), "."], check=True, capture_output=True)
+        shutil.rmtree(rootfs)
+        config = {"Env": [PATH_ENV, "LANG=C.UTF-8"], "Cmd": ["/usr/local/bin/python3"],
+                  "Labels": {"org.shoal.base.recipe": json.dumps(recipe, sort_keys=True)}}
+        image = store_image(store, name, [tar], config)
+        if log is not None:
+            log(f"built {name} in {time.monotonic() - started:.0f} s")
+        return image
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
