@@ -76,7 +76,7 @@ def status_of(data: bytes) -> int:
 
 
 def exchange(cp: ControlPlane, request: bytes) -> bytes:
-    """Send one request with `Connection: close` semantics left to the proxy; return all it answers."""
+    """Send `request` on a new connection; return all the proxy sends until it closes the connection."""
     with connect(cp) as sock:
         sock.sendall(request)
         return read_all(sock)
