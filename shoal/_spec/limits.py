@@ -44,3 +44,15 @@ BODY_MAX = 4 * 1024 * 1024
 DATA_BODY_MAX = 128 * 1024 * 1024
 BLOB_MAX = 1024 * 1024 * 1024
 VOLUME_FILE_MAX = 64 * 1024 ** 3
+# -- The ingress proxy (controlplane/proxy.py): what one web client's connection may make the control plane hold
+# or wait for. A head is read only up to these bounds, so memory per connection stays bounded whatever is sent.
+PROXY_MAX_URL = 8 * 1024  # bytes of a request's target (path and query): longer is 414
+PROXY_MAX_HEAD = 64 * 1024  # bytes of a request head (request line and header fields): more is 431
+PROXY_MAX_HEADERS = 100  # header fields in one request head: more is 431
+PROXY_HEAD_TIMEOUT_S = 20.0  # from a head's first byte to its last: later is 408 and the connection closes
+PROXY_IDLE_TIMEOUT_S = 60.0  # a connection with no request under way for this long is closed
+PROXY_MAX_BODY = 4 * 1024**3  # Modal's request body limit: a larger Content-Length is 413 before the body is read
+# After an error answer (400/408/413/414/431) the connection is closed once the client stops sending, or after
+# this many more bytes (discarded) or seconds, so the client can read the answer before the connection goes.
+PROXY_LINGER_BYTES = 1024 * 1024
+PROXY_LINGER_S = 2.0

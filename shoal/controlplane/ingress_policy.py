@@ -1,4 +1,4 @@
-"""Pure decisions for the web ingress: request rate limiting and proxy-auth checks.
+"""Pure decisions for the web ingress: request rate limiting, proxy-auth checks, and which budget a request spends.
 
 No I/O, no asyncio, no clock of its own: callers pass `now` and a token lookup, so every outcome is testable
 with plain values (like `policy.py`).
@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 # Modal's default workspace limit: 200 web requests per second, with a 5 s burst [doc: Web endpoints].
 DEFAULT_RATE = 200.0
 DEFAULT_BURST_S = 5.0
+# Refused requests (missing, invalid or out-of-scope credentials) spend a budget of their client address alone:
+# 20 a second with a 5 s burst, for at most MAX_CLIENTS addresses at once (the least recently refused go first).
+REJECTED_RATE = 20.0
+REJECTED_BURST_S = 5.0
+MAX_CLIENTS = 10_000
 
 MISSING_CREDENTIALS = "modal-http: missing credentials for proxy authorization"  # Modal's exact body
 INVALID_CREDENTIALS = "modal-http: invalid credentials for proxy authorization"
+RATE_LIMITED = "shoal: too many requests (workspace rate limit)"
+REJECTED_LIMITED = "shoal: too many refused requests from this address (proxy auth)"
 _EPS = 1e-9  # float rounding: 0.1 s at 10/s must buy a whole token, not 0.9999999
 
 
@@ -95,3 +104,55 @@ def check_proxy_auth(key: str | None, secret: str | None, lookup: Callable[[str]
         shown = app_name if app_name is not None else "(unnamed)"
         return 403, f"modal-http: token is not allowed to access app '{shown}'"
     return None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The proxy's answer to a request it does not forward."""
+
+    status: int
+    body: str
+    retry_after: int | None = None  # whole seconds, for a 429's `Retry-After`
+
+
+class Admission:
+    """Which budget a request spends, decided after proxy auth.
+
+    Admitted requests spend the workspace's bucket (`rate` a second, None: no limit), as Modal's rate limit does.
+    Refused ones never touch it: each client address has a bucket of its own for them, so a client without
+    credentials can slow down only itself, never the authenticated traffic of others.
+    """
+
+    def __init__(self, rate: float | None = DEFAULT_RATE, burst_s: float = DEFAULT_BURST_S,
+                 rejected_rate: float = REJECTED_RATE, rejected_burst_s: float = REJECTED_BURST_S,
+                 max_clients: int = MAX_CLIENTS) -> None:
+        self.shared = TokenBucket(rate, burst_s) if rate else None
+        self.rejected_rate, self.rejected_burst_s = rejected_rate, rejected_burst_s
+        self.max_clients = max_clients
+        self.rejected: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def decide(self, denied: tuple[int, str] | None, client: str, now: float) -> Refusal | None:
+        """None to forward the request; else the answer. `denied` is `check_proxy_auth`'s verdict (None for an
+        endpoint without proxy auth), `client` the peer's address."""
+        if denied is not None:
+            bucket = self._client_bucket(client)
+            if not bucket.take(now):
+                return Refusal(429, REJECTED_LIMITED, _whole_seconds(bucket.retry_after(now)))
+            return Refusal(denied[0], denied[1])
+        if self.shared is None or self.shared.take(now):
+            return None
+        return Refusal(429, RATE_LIMITED, _whole_seconds(self.shared.retry_after(now)))
+
+    def _client_bucket(self, client: str) -> TokenBucket:
+        bucket = self.rejected.get(client)
+        if bucket is None:
+            bucket = self.rejected[client] = TokenBucket(self.rejected_rate, self.rejected_burst_s)
+            if len(self.rejected) > self.max_clients:
+                self.rejected.popitem(last=False)
+        else:
+            self.rejected.move_to_end(client)
+        return bucket
+
+
+def _whole_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds - _EPS))

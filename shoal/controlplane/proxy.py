@@ -5,12 +5,20 @@ It runs on the control plane's event loop, so a request takes a container slot (
 protocols with httptools (llhttp) for message boundaries: request heads are rewritten (X-Forwarded-*, proxy-auth
 headers removed), bodies and responses are streamed through as they arrive, with back-pressure both ways, so a
 4 GiB upload or an endless SSE stream never sits in memory. Upstream connections are kept alive per container
-and port. Chosen over a proxy built on aiohttp's client, which measured about 30% of direct uvicorn's throughput
-on this machine before this one was written; this one's figures are in bench/README.md (`python -m bench.web`).
+and port (proxy_upstream.py). Chosen over a proxy built on aiohttp's client, which measured about 30% of direct
+uvicorn's throughput on this machine before this one was written; this one's figures are in bench/README.md
+(`python -m bench.web`).
 
-Per request: route (Host, else the loopback address the client connected to) → rate limit (429) → proxy auth
-(401/403) → a container slot (waiting in the pool's bounded queue while containers start) → forward. A response
-that has not started within 150 s turns into Modal's 303 to a result URL that waits for the same call.
+A request head is read only within the bounds of `_spec/limits.py` (PROXY_*): its target (414), its size and
+field count (431), the time it takes to arrive (408) and its declared body size (413) are checked as the bytes
+arrive, so no client makes the control plane hold more than a bounded amount per connection; a connection with
+no request under way is closed after PROXY_IDLE_TIMEOUT_S.
+
+Per request: route (Host, else the loopback address the client connected to) → proxy auth (401/403) → rate
+limit (429; refused requests spend a budget of their client address, admitted ones the workspace's:
+ingress_policy.Admission) → a container slot (waiting in the pool's bounded queue while containers start) →
+forward. A response that has not started within 150 s turns into Modal's 303 to a result URL that waits for the
+same call; the result URL is served only at the same endpoint, after the same auth.
 """
 
 from __future__ import annotations
@@ -28,10 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from .._spec import limits
 from .._spec.definitions import VariantOverrides
 from .._spec.params import bind_params, pack_params
-from .ingress_policy import TokenBucket, TokenRecord, check_proxy_auth
+from .ingress_policy import DEFAULT_BURST_S, DEFAULT_RATE, Admission, TokenRecord, check_proxy_auth
 from .metrics import METRICS
+from .proxy_http import Request, header_text, listening_socket, simple_response, until
+from .proxy_upstream import Redirected, Upstream
 from .web_routes import Route, Router
 
 if TYPE_CHECKING:
@@ -42,32 +53,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.proxy")
 
 REQUEST_TIMEOUT_S = float(os.environ.get("SHOAL_WEB_REQUEST_TIMEOUT_S", "150"))  # then 303 to the result URL
+HEAD_TIMEOUT_S = float(os.environ.get("SHOAL_WEB_HEAD_TIMEOUT_S", limits.PROXY_HEAD_TIMEOUT_S))
+IDLE_TIMEOUT_S = float(os.environ.get("SHOAL_WEB_IDLE_TIMEOUT_S", limits.PROXY_IDLE_TIMEOUT_S))
 RESULT_KEEP_S = 600.0  # how long a redirected call's response waits to be fetched
-RESULT_MAX_BYTES = 256 * 1024 * 1024  # a redirected response is held in memory up to this size
 MAX_QUEUED = 2000  # requests waiting for containers, per function (Modal's pending-input limit)
-MAX_BODY = 4 * 1024 ** 3  # Modal's request body limit
 IDLE_UPSTREAM_S = 60.0
 BUFFER_HIGH = 1 << 20  # body bytes held while the upstream is not connected yet or cannot keep up
 RESULT_PARAM = "__shoal_call_id"
 _RESULT_PARAM = RESULT_PARAM.encode()
+# The head's bounds (_spec/limits.py), as module constants: they are checked per request.
+MAX_URL, MAX_HEAD, MAX_HEADERS = limits.PROXY_MAX_URL, limits.PROXY_MAX_HEAD, limits.PROXY_MAX_HEADERS
+MAX_BODY = limits.PROXY_MAX_BODY
+HEAD_TOO_LARGE = f"shoal: request head larger than {MAX_HEAD} bytes"
+BODY_TOO_LARGE = f"shoal: request body larger than {MAX_BODY >> 30} GiB"
 REQUEST_LOG = 200  # recent requests kept per web function / Server
 HEALTH_INTERVAL_S = float(os.environ.get("SHOAL_SERVER_HEALTH_INTERVAL_S", "5"))
 HEALTH_FAILURES = 3  # failed port checks in a row before a Server container is replaced
 # sec-websocket-extensions: no permessage-deflate (RFC 7692), as in Modal, so the 2 MiB limit is on messages.
 _STRIP = {b"modal-key", b"modal-secret", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
           b"sec-websocket-extensions"}
-_REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-def simple_response(status: int, body: str, extra: list[tuple[str, str]] = (), close: bool = False) -> bytes:
-    data = body.encode()
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "content-type: text/plain; charset=utf-8",
-            f"content-length: {len(data)}", *(f"{k}: {v}" for k, v in extra)]
-    if close:
-        head.append("connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+class HeadLimitError(Exception):
+    """Raised from a parser callback to stop parsing a head over a limit (feed_data raises it as the context of
+    an HttpParserCallbackError); the connection answers `status` and closes."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(status, body)
+        self.status, self.body = status, body
 
 
 class Proxy:
@@ -82,8 +95,9 @@ class Proxy:
         self.variants = variants
         self.token_lookup = token_lookup
         self.health_failed = health_failed
-        rate = float(os.environ.get("SHOAL_WEB_RATE_LIMIT", "200"))
-        self.bucket = TokenBucket(rate, float(os.environ.get("SHOAL_WEB_RATE_BURST_S", "5"))) if rate > 0 else None
+        rate = float(os.environ.get("SHOAL_WEB_RATE_LIMIT", DEFAULT_RATE))
+        self.admission = Admission(rate if rate > 0 else None,
+                                   float(os.environ.get("SHOAL_WEB_RATE_BURST_S", DEFAULT_BURST_S)))
         self.idle: dict[tuple[str, int], list[Upstream]] = collections.defaultdict(list)
         self.results: dict[str, Redirected] = {}
         self.listeners: dict[str, asyncio.AbstractServer] = {}  # (a bare socket until it serves)
@@ -237,16 +251,6 @@ class Proxy:
         self.idle[u.key].append(u)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket whose accepted connections have TCP_NODELAY (Linux copies it to them): without
-    it a response written in two pieces waits for the client's delayed ACK, 40 ms, whatever the event loop
-    sets (uvloop leaves sockets of `create_server(sock=...)` as they are)."""
-    sock = socket.create_server((host, port), backlog=4096)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(False)
-    return sock
-
-
 def _typed(kind: str, name: str, value: str) -> Any:
     from ..exception import InvalidError
 
@@ -264,35 +268,6 @@ def _typed(kind: str, name: str, value: str) -> Any:
     except ValueError:
         raise InvalidError(f"parameter {name!r} must be {kind}, got {value!r}") from None
     return value
-
-
-class Request:
-    """One request of a client connection, from its head to the end of its response."""
-
-    __slots__ = ("method", "url", "version", "headers", "keep_alive", "upgrade", "chunked", "body", "body_bytes",
-                 "complete", "upstream", "done", "response_started", "status")
-
-    def __init__(self) -> None:
-        self.method = b""
-        self.url = b""
-        self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive = True
-        self.upgrade = False
-        self.chunked = False
-        self.body: list[bytes] = []  # received before the upstream was connected
-        self.body_bytes = 0
-        self.complete = False  # the whole request (its body too) was received
-        self.upstream: Upstream | None = None
-        self.done: asyncio.Future | None = None
-        self.response_started = False
-        self.status = 0  # the response's, once known (for the request log)
-
-    def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -313,6 +288,19 @@ class ClientConnection(asyncio.Protocol):
         self.paused_upstream: Upstream | None = None  # whose reading this connection's back-pressure paused
         self.paused = False
         self.closed = False
+        # The head's limits: bytes arriving between the end of one request's head and the next one's count
+        # against PROXY_MAX_HEAD (a body's bytes do not).
+        self.in_head = True
+        self.head_bytes = 0
+        # The bytes of the head so far plus the last read are within PROXY_MAX_HEAD, so a head ending in that read
+        # is too and need not be measured (the common case: one small read per request).
+        self.read_fits = True
+        self.lingered: int | None = None  # after an error answer: bytes discarded since
+        # One timer at most (the idle, head or linger limit), moved lazily: `deadline` changes per request, the
+        # timer is re-made only when it fires early or the deadline comes sooner.
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        self.head_timed = False  # the deadline is the head's (408 when it passes), not the idle one
 
     # -- transport events ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -320,6 +308,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self.client_ip, self.local_ip = peer[0], local[0]
+        self.limit(IDLE_TIMEOUT_S, head=False)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -328,15 +317,40 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel_pending is not None:
             self.tunnel_pending.append(data)
             return
+        if self.lingered is not None:  # answered and closing: what still comes is dropped, up to a bound
+            self.lingered += len(data)
+            if self.lingered > limits.PROXY_LINGER_BYTES:
+                self.close()
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            self.read_fits = self.head_bytes <= MAX_HEAD
+        else:
+            self.read_fits = len(data) <= MAX_HEAD
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.tunnel_pending = [data[exc.args[0]:]] if exc.args and isinstance(exc.args[0], int) else []
-        except httptools.HttpParserError:
-            self.reply_and_close(400, "shoal: malformed HTTP request")
+            return
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__
+            if isinstance(refused, HeadLimitError):
+                self.refuse(refused.status, refused.body)
+            else:
+                self.refuse(400, "shoal: malformed HTTP request")
+            return
+        if self.in_head and self.head_bytes:  # a head under way, not whole yet
+            if self.head_bytes > MAX_HEAD:
+                self.refuse(431, HEAD_TOO_LARGE)
+            elif not self.head_timed and not self.queue:
+                self.limit(HEAD_TIMEOUT_S, head=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.deadline = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.tunnel is not None:
             self.tunnel.close()
         for r in [*self.queue]:
@@ -367,12 +381,37 @@ class ClientConnection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
+    # -- time limits -----------------------------------------------------------------------------------------
+    def limit(self, seconds: float, head: bool) -> None:
+        """Close the connection in `seconds` unless a request comes (`head`: a head is under way: 408 then)."""
+        loop = asyncio.get_running_loop()
+        self.deadline, self.head_timed = loop.time() + seconds, head
+        if self.timer is None or self.timer.when() > self.deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_at(self.deadline, self.expire)
+
+    def expire(self) -> None:
+        self.timer = None
+        if self.deadline is None or self.closed or self.tunnel is not None or self.tunnel_pending is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:  # moved since this timer was set
+            self.timer = loop.call_at(self.deadline, self.expire)
+        elif self.lingered is not None or not self.head_timed:
+            self.close()
+        else:
+            self.refuse(408, f"shoal: the request head did not arrive within {HEAD_TIMEOUT_S:g}s")
+
     # -- parser callbacks ------------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = Request()
 
     def on_url(self, url: bytes) -> None:
-        self.parsing.url += url  # type: ignore[union-attr]
+        r = self.parsing
+        r.url += url  # type: ignore[union-attr]
+        if len(r.url) > MAX_URL:  # type: ignore[union-attr]
+            raise HeadLimitError(414, f"shoal: request target longer than {MAX_URL} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.parsing.headers.append((name, value))  # type: ignore[union-attr]
@@ -380,15 +419,26 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         r = self.parsing
         assert r is not None
+        self.in_head, self.head_bytes, self.deadline, self.head_timed = False, 0, None, False
+        if len(r.headers) > MAX_HEADERS:
+            raise HeadLimitError(431, f"shoal: more than {MAX_HEADERS} header fields")
+        if not self.read_fits and len(r.url) + sum(len(k) + len(v) + 4 for k, v in r.headers) > MAX_HEAD:
+            raise HeadLimitError(431, HEAD_TOO_LARGE)  # (a head that came whole in one large read)
         p = self.parser
         r.method = p.get_method()
         r.version = p.get_http_version()
         r.keep_alive = p.should_keep_alive()
         r.upgrade = p.should_upgrade()
-        te = r.header(b"transfer-encoding")
+        te = length = None
+        for k, v in r.headers:  # (one pass for both)
+            k = k.lower()
+            if k == b"content-length":
+                length = v
+            elif k == b"transfer-encoding":
+                te = v
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            raise HeadLimitError(413, BODY_TOO_LARGE)  # before a byte of the body is read
         r.chunked = te is not None and b"chunked" in te.lower()
-        if int(r.header(b"content-length") or 0) > MAX_BODY:  # (llhttp checked it) refused before it is sent
-            return self.reply_and_close(413, "shoal: request body larger than 4 GiB")
         self.queue.append(r)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self.serve())
@@ -399,8 +449,9 @@ class ClientConnection(asyncio.Protocol):
         r = self.parsing
         assert r is not None
         r.body_bytes += len(body)
-        if r.body_bytes > MAX_BODY:
-            return self.reply_and_close(413, "shoal: request body larger than 4 GiB")
+        if r.body_bytes > MAX_BODY:  # (chunked: no length was declared)
+            self.reply_and_close(413, BODY_TOO_LARGE)
+            return
         if r.upstream is not None and not r.upstream.closed:
             r.upstream.write(b"%x\r\n%s\r\n" % (len(body), body) if r.chunked else body)
         else:
@@ -412,6 +463,7 @@ class ClientConnection(asyncio.Protocol):
         r = self.parsing
         assert r is not None
         r.complete = True
+        self.in_head = True
         if r.upstream is not None and r.chunked and not r.upstream.closed:
             r.upstream.write(b"0\r\n\r\n")
         if len(self.queue) > 1:
@@ -426,6 +478,20 @@ class ClientConnection(asyncio.Protocol):
         self.write(simple_response(status, body, close=True))
         self.close()
 
+    def refuse(self, status: int, body: str) -> None:
+        """Answer a head the proxy will not read on, then close. The close lingers: this side's end is shut at
+        once, and what the client still sends is read and dropped for a moment (a bounded number of bytes), so
+        that the answer is not lost to a reset while the client is still writing its request."""
+        if self.queue or self.transport is None or self.closed:  # an earlier request's answer is under way
+            self.close()
+            return
+        self.write(simple_response(status, body, close=True))
+        self.lingered = 0
+        self.in_head = False
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.limit(limits.PROXY_LINGER_S, head=False)
+
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
@@ -435,6 +501,11 @@ class ClientConnection(asyncio.Protocol):
         """Answer the connection's requests in order, for as long as it lives."""
         while not self.closed:
             if not self.queue:
+                # Waiting for the next request: a head begun must end in time, and a quiet connection closes.
+                if self.head_bytes:
+                    self.limit(HEAD_TIMEOUT_S, head=True)
+                else:
+                    self.limit(IDLE_TIMEOUT_S, head=False)
                 self.idle = asyncio.get_running_loop().create_future()
                 await self.idle
                 self.idle = None
@@ -460,28 +531,27 @@ class ClientConnection(asyncio.Protocol):
         """Route, check and forward one request; True when the connection stays open for the next."""
         proxy = self.proxy
         path, _, query = r.url.partition(b"?")
-        if _RESULT_PARAM in query:
-            return await self.serve_result(r, query)
         route = proxy.router.resolve(r.header(b"host"), self.local_ip)
         if route is None:
             self.write(simple_response(404, "shoal: no web endpoint at this address"))
             return self.skip_body(r)
-        if proxy.bucket is not None and not proxy.bucket.take(time.monotonic()):
-            wait = max(1, int(proxy.bucket.retry_after(time.monotonic()) + 0.999))
-            self.write(simple_response(429, "shoal: too many requests (workspace rate limit)",
-                                       [("retry-after", str(wait))]))
-            return self.skip_body(r)
-        # A sessioned Server's session token routes the request to its container, and authenticates it.
-        pinned = proxy.slots.session_for(route.function_id, _s(r.header(b"modal-authorization")))
-        if isinstance(pinned, tuple):  # no such session (404), or it has ended (410)
-            self.write(simple_response(*pinned))
-            return self.skip_body(r)
-        if route.requires_auth and pinned is None:
-            denied = check_proxy_auth(_s(r.header(b"modal-key")), _s(r.header(b"modal-secret")),
+        # A sessioned Server's session token routes the request to its container, and authenticates it; an
+        # unknown (404) or ended (410) one is refused as bad credentials are.
+        session = proxy.slots.session_for(route.function_id, header_text(r.header(b"modal-authorization")))
+        pinned = None if isinstance(session, tuple) else session
+        denied: tuple[int, str] | None = None
+        if isinstance(session, tuple):
+            denied = session
+        elif route.requires_auth and pinned is None:
+            denied = check_proxy_auth(header_text(r.header(b"modal-key")), header_text(r.header(b"modal-secret")),
                                       proxy.token_lookup, route.app_name)
-            if denied is not None:
-                self.write(simple_response(denied[0], denied[1]))
-                return self.skip_body(r)
+        refusal = proxy.admission.decide(denied, self.client_ip, time.monotonic())
+        if refusal is not None:
+            extra = [("retry-after", str(refusal.retry_after))] if refusal.retry_after is not None else []
+            self.write(simple_response(refusal.status, refusal.body, extra))
+            return self.skip_body(r)
+        if _RESULT_PARAM in query:
+            return await self.serve_result(r, route, query)
         try:
             pool = await proxy.pool_for(route, query)
         except LookupError as exc:
@@ -518,7 +588,7 @@ class ClientConnection(asyncio.Protocol):
         ready (one is started), 429 when all are at `max_concurrency`."""
         slots = self.proxy.slots
         if pool.server is not None:
-            got = slots.server_acquire(pool, _s(r.header(b"modal-session-id")), pinned)
+            got = slots.server_acquire(pool, header_text(r.header(b"modal-session-id")), pinned)
             if got == "none":
                 # Starts failing (e.g. nothing listened on 0.0.0.0 within startup_timeout): say why, not "starting".
                 failing = pool.start_failures or pool.autoscaler.backoff_until > time.monotonic()
@@ -615,7 +685,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer 303 to a result URL; the request goes on behind it: its response (`u`, not started yet) goes
         into memory, or, still waiting for a container (`inp`), it is sent once one is free."""
         rid = secrets.token_urlsafe(12)
-        held = Redirected()
+        held = Redirected(route.label)
         self.proxy.results[rid] = held
         if u is not None:
             u.sink = held
@@ -644,10 +714,11 @@ class ClientConnection(asyncio.Protocol):
             held.end(keep_alive=True)
             self.proxy.slots.web_release(inp)
 
-    async def serve_result(self, r: Request, query: bytes) -> bool:
+    async def serve_result(self, r: Request, route: Route, query: bytes) -> bool:
+        """A redirected call's response, at the endpoint it was made through (its auth already checked)."""
         rid = dict(urllib.parse.parse_qsl(query.decode("latin-1"))).get(RESULT_PARAM, "")
         held = self.proxy.results.get(rid)
-        if held is None:
+        if held is None or held.label != route.label:
             self.write(simple_response(404, "shoal: no such call result (it expired or never existed)"))
             return r.complete
         if not await until(held.finished, time.monotonic() + REQUEST_TIMEOUT_S):
@@ -659,192 +730,3 @@ class ClientConnection(asyncio.Protocol):
             return r.complete
         self.write(b"".join(held.data))
         return r.complete and held.keep_alive
-
-
-class Redirected:
-    """The response of a request redirected after REQUEST_TIMEOUT_S, held until its result URL is fetched."""
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.size = 0
-        self.overflow = False
-        self.keep_alive = True
-        self.finished: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.finished_at: float | None = None
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > RESULT_MAX_BYTES:
-            self.overflow = True
-            self.data.clear()
-        elif not self.overflow:
-            self.data.append(data)
-
-    def end(self, keep_alive: bool) -> None:
-        self.keep_alive = keep_alive
-        self.finished_at = time.monotonic()
-        if not self.finished.done():
-            self.finished.set_result(None)
-
-
-class Upstream(asyncio.Protocol):
-    """A connection to a container's web port. The response is passed through byte for byte; the parser
-    only finds where it ends (keep-alive), whether it upgrades (WebSocket) and whether it may be reused."""
-
-    def __init__(self, proxy: Proxy, key: tuple[str, int]) -> None:
-        self.proxy = proxy
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.client: ClientConnection | None = None
-        self.request: Request | None = None
-        self.sink: Any = None  # the client connection, or a Redirected holder
-        self.parser: Any = None
-        self.status = 0
-        self.finished = False
-        self.keep_alive = True
-        self.tunnel = False
-        self.closed = False
-        self.idle_since = time.monotonic()
-
-    def start(self, client: ClientConnection, r: Request, sink: Any) -> None:
-        self.client, self.request, self.sink = client, r, sink
-        self.parser = httptools.HttpResponseParser(self)
-        self.status, self.finished, self.keep_alive = 0, False, True
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-
-    # -- transport events ------------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.tunnel:
-            self.sink.write(data)
-            return
-        if self.parser is None:  # bytes on an idle connection: it is not reusable
-            self.close()
-            return
-        upgraded = False
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            upgraded = True
-        except httptools.HttpParserError:
-            self.close()
-            self._end(ok=False)
-            return
-        r = self.request
-        if r is not None:
-            r.response_started = True
-        self.sink.write(data)
-        if upgraded and self.status == 101:
-            self._to_tunnel()
-        elif self.finished:
-            self._end(ok=True)
-
-    def eof_received(self) -> bool:
-        if self.tunnel and self.client is not None and self.client.transport is not None:
-            if self.client.transport.can_write_eof():
-                self.client.transport.write_eof()
-            return True
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.request is not None and not self.finished:
-            if self.tunnel and self.client is not None:
-                self.client.close()
-            self._end(ok=False)
-
-    def pause_writing(self) -> None:
-        if self.client is not None:
-            self.client.pause()
-
-    def resume_writing(self) -> None:
-        if self.client is not None and (self.request is None or not self.request.complete or self.tunnel):
-            self.client.resume()
-
-    # -- parser callbacks ------------------------------------------------------------------------------------
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        if self.request is not None and self.status >= 200:
-            self.request.status = self.status
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.request is not None and self.request.method == b"HEAD" and self.status >= 200:
-            self.finished = True  # no body follows, whatever the headers say
-
-    def on_message_complete(self) -> None:
-        # 100 Continue and other informational responses: the parser goes on to the real one that follows.
-        if self.status >= 200 or self.status == 0:
-            self.finished = True
-
-    # -- the end of a response -------------------------------------------------------------------------------
-    def _to_tunnel(self) -> None:
-        """A 101 Switching Protocols: from now on both directions are raw bytes (a WebSocket)."""
-        client = self.client
-        self.tunnel = True
-        if client is None or not isinstance(self.sink, ClientConnection):
-            self.close()
-            return
-        client.tunnel = self
-        for chunk in client.tunnel_pending or []:
-            self.write(chunk)
-        client.tunnel_pending = None
-        client.resume()
-
-    def _end(self, ok: bool) -> None:
-        r, sink = self.request, self.sink
-        self.request = None
-        self.finished = True
-        if r is None:
-            return
-        reusable = ok and self.keep_alive and not self.tunnel and r.complete and not self.closed
-        if isinstance(sink, Redirected):
-            sink.end(keep_alive=True)
-            if not ok:
-                sink.overflow = sink.overflow or not sink.data
-        elif not ok and not r.response_started and sink is not None:
-            r.status = 502  # (for the request log)
-            sink.write(simple_response(502, "shoal: the web endpoint's container closed the connection",
-                                       close=True))
-        if r.done is not None and not r.done.done():
-            r.done.set_result(ok and self.keep_alive and not self.tunnel)
-        if reusable:
-            self.proxy.park(self)
-        else:
-            self.close()
-
-
-async def until(fut: asyncio.Future, deadline: float | None) -> bool:
-    """Wait for `fut` until `deadline` (monotonic; None: no limit); True if it is done. Unlike
-    `wait_for(shield(fut))` this makes no task: one timer and one callback (the proxy does it per request)."""
-    if fut.done():
-        return True
-    loop = asyncio.get_running_loop()
-    wake = loop.create_future()  # cancelling the waiting task cancels this one, never `fut`
-
-    def fire(_f: object = None) -> None:
-        if not wake.done():
-            wake.set_result(None)
-
-    fut.add_done_callback(fire)
-    timer = loop.call_later(max(0.0, deadline - time.monotonic()), fire) if deadline is not None else None
-    try:
-        await wake
-    finally:
-        if timer is not None:
-            timer.cancel()
-        fut.remove_done_callback(fire)
-    return fut.done()
-
-
-def _s(value: bytes | None) -> str | None:
-    return value.decode("latin-1") if value is not None else None

@@ -1,4 +1,5 @@
-"""Ingress policy: the token bucket with an explicit clock, and every proxy-auth outcome."""
+"""Ingress policy: the token bucket with an explicit clock, every proxy-auth outcome, and which budget a request
+spends (refused requests never the workspace's)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import pytest
 from shoal.controlplane.ingress_policy import (
     INVALID_CREDENTIALS,
     MISSING_CREDENTIALS,
+    RATE_LIMITED,
+    REJECTED_LIMITED,
+    Admission,
+    Refusal,
     TokenBucket,
     TokenRecord,
     check_proxy_auth,
@@ -129,3 +134,58 @@ def test_scoped_token_reaches_only_its_apps() -> None:
 def test_bad_secret_is_401_even_for_an_app_out_of_scope() -> None:
     """Scope is only revealed to a caller that proved it holds the secret."""
     assert check("wk-scoped", "ws-wrong", "other") == (401, INVALID_CREDENTIALS)
+
+
+# -- admission: auth first, then the budget it spends -------------------------------------------------------
+MISSING = (401, MISSING_CREDENTIALS)
+
+
+def test_admitted_requests_spend_the_workspace_budget() -> None:
+    admission = Admission(rate=10, burst_s=1)
+    assert all(admission.decide(None, "10.0.0.1", 0.0) is None for _ in range(10))
+    refusal = admission.decide(None, "10.0.0.2", 0.0)  # one budget for every client
+    assert refusal == Refusal(429, RATE_LIMITED, 1)
+    assert admission.decide(None, "10.0.0.2", 0.1) is None  # refilled
+
+
+def test_refused_requests_never_spend_the_workspace_budget() -> None:
+    admission = Admission(rate=10, burst_s=1, rejected_rate=5, rejected_burst_s=1)
+    answers = [admission.decide(MISSING, "10.0.0.9", 0.0) for _ in range(1500)]
+    assert answers[:5] == [Refusal(401, MISSING_CREDENTIALS)] * 5
+    assert set(answers[5:]) == {Refusal(429, REJECTED_LIMITED, 1)}
+    # The flood spent its own address's budget only: authenticated traffic keeps all of the workspace's.
+    assert all(admission.decide(None, "10.0.0.9", 0.0) is None for _ in range(10))
+    assert admission.decide(None, "10.0.0.1", 0.0) == Refusal(429, RATE_LIMITED, 1)
+
+
+def test_each_address_has_its_own_budget_for_refused_requests() -> None:
+    admission = Admission(rate=10, burst_s=1, rejected_rate=2, rejected_burst_s=1)
+    denied = (403, "modal-http: token is not allowed to access app 'x'")
+    assert [admission.decide(denied, "a", 0.0) for _ in range(3)] == [
+        Refusal(*denied), Refusal(*denied), Refusal(429, REJECTED_LIMITED, 1)]
+    assert admission.decide(denied, "b", 0.0) == Refusal(*denied)  # another client is not held back by "a"
+    assert admission.decide(denied, "a", 0.5) == Refusal(*denied)  # "a" refills at its own rate
+
+
+def test_the_retry_after_of_a_refused_flood_is_whole_seconds() -> None:
+    admission = Admission(rate=10, burst_s=1, rejected_rate=0.25, rejected_burst_s=4)
+    assert admission.decide(MISSING, "a", 0.0) == Refusal(*MISSING)
+    assert admission.decide(MISSING, "a", 0.0) == Refusal(429, REJECTED_LIMITED, 4)
+    assert admission.decide(MISSING, "a", 1.5) == Refusal(429, REJECTED_LIMITED, 3)
+
+
+def test_addresses_kept_are_bounded() -> None:
+    admission = Admission(rate=10, burst_s=1, rejected_rate=1, rejected_burst_s=1, max_clients=3)
+    for client in ("a", "b", "c"):
+        assert admission.decide(MISSING, client, 0.0) == Refusal(*MISSING)
+    assert admission.decide(MISSING, "a", 0.0).status == 429  # "a" is now the most recently refused
+    assert admission.decide(MISSING, "d", 0.0) == Refusal(*MISSING)  # evicts "b", the least recently refused
+    assert len(admission.rejected) == 3 and "b" not in admission.rejected
+    assert admission.decide(MISSING, "a", 0.0).status == 429  # still counted
+
+
+def test_no_workspace_limit_still_bounds_refused_requests() -> None:
+    admission = Admission(rate=None, rejected_rate=1, rejected_burst_s=1)
+    assert all(admission.decide(None, "a", 0.0) is None for _ in range(10_000))
+    assert admission.decide(MISSING, "a", 0.0) == Refusal(*MISSING)
+    assert admission.decide(MISSING, "a", 0.0).status == 429
