@@ -112,7 +112,7 @@ class Views:
         url = f"{self.core.containers.address.url}/v1/apps/{app_id}/rollback"
         async with aiohttp.ClientSession() as session, session.post(
                 url, data=msgpack.packb({"version": version}),
-                headers={"Authorization": f"Bearer {self.api.token.decode()}",
+                headers={"Authorization": f"Bearer {self.api.gate.token.decode()}",
                          "Content-Type": "application/msgpack"}) as resp:
             body = msgpack.unpackb(await resp.read(), raw=False)
         return web.json_response(body, status=resp.status)
