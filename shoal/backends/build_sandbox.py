@@ -1,18 +1,21 @@
-"""Image build commands (`run_commands`) run in the same sandbox as containers, never on the host as root.
+"""Image build steps that run code (`run_commands`, and uv for every package step: building a source package runs
+its code) run in the same sandbox as containers, never on the host as root.
 
 Until images have a root filesystem of their own, a build container sees what a container of the image sees
 (docs/sandbox.md), with the image's own directory writable: the image's root at its path (its venv, so
 `pip install` in a command lands in the image), the image's `files/<dir>` at `/<dir>` (`/root`, `/opt`, a
 workdir), and the host's system directories (`/etc`, `/usr`, …) as overlays whose upper layer is the image's
 `files/<dir>`: a command that writes `/etc/x` writes the image's `files/etc/x`, which the image's containers see
-at `/etc/x` (image_layers). It has outbound network like a container (package archives), and nothing else of
-the host.
+at `/etc/x` (image_layers). It has outbound network like a container (package archives), the directories the
+installation shares with containers (SHOAL_SANDBOX_SHARE), what the builder adds for a step (uv and its cache),
+and nothing else of the host.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from . import egress
@@ -27,6 +30,7 @@ from .sandbox import (
     minimal_paths,
     newroot_dir,
     probe,
+    shares_from_env,
     under,
 )
 
@@ -40,6 +44,7 @@ class BuildSandbox:
         self.state_dir = os.path.realpath(state_dir)
         self._availability: Availability | None = None
         self._paths: dict[str, list[str]] = {}
+        self.shares = shares_from_env()
 
     def availability(self) -> Availability:
         if self._availability is None:
@@ -52,16 +57,19 @@ class BuildSandbox:
                 self._availability = probe(py, minimal_paths(own, [self.state_dir]))
         return self._availability
 
-    def argv(self, image_root: str, python: str, command: list[str], cwd: str) -> list[str]:
+    def argv(self, image_root: str, python: str, command: list[str], cwd: str, *, rw: Sequence[str] = (),
+             ro: Sequence[str] = (), network: bool = True) -> list[str]:
         """The launcher's argv that runs `command` (with the environment the launcher is given) in a build
-        sandbox of the image at `image_root`, whose interpreter is `python`; `cwd` is a path inside."""
+        sandbox of the image at `image_root`, whose interpreter is `python`; `cwd` is a path inside. `rw`/`ro`:
+        more host paths it sees at their own path (a step's tool and cache); `network=False`: none outbound."""
         avail = self.availability()
         root = os.path.realpath(image_root)
         files = os.path.join(root, "files")
         if python not in self._paths:
             self._paths[python] = interpreter_paths(python, [self.state_dir], [root, os.path.dirname(root)],
                                                     avail.mode)
-        ro = [p for p in self._paths[python] if not under(p, root)]
+        ro_paths = [*(p for p in self._paths[python] if not under(p, root)), *ro]
+        rw_paths = [root, *self.shares, *rw]
         for name in ALWAYS_WRITABLE:
             os.makedirs(os.path.join(files, name), exist_ok=True)
         binds: list[list] = []
@@ -83,13 +91,13 @@ class BuildSandbox:
                     os.chown(upper, id_base(), id_base())
                 os.makedirs(os.path.join(work, d.lstrip("/")), exist_ok=True)
                 volumes.append([d, d, upper, os.path.join(work, d.lstrip("/"))])
-        mask = sorted({self.state_dir} if any(under(self.state_dir, p) for p in [*ro, root]) else set())
+        mask = sorted({self.state_dir} if any(under(self.state_dir, p) for p in [*ro_paths, *rw_paths]) else set())
         cfg: dict[str, Any] = {
             "mode": avail.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
-            "hostname": "build", "ro": ro, "rw": [root], "binds": binds, "mask": mask, "volumes": volumes,
+            "hostname": "build", "ro": ro_paths, "rw": rw_paths, "binds": binds, "mask": mask, "volumes": volumes,
             "argv": command, "cwd": cwd,
         }
-        pasta = egress.find_pasta() if egress.wanted() else None
+        pasta = egress.find_pasta() if network and egress.wanted() else None
         if pasta:
             rules = egress.egress_rules(None, egress.installation_allowed(), egress.host_addresses())
             cfg["net"] = {"pasta": [pasta, *egress.PASTA_ARGS], "rules": rules}
