@@ -14,6 +14,7 @@ and nothing else of the host.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,10 @@ from .sandbox import (
 ALWAYS_WRITABLE = ("root", "opt", "srv")  # besides what the image already has in files/ (created if missing)
 
 
+class BuildSetupError(Exception):
+    """A build sandbox cannot be set up as the image's files stand (the message says why)."""
+
+
 class BuildSandbox:
     """Plans one sandboxed build command at a time; asks the kernel once whether sandboxes work here."""
 
@@ -45,6 +50,7 @@ class BuildSandbox:
         self._availability: Availability | None = None
         self._paths: dict[str, list[str]] = {}
         self.shares = shares_from_env()
+        self._made: dict[str, set[str]] = {}  # image root -> mountpoints made in its files/ (removed by tidy)
 
     def availability(self) -> Availability:
         if self._availability is None:
@@ -91,6 +97,8 @@ class BuildSandbox:
                     os.chown(upper, id_base(), id_base())
                 os.makedirs(os.path.join(work, d.lstrip("/")), exist_ok=True)
                 volumes.append([d, d, upper, os.path.join(work, d.lstrip("/"))])
+        bound = {dst for _, dst, _ in binds}
+        self._made.setdefault(root, set()).update(_mountpoints(files, bound, [*ro_paths, *rw_paths]))
         mask = sorted({self.state_dir} if any(under(self.state_dir, p) for p in [*ro_paths, *rw_paths]) else set())
         cfg: dict[str, Any] = {
             "mode": avail.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
@@ -103,3 +111,46 @@ class BuildSandbox:
             cfg["net"] = {"pasta": [pasta, *egress.PASTA_ARGS], "rules": rules}
             cfg["resolv"] = egress.resolv_conf()
         return launcher_argv(sys.executable, cfg)
+
+    def tidy(self, image_root: str) -> None:
+        """After a step: the mountpoints argv made in the image's files/ go again, where the build left them empty
+        (they are no part of the image)."""
+        for path in sorted(self._made.pop(os.path.realpath(image_root), ()), key=len, reverse=True):
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.rmdir(path)
+                elif os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
+                    os.unlink(path)
+            except OSError:
+                pass  # the build put something there: the image's now
+
+
+def _mountpoints(files: str, bound: set[str], paths: list[str]) -> list[str]:
+    """Make, in the image's `files/`, the mountpoints of host `paths` the sandbox shows inside a directory it binds
+    writable from there (an interpreter under /root/.pyenv, a state directory under /root, under a workdir):
+    the sandbox's setup cannot create entries in such an idmapped mount, and must never meet a symlink a build
+    left on the way (it would follow it on the host). Returns what it made."""
+    made: list[str] = []
+    for path in paths:
+        parts = path.strip("/").split("/")
+        if len(parts) < 2 or "/" + parts[0] not in bound:
+            continue
+        cur = os.path.join(files, parts[0])
+        for depth, part in enumerate(parts[1:], start=2):
+            cur = os.path.join(cur, part)
+            last = depth == len(parts)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                if last and not os.path.isdir(path):
+                    os.close(os.open(cur, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+                else:
+                    os.mkdir(cur, 0o755)
+                made.append(cur)
+                continue
+            if stat.S_ISLNK(st.st_mode) or not (stat.S_ISDIR(st.st_mode) or last):
+                inside = "/" + os.path.relpath(cur, files)
+                raise BuildSetupError(f"the image's {inside} is a {'symlink' if stat.S_ISLNK(st.st_mode) else 'file'}"
+                                      f", and the build needs {path} of the host there (its interpreter, shoal's "
+                                      "own files or its state directory): leave that path alone in build steps")
+    return made

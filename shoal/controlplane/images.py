@@ -49,7 +49,7 @@ from .._spec.config import package_dir
 from .._spec.definitions import ImageSpec
 from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
-from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox
+from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
 from ..backends.sandbox import SYSTEM_DIRS
 from ..exception import ImageBuildError, InvalidError
 
@@ -584,10 +584,10 @@ class ImageBuilder:
                 if not sandboxed:
                     await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
                     continue
-                argv = await asyncio.to_thread(self.sandbox.argv, str(b.root), b.python, [bash, "-c", cmd], workdir)
+                argv = await self._sandbox_argv(b, [bash, "-c", cmd], workdir)
                 await self._checked(b, argv, env=_inside(env), cwd=Path("/"))
         finally:
-            await asyncio.to_thread(_tidy_build_layers, b.root)
+            await self._tidy(b)
 
     async def _step_env(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
         """As Docker's ENV: `$NAME` / `${NAME}` expand to the image's value so far (e.g. PATH=/opt/x:$PATH)."""
@@ -636,6 +636,20 @@ class ImageBuilder:
                           "runs on the host as root")
         return avail.isolation == "sandbox"
 
+    async def _sandbox_argv(self, b: _Build, command: list[str], cwd: str, **kw: Any) -> list[str]:
+        """The argv that runs `command` in a build sandbox of the image (BuildSandbox.argv)."""
+        try:
+            return await asyncio.to_thread(self.sandbox.argv, str(b.root), b.python, command, cwd, **kw)
+        except BuildSetupError as exc:
+            self._fail(b, str(exc))
+
+    async def _tidy(self, b: _Build) -> None:
+        def tidy() -> None:
+            self.sandbox.tidy(str(b.root))
+            _tidy_build_layers(b.root)
+
+        await asyncio.to_thread(tidy)
+
     async def _uv(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None = None) -> None:
         """uv on the host, for what installs nothing of the user's (the venv, the runtime's packages)."""
         full_env = _build_env({"PATH": self._discovery_path or STANDARD_PATH, **(env or {})})
@@ -664,16 +678,15 @@ class ImageBuilder:
             argv = [uv, *args, *extra]
             if not sandboxed:
                 return await self._exec(argv, env=full_env, cwd=b.root, log=log)
-            argv = await asyncio.to_thread(self.sandbox.argv, str(b.root), b.python, argv, str(b.root),
-                                           rw=[str(self.uv_cache)], ro=[uv] if os.path.isabs(uv) else [],
-                                           network=network)
+            argv = await self._sandbox_argv(b, argv, str(b.root), rw=[str(self.uv_cache)],
+                                            ro=[uv] if os.path.isabs(uv) else [], network=network)
             return await self._exec(argv, env=_inside(full_env), cwd=Path("/"), log=log)
 
         try:
             await self._offline_first(b, forced, run)
         finally:
             if sandboxed:
-                await asyncio.to_thread(_tidy_build_layers, b.root)
+                await self._tidy(b)
 
     async def _offline_first(self, b: _Build, forced: bool,
                              run: Callable[[list[str], bool, Log | None], Awaitable[tuple[int, str]]]) -> None:

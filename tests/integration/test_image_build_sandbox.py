@@ -174,3 +174,48 @@ def test_a_pth_file_a_command_wrote_never_runs_on_the_host_in_a_later_package_st
     # The package is in the image (looked at from here: starting the image's Python would run the .pth file).
     venv_site = next(Path(built.root, "venv", "lib").glob("python3*/site-packages"))
     assert (venv_site / "six.py").is_file() and (venv_site / "x.pth").is_file()
+
+
+def test_a_state_directory_or_interpreter_under_root_builds(tmp_path) -> None:
+    """The image's /root is writable in the build: the host paths the build needs below it (root's default state
+    directory ~/.shoal, a pyenv interpreter) get mountpoints there, which are gone from the image afterwards."""
+    import asyncio
+
+    from shoal.controlplane.images import ImageBuilder
+    from shoal.image import Image
+
+    home = Path(tempfile.mkdtemp(prefix=".shoal-test-", dir=Path.home()))
+    try:
+        builder = ImageBuilder(home)
+        if builder.sandbox.availability().isolation != "sandbox":
+            pytest.skip("containers are not sandboxed here")
+        image = Image.debian_slim().pip_install("six==1.17.0").run_commands("python -c 'import six' && touch x")
+        built = asyncio.run(builder.ensure(image.to_wire(), lambda _text: None))
+        files = Path(built.root) / "files"
+        assert sorted(str(p.relative_to(files)) for p in files.rglob("*")) == ["root", "root/x"]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_symlink_a_build_left_where_a_host_path_is_mounted_is_refused(tmp_path, host_dir) -> None:
+    """A build command makes the place where the next step mounts uv's binary a symlink to a host directory: the
+    sandbox's setup would follow it on the host. The step is refused instead."""
+    import asyncio
+
+    from shoal.controlplane.images import ImageBuilder
+    from shoal.exception import ImageBuildError
+    from shoal.image import Image
+
+    builder = ImageBuilder(tmp_path / "state")
+    if builder.sandbox.availability().isolation != "sandbox":
+        pytest.skip("containers are not sandboxed here")
+    uv = Path(os.path.realpath(builder.uv))
+    top = "/" + uv.parts[1]
+    if len(uv.parts) < 4 or top in ("/usr", "/bin", "/sbin", "/lib", "/etc", "/tmp", "/proc", "/sys", "/dev", "/run"):
+        pytest.skip(f"uv ({uv}) is not below a directory a build can write")
+    image = (Image.debian_slim().workdir(top)
+             .run_commands(f"mkdir -p {uv.parent.parent} && ln -s {host_dir} {uv.parent}")
+             .pip_install("six==1.17.0"))
+    with pytest.raises(ImageBuildError, match=rf"step 3, pip_install.*\n.*{uv.parent} is a symlink"):
+        asyncio.run(builder.ensure(image.to_wire(), lambda _text: None))
+    assert list(host_dir.iterdir()) == []
