@@ -63,18 +63,22 @@ class BuildSandbox:
                 self._availability = probe(py, minimal_paths(own, [self.state_dir]))
         return self._availability
 
-    def argv(self, image_root: str, python: str, command: list[str], cwd: str, *, rw: Sequence[str] = (),
+    def argv(self, image_root: str, base_python: str, command: list[str], cwd: str, *, rw: Sequence[str] = (),
              ro: Sequence[str] = (), network: bool = True) -> list[str]:
         """The launcher's argv that runs `command` (with the environment the launcher is given) in a build
-        sandbox of the image at `image_root`, whose interpreter is `python`; `cwd` is a path inside. `rw`/`ro`:
-        more host paths it sees at their own path (a step's tool and cache); `network=False`: none outbound."""
+        sandbox of the image at `image_root`, whose venv was made from the host's `base_python`; `cwd` is a path
+        inside. `rw`/`ro`: more host paths it sees at their own path (the image's runtime packages, a step's tool
+        and cache); `network=False`: no outbound network.
+
+        What the image's Python needs besides its root is the base interpreter's installation and shoal's
+        package, asked of that interpreter (the host's own, started on the host once per builder) rather than of
+        the image's, whose .pth files the build writes."""
         avail = self.availability()
         root = os.path.realpath(image_root)
         files = os.path.join(root, "files")
-        if python not in self._paths:
-            self._paths[python] = interpreter_paths(python, [self.state_dir], [root, os.path.dirname(root)],
-                                                    avail.mode)
-        ro_paths = [*(p for p in self._paths[python] if not under(p, root)), *ro]
+        if base_python not in self._paths:
+            self._paths[base_python] = interpreter_paths(base_python, [self.state_dir], [])
+        ro_paths = [*(p for p in [*self._paths[base_python], *ro] if not under(p, root))]
         rw_paths = [root, *self.shares, *rw]
         for name in ALWAYS_WRITABLE:
             os.makedirs(os.path.join(files, name), exist_ok=True)

@@ -639,7 +639,8 @@ class ImageBuilder:
     async def _sandbox_argv(self, b: _Build, command: list[str], cwd: str, **kw: Any) -> list[str]:
         """The argv that runs `command` in a build sandbox of the image (BuildSandbox.argv)."""
         try:
-            return await asyncio.to_thread(self.sandbox.argv, str(b.root), b.python, command, cwd, **kw)
+            return await asyncio.to_thread(self.sandbox.argv, str(b.root), b.base_python, command, cwd,
+                                           ro=[b.runtime, *kw.pop("ro", [])], **kw)
         except BuildSetupError as exc:
             self._fail(b, str(exc))
 
