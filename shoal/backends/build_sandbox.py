@@ -1,18 +1,22 @@
-"""Image build commands (`run_commands`) run in the same sandbox as containers, never on the host as root.
+"""Image build steps that run code (`run_commands`, and uv for every package step: building a source package runs
+its code) run in the same sandbox as containers, never on the host as root.
 
 Until images have a root filesystem of their own, a build container sees what a container of the image sees
 (docs/sandbox.md), with the image's own directory writable: the image's root at its path (its venv, so
 `pip install` in a command lands in the image), the image's `files/<dir>` at `/<dir>` (`/root`, `/opt`, a
 workdir), and the host's system directories (`/etc`, `/usr`, …) as overlays whose upper layer is the image's
 `files/<dir>`: a command that writes `/etc/x` writes the image's `files/etc/x`, which the image's containers see
-at `/etc/x` (image_layers). It has outbound network like a container (package archives), and nothing else of
-the host.
+at `/etc/x` (image_layers). It has outbound network like a container (package archives), the directories the
+installation shares with containers (SHOAL_SANDBOX_SHARE), what the builder adds for a step (uv and its cache),
+and nothing else of the host.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from . import egress
@@ -27,10 +31,15 @@ from .sandbox import (
     minimal_paths,
     newroot_dir,
     probe,
+    shares_from_env,
     under,
 )
 
 ALWAYS_WRITABLE = ("root", "opt", "srv")  # besides what the image already has in files/ (created if missing)
+
+
+class BuildSetupError(Exception):
+    """A build sandbox cannot be set up as the image's files stand (the message says why)."""
 
 
 class BuildSandbox:
@@ -40,6 +49,8 @@ class BuildSandbox:
         self.state_dir = os.path.realpath(state_dir)
         self._availability: Availability | None = None
         self._paths: dict[str, list[str]] = {}
+        self.shares = shares_from_env()
+        self._made: dict[str, set[str]] = {}  # image root -> mountpoints made in its files/ (removed by tidy)
 
     def availability(self) -> Availability:
         if self._availability is None:
@@ -52,16 +63,23 @@ class BuildSandbox:
                 self._availability = probe(py, minimal_paths(own, [self.state_dir]))
         return self._availability
 
-    def argv(self, image_root: str, python: str, command: list[str], cwd: str) -> list[str]:
+    def argv(self, image_root: str, base_python: str, command: list[str], cwd: str, *, rw: Sequence[str] = (),
+             ro: Sequence[str] = (), network: bool = True) -> list[str]:
         """The launcher's argv that runs `command` (with the environment the launcher is given) in a build
-        sandbox of the image at `image_root`, whose interpreter is `python`; `cwd` is a path inside."""
+        sandbox of the image at `image_root`, whose venv was made from the host's `base_python`; `cwd` is a path
+        inside. `rw`/`ro`: more host paths it sees at their own path (the image's runtime packages, a step's tool
+        and cache); `network=False`: no outbound network.
+
+        What the image's Python needs besides its root is the base interpreter's installation and shoal's
+        package, asked of that interpreter (the host's own, started on the host once per builder) rather than of
+        the image's, whose .pth files the build writes."""
         avail = self.availability()
         root = os.path.realpath(image_root)
         files = os.path.join(root, "files")
-        if python not in self._paths:
-            self._paths[python] = interpreter_paths(python, [self.state_dir], [root, os.path.dirname(root)],
-                                                    avail.mode)
-        ro = [p for p in self._paths[python] if not under(p, root)]
+        if base_python not in self._paths:
+            self._paths[base_python] = interpreter_paths(base_python, [self.state_dir], [])
+        ro_paths = [*(p for p in [*self._paths[base_python], *ro] if not under(p, root))]
+        rw_paths = [root, *self.shares, *rw]
         for name in ALWAYS_WRITABLE:
             os.makedirs(os.path.join(files, name), exist_ok=True)
         binds: list[list] = []
@@ -83,15 +101,60 @@ class BuildSandbox:
                     os.chown(upper, id_base(), id_base())
                 os.makedirs(os.path.join(work, d.lstrip("/")), exist_ok=True)
                 volumes.append([d, d, upper, os.path.join(work, d.lstrip("/"))])
-        mask = sorted({self.state_dir} if any(under(self.state_dir, p) for p in [*ro, root]) else set())
+        bound = {dst for _, dst, _ in binds}
+        self._made.setdefault(root, set()).update(_mountpoints(files, bound, [*ro_paths, *rw_paths]))
+        mask = sorted({self.state_dir} if any(under(self.state_dir, p) for p in [*ro_paths, *rw_paths]) else set())
         cfg: dict[str, Any] = {
             "mode": avail.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
-            "hostname": "build", "ro": ro, "rw": [root], "binds": binds, "mask": mask, "volumes": volumes,
+            "hostname": "build", "ro": ro_paths, "rw": rw_paths, "binds": binds, "mask": mask, "volumes": volumes,
             "argv": command, "cwd": cwd,
         }
-        pasta = egress.find_pasta() if egress.wanted() else None
+        pasta = egress.find_pasta() if network and egress.wanted() else None
         if pasta:
             rules = egress.egress_rules(None, egress.installation_allowed(), egress.host_addresses())
             cfg["net"] = {"pasta": [pasta, *egress.PASTA_ARGS], "rules": rules}
             cfg["resolv"] = egress.resolv_conf()
         return launcher_argv(sys.executable, cfg)
+
+    def tidy(self, image_root: str) -> None:
+        """After a step: the mountpoints argv made in the image's files/ go again, where the build left them empty
+        (they are no part of the image)."""
+        for path in sorted(self._made.pop(os.path.realpath(image_root), ()), key=len, reverse=True):
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.rmdir(path)
+                elif os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
+                    os.unlink(path)
+            except OSError:
+                pass  # the build put something there: the image's now
+
+
+def _mountpoints(files: str, bound: set[str], paths: list[str]) -> list[str]:
+    """Make, in the image's `files/`, the mountpoints of host `paths` the sandbox shows inside a directory it binds
+    writable from there (an interpreter under /root/.pyenv, a state directory under /root, under a workdir):
+    the sandbox's setup cannot create entries in such an idmapped mount, and must never meet a symlink a build
+    left on the way (it would follow it on the host). Returns what it made."""
+    made: list[str] = []
+    for path in paths:
+        parts = path.strip("/").split("/")
+        if len(parts) < 2 or "/" + parts[0] not in bound:
+            continue
+        cur = os.path.join(files, parts[0])
+        for depth, part in enumerate(parts[1:], start=2):
+            cur = os.path.join(cur, part)
+            last = depth == len(parts)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                if last and not os.path.isdir(path):
+                    os.close(os.open(cur, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+                else:
+                    os.mkdir(cur, 0o755)
+                made.append(cur)
+                continue
+            if stat.S_ISLNK(st.st_mode) or not (stat.S_ISDIR(st.st_mode) or last):
+                inside = "/" + os.path.relpath(cur, files)
+                raise BuildSetupError(f"the image's {inside} is a {'symlink' if stat.S_ISLNK(st.st_mode) else 'file'}"
+                                      f", and the build needs {path} of the host there (its interpreter, shoal's "
+                                      "own files or its state directory): leave that path alone in build steps")
+    return made

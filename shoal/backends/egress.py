@@ -67,11 +67,11 @@ _host_cache: tuple[float, list[Network]] = (0.0, [])
 HOST_CACHE_S = 2.0  # (a machine with a large routing table has a large fib_trie)
 
 
-def host_addresses() -> list[Network]:
+def host_addresses(fresh: bool = False) -> list[Network]:
     """Every address of this machine's interfaces (IPv4 from /proc/net/fib_trie, IPv6 from /proc/net/if_inet6):
     a connection from pasta to any of them would reach the host's own services. Read again after 2 s."""
     global _host_cache
-    if time.monotonic() - _host_cache[0] > HOST_CACHE_S:
+    if fresh or time.monotonic() - _host_cache[0] > HOST_CACHE_S:
         _host_cache = (time.monotonic(), _read_host_addresses())
     return list(_host_cache[1])
 
@@ -119,17 +119,34 @@ def egress_rules(allowlist: list[Network] | None, installation: list[Network],
     installation allows it) and DNS."""
     blocked = [*BLOCKED, *(h for h in host if not any(h.subnet_of(b) for b in BLOCKED if b.version == h.version))]
     rules: list[Rule] = [("allow", f"{DNS_ADDRESS}/32", 53)]
-    if allowlist is None:
-        opened = list(installation)
-    else:
-        inside = [a for a in allowlist if any(_meet(a, b) == a for b in blocked)]
-        opened = inside + [m for i in installation for a in allowlist if (m := _meet(i, a)) is not None]
+    opened = _opened(allowlist, installation, blocked)
     rules += [("allow", str(n), 0) for n in dict.fromkeys(opened)]
     rules += [("block", str(n), 0) for n in blocked]
     if allowlist is not None:
         rules += [("allow", str(n), 0) for n in dict.fromkeys(allowlist)]
         rules += [("block", "0.0.0.0/0", 0), ("block", "::/0", 0)]
     return rules
+
+
+def _opened(allowlist: list[Network] | None, installation: list[Network], blocked: list[Network]) -> list[Network]:
+    """What is allowed ahead of the blocked ranges: the installation's CIDRs (within the allow-list, if any), and
+    allow-list entries that lie inside a blocked range."""
+    if allowlist is None:
+        return list(installation)
+    inside = [a for a in allowlist if any(_meet(a, b) == a for b in blocked)]
+    return inside + [m for i in installation for a in allowlist if (m := _meet(i, a)) is not None]
+
+
+def late_host_rules(allowlist: list[Network] | None, installation: list[Network],
+                    appeared: list[Network]) -> list[Rule]:
+    """Rules for host addresses that appeared after a container started (an interface brought up later: its
+    address would reach the host's services through pasta): blocked as they would have been at its start, ahead
+    of its other rules, unless what it is allowed opens them."""
+    def within(h: Network, nets: Iterable[Network]) -> bool:
+        return any(h.version == n.version and h.subnet_of(n) for n in nets)  # type: ignore[arg-type]
+
+    opened = _opened(allowlist, installation, [*BLOCKED, *appeared])
+    return [("block", str(h), 0) for h in appeared if not within(h, BLOCKED) and not within(h, opened)]
 
 
 _said_no_pasta = False

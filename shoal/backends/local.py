@@ -69,6 +69,9 @@ def _describe(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+HOST_WATCH_S = 1.0  # how often running containers' rules are checked against the host's addresses
+
+
 class LocalContainer:
     isolation: str | None = None  # its backend's (LocalBackend.isolation)
     node_id: str | None = None  # this machine
@@ -86,6 +89,9 @@ class LocalContainer:
         self._returncode: int | None = None
         self._oom_kills = 0
         self._netns: int | None = None  # the container's network namespace, opened on the first web request
+        # With outbound network: its allow-list and the host addresses its rules block (late_host_rules).
+        self.allowlist: list[egress.Network] | None = None
+        self.hosts_blocked: frozenset[egress.Network] = frozenset()
 
     @property
     def pid(self) -> int:
@@ -197,6 +203,8 @@ class LocalBackend:
         self.gpus = gpu_mod.GpuAllocator(found, note, gpu_mod.fallback_setting(os.environ))
         self._newroot = newroot_dir()
         self._said_cpu: set[str] = set()  # functions told once that they asked for more cores than there are
+        self._networked: set[LocalContainer] = set()  # running containers with outbound network
+        self._host_watch: asyncio.Task | None = None
         # Outbound network of sandboxed containers (egress.py): pasta, and what the installation allows anyway.
         self.allowed_cidrs = egress.installation_allowed()
         self.pasta = egress.find_pasta() if self.isolation == "sandbox" and egress.wanted() else None
@@ -391,7 +399,8 @@ class LocalBackend:
             allow = None
             if spec.outbound_cidr_allowlist is not None:
                 allow = egress.parse_cidrs(spec.outbound_cidr_allowlist, "outbound_cidr_allowlist")
-            rules = egress.egress_rules(allow, self.allowed_cidrs, egress.host_addresses())
+            hosts = egress.host_addresses()
+            rules = egress.egress_rules(allow, self.allowed_cidrs, hosts)
             net = {"pasta": [self.pasta, *egress.PASTA_ARGS], "rules": rules}
             pooled = self.netpool.take() if self.netpool is not None else None
             if pooled is not None:
@@ -448,8 +457,41 @@ class LocalBackend:
             asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output)),
             asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", watch)),
         ]
-        return LocalContainer(proc, pumps, sandboxed=True, cgroup=cgroup, forwarding=forwarding, release=release,
-                              setup_error=setup_error)
+        container = LocalContainer(proc, pumps, sandboxed=True, cgroup=cgroup, forwarding=forwarding,
+                                   release=release, setup_error=setup_error)
+        if net is not None:
+            container.allowlist, container.hosts_blocked = allow, frozenset(hosts)
+            self._watch_host_addresses(container)
+        return container
+
+    def _watch_host_addresses(self, container: LocalContainer) -> None:
+        """Host addresses that appear while a container with outbound network runs (an interface brought up
+        later) get blocked in its namespace too: pasta's sockets are the host's, so they would reach the host."""
+        self._networked.add(container)
+        container._release.append(lambda: self._networked.discard(container))
+        if self._host_watch is None or self._host_watch.done():
+            self._host_watch = asyncio.create_task(self._host_watch_loop())
+
+    async def _host_watch_loop(self) -> None:
+        while self._networked:
+            await asyncio.sleep(HOST_WATCH_S)
+            hosts = frozenset(egress.host_addresses(fresh=True))
+            for c in list(self._networked):
+                appeared = sorted(hosts - c.hosts_blocked, key=lambda n: (n.version, n))
+                if not appeared or c.proc.returncode is not None:
+                    continue
+                rules = egress.late_host_rules(c.allowlist, self.allowed_cidrs, appeared)
+                if rules:
+                    cfg = {"late_rules": rules, "netns": f"/proc/{c.pid}/ns/net"}
+                    proc = await asyncio.create_subprocess_exec(
+                        *launcher_argv(self.python, cfg), stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                    _, err = await proc.communicate()
+                    if proc.returncode != 0 and c.proc.returncode is None:
+                        log.warning("container (pid %s): could not block new host addresses %s: %s", c.pid, appeared,
+                                    err.decode(errors="replace").strip())
+                        continue
+                c.hosts_blocked = c.hosts_blocked | frozenset(appeared)
 
 
 # An idle container (`shoal shell`) waits for signals; it dies with the control plane like a runtime would.

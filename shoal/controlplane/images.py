@@ -38,7 +38,7 @@ import stat
 import sysconfig
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
@@ -49,7 +49,7 @@ from .._spec.config import package_dir
 from .._spec.definitions import ImageSpec
 from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
-from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox
+from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
 from ..backends.sandbox import SYSTEM_DIRS
 from ..exception import ImageBuildError, InvalidError
 
@@ -131,6 +131,13 @@ def _copy_host_packages(names: tuple[str, ...], target: Path) -> list[str]:
 
 def _multiarch() -> str:
     return sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+
+
+def _inside(env: dict[str, str]) -> dict[str, str]:
+    """A build environment as a build sandbox's root sees it: its own home and temporary directory."""
+    drop = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "NETRC")  # host paths the sandbox does not see
+    return {**{k: v for k, v in env.items() if k not in drop},
+            "HOME": "/root", "TMPDIR": "/tmp", "USER": "root", "LOGNAME": "root"}
 
 
 def _build_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -221,7 +228,6 @@ class _Build:
     apt: bool = False
     step_no: int = 0
     step_repr: str = ""
-    interpreter: str = ""  # what starting the venv's Python runs (_interpreter_fingerprint), as the host last saw it
 
     @property
     def venv(self) -> Path:
@@ -264,13 +270,16 @@ class ImageBuilder:
         self.dir = Path(state_dir) / "images"
         self.blob_dir = blob_dir or Path(state_dir) / "blobs"
         self.apt_cache = self.dir / ".cache" / "apt"
+        # uv's cache for package steps, shared read-write with their build sandboxes: shoal's own, never the host's
+        # (~/.cache/uv), which uv on the host (the runtime's packages, `uv venv`) goes on using.
+        self.uv_cache = self.dir / ".cache" / "uv"
         self._locks: dict[str, asyncio.Lock] = {}
         self._apt_lock = asyncio.Lock()
         self._runtime_lock = asyncio.Lock()
         self._pythons: dict[str, tuple[str, str, str]] = {}
         self._discovery_path: str | None = None
         self.builds = 0  # images built (cache misses) by this builder
-        self.sandbox = BuildSandbox(str(state_dir))  # where run_commands runs
+        self.sandbox = BuildSandbox(str(state_dir))  # where run_commands and package steps' uv run
         try:
             from uv import find_uv_bin
 
@@ -412,7 +421,6 @@ class ImageBuilder:
         # the user's: later the image's interpreter only ever runs sandboxed (its trees read-only there).
         await self._exec([b.python, "-I", "-c", WARM_IMPORTS], env=_build_env({"PATH": STANDARD_PATH}), cwd=b.root,
                          log=None)
-        b.interpreter = _interpreter_fingerprint(b.venv)
 
     async def _runtime_dir(self, b: _Build, python: str, full_version: str, soabi: str) -> Path:
         """The container runtime's packages (and pip) for one interpreter, shared by its images: copied from
@@ -484,7 +492,7 @@ class ImageBuilder:
         if step.get("pre"):
             argv += ["--prerelease", "allow"]
         argv += shlex.split(step.get("extra_options") or "")
-        await self._uv(b, argv, forced, env={**b.env, **step.get("env", {}), **step.get("secret_env", {})})
+        await self._uv_step(b, argv, forced, env={**step.get("env", {}), **step.get("secret_env", {})})
 
     _step_uv_pip_install = _step_pip_install
     _step_pip_install_from_requirements = _step_pip_install
@@ -506,8 +514,7 @@ class ImageBuilder:
         for e in step.get("extras", []):
             argv += ["--extra", e]
         argv += shlex.split(step.get("extra_options") or "")
-        await self._uv(b, argv, forced, env={**b.env, **step.get("secret_env", {}),
-                                             "UV_PROJECT_ENVIRONMENT": str(b.venv)})
+        await self._uv_step(b, argv, forced, env={**step.get("secret_env", {}), "UV_PROJECT_ENVIRONMENT": str(b.venv)})
 
     async def _step_apt_install(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
         """Download the packages and those of their dependencies this host lacks; unpack them into apt-root."""
@@ -570,21 +577,17 @@ class ImageBuilder:
         cwd.mkdir(parents=True, exist_ok=True)
         env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
         bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
-        avail = await asyncio.to_thread(self.sandbox.availability)
-        if avail.isolation != "sandbox" and os.geteuid() == 0:
-            self._fail(b, f"run_commands runs in a sandbox, and containers cannot be sandboxed here "
-                          f"({avail.reason}); it never runs on the host as root")
+        sandboxed = await self._sandboxed(b, "run_commands runs")
         try:
             for cmd in step["commands"]:
                 b.log(f"$ {cmd}\n")
-                if avail.isolation != "sandbox":
+                if not sandboxed:
                     await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
                     continue
-                argv = await asyncio.to_thread(self.sandbox.argv, str(b.root), b.python, [bash, "-c", cmd], workdir)
-                inside = {**env, "HOME": "/root", "TMPDIR": "/tmp", "USER": "root", "LOGNAME": "root"}
-                await self._checked(b, argv, env=inside, cwd=Path("/"))
+                argv = await self._sandbox_argv(b, [bash, "-c", cmd], workdir)
+                await self._checked(b, argv, env=_inside(env), cwd=Path("/"))
         finally:
-            await asyncio.to_thread(_tidy_build_layers, b.root)
+            await self._tidy(b)
 
     async def _step_env(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
         """As Docker's ENV: `$NAME` / `${NAME}` expand to the image's value so far (e.g. PATH=/opt/x:$PATH)."""
@@ -624,36 +627,83 @@ class ImageBuilder:
         return path
 
     # -- processes -------------------------------------------------------------------------------------------
-    async def _uv(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None = None) -> None:
-        """Run uv: offline first (a warm cache then costs milliseconds, with no index round trip), online when
-        the cache lacks something; a forced step goes online and refreshes what it installs.
+    async def _sandboxed(self, b: _Build, what: str) -> bool:
+        """Whether this step's code runs in a build sandbox (else as the plain processes containers are then);
+        a control plane running as root without sandboxes refuses the step."""
+        avail = await asyncio.to_thread(self.sandbox.availability)
+        if avail.isolation != "sandbox" and os.geteuid() == 0:
+            self._fail(b, f"{what} in a sandbox, and containers cannot be sandboxed here ({avail.reason}); it never "
+                          "runs on the host as root")
+        return avail.isolation == "sandbox"
 
-        uv starts the venv's Python on the host: refused when a build command (sandboxed) changed what that runs
-        at start (a `.pth` file, `sitecustomize`, `pyvenv.cfg`, the interpreter's link)."""
-        if b.interpreter and await asyncio.to_thread(_interpreter_fingerprint, b.venv) != b.interpreter:
-            self._fail(b, "a run_commands step before this one changed what the image's Python runs when it starts "
-                          "(a .pth file, sitecustomize, pyvenv.cfg or bin/python), and this step would start it on "
-                          "the host: install these packages before the run_commands step, or with "
-                          "`python -m pip install` inside it")
+    async def _sandbox_argv(self, b: _Build, command: list[str], cwd: str, **kw: Any) -> list[str]:
+        """The argv that runs `command` in a build sandbox of the image (BuildSandbox.argv)."""
         try:
-            await self._uv_run(b, args, forced, env)
-        finally:
-            if b.venv.is_dir():
-                b.interpreter = await asyncio.to_thread(_interpreter_fingerprint, b.venv)
+            return await asyncio.to_thread(self.sandbox.argv, str(b.root), b.base_python, command, cwd,
+                                           ro=[b.runtime, *kw.pop("ro", [])], **kw)
+        except BuildSetupError as exc:
+            self._fail(b, str(exc))
 
-    async def _uv_run(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None) -> None:
+    async def _tidy(self, b: _Build) -> None:
+        def tidy() -> None:
+            self.sandbox.tidy(str(b.root))
+            _tidy_build_layers(b.root)
+
+        await asyncio.to_thread(tidy)
+
+    async def _uv(self, b: _Build, args: list[str], forced: bool, env: dict[str, str] | None = None) -> None:
+        """uv on the host, for what installs nothing of the user's (the venv, the runtime's packages)."""
         full_env = _build_env({"PATH": self._discovery_path or STANDARD_PATH, **(env or {})})
         argv = [self.uv, *args]
-        if forced:
-            await self._checked(b, [*argv, "--refresh"], env=full_env, cwd=b.root)
-            return
-        quiet: list[str] = []
-        rc, out = await self._exec([*argv, "--offline"], env=full_env, cwd=b.root, log=quiet.append)
-        if rc == 0:
-            b.log("".join(quiet))
-            return
-        b.log("(not everything is in the local cache: resolving online)\n")
-        await self._checked(b, argv, env=full_env, cwd=b.root)
+
+        async def run(extra: list[str], network: bool, log: Log | None) -> tuple[int, str]:
+            return await self._exec([*argv, *extra], env=full_env, cwd=b.root, log=log)
+
+        await self._offline_first(b, forced, run)
+
+    async def _uv_step(self, b: _Build, args: list[str], forced: bool, env: dict[str, str]) -> None:
+        """uv for a package step, in a build sandbox of the image (backends/build_sandbox.py): resolving and
+        installing starts the image's Python, and building a source distribution runs the package's own code.
+        Paths and file:// URLs in the step are paths as the build sees them (the image's files, directories the
+        installation shares with containers). The sandbox sees uv's binary (read-only) and shoal's uv cache
+        (read-write); packages are copied out of the cache, never hard-linked, so a later build that writes the
+        cache cannot change an image already built."""
+        kind = b.step_repr.split("(", 1)[0]
+        sandboxed = await self._sandboxed(b, f"{kind} runs uv, which runs a source package's build code,")
+        await asyncio.to_thread(self.uv_cache.mkdir, mode=0o700, parents=True, exist_ok=True)
+        full_env = _build_env({**b.path_env(), **b.env, **env, "UV_CACHE_DIR": str(self.uv_cache),
+                               "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never"})
+        uv = os.path.realpath(self.uv) if os.path.isabs(self.uv) else self.uv
+
+        async def run(extra: list[str], network: bool, log: Log | None) -> tuple[int, str]:
+            argv = [uv, *args, *extra]
+            if not sandboxed:
+                return await self._exec(argv, env=full_env, cwd=b.root, log=log)
+            argv = await self._sandbox_argv(b, argv, str(b.root), rw=[str(self.uv_cache)],
+                                            ro=[uv] if os.path.isabs(uv) else [], network=network)
+            return await self._exec(argv, env=_inside(full_env), cwd=Path("/"), log=log)
+
+        try:
+            await self._offline_first(b, forced, run)
+        finally:
+            if sandboxed:
+                await self._tidy(b)
+
+    async def _offline_first(self, b: _Build, forced: bool,
+                             run: Callable[[list[str], bool, Log | None], Awaitable[tuple[int, str]]]) -> None:
+        """Run uv (`run(extra args, network, log)`) offline first (a warm cache then costs milliseconds, with no
+        index round trip), online when the cache lacks something; a forced step goes online and refreshes what
+        it installs. The output of an offline attempt that failed is not shown."""
+        if not forced:
+            quiet: list[str] = []
+            rc, _ = await run(["--offline"], False, quiet.append)
+            if rc == 0:
+                b.log("".join(quiet))
+                return
+            b.log("(not everything is in the local cache: resolving online)\n")
+        rc, out = await run(["--refresh"] if forced else [], True, b.log)
+        if rc != 0:
+            self._fail(b, out, rc)
 
     async def _checked(self, b: _Build, argv: list[str], *, env: dict[str, str], cwd: Path) -> str:
         rc, out = await self._exec(argv, env=env, cwd=cwd, log=b.log)
@@ -699,30 +749,6 @@ class ImageBuilder:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-
-
-def _interpreter_fingerprint(venv: Path) -> str:
-    """A digest of what starting the venv's Python runs besides the standard library."""
-    h = hashlib.sha256()
-    for path in sorted(glob.glob(str(venv / "bin" / "python*")) + [str(venv / "pyvenv.cfg")]):
-        h.update(path.encode())
-        h.update(os.readlink(path).encode() if os.path.islink(path) else _digest(path))
-    for site in sorted(glob.glob(str(venv / "lib" / "python3*" / "site-packages"))):
-        for name in sorted(os.listdir(site)):
-            if name.endswith(".pth") or name.startswith(("sitecustomize", "usercustomize")):
-                h.update(name.encode())
-                h.update(_digest(os.path.join(site, name)))
-    return h.hexdigest()
-
-
-def _digest(path: str) -> bytes:
-    try:
-        if os.path.isdir(path):
-            return b"dir"
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).digest()
-    except OSError:
-        return b"?"
 
 
 def _tidy_build_layers(root: Path) -> None:

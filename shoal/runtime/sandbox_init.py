@@ -206,9 +206,10 @@ def _rtattr(kind: int, data: bytes) -> bytes:
     return struct.pack("HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
 
 
-def add_rules(rules: list) -> None:
+def add_rules(rules: list, priority: int | None = None) -> None:
     """Install the egress rules ((action, cidr, udp port)) as policy-routing rules in our network namespace,
-    in order; a blocked destination then fails with EACCES before any packet reaches pasta."""
+    in order (or all at `priority`); a blocked destination then fails with EACCES before any packet reaches
+    pasta."""
     nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
     try:
         nl.bind((0, 0))
@@ -220,7 +221,7 @@ def add_rules(rules: list) -> None:
             act = FR_ACT_TO_TBL if action == "allow" else FR_ACT_PROHIBIT
             body = struct.pack("BBBBBBBBI", family, prefix, 0, 0, RT_TABLE_MAIN if act == FR_ACT_TO_TBL else 0,
                                0, 0, act, 0)
-            body += _rtattr(FRA_PRIORITY, struct.pack("I", FIRST_RULE_PRIORITY + seq))
+            body += _rtattr(FRA_PRIORITY, struct.pack("I", FIRST_RULE_PRIORITY + seq if priority is None else priority))
             if prefix:
                 body += _rtattr(FRA_DST, raw)
             if act == FR_ACT_TO_TBL:
@@ -817,6 +818,13 @@ def main() -> None:
         if cfg.get("trace"):
             _TRACE.append(("start", float(cfg["trace"])))
             trace("imported")
+        if "late_rules" in cfg:
+            # The backend adds rules to a running container's namespace (host addresses that appeared since it
+            # started), ahead of the rules it started with.
+            fd = os.open(cfg["netns"], os.O_RDONLY | os.O_CLOEXEC)
+            check_syscall(libc.setns(fd, CLONE_NEWNET), "joining the container's network namespace")
+            add_rules(cfg["late_rules"], FIRST_RULE_PRIORITY)
+            os._exit(0)
         cfg["_supervisor_pid"] = os.getpid()
         supervise(cfg)
     except BaseException as exc:  # noqa: BLE001

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from shoal.backends.egress import BLOCKED, DNS_ADDRESS, egress_rules, host_addresses, parse_cidrs
+from shoal.backends.egress import BLOCKED, DNS_ADDRESS, egress_rules, host_addresses, late_host_rules, parse_cidrs
 
 
 def verdict(rules: list, address: str, udp_port: int = 0) -> str:
@@ -66,3 +66,14 @@ def test_host_addresses_include_loopback():
     assert ipaddress.ip_network("127.0.0.1/32") in found
     assert all(any(a.subnet_of(b) for b in BLOCKED if b.version == a.version) or a.prefixlen in (32, 128)
                for a in found)
+
+
+def test_host_addresses_that_appear_later_are_blocked_unless_opened() -> None:
+    new = [ipaddress.ip_network("198.19.201.1/32"), ipaddress.ip_network("10.1.2.3/32"),
+           ipaddress.ip_network("203.0.113.7/32")]
+    assert late_host_rules(None, [], new) == [("block", "198.19.201.1/32", 0), ("block", "203.0.113.7/32", 0)]
+    # (10.1.2.3 lies in a range blocked from the start.) What the installation opens stays open:
+    assert late_host_rules(None, [ipaddress.ip_network("203.0.113.0/24")], new) == [("block", "198.19.201.1/32", 0)]
+    # An allow-list naming the address itself opens it; a broad one does not.
+    assert late_host_rules([ipaddress.ip_network("198.19.201.1/32")], [], new[:1]) == []
+    assert late_host_rules([ipaddress.ip_network("198.0.0.0/8")], [], new[:1]) == [("block", "198.19.201.1/32", 0)]
