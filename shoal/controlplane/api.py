@@ -23,10 +23,11 @@ from .core.model import AppState, Call, Pool, new_id
 from .dashboard import mount as mount_dashboard
 from .definitions import check_client_fields
 from .gate import Gate
-from .idempotency import is_retry
+from .idempotency import is_retry, request_key
 from .rest import ApiError, Handler, body_of, check_length, invalid, query_of, reply, too_large
 from .store import apps as app_rows
 from .store import calls as call_rows
+from .store import idempotency as keyed
 
 if TYPE_CHECKING:
     from .build import Core
@@ -159,7 +160,11 @@ class Api:
 
     async def create_app(self, request: web.Request) -> web.Response:
         body = await body_of(request, req.CreateApp)
-        app = await self.core.apps.create_app(body.name, body.mode, body.detach)
+        key = request_key(request)
+        done = await keyed.replayed(self.core.store, key)  # a resend: the app its first send created
+        if done is not None:
+            return reply(done.result)
+        app = await self.core.apps.create_app(body.name, body.mode, body.detach, key)
         return reply({"app_id": app.id})
 
     def _app(self, request: web.Request) -> AppState:
@@ -179,8 +184,7 @@ class Api:
         await self.definitions.prepare(app, defs)
         if strategy is None:
             return reply({"functions": await self.core.apps.register_functions(app, defs)})
-        version, functions = await self.deployments.next_version(app, defs, strategy)
-        return reply({"functions": functions, "version": version})
+        return reply(await self.deployments.next_version(app, defs, strategy, request_key(request)))
 
     async def stop_app(self, request: web.Request) -> web.Response:
         await self.core.apps.stop_app(request.match_info["app_id"])

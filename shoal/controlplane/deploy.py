@@ -23,8 +23,10 @@ from .._spec.definitions import FunctionDefinition
 from .._spec.limits import DATA_BODY_MAX
 from .core.model import AppState, Pool
 from .definitions import check_client_fields
+from .idempotency import request_key
 from .rest import ApiError, body_of, reply
 from .store import apps as app_rows
+from .store import idempotency as keyed
 
 if TYPE_CHECKING:
     from .build import Core
@@ -62,14 +64,20 @@ class Deployments:
         if version is not None:
             self.versions[app_id] = version
 
-    async def next_version(self, app: AppState, defs: list[FunctionDefinition], strategy: str) -> tuple[int, dict]:
+    async def next_version(self, app: AppState, defs: list[FunctionDefinition], strategy: str,
+                           key: str | None) -> dict[str, Any]:
         """Prepared definitions become the app's next version (an app registering its functions again with a
-        strategy: `shoal serve`'s reloads)."""
+        strategy: `shoal serve`'s reloads): the reply, {"functions", "version"}, kept under the request's
+        idempotency `key` (a resend gets the first reply; no second version)."""
         async with self._lock(app.id):
+            done = await keyed.replayed(self.store, key)
+            if done is not None:
+                return done.result
             if app.state != "running":  # stopped while its images were building
                 raise ApiError(409, f"app {app.id} was stopped while its functions were being updated",
                                "InvalidError")
-            return await self._apply(app, defs, strategy, "", None)
+            version, functions = await self._apply(app, defs, strategy, "", None, idem=(key, {}))
+            return {"functions": functions, "version": version}
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -107,7 +115,11 @@ class Deployments:
         defs = check_client_fields(body.functions)
         tag = body.tag or ""
         self.core.router.check_claims(None, name, "deployed", defs)  # before an app is made or images built
+        key = request_key(request)
         async with self._lock(name):
+            done = await keyed.replayed(self.store, key)  # a resend of a deploy that landed: its first reply
+            if done is not None:
+                return reply(done.result)
             app = self._deployed(name)
             created = app is None
             if app is None:  # stored with its functions and version, in one transaction, or not at all
@@ -116,7 +128,9 @@ class Deployments:
                 await self.definitions.prepare(app, defs)
                 if app.state != "running":  # stopped while its images were building
                     raise ApiError(409, f"app {name!r} was stopped while it was being deployed", "InvalidError")
-                version, functions = await self._apply(app, defs, strategy, tag, None, new=created)
+                version, functions = await self._apply(
+                    app, defs, strategy, tag, None, new=created,
+                    idem=(key, {"app_id": app.id, "name": name, "created": created}))
             except BaseException:
                 if created:
                     await self.core.apps.abandon(app)
@@ -125,9 +139,12 @@ class Deployments:
                       "created": created})
 
     async def _apply(self, app: AppState, defs: list[FunctionDefinition], strategy: str, tag: str,
-                     rollback_of: int | None, new: bool = False) -> tuple[int, dict[str, str]]:
+                     rollback_of: int | None, new: bool = False,
+                     idem: tuple[str | None, dict[str, Any]] = (None, {})) -> tuple[int, dict[str, str]]:
         """Make `defs` the app's next version: the app (`new`), its functions and the version are stored in
-        one transaction first, so a deploy lands whole or leaves nothing; then the pools follow."""
+        one transaction first, so a deploy lands whole or leaves nothing; then the pools follow. `idem`: the
+        request's idempotency key and its reply's fields (with "version" and "functions" added), kept in that
+        transaction."""
         self.core.router.check_claims(app.id, app.name, app.mode, defs)  # before any function of it stops
         version = self.versions.get(app.id, 0) + 1
         for d in defs:
@@ -139,7 +156,8 @@ class Deployments:
         existing = {d.tag: app.functions.get(d.tag) for d in defs}
         functions = await core.apps.register_functions(
             app, defs, new=new, removed=removed,
-            version=app_rows.NewVersion(version, strategy, tag, rollback_of))
+            version=app_rows.NewVersion(version, strategy, tag, rollback_of),
+            idem=None if idem[0] is None else (idem[0], {**idem[1], "version": version}))
         for pool in removed:
             core.apps.stop_pool(pool, f"function {pool.tag!r} is not in version {version} of the app")
         if removed:
@@ -184,7 +202,11 @@ class Deployments:
         app = self.registry.apps.get(row["app_id"])
         if app is None or app.mode != "deployed" or app.state != "running":
             raise ApiError(400, f"app {ref!r} is not a running deployed app", "InvalidError")
+        key = request_key(request)
         async with self._lock(app.name or app.id):
+            done = await keyed.replayed(self.store, key)  # a resend of a rollback that landed: its first reply
+            if done is not None:
+                return reply(done.result)
             current = self.versions.get(app.id, 0)
             target = current - 1 if body.version is None else body.version
             if current < 2:
@@ -196,7 +218,9 @@ class Deployments:
             if defs is None:
                 raise ApiError(404, f"version {target} of app {app.name!r} is not recorded", "NotFoundError")
             await self.definitions.prepare_again(defs, target)
-            version, functions = await self._apply(app, defs, strategy, f"rollback to v{target}", target)
+            version, functions = await self._apply(
+                app, defs, strategy, f"rollback to v{target}", target,
+                idem=(key, {"app_id": app.id, "name": app.name, "rolled_back_to": target}))
         return reply({"app_id": app.id, "name": app.name, "version": version, "rolled_back_to": target,
                       "functions": functions})
 
@@ -211,14 +235,18 @@ class Deployments:
             return reply({**row, "version": self.versions.get(row["app_id"]),
                           "functions": dict(self.registry.apps[row["app_id"]].functions)
                           if row["app_id"] in self.registry.apps else {}})
+        key = request_key(request)
         async with self._lock(name):
             app = self._deployed(name)
             created = False
             if app is None:
                 if not body.create_if_missing:
                     raise ApiError(404, f"no deployed app named {name!r}", "NotFoundError")
-                app = await self.core.apps.create_app(name, "deployed", True)
+                app = await self.core.apps.create_app(name, "deployed", True, key)
                 created = True
+            elif key is not None:  # a resend of the lookup that created it answers as the first did
+                done = await keyed.replayed(self.store, key)
+                created = done is not None and done.result.get("app_id") == app.id
         return reply({"app_id": app.id, "name": app.name, "mode": app.mode, "state": app.state,
                       "version": self.versions.get(app.id), "functions": dict(app.functions), "created": created})
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from .._spec import requests as req
 from .._spec.limits import BODY_MAX, DATA_BODY_MAX, MAX_WAIT_S
 from .core.model import new_id
-from .idempotency import request_key
+from .idempotency import is_retry, request_key
 from .rest import ApiError, body_of, query_of, reply
 from .store import Store, dicts, idempotency, objects, queues
 
@@ -81,7 +81,8 @@ class Objects:
         kind, name = body.kind, body.name
         create = body.create_if_missing or name is None
         object_id, created = await objects.find_or_create(self.store, kind, name, create=create,
-                                                          new_id=new_id(KINDS[kind]), app_id=body.app_id)
+                                                          new_id=new_id(KINDS[kind]), app_id=body.app_id,
+                                                          idem=request_key(request))
         if not object_id:
             raise ApiError(404, f"{kind.capitalize()} {name!r} not found", "NotFoundError")
         if not created and body.must_create and not body.allow_existing:
@@ -95,6 +96,8 @@ class Objects:
     async def delete(self, request: web.Request) -> web.Response:
         object_id = request.match_info["object_id"]
         if not await objects.delete(self.store, object_id):
+            if is_retry(request):  # a resend: its first send deleted it
+                return reply({"ok": True})
             raise ApiError(404, f"object {object_id} not found", "NotFoundError")
         for hook in self.on_delete:
             hook(object_id)

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .._spec import requests as req
+from .idempotency import is_retry, request_key
 from .ingress_policy import TokenRecord, hash_secret
 from .rest import ApiError, body_of, reply
 from .store import Store
@@ -51,12 +52,17 @@ class ProxyTokens:
         return self.tokens.get(token_id)
 
     # -- operations ------------------------------------------------------------------------------------------
-    async def create(self, scope: Scope) -> tuple[str, str]:
-        """A new token valid for `scope`: (token_id, secret). The secret is not kept, only its hash."""
+    async def create(self, scope: Scope, key: str | None = None) -> tuple[str, str]:
+        """A new token valid for `scope`: (token_id, secret). The secret is not kept, only its hash. A resend
+        under the same idempotency `key` replaces the token its first send made (whose secret was lost with
+        the reply): one token per request, with the secret of the last answer."""
         token_id, secret = "wk-" + _random(ID_CHARS), "ws-" + _random(SECRET_CHARS)
         record = TokenRecord(token_id, hash_secret(secret), list(scope), time.time())
         self.tokens[token_id] = record
-        await stored_tokens.insert(self.store, token_id, record.secret_hash, record.scope, record.created_at)
+        replaced = await stored_tokens.insert(self.store, token_id, record.secret_hash, record.scope,
+                                              record.created_at, key)
+        if replaced is not None:
+            self.tokens.pop(replaced, None)
         return token_id, secret
 
     async def delete(self, token_id: str) -> bool:
@@ -114,7 +120,8 @@ class ProxyTokens:
 
     async def handle_create(self, request: web.Request) -> web.Response:
         body = await body_of(request, req.CreateProxyToken)
-        token_id, secret = await self.create(list(dict.fromkeys(body.scope)))  # de-duplicated, in order
+        token_id, secret = await self.create(list(dict.fromkeys(body.scope)),  # de-duplicated, in order
+                                             request_key(request))
         return reply({"token_id": token_id, "token_secret": secret})
 
     async def handle_list(self, request: web.Request) -> web.Response:
@@ -122,7 +129,7 @@ class ProxyTokens:
 
     async def handle_delete(self, request: web.Request) -> web.Response:
         token_id = request.match_info["token_id"]
-        if not await self.delete(token_id):
+        if not await self.delete(token_id) and not is_retry(request):  # (a resend: its first send deleted it)
             raise ApiError(404, f"proxy token {token_id!r} not found", "NotFoundError")
         return reply({"ok": True})
 

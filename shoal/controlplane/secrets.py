@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from .._spec import requests as req
 from .._spec.definitions import SecretRef
 from .._spec.secrets import KEY_RE, MAX_KEY
+from .idempotency import is_retry, request_key
 from .rest import ApiError, body_of, path_of, reply
 from .store import Store
 from .store import secrets as sealed_secrets
@@ -76,7 +77,7 @@ class SecretStore:
         body = await body_of(request, req.CreateSecret)
         name = body.name
         if not await sealed_secrets.create(self.store, name, self._seal(_check_keys(body.env)), time.time(),
-                                           overwrite=body.overwrite):
+                                           overwrite=body.overwrite, idem=request_key(request)):
             if body.allow_existing:
                 return reply({"created": False})
             raise ApiError(409, f"secret {name!r} already exists", "AlreadyExistsError")
@@ -89,12 +90,13 @@ class SecretStore:
         current = await self._get(name)
         if current is None:
             raise ApiError(404, f"secret {name!r} not found", "NotFoundError")
-        await sealed_secrets.replace(self.store, name, self._seal({**current, **changes}), time.time())
+        await sealed_secrets.replace(self.store, name, self._seal({**current, **changes}), time.time(),
+                                     request_key(request))
         return reply({"ok": True})
 
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if not await sealed_secrets.delete(self.store, name):
+        if not await sealed_secrets.delete(self.store, name) and not is_retry(request):  # (a resend: deleted)
             raise ApiError(404, f"secret {name!r} not found", "NotFoundError")
         return reply({"ok": True})
 

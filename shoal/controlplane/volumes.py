@@ -44,11 +44,13 @@ from .._spec.definitions import FunctionDefinition
 from .._spec.limits import VOLUME_FILE_MAX
 from . import volume_fs as vfs
 from .core.model import new_id
+from .idempotency import request_key
 from .rest import ApiError, body_of, check_length, path_of, query_of, reply, too_large
 from .store import Store, objects
+from .store import idempotency as keyed
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from ..backends.base import Backend
     from .core.model import Container
@@ -534,18 +536,31 @@ class Volumes:
         await self._collect(vid)
         return n
 
+    async def _keyed(self, request: web.Request, change: Callable[[], Awaitable[int]]) -> web.Response:
+        """A change of the files (`change`: the new version) done once per idempotency key: a resend gets the
+        first answer. The files are on disk, not in the store, so the key is kept just after the version is
+        current: a control plane killed between the two does a remove or copy again on the resend (a remove
+        of what is gone then answers 404), and a resent upload commit finds no batch (404)."""
+        key = request_key(request)
+        done = await keyed.replayed(self.store, key)
+        if done is not None:
+            return reply(done.result)
+        answer = {"ok": True, "version": await change()}
+        if key is not None:
+            await self.store.transact(lambda c: keyed.record(c, key, answer))
+        return reply(answer)
+
     async def remove(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
         body = await body_of(request, req.RemovePath)
-        n = await self._change(vid, lambda stage: vfs.remove(stage, body.path, body.recursive))
-        return reply({"ok": True, "version": n})
+        return await self._keyed(request, lambda: self._change(
+            vid, lambda stage: vfs.remove(stage, body.path, body.recursive)))
 
     async def copy(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
         body = await body_of(request, req.CopyPaths)
-        n = await self._change(vid, lambda stage: vfs.copy(stage, body.src_paths, body.dst_path, body.recursive,
-                                                           self.storage.owner))
-        return reply({"ok": True, "version": n})
+        return await self._keyed(request, lambda: self._change(
+            vid, lambda stage: vfs.copy(stage, body.src_paths, body.dst_path, body.recursive, self.storage.owner)))
 
     async def start_upload(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
@@ -593,8 +608,11 @@ class Volumes:
 
     async def commit_upload(self, request: web.Request) -> web.Response:
         """The batch's files into a new version at once (all or none)."""
-        up = self._upload(request)
         body = await body_of(request, req.CommitUpload)
+        return await self._keyed(request, lambda: self._commit_upload(request, body))
+
+    async def _commit_upload(self, request: web.Request, body: req.CommitUpload) -> int:
+        up = self._upload(request)
         files = body.files
         missing = [f[1] for f in files if f[0] not in up.received]
         if missing:
@@ -614,12 +632,12 @@ class Volumes:
         finally:
             self.uploads.pop(request.match_info["upload_id"], None)
             await asyncio.to_thread(vfs.rmtree, str(up.path))
-        return reply({"ok": True, "version": n})
+        return n
 
     async def rename(self, request: web.Request) -> web.Response:
         body = await body_of(request, req.RenameVolume)
         old, new = body.old_name, body.new_name
-        result = await objects.rename(self.store, "volume", old, new)
+        result = await objects.rename(self.store, "volume", old, new, request_key(request))
         if result == "exists":
             raise ApiError(409, f"Volume {new!r} already exists", "AlreadyExistsError")
         if result == "missing":

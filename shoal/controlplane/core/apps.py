@@ -41,11 +41,13 @@ class Apps:
         self.calls = calls
         self.queues = queues
 
-    async def create_app(self, name: str | None, mode: str, detach: bool) -> AppState:
+    async def create_app(self, name: str | None, mode: str, detach: bool, idem: str | None = None) -> AppState:
+        """A new running app; with `idem` (the request's idempotency key) its {"app_id"} reply is kept under
+        the key with the app's row (a resend finds it: `store.idempotency.replayed`)."""
         app = AppState(new_id("ap"), name, mode, detach)
         await self.ownership.created(app.id)
         self.registry.apps[app.id] = app
-        await self.store.flushed(app_rows.put_app(self.store, app.id, name, mode, detach))
+        await app_rows.put_app(self.store, app.id, name, mode, detach, idem)
         return app
 
     async def unborn_app(self, name: str | None, mode: str, detach: bool) -> AppState:
@@ -60,16 +62,18 @@ class Apps:
 
     async def register_functions(self, app: AppState, definitions: list[FunctionDefinition], *, new: bool = False,
                                  removed: list[Pool] | None = None,
-                                 version: app_rows.NewVersion | None = None) -> dict[str, str]:
+                                 version: app_rows.NewVersion | None = None,
+                                 idem: tuple[str, dict] | None = None) -> dict[str, str]:
         """Add the app's functions, or give those it has (same tag) their new definitions; stored in one
         transaction with the app (`new`: an `unborn_app`), the functions a new version drops (`removed`, stopped
-        with `stop_pool` by the caller) and the version, before anything changes in memory."""
+        with `stop_pool` by the caller), the version and the reply kept under an idempotency key (`idem`:
+        `app_rows.put_functions`), before anything changes in memory."""
         self.router.check_claims(app.id, app.name, app.mode, definitions)  # labels belong to their app
         ids = {d.tag: app.functions.get(d.tag) or new_id("fu") for d in definitions}
         await app_rows.put_functions(
             self.store, app.id, [(ids[d.tag], d.tag, d) for d in definitions],
             new_app=app_rows.NewApp(app.name, app.mode, app.detach) if new else None,
-            removed=[p.function_id for p in removed or ()], version=version)
+            removed=[p.function_id for p in removed or ()], version=version, idem=idem)
         if new:
             self.registry.apps[app.id] = app
         pools = self.registry.pools

@@ -14,6 +14,7 @@ import msgspec
 
 from ..._spec import definitions as spec
 from ..._spec.definitions import FunctionDefinition
+from . import idempotency
 from .base import Connection, Store
 
 APP_COLUMNS = ("app_id", "name", "mode", "state", "created_at", "stopped_at")
@@ -156,10 +157,12 @@ class NewVersion(NamedTuple):
 
 async def put_functions(store: Store, app_id: str, functions: list[tuple[str, str, FunctionDefinition]], *,
                         new_app: NewApp | None = None, removed: list[str] | None = None,
-                        version: NewVersion | None = None) -> None:
+                        version: NewVersion | None = None, idem: tuple[str, dict[str, Any]] | None = None) -> None:
     """An app's functions (function_id, key, definition) stored in one transaction, with the app itself when it
     is new, the functions a new version no longer has deleted, and the version (the functions' definitions): a
-    deploy or a registration lands whole or leaves nothing. Returns once committed."""
+    deploy or a registration lands whole or leaves nothing. With `idem` (an idempotency key, the reply's other
+    fields) the reply, with {key: function_id} as "functions", is kept under the key in that transaction.
+    Returns once committed."""
     rows = [(function_id, app_id, key, spec.encode(d)) for function_id, key, d in functions]
     version_row = None
     if version is not None:
@@ -175,6 +178,8 @@ async def put_functions(store: Store, app_id: str, functions: list[tuple[str, st
             c.executemany(_UPSERT_FUNCTION, rows)
         if version_row is not None:
             c.execute(_UPSERT_VERSION, version_row)
+        if idem is not None:
+            idempotency.record(c, idem[0], {**idem[1], "functions": {key: fid for fid, key, _ in functions}})
 
     await store.transact(run)
 
@@ -190,8 +195,15 @@ _UPSERT_VERSION = ("INSERT INTO app_versions (app_id, version, created_at, defin
                    "rollback_of=excluded.rollback_of")
 
 
-def put_app(store: Store, app_id: str, name: str | None, mode: str, detach: bool) -> int:
-    return store.write(_INSERT_APP, (app_id, name, mode, "running", int(detach), time.time()))
+async def put_app(store: Store, app_id: str, name: str | None, mode: str, detach: bool, idem: str | None) -> None:
+    """A new running app; with `idem` (an idempotency key) {"app_id": app_id} is kept under it in the same
+    transaction. Returns once committed."""
+
+    def run(c: Connection) -> None:
+        c.execute(_INSERT_APP, (app_id, name, mode, "running", int(detach), time.time()))
+        idempotency.record(c, idem, {"app_id": app_id})
+
+    await store.transact(run)
 
 
 def set_stopped(store: Store, app_id: str, state: str = "stopped") -> int:

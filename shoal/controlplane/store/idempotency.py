@@ -42,6 +42,15 @@ def previous(c: Connection, key: str | None) -> Replay | None:
     return Replay(_decode(row[0])) if row else None
 
 
+async def replayed(store: Store, key: str | None) -> Replay | None:
+    """`previous`, for a write whose work starts outside the store (an app made in memory, images built, a
+    version built on disk): run by the writer, after every write queued before it, so a first send's write
+    that was queued (not yet committed) when its resend came is seen."""
+    if key is None:
+        return None
+    return await store.transact(lambda c: previous(c, key))
+
+
 def record(c: Connection, key: str | None, result: Any) -> Any:
     """Keep the result of the write done under `key` in this transaction; returns `result`."""
     if key is not None:

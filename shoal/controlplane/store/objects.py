@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from . import idempotency
 from .base import Connection, Store
 
 
@@ -19,12 +20,17 @@ class NamedObject(NamedTuple):
 
 
 async def find_or_create(store: Store, kind: str, name: str | None, *, create: bool, new_id: str,
-                         app_id: str | None) -> tuple[str, bool]:
+                         app_id: str | None, idem: str | None = None) -> tuple[str, bool]:
     """(object_id, created): the object of that kind and name, else, when `create`, a new one with id `new_id`
     (an unnamed object is always new). ("", False) when it does not exist and is not to be created. One
-    transaction, so two lookups of one name never create two objects."""
+    transaction, so two lookups of one name never create two objects. With `idem` (an idempotency key) a
+    creation is kept under it: asked again, the first answer comes back (no second unnamed object; `created`
+    still true)."""
 
     def run(c: Connection) -> tuple[str, bool]:
+        done = idempotency.previous(c, idem)
+        if done is not None:
+            return done.result[0], done.result[1]
         if name is not None:
             row = c.execute("SELECT object_id FROM objects WHERE kind=? AND name=?", (kind, name)).fetchone()
             if row:
@@ -33,6 +39,7 @@ async def find_or_create(store: Store, kind: str, name: str | None, *, create: b
             return "", False
         c.execute("INSERT INTO objects (object_id, kind, name, created_at, app_id) VALUES (?,?,?,?,?)",
                   (new_id, kind, name, time.time(), app_id))
+        idempotency.record(c, idem, [new_id, True])
         return new_id, True
 
     return await store.transact(run)
@@ -59,15 +66,18 @@ async def name_of(store: Store, object_id: str, kind: str) -> tuple[bool, str | 
     return (True, rows[0][0]) if rows else (False, None)
 
 
-async def rename(store: Store, kind: str, old: str, new: str) -> str:
+async def rename(store: Store, kind: str, old: str, new: str, idem: str | None = None) -> str:
     """Give the object of `kind` named `old` the name `new`: "ok", else "exists" (another object of the kind
-    has that name) or "missing" (none is named `old`)."""
+    has that name) or "missing" (none is named `old`). With `idem` (an idempotency key) a rename done is kept
+    under it: asked again, "ok" again."""
 
     def run(c: Connection) -> str:
+        if idempotency.previous(c, idem) is not None:
+            return "ok"
         if c.execute("SELECT 1 FROM objects WHERE kind=? AND name=?", (kind, new)).fetchone():
             return "exists"
         n = c.execute("UPDATE objects SET name=? WHERE kind=? AND name=?", (new, kind, old)).rowcount
-        return "ok" if n else "missing"
+        return idempotency.record(c, idem, "ok") if n else "missing"
 
     return await store.transact(run)
 

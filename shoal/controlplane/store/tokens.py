@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 import msgpack
 
-from .base import Store
+from . import idempotency
+from .base import Connection, Store
 
 log = logging.getLogger("shoal.store")
 
@@ -38,11 +39,22 @@ def load_all(store: Store) -> list[StoredToken]:
     return tokens
 
 
-async def insert(store: Store, token_id: str, secret_hash: str, scope: list[str], created_at: float) -> None:
-    """Returns once committed."""
-    await store.flushed(store.write(
-        "INSERT INTO proxy_tokens (token_id, secret_hash, scope, created_at) VALUES (?,?,?,?)",
-        (token_id, secret_hash, msgpack.packb(scope), created_at)))
+async def insert(store: Store, token_id: str, secret_hash: str, scope: list[str], created_at: float,
+                 idem: str | None = None) -> str | None:
+    """Returns once committed. With `idem` (an idempotency key) the token's id is kept under it; a token an
+    earlier send under the key made is deleted in the same transaction (its secret was never seen: only its
+    hash is kept anywhere, so a resend cannot be answered with it) and its id returned."""
+
+    def run(c: Connection) -> str | None:
+        done = idempotency.previous(c, idem)
+        if done is not None:
+            c.execute("DELETE FROM proxy_tokens WHERE token_id=?", (done.result,))
+        c.execute("INSERT INTO proxy_tokens (token_id, secret_hash, scope, created_at) VALUES (?,?,?,?)",
+                  (token_id, secret_hash, msgpack.packb(scope), created_at))
+        idempotency.record(c, idem, token_id)
+        return done.result if done is not None else None
+
+    return await store.transact(run)
 
 
 async def delete(store: Store, token_id: str) -> None:
