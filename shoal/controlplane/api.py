@@ -23,7 +23,7 @@ from .core.model import AppState, Call, Pool, new_id
 from .dashboard import mount as mount_dashboard
 from .definitions import check_client_fields
 from .gate import Gate
-from .idempotency import is_retry, request_key
+from .idempotency import Recent, is_retry, request_key
 from .rest import ApiError, Handler, body_of, check_length, invalid, query_of, reply, too_large
 from .store import apps as app_rows
 from .store import calls as call_rows
@@ -49,6 +49,7 @@ class Api:
         self.gate = Gate(token, core.registry, definitions.images, replicated=core.replicas is not None)
         self.on_shutdown = on_shutdown
         self.started_at = time.time()
+        self.recent = Recent()  # keyed sessions and shells: in memory, as they are
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.errors, self.auth], client_max_size=DATA_BODY_MAX)
@@ -424,14 +425,20 @@ class Api:
         `wait` seconds for a ready one (then `pending`: the client asks again)."""
         pool = self._sessioned(request)
         body = await body_of(request, req.StartSession)
+        key = request_key(request)
+        done = self.recent.get(key)  # a resend: the session its first send started
+        if done is not None:
+            return reply(done)
         got = await self.core.web.start_session(pool, body.idle_timeout, min(body.wait, MAX_WAIT_S))
-        return reply({"pending": True} if got is None else {"session_id": got[0], "token": got[1]})
+        if got is None:
+            return reply({"pending": True})
+        return reply(self.recent.put(key, {"session_id": got[0], "token": got[1]}))
 
     async def terminate_session(self, request: web.Request) -> web.Response:
         """`Server.sessions.terminate(token)`: 404 when this Server has no such live session."""
         pool = self._sessioned(request)
         body = await body_of(request, req.TerminateSession)
-        if not self.core.web.sessions.terminate(pool.function_id, body.token):
+        if not self.core.web.sessions.terminate(pool.function_id, body.token) and not is_retry(request):
             raise ApiError(404, "no such session of this Server", "NotFoundError")
         return reply({"ok": True})
 
@@ -513,6 +520,8 @@ class Api:
         """End a container; its inputs go back to the queue (`graceful`: it finishes them first)."""
         body = await body_of(request, req.StopContainer)
         c = self.core.operations.stop_container(request.match_info["container_id"], body.graceful)
+        if c is None and is_retry(request):  # a resend: its first send stopped it, and it is gone
+            return reply({"ok": True, "container_id": request.match_info["container_id"], "state": "dead"})
         if c is None:
             raise ApiError(404, f"container {request.match_info['container_id']} not found", "NotFoundError")
         return reply({"ok": True, "container_id": c.id, "state": c.state})
@@ -549,5 +558,9 @@ class Api:
         """`shoal shell`: start a container of this function that runs nothing (its image, sandbox, secrets and
         source), for the CLI to exec a shell into. It ends when stopped or when its app stops."""
         pool = self._pool(request)
+        key = request_key(request)
+        done = self.recent.get(key)  # a resend: the shell its first send started
+        if done is not None:
+            return reply(done)
         c = self.core.operations.start_shell(pool)
-        return reply({"container_id": c.id})
+        return reply(self.recent.put(key, {"container_id": c.id}))

@@ -44,7 +44,7 @@ from .._spec.definitions import FunctionDefinition
 from .._spec.limits import VOLUME_FILE_MAX
 from . import volume_fs as vfs
 from .core.model import new_id
-from .idempotency import request_key
+from .idempotency import Recent, request_key
 from .rest import ApiError, body_of, check_length, path_of, query_of, reply, too_large
 from .store import Store, objects
 from .store import idempotency as keyed
@@ -248,6 +248,7 @@ class Volumes:
         self.mounts: dict[str, list[Mount]] = {}  # container id -> its mounts
         self.reading: collections.Counter[tuple[str, int]] = collections.Counter()  # versions being streamed
         self.uploads: dict[str, Upload] = {}
+        self.started_uploads = Recent(UPLOAD_TTL_S)  # idempotency key -> the batch it started (in memory, as batches)
         self._tasks: set[asyncio.Task] = set()
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
@@ -564,6 +565,10 @@ class Volumes:
 
     async def start_upload(self, request: web.Request) -> web.Response:
         vid = request.match_info["volume_id"]
+        key = request_key(request)
+        done = self.started_uploads.get(key)  # a resend: the batch its first send started
+        if done is not None:
+            return reply(done)
         await self._existing(vid)
         now = time.time()
         for uid, up in list(self.uploads.items()):  # batches abandoned by their clients
@@ -575,7 +580,7 @@ class Volumes:
         path = self.storage.dir(vid) / "uploads" / upload_id
         path.mkdir(parents=True)
         self.uploads[upload_id] = Upload(vid, path)
-        return reply({"upload_id": upload_id})
+        return reply(self.started_uploads.put(key, {"upload_id": upload_id}))
 
     def _upload(self, request: web.Request) -> Upload:
         up = self.uploads.get(request.match_info["upload_id"])
