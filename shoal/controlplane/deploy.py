@@ -23,7 +23,7 @@ from .._spec.definitions import FunctionDefinition
 from .._spec.limits import DATA_BODY_MAX
 from .core.model import AppState, Pool
 from .definitions import check_client_fields
-from .idempotency import request_key
+from .idempotency import is_retry, request_key
 from .rest import ApiError, body_of, reply
 from .store import apps as app_rows
 from .store import idempotency as keyed
@@ -244,7 +244,7 @@ class Deployments:
                     raise ApiError(404, f"no deployed app named {name!r}", "NotFoundError")
                 app = await self.core.apps.create_app(name, "deployed", True, key)
                 created = True
-            elif key is not None:  # a resend of the lookup that created it answers as the first did
+            elif is_retry(request):  # a resend of the lookup that created it answers as the first did
                 done = await keyed.replayed(self.store, key)
                 created = done is not None and done.result.get("app_id") == app.id
         return reply({"app_id": app.id, "name": app.name, "mode": app.mode, "state": app.state,
