@@ -271,8 +271,3 @@ def decode(data: bytes) -> FunctionDefinition:
 
 def decode_list(data: bytes) -> list[FunctionDefinition]:
     return _list_decoder.decode(data)
-
-
-def from_builtins(value: Any) -> list[FunctionDefinition]:
-    """Definitions from an already unpacked body (lists and maps), validated as `decode` does."""
-    return msgspec.convert(value, list[FunctionDefinition])
