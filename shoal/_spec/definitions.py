@@ -70,7 +70,7 @@ class Options(Struct):
     serialized: bool = False
     include_source: bool | None = None
     region: list[str] | None = None
-    extra: dict[str, str | int | float | bool | None] = {}  # recorded options shoal does not act on yet
+    extra: dict[str, str | int | float | bool | None] = {}  # recorded options; only `block_network` is acted on
 
 
 class SecretRef(Struct, omit_defaults=True):
