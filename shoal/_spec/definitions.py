@@ -70,7 +70,7 @@ class Options(Struct):
     serialized: bool = False
     include_source: bool | None = None
     region: list[str] | None = None
-    extra: dict[str, str | int | float | bool | None] = {}  # recorded options shoal does not act on yet
+    extra: dict[str, str | int | float | bool | None] = {}  # recorded options; only `block_network` is acted on
 
 
 class SecretRef(Struct, omit_defaults=True):
@@ -271,8 +271,3 @@ def decode(data: bytes) -> FunctionDefinition:
 
 def decode_list(data: bytes) -> list[FunctionDefinition]:
     return _list_decoder.decode(data)
-
-
-def from_builtins(value: Any) -> list[FunctionDefinition]:
-    """Definitions from an already unpacked body (lists and maps), validated as `decode` does."""
-    return msgspec.convert(value, list[FunctionDefinition])

@@ -286,10 +286,6 @@ class UploadPath(Struct):
     index: Index
 
 
-class BlobPath(Struct):
-    sha: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
-
-
 class ContainerVolume(Struct):
     """A container's own request about a mounted Volume (commit, reload), proven by its token."""
 

@@ -1,10 +1,11 @@
 """Sockets inside a container's network namespace, made from the control plane's side.
 
-A sandboxed container has its own network namespace with only loopback, so the ingress proxy cannot reach its
-HTTP server by address. Instead the proxy's thread briefly enters the container's namespace (`setns`), creates a
-socket there and returns: the socket stays in the namespace it was created in, so connecting it to
-127.0.0.1:PORT reaches the container's own loopback. Two syscalls per new connection; no process runs inside
-the container for this and nothing is installed (connections are then kept alive by the proxy).
+A sandboxed container has its own network namespace (with its own loopback, and pasta's interface or none:
+backends/egress.py), so the ingress proxy cannot reach its HTTP server by address. Instead the proxy's thread
+briefly enters the container's namespace (`setns`), creates a socket there and returns: the socket stays in the
+namespace it was created in, so connecting it to 127.0.0.1:PORT reaches the container's own loopback. Two
+syscalls per new connection; no process runs inside the container for this and nothing is installed
+(connections are then kept alive by the proxy).
 """
 
 from __future__ import annotations

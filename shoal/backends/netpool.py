@@ -16,6 +16,8 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from .netns import open_netns
+
 log = logging.getLogger("shoal.sandbox")
 
 # A process that makes a network namespace and waits; the pool keeps a descriptor of the namespace and lets it go.
@@ -101,7 +103,7 @@ class NetnsPool:
             assert holder.stdout is not None
             if await holder.stdout.read(1) != b"1":
                 raise RuntimeError("could not make a network namespace")
-            fd = os.open(f"/proc/{holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_netns(holder.pid)
         finally:
             holder.kill()
             await holder.wait()

@@ -228,6 +228,11 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def _read_counter(path: str, key: str) -> int:
     try:
         with open(path) as f:
@@ -267,6 +272,25 @@ class ContainerCgroup:
         if self.version == 2:
             return _read_counter(os.path.join(self.memory_dir, "memory.events"), "oom_kill")
         return _read_counter(os.path.join(self.memory_dir, "memory.oom_control"), "oom_kill")
+
+    def usage(self) -> tuple[float, int, int | None]:
+        """(CPU seconds, memory bytes, peak memory bytes or None) of the processes in it; OSError, ValueError or
+        KeyError where a hierarchy lacks the controller."""
+        if self.version == 2:
+            d = self.dirs[0]
+            stat = dict(line.split() for line in _read(os.path.join(d, "cpu.stat")).splitlines())
+            mem = int(_read(os.path.join(d, "memory.current")))
+            try:
+                peak: int | None = int(_read(os.path.join(d, "memory.peak")))
+            except OSError:
+                peak = None
+            return int(stat["usage_usec"]) / 1e6, mem, peak
+        cpu_dir = next((d for d in self.dirs if "cpuacct" in d), None)
+        if cpu_dir is None or self.memory_dir is None:
+            raise ValueError("no cpuacct or memory hierarchy")
+        return (int(_read(os.path.join(cpu_dir, "cpuacct.usage"))) / 1e9,
+                int(_read(os.path.join(self.memory_dir, "memory.usage_in_bytes"))),
+                int(_read(os.path.join(self.memory_dir, "memory.max_usage_in_bytes"))))
 
     def _try_remove(self) -> bool:
         """rmdir each directory, then the shared parent if it is empty now, so nothing is left behind in the

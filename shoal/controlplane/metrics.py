@@ -25,6 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..backends.local_exec import children
+
 if TYPE_CHECKING:
     from .core.containers import Exit
     from .core.model import Call, Container, Input, Pool
@@ -286,7 +288,7 @@ def container_usage(c: Container) -> tuple[float, int, int | None] | None:
     cgroup = getattr(handle, "cgroup", None)
     if cgroup is not None:
         try:
-            return _cgroup_usage(cgroup)
+            return cgroup.usage()
         except (OSError, ValueError, KeyError, IndexError):
             pass  # this hierarchy lacks a controller: the processes tell
     try:
@@ -298,25 +300,6 @@ def container_usage(c: Container) -> tuple[float, int, int | None] | None:
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read()
-
-
-def _cgroup_usage(cgroup: Any) -> tuple[float, int, int | None]:
-    if cgroup.version == 2:
-        d = cgroup.dirs[0]
-        stat = dict(line.split() for line in _read(os.path.join(d, "cpu.stat")).splitlines())
-        mem = int(_read(os.path.join(d, "memory.current")))
-        try:
-            peak: int | None = int(_read(os.path.join(d, "memory.peak")))
-        except OSError:
-            peak = None
-        return int(stat["usage_usec"]) / 1e6, mem, peak
-    cpu_dir = next((d for d in cgroup.dirs if "cpuacct" in d), None)
-    mem_dir = cgroup.memory_dir
-    if cpu_dir is None or mem_dir is None:
-        raise ValueError("no cpuacct or memory hierarchy")
-    return (int(_read(os.path.join(cpu_dir, "cpuacct.usage"))) / 1e9,
-            int(_read(os.path.join(mem_dir, "memory.usage_in_bytes"))),
-            int(_read(os.path.join(mem_dir, "memory.max_usage_in_bytes"))))
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -341,8 +324,7 @@ def _proc_usage(pid: int) -> tuple[float, int, int | None]:
                         rss += kb
                     else:
                         peak += kb
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo.extend(int(x) for x in _read(f"/proc/{p}/task/{task}/children").split())
+            todo.extend(children(p))
         except (OSError, IndexError):
             if p == pid:
                 raise

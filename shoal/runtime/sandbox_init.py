@@ -504,7 +504,8 @@ def open_listeners(ports: list[int]) -> list:
     for port in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))  # only loopback exists here: every 127.x address (web URLs are 127.77.x.y)
+        # every 127.x address (web URLs are 127.77.x.y); pasta's interface, if any, forwards nothing inbound
+        s.bind(("0.0.0.0", port))
         s.listen(512)
         socks.append(s)
     return socks
@@ -528,7 +529,8 @@ def supervise(cfg: dict) -> None:
     tcp = cfg.get("control_tcp")
     if tcp:
         # A control plane on another machine (the Ray backend): connected before the network namespace is
-        # unshared, since the container's own namespace has only `lo`; inherited like the unix socket below.
+        # unshared, since the container's own namespace may not reach it (only `lo`, or egress that refuses private
+        # ranges); inherited like the unix socket below.
         ctl = socket.socket(socket.AF_INET6 if ":" in tcp[0] else socket.AF_INET, socket.SOCK_STREAM)
         ctl.connect((tcp[0], int(tcp[1])))
         ctl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import GRAPH_INPUTS, Call
+from .model import GRAPH_INPUTS, Call, input_id_of
 
 STORED_INPUTS = 100  # inputs of a call no longer in memory whose status is read from the store
 
@@ -36,7 +36,7 @@ def graph(call: Call) -> list[dict[str, Any]]:
     nodes = []
     for idx in range(min(count, GRAPH_INPUTS)):
         nodes.append({
-            "input_id": f"in-{call.id[3:]}-{idx}", "function_call_id": call.id, "task_id": call.tasks.get(idx, ""),
+            "input_id": input_id_of(call.id, idx), "function_call_id": call.id, "task_id": call.tasks.get(idx, ""),
             "status": input_status(call, idx), "function_name": function_name(call), "module_name": module,
             "children": [node for child in children.get(idx, []) for node in graph(child)],
         })
@@ -45,5 +45,5 @@ def graph(call: Call) -> list[dict[str, Any]]:
 
 def stored_node(call_id: str, idx: int, status: str) -> dict[str, Any]:
     """An input of a call no longer in memory: its status from the store, nothing else known."""
-    return {"input_id": f"in-{call_id[3:]}-{idx}", "function_call_id": call_id, "task_id": "", "status": status,
+    return {"input_id": input_id_of(call_id, idx), "function_call_id": call_id, "task_id": "", "status": status,
             "function_name": "", "module_name": "", "children": []}

@@ -28,6 +28,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(10)}"
 
 
+def input_id_of(call_id: str, idx: int) -> str:
+    """An input's id: `in-<call id without fc->-<index>` (calls.py reads a parent's back from it)."""
+    return f"in-{call_id[3:]}-{idx}"
+
+
 class AppState:
     """A running app: its functions (tag or variant key -> function id), its log, its client sessions."""
 
@@ -76,7 +81,7 @@ class Input:
 
     @property
     def input_id(self) -> str:
-        return f"in-{self.call.id[3:]}-{self.idx}"
+        return input_id_of(self.call.id, self.idx)
 
 
 class Call:
