@@ -7,6 +7,7 @@ from collections.abc import Generator
 from typing import Any, TypeVar
 
 from ._client.aio import Plan, Request, arun_plan, rpc, run_plan
+from ._spec.limits import name_problem
 from .exception import AlreadyExistsError, InvalidError, NotFoundError
 
 T = TypeVar("T", bound="StorageObject")
@@ -43,6 +44,8 @@ class ObjectManager:
         self.cls = cls
 
     def _create(self, name: str, allow_existing: bool) -> Plan:
+        if problem := name_problem(name, self.cls.__name__):
+            raise InvalidError(problem)
         resp = yield ("POST", "/v1/objects", {"kind": self.cls._kind, "name": name, "create_if_missing": True})
         if not resp["created"] and not allow_existing:
             raise AlreadyExistsError(f"{self.cls.__name__} {name!r} already exists")
@@ -103,8 +106,8 @@ class StorageObject:
     def from_name(cls: type[T], name: str, *, environment_name: str | None = None,
                   create_if_missing: bool = False, client: Any = None) -> T:
         """A reference resolved on first use; NotFoundError then if it does not exist."""
-        if not isinstance(name, str) or not name:
-            raise InvalidError(f"{cls.__name__} name must be a non-empty string")
+        if problem := name_problem(name, cls.__name__):
+            raise InvalidError(problem)
         return cls(name=name, create_if_missing=create_if_missing)
 
     @classmethod

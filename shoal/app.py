@@ -27,6 +27,7 @@ from ._output import (
 )
 from ._partial import BATCHED_ATTR, CONCURRENT_ATTR, check_batched_function
 from ._spec.definitions import FunctionDefinition
+from ._spec.limits import name_problem
 from .exception import InvalidError
 from .functions import Function
 from .retries import Retries
@@ -70,8 +71,8 @@ class App:
         volumes: dict[Any, Any] | None = None,
         include_source: bool = True,
     ) -> None:
-        if name is not None and not isinstance(name, str):
-            raise InvalidError(f"App name must be a string, got {type(name).__name__}")
+        if name is not None and (problem := name_problem(name, "App")):
+            raise InvalidError(problem)
         from .image import check_image
 
         check_image(image, "App")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ._client.aio import Plan, rpc
 from ._spec.definitions import SecretRef
+from ._spec.limits import name_problem
 from ._spec.secrets import KEY_RE, MAX_KEY, MAX_VALUE
 from .exception import InvalidError, NotFoundError
 
@@ -28,6 +29,8 @@ class _SecretManager:
     @rpc
     def create(self, name: str, env_dict: dict[str, str], *, allow_existing: bool = False,
                environment_name: str | None = None, client: object = None) -> Plan:
+        if problem := name_problem(name, "Secret"):
+            raise InvalidError(problem)
         _check(env_dict)
         yield ("POST", "/v1/secrets", {"name": name, "env": env_dict, "allow_existing": allow_existing})
 
@@ -93,6 +96,8 @@ class Secret:
     def from_name(name: str, *, environment_name: str | None = None, required_keys: list[str] = [],  # noqa: B006
                   client: object = None) -> Secret:
         """A named secret, resolved by the control plane when a container starts."""
+        if problem := name_problem(name, "Secret"):
+            raise InvalidError(problem)
         return Secret({}, name=name, required_keys=required_keys)
 
     def env(self) -> dict[str, str | None]:

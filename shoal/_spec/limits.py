@@ -5,6 +5,8 @@ Each bound is `(lowest, highest)`, `None` for no upper bound, both inclusive.
 
 from __future__ import annotations
 
+import re
+
 SCALEDOWN_WINDOW_S: tuple[int, int] = (2, 3600)  # seconds an idle container waits before it may go
 TIMEOUT_S: tuple[int, int] = (1, 24 * 3600)  # a function's `timeout` and `startup_timeout`
 # The longest one request waits in the control plane (results, outputs, queue gets and puts): longer waits are
@@ -36,6 +38,15 @@ AUTOSCALER_BOUNDS: dict[str, tuple[int, int | None]] = {
 # letters, digits, '-', '_' and '.'.
 NAME_MAX = 64
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+
+def name_problem(name: object, kind: str) -> str | None:
+    """Why `name` cannot name an app or object of `kind` (None if it can): the SDK says so where the name is
+    given, the control plane where it arrives."""
+    if isinstance(name, str) and 0 < len(name) <= NAME_MAX and re.match(NAME_PATTERN, name):
+        return None
+    return (f"Invalid {kind} name: {name!r}. Names may contain only alphanumeric characters, dashes, periods and "
+            f"underscores, and must be 1 to {NAME_MAX} characters long.")
 NO_NUL = r"^[^\x00]*$"  # text the store keeps or looks up: PostgreSQL's text columns cannot hold NUL
 # Request bodies of the control plane's API, read into memory: most are small; those that carry a user's data
 # (call arguments, map inputs, Dict values, Queue items, definitions with a pickled function) are bounded by

@@ -209,7 +209,7 @@ class LocalBackend:
         self.allowed_cidrs = egress.installation_allowed()
         self.pasta = egress.find_pasta() if self.isolation == "sandbox" and egress.wanted() else None
         self._resolv = egress.resolv_conf() if self.pasta else ""
-        pool_size = int(os.environ.get("SHOAL_NETNS_POOL", "2")) if netns_pool is None else netns_pool
+        pool_size = _pool_setting() if netns_pool is None else netns_pool
         self.netpool = (NetnsPool([self.pasta, *egress.PASTA_ARGS], pool_size)
                         if self.pasta and self.availability.mode == "root" and pool_size > 0 else None)
         if self.netpool is not None:
@@ -497,6 +497,17 @@ class LocalBackend:
 # An idle container (`shoal shell`) waits for signals; it dies with the control plane like a runtime would.
 IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\nexcept Exception:\n"
              "    pass\nwhile True:\n    signal.pause()\n")
+
+
+def _pool_setting() -> int:
+    raw = os.environ.get("SHOAL_NETNS_POOL", "2")
+    try:
+        size = int(raw)
+    except ValueError:
+        size = -1
+    if not 0 <= size <= 64:
+        raise ValueError(f"SHOAL_NETNS_POOL must be a whole number from 0 to 64, got {raw!r}")
+    return size
 
 
 def _blocks_network(spec: ContainerSpec) -> bool:

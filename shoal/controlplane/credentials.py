@@ -26,9 +26,10 @@ FORWARDED = "shoal-fwd."
 
 
 def bearer(header: str) -> str | None:
-    """The credential of an `Authorization` header; None unless it is `Bearer <credential>`."""
+    """The credential of an `Authorization` header; None unless it is `Bearer <credential>` (the scheme's name is
+    case-insensitive, RFC 9110 §11.1)."""
     scheme, _, credential = header.partition(" ")
-    if scheme != "Bearer" or not credential or " " in credential:
+    if scheme.lower() != "bearer" or not credential or " " in credential:
         return None
     return credential
 

@@ -88,7 +88,7 @@ def test_what_code_in_a_container_does_still_works(control_plane) -> None:
 def test_the_api_takes_only_bearer_credentials(control_plane) -> None:
     admin = (control_plane.home / "token").read_text().strip()
     assert _api(control_plane, "GET", "/v1/apps", admin).status_code == 200
-    for header in (admin, f"bearer {admin}", f"Token {admin}", f"Bearer  {admin}", "", f"Bearer {admin}x"):
+    for header in (admin, f"Token {admin}", f"Bearer  {admin}", "", f"Bearer {admin}x"):
         resp = _api(control_plane, "GET", "/v1/apps", admin, raw_header=header)
         assert resp.status_code == 401, header
         assert msgpack.unpackb(resp.content)["type"] == "AuthError"

@@ -134,7 +134,7 @@ def test_every_route_the_api_registers_is_in_the_table() -> None:
 def test_only_bearer_credentials_are_taken() -> None:
     assert bearer("Bearer abc") == "abc"
     assert bearer("abc") is None
-    assert bearer("bearer abc") is None
+    assert bearer("bearer abc") == "abc"  # the scheme is case-insensitive
     assert bearer("Bearer ") is None
     assert bearer("Basic abc") is None
 

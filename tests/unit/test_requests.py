@@ -81,3 +81,16 @@ def test_a_period_shorter_than_a_second_never_fires(seconds: float) -> None:
 
     with pytest.raises(ValueError, match="at least 1 second"):
         next_fire(PeriodSchedule(seconds=seconds), 1000.0, 1000.0)
+
+
+def test_the_sdk_refuses_a_bad_name_where_it_is_given() -> None:
+    import shoal
+    from shoal.exception import InvalidError
+
+    for bad in ("has space", "x" * 65, "", "ünïcode", "a/b"):
+        for make in (shoal.App, shoal.Dict.from_name, shoal.Queue.from_name, shoal.Volume.from_name,
+                     shoal.Secret.from_name):
+            with pytest.raises(InvalidError, match="Invalid .* name"):
+                make(bad)
+    assert shoal.App("ok-name_1.2").name == "ok-name_1.2"
+    assert shoal.Dict.from_name("x" * 64).name == "x" * 64

@@ -8,6 +8,7 @@ import asyncio
 import time
 
 from .. import policy
+from ..credentials import bearer
 from .model import Call, Container, Input, Pool, new_id
 from .queues import Queues, assign
 from .server_sessions import ServerSessions
@@ -49,9 +50,10 @@ class WebSlots:
         or it has ended (410); None for other requests."""
         pool = self.queues.registry.pools.get(function_id)
         server = pool.definition.server if pool is not None else None
-        if server is None or not server.sessioned or not (authorization or "").lower().startswith("bearer "):
+        token = bearer(authorization or "")
+        if server is None or not server.sessioned or token is None:
             return None
-        got = self.sessions.route(function_id, (authorization or "")[7:].strip(), time.monotonic())
+        got = self.sessions.route(function_id, token, time.monotonic())
         if got == 404:
             return 404, "shoal: no such session of this Server"
         if got == 410:
