@@ -53,7 +53,7 @@ def _write_broken_apps(cp: ControlPlane) -> None:
     async def write(store: Any) -> None:
         for i, (name, definition) in enumerate(BROKEN.items()):
             app_id, mode = f"ap-broken{i}", "ephemeral" if i in (0, 2) else "deployed"
-            await store.flushed(app_rows.put_app(store, app_id, name, mode, detach=mode == "deployed"))
+            await app_rows.put_app(store, app_id, name, mode, detach=mode == "deployed")
             await store.flushed(app_rows.write_function(store, f"fu-broken{i}", app_id, "f", definition))
         await store.flushed(store.write(  # a version whose stored definitions are garbage too
             "INSERT INTO app_versions (app_id, version, created_at, definitions, strategy, tag, rollback_of) "

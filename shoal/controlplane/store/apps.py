@@ -195,7 +195,8 @@ _UPSERT_VERSION = ("INSERT INTO app_versions (app_id, version, created_at, defin
                    "rollback_of=excluded.rollback_of")
 
 
-async def put_app(store: Store, app_id: str, name: str | None, mode: str, detach: bool, idem: str | None) -> None:
+async def put_app(store: Store, app_id: str, name: str | None, mode: str, detach: bool,
+                  idem: str | None = None) -> None:
     """A new running app; with `idem` (an idempotency key) {"app_id": app_id} is kept under it in the same
     transaction. Returns once committed."""
 
