@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from aiohttp import web
@@ -125,8 +125,7 @@ class Objects:
 
     async def dict_put(self, request: web.Request) -> web.Response:
         object_id, body = await self._dict_body(request, req.DictPut, DATA_BODY_MAX)
-        if len(body.value) > MAX_VALUE:
-            raise ApiError(413, "a Dict value may be at most 100 MiB", "RequestSizeError")
+        _check_values([body.value])
         created = await dicts.put(self.store, object_id, body.key, body.value, skip_if_exists=body.skip_if_exists,
                                   idem=request_key(request))
         return reply({"created": created})
@@ -136,8 +135,7 @@ class Objects:
         items = body.items
         if len(items) > MAX_UPDATE:
             raise ApiError(413, f"at most {MAX_UPDATE} entries per update", "RequestSizeError")
-        if any(len(v) > MAX_VALUE for _, v in items):
-            raise ApiError(413, "a Dict value may be at most 100 MiB", "RequestSizeError")
+        _check_values(v for _, v in items)
         await dicts.update(self.store, object_id, items, request_key(request))
         return reply({"ok": True})
 
@@ -328,3 +326,8 @@ class Objects:
     def expire_partitions(self) -> None:
         """Partitions are cleared `partition_ttl` seconds after their last put."""
         queues.expire_partitions(self.store, time.time())
+
+
+def _check_values(values: Iterable[bytes]) -> None:
+    if any(len(v) > MAX_VALUE for v in values):
+        raise ApiError(413, "a Dict value may be at most 100 MiB", "RequestSizeError")

@@ -34,8 +34,7 @@ def eligible(pool: Pool) -> bool:
     network (`block_network` needs a container started without one)."""
     opts = pool.options
     return pool.definition.image_built is not None and not any(
-        (opts.cpu, opts.memory, opts.gpu, opts.extra.get("volumes"), pool.definition.volumes,
-         opts.extra.get("block_network")))
+        (opts.cpu, opts.memory, opts.gpu, pool.definition.volumes, opts.extra.get("block_network")))
 
 
 def link_tree(src: str, dst: str) -> None:
