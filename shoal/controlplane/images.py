@@ -573,8 +573,7 @@ class ImageBuilder:
         the venv, … land in the image. Without sandboxes only an unprivileged control plane runs them, as the
         plain processes its containers are then; as root it refuses."""
         workdir = b.workdir or "/root"
-        cwd = b.files / workdir.lstrip("/")
-        cwd.mkdir(parents=True, exist_ok=True)
+        cwd = self._image_dir(b, workdir)
         env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
         bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
         sandboxed = await self._sandboxed(b, "run_commands runs")
@@ -597,19 +596,19 @@ class ImageBuilder:
 
     async def _step_workdir(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
         b.workdir = step["path"]
-        (b.files / step["path"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        self._image_dir(b, step["path"])
 
     async def _step_add_local_file(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
-        dest = b.files / step["remote_path"].lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        remote = PurePosixPath(step["remote_path"])
+        dest = self._image_dir(b, str(remote.parent)) / remote.name
         tmp = dest.with_name(dest.name + ".shoal-tmp")
+        tmp.unlink(missing_ok=True)  # (never written through: a build step may have left a link there)
         await asyncio.to_thread(shutil.copyfile, self._blob(b, step["sha"]), tmp)
         tmp.chmod(int(step.get("mode", 0o644)) & 0o777)
         tmp.replace(dest)
 
     async def _step_add_local_dir(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
-        dest = b.files / step["remote_path"].lstrip("/")
-        dest.mkdir(parents=True, exist_ok=True)
+        dest = self._image_dir(b, step["remote_path"])  # the tar's "data" filter keeps what it writes inside
         blob = self._blob(b, step["sha"])
 
         def extract() -> None:
@@ -619,6 +618,24 @@ class ImageBuilder:
         await asyncio.to_thread(extract)
 
     _step_add_local_python_source = _step_add_local_dir
+
+    def _image_dir(self, b: _Build, path: str) -> Path:
+        """The image's directory for the absolute `path`, made where missing, as the control plane (the host's
+        root) writes there: a symlink an earlier build step left on the way is refused, never followed (it could
+        lead anywhere on the host)."""
+        cur = b.files
+        for part in PurePosixPath(path).parts[1:]:
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                os.mkdir(cur, 0o755)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+                self._fail(b, f"the image's {'/' + os.path.relpath(cur, b.files)} is {kind}: {path} cannot be "
+                              "written there")
+        return cur
 
     def _blob(self, b: _Build, sha: str) -> Path:
         path = self.blob_dir / sha

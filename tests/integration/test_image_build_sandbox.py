@@ -219,3 +219,26 @@ def test_a_symlink_a_build_left_where_a_host_path_is_mounted_is_refused(tmp_path
     with pytest.raises(ImageBuildError, match=rf"step 3, pip_install.*\n.*{uv.parent} is a symlink"):
         asyncio.run(builder.ensure(image.to_wire(), lambda _text: None))
     assert list(host_dir.iterdir()) == []
+
+
+def test_a_symlink_a_build_left_is_never_followed_by_a_later_step_on_the_host(tmp_path, host_dir) -> None:
+    """A build command leaves a symlink to a host directory in the image; a later step the control plane carries
+    out itself (workdir, add_local_file) would write through it on the host. The step is refused instead."""
+    import asyncio
+
+    from shoal.controlplane.images import ImageBuilder
+    from shoal.exception import ImageBuildError
+    from shoal.image import Image
+
+    builder = ImageBuilder(tmp_path / "state")
+    if builder.sandbox.availability().isolation != "sandbox":
+        pytest.skip("containers are not sandboxed here")
+    linked = Image.debian_slim().run_commands(f"ln -s {host_dir} /root/escape")
+    with pytest.raises(ImageBuildError, match=r"step 2, workdir.*\n.*/root/escape is a symlink"):
+        asyncio.run(builder.ensure(linked.workdir("/root/escape/made").to_wire(), lambda _text: None))
+    local = tmp_path / "file.txt"
+    local.write_text("x")
+    image = linked.add_local_file(local, "/root/escape/file.txt", copy=True)
+    with pytest.raises(ImageBuildError, match=r"/root/escape is a symlink"):
+        asyncio.run(builder.ensure(image.to_wire(), lambda _text: None))
+    assert list(host_dir.iterdir()) == []
