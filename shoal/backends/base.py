@@ -48,9 +48,8 @@ class ContainerSpec:
     # Volumes (controlplane/volumes.py): [container path, version dir, upper dir, work dir]; upper/work None: read-only
     volumes: list[list] = field(default_factory=list)
     idle: bool = False  # run nothing (not the runtime) until stopped: `shoal shell` execs into it
-    # Network (sandboxed containers; docs/sandbox.md): no network at all, not even the control plane's URL
-    # (the definition's `block_network=True` means the same), or outbound traffic only to these CIDRs.
-    block_network: bool = False
+    # Network (sandboxed containers; docs/sandbox.md): outbound traffic only to these CIDRs (the definition's
+    # `block_network=True`, in options.extra, means no network at all, not even the control plane's URL).
     outbound_cidr_allowlist: list[str] | None = None
 
 

@@ -33,6 +33,7 @@ from .sandbox import (
     probe,
     shares_from_env,
     under,
+    wanted_isolation,
 )
 
 ALWAYS_WRITABLE = ("root", "opt", "srv")  # besides what the image already has in files/ (created if missing)
@@ -54,8 +55,7 @@ class BuildSandbox:
 
     def availability(self) -> Availability:
         if self._availability is None:
-            wanted = (os.environ.get(ISOLATION_ENV) or "auto").strip().lower()
-            if wanted == "process":
+            if wanted_isolation() == "process":
                 self._availability = Availability("process", reason=f"{ISOLATION_ENV}=process")
             else:
                 py = sys.executable
@@ -111,8 +111,7 @@ class BuildSandbox:
         }
         pasta = egress.find_pasta() if network and egress.wanted() else None
         if pasta:
-            rules = egress.egress_rules(None, egress.installation_allowed(), egress.host_addresses())
-            cfg["net"] = {"pasta": [pasta, *egress.PASTA_ARGS], "rules": rules}
+            cfg["net"] = egress.net_config(pasta, None, egress.installation_allowed(), egress.host_addresses())
             cfg["resolv"] = egress.resolv_conf()
         return launcher_argv(sys.executable, cfg)
 

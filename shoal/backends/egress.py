@@ -128,6 +128,12 @@ def egress_rules(allowlist: list[Network] | None, installation: list[Network],
     return rules
 
 
+def net_config(pasta: str, allowlist: list[Network] | None, installation: list[Network],
+               host: list[Network]) -> dict:
+    """The sandbox's `net` setting: pasta's argv and the container's rules (egress_rules)."""
+    return {"pasta": [pasta, *PASTA_ARGS], "rules": egress_rules(allowlist, installation, host)}
+
+
 def _opened(allowlist: list[Network] | None, installation: list[Network], blocked: list[Network]) -> list[Network]:
     """What is allowed ahead of the blocked ranges: the installation's CIDRs (within the allow-list, if any), and
     allow-list entries that lie inside a blocked range."""

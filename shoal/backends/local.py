@@ -49,6 +49,7 @@ from .sandbox import (
     shares_from_env,
     source_binds,
     under,
+    wanted_isolation,
 )
 
 log = logging.getLogger("shoal.backend")
@@ -221,9 +222,7 @@ class LocalBackend:
 
     def _choose_isolation(self, requested: str | None) -> Availability:
         global _said_process_isolation
-        wanted = (requested or os.environ.get(ISOLATION_ENV) or "auto").strip().lower()
-        if wanted not in ("auto", "sandbox", "process"):
-            raise ValueError(f"{ISOLATION_ENV} must be 'sandbox' or 'process', not {wanted!r}")
+        wanted = wanted_isolation(requested)
         if wanted == "process":
             avail = Availability("process", reason=f"{ISOLATION_ENV}=process")
         else:
@@ -400,8 +399,7 @@ class LocalBackend:
             if spec.outbound_cidr_allowlist is not None:
                 allow = egress.parse_cidrs(spec.outbound_cidr_allowlist, "outbound_cidr_allowlist")
             hosts = egress.host_addresses()
-            rules = egress.egress_rules(allow, self.allowed_cidrs, hosts)
-            net = {"pasta": [self.pasta, *egress.PASTA_ARGS], "rules": rules}
+            net = egress.net_config(self.pasta, allow, self.allowed_cidrs, hosts)
             pooled = self.netpool.take() if self.netpool is not None else None
             if pooled is not None:
                 release.append(pooled.release)
@@ -511,7 +509,7 @@ def _pool_setting() -> int:
 
 
 def _blocks_network(spec: ContainerSpec) -> bool:
-    return spec.block_network or spec.definition.options.extra.get("block_network") is True
+    return spec.definition.options.extra.get("block_network") is True
 
 
 def _network_limited(spec: ContainerSpec) -> bool:

@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.sandbox")
 
 ISOLATION_ENV = "SHOAL_ISOLATION"  # "sandbox" (fail if unavailable), "process" (never), unset: sandbox if possible
+
+
+def wanted_isolation(requested: str | None = None) -> str:
+    """"auto", "sandbox" or "process": `requested`, else `SHOAL_ISOLATION` (a bad value is a ValueError)."""
+    wanted = (requested or os.environ.get(ISOLATION_ENV) or "auto").strip().lower()
+    if wanted not in ("auto", "sandbox", "process"):
+        raise ValueError(f"{ISOLATION_ENV} must be 'sandbox' or 'process', not {wanted!r}")
+    return wanted
 SHARE_ENV = "SHOAL_SANDBOX_SHARE"  # host directories containers may read and write, at the same path
 UID_ENV = "SHOAL_SANDBOX_UID"  # first host uid/gid of the range container ids map to (root mode)
 DEFAULT_ID_BASE = 100000
