@@ -3,19 +3,21 @@ store's sharing and GC, and the layers stacked with a real overlayfs mount."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shoal.oci.layout import LayoutWriter
 from shoal.oci.registry import ImageNotFoundError, RegistryAuthError, pull, push_layout
-from shoal.oci.store import LayerStore
+from shoal.oci.store import Image, LayerStore
 from tests.integration.oci_registry import have_registry_tools, layer_tar, random_layer, registry, token_registry
 
 pytestmark = pytest.mark.skipif(bool(have_registry_tools()), reason=have_registry_tools() or "ok")
@@ -83,26 +85,34 @@ def test_pull_by_tag_records_config_and_unpacks_layers_with_overlay_whiteouts(tm
     assert store.get(image.name) == image
 
 
+@contextlib.contextmanager
+def overlay_mount(store: LayerStore, image: Image, tmp: Path) -> Iterator[Path]:
+    """The image's layers stacked with overlayfs under tmp (what a container's root will be): the merged root,
+    unmounted after; skips the test where overlayfs cannot be mounted."""
+    upper, work, merged = (tmp / n for n in ("upper", "work", "merged"))
+    for d in (upper, work, merged):
+        d.mkdir(exist_ok=True)
+    lower = ":".join(str(p) for p in store.lowerdirs(image))
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                              f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount overlayfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield merged
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+
+
 @needs_root
 def test_whiteouts_apply_when_the_layers_are_stacked_with_overlayfs(tmp_path, reg, store) -> None:
     _push(tmp_path, reg, "test/stack", [BASE, TOP])
     image = pull(store, f"{reg}/test/stack:v1")
-    upper, work, merged = (tmp_path / n for n in ("upper", "work", "merged"))
-    for d in (upper, work, merged):
-        d.mkdir()
-    lower = ":".join(str(p) for p in store.lowerdirs(image))
-    proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                           f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount overlayfs here: {proc.stderr.decode().strip()}")
-    try:
+    with overlay_mount(store, image, tmp_path) as merged:
         assert sorted(os.listdir(merged / "etc")) == ["b", "hard", "link", "new"]  # a is whited out
         assert sorted(os.listdir(merged / "d")) == ["y"]  # opaque: the base's x is hidden
         assert (merged / "etc/new").read_text() == "new\n"
         (merged / "etc/b").write_text("changed\n")  # writes go to the private upper layer only
         assert (store.lowerdirs(image)[1] / "etc/b").read_text() == "b\n"
-    finally:
-        subprocess.run(["umount", str(merged)], check=True)
 
 
 @needs_root

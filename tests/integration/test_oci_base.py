@@ -18,6 +18,7 @@ import pytest
 
 from shoal.oci.base import DEFAULT_MIRROR, BaseImageError, debian_slim, find_interpreter
 from shoal.oci.store import Image, LayerStore
+from tests.integration.test_oci import overlay_mount
 
 
 def _why_not() -> str:
@@ -34,20 +35,10 @@ def _why_not() -> str:
 
 def _run_in(store: LayerStore, image: Image, tmp: Path, argv: list[str]) -> subprocess.CompletedProcess:
     """Runs argv chrooted into the image's layers stacked with overlayfs (what a container's root will be)."""
-    upper, work, merged = (tmp / n for n in ("upper", "work", "merged"))
-    for d in (upper, work, merged):
-        d.mkdir(exist_ok=True)
-    lower = ":".join(str(p) for p in store.lowerdirs(image))
-    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                              f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount overlayfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with overlay_mount(store, image, tmp) as merged:
         chroot = shutil.which("chroot") or "/usr/sbin/chroot"
         return subprocess.run([chroot, str(merged), *argv], capture_output=True, text=True, timeout=60,
                               env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
-    finally:
-        subprocess.run(["umount", str(merged)], check=True)
 
 
 def test_a_version_that_cannot_be_provided_is_a_clear_error() -> None:
