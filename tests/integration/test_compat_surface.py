@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -10,10 +11,15 @@ from ..conftest import APPS_DIR, ControlPlane, run_cli
 from .test_seed_functions import local_lines
 
 
-def shoal_run(target: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+def run_ok(target: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`shoal run` of an app in APPS_DIR, which must succeed."""
     proc = run_cli("run", str(APPS_DIR / target), *args, env=env, timeout=180, cwd=APPS_DIR)
     assert proc.returncode == 0, f"shoal run {target} failed:\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return local_lines(proc.stdout)
+    return proc
+
+
+def shoal_run(target: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    return local_lines(run_ok(target, *args, env=env).stdout)
 
 
 def test_get_call_graph_shows_nested_calls_with_their_status(control_plane) -> None:
@@ -32,8 +38,7 @@ def test_get_call_graph_shows_nested_calls_with_their_status(control_plane) -> N
 
 def test_app_attributes_cron_in_containers_modal_env_and_with_options_secrets(control_plane) -> None:
     """The module defines a Cron schedule, so every one of its containers constructs one (without croniter)."""
-    proc = run_cli("run", str(APPS_DIR / "compat_app.py"), timeout=180, cwd=APPS_DIR)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_ok("compat_app.py")
     output = proc.stdout + proc.stderr
     assert output.count("cpu=4096 asked, but this machine has") == 1, output  # said once, for three containers
     assert local_lines(proc.stdout) == [
@@ -90,8 +95,7 @@ def test_server_sessions_pin_a_container_keep_it_and_end(control_plane) -> None:
 
 
 def test_a_failed_spawned_input_leaves_its_traceback_in_the_app_log(control_plane) -> None:
-    proc = run_cli("run", str(APPS_DIR / "spawn_fail_app.py"), timeout=180, cwd=APPS_DIR)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_ok("spawn_fail_app.py")
     assert local_lines(proc.stdout) == ["status FAILURE"]
     output = proc.stdout + proc.stderr
     assert "Traceback (most recent call last)" in output and "RuntimeError: spawned and failed" in output, output
@@ -111,8 +115,7 @@ def test_shoal_serve_prints_the_url_of_a_class_web_method(control_plane, tmp_pat
 
 
 def test_a_schedule_whose_containers_cannot_import_says_it_is_failing(control_plane) -> None:
-    proc = run_cli("run", str(APPS_DIR / "schedule_broken_app.py"), timeout=180, cwd=APPS_DIR)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_ok("schedule_broken_app.py")
     output = proc.stdout + proc.stderr
     assert re.search(r"schedule of tick is failing: its last 1 run\(s\) ended with failure; last container start "
                      r"error: RuntimeError: this module is broken inside containers", output), output
