@@ -13,6 +13,7 @@ from urllib.parse import quote
 from . import _serialization as ser
 from ._client.aio import Plan, arun_plan, on_loop, rpc, run_plan
 from ._client.transport import Client, get_client
+from ._container_context import current_input_id
 from ._options import FunctionOptions
 from ._output import map_progress
 from ._spec.definitions import ClsInfo, FunctionDefinition, WebhookConfig
@@ -241,8 +242,6 @@ class Function:
     def _call_extra(self) -> dict[str, Any]:
         """What a new call says beside its arguments: the method of a class it runs, and inside a container the
         input it is made from (the call graph links them)."""
-        from ._container_context import current_input_id
-
         extra: dict[str, Any] = {"method": self._method_name} if self._method_name else {}
         parent = current_input_id()
         if parent is not None:
