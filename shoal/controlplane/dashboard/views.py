@@ -8,12 +8,15 @@ import asyncio
 import json
 import os
 import time
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgpack
+import msgspec
 from aiohttp import web
 
+from ..._spec import requests as req
 from ..metrics import METRICS, container_usage
 from ..store import apps as app_rows
 from ..store import dashboard as rows
@@ -105,13 +108,13 @@ class Views:
     async def rollback(self, request: web.Request) -> web.Response:
         """The page's rollback button: the API's own rollback route, called with the API token."""
         app_id = request.match_info["app_id"]
-        try:
-            version = int((await request.json())["version"])
-        except (ValueError, KeyError, TypeError, OverflowError, json.JSONDecodeError):  # (Infinity: OverflowError)
-            version = 0
-        if not 1 <= version <= 2**31:  # (the API's bound: a larger one does not even pack)
+        try:  # the API's own request type, so its bounds on a version
+            version = msgspec.convert(await request.json(), req.Rollback, strict=False).version
+        except (msgspec.ValidationError, json.JSONDecodeError):
+            version = None
+        if version is None:
             return web.json_response({"error": "version (an integer) is required"}, status=400)
-        url = f"{self.core.containers.address.url}/v1/apps/{app_id}/rollback"
+        url = f"{self.core.containers.address.url}/v1/apps/{quote(app_id, safe='')}/rollback"
         async with aiohttp.ClientSession() as session, session.post(
                 url, data=msgpack.packb({"version": version}),
                 headers={"Authorization": f"Bearer {self.api.gate.token.decode()}",
