@@ -124,15 +124,10 @@ ROUTES: dict[tuple[str, str], Entry] = {
        for op in ("get", "put", "pop", "contains", "update", "clear", "len", "items")},
     **{("POST", f"/v1/queues/{{object_id}}/{op}"): _any() for op in ("put", "get", "len", "clear", "peek")},
     ("POST", "/v1/volumes/rename"): _deny("rename Volumes"),
-    ("GET", "/v1/volumes/{volume_id}/entries"): _any(),
-    ("GET", "/v1/volumes/{volume_id}/file"): _any(),
-    ("POST", "/v1/volumes/{volume_id}/remove"): _any(),
-    ("POST", "/v1/volumes/{volume_id}/copy"): _any(),
-    ("POST", "/v1/volumes/{volume_id}/uploads"): _any(),
+    **{("GET", f"/v1/volumes/{{volume_id}}/{op}"): _any() for op in ("entries", "file")},
+    **{("POST", f"/v1/volumes/{{volume_id}}/{op}"): _any()
+       for op in ("remove", "copy", "uploads", "uploads/{upload_id}/commit", "commit", "reload")},
     ("PUT", "/v1/volumes/{volume_id}/uploads/{upload_id}/{index}"): _any(),
-    ("POST", "/v1/volumes/{volume_id}/uploads/{upload_id}/commit"): _any(),
-    ("POST", "/v1/volumes/{volume_id}/commit"): _any(),
-    ("POST", "/v1/volumes/{volume_id}/reload"): _any(),
     ("GET", "/v1/secrets"): _deny("list secrets"),
     ("POST", "/v1/secrets"): _deny("create or change secrets"),
     ("POST", "/v1/secrets/{name}/update"): _deny("create or change secrets"),
@@ -169,10 +164,10 @@ def decide(who: Identity, method: str, route: str, facts: Facts = Facts()) -> De
         return _no("create an app with the name of another running app")
     if rule is Rule.LOOKUP_APP and facts.create_if_missing:
         return _no(entry.denied)
-    if rule is Rule.OWN and (facts.app_id is None or facts.app_id not in who.created | {who.app_id}):
-        return _no(entry.denied)
-    if rule is Rule.CREATED and (facts.app_id is None or facts.app_id not in who.created):
-        return _no(entry.denied)
+    if rule is Rule.OWN or rule is Rule.CREATED:
+        mine = who.created | {who.app_id} if rule is Rule.OWN else who.created
+        if facts.app_id not in mine:  # (None, no app named, is in neither)
+            return _no(entry.denied)
     if entry.attaches_secrets:
         missing = sorted(facts.secrets - who.secrets)
         if missing:
