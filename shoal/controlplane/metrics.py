@@ -124,11 +124,11 @@ class Metrics:
         self.recent[pool.function_id].append((time.time(), status, queue_s, exec_s))
 
     @staticmethod
-    def _extra(cache: dict[Any, Any], lb: tuple[str, ...], metric: Any, value: str) -> Any:
-        """The child of `metric` for this function and one more label value, made once."""
-        child = cache.get((metric, value))
+    def _extra(cache: dict[Any, Any], lb: tuple[str, ...], metric: Any, *values: str) -> Any:
+        """The child of `metric` for this function (and any more label values), made once."""
+        child = cache.get((metric, *values))
         if child is None:
-            child = cache[(metric, value)] = metric.labels(*lb, value)
+            child = cache[(metric, *values)] = metric.labels(*lb, *values)
         return child
 
     def call_started(self, pool: Pool, kind: str) -> None:
@@ -143,10 +143,7 @@ class Metrics:
         total = c.timings.get("total")
         if total is not None and not c.pool.function_id.startswith("warm:"):
             ch = self._child(c.pool)
-            child = ch[4].get(self.coldstart)
-            if child is None:
-                child = ch[4][self.coldstart] = self.coldstart.labels(*ch[5])
-            child.observe(total * 1e6)
+            self._extra(ch[4], ch[5], self.coldstart).observe(total * 1e6)
 
     def container_exited(self, c: Container, ended: Exit) -> None:
         """A container ended: counted by why, and kept (with its last CPU and memory) for the dashboard."""
@@ -164,10 +161,7 @@ class Metrics:
             return
         ch = self._child(pool)
         self._extra(ch[4], ch[5], self.web_requests, str(status)).inc()
-        latency = ch[4].get(self.web_latency)
-        if latency is None:
-            latency = ch[4][self.web_latency] = self.web_latency.labels(*ch[5])
-        latency.observe(seconds)
+        self._extra(ch[4], ch[5], self.web_latency).observe(seconds)
 
     def commit_took(self, seconds: float) -> None:
         """From the store's writer thread (prometheus_client's metrics are thread-safe)."""
