@@ -63,7 +63,7 @@ def verify_forwarded(credential: str, key: bytes) -> Identity | None:
     if not credential.startswith(FORWARDED):
         return None
     payload, _, mac = credential[len(FORWARDED):].rpartition(".")
-    if not payload or not hmac.compare_digest(mac, _mac(key, payload)):
+    if not payload or not hmac.compare_digest(mac.encode(), _mac(key, payload).encode()):  # (str: ASCII only)
         return None
     try:
         d = json.loads(base64.urlsafe_b64decode(payload))
