@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -26,39 +25,22 @@ SCREENSHOTS = os.environ.get("SHOAL_DASHBOARD_SCREENSHOTS")
 pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
                                 reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)")
 
-APP = textwrap.dedent('''
-    import shoal as modal
+# The observability tests' functions (tests/apps/observe_app.py), under a name of the test's and with a function
+# that tells the deployed version apart.
+APP = (Path(__file__).parents[1] / "apps" / "observe_app.py").read_text()
+VERSION_FUNCTION = """
 
-    app = modal.App({name!r})
-
-
-    @app.function()
-    def square(x: int) -> int:
-        return x * x
-
-
-    @app.function()
-    def fail_on_negative(x: int) -> int:
-        if x < 0:
-            raise ValueError(f"negative input {{x}} refused")
-        return x
-
-
-    @app.function(scaledown_window=600)
-    def say(line: str) -> str:
-        print(line, flush=True)
-        return line
-
-
-    @app.function()
-    def version() -> int:
-        return {version}
-''')
+@app.function()
+def version() -> int:
+    return {version}
+"""
 
 
 def deploy(tmp_path: Path, name: str, version: int) -> None:
     path = tmp_path / "dash_app.py"
-    path.write_text(APP.format(name=name, version=version))
+    assert 'modal.App("observe")' in APP
+    path.write_text(APP.replace('modal.App("observe")', f"modal.App({name!r})")
+                    + VERSION_FUNCTION.format(version=version))
     proc = run_cli("deploy", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
