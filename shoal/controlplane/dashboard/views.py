@@ -8,8 +8,8 @@ import asyncio
 import json
 import os
 import time
-from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import msgpack
