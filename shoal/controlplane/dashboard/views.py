@@ -110,7 +110,7 @@ class Views:
         app_id = request.match_info["app_id"]
         try:  # the API's own request type, so its bounds on a version
             version = msgspec.convert(await request.json(), req.Rollback, strict=False).version
-        except (msgspec.ValidationError, json.JSONDecodeError):
+        except (msgspec.ValidationError, ValueError):  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
             version = None
         if version is None:
             return web.json_response({"error": "version (an integer) is required"}, status=400)
