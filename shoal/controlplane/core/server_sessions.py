@@ -10,10 +10,10 @@ containers they pin)."""
 from __future__ import annotations
 
 import collections
-import hashlib
 import secrets
 from dataclasses import dataclass
 
+from ..ingress_policy import hash_secret as digest_of
 from .model import Container, Pool, new_id
 
 ENDED_KEPT = 10_000  # digests of ended sessions remembered, to answer 410 rather than 404
@@ -30,10 +30,6 @@ class Session:
 
     def live(self, now: float) -> bool:
         return self.container.state == "ready" and now - self.last_used < self.idle_timeout
-
-
-def digest_of(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def session_container(ready: list[Container], live_sessions: dict[str, int]) -> Container | None:
