@@ -16,19 +16,17 @@ from . import limits
 from .definitions import FunctionDefinition
 from .secrets import MAX_VALUE
 
-NO_NUL = limits.NO_NUL
-
 # -- scalars -----------------------------------------------------------------------------------------------------
 Name = Annotated[str, Meta(min_length=1, max_length=limits.NAME_MAX, pattern=limits.NAME_PATTERN)]
-Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]  # tags, ids, paths, methods
-Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+Text = Annotated[str, Meta(max_length=4096, pattern=limits.NO_NUL)]  # tags, ids, paths, methods
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=limits.NO_NUL)]
 Index = Annotated[int, Meta(ge=0, le=2**53)]  # an input's position in a map
 Cursor = Annotated[int, Meta(ge=-1, le=2**53)]  # "after this sequence number" (-1: from the start)
 Version = Annotated[int, Meta(ge=1, le=2**31)]
 Page = Annotated[int, Meta(ge=1, le=10_000)]
 Strategy = Literal["rolling", "recreate"]
 Kind = Literal["dict", "queue", "volume"]
-Partition = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]  # characters; bytes checked too
+Partition = Annotated[str, Meta(min_length=1, max_length=64, pattern=limits.NO_NUL)]  # characters; bytes checked too
 SecretValue = Annotated[str, Meta(max_length=MAX_VALUE)]
 Ttl = Annotated[float, Meta(ge=0.0, le=10 * 365 * 86400.0)]
 Wait = Annotated[float, Meta(ge=0.0, le=1e9)]  # a wait a client asks for; the route clamps it to MAX_WAIT_S
@@ -50,7 +48,7 @@ class Deploy(Struct):
     functions: list[FunctionDefinition]
     name: Name | None = None  # required: left out, the route says "a deployed app needs a name"
     strategy: Strategy | None = None
-    tag: Annotated[str, Meta(max_length=256, pattern=NO_NUL)] | None = None
+    tag: Annotated[str, Meta(max_length=256, pattern=limits.NO_NUL)] | None = None
 
 
 class AppLookup(Struct):
