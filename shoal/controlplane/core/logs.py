@@ -10,6 +10,23 @@ from typing import Any
 MAX_ENTRIES = 5000
 
 
+def wake_all(waiters: list[asyncio.Future]) -> None:
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)
+
+
+async def wait_woken(waiters: list[asyncio.Future], timeout: float) -> None:
+    """Wait until `wake_all(waiters)` or `timeout` seconds, whichever comes first."""
+    fut = asyncio.get_running_loop().create_future()
+    waiters.append(fut)
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        if fut in waiters:
+            waiters.remove(fut)
+
+
 class AppLogs:
     """A bounded ring of log entries; `seq` keeps increasing so readers can resume where they stopped."""
 
@@ -23,9 +40,7 @@ class AppLogs:
                              "data": data})
         self.next_seq += 1
         waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        wake_all(waiters)
 
     def since(self, after: int) -> list[dict[str, Any]]:
         if not self.entries or self.entries[-1]["seq"] <= after:
@@ -36,12 +51,7 @@ class AppLogs:
         entries = self.since(after)
         if entries or timeout <= 0:
             return entries
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_woken(self._waiters, timeout)
         return self.since(after)
 
     def wake(self) -> None:

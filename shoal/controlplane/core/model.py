@@ -13,7 +13,7 @@ import msgspec
 
 from ..._spec.definitions import FunctionDefinition, Options, ServerConfig
 from .autoscaler import PoolAutoscaler
-from .logs import AppLogs
+from .logs import AppLogs, wake_all
 
 if TYPE_CHECKING:
     from ...backends.base import ContainerHandle
@@ -142,9 +142,7 @@ class Call:
                 if not fut.done():
                     fut.set_result((status, data))
         waiters, self.output_waiters = self.output_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        wake_all(waiters)
 
     def outputs_after(self, after: int, limit: int) -> list[tuple[int, int, str, bytes | None, bool]]:
         if self.kind in ("map", "gen"):  # the one reader acknowledges what it has seen

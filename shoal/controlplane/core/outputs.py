@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ..metrics import METRICS
 from ..store import Store
 from ..store import calls as call_rows
+from .logs import wait_woken
 from .model import Call
 
 Fence = Callable[[str], tuple[str, str]]  # app_id -> (lease key, owner) a write for that app must still match
@@ -97,10 +98,5 @@ class Outputs:
         out = call.outputs_after(after, limit)
         if out or timeout <= 0 or call.drained:
             return out
-        fut = asyncio.get_running_loop().create_future()
-        call.output_waiters.append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            pass
+        await wait_woken(call.output_waiters, timeout)
         return call.outputs_after(after, limit)

@@ -19,6 +19,7 @@ from ..._spec.definitions import FunctionDefinition
 from ..store import Store
 from ..store import apps as app_rows
 from ..store import calls as call_rows
+from .logs import wake_all
 from .model import TERMINATED, AppState, Call, Input, Pool
 from .outputs import Outputs
 from .queues import Queues
@@ -168,8 +169,6 @@ class Recovery:
                     for fut in futs:
                         if not fut.done():
                             fut.set_result(None)
-                for fut in call.output_waiters:
-                    if not fut.done():
-                        fut.set_result(None)
+                wake_all(call.output_waiters)
         self.router.rebuild(registry)
         app.logs.wake()
