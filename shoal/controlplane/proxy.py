@@ -72,6 +72,7 @@ HEALTH_FAILURES = 3  # failed port checks in a row before a Server container is 
 # sec-websocket-extensions: no permessage-deflate (RFC 7692), as in Modal, so the 2 MiB limit is on messages.
 _STRIP = {b"modal-key", b"modal-secret", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
           b"sec-websocket-extensions"}
+_STRIP_HOP = _STRIP | {b"connection", b"keep-alive"}  # hop-by-hop too, unless the request upgrades
 
 
 class HeadLimitError(Exception):
@@ -672,7 +673,7 @@ class ClientConnection(asyncio.Protocol):
         lines = [b"%s %s HTTP/%s" % (r.method, r.url, r.version.encode())]
         # `Connection` is hop-by-hop: a client's `close` must not close the pooled upstream connection (a race
         # with its next request), except for an upgrade, which the container must see.
-        drop = _STRIP if r.upgrade else _STRIP | {b"connection", b"keep-alive"}
+        drop = _STRIP if r.upgrade else _STRIP_HOP
         lines += [k + b": " + v for k, v in r.headers if k.lower() not in drop]
         lines.append(b"x-forwarded-for: " + self.client_ip.encode())
         lines.append(b"x-forwarded-proto: http")

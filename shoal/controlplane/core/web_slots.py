@@ -50,8 +50,10 @@ class WebSlots:
         or it has ended (410); None for other requests."""
         pool = self.queues.registry.pools.get(function_id)
         server = pool.definition.server if pool is not None else None
+        if server is None or not server.sessioned:
+            return None
         token = bearer(authorization or "")
-        if server is None or not server.sessioned or token is None:
+        if token is None:
             return None
         got = self.sessions.route(function_id, token, time.monotonic())
         if got == 404:
