@@ -14,6 +14,7 @@ A container the backend has reported gone is fenced: whatever it still sends is 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -53,7 +54,7 @@ class RuntimeLink:
         except Exception:  # noqa: BLE001 - silent or garbled: a peer that is no runtime of ours (the Ray
             hello = None  # backend's TCP listener is reachable from the network)
         c = self.registry.containers.get(hello.container_id) if isinstance(hello, frames.Hello) else None
-        if c is None or hello.token != c.token or c.state != "starting":
+        if c is None or not hmac.compare_digest(hello.token.encode(), c.token.encode()) or c.state != "starting":
             writer.close()
             return
         c.writer = writer
