@@ -135,3 +135,136 @@ def test_cat_echoes_stdin_line_by_line(app_id: str) -> None:
         assert got == line
     call("POST", f"{path}/stdin", {"offset": sent, "eof": True})
     assert wait(sid) == {"returncode": 0, "reason": "exited"}
+
+
+def test_concurrent_execs_and_exec_stdin(app_id: str) -> None:
+    sid = create(app_id)  # no command: it waits until terminated
+    eids = [call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sh", "-c", f"sleep 0.5; echo exec {n}; "
+                                                                           "echo $SHOAL_SANDBOX_ID"]})["exec_id"]
+            for n in range(6)]
+    for n, eid in enumerate(eids):
+        assert read_all(f"/v1/execs/{eid}") == f"exec {n}\n{sid}\n".encode()
+        assert call("GET", f"/v1/execs/{eid}/wait?timeout=30") == {"returncode": 0, "reason": "exited"}
+    # An exec's stdin, and its workdir and env.
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec",
+               {"argv": ["sh", "-c", "read x; echo \"$x $GREETING $(pwd)\""], "workdir": "/tmp",
+                "env": {"GREETING": "hello"}})["exec_id"]
+    call("POST", f"/v1/execs/{eid}/stdin", {"offset": 0, "data": b"typed\n", "eof": True})
+    assert read_all(f"/v1/execs/{eid}") == b"typed hello /tmp\n"
+    assert run_exec(sid, "sh", "-c", "exit 7")[0] == 7
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    assert wait(sid)["reason"] == "terminated"
+
+
+def test_exec_timeout_kills_only_the_exec(app_id: str) -> None:
+    sid = create(app_id, "sh", "-c", "echo up; sleep 300")
+    read_until(f"/v1/sandboxes/{sid}", b"up")
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sleep", "300"], "timeout": 1})["exec_id"]
+    deadline = time.monotonic() + 60
+    while (r := call("GET", f"/v1/execs/{eid}/wait?timeout=20"))["returncode"] is None:
+        assert time.monotonic() < deadline
+    assert r["reason"] == "timeout" and r["returncode"] != 0
+    assert call("GET", f"/v1/sandboxes/{sid}")["state"] == "running"
+    assert run_exec(sid, "echo", "still here")[1] == b"still here\n"
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    assert wait(sid)["reason"] == "terminated"
+
+
+def test_sandbox_timeout_and_idle_timeout(app_id: str) -> None:
+    sid = create(app_id, "sleep", "300", timeout=1)
+    r = wait(sid)
+    assert r["reason"] == "timeout" and r["returncode"] != 0
+    idle = create(app_id, idle_timeout=1)
+    assert wait(idle)["reason"] == "idle_timeout"
+    # Exec'ing in a terminated sandbox is refused.
+    with pytest.raises(exception.SandboxTerminatedError):
+        call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["true"]})
+
+
+def test_tags_list_and_by_name(app_id: str) -> None:
+    app_name = call("POST", "/v1/apps/lookup", {"name": app_id})["name"]
+    a = create(app_id, name="first", tags={"team": "a", "kind": "x"})
+    b = create(app_id, tags={"team": "b"})
+    with pytest.raises(exception.AlreadyExistsError):
+        create(app_id, name="first")
+    assert call("GET", f"/v1/sandboxes/by-name?app_name={app_name}&name=first")["sandbox_id"] == a
+    with pytest.raises(exception.NotFoundError):
+        call("GET", f"/v1/sandboxes/by-name?app_name={app_name}&name=nobody")
+    listed = {s["sandbox_id"] for s in call("GET", f"/v1/sandboxes?app_id={app_id}")["sandboxes"]}
+    assert {a, b} <= listed
+    only_a = call("GET", f"/v1/sandboxes?app_id={app_id}&tag=team=a")["sandboxes"]
+    assert [s["sandbox_id"] for s in only_a] == [a]
+    call("PUT", f"/v1/sandboxes/{b}/tags", {"tags": {"team": "a"}})
+    assert call("GET", f"/v1/sandboxes/{b}")["tags"] == {"team": "a"}
+    both = {s["sandbox_id"] for s in call("GET", f"/v1/sandboxes?app_id={app_id}&tag=team=a")["sandboxes"]}
+    assert both == {a, b}
+    for sid in (a, b):
+        call("POST", f"/v1/sandboxes/{sid}/terminate")
+        assert wait(sid)["reason"] == "terminated"
+    # Terminated: no longer found by name; a new one may take the name.
+    with pytest.raises(exception.NotFoundError):
+        call("GET", f"/v1/sandboxes/by-name?app_name={app_name}&name=first")
+    c = create(app_id, name="first")
+    call("POST", f"/v1/sandboxes/{c}/terminate")
+
+
+def test_bad_requests_name_the_field(app_id: str) -> None:
+    with pytest.raises(exception.InvalidError, match="timeout"):
+        call("POST", "/v1/sandboxes", {"app_id": app_id, "timeout": -1})
+    with pytest.raises(exception.InvalidError, match="unencrypted_ports"):
+        call("POST", "/v1/sandboxes", {"app_id": app_id, "unencrypted_ports": [70000]})
+    with pytest.raises(exception.NotFoundError):
+        call("POST", "/v1/sandboxes", {"app_id": "ap-nosuchapp"})
+    with pytest.raises(exception.NotFoundError):
+        call("GET", "/v1/sandboxes/sb-nosuch")
+
+
+def test_tunnel_answers_http_from_a_server_in_the_sandbox(app_id: str) -> None:
+    import urllib.request
+
+    sid = create(app_id, "python3", "-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", "/tmp",
+                 encrypted_ports=[8000])
+    run_exec(sid, "sh", "-c", "echo tunnelled > /tmp/hello.txt")
+    tunnel = call("GET", f"/v1/sandboxes/{sid}/tunnels")["tunnels"][8000]
+    got: list[bytes] = []
+
+    def fetch() -> bool:
+        try:
+            with urllib.request.urlopen(tunnel["url"] + "/hello.txt", timeout=5) as resp:
+                got.append(resp.read())
+            return True
+        except OSError:
+            return False
+
+    assert wait_for(fetch, 30)
+    assert got[-1] == b"tunnelled\n"
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)
+
+
+def test_filesystem_operations_run_inside(app_id: str) -> None:
+    sid = create(app_id)
+    fs = f"/v1/sandboxes/{sid}/fs"
+    call("POST", f"{fs}/mkdir", {"path": "/tmp/a/b", "parents": True})
+    call("POST", f"{fs}/write", {"path": "/tmp/a/b/f.bin", "data": bytes(range(256))})
+    assert call("POST", f"{fs}/read", {"path": "/tmp/a/b/f.bin"})["data"] == bytes(range(256))
+    assert call("POST", f"{fs}/stat", {"path": "/tmp/a/b/f.bin"})["size"] == 256
+    assert [e["name"] for e in call("POST", f"{fs}/list", {"path": "/tmp/a"})["entries"]] == ["b"]
+    assert run_exec(sid, "cat", "/tmp/a/b/f.bin")[1] == bytes(range(256))  # the container's own file
+    with pytest.raises(exception.NotFoundError):
+        call("POST", f"{fs}/read", {"path": "/tmp/nope"})
+    with pytest.raises(exception.InvalidError):
+        call("POST", f"{fs}/remove", {"path": "/tmp/a"})  # not empty, not recursive
+    call("POST", f"{fs}/remove", {"path": "/tmp/a", "recursive": True})
+    with pytest.raises(exception.NotFoundError):
+        call("POST", f"{fs}/stat", {"path": "/tmp/a"})
+    with pytest.raises(exception.InvalidError, match="path"):
+        call("POST", f"{fs}/read", {"path": "relative"})
+    # A symlink to an absolute path resolves inside the container, never to the host's file.
+    # (/root/inside.txt exists in the container only: through a host path the link would dangle.)
+    assert run_exec(sid, "sh", "-c", "echo mine > /root/inside.txt && ln -s /root/inside.txt /tmp/link")[0] == 0
+    assert not os.path.exists("/root/inside.txt")
+    assert call("POST", f"{fs}/read", {"path": "/tmp/link"})["data"] == b"mine\n"
+    with pytest.raises(exception.InvalidError, match="OCI"):
+        call("POST", f"/v1/sandboxes/{sid}/snapshot")
+    call("POST", f"/v1/sandboxes/{sid}/terminate")

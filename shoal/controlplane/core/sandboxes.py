@@ -304,10 +304,12 @@ class Sandboxes:
                 sb.handle.kill()
 
     # -- looking up ------------------------------------------------------------------------------------------
-    def get_live(self, sandbox_id: str) -> Sandbox:
+    async def get_live(self, sandbox_id: str) -> Sandbox:
+        """A running sandbox: 404 when there is no such sandbox, 409 (SandboxTerminatedError) when it ended."""
         sb = self.live.get(sandbox_id)
         if sb is None:
-            raise ApiError(404, f"sandbox {sandbox_id} is not running", "NotFoundError")
+            info = await self.info(sandbox_id)
+            raise ApiError(409, f"sandbox {sandbox_id} is terminated ({info['reason']})", "SandboxTerminatedError")
         return sb
 
     async def info(self, sandbox_id: str) -> dict[str, Any]:
