@@ -378,3 +378,24 @@ def test_function_containers_manage_only_their_own_apps_sandboxes(app_id: str) -
         assert status == 403 and body["error"].startswith("containers may not"), (what, body)
     assert call("GET", f"/v1/sandboxes/{other}")["state"] == "running"
     call("POST", f"/v1/sandboxes/{other}/terminate")
+
+
+def test_volumes_mount_commit_and_reload(app_id: str) -> None:
+    import shoal
+
+    name = f"sbvol-{secrets.token_hex(4)}"
+    vol = shoal.Volume.from_name(name, create_if_missing=True)
+    with vol.batch_upload() as batch:
+        batch.put_file(__file__, "/seed.txt")
+    sid = create(app_id, volumes=[{"path": "/data", "volume_name": name}])
+    assert run_exec(sid, "sh", "-c", "head -c 9 /data/seed.txt; echo made > /data/made.txt")[1] == b'"""`shoal'
+    # reload_volumes: what the sandbox wrote is committed, and a change made outside becomes visible.
+    with vol.batch_upload() as batch:
+        batch.put_file(__file__, "/outside.txt")
+    call("POST", f"/v1/sandboxes/{sid}/reload-volumes")
+    assert b"made" in b"".join(vol.read_file("made.txt"))
+    assert run_exec(sid, "test", "-f", "/data/outside.txt")[0] == 0
+    with pytest.raises(exception.NotFoundError):
+        create(app_id, volumes=[{"path": "/data", "volume_name": "no-such-volume-here"}])
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)
