@@ -399,3 +399,17 @@ def test_volumes_mount_commit_and_reload(app_id: str) -> None:
         create(app_id, volumes=[{"path": "/data", "volume_name": "no-such-volume-here"}])
     call("POST", f"/v1/sandboxes/{sid}/terminate")
     wait(sid)
+
+
+def test_execs_survive_their_agent_being_killed_inside(app_id: str) -> None:
+    """Execs run through an agent inside the sandbox: code there can kill it; the exec in flight then has no exit
+    code (reason "exec agent died"), and the next exec starts a new agent."""
+    sid = create(app_id)
+    assert run_exec(sid, "true")[0] == 0  # the agent is up
+    kill = ("for p in /proc/[0-9]*; do grep -q 'recv_''fds' $p/cmdline 2>/dev/null && kill -9 ${p#/proc/}; done; "
+            "sleep 1; echo after")
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sh", "-c", kill]})["exec_id"]
+    assert read_all(f"/v1/execs/{eid}") == b"after\n"  # its own process lives on (its pipes are the control plane's)
+    assert call("GET", f"/v1/execs/{eid}/wait?timeout=30") == {"returncode": None, "reason": "exec agent died"}
+    assert run_exec(sid, "echo", "again") == (0, b"again\n", b"")
+    call("POST", f"/v1/sandboxes/{sid}/terminate")

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +27,10 @@ from ..rest import ApiError
 from ..store import Store
 from ..store import objects as object_rows
 from ..store import sandboxes as rows
-from .containers import describe_exit, modal_environment
+from .containers import modal_environment
 from .model import new_id
 from .registry import Registry
+from .sandbox_exec import LOST, Agent, AgentProcess, NsenterProcess
 from .sandbox_streams import OutputFile, StdinPipe
 
 log = logging.getLogger("shoal.sandbox")
@@ -66,7 +66,7 @@ class Proc:
 class Exec:
     proc: Proc
     sandbox: Sandbox
-    process: asyncio.subprocess.Process | None = None
+    process: AgentProcess | NsenterProcess | None = None
 
 
 @dataclass
@@ -86,6 +86,9 @@ class Sandbox:
     last_active: float = field(default_factory=time.monotonic)
     end_reason: str | None = None  # why the control plane ended it ("timeout", "terminated", …)
     target: local_exec.ExecTarget | None = None
+    agent: Agent | None = None  # runs its execs (sandbox_exec.py), started at the first
+    agent_failed: bool = False  # it could not start: execs go through nsenter
+    agent_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ports: dict[int, Any] = field(default_factory=dict)  # tunnels: port -> its listener (sandbox_tunnels.py)
 
     def info(self) -> dict[str, Any]:
@@ -270,6 +273,8 @@ class Sandboxes:
         sb.proc.finish(code, reason)
         for ex in list(sb.execs.values()):
             self._kill_exec(ex, "sandbox terminated")
+        if sb.agent is not None:
+            sb.agent.close()
         rows.ended(self.store, sb.id, code, reason, time.time())
         self.live.pop(sb.id, None)
         for cb in self.on_end:
@@ -368,20 +373,12 @@ class Sandboxes:
         if body.secret_names:
             env.update(await self.secrets.resolve([SecretRef(name=n) for n in body.secret_names]))
         env.update(body.env)
-        cmd = list(body.argv)
-        if body.workdir is not None:
-            cmd = ["/usr/bin/env", "-C", body.workdir, "--", *cmd]
-        argv = local_exec.command_argv(target, cmd, pty=False)
         eid = new_id("ex")
         edir = self.dir / sb.id / "execs"
         proc = Proc(eid, {fd: OutputFile(edir / f"{eid}.{fd}") for fd in FDS}, StdinPipe(None))
         ex = Exec(proc, sb)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, cwd=target.cwd if not target.sandboxed else "/",
-                start_new_session=True,
-                preexec_fn=(lambda: local_exec.prepare_process(target)) if target.sandboxed else None)
+            process = await self._spawn(sb, target, list(body.argv), env, body.workdir)
         except OSError as exc:
             proc.finish(None, f"failed to start: {exc}")
             raise ApiError(400, f"`argv`: cannot run {body.argv[0]!r}: {exc}") from exc
@@ -395,7 +392,36 @@ class Sandboxes:
         self.spawn(self._run_exec(ex, process, timer))
         return ex
 
-    async def _run_exec(self, ex: Exec, process: asyncio.subprocess.Process, timer: Any) -> None:
+    async def _spawn(self, sb: Sandbox, target: local_exec.ExecTarget, argv: list[str], env: dict[str, str],
+                     workdir: str | None) -> AgentProcess | NsenterProcess:
+        """A command in the sandbox: through its agent, started at the first exec; through nsenter where the
+        agent cannot run."""
+        async with sb.agent_lock:
+            if (sb.agent is None or not sb.agent.alive) and not sb.agent_failed:
+                python = sb.image.python if sb.image is not None and sb.image.python else \
+                    getattr(self.backend, "python", "")
+                try:
+                    sb.agent = await Agent.start(target, python)
+                except OSError as exc:
+                    log.warning("sandbox %s: no exec agent (%s): execs go through nsenter", sb.id, exc)
+                    sb.agent_failed = True
+        if sb.agent is not None and sb.agent.alive:
+            try:
+                return await sb.agent.run(argv, env, workdir)
+            except OSError:
+                if sb.agent.alive:
+                    raise
+                sb.agent_failed = not sb.agent.served  # it never came up (no interpreter?): not again
+        if workdir is not None:
+            argv = ["/usr/bin/env", "-C", workdir, "--", *argv]
+        process = await asyncio.create_subprocess_exec(
+            *local_exec.command_argv(target, argv, pty=False), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            cwd=target.cwd if not target.sandboxed else "/", start_new_session=True,
+            preexec_fn=(lambda: local_exec.prepare_process(target)) if target.sandboxed else None)
+        return NsenterProcess(process)
+
+    async def _run_exec(self, ex: Exec, process: AgentProcess | NsenterProcess, timer: Any) -> None:
         async def pump(stream: asyncio.StreamReader | None, f: OutputFile) -> None:
             while stream is not None:
                 chunk = await stream.read(65536)
@@ -407,7 +433,10 @@ class Sandboxes:
         code = await process.wait()
         if timer is not None:
             timer.cancel()
-        ex.proc.finish(code, ex.proc.reason or ("exited" if code >= 0 else describe_exit(code)))
+        if code == LOST:
+            ex.proc.finish(None, ex.proc.reason or "exec agent died")
+        else:
+            ex.proc.finish(code, ex.proc.reason or "exited")
         ex.sandbox.execs.pop(ex.proc.id, None)
         ex.sandbox.last_active = time.monotonic()
 
@@ -417,10 +446,7 @@ class Sandboxes:
             return
         if ex.proc.reason is None:
             ex.proc.reason = reason
-        try:
-            os.killpg(ex.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        ex.process.kill_group()
 
     def get_exec(self, exec_id: str) -> Exec:
         ex = self.execs.get(exec_id)
