@@ -93,6 +93,10 @@ def test_output_survives_control_plane_restart(private_control_plane: ControlPla
     assert wait(done)["returncode"] == 0
     running = create(app, "sh", "-c", "echo started; sleep 300")
     read_until(f"/v1/sandboxes/{running}", b"started")
+    code, _, _ = run_exec(running, "sh", "-c", "echo exec-out; exit 4")
+    assert code == 4
+    finished_exec = call("POST", f"/v1/sandboxes/{running}/exec", {"argv": ["echo", "kept"]})["exec_id"]
+    assert call("GET", f"/v1/execs/{finished_exec}/wait?timeout=30")["returncode"] == 0
     private_control_plane.kill()
     private_control_plane.start()
     reset_client()
@@ -103,6 +107,9 @@ def test_output_survives_control_plane_restart(private_control_plane: ControlPla
     info = call("GET", f"/v1/sandboxes/{running}")
     assert info["state"] == "terminated" and info["reason"] == "control plane restarted"
     assert read_all(f"/v1/sandboxes/{running}") == b"started\n"
+    # An exec's output and exit code too.
+    assert read_all(f"/v1/execs/{finished_exec}") == b"kept\n"
+    assert call("GET", f"/v1/execs/{finished_exec}/wait") == {"returncode": 0, "reason": "exited"}
 
 
 def test_stdin_drives_an_interactive_process(app_id: str) -> None:
@@ -413,3 +420,18 @@ def test_execs_survive_their_agent_being_killed_inside(app_id: str) -> None:
     assert call("GET", f"/v1/execs/{eid}/wait?timeout=30") == {"returncode": None, "reason": "exec agent died"}
     assert run_exec(sid, "echo", "again") == (0, b"again\n", b"")
     call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
+def test_sandboxes_show_in_the_container_list_and_take_container_exec(app_id: str) -> None:
+    from ..conftest import run_cli
+
+    sid = create(app_id)
+    cid = call("GET", f"/v1/sandboxes/{sid}")["container_id"]
+    rows = [c for c in call("GET", "/v1/containers")["containers"] if c["container_id"] == cid]
+    assert len(rows) == 1 and rows[0]["app_id"] == app_id and rows[0]["sandbox_id"] == sid
+    run_exec(sid, "sh", "-c", "echo via-api > /tmp/mark")
+    out = run_cli("container", "exec", cid, "--", "cat", "/tmp/mark")
+    assert out.returncode == 0 and out.stdout == "via-api\n", out.stderr
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)
+    assert cid not in {c["container_id"] for c in call("GET", "/v1/containers")["containers"]}

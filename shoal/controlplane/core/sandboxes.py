@@ -11,6 +11,7 @@ control-plane credential: nothing in it can call the API.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -277,6 +278,8 @@ class Sandboxes:
             sb.agent.close()
         rows.ended(self.store, sb.id, code, reason, time.time())
         self.live.pop(sb.id, None)
+        for eid in [e for e, ex in self.execs.items() if ex.sandbox is sb and ex.proc.done.is_set()]:
+            self.execs.pop(eid, None)  # their output and exit are on disk
         for cb in self.on_end:
             cb(sb)
 
@@ -318,6 +321,24 @@ class Sandboxes:
         for sb in list(self.live.values()):
             if sb.handle is not None:
                 sb.handle.kill()
+
+    def container_rows(self) -> list[dict[str, Any]]:
+        """The containers of running sandboxes, as `GET /v1/containers` lists containers (with their app)."""
+        now = time.time()
+        return [{"container_id": sb.container_id, "app_id": sb.app_id, "function": f"sandbox {sb.id}",
+                 "function_id": sb.id, "sandbox_id": sb.id, "state": sb.state, "pending_reason": None,
+                 "running_inputs": len(sb.execs), "age_s": now - sb.created_at, "timings": None, "node": None}
+                for sb in self.live.values()]
+
+    def container_info(self, container_id: str) -> dict[str, Any] | None:
+        """A running sandbox's container as `GET /v1/containers/{id}` describes one (`shoal container exec`)."""
+        sb = next((s for s in self.live.values() if s.container_id == container_id), None)
+        if sb is None or sb.handle is None:
+            return None
+        row = next(r for r in self.container_rows() if r["sandbox_id"] == sb.id)
+        h = sb.handle
+        return {**row, "pid": h.pid, "sandboxed": bool(h.sandboxed), "isolation": h.isolation or self.backend.isolation,
+                "backend": self.backend.name, "cgroups": list(h.cgroup.dirs) if h.cgroup is not None else []}
 
     # -- looking up ------------------------------------------------------------------------------------------
     async def get_live(self, sandbox_id: str) -> Sandbox:
@@ -437,8 +458,16 @@ class Sandboxes:
             ex.proc.finish(None, ex.proc.reason or "exec agent died")
         else:
             ex.proc.finish(code, ex.proc.reason or "exited")
-        ex.sandbox.execs.pop(ex.proc.id, None)
-        ex.sandbox.last_active = time.monotonic()
+        sb = ex.sandbox
+        sb.execs.pop(ex.proc.id, None)
+        sb.last_active = time.monotonic()
+        try:  # how it ended, next to its output: readable once it is forgotten here, and after a restart
+            path = self.dir / sb.id / "execs" / f"{ex.proc.id}.exit"
+            path.write_text(json.dumps({"returncode": ex.proc.returncode, "reason": ex.proc.reason}))
+        except OSError as exc:
+            log.warning("exec %s: cannot record its exit: %s", ex.proc.id, exc)
+        if sb.state == "terminated":
+            self.execs.pop(ex.proc.id, None)
 
     def _kill_exec(self, ex: Exec, reason: str) -> None:
         """An exec's timeout (or its sandbox's end): the exec's process group, nothing else of the sandbox."""
@@ -453,6 +482,17 @@ class Sandboxes:
         if ex is None:
             raise ApiError(404, f"exec {exec_id} not found", "NotFoundError")
         return ex
+
+    def exec_exit(self, exec_id: str) -> dict[str, Any]:
+        """How an exec this control plane no longer holds ended: from its `.exit` file; without one it was running
+        when its control plane stopped."""
+        files = self.exec_files(exec_id)
+        if files is None:
+            raise ApiError(404, f"exec {exec_id} not found", "NotFoundError")
+        try:
+            return json.loads(files["stdout"].with_suffix(".exit").read_text())
+        except (OSError, ValueError):
+            return {"returncode": None, "reason": RESTARTED}
 
     def exec_files(self, exec_id: str) -> dict[str, Path] | None:
         """A finished exec's output files (after a restart, or once forgotten)."""
