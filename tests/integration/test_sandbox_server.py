@@ -435,3 +435,21 @@ def test_sandboxes_show_in_the_container_list_and_take_container_exec(app_id: st
     call("POST", f"/v1/sandboxes/{sid}/terminate")
     wait(sid)
     assert cid not in {c["container_id"] for c in call("GET", "/v1/containers")["containers"]}
+
+
+def test_exec_with_a_terminal(app_id: str) -> None:
+    sid = create(app_id)
+    script = "tty; test -t 0 && echo interactive; read x; echo got $x"
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sh", "-c", script], "pty": True})["exec_id"]
+    out, _ = read_until(f"/v1/execs/{eid}", b"interactive")
+    assert out.splitlines()[0].startswith(b"/dev/pts/")
+    call("POST", f"/v1/execs/{eid}/stdin", {"offset": 0, "data": b"typed\n"})
+    read_until(f"/v1/execs/{eid}", b"got typed")
+    assert call("GET", f"/v1/execs/{eid}/wait?timeout=30")["returncode"] == 0
+    assert read_all(f"/v1/execs/{eid}", "stderr") == b""
+    # ^D ends a terminal's input.
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["cat"], "pty": True})["exec_id"]
+    call("POST", f"/v1/execs/{eid}/stdin", {"offset": 0, "data": b"abc\n", "eof": True})
+    assert call("GET", f"/v1/execs/{eid}/wait?timeout=30")["returncode"] == 0
+    assert b"abc" in read_all(f"/v1/execs/{eid}")
+    call("POST", f"/v1/sandboxes/{sid}/terminate")

@@ -57,6 +57,9 @@ def start(req, fds):
             os.setsid()
             for n, fd in enumerate(fds):
                 os.dup2(fd, n)
+            if req.get("tty"):
+                import fcntl, termios
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             os.closerange(3, 1 << 16)
             if req.get("cwd"):
                 os.chdir(req["cwd"])
@@ -116,6 +119,17 @@ class AgentProcess:
         self.started: asyncio.Future = asyncio.get_running_loop().create_future()
         self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
         self.returncode: int | None = None
+        self.tty_slave: int | None = None  # held until it exits: a master whose slaves all closed may drop output
+
+    def exited(self, status: int) -> None:
+        if self.tty_slave is not None:
+            os.close(self.tty_slave)
+            self.tty_slave = None
+            if isinstance(self.stdin, TtyWriter):  # once its reader has read to the end
+                master = self.stdin.master
+                asyncio.get_running_loop().create_task(_close_after(self.stdout, master))
+        if not self.ended.done():
+            self.ended.set_result(status)
 
     async def wait(self) -> int:
         self.returncode = await self.ended
@@ -124,6 +138,12 @@ class AgentProcess:
     def kill_group(self) -> None:
         if not self.ended.done():
             self.agent.spawn(self.agent.send({"kill": self.cid, "sig": int(signal.SIGKILL)}))
+
+
+async def _close_after(reader: asyncio.StreamReader, fd: int) -> None:
+    while not reader.at_eof():
+        await asyncio.sleep(0.05)
+    os.close(fd)
 
 
 class NsenterProcess:
@@ -146,6 +166,64 @@ class NsenterProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
+    return reader
+
+
+async def _writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWriter:
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", 0))
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+def _tty_reader(master: int) -> asyncio.StreamReader:
+    """A terminal's output, read by a thread with blocking reads (the event loop's pipe transport gets EIO from a
+    container's pty master at once); ends at EIO, once every process holding the terminal is gone."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+
+    def pump() -> None:
+        try:
+            while data := os.read(master, 65536):
+                loop.call_soon_threadsafe(reader.feed_data, data)
+        except OSError:
+            pass
+        finally:
+            loop.call_soon_threadsafe(reader.feed_eof)
+
+    loop.run_in_executor(None, pump)
+    return reader
+
+
+class TtyWriter:
+    """What StdinPipe uses of a StreamWriter, for a terminal's master (blocking writes in a thread); closing it
+    closes the master once its reader is done too (the reader's EIO comes first)."""
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+
+    async def drain(self) -> None:
+        data, self.pending = bytes(self.pending), bytearray()
+        view = memoryview(data)
+        while view:
+            n = await asyncio.to_thread(os.write, self.master, view)
+            view = view[n:]
+
+    def close(self) -> None:
+        """The master stays open for the reader; it is closed when the process's terminal is (`closed_tty`)."""
+
+
+def _ended_reader() -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_eof()
+    return reader
 
 
 class Agent:
@@ -201,24 +279,34 @@ class Agent:
                 continue
             frame, fds = frame[n:], ()
 
-    async def run(self, argv: list[str], env: dict[str, str], cwd: str | None) -> AgentProcess:
+    async def run(self, argv: list[str], env: dict[str, str], cwd: str | None,
+                  tty: tuple[int, int] | None = None) -> AgentProcess:
+        """Start `argv` in the sandbox with pipes for its stdin, stdout and stderr; with `tty` (master and slave
+        of a pseudo-terminal from the container's devpts: `local_exec.open_pty`, both taken over here), the slave
+        is all three and its controlling terminal, and its output comes on stdout."""
         loop = asyncio.get_running_loop()
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        theirs: list[int] = []
         try:
-            stdout, stderr = asyncio.StreamReader(), asyncio.StreamReader()
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(out_r, "rb", 0))
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stderr), os.fdopen(err_r, "rb", 0))
-            transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                                                os.fdopen(in_w, "wb", 0))
-            stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+            if tty is None:
+                in_r, in_w = os.pipe()
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                theirs = [in_r, out_w, err_w]
+                stdout, stderr = await _reader(loop, out_r), await _reader(loop, err_r)
+                stdin = await _writer(loop, in_w)
+            else:
+                master, slave = tty
+                theirs = [slave, slave, slave]
+                stdout, stderr = _tty_reader(master), _ended_reader()
+                stdin = TtyWriter(master)  # type: ignore[assignment]
             cid = next(self.ids)
             proc = AgentProcess(self, cid, stdin, stdout, stderr)
             self.running[cid] = proc
-            await self.send({"id": cid, "argv": argv, "env": env, "cwd": cwd}, [in_r, out_w, err_w])
+            await self.send({"id": cid, "argv": argv, "env": env, "cwd": cwd, "tty": tty is not None}, theirs)
+            if tty is not None:
+                proc.tty_slave, theirs = tty[1], []
         finally:
-            for fd in (in_r, out_w, err_w):
+            for fd in set(theirs):
                 os.close(fd)
         await proc.started
         return proc
@@ -236,7 +324,7 @@ class Agent:
                     proc.started.set_result(msg["pid"])
                 if "status" in msg:
                     self.running.pop(msg["id"], None)
-                    proc.ended.set_result(msg["status"])
+                    proc.exited(msg["status"])
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
@@ -244,8 +332,7 @@ class Agent:
             for proc in self.running.values():
                 if not proc.started.done():
                     proc.started.set_exception(OSError("the sandbox's exec agent died"))
-                if not proc.ended.done():
-                    proc.ended.set_result(LOST)
+                proc.exited(LOST)
             self.running.clear()
             self.sock.close()
 

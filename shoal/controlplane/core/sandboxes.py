@@ -399,12 +399,12 @@ class Sandboxes:
         proc = Proc(eid, {fd: OutputFile(edir / f"{eid}.{fd}") for fd in FDS}, StdinPipe(None))
         ex = Exec(proc, sb)
         try:
-            process = await self._spawn(sb, target, list(body.argv), env, body.workdir)
+            process = await self._spawn(sb, target, list(body.argv), env, body.workdir, body.pty)
         except OSError as exc:
             proc.finish(None, f"failed to start: {exc}")
             raise ApiError(400, f"`argv`: cannot run {body.argv[0]!r}: {exc}") from exc
         ex.process = process
-        proc.stdin = StdinPipe(process.stdin)
+        proc.stdin = StdinPipe(process.stdin, b"\x04" if body.pty else b"")
         sb.execs[eid] = ex
         self.execs[eid] = ex
         sb.last_active = time.monotonic()
@@ -414,7 +414,7 @@ class Sandboxes:
         return ex
 
     async def _spawn(self, sb: Sandbox, target: local_exec.ExecTarget, argv: list[str], env: dict[str, str],
-                     workdir: str | None) -> AgentProcess | NsenterProcess:
+                     workdir: str | None, pty: bool = False) -> AgentProcess | NsenterProcess:
         """A command in the sandbox: through its agent, started at the first exec; through nsenter where the
         agent cannot run."""
         async with sb.agent_lock:
@@ -428,11 +428,20 @@ class Sandboxes:
                     sb.agent_failed = True
         if sb.agent is not None and sb.agent.alive:
             try:
-                return await sb.agent.run(argv, env, workdir)
+                tty = None
+                if pty:
+                    try:
+                        tty = local_exec.open_pty(target)
+                    except local_exec.ExecError as exc:
+                        raise ApiError(400, f"`pty`: {exc}") from exc
+                    env = {"TERM": "xterm-256color", **env}
+                return await sb.agent.run(argv, env, workdir, tty)
             except OSError:
                 if sb.agent.alive:
                     raise
                 sb.agent_failed = not sb.agent.served  # it never came up (no interpreter?): not again
+        if pty:
+            raise ApiError(400, "`pty`: this sandbox's exec agent is not running, and execs with a terminal need it")
         if workdir is not None:
             argv = ["/usr/bin/env", "-C", workdir, "--", *argv]
         process = await asyncio.create_subprocess_exec(
@@ -445,7 +454,10 @@ class Sandboxes:
     async def _run_exec(self, ex: Exec, process: AgentProcess | NsenterProcess, timer: Any) -> None:
         async def pump(stream: asyncio.StreamReader | None, f: OutputFile) -> None:
             while stream is not None:
-                chunk = await stream.read(65536)
+                try:
+                    chunk = await stream.read(65536)
+                except OSError:  # a terminal's master: EIO once every process holding it is gone
+                    return
                 if not chunk:
                     return
                 f.append(chunk)
