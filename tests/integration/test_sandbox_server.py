@@ -372,15 +372,25 @@ def test_block_network_reaches_nothing(app_id: str, control_plane: ControlPlane)
 
 
 def test_function_containers_manage_only_their_own_apps_sandboxes(app_id: str) -> None:
+    import msgspec
     import sandbox_server_app
 
+    import shoal
+
     other = create(app_id, "sleep", "300")
+    secret = f"sbs-{secrets.token_hex(4)}"
+    call("POST", "/v1/secrets", {"name": secret, "env": {"STOLEN": "yes"}})
+    image = shoal.Image.debian_slim().run_commands(f"echo {secrets.token_hex(8)}").to_wire()
     with sandbox_server_app.app.run(quiet=True) as running:
-        got = sandbox_server_app.manage.remote(running.app_id, app_id, other)
+        got = sandbox_server_app.manage.remote(running.app_id, app_id, other, secret,
+                                               msgspec.to_builtins(image))
     assert got["own create"] == 200
     assert got["own wait"] == {"returncode": 0, "reason": "exited"}
     assert got["own output"] == b"from-fn\n"
-    for what in ("other create", "other exec", "other terminate", "other list", "list all"):
+    assert "'" + secret + "'" in got["secret it lacks"][1]["error"]
+    assert "build images" in got["build an image"][1]["error"]
+    for what in ("other create", "other exec", "other terminate", "other list", "list all", "secret it lacks",
+                 "build an image", "exec with a secret it lacks"):
         status, body = got[what]
         assert status == 403 and body["error"].startswith("containers may not"), (what, body)
     assert call("GET", f"/v1/sandboxes/{other}")["state"] == "running"
@@ -453,3 +463,18 @@ def test_exec_with_a_terminal(app_id: str) -> None:
     assert call("GET", f"/v1/execs/{eid}/wait?timeout=30")["returncode"] == 0
     assert b"abc" in read_all(f"/v1/execs/{eid}")
     call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
+def test_secrets_env_and_workdir(app_id: str) -> None:
+    name = f"sbs-{secrets.token_hex(4)}"
+    call("POST", "/v1/secrets", {"name": name, "env": {"FROM_SECRET": "s3cret"}})
+    sid = create(app_id, "sh", "-c", 'echo "$FROM_SECRET $PLAIN $(pwd)"', secret_names=[name],
+                 env={"PLAIN": "value"}, workdir="/tmp")
+    assert read_all(f"/v1/sandboxes/{sid}") == b"s3cret value /tmp\n"
+    with pytest.raises(exception.NotFoundError, match="no-such-secret"):
+        create(app_id, secret_names=["no-such-secret"])
+    idle = create(app_id)
+    assert run_exec(idle, "sh", "-c", "echo $FROM_SECRET", secret_names=[name])[1] == b"s3cret\n"
+    with pytest.raises(exception.NotFoundError):
+        call("POST", f"/v1/sandboxes/{idle}/exec", {"argv": ["true"], "secret_names": ["no-such-secret"]})
+    call("POST", f"/v1/sandboxes/{idle}/terminate")

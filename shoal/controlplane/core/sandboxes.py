@@ -174,12 +174,7 @@ class Sandboxes:
             except Exception as exc:  # noqa: BLE001 - a build failure is the caller's (its steps)
                 raise ApiError(400, f"`image`: {exc}", "ImageBuildError") from exc
         refs = [SecretRef(name=n) for n in body.secret_names]
-        try:
-            await self.secrets.check(refs)
-        except ApiError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ApiError(404, f"`secret_names`: {exc}", "NotFoundError") from exc
+        await self.secrets.check(refs)
         sid = new_id("sb")
         sdir = self.dir / sid
         proc = Proc(sid, {fd: OutputFile(sdir / fd) for fd in FDS}, StdinPipe(None))
@@ -392,7 +387,9 @@ class Sandboxes:
         target = await self._target(sb)
         env = dict(target.env)
         if body.secret_names:
-            env.update(await self.secrets.resolve([SecretRef(name=n) for n in body.secret_names]))
+            refs = [SecretRef(name=n) for n in body.secret_names]
+            await self.secrets.check(refs)
+            env.update(await self.secrets.resolve(refs))
         env.update(body.env)
         eid = new_id("ex")
         edir = self.dir / sb.id / "execs"
