@@ -23,6 +23,7 @@ from typing import Any
 from ..._spec import requests as req
 from ..._spec.definitions import FunctionDefinition, Options, SecretRef
 from ...backends import local_exec
+from ...exception import ImageBuildError, InvalidError
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
 from ..rest import ApiError
 from ..store import Store
@@ -171,7 +172,9 @@ class Sandboxes:
             try:
                 image = await self.images.ensure(
                     body.image, log=lambda text: app.logs.append(body.image.image_id, "stderr", text))
-            except Exception as exc:  # noqa: BLE001 - a build failure is the caller's (its steps)
+            except InvalidError as exc:
+                raise ApiError(400, f"`image`: {exc}") from exc
+            except ImageBuildError as exc:  # its steps failed: the caller's
                 raise ApiError(400, f"`image`: {exc}", "ImageBuildError") from exc
         refs = [SecretRef(name=n) for n in body.secret_names]
         await self.secrets.check(refs)
