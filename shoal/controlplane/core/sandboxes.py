@@ -23,8 +23,8 @@ from typing import Any
 from ..._spec import requests as req
 from ..._spec.definitions import FunctionDefinition, Options, SecretRef
 from ...backends import local_exec
-from ...exception import ImageBuildError, InvalidError
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
+from ...exception import ImageBuildError, InvalidError
 from ..rest import ApiError
 from ..store import Store
 from ..store import objects as object_rows
