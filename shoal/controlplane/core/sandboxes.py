@@ -457,10 +457,11 @@ class Sandboxes:
                 try:
                     chunk = await stream.read(65536)
                 except OSError:  # a terminal's master: EIO once every process holding it is gone
-                    return
+                    break
                 if not chunk:
-                    return
+                    break
                 f.append(chunk)
+            f.close()  # every writer is gone: readers get their end now, not at the exit status
 
         await asyncio.gather(pump(process.stdout, ex.proc.out["stdout"]), pump(process.stderr, ex.proc.out["stderr"]))
         code = await process.wait()
