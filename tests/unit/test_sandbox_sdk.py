@@ -22,13 +22,8 @@ from shoal.exception import (
     SandboxTimeoutError,
 )
 from shoal.io_streams import StreamReader, StreamWriter
-from shoal.sandbox import (
-    ARG_MAX_BYTES,
-    SandboxFilesystemNotFoundError,
-    create_body,
-    exec_body,
-    snapshot_image,
-)
+from shoal.sandbox import ARG_MAX_BYTES, create_body, exec_body, snapshot_image
+from shoal.sandbox_fs import SandboxFilesystemNotFoundError
 from shoal.stream_type import StreamType
 
 
