@@ -6,6 +6,7 @@ them and stop them."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -39,6 +40,8 @@ class Gate:
         self.images = images
         self.replicated = replicated  # requests may be forwarded to another replica: they carry who sent them
         self.created_by: dict[str, str] = {}  # ephemeral app id -> the app whose container created it
+        # The app a sandbox route acts on (controlplane/sandboxes.py sets it): (request, route) -> app id or None.
+        self.sandbox_app: Callable[[web.Request, str], Awaitable[str | None]] | None = None
 
     async def admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC:
@@ -100,6 +103,8 @@ class Gate:
         if "function_id" in info:
             pool = self.registry.pools.get(info["function_id"])
             app_id = pool.app_id if pool is not None else None
+        if route.startswith(("/v1/sandboxes", "/v1/execs/")) and self.sandbox_app is not None:
+            return Facts(app_id=await self.sandbox_app(request, route))
         if (request.method, route) not in BODY_ROUTES:
             return Facts(app_id=app_id)
         if route == "/v1/apps":

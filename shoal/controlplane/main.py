@@ -31,6 +31,7 @@ from .api import Api
 from .build import build_core
 from .core.containers import ControlPlaneAddress
 from .core.model import new_id
+from .core.sandboxes import Sandboxes
 from .definitions import Definitions
 from .deploy import Deployments
 from .images import ImageBuilder
@@ -38,6 +39,8 @@ from .logfmt import configure_logging
 from .objects import Objects
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
+from .sandbox_tunnels import Tunnels
+from .sandboxes import SandboxRoutes
 from .store import StoreError, open_store
 
 log = logging.getLogger("shoal.controlplane")
@@ -173,6 +176,13 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     proxy_tokens.add_routes(http_app.router)
     core.volumes.add_routes(http_app.router)
     objects.on_delete.append(core.volumes.on_deleted)
+    sandboxes = Sandboxes(store, backend, core.registry, core.secrets, core.volumes, definitions.images, state_dir)
+    tunnels = Tunnels()
+    sandboxes.on_start.append(tunnels.opened)
+    sandboxes.on_end.append(tunnels.closed)
+    sandbox_routes = SandboxRoutes(sandboxes, core.registry, tunnels)
+    sandbox_routes.add_routes(http_app.router)
+    api.gate.sandbox_app = sandbox_routes.app_of
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.SockSite(runner, http_sock)
@@ -186,6 +196,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     if replicas is None:
         await core.volumes.recover()  # before any container starts: commits what the last run left
         await core.recovery.recover()
+        await sandboxes.recover()  # before any sandbox starts: those of the last run died with it
     else:
         if not await replicas.others_alive():  # the others' containers may be writing to volumes
             await core.volumes.recover()
@@ -201,6 +212,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         await replicas.start(os.environ.get("SHOAL_REPLICA_URL", "").rstrip("/") or url,
                              f"http://{host}:{web_port}")
     housekeeping = asyncio.create_task(core.housekeeping())
+    sandbox_housekeeping = asyncio.create_task(sandboxes.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
     scheduling = asyncio.create_task(core.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
@@ -218,12 +230,14 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     await stop.wait()
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
+    sandbox_housekeeping.cancel()
     for task in proxy_tasks:
         task.cancel()
     proxy.close()
     objects_housekeeping.cancel()
     scheduling.cancel()
     core.shutdown()
+    sandboxes.shutdown()
     if replicas is not None:
         await store.all_flushed()  # everything it did is committed before another replica takes over
         await replicas.close()

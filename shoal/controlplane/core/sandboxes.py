@@ -1,0 +1,414 @@
+"""`shoal.Sandbox` on the control plane: a sandbox is one container running a command of the caller's (not the
+runtime), with its stdin a pipe and its output appended to files (sandbox_streams.py); commands run in it
+(`exec`) enter its namespaces as `shoal container exec` does (backends/local_exec.py), with pipes, from here.
+
+Its row (store/sandboxes.py) keeps its app, name, tags, command, image, state and how it ended; its output stays
+under SHOAL_HOME/sandboxes/<id>/. It ends when its command exits, when terminated, at its `timeout`, after
+`idle_timeout` with no exec running and no stdin written, or when its app stops. A sandbox container holds no
+control-plane credential: nothing in it can call the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..._spec import requests as req
+from ..._spec.definitions import FunctionDefinition, Options, SecretRef
+from ...backends import local_exec
+from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
+from ..rest import ApiError
+from ..store import Store
+from ..store import objects as object_rows
+from ..store import sandboxes as rows
+from .containers import describe_exit, modal_environment
+from .model import new_id
+from .registry import Registry
+from .sandbox_streams import OutputFile, StdinPipe
+
+log = logging.getLogger("shoal.sandbox")
+TERM_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
+RESTARTED = "control plane restarted"
+FDS = ("stdout", "stderr")
+
+
+@dataclass
+class Proc:
+    """A process of a sandbox (its command, or an exec) as readers and writers see it."""
+
+    id: str
+    out: dict[str, OutputFile]
+    stdin: StdinPipe
+    returncode: int | None = None
+    reason: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self, returncode: int | None, reason: str) -> None:
+        if self.done.is_set():
+            return
+        self.returncode, self.reason = returncode, reason
+        for f in self.out.values():
+            f.close()
+        self.stdin.close()
+        self.done.set()
+
+
+@dataclass
+class Exec:
+    proc: Proc
+    sandbox: Sandbox
+    process: asyncio.subprocess.Process | None = None
+
+
+@dataclass
+class Sandbox:
+    id: str
+    app_id: str
+    name: str | None
+    tags: dict[str, str]
+    body: req.SandboxCreate
+    created_at: float
+    proc: Proc
+    container_id: str
+    state: str = "pending"
+    handle: ContainerHandle | None = None
+    image: ContainerImage | None = None
+    execs: dict[str, Exec] = field(default_factory=dict)
+    last_active: float = field(default_factory=time.monotonic)
+    end_reason: str | None = None  # why the control plane ended it ("timeout", "terminated", …)
+    target: local_exec.ExecTarget | None = None
+    ports: dict[int, Any] = field(default_factory=dict)  # tunnels: port -> its listener (sandbox_tunnels.py)
+
+    def info(self) -> dict[str, Any]:
+        return {"sandbox_id": self.id, "app_id": self.app_id, "name": self.name, "tags": self.tags,
+                "state": self.state, "returncode": self.proc.returncode, "reason": self.proc.reason,
+                "created_at": self.created_at, "container_id": self.container_id}
+
+
+def row_info(r: rows.SandboxRow) -> dict[str, Any]:
+    return {"sandbox_id": r.sandbox_id, "app_id": r.app_id, "name": r.name, "tags": r.tags, "state": r.state,
+            "returncode": r.returncode, "reason": r.reason, "created_at": r.created_at,
+            "container_id": r.container_id}
+
+
+class Sandboxes:
+    def __init__(self, store: Store, backend: Backend, registry: Registry, secrets: Any, volumes: Any,
+                 images: Any, state_dir: Path) -> None:
+        self.store = store
+        self.backend = backend
+        self.registry = registry
+        self.secrets = secrets
+        self.volumes = volumes
+        self.images = images
+        self.dir = Path(state_dir) / "sandboxes"
+        self.live: dict[str, Sandbox] = {}
+        self.execs: dict[str, Exec] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.on_start: list[Any] = []  # callbacks(sandbox) once its container runs (tunnels)
+        self.on_end: list[Any] = []
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def recover(self) -> None:
+        """At start: sandboxes the previous control plane ran died with it."""
+        n = await rows.end_unfinished(self.store, RESTARTED, time.time())
+        if n:
+            log.info("%d sandbox(es) of the previous control plane marked terminated (%s)", n, RESTARTED)
+
+    # -- creating --------------------------------------------------------------------------------------------
+    async def create(self, body: req.SandboxCreate) -> Sandbox:
+        if self.backend.name != "local":
+            raise ApiError(400, f"sandboxes run on the local backend only; this control plane uses "
+                                f"{self.backend.name!r}")
+        app = self.registry.apps.get(body.app_id)
+        if app is None:
+            raise ApiError(404, f"app {body.app_id} not found or stopped", "NotFoundError")
+        if body.name is not None and any(s.app_id == body.app_id and s.name == body.name
+                                         for s in self.live.values()):
+            raise ApiError(409, f"a running sandbox of this app is already named {body.name!r}",
+                           "AlreadyExistsError")
+        if body.gpu is not None:
+            raise ApiError(400, "`gpu`: sandboxes with GPUs are not supported by this control plane yet")
+        if (body.block_network or body.outbound_cidr_allowlist is not None) and self.backend.isolation != "sandbox":
+            raise ApiError(400, "`block_network`/`outbound_cidr_allowlist` need the Linux sandbox; containers "
+                                "here are plain processes")
+        image = None
+        if body.image is not None:
+            try:
+                image = await self.images.ensure(
+                    body.image, log=lambda text: app.logs.append(body.image.image_id, "stderr", text))
+            except Exception as exc:  # noqa: BLE001 - a build failure is the caller's (its steps)
+                raise ApiError(400, f"`image`: {exc}", "ImageBuildError") from exc
+        refs = [SecretRef(name=n) for n in body.secret_names]
+        try:
+            await self.secrets.check(refs)
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ApiError(404, f"`secret_names`: {exc}", "NotFoundError") from exc
+        sid = new_id("sb")
+        sdir = self.dir / sid
+        proc = Proc(sid, {fd: OutputFile(sdir / fd) for fd in FDS}, StdinPipe(None))
+        sb = Sandbox(sid, body.app_id, body.name, dict(body.tags), body, time.time(), proc, new_id("ta"))
+        sb.image = image
+        self.live[sid] = sb
+        await self.store.flushed(rows.insert(self.store, rows.SandboxRow(
+            sid, body.app_id, body.name, sb.tags, "pending", None, None, sb.created_at, None, list(body.command),
+            image.image_id if image else None, sb.container_id)))
+        try:
+            await self._start(sb, refs)
+        except BaseException as exc:
+            reason = f"failed to start: {exc}"
+            self._ended(sb, None, reason)
+            if isinstance(exc, ApiError):
+                raise
+            raise ApiError(400, f"the sandbox could not start: {exc}") from exc
+        return sb
+
+    def _definition(self, sb: Sandbox) -> FunctionDefinition:
+        b = sb.body
+        extra: dict[str, Any] = {"block_network": True} if b.block_network else {}
+        return FunctionDefinition(tag=f"sandbox:{sb.id}", options=Options(
+            timeout=max(1, int(b.timeout)), cpu=b.cpu, memory=b.memory, extra=extra))
+
+    async def _start(self, sb: Sandbox, refs: list[SecretRef]) -> None:
+        b = sb.body
+        env = await self.secrets.resolve(refs) if refs else {}
+        env.update(b.env)
+        env.update(modal_environment(sb.container_id, sb.image))
+        env.update({"SHOAL_SANDBOX_ID": sb.id, "MODAL_SANDBOX_ID": sb.id, "SHOAL_CONTAINER_ID": sb.container_id})
+        image = sb.image
+        if b.workdir is not None:
+            image = replace(image, workdir=b.workdir) if image is not None else ContainerImage(
+                image_id="im-host", python=getattr(self.backend, "python", ""), workdir=b.workdir)
+        definition = self._definition(sb)
+        if b.volumes:
+            definition.volumes = await self._volume_refs(b.volumes)
+        spec = ContainerSpec(
+            container_id=sb.container_id, function_id=sb.id, app_id=sb.app_id, definition=definition, env=env,
+            image=image, command=list(b.command) or None, idle=not b.command, stdin=True,
+            raw_output=lambda fd, data: self._output(sb, fd, data),
+            outbound_cidr_allowlist=b.outbound_cidr_allowlist,
+        )
+        holder = _Holder(sb.container_id, definition)
+        if definition.volumes:
+            spec.volumes = await self.volumes.prepare(holder)
+        try:
+            handle = await self.backend.start(spec, on_output=None)
+        except Unschedulable as exc:
+            await self.volumes.release(sb.container_id)
+            raise ApiError(503, f"no room for the sandbox now: {exc}", "ResourceExhaustedError") from exc
+        except BaseException:
+            await self.volumes.release(sb.container_id)
+            raise
+        sb.handle = handle
+        sb.proc.stdin = StdinPipe(getattr(handle, "stdin", None))
+        sb.state = "running"
+        rows.started(self.store, sb.id, sb.container_id)
+        loop = asyncio.get_running_loop()
+        loop.call_later(b.timeout, self._timed_out, sb)
+        for cb in self.on_start:
+            cb(sb)
+        self.spawn(self._watch(sb, handle))
+
+    async def _volume_refs(self, volumes: list[req.SandboxVolume]) -> list:
+        from ..._spec.definitions import VolumeMount
+
+        refs = []
+        for v in volumes:
+            vid, _ = await object_rows.find_or_create(self.store, "volume", v.volume_name, create=False,
+                                                      new_id="", app_id=None)
+            if not vid:
+                raise ApiError(404, f"`volumes`: Volume {v.volume_name!r} not found", "NotFoundError")
+            refs.append(VolumeMount(mount_path=v.path, volume_id=vid, name=v.volume_name, read_only=v.read_only))
+        return refs
+
+    def _output(self, sb: Sandbox, fd: str, data: bytes) -> None:
+        f = sb.proc.out.get(fd)
+        if f is not None:
+            f.append(data)
+
+    async def _watch(self, sb: Sandbox, handle: ContainerHandle) -> None:
+        code = await handle.wait()
+        await self.volumes.release(sb.container_id)
+        reason = sb.end_reason or handle.exit_reason() or describe_exit(code)
+        if sb.end_reason is None and code is not None and code >= 0 and not handle.exit_reason():
+            reason = "exited"
+        self._ended(sb, code, reason)
+
+    def _ended(self, sb: Sandbox, code: int | None, reason: str) -> None:
+        sb.state = "terminated"
+        sb.proc.finish(code, reason)
+        for ex in list(sb.execs.values()):
+            self._kill_exec(ex, "sandbox terminated")
+        rows.ended(self.store, sb.id, code, reason, time.time())
+        self.live.pop(sb.id, None)
+        for cb in self.on_end:
+            cb(sb)
+
+    # -- ending ----------------------------------------------------------------------------------------------
+    def terminate(self, sb: Sandbox, reason: str = "terminated") -> None:
+        if sb.state == "terminated" or sb.end_reason is not None:
+            return
+        sb.end_reason = reason
+        if sb.handle is None:
+            return
+        sb.handle.terminate()
+        asyncio.get_running_loop().call_later(TERM_GRACE_S, sb.handle.kill)
+
+    def _timed_out(self, sb: Sandbox) -> None:
+        if sb.state == "running":
+            self.terminate(sb, "timeout")
+
+    def tick(self, now: float) -> None:
+        """Once a second: idle timeouts, and sandboxes whose app stopped."""
+        for sb in list(self.live.values()):
+            if sb.state != "running":
+                continue
+            if sb.app_id not in self.registry.apps:
+                self.terminate(sb, "app stopped")
+            elif sb.body.idle_timeout is not None and not any(
+                    not e.proc.done.is_set() for e in sb.execs.values()) \
+                    and now - sb.last_active > sb.body.idle_timeout:
+                self.terminate(sb, "idle_timeout")
+
+    async def housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # noqa: BLE001 - the next second tries again
+                log.exception("sandbox housekeeping failed")
+
+    def shutdown(self) -> None:
+        for sb in list(self.live.values()):
+            if sb.handle is not None:
+                sb.handle.kill()
+
+    # -- looking up ------------------------------------------------------------------------------------------
+    def get_live(self, sandbox_id: str) -> Sandbox:
+        sb = self.live.get(sandbox_id)
+        if sb is None:
+            raise ApiError(404, f"sandbox {sandbox_id} is not running", "NotFoundError")
+        return sb
+
+    async def info(self, sandbox_id: str) -> dict[str, Any]:
+        sb = self.live.get(sandbox_id)
+        if sb is not None:
+            return sb.info()
+        row = await rows.get(self.store, sandbox_id)
+        if row is None:
+            raise ApiError(404, f"sandbox {sandbox_id} not found", "NotFoundError")
+        return row_info(row)
+
+    def app_of(self, sandbox_id: str) -> str | None:
+        sb = self.live.get(sandbox_id)
+        return sb.app_id if sb is not None else None
+
+    def app_of_exec(self, exec_id: str) -> str | None:
+        ex = self.execs.get(exec_id)
+        return ex.sandbox.app_id if ex is not None else None
+
+    # -- exec ------------------------------------------------------------------------------------------------
+    async def _target(self, sb: Sandbox) -> local_exec.ExecTarget:
+        if sb.target is None or not os.path.isdir(f"/proc/{sb.target.pid}"):
+            handle = sb.handle
+            assert handle is not None
+            info = {"container_id": sb.container_id, "pid": handle.pid, "sandboxed": handle.sandboxed,
+                    "cgroups": list(handle.cgroup.dirs) if handle.cgroup is not None else []}
+            try:
+                sb.target = await asyncio.to_thread(local_exec.find_target, info)
+            except local_exec.ExecError as exc:
+                raise ApiError(409, str(exc), "SandboxTerminatedError") from exc
+        return sb.target
+
+    async def exec(self, sb: Sandbox, body: req.ExecCreate) -> Exec:
+        if sb.state != "running" or sb.handle is None or sb.end_reason is not None:
+            raise ApiError(409, f"sandbox {sb.id} is not running", "SandboxTerminatedError")
+        target = await self._target(sb)
+        env = dict(target.env)
+        if body.secret_names:
+            env.update(await self.secrets.resolve([SecretRef(name=n) for n in body.secret_names]))
+        env.update(body.env)
+        cmd = list(body.argv)
+        if body.workdir is not None:
+            cmd = ["/usr/bin/env", "-C", body.workdir, "--", *cmd]
+        argv = local_exec.command_argv(target, cmd, pty=False)
+        eid = new_id("ex")
+        edir = self.dir / sb.id / "execs"
+        proc = Proc(eid, {fd: OutputFile(edir / f"{eid}.{fd}") for fd in FDS}, StdinPipe(None))
+        ex = Exec(proc, sb)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, cwd=target.cwd if not target.sandboxed else "/",
+                start_new_session=True,
+                preexec_fn=(lambda: local_exec.prepare_process(target)) if target.sandboxed else None)
+        except OSError as exc:
+            proc.finish(None, f"failed to start: {exc}")
+            raise ApiError(400, f"`argv`: cannot run {body.argv[0]!r}: {exc}") from exc
+        ex.process = process
+        proc.stdin = StdinPipe(process.stdin)
+        sb.execs[eid] = ex
+        self.execs[eid] = ex
+        sb.last_active = time.monotonic()
+        timer = asyncio.get_running_loop().call_later(body.timeout, self._kill_exec, ex, "timeout") \
+            if body.timeout else None
+        self.spawn(self._run_exec(ex, process, timer))
+        return ex
+
+    async def _run_exec(self, ex: Exec, process: asyncio.subprocess.Process, timer: Any) -> None:
+        async def pump(stream: asyncio.StreamReader | None, f: OutputFile) -> None:
+            while stream is not None:
+                chunk = await stream.read(65536)
+                if not chunk:
+                    return
+                f.append(chunk)
+
+        await asyncio.gather(pump(process.stdout, ex.proc.out["stdout"]), pump(process.stderr, ex.proc.out["stderr"]))
+        code = await process.wait()
+        if timer is not None:
+            timer.cancel()
+        ex.proc.finish(code, ex.proc.reason or ("exited" if code >= 0 else describe_exit(code)))
+        ex.sandbox.execs.pop(ex.proc.id, None)
+        ex.sandbox.last_active = time.monotonic()
+
+    def _kill_exec(self, ex: Exec, reason: str) -> None:
+        """An exec's timeout (or its sandbox's end): the exec's process group, nothing else of the sandbox."""
+        if ex.process is None or ex.process.returncode is not None:
+            return
+        if ex.proc.reason is None:
+            ex.proc.reason = reason
+        try:
+            os.killpg(ex.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def get_exec(self, exec_id: str) -> Exec:
+        ex = self.execs.get(exec_id)
+        if ex is None:
+            raise ApiError(404, f"exec {exec_id} not found", "NotFoundError")
+        return ex
+
+    def exec_files(self, exec_id: str) -> dict[str, Path] | None:
+        """A finished exec's output files (after a restart, or once forgotten)."""
+        for d in self.dir.glob(f"*/execs/{exec_id}.stdout"):
+            return {fd: d.parent / f"{exec_id}.{fd}" for fd in FDS}
+        return None
+
+
+class _Holder:
+    """What `Volumes.prepare` reads of a container: its id and its definition's mounts."""
+
+    def __init__(self, container_id: str, definition: FunctionDefinition) -> None:
+        self.id = container_id
+        self.pool = type("PoolView", (), {"definition": definition})()
