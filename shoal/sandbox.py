@@ -221,26 +221,25 @@ def _in_container() -> bool:
     return "SHOAL_CONTAINER_ID" in os.environ
 
 
-def _app_id(app: Any) -> str | None:
-    """The app a new sandbox belongs to; None inside a container (the control plane uses the container's app)."""
+def _app_id(app: Any) -> str:
+    """The app a new sandbox belongs to: `app`'s, or inside a function's container that function's app."""
     from .app import App
 
+    own = os.environ.get("SHOAL_APP_ID") if _in_container() else None
+    if app is not None and not isinstance(app, App):
+        raise InvalidError(f"`app` must be a modal.App, got {type(app).__name__}")
+    if app is not None and app.app_id is not None:
+        return app.app_id
+    if own:
+        return own
     if app is None:
-        if _in_container():
-            return None
         raise InvalidError(
             "Sandboxes require an App when created outside of a container. Run an ephemeral App "
             "(`with app.run(): ...`) or reference a deployed one:\n\n"
             "    app = modal.App.lookup('sandbox-app', create_if_missing=True)\n"
             "    sb = modal.Sandbox.create(..., app=app)")
-    if not isinstance(app, App):
-        raise InvalidError(f"`app` must be a modal.App, got {type(app).__name__}")
-    if app.app_id is None:
-        if _in_container():
-            return None
-        raise InvalidError("App has not been initialized yet: create the sandbox inside `with app.run():`, or use "
-                           "a deployed app (`modal.App.lookup('sandbox-app', create_if_missing=True)`)")
-    return app.app_id
+    raise InvalidError("App has not been initialized yet: create the sandbox inside `with app.run():`, or use "
+                       "a deployed app (`modal.App.lookup('sandbox-app', create_if_missing=True)`)")
 
 
 def create_body(args: Sequence[Any], *, app: Any = None, name: str | None = None, tags: Any = None,

@@ -131,8 +131,10 @@ def test_app_is_required_outside_a_container(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_inside_a_container_the_app_may_be_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_CONTAINER_ID", "ta-x")
-    assert create_body(["true"])["app_id"] is None  # the control plane uses the calling container's app
-    assert create_body(["true"], app=shoal.App("hydrated"))["app_id"] is None
+    monkeypatch.setenv("SHOAL_APP_ID", "ap-own")  # set by the container's runtime
+    assert create_body(["true"])["app_id"] == "ap-own"
+    assert create_body(["true"], app=shoal.App("hydrated"))["app_id"] == "ap-own"
+    assert create_body(["true"], app=FakeApp("ap-other"))["app_id"] == "ap-other"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -420,7 +422,7 @@ def test_filesystem_requests_and_errors(tmp_path) -> None:
     assert sent == [("POST", "/v1/sandboxes/sb-10/fs/write", {"path": "/tmp/a.txt", "data": b"hi", "parents": True})]
     assert drive(plan_of(fs.read_text, "/tmp/a.txt"), lambda *_: {"data": b"hi"})[0] == "hi"
     entries, _ = drive(plan_of(fs.list_files, "/tmp"), lambda *_: {"entries": [
-        {"path": "a.txt", "type": "file", "size": 2}, {"path": "d", "type": "directory"}]})
+        {"name": "a.txt", "type": "file", "size": 2}, {"name": "d", "type": "directory"}]})
     assert [(e.path, e.is_dir, e.size) for e in entries] == [("a.txt", False, 2), ("d", True, 0)]
 
     def missing(*_: Any) -> Any:
