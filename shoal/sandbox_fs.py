@@ -52,8 +52,9 @@ class FileInfo:
 
 
 def _file_info(wire: dict[str, Any], path: str = "") -> FileInfo:
-    return FileInfo(path=wire.get("path") or wire.get("name") or path, type=wire.get("type", "file"), size=int(wire.get("size") or 0),
-                    mode=int(wire.get("mode") or 0), mtime=float(wire.get("mtime") or 0.0))
+    return FileInfo(path=wire.get("path") or wire.get("name") or path, type=wire.get("type", "file"),
+                    size=int(wire.get("size") or 0), mode=int(wire.get("mode") or 0),
+                    mtime=float(wire.get("mtime") or 0.0))
 
 
 class SandboxFilesystem:
