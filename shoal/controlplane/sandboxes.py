@@ -191,16 +191,16 @@ class SandboxRoutes:
         return await _write(sb.proc, body)
 
     async def exec(self, request: web.Request) -> web.Response:
-        sb = self.sandboxes.get_live(request.match_info["sandbox_id"])
+        sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
         ex = await self.sandboxes.exec(sb, await body_of(request, req.ExecCreate))
         return reply({"exec_id": ex.proc.id})
 
     async def get_tunnels(self, request: web.Request) -> web.Response:
-        sb = self.sandboxes.get_live(request.match_info["sandbox_id"])
+        sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
         return reply({"tunnels": self.tunnels.describe(sb)})
 
     async def snapshot(self, request: web.Request) -> web.Response:
-        sb = self.sandboxes.get_live(request.match_info["sandbox_id"])
+        sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
         raise ApiError(400, f"snapshot_filesystem needs a sandbox whose image is an OCI image "
                             f"(Image.from_registry/from_dockerfile) run as its root filesystem; sandbox {sb.id} runs "
                             f"image {sb.image.image_id if sb.image else 'im-host'}, which is not one")
@@ -210,7 +210,7 @@ class SandboxRoutes:
         op = request.match_info["op"]
         if op not in FS_OPS:
             raise ApiError(404, f"no filesystem operation {op!r} (one of {', '.join(FS_OPS)})", "NotFoundError")
-        sb = self.sandboxes.get_live(request.match_info["sandbox_id"])
+        sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
         body = await body_of(request, req.FsOp, DATA_BODY_MAX)
         flag = body.parents if op in ("write", "mkdir") else body.recursive
         result = await self._inside(sb, [op, body.path, "1" if flag else "0"], body.data if op == "write" else b"")

@@ -91,6 +91,18 @@ class Sandbox:
                 "created_at": self.created_at, "container_id": self.container_id}
 
 
+def end_reason(ours: str | None, backend: str | None) -> str:
+    """Why a sandbox ended, as stored: the control plane's reason ("timeout", "terminated", …), else "oom" for an
+    OOM kill, "failed to start: …" for a sandbox that could not be set up, else "exited"."""
+    if ours is not None:
+        return ours
+    if backend and backend.startswith("out of memory"):
+        return "oom"
+    if backend and backend.startswith("sandbox setup failed"):
+        return f"failed to start: {backend}"
+    return "exited"
+
+
 def row_info(r: rows.SandboxRow) -> dict[str, Any]:
     return {"sandbox_id": r.sandbox_id, "app_id": r.app_id, "name": r.name, "tags": r.tags, "state": r.state,
             "returncode": r.returncode, "reason": r.reason, "created_at": r.created_at,
@@ -240,10 +252,7 @@ class Sandboxes:
     async def _watch(self, sb: Sandbox, handle: ContainerHandle) -> None:
         code = await handle.wait()
         await self.volumes.release(sb.container_id)
-        reason = sb.end_reason or handle.exit_reason() or describe_exit(code)
-        if sb.end_reason is None and code is not None and code >= 0 and not handle.exit_reason():
-            reason = "exited"
-        self._ended(sb, code, reason)
+        self._ended(sb, code, end_reason(sb.end_reason, handle.exit_reason()))
 
     def _ended(self, sb: Sandbox, code: int | None, reason: str) -> None:
         sb.state = "terminated"
@@ -295,10 +304,12 @@ class Sandboxes:
                 sb.handle.kill()
 
     # -- looking up ------------------------------------------------------------------------------------------
-    def get_live(self, sandbox_id: str) -> Sandbox:
+    async def get_live(self, sandbox_id: str) -> Sandbox:
+        """A running sandbox: 404 when there is no such sandbox, 409 (SandboxTerminatedError) when it ended."""
         sb = self.live.get(sandbox_id)
         if sb is None:
-            raise ApiError(404, f"sandbox {sandbox_id} is not running", "NotFoundError")
+            info = await self.info(sandbox_id)
+            raise ApiError(409, f"sandbox {sandbox_id} is terminated ({info['reason']})", "SandboxTerminatedError")
         return sb
 
     async def info(self, sandbox_id: str) -> dict[str, Any]:

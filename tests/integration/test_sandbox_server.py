@@ -1,0 +1,270 @@
+"""`shoal.Sandbox` on the control plane, over its HTTP routes (docs/sandboxes.md): real control plane, real
+containers, the real client transport."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal import exception
+from shoal._client.transport import get_client, reset_client
+
+from ..conftest import ControlPlane, wait_for
+
+
+def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    return get_client().call(method, path, body)
+
+
+def new_app() -> str:
+    return call("POST", "/v1/apps/lookup", {"name": f"sbt-{secrets.token_hex(4)}", "create_if_missing": True})["app_id"]
+
+
+def create(app_id: str, *command: str, **kw: Any) -> str:
+    return call("POST", "/v1/sandboxes", {"app_id": app_id, "command": list(command), **kw})["sandbox_id"]
+
+
+def read_all(path: str, fd: str = "stdout", timeout: float = 60.0) -> bytes:
+    """Everything a stream holds, until its end."""
+    out, offset, deadline = b"", 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = call("GET", f"{path}/output?fd={fd}&offset={offset}&timeout=20")
+        out += r["data"]
+        offset = r["offset"]
+        if r["eof"]:
+            return out
+    raise AssertionError(f"{path} {fd} did not end; so far {out!r}")
+
+
+def read_until(path: str, needle: bytes, offset: int = 0, fd: str = "stdout", timeout: float = 60.0
+               ) -> tuple[bytes, int]:
+    out, deadline = b"", time.monotonic() + timeout
+    while needle not in out:
+        assert time.monotonic() < deadline, f"no {needle!r} in {out!r}"
+        r = call("GET", f"{path}/output?fd={fd}&offset={offset}&timeout=10")
+        out += r["data"]
+        offset = r["offset"]
+        assert not (r["eof"] and needle not in out), f"ended without {needle!r}: {out!r}"
+    return out, offset
+
+
+def wait(sid: str, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = call("GET", f"/v1/sandboxes/{sid}/wait?timeout=20")
+        if r["returncode"] is not None or r["reason"] is not None:
+            return r
+    raise AssertionError(f"sandbox {sid} still running")
+
+
+def run_exec(sid: str, *argv: str, **kw: Any) -> tuple[int, bytes, bytes]:
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": list(argv), **kw})["exec_id"]
+    out = read_all(f"/v1/execs/{eid}")
+    err = read_all(f"/v1/execs/{eid}", "stderr")
+    while True:
+        r = call("GET", f"/v1/execs/{eid}/wait?timeout=20")
+        if r["returncode"] is not None:
+            return r["returncode"], out, err
+
+
+@pytest.fixture
+def app_id(control_plane: ControlPlane) -> str:
+    return new_app()
+
+
+def test_command_output_and_exit_code(app_id: str) -> None:
+    sid = create(app_id, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert read_all(f"/v1/sandboxes/{sid}") == b"out\n"
+    assert read_all(f"/v1/sandboxes/{sid}", "stderr") == b"err\n"
+    assert wait(sid) == {"returncode": 3, "reason": "exited"}
+    info = call("GET", f"/v1/sandboxes/{sid}")
+    assert info["state"] == "terminated" and info["returncode"] == 3 and info["app_id"] == app_id
+    assert info["container_id"].startswith("ta-")
+
+
+def test_output_survives_control_plane_restart(private_control_plane: ControlPlane) -> None:
+    app = new_app()
+    done = create(app, "sh", "-c", "printf 'line1\\nline2\\n'")
+    assert wait(done)["returncode"] == 0
+    running = create(app, "sh", "-c", "echo started; sleep 300")
+    read_until(f"/v1/sandboxes/{running}", b"started")
+    private_control_plane.kill()
+    private_control_plane.start()
+    reset_client()
+    # Output written before the restart is all there, from the files, with its end.
+    assert read_all(f"/v1/sandboxes/{done}") == b"line1\nline2\n"
+    assert call("GET", f"/v1/sandboxes/{done}")["returncode"] == 0
+    # The sandbox whose process died with the old control plane is terminated, and says why.
+    info = call("GET", f"/v1/sandboxes/{running}")
+    assert info["state"] == "terminated" and info["reason"] == "control plane restarted"
+    assert read_all(f"/v1/sandboxes/{running}") == b"started\n"
+
+
+def test_stdin_drives_an_interactive_process(app_id: str) -> None:
+    sid = create(app_id, "python3", "-u", "-i", "-q")
+    path = f"/v1/sandboxes/{sid}"
+    offset = 0
+    sent = 0
+    for i, line in enumerate([b"x = 20\n", b"print(x + 22)\n", b"print('a' * 3)\n"]):
+        assert call("POST", f"{path}/stdin", {"offset": sent, "data": line})["offset"] == sent + len(line)
+        if i == 0:  # the same chunk resent: written once
+            assert call("POST", f"{path}/stdin", {"offset": sent, "data": line})["offset"] == sent + len(line)
+        sent += len(line)
+    got, _ = read_until(path, b"aaa\n")
+    assert got == b"42\naaa\n"  # the resent first line ran once: no error, no repeat
+    with pytest.raises(exception.InvalidError, match="offset"):
+        call("POST", f"{path}/stdin", {"offset": sent + 5, "data": b"1\n"})
+    call("POST", f"{path}/stdin", {"offset": sent, "data": b"", "eof": True})
+    assert wait(sid)["returncode"] == 0
+
+
+def test_cat_echoes_stdin_line_by_line(app_id: str) -> None:
+    sid = create(app_id, "cat")
+    path = f"/v1/sandboxes/{sid}"
+    offset, sent = 0, 0
+    for n in range(3):
+        line = f"line {n}\n".encode()
+        call("POST", f"{path}/stdin", {"offset": sent, "data": line})
+        sent += len(line)
+        got, offset = read_until(path, line, offset)
+        assert got == line
+    call("POST", f"{path}/stdin", {"offset": sent, "eof": True})
+    assert wait(sid) == {"returncode": 0, "reason": "exited"}
+
+
+def test_concurrent_execs_and_exec_stdin(app_id: str) -> None:
+    sid = create(app_id)  # no command: it waits until terminated
+    eids = [call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sh", "-c", f"sleep 0.5; echo exec {n}; "
+                                                                           "echo $SHOAL_SANDBOX_ID"]})["exec_id"]
+            for n in range(6)]
+    for n, eid in enumerate(eids):
+        assert read_all(f"/v1/execs/{eid}") == f"exec {n}\n{sid}\n".encode()
+        assert call("GET", f"/v1/execs/{eid}/wait?timeout=30") == {"returncode": 0, "reason": "exited"}
+    # An exec's stdin, and its workdir and env.
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec",
+               {"argv": ["sh", "-c", "read x; echo \"$x $GREETING $(pwd)\""], "workdir": "/tmp",
+                "env": {"GREETING": "hello"}})["exec_id"]
+    call("POST", f"/v1/execs/{eid}/stdin", {"offset": 0, "data": b"typed\n", "eof": True})
+    assert read_all(f"/v1/execs/{eid}") == b"typed hello /tmp\n"
+    assert run_exec(sid, "sh", "-c", "exit 7")[0] == 7
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    assert wait(sid)["reason"] == "terminated"
+
+
+def test_exec_timeout_kills_only_the_exec(app_id: str) -> None:
+    sid = create(app_id, "sh", "-c", "echo up; sleep 300")
+    read_until(f"/v1/sandboxes/{sid}", b"up")
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sleep", "300"], "timeout": 1})["exec_id"]
+    deadline = time.monotonic() + 60
+    while (r := call("GET", f"/v1/execs/{eid}/wait?timeout=20"))["returncode"] is None:
+        assert time.monotonic() < deadline
+    assert r["reason"] == "timeout" and r["returncode"] != 0
+    assert call("GET", f"/v1/sandboxes/{sid}")["state"] == "running"
+    assert run_exec(sid, "echo", "still here")[1] == b"still here\n"
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    assert wait(sid)["reason"] == "terminated"
+
+
+def test_sandbox_timeout_and_idle_timeout(app_id: str) -> None:
+    sid = create(app_id, "sleep", "300", timeout=1)
+    r = wait(sid)
+    assert r["reason"] == "timeout" and r["returncode"] != 0
+    idle = create(app_id, idle_timeout=1)
+    assert wait(idle)["reason"] == "idle_timeout"
+    # Exec'ing in a terminated sandbox is refused.
+    with pytest.raises(exception.SandboxTerminatedError):
+        call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["true"]})
+
+
+def test_tags_list_and_by_name(app_id: str) -> None:
+    app_name = call("POST", "/v1/apps/lookup", {"name": app_id})["name"]
+    a = create(app_id, name="first", tags={"team": "a", "kind": "x"})
+    b = create(app_id, tags={"team": "b"})
+    with pytest.raises(exception.AlreadyExistsError):
+        create(app_id, name="first")
+    assert call("GET", f"/v1/sandboxes/by-name?app_name={app_name}&name=first")["sandbox_id"] == a
+    with pytest.raises(exception.NotFoundError):
+        call("GET", f"/v1/sandboxes/by-name?app_name={app_name}&name=nobody")
+    listed = {s["sandbox_id"] for s in call("GET", f"/v1/sandboxes?app_id={app_id}")["sandboxes"]}
+    assert {a, b} <= listed
+    only_a = call("GET", f"/v1/sandboxes?app_id={app_id}&tag=team=a")["sandboxes"]
+    assert [s["sandbox_id"] for s in only_a] == [a]
+    call("PUT", f"/v1/sandboxes/{b}/tags", {"tags": {"team": "a"}})
+    assert call("GET", f"/v1/sandboxes/{b}")["tags"] == {"team": "a"}
+    both = {s["sandbox_id"] for s in call("GET", f"/v1/sandboxes?app_id={app_id}&tag=team=a")["sandboxes"]}
+    assert both == {a, b}
+    for sid in (a, b):
+        call("POST", f"/v1/sandboxes/{sid}/terminate")
+        assert wait(sid)["reason"] == "terminated"
+    # Terminated: no longer found by name; a new one may take the name.
+    with pytest.raises(exception.NotFoundError):
+        call("GET", f"/v1/sandboxes/by-name?app_name={app_name}&name=first")
+    c = create(app_id, name="first")
+    call("POST", f"/v1/sandboxes/{c}/terminate")
+
+
+def test_bad_requests_name_the_field(app_id: str) -> None:
+    with pytest.raises(exception.InvalidError, match="timeout"):
+        call("POST", "/v1/sandboxes", {"app_id": app_id, "timeout": -1})
+    with pytest.raises(exception.InvalidError, match="unencrypted_ports"):
+        call("POST", "/v1/sandboxes", {"app_id": app_id, "unencrypted_ports": [70000]})
+    with pytest.raises(exception.NotFoundError):
+        call("POST", "/v1/sandboxes", {"app_id": "ap-nosuchapp"})
+    with pytest.raises(exception.NotFoundError):
+        call("GET", "/v1/sandboxes/sb-nosuch")
+
+
+def test_tunnel_answers_http_from_a_server_in_the_sandbox(app_id: str) -> None:
+    import urllib.request
+
+    sid = create(app_id, "python3", "-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", "/tmp",
+                 encrypted_ports=[8000])
+    run_exec(sid, "sh", "-c", "echo tunnelled > /tmp/hello.txt")
+    tunnel = call("GET", f"/v1/sandboxes/{sid}/tunnels")["tunnels"][8000]
+    got: list[bytes] = []
+
+    def fetch() -> bool:
+        try:
+            with urllib.request.urlopen(tunnel["url"] + "/hello.txt", timeout=5) as resp:
+                got.append(resp.read())
+            return True
+        except OSError:
+            return False
+
+    assert wait_for(fetch, 30)
+    assert got[-1] == b"tunnelled\n"
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)
+
+
+def test_filesystem_operations_run_inside(app_id: str) -> None:
+    sid = create(app_id)
+    fs = f"/v1/sandboxes/{sid}/fs"
+    call("POST", f"{fs}/mkdir", {"path": "/tmp/a/b", "parents": True})
+    call("POST", f"{fs}/write", {"path": "/tmp/a/b/f.bin", "data": bytes(range(256))})
+    assert call("POST", f"{fs}/read", {"path": "/tmp/a/b/f.bin"})["data"] == bytes(range(256))
+    assert call("POST", f"{fs}/stat", {"path": "/tmp/a/b/f.bin"})["size"] == 256
+    assert [e["name"] for e in call("POST", f"{fs}/list", {"path": "/tmp/a"})["entries"]] == ["b"]
+    assert run_exec(sid, "cat", "/tmp/a/b/f.bin")[1] == bytes(range(256))  # the container's own file
+    with pytest.raises(exception.NotFoundError):
+        call("POST", f"{fs}/read", {"path": "/tmp/nope"})
+    with pytest.raises(exception.InvalidError):
+        call("POST", f"{fs}/remove", {"path": "/tmp/a"})  # not empty, not recursive
+    call("POST", f"{fs}/remove", {"path": "/tmp/a", "recursive": True})
+    with pytest.raises(exception.NotFoundError):
+        call("POST", f"{fs}/stat", {"path": "/tmp/a"})
+    with pytest.raises(exception.InvalidError, match="path"):
+        call("POST", f"{fs}/read", {"path": "relative"})
+    # A symlink to an absolute path resolves inside the container, never to the host's file.
+    # (/root/inside.txt exists in the container only: through a host path the link would dangle.)
+    assert run_exec(sid, "sh", "-c", "echo mine > /root/inside.txt && ln -s /root/inside.txt /tmp/link")[0] == 0
+    assert not os.path.exists("/root/inside.txt")
+    assert call("POST", f"{fs}/read", {"path": "/tmp/link"})["data"] == b"mine\n"
+    with pytest.raises(exception.InvalidError, match="OCI"):
+        call("POST", f"/v1/sandboxes/{sid}/snapshot")
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
