@@ -102,9 +102,9 @@ class SandboxRoutes:
         """The app a sandbox route acts on (the gate's fact for access.py)."""
         info = request.match_info
         if "sandbox_id" in info:
-            return self.sandboxes.app_of(info["sandbox_id"])
+            return await self.sandboxes.app_of(info["sandbox_id"])
         if "exec_id" in info:
-            return self.sandboxes.app_of_exec(info["exec_id"])
+            return await self.sandboxes.app_of_exec(info["exec_id"])
         if route == "/v1/sandboxes/by-name":
             name = request.query.get("app_name")
             return next((a.id for a in self.registry.apps.values() if a.name == name), None)

@@ -267,3 +267,104 @@ def test_filesystem_operations_run_inside(app_id: str) -> None:
     with pytest.raises(exception.InvalidError, match="OCI"):
         call("POST", f"/v1/sandboxes/{sid}/snapshot")
     call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
+# -- untrusted code ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def unshared(tmp_path: Path) -> Any:
+    """A control plane of this test alone that shares no host directory with its containers (the suite's shares
+    its temporary root), for code that tries to destroy everything it can reach."""
+    from ..conftest import _use_home
+
+    previous = os.environ.get("SHOAL_HOME")
+    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_SHARE": ""}).start()
+    _use_home(cp.home)
+    yield cp
+    cp.stop()
+    if previous:
+        _use_home(Path(previous))
+
+
+def test_rm_rf_root_leaves_the_host_and_the_next_sandbox_intact(unshared: ControlPlane, tmp_path: Path) -> None:
+    canary = tmp_path / "canary.txt"
+    canary.write_text("still here")
+    app = new_app()
+    sid = create(app, "sh", "-c", "rm -rf --no-preserve-root / 2>/dev/null; echo done; ls /usr/bin | head -1")
+    assert read_all(f"/v1/sandboxes/{sid}").startswith(b"done\n")
+    wait(sid)
+    assert canary.read_text() == "still here"
+    assert os.path.exists("/usr/bin/env") and (unshared.home / "token").exists() and (unshared.home / "state.db").exists()
+    nxt = create(app, "sh", "-c", "echo fine; test -x /usr/bin/env && echo tools")
+    assert read_all(f"/v1/sandboxes/{nxt}") == b"fine\ntools\n"
+    assert call("GET", "/v1/health")["ok"]
+
+
+def test_a_sandbox_cannot_read_the_control_plane_or_other_sandboxes(unshared: ControlPlane) -> None:
+    app = new_app()
+    first = create(app)
+    assert run_exec(first, "sh", "-c", "echo private > /tmp/mine; echo private > /root/mine")[0] == 0
+    second = create(app)
+    home = str(unshared.home)
+    for argv in (["cat", "/tmp/mine"], ["cat", "/root/mine"], ["cat", f"{home}/token"], ["ls", home],
+                 ["cat", f"{home}/state.db"], ["ls", f"{home}/sandboxes"]):
+        code, out, _ = run_exec(second, *argv)
+        assert code != 0 and b"private" not in out and out == b"", (argv, out)
+    # Its processes are its own: the first sandbox's are not visible.
+    _, ps, _ = run_exec(second, "sh", "-c", "ls /proc | grep -c '^[0-9]'")
+    assert int(ps) < 10
+    # No control-plane credential or address in a sandbox's environment.
+    _, env, _ = run_exec(second, "env")
+    names = {line.split(b"=", 1)[0] for line in env.splitlines()}
+    assert not names & {b"SHOAL_TOKEN", b"SHOAL_CONTROL", b"SHOAL_SERVER_URL", b"SHOAL_CONTAINER_TOKEN"}
+    assert b"SHOAL_SANDBOX_ID" in names and b"MODAL_SANDBOX_ID" in names
+    for sid in (first, second):
+        call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
+def test_memory_hog_and_fork_bomb_are_contained(unshared: ControlPlane) -> None:
+    app = new_app()
+    hog = create(app, "python3", "-c", "x = bytearray(1 << 30); print('allocated')", memory=[64, 128])
+    r = wait(hog)
+    assert r["reason"] == "oom" and r["returncode"] != 0
+    assert b"allocated" not in read_all(f"/v1/sandboxes/{hog}")
+    # A fork bomb under cpu and memory limits, ended by its timeout; the machine and the next sandbox are fine.
+    bomb = create(app, "sh", "-c", "b() { b | b & }; b", cpu=[0.1, 0.5], memory=[64, 128], timeout=8)
+    r = wait(bomb, timeout=120)
+    assert r["reason"] in ("timeout", "oom", "exited"), r
+    nxt = create(app, "echo", "ok")
+    assert read_all(f"/v1/sandboxes/{nxt}") == b"ok\n"
+
+
+def test_block_network_reaches_nothing(app_id: str, control_plane: ControlPlane) -> None:
+    port = int(control_plane.url.rsplit(":", 1)[1])
+    probe = ("import socket, sys\n"
+             "for host, port in [('127.0.0.1', %d), ('1.1.1.1', 53), ('10.0.2.2', 22), ('169.254.53.53', 53)]:\n"
+             "    try:\n"
+             "        socket.create_connection((host, port), timeout=2).close(); print('reached', host)\n"
+             "    except OSError as e:\n"
+             "        print('no', host)\n"
+             "print(open('/proc/net/route').read().count('\\n'))\n") % port
+    sid = create(app_id, "python3", "-c", probe, block_network=True)
+    out = read_all(f"/v1/sandboxes/{sid}").decode()
+    assert "reached" not in out and out.count("no ") == 4
+    assert out.strip().splitlines()[-1] == "1"  # a routing table with its header alone: no interface but lo
+    # With the network, the same sandbox reaches its own loopback at least (the probe itself works).
+    ok = create(app_id, "python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+                                         "s.listen(); socket.create_connection(s.getsockname()); print('ok')")
+    assert read_all(f"/v1/sandboxes/{ok}") == b"ok\n"
+
+
+def test_function_containers_manage_only_their_own_apps_sandboxes(app_id: str) -> None:
+    import sandbox_server_app
+
+    other = create(app_id, "sleep", "300")
+    with sandbox_server_app.app.run(quiet=True) as running:
+        got = sandbox_server_app.manage.remote(running.app_id, app_id, other)
+    assert got["own create"] == 200
+    assert got["own wait"] == {"returncode": 0, "reason": "exited"}
+    assert got["own output"] == b"from-fn\n"
+    for what in ("other create", "other exec", "other terminate", "other list", "list all"):
+        status, body = got[what]
+        assert status == 403 and body["error"].startswith("containers may not"), (what, body)
+    assert call("GET", f"/v1/sandboxes/{other}")["state"] == "running"
+    call("POST", f"/v1/sandboxes/{other}/terminate")

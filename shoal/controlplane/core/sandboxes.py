@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from .sandbox_streams import OutputFile, StdinPipe
 log = logging.getLogger("shoal.sandbox")
 TERM_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
 RESTARTED = "control plane restarted"
+_ID = re.compile(r"(sb|ex)-[0-9a-f]{1,64}")  # ids as new_id makes them: safe in a path, never a glob
 FDS = ("stdout", "stderr")
 
 
@@ -316,18 +318,25 @@ class Sandboxes:
         sb = self.live.get(sandbox_id)
         if sb is not None:
             return sb.info()
-        row = await rows.get(self.store, sandbox_id)
+        row = await rows.get(self.store, sandbox_id) if _ID.fullmatch(sandbox_id) else None
         if row is None:
             raise ApiError(404, f"sandbox {sandbox_id} not found", "NotFoundError")
         return row_info(row)
 
-    def app_of(self, sandbox_id: str) -> str | None:
+    async def app_of(self, sandbox_id: str) -> str | None:
+        """The app of a sandbox, running or ended (None: no such sandbox)."""
         sb = self.live.get(sandbox_id)
-        return sb.app_id if sb is not None else None
+        if sb is not None:
+            return sb.app_id
+        row = await rows.get(self.store, sandbox_id)
+        return row.app_id if row is not None else None
 
-    def app_of_exec(self, exec_id: str) -> str | None:
+    async def app_of_exec(self, exec_id: str) -> str | None:
         ex = self.execs.get(exec_id)
-        return ex.sandbox.app_id if ex is not None else None
+        if ex is not None:
+            return ex.sandbox.app_id
+        files = self.exec_files(exec_id)
+        return await self.app_of(files["stdout"].parent.parent.name) if files is not None else None
 
     # -- exec ------------------------------------------------------------------------------------------------
     async def _target(self, sb: Sandbox) -> local_exec.ExecTarget:
@@ -412,6 +421,8 @@ class Sandboxes:
 
     def exec_files(self, exec_id: str) -> dict[str, Path] | None:
         """A finished exec's output files (after a restart, or once forgotten)."""
+        if not _ID.fullmatch(exec_id):
+            return None
         for d in self.dir.glob(f"*/execs/{exec_id}.stdout"):
             return {fd: d.parent / f"{exec_id}.{fd}" for fd in FDS}
         return None
