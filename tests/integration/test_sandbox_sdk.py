@@ -18,7 +18,7 @@ import shoal as modal
 from shoal.exception import AlreadyExistsError, InvalidError, NotFoundError, SandboxTerminatedError, SandboxTimeoutError
 from shoal.stream_type import StreamType
 
-from ..conftest import ControlPlane, _use_home, wait_for
+from ..conftest import ControlPlane, _use_home, run_cli, wait_for
 
 
 @pytest.fixture
@@ -220,6 +220,31 @@ def test_output_is_kept_after_the_sandbox_ended(app: modal.App) -> None:
     sb.wait()
     time.sleep(0.2)
     assert modal.Sandbox.from_id(sb.object_id).stdout.read() == "kept\n"
+
+
+# -- programs as Modal users write them (tests/programs/) ---------------------------------------------------------
+def _shoal_run(program: str) -> list[str]:
+    from .test_seed_functions import local_lines
+
+    programs = Path(__file__).parent.parent / "programs"
+    proc = run_cli("run", str(programs / program), timeout=240, cwd=programs)
+    assert proc.returncode == 0, f"shoal run {program} failed:\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return local_lines(proc.stdout)
+
+
+def test_program_multi_language_code_runner(control_plane: ControlPlane) -> None:
+    assert _shoal_run("sandbox_code_runner.py") == [
+        "python: 285 (exit 0)", "bash: 1-2-3- (exit 0)", "perl: 4,3,2,1 (exit 0)", "awk: 1024 (exit 0)",
+        "error: exit 1 bad input", "file: 2 args", "runaway killed: True sandbox alive: True",
+        "from a function: (0, '42')"]
+
+
+def test_program_stateful_repl_over_stdin_and_stdout(control_plane: ControlPlane) -> None:
+    assert _shoal_run("sandbox_repl.py") == [
+        ">>> x = 20", ">>> x + 22", "42", ">>> y = [i * x for i in range(3)]", ">>> y", "[0, 20, 40]",
+        ">>> 1 / 0", "ZeroDivisionError: division by zero", ">>> len(y) + x", "23",
+        ">>> import os; print(os.environ['MODAL_SANDBOX_ID'] == os.environ['SHOAL_SANDBOX_ID'])", "True",
+        "found by name: True", "exit: 0"]
 
 
 # -- untrusted code: on a control plane that shares no host directory with containers -------------------------------
