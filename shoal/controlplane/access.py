@@ -145,7 +145,7 @@ ROUTES: dict[tuple[str, str], Entry] = {
     **{(m, f"/v1/sandboxes/{{sandbox_id}}{p}"): Entry(Rule.OWN, "use other apps' sandboxes")
        for m, p in (("GET", ""), ("GET", "/wait"), ("POST", "/terminate"), ("PUT", "/tags"), ("GET", "/output"),
                     ("POST", "/stdin"), ("POST", "/exec"), ("GET", "/tunnels"), ("POST", "/fs/{op}"),
-                    ("POST", "/snapshot"))},
+                    ("POST", "/snapshot"), ("POST", "/reload-volumes"))},
     **{(m, f"/v1/execs/{{exec_id}}/{p}"): Entry(Rule.OWN, "use other apps' sandboxes")
        for m, p in (("GET", "output"), ("POST", "stdin"), ("GET", "wait"))},
 }

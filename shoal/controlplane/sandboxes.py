@@ -94,6 +94,7 @@ class SandboxRoutes:
         r.add_get("/v1/sandboxes/{sandbox_id}/tunnels", self.get_tunnels)
         r.add_post("/v1/sandboxes/{sandbox_id}/fs/{op}", self.fs)
         r.add_post("/v1/sandboxes/{sandbox_id}/snapshot", self.snapshot)
+        r.add_post("/v1/sandboxes/{sandbox_id}/reload-volumes", self.reload_volumes)
         r.add_get("/v1/execs/{exec_id}/output", self.exec_output)
         r.add_post("/v1/execs/{exec_id}/stdin", self.exec_stdin)
         r.add_get("/v1/execs/{exec_id}/wait", self.exec_wait)
@@ -205,6 +206,12 @@ class SandboxRoutes:
                             f"(Image.from_registry/from_dockerfile) run as its root filesystem; sandbox {sb.id} runs "
                             f"image {sb.image.image_id if sb.image else 'im-host'}, which is not one")
 
+    async def reload_volumes(self, request: web.Request) -> web.Response:
+        """Commit what the sandbox wrote to its Volumes, then show it their current versions."""
+        sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
+        await self.sandboxes.volumes.reload_all(_Mounted(sb.container_id, sb.handle))
+        return reply({})
+
     # -- filesystem ------------------------------------------------------------------------------------------
     async def fs(self, request: web.Request) -> web.Response:
         op = request.match_info["op"]
@@ -266,6 +273,14 @@ class SandboxRoutes:
         await _wait(ex.proc, min(query_of(request, req.SandboxWait).timeout, MAX_WAIT_S))
         return reply({"returncode": ex.proc.returncode if ex.proc.done.is_set() else None,
                       "reason": ex.proc.reason if ex.proc.done.is_set() else None})
+
+
+class _Mounted:
+    """What `Volumes.reload_all` needs of a container: its id and its handle (the process to remount in)."""
+
+    def __init__(self, container_id: str, handle: Any) -> None:
+        self.id = container_id
+        self.handle = handle
 
 
 def _now() -> float:

@@ -107,7 +107,6 @@ def test_output_survives_control_plane_restart(private_control_plane: ControlPla
 def test_stdin_drives_an_interactive_process(app_id: str) -> None:
     sid = create(app_id, "python3", "-u", "-i", "-q")
     path = f"/v1/sandboxes/{sid}"
-    offset = 0
     sent = 0
     for i, line in enumerate([b"x = 20\n", b"print(x + 22)\n", b"print('a' * 3)\n"]):
         assert call("POST", f"{path}/stdin", {"offset": sent, "data": line})["offset"] == sent + len(line)
@@ -277,7 +276,7 @@ def unshared(tmp_path: Path) -> Any:
     from ..conftest import _use_home
 
     previous = os.environ.get("SHOAL_HOME")
-    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_SHARE": ""}).start()
+    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_SHARE": "", "SHOAL_SANDBOX_PIDS_MAX": "200"}).start()
     _use_home(cp.home)
     yield cp
     cp.stop()
@@ -293,7 +292,8 @@ def test_rm_rf_root_leaves_the_host_and_the_next_sandbox_intact(unshared: Contro
     assert read_all(f"/v1/sandboxes/{sid}").startswith(b"done\n")
     wait(sid)
     assert canary.read_text() == "still here"
-    assert os.path.exists("/usr/bin/env") and (unshared.home / "token").exists() and (unshared.home / "state.db").exists()
+    assert os.path.exists("/usr/bin/env") and (unshared.home / "token").exists()
+    assert (unshared.home / "state.db").exists()
     nxt = create(app, "sh", "-c", "echo fine; test -x /usr/bin/env && echo tools")
     assert read_all(f"/v1/sandboxes/{nxt}") == b"fine\ntools\n"
     assert call("GET", "/v1/health")["ok"]
@@ -327,8 +327,16 @@ def test_memory_hog_and_fork_bomb_are_contained(unshared: ControlPlane) -> None:
     r = wait(hog)
     assert r["reason"] == "oom" and r["returncode"] != 0
     assert b"allocated" not in read_all(f"/v1/sandboxes/{hog}")
-    # A fork bomb under cpu and memory limits, ended by its timeout; the machine and the next sandbox are fine.
-    bomb = create(app, "sh", "-c", "b() { b | b & }; b", cpu=[0.1, 0.5], memory=[64, 128], timeout=8)
+    # Processes are limited (here to 200: SHOAL_SANDBOX_PIDS_MAX): forking stops there.
+    count = ("import os, time\nn = 0\ntry:\n    for _ in range(1000):\n        if os.fork() == 0:\n"
+             "            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n"
+             "    print('stopped', e.errno)\nprint(n)\n")
+    counted = create(app, "python3", "-c", count, timeout=20)
+    lines = read_all(f"/v1/sandboxes/{counted}").split()
+    assert lines[:2] == [b"stopped", b"11"] and 100 < int(lines[-1]) < 200, lines  # EAGAIN
+    call("POST", f"/v1/sandboxes/{counted}/terminate")
+    # A fork bomb under cpu and memory limits; the machine and the next sandbox are fine.
+    bomb = create(app, "sh", "-c", "b() { b | b & }; b; sleep 2", cpu=[0.1, 0.5], memory=[64, 128], timeout=8)
     r = wait(bomb, timeout=120)
     assert r["reason"] in ("timeout", "oom", "exited"), r
     nxt = create(app, "echo", "ok")
@@ -336,22 +344,23 @@ def test_memory_hog_and_fork_bomb_are_contained(unshared: ControlPlane) -> None:
 
 
 def test_block_network_reaches_nothing(app_id: str, control_plane: ControlPlane) -> None:
-    port = int(control_plane.url.rsplit(":", 1)[1])
+    import json
+
+    # The ingress proxy's port is forwarded into every container that has a network (web URLs work inside).
+    web_port = json.loads((control_plane.home / "server.json").read_text())["web_port"]
     probe = ("import socket, sys\n"
-             "for host, port in [('127.0.0.1', %d), ('1.1.1.1', 53), ('10.0.2.2', 22), ('169.254.53.53', 53)]:\n"
+             f"for host, port in [('127.0.0.1', {web_port}), ('1.1.1.1', 53), ('169.254.53.53', 53)]:\n"
              "    try:\n"
              "        socket.create_connection((host, port), timeout=2).close(); print('reached', host)\n"
              "    except OSError as e:\n"
              "        print('no', host)\n"
-             "print(open('/proc/net/route').read().count('\\n'))\n") % port
+             "print(len(open('/proc/net/route').read().splitlines()))\n")
     sid = create(app_id, "python3", "-c", probe, block_network=True)
-    out = read_all(f"/v1/sandboxes/{sid}").decode()
-    assert "reached" not in out and out.count("no ") == 4
-    assert out.strip().splitlines()[-1] == "1"  # a routing table with its header alone: no interface but lo
-    # With the network, the same sandbox reaches its own loopback at least (the probe itself works).
-    ok = create(app_id, "python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
-                                         "s.listen(); socket.create_connection(s.getsockname()); print('ok')")
-    assert read_all(f"/v1/sandboxes/{ok}") == b"ok\n"
+    out = read_all(f"/v1/sandboxes/{sid}").decode().splitlines()
+    assert out == ["no 127.0.0.1", "no 1.1.1.1", "no 169.254.53.53", "1"]  # a routing table with no route
+    # Without block_network the same probe reaches the forwarded port: the probe can tell.
+    sid = create(app_id, "python3", "-c", probe)
+    assert read_all(f"/v1/sandboxes/{sid}").decode().splitlines()[0] == "reached 127.0.0.1"
 
 
 def test_function_containers_manage_only_their_own_apps_sandboxes(app_id: str) -> None:
@@ -368,3 +377,24 @@ def test_function_containers_manage_only_their_own_apps_sandboxes(app_id: str) -
         assert status == 403 and body["error"].startswith("containers may not"), (what, body)
     assert call("GET", f"/v1/sandboxes/{other}")["state"] == "running"
     call("POST", f"/v1/sandboxes/{other}/terminate")
+
+
+def test_volumes_mount_commit_and_reload(app_id: str) -> None:
+    import shoal
+
+    name = f"sbvol-{secrets.token_hex(4)}"
+    vol = shoal.Volume.from_name(name, create_if_missing=True)
+    with vol.batch_upload() as batch:
+        batch.put_file(__file__, "/seed.txt")
+    sid = create(app_id, volumes=[{"path": "/data", "volume_name": name}])
+    assert run_exec(sid, "sh", "-c", "head -c 9 /data/seed.txt; echo made > /data/made.txt")[1] == b'"""`shoal'
+    # reload_volumes: what the sandbox wrote is committed, and a change made outside becomes visible.
+    with vol.batch_upload() as batch:
+        batch.put_file(__file__, "/outside.txt")
+    call("POST", f"/v1/sandboxes/{sid}/reload-volumes")
+    assert b"made" in b"".join(vol.read_file("made.txt"))
+    assert run_exec(sid, "test", "-f", "/data/outside.txt")[0] == 0
+    with pytest.raises(exception.NotFoundError):
+        create(app_id, volumes=[{"path": "/data", "volume_name": "no-such-volume-here"}])
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)

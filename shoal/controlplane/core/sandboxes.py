@@ -38,6 +38,7 @@ TERM_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
 RESTARTED = "control plane restarted"
 _ID = re.compile(r"(sb|ex)-[0-9a-f]{1,64}")  # ids as new_id makes them: safe in a path, never a glob
 FDS = ("stdout", "stderr")
+PIDS_MAX = 2048
 
 
 @dataclass
@@ -91,6 +92,12 @@ class Sandbox:
         return {"sandbox_id": self.id, "app_id": self.app_id, "name": self.name, "tags": self.tags,
                 "state": self.state, "returncode": self.proc.returncode, "reason": self.proc.reason,
                 "created_at": self.created_at, "container_id": self.container_id}
+
+
+def pids_max() -> int:
+    """Most processes (threads count) one sandbox may have at once: SHOAL_SANDBOX_PIDS_MAX, default 2048."""
+    raw = os.environ.get("SHOAL_SANDBOX_PIDS_MAX", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else PIDS_MAX
 
 
 def end_reason(ours: str | None, backend: str | None) -> str:
@@ -190,7 +197,9 @@ class Sandboxes:
 
     def _definition(self, sb: Sandbox) -> FunctionDefinition:
         b = sb.body
-        extra: dict[str, Any] = {"block_network": True} if b.block_network else {}
+        extra: dict[str, Any] = {"pids_max": pids_max()}
+        if b.block_network:
+            extra["block_network"] = True
         return FunctionDefinition(tag=f"sandbox:{sb.id}", options=Options(
             timeout=max(1, int(b.timeout)), cpu=b.cpu, memory=b.memory, extra=extra))
 
