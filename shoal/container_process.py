@@ -43,7 +43,8 @@ class ContainerProcess:
     def _wait_once(self, wait: float) -> Plan:
         resp = yield ("GET", f"{self._base}/wait?timeout={wait:g}", None)
         if resp.get("returncode") is not None:
-            self._returncode = int(resp["returncode"])
+            code = int(resp["returncode"])
+            self._returncode = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
         return self._returncode
 
     @rpc

@@ -332,6 +332,13 @@ def exec_body(args: Sequence[Any], *, stdout: Any, stderr: Any, timeout: Any, wo
             "secret_names": secret_names, "timeout": _check_seconds("timeout", timeout), "pty": pty}
 
 
+def shell_code(returncode: int | None) -> int:
+    """An exit status as a shell reports it: a process killed by signal N (the control plane's -N) is 128 + N."""
+    if returncode is None:
+        return -1
+    return 128 - int(returncode) if returncode < 0 else int(returncode)
+
+
 # -- the sandbox ---------------------------------------------------------------------------------------------------
 class Sandbox:
     """A running (or ended) sandbox. Made by `Sandbox.create`, `Sandbox.from_id`, `Sandbox.from_name` or
@@ -373,7 +380,7 @@ class Sandbox:
         elif self._reason == "terminated":
             self._returncode = RETURNCODE_TERMINATED
         else:
-            self._returncode = -1 if returncode is None else int(returncode)
+            self._returncode = shell_code(returncode)
 
     def _path(self, tail: str = "") -> str:
         if self._detached:

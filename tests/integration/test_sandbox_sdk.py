@@ -162,6 +162,27 @@ def test_filesystem_and_open(app: modal.App, tmp_path: Path) -> None:
     sb.terminate()
 
 
+def test_volume_mounted_and_reloaded(app: modal.App, tmp_path: Path) -> None:
+    vol = modal.Volume.from_name(f"sbvol-{secrets.token_hex(4)}", create_if_missing=True)
+    first = tmp_path / "first.txt"
+    first.write_text("v1\n")
+    with vol.batch_upload() as batch:
+        batch.put_file(first, "/first.txt")
+    sb = modal.Sandbox.create(app=app, volumes={"/data": vol})
+    assert sb.exec("cat", "/data/first.txt").stdout.read() == "v1\n"
+    later = tmp_path / "later.txt"
+    later.write_text("v2\n")
+    with vol.batch_upload() as batch:
+        batch.put_file(later, "/later.txt")
+    assert sb.exec("cat", "/data/later.txt").wait() != 0  # the state it was started with
+    sb.reload_volumes()
+    assert sb.exec("cat", "/data/later.txt").stdout.read() == "v2\n"
+    ro = modal.Sandbox.create(app=app, volumes={"/data": vol.read_only()})
+    assert ro.exec("sh", "-c", "echo x > /data/new.txt").wait() != 0
+    sb.terminate()
+    ro.terminate()
+
+
 def test_tunnel_url_reaches_a_server_in_the_sandbox_and_readiness(app: modal.App) -> None:
     sb = modal.Sandbox.create("python3", "-m", "http.server", "8000", "--directory", "/tmp", app=app,
                               encrypted_ports=[8000], readiness_probe=modal.Probe.with_tcp(8000))
@@ -298,6 +319,20 @@ def test_host_files_state_and_other_sandboxes_files_are_not_visible(untrusted_ap
         b.filesystem.read_bytes(str(secret))
     a.terminate()
     b.terminate()
+
+
+def test_memory_hog_and_fork_bomb_are_contained_and_reported(untrusted_app: modal.App) -> None:
+    hog = modal.Sandbox.create("python3", "-c", "x = bytearray(600 * 2**20); print('allocated')", app=untrusted_app,
+                               memory=(64, 128))
+    hog.wait()
+    assert hog.returncode == 137 and hog.stdout.read() == ""  # killed (OOM), as a shell reports SIGKILL
+    bomb = modal.Sandbox.create("bash", "-c", "f(){ f | f & }; f; sleep 3; echo still here", app=untrusted_app,
+                                timeout=60)
+    assert bomb.stdout.read() == "still here\n"  # the process limit stopped the bomb, not the sandbox
+    bomb.terminate()
+    nxt = modal.Sandbox.create(app=untrusted_app)
+    assert nxt.exec("echo", "fine").stdout.read() == "fine\n"
+    nxt.terminate()
 
 
 def test_block_network_reaches_nothing(untrusted_app: modal.App, unshared: ControlPlane) -> None:

@@ -250,7 +250,8 @@ def test_exec_rejects_bad_arguments(args: tuple, kwargs: dict[str, Any], message
     ("timeout", None, 124, SandboxTimeoutError),
     ("idle_timeout", None, 124, SandboxTimeoutError),
     ("terminated", None, 137, SandboxTerminatedError),
-    ("oom", 137, 137, None),
+    ("oom", -9, 137, None),
+    ("exited", -15, 143, None),
 ])
 def test_wait_follows_modals_termination_semantics(reason: str, code: int | None, returncode: int,
                                                    error: type | None) -> None:
@@ -332,6 +333,8 @@ def test_exec_returns_a_container_process() -> None:
     answers = iter([{"returncode": None}, {"returncode": 2}])
     code, sent = drive(plan_of(proc.wait), lambda *_: next(answers))
     assert code == 2 == proc.returncode and sent[0][1] == "/v1/execs/ex-1/wait?timeout=50"
+    killed = ContainerProcess("ex-2")
+    assert drive(plan_of(killed.wait), lambda *_: {"returncode": -9})[0] == 137  # SIGKILL, as a shell says
 
 
 # -- streams ----------------------------------------------------------------------------------------------------
