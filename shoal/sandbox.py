@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -498,7 +497,8 @@ class Sandbox:
         for k, v in _check_tags(tags).items():
             query.append(f"tag={quote(f'{k}={v}', safe='')}")
         resp = yield ("GET", "/v1/sandboxes" + ("?" + "&".join(query) if query else ""), None)
-        yield Emit([Sandbox(info["sandbox_id"], _info=info) for info in resp.get("sandboxes", [])])
+        yield Emit([Sandbox(info["sandbox_id"], _info=info) for info in resp.get("sandboxes", [])
+                    if info.get("state") != "terminated"])
 
     # -- the process -------------------------------------------------------------------------------------------
     @property
@@ -585,22 +585,23 @@ class Sandbox:
         if probe is None:
             raise InvalidError("wait_until_ready() needs the sandbox to be created with a `readiness_probe` "
                                "(modal.Probe.with_tcp(port) or modal.Probe.with_exec(*argv)) by this object")
-        argv = list(probe.exec_argv) if probe.exec_argv else _tcp_probe_argv(probe.tcp_port or 0)
-        deadline = time.monotonic() + timeout
-        while True:
-            resp = yield ("POST", self._path("/exec"), {"argv": argv, "env": {}, "secret_names": [],
-                                                        "timeout": 10, "pty": False})
-            process = ContainerProcess(resp["exec_id"])
-            while process.returncode is None:
-                yield from process._wait_once(MAX_WAIT_S)
-            if process.returncode == 0:
-                return
-            yield from self._wait_once(0)
-            if self._returncode is not None:
-                raise SandboxTerminatedError(f"{self._object_id} ended before it was ready")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{self._object_id} was not ready after {timeout}s")
-            time.sleep(probe.interval_ms / 1000)
+        # One exec that repeats the check inside the sandbox every interval, bounded by `timeout`: no waiting
+        # here between tries, the same in the blocking and the async form.
+        check = list(probe.exec_argv) if probe.exec_argv else _tcp_probe_argv(probe.tcp_port or 0)
+        argv = ["sh", "-c", f'until "$@" >/dev/null 2>&1; do sleep {probe.interval_ms / 1000:g}; done', "probe",
+                *check]
+        seconds = _check_seconds("timeout", timeout, allow_none=False)
+        resp = yield ("POST", self._path("/exec"), {"argv": argv, "env": {}, "secret_names": [],
+                                                    "timeout": seconds, "pty": False})
+        process = ContainerProcess(resp["exec_id"])
+        while process.returncode is None:
+            yield from process._wait_once(MAX_WAIT_S)
+        if process.returncode == 0:
+            return
+        yield from self._wait_once(0)
+        if self._returncode is not None:
+            raise SandboxTerminatedError(f"{self._object_id} ended before it was ready")
+        raise TimeoutError(f"{self._object_id} was not ready after {timeout}s")
 
     # -- files ------------------------------------------------------------------------------------------------------
     @rpc

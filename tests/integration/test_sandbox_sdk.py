@@ -243,6 +243,41 @@ def test_output_is_kept_after_the_sandbox_ended(app: modal.App) -> None:
     assert modal.Sandbox.from_id(sb.object_id).stdout.read() == "kept\n"
 
 
+def test_stdout_stream_type_prints_here(app: modal.App, capfd: pytest.CaptureFixture[str]) -> None:
+    sb = modal.Sandbox.create(app=app)
+    p = sb.exec("sh", "-c", "echo to-out; echo to-err >&2", stdout=StreamType.STDOUT, stderr=StreamType.STDOUT)
+    assert p.wait() == 0
+    seen = {"out": "", "err": ""}
+
+    def printed() -> bool:
+        captured = capfd.readouterr()
+        seen["out"] += captured.out
+        seen["err"] += captured.err
+        return "to-out" in seen["out"] and "to-err" in seen["err"]
+
+    assert wait_for(printed, 10), seen
+    assert p.stdout.read() == ""  # printed, not piped
+    sb.terminate()
+
+
+def test_cli_list_logs_exec_terminate(app: modal.App) -> None:
+    sb = modal.Sandbox.create("sh", "-c", "echo started; sleep 600", app=app, name="cli-one", tags={"via": "cli"})
+    assert next(iter(sb.stdout)) == "started\n"
+    listed = run_cli("sandbox", "list", "--app-id", app.app_id, "--json")
+    assert listed.returncode == 0 and sb.object_id in listed.stdout and "cli-one" in listed.stdout
+    assert sb.object_id in run_cli("sandbox", "list", "--tag", "via=cli").stdout
+    assert sb.object_id not in run_cli("sandbox", "list", "--tag", "via=other").stdout
+    logs = run_cli("sandbox", "logs", sb.object_id)
+    assert logs.returncode == 0 and logs.stdout == "started\n"
+    ran = run_cli("sandbox", "exec", sb.object_id, "sh", "-c", "cat; exit 5", input="piped in\n")
+    assert ran.returncode == 5 and ran.stdout == "piped in\n"
+    containers = run_cli("container", "list", "--app-id", app.app_id, "--json")
+    assert f'"sandbox {sb.object_id}"' in containers.stdout
+    done = run_cli("sandbox", "terminate", sb.object_id)
+    assert done.returncode == 0 and "return code 137" in done.stdout
+    assert run_cli("sandbox", "logs", "sb-nosuchsandbox").returncode != 0
+
+
 # -- programs as Modal users write them (tests/programs/) ---------------------------------------------------------
 def _shoal_run(program: str) -> list[str]:
     from .test_seed_functions import local_lines

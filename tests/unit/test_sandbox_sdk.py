@@ -309,7 +309,8 @@ def test_from_name_and_list_queries() -> None:
     with pytest.raises(InvalidError, match="Invalid Sandbox name"):
         Sandbox.from_name("my-app", "a b")
     seen = []
-    listing = {"sandboxes": [{"sandbox_id": "sb-1"}, {"sandbox_id": "sb-2"}]}
+    listing = {"sandboxes": [{"sandbox_id": "sb-1", "state": "running"}, {"sandbox_id": "sb-2", "state": "pending"},
+                             {"sandbox_id": "sb-3", "state": "terminated"}]}
     items = drive_iter(Sandbox.list.__wrapped__(app_id="ap-1", tags={"user": "a b", "k": "v"}),
                        lambda m, p, b: seen.append(p) or listing)
     assert seen == ["/v1/sandboxes?app_id=ap-1&tag=user%3Da%20b&tag=k%3Dv"]
@@ -460,6 +461,20 @@ def test_snapshot_is_an_image_by_id() -> None:
 def test_wait_until_ready_needs_a_probe() -> None:
     with pytest.raises(InvalidError, match="readiness_probe"):
         drive(plan_of(Sandbox("sb-12").wait_until_ready), lambda *_: {})
+
+
+def test_wait_until_ready_repeats_the_check_in_the_sandbox_within_one_exec() -> None:
+    sb = Sandbox("sb-13", _probe=Probe.with_exec("test", "-f", "/ready", interval_ms=250))
+    answers = iter([{"exec_id": "ex-9"}, {"returncode": None}, {"returncode": 0}])
+    _, sent = drive(plan_of(sb.wait_until_ready, timeout=30), lambda *_: next(answers))
+    body = sent[0][2]
+    assert sent[0][1] == "/v1/sandboxes/sb-13/exec" and body["timeout"] == 30
+    assert body["argv"][:2] == ["sh", "-c"] and "sleep 0.25" in body["argv"][2]
+    assert body["argv"][3:] == ["probe", "test", "-f", "/ready"]
+    late = Sandbox("sb-14", _probe=Probe.with_tcp(80))
+    answers = iter([{"exec_id": "ex-10"}, {"returncode": -9}, {"returncode": None}])
+    with pytest.raises(shoal.exception.TimeoutError, match="not ready after 2s"):
+        drive(plan_of(late.wait_until_ready, timeout=2), lambda *_: next(answers))
 
 
 def test_not_a_sandbox_id() -> None:
