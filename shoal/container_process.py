@@ -31,6 +31,9 @@ class ContainerProcess:
     def __repr__(self) -> str:
         return f"ContainerProcess({self._exec_id})"
 
+    def __reduce__(self) -> tuple:
+        return (ContainerProcess, (self._exec_id,))
+
     @property
     def object_id(self) -> str:
         return self._exec_id

@@ -364,6 +364,13 @@ class Sandbox:
     def __repr__(self) -> str:
         return f"Sandbox({self._object_id})"
 
+    def __reduce__(self) -> tuple:
+        """Pickled by id (into a Queue, a Dict, a function's arguments): the copy reads the streams from the start."""
+        return (Sandbox, (self._object_id,), {"_probe": self._probe})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._probe = state.get("_probe")
+
     @property
     def object_id(self) -> str:
         return self._object_id

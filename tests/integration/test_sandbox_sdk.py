@@ -205,6 +205,25 @@ def test_tunnel_url_reaches_a_server_in_the_sandbox_and_readiness(app: modal.App
     sb.terminate()
 
 
+def test_a_pool_of_sandboxes_behind_a_queue(app: modal.App) -> None:
+    with modal.Queue.ephemeral() as pool:
+        started = [modal.Sandbox.create("python3", "-m", "http.server", "8000", "--directory", "/tmp", app=app,
+                                        encrypted_ports=[8000], readiness_probe=modal.Probe.with_tcp(8000))
+                   for _ in range(2)]
+        for sb in started:
+            sb.wait_until_ready(timeout=60)
+            sb.filesystem.write_text(sb.object_id, "/tmp/id.txt")
+            pool.put(sb)
+        served = []
+        for _ in range(2):
+            sb = pool.get(timeout=10)
+            with urllib.request.urlopen(sb.tunnels()[8000].url + "/id.txt", timeout=10) as resp:
+                served.append((sb.object_id, resp.read().decode()))
+        assert sorted(served) == sorted((sb.object_id, sb.object_id) for sb in started)
+    for sb in started:
+        sb.terminate()
+
+
 def test_wait_until_ready_with_an_exec_probe(app: modal.App) -> None:
     sb = modal.Sandbox.create("sh", "-c", "sleep 1; touch /tmp/ready; sleep 600", app=app,
                               readiness_probe=modal.Probe.with_exec("test", "-f", "/tmp/ready", interval_ms=50))

@@ -480,3 +480,14 @@ def test_wait_until_ready_repeats_the_check_in_the_sandbox_within_one_exec() -> 
 def test_not_a_sandbox_id() -> None:
     with pytest.raises(InvalidError, match="sb-"):
         Sandbox("ex-1")
+
+
+def test_sandboxes_pickle_by_id() -> None:
+    import pickle
+
+    sb = Sandbox("sb-15", _probe=Probe.with_tcp(8080))
+    copy = pickle.loads(pickle.dumps(sb))
+    assert copy.object_id == "sb-15" and copy._probe == Probe.with_tcp(8080) and copy.stdout._offset == 0
+    assert pickle.loads(pickle.dumps(ContainerProcess("ex-3"))).object_id == "ex-3"
+    t = Tunnel("h", 80, _url="http://h:80")
+    assert pickle.loads(pickle.dumps(t)).url == "http://h:80"
