@@ -9,10 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from ._client.aio import Plan, rpc
-from .exception import AlreadyExistsError, Error, InvalidError, NotFoundError
+from .exception import (
+    AlreadyExistsError,
+    InvalidError,
+    NotFoundError,
+    PermissionDeniedError,
+    SandboxFilesystemError,
+    SandboxFilesystemNotFoundError,
+    SandboxFilesystemPathAlreadyExistsError,
+    SandboxFilesystemPermissionError,
+)
 
-__all__ = ["FileIO", "FileInfo", "SandboxFilesystem", "SandboxFilesystemError", "SandboxFilesystemExistsError",
-           "SandboxFilesystemNotFoundError"]
+__all__ = ["FileIO", "FileInfo", "SandboxFilesystem", "SandboxFilesystemError", "SandboxFilesystemNotFoundError",
+           "SandboxFilesystemPathAlreadyExistsError", "SandboxFilesystemPermissionError"]
 
 
 def check_remote_path(path: Any, method: str) -> str:
@@ -22,18 +31,6 @@ def check_remote_path(path: Any, method: str) -> str:
     if "\x00" in str(path):
         raise InvalidError(f"Sandbox.filesystem.{method}: the path contains a NUL character")
     return str(path)
-
-
-class SandboxFilesystemError(Error):
-    """A file operation in a sandbox failed."""
-
-
-class SandboxFilesystemNotFoundError(SandboxFilesystemError, NotFoundError, FileNotFoundError):
-    pass
-
-
-class SandboxFilesystemExistsError(SandboxFilesystemError, AlreadyExistsError, FileExistsError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,11 @@ class SandboxFilesystem:
         except NotFoundError as exc:
             raise SandboxFilesystemNotFoundError(str(exc)) from None
         except AlreadyExistsError as exc:
-            raise SandboxFilesystemExistsError(str(exc)) from None
+            raise SandboxFilesystemPathAlreadyExistsError(str(exc)) from None
+        except PermissionDeniedError as exc:
+            raise SandboxFilesystemPermissionError(str(exc)) from None
+        except InvalidError as exc:  # not a directory, is a directory, not empty: the control plane says which
+            raise SandboxFilesystemError(str(exc)) from None
 
     @rpc
     def read_bytes(self, remote_path: str) -> Plan:

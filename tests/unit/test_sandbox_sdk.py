@@ -18,12 +18,14 @@ from shoal.exception import (
     InvalidError,
     NotFoundError,
     NotImplementedWarning,
+    SandboxFilesystemError,
+    SandboxFilesystemNotFoundError,
+    SandboxFilesystemPermissionError,
     SandboxTerminatedError,
     SandboxTimeoutError,
 )
 from shoal.io_streams import StreamReader, StreamWriter
 from shoal.sandbox import ARG_MAX_BYTES, create_body, exec_body, snapshot_image
-from shoal.sandbox_fs import SandboxFilesystemNotFoundError
 from shoal.stream_type import StreamType
 
 
@@ -436,6 +438,19 @@ def test_filesystem_requests_and_errors(tmp_path) -> None:
         drive(plan_of(fs.read_bytes, "/nope"), missing)
     with pytest.raises(SandboxFilesystemNotFoundError):
         drive(plan_of(fs.stat, "/nope"), missing)
+
+    def denied(*_: Any) -> Any:
+        raise shoal.exception.PermissionDeniedError("`path`: Permission denied: /root/x")
+
+    def not_empty(*_: Any) -> Any:
+        raise InvalidError("`path`: Directory not empty: /d")
+
+    with pytest.raises(PermissionError):
+        drive(plan_of(fs.write_text, "x", "/root/x"), denied)
+    with pytest.raises(SandboxFilesystemPermissionError):
+        drive(plan_of(fs.read_text, "/root/x"), denied)
+    with pytest.raises(SandboxFilesystemError, match="not empty"):
+        drive(plan_of(fs.remove, "/d"), not_empty)
     with pytest.raises(InvalidError, match="absolute path"):
         drive(plan_of(fs.read_bytes, "relative"), missing)
     with pytest.raises(TypeError):
