@@ -37,6 +37,8 @@ __all__ = ["ContainerProcess", "Probe", "Sandbox", "SandboxFilesystem", "StreamT
 ARG_MAX_BYTES = 2**16  # a command's arguments together, as Modal bounds them
 RETURNCODE_TIMEOUT = 124  # `returncode` of a sandbox ended by `timeout` / `idle_timeout` (as `timeout(1)`)
 RETURNCODE_TERMINATED = 137  # … ended by `terminate()` (SIGKILL's status)
+# Ends that count as termination: `terminate()`, and a control plane restart the process did not outlive.
+TERMINATED_REASONS = ("terminated", "control plane restarted")
 PORT_RANGE = (1, 65535)
 # Options of Sandbox.create shoal accepts but does not act on: each warns once per process.
 NOT_ENFORCED = ("region", "cloud", "runtime", "custom_domain", "proxy", "outbound_domain_allowlist",
@@ -383,7 +385,7 @@ class Sandbox:
         self._reason = reason or "exited"
         if self._reason in ("timeout", "idle_timeout"):
             self._returncode = RETURNCODE_TIMEOUT
-        elif self._reason == "terminated":
+        elif self._reason in TERMINATED_REASONS:
             self._returncode = RETURNCODE_TERMINATED
         else:
             self._returncode = shell_code(returncode)
@@ -527,8 +529,8 @@ class Sandbox:
         if raise_on_termination:
             if self._reason in ("timeout", "idle_timeout"):
                 raise SandboxTimeoutError(f"{self._object_id} reached its {self._reason.replace('_', ' ')}")
-            if self._reason == "terminated":
-                raise SandboxTerminatedError(f"{self._object_id} was terminated")
+            if self._reason in TERMINATED_REASONS:
+                raise SandboxTerminatedError(f"{self._object_id} was terminated ({self._reason})")
 
     @rpc
     def poll(self) -> Plan:

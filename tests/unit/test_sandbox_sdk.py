@@ -252,6 +252,7 @@ def test_exec_rejects_bad_arguments(args: tuple, kwargs: dict[str, Any], message
     ("timeout", None, 124, SandboxTimeoutError),
     ("idle_timeout", None, 124, SandboxTimeoutError),
     ("terminated", None, 137, SandboxTerminatedError),
+    ("control plane restarted", None, 137, SandboxTerminatedError),
     ("oom", -9, 137, None),
     ("exited", -15, 143, None),
 ])
