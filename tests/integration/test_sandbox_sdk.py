@@ -297,6 +297,25 @@ def test_cli_list_logs_exec_terminate(app: modal.App) -> None:
     assert run_cli("sandbox", "logs", "sb-nosuchsandbox").returncode != 0
 
 
+def test_state_tags_and_exit_survive_a_control_plane_restart(private_control_plane: ControlPlane) -> None:
+    from shoal._client.transport import reset_client
+
+    app = modal.App.lookup("restart-app", create_if_missing=True)
+    done = modal.Sandbox.create("sh", "-c", "echo durable; exit 4", app=app, tags={"k": "v"})
+    done.wait()
+    running = modal.Sandbox.create("sh", "-c", "echo before; sleep 600", app=app)
+    assert next(iter(running.stdout)) == "before\n"
+    private_control_plane.kill()
+    private_control_plane.start()
+    reset_client()
+    again = modal.Sandbox.from_id(done.object_id)
+    assert again.returncode == 4 and again.get_tags() == {"k": "v"} and again.stdout.read() == "durable\n"
+    lost = modal.Sandbox.from_id(running.object_id)
+    with pytest.raises(SandboxTerminatedError, match="control plane restarted"):
+        lost.wait()
+    assert lost.returncode == 137 and lost.stdout.read() == "before\n"
+
+
 # -- programs as Modal users write them (tests/programs/) ---------------------------------------------------------
 def _shoal_run(program: str) -> list[str]:
     from .test_seed_functions import local_lines
