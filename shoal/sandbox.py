@@ -8,7 +8,6 @@ and the exit status (durable), enforces `timeout` / `idle_timeout` and confines 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import warnings
 from collections.abc import Generator, Sequence
@@ -192,6 +191,8 @@ def _check_cidrs(name: str, cidrs: Any) -> list[str] | None:
         return None
     if isinstance(cidrs, str) or not isinstance(cidrs, Sequence):
         raise InvalidError(f"`{name}` must be a list of CIDR strings, got {cidrs!r}")
+    import ipaddress  # here: containers import the SDK, and rarely this
+
     out = []
     for c in cidrs:
         try:
