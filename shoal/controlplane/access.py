@@ -139,13 +139,14 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("POST", "/v1/proxy-tokens/{token_id}/revoke"): _deny("change proxy auth tokens"),
     # Sandboxes (controlplane/sandboxes.py): a function's container may create and manage those of its own app
     # (and of the ephemeral apps its app created); a sandbox's own container holds no credential at all.
-    ("POST", "/v1/sandboxes"): Entry(Rule.OWN, "create sandboxes in other apps"),
+    ("POST", "/v1/sandboxes"): Entry(Rule.OWN, "create sandboxes in other apps", attaches_secrets=True),
     ("GET", "/v1/sandboxes"): Entry(Rule.OWN, "list other apps' sandboxes (pass `app_id`)"),
     ("GET", "/v1/sandboxes/by-name"): Entry(Rule.OWN, "look up other apps' sandboxes"),
     **{(m, f"/v1/sandboxes/{{sandbox_id}}{p}"): Entry(Rule.OWN, "use other apps' sandboxes")
        for m, p in (("GET", ""), ("GET", "/wait"), ("POST", "/terminate"), ("PUT", "/tags"), ("GET", "/output"),
-                    ("POST", "/stdin"), ("POST", "/exec"), ("GET", "/tunnels"), ("POST", "/fs/{op}"),
+                    ("POST", "/stdin"), ("GET", "/tunnels"), ("POST", "/fs/{op}"),
                     ("POST", "/snapshot"), ("POST", "/reload-volumes"))},
+    ("POST", "/v1/sandboxes/{sandbox_id}/exec"): Entry(Rule.OWN, "use other apps' sandboxes", attaches_secrets=True),
     **{(m, f"/v1/execs/{{exec_id}}/{p}"): Entry(Rule.OWN, "use other apps' sandboxes")
        for m, p in (("GET", "output"), ("POST", "stdin"), ("GET", "wait"))},
 }

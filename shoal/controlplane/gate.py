@@ -104,7 +104,7 @@ class Gate:
             pool = self.registry.pools.get(info["function_id"])
             app_id = pool.app_id if pool is not None else None
         if route.startswith(("/v1/sandboxes", "/v1/execs/")) and self.sandbox_app is not None:
-            return Facts(app_id=await self.sandbox_app(request, route))
+            return await self._sandbox_facts(request, route)
         if (request.method, route) not in BODY_ROUTES:
             return Facts(app_id=app_id)
         if route == "/v1/apps":
@@ -123,6 +123,19 @@ class Gate:
             (await body_of(request, req.RegisterFunctions, DATA_BODY_MAX, "function definition")).functions)
         return Facts(app_id=app_id, secrets=frozenset(s.name for d in defs for s in d.secrets if s.name),
                      builds_image=any(self._builds(d) for d in defs))
+
+    async def _sandbox_facts(self, request: web.Request, route: str) -> Facts:
+        """A sandbox route: its app, and for a creation or an exec the secrets it would attach (a container may
+        attach only those it holds) and whether its image would be built here."""
+        assert self.sandbox_app is not None
+        app_id = await self.sandbox_app(request, route)
+        if request.method == "POST" and route == "/v1/sandboxes":
+            body = await body_of(request, req.SandboxCreate)
+            builds = body.image is not None and self._builds(FunctionDefinition(tag="sandbox", image=body.image))
+            return Facts(app_id=app_id, secrets=frozenset(body.secret_names), builds_image=builds)
+        if request.method == "POST" and route.endswith("/exec"):
+            return Facts(app_id=app_id, secrets=frozenset((await body_of(request, req.ExecCreate)).secret_names))
+        return Facts(app_id=app_id)
 
     def _builds(self, d: FunctionDefinition) -> bool:
         """Registering `d` would run build steps (commands, package installs) on this machine: its image has

@@ -183,6 +183,8 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     sandbox_routes = SandboxRoutes(sandboxes, core.registry, tunnels)
     sandbox_routes.add_routes(http_app.router)
     api.gate.sandbox_app = sandbox_routes.app_of
+    api.more_containers = sandboxes.container_rows
+    api.more_container = sandboxes.container_info
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.SockSite(runner, http_sock)

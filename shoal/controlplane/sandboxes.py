@@ -269,7 +269,9 @@ class SandboxRoutes:
         return await _write(ex.proc, body)
 
     async def exec_wait(self, request: web.Request) -> web.Response:
-        ex = self.sandboxes.get_exec(request.match_info["exec_id"])
+        ex = self.sandboxes.execs.get(request.match_info["exec_id"])
+        if ex is None:
+            return reply(self.sandboxes.exec_exit(request.match_info["exec_id"]))
         await _wait(ex.proc, min(query_of(request, req.SandboxWait).timeout, MAX_WAIT_S))
         return reply({"returncode": ex.proc.returncode if ex.proc.done.is_set() else None,
                       "reason": ex.proc.reason if ex.proc.done.is_set() else None})

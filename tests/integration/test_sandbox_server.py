@@ -92,6 +92,10 @@ def test_output_survives_control_plane_restart(private_control_plane: ControlPla
     assert wait(done)["returncode"] == 0
     running = create(app, "sh", "-c", "echo started; sleep 300")
     read_until(f"/v1/sandboxes/{running}", b"started")
+    code, _, _ = run_exec(running, "sh", "-c", "echo exec-out; exit 4")
+    assert code == 4
+    finished_exec = call("POST", f"/v1/sandboxes/{running}/exec", {"argv": ["echo", "kept"]})["exec_id"]
+    assert call("GET", f"/v1/execs/{finished_exec}/wait?timeout=30")["returncode"] == 0
     private_control_plane.kill()
     private_control_plane.start()
     reset_client()
@@ -102,6 +106,9 @@ def test_output_survives_control_plane_restart(private_control_plane: ControlPla
     info = call("GET", f"/v1/sandboxes/{running}")
     assert info["state"] == "terminated" and info["reason"] == "control plane restarted"
     assert read_all(f"/v1/sandboxes/{running}") == b"started\n"
+    # An exec's output and exit code too.
+    assert read_all(f"/v1/execs/{finished_exec}") == b"kept\n"
+    assert call("GET", f"/v1/execs/{finished_exec}/wait") == {"returncode": 0, "reason": "exited"}
 
 
 def test_stdin_drives_an_interactive_process(app_id: str) -> None:
@@ -364,15 +371,25 @@ def test_block_network_reaches_nothing(app_id: str, control_plane: ControlPlane)
 
 
 def test_function_containers_manage_only_their_own_apps_sandboxes(app_id: str) -> None:
+    import msgspec
     import sandbox_server_app
 
+    import shoal
+
     other = create(app_id, "sleep", "300")
+    secret = f"sbs-{secrets.token_hex(4)}"
+    call("POST", "/v1/secrets", {"name": secret, "env": {"STOLEN": "yes"}})
+    image = shoal.Image.debian_slim().run_commands(f"echo {secrets.token_hex(8)}").to_wire()
     with sandbox_server_app.app.run(quiet=True) as running:
-        got = sandbox_server_app.manage.remote(running.app_id, app_id, other)
+        got = sandbox_server_app.manage.remote(running.app_id, app_id, other, secret,
+                                               msgspec.to_builtins(image))
     assert got["own create"] == 200
     assert got["own wait"] == {"returncode": 0, "reason": "exited"}
     assert got["own output"] == b"from-fn\n"
-    for what in ("other create", "other exec", "other terminate", "other list", "list all"):
+    assert "'" + secret + "'" in got["secret it lacks"][1]["error"]
+    assert "build images" in got["build an image"][1]["error"]
+    for what in ("other create", "other exec", "other terminate", "other list", "list all", "secret it lacks",
+                 "build an image", "exec with a secret it lacks"):
         status, body = got[what]
         assert status == 403 and body["error"].startswith("containers may not"), (what, body)
     assert call("GET", f"/v1/sandboxes/{other}")["state"] == "running"
@@ -398,3 +415,65 @@ def test_volumes_mount_commit_and_reload(app_id: str) -> None:
         create(app_id, volumes=[{"path": "/data", "volume_name": "no-such-volume-here"}])
     call("POST", f"/v1/sandboxes/{sid}/terminate")
     wait(sid)
+
+
+def test_execs_survive_their_agent_being_killed_inside(app_id: str) -> None:
+    """Execs run through an agent inside the sandbox: code there can kill it; the exec in flight then has no exit
+    code (reason "exec agent died"), and the next exec starts a new agent."""
+    sid = create(app_id)
+    assert run_exec(sid, "true")[0] == 0  # the agent is up
+    kill = ("for p in /proc/[0-9]*; do grep -q 'recv_''fds' $p/cmdline 2>/dev/null && kill -9 ${p#/proc/}; done; "
+            "sleep 1; echo after")
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sh", "-c", kill]})["exec_id"]
+    assert read_all(f"/v1/execs/{eid}") == b"after\n"  # its own process lives on (its pipes are the control plane's)
+    assert call("GET", f"/v1/execs/{eid}/wait?timeout=30") == {"returncode": None, "reason": "exec agent died"}
+    assert run_exec(sid, "echo", "again") == (0, b"again\n", b"")
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
+def test_sandboxes_show_in_the_container_list_and_take_container_exec(app_id: str) -> None:
+    from ..conftest import run_cli
+
+    sid = create(app_id)
+    cid = call("GET", f"/v1/sandboxes/{sid}")["container_id"]
+    rows = [c for c in call("GET", "/v1/containers")["containers"] if c["container_id"] == cid]
+    assert len(rows) == 1 and rows[0]["app_id"] == app_id and rows[0]["sandbox_id"] == sid
+    run_exec(sid, "sh", "-c", "echo via-api > /tmp/mark")
+    out = run_cli("container", "exec", cid, "--", "cat", "/tmp/mark")
+    assert out.returncode == 0 and out.stdout == "via-api\n", out.stderr
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)
+    assert cid not in {c["container_id"] for c in call("GET", "/v1/containers")["containers"]}
+
+
+def test_exec_with_a_terminal(app_id: str) -> None:
+    sid = create(app_id)
+    script = "tty; test -t 0 && echo interactive; read x; echo got $x"
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["sh", "-c", script], "pty": True})["exec_id"]
+    out, _ = read_until(f"/v1/execs/{eid}", b"interactive")
+    assert out.splitlines()[0].startswith(b"/dev/pts/")
+    call("POST", f"/v1/execs/{eid}/stdin", {"offset": 0, "data": b"typed\n"})
+    read_until(f"/v1/execs/{eid}", b"got typed")
+    assert call("GET", f"/v1/execs/{eid}/wait?timeout=30")["returncode"] == 0
+    assert read_all(f"/v1/execs/{eid}", "stderr") == b""
+    # ^D ends a terminal's input.
+    eid = call("POST", f"/v1/sandboxes/{sid}/exec", {"argv": ["cat"], "pty": True})["exec_id"]
+    call("POST", f"/v1/execs/{eid}/stdin", {"offset": 0, "data": b"abc\n", "eof": True})
+    assert call("GET", f"/v1/execs/{eid}/wait?timeout=30")["returncode"] == 0
+    assert b"abc" in read_all(f"/v1/execs/{eid}")
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
+def test_secrets_env_and_workdir(app_id: str) -> None:
+    name = f"sbs-{secrets.token_hex(4)}"
+    call("POST", "/v1/secrets", {"name": name, "env": {"FROM_SECRET": "s3cret"}})
+    sid = create(app_id, "sh", "-c", 'echo "$FROM_SECRET $PLAIN $(pwd)"', secret_names=[name],
+                 env={"PLAIN": "value"}, workdir="/tmp")
+    assert read_all(f"/v1/sandboxes/{sid}") == b"s3cret value /tmp\n"
+    with pytest.raises(exception.NotFoundError, match="no-such-secret"):
+        create(app_id, secret_names=["no-such-secret"])
+    idle = create(app_id)
+    assert run_exec(idle, "sh", "-c", "echo $FROM_SECRET", secret_names=[name])[1] == b"s3cret\n"
+    with pytest.raises(exception.NotFoundError):
+        call("POST", f"/v1/sandboxes/{idle}/exec", {"argv": ["true"], "secret_names": ["no-such-secret"]})
+    call("POST", f"/v1/sandboxes/{idle}/terminate")

@@ -67,8 +67,9 @@ class StdinPipe:
     """A process's stdin, written at byte offsets: bytes before `offset` were written already (a resend), a gap
     past it is refused."""
 
-    def __init__(self, writer: asyncio.StreamWriter | None) -> None:
+    def __init__(self, writer: asyncio.StreamWriter | None, eof_data: bytes = b"") -> None:
         self.writer = writer
+        self.eof_data = eof_data  # a terminal's end of input (^D) is a byte, not a closed pipe
         self.offset = 0
         self.closed = writer is None
         self.lock = asyncio.Lock()
@@ -89,6 +90,12 @@ class StdinPipe:
                     self.closed = True  # the process closed its stdin, or ended: nothing more reaches it
                 self.offset += len(new)
             if eof and not self.closed:
+                if self.eof_data and self.writer is not None:
+                    try:
+                        self.writer.write(self.eof_data)
+                        await self.writer.drain()
+                    except (ConnectionError, RuntimeError):
+                        pass
                 self.close()
             return self.offset
 

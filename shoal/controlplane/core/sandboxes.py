@@ -11,10 +11,10 @@ control-plane credential: nothing in it can call the API.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +28,10 @@ from ..rest import ApiError
 from ..store import Store
 from ..store import objects as object_rows
 from ..store import sandboxes as rows
-from .containers import describe_exit, modal_environment
+from .containers import modal_environment
 from .model import new_id
 from .registry import Registry
+from .sandbox_exec import LOST, Agent, AgentProcess, NsenterProcess
 from .sandbox_streams import OutputFile, StdinPipe
 
 log = logging.getLogger("shoal.sandbox")
@@ -66,7 +67,7 @@ class Proc:
 class Exec:
     proc: Proc
     sandbox: Sandbox
-    process: asyncio.subprocess.Process | None = None
+    process: AgentProcess | NsenterProcess | None = None
 
 
 @dataclass
@@ -86,6 +87,9 @@ class Sandbox:
     last_active: float = field(default_factory=time.monotonic)
     end_reason: str | None = None  # why the control plane ended it ("timeout", "terminated", …)
     target: local_exec.ExecTarget | None = None
+    agent: Agent | None = None  # runs its execs (sandbox_exec.py), started at the first
+    agent_failed: bool = False  # it could not start: execs go through nsenter
+    agent_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ports: dict[int, Any] = field(default_factory=dict)  # tunnels: port -> its listener (sandbox_tunnels.py)
 
     def info(self) -> dict[str, Any]:
@@ -170,12 +174,7 @@ class Sandboxes:
             except Exception as exc:  # noqa: BLE001 - a build failure is the caller's (its steps)
                 raise ApiError(400, f"`image`: {exc}", "ImageBuildError") from exc
         refs = [SecretRef(name=n) for n in body.secret_names]
-        try:
-            await self.secrets.check(refs)
-        except ApiError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ApiError(404, f"`secret_names`: {exc}", "NotFoundError") from exc
+        await self.secrets.check(refs)
         sid = new_id("sb")
         sdir = self.dir / sid
         proc = Proc(sid, {fd: OutputFile(sdir / fd) for fd in FDS}, StdinPipe(None))
@@ -270,8 +269,12 @@ class Sandboxes:
         sb.proc.finish(code, reason)
         for ex in list(sb.execs.values()):
             self._kill_exec(ex, "sandbox terminated")
+        if sb.agent is not None:
+            sb.agent.close()
         rows.ended(self.store, sb.id, code, reason, time.time())
         self.live.pop(sb.id, None)
+        for eid in [e for e, ex in self.execs.items() if ex.sandbox is sb and ex.proc.done.is_set()]:
+            self.execs.pop(eid, None)  # their output and exit are on disk
         for cb in self.on_end:
             cb(sb)
 
@@ -313,6 +316,24 @@ class Sandboxes:
         for sb in list(self.live.values()):
             if sb.handle is not None:
                 sb.handle.kill()
+
+    def container_rows(self) -> list[dict[str, Any]]:
+        """The containers of running sandboxes, as `GET /v1/containers` lists containers (with their app)."""
+        now = time.time()
+        return [{"container_id": sb.container_id, "app_id": sb.app_id, "function": f"sandbox {sb.id}",
+                 "function_id": sb.id, "sandbox_id": sb.id, "state": sb.state, "pending_reason": None,
+                 "running_inputs": len(sb.execs), "age_s": now - sb.created_at, "timings": None, "node": None}
+                for sb in self.live.values()]
+
+    def container_info(self, container_id: str) -> dict[str, Any] | None:
+        """A running sandbox's container as `GET /v1/containers/{id}` describes one (`shoal container exec`)."""
+        sb = next((s for s in self.live.values() if s.container_id == container_id), None)
+        if sb is None or sb.handle is None:
+            return None
+        row = next(r for r in self.container_rows() if r["sandbox_id"] == sb.id)
+        h = sb.handle
+        return {**row, "pid": h.pid, "sandboxed": bool(h.sandboxed), "isolation": h.isolation or self.backend.isolation,
+                "backend": self.backend.name, "cgroups": list(h.cgroup.dirs) if h.cgroup is not None else []}
 
     # -- looking up ------------------------------------------------------------------------------------------
     async def get_live(self, sandbox_id: str) -> Sandbox:
@@ -366,27 +387,21 @@ class Sandboxes:
         target = await self._target(sb)
         env = dict(target.env)
         if body.secret_names:
-            env.update(await self.secrets.resolve([SecretRef(name=n) for n in body.secret_names]))
+            refs = [SecretRef(name=n) for n in body.secret_names]
+            await self.secrets.check(refs)
+            env.update(await self.secrets.resolve(refs))
         env.update(body.env)
-        cmd = list(body.argv)
-        if body.workdir is not None:
-            cmd = ["/usr/bin/env", "-C", body.workdir, "--", *cmd]
-        argv = local_exec.command_argv(target, cmd, pty=False)
         eid = new_id("ex")
         edir = self.dir / sb.id / "execs"
         proc = Proc(eid, {fd: OutputFile(edir / f"{eid}.{fd}") for fd in FDS}, StdinPipe(None))
         ex = Exec(proc, sb)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, cwd=target.cwd if not target.sandboxed else "/",
-                start_new_session=True,
-                preexec_fn=(lambda: local_exec.prepare_process(target)) if target.sandboxed else None)
+            process = await self._spawn(sb, target, list(body.argv), env, body.workdir, body.pty)
         except OSError as exc:
             proc.finish(None, f"failed to start: {exc}")
             raise ApiError(400, f"`argv`: cannot run {body.argv[0]!r}: {exc}") from exc
         ex.process = process
-        proc.stdin = StdinPipe(process.stdin)
+        proc.stdin = StdinPipe(process.stdin, b"\x04" if body.pty else b"")
         sb.execs[eid] = ex
         self.execs[eid] = ex
         sb.last_active = time.monotonic()
@@ -395,10 +410,51 @@ class Sandboxes:
         self.spawn(self._run_exec(ex, process, timer))
         return ex
 
-    async def _run_exec(self, ex: Exec, process: asyncio.subprocess.Process, timer: Any) -> None:
+    async def _spawn(self, sb: Sandbox, target: local_exec.ExecTarget, argv: list[str], env: dict[str, str],
+                     workdir: str | None, pty: bool = False) -> AgentProcess | NsenterProcess:
+        """A command in the sandbox: through its agent, started at the first exec; through nsenter where the
+        agent cannot run."""
+        async with sb.agent_lock:
+            if (sb.agent is None or not sb.agent.alive) and not sb.agent_failed:
+                python = sb.image.python if sb.image is not None and sb.image.python else \
+                    getattr(self.backend, "python", "")
+                try:
+                    sb.agent = await Agent.start(target, python)
+                except OSError as exc:
+                    log.warning("sandbox %s: no exec agent (%s): execs go through nsenter", sb.id, exc)
+                    sb.agent_failed = True
+        if sb.agent is not None and sb.agent.alive:
+            try:
+                tty = None
+                if pty:
+                    try:
+                        tty = local_exec.open_pty(target)
+                    except local_exec.ExecError as exc:
+                        raise ApiError(400, f"`pty`: {exc}") from exc
+                    env = {"TERM": "xterm-256color", **env}
+                return await sb.agent.run(argv, env, workdir, tty)
+            except OSError:
+                if sb.agent.alive:
+                    raise
+                sb.agent_failed = not sb.agent.served  # it never came up (no interpreter?): not again
+        if pty:
+            raise ApiError(400, "`pty`: this sandbox's exec agent is not running, and execs with a terminal need it")
+        if workdir is not None:
+            argv = ["/usr/bin/env", "-C", workdir, "--", *argv]
+        process = await asyncio.create_subprocess_exec(
+            *local_exec.command_argv(target, argv, pty=False), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            cwd=target.cwd if not target.sandboxed else "/", start_new_session=True,
+            preexec_fn=(lambda: local_exec.prepare_process(target)) if target.sandboxed else None)
+        return NsenterProcess(process)
+
+    async def _run_exec(self, ex: Exec, process: AgentProcess | NsenterProcess, timer: Any) -> None:
         async def pump(stream: asyncio.StreamReader | None, f: OutputFile) -> None:
             while stream is not None:
-                chunk = await stream.read(65536)
+                try:
+                    chunk = await stream.read(65536)
+                except OSError:  # a terminal's master: EIO once every process holding it is gone
+                    return
                 if not chunk:
                     return
                 f.append(chunk)
@@ -407,9 +463,20 @@ class Sandboxes:
         code = await process.wait()
         if timer is not None:
             timer.cancel()
-        ex.proc.finish(code, ex.proc.reason or ("exited" if code >= 0 else describe_exit(code)))
-        ex.sandbox.execs.pop(ex.proc.id, None)
-        ex.sandbox.last_active = time.monotonic()
+        if code == LOST:
+            ex.proc.finish(None, ex.proc.reason or "exec agent died")
+        else:
+            ex.proc.finish(code, ex.proc.reason or "exited")
+        sb = ex.sandbox
+        sb.execs.pop(ex.proc.id, None)
+        sb.last_active = time.monotonic()
+        try:  # how it ended, next to its output: readable once it is forgotten here, and after a restart
+            path = self.dir / sb.id / "execs" / f"{ex.proc.id}.exit"
+            path.write_text(json.dumps({"returncode": ex.proc.returncode, "reason": ex.proc.reason}))
+        except OSError as exc:
+            log.warning("exec %s: cannot record its exit: %s", ex.proc.id, exc)
+        if sb.state == "terminated":
+            self.execs.pop(ex.proc.id, None)
 
     def _kill_exec(self, ex: Exec, reason: str) -> None:
         """An exec's timeout (or its sandbox's end): the exec's process group, nothing else of the sandbox."""
@@ -417,16 +484,24 @@ class Sandboxes:
             return
         if ex.proc.reason is None:
             ex.proc.reason = reason
-        try:
-            os.killpg(ex.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        ex.process.kill_group()
 
     def get_exec(self, exec_id: str) -> Exec:
         ex = self.execs.get(exec_id)
         if ex is None:
             raise ApiError(404, f"exec {exec_id} not found", "NotFoundError")
         return ex
+
+    def exec_exit(self, exec_id: str) -> dict[str, Any]:
+        """How an exec this control plane no longer holds ended: from its `.exit` file; without one it was running
+        when its control plane stopped."""
+        files = self.exec_files(exec_id)
+        if files is None:
+            raise ApiError(404, f"exec {exec_id} not found", "NotFoundError")
+        try:
+            return json.loads(files["stdout"].with_suffix(".exit").read_text())
+        except (OSError, ValueError):
+            return {"returncode": None, "reason": RESTARTED}
 
     def exec_files(self, exec_id: str) -> dict[str, Path] | None:
         """A finished exec's output files (after a restart, or once forgotten)."""
