@@ -14,6 +14,7 @@ from .dashboard_cmds import dashboard
 from .deploy_cmds import deploy
 from .exec_cmds import container_exec, shell
 from .run import run
+from .sandbox_cmds import sandbox_group
 from .secret_cmds import secret_group
 from .serve_cmds import serve
 from .server_cmds import server_group
@@ -51,6 +52,7 @@ cli.add_command(function_group)
 cli.add_command(server_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)
+cli.add_command(sandbox_group)
 cli.add_command(secret_group)
 cli.add_command(volume_group)
 cli.add_command(workspace_group)
