@@ -15,9 +15,11 @@ import asyncio
 import itertools
 import json
 import os
+import select
 import signal
 import socket
 import struct
+import threading
 from typing import Any
 
 from ...backends import local_exec
@@ -120,14 +122,17 @@ class AgentProcess:
         self.ended: asyncio.Future = asyncio.get_running_loop().create_future()
         self.returncode: int | None = None
         self.tty_slave: int | None = None  # held until it exits: a master whose slaves all closed may drop output
+        self.tty_done: threading.Event | None = None  # set once it exited: its terminal's reader may stop
 
     def exited(self, status: int) -> None:
         if self.tty_slave is not None:
             os.close(self.tty_slave)
             self.tty_slave = None
+            if self.tty_done is not None:
+                self.tty_done.set()
             if isinstance(self.stdin, TtyWriter):  # once its reader has read to the end
                 master = self.stdin.master
-                asyncio.get_running_loop().create_task(_close_after(self.stdout, master))
+                self.agent.spawn(_close_after(self.stdout, master))
         if not self.ended.done():
             self.ended.set_result(status)
 
@@ -179,15 +184,24 @@ async def _writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWri
     return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
-def _tty_reader(master: int) -> asyncio.StreamReader:
-    """A terminal's output, read by a thread with blocking reads (the event loop's pipe transport gets EIO from a
-    container's pty master at once); ends at EIO, once every process holding the terminal is gone."""
+def _tty_reader(master: int, done: threading.Event) -> asyncio.StreamReader:
+    """A terminal's output, read by a thread (the event loop's pipe transport gets EIO from a container's pty
+    master at once). It ends at EIO, or once `done` is set (the command exited and the control plane let go of
+    the slave) and nothing more is waiting: a master does not always report the hangup to a blocked reader."""
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
 
     def pump() -> None:
         try:
-            while data := os.read(master, 65536):
+            while True:
+                ready, _, _ = select.select([master], [], [], 0.05)
+                if not ready:
+                    if done.is_set():
+                        return
+                    continue
+                data = os.read(master, 65536)
+                if not data:
+                    return
                 loop.call_soon_threadsafe(reader.feed_data, data)
         except OSError:
             pass
@@ -297,14 +311,15 @@ class Agent:
             else:
                 master, slave = tty
                 theirs = [slave, slave, slave]
-                stdout, stderr = _tty_reader(master), _ended_reader()
+                done = threading.Event()
+                stdout, stderr = _tty_reader(master, done), _ended_reader()
                 stdin = TtyWriter(master)  # type: ignore[assignment]
             cid = next(self.ids)
             proc = AgentProcess(self, cid, stdin, stdout, stderr)
             self.running[cid] = proc
             await self.send({"id": cid, "argv": argv, "env": env, "cwd": cwd, "tty": tty is not None}, theirs)
             if tty is not None:
-                proc.tty_slave, theirs = tty[1], []
+                proc.tty_slave, proc.tty_done, theirs = tty[1], done, []
         finally:
             for fd in set(theirs):
                 os.close(fd)
