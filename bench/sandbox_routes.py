@@ -3,7 +3,8 @@ trip on a running sandbox (`POST …/exec` of `echo hi`, its output read to the 
 created to the first line of its output (`echo hi` as its command), each repeated, on a control plane started for
 the run in a temporary SHOAL_HOME.
 
-    python -m bench.sandbox_routes [--repeat 50]
+    python -m bench.sandbox_routes [--repeat 50] [--gap 0.5]
+    SHOAL_SANDBOX_WARM_POOL=1 python -m bench.sandbox_routes   # creations served by warm sandboxes
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def _pct(xs: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--gap", type=float, default=0.5, help="seconds between two creations")
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="shoal-bench-sb-")
     os.environ["SHOAL_HOME"] = home
@@ -57,13 +59,15 @@ def main() -> None:
         c.call("POST", f"/v1/sandboxes/{sid}/terminate")
         creates = []
         for i in range(max(5, args.repeat // 5) + 1):
+            time.sleep(args.gap)  # (with SHOAL_SANDBOX_WARM_POOL: room for the pool to refill meanwhile)
             t0 = time.perf_counter()
             sid = c.call("POST", "/v1/sandboxes", {"app_id": app, "command": ["echo", "hi"]})["sandbox_id"]
             assert first_line(f"/v1/sandboxes/{sid}") == b"hi\n"
             if i >= 1:
                 creates.append(time.perf_counter() - t0)
+        warm = os.environ.get("SHOAL_SANDBOX_WARM_POOL", "0")
         for label, xs in (("exec round trip (echo hi, output to eof, exit code)", execs),
-                          ("create -> first output line (command echo hi)", creates)):
+                          (f"create -> first output line (command echo hi; warm pool {warm})", creates)):
             print(f"{label}: p50 {statistics.median(xs) * 1000:.1f} ms, p90 {_pct(xs, 0.9) * 1000:.1f} ms, "
                   f"n={len(xs)}")
     finally:

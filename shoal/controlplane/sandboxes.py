@@ -137,7 +137,7 @@ class SandboxRoutes:
         q = query_of(request, req.SandboxByName)
         for sb in self.sandboxes.live.values():
             app = self.registry.apps.get(sb.app_id)
-            if sb.name == q.name and app is not None and app.name == q.app_name:
+            if sb.name == q.name and sb.state != "terminated" and app is not None and app.name == q.app_name:
                 return reply(sb.info())
         raise ApiError(404, f"no running sandbox named {q.name!r} in app {q.app_name!r}", "NotFoundError")
 
@@ -186,7 +186,7 @@ class SandboxRoutes:
     async def stdin(self, request: web.Request) -> web.Response:
         sb = self.sandboxes.live.get(request.match_info["sandbox_id"])
         body = await body_of(request, req.StreamWrite)
-        if sb is None:
+        if sb is None or sb.state == "terminated":
             raise ApiError(409, "the sandbox is not running", "SandboxTerminatedError")
         sb.last_active = _now()
         return await _write(sb.proc, body)

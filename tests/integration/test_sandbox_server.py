@@ -503,3 +503,51 @@ def test_output_is_bounded(unshared: ControlPlane) -> None:
     assert out.startswith(b"\0" * (1 << 20)) and out.endswith(b"bytes dropped]\n") and len(out) < (1 << 20) + 100
     assert read_all(f"/v1/sandboxes/{sid}", "stderr") == b"done\n"
     assert wait(sid)["returncode"] == 0  # its writes never blocked
+
+
+@pytest.fixture
+def warm_pool(tmp_path: Path) -> Any:
+    """A control plane of this test alone keeping one warm sandbox per image (SHOAL_SANDBOX_WARM_POOL=1)."""
+    from ..conftest import _use_home
+
+    previous = os.environ.get("SHOAL_HOME")
+    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_WARM_POOL": "1"}).start()
+    _use_home(cp.home)
+    yield cp
+    cp.stop()
+    if previous:
+        _use_home(Path(previous))
+
+
+def test_warm_sandboxes_behave_as_cold_ones(warm_pool: ControlPlane) -> None:
+    app = new_app()
+    name = f"sbs-{secrets.token_hex(4)}"
+    call("POST", "/v1/secrets", {"name": name, "env": {"FROM_SECRET": "s3cret"}})
+    # A command's parent tells the two apart: a warm sandbox runs it from its exec agent, a cold one from init.
+    parent = "tr '\\0' ' ' < /proc/$PPID/cmdline | grep -c 'recv_''fds'"
+    first = create(app, "sh", "-c", parent)  # cold: the first of its image; a warm one starts after it
+    assert read_all(f"/v1/sandboxes/{first}") == b"0\n"
+
+    def served_warm() -> bool:
+        sid = create(app, "sh", "-c", parent)
+        return read_all(f"/v1/sandboxes/{sid}") == b"1\n"
+
+    assert wait_for(served_warm, 60, 0.5)
+    time.sleep(1.0)  # room for the next warm one to start (not a timing: a cold start passes too)
+    script = 'echo "$FROM_SECRET $PLAIN $SHOAL_SANDBOX_ID $(pwd)"; read x; echo "got $x" >&2; exit 5'
+    sid = create(app, "sh", "-c", script, secret_names=[name], env={"PLAIN": "value"}, workdir="/tmp")
+    out, _ = read_until(f"/v1/sandboxes/{sid}", b"\n")
+    assert out == f"s3cret value {sid} /tmp\n".encode()
+    assert run_exec(sid, "sh", "-c", "echo $FROM_SECRET $SHOAL_SANDBOX_ID $(pwd)")[1] == f"s3cret {sid} /tmp\n".encode()
+    call("POST", f"/v1/sandboxes/{sid}/stdin", {"offset": 0, "data": b"typed\n", "eof": True})
+    assert wait(sid) == {"returncode": 5, "reason": "exited"}
+    assert read_all(f"/v1/sandboxes/{sid}", "stderr") == b"got typed\n"
+    assert call("GET", f"/v1/sandboxes/{sid}")["state"] == "terminated"
+    # Timeouts and terminate end it as a cold one's.
+    time.sleep(1.0)
+    slow = create(app, "sleep", "300", timeout=1)
+    assert wait(slow)["reason"] == "timeout"
+    time.sleep(1.0)
+    idle = create(app)
+    call("POST", f"/v1/sandboxes/{idle}/terminate")
+    assert wait(idle)["reason"] == "terminated"

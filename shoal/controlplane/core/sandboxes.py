@@ -34,6 +34,7 @@ from .model import new_id
 from .registry import Registry
 from .sandbox_exec import LOST, Agent, AgentProcess, NsenterProcess
 from .sandbox_streams import OutputFile, StdinPipe
+from .sandbox_warm import Warm, WarmSandboxes, fits
 
 log = logging.getLogger("shoal.sandbox")
 TERM_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
@@ -137,6 +138,7 @@ class Sandboxes:
         self.live: dict[str, Sandbox] = {}
         self.execs: dict[str, Exec] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.warm = WarmSandboxes(backend, pids_max())
         self.on_start: list[Any] = []  # callbacks(sandbox) once its container runs (tunnels)
         self.on_end: list[Any] = []
 
@@ -160,7 +162,7 @@ class Sandboxes:
         if app is None:
             raise ApiError(404, f"app {body.app_id} not found or stopped", "NotFoundError")
         if body.name is not None and any(s.app_id == body.app_id and s.name == body.name
-                                         for s in self.live.values()):
+                                         and s.state != "terminated" for s in self.live.values()):
             raise ApiError(409, f"a running sandbox of this app is already named {body.name!r}",
                            "AlreadyExistsError")
         if body.gpu is not None:
@@ -179,17 +181,23 @@ class Sandboxes:
                 raise ApiError(400, f"`image`: {exc}", "ImageBuildError") from exc
         refs = [SecretRef(name=n) for n in body.secret_names]
         await self.secrets.check(refs)
+        warm = self.warm.take(image) if fits(body) else None
         sid = new_id("sb")
         sdir = self.dir / sid
         proc = Proc(sid, {fd: OutputFile(sdir / fd) for fd in FDS}, StdinPipe(None))
-        sb = Sandbox(sid, body.app_id, body.name, dict(body.tags), body, time.time(), proc, new_id("ta"))
+        sb = Sandbox(sid, body.app_id, body.name, dict(body.tags), body, time.time(), proc,
+                     warm.container_id if warm is not None else new_id("ta"))
         sb.image = image
         self.live[sid] = sb
-        await self.store.flushed(rows.insert(self.store, rows.SandboxRow(
+        inserted = rows.insert(self.store, rows.SandboxRow(
             sid, body.app_id, body.name, sb.tags, "pending", None, None, sb.created_at, None, list(body.command),
-            image.image_id if image else None, sb.container_id)))
+            image.image_id if image else None, sb.container_id))
         try:
-            await self._start(sb, refs)
+            # The row is committed before the caller hears of the sandbox; the container starts meanwhile.
+            start = self._adopt(sb, warm, refs) if warm is not None else self._start(sb, refs)
+            await asyncio.gather(self.store.flushed(inserted), start)
+            if warm is None and fits(body):
+                self.warm.fill(image)  # the next creation of this image may find one ready
         except BaseException as exc:
             reason = f"failed to start: {exc}"
             self._ended(sb, None, reason)
@@ -246,6 +254,45 @@ class Sandboxes:
             cb(sb)
         self.spawn(self._watch(sb, handle))
 
+    async def _adopt(self, sb: Sandbox, w: Warm, refs: list[SecretRef]) -> None:
+        """Serve a creation with a warm container: its command starts through the container's agent, with the
+        sandbox's environment (the container's own, its secrets, `env`, its ids)."""
+        b = sb.body
+        env = dict(w.target.env)
+        env.update(await self.secrets.resolve(refs) if refs else {})
+        env.update(b.env)
+        env.update(modal_environment(sb.container_id, sb.image))
+        env.update({"SHOAL_SANDBOX_ID": sb.id, "MODAL_SANDBOX_ID": sb.id, "SHOAL_CONTAINER_ID": sb.container_id})
+        sb.handle, sb.target, sb.agent = w.handle, replace(w.target, env=env), w.agent
+        main = await w.agent.run(list(b.command), env, b.workdir) if b.command else None
+        sb.state = "running"
+        rows.started(self.store, sb.id, sb.container_id)
+        asyncio.get_running_loop().call_later(b.timeout, self._timed_out, sb)
+        for cb in self.on_start:
+            cb(sb)
+        self.spawn(self._watch(sb, w.handle))
+        if main is not None:
+            sb.proc.stdin = StdinPipe(main.stdin)
+            self.spawn(self._run_main(sb, main))
+
+    async def _run_main(self, sb: Sandbox, main: AgentProcess) -> None:
+        """A warm sandbox's command: the sandbox ends when it exits (its container is then stopped)."""
+        async def pump(stream: asyncio.StreamReader, fd: str) -> None:
+            while chunk := await stream.read(65536):
+                self._output(sb, fd, chunk)
+
+        pumps = asyncio.gather(pump(main.stdout, "stdout"), pump(main.stderr, "stderr"))
+        code = await main.wait()
+        if code == LOST:  # the container ended first (terminated, timed out): `_watch` says how
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(pumps), 2.0)  # what it wrote last (a child may keep the pipes)
+        except asyncio.TimeoutError:
+            pass
+        self._ended(sb, code, sb.end_reason or "exited")
+        if sb.handle is not None:
+            sb.handle.kill()
+
     async def _volume_refs(self, volumes: list[req.SandboxVolume]) -> list:
         from ..._spec.definitions import VolumeMount
 
@@ -269,14 +316,17 @@ class Sandboxes:
         self._ended(sb, code, end_reason(sb.end_reason, handle.exit_reason()))
 
     def _ended(self, sb: Sandbox, code: int | None, reason: str) -> None:
+        if sb.state == "terminated":  # (a warm sandbox's command ended it before its container)
+            return
         sb.state = "terminated"
         sb.proc.finish(code, reason)
         for ex in list(sb.execs.values()):
             self._kill_exec(ex, "sandbox terminated")
         if sb.agent is not None:
             sb.agent.close()
-        rows.ended(self.store, sb.id, code, reason, time.time())
-        self.live.pop(sb.id, None)
+        # Kept here until its row says so, so a reader never sees the row's older state in between.
+        ticket = rows.ended(self.store, sb.id, code, reason, time.time())
+        self.store.after(ticket, lambda: self.live.pop(sb.id, None))
         for eid in [e for e, ex in self.execs.items() if ex.sandbox is sb and ex.proc.done.is_set()]:
             self.execs.pop(eid, None)  # their output and exit are on disk
         for cb in self.on_end:
@@ -317,6 +367,7 @@ class Sandboxes:
                 log.exception("sandbox housekeeping failed")
 
     def shutdown(self) -> None:
+        self.warm.shutdown()
         for sb in list(self.live.values()):
             if sb.handle is not None:
                 sb.handle.kill()
@@ -327,11 +378,12 @@ class Sandboxes:
         return [{"container_id": sb.container_id, "app_id": sb.app_id, "function": f"sandbox {sb.id}",
                  "function_id": sb.id, "sandbox_id": sb.id, "state": sb.state, "pending_reason": None,
                  "running_inputs": len(sb.execs), "age_s": now - sb.created_at, "timings": None, "node": None}
-                for sb in self.live.values()]
+                for sb in self.live.values() if sb.state != "terminated"]
 
     def container_info(self, container_id: str) -> dict[str, Any] | None:
         """A running sandbox's container as `GET /v1/containers/{id}` describes one (`shoal container exec`)."""
-        sb = next((s for s in self.live.values() if s.container_id == container_id), None)
+        sb = next((s for s in self.live.values() if s.container_id == container_id and s.state != "terminated"),
+                  None)
         if sb is None or sb.handle is None:
             return None
         row = next(r for r in self.container_rows() if r["sandbox_id"] == sb.id)
@@ -343,7 +395,7 @@ class Sandboxes:
     async def get_live(self, sandbox_id: str) -> Sandbox:
         """A running sandbox: 404 when there is no such sandbox, 409 (SandboxTerminatedError) when it ended."""
         sb = self.live.get(sandbox_id)
-        if sb is None:
+        if sb is None or sb.state == "terminated":
             info = await self.info(sandbox_id)
             raise ApiError(409, f"sandbox {sandbox_id} is terminated ({info['reason']})", "SandboxTerminatedError")
         return sb
@@ -400,7 +452,7 @@ class Sandboxes:
         proc = Proc(eid, {fd: OutputFile(edir / f"{eid}.{fd}") for fd in FDS}, StdinPipe(None))
         ex = Exec(proc, sb)
         try:
-            process = await self._spawn(sb, target, list(body.argv), env, body.workdir, body.pty)
+            process = await self._spawn(sb, target, list(body.argv), env, body.workdir or sb.body.workdir, body.pty)
         except OSError as exc:
             proc.finish(None, f"failed to start: {exc}")
             raise ApiError(400, f"`argv`: cannot run {body.argv[0]!r}: {exc}") from exc
