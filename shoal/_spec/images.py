@@ -17,13 +17,15 @@ IMAGE_ID_RE = re.compile(r"^im-[0-9a-f]{64}$")
 _UNHASHED_KEYS = frozenset({"force", "repr", "secret_env"})
 BUILD_KINDS = frozenset({
     "pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject", "uv_sync",
-    "apt_install", "run_commands", "env", "workdir",
+    "apt_install", "run_commands", "env", "workdir", "dockerfile_commands",
 })
+# Base steps of OCI images: always steps[0] (with python_version None), never elsewhere.
+BASE_KINDS = frozenset({"from_registry", "from_dockerfile"})
 FILE_KINDS = frozenset({"add_local_file", "add_local_dir", "add_local_python_source"})
 STEP_KINDS = BUILD_KINDS | FILE_KINDS
 
 
-def image_id_for(python_version: str, steps: Sequence[dict[str, Any]], force_base: bool = False) -> str:
+def image_id_for(python_version: str | None, steps: Sequence[dict[str, Any]], force_base: bool = False) -> str:
     """The id of an image: sha256 of its canonical chain. Used by the SDK and re-checked by the control plane."""
     del force_base  # forcing a rebuild does not change what is built
     canon = json.dumps(

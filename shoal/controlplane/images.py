@@ -35,6 +35,7 @@ import shlex
 import shutil
 import signal
 import stat
+import sys
 import sysconfig
 import tarfile
 import time
@@ -47,11 +48,13 @@ import msgspec
 
 from .._spec.config import package_dir
 from .._spec.definitions import ImageSpec
-from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
+from .._spec.images import BASE_KINDS, BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
-from ..backends.sandbox import SYSTEM_DIRS
+from ..backends.sandbox import SYSTEM_DIRS, id_base
 from ..exception import ImageBuildError, InvalidError
+from ..oci.registry import RegistryError, parse_reference
+from .oci_images import OciBuilder
 
 Log = Callable[[str], None]
 
@@ -171,7 +174,9 @@ def _discovery_path() -> str:
 _FIELD_TYPES = {"packages": "strs", "requirements": "strs", "commands": "strs", "groups": "strs", "extras": "strs",
                 "modules": "strs", "vars": "env", "env": "env", "secret_env": "env", "extra_options": "str",
                 "find_links": "str", "index_url": "str", "extra_index_url": "str", "pyproject": "str",
-                "lock": "str", "mode": "int"}
+                "lock": "str", "mode": "int", "tag": "str", "dockerfile": "str", "build_args": "env",
+                "add_python": "str", "context_sha": "str", "registry": "str"}
+REGISTRY_KINDS = ("generic", "aws_ecr", "gcp")
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -184,32 +189,67 @@ def _is(value: Any, kind: str) -> bool:
 
 def check_spec(spec: ImageSpec) -> ImageSpec:
     """Validate an image spec from a client (its types were checked when its definition was decoded); its id
-    must be the hash of its steps."""
+    must be the hash of its steps. An OCI image has no python_version and a base step (BASE_KINDS) first."""
     image_id, version = spec.image_id, spec.python_version
     if not IMAGE_ID_RE.match(image_id):
         raise InvalidError(f"invalid image id {image_id!r}")
-    if version is None or not re.fullmatch(r"3\.\d+(\.\d+)?", version):
+    oci = bool(spec.steps) and isinstance(spec.steps[0], dict) and spec.steps[0].get("kind") in BASE_KINDS
+    if oci and version is not None:
+        raise InvalidError(f"invalid python_version {version!r}: an image from {spec.steps[0]['kind']} has none "
+                           "(use add_python=)")
+    if not oci and (version is None or not re.fullmatch(r"3\.\d+(\.\d+)?", version)):
         raise InvalidError(f"invalid python_version {version!r}")
     if spec.builder != BUILDER_VERSION:
         raise InvalidError(f"image spec from builder {spec.builder!r}; this control plane builds "
                            f"{BUILDER_VERSION!r} (upgrade the client or the control plane so they match)")
-    for step in spec.steps:
-        if not isinstance(step, dict) or step.get("kind") not in STEP_KINDS or not isinstance(step.get("repr"), str):
+    for i, step in enumerate(spec.steps):
+        kinds = STEP_KINDS | BASE_KINDS if i == 0 else STEP_KINDS
+        if not isinstance(step, dict) or step.get("kind") not in kinds or not isinstance(step.get("repr"), str):
             raise InvalidError(f"invalid image step {step!r}")
         for remote in (step.get("remote_path"), step.get("path")):  # each a path inside the image
             if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
                                        or ".." in PurePosixPath(remote).parts):
                 raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
-        if "sha" in step and not (isinstance(step["sha"], str) and re.fullmatch(r"[0-9a-f]{64}", step["sha"])):
-            raise InvalidError(f"invalid blob id in {step['repr']}")
+        for key in ("sha", "context_sha"):
+            if step.get(key) is not None and not (isinstance(step[key], str)
+                                                  and re.fullmatch(r"[0-9a-f]{64}", step[key])):
+                raise InvalidError(f"invalid blob id {key!r} in {step['repr']}")
         for key, kind in _FIELD_TYPES.items():
             if key in step and step[key] is not None and not _is(step[key], kind):
                 raise InvalidError(f"invalid {key!r} in image step {step['repr']}")
         if any(p.startswith("-") for p in step.get("packages") or []):
             raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
+        _check_oci_step(step, oci)
     if image_id_for(version, spec.steps) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
+
+
+def _check_oci_step(step: dict[str, Any], oci: bool) -> None:
+    """The fields of the OCI images' own steps (base steps and dockerfile_commands)."""
+    kind, where = step["kind"], step["repr"]
+    if kind == "dockerfile_commands":
+        if not oci:
+            raise InvalidError(f"{where}: dockerfile_commands needs an image from from_registry or from_dockerfile "
+                               "in shoal; debian_slim images are not OCI images yet")
+        if not isinstance(step.get("commands"), list):
+            raise InvalidError(f"invalid 'commands' in image step {where}")
+        if any(re.match(r"\s*FROM\b", c, re.I) for c in step["commands"]):
+            raise InvalidError(f"{where}: dockerfile_commands cannot contain FROM")
+    if kind == "from_registry":
+        if not isinstance(step.get("tag"), str):
+            raise InvalidError(f"invalid 'tag' in image step {where}")
+        try:
+            parse_reference(step["tag"])
+        except RegistryError as exc:
+            raise InvalidError(f"invalid 'tag' in image step {where}: {exc}") from None
+        if step.get("registry", "generic") not in REGISTRY_KINDS:
+            raise InvalidError(f"invalid 'registry' in image step {where}: one of {', '.join(REGISTRY_KINDS)}")
+    if kind == "from_dockerfile" and not isinstance(step.get("dockerfile"), str):
+        raise InvalidError(f"invalid 'dockerfile' in image step {where}")
+    if step.get("add_python") is not None and (
+            kind not in BASE_KINDS or not re.fullmatch(r"3\.\d+(\.\d+)?", step["add_python"])):
+        raise InvalidError(f"invalid 'add_python' in image step {where}: a Python version such as '3.12'")
 
 
 @dataclasses.dataclass
@@ -279,6 +319,7 @@ class ImageBuilder:
         self._pythons: dict[str, tuple[str, str, str]] = {}
         self._discovery_path: str | None = None
         self.builds = 0  # images built (cache misses) by this builder
+        self._oci: OciBuilder | None = None
         self.sandbox = BuildSandbox(str(state_dir))  # where run_commands and package steps' uv run
         try:
             from uv import find_uv_bin
@@ -287,6 +328,51 @@ class ImageBuilder:
         except (ImportError, FileNotFoundError):
             self.uv = shutil.which("uv") or "uv"  # a build then fails naming it
 
+    @property
+    def oci(self) -> OciBuilder:
+        """The builder of OCI images (made on first use: it opens the layer store, SHOAL_HOME/oci)."""
+        if self._oci is None:
+            shift = id_base() if os.geteuid() == 0 else 0
+            self._oci = OciBuilder(self.dir, self.blob_dir, self.sandbox, self.uv, shift, self.runtime_for)
+        return self._oci
+
+    async def runtime_for(self, python_version: str, libc: str, log: Log | None = None) -> str:
+        """The container runtime's packages for an OCI image's Python X.Y (its libc: glibc or musl), shared by
+        the images of that X.Y and bound read-only into their containers: linked from the control plane's own
+        environment when it runs the same X.Y on glibc, else wheels installed once with `uv pip install --target
+        --python-version --python-platform` on the host (wheels only: no package code runs)."""
+        machine = platform.machine() or "x86_64"
+        tag = f"{machine}-manylinux_2_28" if libc == "glibc" else f"{machine}-unknown-linux-musl"
+        key = hashlib.sha256(json.dumps([python_version, tag, RUNTIME_REQUIREMENTS]).encode()).hexdigest()[:12]
+        target = self.dir / ".runtime" / f"oci-py{python_version}-{libc}-{key}"
+        if (target / ".complete").exists():
+            return str(target)
+        async with self._runtime_lock:
+            if (target / ".complete").exists():
+                return str(target)
+            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            missing = list(RUNTIME_NAMES)
+            if python_version == sysconfig.get_python_version() and libc == "glibc":
+                missing = await asyncio.to_thread(_copy_host_packages, RUNTIME_NAMES, tmp)
+            if missing:
+                wanted = [r for r in [*RUNTIME_REQUIREMENTS, "pip"] if re.split(r"[<>=!~ ]", r)[0] in missing]
+                if log is not None:
+                    log(f"Runtime packages for Python {python_version} ({tag}): installing {', '.join(wanted)}\n")
+                argv = [self.uv, "pip", "install", "--target", str(tmp), "--python", sys.executable,
+                        "--python-version", python_version, "--python-platform", tag, "--only-binary", ":all:",
+                        *wanted]
+                rc, out = await self._exec(argv, env=_build_env({"PATH": STANDARD_PATH}), cwd=tmp, log=None)
+                if rc != 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise ImageBuildError(f"installing the container runtime's packages for Python {python_version} "
+                                          f"({tag}) failed:\n{out[-TAIL_CHARS:].strip()}")
+            (tmp / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete one, from a build that was interrupted
+            tmp.rename(target)
+        return str(target)
+
     # -- cache -----------------------------------------------------------------------------------------------
     def cached(self, image_id: str) -> ContainerImage | None:
         """The built image, or None: one small JSON read."""
@@ -294,6 +380,8 @@ class ImageBuilder:
             manifest = json.loads((self.dir / image_id / "manifest.json").read_bytes())
         except (OSError, ValueError):
             return None
+        if manifest.get("kind") == "oci":
+            return OciBuilder.image_from(manifest)
         if (manifest.get("builder") != BUILDER_VERSION or manifest.get("runtime") != RUNTIME_REQUIREMENTS
                 or manifest.get("shoal") != SHOAL_PACKAGE_DIR or not os.path.exists(manifest["python"])
                 or not os.path.isdir(manifest.get("runtime_dir") or "")):
@@ -312,6 +400,10 @@ class ImageBuilder:
         async with self._locks.setdefault(image_id, asyncio.Lock()):
             if not force and (hit := self.cached(image_id)) is not None:
                 return hit  # built while we waited
+            if spec.steps and spec.steps[0]["kind"] in BASE_KINDS:
+                built = await self.oci.build(image_id, spec.steps, spec.force_base is True, log)
+                self.builds += 1
+                return built
             if not mounts:
                 return await self._build(spec, log)
             base_spec = msgspec.structs.replace(spec, steps=build_steps,

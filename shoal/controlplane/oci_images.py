@@ -1,0 +1,523 @@
+"""The OCI image builder: images whose chain starts with `from_registry` or `from_dockerfile` are real root
+filesystems, a stack of layers in the control plane's layer store (`SHOAL_HOME/oci`, shoal.oci.store).
+
+The base is pulled (shoal.oci.registry, credentials from the step's secret). Every later step is one layer:
+  * steps that run code (RUN / run_commands, apt_install, the pip steps, add_python's `ldconfig`) run in a build
+    container whose root is the image so far plus a writable upper directory (BuildSandbox.run_on_layers); the
+    upper directory becomes the step's layer (shoal.oci.upper.layer_from_upper). Nothing runs on the host.
+  * steps that only place files (COPY/ADD, add_local_*, add_python's interpreter, WORKDIR's directory) write the
+    layer straight from the files (oci_files.py): no code runs.
+  * ENV / WORKDIR / USER / ENTRYPOINT / CMD and `env` / `workdir` change the image config only.
+Each layer is cached by a key chained from its parent's key and the step as it is hashed into the image id (plus
+the build context's blob), so changing step 3 rebuilds from step 3 on. A built image's record
+(`SHOAL_HOME/images/<image_id>/manifest.json`, `"kind": "oci"`) is all a cache hit reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .._spec.images import BUILDER_VERSION, _hashed, split_mounts
+from ..backends.base import ContainerImage
+from ..backends.build_sandbox import BuildSandbox, BuildSetupError
+from ..exception import ImageBuildError
+from ..oci import dockerfile as df
+from ..oci.base import BaseImageError, find_interpreter
+from ..oci.registry import RegistryError, parse_reference, pull
+from ..oci.store import Image, Layer, LayerStore, StoreError
+from ..oci.unpack import LayerError
+from ..oci.upper import layer_from_upper
+from . import oci_files
+from .oci_files import FileStepError, LayerTar
+
+Log = Callable[[str], None]
+TAIL_CHARS = 4000
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KIND = "oci"
+# Where a build container sees what the builder lends it (read-only unless said otherwise).
+UV_INSIDE = "/.shoal/bin/uv"
+UV_CACHE_INSIDE = "/.shoal/uv-cache"  # read-write
+SCRATCH_INSIDE = "/.shoal/build"  # a step's scratch files: requirements, a uv project
+# Mountpoints a build container may create that are no part of the image (when the image had nothing there).
+RUNTIME_PATHS = {"/etc/resolv.conf", "/etc/hosts", "/etc/hostname", "/proc", "/sys", "/dev", "/run/shoal", "/.shoal",
+                 "/tmp/.shoal"}
+_PROBE = ("import platform, sys; v = sys.version_info; "
+          "print('shoal-probe', f'{v[0]}.{v[1]}', platform.libc_ver()[0] or 'musl')")
+
+
+@dataclasses.dataclass
+class _State:
+    """The image so far: its layers (bottom first), its config, and the cache key of the chain that made it."""
+
+    image_id: str
+    key: str
+    layers: list[dict[str, Any]]
+    config: dict[str, Any]
+    step_no: int = 0
+    step_repr: str = ""
+
+    def env(self) -> dict[str, str]:
+        env = dict(e.split("=", 1) for e in self.config.get("Env") or [] if "=" in e)
+        env.setdefault("PATH", STANDARD_PATH)
+        return env
+
+    def set_env(self, values: dict[str, str]) -> None:
+        env = {**dict(e.split("=", 1) for e in self.config.get("Env") or [] if "=" in e), **values}
+        self.config["Env"] = [f"{k}={v}" for k, v in env.items()]
+
+    @property
+    def workdir(self) -> str:
+        return self.config.get("WorkingDir") or "/"
+
+    def chain(self, *parts: Any) -> str:
+        """The next key: sha256 of this key and what the next step is."""
+        data = json.dumps([self.key, *parts], sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(data.encode()).hexdigest()
+
+
+class OciBuilder:
+    """Builds OCI images for ImageBuilder (which validates specs, locks per image id, and serves cache hits)."""
+
+    def __init__(self, images_dir: Path, blob_dir: Path, sandbox: BuildSandbox, uv: str, id_shift: int,
+                 runtime_for: Callable[[str, str, Log], Awaitable[str]]) -> None:
+        self.dir = images_dir
+        self.blob_dir = blob_dir
+        self.sandbox = sandbox
+        self.uv = os.path.realpath(uv) if os.path.isabs(uv) else (shutil.which(uv) or uv)
+        self.id_shift = id_shift
+        self.runtime_for = runtime_for
+        self.store = LayerStore(images_dir.parent / "oci", id_shift=id_shift)
+        self.steps_dir = images_dir / ".cache" / "oci-steps"  # step key -> its layer
+        self.uv_cache = images_dir / ".cache" / "uv-oci"  # written by build containers' root, never the host's uv
+        self.builds = 0
+
+    # -- records ---------------------------------------------------------------------------------------------------
+    def record_path(self, image_id: str) -> Path:
+        return self.dir / image_id / "manifest.json"
+
+    @staticmethod
+    def image_from(manifest: dict[str, Any]) -> ContainerImage | None:
+        """The ContainerImage of a record, or None when its layers or runtime packages are gone (pruned)."""
+        if manifest.get("builder") != BUILDER_VERSION or not all(os.path.isdir(d) for d in manifest["lowerdirs"]):
+            return None
+        if manifest["runtime_dir"] and not os.path.isdir(manifest["runtime_dir"]):
+            return None
+        return ContainerImage(image_id=manifest["image_id"], python=manifest["python"], env=manifest["env"],
+                              workdir=manifest["workdir"], layers=manifest["lowerdirs"],
+                              runtime_dir=manifest["runtime_dir"], user=manifest["user"] or None)
+
+    # -- building --------------------------------------------------------------------------------------------------
+    async def build(self, image_id: str, steps: list[dict[str, Any]], force_base: bool, log: Log) -> ContainerImage:
+        build_steps, mounts = split_mounts(steps)
+        ordered = [*build_steps, *mounts]
+        forced_from = 0 if force_base else next((i for i, s in enumerate(ordered) if s.get("force")), len(ordered))
+        t0 = time.monotonic()
+        log(f"Building image {image_id} (steps 0 to {len(steps) - 1})\n")
+        async with self._store_lock():
+            st = _State(image_id=image_id, key="", layers=[], config={})
+            for i, step in enumerate(ordered):
+                st.step_no, st.step_repr = i, step["repr"]
+                log(f"=> Step {i}: {step['repr']}\n")
+                await self._step(st, step, i >= forced_from, log)
+            python = await asyncio.to_thread(self._python, st)
+            version, libc = ("", "")
+            if python:
+                version, libc = await self._probe(st, python, log)
+            runtime_dir = await self.runtime_for(version, libc, log) if version else ""
+            image = await asyncio.to_thread(self._record_image, image_id, st)
+            lowerdirs = [str(p) for p in await asyncio.to_thread(self.store.lowerdirs, image)]
+        env = st.env()
+        manifest = {"kind": KIND, "image_id": image_id, "builder": BUILDER_VERSION, "store_name": image_id,
+                    "layers": [x["diff_id"] for x in st.layers], "lowerdirs": lowerdirs, "config": st.config,
+                    "python": python, "python_version": version, "libc": libc, "runtime_dir": runtime_dir,
+                    "env": env, "workdir": st.config.get("WorkingDir") or None, "user": st.config.get("User") or "",
+                    "built_at": time.time(), "build_s": round(time.monotonic() - t0, 3),
+                    "steps": [s["repr"] for s in ordered]}
+        path = self.record_path(image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("manifest.json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(path)
+        self.builds += 1
+        log(f"Built image {image_id} in {time.monotonic() - t0:.2f}s\n")
+        image_out = self.image_from(manifest)
+        if image_out is None:
+            raise ImageBuildError(f"image {image_id} was built but its layers are gone (pruned meanwhile?)")
+        return image_out
+
+    async def _step(self, st: _State, step: dict[str, Any], forced: bool, log: Log) -> None:
+        kind = step["kind"]
+        try:
+            if kind == "from_registry":
+                await self._from_registry(st, step, step["tag"], forced, log)
+            elif kind == "from_dockerfile":
+                await self._dockerfile(st, step, df.parse(step["dockerfile"], step.get("build_args") or {}),
+                                       forced, log)
+            elif kind == "dockerfile_commands":
+                parsed = df.parse("FROM scratch\n" + "\n".join(step["commands"]), step.get("build_args") or {})
+                await self._dockerfile(st, step, parsed[1:], forced, log)
+            else:
+                await self._shoal_step(st, step, forced, log)
+            if step.get("add_python"):
+                await self._add_python(st, step["add_python"], forced, log)
+        except (df.DockerfileError, FileStepError, RegistryError, BaseImageError, StoreError, LayerError) as exc:
+            self._fail(st, str(exc))
+
+    # -- bases -----------------------------------------------------------------------------------------------------
+    async def _from_registry(self, st: _State, step: dict[str, Any], ref: str, forced: bool, log: Log) -> None:
+        """The base image, from the store when pulled before (a forced step pulls again)."""
+        name = str(parse_reference(ref))
+        image = None if forced else self.store.get(name)
+        if image is None or not all(self.store.layer_path(x.diff_id).is_dir() for x in image.layers):
+            log(f"Pulling {name}\n")
+            creds = await asyncio.to_thread(registry_credentials, step)
+            image = await asyncio.to_thread(pull, self.store, ref, credentials=creds)
+        st.layers = [_info(x) for x in image.layers]
+        st.config = dict((await asyncio.to_thread(self.store.read_json_blob, image.config_digest)).get("config") or {})
+        st.key = st.chain("base", image.manifest_digest)
+
+    async def _add_python(self, st: _State, version: str, forced: bool, log: Log) -> None:
+        """CPython `version` at /usr/local/bin/python (the machine's pyenv build, copied as the Debian base image
+        copies it), then `ldconfig` and a smoke test in a build container."""
+        prefix = await asyncio.to_thread(find_interpreter, version)
+        ident = [prefix.name, *(os.stat(p).st_mtime_ns for p in (prefix / "bin" / "python3",) if p.exists())]
+        log(f"Adding Python {prefix.name} at /usr/local/bin/python\n")
+        await self._file_layer(st, ["add_python", ident], forced,
+                               lambda out: oci_files.python_tree(out, prefix))
+        script = ("if command -v ldconfig >/dev/null 2>&1; then ldconfig; fi; "
+                  "/usr/local/bin/python3 -c 'import sys; print(\"Python\", sys.version.split()[0])'")
+        await self._run_layer(st, ["add_python:ldconfig"], forced, log, [["/bin/sh", "-c", script]],
+                              user=None, env={})
+
+    async def _dockerfile(self, st: _State, step: dict[str, Any], steps: list[df.Step], forced: bool,
+                          log: Log) -> None:
+        context = self._blob(step["context_sha"]) if step.get("context_sha") else None
+        secrets = step.get("secret_env") or {}
+        for d in steps:
+            text = f"Dockerfile line {d.line}: {type(d).__name__.upper()}"
+            if isinstance(d, df.From):
+                await self._from_registry(st, step, d.image, forced, log)
+            elif isinstance(d, df.Run):
+                log(f"{text} {d.command if isinstance(d.command, str) else json.dumps(list(d.command))}\n")
+                argv = ["/bin/sh", "-c", d.command] if isinstance(d.command, str) else list(d.command)
+                await self._run_layer(st, ["RUN", argv, d.build_env], forced, log, [argv],
+                                      user=st.config.get("User") or None, env={**dict(d.build_env), **secrets})
+            elif isinstance(d, df.Copy):
+                log(f"{text} {' '.join(d.sources)} {d.dest}\n")
+                dest = d.dest if d.dest.startswith("/") else f"{st.workdir.rstrip('/')}/{d.dest}"
+                owner, mode = self._chown(st, d.chown), int(d.chmod, 8) if d.chmod else None
+                await self._file_layer(
+                    st, [text.split(":")[1], d.sources, dest, d.chown, d.chmod, step.get("context_sha")], forced,
+                    lambda out, d=d, dest=dest, owner=owner, mode=mode: oci_files.copy_from_context(
+                        out, context, d.sources, dest, add=d.add, owner=owner, mode=mode))
+            elif isinstance(d, df.Env):
+                st.set_env(dict(d.vars))
+            elif isinstance(d, df.Workdir):
+                await self._workdir(st, d.path, forced)
+            elif isinstance(d, df.User):
+                st.config["User"] = d.user
+            elif isinstance(d, df.Entrypoint):
+                st.config["Entrypoint"] = _exec_form(d.command)
+                st.config.pop("Cmd", None)  # as Docker: a new ENTRYPOINT drops the base image's CMD
+            elif isinstance(d, df.Cmd):
+                st.config["Cmd"] = _exec_form(d.command)
+            st.key = st.chain("config", st.config)
+
+    def _chown(self, st: _State, spec: str) -> tuple[int, int]:
+        if not spec:
+            return 0, 0
+        user, _, group = spec.partition(":")
+        return oci_files.lookup_ids([Path(p) for p in self._lowerdirs(st)], user, group)
+
+    # -- shoal's own steps -----------------------------------------------------------------------------------------
+    async def _shoal_step(self, st: _State, step: dict[str, Any], forced: bool, log: Log) -> None:
+        kind = step["kind"]
+        hashed = _hashed(step)
+        secrets = step.get("secret_env") or {}
+        if kind == "env":
+            current = st.env()
+            st.set_env({k: re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: current.get(m.group(1) or m.group(2), ""), v)
+                        for k, v in step["vars"].items()})
+            st.key = st.chain("config", st.config)
+        elif kind == "workdir":
+            await self._workdir(st, step["path"], forced)
+            st.key = st.chain("config", st.config)
+        elif kind == "run_commands":
+            argvs = [["/bin/sh", "-c", c] for c in step["commands"]]
+            await self._run_layer(st, hashed, forced, log, argvs, user=st.config.get("User") or None,
+                                  env={**step.get("env", {}), **secrets}, echo=step["commands"])
+        elif kind == "apt_install":
+            names = " ".join(shlex.quote(p) for p in step["packages"])
+            script = ("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+                      f"{names} && rm -rf /var/lib/apt/lists/*")
+            await self._run_layer(st, hashed, forced, log, [["/bin/sh", "-c", script]], user=None,
+                                  env={**step.get("env", {}), **secrets, "DEBIAN_FRONTEND": "noninteractive"})
+        elif kind in ("pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject",
+                      "uv_sync"):
+            await self._uv_step(st, step, hashed, forced, log)
+        elif kind in ("add_local_file", "add_local_dir", "add_local_python_source"):
+            blob = self._blob(step["sha"])
+            if kind == "add_local_file":
+                def write(out: LayerTar) -> None:
+                    oci_files.add_file(out, blob, step["remote_path"], mode=int(step.get("mode", 0o644)) & 0o777)
+            else:
+                def write(out: LayerTar) -> None:
+                    oci_files.add_tree(out, blob, step["remote_path"])
+            await self._file_layer(st, hashed, forced, write)
+        else:
+            self._fail(st, f"step kind {kind!r} is not supported on an OCI image")
+
+    async def _workdir(self, st: _State, path: str, forced: bool) -> None:
+        path = path if path.startswith("/") else f"{st.workdir.rstrip('/')}/{path}"
+        st.config["WorkingDir"] = path
+        if not await asyncio.to_thread(oci_files.is_dir, [Path(p) for p in self._lowerdirs(st)], path):
+            await self._file_layer(st, ["WORKDIR", path], forced, lambda out: out.mkdir(path))
+
+    async def _uv_step(self, st: _State, step: dict[str, Any], hashed: dict[str, Any], forced: bool,
+                       log: Log) -> None:
+        """uv bound into the build container read-only, run with the image's own Python (`uv pip install
+        --python <it> --break-system-packages`): packages land in that Python's site-packages in the image."""
+        python = await asyncio.to_thread(self._python, st)
+        if not python:
+            self._fail(st, f"{step['kind']} needs Python in the image, and it has none on its PATH: start from an "
+                           "image with Python, or pass add_python='3.X'")
+        scratch = Path(tempfile.mkdtemp(prefix="step-", dir=self.store.tmp))
+        try:
+            if step["kind"] == "uv_sync":
+                (scratch / "pyproject.toml").write_text(step["pyproject"])
+                if step.get("lock") is not None:
+                    (scratch / "uv.lock").write_text(step["lock"])
+                prefix = str(Path(python).parent.parent)
+                args = ["sync", "--compile-bytecode", "--project", SCRATCH_INSIDE, "--python", python, "--inexact",
+                        "--no-install-project", "--no-install-workspace"]
+                args += ["--frozen"] if step.get("frozen") else []
+                for g in step.get("groups") or []:
+                    args += ["--group", g]
+                for e in step.get("extras") or []:
+                    args += ["--extra", e]
+                extra_env = {"UV_PROJECT_ENVIRONMENT": prefix}
+            else:
+                args = ["pip", "install", "--compile-bytecode", "--python", python, "--break-system-packages",
+                        *step.get("packages", [])]
+                for i, text in enumerate(step.get("requirements") or []):
+                    (scratch / f"requirements-{i}.txt").write_text(text)
+                    args += ["-r", f"{SCRATCH_INSIDE}/requirements-{i}.txt"]
+                for flag, key in (("--find-links", "find_links"), ("--index-url", "index_url"),
+                                  ("--extra-index-url", "extra_index_url")):
+                    if step.get(key):
+                        args += [flag, step[key]]
+                args += ["--prerelease", "allow"] if step.get("pre") else []
+                extra_env = {}
+            args += shlex.split(step.get("extra_options") or "")
+            os.chmod(scratch, 0o755)
+            await asyncio.to_thread(self._uv_cache_dir)
+            env = {**step.get("env", {}), **(step.get("secret_env") or {}), **extra_env,
+                   "UV_CACHE_DIR": UV_CACHE_INSIDE, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
+                   **{k: v for k, v in os.environ.items() if k.startswith(("PIP_INDEX", "PIP_EXTRA", "UV_INDEX",
+                                                                             "UV_EXTRA_INDEX"))}}
+            binds = [[self.uv, UV_INSIDE, False], [str(self.uv_cache), UV_CACHE_INSIDE, True],
+                     [str(scratch), SCRATCH_INSIDE, False]]
+            await self._run_layer(st, hashed, forced, log, [[UV_INSIDE, *args]], user=None, env=env, binds=binds,
+                                  offline_first=["--offline"] if not forced else None,
+                                  online_extra=["--refresh"] if forced else [])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _uv_cache_dir(self) -> None:
+        """uv's cache for build containers, owned by their root (the host's uv never reads it)."""
+        if not self.uv_cache.is_dir():
+            self.uv_cache.mkdir(parents=True, mode=0o700)
+            if os.geteuid() == 0 and self.id_shift:
+                os.chown(self.uv_cache, self.id_shift, self.id_shift)
+
+    # -- layers ----------------------------------------------------------------------------------------------------
+    def _lowerdirs(self, st: _State) -> list[str]:
+        return [str(self.store.layer_path(x["diff_id"])) for x in reversed(st.layers)]
+
+    def _cached_layer(self, key: str) -> dict[str, Any] | None:
+        try:
+            info = json.loads((self.steps_dir / f"{key}.json").read_bytes())["layer"]
+        except (OSError, ValueError, KeyError):
+            return None
+        if not self.store.layer_path(info["diff_id"]).is_dir() or not self.store.has_blob(info["digest"]):
+            return None  # pruned since
+        return info
+
+    def _remember(self, key: str, info: dict[str, Any]) -> None:
+        self.steps_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.steps_dir, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"layer": info}, f)
+        os.replace(tmp, self.steps_dir / f"{key}.json")
+
+    async def _file_layer(self, st: _State, what: Any, forced: bool, write: Callable[[LayerTar], Any]) -> None:
+        """A layer written from files by `write` (no code runs), cached by key."""
+        key = st.chain(what)
+        info = None if forced else self._cached_layer(key)
+        if info is None:
+            def make() -> dict[str, Any]:
+                scratch = Path(tempfile.mkdtemp(prefix="files-", dir=self.store.tmp))
+                try:
+                    out = LayerTar(scratch / "layer.tar", [Path(p) for p in self._lowerdirs(st)], self.id_shift)
+                    try:
+                        write(out)
+                    finally:
+                        out.close()
+                    return oci_files.store_layer(self.store, scratch / "layer.tar")
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+
+            info = await asyncio.to_thread(make)
+            self._remember(key, info)
+        st.layers.append(info)
+        st.key = key
+
+    async def _run_layer(self, st: _State, what: Any, forced: bool, log: Log, argvs: list[list[str]], *,
+                         user: str | None, env: dict[str, str], binds: list[list[Any]] | None = None,
+                         echo: list[str] | None = None, offline_first: list[str] | None = None,
+                         online_extra: list[str] | None = None) -> None:
+        """A layer made by running `argvs` in turn in a build container on the image so far, cached by key.
+        Secret values are in `env` for the run only: they are not part of the key and not of the image."""
+        key = st.chain(what)
+        info = None if forced else self._cached_layer(key)
+        if info is not None:
+            log("(cached)\n")
+        else:
+            run_env = {**st.env(), "HOME": st.env().get("HOME", "/root"), **env}
+            lowerdirs = self._lowerdirs(st)
+            scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.store.tmp))
+            try:
+                tail: collections.deque[str] = collections.deque(maxlen=400)
+
+                def tee(text: str) -> None:
+                    tail.append(text)
+                    log(text)
+
+                async def attempt(argv: list[str], network: bool, out: Log) -> int:
+                    try:
+                        return await self.sandbox.run_on_layers(
+                            lowerdirs, str(scratch / "upper"), str(scratch / "work"), argv, env=run_env,
+                            cwd=st.workdir, user=user, network=network, binds=binds or [], log=out)
+                    except BuildSetupError as exc:
+                        self._fail(st, str(exc))
+
+                for n, argv in enumerate(argvs):
+                    for d in ("upper", "work"):
+                        (scratch / d).mkdir(exist_ok=True)
+                    if echo:
+                        log(f"$ {echo[n]}\n")
+                    if offline_first is not None:
+                        quiet: list[str] = []
+                        if await attempt([*argv, *offline_first], False, quiet.append) == 0:
+                            log("".join(quiet))
+                            continue
+                        log("(not everything is in the local cache: resolving online)\n")
+                        for d in ("upper", "work"):  # what the failed attempt left is no part of the image
+                            shutil.rmtree(scratch / d, ignore_errors=True)
+                            (scratch / d).mkdir()
+                    rc = await attempt([*argv, *(online_extra or [])], True, tee)
+                    if rc != 0:
+                        self._fail(st, "".join(tail), rc)
+                skip = RUNTIME_PATHS | {b[1] for b in binds or []}
+                info = await asyncio.to_thread(layer_from_upper, self.store, str(scratch / "upper"), skip=skip)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, scratch, True)
+            self._remember(key, info)
+        st.layers.append(info)
+        st.key = key
+
+    # -- the end of a build ----------------------------------------------------------------------------------------
+    def _python(self, st: _State) -> str:
+        """The image's Python: /usr/local/bin/python when add_python put it there, else python3/python on its
+        PATH (looked up in the layers: nothing runs)."""
+        return oci_files.find_program([Path(p) for p in self._lowerdirs(st)], st.env()["PATH"],
+                                      ("python3", "python"))
+
+    async def _probe(self, st: _State, python: str, log: Log) -> tuple[str, str]:
+        """(X.Y, libc) of the image's Python, asked of it in a build container (its writes are thrown away)."""
+        out: list[str] = []
+        scratch = Path(tempfile.mkdtemp(prefix="probe-", dir=self.store.tmp))
+        try:
+            for d in ("upper", "work"):
+                (scratch / d).mkdir()
+            try:
+                rc = await self.sandbox.run_on_layers(
+                    self._lowerdirs(st), str(scratch / "upper"), str(scratch / "work"), [python, "-I", "-c", _PROBE],
+                    env=st.env(), cwd="/", user=None, network=False, binds=[], log=out.append)
+            except BuildSetupError as exc:
+                self._fail(st, str(exc))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+        m = re.search(r"shoal-probe (3\.\d+) (\w+)", "".join(out))
+        if rc != 0 or not m:
+            log(f"The image's {python} does not run ({''.join(out)[-500:].strip()}): functions cannot run on it\n")
+            return "", ""
+        return m.group(1), m.group(2)
+
+    def _record_image(self, image_id: str, st: _State) -> Image:
+        """Records the built image in the layer store under its id (so it can be served and garbage-collected)."""
+        return self.store.record_image(image_id, [Layer(**x) for x in st.layers], st.config)
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _blob(self, sha: str) -> Path:
+        path = self.blob_dir / sha
+        if not path.is_file():
+            raise FileStepError(f"the local files of this step (blob {sha}) were not uploaded")
+        return path
+
+    @contextlib.asynccontextmanager
+    async def _store_lock(self) -> AsyncIterator[None]:
+        """The store's shared lock for the whole build: prune must not take the layers of steps built but not
+        yet recorded."""
+        fd = os.open(self.store.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _fail(st: _State, output: str, rc: int | None = None) -> NoReturn:
+        status = f" (exit status {rc})" if rc is not None else ""
+        raise ImageBuildError(f"Image build for {st.image_id} failed at step {st.step_no}, {st.step_repr}{status}:\n"
+                              f"{output[-TAIL_CHARS:].rstrip()}")
+
+
+def _info(layer: Layer) -> dict[str, Any]:
+    return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
+
+
+def _exec_form(command: str | tuple[str, ...]) -> list[str]:
+    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+
+
+def registry_credentials(step: dict[str, Any]) -> tuple[str, str] | None:
+    """(username, password) for the registry of a base step, from its secret's values: REGISTRY_USERNAME and
+    REGISTRY_PASSWORD; for Google Artifact Registry `_json_key` and SERVICE_ACCOUNT_JSON; for ECR `AWS` and a
+    token from ECR's GetAuthorizationToken (REGISTRY_PASSWORD when the secret holds one already)."""
+    env = step.get("secret_env") or {}
+    registry = step.get("registry") or "generic"
+    if registry == "gcp" and env.get("SERVICE_ACCOUNT_JSON"):
+        return "_json_key", env["SERVICE_ACCOUNT_JSON"]
+    if registry == "aws_ecr" and not env.get("REGISTRY_PASSWORD"):
+        from .oci_ecr import ecr_credentials
+
+        return ecr_credentials(step.get("tag") or "", env)
+    if env.get("REGISTRY_USERNAME") or env.get("REGISTRY_PASSWORD"):
+        return env.get("REGISTRY_USERNAME", ""), env.get("REGISTRY_PASSWORD", "")
+    return None
