@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -104,6 +105,7 @@ class OciBuilder:
         self.store = LayerStore(images_dir.parent / "oci", id_shift=id_shift)
         self.steps_dir = images_dir / ".cache" / "oci-steps"  # step key -> its layer
         self.uv_cache = images_dir / ".cache" / "uv-oci"  # written by build containers' root, never the host's uv
+        self._uv_static: str | None = None
         self.builds = 0
 
     # -- records ---------------------------------------------------------------------------------------------------
@@ -330,13 +332,39 @@ class OciBuilder:
                    "UV_CACHE_DIR": UV_CACHE_INSIDE, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
                    **{k: v for k, v in os.environ.items() if k.startswith(("PIP_INDEX", "PIP_EXTRA", "UV_INDEX",
                                                                              "UV_EXTRA_INDEX"))}}
-            binds = [[self.uv, UV_INSIDE, False], [str(self.uv_cache), UV_CACHE_INSIDE, True],
+            binds = [[await self._static_uv(log), UV_INSIDE, False], [str(self.uv_cache), UV_CACHE_INSIDE, True],
                      [str(scratch), SCRATCH_INSIDE, False]]
             await self._run_layer(st, hashed, forced, log, [[UV_INSIDE, *args]], user=None, env=env, binds=binds,
                                   offline_first=["--offline"] if not forced else None,
                                   online_extra=["--refresh"] if forced else [])
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _static_uv(self, log: Log) -> str:
+        """A statically linked uv of the control plane's uv's version (PyPI's musl build), fetched once per
+        machine: it runs in any image, which need not have the C libraries the control plane's uv links to."""
+        if self._uv_static is None:
+            proc = await asyncio.create_subprocess_exec(self.uv, "--version", stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            version = out.decode().split()[1] if out.split() else "0"
+            target = self.dir / ".cache" / f"uv-static-{version}"
+            if not (target / "bin" / "uv").is_file():
+                log(f"Fetching a static build of uv {version} for build containers (once per machine)\n")
+                tmp = Path(tempfile.mkdtemp(prefix="uv-static-", dir=self.store.tmp))
+                machine = os.uname().machine
+                proc = await asyncio.create_subprocess_exec(
+                    self.uv, "pip", "install", "--quiet", "--target", str(tmp), "--python", sys.executable,
+                    "--python-platform", f"{machine}-unknown-linux-musl", "--only-binary", ":all:", f"uv=={version}",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                out, _ = await proc.communicate()
+                if proc.returncode != 0 or not (tmp / "bin" / "uv").is_file():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise ImageBuildError(f"fetching uv {version} (static, musl) for build containers failed:\n"
+                                          f"{out.decode(errors='replace')[-TAIL_CHARS:]}")
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+            self._uv_static = str(target / "bin" / "uv")
+        return self._uv_static
 
     def _uv_cache_dir(self) -> None:
         """uv's cache for build containers, owned by their root (the host's uv never reads it)."""

@@ -215,7 +215,7 @@ def test_dockerfile_with_copy_arg_run_env_workdir_user(builder, reg):
         "COPY --chown=app:app owned.txt /home/app/",
         "RUN echo \"$GREETING from $(cat config.txt)\" > /app/greeting.txt && id -u > /app/uid.txt",
         "USER app",
-        "RUN id -u > /home/app/uid.txt",
+        "RUN id -u > /tmp/uid.txt",
         'CMD ["python3", "-m", "http.server"]',
     ])
     context = context_tar({"config.txt": b"the context", "src/m.py": b"print(1)\n", "src/pkg/n.py": b"",
@@ -225,7 +225,7 @@ def test_dockerfile_with_copy_arg_run_env_workdir_user(builder, reg):
     image, text = build(builder, spec(step))
     assert "Dockerfile line 9: RUN" in text
     assert read(image, "/app/greeting.txt") == b"bonjour from the context\n"
-    assert read(image, "/app/uid.txt") == b"0\n" and read(image, "/home/app/uid.txt") == b"1000\n"
+    assert read(image, "/app/uid.txt") == b"0\n" and read(image, "/tmp/uid.txt") == b"1000\n"
     assert read(image, "/app/src/m.py") == b"print(1)\n" and read(image, "/app/src/pkg/n.py") == b""
     assert read(image, "/app/unused.txt") is None
     owned = resolve([Path(p) for p in image.layers], "/home/app/owned.txt")[1]
