@@ -54,6 +54,7 @@ KIND = "oci"
 UV_INSIDE = "/.shoal/bin/uv"
 UV_CACHE_INSIDE = "/.shoal/uv-cache"  # read-write
 SCRATCH_INSIDE = "/.shoal/build"  # a step's scratch files: requirements, a uv project
+CA_INSIDE = "/.shoal/ca-certificates.crt"  # the control plane's SSL_CERT_FILE, for uv
 # Mountpoints a build container may create that are no part of the image (when the image had nothing there).
 RUNTIME_PATHS = {"/etc/resolv.conf", "/etc/hosts", "/etc/hostname", "/proc", "/sys", "/dev", "/run/shoal", "/.shoal",
                  "/tmp/.shoal"}
@@ -334,6 +335,10 @@ class OciBuilder:
                                                                              "UV_EXTRA_INDEX"))}}
             binds = [[await self._static_uv(log), UV_INSIDE, False], [str(self.uv_cache), UV_CACHE_INSIDE, True],
                      [str(scratch), SCRATCH_INSIDE, False]]
+            ca = os.environ.get("SSL_CERT_FILE") or ""
+            if os.path.isfile(ca):  # the installation's CA bundle (a TLS-inspecting proxy's, a private index's)
+                binds.append([os.path.realpath(ca), CA_INSIDE, False])
+                env["SSL_CERT_FILE"] = CA_INSIDE
             await self._run_layer(st, hashed, forced, log, [[UV_INSIDE, *args]], user=None, env=env, binds=binds,
                                   offline_first=["--offline"] if not forced else None,
                                   online_extra=["--refresh"] if forced else [])
@@ -367,11 +372,9 @@ class OciBuilder:
         return self._uv_static
 
     def _uv_cache_dir(self) -> None:
-        """uv's cache for build containers, owned by their root (the host's uv never reads it)."""
-        if not self.uv_cache.is_dir():
-            self.uv_cache.mkdir(parents=True, mode=0o700)
-            if os.geteuid() == 0 and self.id_shift:
-                os.chown(self.uv_cache, self.id_shift, self.id_shift)
+        """uv's cache for build containers (bound writable, idmapped: their root writes it as the host's root
+        would); never the host's own, and uv copies out of it (UV_LINK_MODE=copy) so no layer shares its files."""
+        self.uv_cache.mkdir(parents=True, mode=0o700, exist_ok=True)
 
     # -- layers ----------------------------------------------------------------------------------------------------
     def _lowerdirs(self, st: _State) -> list[str]:
