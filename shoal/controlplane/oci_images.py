@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .._spec.images import BUILDER_VERSION, _hashed, split_mounts
+from .._spec.images import BUILDER_VERSION, _hashed
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import BuildSandbox, BuildSetupError
 from ..exception import ImageBuildError
@@ -50,14 +50,12 @@ Log = Callable[[str], None]
 TAIL_CHARS = 4000
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KIND = "oci"
+LAYER_RECIPE = 1  # part of every step's cache key: bump when what a step's layer holds changes
 # Where a build container sees what the builder lends it (read-only unless said otherwise).
 UV_INSIDE = "/.shoal/bin/uv"
 UV_CACHE_INSIDE = "/.shoal/uv-cache"  # read-write
 SCRATCH_INSIDE = "/.shoal/build"  # a step's scratch files: requirements, a uv project
 CA_INSIDE = "/.shoal/ca-certificates.crt"  # the control plane's SSL_CERT_FILE, for uv
-# Mountpoints a build container may create that are no part of the image (when the image had nothing there).
-RUNTIME_PATHS = {"/etc/resolv.conf", "/etc/hosts", "/etc/hostname", "/proc", "/sys", "/dev", "/run/shoal", "/.shoal",
-                 "/tmp/.shoal"}
 _PROBE = ("import platform, sys; v = sys.version_info; "
           "print('shoal-probe', f'{v[0]}.{v[1]}', platform.libc_ver()[0] or 'musl')")
 
@@ -126,8 +124,7 @@ class OciBuilder:
 
     # -- building --------------------------------------------------------------------------------------------------
     async def build(self, image_id: str, steps: list[dict[str, Any]], force_base: bool, log: Log) -> ContainerImage:
-        build_steps, mounts = split_mounts(steps)
-        ordered = [*build_steps, *mounts]
+        ordered = steps  # trailing add_local_*(copy=False) steps are layers on top: editing them re-runs nothing
         forced_from = 0 if force_base else next((i for i, s in enumerate(ordered) if s.get("force")), len(ordered))
         t0 = time.monotonic()
         log(f"Building image {image_id} (steps 0 to {len(steps) - 1})\n")
@@ -192,7 +189,7 @@ class OciBuilder:
             image = await asyncio.to_thread(pull, self.store, ref, credentials=creds)
         st.layers = [_info(x) for x in image.layers]
         st.config = dict((await asyncio.to_thread(self.store.read_json_blob, image.config_digest)).get("config") or {})
-        st.key = st.chain("base", image.manifest_digest)
+        st.key = st.chain("base", BUILDER_VERSION, LAYER_RECIPE, image.manifest_digest)
 
     async def _add_python(self, st: _State, version: str, forced: bool, log: Log) -> None:
         """CPython `version` at /usr/local/bin/python (the machine's pyenv build, copied as the Debian base image
@@ -224,9 +221,9 @@ class OciBuilder:
                 log(f"{text} {' '.join(d.sources)} {d.dest}\n")
                 dest = d.dest if d.dest.startswith("/") else f"{st.workdir.rstrip('/')}/{d.dest}"
                 owner, mode = self._chown(st, d.chown), int(d.chmod, 8) if d.chmod else None
+                what = ["ADD" if d.add else "COPY", d.sources, dest, d.chown, d.chmod, step.get("context_sha")]
                 await self._file_layer(
-                    st, [text.split(":")[1], d.sources, dest, d.chown, d.chmod, step.get("context_sha")], forced,
-                    lambda out, d=d, dest=dest, owner=owner, mode=mode: oci_files.copy_from_context(
+                    st, what, forced, lambda out, d=d, dest=dest, owner=owner, mode=mode: oci_files.copy_from_context(
                         out, context, d.sources, dest, add=d.add, owner=owner, mode=mode))
             elif isinstance(d, df.Env):
                 st.set_env(dict(d.vars))
@@ -439,11 +436,14 @@ class OciBuilder:
                     tail.append(text)
                     log(text)
 
+                created: set[str] = set()  # mountpoints the sandbox made in the upper: no part of the layer
+
                 async def attempt(argv: list[str], network: bool, out: Log) -> int:
                     try:
                         return await self.sandbox.run_on_layers(
                             lowerdirs, str(scratch / "upper"), str(scratch / "work"), argv, env=run_env,
-                            cwd=st.workdir, user=user, network=network, binds=binds or [], log=out)
+                            cwd=st.workdir, user=user, network=network, binds=binds or [], log=out,
+                            created=created)
                     except BuildSetupError as exc:
                         self._fail(st, str(exc))
 
@@ -461,11 +461,11 @@ class OciBuilder:
                         for d in ("upper", "work"):  # what the failed attempt left is no part of the image
                             shutil.rmtree(scratch / d, ignore_errors=True)
                             (scratch / d).mkdir()
+                        created.clear()
                     rc = await attempt([*argv, *(online_extra or [])], True, tee)
                     if rc != 0:
                         self._fail(st, "".join(tail), rc)
-                skip = RUNTIME_PATHS | {b[1] for b in binds or []}
-                info = await asyncio.to_thread(layer_from_upper, self.store, str(scratch / "upper"), skip=skip)
+                info = await asyncio.to_thread(layer_from_upper, self.store, str(scratch / "upper"), skip=created)
             finally:
                 await asyncio.to_thread(shutil.rmtree, scratch, True)
             self._remember(key, info)
