@@ -44,6 +44,7 @@ from ..oci.store import Image, Layer, LayerStore, StoreError
 from ..oci.unpack import LayerError
 from ..oci.upper import layer_from_upper
 from . import oci_files
+from .oci_credentials import registry_credentials
 from .oci_files import FileStepError, LayerTar
 
 Log = Callable[[str], None]
@@ -325,7 +326,7 @@ class OciBuilder:
                 extra_env = {}
             args += shlex.split(step.get("extra_options") or "")
             os.chmod(scratch, 0o755)
-            await asyncio.to_thread(self._uv_cache_dir)
+            warm = await asyncio.to_thread(self._uv_cache_dir)
             env = {**step.get("env", {}), **(step.get("secret_env") or {}), **extra_env,
                    "UV_CACHE_DIR": UV_CACHE_INSIDE, "UV_LINK_MODE": "copy", "UV_PYTHON_DOWNLOADS": "never",
                    **{k: v for k, v in os.environ.items() if k.startswith(("PIP_INDEX", "PIP_EXTRA", "UV_INDEX",
@@ -337,7 +338,7 @@ class OciBuilder:
                 binds.append([os.path.realpath(ca), CA_INSIDE, False])
                 env["SSL_CERT_FILE"] = CA_INSIDE
             await self._run_layer(st, hashed, forced, log, [[UV_INSIDE, *args]], user=None, env=env, binds=binds,
-                                  offline_first=["--offline"] if not forced else None,
+                                  offline_first=["--offline"] if warm and not forced else None,
                                   online_extra=["--refresh"] if forced else [])
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -368,10 +369,12 @@ class OciBuilder:
             self._uv_static = str(target / "bin" / "uv")
         return self._uv_static
 
-    def _uv_cache_dir(self) -> None:
+    def _uv_cache_dir(self) -> bool:
         """uv's cache for build containers (bound writable, idmapped: their root writes it as the host's root
-        would); never the host's own, and uv copies out of it (UV_LINK_MODE=copy) so no layer shares its files."""
+        would); never the host's own, and uv copies out of it (UV_LINK_MODE=copy) so no layer shares its files.
+        Whether it holds anything (an offline attempt is worth a try)."""
         self.uv_cache.mkdir(parents=True, mode=0o700, exist_ok=True)
+        return any(self.uv_cache.iterdir())
 
     # -- layers ----------------------------------------------------------------------------------------------------
     def _lowerdirs(self, st: _State) -> list[str]:
@@ -535,20 +538,3 @@ def _info(layer: Layer) -> dict[str, Any]:
 
 def _exec_form(command: str | tuple[str, ...]) -> list[str]:
     return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-
-
-def registry_credentials(step: dict[str, Any]) -> tuple[str, str] | None:
-    """(username, password) for the registry of a base step, from its secret's values: REGISTRY_USERNAME and
-    REGISTRY_PASSWORD; for Google Artifact Registry `_json_key` and SERVICE_ACCOUNT_JSON; for ECR `AWS` and a
-    token from ECR's GetAuthorizationToken (REGISTRY_PASSWORD when the secret holds one already)."""
-    env = step.get("secret_env") or {}
-    registry = step.get("registry") or "generic"
-    if registry == "gcp" and env.get("SERVICE_ACCOUNT_JSON"):
-        return "_json_key", env["SERVICE_ACCOUNT_JSON"]
-    if registry == "aws_ecr" and not env.get("REGISTRY_PASSWORD"):
-        from .oci_ecr import ecr_credentials
-
-        return ecr_credentials(step.get("tag") or "", env)
-    if env.get("REGISTRY_USERNAME") or env.get("REGISTRY_PASSWORD"):
-        return env.get("REGISTRY_USERNAME", ""), env.get("REGISTRY_PASSWORD", "")
-    return None

@@ -22,10 +22,11 @@ import pytest
 from shoal._spec.definitions import ImageSpec
 from shoal._spec.images import BUILDER_VERSION, image_id_for
 from shoal.controlplane.images import ImageBuilder, check_spec
+from shoal.controlplane.oci_credentials import registry_credentials
 from shoal.controlplane.oci_files import resolve
 from shoal.exception import ImageBuildError, InvalidError
 from shoal.oci.layout import LayoutWriter
-from shoal.oci.registry import push_layout
+from shoal.oci.registry import RegistryAuthError, push_layout
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import rootfs_tars, write_layout  # noqa: F401 (a fixture)
 
@@ -150,6 +151,18 @@ def test_check_spec_accepts_oci_steps_and_names_bad_fields():
     with pytest.raises(InvalidError, match="debian_slim images are not OCI images"):
         check_spec(ImageSpec(image_id=image_id_for("3.11", venv), builder=BUILDER_VERSION, python_version="3.11",
                              steps=venv))
+
+
+def test_registry_credentials_per_registry_kind():
+    tag = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:v1"
+    assert registry_credentials(base("r.example/a:v1")) is None
+    assert registry_credentials(base("r.example/a:v1", secret_env={"REGISTRY_USERNAME": "u",
+                                                                   "REGISTRY_PASSWORD": "p"})) == ("u", "p")
+    assert registry_credentials(base("r.example/a:v1", registry="gcp",
+                                     secret_env={"SERVICE_ACCOUNT_JSON": "{}"})) == ("_json_key", "{}")
+    assert registry_credentials(base(tag, registry="aws_ecr", secret_env={"REGISTRY_PASSWORD": "t"})) == ("AWS", "t")
+    with pytest.raises(RegistryAuthError, match="AWS_ACCESS_KEY_ID"):
+        registry_credentials(base(tag, registry="aws_ecr", secret_env={}))
 
 
 # -- bases ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Amazon ECR credentials for `from_aws_ecr`: ECR's registry login is `AWS` and a 12-hour token that ECR's
+"""Registry credentials of an OCI image's base step, from its secret's values (docs/oci.md, "Registries").
+
+Amazon ECR (`from_aws_ecr`): ECR's registry login is `AWS` and a 12-hour token that ECR's
 GetAuthorizationToken API returns for the secret's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN
 if any) in AWS_REGION (else the region in the registry's host name). The request is signed with AWS Signature
 Version 4 here (a few lines of hashing), so the control plane needs no AWS SDK.
@@ -14,6 +16,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+from typing import Any
 
 from ..oci.registry import RegistryAuthError, parse_reference
 
@@ -75,3 +78,20 @@ def ecr_credentials(ref: str, env: dict[str, str], timeout: float = 30) -> tuple
     except (KeyError, IndexError, ValueError) as exc:
         raise RegistryAuthError(f"pulling {reference}: unexpected answer from ECR ({exc})") from None
     return user, password
+
+
+def registry_credentials(step: dict[str, Any]) -> tuple[str, str] | None:
+    """(username, password) for the registry of a base step, from its secret's values: REGISTRY_USERNAME and
+    REGISTRY_PASSWORD; for Google Artifact Registry `_json_key` and SERVICE_ACCOUNT_JSON; for ECR `AWS` and a
+    token from ECR's GetAuthorizationToken (REGISTRY_PASSWORD when the secret holds one already)."""
+    env = step.get("secret_env") or {}
+    registry = step.get("registry") or "generic"
+    if registry == "gcp" and env.get("SERVICE_ACCOUNT_JSON"):
+        return "_json_key", env["SERVICE_ACCOUNT_JSON"]
+    if registry == "aws_ecr":
+        if env.get("REGISTRY_PASSWORD"):  # a token fetched already
+            return env.get("REGISTRY_USERNAME") or "AWS", env["REGISTRY_PASSWORD"]
+        return ecr_credentials(step.get("tag") or "", env)
+    if env.get("REGISTRY_USERNAME") or env.get("REGISTRY_PASSWORD"):
+        return env.get("REGISTRY_USERNAME", ""), env.get("REGISTRY_PASSWORD", "")
+    return None
