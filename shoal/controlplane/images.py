@@ -40,7 +40,6 @@ import sysconfig
 import tarfile
 import time
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
@@ -53,8 +52,9 @@ from ..backends.base import ContainerImage
 from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
 from ..backends.sandbox import SYSTEM_DIRS, id_base
 from ..exception import ImageBuildError, InvalidError
-from ..oci.registry import RegistryError, parse_reference
 from .oci_images import OciBuilder
+from .oci_steps import check_oci_step
+from .runtime_packages import RUNTIME_NAMES, RUNTIME_REQUIREMENTS, copy_host_packages
 
 Log = Callable[[str], None]
 
@@ -68,68 +68,7 @@ _BUILD_ENV_PREFIXES = ("LC_", "PIP_", "UV_")
 _BUILD_ENV_DROP = {"UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "UV_SYSTEM_PYTHON"}
 
 
-# Web functions: the runtime serves ASGI/WSGI apps itself (uvicorn with httptools and websockets; a2wsgi for
-# WSGI), whatever the image installs. An image's own versions of these come first on its path.
-WEB_REQUIREMENTS = ["uvicorn>=0.30", "httptools>=0.6", "websockets>=12", "a2wsgi>=1.10"]
-
-
 WARM_IMPORTS = "import shoal.runtime.worker, shoal.app, shoal.functions, shoal.cls, cloudpickle, msgpack, tblib"
-
-
-def _runtime_requirements() -> list[str]:
-    """What every image gets for the container runtime. cloudpickle is pinned to the control plane's version:
-    functions pickled by the caller must unpickle in the container."""
-    try:
-        cloudpickle = f"cloudpickle=={metadata.version('cloudpickle')}"
-    except metadata.PackageNotFoundError:
-        cloudpickle = "cloudpickle>=3.0"
-    return [cloudpickle, "msgpack>=1.0", "msgspec>=0.18", "tblib>=3.0", "aiohttp>=3.9", *WEB_REQUIREMENTS]
-
-
-RUNTIME_REQUIREMENTS = _runtime_requirements()
-RUNTIME_NAMES = ("cloudpickle", "msgpack", "msgspec", "tblib", "aiohttp", "uvicorn", "httptools", "websockets",
-                 "a2wsgi", "pip")
-
-
-def _copy_host_packages(names: tuple[str, ...], target: Path) -> list[str]:
-    """Hard-link (or copy) the installed distributions `names` and what they require from the control plane's
-    environment into `target`, laid out as `pip install --target` would. Returns the names it could not take
-    (not installed here, or installed without a file list). Requirements not installed here are conditional
-    ones this Python does not need (the control plane's installer evaluated their markers for it)."""
-    missing = []
-    seen: set[str] = set()
-    stack = [(n, True) for n in reversed(names)]
-    while stack:
-        name, top = stack.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            if top:
-                missing.append(name)
-            continue
-        base = Path(str(dist.locate_file("")))
-        files = [f for f in dist.files or [] if not str(f).startswith("..") and "__pycache__" not in str(f)]
-        if not files:
-            if top:
-                missing.append(name)
-            continue
-        for f in files:
-            src, dst = base / f, target / f
-            if not src.is_file():
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-        for req in dist.requires or []:
-            if "extra ==" not in req:
-                stack.append((re.split(r"[\s<>=!~;\[(]", req.strip(), maxsplit=1)[0], False))
-    return missing
 
 
 def _multiarch() -> str:
@@ -176,7 +115,6 @@ _FIELD_TYPES = {"packages": "strs", "requirements": "strs", "commands": "strs", 
                 "find_links": "str", "index_url": "str", "extra_index_url": "str", "pyproject": "str",
                 "lock": "str", "mode": "int", "tag": "str", "dockerfile": "str", "build_args": "env",
                 "add_python": "str", "context_sha": "str", "registry": "str"}
-REGISTRY_KINDS = ("generic", "aws_ecr", "gcp")
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -219,37 +157,10 @@ def check_spec(spec: ImageSpec) -> ImageSpec:
                 raise InvalidError(f"invalid {key!r} in image step {step['repr']}")
         if any(p.startswith("-") for p in step.get("packages") or []):
             raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
-        _check_oci_step(step, oci)
+        check_oci_step(step, oci)
     if image_id_for(version, spec.steps) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
-
-
-def _check_oci_step(step: dict[str, Any], oci: bool) -> None:
-    """The fields of the OCI images' own steps (base steps and dockerfile_commands)."""
-    kind, where = step["kind"], step["repr"]
-    if kind == "dockerfile_commands":
-        if not oci:
-            raise InvalidError(f"{where}: dockerfile_commands needs an image from from_registry or from_dockerfile "
-                               "in shoal; debian_slim images are not OCI images yet")
-        if not isinstance(step.get("commands"), list):
-            raise InvalidError(f"invalid 'commands' in image step {where}")
-        if any(re.match(r"\s*FROM\b", c, re.I) for c in step["commands"]):
-            raise InvalidError(f"{where}: dockerfile_commands cannot contain FROM")
-    if kind == "from_registry":
-        if not isinstance(step.get("tag"), str):
-            raise InvalidError(f"invalid 'tag' in image step {where}")
-        try:
-            parse_reference(step["tag"])
-        except RegistryError as exc:
-            raise InvalidError(f"invalid 'tag' in image step {where}: {exc}") from None
-        if step.get("registry", "generic") not in REGISTRY_KINDS:
-            raise InvalidError(f"invalid 'registry' in image step {where}: one of {', '.join(REGISTRY_KINDS)}")
-    if kind == "from_dockerfile" and not isinstance(step.get("dockerfile"), str):
-        raise InvalidError(f"invalid 'dockerfile' in image step {where}")
-    if step.get("add_python") is not None and (
-            kind not in BASE_KINDS or not re.fullmatch(r"3\.\d+(\.\d+)?", step["add_python"])):
-        raise InvalidError(f"invalid 'add_python' in image step {where}: a Python version such as '3.12'")
 
 
 @dataclasses.dataclass
@@ -355,7 +266,7 @@ class ImageBuilder:
             tmp.mkdir(parents=True)
             missing = list(RUNTIME_NAMES)
             if python_version == sysconfig.get_python_version() and libc == "glibc":
-                missing = await asyncio.to_thread(_copy_host_packages, RUNTIME_NAMES, tmp)
+                missing = await asyncio.to_thread(copy_host_packages, RUNTIME_NAMES, tmp)
             if missing:
                 wanted = [r for r in [*RUNTIME_REQUIREMENTS, "pip"] if re.split(r"[<>=!~ ]", r)[0] in missing]
                 if log is not None:
@@ -531,7 +442,7 @@ class ImageBuilder:
             tmp.mkdir(parents=True)
             missing = list(RUNTIME_NAMES)
             if soabi and soabi == sysconfig.get_config_var("SOABI"):
-                missing = await asyncio.to_thread(_copy_host_packages, RUNTIME_NAMES, tmp)
+                missing = await asyncio.to_thread(copy_host_packages, RUNTIME_NAMES, tmp)
                 if len(missing) < len(RUNTIME_NAMES):
                     b.log(f"Runtime packages: {len(RUNTIME_NAMES) - len(missing)} of {len(RUNTIME_NAMES)} linked "
                           "from the control plane's environment (same Python)\n")

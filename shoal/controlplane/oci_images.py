@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from ..oci.upper import layer_from_upper
 from . import oci_files
 from .oci_credentials import registry_credentials
 from .oci_files import FileStepError, LayerTar
+from .oci_steps import SCRATCH_INSIDE, apt_script, exec_form, uv_command
 
 Log = Callable[[str], None]
 TAIL_CHARS = 4000
@@ -55,7 +55,6 @@ LAYER_RECIPE = 1  # part of every step's cache key: bump when what a step's laye
 # Where a build container sees what the builder lends it (read-only unless said otherwise).
 UV_INSIDE = "/.shoal/bin/uv"
 UV_CACHE_INSIDE = "/.shoal/uv-cache"  # read-write
-SCRATCH_INSIDE = "/.shoal/build"  # a step's scratch files: requirements, a uv project
 CA_INSIDE = "/.shoal/ca-certificates.crt"  # the control plane's SSL_CERT_FILE, for uv
 _PROBE = ("import platform, sys; v = sys.version_info; "
           "print('shoal-probe', f'{v[0]}.{v[1]}', platform.libc_ver()[0] or 'musl')")
@@ -233,10 +232,10 @@ class OciBuilder:
             elif isinstance(d, df.User):
                 st.config["User"] = d.user
             elif isinstance(d, df.Entrypoint):
-                st.config["Entrypoint"] = _exec_form(d.command)
+                st.config["Entrypoint"] = exec_form(d.command)
                 st.config.pop("Cmd", None)  # as Docker: a new ENTRYPOINT drops the base image's CMD
             elif isinstance(d, df.Cmd):
-                st.config["Cmd"] = _exec_form(d.command)
+                st.config["Cmd"] = exec_form(d.command)
             st.key = st.chain("config", st.config)
 
     def _chown(self, st: _State, spec: str) -> tuple[int, int]:
@@ -263,9 +262,7 @@ class OciBuilder:
             await self._run_layer(st, hashed, forced, log, argvs, user=st.config.get("User") or None,
                                   env={**step.get("env", {}), **secrets}, echo=step["commands"])
         elif kind == "apt_install":
-            names = " ".join(shlex.quote(p) for p in step["packages"])
-            script = ("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-                      f"{names} && rm -rf /var/lib/apt/lists/*")
+            script = apt_script(step["packages"])
             await self._run_layer(st, hashed, forced, log, [["/bin/sh", "-c", script]], user=None,
                                   env={**step.get("env", {}), **secrets, "DEBIAN_FRONTEND": "noninteractive"})
         elif kind in ("pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject",
@@ -299,32 +296,9 @@ class OciBuilder:
                            "image with Python, or pass add_python='3.X'")
         scratch = Path(tempfile.mkdtemp(prefix="step-", dir=self.store.tmp))
         try:
-            if step["kind"] == "uv_sync":
-                (scratch / "pyproject.toml").write_text(step["pyproject"])
-                if step.get("lock") is not None:
-                    (scratch / "uv.lock").write_text(step["lock"])
-                prefix = str(Path(python).parent.parent)
-                args = ["sync", "--compile-bytecode", "--project", SCRATCH_INSIDE, "--python", python, "--inexact",
-                        "--no-install-project", "--no-install-workspace"]
-                args += ["--frozen"] if step.get("frozen") else []
-                for g in step.get("groups") or []:
-                    args += ["--group", g]
-                for e in step.get("extras") or []:
-                    args += ["--extra", e]
-                extra_env = {"UV_PROJECT_ENVIRONMENT": prefix}
-            else:
-                args = ["pip", "install", "--compile-bytecode", "--python", python, "--break-system-packages",
-                        *step.get("packages", [])]
-                for i, text in enumerate(step.get("requirements") or []):
-                    (scratch / f"requirements-{i}.txt").write_text(text)
-                    args += ["-r", f"{SCRATCH_INSIDE}/requirements-{i}.txt"]
-                for flag, key in (("--find-links", "find_links"), ("--index-url", "index_url"),
-                                  ("--extra-index-url", "extra_index_url")):
-                    if step.get(key):
-                        args += [flag, step[key]]
-                args += ["--prerelease", "allow"] if step.get("pre") else []
-                extra_env = {}
-            args += shlex.split(step.get("extra_options") or "")
+            args, files, extra_env = uv_command(step, python)
+            for name, text in files.items():
+                (scratch / name).write_text(text)
             os.chmod(scratch, 0o755)
             warm = await asyncio.to_thread(self._uv_cache_dir)
             env = {**step.get("env", {}), **(step.get("secret_env") or {}), **extra_env,
@@ -534,7 +508,3 @@ class OciBuilder:
 
 def _info(layer: Layer) -> dict[str, Any]:
     return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
-
-
-def _exec_form(command: str | tuple[str, ...]) -> list[str]:
-    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
