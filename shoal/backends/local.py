@@ -507,6 +507,10 @@ IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal
              "    pass\nwhile True:\n    signal.pause()\n")
 
 
+# The same for an OCI image without Python (it dies with the container's init, as every process inside does).
+IDLE_SH = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
+
+
 def _pool_setting() -> int:
     raw = os.environ.get("SHOAL_NETNS_POOL", "2")
     try:
@@ -533,11 +537,12 @@ def tcp_address(address: str) -> tuple[str, int]:
 
 
 def _runtime_argv(python: str, spec: ContainerSpec) -> list[str]:
-    if spec.image is not None and spec.image.layers is not None and not python:
-        raise RuntimeError(f"image {spec.image.image_id} has no Python: functions cannot run on it")
+    image = spec.image
     if spec.idle:
-        return [python, "-I", "-S", "-c", IDLE_CODE]
-    if spec.image is not None and spec.image.layers is not None:
+        return [python, "-I", "-S", "-c", IDLE_CODE] if python else ["/bin/sh", "-c", IDLE_SH]
+    if image is not None and image.layers is not None:
+        if not python:
+            raise RuntimeError(f"image {image.image_id} has no Python: functions cannot run on it")
         return [python, "-c", OCI_BOOT]
     return [python, "-m", "shoal.runtime"]
 

@@ -339,9 +339,58 @@ def test_an_oci_image_needs_the_sandbox_and_a_python(tmp_path, rootfs_tars, runt
     with pytest.raises(RuntimeError, match="is an OCI image .* needs the sandbox"):
         asyncio.run(plain.start(_spec(image), None))
     backend = _backend(tmp_path)
-    image.python = ""
+    bare = store_test_image(store, rootfs_tars, "nopython")
+    image = ContainerImage(image_id="im-bare", python="", layers=[str(x) for x in store.lowerdirs(bare)])
+
+    async def idle() -> str:  # (what `shoal shell` starts): no Python needed
+        handle = await backend.start(_spec(image), None)
+        try:
+            return await _exec(backend, handle, ["/bin/sh", "-c", "cat /etc/os-release; test -e /usr/bin/python3 || "
+                                                 "echo no-python"])
+        finally:
+            handle.kill()
+            await handle.wait()
+
     try:
         with pytest.raises(RuntimeError, match="has no Python: functions cannot run on it"):
             asyncio.run(backend.start(_spec(image, idle=False), None))
+        out = asyncio.run(idle())
+        assert 'NAME="shoal-test"' in out and "no-python" in out
     finally:
         backend.shutdown()
+
+
+def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_tars, runtime_dir) -> None:  # noqa: F811
+    from shoal._spec.definitions import Options
+
+    backend = _backend(tmp_path)
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    image = _image(store, rootfs_tars, runtime_dir)
+    version, upper, work, extra = (tmp_path / d for d in ("v1", "upper", "work", "extra"))
+    for d in (version, upper, work, extra):
+        d.mkdir()
+    (version / "committed").write_text("in the volume\n")
+    os.chown(upper, id_base(), id_base())  # as the control plane makes a volume's upper: the container root's
+    (extra / "note").write_text("bound\n")
+    spec = _spec(image)
+    spec.volumes = [["/data/vol", str(version), str(upper), str(work)]]
+    spec.binds = [(str(extra), "/mnt/extra", False)]
+    spec.definition = FunctionDefinition(tag="where", options=Options(extra={"block_network": True}))
+
+    async def run() -> str:
+        handle = await backend.start(spec, None)
+        try:
+            return await _exec(backend, handle, [
+                "/bin/sh", "-c", "cat /data/vol/committed /mnt/extra/note; echo new > /data/vol/written; "
+                "touch /mnt/extra/x 2>/dev/null || echo read-only; "
+                "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)\" 2>&1 | tail -1"])
+        finally:
+            handle.kill()
+            await handle.wait()
+            backend.shutdown()
+
+    out = asyncio.run(run())
+    assert out.splitlines()[:3] == ["in the volume", "bound", "read-only"], out
+    assert "OSError" in out.splitlines()[3] or "unreachable" in out, out  # no network at all
+    assert (upper / "written").read_text() == "new\n"  # the volume's write went to its upper, as on venv images
+    assert not (version / "written").exists() and not (extra / "x").exists()
