@@ -740,6 +740,51 @@ def image_layers(root: str | None) -> tuple[list[list], dict[str, list[str]]]:
     return binds, overlays
 
 
+# -- a container on an OCI image (docs/sandbox.md "Root filesystem from layers") --------------------------------
+SDK_MOUNT = "/.shoal/sdk"  # shoal's package at SDK_MOUNT/shoal, read-only: first on sys.path
+RUNTIME_MOUNT = "/.shoal/runtime"  # the runtime's packages for the image's Python, read-only: last on sys.path
+# What the image's Python runs: shoal's runtime, with the image's own packages winning over the runtime's copies
+# (they were installed for the user's code) and shoal's own package over anything of the image's name.
+OCI_BOOT = (f"import sys; sys.path.insert(0, {SDK_MOUNT!r}); sys.path.append({RUNTIME_MOUNT!r}); import runpy; "
+            "runpy.run_module('shoal.runtime', run_name='__main__', alter_sys=True)")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_GPU_DRIVER_FILES = ("/usr/lib/x86_64-linux-gnu/libcuda.so*", "/usr/lib/x86_64-linux-gnu/libnvidia-*.so*",
+                     "/usr/lib/aarch64-linux-gnu/libcuda.so*", "/usr/lib/aarch64-linux-gnu/libnvidia-*.so*",
+                     "/usr/lib64/libcuda.so*", "/usr/lib64/libnvidia-*.so*", "/usr/bin/nvidia-smi")
+
+
+def gpu_driver_files() -> list[str]:
+    """The host's NVIDIA driver files a CUDA program needs besides the device nodes (user-space driver
+    libraries, nvidia-smi): they must match the host's kernel module, so an image never ships them."""
+    return sorted({p for pattern in _GPU_DRIVER_FILES for p in glob.glob(pattern)})
+
+
+def _is_root(user: str | None) -> bool:
+    return not user or user.partition(":")[0] in ("root", "0")
+
+
+def image_root_view(spec: Any, env: dict[str, str], shares: list[str]) -> dict[str, Any]:
+    """The sandbox config of a container on an OCI image (`spec.image.layers`): its root is the image (the
+    layers with a private tmpfs upper: what it writes is gone with it), with shoal's package and the runtime's
+    packages read-only under /.shoal, the app's source at /root/<entry>, the spec's binds, the installation's
+    shares, the host's NVIDIA driver files for a GPU container; `env` (the image's config Env, ENV steps and
+    the control plane's) is completed for it."""
+    image = spec.image
+    binds: list[list] = [[SHOAL_PACKAGE_DIR, f"{SDK_MOUNT}/shoal", False]]
+    if image.runtime_dir:
+        binds.append([image.runtime_dir, RUNTIME_MOUNT, False])
+    binds += source_binds(spec.source_dir, set()) + [list(b) for b in spec.binds]
+    if spec.gpus:
+        binds += [[p, p, False] for p in gpu_driver_files()]
+    env.setdefault("PATH", DEFAULT_PATH)
+    if _is_root(image.user):
+        env.setdefault("HOME", "/root")
+        env["USER"] = env["LOGNAME"] = "root"
+    env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return {"rootfs": {"layers": list(image.layers), "upper": None, "work": None}, "binds": binds, "rw": shares,
+            "user": image.user or None}
+
+
 def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:
     """The app's source, entry by entry, at /root/<entry> (read-only); /root itself stays writable."""
     if not source_dir:

@@ -33,6 +33,7 @@ from sandbox_init import (
 
 SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 430, 431, 432
 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+OWNER = [0, 0]  # the container's root on the host: what the setup makes in the image is its
 
 
 OVERLAY_OPTIONS = (("redirect_dir", "off"), ("metacopy", "off"), ("index", "off"))
@@ -96,6 +97,7 @@ def rootfs_path(root: str, path: str, is_dir: bool, created: list) -> str:
                 os.close(os.open(cur, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
             else:
                 os.mkdir(cur, 0o755)
+            os.chown(cur, *OWNER, follow_symlinks=False)  # the container's root's (else unwritable inside)
             created.append(inside)
             continue
         if (st.st_mode & 0o170000) == 0o120000:
@@ -112,6 +114,7 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
     or a private tmpfs gone with the container), then the container's own /proc, /sys, /dev, /dev/shm,
     /run/shoal, DNS file, binds and volumes on top. Nothing of the host's system directories."""
     rf = cfg["rootfs"]
+    OWNER[:] = owner
     layers = [str(x) for x in rf["layers"]]
     upper, work = rf.get("upper"), rf.get("work")
     if not upper:
@@ -153,18 +156,25 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
             bind(op[1], rootfs_path(root, path, os.path.isdir(op[1]), created), op[2], idmap_fd)
         elif kind == "volume":
             mount_volume(rootfs_path(root, path, True, created), *op[1:], userxattr=cfg.get("mode") == "rootless")
+    hostname = cfg.get("hostname", "shoal")
+    files = {"hosts": f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+             "hostname": hostname + "\n"}
     if cfg.get("resolv"):
-        target = root + "/etc/resolv.conf"
-        if not os.path.lexists(target) or os.path.isfile(target) and not os.path.islink(target):
-            target = rootfs_path(root, "/etc/resolv.conf", False, created)
-            src = root + "/run/shoal/resolv.conf"
-            fd = os.open(src, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            try:
-                os.write(fd, cfg["resolv"].encode())
-            finally:
-                os.close(fd)
-            bind(src, target, False)
-        # (a symlink, e.g. into /run: left as the image has it)
+        files["resolv.conf"] = cfg["resolv"]
+    for name, text in files.items():  # the container's own, read-only, over the image's (as Docker does)
+        target = f"{root}/etc/{name}"
+        if os.path.islink(target) or os.path.lexists(target) and not os.path.isfile(target):
+            continue  # (a symlink, e.g. into /run: left as the image has it)
+        target = rootfs_path(root, f"/etc/{name}", False, created)
+        src = f"{root}/run/shoal/{name}"
+        fd = os.open(src, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        bind(src, target, False)
+    if cfg.get("cwd"):  # the working directory, made where the image lacks it (as Docker does)
+        rootfs_path(root, cfg["cwd"], True, created)
     record = rf.get("record")
     if record:  # what the build's layer must leave out (shoal/oci/upper.py `skip`)
         fd = os.open(record, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

@@ -2,7 +2,9 @@
 
 `python` image (two layers, bottom first):
   1. base: merged-/usr symlinks, /etc (passwd, group, os-release naming the test image, a marker file),
-     /bin/sh (dash) and a few coreutils with the shared libraries `ldd` lists, empty /tmp /root /proc /sys /dev
+     /bin/sh (dash) and a few coreutils with the shared libraries `ldd` lists, the C and C++ runtime libraries
+     (libc6, libgcc-s1, libstdc++6 as in Debian's images: wheels link to libpthread & co.), empty /tmp /root
+     /proc /sys /dev
   2. python: Debian's /usr/bin/python3.11 and /usr/lib/python3.11 (no test/idle/tkinter/config), with the
      libraries it and its extension modules link to
 `nopython` image: layer 1 alone.
@@ -30,13 +32,17 @@ import pytest
 from shoal.oci.layout import LayoutWriter, store_image
 from shoal.oci.store import Image, LayerStore
 
-RECIPE = 1  # bump when what goes into the tars changes
+RECIPE = 2  # bump when what goes into the tars changes
 PYTHON_BIN = "/usr/bin/python3.11"
 PYTHON_LIB = "/usr/lib/python3.11"
 PYTHON_VERSION = "3.11"
 IMAGE_PYTHON = "/usr/bin/python3"  # the image's Python, inside it
 MARKER = "/etc/shoal-test-image"  # a file only the test images have
 OS_RELEASE = 'PRETTY_NAME="shoal test rootfs"\nNAME="shoal-test"\nID=shoal-test\n'
+# the shared libraries of Debian's libc6 (no gconv modules), libgcc-s1 and libstdc++6, as a Debian image has them
+SYSTEM_LIBS = ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
+               "libutil.so.1", "libresolv.so.2", "libanl.so.1", "libnss_files.so.2", "libnss_dns.so.2",
+               "libgcc_s.so.1", "libstdc++.so.6")
 TOOLS = ("sh", "dash", "ls", "cat", "echo", "mkdir", "rm", "rmdir", "touch", "id", "env", "sleep", "stat",
          "readlink", "true", "false", "mv", "cp", "chmod", "chown", "ln", "head", "tail", "wc", "grep", "sed",
          "[", "test", "uname", "whoami", "printf", "sort", "tr", "dd", "find", "du", "df", "pwd", "basename",
@@ -46,6 +52,7 @@ _SKIP_DYNLOAD = re.compile(r"^(_test|_tkinter|xxlimited|_xxtestfuzz|_ctypes_test
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONFIG = {"Env": [PATH_ENV, "LANG=C.UTF-8"], "Cmd": ["/bin/sh"]}
 MTIME = 1_700_000_000
+_MULTIARCH = f"{os.uname().machine}-linux-gnu"
 
 
 def unavailable() -> str:
@@ -174,7 +181,8 @@ def _base_tar() -> bytes:
     t.data("/etc/os-release", OS_RELEASE.encode())
     t.data(MARKER, b"shoal test image\n")
     tools = [p for p in (f"/usr/bin/{name}" for name in TOOLS) if os.path.exists(p)]
-    for path in [*tools, *_libraries([os.path.realpath(p) for p in tools])]:
+    libs = [p for p in (f"/usr/lib/{_MULTIARCH}/{name}" for name in SYSTEM_LIBS) if os.path.exists(p)]
+    for path in [*tools, *libs, *_libraries([os.path.realpath(p) for p in tools])]:
         t.host(path)
     return t.close()
 

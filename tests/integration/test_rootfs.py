@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+from shoal._spec.definitions import FunctionDefinition
+from shoal.backends.base import ContainerImage, ContainerSpec
 from shoal.backends.build_sandbox import BuildSandbox
+from shoal.backends.local import LocalBackend
+from shoal.backends.local_exec import sandbox_runtime
 from shoal.backends.sandbox import id_base
+from shoal.oci.layout import store_image
 from shoal.oci.registry import pull, push_layout
 from shoal.oci.store import LayerStore
 from shoal.oci.upper import layer_from_upper
-from tests.integration.oci_registry import have_registry_tools, registry
+from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import (
     IMAGE_PYTHON,
     MARKER,
@@ -156,3 +163,234 @@ def test_a_step_runs_as_the_images_user_and_sees_only_its_binds(tmp_path, rootfs
     rc = asyncio.run(sandbox.run_on_layers(lowers, str(upper), str(work), ["/bin/sh", "-c", "true"],
                                            env={}, user="nobody-here", log=output.append))
     assert rc == 121 and "no user 'nobody-here'" in "".join(output)
+
+
+def test_symlinks_of_a_hostile_image_never_lead_the_setup_to_the_host(tmp_path, rootfs_tars) -> None:  # noqa: F811
+    sandbox = _sandbox(tmp_path)
+    target = tmp_path / "host-dir"
+    target.mkdir()
+    (target / "resolv.conf").write_text("host's\n")
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    hostile = layer_tar([("symlink", "run", str(target)), ("symlink", "etc/resolv.conf", str(target / "resolv.conf")),
+                         ("symlink", "etc/hosts", str(target / "hosts"))])
+    image = store_image(store, "hostile", [rootfs_tars["base"], hostile])
+    lowers = [str(x) for x in store.lowerdirs(image)]
+    output: list[str] = []
+    for i in range(2):
+        upper, work = tmp_path / f"upper{i}", tmp_path / f"work{i}"
+        upper.mkdir()
+        work.mkdir()
+        rc = asyncio.run(sandbox.run_on_layers(lowers, str(upper), str(work), ["/bin/sh", "-c", "true"], env={},
+                                               log=output.append, network=i == 0))
+        assert rc == 121
+    assert "the image's /run is a symlink" in "".join(output)
+    assert sorted(p.name for p in target.iterdir()) == ["resolv.conf"]
+    assert (target / "resolv.conf").read_text() == "host's\n"
+
+
+# -- containers on an OCI image ------------------------------------------------------------------------------------
+APP_SOURCE = '''import shoal
+
+app = shoal.App("rootfs-test")
+
+
+@app.function()
+def where() -> str:
+    import os, sys
+    return f"{open('/etc/os-release').read().splitlines()[0]}|{sys.version.split()[0]}|{shoal.__file__}|{os.getuid()}"
+'''
+
+
+@pytest.fixture(scope="module")
+def runtime_dir(tmp_path_factory) -> str:
+    """The runtime's packages for the image's Python, as the image builder makes them for the host's (linked from
+    the control plane's environment: Debian's 3.11 and this 3.11 share the ABI)."""
+    from shoal.controlplane.images import RUNTIME_NAMES, _copy_host_packages
+
+    target = tmp_path_factory.mktemp("runtime")
+    target.chmod(0o755)  # (as the image builder's: the container's root is not the host's)
+    assert not _copy_host_packages(RUNTIME_NAMES, target)
+    return str(target)
+
+
+def _backend(tmp_path: Path) -> LocalBackend:
+    backend = LocalBackend(state_dir=tmp_path / "state", netns_pool=0)
+    if backend.isolation != "sandbox":
+        pytest.skip(f"containers are not sandboxed here: {backend.availability.reason}")
+    return backend
+
+
+def _spec(image: ContainerImage, source: Path | None = None, *, idle: bool = True) -> ContainerSpec:
+    return ContainerSpec(container_id=f"ta-rootfs{secrets.token_hex(4)}", function_id="fu-rootfs", app_id="ap-rootfs",
+                         definition=FunctionDefinition(tag="where"), env={"FROM_SPEC": "1"}, image=image,
+                         source_dir=str(source) if source else None, idle=idle)
+
+
+async def _exec(backend: LocalBackend, handle, argv: list[str]) -> str:
+    """A command in the container's namespaces and root, as `shoal container exec` runs one."""
+    deadline = time.monotonic() + 30
+    while (runtime := sandbox_runtime(handle.pid)) is None:
+        assert handle.proc.returncode is None, f"the sandbox ended: {handle.exit_reason()}"
+        assert time.monotonic() < deadline, "the sandbox did not come up"
+        await asyncio.sleep(0.05)
+    cmd = ["nsenter", f"--target={runtime}", "--user", "--mount", "--pid", "--net", "--root", "--wd", "--", *argv]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                                                env={"PATH": "/usr/bin:/bin"})
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return out.decode()
+
+
+def _image(store: LayerStore, tars: dict, runtime_dir: str, **config) -> ContainerImage:
+    image = store_test_image(store, tars, "python", name=f"t/{secrets.token_hex(4)}",
+                             config={"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "IMAGE_VAR=yes"],
+                                     **config})
+    env = dict(e.split("=", 1) for e in image.config.env)
+    return ContainerImage(image_id="im-rootfs", python=IMAGE_PYTHON, layers=[str(x) for x in store.lowerdirs(image)],
+                          runtime_dir=runtime_dir, env=env, workdir=image.config.workdir or None,
+                          user=image.config.user or None)
+
+
+def test_a_container_on_an_oci_image_sees_the_image_and_its_writes_vanish(tmp_path, rootfs_tars,  # noqa: F811
+                                                                         runtime_dir) -> None:
+    backend = _backend(tmp_path)
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    image = _image(store, rootfs_tars, runtime_dir, WorkingDir="/srv/app")
+    before = {d: _tree(Path(d)) for d in image.layers}
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "rootfs_app.py").write_text(APP_SOURCE)
+    run_app = ("import sys; sys.path[:0] = ['/.shoal/sdk', '/root']; sys.path.append('/.shoal/runtime'); "
+               "import shoal.runtime.worker, cloudpickle, msgpack, aiohttp, rootfs_app; "
+               "print(rootfs_app.where.local())")
+
+    async def run() -> tuple[str, str, str]:
+        handle = await backend.start(_spec(image, source), None)
+        try:
+            first = await _exec(backend, handle, ["/bin/sh", "-c", "echo x > /etc/written && rm /etc/shoal-test-image "
+                                                  "&& mkdir -p /usr/new && pwd && cat /etc/os-release && ls /root"])
+            runs = await _exec(backend, handle, [IMAGE_PYTHON, "-c", run_app])
+            env = (Path("/proc") / str(sandbox_runtime(handle.pid)) / "environ").read_bytes().decode()
+        finally:
+            handle.kill()
+            await handle.wait()
+        handle = await backend.start(_spec(image), None)
+        try:
+            second = await _exec(backend, handle, ["/bin/sh", "-c",
+                                                   "ls /etc/written /usr/new 2>&1; cat /etc/shoal-test-image"])
+        finally:
+            handle.kill()
+            await handle.wait()
+            backend.shutdown()
+        return first + runs, env, second
+
+    first, env, second = asyncio.run(run())
+    assert "/srv/app" in first  # the image's WorkingDir (made, as Docker does, where the image lacks it)
+    assert 'PRETTY_NAME="shoal test rootfs"' in first and "rootfs_app.py" in first
+    # the function's code runs on the image's Python with shoal's package from /.shoal/sdk
+    assert 'PRETTY_NAME="shoal test rootfs"|3.11.2|/.shoal/sdk/shoal/__init__.py|0' in first, first
+    variables = dict(v.split("=", 1) for v in env.split("\0") if "=" in v)
+    assert variables["IMAGE_VAR"] == "yes" and variables["FROM_SPEC"] == "1" and variables["HOME"] == "/root"
+    assert variables["PATH"] == "/usr/local/bin:/usr/bin:/bin"  # the image's, not the host's
+    # the first container's writes were its own: the next one sees the image as it is
+    assert "No such file" in second and "shoal test image" in second, second
+    assert {d: _tree(Path(d)) for d in image.layers} == before
+    assert not Path("/etc/written").exists() and not Path("/usr/new").exists()
+
+
+def test_the_runtime_starts_on_the_images_python_as_its_user(tmp_path, rootfs_tars, runtime_dir) -> None:  # noqa: F811
+    """Not idle: the image's Python runs shoal's runtime (here without a control plane to talk to, so it stops at
+    its first step, having imported shoal and its packages from /.shoal)."""
+    backend = _backend(tmp_path)
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    image = _image(store, rootfs_tars, runtime_dir, User="app")
+    output: list[str] = []
+
+    async def run() -> int:
+        handle = await backend.start(_spec(image, idle=False), lambda _c, _fd, text: output.append(text))
+        try:
+            return await asyncio.wait_for(handle.wait(), 60)
+        finally:
+            backend.shutdown()
+
+    async def idle() -> tuple[str, str]:
+        handle = await backend.start(_spec(image), None)
+        try:
+            cwd = await _exec(backend, handle, ["/bin/sh", "-c", "pwd"])
+            proc = Path("/proc") / str(sandbox_runtime(handle.pid))
+            return (proc / "status").read_text(), (proc / "environ").read_bytes().decode() + cwd
+        finally:
+            handle.kill()
+            await handle.wait()
+
+    status, env = asyncio.run(idle())
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert uids == [str(id_base() + 1000)] * 4  # the image's `app` user, in the container's id range
+    assert "HOME=/home/app" in env.split("\0")  # its home, from /etc/passwd
+    assert env.endswith("\0/\n")  # no WorkingDir, and /root is root's alone: at / (as Docker has it)
+    assert asyncio.run(run()) == 1
+    text = "".join(output)
+    assert '"/.shoal/sdk/shoal/runtime/worker.py"' in text and "KeyError: 'SHOAL_CONTROL'" in text, text
+
+
+def test_an_oci_image_needs_the_sandbox_and_a_python(tmp_path, rootfs_tars, runtime_dir) -> None:  # noqa: F811
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    image = _image(store, rootfs_tars, runtime_dir)
+    plain = LocalBackend(state_dir=tmp_path / "state", isolation="process")
+    with pytest.raises(RuntimeError, match="is an OCI image .* needs the sandbox"):
+        asyncio.run(plain.start(_spec(image), None))
+    backend = _backend(tmp_path)
+    bare = store_test_image(store, rootfs_tars, "nopython")
+    image = ContainerImage(image_id="im-bare", python="", layers=[str(x) for x in store.lowerdirs(bare)])
+
+    async def idle() -> str:  # (what `shoal shell` starts): no Python needed
+        handle = await backend.start(_spec(image), None)
+        try:
+            return await _exec(backend, handle, ["/bin/sh", "-c", "cat /etc/os-release; test -e /usr/bin/python3 || "
+                                                 "echo no-python"])
+        finally:
+            handle.kill()
+            await handle.wait()
+
+    try:
+        with pytest.raises(RuntimeError, match="has no Python: functions cannot run on it"):
+            asyncio.run(backend.start(_spec(image, idle=False), None))
+        out = asyncio.run(idle())
+        assert 'NAME="shoal-test"' in out and "no-python" in out
+    finally:
+        backend.shutdown()
+
+
+def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_tars, runtime_dir) -> None:  # noqa: F811
+    from shoal._spec.definitions import Options
+
+    backend = _backend(tmp_path)
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    image = _image(store, rootfs_tars, runtime_dir)
+    version, upper, work, extra = (tmp_path / d for d in ("v1", "upper", "work", "extra"))
+    for d in (version, upper, work, extra):
+        d.mkdir()
+    (version / "committed").write_text("in the volume\n")
+    os.chown(upper, id_base(), id_base())  # as the control plane makes a volume's upper: the container root's
+    (extra / "note").write_text("bound\n")
+    spec = _spec(image)
+    spec.volumes = [["/data/vol", str(version), str(upper), str(work)]]
+    spec.binds = [(str(extra), "/mnt/extra", False)]
+    spec.definition = FunctionDefinition(tag="where", options=Options(extra={"block_network": True}))
+
+    async def run() -> str:
+        handle = await backend.start(spec, None)
+        try:
+            return await _exec(backend, handle, [
+                "/bin/sh", "-c", "cat /data/vol/committed /mnt/extra/note; echo new > /data/vol/written; "
+                "touch /mnt/extra/x 2>/dev/null || echo read-only; "
+                "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)\" 2>&1 | tail -1"])
+        finally:
+            handle.kill()
+            await handle.wait()
+            backend.shutdown()
+
+    out = asyncio.run(run())
+    assert out.splitlines()[:3] == ["in the volume", "bound", "read-only"], out
+    assert "OSError" in out.splitlines()[3] or "unreachable" in out, out  # no network at all
+    assert (upper / "written").read_text() == "new\n"  # the volume's write went to its upper, as on venv images
+    assert not (version / "written").exists() and not (extra / "x").exists()
