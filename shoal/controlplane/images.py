@@ -54,7 +54,8 @@ from ..backends.sandbox import SYSTEM_DIRS, id_base
 from ..exception import ImageBuildError, InvalidError
 from .oci_images import OciBuilder
 from .oci_steps import check_oci_step
-from .runtime_packages import RUNTIME_NAMES, RUNTIME_REQUIREMENTS, copy_host_packages
+from .runtime_packages import RUNTIME_NAMES, RUNTIME_REQUIREMENTS
+from .runtime_packages import copy_host_packages as _copy_host_packages
 
 Log = Callable[[str], None]
 
@@ -264,9 +265,10 @@ class ImageBuilder:
             tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            tmp.chmod(0o755)  # read by containers' root, which is not the host's
             missing = list(RUNTIME_NAMES)
             if python_version == sysconfig.get_python_version() and libc == "glibc":
-                missing = await asyncio.to_thread(copy_host_packages, RUNTIME_NAMES, tmp)
+                missing = await asyncio.to_thread(_copy_host_packages, RUNTIME_NAMES, tmp)
             if missing:
                 wanted = [r for r in [*RUNTIME_REQUIREMENTS, "pip"] if re.split(r"[<>=!~ ]", r)[0] in missing]
                 if log is not None:
@@ -442,7 +444,7 @@ class ImageBuilder:
             tmp.mkdir(parents=True)
             missing = list(RUNTIME_NAMES)
             if soabi and soabi == sysconfig.get_config_var("SOABI"):
-                missing = await asyncio.to_thread(copy_host_packages, RUNTIME_NAMES, tmp)
+                missing = await asyncio.to_thread(_copy_host_packages, RUNTIME_NAMES, tmp)
                 if len(missing) < len(RUNTIME_NAMES):
                     b.log(f"Runtime packages: {len(RUNTIME_NAMES) - len(missing)} of {len(RUNTIME_NAMES)} linked "
                           "from the control plane's environment (same Python)\n")

@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 
-from shoal._spec.definitions import ImageSpec
+from shoal._spec.definitions import FunctionDefinition, ImageSpec
 from shoal._spec.images import BUILDER_VERSION, image_id_for
+from shoal.backends.base import ContainerSpec
+from shoal.backends.local import LocalBackend
+from shoal.backends.local_exec import sandbox_runtime
 from shoal.controlplane.images import ImageBuilder, check_spec
 from shoal.controlplane.oci_credentials import registry_credentials
 from shoal.controlplane.oci_files import resolve
@@ -305,12 +308,35 @@ def test_env_workdir_and_local_files(builder, reg, tmp_path):
     assert "(cached)" in text and read(second, "/etc/c.txt") == b"two" and second.layers[1:] == image.layers[1:]
 
 
-def test_pip_install_with_the_images_python(builder, reg):
+def test_pip_install_with_the_images_python_and_a_container_on_the_result(builder, reg, tmp_path):
     wire = spec(base(f"{reg}/test/python:v1"),
                 {"kind": "pip_install", "repr": "pip_install('six==1.17.0')", "packages": ["six==1.17.0"]},
                 run("python3 -c 'import six; print(six.__version__)' > /six.txt"))
     image, _ = build(builder, wire)
     assert read(image, "/six.txt") == b"1.17.0\n"
+    backend = LocalBackend(state_dir=tmp_path / "backend", netns_pool=0)
+    code = ("import sys; sys.path[:0] = ['/.shoal/sdk']; sys.path.append('/.shoal/runtime'); "
+            "import six, cloudpickle, shoal.runtime.worker; print('ran', six.__version__, sys.version_info[:2])")
+
+    async def in_container() -> str:
+        handle = await backend.start(ContainerSpec(
+            container_id="ta-ocibuild1", function_id="fu-ocibuild", app_id="ap-ocibuild",
+            definition=FunctionDefinition(tag="f"), env={}, image=image, idle=True), None)
+        try:
+            deadline = time.monotonic() + 30
+            while (pid := sandbox_runtime(handle.pid)) is None:
+                assert time.monotonic() < deadline, handle.exit_reason()
+                await asyncio.sleep(0.05)
+            proc = await asyncio.create_subprocess_exec(
+                "nsenter", f"--target={pid}", "--user", "--mount", "--pid", "--root", "--wd", "--", image.python,
+                "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={"PATH": "/usr/bin"})
+            return (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+        finally:
+            handle.kill()
+            await handle.wait()
+            backend.shutdown()
+
+    assert asyncio.run(in_container()).strip() == "ran 1.17.0 (3, 11)"
 
 
 # -- Debian: apt_install -------------------------------------------------------------------------------------------
