@@ -180,13 +180,17 @@ class OciBuilder:
 
     # -- bases -----------------------------------------------------------------------------------------------------
     async def _from_registry(self, st: _State, step: dict[str, Any], ref: str, forced: bool, log: Log) -> None:
-        """The base image, from the store when pulled before (a forced step pulls again)."""
+        """The base image. One pulled anonymously is reused from the store (a forced step pulls again); with
+        credentials it is always pulled (skopeo fetches only the blobs the store lacks), so the registry checks
+        them every time, and it is recorded apart: a later build without credentials never gets a private image
+        from the store, it asks the registry (which refuses it)."""
         name = str(parse_reference(ref))
-        image = None if forced else self.store.get(name)
+        creds = await asyncio.to_thread(registry_credentials, step)
+        image = self.store.get(name) if creds is None and not forced else None
         if image is None or not all(self.store.layer_path(x.diff_id).is_dir() for x in image.layers):
             log(f"Pulling {name}\n")
-            creds = await asyncio.to_thread(registry_credentials, step)
-            image = await asyncio.to_thread(pull, self.store, ref, credentials=creds)
+            record = name if creds is None else f"{name} (with credentials)"
+            image = await asyncio.to_thread(pull, self.store, ref, credentials=creds, name=record)
         st.layers = [_info(x) for x in image.layers]
         st.config = dict((await asyncio.to_thread(self.store.read_json_blob, image.config_digest)).get("config") or {})
         st.key = st.chain("base", BUILDER_VERSION, LAYER_RECIPE, image.manifest_digest)

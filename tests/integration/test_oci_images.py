@@ -186,18 +186,22 @@ def test_from_registry_builds_once_and_is_a_cache_hit(builder, reg):
 
 def test_from_registry_auth_and_digest(builder, private_reg, reg):
     tag = f"{private_reg}/private/python:v1"
+    right = {"REGISTRY_USERNAME": "builder", "REGISTRY_PASSWORD": "s3cret"}
+    image, _ = build(builder, spec(base(tag, secret_env=right)))
+    assert read(image, "/etc/shoal-test-image") == b"shoal test image\n"
+    # pulled with credentials: neither a build without them nor one with wrong ones gets it from the store
     with pytest.raises(ImageBuildError) as info:
         build(builder, spec(base(tag)))
     message = str(info.value)
     assert "failed at step 0, from_registry(" in message and tag in message and "requires credentials" in message
     with pytest.raises(ImageBuildError, match="refused the credentials"):
-        build(builder, spec(base(tag, secret_env={"REGISTRY_USERNAME": "builder", "REGISTRY_PASSWORD": "wrong"})))
-    image, _ = build(builder, spec(base(tag, secret_env={"REGISTRY_USERNAME": "builder",
-                                                         "REGISTRY_PASSWORD": "s3cret"})))
-    assert read(image, "/etc/shoal-test-image") == b"shoal test image\n"
-    pulled = builder.oci.store.get(tag)
-    by_digest, text = build(builder, spec(base(f"{reg}/test/python@{pulled.manifest_digest}")))
+        build(builder, spec(base(tag, secret_env={**right, "REGISTRY_PASSWORD": "wrong"}), run("true")))
+    pulled = builder.oci.store.get(f"{tag} (with credentials)")
+    digest_tag = f"{private_reg}/private/python@{pulled.manifest_digest}"
+    by_digest, _ = build(builder, spec(base(digest_tag, secret_env=right)))
     assert by_digest.layers == image.layers  # the same layers, shared in the store
+    anonymous, _ = build(builder, spec(base(f"{reg}/test/python:v1")))
+    assert anonymous.layers == image.layers
 
 
 def test_add_python_on_an_image_without_python(builder, reg):
