@@ -211,7 +211,7 @@ class OciBuilder:
     async def _dockerfile(self, st: _State, step: dict[str, Any], steps: list[df.Step], forced: bool,
                           log: Log) -> None:
         context = self._blob(step["context_sha"]) if step.get("context_sha") else None
-        secrets = step.get("secret_env") or {}
+        extra_env = {**(step.get("env") or {}), **(step.get("secret_env") or {})}  # for RUN only, not kept
         for d in steps:
             text = f"Dockerfile line {d.line}: {type(d).__name__.upper()}"
             if isinstance(d, df.From):
@@ -220,7 +220,7 @@ class OciBuilder:
                 log(f"{text} {d.command if isinstance(d.command, str) else json.dumps(list(d.command))}\n")
                 argv = ["/bin/sh", "-c", d.command] if isinstance(d.command, str) else list(d.command)
                 await self._run_layer(st, ["RUN", argv, d.build_env], forced, log, [argv],
-                                      user=st.config.get("User") or None, env={**dict(d.build_env), **secrets})
+                                      user=st.config.get("User") or None, env={**dict(d.build_env), **extra_env})
             elif isinstance(d, df.Copy):
                 log(f"{text} {' '.join(d.sources)} {d.dest}\n")
                 dest = d.dest if d.dest.startswith("/") else f"{st.workdir.rstrip('/')}/{d.dest}"
@@ -461,7 +461,15 @@ class OciBuilder:
                                       ("python3", "python"))
 
     async def _probe(self, st: _State, python: str, log: Log) -> tuple[str, str]:
-        """(X.Y, libc) of the image's Python, asked of it in a build container (its writes are thrown away)."""
+        """(X.Y, libc) of the image's Python, asked of it in a build container (its writes are thrown away);
+        remembered by the layer file the interpreter resolves to, so images on one base ask once."""
+        _, binary = await asyncio.to_thread(oci_files.resolve, [Path(p) for p in self._lowerdirs(st)], python)
+        memo = self.steps_dir / f"probe-{hashlib.sha256(str(binary).encode()).hexdigest()}.json"
+        try:
+            found = json.loads(memo.read_bytes())
+            return found["version"], found["libc"]
+        except (OSError, ValueError, KeyError):
+            pass
         out: list[str] = []
         scratch = Path(tempfile.mkdtemp(prefix="probe-", dir=self.store.tmp))
         try:
@@ -479,6 +487,8 @@ class OciBuilder:
         if rc != 0 or not m:
             log(f"The image's {python} does not run ({''.join(out)[-500:].strip()}): functions cannot run on it\n")
             return "", ""
+        self.steps_dir.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps({"version": m.group(1), "libc": m.group(2)}))
         return m.group(1), m.group(2)
 
     def _record_image(self, image_id: str, st: _State) -> Image:

@@ -256,6 +256,19 @@ def test_dockerfile_with_copy_arg_run_env_workdir_user(builder, reg):
     assert record["config"]["Cmd"] == ["python3", "-m", "http.server"]
 
 
+def test_dockerfile_commands_on_a_registry_image(builder, reg):
+    commands = ["ARG WHO=nobody", "ENV GREETING=hi", "RUN echo \"$GREETING $WHO $EXTRA\" > /greeting.txt",
+                "COPY notes.txt /srv/", 'ENTRYPOINT ["/bin/sh"]']
+    step = {"kind": "dockerfile_commands", "repr": "dockerfile_commands([...])", "commands": commands,
+            "context_sha": put_blob(builder, context_tar({"notes.txt": b"n"})), "build_args": {"WHO": "you"},
+            "env": {"EXTRA": "extra"}}
+    image, text = build(builder, spec(base(f"{reg}/test/python:v1"), step))
+    assert read(image, "/greeting.txt") == b"hi you extra\n" and read(image, "/srv/notes.txt") == b"n"
+    assert image.env["GREETING"] == "hi" and "EXTRA" not in image.env and "WHO" not in image.env
+    record = json.loads((builder.dir / image.image_id / "manifest.json").read_text())
+    assert record["config"]["Entrypoint"] == ["/bin/sh"] and "Cmd" not in record["config"]
+
+
 def test_run_commands_change_the_image_and_never_the_host(builder, reg):
     marker = "/etc/shoal-oci-build-test"
     assert not os.path.exists(marker)
