@@ -233,21 +233,26 @@ def test_dockerfile_with_copy_arg_run_env_workdir_user(builder, reg):
         "COPY config.txt ./",
         "COPY src/ /app/src/",
         "COPY --chown=app:app owned.txt /home/app/",
+        "COPY --chmod=755 tool.sh /bin/",
         "RUN echo \"$GREETING from $(cat config.txt)\" > /app/greeting.txt && id -u > /app/uid.txt",
         "USER app",
         "RUN id -u > /tmp/uid.txt",
         'CMD ["python3", "-m", "http.server"]',
     ])
     context = context_tar({"config.txt": b"the context", "src/m.py": b"print(1)\n", "src/pkg/n.py": b"",
-                           "owned.txt": b"mine", "unused.txt": b"x"})
+                           "owned.txt": b"mine", "unused.txt": b"x", "tool.sh": b"#!/bin/sh\necho tool\n"})
     step = {"kind": "from_dockerfile", "repr": "from_dockerfile('Dockerfile')", "dockerfile": dockerfile,
             "context_sha": put_blob(builder, context), "build_args": {"GREETING": "bonjour"}, "add_python": None}
     image, text = build(builder, spec(step))
-    assert "Dockerfile line 9: RUN" in text
+    assert "Dockerfile line 10: RUN" in text
     assert read(image, "/app/greeting.txt") == b"bonjour from the context\n"
     assert read(image, "/app/uid.txt") == b"0\n" and read(image, "/tmp/uid.txt") == b"1000\n"
     assert read(image, "/app/src/m.py") == b"print(1)\n" and read(image, "/app/src/pkg/n.py") == b""
     assert read(image, "/app/unused.txt") is None
+    # /bin is the image's symlink to usr/bin: the file went there, and /bin stayed a symlink
+    assert read(image, "/usr/bin/tool.sh") == b"#!/bin/sh\necho tool\n"
+    assert resolve([Path(p) for p in image.layers], "/bin", follow=False)[1].is_symlink()
+    assert resolve([Path(p) for p in image.layers], "/usr/bin/tool.sh")[1].stat().st_mode & 0o777 == 0o755
     owned = resolve([Path(p) for p in image.layers], "/home/app/owned.txt")[1]
     assert (owned.stat().st_uid - builder.oci.id_shift, owned.stat().st_gid - builder.oci.id_shift) == (1000, 1000)
     assert image.workdir == "/app" and image.user == "app" and image.env["APP_HOME"] == "/app"
@@ -277,6 +282,37 @@ def test_run_commands_change_the_image_and_never_the_host(builder, reg):
     assert read(image, marker) == b"written\n" and read(image, "/etc/os-release") is None
     assert os.path.isdir(resolve([Path(p) for p in image.layers], "/opt/tool")[1])
     assert not os.path.exists(marker) and os.path.exists("/etc/os-release")
+
+
+def test_secrets_reach_the_step_and_stay_out_of_the_image(builder, reg):
+    secret = "s3cret-value-7f1c"
+    image, _ = build(builder, spec(base(f"{reg}/test/python:v1"),
+                                   run('printf %s "$TOKEN" | wc -c > /checked', secret_env={"TOKEN": secret})))
+    assert read(image, "/checked").strip() == str(len(secret)).encode() and "TOKEN" not in image.env
+    for layer in image.layers:
+        for dirpath, _, names in os.walk(layer):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                assert os.path.islink(path) or secret.encode() not in Path(path).read_bytes(), path
+    assert secret not in (builder.dir / image.image_id / "manifest.json").read_text()
+
+
+def test_hostile_names_in_a_local_tree_stay_out(builder, reg, tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind in (("ok.txt", tarfile.REGTYPE), ("../../escape.txt", tarfile.REGTYPE),
+                           ("/abs.txt", tarfile.REGTYPE), ("link", tarfile.SYMTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, 0 if kind == tarfile.SYMTYPE else 2
+            info.linkname = "/etc" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(b"x\n") if kind == tarfile.REGTYPE else None)
+    step = {"kind": "add_local_dir", "repr": "add_local_dir('d', '/data', copy=True)", "remote_path": "/data",
+            "copy": True, "sha": put_blob(builder, buf.getvalue())}
+    image, _ = build(builder, spec(base(f"{reg}/test/python:v1"), step))
+    assert read(image, "/data/ok.txt") == b"x\n"
+    for path in ("/escape.txt", "/data/escape.txt", "/abs.txt", "/data/abs.txt", "/data/link"):
+        assert resolve([Path(p) for p in image.layers], path, follow=False)[1] is None, path
+    assert not Path("/escape.txt").exists() and not Path("/abs.txt").exists()
 
 
 def test_changing_a_step_rebuilds_from_that_step_only(builder, reg):
