@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import os
 import secrets
+import socket
+import stat
 import tarfile
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from shoal.backends.sandbox import id_base
 from shoal.oci.layout import store_image
 from shoal.oci.registry import pull, push_layout
 from shoal.oci.store import LayerStore
+from shoal.oci.unpack import LayerError
 from shoal.oci.upper import layer_from_upper
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import (
@@ -394,3 +397,45 @@ def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_t
     assert "OSError" in out.splitlines()[3] or "unreachable" in out, out  # no network at all
     assert (upper / "written").read_text() == "new\n"  # the volume's write went to its upper, as on venv images
     assert not (version / "written").exists() and not (extra / "x").exists()
+
+
+def test_an_upper_directory_becomes_an_oci_layer_exactly(tmp_path) -> None:
+    """overlayfs's forms -> OCI's, nothing followed, ids back by the store's shift, the runtime's mountpoints out."""
+    shift = id_base()
+    store = LayerStore(tmp_path / "store", id_shift=shift)
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/conf").write_text("x")
+    os.chown(upper / "etc/conf", shift + 5, shift + 6)
+    os.link(upper / "etc/conf", upper / "etc/conf-link")
+    (upper / "etc/passwd-link").symlink_to("/etc/passwd")  # tarred as a link: the host's file is never read
+    os.mknod(upper / "etc/gone", stat.S_IFCHR | 0o000, os.makedev(0, 0))  # a whiteout
+    (upper / "opt/new").mkdir(parents=True)
+    os.setxattr(upper / "opt/new", "trusted.overlay.opaque", b"y")
+    os.setxattr(upper / "etc", "trusted.overlay.origin", b"\0\1")  # overlayfs's bookkeeping: dropped
+    os.setxattr(upper / "etc/conf", "user.note", b"kept")
+    (upper / "run/shoal").mkdir(parents=True)  # a mountpoint of the runtime: skipped, with /run that held only it
+    (upper / "etc/resolv.conf").write_text("")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(upper / "opt/new/sock"))  # a socket a process left: not a file
+    sock.close()
+    os.chown(upper / "opt/new", 0, 0)  # a host id outside the container's range
+
+    layer = layer_from_upper(store, upper, skip={"/run/shoal", "/etc/resolv.conf", "/proc"})
+    members = _members(store, layer)
+    assert sorted(members) == ["etc", "etc/.wh.gone", "etc/conf", "etc/conf-link", "etc/passwd-link", "opt",
+                               "opt/new", "opt/new/.wh..wh..opq"]
+    conf = members["etc/conf"]
+    assert (conf.uid, conf.gid) == (5, 6) and conf.pax_headers.get("SCHILY.xattr.user.note") == "kept"
+    assert members["etc/conf-link"].islnk() and members["etc/conf-link"].linkname == "etc/conf"
+    assert members["etc/passwd-link"].issym() and members["etc/passwd-link"].linkname == "/etc/passwd"
+    assert not any(k.startswith("SCHILY.xattr.trusted") for m in members.values() for k in m.pax_headers)
+    assert members["opt/new"].uid == 65534
+    unpacked = store.layer_path(layer["diff_id"])  # and the store took it as any layer
+    assert os.stat(unpacked / "etc/gone").st_rdev == 0 and stat.S_ISCHR(os.stat(unpacked / "etc/gone").st_mode)
+    assert os.getxattr(unpacked / "opt/new", "trusted.overlay.opaque") == b"y"
+    assert (unpacked / "etc/conf").stat().st_uid == shift + 5
+
+    os.setxattr(upper / "etc", "trusted.overlay.redirect", b"/x")
+    with pytest.raises(LayerError, match="redirect_dir=off"):
+        layer_from_upper(store, upper)
