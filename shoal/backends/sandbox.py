@@ -763,12 +763,13 @@ def _is_root(user: str | None) -> bool:
     return not user or user.partition(":")[0] in ("root", "0")
 
 
-def image_root_view(spec: Any, env: dict[str, str], shares: list[str]) -> dict[str, Any]:
+def image_root_view(spec: Any, env: dict[str, str], shares: list[str], exclude: list[str]) -> dict[str, Any]:
     """The sandbox config of a container on an OCI image (`spec.image.layers`): its root is the image (the
     layers with a private tmpfs upper: what it writes is gone with it), with shoal's package and the runtime's
     packages read-only under /.shoal, the app's source at /root/<entry>, the spec's binds, the installation's
-    shares, the host's NVIDIA driver files for a GPU container; `env` (the image's config Env, ENV steps and
-    the control plane's) is completed for it."""
+    shares (the control plane's own directories `exclude` masked where a share holds them), the host's NVIDIA
+    driver files for a GPU container; `env` (the image's config Env, ENV steps and the control plane's) is
+    completed for it."""
     image = spec.image
     binds: list[list] = [[SHOAL_PACKAGE_DIR, f"{SDK_MOUNT}/shoal", False]]
     if image.runtime_dir:
@@ -781,8 +782,9 @@ def image_root_view(spec: Any, env: dict[str, str], shares: list[str]) -> dict[s
         env.setdefault("HOME", "/root")
         env["USER"] = env["LOGNAME"] = "root"
     env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    mask = sorted({d for d in exclude if any(under(d, p) for p in shares)})  # the control plane's state: never
     return {"rootfs": {"layers": list(image.layers), "upper": None, "work": None}, "binds": binds, "rw": shares,
-            "user": image.user or None}
+            "mask": mask, "user": image.user or None}
 
 
 def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:

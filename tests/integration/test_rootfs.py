@@ -379,6 +379,10 @@ def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_t
     spec.volumes = [["/data/vol", str(version), str(upper), str(work)]]
     spec.binds = [(str(extra), "/mnt/extra", False)]
     spec.definition = FunctionDefinition(tag="where", options=Options(extra={"block_network": True}))
+    backend.shares = [str(tmp_path)]  # shared with containers, and the backend's state directory is in it
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "secret").write_text("the control plane's\n")
+    (tmp_path / "shared-note").write_text("shared\n")
 
     async def run() -> str:
         handle = await backend.start(spec, None)
@@ -386,7 +390,8 @@ def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_t
             return await _exec(backend, handle, [
                 "/bin/sh", "-c", "cat /data/vol/committed /mnt/extra/note; echo new > /data/vol/written; "
                 "touch /mnt/extra/x 2>/dev/null || echo read-only; "
-                "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)\" 2>&1 | tail -1"])
+                "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)\" 2>&1 | tail -1; "
+                f"cat {tmp_path}/shared-note; cat {tmp_path}/state/secret 2>/dev/null || echo masked"])
         finally:
             handle.kill()
             await handle.wait()
@@ -395,6 +400,7 @@ def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_t
     out = asyncio.run(run())
     assert out.splitlines()[:3] == ["in the volume", "bound", "read-only"], out
     assert "OSError" in out.splitlines()[3] or "unreachable" in out, out  # no network at all
+    assert out.splitlines()[4:] == ["shared", "masked"], out  # a share, but never the control plane's state in it
     assert (upper / "written").read_text() == "new\n"  # the volume's write went to its upper, as on venv images
     assert not (version / "written").exists() and not (extra / "x").exists()
 
