@@ -775,8 +775,6 @@ def image_root_view(spec: Any, env: dict[str, str], shares: list[str], exclude: 
     if image.runtime_dir:
         binds.append([image.runtime_dir, RUNTIME_MOUNT, False])
     binds += source_binds(spec.source_dir, set()) + [list(b) for b in spec.binds]
-    if spec.gpus:
-        binds += [[p, p, False] for p in gpu_driver_files()]
     env.setdefault("PATH", DEFAULT_PATH)
     if _is_root(image.user):
         env.setdefault("HOME", "/root")
@@ -784,7 +782,7 @@ def image_root_view(spec: Any, env: dict[str, str], shares: list[str], exclude: 
     env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     mask = sorted({d for d in exclude if any(under(d, p) for p in shares)})  # the control plane's state: never
     return {"rootfs": {"layers": list(image.layers), "upper": None, "work": None}, "binds": binds, "rw": shares,
-            "mask": mask, "user": image.user or None}
+            "mask": mask, "user": image.user or None, "driver_files": gpu_driver_files() if spec.gpus else []}
 
 
 def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:

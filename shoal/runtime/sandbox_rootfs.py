@@ -138,6 +138,8 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
         ops.append((path, 2, ("bind", path, True)))
     for src, dst, writable in cfg.get("binds", []):
         ops.append((dst, 3, ("bind", src, writable)))
+    for path in cfg.get("driver_files", []):  # the host's GPU driver files, at their paths where the image allows
+        ops.append((path, 3, ("bind", path, False, "optional")))
     for path in cfg.get("mask", []):  # the control plane's state below a share: an empty, unlistable directory
         ops.append((path, 4, ("mask",)))
     for path, lower, up, wk in cfg.get("volumes", []):
@@ -163,6 +165,11 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
             rootfs_path(root, path, True, created)
         elif kind == "tmpfs":
             tmpfs(rootfs_path(root, path, True, created), op[1], op[2], size="1m" if path == "/run/shoal" else None)
+        elif kind == "bind" and len(op) > 3:
+            try:
+                bind(op[1], rootfs_path(root, path, os.path.isdir(op[1]), created), False)
+            except SetupError:
+                pass  # the image has a symlink or a directory there: without that file (CUDA then says what it lacks)
         elif kind == "bind":
             bind(op[1], rootfs_path(root, path, os.path.isdir(op[1]), created), op[2], idmap_fd)
         elif kind == "volume":

@@ -8,6 +8,8 @@ import os
 import secrets
 import socket
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from shoal.backends.base import ContainerImage, ContainerSpec
 from shoal.backends.build_sandbox import BuildSandbox
 from shoal.backends.local import LocalBackend
 from shoal.backends.local_exec import sandbox_runtime
-from shoal.backends.sandbox import id_base
+from shoal.backends.sandbox import ID_COUNT, id_base, launcher_argv, newroot_dir
 from shoal.oci.layout import store_image
 from shoal.oci.registry import pull, push_layout
 from shoal.oci.store import LayerStore
@@ -445,3 +447,21 @@ def test_an_upper_directory_becomes_an_oci_layer_exactly(tmp_path) -> None:
     os.setxattr(upper / "etc", "trusted.overlay.redirect", b"/x")
     with pytest.raises(LayerError, match="redirect_dir=off"):
         layer_from_upper(store, upper)
+
+
+def test_gpu_driver_files_are_bound_where_the_image_allows(tmp_path, rootfs_tars) -> None:  # noqa: F811
+    """(No GPU here: the driver files' mechanism with stand-ins.) A file at a plain path is bound read-only at its
+    host path; one whose path crosses a symlink of the image (`/lib` -> `usr/lib`) is left out, not followed."""
+    _sandbox(tmp_path)
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    lowers = [str(x) for x in store.lowerdirs(store_test_image(store, rootfs_tars, "nopython"))]
+    driver = tmp_path / "libfake-driver.so.1"
+    driver.write_text("driver\n")
+    cfg = {"mode": "root", "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
+           "hostname": "gpu", "rootfs": {"layers": lowers, "upper": None, "work": None},
+           "driver_files": [str(driver), "/lib/x86_64-linux-gnu/libc.so.6"],
+           "argv": ["/bin/sh", "-c", f"cat {driver}; echo x > {driver} 2>/dev/null || echo read-only"], "cwd": "/"}
+    proc = subprocess.run(launcher_argv(sys.executable, cfg), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["driver", "read-only"]
+    assert driver.read_text() == "driver\n"
