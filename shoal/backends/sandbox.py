@@ -781,8 +781,13 @@ def image_root_view(spec: Any, env: dict[str, str], shares: list[str], exclude: 
         env["USER"] = env["LOGNAME"] = "root"
     env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     mask = sorted({d for d in exclude if any(under(d, p) for p in shares)})  # the control plane's state: never
+    # A USER other than root must import the app's source at /root/<entry>, and /root is root's alone in most
+    # images: in this container's own upper, /root becomes readable and searchable by all (Python's importer lists
+    # it); its files keep their modes.
+    readable = ["/root"] if spec.source_dir and not _is_root(image.user) else []
     return {"rootfs": {"layers": list(image.layers), "upper": None, "work": None}, "binds": binds, "rw": shares,
-            "mask": mask, "user": image.user or None, "driver_files": gpu_driver_files() if spec.gpus else []}
+            "mask": mask, "user": image.user or None, "driver_files": gpu_driver_files() if spec.gpus else [],
+            "readable": readable}
 
 
 def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:

@@ -191,6 +191,9 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
         finally:
             os.close(fd)
         bind(src, target, False)
+    for path in cfg.get("readable", []):  # (a container's own upper only: copied up there)
+        target = rootfs_path(root, path, True, created)
+        os.chmod(target, os.stat(target).st_mode & 0o7777 | 0o555)
     if cfg.get("cwd"):  # the working directory, made where the image lacks it (as Docker does)
         rootfs_path(root, cfg["cwd"], True, created)
     record = rf.get("record")

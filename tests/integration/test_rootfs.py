@@ -317,10 +317,18 @@ def test_the_runtime_starts_on_the_images_python_as_its_user(tmp_path, rootfs_ta
         finally:
             backend.shutdown()
 
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "plain_mod.py").write_text("VALUE = 42\n")
+    as_app = ("import os, sys; os.setgroups([]); os.setgid(1000); os.setuid(1000); sys.path.insert(0, '/root'); "
+              "import plain_mod; print(plain_mod.VALUE)")
+
     async def idle() -> tuple[str, str]:
-        handle = await backend.start(_spec(image), None)
+        handle = await backend.start(_spec(image, source), None)
         try:
             cwd = await _exec(backend, handle, ["/bin/sh", "-c", "pwd"])
+            imported = await _exec(backend, handle, [IMAGE_PYTHON, "-c", as_app])
+            assert imported.strip() == "42", imported  # the app's source, importable by the image's USER
             proc = Path("/proc") / str(sandbox_runtime(handle.pid))
             return (proc / "status").read_text(), (proc / "environ").read_bytes().decode() + cwd
         finally:
@@ -331,7 +339,7 @@ def test_the_runtime_starts_on_the_images_python_as_its_user(tmp_path, rootfs_ta
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert uids == [str(id_base() + 1000)] * 4  # the image's `app` user, in the container's id range
     assert "HOME=/home/app" in env.split("\0")  # its home, from /etc/passwd
-    assert env.endswith("\0/\n")  # no WorkingDir, and /root is root's alone: at / (as Docker has it)
+    assert env.endswith("\0/root\n")  # no WorkingDir: /root, made readable for the app's source
     assert asyncio.run(run()) == 1
     text = "".join(output)
     assert '"/.shoal/sdk/shoal/runtime/worker.py"' in text and "KeyError: 'SHOAL_CONTROL'" in text, text
