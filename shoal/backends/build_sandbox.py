@@ -135,6 +135,7 @@ class BuildSandbox:
         cfg: dict[str, Any] = {
             "mode": avail.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
             "hostname": "build", "rw": list(self.shares), "binds": [[str(s), str(d), bool(w)] for s, d, w in binds],
+            "mask": [self.state_dir] if any(under(self.state_dir, p) for p in self.shares) else [],
             "rootfs": {"layers": [str(x) for x in layers], "upper": upper, "work": work, "record": record},
             "argv": list(argv), "cwd": cwd or "/", "user": user or None,
         }

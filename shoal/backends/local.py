@@ -383,7 +383,7 @@ class LocalBackend:
         python = image.python if image else self.python
         devices = sorted(glob.glob("/dev/nvidia*")) if spec.gpus else []
         if image is not None and image.layers is not None:
-            view = image_root_view(spec, env, self.shares)
+            view = image_root_view(spec, env, self.shares, self._exclude())
         else:
             ro = list(await self._interpreter_paths(python, image.root if image else None))
             if image is not None and image.root:

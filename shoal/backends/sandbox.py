@@ -763,26 +763,31 @@ def _is_root(user: str | None) -> bool:
     return not user or user.partition(":")[0] in ("root", "0")
 
 
-def image_root_view(spec: Any, env: dict[str, str], shares: list[str]) -> dict[str, Any]:
+def image_root_view(spec: Any, env: dict[str, str], shares: list[str], exclude: list[str]) -> dict[str, Any]:
     """The sandbox config of a container on an OCI image (`spec.image.layers`): its root is the image (the
     layers with a private tmpfs upper: what it writes is gone with it), with shoal's package and the runtime's
     packages read-only under /.shoal, the app's source at /root/<entry>, the spec's binds, the installation's
-    shares, the host's NVIDIA driver files for a GPU container; `env` (the image's config Env, ENV steps and
-    the control plane's) is completed for it."""
+    shares (the control plane's own directories `exclude` masked where a share holds them), the host's NVIDIA
+    driver files for a GPU container; `env` (the image's config Env, ENV steps and the control plane's) is
+    completed for it."""
     image = spec.image
     binds: list[list] = [[SHOAL_PACKAGE_DIR, f"{SDK_MOUNT}/shoal", False]]
     if image.runtime_dir:
         binds.append([image.runtime_dir, RUNTIME_MOUNT, False])
     binds += source_binds(spec.source_dir, set()) + [list(b) for b in spec.binds]
-    if spec.gpus:
-        binds += [[p, p, False] for p in gpu_driver_files()]
     env.setdefault("PATH", DEFAULT_PATH)
     if _is_root(image.user):
         env.setdefault("HOME", "/root")
         env["USER"] = env["LOGNAME"] = "root"
     env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    mask = sorted({d for d in exclude if any(under(d, p) for p in shares)})  # the control plane's state: never
+    # A USER other than root must import the app's source at /root/<entry>, and /root is root's alone in most
+    # images: in this container's own upper, /root becomes readable and searchable by all (Python's importer lists
+    # it); its files keep their modes.
+    readable = ["/root"] if spec.source_dir and not _is_root(image.user) else []
     return {"rootfs": {"layers": list(image.layers), "upper": None, "work": None}, "binds": binds, "rw": shares,
-            "user": image.user or None}
+            "mask": mask, "user": image.user or None, "driver_files": gpu_driver_files() if spec.gpus else [],
+            "readable": readable}
 
 
 def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:

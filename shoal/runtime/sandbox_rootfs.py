@@ -15,6 +15,7 @@ from sandbox_init import (
     MOUNT_ATTR_NODEV,
     MOUNT_ATTR_NOSUID,
     MOVE_MOUNT_F_EMPTY_PATH,
+    MS_BIND,
     MS_NODEV,
     MS_NOSUID,
     SYS_MOVE_MOUNT,
@@ -33,7 +34,7 @@ from sandbox_init import (
 
 SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 430, 431, 432
 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
-OWNER = [0, 0]  # the container's root on the host: what the setup makes in the image is its
+OWNER = [0, 0]  # the container's root as the host sees it: the owner of what the setup makes in the image
 
 
 OVERLAY_OPTIONS = (("redirect_dir", "off"), ("metacopy", "off"), ("index", "off"))
@@ -137,12 +138,24 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
         ops.append((path, 2, ("bind", path, True)))
     for src, dst, writable in cfg.get("binds", []):
         ops.append((dst, 3, ("bind", src, writable)))
+    for path in cfg.get("driver_files", []):  # the host's GPU driver files, at their paths where the image allows
+        ops.append((path, 3, ("bind", path, False, "optional")))
+    for path in cfg.get("mask", []):  # the control plane's state below a share: an empty, unlistable directory
+        ops.append((path, 4, ("mask",)))
     for path, lower, up, wk in cfg.get("volumes", []):
         ops.append((path, 5, ("volume", lower, up, wk)))
     ops.sort(key=lambda op: (depth(op[0]), op[1]))
     done: set = set()
     for path, _, op in ops:
         kind = op[0]
+        if kind == "mask":
+            if os.path.lexists(root + path):
+                target = rootfs_path(root, path, os.path.isdir(root + path), created)
+                if os.path.isdir(target):
+                    tmpfs(target, "0711", None, MS_NOSUID | MS_NODEV, size="4k")
+                else:
+                    mount("/dev/null", target, None, MS_BIND)
+            continue
         if path in done or (kind == "bind" and not os.path.lexists(op[1])):
             continue
         done.add(path)
@@ -152,6 +165,11 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
             rootfs_path(root, path, True, created)
         elif kind == "tmpfs":
             tmpfs(rootfs_path(root, path, True, created), op[1], op[2], size="1m" if path == "/run/shoal" else None)
+        elif kind == "bind" and len(op) > 3:
+            try:
+                bind(op[1], rootfs_path(root, path, os.path.isdir(op[1]), created), False)
+            except SetupError:
+                pass  # the image has a symlink or a directory there: without that file (CUDA then says what it lacks)
         elif kind == "bind":
             bind(op[1], rootfs_path(root, path, os.path.isdir(op[1]), created), op[2], idmap_fd)
         elif kind == "volume":
@@ -173,6 +191,9 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
         finally:
             os.close(fd)
         bind(src, target, False)
+    for path in cfg.get("readable", []):  # (a container's own upper only: copied up there)
+        target = rootfs_path(root, path, True, created)
+        os.chmod(target, os.stat(target).st_mode & 0o7777 | 0o555)
     if cfg.get("cwd"):  # the working directory, made where the image lacks it (as Docker does)
         rootfs_path(root, cfg["cwd"], True, created)
     record = rf.get("record")

@@ -6,6 +6,10 @@ import asyncio
 import hashlib
 import os
 import secrets
+import socket
+import stat
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -17,10 +21,11 @@ from shoal.backends.base import ContainerImage, ContainerSpec
 from shoal.backends.build_sandbox import BuildSandbox
 from shoal.backends.local import LocalBackend
 from shoal.backends.local_exec import sandbox_runtime
-from shoal.backends.sandbox import id_base
+from shoal.backends.sandbox import ID_COUNT, id_base, launcher_argv, newroot_dir
 from shoal.oci.layout import store_image
 from shoal.oci.registry import pull, push_layout
 from shoal.oci.store import LayerStore
+from shoal.oci.unpack import LayerError
 from shoal.oci.upper import layer_from_upper
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import (
@@ -312,10 +317,18 @@ def test_the_runtime_starts_on_the_images_python_as_its_user(tmp_path, rootfs_ta
         finally:
             backend.shutdown()
 
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "plain_mod.py").write_text("VALUE = 42\n")
+    as_app = ("import os, sys; os.setgroups([]); os.setgid(1000); os.setuid(1000); sys.path.insert(0, '/root'); "
+              "import plain_mod; print(plain_mod.VALUE)")
+
     async def idle() -> tuple[str, str]:
-        handle = await backend.start(_spec(image), None)
+        handle = await backend.start(_spec(image, source), None)
         try:
             cwd = await _exec(backend, handle, ["/bin/sh", "-c", "pwd"])
+            imported = await _exec(backend, handle, [IMAGE_PYTHON, "-c", as_app])
+            assert imported.strip() == "42", imported  # the app's source, importable by the image's USER
             proc = Path("/proc") / str(sandbox_runtime(handle.pid))
             return (proc / "status").read_text(), (proc / "environ").read_bytes().decode() + cwd
         finally:
@@ -326,7 +339,7 @@ def test_the_runtime_starts_on_the_images_python_as_its_user(tmp_path, rootfs_ta
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert uids == [str(id_base() + 1000)] * 4  # the image's `app` user, in the container's id range
     assert "HOME=/home/app" in env.split("\0")  # its home, from /etc/passwd
-    assert env.endswith("\0/\n")  # no WorkingDir, and /root is root's alone: at / (as Docker has it)
+    assert env.endswith("\0/root\n")  # no WorkingDir: /root, made readable for the app's source
     assert asyncio.run(run()) == 1
     text = "".join(output)
     assert '"/.shoal/sdk/shoal/runtime/worker.py"' in text and "KeyError: 'SHOAL_CONTROL'" in text, text
@@ -376,6 +389,10 @@ def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_t
     spec.volumes = [["/data/vol", str(version), str(upper), str(work)]]
     spec.binds = [(str(extra), "/mnt/extra", False)]
     spec.definition = FunctionDefinition(tag="where", options=Options(extra={"block_network": True}))
+    backend.shares = [str(tmp_path)]  # shared with containers, and the backend's state directory is in it
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "secret").write_text("the control plane's\n")
+    (tmp_path / "shared-note").write_text("shared\n")
 
     async def run() -> str:
         handle = await backend.start(spec, None)
@@ -383,7 +400,8 @@ def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_t
             return await _exec(backend, handle, [
                 "/bin/sh", "-c", "cat /data/vol/committed /mnt/extra/note; echo new > /data/vol/written; "
                 "touch /mnt/extra/x 2>/dev/null || echo read-only; "
-                "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)\" 2>&1 | tail -1"])
+                "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)\" 2>&1 | tail -1; "
+                f"cat {tmp_path}/shared-note; cat {tmp_path}/state/secret 2>/dev/null || echo masked"])
         finally:
             handle.kill()
             await handle.wait()
@@ -392,5 +410,66 @@ def test_volumes_binds_and_block_network_work_on_an_oci_image(tmp_path, rootfs_t
     out = asyncio.run(run())
     assert out.splitlines()[:3] == ["in the volume", "bound", "read-only"], out
     assert "OSError" in out.splitlines()[3] or "unreachable" in out, out  # no network at all
+    assert out.splitlines()[4:] == ["shared", "masked"], out  # a share, but never the control plane's state in it
     assert (upper / "written").read_text() == "new\n"  # the volume's write went to its upper, as on venv images
     assert not (version / "written").exists() and not (extra / "x").exists()
+
+
+def test_an_upper_directory_becomes_an_oci_layer_exactly(tmp_path) -> None:
+    """overlayfs's forms -> OCI's, nothing followed, ids back by the store's shift, the runtime's mountpoints out."""
+    shift = id_base()
+    store = LayerStore(tmp_path / "store", id_shift=shift)
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/conf").write_text("x")
+    os.chown(upper / "etc/conf", shift + 5, shift + 6)
+    os.link(upper / "etc/conf", upper / "etc/conf-link")
+    (upper / "etc/passwd-link").symlink_to("/etc/passwd")  # tarred as a link: the host's file is never read
+    os.mknod(upper / "etc/gone", stat.S_IFCHR | 0o000, os.makedev(0, 0))  # a whiteout
+    (upper / "opt/new").mkdir(parents=True)
+    os.setxattr(upper / "opt/new", "trusted.overlay.opaque", b"y")
+    os.setxattr(upper / "etc", "trusted.overlay.origin", b"\0\1")  # overlayfs's bookkeeping: dropped
+    os.setxattr(upper / "etc/conf", "user.note", b"kept")
+    (upper / "run/shoal").mkdir(parents=True)  # a mountpoint of the runtime: skipped, with /run that held only it
+    (upper / "etc/resolv.conf").write_text("")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(upper / "opt/new/sock"))  # a socket a process left: not a file
+    sock.close()
+    os.chown(upper / "opt/new", 0, 0)  # a host id outside the container's range
+
+    layer = layer_from_upper(store, upper, skip={"/run/shoal", "/etc/resolv.conf", "/proc"})
+    members = _members(store, layer)
+    assert sorted(members) == ["etc", "etc/.wh.gone", "etc/conf", "etc/conf-link", "etc/passwd-link", "opt",
+                               "opt/new", "opt/new/.wh..wh..opq"]
+    conf = members["etc/conf"]
+    assert (conf.uid, conf.gid) == (5, 6) and conf.pax_headers.get("SCHILY.xattr.user.note") == "kept"
+    assert members["etc/conf-link"].islnk() and members["etc/conf-link"].linkname == "etc/conf"
+    assert members["etc/passwd-link"].issym() and members["etc/passwd-link"].linkname == "/etc/passwd"
+    assert not any(k.startswith("SCHILY.xattr.trusted") for m in members.values() for k in m.pax_headers)
+    assert members["opt/new"].uid == 65534
+    unpacked = store.layer_path(layer["diff_id"])  # and the store took it as any layer
+    assert os.stat(unpacked / "etc/gone").st_rdev == 0 and stat.S_ISCHR(os.stat(unpacked / "etc/gone").st_mode)
+    assert os.getxattr(unpacked / "opt/new", "trusted.overlay.opaque") == b"y"
+    assert (unpacked / "etc/conf").stat().st_uid == shift + 5
+
+    os.setxattr(upper / "etc", "trusted.overlay.redirect", b"/x")
+    with pytest.raises(LayerError, match="redirect_dir=off"):
+        layer_from_upper(store, upper)
+
+
+def test_gpu_driver_files_are_bound_where_the_image_allows(tmp_path, rootfs_tars) -> None:  # noqa: F811
+    """(No GPU here: the driver files' mechanism with stand-ins.) A file at a plain path is bound read-only at its
+    host path; one whose path crosses a symlink of the image (`/lib` -> `usr/lib`) is left out, not followed."""
+    _sandbox(tmp_path)
+    store = LayerStore(tmp_path / "store", id_shift=id_base())
+    lowers = [str(x) for x in store.lowerdirs(store_test_image(store, rootfs_tars, "nopython"))]
+    driver = tmp_path / "libfake-driver.so.1"
+    driver.write_text("driver\n")
+    cfg = {"mode": "root", "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
+           "hostname": "gpu", "rootfs": {"layers": lowers, "upper": None, "work": None},
+           "driver_files": [str(driver), "/lib/x86_64-linux-gnu/libc.so.6"],
+           "argv": ["/bin/sh", "-c", f"cat {driver}; echo x > {driver} 2>/dev/null || echo read-only"], "cwd": "/"}
+    proc = subprocess.run(launcher_argv(sys.executable, cfg), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["driver", "read-only"]
+    assert driver.read_text() == "driver\n"
