@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -170,12 +171,13 @@ class OciBuilder:
                                        forced, log)
             elif kind == "dockerfile_commands":
                 parsed = df.parse("FROM scratch\n" + "\n".join(step["commands"]), step.get("build_args") or {})
-                await self._dockerfile(st, step, parsed[1:], forced, log)
+                await self._dockerfile(st, step, parsed[1:], forced, log, where="command", first_line=2)
             else:
                 await self._shoal_step(st, step, forced, log)
             if step.get("add_python"):
                 await self._add_python(st, step["add_python"], forced, log)
-        except (df.DockerfileError, FileStepError, RegistryError, BaseImageError, StoreError, LayerError) as exc:
+        except (df.DockerfileError, FileStepError, RegistryError, BaseImageError, StoreError, LayerError,
+                tarfile.TarError, OSError) as exc:
             self._fail(st, str(exc))
 
     # -- bases -----------------------------------------------------------------------------------------------------
@@ -208,12 +210,12 @@ class OciBuilder:
         await self._run_layer(st, ["add_python:ldconfig"], forced, log, [["/bin/sh", "-c", script]],
                               user=None, env={})
 
-    async def _dockerfile(self, st: _State, step: dict[str, Any], steps: list[df.Step], forced: bool,
-                          log: Log) -> None:
+    async def _dockerfile(self, st: _State, step: dict[str, Any], steps: list[df.Step], forced: bool, log: Log,
+                          where: str = "Dockerfile line", first_line: int = 1) -> None:
         context = self._blob(step["context_sha"]) if step.get("context_sha") else None
         extra_env = {**(step.get("env") or {}), **(step.get("secret_env") or {})}  # for RUN only, not kept
         for d in steps:
-            text = f"Dockerfile line {d.line}: {type(d).__name__.upper()}"
+            text = f"{where} {d.line - first_line + 1}: {type(d).__name__.upper()}"
             if isinstance(d, df.From):
                 await self._from_registry(st, step, d.image, forced, log)
             elif isinstance(d, df.Run):

@@ -269,6 +269,7 @@ def test_dockerfile_commands_on_a_registry_image(builder, reg):
             "env": {"EXTRA": "extra"}}
     image, text = build(builder, spec(base(f"{reg}/test/python:v1"), step))
     assert read(image, "/greeting.txt") == b"hi you extra\n" and read(image, "/srv/notes.txt") == b"n"
+    assert "command 3: RUN" in text
     assert image.env["GREETING"] == "hi" and "EXTRA" not in image.env and "WHO" not in image.env
     record = json.loads((builder.dir / image.image_id / "manifest.json").read_text())
     assert record["config"]["Entrypoint"] == ["/bin/sh"] and "Cmd" not in record["config"]
