@@ -409,7 +409,9 @@ class OciBuilder:
         if info is not None:
             log("(cached)\n")
         else:
-            run_env = {**st.env(), "HOME": st.env().get("HOME", "/root"), **env}
+            run_env = {**st.env(), **env}
+            if not user:  # (another user's HOME comes from the image's /etc/passwd, set by the sandbox)
+                run_env.setdefault("HOME", "/root")
             lowerdirs = self._lowerdirs(st)
             scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self.store.tmp))
             try:

@@ -236,7 +236,7 @@ def test_dockerfile_with_copy_arg_run_env_workdir_user(builder, reg):
         "COPY --chmod=755 tool.sh /bin/",
         "RUN echo \"$GREETING from $(cat config.txt)\" > /app/greeting.txt && id -u > /app/uid.txt",
         "USER app",
-        "RUN id -u > /tmp/uid.txt",
+        "RUN id -u > /tmp/uid.txt && echo $HOME >> /tmp/uid.txt",
         'CMD ["python3", "-m", "http.server"]',
     ])
     context = context_tar({"config.txt": b"the context", "src/m.py": b"print(1)\n", "src/pkg/n.py": b"",
@@ -246,7 +246,7 @@ def test_dockerfile_with_copy_arg_run_env_workdir_user(builder, reg):
     image, text = build(builder, spec(step))
     assert "Dockerfile line 10: RUN" in text
     assert read(image, "/app/greeting.txt") == b"bonjour from the context\n"
-    assert read(image, "/app/uid.txt") == b"0\n" and read(image, "/tmp/uid.txt") == b"1000\n"
+    assert read(image, "/app/uid.txt") == b"0\n" and read(image, "/tmp/uid.txt") == b"1000\n/home/app\n"
     assert read(image, "/app/src/m.py") == b"print(1)\n" and read(image, "/app/src/pkg/n.py") == b""
     assert read(image, "/app/unused.txt") is None
     # /bin is the image's symlink to usr/bin: the file went there, and /bin stayed a symlink
