@@ -52,6 +52,7 @@ Log = Callable[[str], None]
 TAIL_CHARS = 4000
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KIND = "oci"
+GLIBC_LOADERS = {"x86_64": "/lib64/ld-linux-x86-64.so.2", "aarch64": "/lib/ld-linux-aarch64.so.1"}
 LAYER_RECIPE = 1  # part of every step's cache key: bump when what a step's layer holds changes
 # Where a build container sees what the builder lends it (read-only unless said otherwise).
 UV_INSIDE = "/.shoal/bin/uv"
@@ -201,6 +202,12 @@ class OciBuilder:
         """CPython `version` at /usr/local/bin/python (the machine's pyenv build, copied as the Debian base image
         copies it), then `ldconfig` and a smoke test in a build container."""
         prefix = await asyncio.to_thread(find_interpreter, version)
+        loader = GLIBC_LOADERS.get(os.uname().machine, "")
+        lowerdirs = [Path(p) for p in self._lowerdirs(st)]
+        if loader and (await asyncio.to_thread(oci_files.resolve, lowerdirs, loader))[1] is None:
+            self._fail(st, f"add_python needs an image with glibc (the interpreters this machine has are built "
+                           f"against it), and this image has no {loader}: use an image of a glibc distribution "
+                           "(Debian, Ubuntu, Fedora, ...), or one with Python")
         ident = [prefix.name, *(os.stat(p).st_mtime_ns for p in (prefix / "bin" / "python3",) if p.exists())]
         log(f"Adding Python {prefix.name} at /usr/local/bin/python\n")
         await self._file_layer(st, ["add_python", ident], forced,

@@ -112,6 +112,9 @@ def reg(tmp_path_factory, rootfs_tars):  # noqa: F811
         layers = [writer.add_layer(rootfs_tars["base"]), writer.add_layer(lib)]
         writer.tag("v1", writer.add_image(layers, {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/bin/sh"]}))
         push_layout(tmp / "nopython", "v1", f"{address}/test/nopython:v1")
+        writer = LayoutWriter(tmp / "empty")
+        writer.tag("v1", writer.add_image([writer.add_layer(layer_tar([("dir", "etc"), ("file", "etc/x", b"x")]))]))
+        push_layout(tmp / "empty", "v1", f"{address}/test/empty:v1")
         yield address
 
 
@@ -214,6 +217,11 @@ def test_add_python_on_an_image_without_python(builder, reg):
     assert record["python_version"] == "3.12"
     assert read(image, "/usr/local/lib/python3.12/site-packages/pip/__init__.py") is not None
     assert not Path("/version.txt").exists()
+
+
+def test_add_python_needs_glibc_in_the_image(builder, reg):
+    with pytest.raises(ImageBuildError, match="add_python needs an image with glibc.*ld-linux"):
+        build(builder, spec(base(f"{reg}/test/empty:v1", add_python="3.12")))
 
 
 def test_no_python_without_add_python_is_a_clear_error(builder, reg):
