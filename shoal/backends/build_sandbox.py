@@ -214,7 +214,6 @@ def _mountpoints(files: str, bound: set[str], paths: list[str]) -> list[str]:
     return made
 
 
-
 async def _stream(argv: list[str], env: dict[str, str], log: Callable[[str], None] | None) -> int:
     """Runs the launcher, passing its output (stdout and stderr in order) to `log` as produced; the exit status.
     Cancelled (the build's client went away), the sandbox is killed."""

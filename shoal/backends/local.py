@@ -381,6 +381,7 @@ class LocalBackend:
                                cgroup: ContainerCgroup | None, release: list) -> LocalContainer:
         image = spec.image
         python = image.python if image else self.python
+        _runtime_argv(python, spec)  # (what cannot run is refused before anything is set up)
         devices = sorted(glob.glob("/dev/nvidia*")) if spec.gpus else []
         if image is not None and image.layers is not None:
             view = image_root_view(spec, env, self.shares, self._exclude())

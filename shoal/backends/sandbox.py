@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .._spec.definitions import Options
+    from .base import ContainerSpec
 
 log = logging.getLogger("shoal.sandbox")
 
@@ -763,7 +764,8 @@ def _is_root(user: str | None) -> bool:
     return not user or user.partition(":")[0] in ("root", "0")
 
 
-def image_root_view(spec: Any, env: dict[str, str], shares: list[str], exclude: list[str]) -> dict[str, Any]:
+def image_root_view(spec: ContainerSpec, env: dict[str, str], shares: list[str],
+                    exclude: list[str]) -> dict[str, Any]:
     """The sandbox config of a container on an OCI image (`spec.image.layers`): its root is the image (the
     layers with a private tmpfs upper: what it writes is gone with it), with shoal's package and the runtime's
     packages read-only under /.shoal, the app's source at /root/<entry>, the spec's binds, the installation's
@@ -771,6 +773,7 @@ def image_root_view(spec: Any, env: dict[str, str], shares: list[str], exclude: 
     driver files for a GPU container; `env` (the image's config Env, ENV steps and the control plane's) is
     completed for it."""
     image = spec.image
+    assert image is not None and image.layers is not None
     binds: list[list] = [[SHOAL_PACKAGE_DIR, f"{SDK_MOUNT}/shoal", False]]
     if image.runtime_dir:
         binds.append([image.runtime_dir, RUNTIME_MOUNT, False])

@@ -86,6 +86,8 @@ def rootfs_path(root: str, path: str, is_dir: bool, created: list) -> str:
     """`root` + `path` as a mountpoint in the image's root: made where missing (the paths made are appended to
     `created`), never through a symlink of the image (it would lead to the host's files: nothing is pivoted yet)."""
     parts = [p for p in path.split("/") if p]
+    if not path.startswith("/") or any(p in (".", "..") for p in parts):
+        raise SetupError(f"{path!r}: a mountpoint must be an absolute path without '.' or '..'")
     cur = root
     for i, part in enumerate(parts):
         cur = f"{cur}/{part}"

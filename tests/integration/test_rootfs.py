@@ -189,6 +189,11 @@ def test_symlinks_of_a_hostile_image_never_lead_the_setup_to_the_host(tmp_path, 
                                                log=output.append, network=i == 0))
         assert rc == 121
     assert "the image's /run is a symlink" in "".join(output)
+    output.clear()
+    rc = asyncio.run(sandbox.run_on_layers(lowers[1:], str(upper), str(work), ["/bin/sh", "-c", "true"], env={},
+                                           binds=[[str(target), "/opt/../../escape", False]], log=output.append))
+    assert rc == 121 and "without '.' or '..'" in "".join(output)
+    assert not Path(newroot_dir()).parent.joinpath("escape").exists()
     assert sorted(p.name for p in target.iterdir()) == ["resolv.conf"]
     assert (target / "resolv.conf").read_text() == "host's\n"
 
