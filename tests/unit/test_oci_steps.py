@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import tarfile
 
 import pytest
 
+from shoal.controlplane.oci_credentials import signed_headers
 from shoal.controlplane.oci_files import _glob_regex, _match, _relocate_runpath
 from shoal.controlplane.oci_steps import SCRATCH_INSIDE, apt_script, check_oci_step, exec_form, uv_command
 from shoal.exception import InvalidError
@@ -63,3 +65,15 @@ def test_the_interpreters_runpath_is_made_relative_in_place():
     out = _relocate_runpath(elf, "/root/.pyenv/versions/3.12.1/lib")
     assert len(out) == len(elf) and b"\0$ORIGIN/../lib\0" in out and b"pyenv" not in out
     assert _relocate_runpath(elf, "/nowhere") == elf
+
+
+def test_ecr_requests_are_signed_as_botocore_signs_them():
+    """Vectors computed with botocore's SigV4Auth (service ecr) for the same request, keys and time."""
+    now = datetime.datetime(2026, 12, 7, 13, 0, 0, tzinfo=datetime.timezone.utc)
+    for token, signature in (("", "71335f912885fecaf30377d77f30fa2a78a12bc271857ded84afad2b32155d65"),
+                             ("SESSIONTOKEN", "6b820cce9cc5bc6592f8e01bb36de4ba75042d788c43609b75a95eee3e4cac92")):
+        headers = signed_headers("api.ecr.eu-west-1.amazonaws.com", "eu-west-1", b"{}", "AKIDEXAMPLE",
+                                 "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token, now)
+        assert headers["x-amz-date"] == "20261207T130000Z"
+        assert headers["authorization"].endswith(f"Signature={signature}")
+        assert ("x-amz-security-token;" in headers["authorization"]) == bool(token)
