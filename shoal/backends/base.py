@@ -32,6 +32,9 @@ class ContainerImage:
     root: str | None = None  # the image's own directory (venv, unpacked apt packages, copied files)
     env: dict[str, str] = field(default_factory=dict)  # ENV steps and PATH/LD_LIBRARY_PATH additions
     workdir: str | None = None
+    layers: list[str] | None = None  # OCI image: its layer directories, top first; None: a venv image
+    runtime_dir: str | None = None  # host dir of the runtime's packages for the image's Python, bound read-only
+    user: str | None = None  # USER of the image config (None/"" = root)
 
 
 @dataclass
