@@ -5,6 +5,7 @@ path has to be shared between machines.
     GET /v2/                                   200: the API is here (401 with a Basic challenge without a credential)
     GET|HEAD /v2/<repo>/manifests/<reference>  a recorded image's manifest, by tag or by digest
     GET|HEAD /v2/<repo>/blobs/<digest>         a blob of a recorded image, streamed from its file
+    GET /v2/<repo>/tags/list                   the repository's tags (`skopeo inspect` asks for them)
 
 Who may pull: the node pull credential (credentials.pull_credential, derived from the admin token) and the admin;
 a container's credential is refused (403, access.py), anything else is a 401. Registry clients send the credential
@@ -32,7 +33,7 @@ from .rest import ApiError
 if TYPE_CHECKING:
     from .gate import Gate
 
-__all__ = ["ImageRegistry", "candidate_names", "credential_of"]
+__all__ = ["ImageRegistry", "candidate_names", "credential_of", "tags_of"]
 
 _REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -69,6 +70,21 @@ def candidate_names(repo: str, tag: str) -> list[str]:
     return names
 
 
+def tags_of(names: list[str], repo: str) -> list[str]:
+    """The tags of `repo` among store record names: the inverse of `candidate_names`."""
+    bare = repo[6:] if repo.startswith("shoal/") and "/" not in repo[6:] else None
+    found = set()
+    for name in names:
+        for prefix in (repo, bare):
+            if prefix is None:
+                continue
+            if name == prefix:
+                found.add("latest")
+            elif name.startswith(prefix + ":") and _TAG.match(name[len(prefix) + 1:]):
+                found.add(name[len(prefix) + 1:])
+    return sorted(found)
+
+
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, content_type="application/json", headers={**_HEADERS, **(headers or {})},
                         text=json.dumps({"errors": [{"code": code, "message": message}]}))
@@ -91,6 +107,7 @@ class ImageRegistry:
         router.add_get("/v2/", self.base)
         router.add_get("/v2/{repo:.+}/manifests/{reference}", self.manifest)
         router.add_get("/v2/{repo:.+}/blobs/{digest}", self.blob)
+        router.add_get("/v2/{repo:.+}/tags/list", self.tags)
 
     # -- auth ------------------------------------------------------------------------------------------------------
     def _refusal(self, request: web.Request) -> web.Response | None:
@@ -137,6 +154,19 @@ class ImageRegistry:
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(data))})
         return web.Response(body=data, headers=headers)
+
+    async def tags(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        repo = request.match_info["repo"]
+        if not _REPO.match(repo):
+            return _error(400, "NAME_INVALID", f"invalid repository name {repo!r}")
+        names = [i.name for i in await asyncio.to_thread(self.store.list)]
+        found = tags_of(names, repo)
+        if not found:
+            return _error(404, "NAME_UNKNOWN", f"no repository {repo} in the control plane's store")
+        return web.json_response({"name": repo, "tags": found}, headers=_HEADERS)
 
     def _find(self, repo: str, ref: str) -> Image | None:
         if ref.startswith("sha256:"):  # by digest: any recorded image with that manifest (the repo is a label)

@@ -1,0 +1,188 @@
+"""The control plane serves the images of its layer store read-only at `/v2/` (controlplane/oci_serve.py), and a
+Ray node's side (backends/ray_images.py) pulls from there into a store of its own. A real control plane, real
+skopeo, images written into the control plane's store with shoal.oci.layout."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shoal.backends.ray_images import ImageUnavailableError, ensure_image, served_digest
+from shoal.controlplane.credentials import pull_credential
+from shoal.oci.layout import store_image
+from shoal.oci.store import Image, LayerStore
+
+from .oci_registry import layer_tar
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo (Debian package skopeo)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the layer store keeps file ownership: needs root"),
+]
+
+IMAGE_ID = "im-" + hashlib.sha256(b"oci-serve-test").hexdigest()
+
+
+def _admin(cp) -> str:
+    return (cp.home / "token").read_text().strip()
+
+
+def _node(cp) -> str:
+    return pull_credential(_admin(cp).encode())
+
+
+@pytest.fixture(scope="module")
+def served(control_plane) -> tuple[LayerStore, Image]:
+    """An image of two layers (the second deletes a file of the first) in the control plane's own store."""
+    store = LayerStore(control_plane.home / "oci")
+    base = layer_tar([("dir", "etc"), ("file", "etc/os-release", b"ID=test\n"), ("file", "etc/gone", b"x")])
+    top = layer_tar([("dir", "app"), ("file", "app/main.py", b"print('hi')\n"), ("chr", "etc/.wh.gone")])
+    image = store_image(store, IMAGE_ID, [base, top], {"Env": ["PATH=/usr/bin:/bin"], "WorkingDir": "/app"})
+    return store, image
+
+
+def _registry(cp) -> str:
+    return cp.url.removeprefix("http://")
+
+
+def _skopeo(*args: str, home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(home)})
+
+
+def test_skopeo_inspects_and_copies_with_the_node_credential(control_plane, served, tmp_path) -> None:
+    store, image = served
+    ref = f"docker://{_registry(control_plane)}/shoal/{IMAGE_ID}"
+    out = _skopeo("inspect", "--tls-verify=false", "--creds", f"shoal-node:{_node(control_plane)}", ref + ":latest",
+                  home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["Digest"] == image.manifest_digest
+    assert info["Layers"] == [x.digest for x in image.layers]
+    assert info["Env"] == ["PATH=/usr/bin:/bin"]
+    # By digest, copied whole into an OCI layout: every blob as the store has it.
+    out = _skopeo("copy", "--quiet", "--src-tls-verify=false", "--src-creds", f"shoal-node:{_node(control_plane)}",
+                  f"{ref}@{image.manifest_digest}", f"oci:{tmp_path / 'copy'}:x", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for x in image.layers:
+        copied = tmp_path / "copy" / "blobs" / "sha256" / x.digest.split(":", 1)[1]
+        assert copied.read_bytes() == store.blob_path(x.digest).read_bytes()
+
+
+def test_without_or_with_a_wrong_credential_skopeo_is_refused(control_plane, served, tmp_path) -> None:
+    ref = f"docker://{_registry(control_plane)}/shoal/{IMAGE_ID}:latest"
+    anonymous = _skopeo("inspect", "--tls-verify=false", "--no-creds", ref, home=tmp_path)
+    assert anonymous.returncode != 0 and "unauthorized" in anonymous.stderr.lower(), anonymous.stderr
+    wrong = _skopeo("inspect", "--tls-verify=false", "--creds", "shoal-node:shoal-pull.0000", ref, home=tmp_path)
+    assert wrong.returncode != 0 and "unauthorized" in wrong.stderr.lower(), wrong.stderr
+
+
+def test_the_registry_api_shape(control_plane, served) -> None:
+    store, image = served
+    url, node = control_plane.url, {"Authorization": f"Bearer {_node(control_plane)}"}
+    base = httpx.get(f"{url}/v2/", timeout=30)
+    assert base.status_code == 401 and base.headers["WWW-Authenticate"].startswith("Basic ")
+    assert base.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    ok = httpx.get(f"{url}/v2/", headers=node, timeout=30)
+    assert ok.status_code == 200 and ok.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert httpx.get(f"{url}/v2/", headers={"Authorization": f"Bearer {_admin(control_plane)}"}).status_code == 200
+    manifest_url = f"{url}/v2/shoal/{IMAGE_ID}/manifests/latest"
+    head = httpx.head(manifest_url, headers=node, timeout=30)
+    raw = store.blob_path(image.manifest_digest).read_bytes()
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Docker-Content-Digest"] == image.manifest_digest
+    assert head.headers["Content-Type"] == "application/vnd.oci.image.manifest.v1+json"
+    assert int(head.headers["Content-Length"]) == len(raw)
+    assert httpx.get(manifest_url, headers=node, timeout=30).content == raw
+    by_digest = httpx.get(f"{url}/v2/shoal/anything/manifests/{image.manifest_digest}", headers=node, timeout=30)
+    assert by_digest.content == raw
+    layer = image.layers[0]
+    blob = httpx.get(f"{url}/v2/shoal/{IMAGE_ID}/blobs/{layer.digest}", headers=node, timeout=30)
+    assert blob.status_code == 200 and blob.content == store.blob_path(layer.digest).read_bytes()
+    assert blob.headers["Docker-Content-Digest"] == layer.digest
+    blob_head = httpx.head(f"{url}/v2/shoal/{IMAGE_ID}/blobs/{layer.digest}", headers=node, timeout=30)
+    assert blob_head.status_code == 200 and int(blob_head.headers["Content-Length"]) == layer.size
+    tags = httpx.get(f"{url}/v2/shoal/{IMAGE_ID}/tags/list", headers=node, timeout=30).json()
+    assert tags == {"name": f"shoal/{IMAGE_ID}", "tags": ["latest"]}
+    # Misses, in the registry's error shape.
+    for path, status, code in [
+        (f"/v2/shoal/{IMAGE_ID}/manifests/v9", 404, "MANIFEST_UNKNOWN"),
+        (f"/v2/shoal/{IMAGE_ID}/manifests/sha256:{'0' * 64}", 404, "MANIFEST_UNKNOWN"),
+        (f"/v2/shoal/{IMAGE_ID}/blobs/sha256:{'0' * 64}", 404, "BLOB_UNKNOWN"),
+        (f"/v2/shoal/{IMAGE_ID}/blobs/sha512:abc", 400, "DIGEST_INVALID"),
+        (f"/v2/Shoal/{IMAGE_ID}/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/shoal/im-none/tags/list", 404, "NAME_UNKNOWN"),
+    ]:
+        got = httpx.get(url + path, headers=node, timeout=30)
+        assert got.status_code == status and got.json()["errors"][0]["code"] == code, (path, got.text)
+    # A blob in the store that no recorded image names is not served.
+    stray = b"not part of any image"
+    digest = "sha256:" + hashlib.sha256(stray).hexdigest()
+    store.blob_path(digest).write_bytes(stray)
+    assert httpx.get(f"{url}/v2/shoal/{IMAGE_ID}/blobs/{digest}", headers=node, timeout=30).status_code == 404
+    # The node credential opens nothing but /v2/.
+    assert httpx.get(f"{url}/v1/apps", headers=node, timeout=30).status_code == 401
+
+
+def test_a_containers_credential_is_refused(control_plane, served) -> None:
+    import oci_serve_app
+
+    paths = ["/v2/", f"/v2/shoal/{IMAGE_ID}/manifests/latest",
+             f"/v2/shoal/{IMAGE_ID}/blobs/{served[1].layers[0].digest}"]
+    with oci_serve_app.app.run(quiet=True):
+        got = oci_serve_app.try_registry.remote(paths)
+    assert len(got) == 2 * len(paths)
+    for status, body in got:
+        assert status == 403, body
+        error = json.loads(body)["errors"][0]
+        assert error["code"] == "DENIED" and "containers may not pull images" in error["message"]
+
+
+def test_a_node_pulls_into_its_own_store_once(control_plane, served, tmp_path) -> None:
+    cp_store, image = served
+    layers = [str(p) for p in cp_store.lowerdirs(image)]
+    assert served_digest(cp_store, IMAGE_ID, layers) == image.manifest_digest
+    node = LayerStore(tmp_path / "node" / "oci")
+    local, pulled = ensure_image(node, control_plane.url, _node(control_plane), IMAGE_ID, image.manifest_digest,
+                                 layers)
+    assert pulled
+    assert [Path(p).name for p in local] == [Path(p).name for p in layers]  # the same diff ids, top first
+    assert all(Path(p).parent == node.layers for p in local)
+    assert (Path(local[0]) / "app" / "main.py").read_bytes() == b"print('hi')\n"
+    assert (Path(local[1]) / "etc" / "os-release").read_bytes() == b"ID=test\n"
+    assert node.get(f"shoal/{IMAGE_ID}").manifest_digest == image.manifest_digest
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (node.blobs / "sha256").iterdir())
+    again, pulled = ensure_image(node, control_plane.url, _node(control_plane), IMAGE_ID, image.manifest_digest,
+                                 layers)
+    assert again == local and not pulled
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (node.blobs / "sha256").iterdir()) == before
+
+
+def test_concurrent_starts_on_one_node_pull_once(control_plane, served, tmp_path) -> None:
+    cp_store, image = served
+    layers = [str(p) for p in cp_store.lowerdirs(image)]
+    node = LayerStore(tmp_path / "oci")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: ensure_image(node, control_plane.url, _node(control_plane), IMAGE_ID,
+                                                       image.manifest_digest, layers), range(3)))
+    assert sorted(pulled for _, pulled in results) == [False, False, True]
+    assert len({tuple(local) for local, _ in results}) == 1
+
+
+def test_a_wrong_node_credential_or_unknown_image_fails_clearly(control_plane, served, tmp_path) -> None:
+    cp_store, image = served
+    layers = [str(p) for p in cp_store.lowerdirs(image)]
+    node = LayerStore(tmp_path / "oci")
+    with pytest.raises(ImageUnavailableError, match=f"image {IMAGE_ID}: pulling it from the control plane failed"):
+        ensure_image(node, control_plane.url, "shoal-pull.wrong", IMAGE_ID, image.manifest_digest, layers)
+    with pytest.raises(ImageUnavailableError, match="no such image"):
+        ensure_image(node, control_plane.url, _node(control_plane), IMAGE_ID, "sha256:" + "1" * 64, layers)
+    with pytest.raises(ImageUnavailableError, match="no image with its 1 layers is recorded"):
+        served_digest(cp_store, IMAGE_ID, layers[:1])
