@@ -10,7 +10,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -186,3 +189,70 @@ def test_a_wrong_node_credential_or_unknown_image_fails_clearly(control_plane, s
         ensure_image(node, control_plane.url, _node(control_plane), IMAGE_ID, "sha256:" + "1" * 64, layers)
     with pytest.raises(ImageUnavailableError, match="no image with its 1 layers is recorded"):
         served_digest(cp_store, IMAGE_ID, layers[:1])
+
+
+@pytest.fixture
+def ray_node_home(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """A one-node Ray cluster started with a SHOAL_HOME of its own (not the control plane's), this process its
+    driver."""
+    ray = pytest.importorskip("ray", reason="the Ray backend needs ray (pip install 'shoal[ray]')")
+    from ray.cluster_utils import Cluster
+
+    node_home = tmp_path / "node-home"
+    node_home.mkdir()
+    saved = os.environ.get("SHOAL_HOME")
+    os.environ["SHOAL_HOME"] = str(node_home)  # what the node's processes inherit
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    finally:
+        os.environ["SHOAL_HOME"] = saved or ""
+        if saved is None:
+            os.environ.pop("SHOAL_HOME")
+    try:
+        yield cluster, node_home
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_ray_node_pulls_the_image_its_container_runs(control_plane, served, ray_node_home, tmp_path) -> None:
+    """The Ray backend's own path: the control plane's side names the image by digest, the container's actor on a
+    node with a SHOAL_HOME of its own pulls it into that node's store before the container starts; a second
+    container of the image on that node pulls nothing."""
+    import asyncio
+
+    from shoal._spec.definitions import FunctionDefinition
+    from shoal.backends.base import ContainerImage, ContainerSpec
+    from shoal.backends.ray import RayBackend
+
+    cluster, node_home = ray_node_home
+    cp_store, image = served
+    layers = [str(p) for p in cp_store.lowerdirs(image)]
+    backend_home = tmp_path / "backend-home"  # the backend's own files; its layer store is the control plane's
+    backend_home.mkdir()
+    (backend_home / "oci").symlink_to(control_plane.home / "oci")
+    node_store = LayerStore(node_home / "oci")
+
+    async def start(n: int) -> str:
+        backend = RayBackend(cluster.address, backend_home)
+        backend.image_registry = (control_plane.url, _node(control_plane))
+        spec = ContainerSpec(container_id=f"ta-oci-{n}", function_id="fu-oci", app_id="ap-oci",
+                             definition=FunctionDefinition(tag="probe"), env={}, idle=True,
+                             image=ContainerImage(image_id=IMAGE_ID, python=sys.executable, layers=layers))
+        try:
+            handle = await backend.start(spec, None)
+        except RuntimeError as exc:  # past the pull: whether the container itself runs is the sandbox's part
+            return f"start failed: {exc}"
+        handle.kill()
+        await handle.wait()
+        return "started"
+
+    first = asyncio.run(start(1))
+    pulled = node_store.get(f"shoal/{IMAGE_ID}")
+    assert pulled is not None and pulled.manifest_digest == image.manifest_digest, first
+    assert all(node_store.layer_path(x.diff_id).is_dir() for x in image.layers)
+    assert (node_store.layer_path(image.layers[-1].diff_id) / "app" / "main.py").read_bytes() == b"print('hi')\n"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (node_store.blobs / "sha256").iterdir())
+    second = asyncio.run(start(2))
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (node_store.blobs / "sha256").iterdir()) == before
+    assert "pulling" not in second, second
