@@ -84,4 +84,4 @@ def pull_credential(key: bytes) -> str:
 
 
 def is_pull_credential(credential: str, key: bytes) -> bool:
-    return hmac.compare_digest(credential.encode(), pull_credential(key).encode())
+    return credential.isascii() and hmac.compare_digest(credential.encode(), pull_credential(key).encode())

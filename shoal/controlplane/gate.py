@@ -75,6 +75,8 @@ class Gate:
         if credential is None:
             raise ApiError(401, "missing credential: the API takes `Authorization: Bearer <token>` "
                                 "(see SHOAL_HOME/token)", "AuthError")
+        if not credential.isascii():  # none is: and a header's undecodable bytes would not encode back
+            raise ApiError(401, "wrong token (see SHOAL_HOME/token)", "AuthError")
         if hmac.compare_digest(credential.encode(), self.token):
             return Identity()
         parsed = parse_container(credential)

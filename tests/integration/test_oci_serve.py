@@ -130,6 +130,16 @@ def test_the_registry_api_shape(control_plane, served) -> None:
     digest = "sha256:" + hashlib.sha256(stray).hexdigest()
     store.blob_path(digest).write_bytes(stray)
     assert httpx.get(f"{url}/v2/shoal/{IMAGE_ID}/blobs/{digest}", headers=node, timeout=30).status_code == 404
+    # A credential that is not UTF-8 is a 401 like any wrong one.
+    import socket
+    from urllib.parse import urlsplit
+
+    with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=30) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 401 ")
+    with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=30) as sock:  # the API's
+        sock.sendall(b"GET /v1/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\nConnection: close\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 401 ")
     # The node credential opens nothing but /v2/.
     assert httpx.get(f"{url}/v1/apps", headers=node, timeout=30).status_code == 401
 
