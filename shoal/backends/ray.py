@@ -555,7 +555,7 @@ class RayBackend:
         self._sources: dict[str, Any] = {}  # source dir -> object ref of its tarball
         # (the control plane's API URL, the node pull credential): where nodes pull OCI images (main.py sets it)
         self.image_registry: tuple[str, str] | None = None
-        self._digests: dict[str, str] = {}  # OCI image id -> the manifest digest nodes pull it by
+        self._digests: dict[tuple[str, ...], str] = {}  # (OCI image id, *layers) -> the digest nodes pull it by
         self._refresh_nodes_sync()
 
     # -- the cluster ---------------------------------------------------------------------------------------------
@@ -607,15 +607,15 @@ class RayBackend:
                 "env": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
                 | ({"SHOAL_ISOLATION": self.isolation} if self.isolation != "auto" else {})}
 
-    def _source_ref(self, source_dir: str | None) -> list[Any]:
+    async def _source_ref(self, source_dir: str | None) -> list[Any]:
+        """[an object ref of the directory as a tarball] (made once; nodes fetch it only if they lack the
+        directory), or [] when there is none."""
         if not source_dir or not os.path.isdir(source_dir):
             return []
         ref = self._sources.get(source_dir)
         if ref is None:
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                tar.add(source_dir, arcname=".")
-            ref = self._sources[source_dir] = ray.put(buf.getvalue())
+            data = await asyncio.to_thread(_tar_of, source_dir)  # an image's runtime packages: tens of MB
+            ref = self._sources.setdefault(source_dir, ray.put(data))
         return [ref]
 
     def _reachable(self, url: str) -> str:
@@ -641,14 +641,15 @@ class RayBackend:
         from ..oci.store import LayerStore
         from .ray_images import served_digest
 
-        digest = self._digests.get(image.image_id)
+        key = (image.image_id, *image.layers)  # a forced rebuild keeps the id, not the layers
+        digest = self._digests.get(key)
         if digest is None:
             store = LayerStore(Path(self.state_dir) / "oci")
-            digest = await asyncio.to_thread(served_digest, store, image.image_id, image.layers)
-            self._digests[image.image_id] = digest
+            digest = self._digests[key] = await asyncio.to_thread(served_digest, store, image.image_id,
+                                                                  image.layers)
         url, credential = self.image_registry
         return {"url": self._reachable(url), "credential": credential, "digest": digest,
-                "runtime": self._source_ref(image.runtime_dir)}
+                "runtime": await self._source_ref(image.runtime_dir)}
 
     async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> RayContainer:
         alternatives = placement.alternatives(spec.definition.options)
@@ -657,9 +658,10 @@ class RayBackend:
         if chosen is None:
             raise Unschedulable(placement.waiting_reason(alternatives, nodes))
         spec = replace(spec, env=self._container_env(spec))
+        sources, image_pull = await self._source_ref(spec.source_dir), await self._image_pull(spec)
         actor = RemoteContainerActor.options(
             **chosen.actor_options(), scheduling_strategy=self.strategy).remote(self._settings())
-        started = actor.start.remote(spec, self._source_ref(spec.source_dir), await self._image_pull(spec))
+        started = actor.start.remote(spec, sources, image_pull)
         try:
             info = await asyncio.wait_for(asyncio.shield(_as_future(started)), PLACE_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -721,6 +723,13 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
         except (OSError, ValueError) as exc:
             errors.append(f"{h}:{port}: {exc}")
     raise ConnectionError(f"no Ray cluster answers at {address} ({'; '.join(errors)})")
+
+
+def _tar_of(directory: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(directory, arcname=".")
+    return buf.getvalue()
 
 
 def _as_future(ref: Any) -> asyncio.Future:
