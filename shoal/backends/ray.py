@@ -294,6 +294,10 @@ class ContainerActor:
         while any(_running(pid) for pid in tree) and time.monotonic() < deadline:
             time.sleep(0.005)
 
+    async def placed(self) -> str:
+        """Answers once the actor runs on a node (while a concurrent `start` may still be pulling an image)."""
+        return self.node_id
+
     async def start(self, spec: ContainerSpec, sources: list[Any], image_pull: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
         """Start the container; returns where it runs. `sources`: [the app's source as a tarball (an object
@@ -663,7 +667,12 @@ class RayBackend:
             **chosen.actor_options(), scheduling_strategy=self.strategy).remote(self._settings())
         started = actor.start.remote(spec, sources, image_pull)
         try:
-            info = await asyncio.wait_for(asyncio.shield(_as_future(started)), PLACE_TIMEOUT_S)
+            if image_pull is not None:
+                # Its start pulls the image first (minutes, for a large one): only the placement is timed.
+                await asyncio.wait_for(asyncio.shield(_as_future(actor.placed.remote())), PLACE_TIMEOUT_S)
+                info = await _as_future(started)
+            else:
+                info = await asyncio.wait_for(asyncio.shield(_as_future(started)), PLACE_TIMEOUT_S)
         except asyncio.TimeoutError:
             ray.kill(actor, no_restart=True)
             raise Unschedulable(f"waiting for room: Ray did not place {chosen.describe()} within "
