@@ -266,3 +266,44 @@ def test_a_ray_node_pulls_the_image_its_container_runs(control_plane, served, ra
     second = asyncio.run(start(2))
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (node_store.blobs / "sha256").iterdir()) == before
     assert "pulling" not in second, second
+
+
+def _outbound_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None with loopback only."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_a_control_plane_off_loopback_is_pulled_from_over_http_by_nodes_only(tmp_path) -> None:
+    """Over plain HTTP at a non-loopback address: the node's pull from its control plane is allowed (for that
+    registry alone); an ordinary pull from the same address is HTTPS-only and fails."""
+    from shoal.oci.registry import RegistryError, pull
+
+    from ..conftest import ControlPlane
+
+    address = _outbound_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    cp = ControlPlane(tmp_path / "home", env={"SHOAL_HOST": "0.0.0.0"}).start()  # noqa: S104 - every address
+    try:
+        url = cp.url.replace("0.0.0.0", address)  # noqa: S104
+        cp_store = LayerStore(cp.home / "oci")
+        image = store_image(cp_store, IMAGE_ID, [layer_tar([("file", "a", b"off loopback\n")])])
+        layers = [str(p) for p in cp_store.lowerdirs(image)]
+        local, pulled = ensure_image(LayerStore(tmp_path / "node"), url, _node(cp), IMAGE_ID, image.manifest_digest,
+                                     layers)
+        assert pulled and (Path(local[0]) / "a").read_bytes() == b"off loopback\n"
+        assert url.startswith(f"http://{address}:")
+        with pytest.raises(RegistryError) as refused:
+            pull(LayerStore(tmp_path / "other"), f"{url.removeprefix('http://')}/shoal/{IMAGE_ID}:latest",
+                 credentials=("shoal-node", _node(cp)))
+        assert "server gave HTTP response to HTTPS client" in str(refused.value)
+    finally:
+        cp.stop()
