@@ -31,11 +31,13 @@ from .api import Api
 from .build import build_core
 from .core.containers import ControlPlaneAddress
 from .core.model import new_id
+from .credentials import pull_credential
 from .definitions import Definitions
 from .deploy import Deployments
 from .images import ImageBuilder
 from .logfmt import configure_logging
 from .objects import Objects
+from .oci_serve import ImageRegistry
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
 from .store import StoreError, open_store
@@ -165,6 +167,9 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
     # session is noticed in milliseconds, not when the poll would have timed out.
     http_app = api.app()
+    ImageRegistry(state_dir / "oci", api.gate).add_routes(http_app.router)  # Ray nodes pull images there
+    if backend.name == "ray":
+        backend.image_registry = (url, pull_credential(token.encode()))  # type: ignore[attr-defined]
     objects = Objects(store, shared=replica)
     objects.add_routes(http_app.router)
     if replicas is not None:
