@@ -137,6 +137,9 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("DELETE", "/v1/proxy-tokens/{token_id}"): _deny("delete proxy auth tokens"),
     ("POST", "/v1/proxy-tokens/{token_id}/allow"): _deny("change proxy auth tokens"),
     ("POST", "/v1/proxy-tokens/{token_id}/revoke"): _deny("change proxy auth tokens"),
+    ("GET", "/v1/images"): _deny("list images"),
+    ("DELETE", "/v1/images/{image_id}"): _deny("remove images"),
+    ("POST", "/v1/images/prune"): _deny("remove images"),
 }
 
 # Routes whose decision needs the request's body (the middleware reads it only for these).

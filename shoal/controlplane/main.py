@@ -33,6 +33,7 @@ from .core.containers import ControlPlaneAddress
 from .core.model import new_id
 from .definitions import Definitions
 from .deploy import Deployments
+from .image_gc import ImageCatalog
 from .images import ImageBuilder
 from .logfmt import configure_logging
 from .objects import Objects
@@ -172,6 +173,8 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     core.secrets.add_routes(http_app.router)
     proxy_tokens.add_routes(http_app.router)
     core.volumes.add_routes(http_app.router)
+    images = ImageCatalog(state_dir, store, core.registry, definitions)
+    images.add_routes(http_app.router)
     objects.on_delete.append(core.volumes.on_deleted)
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
@@ -202,6 +205,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
                              f"http://{host}:{web_port}")
     housekeeping = asyncio.create_task(core.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
+    images_housekeeping = asyncio.create_task(images.housekeeping())  # its own pace: a pass may walk the disk
     scheduling = asyncio.create_task(core.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
             "backend": backend.name}
@@ -222,6 +226,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         task.cancel()
     proxy.close()
     objects_housekeeping.cancel()
+    images_housekeeping.cancel()
     scheduling.cancel()
     core.shutdown()
     if replicas is not None:
