@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 GRACE_ENV = "SHOAL_IMAGE_GC_GRACE"
 DEFAULT_GRACE_S = 86400.0
 # An image an app registration asked for this recently may be in a definition not yet stored: it stays.
-REGISTERING_S = 30.0
+REGISTERING_S = 10.0
 log = logging.getLogger("shoal.images")
 
 
