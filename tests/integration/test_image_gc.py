@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ControlPlane, _use_home, run_cli, wait_for
+from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 
 
 @pytest.fixture
@@ -106,3 +108,43 @@ def test_the_control_plane_cleans_up_unused_images_by_itself(control_plane_with_
     assert status == 404 and reply["type"] == "NotFoundError"
     status, reply = call("DELETE", "/v1/images/not-an-id")
     assert status == 400 and "image_id" in reply["error"]
+
+
+@pytest.mark.skipif(bool(have_registry_tools()) or os.geteuid() != 0,
+                    reason=have_registry_tools() or "the layer store runs as root")
+@pytest.mark.parametrize("control_plane_with_grace", ["3600"], indirect=True)
+def test_oci_records_go_with_the_layers_only_they_use(control_plane_with_grace, tmp_path):
+    """Layer-store records named by image ids are images; a pulled base stays while a kept image has its layers."""
+    from shoal.oci.layout import LayoutWriter
+    from shoal.oci.registry import pull, push_layout
+    from shoal.oci.store import LayerStore
+
+    cp = control_plane_with_grace
+    base, top_old, top_new, other = (layer_tar([("file", f"{n}.txt", n.encode() * 1000)])
+                                     for n in ("base", "old", "new", "other"))
+    old_id, new_id = "im-" + "1" * 64, "im-" + "2" * 64
+    with registry(tmp_path / "registry") as reg:
+        for repo, layers in (("t/base", [base]), ("t/old", [base, top_old]), ("t/new", [base, top_new]),
+                             ("t/other", [other])):
+            writer = LayoutWriter(tmp_path / repo.replace("/", "-"))
+            writer.tag("v1", writer.add_image([writer.add_layer(t) for t in layers], {}))
+            push_layout(tmp_path / repo.replace("/", "-"), "v1", f"{reg}/{repo}:v1")
+        store = LayerStore(cp.home / "oci")
+        pull(store, f"{reg}/t/base:v1")
+        pull(store, f"{reg}/t/old:v1", name=old_id)  # an OCI image no app has used for two hours
+        pull(store, f"{reg}/t/new:v1", name=new_id)  # one just built
+        pull(store, f"{reg}/t/other:v1")  # a pull no image is built on
+    two_hours_ago = time.time() - 7200
+    for record in store.list():
+        if record.name != new_id:
+            os.utime(store._record_path(record.name), (two_hours_ago, two_hours_ago))
+
+    images = listed()
+    assert images[old_id]["kind"] == "oci" and images[new_id]["kind"] == "oci" and images[old_id]["size"] > 0
+    assert f"{reg}/t/base:v1" not in images  # pulled bases are not images
+
+    status, reply = call("POST", "/v1/images/prune", {"grace_s": 3600})
+    assert status == 200 and reply["removed"] == [old_id] and reply["bytes_freed"] > 0
+    assert {r.name for r in store.list()} == {new_id, f"{reg}/t/base:v1"}  # the base: new's layers
+    assert len(list(store.layers.iterdir())) == 2  # base and new's top; old's top and other's layer are gone
+    assert set(listed()) == {new_id}
