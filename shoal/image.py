@@ -284,7 +284,7 @@ class Image:
         """An image built from a single-stage Dockerfile. The Dockerfile and the files its COPY/ADD lines name
         (relative to `context_dir`, default: the working directory) are read when the app starts, less what
         `ignore` (default: the .dockerignore) leaves out. `registry_secret` is for pulling its FROM image;
-        `secrets` and `env` are the environment of its RUN lines."""
+        `secrets` and `env` are the environment of its RUN lines (the registry secret's values too)."""
         method = "from_dockerfile"
         if not isinstance(path, (str, Path)):
             raise InvalidError(f"Image.{method}: `path` must be a str or Path, got {type(path).__name__}")
@@ -296,11 +296,12 @@ class Image:
         step: dict[str, Any] = {"kind": method, "build_args": args, "add_python": add_python,
                                 "env": _check_env(method, env),
                                 "repr": _call_repr(method, [str(path)], add_python=add_python)}
-        if registry_secret is not None:
-            step["secret_env"] = _registry_secret_env(method, registry_secret, "generic", required=True)
-        build_secrets = _secret_env(method, secrets)
-        if build_secrets:
-            step["build_secret_env"] = build_secrets
+        # One environment of secrets, as the other build steps have: the RUN lines' `secrets` and the
+        # credentials FROM is pulled with (which the RUN lines see too).
+        secret_env = {**_secret_env(method, secrets),
+                      **_registry_secret_env(method, registry_secret, "generic", required=False)}
+        if secret_env:
+            step["secret_env"] = secret_env
 
         def fill(step: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
             dockerfile = Path(path).expanduser().absolute()

@@ -13,18 +13,16 @@ from typing import Any
 # Part of every image id: bump it when what a step builds changes, so old builds are not reused.
 BUILDER_VERSION = "shoal-2025.06.1"
 IMAGE_ID_RE = re.compile(r"^im-[0-9a-f]{64}$")
-# Step keys that do not change what is built, so they stay out of the id. Secret values: only their names are
-# hashed (`secret_env` -> `secret_keys`, `build_secret_env` -> `build_secret_keys`).
-_SECRET_KEYS = {"secret_env": "secret_keys", "build_secret_env": "build_secret_keys"}
-_UNHASHED_KEYS = frozenset({"force", "repr", *_SECRET_KEYS})
-# The first step of an OCI image (then `python_version` is None): a registry image, or a Dockerfile's result.
-BASE_KINDS = frozenset({"from_registry", "from_dockerfile"})
+# Step keys that do not change what is built, so they stay out of the id.
+_UNHASHED_KEYS = frozenset({"force", "repr", "secret_env"})
 BUILD_KINDS = frozenset({
     "pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject", "uv_sync",
     "apt_install", "run_commands", "env", "workdir", "dockerfile_commands",
 })
+# Base steps of OCI images: always steps[0] (with python_version None), never elsewhere.
+BASE_KINDS = frozenset({"from_registry", "from_dockerfile"})
 FILE_KINDS = frozenset({"add_local_file", "add_local_dir", "add_local_python_source"})
-STEP_KINDS = BASE_KINDS | BUILD_KINDS | FILE_KINDS
+STEP_KINDS = BUILD_KINDS | FILE_KINDS
 
 
 def is_oci(steps: Sequence[dict[str, Any]]) -> bool:
@@ -46,9 +44,8 @@ def image_id_for(python_version: str | None, steps: Sequence[dict[str, Any]], fo
 
 def _hashed(step: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in step.items() if k not in _UNHASHED_KEYS}
-    for key, names in _SECRET_KEYS.items():
-        if step.get(key):
-            out[names] = sorted(step[key])  # secret values never enter an id
+    if step.get("secret_env"):
+        out["secret_keys"] = sorted(step["secret_env"])  # secret values never enter an id
     return out
 
 

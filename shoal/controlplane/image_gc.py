@@ -211,11 +211,12 @@ class ImageCatalog:
                     continue
                 except (OSError, ValueError):
                     manifest = {}
-                steps = manifest.get("steps") or []
+                kind = "oci" if manifest.get("kind") == "oci" or "layers" in manifest else "venv"
+                steps = [str(s) for s in manifest.get("steps") or []]
+                name = ".".join(steps if kind == "oci" else ["debian_slim()", *steps])
                 images[entry.name] = OnDisk(
-                    entry.name, "oci" if "layers" in manifest else "venv",
-                    float(manifest.get("built_at") or entry.stat().st_mtime),
-                    name=".".join(str(s) for s in steps)[:200], directory=path,
+                    entry.name, kind, float(manifest.get("built_at") or entry.stat().st_mtime),
+                    name=name if len(name) <= 200 else name[:197] + "...", directory=path,
                     parents=(manifest["base"],) if isinstance(manifest.get("base"), str) else ())
         others: list[tuple[str, frozenset[str], float]] = []
         store = self._layer_store()

@@ -196,8 +196,8 @@ def test_from_dockerfile_wire_and_context(project):
     assert spec["python_version"] is None and step["kind"] == "from_dockerfile"
     assert step["dockerfile"] == (project / "Dockerfile").read_text()
     assert step["build_args"] == {"SRC": "src"} and step["env"] == {"E": "1"}
-    assert step["secret_env"] == {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p"}
-    assert step["build_secret_env"] == {"PIP_TOKEN": "t"} and step["force"] is False
+    assert step["secret_env"] == {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": "p", "PIP_TOKEN": "t"}
+    assert step["force"] is False
     # only what COPY names: not unrelated.txt, not the Dockerfile
     assert context_names(image) == ["requirements.txt", "src/pkg/a.py", "src/pkg/a.pyc"]
     without_secret = Image.from_dockerfile("Dockerfile", build_args={"SRC": "src"}, env={"E": "1"},
