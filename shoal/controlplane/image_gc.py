@@ -286,12 +286,12 @@ class ImageCatalog:
         for d in images:
             if self._busy_now(d.image_id):
                 continue  # asked for while we looked
-            freed += self.sizes.pop(d.image_id, 0)
+            self.sizes.pop(d.image_id, None)
             if d.directory is not None and d.directory.exists():
                 trash.mkdir(parents=True, exist_ok=True)
                 moved = trash / f"{d.image_id}.{time.time_ns()}"
                 d.directory.rename(moved)
-                await asyncio.to_thread(shutil.rmtree, moved, True)
+                freed += await asyncio.to_thread(_delete, moved)
             if d.record and (store := self._layer_store()) is not None:
                 await asyncio.to_thread(store.remove, d.image_id)
             self.last_used.pop(d.image_id, None)
@@ -343,6 +343,13 @@ class ImageCatalog:
         tmp = self.state_file.with_name(f".last_used.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.last_used, sort_keys=True))
         tmp.replace(self.state_file)
+
+
+def _delete(path: Path) -> int:
+    """Delete a tree; returns the bytes it took (an OCI image's layers are counted by the store's prune)."""
+    size = tree_bytes(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return size
 
 
 def _image_of(definition: Any) -> str | None:
