@@ -1,7 +1,11 @@
-"""The image clean-up policy (controlplane/image_policy.py): what may go, given what uses each image and when."""
+"""The image clean-up policy (controlplane/image_policy.py): what may go, given what uses each image and when; and
+its grace period, read from SHOAL_IMAGE_GC_GRACE."""
 
 from __future__ import annotations
 
+import pytest
+
+from shoal.controlplane.image_gc import DEFAULT_GRACE_S, grace_from_env
 from shoal.controlplane.image_policy import ImageUse, collectable, idle_since, refusal, stale_records
 
 DAY = 86400.0
@@ -59,3 +63,14 @@ def test_records_that_are_not_images_go_when_no_kept_image_needs_their_layers():
     assert stale_records(records, kept, NOW, DAY) == ["docker.io/library/alpine:3"]
     assert stale_records(records, frozenset(), NOW, 0) == [
         "docker.io/library/alpine:3", "docker.io/library/busybox:1", "docker.io/library/python:3.12"]
+
+
+def test_the_grace_period_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SHOAL_IMAGE_GC_GRACE", raising=False)
+    assert grace_from_env() == DEFAULT_GRACE_S == 86400
+    monkeypatch.setenv("SHOAL_IMAGE_GC_GRACE", "2.5")
+    assert grace_from_env() == 2.5
+    for bad in ("-1", "soon", "inf", "nan"):
+        monkeypatch.setenv("SHOAL_IMAGE_GC_GRACE", bad)
+        with pytest.raises(ValueError, match="SHOAL_IMAGE_GC_GRACE must be a number of seconds"):
+            grace_from_env()
