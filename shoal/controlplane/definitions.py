@@ -49,8 +49,9 @@ class Definitions:
         self.volumes = volumes
         self.blob_dir = state_dir / "blobs"
         self.source_dir = state_dir / "sources"
-        # What app registrations are doing with images, for the image clean-up (image_gc.py): the ids being
-        # built or looked up now (with how many registrations), and when one was last asked for.
+        # What app registrations are doing with images, for the image clean-up (image_gc.py, which also forgets
+        # old entries): the ids being built or looked up now (with how many registrations), and when one was
+        # last asked for.
         self.preparing: dict[str, int] = {}
         self.requested_at: dict[str, float] = {}
 

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,8 @@ class ImageCatalog:
         self.looked_at = 0.0  # when the store was last read for stopped apps (0: never: read them all)
         self.sizes: dict[str, int] = {}  # built images do not change: their size is computed once
         self.lock = asyncio.Lock()  # one look-and-remove at a time
+        # Other holders of images (e.g. Sandboxes): each gives {image id: why it is busy now}; those stay.
+        self.busy_sources: list[Callable[[], dict[str, str]]] = []
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/v1/images", self.list)
@@ -244,7 +247,7 @@ class ImageCatalog:
             if image_id is None:
                 continue
             if state == "running":
-                apps.setdefault(image_id, set()).add(f"{name or '(ephemeral)'} ({app_id})")
+                apps.setdefault(image_id, set()).add(_shown(name, app_id))
                 seen[image_id] = now
             elif stopped_at:
                 seen[image_id] = max(seen.get(image_id, 0.0), float(stopped_at))
@@ -252,13 +255,12 @@ class ImageCatalog:
             image_id = _image_of(pool.definition)
             if image_id is not None:
                 app = self.registry.apps.get(pool.app_id)
-                name = (app.name if app is not None else None) or "(ephemeral)"
-                apps.setdefault(image_id, set()).add(f"{name} ({pool.app_id})")
+                apps.setdefault(image_id, set()).add(_shown(app.name if app is not None else None, pool.app_id))
                 seen[image_id] = now
         return apps, seen
 
     def _busy(self, images: dict[str, OnDisk]) -> dict[str, str]:
-        busy = {i: why for i in images if (why := self._busy_now(i))}
+        busy = self._holders()
         if self.definitions.preparing:  # a build may be writing a directory it has no manifest in yet
             for image_id, d in images.items():
                 if not d.complete:
@@ -267,15 +269,27 @@ class ImageCatalog:
 
     def _busy_now(self, image_id: str) -> str:
         """Why this control plane needs the image this moment ("" if it does not)."""
-        if image_id in self.definitions.preparing:
-            return "an app registration is building or looking it up"
-        asked = self.definitions.requested_at.get(image_id, 0.0)
-        if time.time() - asked < REGISTERING_S:
-            return f"an app registration asked for it {time.time() - asked:.0f} s ago"
+        return self._holders().get(image_id, "")
+
+    def _holders(self) -> dict[str, str]:
+        """{image id: why it is needed now}: registrations building or asking for it, containers running on it,
+        the other holders (`busy_sources`)."""
+        now = time.time()
+        held: dict[str, str] = {}
+        for source in self.busy_sources:
+            held.update(source())
         for c in list(self.registry.containers.values()):
-            if _image_of(c.pool.definition) == image_id:
-                return f"container {c.id} runs on it"
-        return ""
+            image_id = _image_of(getattr(getattr(c, "pool", None), "definition", None))
+            if image_id is not None:
+                held[image_id] = f"container {c.id} runs on it"
+        for image_id, asked in list(self.definitions.requested_at.items()):
+            if now - asked < REGISTERING_S:
+                held[image_id] = f"an app registration asked for it {now - asked:.0f} s ago"
+            elif image_id not in self.definitions.preparing:
+                del self.definitions.requested_at[image_id]  # past the window: nothing to remember
+        for image_id in self.definitions.preparing:
+            held[image_id] = "an app registration is building or looking it up"
+        return held
 
     # -- removing --------------------------------------------------------------------------------------------
     async def _remove(self, images: list[OnDisk]) -> int:
@@ -343,6 +357,10 @@ class ImageCatalog:
         tmp = self.state_file.with_name(f".last_used.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.last_used, sort_keys=True))
         tmp.replace(self.state_file)
+
+
+def _shown(name: str | None, app_id: str) -> str:
+    return f"{name} ({app_id})" if name else app_id
 
 
 def _delete(path: Path) -> int:

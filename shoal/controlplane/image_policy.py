@@ -51,7 +51,8 @@ def refusal(image_id: str, images: Iterable[ImageUse]) -> str | None:
     if image is None:
         return None
     if image.apps:
-        return f"image {image_id} is used by app {', '.join(image.apps)}; stop the app first"
+        apps = f"app {image.apps[0]}" if len(image.apps) == 1 else f"apps {', '.join(image.apps)}"
+        return f"image {image_id} is used by {apps}; stop {'it' if len(image.apps) == 1 else 'them'} first"
     if image.busy:
         return f"image {image_id} cannot be removed now: {image.busy}"
     dependents = sorted(i.image_id for i in images if image_id in i.parents)

@@ -48,7 +48,9 @@ def test_an_explicit_removal_ignores_age_but_not_use():
               ImageUse("im-base", created=0),
               ImageUse("im-thin", created=0, parents=("im-base",)),
               ImageUse("im-fresh", created=NOW)]
-    assert refusal("im-app", images) == "image im-app is used by app web (ap-1), api (ap-2); stop the app first"
+    assert refusal("im-app", images) == "image im-app is used by apps web (ap-1), api (ap-2); stop them first"
+    assert refusal("im-app", [ImageUse("im-app", created=NOW, apps=("ap-3",))]) == (
+        "image im-app is used by app ap-3; stop it first")
     assert refusal("im-busy", images) == "image im-busy cannot be removed now: it is being built"
     assert refusal("im-base", images) == "image im-base is the base of im-thin; remove that first"
     assert refusal("im-thin", images) is None and refusal("im-fresh", images) is None
