@@ -141,9 +141,12 @@ class ImageCatalog:
             why = refusal(image_id, facts.uses.values()) or self._busy_now(image_id)
             if why:
                 raise ApiError(409, why, "ConflictError")
-            freed = await self._remove([facts.images[image_id]])
-            freed += await self._tidy_store(facts, removed={image_id})
-        return reply({"removed": [image_id], "bytes_freed": freed})
+            removed, freed = await self._remove([facts.images[image_id]])
+            if not removed:
+                raise ApiError(409, f"image {image_id} cannot be removed now: {self._busy_now(image_id)}",
+                               "ConflictError")
+            freed += await self._tidy_store(facts, removed=set(removed))
+        return reply({"removed": removed, "bytes_freed": freed})
 
     async def prune(self, request: web.Request) -> web.Response:
         body = await body_of(request, req.PruneImages)
@@ -171,18 +174,18 @@ class ImageCatalog:
             ids = [i for i in collectable(facts.uses.values(), time.time(), grace) if not self._busy_now(i)]
             if dry_run:
                 return ids, 0
-            freed = await self._remove([facts.images[i] for i in ids])
-            freed += await self._tidy_store(facts, removed=set(ids), grace=grace)
-            return ids, freed
+            removed, freed = await self._remove([facts.images[i] for i in ids])
+            freed += await self._tidy_store(facts, removed=set(removed), grace=grace)
+            return removed, freed
 
     # -- facts -----------------------------------------------------------------------------------------------
     async def facts(self) -> Facts:
         """What is on disk, and what uses it; records what was seen used."""
         now = time.time()
         since = max(self.looked_at - 60.0, 0.0) if self.looked_at else 0.0  # apps stopped since the last look
-        self.looked_at = now
         images, others = await asyncio.to_thread(self._scan)
         apps, seen = await self._used(since, now)
+        self.looked_at = now
         busy = self._busy(images)
         changed = False
         for image_id, when in seen.items():
@@ -292,14 +295,17 @@ class ImageCatalog:
         return held
 
     # -- removing --------------------------------------------------------------------------------------------
-    async def _remove(self, images: list[OnDisk]) -> int:
-        """Remove these images (checked by the caller). A directory is renamed away at once, in the event loop,
-        so no registration can find it half gone; deleting it happens in a thread."""
+    async def _remove(self, images: list[OnDisk]) -> tuple[list[str], int]:
+        """Remove these images (checked by the caller); returns (those removed, bytes freed). A directory is
+        renamed away at once, in the event loop, so no registration can find it half gone; deleting it happens
+        in a thread."""
         freed = 0
+        removed: list[str] = []
         trash = self.images_dir / ".trash"
         for d in images:
             if self._busy_now(d.image_id):
                 continue  # asked for while we looked
+            removed.append(d.image_id)
             self.sizes.pop(d.image_id, None)
             if d.directory is not None and d.directory.exists():
                 trash.mkdir(parents=True, exist_ok=True)
@@ -309,8 +315,9 @@ class ImageCatalog:
             if d.record and (store := self._layer_store()) is not None:
                 await asyncio.to_thread(store.remove, d.image_id)
             self.last_used.pop(d.image_id, None)
-        await asyncio.to_thread(self._save_last_used)
-        return freed
+        if removed:
+            await asyncio.to_thread(self._save_last_used)
+        return removed, freed
 
     async def _tidy_store(self, facts: Facts, removed: set[str], grace: float | None = None) -> int:
         """Records that are not images and that no kept image needs (after `grace`, on a clean-up), then the
