@@ -97,6 +97,7 @@ def image_prune(grace_s: float | None, dry_run: bool) -> None:
     for image_id in resp["removed"]:
         click.echo(f"{'Would remove' if dry_run else 'Removed'} {image_id}")
     if not resp["removed"]:
-        click.echo(f"No image has been unused for {display.duration(resp['grace_s'])}.")
+        click.echo(f"Nothing to remove: images stay while a running app uses them, while they are busy, and "
+                   f"until unused for {display.duration(resp['grace_s'])}.")
     elif not dry_run:
         click.echo(f"Freed {_size(int(resp.get('bytes_freed') or 0))}.")
