@@ -141,6 +141,9 @@ ROUTES: dict[tuple[str, str], Entry] = {
     **{("GET", route): _deny("pull images from the control plane's registry (it serves Ray nodes)")
        for route in ("/v2/", "/v2/{repo}/manifests/{reference}", "/v2/{repo}/blobs/{digest}",
                      "/v2/{repo}/tags/list")},
+    ("GET", "/v1/images"): _deny("list images"),
+    ("DELETE", "/v1/images/{image_id}"): _deny("remove images"),
+    ("POST", "/v1/images/prune"): _deny("remove images"),
 }
 
 # Routes whose decision needs the request's body (the middleware reads it only for these).

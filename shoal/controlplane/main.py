@@ -34,6 +34,7 @@ from .core.model import new_id
 from .credentials import pull_credential
 from .definitions import Definitions
 from .deploy import Deployments
+from .image_gc import ImageCatalog
 from .images import ImageBuilder
 from .logfmt import configure_logging
 from .objects import Objects
@@ -177,6 +178,8 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     core.secrets.add_routes(http_app.router)
     proxy_tokens.add_routes(http_app.router)
     core.volumes.add_routes(http_app.router)
+    images = ImageCatalog(state_dir, store, core.registry, definitions)
+    images.add_routes(http_app.router)
     objects.on_delete.append(core.volumes.on_deleted)
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
@@ -207,6 +210,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
                              f"http://{host}:{web_port}")
     housekeeping = asyncio.create_task(core.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
+    images_housekeeping = asyncio.create_task(images.housekeeping())  # its own pace: a pass may walk the disk
     scheduling = asyncio.create_task(core.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
             "backend": backend.name}
@@ -227,6 +231,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         task.cancel()
     proxy.close()
     objects_housekeeping.cancel()
+    images_housekeeping.cancel()
     scheduling.cancel()
     core.shutdown()
     if replicas is not None:

@@ -85,6 +85,9 @@ ROUTES: list[tuple[str, str, Any, Any]] = [
     ("DELETE", "/v1/proxy-tokens/{token_id}", None, None),
     ("POST", "/v1/proxy-tokens/{token_id}/allow", req.ProxyTokenApp, None),
     ("POST", "/v1/proxy-tokens/{token_id}/revoke", req.ProxyTokenApp, None),
+    ("GET", "/v1/images", None, None),
+    ("DELETE", "/v1/images/{image_id}", None, None),
+    ("POST", "/v1/images/prune", req.PruneImages, None),
     ("POST", "/v1/volumes/rename", req.RenameVolume, None),
     ("GET", "/v1/volumes/{volume_id}/entries", None, req.EntriesQuery),
     ("GET", "/v1/volumes/{volume_id}/file", None, req.FileQuery),
@@ -269,6 +272,7 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
             "name": ["fuzz-secret"], "sha": ["0" * 64], "volume_id": [volume_id], "upload_id": [upload_id],
             "index": ["0", "1"], "repo": ["shoal/im-x", "library/app"],
             "reference": ["latest", "sha256:" + "0" * 64], "digest": ["sha256:" + "0" * 64],
+            "image_id": [i["image_id"] for i in client.call("GET", "/v1/images")["images"]],
         }
         cookie = _dashboard_cookie(cp.url, token)
         segment = st.one_of(st.text(alphabet=string.printable, min_size=1, max_size=20),
