@@ -25,11 +25,17 @@ FILE_KINDS = frozenset({"add_local_file", "add_local_dir", "add_local_python_sou
 STEP_KINDS = BUILD_KINDS | FILE_KINDS
 
 
+def is_oci(steps: Sequence[dict[str, Any]]) -> bool:
+    """An OCI image: its chain starts with a base step (docs/images.md); otherwise a venv image."""
+    return bool(steps) and steps[0].get("kind") in BASE_KINDS
+
+
 def image_id_for(python_version: str | None, steps: Sequence[dict[str, Any]], force_base: bool = False) -> str:
-    """The id of an image: sha256 of its canonical chain. Used by the SDK and re-checked by the control plane."""
+    """The id of an image: sha256 of its canonical chain. Used by the SDK and re-checked by the control plane.
+    `python_version` None (an OCI image) and "" hash alike, as null."""
     del force_base  # forcing a rebuild does not change what is built
     canon = json.dumps(
-        {"builder": BUILDER_VERSION, "python_version": python_version,
+        {"builder": BUILDER_VERSION, "python_version": python_version or None,
          "steps": [_hashed(s) for s in steps]},
         sort_keys=True, separators=(",", ":"), ensure_ascii=True,
     )

@@ -290,3 +290,15 @@ class ContainerVolume(Struct):
     container_id: Id | None = None
     container_token: Text | None = None
 
+
+# -- images ------------------------------------------------------------------------------------------------------
+ImageId = Annotated[str, Meta(pattern=r"^im-[0-9a-f]{64}$")]
+
+
+class ImagePath(Struct):
+    image_id: ImageId
+
+
+class PruneImages(Struct):
+    grace_s: Ttl | None = None  # images unused for at least this long go (default: SHOAL_IMAGE_GC_GRACE)
+    dry_run: bool = False  # only say what would go

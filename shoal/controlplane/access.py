@@ -137,6 +137,13 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("DELETE", "/v1/proxy-tokens/{token_id}"): _deny("delete proxy auth tokens"),
     ("POST", "/v1/proxy-tokens/{token_id}/allow"): _deny("change proxy auth tokens"),
     ("POST", "/v1/proxy-tokens/{token_id}/revoke"): _deny("change proxy auth tokens"),
+    # The image registry Ray nodes pull from (oci_serve.py): the node pull credential's, not containers'.
+    **{("GET", route): _deny("pull images from the control plane's registry (it serves Ray nodes)")
+       for route in ("/v2/", "/v2/{repo}/manifests/{reference}", "/v2/{repo}/blobs/{digest}",
+                     "/v2/{repo}/tags/list")},
+    ("GET", "/v1/images"): _deny("list images"),
+    ("DELETE", "/v1/images/{image_id}"): _deny("remove images"),
+    ("POST", "/v1/images/prune"): _deny("remove images"),
 }
 
 # Routes whose decision needs the request's body (the middleware reads it only for these).

@@ -31,11 +31,14 @@ from .api import Api
 from .build import build_core
 from .core.containers import ControlPlaneAddress
 from .core.model import new_id
+from .credentials import pull_credential
 from .definitions import Definitions
 from .deploy import Deployments
+from .image_gc import ImageCatalog
 from .images import ImageBuilder
 from .logfmt import configure_logging
 from .objects import Objects
+from .oci_serve import ImageRegistry
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
 from .store import StoreError, open_store
@@ -165,6 +168,9 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
     # session is noticed in milliseconds, not when the poll would have timed out.
     http_app = api.app()
+    ImageRegistry(state_dir / "oci", api.gate).add_routes(http_app.router)  # Ray nodes pull images there
+    if backend.name == "ray":
+        backend.image_registry = (url, pull_credential(token.encode()))  # type: ignore[attr-defined]
     objects = Objects(store, shared=replica)
     objects.add_routes(http_app.router)
     if replicas is not None:
@@ -172,6 +178,8 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     core.secrets.add_routes(http_app.router)
     proxy_tokens.add_routes(http_app.router)
     core.volumes.add_routes(http_app.router)
+    images = ImageCatalog(state_dir, store, core.registry, definitions)
+    images.add_routes(http_app.router)
     objects.on_delete.append(core.volumes.on_deleted)
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
@@ -202,6 +210,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
                              f"http://{host}:{web_port}")
     housekeeping = asyncio.create_task(core.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
+    images_housekeeping = asyncio.create_task(images.housekeeping())  # its own pace: a pass may walk the disk
     scheduling = asyncio.create_task(core.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
             "backend": backend.name}
@@ -222,6 +231,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         task.cancel()
     proxy.close()
     objects_housekeeping.cancel()
+    images_housekeeping.cancel()
     scheduling.cancel()
     core.shutdown()
     if replicas is not None:
