@@ -438,3 +438,40 @@ def test_apt_install_installs_a_debian_package_in_the_image(builder, debian_reg)
     assert "Setting up jq" in text
     assert read(image, "/var/lib/dpkg/info/jq.list") is not None
     assert not os.path.exists("/answer.txt")
+
+
+# -- through the SDK and a real control plane ----------------------------------------------------------------------
+APP = '''
+import shoal as modal
+
+image = (modal.Image.from_registry("{tag}").pip_install("six==1.17.0")
+         .dockerfile_commands("ENV GREETING=hello", "RUN echo built > /etc/built.txt"))
+app = modal.App("oci-images-e2e", image=image)
+
+
+@app.function()
+def where():
+    import os
+    import sys
+
+    import six
+    return six.__version__, sys.version_info[:2], os.environ["GREETING"], open("/etc/built.txt").read().strip()
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("RESULT", where.remote())
+'''
+
+
+def test_an_app_on_a_registry_image_builds_it_and_runs_there(control_plane, reg, tmp_path):
+    from tests.conftest import run_script
+
+    script = tmp_path / "oci_app.py"
+    script.write_text(APP.format(tag=f"{reg}/test/python:v1"))
+    proc = run_script(script, timeout=600)
+    assert "RESULT ('1.17.0', (3, 11), 'hello', 'built')" in proc.stdout, proc.stdout + proc.stderr
+    assert "=> Step 1: pip_install('six==1.17.0')" in proc.stderr  # the build's output reached the caller
+    again = run_script(script, timeout=300)
+    assert "RESULT ('1.17.0', (3, 11), 'hello', 'built')" in again.stdout, again.stdout + again.stderr
+    assert "Building image" not in again.stderr  # built once
