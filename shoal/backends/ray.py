@@ -57,7 +57,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from . import ray_placement as placement
 from .base import ContainerImage, ContainerSpec, OutputSink, Unschedulable
 from .local_exec import children
-from .sandbox import _LOOPBACK
+from .sandbox import _LOOPBACK, layer_id_shift
 
 if TYPE_CHECKING:
     from ..oci.store import LayerStore
@@ -212,9 +212,9 @@ def _node_store(node_home: str | None) -> LayerStore | None:
     from ..oci.store import LayerStore
 
     if node_home:
-        return LayerStore(Path(node_home) / "oci")
+        return LayerStore(Path(node_home) / "oci", id_shift=layer_id_shift())
     node_dir = _node_dir()
-    return LayerStore(node_dir / "oci") if node_dir is not None else None
+    return LayerStore(node_dir / "oci", id_shift=layer_id_shift()) if node_dir is not None else None
 
 
 def _mtime(path: str) -> int:

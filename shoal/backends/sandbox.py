@@ -61,6 +61,12 @@ def id_base() -> int:
     return int(os.environ.get(UID_ENV) or DEFAULT_ID_BASE)
 
 
+def layer_id_shift() -> int:
+    """What the layer store adds to a layer's uids and gids: as root, container ids 0..65535 are host ids from
+    `id_base()`, so an image's root-owned files are the container's root's; rootless, ids stay as they are."""
+    return id_base() if os.geteuid() == 0 else 0
+
+
 def shares_from_env() -> list[str]:
     shares = []
     for p in (os.environ.get(SHARE_ENV) or "").split(os.pathsep):

@@ -50,7 +50,7 @@ from .._spec.definitions import ImageSpec
 from .._spec.images import BASE_KINDS, BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
-from ..backends.sandbox import SYSTEM_DIRS, id_base
+from ..backends.sandbox import SYSTEM_DIRS, layer_id_shift
 from ..exception import ImageBuildError, InvalidError
 from .oci_images import OciBuilder
 from .oci_steps import check_oci_step
@@ -244,8 +244,8 @@ class ImageBuilder:
     def oci(self) -> OciBuilder:
         """The builder of OCI images (made on first use: it opens the layer store, SHOAL_HOME/oci)."""
         if self._oci is None:
-            shift = id_base() if os.geteuid() == 0 else 0
-            self._oci = OciBuilder(self.dir, self.blob_dir, self.sandbox, self.uv, shift, self.runtime_for)
+            self._oci = OciBuilder(self.dir, self.blob_dir, self.sandbox, self.uv, layer_id_shift(),
+                                   self.runtime_for)
         return self._oci
 
     async def runtime_for(self, python_version: str, libc: str, log: Log | None = None) -> str:
