@@ -5,34 +5,48 @@ control plane builds an image the first time a function that uses it is register
 caches it by id. The id is the sha256 of the canonical step chain, in which local files appear by the sha256 of
 their content, so editing a file that an image adds gives a new image.
 
-What a build makes (see docs/images.md): a uv virtual environment for the chosen Python (found among the
-interpreters installed on the machine, never downloaded), packages installed with uv, Debian packages unpacked
-into the image's own prefix (the host's installed packages are never changed), commands run, files copied.
+What a build makes (see docs/images.md): from `debian_slim()`, a uv virtual environment for the chosen Python
+(found among the interpreters installed on the machine, never downloaded), packages installed with uv, Debian
+packages unpacked into the image's own prefix (the host's installed packages are never changed), commands run,
+files copied. From `from_registry()` / `from_dockerfile()`, an OCI image: a root filesystem of layers, each later
+step one more layer built in a container on the image so far.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import os
+import posixpath
 import re
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from fnmatch import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
 
+from ._image_files import (
+    AUTO_DOCKERIGNORE,
+    AutoDockerIgnore,
+    command_sources,
+    context_blob,
+    copy_sources,
+    dockerignore_fn,
+    dockerignore_patterns,
+    hash_file,
+    ignore_fn,
+    pack_tree,
+    source_pattern,
+    walk,
+)
 from ._spec.definitions import ImageSpec
-from ._spec.images import BUILD_KINDS, BUILDER_VERSION, FILE_KINDS, image_id_for
+from ._spec.images import BUILD_KINDS, BUILDER_VERSION, FILE_KINDS, image_id_for, is_oci
 from .exception import InvalidError
 
 SUPPORTED_PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
-MAX_LOCAL_BYTES = 1 << 30
 
 
 def _validate_python_version(version: str | None) -> str:
@@ -114,76 +128,75 @@ def NON_PYTHON_FILES(path: Path) -> bool:  # noqa: N802 - Modal's name for this 
     return path.suffix != ".py"
 
 
-def _ignore_fn(ignore: Sequence[str] | Callable[[Path], bool]) -> Callable[[Path], bool]:
-    """Patterns are matched against the path relative to the directory, dockerignore-style: `*` crosses `/`,
-    a pattern matching a directory excludes what is inside it, and `!pattern` re-includes; last match wins."""
-    if callable(ignore):
-        return ignore
-    if isinstance(ignore, str) or not all(isinstance(p, str) for p in ignore):
-        raise InvalidError("`ignore` must be a list of patterns or a callable taking a Path")
-    rules = [(p.startswith("!"), p.lstrip("!").strip().removeprefix("./").strip("/")) for p in ignore if p.strip()]
-
-    def match(rel: Path) -> bool:
-        text = rel.as_posix()
-        prefixes = [text] + ["/".join(rel.parts[:i]) for i in range(1, len(rel.parts))]
-        excluded = False
-        for negated, pattern in rules:
-            if any(fnmatch(p, pattern) for p in prefixes):
-                excluded = not negated
-        return excluded
-
-    return match
+# Which keys of the registry secret a pull uses, per registry kind (Modal's names).
+REGISTRY_SECRET_KEYS = {"generic": ("REGISTRY_USERNAME", "REGISTRY_PASSWORD"),
+                        "aws_ecr": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+                        "gcp": ("SERVICE_ACCOUNT_JSON",)}
+_OCI_ONLY = ("{method} needs an image from from_registry or from_dockerfile in shoal; debian_slim images are not "
+             "OCI images yet")
 
 
-# Content hashes of local files, keyed by (path, size, mtime): repeated `app.run()`s do not re-read them.
-_file_hashes: dict[tuple[str, int, int], str] = {}
-_tree_blobs: dict[tuple[Any, ...], tuple[str, bytes]] = {}
+def _check_tag(method: str, tag: Any) -> str:
+    from .oci.registry import RegistryError, parse_reference
+
+    if not isinstance(tag, str):
+        raise InvalidError(f"Image.{method}: `tag` must be an image reference string like 'python:3.12-slim', "
+                           f"got {type(tag).__name__}")
+    try:
+        parse_reference(tag)
+    except RegistryError as exc:
+        raise InvalidError(f"Image.{method}: `tag`: {exc}") from None
+    return tag
 
 
-def _hash_file(path: Path) -> str:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    sha = _file_hashes.get(key)
-    if sha is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        sha = _file_hashes[key] = h.hexdigest()
-    return sha
+def _check_add_python(method: str, add_python: Any) -> str | None:
+    """`add_python="3.12"`: a supported major.minor (the interpreter put into the image)."""
+    if add_python is None:
+        return None
+    if not isinstance(add_python, str) or not re.fullmatch(r"\d+\.\d+(\.\d+)?", add_python):
+        raise InvalidError(f"Image.{method}: `add_python` must be a Python version like '3.12', got {add_python!r}")
+    if add_python.count(".") > 1:
+        raise InvalidError(f"Image.{method}: `add_python` takes major.minor ('3.12'), not {add_python!r}")
+    if add_python not in SUPPORTED_PYTHON_VERSIONS:
+        raise InvalidError(f"Image.{method}: unsupported `add_python` version {add_python}: shoal images support "
+                           f"{', '.join(SUPPORTED_PYTHON_VERSIONS)}")
+    return add_python
 
 
-def _pack_tree(files: list[tuple[str, Path]], what: str) -> tuple[str, bytes]:
-    from ._client.source import pack_files
-
-    key = tuple((arc, str(p), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode & 0o111) for arc, p in files)
-    hit = _tree_blobs.get(key)
-    if hit is None:
-        hit = pack_files(files, what, limit=MAX_LOCAL_BYTES, keep_exec=True)
-        if len(_tree_blobs) > 64:
-            _tree_blobs.clear()
-        _tree_blobs[key] = hit
-    return hit
+def _check_build_args(method: str, build_args: Any) -> dict[str, str]:
+    if not isinstance(build_args, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in build_args.items()):
+        raise InvalidError(f"Image.{method}: `build_args` must be a dict of str to str")
+    return dict(build_args)
 
 
-def _walk(root: Path, ignore: Callable[[Path], bool], prefix: str = "") -> list[tuple[str, Path]]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            rel = path.relative_to(root)
-            if not path.is_file() or ignore(rel):
-                continue
-            files.append((prefix + rel.as_posix(), path))
-    return files
+def _check_commands(method: str, commands: Any) -> list[str]:
+    if isinstance(commands, str) or not isinstance(commands, (list, tuple)) or not all(
+            isinstance(c, str) for c in commands):
+        raise InvalidError(f"Image.{method}: `setup_dockerfile_commands` must be a list of strings")
+    return list(commands)
+
+
+def _registry_secret_env(method: str, secret: Any, registry: str, *, required: bool) -> dict[str, str]:
+    """The values of the registry secret the pull needs; the secret must hold the keys of its registry kind."""
+    keys = REGISTRY_SECRET_KEYS[registry]
+    if secret is None:
+        if required:
+            raise InvalidError(f"Image.{method} needs `secret`: a shoal.Secret with {' and '.join(keys)}")
+        return {}
+    values = _secret_env(method, [secret])
+    missing = [k for k in keys if not values.get(k)]
+    if missing:
+        raise InvalidError(f"Image.{method}: the registry secret lacks {', '.join(missing)} (it needs "
+                           f"{' and '.join(keys)})")
+    return values
 
 
 class Image:
     """A container image: a Python version and a chain of build steps. Build it by using it in a function."""
 
-    def __init__(self, python_version: str, steps: tuple[dict[str, Any], ...] = (), force_base: bool = False,
-                 _local: tuple[dict[str, Any] | None, ...] = ()) -> None:
+    def __init__(self, python_version: str | None, steps: tuple[dict[str, Any], ...] = (),
+                 force_base: bool = False, _local: tuple[dict[str, Any] | None, ...] = ()) -> None:
         self._python_version = python_version
         self._steps = steps  # wire form, without the content hashes of local files
         self._local = _local or (None,) * len(steps)  # per step: what to read locally for it, if anything
@@ -191,9 +204,8 @@ class Image:
         self._wire: tuple[ImageSpec, dict[str, Callable[[], bytes]]] | None = None
 
     def __repr__(self) -> str:
-        chain = ".".join([f"debian_slim(python_version={self._python_version!r})",
-                          *(s["repr"] for s in self._steps)])
-        return f"Image({chain})"
+        base = [] if is_oci(self._steps) else [f"debian_slim(python_version={self._python_version!r})"]
+        return f"Image({'.'.join([*base, *(s['repr'] for s in self._steps)])})"
 
     # -- constructors ----------------------------------------------------------------------------------------
     @staticmethod
@@ -203,35 +215,164 @@ class Image:
         return Image(_validate_python_version(python_version), force_base=force_build)
 
     @staticmethod
-    def _unsupported(what: str) -> InvalidError:
-        return InvalidError(f"Image.{what} is not supported by shoal: images are uv virtual environments on the "
-                            "host, not OCI images. Start from Image.debian_slim() and add packages and files.")
+    def _unsupported(what: str, instead: str) -> InvalidError:
+        return InvalidError(f"Image.{what} is not supported by shoal: {instead}")
 
     @staticmethod
-    def from_registry(tag: str, *args: Any, **kwargs: Any) -> Image:
-        raise Image._unsupported("from_registry")
+    def _base(method: str, step: dict[str, Any], force_build: bool,
+              local: dict[str, Any] | None = None) -> Image:
+        """An OCI image: `step` is its base (docs/images.md); it has no Python version of its own."""
+        step["force"] = bool(force_build)
+        return Image(None, (step,), False, (local,))
 
     @staticmethod
-    def from_dockerfile(path: str | Path, *args: Any, **kwargs: Any) -> Image:
-        raise Image._unsupported("from_dockerfile")
+    def _from_registry(method: str, registry: str, tag: str, secret: Any, setup_dockerfile_commands: Any,
+                       force_build: bool, add_python: Any, kwargs: dict[str, Any]) -> Image:
+        if kwargs:
+            raise InvalidError(f"Image.{method}: unexpected keyword argument(s) {', '.join(sorted(kwargs))}")
+        tag = _check_tag(method, tag)
+        add_python = _check_add_python(method, add_python)
+        setup = _check_commands(method, setup_dockerfile_commands)
+        secret_env = _registry_secret_env(method, secret, registry, required=registry != "generic")
+        step: dict[str, Any] = {"kind": "from_registry", "tag": tag, "registry": registry, "add_python": add_python,
+                                "repr": _call_repr(method, [tag], add_python=add_python)}
+        if secret_env:
+            step["secret_env"] = secret_env
+        image = Image._base(method, step, force_build)
+        return image.dockerfile_commands(setup) if setup else image
+
+    @staticmethod
+    def from_registry(tag: str, secret: Any = None, *, setup_dockerfile_commands: list[str] = [],  # noqa: B006
+                      force_build: bool = False, add_python: str | None = None, **kwargs: Any) -> Image:
+        """An image from a registry (`python:3.12-slim`, `127.0.0.1:5000/team/app:v1`, `name@sha256:…`),
+        pulled by the control plane. `secret`: REGISTRY_USERNAME and REGISTRY_PASSWORD for a private registry;
+        `add_python="3.12"` puts that Python at /usr/local/bin/python for images that lack one;
+        `setup_dockerfile_commands` run first, as `dockerfile_commands`."""
+        return Image._from_registry("from_registry", "generic", tag, secret, setup_dockerfile_commands,
+                                    force_build, add_python, kwargs)
+
+    @staticmethod
+    def from_aws_ecr(tag: str, secret: Any = None, *, setup_dockerfile_commands: list[str] = [],  # noqa: B006
+                     force_build: bool = False, add_python: str | None = None, **kwargs: Any) -> Image:
+        """An image from AWS ECR; `secret` holds AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION)."""
+        return Image._from_registry("from_aws_ecr", "aws_ecr", tag, secret, setup_dockerfile_commands,
+                                    force_build, add_python, kwargs)
+
+    @staticmethod
+    def from_gcp_artifact_registry(tag: str, secret: Any = None, *,
+                                   setup_dockerfile_commands: list[str] = [],  # noqa: B006 - Modal's signature
+                                   force_build: bool = False, add_python: str | None = None,
+                                   **kwargs: Any) -> Image:
+        """An image from Google Artifact Registry; `secret` holds SERVICE_ACCOUNT_JSON (a service account key)."""
+        return Image._from_registry("from_gcp_artifact_registry", "gcp", tag, secret, setup_dockerfile_commands,
+                                    force_build, add_python, kwargs)
+
+    @staticmethod
+    def from_dockerfile(
+        path: str | Path,
+        *,
+        force_build: bool = False,
+        context_dir: str | Path | None = None,
+        ignore: Sequence[str] | Callable[[Path], bool] | AutoDockerIgnore = AUTO_DOCKERIGNORE,
+        build_args: dict[str, str] = {},  # noqa: B006 - Modal's signature
+        registry_secret: Any = None,
+        secrets: Sequence[Any] | None = None,
+        env: dict[str, str | None] | None = None,
+        gpu: Any = None,
+        add_python: str | None = None,
+    ) -> Image:
+        """An image built from a single-stage Dockerfile. The Dockerfile and the files its COPY/ADD lines name
+        (relative to `context_dir`, default: the working directory) are read when the app starts, less what
+        `ignore` (default: the .dockerignore) leaves out. `registry_secret` is for pulling its FROM image;
+        `secrets` and `env` are the environment of its RUN lines (the registry secret's values too)."""
+        method = "from_dockerfile"
+        if not isinstance(path, (str, Path)):
+            raise InvalidError(f"Image.{method}: `path` must be a str or Path, got {type(path).__name__}")
+        if context_dir is not None and not isinstance(context_dir, (str, Path)):
+            raise InvalidError(f"Image.{method}: `context_dir` must be a str or Path")
+        given_ignore = dockerignore_fn(method, ignore)
+        args = _check_build_args(method, build_args)
+        add_python = _check_add_python(method, add_python)
+        step: dict[str, Any] = {"kind": method, "build_args": args, "add_python": add_python,
+                                "env": _check_env(method, env),
+                                "repr": _call_repr(method, [str(path)], add_python=add_python)}
+        # One environment of secrets, as the other build steps have: the RUN lines' `secrets` and the
+        # credentials FROM is pulled with (which the RUN lines see too).
+        secret_env = {**_secret_env(method, secrets),
+                      **_registry_secret_env(method, registry_secret, "generic", required=False)}
+        if secret_env:
+            step["secret_env"] = secret_env
+
+        def fill(step: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+            dockerfile = Path(path).expanduser().absolute()
+            step["dockerfile"] = _read_text(method, dockerfile)
+            context = Path.cwd() if context_dir is None else Path(context_dir).expanduser().absolute()
+            sources = copy_sources(method, step["dockerfile"], args)
+            chosen = given_ignore or dockerignore_patterns(context, dockerfile)
+            step["context_sha"], blobs = context_blob(method, context, sources, chosen, {})
+            return blobs
+
+        return Image._base(method, step, force_build, {"fill": fill})
 
     @staticmethod
     def micromamba(python_version: str | None = None, force_build: bool = False) -> Image:
-        raise Image._unsupported("micromamba")
+        raise Image._unsupported("micromamba", "start from Image.debian_slim(), or from a registry image that "
+                                 "has micromamba (Image.from_registry('mambaorg/micromamba:…'))")
 
-    @staticmethod
-    def from_aws_ecr(tag: str, *args: Any, **kwargs: Any) -> Image:
-        raise Image._unsupported("from_aws_ecr")
+    def dockerfile_commands(
+        self,
+        *dockerfile_commands: str | list[str],
+        context_files: dict[str, str] = {},  # noqa: B006 - Modal's signature
+        env: dict[str, str | None] | None = None,
+        secrets: Sequence[Any] | None = None,
+        gpu: Any = None,
+        context_dir: str | Path | None = None,
+        force_build: bool = False,
+        ignore: Sequence[str] | Callable[[Path], bool] | AutoDockerIgnore = AUTO_DOCKERIGNORE,
+        build_args: dict[str, str] = {},  # noqa: B006 - Modal's signature
+    ) -> Image:
+        """Dockerfile lines (RUN, COPY, ENV, WORKDIR, USER, …; no FROM) built on this image. COPY/ADD read
+        `context_files` ({path in the context: local path}) and files of `context_dir` (default: the working
+        directory), when the app starts."""
+        method = "dockerfile_commands"
+        if not is_oci(self._steps):
+            raise InvalidError(_OCI_ONLY.format(method=method))
+        cmds = _flatten(method, dockerfile_commands)
+        if not cmds:
+            return self
+        args = _check_build_args(method, build_args)
+        if not isinstance(context_files, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (str, Path)) for k, v in context_files.items()):
+            raise InvalidError(f"Image.{method}: `context_files` must be a dict of context path to local path")
+        if context_dir is not None and not isinstance(context_dir, (str, Path)):
+            raise InvalidError(f"Image.{method}: `context_dir` must be a str or Path")
+        given_ignore = dockerignore_fn(method, ignore)
+        sources = command_sources(cmds, args)
+        for src, line in sources:
+            source_pattern(method, src, line)  # a source outside the context is an error now
+        extra = {}
+        for arc, local in context_files.items():
+            norm = posixpath.normpath(arc.lstrip("/"))
+            if norm in (".", "..") or norm.startswith("../"):
+                raise InvalidError(f"Image.{method}: context file path {arc!r} is not a path inside the context")
+            extra[norm] = Path(local).expanduser().absolute()
+        step: dict[str, Any] = {"kind": method, "commands": cmds, "build_args": args,
+                                "env": _check_env(method, env), "secret_env": _secret_env(method, secrets),
+                                "context_sha": None, "repr": _call_repr(method, cmds)}
+        if not sources and not extra:
+            return self._extend(step, force_build)
 
-    @staticmethod
-    def from_gcp_artifact_registry(tag: str, *args: Any, **kwargs: Any) -> Image:
-        raise Image._unsupported("from_gcp_artifact_registry")
+        def fill(step: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+            context = Path.cwd() if context_dir is None else Path(context_dir).expanduser().absolute()
+            chosen = given_ignore or dockerignore_patterns(context, None)
+            step["context_sha"], blobs = context_blob(method, context, sources, chosen, extra)
+            return blobs
 
-    def dockerfile_commands(self, *args: Any, **kwargs: Any) -> Image:
-        raise Image._unsupported("dockerfile_commands")
+        return self._extend(step, force_build, local={"fill": fill})
 
     def run_function(self, *args: Any, **kwargs: Any) -> Image:
-        raise Image._unsupported("run_function")
+        raise Image._unsupported("run_function", "do the work with run_commands (e.g. `python -c …`, or a script "
+                                 "added with add_local_file(copy=True))")
 
     # -- chaining --------------------------------------------------------------------------------------------
     def _extend(self, step: dict[str, Any], force_build: bool = False,
@@ -251,7 +392,7 @@ class Image:
                   force_build: bool, env: dict[str, str | None] | None, secrets: Sequence[Any] | None,
                   fill: Callable[[dict[str, Any]], None] | None = None) -> Image:
         """`fill` adds what must be read from local files, when the image is first sent (never in containers,
-        where those files are not)."""
+        where those files are not); it returns the blobs to upload ({sha256: read}), if any."""
         _check_packages(method, packages)
         for name, value in (("find_links", find_links), ("index_url", index_url),
                             ("extra_index_url", extra_index_url)):
@@ -490,7 +631,7 @@ class Image:
         local = Path(local_path).expanduser().absolute()
         step = {"kind": "add_local_dir", "remote_path": remote, "copy": bool(copy),
                 "repr": _call_repr("add_local_dir", [str(local_path), remote], copy=copy)}
-        return self._extend(step, local={"dir": local, "ignore": _ignore_fn(ignore)})
+        return self._extend(step, local={"dir": local, "ignore": ignore_fn(ignore)})
 
     def add_local_python_source(self, *modules: str, copy: bool = False,
                                 ignore: Sequence[str] | Callable[[Path], bool] = NON_PYTHON_FILES) -> Image:
@@ -502,7 +643,7 @@ class Image:
             return self
         step = {"kind": "add_local_python_source", "remote_path": "/root", "modules": list(modules),
                 "copy": bool(copy), "repr": _call_repr("add_local_python_source", list(modules), copy=copy)}
-        return self._extend(step, local={"modules": list(modules), "ignore": _ignore_fn(ignore)})
+        return self._extend(step, local={"modules": list(modules), "ignore": ignore_fn(ignore)})
 
     def pipe(self, func: Callable[..., Image], *args: Any, **kwargs: Any) -> Image:
         """`func(self, *args, **kwargs)`: apply a function that builds on an image."""
@@ -538,7 +679,7 @@ class Image:
             for step, local in zip(self._steps, self._local, strict=True):
                 step = dict(step)
                 if local is not None and "fill" in local:
-                    local["fill"](step)
+                    blobs.update(local["fill"](step) or {})
                 elif local is not None:
                     sha, read = _local_blob(step, local)
                     step["sha"] = sha
@@ -584,12 +725,12 @@ def _local_blob(step: dict[str, Any], local: dict[str, Any]) -> tuple[str, Calla
         if not path.is_file():
             raise InvalidError(f"Image.{kind}: local file {path} not found")
         step["mode"] = 0o755 if path.stat().st_mode & 0o111 else 0o644
-        return _hash_file(path), path.read_bytes
+        return hash_file(path), path.read_bytes
     if "dir" in local:
         root: Path = local["dir"]
         if not root.is_dir():
             raise InvalidError(f"Image.{kind}: local directory {root} not found")
-        files = _walk(root, local["ignore"])
+        files = walk(root, local["ignore"])
     else:
         files = []
         for name in local["modules"]:
@@ -602,13 +743,13 @@ def _local_blob(step: dict[str, Any], local: dict[str, Any]) -> tuple[str, Calla
             arc = name.replace(".", "/")
             if spec.submodule_search_locations:
                 for location in spec.submodule_search_locations:
-                    files += _walk(Path(location), local["ignore"], prefix=arc + "/")
+                    files += walk(Path(location), local["ignore"], prefix=arc + "/")
             elif spec.origin and spec.origin.endswith(".py"):
                 files.append((arc + ".py", Path(spec.origin)))
             else:
                 raise InvalidError(f"Image.add_local_python_source: {name!r} is not a local Python source module "
                                    f"({spec.origin})")
-    sha, blob = _pack_tree(files, f"Image.{kind} content")
+    sha, blob = pack_tree(files, f"Image.{kind} content")
     return sha, lambda: blob
 
 

@@ -201,6 +201,9 @@ class BuiltImage(Struct):
     root: str | None = None
     env: dict[str, str] = {}
     workdir: str | None = None
+    layers: list[str] | None = None  # an OCI image's layer directories, top first (None: a venv image)
+    runtime_dir: str | None = None
+    user: str | None = None
 
 
 class VariantOverrides(Struct, omit_defaults=True):

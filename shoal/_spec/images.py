@@ -17,17 +17,25 @@ IMAGE_ID_RE = re.compile(r"^im-[0-9a-f]{64}$")
 _UNHASHED_KEYS = frozenset({"force", "repr", "secret_env"})
 BUILD_KINDS = frozenset({
     "pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject", "uv_sync",
-    "apt_install", "run_commands", "env", "workdir",
+    "apt_install", "run_commands", "env", "workdir", "dockerfile_commands",
 })
+# Base steps of OCI images: always steps[0] (with python_version None), never elsewhere.
+BASE_KINDS = frozenset({"from_registry", "from_dockerfile"})
 FILE_KINDS = frozenset({"add_local_file", "add_local_dir", "add_local_python_source"})
 STEP_KINDS = BUILD_KINDS | FILE_KINDS
 
 
-def image_id_for(python_version: str, steps: Sequence[dict[str, Any]], force_base: bool = False) -> str:
-    """The id of an image: sha256 of its canonical chain. Used by the SDK and re-checked by the control plane."""
+def is_oci(steps: Sequence[dict[str, Any]]) -> bool:
+    """An OCI image: its chain starts with a base step (docs/images.md); otherwise a venv image."""
+    return bool(steps) and steps[0].get("kind") in BASE_KINDS
+
+
+def image_id_for(python_version: str | None, steps: Sequence[dict[str, Any]], force_base: bool = False) -> str:
+    """The id of an image: sha256 of its canonical chain. Used by the SDK and re-checked by the control plane.
+    `python_version` None (an OCI image) and "" hash alike, as null."""
     del force_base  # forcing a rebuild does not change what is built
     canon = json.dumps(
-        {"builder": BUILDER_VERSION, "python_version": python_version,
+        {"builder": BUILDER_VERSION, "python_version": python_version or None,
          "steps": [_hashed(s) for s in steps]},
         sort_keys=True, separators=(",", ":"), ensure_ascii=True,
     )

@@ -291,7 +291,6 @@ class ContainerVolume(Struct):
     container_token: Text | None = None
 
 
-
 # -- sandboxes (controlplane/sandboxes.py) -----------------------------------------------------------------------
 Arg = Annotated[str, Meta(max_length=65536, pattern=limits.NO_NUL)]
 Argv = Annotated[list[Arg], Meta(max_length=4096)]
@@ -382,3 +381,16 @@ class FsOp(Struct):
     data: Annotated[bytes, Meta(max_length=limits.DATA_BODY_MAX - 4096)] = b""
     recursive: bool = False
     parents: bool = False
+
+
+# -- images ------------------------------------------------------------------------------------------------------
+ImageId = Annotated[str, Meta(pattern=r"^im-[0-9a-f]{64}$")]
+
+
+class ImagePath(Struct):
+    image_id: ImageId
+
+
+class PruneImages(Struct):
+    grace_s: Ttl | None = None  # images unused for at least this long go (default: SHOAL_IMAGE_GC_GRACE)
+    dry_run: bool = False  # only say what would go

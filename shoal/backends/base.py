@@ -33,6 +33,12 @@ class ContainerImage:
     root: str | None = None  # the image's own directory (venv, unpacked apt packages, copied files)
     env: dict[str, str] = field(default_factory=dict)  # ENV steps and PATH/LD_LIBRARY_PATH additions
     workdir: str | None = None
+    # An OCI image (docs/sandbox.md "Root filesystem from layers"): containers run with the image as their root.
+    # `python` is then a path inside the image ("" where it has none: functions cannot run on it), `env` its
+    # config's Env plus ENV steps, `workdir` its WorkingDir.
+    layers: list[str] | None = None  # its layer directories, top first; None: a venv image
+    runtime_dir: str | None = None  # host dir of the runtime's packages for the image's Python (read-only inside)
+    user: str | None = None  # USER of the image config (None/"": root)
 
 
 @dataclass

@@ -13,10 +13,14 @@ and nothing else of the host.
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import os
+import signal
 import stat
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import egress
@@ -115,6 +119,57 @@ class BuildSandbox:
             cfg["resolv"] = egress.resolv_conf()
         return launcher_argv(sys.executable, cfg)
 
+    def layers_cfg(self, layers: Sequence[str], upper: str, work: str, argv: list[str], *, cwd: str = "/",
+                   user: str | None = None, network: bool = True, binds: Sequence[Sequence[Any]] = (),
+                   record: str | None = None) -> dict[str, Any]:
+        """The sandbox config of a build command on an OCI image (run_on_layers)."""
+        avail = self.availability()
+        if avail.isolation != "sandbox":
+            raise BuildSetupError(f"build steps of an OCI image run in a sandbox, and containers cannot be sandboxed "
+                                  f"here ({avail.reason}); they never run on the host")
+        if not layers:
+            raise BuildSetupError("an OCI image has at least one layer")
+        for path in (upper, work):
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise BuildSetupError(f"{path}: the step's upper and work directories must exist")
+        cfg: dict[str, Any] = {
+            "mode": avail.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT, "newroot": newroot_dir(),
+            "hostname": "build", "rw": list(self.shares), "binds": [[str(s), str(d), bool(w)] for s, d, w in binds],
+            "mask": [self.state_dir] if any(under(self.state_dir, p) for p in self.shares) else [],
+            "rootfs": {"layers": [str(x) for x in layers], "upper": upper, "work": work, "record": record},
+            "argv": list(argv), "cwd": cwd or "/", "user": user or None,
+        }
+        pasta = egress.find_pasta() if network and egress.wanted() else None
+        if pasta:
+            cfg["net"] = egress.net_config(pasta, None, egress.installation_allowed(), egress.host_addresses())
+            cfg["resolv"] = egress.resolv_conf()
+        return cfg
+
+    async def run_on_layers(self, layers: Sequence[str], upper: str, work: str, argv: list[str], *,
+                            env: dict[str, str], cwd: str = "/", user: str | None = None, network: bool = True,
+                            binds: Sequence[Sequence[Any]] = (), log: Callable[[str], None] | None = None,
+                            created: set[str] | None = None) -> int:
+        """Runs `argv` in a build sandbox whose root is overlay(`layers` (top first), `upper`): what it changes
+        stays in `upper` (host directories the caller owns; `work` is overlayfs's scratch on the same
+        filesystem), which shoal/oci/upper.py then turns into the step's layer. It sees the image's files and
+        nothing of the host's but `binds` ([host path, container path, writable]) and the installation's shares;
+        /proc, /sys, /dev, /dev/shm, /run/shoal and the DNS file are its own. `network`: outbound network under
+        the containers' egress rules. Output (stdout and stderr together) goes to `log` as it is produced;
+        returns the exit status (121: the sandbox could not be set up, its reason in the output). `created`
+        receives the paths the sandbox made as mountpoints in the upper (the layer's `skip`)."""
+        fd, record = tempfile.mkstemp(prefix="shoal-mountpoints-")
+        os.close(fd)
+        try:
+            cfg = await asyncio.to_thread(self.layers_cfg, layers, upper, work, argv, cwd=cwd, user=user,
+                                          network=network, binds=binds, record=record)
+            rc = await _stream([*launcher_argv(sys.executable, cfg)], env, log)
+            if created is not None:
+                with open(record) as f:
+                    created.update(line.strip() for line in f if line.strip())
+            return rc
+        finally:
+            os.unlink(record)
+
     def tidy(self, image_root: str) -> None:
         """After a step: the mountpoints argv made in the image's files/ go again, where the build left them empty
         (they are no part of the image)."""
@@ -157,3 +212,25 @@ def _mountpoints(files: str, bound: set[str], paths: list[str]) -> list[str]:
                                       f", and the build needs {path} of the host there (its interpreter, shoal's "
                                       "own files or its state directory): leave that path alone in build steps")
     return made
+
+
+async def _stream(argv: list[str], env: dict[str, str], log: Callable[[str], None] | None) -> int:
+    """Runs the launcher, passing its output (stdout and stderr in order) to `log` as produced; the exit status.
+    Cancelled (the build's client went away), the sandbox is killed."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=env, cwd="/", start_new_session=True)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    try:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            text = decoder.decode(chunk)
+            if text and log is not None:
+                log(text)
+        return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -31,6 +31,7 @@ from .netpool import NetnsPool
 from .sandbox import (
     ID_COUNT,
     ISOLATION_ENV,
+    OCI_BOOT,
     SETUP_FAILED,
     Availability,
     Cgroups,
@@ -40,6 +41,7 @@ from .sandbox import (
     control_plane_ports,
     id_base,
     image_layers,
+    image_root_view,
     interpreter_paths,
     launcher_argv,
     minimal_paths,
@@ -324,7 +326,9 @@ class LocalBackend:
             raise
 
     def _env(self, spec: ContainerSpec) -> dict[str, str]:
-        full_env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
+        on_layers = spec.image is not None and spec.image.layers is not None  # an OCI image: its own env only
+        full_env = {k: v for k, v in os.environ.items()
+                    if not on_layers and (k in INHERITED_ENV or k.startswith("LC_"))}
         if spec.image is not None:
             full_env.update(spec.image.env)  # the image's PATH, LD_LIBRARY_PATH, PYTHONPATH and ENV steps
         full_env.update(spec.env)
@@ -343,6 +347,9 @@ class LocalBackend:
         if _network_limited(spec):
             raise RuntimeError(f"block_network and outbound_cidr_allowlist need the sandbox; containers here are "
                                f"plain processes ({self.availability.reason})")
+        if spec.image is not None and spec.image.layers is not None:
+            raise RuntimeError(f"image {spec.image.image_id} is an OCI image (a root filesystem of its own), which "
+                               f"needs the sandbox; containers here are plain processes ({self.availability.reason})")
         source_dir = spec.source_dir
         if source_dir:
             full_env["PYTHONPATH"] = source_dir + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -375,19 +382,23 @@ class LocalBackend:
                                cgroup: ContainerCgroup | None, release: list) -> LocalContainer:
         image = spec.image
         python = image.python if image else self.python
-        ro = list(await self._interpreter_paths(python, image.root if image else None))
-        if image is not None and image.root:
-            ro.append(os.path.realpath(image.root))
-        image_binds, overlays = image_layers(image.root if image else None)
-        taken = {"/root/" + p.split("/")[2] for p in ro if under(p, "/root") and p != "/root"}
-        binds = image_binds + source_binds(spec.source_dir, taken) + [list(b) for b in spec.binds]
-        mask = sorted({d for d in self._exclude() if any(under(d, p) for p in ro + self.shares)})
+        _runtime_argv(python, spec)  # (what cannot run is refused before anything is set up)
         devices = sorted(glob.glob("/dev/nvidia*")) if spec.gpus else []
-
-        env["HOME"] = "/root"
-        env["USER"] = env["LOGNAME"] = "root"
-        env["TMPDIR"] = "/tmp"
-        env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if image is not None and image.layers is not None:
+            view = image_root_view(spec, env, self.shares, self._exclude())
+        else:
+            ro = list(await self._interpreter_paths(python, image.root if image else None))
+            if image is not None and image.root:
+                ro.append(os.path.realpath(image.root))
+            image_binds, overlays = image_layers(image.root if image else None)
+            taken = {"/root/" + p.split("/")[2] for p in ro if under(p, "/root") and p != "/root"}
+            binds = image_binds + source_binds(spec.source_dir, taken) + [list(b) for b in spec.binds]
+            mask = sorted({d for d in self._exclude() if any(under(d, p) for p in ro + self.shares)})
+            view = {"ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask}
+            env["HOME"] = "/root"
+            env["USER"] = env["LOGNAME"] = "root"
+            env["TMPDIR"] = "/tmp"
+            env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         blocked = _blocks_network(spec)
         if blocked:
             forwards: dict[int, tuple[str, int]] = {}  # not even the control plane's URL: only its channel
@@ -411,7 +422,7 @@ class LocalBackend:
         cfg = {
             "mode": self.availability.mode, "uid": id_base(), "gid": id_base(), "ids": ID_COUNT,
             "newroot": self._newroot, "hostname": spec.container_id[:63],
-            "ro": ro, "rw": self.shares, "binds": binds, "overlays": overlays, "mask": mask, "devices": devices,
+            **view, "devices": devices,
             "volumes": [list(v) for v in spec.volumes], "net": net, "resolv": self._resolv if net else "",
             "wait_go": cgroup is not None, "listen": sorted(forwards), "chan_fd": child_end.fileno(),
             "cgroup_dirs": cgroup.dirs if cgroup else [], "cgroup_homes": cgroup.homes if cgroup else [],
@@ -498,6 +509,10 @@ IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal
              "    pass\nwhile True:\n    signal.pause()\n")
 
 
+# The same for an OCI image without Python (it dies with the container's init, as every process inside does).
+IDLE_SH = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
+
+
 def _pool_setting() -> int:
     raw = os.environ.get("SHOAL_NETNS_POOL", "2")
     try:
@@ -524,11 +539,16 @@ def tcp_address(address: str) -> tuple[str, int]:
 
 
 def _runtime_argv(python: str, spec: ContainerSpec) -> list[str]:
+    image = spec.image
     if spec.idle:
-        return [python, "-I", "-S", "-c", IDLE_CODE]
+        return [python, "-I", "-S", "-c", IDLE_CODE] if python else ["/bin/sh", "-c", IDLE_SH]
     if spec.command:
         # The sandbox's init execs argv[0] as a path: a bare name is found on the container's PATH by `env`.
         return list(spec.command) if spec.command[0].startswith("/") else ["/usr/bin/env", "--", *spec.command]
+    if image is not None and image.layers is not None:
+        if not python:
+            raise RuntimeError(f"image {image.image_id} has no Python: functions cannot run on it")
+        return [python, "-c", OCI_BOOT]
     return [python, "-m", "shoal.runtime"]
 
 

@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -55,9 +55,12 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from . import ray_placement as placement
-from .base import ContainerSpec, OutputSink, Unschedulable
+from .base import ContainerImage, ContainerSpec, OutputSink, Unschedulable
 from .local_exec import children
-from .sandbox import _LOOPBACK
+from .sandbox import _LOOPBACK, layer_id_shift
+
+if TYPE_CHECKING:
+    from ..oci.store import LayerStore
 
 log = logging.getLogger("shoal.backend.ray")
 
@@ -204,6 +207,16 @@ def _node_dir() -> Path | None:
     return path
 
 
+def _node_store(node_home: str | None) -> LayerStore | None:
+    """This node's layer store: `SHOAL_HOME/oci` of the node's own environment, else in its private directory."""
+    from ..oci.store import LayerStore
+
+    if node_home:
+        return LayerStore(Path(node_home) / "oci", id_shift=layer_id_shift())
+    node_dir = _node_dir()
+    return LayerStore(node_dir / "oci", id_shift=layer_id_shift()) if node_dir is not None else None
+
+
 def _mtime(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
@@ -230,6 +243,7 @@ class ContainerActor:
         self.forwarders: dict[int, tuple[str, int]] = {}
         self.node_id = ray.get_runtime_context().get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
+        self.node_home = os.environ.get("SHOAL_HOME")  # the node's own, before start() sets the control plane's
         self._start_watchdog()
 
     # The raylet (the worker's parent) going away means the node is lost to the cluster: the control plane will
@@ -280,9 +294,15 @@ class ContainerActor:
         while any(_running(pid) for pid in tree) and time.monotonic() < deadline:
             time.sleep(0.005)
 
-    async def start(self, spec: ContainerSpec, sources: list[Any]) -> dict[str, Any]:
+    async def placed(self) -> str:
+        """Answers once the actor runs on a node (while a concurrent `start` may still be pulling an image)."""
+        return self.node_id
+
+    async def start(self, spec: ContainerSpec, sources: list[Any], image_pull: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
         """Start the container; returns where it runs. `sources`: [the app's source as a tarball (an object
-        ref)], used only where the node does not have the source directory (another machine)."""
+        ref)], used only where the node does not have the source directory (another machine). `image_pull`: for
+        an OCI image, where and how this node pulls it from the control plane (RayBackend._image_pull)."""
         from .local import LocalBackend
 
         self.loop = asyncio.get_running_loop()
@@ -309,8 +329,10 @@ class ContainerActor:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         spec = replace(spec, env=env, definition=definition)
         if spec.source_dir and not os.path.isdir(spec.source_dir):
-            spec.source_dir = await self._fetch_source(spec.source_dir, sources)
-        if spec.image is not None and not os.path.exists(spec.image.python):
+            spec.source_dir = await self._fetch_dir("sources", spec.source_dir, sources)
+        if spec.image is not None and spec.image.layers is not None:
+            spec.image = await self._node_image(spec.image, image_pull)
+        elif spec.image is not None and not os.path.exists(spec.image.python):
             raise RuntimeError(f"image {spec.image.image_id} is not on node {self.node_id[:12]} ({self.node_ip}): "
                                f"{spec.image.python} is missing (images are built on the control plane's machine; "
                                "see docs/cluster.md)")
@@ -320,15 +342,40 @@ class ContainerActor:
         return {"pid": self.container.pid, "node_id": self.node_id, "node_ip": self.node_ip,
                 "sandboxed": bool(getattr(self.container, "sandboxed", False)), "isolation": backend.isolation}
 
-    async def _fetch_source(self, source_dir: str, sources: list[Any]) -> str:
-        """The app's source on this node: unpacked once per node from the control plane's tarball."""
+    async def _node_image(self, image: ContainerImage, pull: dict[str, Any] | None) -> ContainerImage:
+        """The OCI image with this node's own layer directories (pulled from the control plane if it lacks any)
+        and runtime packages."""
+        from .ray_images import ensure_image
+
+        layers = image.layers or []
+        if self.node_home is None and all(os.path.isdir(p) for p in layers):
+            local = layers  # no store of its own: the control plane's machine, or its SHOAL_HOME shared
+        elif pull is None:
+            raise RuntimeError(f"image {image.image_id} is not on node {self.node_id[:12]} ({self.node_ip}) and "
+                               "the control plane gave no registry to pull it from")
+        else:
+            store = _node_store(self.node_home)
+            if store is None:
+                raise RuntimeError(f"no private directory on node {self.node_id[:12]} to keep images in")
+            local, _ = await asyncio.to_thread(ensure_image, store, pull["url"], pull["credential"],
+                                               image.image_id, pull["digest"], layers)
+        runtime_dir = image.runtime_dir
+        if runtime_dir and not os.path.isdir(runtime_dir):
+            runtime_dir = await self._fetch_dir("runtimes", runtime_dir, (pull or {}).get("runtime") or [])
+        return replace(image, layers=local, runtime_dir=runtime_dir)
+
+    async def _fetch_dir(self, kind: str, source_dir: str, sources: list[Any]) -> str:
+        """A directory of the control plane's (the app's source; an image's runtime packages) on this node:
+        unpacked once per node from the control plane's tarball, under the directory's own name (its content's
+        hash: one directory per content)."""
+        what = "the app's source" if kind == "sources" else "the runtime's packages"
         if not sources:
-            raise RuntimeError(f"the app's source {source_dir} is not on node {self.node_id[:12]}")
+            raise RuntimeError(f"{what} {source_dir} is not on node {self.node_id[:12]}")
         node_dir = _node_dir()
         if node_dir is None:
-            raise RuntimeError(f"no private directory on node {self.node_id[:12]} to unpack the app's source in")
-        cache = node_dir / "sources"
-        target = cache / Path(source_dir).name  # the source's sha256: one directory per content
+            raise RuntimeError(f"no private directory on node {self.node_id[:12]} to unpack {what} in")
+        cache = node_dir / kind
+        target = cache / Path(source_dir).name
         if not target.is_dir():
             blob = await sources[0]
             cache.mkdir(parents=True, exist_ok=True)
@@ -510,6 +557,9 @@ class RayBackend:
         self._refreshing: asyncio.Task | None = None
         self._live: dict[str, RayContainer] = {}
         self._sources: dict[str, Any] = {}  # source dir -> object ref of its tarball
+        # (the control plane's API URL, the node pull credential): where nodes pull OCI images (main.py sets it)
+        self.image_registry: tuple[str, str] | None = None
+        self._digests: dict[tuple[str, ...], str] = {}  # (OCI image id, *layers) -> the digest nodes pull it by
         self._refresh_nodes_sync()
 
     # -- the cluster ---------------------------------------------------------------------------------------------
@@ -561,26 +611,49 @@ class RayBackend:
                 "env": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
                 | ({"SHOAL_ISOLATION": self.isolation} if self.isolation != "auto" else {})}
 
-    def _source_ref(self, source_dir: str | None) -> list[Any]:
+    async def _source_ref(self, source_dir: str | None) -> list[Any]:
+        """[an object ref of the directory as a tarball] (made once; nodes fetch it only if they lack the
+        directory), or [] when there is none."""
         if not source_dir or not os.path.isdir(source_dir):
             return []
         ref = self._sources.get(source_dir)
         if ref is None:
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                tar.add(source_dir, arcname=".")
-            ref = self._sources[source_dir] = ray.put(buf.getvalue())
+            data = await asyncio.to_thread(_tar_of, source_dir)  # an image's runtime packages: tens of MB
+            ref = self._sources.setdefault(source_dir, ray.put(data))
         return [ref]
 
-    def _container_env(self, spec: ContainerSpec) -> dict[str, str]:
-        env = dict(spec.env)
-        url = env.get("SHOAL_SERVER_URL") or ""
+    def _reachable(self, url: str) -> str:
+        """A control plane listening on every address: nodes and containers use the address Ray knows."""
         with contextlib.suppress(ValueError):
             u = urlsplit(url)
             if u.hostname in _UNSPECIFIED and u.port:
-                # A control plane listening on every address: containers on other nodes use the one Ray knows.
-                env["SHOAL_SERVER_URL"] = url.replace(u.netloc, f"{self.control_ip}:{u.port}", 1)
+                return url.replace(u.netloc, f"{self.control_ip}:{u.port}", 1)
+        return url
+
+    def _container_env(self, spec: ContainerSpec) -> dict[str, str]:
+        env = dict(spec.env)
+        if env.get("SHOAL_SERVER_URL"):
+            env["SHOAL_SERVER_URL"] = self._reachable(env["SHOAL_SERVER_URL"])
         return env
+
+    async def _image_pull(self, spec: ContainerSpec) -> dict[str, Any] | None:
+        """For a container of an OCI image: where its node pulls the image (the control plane's registry, the
+        image's manifest digest, the node pull credential) and its runtime packages as a tarball."""
+        image = spec.image
+        if image is None or image.layers is None or self.image_registry is None:
+            return None
+        from ..oci.store import LayerStore
+        from .ray_images import served_digest
+
+        key = (image.image_id, *image.layers)  # a forced rebuild keeps the id, not the layers
+        digest = self._digests.get(key)
+        if digest is None:
+            store = LayerStore(Path(self.state_dir) / "oci")
+            digest = self._digests[key] = await asyncio.to_thread(served_digest, store, image.image_id,
+                                                                  image.layers)
+        url, credential = self.image_registry
+        return {"url": self._reachable(url), "credential": credential, "digest": digest,
+                "runtime": await self._source_ref(image.runtime_dir)}
 
     async def start(self, spec: ContainerSpec, on_output: OutputSink | None) -> RayContainer:
         alternatives = placement.alternatives(spec.definition.options)
@@ -589,11 +662,17 @@ class RayBackend:
         if chosen is None:
             raise Unschedulable(placement.waiting_reason(alternatives, nodes))
         spec = replace(spec, env=self._container_env(spec))
+        sources, image_pull = await self._source_ref(spec.source_dir), await self._image_pull(spec)
         actor = RemoteContainerActor.options(
             **chosen.actor_options(), scheduling_strategy=self.strategy).remote(self._settings())
-        started = actor.start.remote(spec, self._source_ref(spec.source_dir))
+        started = actor.start.remote(spec, sources, image_pull)
         try:
-            info = await asyncio.wait_for(asyncio.shield(_as_future(started)), PLACE_TIMEOUT_S)
+            if image_pull is not None:
+                # Its start pulls the image first (minutes, for a large one): only the placement is timed.
+                await asyncio.wait_for(asyncio.shield(_as_future(actor.placed.remote())), PLACE_TIMEOUT_S)
+                info = await _as_future(started)
+            else:
+                info = await asyncio.wait_for(asyncio.shield(_as_future(started)), PLACE_TIMEOUT_S)
         except asyncio.TimeoutError:
             ray.kill(actor, no_restart=True)
             raise Unschedulable(f"waiting for room: Ray did not place {chosen.describe()} within "
@@ -653,6 +732,13 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
         except (OSError, ValueError) as exc:
             errors.append(f"{h}:{port}: {exc}")
     raise ConnectionError(f"no Ray cluster answers at {address} ({'; '.join(errors)})")
+
+
+def _tar_of(directory: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(directory, arcname=".")
+    return buf.getvalue()
 
 
 def _as_future(ref: Any) -> asyncio.Future:

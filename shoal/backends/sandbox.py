@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .._spec.definitions import Options
+    from .base import ContainerSpec
 
 log = logging.getLogger("shoal.sandbox")
 
@@ -58,6 +59,12 @@ def launcher_argv(python: str, cfg: dict[str, Any]) -> list[str]:
 
 def id_base() -> int:
     return int(os.environ.get(UID_ENV) or DEFAULT_ID_BASE)
+
+
+def layer_id_shift() -> int:
+    """What the layer store adds to a layer's uids and gids: as root, container ids 0..65535 are host ids from
+    `id_base()`, so an image's root-owned files are the container's root's; rootless, ids stay as they are."""
+    return id_base() if os.geteuid() == 0 else 0
 
 
 def shares_from_env() -> list[str]:
@@ -750,6 +757,58 @@ def image_layers(root: str | None) -> tuple[list[list], dict[str, list[str]]]:
         else:
             binds.append([src, dst, False])
     return binds, overlays
+
+
+# -- a container on an OCI image (docs/sandbox.md "Root filesystem from layers") --------------------------------
+SDK_MOUNT = "/.shoal/sdk"  # shoal's package at SDK_MOUNT/shoal, read-only: first on sys.path
+RUNTIME_MOUNT = "/.shoal/runtime"  # the runtime's packages for the image's Python, read-only: last on sys.path
+# What the image's Python runs: shoal's runtime, with the image's own packages winning over the runtime's copies
+# (they were installed for the user's code) and shoal's own package over anything of the image's name.
+OCI_BOOT = (f"import sys; sys.path.insert(0, {SDK_MOUNT!r}); sys.path.append({RUNTIME_MOUNT!r}); import runpy; "
+            "runpy.run_module('shoal.runtime', run_name='__main__', alter_sys=True)")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_GPU_DRIVER_FILES = ("/usr/lib/x86_64-linux-gnu/libcuda.so*", "/usr/lib/x86_64-linux-gnu/libnvidia-*.so*",
+                     "/usr/lib/aarch64-linux-gnu/libcuda.so*", "/usr/lib/aarch64-linux-gnu/libnvidia-*.so*",
+                     "/usr/lib64/libcuda.so*", "/usr/lib64/libnvidia-*.so*", "/usr/bin/nvidia-smi")
+
+
+def gpu_driver_files() -> list[str]:
+    """The host's NVIDIA driver files a CUDA program needs besides the device nodes (user-space driver
+    libraries, nvidia-smi): they must match the host's kernel module, so an image never ships them."""
+    return sorted({p for pattern in _GPU_DRIVER_FILES for p in glob.glob(pattern)})
+
+
+def _is_root(user: str | None) -> bool:
+    return not user or user.partition(":")[0] in ("root", "0")
+
+
+def image_root_view(spec: ContainerSpec, env: dict[str, str], shares: list[str],
+                    exclude: list[str]) -> dict[str, Any]:
+    """The sandbox config of a container on an OCI image (`spec.image.layers`): its root is the image (the
+    layers with a private tmpfs upper: what it writes is gone with it), with shoal's package and the runtime's
+    packages read-only under /.shoal, the app's source at /root/<entry>, the spec's binds, the installation's
+    shares (the control plane's own directories `exclude` masked where a share holds them), the host's NVIDIA
+    driver files for a GPU container; `env` (the image's config Env, ENV steps and the control plane's) is
+    completed for it."""
+    image = spec.image
+    assert image is not None and image.layers is not None
+    binds: list[list] = [[SHOAL_PACKAGE_DIR, f"{SDK_MOUNT}/shoal", False]]
+    if image.runtime_dir:
+        binds.append([image.runtime_dir, RUNTIME_MOUNT, False])
+    binds += source_binds(spec.source_dir, set()) + [list(b) for b in spec.binds]
+    env.setdefault("PATH", DEFAULT_PATH)
+    if _is_root(image.user):
+        env.setdefault("HOME", "/root")
+        env["USER"] = env["LOGNAME"] = "root"
+    env["PYTHONPATH"] = "/root" + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    mask = sorted({d for d in exclude if any(under(d, p) for p in shares)})  # the control plane's state: never
+    # A USER other than root must import the app's source at /root/<entry>, and /root is root's alone in most
+    # images: in this container's own upper, /root becomes readable and searchable by all (Python's importer lists
+    # it); its files keep their modes.
+    readable = ["/root"] if spec.source_dir and not _is_root(image.user) else []
+    return {"rootfs": {"layers": list(image.layers), "upper": None, "work": None}, "binds": binds, "rw": shares,
+            "mask": mask, "user": image.user or None, "driver_files": gpu_driver_files() if spec.gpus else [],
+            "readable": readable}
 
 
 def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:

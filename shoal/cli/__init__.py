@@ -13,6 +13,7 @@ from .controlplane_cmds import down, status, up
 from .dashboard_cmds import dashboard
 from .deploy_cmds import deploy
 from .exec_cmds import container_exec, shell
+from .image_cmds import image_group
 from .run import run
 from .sandbox_cmds import sandbox_group
 from .secret_cmds import secret_group
@@ -55,6 +56,7 @@ cli.add_command(queue_group)
 cli.add_command(sandbox_group)
 cli.add_command(secret_group)
 cli.add_command(volume_group)
+cli.add_command(image_group)
 cli.add_command(workspace_group)
 cli.add_command(token_group)
 cli.add_command(shell)

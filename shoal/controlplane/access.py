@@ -149,6 +149,13 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("POST", "/v1/sandboxes/{sandbox_id}/exec"): Entry(Rule.OWN, "use other apps' sandboxes", attaches_secrets=True),
     **{(m, f"/v1/execs/{{exec_id}}/{p}"): Entry(Rule.OWN, "use other apps' sandboxes")
        for m, p in (("GET", "output"), ("POST", "stdin"), ("GET", "wait"))},
+    # The image registry Ray nodes pull from (oci_serve.py): the node pull credential's, not containers'.
+    **{("GET", route): _deny("pull images from the control plane's registry (it serves Ray nodes)")
+       for route in ("/v2/", "/v2/{repo}/manifests/{reference}", "/v2/{repo}/blobs/{digest}",
+                     "/v2/{repo}/tags/list")},
+    ("GET", "/v1/images"): _deny("list images"),
+    ("DELETE", "/v1/images/{image_id}"): _deny("remove images"),
+    ("POST", "/v1/images/prune"): _deny("remove images"),
 }
 
 # Routes whose decision needs the request's body (the middleware reads it only for these).

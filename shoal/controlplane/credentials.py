@@ -7,7 +7,10 @@
   plane that restarts has killed its containers (recovery starts new ones);
 - a forwarded identity, `shoal-fwd.<identity>.<mac>`: what one replica passes to another with a container's
   request it forwards (controlplane/replicas.py), signed with the admin token the replicas share, since the
-  container's credential means nothing to a replica that does not run it.
+  container's credential means nothing to a replica that does not run it;
+- the node pull credential, `shoal-pull.<mac>`: what Ray nodes pull images from the control plane's read-only
+  registry with (`/v2/`, controlplane/oci_serve.py), derived from the admin token, so nodes never hold the
+  admin token. It opens nothing but `/v2/`.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import json
 
 from .access import Identity
 
-__all__ = ["bearer", "container_credential", "forwarded", "parse_container", "verify_forwarded"]
+__all__ = ["bearer", "container_credential", "forwarded", "is_pull_credential", "parse_container", "pull_credential",
+           "verify_forwarded"]
 
 CONTAINER = "shoal-ctr."
 FORWARDED = "shoal-fwd."
+PULL = "shoal-pull."
 
 
 def bearer(header: str) -> str | None:
@@ -71,3 +76,12 @@ def verify_forwarded(credential: str, key: bytes) -> Identity | None:
                         secrets=frozenset(map(str, d["s"])), created=frozenset(map(str, d["k"])))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def pull_credential(key: bytes) -> str:
+    """The read-only image pull credential of the control plane whose admin token is `key`."""
+    return PULL + _mac(key, "oci-pull-v1")
+
+
+def is_pull_credential(credential: str, key: bytes) -> bool:
+    return credential.isascii() and hmac.compare_digest(credential.encode(), pull_credential(key).encode())

@@ -49,6 +49,11 @@ class Definitions:
         self.volumes = volumes
         self.blob_dir = state_dir / "blobs"
         self.source_dir = state_dir / "sources"
+        # What app registrations are doing with images, for the image clean-up (image_gc.py, which also forgets
+        # old entries): the ids being built or looked up now (with how many registrations), and when one was
+        # last asked for.
+        self.preparing: dict[str, int] = {}
+        self.requested_at: dict[str, float] = {}
 
     def blob_path(self, sha: str) -> Path:
         """Where an uploaded source blob lives (its name is its sha256)."""
@@ -101,12 +106,21 @@ class Definitions:
         the app's log, marked with the image id. The open request keeps the app alive while it builds."""
         specs: dict[str, ImageSpec] = {d.image.image_id: d.image for d in defs if d.image is not None}
         app.session_started()
+        for iid in specs:
+            self.preparing[iid] = self.preparing.get(iid, 0) + 1
+            self.requested_at[iid] = time.time()
         try:
             results = await asyncio.gather(*(
                 self.images.ensure(spec, log=lambda text, iid=str(iid): app.logs.append(iid, "stderr", text))
                 for iid, spec in specs.items()), return_exceptions=True)
         finally:
             app.session_ended()
+            for iid in specs:
+                self.requested_at[iid] = time.time()
+                if self.preparing[iid] <= 1:
+                    del self.preparing[iid]
+                else:
+                    self.preparing[iid] -= 1
         for result in results:
             if isinstance(result, ImageBuildError):
                 raise ApiError(400, str(result), "ImageBuildError")

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Gate"]
 
 PUBLIC = frozenset({"/v1/health"})
+REGISTRY_PREFIX = "/v2/"
 RUNS_CODE = BUILD_KINDS - {"env", "workdir"}  # image steps that run commands on the machine that builds
 
 
@@ -44,7 +45,9 @@ class Gate:
         self.sandbox_app: Callable[[web.Request, str], Awaitable[str | None]] | None = None
 
     async def admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC:
+        if request.path in PUBLIC or request.path.startswith(REGISTRY_PREFIX):
+            # The image registry (oci_serve.py) checks its own requests: registry clients send Basic credentials
+            # and need a challenge and error bodies of the registry API's shape.
             return await handler(request)
         who = self.identify(request)
         resource = request.match_info.route.resource
@@ -69,10 +72,14 @@ class Gate:
 
     def identify(self, request: web.Request) -> Identity:
         """The admin, or the container whose credential this is (while it runs); 401 otherwise."""
-        credential = bearer(request.headers.get("Authorization", ""))
+        return self.identify_credential(bearer(request.headers.get("Authorization", "")))
+
+    def identify_credential(self, credential: str | None) -> Identity:
         if credential is None:
             raise ApiError(401, "missing credential: the API takes `Authorization: Bearer <token>` "
                                 "(see SHOAL_HOME/token)", "AuthError")
+        if not credential.isascii():  # none is: and a header's undecodable bytes would not encode back
+            raise ApiError(401, "wrong token (see SHOAL_HOME/token)", "AuthError")
         if hmac.compare_digest(credential.encode(), self.token):
             return Identity()
         parsed = parse_container(credential)

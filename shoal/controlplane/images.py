@@ -35,11 +35,11 @@ import shlex
 import shutil
 import signal
 import stat
+import sys
 import sysconfig
 import tarfile
 import time
 from collections.abc import Awaitable, Callable
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
@@ -47,11 +47,15 @@ import msgspec
 
 from .._spec.config import package_dir
 from .._spec.definitions import ImageSpec
-from .._spec.images import BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
+from .._spec.images import BASE_KINDS, BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
-from ..backends.sandbox import SYSTEM_DIRS
+from ..backends.sandbox import SYSTEM_DIRS, layer_id_shift
 from ..exception import ImageBuildError, InvalidError
+from .oci_images import OciBuilder
+from .oci_steps import check_oci_step
+from .runtime_packages import RUNTIME_NAMES, RUNTIME_REQUIREMENTS
+from .runtime_packages import copy_host_packages as _copy_host_packages
 
 Log = Callable[[str], None]
 
@@ -65,68 +69,7 @@ _BUILD_ENV_PREFIXES = ("LC_", "PIP_", "UV_")
 _BUILD_ENV_DROP = {"UV_PYTHON", "UV_PROJECT_ENVIRONMENT", "UV_SYSTEM_PYTHON"}
 
 
-# Web functions: the runtime serves ASGI/WSGI apps itself (uvicorn with httptools and websockets; a2wsgi for
-# WSGI), whatever the image installs. An image's own versions of these come first on its path.
-WEB_REQUIREMENTS = ["uvicorn>=0.30", "httptools>=0.6", "websockets>=12", "a2wsgi>=1.10"]
-
-
 WARM_IMPORTS = "import shoal.runtime.worker, shoal.app, shoal.functions, shoal.cls, cloudpickle, msgpack, tblib"
-
-
-def _runtime_requirements() -> list[str]:
-    """What every image gets for the container runtime. cloudpickle is pinned to the control plane's version:
-    functions pickled by the caller must unpickle in the container."""
-    try:
-        cloudpickle = f"cloudpickle=={metadata.version('cloudpickle')}"
-    except metadata.PackageNotFoundError:
-        cloudpickle = "cloudpickle>=3.0"
-    return [cloudpickle, "msgpack>=1.0", "msgspec>=0.18", "tblib>=3.0", "aiohttp>=3.9", *WEB_REQUIREMENTS]
-
-
-RUNTIME_REQUIREMENTS = _runtime_requirements()
-RUNTIME_NAMES = ("cloudpickle", "msgpack", "msgspec", "tblib", "aiohttp", "uvicorn", "httptools", "websockets",
-                 "a2wsgi", "pip")
-
-
-def _copy_host_packages(names: tuple[str, ...], target: Path) -> list[str]:
-    """Hard-link (or copy) the installed distributions `names` and what they require from the control plane's
-    environment into `target`, laid out as `pip install --target` would. Returns the names it could not take
-    (not installed here, or installed without a file list). Requirements not installed here are conditional
-    ones this Python does not need (the control plane's installer evaluated their markers for it)."""
-    missing = []
-    seen: set[str] = set()
-    stack = [(n, True) for n in reversed(names)]
-    while stack:
-        name, top = stack.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            if top:
-                missing.append(name)
-            continue
-        base = Path(str(dist.locate_file("")))
-        files = [f for f in dist.files or [] if not str(f).startswith("..") and "__pycache__" not in str(f)]
-        if not files:
-            if top:
-                missing.append(name)
-            continue
-        for f in files:
-            src, dst = base / f, target / f
-            if not src.is_file():
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-        for req in dist.requires or []:
-            if "extra ==" not in req:
-                stack.append((re.split(r"[\s<>=!~;\[(]", req.strip(), maxsplit=1)[0], False))
-    return missing
 
 
 def _multiarch() -> str:
@@ -171,7 +114,8 @@ def _discovery_path() -> str:
 _FIELD_TYPES = {"packages": "strs", "requirements": "strs", "commands": "strs", "groups": "strs", "extras": "strs",
                 "modules": "strs", "vars": "env", "env": "env", "secret_env": "env", "extra_options": "str",
                 "find_links": "str", "index_url": "str", "extra_index_url": "str", "pyproject": "str",
-                "lock": "str", "mode": "int"}
+                "lock": "str", "mode": "int", "tag": "str", "dockerfile": "str", "build_args": "env",
+                "add_python": "str", "context_sha": "str", "registry": "str"}
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -184,29 +128,37 @@ def _is(value: Any, kind: str) -> bool:
 
 def check_spec(spec: ImageSpec) -> ImageSpec:
     """Validate an image spec from a client (its types were checked when its definition was decoded); its id
-    must be the hash of its steps."""
+    must be the hash of its steps. An OCI image has no python_version and a base step (BASE_KINDS) first."""
     image_id, version = spec.image_id, spec.python_version
     if not IMAGE_ID_RE.match(image_id):
         raise InvalidError(f"invalid image id {image_id!r}")
-    if version is None or not re.fullmatch(r"3\.\d+(\.\d+)?", version):
+    oci = bool(spec.steps) and isinstance(spec.steps[0], dict) and spec.steps[0].get("kind") in BASE_KINDS
+    if oci and version is not None:
+        raise InvalidError(f"invalid python_version {version!r}: an image from {spec.steps[0]['kind']} has none "
+                           "(use add_python=)")
+    if not oci and (version is None or not re.fullmatch(r"3\.\d+(\.\d+)?", version)):
         raise InvalidError(f"invalid python_version {version!r}")
     if spec.builder != BUILDER_VERSION:
         raise InvalidError(f"image spec from builder {spec.builder!r}; this control plane builds "
                            f"{BUILDER_VERSION!r} (upgrade the client or the control plane so they match)")
-    for step in spec.steps:
-        if not isinstance(step, dict) or step.get("kind") not in STEP_KINDS or not isinstance(step.get("repr"), str):
+    for i, step in enumerate(spec.steps):
+        kinds = STEP_KINDS | BASE_KINDS if i == 0 else STEP_KINDS
+        if not isinstance(step, dict) or step.get("kind") not in kinds or not isinstance(step.get("repr"), str):
             raise InvalidError(f"invalid image step {step!r}")
         for remote in (step.get("remote_path"), step.get("path")):  # each a path inside the image
             if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
                                        or ".." in PurePosixPath(remote).parts):
                 raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
-        if "sha" in step and not (isinstance(step["sha"], str) and re.fullmatch(r"[0-9a-f]{64}", step["sha"])):
-            raise InvalidError(f"invalid blob id in {step['repr']}")
+        for key in ("sha", "context_sha"):
+            if step.get(key) is not None and not (isinstance(step[key], str)
+                                                  and re.fullmatch(r"[0-9a-f]{64}", step[key])):
+                raise InvalidError(f"invalid blob id {key!r} in {step['repr']}")
         for key, kind in _FIELD_TYPES.items():
             if key in step and step[key] is not None and not _is(step[key], kind):
                 raise InvalidError(f"invalid {key!r} in image step {step['repr']}")
         if any(p.startswith("-") for p in step.get("packages") or []):
             raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
+        check_oci_step(step, oci)
     if image_id_for(version, spec.steps) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
@@ -279,6 +231,7 @@ class ImageBuilder:
         self._pythons: dict[str, tuple[str, str, str]] = {}
         self._discovery_path: str | None = None
         self.builds = 0  # images built (cache misses) by this builder
+        self._oci: OciBuilder | None = None
         self.sandbox = BuildSandbox(str(state_dir))  # where run_commands and package steps' uv run
         try:
             from uv import find_uv_bin
@@ -287,6 +240,52 @@ class ImageBuilder:
         except (ImportError, FileNotFoundError):
             self.uv = shutil.which("uv") or "uv"  # a build then fails naming it
 
+    @property
+    def oci(self) -> OciBuilder:
+        """The builder of OCI images (made on first use: it opens the layer store, SHOAL_HOME/oci)."""
+        if self._oci is None:
+            self._oci = OciBuilder(self.dir, self.blob_dir, self.sandbox, self.uv, layer_id_shift(),
+                                   self.runtime_for)
+        return self._oci
+
+    async def runtime_for(self, python_version: str, libc: str, log: Log | None = None) -> str:
+        """The container runtime's packages for an OCI image's Python X.Y (its libc: glibc or musl), shared by
+        the images of that X.Y and bound read-only into their containers: linked from the control plane's own
+        environment when it runs the same X.Y on glibc, else wheels installed once with `uv pip install --target
+        --python-version --python-platform` on the host (wheels only: no package code runs)."""
+        machine = platform.machine() or "x86_64"
+        tag = f"{machine}-manylinux_2_28" if libc == "glibc" else f"{machine}-unknown-linux-musl"
+        key = hashlib.sha256(json.dumps([python_version, tag, RUNTIME_REQUIREMENTS]).encode()).hexdigest()[:12]
+        target = self.dir / ".runtime" / f"oci-py{python_version}-{libc}-{key}"
+        if (target / ".complete").exists():
+            return str(target)
+        async with self._runtime_lock:
+            if (target / ".complete").exists():
+                return str(target)
+            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            tmp.chmod(0o755)  # read by containers' root, which is not the host's
+            missing = list(RUNTIME_NAMES)
+            if python_version == sysconfig.get_python_version() and libc == "glibc":
+                missing = await asyncio.to_thread(_copy_host_packages, RUNTIME_NAMES, tmp)
+            if missing:
+                wanted = [r for r in [*RUNTIME_REQUIREMENTS, "pip"] if re.split(r"[<>=!~ ]", r)[0] in missing]
+                if log is not None:
+                    log(f"Runtime packages for Python {python_version} ({tag}): installing {', '.join(wanted)}\n")
+                argv = [self.uv, "pip", "install", "--target", str(tmp), "--python", sys.executable,
+                        "--python-version", python_version, "--python-platform", tag, "--only-binary", ":all:",
+                        *wanted]
+                rc, out = await self._exec(argv, env=_build_env({"PATH": STANDARD_PATH}), cwd=tmp, log=None)
+                if rc != 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise ImageBuildError(f"installing the container runtime's packages for Python {python_version} "
+                                          f"({tag}) failed:\n{out[-TAIL_CHARS:].strip()}")
+            (tmp / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete one, from a build that was interrupted
+            tmp.rename(target)
+        return str(target)
+
     # -- cache -----------------------------------------------------------------------------------------------
     def cached(self, image_id: str) -> ContainerImage | None:
         """The built image, or None: one small JSON read."""
@@ -294,6 +293,8 @@ class ImageBuilder:
             manifest = json.loads((self.dir / image_id / "manifest.json").read_bytes())
         except (OSError, ValueError):
             return None
+        if manifest.get("kind") == "oci":
+            return OciBuilder.image_from(manifest)
         if (manifest.get("builder") != BUILDER_VERSION or manifest.get("runtime") != RUNTIME_REQUIREMENTS
                 or manifest.get("shoal") != SHOAL_PACKAGE_DIR or not os.path.exists(manifest["python"])
                 or not os.path.isdir(manifest.get("runtime_dir") or "")):
@@ -312,6 +313,10 @@ class ImageBuilder:
         async with self._locks.setdefault(image_id, asyncio.Lock()):
             if not force and (hit := self.cached(image_id)) is not None:
                 return hit  # built while we waited
+            if spec.steps and spec.steps[0]["kind"] in BASE_KINDS:
+                built = await self.oci.build(image_id, spec.steps, spec.force_base is True, log)
+                self.builds += 1
+                return built
             if not mounts:
                 return await self._build(spec, log)
             base_spec = msgspec.structs.replace(spec, steps=build_steps,

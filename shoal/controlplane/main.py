@@ -32,11 +32,14 @@ from .build import build_core
 from .core.containers import ControlPlaneAddress
 from .core.model import new_id
 from .core.sandboxes import Sandboxes
+from .credentials import pull_credential
 from .definitions import Definitions
 from .deploy import Deployments
+from .image_gc import ImageCatalog
 from .images import ImageBuilder
 from .logfmt import configure_logging
 from .objects import Objects
+from .oci_serve import ImageRegistry
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
 from .sandbox_tunnels import Tunnels
@@ -168,6 +171,9 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     # handler_cancellation: a client that disconnects ends its long-poll at once, so a dead client's app
     # session is noticed in milliseconds, not when the poll would have timed out.
     http_app = api.app()
+    ImageRegistry(state_dir / "oci", api.gate).add_routes(http_app.router)  # Ray nodes pull images there
+    if backend.name == "ray":
+        backend.image_registry = (url, pull_credential(token.encode()))  # type: ignore[attr-defined]
     objects = Objects(store, shared=replica)
     objects.add_routes(http_app.router)
     if replicas is not None:
@@ -175,6 +181,8 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     core.secrets.add_routes(http_app.router)
     proxy_tokens.add_routes(http_app.router)
     core.volumes.add_routes(http_app.router)
+    images = ImageCatalog(state_dir, store, core.registry, definitions)
+    images.add_routes(http_app.router)
     objects.on_delete.append(core.volumes.on_deleted)
     sandboxes = Sandboxes(store, backend, core.registry, core.secrets, core.volumes, definitions.images, state_dir)
     tunnels = Tunnels()
@@ -216,6 +224,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     housekeeping = asyncio.create_task(core.housekeeping())
     sandbox_housekeeping = asyncio.create_task(sandboxes.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
+    images_housekeeping = asyncio.create_task(images.housekeeping())  # its own pace: a pass may walk the disk
     scheduling = asyncio.create_task(core.scheduler.run())
     info = {"url": url, "pid": os.getpid(), "state_dir": str(state_dir), "web_port": web_port,
             "backend": backend.name}
@@ -237,6 +246,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         task.cancel()
     proxy.close()
     objects_housekeeping.cancel()
+    images_housekeeping.cancel()
     scheduling.cancel()
     core.shutdown()
     sandboxes.shutdown()

@@ -202,6 +202,9 @@ class SandboxRoutes:
 
     async def snapshot(self, request: web.Request) -> web.Response:
         sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
+        if sb.image is not None and sb.image.layers is not None:
+            raise ApiError(400, f"snapshot_filesystem of a sandbox on an OCI image (sandbox {sb.id}, image "
+                                f"{sb.image.image_id}) is not implemented by this control plane yet")
         raise ApiError(400, f"snapshot_filesystem needs a sandbox whose image is an OCI image "
                             f"(Image.from_registry/from_dockerfile) run as its root filesystem; sandbox {sb.id} runs "
                             f"image {sb.image.image_id if sb.image else 'im-host'}, which is not one")
@@ -232,8 +235,11 @@ class SandboxRoutes:
         if sb.state != "running" or sb.handle is None:
             raise ApiError(409, f"sandbox {sb.id} is not running", "SandboxTerminatedError")
         target = await self.sandboxes._target(sb)
-        python = sb.image.python if sb.image is not None and sb.image.python else \
-            getattr(self.sandboxes.backend, "python", "python3")
+        python = (sb.image.python if sb.image is not None else None) or \
+            (getattr(self.sandboxes.backend, "python", "") if sb.image is None or sb.image.layers is None else "")
+        if not python:
+            raise ApiError(400, f"filesystem operations run a Python program inside the sandbox, and image "
+                                f"{sb.image.image_id if sb.image else '?'} has no Python", "InvalidError")
         argv = local_exec.command_argv(target, [python, "-I", "-S", "-c", FS_CODE, *args], pty=False)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

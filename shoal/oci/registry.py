@@ -147,17 +147,21 @@ def skopeo_path() -> str:
 
 
 def pull(store: LayerStore, ref: str | Reference, *, credentials: tuple[str, str] | None = None,
-         name: str | None = None, arch: str = "amd64", os_name: str = "linux", timeout: float = 3600) -> Image:
+         name: str | None = None, arch: str = "amd64", os_name: str = "linux", timeout: float = 3600,
+         plain_http: bool = False) -> Image:
     """Pulls `ref` into the store (only the blobs it lacks), unpacks its layers and records it as `name`
-    (default: the normalised reference). A multi-arch index resolves to `os_name`/`arch`."""
+    (default: the normalised reference). A multi-arch index resolves to `os_name`/`arch`. `plain_http`: the
+    caller vouches for this one registry being spoken to over HTTP though it is not on loopback (a Ray node
+    pulling from its control plane's `http://` URL); every other registry stays HTTPS with verification."""
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     if credentials is not None and not credentials[0]:
         raise RegistryAuthError(f"pulling {reference}: REGISTRY_USERNAME is empty")
     with store.lock():
         work = store.scratch_dir("pull-")
         try:
+            verify = "false" if reference.loopback or plain_http else "true"
             cmd = [skopeo_path(), "--insecure-policy", "--override-arch", arch, "--override-os", os_name, "copy",
-                   "--quiet", "--retry-times", "2", f"--src-tls-verify={'false' if reference.loopback else 'true'}",
+                   "--quiet", "--retry-times", "2", f"--src-tls-verify={verify}",
                    "--dest-shared-blob-dir", str(store.blobs)]
             if credentials is None:
                 cmd.append("--src-no-creds")  # never the host's own registry logins

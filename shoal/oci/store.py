@@ -119,8 +119,13 @@ def _tree_bytes(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
 
 
 class LayerStore:
-    def __init__(self, root: Path | str) -> None:
+    """`id_shift`: added to every uid/gid of an unpacked layer (sandbox.id_base() for a control plane running as
+    root, so layer directories are lowerdirs of containers whose root is that host id); 0 keeps the tar's ids.
+    One store directory is used with one id_shift (the layer directories are shared by every image)."""
+
+    def __init__(self, root: Path | str, id_shift: int = 0) -> None:
         self.root = Path(root)
+        self.id_shift = id_shift
         self.blobs = self.root / "blobs"
         self.layers = self.root / "layers"
         self.images = self.root / "images"
@@ -173,7 +178,8 @@ class LayerStore:
         work = self.scratch_dir("layer-")
         try:
             os.chmod(work, 0o755)
-            got = unpack_layer(self.blob_path(layer.digest), layer.media_type, work)
+            os.chown(work, self.id_shift, self.id_shift)  # the layer's root, unless the tar has a "./" entry
+            got = unpack_layer(self.blob_path(layer.digest), layer.media_type, work, self.id_shift)
             if got != layer.diff_id:
                 raise LayerError(f"layer {layer.digest}: its content has diff id {got}, "
                                  f"the config says {layer.diff_id}")
@@ -234,6 +240,32 @@ class LayerStore:
             json.dump(image.to_json(), f, indent=1)
         os.replace(tmp, self._record_path(name))  # last: the record appears only when every layer is there
         return image
+
+    def record_image(self, name: str, layers: Iterable[Layer | dict], config: dict | None = None, *,
+                     architecture: str = "amd64", os_name: str = "linux") -> Image:
+        """Records an image made here from layers already in the store (bottom first; `Layer`s or the dicts
+        upper.layer_from_upper returns) with `config` as its config's `config` object (Env, WorkingDir, User,
+        Entrypoint, Cmd, …): its config and manifest blobs are written, so it is served like a pulled one."""
+        descs = [x if isinstance(x, Layer) else Layer(digest=x["digest"], diff_id=x["diff_id"],
+                                                       media_type=x["media_type"], size=int(x["size"]))
+                 for x in layers]
+        oci_config = {"architecture": architecture, "os": os_name, "config": config or {},
+                      "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in descs]}}
+        with self.lock():
+            cfg = self._put_json(oci_config)
+            manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPES[0],
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cfg},
+                        "layers": [{"mediaType": x.media_type, "digest": x.digest, "size": x.size} for x in descs]}
+            return self._record(name, self._put_json(manifest)["digest"], "")
+
+    def _put_json(self, obj: dict) -> dict:
+        data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.blob_path(digest))
+        return {"digest": digest, "size": len(data)}
 
     def get(self, name: str) -> Image | None:
         try:

@@ -4,7 +4,9 @@ A layer comes from anywhere (a registry, a user's Dockerfile), so its tar is hos
 outside the target directory: absolute names and `..` are refused, no path is created through a symlink the layer
 made, hard links point inside the layer only, and device nodes are refused (an image has no business shipping a
 `/dev/sda`; the runtime gives containers their `/dev`). Ownership and modes are kept as in the tar (the store runs
-as root), so a layer's files belong to the image's users, not to whoever pulled it.
+as root), so a layer's files belong to the image's users, not to whoever pulled it. With an `id_shift` every uid and
+gid is moved up by it: the store of a control plane running as root unpacks at the sandbox's id base, so a layer's
+root-owned files are owned by the container's root (host ids id_base..id_base+65535 are its 0..65535).
 
 OCI whiteouts become overlayfs whiteouts while unpacking, so a stack of layer directories is mounted as is:
 `.wh.NAME` -> a 0/0 character device NAME; `.wh..wh..opq` -> the `trusted.overlay.opaque=y` xattr on its
@@ -86,8 +88,9 @@ def _clean_name(name: str, what: str) -> str:
 
 
 class _Unpacker:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, id_shift: int = 0) -> None:
         self.root = root
+        self.id_shift = id_shift
         self.real_dirs: set[str] = {""}  # relative dirs known to be real directories (not symlinks)
         self.dir_meta: list[tuple[str, tarfile.TarInfo]] = []
 
@@ -106,6 +109,8 @@ class _Unpacker:
                 st = os.lstat(path)
             except FileNotFoundError:
                 os.mkdir(path, 0o755)
+                if self.id_shift:  # a parent the tar does not list: the container's root's, as its own entries
+                    os.chown(path, self.id_shift, self.id_shift)
             else:
                 if not stat.S_ISDIR(st.st_mode):
                     raise LayerError(f"entry {rel!r}: its parent {walked!r} is not a directory in this layer")
@@ -125,7 +130,7 @@ class _Unpacker:
             os.unlink(path)
 
     def _apply_meta(self, path: Path, m: tarfile.TarInfo, *, symlink: bool = False) -> None:
-        os.chown(path, m.uid, m.gid, follow_symlinks=False)
+        os.chown(path, m.uid + self.id_shift, m.gid + self.id_shift, follow_symlinks=False)
         if symlink:
             return
         os.chmod(path, stat.S_IMODE(m.mode))  # after chown, which clears setuid/setgid
@@ -208,11 +213,11 @@ class _Unpacker:
             self._apply_meta(self.root / rel if rel else self.root, m)
 
 
-def unpack_layer(blob: Path, media_type: str, dest: Path) -> str:
+def unpack_layer(blob: Path, media_type: str, dest: Path, id_shift: int = 0) -> str:
     """Unpacks the layer blob into `dest` (an empty directory) and returns its diff id (`sha256:` + hex)."""
     stream, proc = _open_decompressed(blob, media_type)
     reader = _HashingReader(stream)
-    unpacker = _Unpacker(dest)
+    unpacker = _Unpacker(dest, id_shift)
     try:
         buffered = io.BufferedReader(reader, 1 << 20)
         try:

@@ -350,6 +350,9 @@ def map_self_as_root() -> None:
 
 def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | None) -> None:
     """Mount the container's filesystem under `root` (in our private mount namespace)."""
+    if cfg.get("rootfs"):
+        sys.modules["sandbox_rootfs"].build_rootfs(cfg, root, owner, idmap_fd)  # (sandbox_rootfs.py)
+        return
     tmpfs(root, "0755", None, MS_NOSUID | MS_NODEV, size="1m")
     ops: list[tuple[str, int, tuple]] = []  # (path inside, order at equal depth, op)
     overlays = cfg.get("overlays", {})
@@ -752,7 +755,8 @@ def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, ro
     check_syscall(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
     check_syscall(libc.umount2(b".", MNT_DETACH), "unmount the host's root")
     os.chdir("/")
-    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    if not cfg.get("rootfs"):  # (an image's root stays writable: its writes go to the overlay's upper)
+        mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
     if rootless:
         # Lock every mount: a mount namespace owned by a less privileged user namespace cannot undo them.
         unshare(CLONE_NEWUSER | CLONE_NEWNS)
@@ -780,10 +784,14 @@ def container_init(cfg: dict, root: str, idmap_fd: int | None, status_w: int, ro
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
             libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-            try:
-                os.chdir(cwd)
-            except OSError:
-                os.chdir("/root")
+            if cfg.get("user"):  # the image's USER (its ids inside the container's range)
+                sys.modules["sandbox_rootfs"].switch_user(cfg["user"])
+            for d in (cwd, "/root", "/"):
+                try:
+                    os.chdir(d)
+                    break
+                except OSError:
+                    continue
             os.environ["SHOAL_T_EXEC"] = repr(time.time())  # the sandbox is built: the interpreter starts now
             os.execve(argv[0], argv, os.environ)
         except BaseException as exc:  # noqa: BLE001
@@ -828,6 +836,8 @@ def main() -> None:
             add_rules(cfg["late_rules"], FIRST_RULE_PRIORITY)
             os._exit(0)
         cfg["_supervisor_pid"] = os.getpid()
+        if cfg.get("rootfs") or cfg.get("user"):  # an OCI image's: imported before the pivot hides its file
+            import sandbox_rootfs  # noqa: F401
         supervise(cfg)
     except BaseException as exc:  # noqa: BLE001
         _fail(exc)

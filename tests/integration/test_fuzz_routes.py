@@ -85,6 +85,9 @@ ROUTES: list[tuple[str, str, Any, Any]] = [
     ("DELETE", "/v1/proxy-tokens/{token_id}", None, None),
     ("POST", "/v1/proxy-tokens/{token_id}/allow", req.ProxyTokenApp, None),
     ("POST", "/v1/proxy-tokens/{token_id}/revoke", req.ProxyTokenApp, None),
+    ("GET", "/v1/images", None, None),
+    ("DELETE", "/v1/images/{image_id}", None, None),
+    ("POST", "/v1/images/prune", req.PruneImages, None),
     ("POST", "/v1/volumes/rename", req.RenameVolume, None),
     ("GET", "/v1/volumes/{volume_id}/entries", None, req.EntriesQuery),
     ("GET", "/v1/volumes/{volume_id}/file", None, req.FileQuery),
@@ -96,6 +99,11 @@ ROUTES: list[tuple[str, str, Any, Any]] = [
     ("POST", "/v1/volumes/{volume_id}/commit", req.ContainerVolume, None),
     ("POST", "/v1/volumes/{volume_id}/reload", req.ContainerVolume, None),
     ("GET", "/metrics", None, None),
+    # The image registry Ray nodes pull from (the admin token is accepted there too).
+    ("GET", "/v2/", None, None),
+    ("GET", "/v2/{repo}/manifests/{reference}", None, None),
+    ("GET", "/v2/{repo}/blobs/{digest}", None, None),
+    ("GET", "/v2/{repo}/tags/list", None, None),
     ("POST", "/v1/dashboard/login", None, None),
     # The dashboard's pages, with its session cookie (logged in first).
     ("GET", "/dashboard/login", None, "token"),
@@ -115,13 +123,13 @@ ROUTES: list[tuple[str, str, Any, Any]] = [
 def _declared_routes() -> set[tuple[str, str]]:
     """Every route the control plane's modules add to the router, read from their source."""
     found = set()
-    adder = re.compile(r'add_(get|post|put|delete)\(f?"((?:/v1/|/metrics|\{PREFIX\})[^"]*)"'
+    adder = re.compile(r'add_(get|post|put|delete)\(f?"((?:/v1/|/v2/|/metrics|\{PREFIX\})[^"]*)"'
                        r'|add_route\("(HEAD)", f?"(/v1/[^"]+)"')
     for path in CONTROLPLANE.rglob("*.py"):
         text = path.read_text()
         for m in adder.finditer(text):
             method, route = (m.group(1) or m.group(3)).upper(), m.group(2) or m.group(4)
-            route = route.replace("{{", "{").replace("}}", "}").replace("{PREFIX}", "/dashboard")
+            route = route.replace("{{", "{").replace("}}", "}").replace("{PREFIX}", "/dashboard").replace(":.+}", "}")
             if "{op}" in route:  # objects.py: one route per operation, from a tuple on the same line
                 line = text[m.start():text.index("\n", m.start())]
                 prefix = text.rfind("for op in (", 0, m.start())
@@ -262,7 +270,9 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
             "container_id": [c["container_id"] for c in containers][:1] or ["ct-x"],
             "app_ref": ["basic", app_id], "object_id": [dict_id, queue_id], "token_id": [token_id],
             "name": ["fuzz-secret"], "sha": ["0" * 64], "volume_id": [volume_id], "upload_id": [upload_id],
-            "index": ["0", "1"],
+            "index": ["0", "1"], "repo": ["shoal/im-x", "library/app"],
+            "reference": ["latest", "sha256:" + "0" * 64], "digest": ["sha256:" + "0" * 64],
+            "image_id": [i["image_id"] for i in client.call("GET", "/v1/images")["images"]],
         }
         cookie = _dashboard_cookie(cp.url, token)
         segment = st.one_of(st.text(alphabet=string.printable, min_size=1, max_size=20),

@@ -251,7 +251,8 @@ def container_image(built: BuiltImage | None) -> ContainerImage | None:
     if built is None:
         return None
     return ContainerImage(image_id=built.image_id, python=built.python, root=built.root, env=dict(built.env),
-                          workdir=built.workdir)
+                          workdir=built.workdir, layers=list(built.layers) if built.layers is not None else None,
+                          runtime_dir=built.runtime_dir, user=built.user)
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -108,6 +108,16 @@ while True:
             start(req, mine)
         reap()
 """
+def agent_python(backend: Any, image: Any) -> str:
+    """The interpreter the agent runs with, as the container sees it: the image's; without an image the control
+    plane's (every sandbox sees it read-only); "" for an OCI image without Python (its root is the image alone)."""
+    if image is not None and image.python:
+        return image.python
+    if image is None or getattr(image, "layers", None) is None:
+        return getattr(backend, "python", "")
+    return ""
+
+
 LOST = -1000  # status of a command whose agent died before saying how it ended
 
 

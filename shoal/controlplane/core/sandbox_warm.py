@@ -16,7 +16,7 @@ from ...backends import local_exec
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec
 from .containers import modal_environment
 from .model import new_id
-from .sandbox_exec import Agent
+from .sandbox_exec import Agent, agent_python
 
 log = logging.getLogger("shoal.sandbox")
 WARM_ENV = "SHOAL_SANDBOX_WARM_POOL"
@@ -91,7 +91,9 @@ class WarmSandboxes:
             info = {"container_id": cid, "pid": handle.pid, "sandboxed": handle.sandboxed,
                     "cgroups": list(handle.cgroup.dirs) if handle.cgroup is not None else []}
             target = await asyncio.to_thread(local_exec.find_target, info)
-            python = image.python if image is not None and image.python else getattr(self.backend, "python", "")
+            python = agent_python(self.backend, image)
+            if not python:
+                raise OSError("the image has no Python for the exec agent")
             agent = await Agent.start(target, python)
             w = Warm(cid, handle, image, target, agent)
             self.ready.setdefault(key, []).append(w)

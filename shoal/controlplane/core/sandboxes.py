@@ -32,7 +32,7 @@ from ..store import sandboxes as rows
 from .containers import modal_environment
 from .model import new_id
 from .registry import Registry
-from .sandbox_exec import LOST, Agent, AgentProcess, NsenterProcess
+from .sandbox_exec import LOST, Agent, AgentProcess, NsenterProcess, agent_python
 from .sandbox_streams import OutputFile, StdinPipe
 from .sandbox_warm import Warm, WarmSandboxes, fits
 
@@ -472,9 +472,10 @@ class Sandboxes:
         agent cannot run."""
         async with sb.agent_lock:
             if (sb.agent is None or not sb.agent.alive) and not sb.agent_failed:
-                python = sb.image.python if sb.image is not None and sb.image.python else \
-                    getattr(self.backend, "python", "")
+                python = agent_python(self.backend, sb.image)
                 try:
+                    if not python:
+                        raise OSError("the image has no Python for the exec agent")
                     sb.agent = await Agent.start(target, python)
                 except OSError as exc:
                     log.warning("sandbox %s: no exec agent (%s): execs go through nsenter", sb.id, exc)

@@ -31,9 +31,11 @@ IDLE_EXPIRY_S = 600.0
 
 def eligible(pool: Pool) -> bool:
     """Functions a warm container can serve: started with default limits, no GPU, no volumes, the default
-    network (`block_network` needs a container started without one)."""
+    network (`block_network` needs a container started without one), and not an OCI image whose USER is not root
+    (a warm runtime links its later source into /root, which only root may)."""
     opts = pool.options
-    return pool.definition.image_built is not None and not any(
+    image = pool.definition.image_built
+    return image is not None and (image.user or "root").partition(":")[0] in ("root", "0") and not any(
         (opts.cpu, opts.memory, opts.gpu, pool.definition.volumes, opts.extra.get("block_network")))
 
 

@@ -71,6 +71,16 @@ def _definition(blob: Any) -> FunctionDefinition | str:
         return str(exc)
 
 
+async def image_users(store: Store, stopped_since: float) -> list[tuple[str, str | None, str, float | None,
+                                                                        FunctionDefinition | str]]:
+    """(app_id, name, state, stopped_at, definition) of the functions of running apps and of apps stopped since
+    `stopped_since`: what the image clean-up counts as using an image (controlplane/image_gc.py)."""
+    rows = await store.read(
+        "SELECT a.app_id, a.name, a.state, a.stopped_at, f.definition FROM functions f "
+        "JOIN apps a ON a.app_id = f.app_id WHERE a.state='running' OR a.stopped_at >= ?", (stopped_since,))
+    return [(app_id, name, state, stopped_at, _definition(blob)) for app_id, name, state, stopped_at, blob in rows]
+
+
 async def running_functions(store: Store) -> dict[str, dict[str, str]]:
     """app_id -> {tag: function_id} for every running app (those other replicas own included)."""
     out: dict[str, dict[str, str]] = {}
