@@ -15,6 +15,8 @@ from shoal import exception
 from shoal._client.transport import get_client, reset_client
 
 from ..conftest import ControlPlane, wait_for
+from .rootfs_images import rootfs_tars  # noqa: F401 - a fixture (the registry's images)
+from .test_oci_images import reg  # noqa: F401 - a fixture: a registry on loopback with test images
 
 
 def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -551,3 +553,23 @@ def test_warm_sandboxes_behave_as_cold_ones(warm_pool: ControlPlane) -> None:
     idle = create(app)
     call("POST", f"/v1/sandboxes/{idle}/terminate")
     assert wait(idle)["reason"] == "terminated"
+
+
+def test_a_sandbox_on_an_oci_image(app_id: str, reg: str) -> None:  # noqa: F811 - the fixture
+    """An image from a registry is the sandbox's root: its command, execs and filesystem operations see the
+    image's files, not the host's."""
+    import msgspec
+
+    import shoal
+
+    image = shoal.Image.from_registry(f"{reg}/test/python:v1")
+    sid = create(app_id, "sh", "-c", "test -e /usr/bin/skopeo || echo image-root; python3 -c 'print(6*7)'",
+                 image=msgspec.to_builtins(image.to_wire()), timeout=120)
+    assert read_all(f"/v1/sandboxes/{sid}", timeout=300) == b"image-root\n42\n"
+    idle = create(app_id, image=msgspec.to_builtins(image.to_wire()))
+    assert run_exec(idle, "python3", "-c", "import sys; print(sys.version_info[:2])")[0] == 0
+    call("POST", f"/v1/sandboxes/{idle}/fs/write", {"path": "/tmp/f.txt", "data": b"in the image"})
+    assert run_exec(idle, "cat", "/tmp/f.txt")[1] == b"in the image"
+    with pytest.raises(exception.InvalidError, match="not implemented"):
+        call("POST", f"/v1/sandboxes/{idle}/snapshot")
+    call("POST", f"/v1/sandboxes/{idle}/terminate")
