@@ -116,7 +116,9 @@ class SandboxRoutes:
     # -- sandboxes -------------------------------------------------------------------------------------------
     async def create(self, request: web.Request) -> web.Response:
         body = await body_of(request, req.SandboxCreate)
-        sb = await self.sandboxes.create(body)
+        # Shielded: a caller that goes away mid-start leaves a sandbox that ends by its timeout, never a
+        # container half started.
+        sb = await asyncio.shield(self.sandboxes.create(body))
         return reply({"sandbox_id": sb.id})
 
     async def list(self, request: web.Request) -> web.Response:
@@ -193,7 +195,7 @@ class SandboxRoutes:
 
     async def exec(self, request: web.Request) -> web.Response:
         sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
-        ex = await self.sandboxes.exec(sb, await body_of(request, req.ExecCreate))
+        ex = await asyncio.shield(self.sandboxes.exec(sb, await body_of(request, req.ExecCreate)))
         return reply({"exec_id": ex.proc.id})
 
     async def get_tunnels(self, request: web.Request) -> web.Response:

@@ -200,6 +200,8 @@ class Sandboxes:
                 self.warm.fill(image)  # the next creation of this image may find one ready
         except BaseException as exc:
             reason = f"failed to start: {exc}"
+            if sb.handle is not None and sb.state != "running":  # (a warm container whose command did not start)
+                sb.handle.kill()
             self._ended(sb, None, reason)
             if isinstance(exc, ApiError):
                 raise
