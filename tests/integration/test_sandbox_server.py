@@ -248,6 +248,11 @@ def test_tunnel_answers_http_from_a_server_in_the_sandbox(app_id: str) -> None:
 
     assert wait_for(fetch, 30)
     assert got[-1] == b"tunnelled\n"
+    # The URL works from inside other containers too (another sandbox here).
+    client = create(app_id, "python3", "-c", "import sys, urllib.request; "
+                    "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=20).read())",
+                    tunnel["url"] + "/hello.txt")
+    assert read_all(f"/v1/sandboxes/{client}") == b"tunnelled\n"
     call("POST", f"/v1/sandboxes/{sid}/terminate")
     wait(sid)
 
