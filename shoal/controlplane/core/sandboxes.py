@@ -468,20 +468,23 @@ class Sandboxes:
         self.spawn(self._run_exec(ex, process, timer))
         return ex
 
-    async def _spawn(self, sb: Sandbox, target: local_exec.ExecTarget, argv: list[str], env: dict[str, str],
-                     workdir: str | None, pty: bool = False) -> AgentProcess | NsenterProcess:
-        """A command in the sandbox: through its agent, started at the first exec; through nsenter where the
-        agent cannot run."""
+    async def _ensure_agent(self, sb: Sandbox, target: local_exec.ExecTarget | None = None) -> None:
         async with sb.agent_lock:
-            if (sb.agent is None or not sb.agent.alive) and not sb.agent_failed:
+            if (sb.agent is None or not sb.agent.alive) and not sb.agent_failed and sb.state == "running":
                 python = agent_python(self.backend, sb.image)
                 try:
                     if not python:
                         raise OSError("the image has no Python for the exec agent")
-                    sb.agent = await Agent.start(target, python)
-                except OSError as exc:
+                    sb.agent = await Agent.start(target or await self._target(sb), python)
+                except (OSError, ApiError) as exc:
                     log.warning("sandbox %s: no exec agent (%s): execs go through nsenter", sb.id, exc)
                     sb.agent_failed = True
+
+    async def _spawn(self, sb: Sandbox, target: local_exec.ExecTarget, argv: list[str], env: dict[str, str],
+                     workdir: str | None, pty: bool = False) -> AgentProcess | NsenterProcess:
+        """A command in the sandbox: through its agent, started at the first exec; through nsenter where the
+        agent cannot run."""
+        await self._ensure_agent(sb, target)
         if sb.agent is not None and sb.agent.alive:
             try:
                 tty = None
