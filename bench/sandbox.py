@@ -125,9 +125,16 @@ class SandboxBench:
         cp_growth = max(0, _proc.rss(cp_pid) - cp_before)
         n = len(sandboxes)
         t0 = time.perf_counter()
+        def answer(sb: Any) -> str:
+            try:
+                return sb.exec("echo", sb.object_id).stdout.read()
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                return f"{type(exc).__name__}: {exc}"
+
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda sb: sb.exec("echo", sb.object_id).stdout.read(), sandboxes))
+            answers = list(pool.map(answer, sandboxes))
         answered = sum(a == sb.object_id + "\n" for a, sb in zip(answers, sandboxes, strict=True))
+        failures = [a for a, sb in zip(answers, sandboxes, strict=True) if a != sb.object_id + "\n"]
         all_exec_s = time.perf_counter() - t0
         self.results["idle"] = {
             "sandboxes": n, "found_processes": len(roots), "answered_exec": answered,
@@ -137,7 +144,7 @@ class SandboxBench:
             "control_plane_growth_mib_each": cp_growth / n / MIB, "command_pss_mib_each": cmd_pss / n / MIB,
         }
         if answered != n:
-            self.errors.append(f"only {answered} of {n} idle sandboxes answered exec")
+            self.errors.append(f"only {answered} of {n} idle sandboxes answered exec; first failure: {failures[0]}")
         for sb in sandboxes:
             sb.terminate()
 
