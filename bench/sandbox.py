@@ -124,6 +124,7 @@ class SandboxBench:
                     pass
         cp_growth = max(0, _proc.rss(cp_pid) - cp_before)
         n = len(sandboxes)
+        running = max(1, len(roots))  # the processes of those that started
         t0 = time.perf_counter()
         def answer(sb: Any) -> str:
             try:
@@ -139,9 +140,9 @@ class SandboxBench:
         self.results["idle"] = {
             "sandboxes": n, "found_processes": len(roots), "answered_exec": answered,
             "all_exec_s": all_exec_s,
-            "mib_per_sandbox_beyond_its_process": (init_pss + cp_growth) / n / MIB,
-            "init_pss_mib_each": init_pss / n / MIB, "init_rss_mib_each": init_rss / n / MIB,
-            "control_plane_growth_mib_each": cp_growth / n / MIB, "command_pss_mib_each": cmd_pss / n / MIB,
+            "mib_per_sandbox_beyond_its_process": (init_pss / running + cp_growth / n) / MIB,
+            "init_pss_mib_each": init_pss / running / MIB, "init_rss_mib_each": init_rss / running / MIB,
+            "control_plane_growth_mib_each": cp_growth / n / MIB, "command_pss_mib_each": cmd_pss / running / MIB,
         }
         if answered != n:
             self.errors.append(f"only {answered} of {n} idle sandboxes answered exec; first failure: {failures[0]}")
