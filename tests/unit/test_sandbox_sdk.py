@@ -166,6 +166,7 @@ def test_inside_a_container_the_app_may_be_left_out(monkeypatch: pytest.MonkeyPa
     ({"readiness_probe": 8080}, "`readiness_probe` must be a modal.Probe"),
     ({"volumes": {"data": Volume.from_name("v")}}, "must be an absolute path"),
     ({"network_file_systems": {"/n": object()}}, "`network_file_systems` is not offered"),
+    ({"volumes": {"/v": Volume(object_id="vo-1")}}, "a sandbox mounts named volumes"),
 ])
 def test_create_rejects_bad_arguments_naming_them(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidError, match=message.replace("(", r"\(").replace(")", r"\)")):
