@@ -34,6 +34,7 @@ class FakeApp(shoal.App):
 
     def __init__(self, app_id: str = "ap-1") -> None:
         super().__init__("sb-test")
+        shoal.App._instances.discard(self)  # not a definition (as `App.lookup` leaves it)
         self._app_id = app_id
 
 
