@@ -477,3 +477,15 @@ def test_secrets_env_and_workdir(app_id: str) -> None:
     with pytest.raises(exception.NotFoundError):
         call("POST", f"/v1/sandboxes/{idle}/exec", {"argv": ["true"], "secret_names": ["no-such-secret"]})
     call("POST", f"/v1/sandboxes/{idle}/terminate")
+
+
+def test_an_image_of_the_callers(app_id: str) -> None:
+    import msgspec
+
+    import shoal
+
+    image = shoal.Image.debian_slim().env({"FROM_IMAGE": "yes"}).workdir("/srv")
+    sid = create(app_id, "sh", "-c", 'echo "$FROM_IMAGE $(pwd)"', image=msgspec.to_builtins(image.to_wire()))
+    assert read_all(f"/v1/sandboxes/{sid}") == b"yes /srv\n"
+    with pytest.raises(exception.InvalidError, match="image"):
+        create(app_id, image={"image_id": "im-x", "steps": [{"kind": "no-such-step"}]})

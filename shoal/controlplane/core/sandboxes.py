@@ -24,6 +24,7 @@ from ..._spec import requests as req
 from ..._spec.definitions import FunctionDefinition, Options, SecretRef
 from ...backends import local_exec
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
+from ...exception import ImageBuildError, InvalidError
 from ..rest import ApiError
 from ..store import Store
 from ..store import objects as object_rows
@@ -171,7 +172,9 @@ class Sandboxes:
             try:
                 image = await self.images.ensure(
                     body.image, log=lambda text: app.logs.append(body.image.image_id, "stderr", text))
-            except Exception as exc:  # noqa: BLE001 - a build failure is the caller's (its steps)
+            except InvalidError as exc:
+                raise ApiError(400, f"`image`: {exc}") from exc
+            except ImageBuildError as exc:  # its steps failed: the caller's
                 raise ApiError(400, f"`image`: {exc}", "ImageBuildError") from exc
         refs = [SecretRef(name=n) for n in body.secret_names]
         await self.secrets.check(refs)
@@ -454,10 +457,11 @@ class Sandboxes:
                 try:
                     chunk = await stream.read(65536)
                 except OSError:  # a terminal's master: EIO once every process holding it is gone
-                    return
+                    break
                 if not chunk:
-                    return
+                    break
                 f.append(chunk)
+            f.close()  # every writer is gone: readers get their end now, not at the exit status
 
         await asyncio.gather(pump(process.stdout, ex.proc.out["stdout"]), pump(process.stderr, ex.proc.out["stderr"]))
         code = await process.wait()
