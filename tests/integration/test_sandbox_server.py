@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,6 +158,8 @@ def test_concurrent_execs_and_exec_stdin(app_id: str) -> None:
     call("POST", f"/v1/execs/{eid}/stdin", {"offset": 0, "data": b"typed\n", "eof": True})
     assert read_all(f"/v1/execs/{eid}") == b"typed hello /tmp\n"
     assert run_exec(sid, "sh", "-c", "exit 7")[0] == 7
+    code, _, err = run_exec(sid, "no-such-command")
+    assert code == 127 and b"no-such-command" in err
     call("POST", f"/v1/sandboxes/{sid}/terminate")
     assert wait(sid)["reason"] == "terminated"
 
@@ -283,7 +286,8 @@ def unshared(tmp_path: Path) -> Any:
     from ..conftest import _use_home
 
     previous = os.environ.get("SHOAL_HOME")
-    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_SHARE": "", "SHOAL_SANDBOX_PIDS_MAX": "200"}).start()
+    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_SHARE": "", "SHOAL_SANDBOX_PIDS_MAX": "200",
+                                              "SHOAL_SANDBOX_OUTPUT_MAX": str(1 << 20)}).start()
     _use_home(cp.home)
     yield cp
     cp.stop()
@@ -489,3 +493,13 @@ def test_an_image_of_the_callers(app_id: str) -> None:
     assert read_all(f"/v1/sandboxes/{sid}") == b"yes /srv\n"
     with pytest.raises(exception.InvalidError, match="image"):
         create(app_id, image={"image_id": "im-x", "steps": [{"kind": "no-such-step"}]})
+
+
+def test_output_is_bounded(unshared: ControlPlane) -> None:
+    """A sandbox cannot fill the control plane's disk with output (here 1 MiB a stream: SHOAL_SANDBOX_OUTPUT_MAX)."""
+    app = new_app()
+    sid = create(app, "sh", "-c", "head -c 5000000 /dev/zero; echo done >&2")
+    out = read_all(f"/v1/sandboxes/{sid}")
+    assert out.startswith(b"\0" * (1 << 20)) and out.endswith(b"bytes dropped]\n") and len(out) < (1 << 20) + 100
+    assert read_all(f"/v1/sandboxes/{sid}", "stderr") == b"done\n"
+    assert wait(sid)["returncode"] == 0  # its writes never blocked

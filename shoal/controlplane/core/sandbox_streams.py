@@ -12,13 +12,22 @@ from pathlib import Path
 from .logs import wait_woken, wake_all
 
 READ_MAX = 1 << 20  # bytes one read returns at most
+OUTPUT_MAX_ENV = "SHOAL_SANDBOX_OUTPUT_MAX"  # bytes one stream keeps (default 1 GiB): a sandbox cannot fill the disk
+OUTPUT_MAX = 1 << 30
+
+
+def output_max() -> int:
+    raw = os.environ.get(OUTPUT_MAX_ENV, "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else OUTPUT_MAX
 
 
 class OutputFile:
-    """One fd's output: appended to `path`; `size` bytes so far; `eof` once the process is gone."""
+    """One fd's output: appended to `path`; `size` bytes so far; `eof` once the process is gone. Past `limit`
+    bytes the rest is dropped (the process's pipe is still read, so it never blocks), with a line saying so."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limit: int | None = None) -> None:
         self.path = path
+        self.limit = limit or output_max()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
@@ -26,8 +35,11 @@ class OutputFile:
         self._waiters: list[asyncio.Future] = []
 
     def append(self, data: bytes) -> None:
-        if self._fd < 0:
+        if self._fd < 0 or self.size >= self.limit:
             return
+        if self.size + len(data) > self.limit:
+            data = data[:self.limit - self.size]
+            data += f"\n[shoal: output past {self.limit} bytes dropped]\n".encode()
         os.write(self._fd, data)
         self.size += len(data)
         wake_all(self._waiters)

@@ -41,6 +41,7 @@ RESTARTED = "control plane restarted"
 _ID = re.compile(r"(sb|ex)-[0-9a-f]{1,64}")  # ids as new_id makes them: safe in a path, never a glob
 FDS = ("stdout", "stderr")
 PIDS_MAX = 2048
+EXEC_KEEP_S = 300.0  # a finished exec stays in memory this long
 
 
 @dataclass
@@ -481,6 +482,8 @@ class Sandboxes:
             log.warning("exec %s: cannot record its exit: %s", ex.proc.id, exc)
         if sb.state == "terminated":
             self.execs.pop(ex.proc.id, None)
+        else:  # its output and exit are on disk: readers find them there once it is forgotten
+            asyncio.get_running_loop().call_later(EXEC_KEEP_S, self.execs.pop, ex.proc.id, None)
 
     def _kill_exec(self, ex: Exec, reason: str) -> None:
         """An exec's timeout (or its sandbox's end): the exec's process group, nothing else of the sandbox."""
