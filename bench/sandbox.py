@@ -124,20 +124,28 @@ class SandboxBench:
                     pass
         cp_growth = max(0, _proc.rss(cp_pid) - cp_before)
         n = len(sandboxes)
+        running = max(1, len(roots))  # the processes of those that started
         t0 = time.perf_counter()
+        def answer(sb: Any) -> str:
+            try:
+                return sb.exec("echo", sb.object_id).stdout.read()
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                return f"{type(exc).__name__}: {exc}"
+
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda sb: sb.exec("echo", sb.object_id).stdout.read(), sandboxes))
+            answers = list(pool.map(answer, sandboxes))
         answered = sum(a == sb.object_id + "\n" for a, sb in zip(answers, sandboxes, strict=True))
+        failures = [a for a, sb in zip(answers, sandboxes, strict=True) if a != sb.object_id + "\n"]
         all_exec_s = time.perf_counter() - t0
         self.results["idle"] = {
             "sandboxes": n, "found_processes": len(roots), "answered_exec": answered,
             "all_exec_s": all_exec_s,
-            "mib_per_sandbox_beyond_its_process": (init_pss + cp_growth) / n / MIB,
-            "init_pss_mib_each": init_pss / n / MIB, "init_rss_mib_each": init_rss / n / MIB,
-            "control_plane_growth_mib_each": cp_growth / n / MIB, "command_pss_mib_each": cmd_pss / n / MIB,
+            "mib_per_sandbox_beyond_its_process": (init_pss / running + cp_growth / n) / MIB,
+            "init_pss_mib_each": init_pss / running / MIB, "init_rss_mib_each": init_rss / running / MIB,
+            "control_plane_growth_mib_each": cp_growth / n / MIB, "command_pss_mib_each": cmd_pss / running / MIB,
         }
         if answered != n:
-            self.errors.append(f"only {answered} of {n} idle sandboxes answered exec")
+            self.errors.append(f"only {answered} of {n} idle sandboxes answered exec; first failure: {failures[0]}")
         for sb in sandboxes:
             sb.terminate()
 

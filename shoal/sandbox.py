@@ -280,6 +280,10 @@ def create_body(args: Sequence[Any], *, app: Any = None, name: str | None = None
         from .volume import check_mounts
 
         mounts = check_mounts(volumes)
+        for path, vol in mounts.items():
+            if not vol.name:
+                raise InvalidError(f"`volumes`: {path!r}: a sandbox mounts named volumes "
+                                   "(modal.Volume.from_name(name, create_if_missing=True))")
     encrypted = _check_ports("encrypted_ports", encrypted_ports)
     h2 = _check_ports("h2_ports", h2_ports)
     unencrypted = _check_ports("unencrypted_ports", unencrypted_ports)
@@ -308,8 +312,7 @@ def create_body(args: Sequence[Any], *, app: Any = None, name: str | None = None
         "volumes": [{"path": path, "volume_name": vol.name, "read_only": vol._read_only}
                     for path, vol in mounts.items()],
     }
-    if not _in_container():  # containers import the same code: warn on the caller's side only
-        _warn_not_enforced(not_enforced or {})
+    _warn_not_enforced(not_enforced or {})
     return body
 
 

@@ -36,7 +36,6 @@ def container_group() -> None:
 def container_list(app_id: str | None, as_json: bool) -> None:
     """List live containers: id, app, function, state, running inputs, age, start-up timings."""
     containers = _client().call("GET", "/v1/containers")["containers"]
-    containers += _sandbox_containers({c["container_id"] for c in containers})
     if app_id:
         containers = [c for c in containers if c.get("app_id") == app_id]
     if as_json:
@@ -45,17 +44,6 @@ def container_list(app_id: str | None, as_json: bool) -> None:
         click.echo("No containers.")
     else:
         display.console().print(display.containers_table(containers))
-
-
-def _sandbox_containers(known: set[str]) -> list[dict[str, Any]]:
-    """Running sandboxes, each one container of its app (`shoal sandbox list` has their details)."""
-    import time
-
-    now = time.time()
-    return [{"container_id": s["container_id"], "app_id": s.get("app_id"), "function": f"sandbox {s['sandbox_id']}",
-             "state": s.get("state"), "running_inputs": 0, "age_s": now - s["created_at"] if s.get("created_at")
-             else None} for s in _client().call("GET", "/v1/sandboxes")["sandboxes"]
-            if s.get("state") in ("pending", "running") and s.get("container_id") not in known]
 
 
 def _echo_entries(entries: list[dict[str, Any]]) -> None:

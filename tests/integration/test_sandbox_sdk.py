@@ -65,6 +65,8 @@ def test_exec_streams_stdin_env_secrets_workdir_and_binary_output(app: modal.App
     assert cat.wait() == 0
     raw = sb.exec("printf", "\\000\\377", text=False)
     assert raw.stdout.read() == b"\x00\xff"
+    tty = sb.exec("tty", pty=True)
+    assert tty.stdout.read().startswith("/dev/pts/") and tty.wait() == 0
     quiet = sb.exec("sh", "-c", "echo hidden; exit 4", stdout=StreamType.DEVNULL)
     assert quiet.wait() == 4 and quiet.stdout.read() == ""
     sb.terminate()

@@ -34,6 +34,7 @@ class FakeApp(shoal.App):
 
     def __init__(self, app_id: str = "ap-1") -> None:
         super().__init__("sb-test")
+        shoal.App._instances.discard(self)  # not a definition (as `App.lookup` leaves it)
         self._app_id = app_id
 
 
@@ -166,6 +167,7 @@ def test_inside_a_container_the_app_may_be_left_out(monkeypatch: pytest.MonkeyPa
     ({"readiness_probe": 8080}, "`readiness_probe` must be a modal.Probe"),
     ({"volumes": {"data": Volume.from_name("v")}}, "must be an absolute path"),
     ({"network_file_systems": {"/n": object()}}, "`network_file_systems` is not offered"),
+    ({"volumes": {"/v": Volume(object_id="vo-1")}}, "a sandbox mounts named volumes"),
 ])
 def test_create_rejects_bad_arguments_naming_them(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidError, match=message.replace("(", r"\(").replace(")", r"\)")):
