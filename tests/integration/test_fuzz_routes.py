@@ -98,6 +98,23 @@ ROUTES: list[tuple[str, str, Any, Any]] = [
     ("POST", "/v1/volumes/{volume_id}/uploads/{upload_id}/commit", req.CommitUpload, None),
     ("POST", "/v1/volumes/{volume_id}/commit", req.ContainerVolume, None),
     ("POST", "/v1/volumes/{volume_id}/reload", req.ContainerVolume, None),
+    ("POST", "/v1/sandboxes", req.SandboxCreate, None),
+    ("GET", "/v1/sandboxes", None, None),
+    ("GET", "/v1/sandboxes/by-name", None, req.SandboxByName),
+    ("GET", "/v1/sandboxes/{sandbox_id}", None, None),
+    ("GET", "/v1/sandboxes/{sandbox_id}/wait", None, req.SandboxWait),
+    ("POST", "/v1/sandboxes/{sandbox_id}/terminate", None, None),
+    ("PUT", "/v1/sandboxes/{sandbox_id}/tags", req.SandboxTags, None),
+    ("GET", "/v1/sandboxes/{sandbox_id}/output", None, req.StreamRead),
+    ("POST", "/v1/sandboxes/{sandbox_id}/stdin", req.StreamWrite, None),
+    ("POST", "/v1/sandboxes/{sandbox_id}/exec", req.ExecCreate, None),
+    ("GET", "/v1/sandboxes/{sandbox_id}/tunnels", None, None),
+    ("POST", "/v1/sandboxes/{sandbox_id}/fs/{op}", req.FsOp, None),
+    ("POST", "/v1/sandboxes/{sandbox_id}/snapshot", None, None),
+    ("POST", "/v1/sandboxes/{sandbox_id}/reload-volumes", None, None),
+    ("GET", "/v1/execs/{exec_id}/output", None, req.StreamRead),
+    ("POST", "/v1/execs/{exec_id}/stdin", req.StreamWrite, None),
+    ("GET", "/v1/execs/{exec_id}/wait", None, req.SandboxWait),
     ("GET", "/metrics", None, None),
     # The image registry Ray nodes pull from (the admin token is accepted there too).
     ("GET", "/v2/", None, None),
@@ -130,9 +147,9 @@ def _declared_routes() -> set[tuple[str, str]]:
         for m in adder.finditer(text):
             method, route = (m.group(1) or m.group(3)).upper(), m.group(2) or m.group(4)
             route = route.replace("{{", "{").replace("}}", "}").replace("{PREFIX}", "/dashboard").replace(":.+}", "}")
-            if "{op}" in route:  # objects.py: one route per operation, from a tuple on the same line
+            prefix = text.rfind("for op in (", 0, m.start())
+            if "{op}" in route and prefix >= 0:  # objects.py: one route per operation, from a tuple on the same line
                 line = text[m.start():text.index("\n", m.start())]
-                prefix = text.rfind("for op in (", 0, m.start())
                 ops = re.findall(r'"(\w+)"', text[prefix:text.index(")", prefix)])
                 found.update((method, route.replace("{op}", op)) for op in ops)
                 assert line
@@ -265,6 +282,9 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
         app_id = basic_app.app.app_id
         function_id = basic_app.square.object_id
         containers = client.call("GET", "/v1/containers")["containers"]
+        sandbox_id = client.call("POST", "/v1/sandboxes", {"app_id": app_id, "command": ["sleep", "600"],
+                                                            "timeout": 600})["sandbox_id"]
+        exec_id = client.call("POST", f"/v1/sandboxes/{sandbox_id}/exec", {"argv": ["true"]})["exec_id"]
         real = {
             "app_id": [app_id], "function_id": [function_id], "call_id": [call_id],
             "container_id": [c["container_id"] for c in containers][:1] or ["ct-x"],
@@ -273,6 +293,7 @@ def test_no_route_answers_5xx_or_hangs(private_control_plane: ControlPlane) -> N
             "index": ["0", "1"], "repo": ["shoal/im-x", "library/app"],
             "reference": ["latest", "sha256:" + "0" * 64], "digest": ["sha256:" + "0" * 64],
             "image_id": [i["image_id"] for i in client.call("GET", "/v1/images")["images"]],
+            "sandbox_id": [sandbox_id], "exec_id": [exec_id], "op": ["read", "write", "list", "mkdir", "stat"],
         }
         cookie = _dashboard_cookie(cp.url, token)
         segment = st.one_of(st.text(alphabet=string.printable, min_size=1, max_size=20),
