@@ -1,8 +1,17 @@
-"""A function whose module imports FastAPI, in an image that installs it (for bench/coldstart.py)."""
+"""Functions whose module imports FastAPI, in images that install it (bench/coldstart.py, bench/images.py).
+
+`handler` runs on a venv image (`debian_slim`), `handler_oci` on an OCI image: the tests' small Debian image on a
+registry on loopback, whose tag bench/images.py passes in SHOAL_BENCH_OCI_TAG (inside containers the variable is
+unset: declaring an image reads nothing, and the function is found by its name).
+"""
+
+import os
 
 import shoal
 
 image = shoal.Image.debian_slim().pip_install("fastapi")
+oci_image = shoal.Image.from_registry(
+    os.environ.get("SHOAL_BENCH_OCI_TAG", "127.0.0.1:5000/bench/python:v1")).pip_install("fastapi")
 app = shoal.App("bench-fastapi", image=image)
 
 with image.imports():
@@ -11,4 +20,9 @@ with image.imports():
 
 @app.function(single_use_containers=True)
 def handler(x: int) -> int:
+    return x
+
+
+@app.function(single_use_containers=True, image=oci_image)
+def handler_oci(x: int) -> int:
     return x
