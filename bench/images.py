@@ -1,7 +1,7 @@
 """Images, side by side in one run: cache hits, a registry pull next to skopeo, cold starts on OCI and venv
 images with and without the warm pool, first builds next to uv by hand.
 
-    python -m bench.images [--only hit,pull,cold,build] [--rounds 5] [--layers 5] [--mib 16]
+    python -m bench.images [--only pull,build,cold] [--rounds 5] [--layers 5] [--mib 16]
 
 Needs root, skopeo, umoci (optional), docker-registry, sandboxed containers, and PyPI (the builds install six and
 fastapi). The OCI base is the tests' small Debian image with Python 3.11 (tests/integration/rootfs_images.py),
@@ -34,7 +34,7 @@ from shoal.oci.store import LayerStore  # noqa: E402
 from tests.integration.oci_registry import random_layer, registry  # noqa: E402
 from tests.integration.rootfs_images import build_tars, write_layout  # noqa: E402
 
-SECTIONS = ("hit", "pull", "cold", "build")
+SECTIONS = ("pull", "build", "cold")  # (1) comes with build (in process) and cold (through the control plane)
 Row = tuple[str, float | None, float | None, str, str]  # metric, shoal, reference, reference's name, target
 
 
@@ -188,9 +188,13 @@ def _ms(samples: list[float] | None) -> float | None:
     return statistics.median(samples) * 1000 if samples else None
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3f}"
+
+
 def table(rows: list[Row]) -> str:
     head = ("metric", "shoal", "reference", "shoal / reference", "target")
-    cells = [head] + [(m, "—" if s is None else f"{s:,.1f}", "—" if r is None else f"{r:,.1f} ({rn})",
+    cells = [head] + [(m, "—" if s is None else _num(s), "—" if r is None else f"{_num(r)} ({rn})",
                        f"{s / r:.2f}x" if s is not None and r else "", tgt) for m, s, r, rn, tgt in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = [" | ".join(c[i].ljust(widths[i]) if i in (0, 2, 4) else c[i].rjust(widths[i]) for i in range(len(head)))
