@@ -151,6 +151,9 @@ def skopeo_path() -> str:
     return found
 
 
+_FOLLOW_POLL_S = 0.002  # a blob being written: how long to wait at its end before reading on
+
+
 class _AbandonedError(Exception):
     """skopeo stopped before the blob being followed was complete."""
 
@@ -177,7 +180,7 @@ class _FollowReader(io.RawIOBase):
                 return os.readv(self._fd, [buf])
             if self._skopeo.poll() is not None:
                 raise _AbandonedError
-            time.sleep(0.002)
+            time.sleep(_FOLLOW_POLL_S)
 
     def close(self) -> None:
         if not self.closed:
