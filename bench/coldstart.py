@@ -10,6 +10,7 @@ can refill, as it would between real cold starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,7 +34,9 @@ def shoal_first_results(warm: bool, repeat: int, names: tuple[str, ...] = ("hand
     from bench import fastapi_workload as w
 
     try:
-        with w.app.run(quiet=True):
+        with contextlib.ExitStack() as running:
+            for app in {id(a): a for a in (w.oci_app if n == "handler_oci" else w.app for n in names)}.values():
+                running.enter_context(app.run(quiet=True))
             out: dict[str, list[float]] = {}
             for name in names:
                 fn = getattr(w, name)
