@@ -10,36 +10,59 @@ can refill, as it would between real cold starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
-def shoal_first_results(warm: bool, repeat: int) -> list[float]:
-    from shoal._client.transport import get_client, reset_client
+def shoal_first_results(warm: bool, repeat: int, names: tuple[str, ...] = ("handler",),
+                        home: str | None = None) -> dict[str, list[float]]:
+    """First result of `repeat` calls of each function of bench/fastapi_workload.py named in `names`, each call
+    in a new container, on a control plane started with or without its warm pool (`home`: its SHOAL_HOME, so a
+    second control plane finds the images built by the first)."""
+    from shoal._client.transport import reset_client
 
-    home = tempfile.mkdtemp(prefix="shoal-bench-cold-")
-    os.environ["SHOAL_HOME"] = home
+    os.environ["SHOAL_HOME"] = home or tempfile.mkdtemp(prefix="shoal-bench-cold-")
     os.environ["SHOAL_WARM_POOL"] = "1" if warm else "0"
     reset_client()
     from bench import fastapi_workload as w
 
     try:
-        with w.app.run(quiet=True):
-            w.handler.remote(-1)  # builds the image once and puts it in use
-            samples = []
-            for i in range(repeat):
-                time.sleep(1.5)
-                t0 = time.perf_counter()
-                w.handler.remote(i)
-                samples.append(time.perf_counter() - t0)
-        return samples
+        with contextlib.ExitStack() as running:
+            for app in {id(a): a for a in (w.oci_app if n == "handler_oci" else w.app for n in names)}.values():
+                running.enter_context(app.run(quiet=True))
+            out: dict[str, list[float]] = {}
+            for name in names:
+                fn = getattr(w, name)
+                fn.remote(-1)  # builds the image once and puts it in use
+                samples = out[name] = []
+                for i in range(repeat):
+                    time.sleep(1.5)
+                    t0 = time.perf_counter()
+                    fn.remote(i)
+                    samples.append(time.perf_counter() - t0)
+        return out
     finally:
-        get_client().call("POST", "/v1/shutdown", {})
-        reset_client()
+        shutdown()
+
+
+def shutdown() -> None:
+    """Stops the auto-started control plane and waits for its process to exit (a next one may use its home)."""
+    from shoal._client.transport import get_client, reset_client
+
+    info = Path(os.environ["SHOAL_HOME"]) / "server.json"
+    pid = json.loads(info.read_text()).get("pid") if info.exists() else None
+    get_client().call("POST", "/v1/shutdown", {})
+    reset_client()
+    deadline = time.monotonic() + 30
+    while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def ray_actor_first_results(repeat: int) -> list[float] | None:
@@ -111,8 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.coldstart")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    warm = shoal_first_results(True, args.repeat)
-    cold = shoal_first_results(False, args.repeat)
+    warm = shoal_first_results(True, args.repeat)["handler"]
+    cold = shoal_first_results(False, args.repeat)["handler"]
     ray_samples = ray_actor_first_results(args.repeat)
     runtime_mib, sandbox_mib = idle_container_overhead_mib()
     med = {k: statistics.median(v) * 1000 for k, v in (("warm", warm), ("cold", cold)) if v}

@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.images import push_multi_layer  # noqa: E402
 from shoal.backends.ray_images import ensure_image  # noqa: E402
 from shoal.controlplane.credentials import pull_credential  # noqa: E402
-from shoal.oci.layout import LayoutWriter  # noqa: E402
-from shoal.oci.registry import pull, push_layout  # noqa: E402
+from shoal.oci.registry import pull  # noqa: E402
 from shoal.oci.store import LayerStore  # noqa: E402
-from tests.integration.oci_registry import random_layer, registry  # noqa: E402
+from tests.integration.oci_registry import registry  # noqa: E402
 
 
 def _control_plane(home: Path) -> tuple[subprocess.Popen, str]:
@@ -61,11 +61,7 @@ def main() -> int:
         proc, url = _control_plane(work / "home")
         credential = pull_credential((work / "home" / "token").read_text().strip().encode())
         with registry(work / "registry") as reg:
-            writer = LayoutWriter(work / "layout")
-            layers = [writer.add_layer(random_layer(f"l{i}", args.mib << 20)) for i in range(args.layers)]
-            writer.tag("v1", writer.add_image(layers, {"Cmd": ["/bin/sh"]}))
-            ref = f"{reg}/bench/multi:v1"
-            push_layout(work / "layout", "v1", ref)
+            ref = push_multi_layer(work, reg, args.layers, args.mib)
             cp_store = LayerStore(work / "home" / "oci")
             image = pull(cp_store, ref, name="im-bench")
             cp_layers = [str(p) for p in cp_store.lowerdirs(image)]

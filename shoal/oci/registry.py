@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
+import io
 import ipaddress
 import json
 import os
@@ -20,9 +22,12 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from shoal.oci.store import Image, LayerStore, StoreError, check_digest
+from shoal.oci.unpack import LayerError
 
 DOCKER_HUB = "docker.io"
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
@@ -146,13 +151,103 @@ def skopeo_path() -> str:
     return found
 
 
+_FOLLOW_POLL_S = 0.002  # a blob being written: how long to wait at its end before reading on
+
+
+class _AbandonedError(Exception):
+    """skopeo stopped before the blob being followed was complete."""
+
+
+class _FollowReader(io.RawIOBase):
+    """Reads a blob skopeo is still writing (`oci-put-blob*` in the pull's layout directory): at the end of what is
+    written so far it waits for more, until skopeo has renamed the file into the blob directory (it renames a blob
+    only once it is complete and its digest checked) — then the end is the real one."""
+
+    def __init__(self, path: Path, skopeo: subprocess.Popen) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._path = path
+        self._skopeo = skopeo
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        while True:
+            n = os.readv(self._fd, [buf])
+            if n:
+                return n
+            if not self._path.exists():  # renamed: complete; read what was written after our last read
+                return os.readv(self._fd, [buf])
+            if self._skopeo.poll() is not None:
+                raise _AbandonedError
+            time.sleep(_FOLLOW_POLL_S)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class _EarlyUnpacker:
+    """Unpacks each layer blob while skopeo is still fetching it (and the others), so that a pull costs about the
+    transfer instead of the transfer followed by the unpacking. Layer directories are named by the diff id their
+    content has, so the record finds them; anything that goes wrong here is left to the record, which unpacks
+    from the blobs as before (and reports the error)."""
+
+    def __init__(self, store: LayerStore, layout: Path, skopeo: subprocess.Popen) -> None:
+        self._store, self._layout, self._skopeo = store, layout, skopeo
+        self._threads: list[threading.Thread] = []
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        seen: set[str] = set()
+        while True:
+            done = self._skopeo.poll() is not None
+            try:
+                names = [n for n in os.listdir(self._layout) if n.startswith("oci-put-blob") and n not in seen]
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                seen.add(name)
+                try:
+                    reader = _FollowReader(self._layout / name, self._skopeo)
+                except FileNotFoundError:
+                    continue  # already renamed (a small blob): the record unpacks it if it is a layer
+                t = threading.Thread(target=self._unpack, args=(reader, name), daemon=True)
+                t.start()
+                self._threads.append(t)
+            if done:
+                return
+            time.sleep(0.003)
+
+    def _unpack(self, reader: _FollowReader, name: str) -> None:
+        try:
+            stream = io.BufferedReader(reader, 1 << 20)
+            head = stream.peek(4)[:4]
+            if head[:2] == b"\x1f\x8b":
+                self._store.unpack_stream(gzip.GzipFile(fileobj=stream, mode="rb"), name)  # type: ignore[arg-type]
+            elif len(head) == 4 and head != b"\x28\xb5\x2f\xfd" and not head.lstrip().startswith(b"{"):
+                self._store.unpack_stream(stream, name)  # an uncompressed tar; zstd and JSON are left to the record
+        except (_AbandonedError, LayerError, OSError, EOFError, StoreError):
+            pass
+        finally:
+            reader.close()
+
+    def join(self) -> None:
+        self._watcher.join()
+        for t in self._threads:
+            t.join()
+
+
 def pull(store: LayerStore, ref: str | Reference, *, credentials: tuple[str, str] | None = None,
          name: str | None = None, arch: str = "amd64", os_name: str = "linux", timeout: float = 3600,
-         plain_http: bool = False) -> Image:
+         plain_http: bool = False, early_unpack: bool = True) -> Image:
     """Pulls `ref` into the store (only the blobs it lacks), unpacks its layers and records it as `name`
     (default: the normalised reference). A multi-arch index resolves to `os_name`/`arch`. `plain_http`: the
     caller vouches for this one registry being spoken to over HTTP though it is not on loopback (a Ray node
-    pulling from its control plane's `http://` URL); every other registry stays HTTPS with verification."""
+    pulling from its control plane's `http://` URL); every other registry stays HTTPS with verification.
+    `early_unpack`: unpack each layer while skopeo still fetches it (False: after the transfer, for comparison)."""
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     if credentials is not None and not credentials[0]:
         raise RegistryAuthError(f"pulling {reference}: REGISTRY_USERNAME is empty")
@@ -171,12 +266,19 @@ def pull(store: LayerStore, ref: str | Reference, *, credentials: tuple[str, str
             env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG")}
             env["HOME"] = str(work)  # no ~/.docker/config.json or containers/auth.json of the host's user
             env["XDG_RUNTIME_DIR"] = str(work)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            early = _EarlyUnpacker(store, work / "layout", proc) if early_unpack else None
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+                _, stderr = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
                 raise RegistryError(f"pulling {reference}: timed out after {timeout:.0f} s") from None
+            finally:
+                if early is not None:
+                    early.join()
             if proc.returncode != 0:
-                raise _error(reference, proc.stderr, credentials is not None)
+                raise _error(reference, stderr, credentials is not None)
             index = json.loads((work / "layout" / "index.json").read_text())
             manifest_digest = index["manifests"][0]["digest"]
             return store.record(name or str(reference), manifest_digest)

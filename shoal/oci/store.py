@@ -29,8 +29,9 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from shoal.oci.unpack import LayerError, unpack_layer
+from shoal.oci.unpack import LayerError, unpack_layer, unpack_tar_stream
 
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -192,6 +193,27 @@ class LayerStore:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
         return final
+
+    def unpack_stream(self, stream: BinaryIO, name: str) -> str:
+        """Unpacks a layer tar read from `stream` (uncompressed) and places it under the diff id its content has;
+        returns that diff id. The name is computed here, so the directory is right by construction whatever the
+        stream is; one no record names goes at the next prune. Call with the store's lock held (a pull does)."""
+        work = self.scratch_dir("layer-")
+        try:
+            os.chmod(work, 0o755)
+            os.chown(work, self.id_shift, self.id_shift)
+            diff_id = unpack_tar_stream(stream, name, work, self.id_shift)
+            final = self.layer_path(diff_id)
+            if not final.is_dir():
+                try:
+                    os.rename(work, final)
+                except OSError:
+                    if not final.is_dir():
+                        raise
+            return diff_id
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
 
     def _unpack_all(self, layers: tuple[Layer, ...]) -> None:
         """Unpacks the missing layers side by side: decompression, hashing and writes release the GIL."""

@@ -216,21 +216,27 @@ class _Unpacker:
 def unpack_layer(blob: Path, media_type: str, dest: Path, id_shift: int = 0) -> str:
     """Unpacks the layer blob into `dest` (an empty directory) and returns its diff id (`sha256:` + hex)."""
     stream, proc = _open_decompressed(blob, media_type)
-    reader = _HashingReader(stream)
-    unpacker = _Unpacker(dest, id_shift)
     try:
-        buffered = io.BufferedReader(reader, 1 << 20)
-        try:
-            with tarfile.open(fileobj=buffered, mode="r|") as tf:
-                for member in tf:
-                    unpacker.add(tf, member)
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
-            raise LayerError(f"layer {blob.name}: not a valid tar stream ({exc})") from exc
-        # what BufferedReader read ahead was hashed already; hash the rest the tar reader did not need
-        reader.drain()
-        unpacker.finish()
+        return unpack_tar_stream(stream, blob.name, dest, id_shift)
     finally:
         stream.close()
         if proc is not None and proc.wait() != 0:
             raise LayerError(f"layer {blob.name}: zstd failed (exit status {proc.returncode})")
+
+
+def unpack_tar_stream(stream: BinaryIO, name: str, dest: Path, id_shift: int = 0) -> str:
+    """Unpacks an uncompressed layer tar read from `stream` into `dest` (an empty directory) and returns its diff
+    id. `name` names the layer in errors. A stream lets a pull unpack a blob while it is still being written."""
+    reader = _HashingReader(stream)
+    unpacker = _Unpacker(dest, id_shift)
+    buffered = io.BufferedReader(reader, 1 << 20)
+    try:
+        with tarfile.open(fileobj=buffered, mode="r|") as tf:
+            for member in tf:
+                unpacker.add(tf, member)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
+        raise LayerError(f"layer {name}: not a valid tar stream ({exc})") from exc
+    # what BufferedReader read ahead was hashed already; hash the rest the tar reader did not need
+    reader.drain()
+    unpacker.finish()
     return "sha256:" + reader.sha.hexdigest()

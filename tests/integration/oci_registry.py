@@ -1,6 +1,7 @@
 """A real Docker registry (Debian's `docker-registry`, distribution 2.8) on loopback, and images made here.
 
-Shared by tests/integration/test_oci*.py and bench/oci_pull.py: nothing is fetched from a public registry.
+Shared by tests/integration/test_oci*.py and bench/ (images.py, oci_serve.py): nothing is fetched from a public
+registry.
 """
 
 from __future__ import annotations

@@ -253,3 +253,42 @@ def test_bearer_token_auth_flow(tmp_path) -> None:
         image = pull(store, f"{reg}/test/tok:v1", credentials=("bob", "pw"))
         assert (store.lowerdirs(image)[0] / "etc/b").read_text() == "b\n"
         assert ("bob", "repository:test/tok:pull") in tokens.requests
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every entry of a layer directory: type and mode, owner, size, device, link target, xattrs."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_size if not stat.S_ISDIR(st.st_mode) else 0, st.st_rdev,
+                os.readlink(p) if stat.S_ISLNK(st.st_mode) else None,
+                sorted((k, os.getxattr(p, k, follow_symlinks=False)) for k in os.listxattr(p, follow_symlinks=False)))
+    return out
+
+
+@needs_root
+def test_layers_unpacked_during_the_transfer_are_those_unpacked_after_it(tmp_path, reg) -> None:
+    layers = [BASE, random_layer("big1", 6 << 20), random_layer("big2", 3 << 20), TOP]
+    _push(tmp_path, reg, "test/early", layers)
+    early, late = LayerStore(tmp_path / "early"), LayerStore(tmp_path / "late")
+    a = pull(early, f"{reg}/test/early:v1")
+    b = pull(late, f"{reg}/test/early:v1", early_unpack=False)
+    assert a == b
+    assert [_tree(p) for p in early.lowerdirs(a)] == [_tree(p) for p in late.lowerdirs(b)]
+    assert sorted(p.name for p in early.layers.iterdir()) == sorted(x.diff_id[7:] for x in a.layers)
+    assert list(early.tmp.iterdir()) == []  # no scratch left behind
+
+
+@needs_root
+def test_a_hostile_layer_fails_the_pull_and_writes_nothing_outside_the_store(tmp_path, reg) -> None:
+    bad = layer_tar([("file", "ok", b"ok\n"), ("file", "../../../escape-early", b"x")])
+    _push(tmp_path, reg, "test/hostile", [random_layer("pad", 2 << 20), bad])
+    store = LayerStore(tmp_path / "s" / "store")
+    with pytest.raises(Exception, match=r"'\.\.' in a layer path"):
+        pull(store, f"{reg}/test/hostile:v1")
+    assert not list(tmp_path.rglob("escape-early"))
+    assert len(list(store.layers.iterdir())) <= 1  # the good layer at most; never the hostile one
+    assert store.list() == []
