@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from ._container_context import is_local
 from ._image_files import (
     AUTO_DOCKERIGNORE,
     AutoDockerIgnore,
@@ -186,7 +187,7 @@ def _registry_secret_env(method: str, secret: Any, registry: str, *, required: b
         return {}
     values = _secret_env(method, [secret])
     missing = [k for k in keys if not values.get(k)]
-    if missing:
+    if missing and is_local():  # a container imports the module again without the caller's values: it builds nothing
         raise InvalidError(f"Image.{method}: the registry secret lacks {', '.join(missing)} (it needs "
                            f"{' and '.join(keys)})")
     return values

@@ -118,6 +118,23 @@ def test_registry_secrets_are_sent_unhashed_and_checked_for_their_keys():
         Image.from_registry("python:3.12", {"REGISTRY_USERNAME": "u"})
 
 
+def test_a_container_reimporting_a_registry_image_with_the_callers_secret_values_gets_no_error(monkeypatch):
+    """A container imports the module again without the caller's environment: the secret's values are not there,
+    and the image is not built there, so declaring it must not fail (as Modal's)."""
+    monkeypatch.delenv("REGISTRY_USERNAME", raising=False)
+    monkeypatch.delenv("REGISTRY_PASSWORD", raising=False)
+    with pytest.raises(InvalidError, match="REGISTRY_USERNAME"):  # on the caller's side: a clear error
+        Secret.from_local_environ(["REGISTRY_USERNAME", "REGISTRY_PASSWORD"])
+    monkeypatch.setenv("SHOAL_CONTAINER_ID", "ta-test")
+    secret = Secret.from_local_environ(["REGISTRY_USERNAME", "REGISTRY_PASSWORD"])
+    assert secret.env() == {}
+    Image.from_registry("127.0.0.1:5000/private/img:v1", secret=secret)
+    Image.from_registry("127.0.0.1:5000/private/img:v1",
+                        secret=Secret.from_dict({"REGISTRY_USERNAME": "", "REGISTRY_PASSWORD": ""}))
+    with pytest.raises(InvalidError, match="from_aws_ecr needs `secret`"):  # what needs no value is still checked
+        Image.from_aws_ecr("123.dkr.ecr.eu-west-1.amazonaws.com/app:v1")
+
+
 def test_cloud_registries_need_their_keys():
     ecr = Secret.from_dict({"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "eu-west-1"})
     step = wire(Image.from_aws_ecr("123.dkr.ecr.eu-west-1.amazonaws.com/app:v1", ecr))["steps"][0]
