@@ -208,7 +208,8 @@ class OciBuilder:
             self._fail(st, f"add_python needs an image with glibc (the interpreters this machine has are built "
                            f"against it), and this image has no {loader}: use an image of a glibc distribution "
                            "(Debian, Ubuntu, Fedora, ...), or one with Python")
-        ident = [prefix.name, *(os.stat(p).st_mtime_ns for p in (prefix / "bin" / "python3",) if p.exists())]
+        python3 = prefix / "bin" / "python3"
+        ident = [prefix.name, "bundled-libs", *([os.stat(python3).st_mtime_ns] if python3.exists() else [])]
         log(f"Adding Python {prefix.name} at /usr/local/bin/python\n")
         await self._file_layer(st, ["add_python", ident], forced,
                                lambda out: oci_files.python_tree(out, prefix))

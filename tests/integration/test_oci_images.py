@@ -208,11 +208,15 @@ def test_from_registry_auth_and_digest(builder, private_reg, reg):
 
 
 def test_add_python_on_an_image_without_python(builder, reg):
+    # the image has glibc and libm only: ctypes (libffi), ssl, zlib, sqlite3... need the libraries add_python brings
+    imports = "import sys, ctypes, ssl, hashlib, zlib, bz2, lzma, sqlite3, uuid; print(sys.version_info[:2])"
     wire = spec(base(f"{reg}/test/nopython:v1", add_python="3.12"),
-                run("python3 -c 'import sys, json; print(sys.version_info[:2])' > /version.txt", "python --version"))
+                run(f"python3 -c '{imports}' > /version.txt", "python --version"))
     image, text = build(builder, wire)
     assert image.python == "/usr/local/bin/python3"
-    assert read(image, "/version.txt") == b"(3, 12)\n" and "Python 3.12." in text
+    assert read(image, "/version.txt") == b"(3, 12)\n" and "Python 3.12." in text, text
+    assert read(image, "/usr/local/lib/python3.12/lib-dynload/.libs/libffi.so.8") is not None
+    assert read(image, "/usr/local/lib/python3.12/lib-dynload/.libs/libc.so.6") is None  # glibc is the image's
     record = json.loads((builder.dir / wire.image_id / "manifest.json").read_text())
     assert record["python_version"] == "3.12"
     assert read(image, "/usr/local/lib/python3.12/site-packages/pip/__init__.py") is not None
