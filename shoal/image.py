@@ -178,12 +178,23 @@ def _check_commands(method: str, commands: Any) -> list[str]:
     return list(commands)
 
 
+def _registry_secret_names(secret: Any) -> list[str]:
+    """A named registry secret (`Secret.from_name`): its name, which the control plane resolves when it builds
+    (its values never pass through the caller)."""
+    from .secret import Secret
+
+    return [secret.name] if isinstance(secret, Secret) and secret.name else []
+
+
 def _registry_secret_env(method: str, secret: Any, registry: str, *, required: bool) -> dict[str, str]:
-    """The values of the registry secret the pull needs; the secret must hold the keys of its registry kind."""
+    """The values of the registry secret the pull needs; the secret must hold the keys of its registry kind
+    (a named one is checked by the control plane, which reads it)."""
     keys = REGISTRY_SECRET_KEYS[registry]
     if secret is None:
         if required:
             raise InvalidError(f"Image.{method} needs `secret`: a shoal.Secret with {' and '.join(keys)}")
+        return {}
+    if _registry_secret_names(secret):
         return {}
     values = _secret_env(method, [secret])
     missing = [k for k in keys if not values.get(k)]
@@ -239,6 +250,8 @@ class Image:
                                 "repr": _call_repr(method, [tag], add_python=add_python)}
         if secret_env:
             step["secret_env"] = secret_env
+        if names := _registry_secret_names(secret):
+            step["secret_names"] = names
         image = Image._base(method, step, force_build)
         return image.dockerfile_commands(setup) if setup else image
 
@@ -303,6 +316,8 @@ class Image:
                       **_registry_secret_env(method, registry_secret, "generic", required=False)}
         if secret_env:
             step["secret_env"] = secret_env
+        if names := _registry_secret_names(registry_secret):
+            step["secret_names"] = names
 
         def fill(step: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
             dockerfile = Path(path).expanduser().absolute()

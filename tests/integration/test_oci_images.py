@@ -479,3 +479,38 @@ def test_an_app_on_a_registry_image_builds_it_and_runs_there(control_plane, reg,
     again = run_script(script, timeout=300)
     assert "RESULT ('1.17.0', (3, 11), 'hello', 'built')" in again.stdout, again.stdout + again.stderr
     assert "Building image" not in again.stderr  # built once
+
+
+NAMED_SECRET_APP = '''
+import shoal as modal
+
+image = modal.Image.from_registry("{tag}", secret=modal.Secret.from_name("{secret}"))
+app = modal.App("oci-named-secret", image=image)
+
+
+@app.function()
+def marker():
+    return open("/etc/shoal-test-image").read().strip()
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("RESULT", marker.remote())
+'''
+
+
+def test_a_named_registry_secret_is_read_by_the_control_plane(control_plane, private_reg, tmp_path):
+    """`from_registry(tag, secret=Secret.from_name(...))`, as Modal programs write it: the control plane reads the
+    named secret's REGISTRY_USERNAME/REGISTRY_PASSWORD when it builds; a missing one is a clear error."""
+    from shoal.secret import Secret
+    from tests.conftest import run_script
+
+    Secret.objects.create("oci-private-creds", {"REGISTRY_USERNAME": "builder", "REGISTRY_PASSWORD": "s3cret"},
+                          allow_existing=True)
+    script = tmp_path / "named.py"
+    script.write_text(NAMED_SECRET_APP.format(tag=f"{private_reg}/private/python:v1", secret="oci-private-creds"))
+    proc = run_script(script, timeout=600)
+    assert "RESULT shoal test image" in proc.stdout, proc.stdout + proc.stderr
+    script.write_text(NAMED_SECRET_APP.format(tag=f"{private_reg}/private/python:v1", secret="no-such-secret"))
+    proc = run_script(script, timeout=300)
+    assert proc.returncode != 0 and "secret 'no-such-secret' not found" in proc.stderr, proc.stderr

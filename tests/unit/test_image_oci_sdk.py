@@ -112,8 +112,6 @@ def test_registry_secrets_are_sent_unhashed_and_checked_for_their_keys():
     assert "secret_env" not in wire(Image.from_registry("python:3.12"))["steps"][0]
     with pytest.raises(InvalidError, match="lacks REGISTRY_PASSWORD"):
         Image.from_registry("python:3.12", Secret.from_dict({"REGISTRY_USERNAME": "u"}))
-    with pytest.raises(InvalidError, match="named secrets"):
-        Image.from_registry("python:3.12", Secret.from_name("regcreds"))
     with pytest.raises(InvalidError, match="shoal.Secret"):
         Image.from_registry("python:3.12", {"REGISTRY_USERNAME": "u"})
 
@@ -133,6 +131,16 @@ def test_a_container_reimporting_a_registry_image_with_the_callers_secret_values
                         secret=Secret.from_dict({"REGISTRY_USERNAME": "", "REGISTRY_PASSWORD": ""}))
     with pytest.raises(InvalidError, match="from_aws_ecr needs `secret`"):  # what needs no value is still checked
         Image.from_aws_ecr("123.dkr.ecr.eu-west-1.amazonaws.com/app:v1")
+
+
+def test_a_named_registry_secret_is_sent_by_name_for_the_control_plane_to_read():
+    image = Image.from_registry("127.0.0.1:5000/private/img:v1", secret=Secret.from_name("regcreds"))
+    step = wire(image)["steps"][0]
+    assert step["secret_names"] == ["regcreds"] and "secret_env" not in step
+    assert image.object_id != Image.from_registry("127.0.0.1:5000/private/img:v1",
+                                                  secret=Secret.from_name("other")).object_id  # the name is hashed
+    built = Image.from_dockerfile("Dockerfile", registry_secret=Secret.from_name("regcreds"))
+    assert built._steps[0]["secret_names"] == ["regcreds"]
 
 
 def test_cloud_registries_need_their_keys():
