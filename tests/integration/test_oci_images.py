@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from shoal.controlplane.oci_files import resolve
 from shoal.exception import ImageBuildError, InvalidError
 from shoal.oci.layout import LayoutWriter
 from shoal.oci.registry import RegistryAuthError, push_layout
+from tests.integration.debian_image import LAYOUT_TAG, debian_oci_layout  # noqa: F401 (a fixture)
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import rootfs_tars, write_layout  # noqa: F401 (a fixture)
 
@@ -407,26 +407,12 @@ def test_pip_install_with_the_images_python_and_a_container_on_the_result(builde
 
 # -- Debian: apt_install -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def debian_reg(tmp_path_factory):
-    """Debian bookworm (shoal.oci.base.debian_slim, built from Debian's archive with mmdebstrap: a minute or
-    more, once per run) pushed to a registry on loopback."""
-    from shoal.oci.base import debian_slim
-    from shoal.oci.store import LayerStore
-
-    if shutil.which("mmdebstrap") is None or os.geteuid() != 0:
-        pytest.skip("building the Debian base needs mmdebstrap, as root")
+def debian_reg(tmp_path_factory, debian_oci_layout):  # noqa: F811
+    """Debian bookworm (tests/integration/debian_image.py: built from Debian's archive with mmdebstrap, a minute
+    or more, once per run) pushed to a registry on loopback."""
     tmp = tmp_path_factory.mktemp("debian")
-    store = LayerStore(tmp / "store")
-    image = debian_slim(store, "3.11")
-    layout = tmp / "layout"
-    (layout / "blobs" / "sha256").mkdir(parents=True)
-    for digest in image.blob_digests:
-        os.link(store.blob_path(digest), layout / "blobs" / "sha256" / digest.split(":", 1)[1])
-    LayoutWriter(layout).tag("v1", {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                    "digest": image.manifest_digest,
-                                    "size": store.blob_path(image.manifest_digest).stat().st_size})
     with registry(tmp / "registry") as address:
-        push_layout(layout, "v1", f"{address}/debian:v1")
+        push_layout(debian_oci_layout, LAYOUT_TAG, f"{address}/debian:v1")
         yield address
 
 

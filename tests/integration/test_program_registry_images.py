@@ -78,6 +78,7 @@ def test_functions_on_registry_and_dockerfile_images_see_their_images_and_the_ho
     assert not before["etc_marker"], "the host has /etc/marker already: this test could not tell"
 
     got = reports(shoal_run("registry_images.py"))
+    print("REPORTS", json.dumps(got, sort_keys=True))
 
     common = {"os": "Debian GNU/Linux 12 (bookworm)", "python": "3.11", "host_only": [], "test_image": False}
     registry_seen = got["registry"]
