@@ -470,13 +470,14 @@ def test_an_app_on_a_registry_image_builds_it_and_runs_there(control_plane, reg,
 NAMED_SECRET_APP = '''
 import shoal as modal
 
-image = modal.Image.from_registry("{tag}", secret=modal.Secret.from_name("{secret}"))
+image = modal.Image.from_registry("{tag}", secret=modal.Secret.from_name("{secret}")).run_commands(
+    "echo $REGISTRY_USERNAME > /etc/build-user", secrets=[modal.Secret.from_name("{secret}")])
 app = modal.App("oci-named-secret", image=image)
 
 
 @app.function()
 def marker():
-    return open("/etc/shoal-test-image").read().strip()
+    return open("/etc/shoal-test-image").read().strip() + " " + open("/etc/build-user").read().strip()
 
 
 if __name__ == "__main__":
@@ -487,7 +488,8 @@ if __name__ == "__main__":
 
 def test_a_named_registry_secret_is_read_by_the_control_plane(control_plane, private_reg, tmp_path):
     """`from_registry(tag, secret=Secret.from_name(...))`, as Modal programs write it: the control plane reads the
-    named secret's REGISTRY_USERNAME/REGISTRY_PASSWORD when it builds; a missing one is a clear error."""
+    named secret's REGISTRY_USERNAME/REGISTRY_PASSWORD when it builds (and a build step's named `secrets`); a
+    missing one is a clear error."""
     from shoal.secret import Secret
     from tests.conftest import run_script
 
@@ -496,7 +498,37 @@ def test_a_named_registry_secret_is_read_by_the_control_plane(control_plane, pri
     script = tmp_path / "named.py"
     script.write_text(NAMED_SECRET_APP.format(tag=f"{private_reg}/private/python:v1", secret="oci-private-creds"))
     proc = run_script(script, timeout=600)
-    assert "RESULT shoal test image" in proc.stdout, proc.stdout + proc.stderr
+    assert "RESULT shoal test image builder" in proc.stdout, proc.stdout + proc.stderr
     script.write_text(NAMED_SECRET_APP.format(tag=f"{private_reg}/private/python:v1", secret="no-such-secret"))
     proc = run_script(script, timeout=300)
     assert proc.returncode != 0 and "secret 'no-such-secret' not found" in proc.stderr, proc.stderr
+
+
+VENV_NAMED_SECRET_APP = '''
+import shoal as modal
+
+image = modal.Image.debian_slim().run_commands("echo $BUILD_TOKEN > /root/token.txt",
+                                               secrets=[modal.Secret.from_name("venv-build-secret")])
+app = modal.App("venv-named-secret", image=image)
+
+
+@app.function()
+def token():
+    return open("/root/token.txt").read().strip()
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("RESULT", token.remote())
+'''
+
+
+def test_a_named_secret_reaches_a_venv_images_build_step(control_plane, tmp_path):
+    from shoal.secret import Secret
+    from tests.conftest import run_script
+
+    Secret.objects.create("venv-build-secret", {"BUILD_TOKEN": "t0k3n"}, allow_existing=True)
+    script = tmp_path / "venv_named.py"
+    script.write_text(VENV_NAMED_SECRET_APP)
+    proc = run_script(script, timeout=600)
+    assert "RESULT t0k3n" in proc.stdout, proc.stdout + proc.stderr

@@ -139,8 +139,12 @@ def test_a_named_registry_secret_is_sent_by_name_for_the_control_plane_to_read()
     assert step["secret_names"] == ["regcreds"] and "secret_env" not in step
     assert image.object_id != Image.from_registry("127.0.0.1:5000/private/img:v1",
                                                   secret=Secret.from_name("other")).object_id  # the name is hashed
-    built = Image.from_dockerfile("Dockerfile", registry_secret=Secret.from_name("regcreds"))
-    assert built._steps[0]["secret_names"] == ["regcreds"]
+    built = Image.from_dockerfile("Dockerfile", registry_secret=Secret.from_name("regcreds"),
+                                  secrets=[Secret.from_name("build"), Secret.from_dict({"A": "1"})])
+    assert built._steps[0]["secret_names"] == ["build", "regcreds"]
+    assert built._steps[0]["secret_env"] == {"A": "1"}
+    step = wire(Image.debian_slim().run_commands("true", secrets=[Secret.from_name("build")]))["steps"][0]
+    assert step["secret_names"] == ["build"] and step["secret_env"] == {}
 
 
 def test_cloud_registries_need_their_keys():
