@@ -107,6 +107,7 @@ class OciBuilder:
         self.steps_dir = images_dir / ".cache" / "oci-steps"  # step key -> its layer
         self.uv_cache = images_dir / ".cache" / "uv-oci"  # written by build containers' root, never the host's uv
         self._uv_static: str | None = None
+        self._step_locks: dict[str, asyncio.Lock] = {}  # step key -> held while that step is built
         self.builds = 0
 
     # -- records ---------------------------------------------------------------------------------------------------
@@ -406,10 +407,19 @@ class OciBuilder:
         st.layers.append(info)
         st.key = key
 
-    async def _run_layer(self, st: _State, what: Any, forced: bool, log: Log, argvs: list[list[str]], *,
-                         user: str | None, env: dict[str, str], binds: list[list[Any]] | None = None,
-                         echo: list[str] | None = None, offline_first: list[str] | None = None,
-                         online_extra: list[str] | None = None) -> None:
+    async def _run_layer(self, st: _State, what: Any, forced: bool, log: Log, argvs: list[list[str]],
+                         **kw: Any) -> None:
+        """`_run_layer_now`, one build of a step key at a time: images of one app that share their first steps
+        (`base.apt_install(...)`, then `base.run_commands(...)` and `base.pip_install(...)`) are built in
+        parallel, and the second to reach a shared step waits for the first's layer instead of running it too."""
+        lock = self._step_locks.setdefault(st.chain(what), asyncio.Lock())
+        async with lock:
+            await self._run_layer_now(st, what, forced, log, argvs, **kw)
+
+    async def _run_layer_now(self, st: _State, what: Any, forced: bool, log: Log, argvs: list[list[str]], *,
+                             user: str | None, env: dict[str, str], binds: list[list[Any]] | None = None,
+                             echo: list[str] | None = None, offline_first: list[str] | None = None,
+                             online_extra: list[str] | None = None) -> None:
         """A layer made by running `argvs` in turn in a build container on the image so far, cached by key.
         Secret values are in `env` for the run only: they are not part of the key and not of the image."""
         key = st.chain(what)

@@ -342,6 +342,23 @@ def test_changing_a_step_rebuilds_from_that_step_only(builder, reg):
     assert text.count("(cached)") == 0 and read(forced, "/one") != read(first, "/one")
 
 
+def test_images_built_at_once_run_a_shared_step_once(builder, reg):
+    """Two images of one app on the same first steps, built in parallel (as an app's images are): the shared step
+    runs once, the other build waits for its layer."""
+    shared = run("cat /proc/sys/kernel/random/uuid > /shared", "sleep 1")
+    a, b = spec(base(f"{reg}/test/python:v1"), shared, run("echo a > /own")), \
+        spec(base(f"{reg}/test/python:v1"), shared, run("echo b > /own"))
+    logs = Recorder(), Recorder()
+
+    async def both():
+        return await asyncio.gather(builder.ensure(a, logs[0]), builder.ensure(b, logs[1]))
+
+    first, second = asyncio.run(both())
+    assert read(first, "/shared") == read(second, "/shared") and first.layers[1] == second.layers[1]
+    assert (read(first, "/own"), read(second, "/own")) == (b"a\n", b"b\n")
+    assert sorted(log.text.count("(cached)") for log in logs) == [0, 1]
+
+
 def test_a_failing_step_names_itself_and_ends_with_its_output(builder, reg):
     wire = spec(base(f"{reg}/test/python:v1"), run("echo fine"), run("echo preparing", "echo boom >&2; exit 3"))
     with pytest.raises(ImageBuildError) as info:
