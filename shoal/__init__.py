@@ -14,6 +14,7 @@ from .functions import Function, FunctionCall
 from .image import Image
 from .queue import Queue
 from .retries import Retries
+from .sandbox import Probe, Sandbox, Tunnel
 from .schedule import Cron, Period
 from .secret import Secret
 from .servers import Server
@@ -46,9 +47,12 @@ __all__ = [
     "Obj",
     "Period",
     "Queue",
+    "Probe",
     "Retries",
+    "Sandbox",
     "Secret",
     "Server",
+    "Tunnel",
     "Volume",
     "asgi_app",
     "batched",

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from .exception import Error
 
-_SHELL = "run the command in a function (`subprocess` inside `@app.function()`), or use `shoal shell`"
 UNSUPPORTED: dict[str, str] = {
-    "Sandbox": f"shoal has no Sandbox API yet: {_SHELL}",
-    "SandboxSnapshot": f"shoal has no Sandbox API yet: {_SHELL}",
-    "Probe": f"shoal has no Sandbox API yet (Probe is a Sandbox readiness check): {_SHELL}",
+    "SandboxSnapshot": "sandbox memory snapshots (`SandboxSnapshot`) are not offered: "
+                       "`sb.snapshot_filesystem()` gives an Image new sandboxes can start from",
     "Cluster": "shoal does not run multi-container clusters (`@modal.clustered`): each call runs in one container",
     "clustered": "shoal does not run multi-container clusters (`@modal.clustered`): each call runs in one container",
     "NetworkFileSystem": "NetworkFileSystem (deprecated by Modal) is not offered: use `modal.Volume` "
                          "(`Volume.from_name(...)` mounted with `volumes={path: vol}`, `vol.commit()` after writes)",
     "forward": "`modal.forward` (a tunnel from a container to your machine) is not offered: serve the port with "
                "`@modal.web_server(port)` and reach it at `get_web_url()`",
-    "Tunnel": "tunnels (`modal.forward`) are not offered: serve the port with `@modal.web_server(port)`",
     "interact": "`modal.interact()` is not offered: use `shoal shell` or `shoal container exec CONTAINER_ID bash`",
     "Client": "shoal has no Client object: the SDK reaches the control plane named by SHOAL_SERVER_URL (or the one "
               "under SHOAL_HOME); leave `client=` arguments out",

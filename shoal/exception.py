@@ -99,6 +99,22 @@ class SandboxTerminatedError(Error):
     pass
 
 
+class SandboxFilesystemError(Error):
+    """A file operation in a sandbox failed (`Sandbox.filesystem`); the message says why."""
+
+
+class SandboxFilesystemNotFoundError(SandboxFilesystemError, NotFoundError, FileNotFoundError):
+    pass
+
+
+class SandboxFilesystemPathAlreadyExistsError(SandboxFilesystemError, AlreadyExistsError, FileExistsError):
+    pass
+
+
+class SandboxFilesystemPermissionError(SandboxFilesystemError, PermissionDeniedError, PermissionError):
+    pass
+
+
 class InputCancellation(BaseException):
     """The input was cancelled: raised by `FunctionCall.get()` on a cancelled call, as in Modal."""
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from . import limits
-from .definitions import FunctionDefinition
+from .definitions import FunctionDefinition, ImageSpec
 from .secrets import MAX_VALUE
 
 # -- scalars -----------------------------------------------------------------------------------------------------
@@ -289,6 +289,98 @@ class ContainerVolume(Struct):
 
     container_id: Id | None = None
     container_token: Text | None = None
+
+
+# -- sandboxes (controlplane/sandboxes.py) -----------------------------------------------------------------------
+Arg = Annotated[str, Meta(max_length=65536, pattern=limits.NO_NUL)]
+Argv = Annotated[list[Arg], Meta(max_length=4096)]
+Env = Annotated[dict[Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^[^\x00=]*$")], Arg],
+                Meta(max_length=1024)]
+Tags = Annotated[dict[Annotated[str, Meta(max_length=256, pattern=limits.NO_NUL)],
+                      Annotated[str, Meta(max_length=4096, pattern=limits.NO_NUL)]], Meta(max_length=64)]
+Port = Annotated[int, Meta(ge=limits.PORT[0], le=limits.PORT[1])]
+SandboxTimeout = Annotated[float, Meta(gt=0.0, le=float(limits.TIMEOUT_S[1]))]
+Offset = Annotated[int, Meta(ge=0, le=2**53)]
+FdName = Literal["stdout", "stderr"]
+
+
+class SandboxVolume(Struct):
+    path: Annotated[str, Meta(min_length=2, max_length=4096, pattern=r"^/[^\x00]*$")]
+    volume_name: Name
+    read_only: bool = False
+
+
+class ReadinessProbe(Struct):
+    tcp_port: Port | None = None
+    exec_argv: Argv | None = None
+    interval_ms: Annotated[int, Meta(ge=1, le=3_600_000)] = 100
+
+
+class SandboxCreate(Struct):
+    app_id: Id
+    name: Name | None = None
+    tags: Tags = {}
+    image: ImageSpec | None = None
+    command: Argv = []  # empty: wait until terminated or timed out
+    env: Env = {}
+    secret_names: Annotated[list[Name], Meta(max_length=256)] = []
+    volumes: Annotated[list[SandboxVolume], Meta(max_length=64)] = []
+    timeout: SandboxTimeout = 300.0
+    idle_timeout: SandboxTimeout | None = None
+    workdir: Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")] | None = None
+    cpu: Annotated[float, Meta(gt=0.0, le=4096.0)] | Annotated[list[float], Meta(min_length=2, max_length=2)] \
+        | None = None
+    memory: Annotated[int, Meta(gt=0, le=2**40)] | Annotated[list[int], Meta(min_length=2, max_length=2)] \
+        | None = None
+    gpu: Annotated[str, Meta(max_length=256, pattern=limits.NO_NUL)] | None = None
+    block_network: bool = False
+    outbound_cidr_allowlist: Annotated[list[Text], Meta(max_length=1024)] | None = None
+    encrypted_ports: Annotated[list[Port], Meta(max_length=64)] = []
+    unencrypted_ports: Annotated[list[Port], Meta(max_length=64)] = []
+    h2_ports: Annotated[list[Port], Meta(max_length=64)] = []
+    pty: bool = False
+    readiness_probe: ReadinessProbe | None = None
+
+
+class SandboxByName(Struct):
+    app_name: Name
+    name: Name
+
+
+class SandboxWait(Struct):
+    timeout: Wait = limits.MAX_WAIT_S
+
+
+class StreamRead(Struct):
+    fd: FdName = "stdout"
+    offset: Offset = 0
+    timeout: Wait = 0.0
+
+
+class StreamWrite(Struct):
+    offset: Offset = 0  # where `data` starts in the stream: a resent chunk is written once
+    data: Annotated[bytes, Meta(max_length=limits.BODY_MAX - 1024)] = b""
+    eof: bool = False
+
+
+class SandboxTags(Struct):
+    tags: Tags
+
+
+class ExecCreate(Struct):
+    argv: Annotated[list[Arg], Meta(min_length=1, max_length=4096)]
+    workdir: Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")] | None = None
+    env: Env = {}
+    secret_names: Annotated[list[Name], Meta(max_length=256)] = []
+    timeout: SandboxTimeout | None = None
+    pty: bool = False
+
+
+class FsOp(Struct):
+    path: Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")]
+    data: Annotated[bytes, Meta(max_length=limits.DATA_BODY_MAX - 4096)] = b""
+    recursive: bool = False
+    parents: bool = False
 
 
 # -- images ------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .sandbox import Availability
 
 OutputSink = Callable[[str, str, str], None]  # (container_id, fd, text)
+RawSink = Callable[[str, bytes], None]  # (fd, bytes as written): a sandbox's output, undecoded
 
 
 class Unschedulable(Exception):  # noqa: N818 - a state, not a failure of ours
@@ -57,6 +58,12 @@ class ContainerSpec:
     # Network (sandboxed containers; docs/sandbox.md): outbound traffic only to these CIDRs (the definition's
     # `block_network=True`, in options.extra, means no network at all, not even the control plane's URL).
     outbound_cidr_allowlist: list[str] | None = None
+    # A `shoal.Sandbox` (controlplane/core/sandboxes.py): run `command` instead of the runtime (a bare name is
+    # looked up on the container's PATH), with a pipe as its stdin (`stdin`: the handle's `stdin` writer), and
+    # its output as bytes to `raw_output` instead of the text sink.
+    command: list[str] | None = None
+    stdin: bool = False
+    raw_output: RawSink | None = None
 
 
 class ContainerHandle(Protocol):

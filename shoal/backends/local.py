@@ -25,7 +25,7 @@ from pathlib import Path
 from .._spec.config import home
 from . import egress
 from . import gpus as gpu_mod
-from .base import ContainerSpec, OutputSink, Unschedulable
+from .base import ContainerSpec, OutputSink, RawSink, Unschedulable
 from .netns import open_netns, socket_in
 from .netpool import NetnsPool
 from .sandbox import (
@@ -83,6 +83,7 @@ class LocalContainer:
                  cgroup: ContainerCgroup | None = None, forwarding: Forwarding | None = None,
                  release: list = (), setup_error: list[str] | None = None) -> None:
         self.proc = proc
+        self.stdin = proc.stdin  # a `ContainerSpec.stdin` pipe, else None
         self._pumps = pumps
         self.sandboxed = sandboxed
         self.cgroup = cgroup
@@ -361,7 +362,7 @@ class LocalBackend:
         full_env["SHOAL_T_EXEC"] = repr(time.time())  # no sandbox to build: the interpreter starts now
         proc = await asyncio.create_subprocess_exec(
             *_runtime_argv(python, spec),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=_stdin(spec), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=full_env, cwd=cwd, start_new_session=True,
         )
         if cgroup is not None:
@@ -372,8 +373,8 @@ class LocalBackend:
                 await cgroup.remove()
                 cgroup = None
         pumps = [
-            asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output)),
-            asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", on_output)),
+            asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output, spec.raw_output)),
+            asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", on_output, spec.raw_output)),
         ]
         return LocalContainer(proc, pumps, cgroup=cgroup, release=release)
 
@@ -436,7 +437,7 @@ class LocalBackend:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *launcher_argv(self.python, cfg),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdin=_stdin(spec), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env=env, cwd="/", start_new_session=True,
                 pass_fds=(child_end.fileno(), *([net["netns_fd"]] if net and "netns_fd" in net else [])),
             )
@@ -463,8 +464,8 @@ class LocalBackend:
                 on_output(container_id, fd, text)
 
         pumps = [
-            asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output)),
-            asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", watch)),
+            asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output, spec.raw_output)),
+            asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", watch, spec.raw_output)),
         ]
         container = LocalContainer(proc, pumps, sandboxed=True, cgroup=cgroup, forwarding=forwarding,
                                    release=release, setup_error=setup_error)
@@ -541,6 +542,9 @@ def _runtime_argv(python: str, spec: ContainerSpec) -> list[str]:
     image = spec.image
     if spec.idle:
         return [python, "-I", "-S", "-c", IDLE_CODE] if python else ["/bin/sh", "-c", IDLE_SH]
+    if spec.command:
+        # The sandbox's init execs argv[0] as a path: a bare name is found on the container's PATH by `env`.
+        return list(spec.command) if spec.command[0].startswith("/") else ["/usr/bin/env", "--", *spec.command]
     if image is not None and image.layers is not None:
         if not python:
             raise RuntimeError(f"image {image.image_id} has no Python: functions cannot run on it")
@@ -548,15 +552,25 @@ def _runtime_argv(python: str, spec: ContainerSpec) -> list[str]:
     return [python, "-m", "shoal.runtime"]
 
 
-async def _pump(stream: asyncio.StreamReader | None, container_id: str, fd: str, sink: OutputSink | None) -> None:
-    """Forward output as it is written (not line-buffered), so `print()` shows up at once."""
+def _stdin(spec: ContainerSpec) -> int:
+    return asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL
+
+
+async def _pump(stream: asyncio.StreamReader | None, container_id: str, fd: str, sink: OutputSink | None,
+                raw: RawSink | None = None) -> None:
+    """Forward output as it is written (not line-buffered), so `print()` shows up at once; as bytes to `raw`
+    when given (a sandbox's output), else decoded to `sink`."""
     if stream is None:
         return
     while True:
         chunk = await stream.read(65536)
         if not chunk:
             return
-        if sink is not None:
+        if raw is not None:
+            if fd == "stderr" and sink is not None and b"shoal sandbox: " in chunk:
+                sink(container_id, fd, chunk.decode("utf-8", "replace"))  # a setup failure, for exit_reason
+            raw(fd, chunk)
+        elif sink is not None:
             sink(container_id, fd, chunk.decode("utf-8", "replace"))
 
 

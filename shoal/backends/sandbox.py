@@ -221,6 +221,7 @@ class Limits:
     memory_request_mib: int = 128
     memory_limit_mib: int | None = None
     cpu_given: bool = False  # `cpu=` was set (else, on cgroup v1, the container skips the cpu hierarchy)
+    pids_max: int | None = None  # most processes at once (sandboxes: options.extra["pids_max"]); None: no limit
 
     @classmethod
     def from_options(cls, options: Options) -> Limits:
@@ -235,6 +236,9 @@ class Limits:
             lim.memory_request_mib, lim.memory_limit_mib = int(memory[0]), int(memory[1])
         elif memory is not None:
             lim.memory_request_mib = int(memory)
+        pids = options.extra.get("pids_max")
+        if isinstance(pids, int) and not isinstance(pids, bool) and pids > 0:
+            lim.pids_max = pids
         return lim
 
 
@@ -340,9 +344,12 @@ class ContainerCgroup:
             time.sleep(0.01)
 
 
+CONTROLLERS = ("memory", "cpu", "pids")  # pids: where the host has it, for limits that ask (`Limits.pids_max`)
+
+
 class Cgroups:
     """Per-container cgroups below the control plane's own cgroup: `<own>/shoal/<container_id>`, on cgroup v2
-    or on the v1 `memory` and `cpu` hierarchies. `available` is False, with `reason`, where neither works."""
+    or on the v1 `memory`, `cpu` (and `pids`) hierarchies. `available` is False, with `reason`, where neither works."""
 
     def __init__(self) -> None:
         self.version = 0
@@ -391,7 +398,7 @@ class Cgroups:
                     mounts.setdefault("cgroup2", point)
                 elif fstype == "cgroup":
                     for opt in super_opts.split(","):
-                        if opt in ("memory", "cpu"):
+                        if opt in CONTROLLERS:
                             mounts.setdefault(opt, point)
         own: dict[str, str] = {}
         with open("/proc/self/cgroup") as f:
@@ -400,7 +407,7 @@ class Cgroups:
                 if controllers == "":
                     own["cgroup2"] = path
                 for c in controllers.split(","):
-                    if c in ("memory", "cpu"):
+                    if c in CONTROLLERS:
                         own[c] = path
         if "cgroup2" in mounts and "cgroup2" in own:
             base = mounts["cgroup2"] + own["cgroup2"].rstrip("/")
@@ -410,11 +417,11 @@ class Cgroups:
             except OSError:
                 have = set()
             if {"memory", "cpu"} & have:
-                self._setup_v2(base, sorted({"memory", "cpu"} & have))
+                self._setup_v2(base, sorted(set(CONTROLLERS) & have))
                 if self.parents:
                     return
-        v1 = {c: mounts[c] + own[c].rstrip("/") for c in ("memory", "cpu") if c in mounts and c in own}
-        if v1:
+        v1 = {c: mounts[c] + own[c].rstrip("/") for c in CONTROLLERS if c in mounts and c in own}
+        if {"memory", "cpu"} & set(v1):
             for c, base in v1.items():
                 parent = os.path.join(base, "shoal")
                 try:
@@ -490,6 +497,8 @@ class Cgroups:
             for controller, parent in self.parents.items():
                 if controller == "cpu" and self.version == 1 and not limits.cpu_given:
                     continue  # one migration fewer at start (each may cost an RCU grace period)
+                if controller == "pids" and self.version == 1 and limits.pids_max is None:
+                    continue  # likewise: only containers with a process limit (sandboxes) join it
                 by_dir.setdefault(os.path.join(parent, container_id), []).append(controller)
             for d, controllers in by_dir.items():
                 for _attempt in range(3):
@@ -531,6 +540,9 @@ class Cgroups:
                     _write(j(d, "memory.limit_in_bytes"), str(lim.memory_limit_mib * MIB))
                     if os.path.exists(j(d, "memory.memsw.limit_in_bytes")):
                         _write(j(d, "memory.memsw.limit_in_bytes"), str(lim.memory_limit_mib * MIB))
+        elif controller == "pids":
+            if lim.pids_max is not None:
+                _write(j(d, "pids.max"), str(lim.pids_max))
         elif controller == "cpu":
             if self.version == 2:
                 _write(j(d, "cpu.weight"), str(max(1, min(10000, round(100 * lim.cpu_request)))))

@@ -15,6 +15,7 @@ from .deploy_cmds import deploy
 from .exec_cmds import container_exec, shell
 from .image_cmds import image_group
 from .run import run
+from .sandbox_cmds import sandbox_group
 from .secret_cmds import secret_group
 from .serve_cmds import serve
 from .server_cmds import server_group
@@ -52,6 +53,7 @@ cli.add_command(function_group)
 cli.add_command(server_group)
 cli.add_command(dict_group)
 cli.add_command(queue_group)
+cli.add_command(sandbox_group)
 cli.add_command(secret_group)
 cli.add_command(volume_group)
 cli.add_command(image_group)

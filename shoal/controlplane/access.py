@@ -137,6 +137,18 @@ ROUTES: dict[tuple[str, str], Entry] = {
     ("DELETE", "/v1/proxy-tokens/{token_id}"): _deny("delete proxy auth tokens"),
     ("POST", "/v1/proxy-tokens/{token_id}/allow"): _deny("change proxy auth tokens"),
     ("POST", "/v1/proxy-tokens/{token_id}/revoke"): _deny("change proxy auth tokens"),
+    # Sandboxes (controlplane/sandboxes.py): a function's container may create and manage those of its own app
+    # (and of the ephemeral apps its app created); a sandbox's own container holds no credential at all.
+    ("POST", "/v1/sandboxes"): Entry(Rule.OWN, "create sandboxes in other apps", attaches_secrets=True),
+    ("GET", "/v1/sandboxes"): Entry(Rule.OWN, "list other apps' sandboxes (pass `app_id`)"),
+    ("GET", "/v1/sandboxes/by-name"): Entry(Rule.OWN, "look up other apps' sandboxes"),
+    **{(m, f"/v1/sandboxes/{{sandbox_id}}{p}"): Entry(Rule.OWN, "use other apps' sandboxes")
+       for m, p in (("GET", ""), ("GET", "/wait"), ("POST", "/terminate"), ("PUT", "/tags"), ("GET", "/output"),
+                    ("POST", "/stdin"), ("GET", "/tunnels"), ("POST", "/fs/{op}"),
+                    ("POST", "/snapshot"), ("POST", "/reload-volumes"))},
+    ("POST", "/v1/sandboxes/{sandbox_id}/exec"): Entry(Rule.OWN, "use other apps' sandboxes", attaches_secrets=True),
+    **{(m, f"/v1/execs/{{exec_id}}/{p}"): Entry(Rule.OWN, "use other apps' sandboxes")
+       for m, p in (("GET", "output"), ("POST", "stdin"), ("GET", "wait"))},
     # The image registry Ray nodes pull from (oci_serve.py): the node pull credential's, not containers'.
     **{("GET", route): _deny("pull images from the control plane's registry (it serves Ray nodes)")
        for route in ("/v2/", "/v2/{repo}/manifests/{reference}", "/v2/{repo}/blobs/{digest}",

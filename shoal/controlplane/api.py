@@ -50,6 +50,9 @@ class Api:
         self.on_shutdown = on_shutdown
         self.started_at = time.time()
         self.recent = Recent()  # keyed sessions and shells: in memory, as they are
+        # More rows for `GET /v1/containers`: the containers of running sandboxes (core/sandboxes.py).
+        self.more_containers: Callable[[], list[dict[str, Any]]] = list
+        self.more_container: Callable[[str], dict[str, Any] | None] = lambda _cid: None  # one of those, to exec
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.errors, self.auth], client_max_size=DATA_BODY_MAX)
@@ -478,7 +481,7 @@ class Api:
              "running_inputs": len(c.running), "age_s": now - c.created_at, "timings": c.timings,
              "node": c.handle.node_id if c.handle is not None else None}
             for c in self.registry.containers.values()
-        ]})
+        ] + self.more_containers()})
 
     # -- autoscaler and containers (operator actions) ---------------------------------------------------------
     async def get_autoscaler(self, request: web.Request) -> web.Response:
@@ -540,6 +543,8 @@ class Api:
 
         cid = request.match_info["container_id"]
         c = self.registry.containers.get(cid)
+        if c is None and (other := self.more_container(cid)) is not None:
+            return reply({**other, "machine": machine_id()})
         if c is None:
             raise ApiError(404, f"container {cid} not found (it is not running)", "NotFoundError")
         handle, backend = c.handle, self.core.backend

@@ -6,6 +6,7 @@ them and stop them."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -40,6 +41,8 @@ class Gate:
         self.images = images
         self.replicated = replicated  # requests may be forwarded to another replica: they carry who sent them
         self.created_by: dict[str, str] = {}  # ephemeral app id -> the app whose container created it
+        # The app a sandbox route acts on (controlplane/sandboxes.py sets it): (request, route) -> app id or None.
+        self.sandbox_app: Callable[[web.Request, str], Awaitable[str | None]] | None = None
 
     async def admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC or request.path.startswith(REGISTRY_PREFIX):
@@ -107,6 +110,8 @@ class Gate:
         if "function_id" in info:
             pool = self.registry.pools.get(info["function_id"])
             app_id = pool.app_id if pool is not None else None
+        if route.startswith(("/v1/sandboxes", "/v1/execs/")) and self.sandbox_app is not None:
+            return await self._sandbox_facts(request, route)
         if (request.method, route) not in BODY_ROUTES:
             return Facts(app_id=app_id)
         if route == "/v1/apps":
@@ -125,6 +130,19 @@ class Gate:
             (await body_of(request, req.RegisterFunctions, DATA_BODY_MAX, "function definition")).functions)
         return Facts(app_id=app_id, secrets=frozenset(s.name for d in defs for s in d.secrets if s.name),
                      builds_image=any(self._builds(d) for d in defs))
+
+    async def _sandbox_facts(self, request: web.Request, route: str) -> Facts:
+        """A sandbox route: its app, and for a creation or an exec the secrets it would attach (a container may
+        attach only those it holds) and whether its image would be built here."""
+        assert self.sandbox_app is not None
+        app_id = await self.sandbox_app(request, route)
+        if request.method == "POST" and route == "/v1/sandboxes":
+            body = await body_of(request, req.SandboxCreate)
+            builds = body.image is not None and self._builds(FunctionDefinition(tag="sandbox", image=body.image))
+            return Facts(app_id=app_id, secrets=frozenset(body.secret_names), builds_image=builds)
+        if request.method == "POST" and route.endswith("/exec"):
+            return Facts(app_id=app_id, secrets=frozenset((await body_of(request, req.ExecCreate)).secret_names))
+        return Facts(app_id=app_id)
 
     def _builds(self, d: FunctionDefinition) -> bool:
         """Registering `d` would run build steps (commands, package installs) on this machine: its image has

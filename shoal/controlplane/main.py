@@ -31,6 +31,7 @@ from .api import Api
 from .build import build_core
 from .core.containers import ControlPlaneAddress
 from .core.model import new_id
+from .core.sandboxes import Sandboxes
 from .credentials import pull_credential
 from .definitions import Definitions
 from .deploy import Deployments
@@ -41,6 +42,8 @@ from .objects import Objects
 from .oci_serve import ImageRegistry
 from .proxy import Proxy
 from .proxy_tokens import ProxyTokens
+from .sandbox_tunnels import Tunnels
+from .sandboxes import SandboxRoutes
 from .store import StoreError, open_store
 
 log = logging.getLogger("shoal.controlplane")
@@ -181,6 +184,15 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     images = ImageCatalog(state_dir, store, core.registry, definitions)
     images.add_routes(http_app.router)
     objects.on_delete.append(core.volumes.on_deleted)
+    sandboxes = Sandboxes(store, backend, core.registry, core.secrets, core.volumes, definitions.images, state_dir)
+    tunnels = Tunnels(core.router)
+    sandboxes.on_start.append(tunnels.opened)
+    sandboxes.on_end.append(tunnels.closed)
+    sandbox_routes = SandboxRoutes(sandboxes, core.registry, tunnels)
+    sandbox_routes.add_routes(http_app.router)
+    api.gate.sandbox_app = sandbox_routes.app_of
+    api.more_containers = sandboxes.container_rows
+    api.more_container = sandboxes.container_info
     runner = web.AppRunner(http_app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.SockSite(runner, http_sock)
@@ -194,6 +206,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     if replicas is None:
         await core.volumes.recover()  # before any container starts: commits what the last run left
         await core.recovery.recover()
+        await sandboxes.recover()  # before any sandbox starts: those of the last run died with it
     else:
         if not await replicas.others_alive():  # the others' containers may be writing to volumes
             await core.volumes.recover()
@@ -209,6 +222,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
         await replicas.start(os.environ.get("SHOAL_REPLICA_URL", "").rstrip("/") or url,
                              f"http://{host}:{web_port}")
     housekeeping = asyncio.create_task(core.housekeeping())
+    sandbox_housekeeping = asyncio.create_task(sandboxes.housekeeping())
     objects_housekeeping = asyncio.create_task(objects.housekeeping())
     images_housekeeping = asyncio.create_task(images.housekeeping())  # its own pace: a pass may walk the disk
     scheduling = asyncio.create_task(core.scheduler.run())
@@ -227,6 +241,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     await stop.wait()
     print("shoal control plane stopping", flush=True)
     housekeeping.cancel()
+    sandbox_housekeeping.cancel()
     for task in proxy_tasks:
         task.cancel()
     proxy.close()
@@ -234,6 +249,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     images_housekeeping.cancel()
     scheduling.cancel()
     core.shutdown()
+    sandboxes.shutdown()
     if replicas is not None:
         await store.all_flushed()  # everything it did is committed before another replica takes over
         await replicas.close()

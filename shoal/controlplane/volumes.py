@@ -438,6 +438,17 @@ class Volumes:
         await self._collect(vid)
         return reply({"ok": True, "version": mounts[-1].version})
 
+    async def reload_all(self, c: Any) -> None:
+        """`Sandbox.reload_volumes()`: every writable or read-only mount of container `c` (with `.id`, `.handle`)
+        commits its changes and then shows its volume's current version, as `container_reload` does for one."""
+        if self.rootless:
+            raise ApiError(400, "reload_volumes() needs a control plane running as root (rootless sandboxes "
+                                "cannot swap a mount inside a running container)")
+        for m in list(self.mounts.get(c.id, [])):
+            await self._commit_mount(m)
+            await self._remount(c, m)
+            await self._collect(m.volume_id)
+
     async def _remount(self, c: Any, m: Mount) -> None:
         async with self.locks[m.volume_id]:
             n = await asyncio.to_thread(self.storage.current, m.volume_id)

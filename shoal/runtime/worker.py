@@ -484,6 +484,8 @@ def main() -> None:
     if type(init) is not frames.Init:
         os._exit(0 if init is not None else 1)
     t_connected = time.time()
+    if init.app_id:  # the app `Sandbox.create()` without `app=` uses in this container (and its subprocesses)
+        os.environ["SHOAL_APP_ID"] = init.app_id
     if init.assign is not None:
         take_assignment(init.assign)
     baseline = set(sys.modules)

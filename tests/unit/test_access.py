@@ -103,7 +103,7 @@ def test_image_builds_are_refused() -> None:
 def test_every_route_the_api_registers_is_in_the_table() -> None:
     """The table covers each route the control plane registers (else containers are refused it by default: safe,
     but a new route would then break silently inside containers)."""
-    from shoal.controlplane import api, deploy, image_gc, objects, oci_serve, proxy_tokens, secrets, volumes
+    from shoal.controlplane import api, deploy, image_gc, objects, oci_serve, proxy_tokens, sandboxes, secrets, volumes
 
     class Handlers:
         """Stands in for the route owners: only their `add_routes` runs, which names a handler per route."""
@@ -118,7 +118,7 @@ def test_every_route_the_api_registers_is_in_the_table() -> None:
     stub.core = SimpleNamespace(registry=None, store=None)  # type: ignore[attr-defined]  # the dashboard's views
     router = api.Api.app(stub).router  # type: ignore[arg-type]
     for owner in (objects.Objects, secrets.SecretStore, proxy_tokens.ProxyTokens, volumes.Volumes,
-                  deploy.Deployments, oci_serve.ImageRegistry, image_gc.ImageCatalog):
+                  deploy.Deployments, oci_serve.ImageRegistry, image_gc.ImageCatalog, sandboxes.SandboxRoutes):
         owner.add_routes(stub, router)  # type: ignore[arg-type]
     registered = {(route.method, resource.canonical) for resource in router.resources() for route in resource}
     gets = {route for method, route in registered if method == "GET"}

@@ -36,6 +36,6 @@ def test_other_names_are_plain_attribute_errors() -> None:
 
 
 def test_from_import_of_an_unsupported_name_keeps_the_message() -> None:
-    out = subprocess.run([sys.executable, "-c", "from shoal import Sandbox"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", "from shoal import Cluster"], capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode == 1 and "modal.Sandbox: shoal has no Sandbox API yet" in out.stderr
+    assert out.returncode == 1 and "modal.Cluster: shoal does not run multi-container clusters" in out.stderr

@@ -68,6 +68,12 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY, result BLOB NOT NULL, created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_age ON idempotency_keys (created_at);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    sandbox_id TEXT PRIMARY KEY, app_id TEXT NOT NULL, name TEXT, tags BLOB NOT NULL, state TEXT NOT NULL,
+    returncode INTEGER, reason TEXT, created_at REAL NOT NULL, ended_at REAL, command BLOB NOT NULL,
+    image_id TEXT, container_id TEXT
+);
+CREATE INDEX IF NOT EXISTS sandboxes_app ON sandboxes (app_id, created_at);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). Applied at open when missing, so a
