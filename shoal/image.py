@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from ._container_context import is_local
 from ._image_files import (
     AUTO_DOCKERIGNORE,
     AutoDockerIgnore,
@@ -104,10 +105,15 @@ def _secret_env(method: str, secrets: Sequence[Any] | None) -> dict[str, str]:
         if not isinstance(s, Secret):
             raise InvalidError(f"Image.{method}: secrets must be shoal.Secret objects, got {type(s).__name__}")
         if s.name:
-            raise InvalidError(f"Image.{method}: named secrets ({s.name!r}) are not available to image builds; "
-                               "use Secret.from_dict / from_dotenv / from_local_environ")
+            continue  # sent by name (`_secrets_fields`): the control plane reads it when it builds
         out.update({k: v for k, v in s.env().items() if v is not None})
     return out
+
+
+def _secrets_fields(method: str, secrets: Sequence[Any] | None) -> dict[str, Any]:
+    """A build step's secrets as sent: the values of `from_dict`-like ones, the names of named ones."""
+    names = [s.name for s in secrets or () if getattr(s, "name", None)]
+    return {"secret_env": _secret_env(method, secrets), **({"secret_names": names} if names else {})}
 
 
 def _call_repr(method: str, args: Sequence[Any], **kwargs: Any) -> str:
@@ -177,16 +183,27 @@ def _check_commands(method: str, commands: Any) -> list[str]:
     return list(commands)
 
 
+def _registry_secret_names(secret: Any) -> list[str]:
+    """A named registry secret (`Secret.from_name`): its name, which the control plane resolves when it builds
+    (its values never pass through the caller)."""
+    from .secret import Secret
+
+    return [secret.name] if isinstance(secret, Secret) and secret.name else []
+
+
 def _registry_secret_env(method: str, secret: Any, registry: str, *, required: bool) -> dict[str, str]:
-    """The values of the registry secret the pull needs; the secret must hold the keys of its registry kind."""
+    """The values of the registry secret the pull needs; the secret must hold the keys of its registry kind
+    (a named one is checked by the control plane, which reads it)."""
     keys = REGISTRY_SECRET_KEYS[registry]
     if secret is None:
         if required:
             raise InvalidError(f"Image.{method} needs `secret`: a shoal.Secret with {' and '.join(keys)}")
         return {}
+    if _registry_secret_names(secret):
+        return {}
     values = _secret_env(method, [secret])
     missing = [k for k in keys if not values.get(k)]
-    if missing:
+    if missing and is_local():  # a container imports the module again without the caller's values: it builds nothing
         raise InvalidError(f"Image.{method}: the registry secret lacks {', '.join(missing)} (it needs "
                            f"{' and '.join(keys)})")
     return values
@@ -238,6 +255,8 @@ class Image:
                                 "repr": _call_repr(method, [tag], add_python=add_python)}
         if secret_env:
             step["secret_env"] = secret_env
+        if names := _registry_secret_names(secret):
+            step["secret_names"] = names
         image = Image._base(method, step, force_build)
         return image.dockerfile_commands(setup) if setup else image
 
@@ -302,6 +321,9 @@ class Image:
                       **_registry_secret_env(method, registry_secret, "generic", required=False)}
         if secret_env:
             step["secret_env"] = secret_env
+        if names := [*_secrets_fields(method, secrets).get("secret_names", []),
+                     *_registry_secret_names(registry_secret)]:
+            step["secret_names"] = names
 
         def fill(step: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
             dockerfile = Path(path).expanduser().absolute()
@@ -357,7 +379,7 @@ class Image:
                 raise InvalidError(f"Image.{method}: context file path {arc!r} is not a path inside the context")
             extra[norm] = Path(local).expanduser().absolute()
         step: dict[str, Any] = {"kind": method, "commands": cmds, "build_args": args,
-                                "env": _check_env(method, env), "secret_env": _secret_env(method, secrets),
+                                "env": _check_env(method, env), **_secrets_fields(method, secrets),
                                 "context_sha": None, "repr": _call_repr(method, cmds)}
         if not sources and not extra:
             return self._extend(step, force_build)
@@ -410,7 +432,7 @@ class Image:
             "kind": method, "packages": packages, "requirements": [],
             "find_links": find_links, "index_url": index_url, "extra_index_url": extra_index_url, "pre": bool(pre),
             "extra_options": extra_options, "env": _check_env(method, env),
-            "secret_env": _secret_env(method, secrets),
+            **_secrets_fields(method, secrets),
             "repr": _call_repr(method, args, extra_options=extra_options, index_url=index_url),
         }
         return self._extend(step, force_build, local={"fill": fill} if fill else None)
@@ -554,7 +576,7 @@ class Image:
             raise InvalidError("Image.uv_sync: `extra_options` must be a string of flags")
         step = {"kind": "uv_sync", "groups": list(groups or []),
                 "extras": list(extras or []), "frozen": bool(frozen), "extra_options": extra_options,
-                "secret_env": _secret_env("uv_sync", secrets),
+                **_secrets_fields("uv_sync", secrets),
                 "repr": _call_repr("uv_sync", [str(uv_project_dir)], groups=groups, extras=extras)}
         return self._extend(step, force_build, local={"fill": fill})
 
@@ -576,7 +598,7 @@ class Image:
         if not pkgs:
             return self
         step = {"kind": "apt_install", "packages": pkgs, "env": _check_env("apt_install", env),
-                "secret_env": _secret_env("apt_install", secrets), "repr": _call_repr("apt_install", pkgs)}
+                **_secrets_fields("apt_install", secrets), "repr": _call_repr("apt_install", pkgs)}
         return self._extend(step, force_build)
 
     def run_commands(
@@ -595,7 +617,7 @@ class Image:
         if volumes:
             warnings.warn("Image.run_commands: volumes are not mounted during shoal image builds", stacklevel=2)
         step = {"kind": "run_commands", "commands": cmds, "env": _check_env("run_commands", env),
-                "secret_env": _secret_env("run_commands", secrets), "repr": _call_repr("run_commands", cmds)}
+                **_secrets_fields("run_commands", secrets), "repr": _call_repr("run_commands", cmds)}
         return self._extend(step, force_build)
 
     def env(self, vars: dict[str, str]) -> Image:  # noqa: A002 - Modal's parameter name

@@ -75,6 +75,10 @@ class Secret:
 
     @staticmethod
     def from_local_environ(env_keys: list[str]) -> Secret:
+        """The caller's values of `env_keys`. Inside a container (which imports the module again without the
+        caller's environment) an empty secret, as Modal's."""
+        if "SHOAL_CONTAINER_ID" in os.environ:
+            return Secret({})
         missing = [k for k in env_keys if k not in os.environ]
         if missing:
             raise InvalidError(f"local environment variable(s) not set: {', '.join(missing)}")

@@ -14,7 +14,8 @@ from typing import Any
 BUILDER_VERSION = "shoal-2025.06.1"
 IMAGE_ID_RE = re.compile(r"^im-[0-9a-f]{64}$")
 # Step keys that do not change what is built, so they stay out of the id.
-_UNHASHED_KEYS = frozenset({"force", "repr", "secret_env"})
+_UNHASHED_KEYS = frozenset({"force", "repr", "secret_env", "named_secret_env"})  # named_secret_env: the
+# values of `secret_names`, filled in by the control plane
 BUILD_KINDS = frozenset({
     "pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject", "uv_sync",
     "apt_install", "run_commands", "env", "workdir", "dockerfile_commands",

@@ -34,6 +34,14 @@ REGISTRY_PREFIX = "/v2/"
 RUNS_CODE = BUILD_KINDS - {"env", "workdir"}  # image steps that run commands on the machine that builds
 
 
+def image_secret_names(spec: Any) -> frozenset[str]:
+    """The named secrets an image's build steps would be given (`secret_names`: a registry secret or a step's
+    `secrets=` given as `Secret.from_name`): a container may name only those it holds, as for its functions'."""
+    steps = getattr(spec, "steps", None) or []
+    return frozenset(n for s in steps if isinstance(s, dict) and isinstance(s.get("secret_names"), list)
+                     for n in s["secret_names"] if isinstance(n, str))
+
+
 class Gate:
     def __init__(self, token: str, registry: Registry, images: ImageBuilder, replicated: bool) -> None:
         self.token = token.encode()
@@ -128,7 +136,8 @@ class Gate:
             return Facts(app_id=app_id, secrets=frozenset(n for n in names if isinstance(n, str)))
         defs = check_client_fields(
             (await body_of(request, req.RegisterFunctions, DATA_BODY_MAX, "function definition")).functions)
-        return Facts(app_id=app_id, secrets=frozenset(s.name for d in defs for s in d.secrets if s.name),
+        return Facts(app_id=app_id, secrets=frozenset(s.name for d in defs for s in d.secrets if s.name)
+                     | frozenset(n for d in defs for n in image_secret_names(d.image)),
                      builds_image=any(self._builds(d) for d in defs))
 
     async def _sandbox_facts(self, request: web.Request, route: str) -> Facts:
@@ -139,7 +148,8 @@ class Gate:
         if request.method == "POST" and route == "/v1/sandboxes":
             body = await body_of(request, req.SandboxCreate)
             builds = body.image is not None and self._builds(FunctionDefinition(tag="sandbox", image=body.image))
-            return Facts(app_id=app_id, secrets=frozenset(body.secret_names), builds_image=builds)
+            return Facts(app_id=app_id, secrets=frozenset(body.secret_names) | image_secret_names(body.image),
+                         builds_image=builds)
         if request.method == "POST" and route.endswith("/exec"):
             return Facts(app_id=app_id, secrets=frozenset((await body_of(request, req.ExecCreate)).secret_names))
         return Facts(app_id=app_id)

@@ -115,7 +115,8 @@ _FIELD_TYPES = {"packages": "strs", "requirements": "strs", "commands": "strs", 
                 "modules": "strs", "vars": "env", "env": "env", "secret_env": "env", "extra_options": "str",
                 "find_links": "str", "index_url": "str", "extra_index_url": "str", "pyproject": "str",
                 "lock": "str", "mode": "int", "tag": "str", "dockerfile": "str", "build_args": "env",
-                "add_python": "str", "context_sha": "str", "registry": "str"}
+                "add_python": "str", "context_sha": "str", "registry": "str",
+                "secret_names": "strs", "named_secret_env": "env"}
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -162,6 +163,17 @@ def check_spec(spec: ImageSpec) -> ImageSpec:
     if image_id_for(version, spec.steps) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
+
+
+def _fold_named_secrets(spec: ImageSpec) -> ImageSpec:
+    """Steps' `named_secret_env` (the values of their named secrets, resolved by the control plane) under their own
+    `secret_env`, which is what the steps read."""
+    if not any(s.get("named_secret_env") for s in spec.steps):
+        return spec
+    steps = [{**{k: v for k, v in s.items() if k != "named_secret_env"},
+              "secret_env": {**s["named_secret_env"], **(s.get("secret_env") or {})}}
+             if s.get("named_secret_env") else s for s in spec.steps]
+    return msgspec.structs.replace(spec, steps=steps)
 
 
 @dataclasses.dataclass
@@ -304,7 +316,7 @@ class ImageBuilder:
 
     async def ensure(self, spec: ImageSpec, log: Log) -> ContainerImage:
         """The built image of `spec`, building it first if this machine has not (or if a step is forced)."""
-        check_spec(spec)
+        spec = _fold_named_secrets(check_spec(spec))
         image_id = spec.image_id
         build_steps, mounts = split_mounts(spec.steps)
         force = spec.force_base is True or any(s.get("force") for s in spec.steps)

@@ -15,6 +15,7 @@ import io
 import os
 import re
 import stat
+import subprocess
 import tarfile
 import time
 from collections import deque
@@ -354,23 +355,46 @@ def _add_archive(out: LayerTar, src: io.BufferedIOBase, dest: str, owner: tuple[
     return n
 
 
-def _relocate_runpath(elf: bytes, old: str) -> bytes:
-    """pyenv links its interpreter with RUNPATH=<prefix>/lib, a host path: point it at `$ORIGIN/../lib` (the
-    copy's own lib, shorter, so the string table entry is rewritten in place, padded with NULs), so libpython is
-    found without an ldconfig cache (an image may have no ldconfig)."""
-    new = b"$ORIGIN/../lib"
+def _relocate_runpath(elf: bytes, old: str, new_path: str = "$ORIGIN/../lib") -> bytes:
+    """pyenv links its interpreter and extension modules with RUNPATH=<prefix>/lib, a host path: point it at
+    `new_path` (for the interpreter `$ORIGIN/../lib`, the copy's own lib; shorter, so the string table entry is
+    rewritten in place, padded with NULs), so libpython is found without an ldconfig cache (an image may have no
+    ldconfig)."""
+    new = new_path.encode()
     needle = b"\0" + old.encode() + b"\0"
     if len(new) > len(old) or elf.count(needle) != 1:
         return elf
     return elf.replace(needle, b"\0" + new + b"\0" * (len(old) - len(new)) + b"\0")
 
 
+# glibc's own libraries: every image add_python accepts has them (it checks for glibc's loader)
+_GLIBC_LIBS = re.compile(r"^(ld-linux[\w.-]*|libc|libm|libmvec|libpthread|libdl|librt|libutil|libresolv|libanl|"
+                         r"libnss_\w+|libBrokenLocale|libthread_db)\.so(\.[\d.]+)?$")
+BUNDLED_LIBS = ".libs"  # lib-dynload/.libs: what its extension modules link to besides glibc
+
+
+def _extension_libraries(modules: list[str]) -> dict[str, str]:
+    """{soname: host path} of the shared libraries other than glibc's that these extension modules (of the
+    machine's own pyenv interpreter: no user code) load, as the host's loader resolves them (`ldd`)."""
+    found: dict[str, str] = {}
+    for chunk in range(0, len(modules), 50):
+        out = subprocess.run(["ldd", *modules[chunk:chunk + 50]], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            m = re.match(r"\s*(\S+)\s+=>\s+(/\S+)\s+\(0x", line)
+            if m and not _GLIBC_LIBS.match(m.group(1)) and not m.group(1).startswith("libpython"):
+                found[m.group(1)] = m.group(2)
+    return found
+
+
 def python_tree(out: LayerTar, prefix: Path) -> None:
     """A pyenv-installed CPython at /usr/local, as shoal.oci.base copies it into its base images: no test suite,
     tkinter/idle or static libpython, site-packages with pip only, console scripts pointing at /usr/local/bin,
-    and `python`/`python3` links."""
+    and `python`/`python3` links. Self-contained as far as glibc: the libraries its extension modules link to
+    (libffi, libssl, zlib, ... of this machine) are copied to lib-dynload/.libs, which their RUNPATH names, so
+    `ctypes`, `ssl` & co. import on an image that lacks them or has other versions."""
     minor = ".".join(prefix.name.split(".")[:2])
     lib = f"lib/python{minor}"
+    modules: list[str] = []
     skip_dirs = {f"{lib}/test", f"{lib}/idlelib", f"{lib}/tkinter", f"{lib}/turtledemo", "lib/pkgconfig"}
     for dirpath, dirnames, filenames in os.walk(prefix):
         rel_dir = os.path.relpath(dirpath, prefix)
@@ -403,6 +427,13 @@ def python_tree(out: LayerTar, prefix: Path) -> None:
                     data = b"#!/usr/local/bin/" + data[len(f"#!{prefix}/bin/"):]
                 elif rel_dir == "bin" and data.startswith(b"\x7fELF"):
                     data = _relocate_runpath(data, f"{prefix}/lib")
+                elif rel_dir == f"{lib}/lib-dynload" and data.startswith(b"\x7fELF"):
+                    data = _relocate_runpath(data, f"{prefix}/lib", f"$ORIGIN/{BUNDLED_LIBS}")
+                    modules.append(full)
                 out.file(f"/usr/local/{rel}", data, len(data), mode=stat.S_IMODE(st.st_mode), mtime=int(st.st_mtime))
+    for soname, host_path in sorted(_extension_libraries(modules).items()):
+        data = Path(host_path).read_bytes()
+        out.file(f"/usr/local/{lib}/lib-dynload/{BUNDLED_LIBS}/{soname}", data, len(data), mode=0o644,
+                 mtime=int(os.stat(host_path).st_mtime))
     out.symlink("/usr/local/bin/python3", f"python{minor}")
     out.symlink("/usr/local/bin/python", f"python{minor}")

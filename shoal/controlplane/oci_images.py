@@ -107,6 +107,7 @@ class OciBuilder:
         self.steps_dir = images_dir / ".cache" / "oci-steps"  # step key -> its layer
         self.uv_cache = images_dir / ".cache" / "uv-oci"  # written by build containers' root, never the host's uv
         self._uv_static: str | None = None
+        self._step_locks: dict[str, asyncio.Lock] = {}  # step key -> held while that step is built
         self.builds = 0
 
     # -- records ---------------------------------------------------------------------------------------------------
@@ -208,7 +209,8 @@ class OciBuilder:
             self._fail(st, f"add_python needs an image with glibc (the interpreters this machine has are built "
                            f"against it), and this image has no {loader}: use an image of a glibc distribution "
                            "(Debian, Ubuntu, Fedora, ...), or one with Python")
-        ident = [prefix.name, *(os.stat(p).st_mtime_ns for p in (prefix / "bin" / "python3",) if p.exists())]
+        python3 = prefix / "bin" / "python3"
+        ident = [prefix.name, "bundled-libs", *([os.stat(python3).st_mtime_ns] if python3.exists() else [])]
         log(f"Adding Python {prefix.name} at /usr/local/bin/python\n")
         await self._file_layer(st, ["add_python", ident], forced,
                                lambda out: oci_files.python_tree(out, prefix))
@@ -405,10 +407,19 @@ class OciBuilder:
         st.layers.append(info)
         st.key = key
 
-    async def _run_layer(self, st: _State, what: Any, forced: bool, log: Log, argvs: list[list[str]], *,
-                         user: str | None, env: dict[str, str], binds: list[list[Any]] | None = None,
-                         echo: list[str] | None = None, offline_first: list[str] | None = None,
-                         online_extra: list[str] | None = None) -> None:
+    async def _run_layer(self, st: _State, what: Any, forced: bool, log: Log, argvs: list[list[str]],
+                         **kw: Any) -> None:
+        """`_run_layer_now`, one build of a step key at a time: images of one app that share their first steps
+        (`base.apt_install(...)`, then `base.run_commands(...)` and `base.pip_install(...)`) are built in
+        parallel, and the second to reach a shared step waits for the first's layer instead of running it too."""
+        lock = self._step_locks.setdefault(st.chain(what), asyncio.Lock())
+        async with lock:
+            await self._run_layer_now(st, what, forced, log, argvs, **kw)
+
+    async def _run_layer_now(self, st: _State, what: Any, forced: bool, log: Log, argvs: list[list[str]], *,
+                             user: str | None, env: dict[str, str], binds: list[list[Any]] | None = None,
+                             echo: list[str] | None = None, offline_first: list[str] | None = None,
+                             online_extra: list[str] | None = None) -> None:
         """A layer made by running `argvs` in turn in a build container on the image so far, cached by key.
         Secret values are in `env` for the run only: they are not part of the key and not of the image."""
         key = st.chain(what)

@@ -31,6 +31,15 @@ def steal() -> str:
     return os.environ.get("OTHER_SECRET", "")
 
 
+registry_stealer = modal.App("security-registry-stealer")  # a pull would send the secret to that registry
+
+
+@registry_stealer.function(image=modal.Image.from_registry(
+    "127.0.0.1:9/planted/img:v1", secret=modal.Secret.from_name("shoal-security-other")))
+def pull_with() -> None:
+    pass
+
+
 def _api(method: str, path: str, body: object = None, token: str | None = None) -> tuple[int, dict]:
     data = msgpack.packb(body) if body is not None else None
     request = urllib.request.Request(os.environ["SHOAL_SERVER_URL"] + path, data=data, method=method, headers={
@@ -54,7 +63,8 @@ def credential() -> str:
 
 
 @app.function()
-def forbidden(other_app_id: str, definition: dict, build_defs: list, steal_defs: list) -> dict:
+def forbidden(other_app_id: str, definition: dict, build_defs: list, steal_defs: list,
+              registry_defs: list) -> dict:
     """Each request an attacker in a container would make, and what the control plane answered."""
     attempts = {
         "list apps": ("GET", "/v1/apps", None),
@@ -88,7 +98,8 @@ def forbidden(other_app_id: str, definition: dict, build_defs: list, steal_defs:
         out["bare credential"] = [exc.code, ""]
     # An ephemeral app of its own may be created (the SDK does not run one inside a container; the API allows
     # it), but not given an image to build or a secret this container does not hold.
-    for what, defs in (("build an image", build_defs), ("attach a secret it does not hold", steal_defs)):
+    for what, defs in (("build an image", build_defs), ("attach a secret it does not hold", steal_defs),
+                       ("pull with a secret it does not hold", registry_defs)):
         status, reply = _api("POST", "/v1/apps", {"name": "security-probe", "mode": "ephemeral"})
         assert status == 200, reply
         status, reply = _api("POST", f"/v1/apps/{reply['app_id']}/functions", {"functions": defs})

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from shoal.controlplane.oci_files import resolve
 from shoal.exception import ImageBuildError, InvalidError
 from shoal.oci.layout import LayoutWriter
 from shoal.oci.registry import RegistryAuthError, push_layout
+from tests.integration.debian_image import LAYOUT_TAG, debian_oci_layout  # noqa: F401 (a fixture)
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import rootfs_tars, write_layout  # noqa: F401 (a fixture)
 
@@ -208,11 +208,15 @@ def test_from_registry_auth_and_digest(builder, private_reg, reg):
 
 
 def test_add_python_on_an_image_without_python(builder, reg):
+    # the image has glibc and libm only: ctypes (libffi), ssl, zlib, sqlite3... need the libraries add_python brings
+    imports = "import sys, ctypes, ssl, hashlib, zlib, bz2, lzma, sqlite3, uuid; print(sys.version_info[:2])"
     wire = spec(base(f"{reg}/test/nopython:v1", add_python="3.12"),
-                run("python3 -c 'import sys, json; print(sys.version_info[:2])' > /version.txt", "python --version"))
+                run(f"python3 -c '{imports}' > /version.txt", "python --version"))
     image, text = build(builder, wire)
     assert image.python == "/usr/local/bin/python3"
-    assert read(image, "/version.txt") == b"(3, 12)\n" and "Python 3.12." in text
+    assert read(image, "/version.txt") == b"(3, 12)\n" and "Python 3.12." in text, text
+    assert read(image, "/usr/local/lib/python3.12/lib-dynload/.libs/libffi.so.8") is not None
+    assert read(image, "/usr/local/lib/python3.12/lib-dynload/.libs/libc.so.6") is None  # glibc is the image's
     record = json.loads((builder.dir / wire.image_id / "manifest.json").read_text())
     assert record["python_version"] == "3.12"
     assert read(image, "/usr/local/lib/python3.12/site-packages/pip/__init__.py") is not None
@@ -338,6 +342,23 @@ def test_changing_a_step_rebuilds_from_that_step_only(builder, reg):
     assert text.count("(cached)") == 0 and read(forced, "/one") != read(first, "/one")
 
 
+def test_images_built_at_once_run_a_shared_step_once(builder, reg):
+    """Two images of one app on the same first steps, built in parallel (as an app's images are): the shared step
+    runs once, the other build waits for its layer."""
+    shared = run("cat /proc/sys/kernel/random/uuid > /shared", "sleep 1")
+    a, b = spec(base(f"{reg}/test/python:v1"), shared, run("echo a > /own")), \
+        spec(base(f"{reg}/test/python:v1"), shared, run("echo b > /own"))
+    logs = Recorder(), Recorder()
+
+    async def both():
+        return await asyncio.gather(builder.ensure(a, logs[0]), builder.ensure(b, logs[1]))
+
+    first, second = asyncio.run(both())
+    assert read(first, "/shared") == read(second, "/shared") and first.layers[1] == second.layers[1]
+    assert (read(first, "/own"), read(second, "/own")) == (b"a\n", b"b\n")
+    assert sorted(log.text.count("(cached)") for log in logs) == [0, 1]
+
+
 def test_a_failing_step_names_itself_and_ends_with_its_output(builder, reg):
     wire = spec(base(f"{reg}/test/python:v1"), run("echo fine"), run("echo preparing", "echo boom >&2; exit 3"))
     with pytest.raises(ImageBuildError) as info:
@@ -403,26 +424,12 @@ def test_pip_install_with_the_images_python_and_a_container_on_the_result(builde
 
 # -- Debian: apt_install -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def debian_reg(tmp_path_factory):
-    """Debian bookworm (shoal.oci.base.debian_slim, built from Debian's archive with mmdebstrap: a minute or
-    more, once per run) pushed to a registry on loopback."""
-    from shoal.oci.base import debian_slim
-    from shoal.oci.store import LayerStore
-
-    if shutil.which("mmdebstrap") is None or os.geteuid() != 0:
-        pytest.skip("building the Debian base needs mmdebstrap, as root")
+def debian_reg(tmp_path_factory, debian_oci_layout):  # noqa: F811
+    """Debian bookworm (tests/integration/debian_image.py: built from Debian's archive with mmdebstrap, a minute
+    or more, once per run) pushed to a registry on loopback."""
     tmp = tmp_path_factory.mktemp("debian")
-    store = LayerStore(tmp / "store")
-    image = debian_slim(store, "3.11")
-    layout = tmp / "layout"
-    (layout / "blobs" / "sha256").mkdir(parents=True)
-    for digest in image.blob_digests:
-        os.link(store.blob_path(digest), layout / "blobs" / "sha256" / digest.split(":", 1)[1])
-    LayoutWriter(layout).tag("v1", {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                    "digest": image.manifest_digest,
-                                    "size": store.blob_path(image.manifest_digest).stat().st_size})
     with registry(tmp / "registry") as address:
-        push_layout(layout, "v1", f"{address}/debian:v1")
+        push_layout(debian_oci_layout, LAYOUT_TAG, f"{address}/debian:v1")
         yield address
 
 
@@ -475,3 +482,70 @@ def test_an_app_on_a_registry_image_builds_it_and_runs_there(control_plane, reg,
     again = run_script(script, timeout=300)
     assert "RESULT ('1.17.0', (3, 11), 'hello', 'built')" in again.stdout, again.stdout + again.stderr
     assert "Building image" not in again.stderr  # built once
+
+
+NAMED_SECRET_APP = '''
+import shoal as modal
+
+image = modal.Image.from_registry("{tag}", secret=modal.Secret.from_name("{secret}")).run_commands(
+    "echo $REGISTRY_USERNAME > /etc/build-user", secrets=[modal.Secret.from_name("{secret}")])
+app = modal.App("oci-named-secret", image=image)
+
+
+@app.function()
+def marker():
+    return open("/etc/shoal-test-image").read().strip() + " " + open("/etc/build-user").read().strip()
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("RESULT", marker.remote())
+'''
+
+
+def test_a_named_registry_secret_is_read_by_the_control_plane(control_plane, private_reg, tmp_path):
+    """`from_registry(tag, secret=Secret.from_name(...))`, as Modal programs write it: the control plane reads the
+    named secret's REGISTRY_USERNAME/REGISTRY_PASSWORD when it builds (and a build step's named `secrets`); a
+    missing one is a clear error."""
+    from shoal.secret import Secret
+    from tests.conftest import run_script
+
+    Secret.objects.create("oci-private-creds", {"REGISTRY_USERNAME": "builder", "REGISTRY_PASSWORD": "s3cret"},
+                          allow_existing=True)
+    script = tmp_path / "named.py"
+    script.write_text(NAMED_SECRET_APP.format(tag=f"{private_reg}/private/python:v1", secret="oci-private-creds"))
+    proc = run_script(script, timeout=600)
+    assert "RESULT shoal test image builder" in proc.stdout, proc.stdout + proc.stderr
+    script.write_text(NAMED_SECRET_APP.format(tag=f"{private_reg}/private/python:v1", secret="no-such-secret"))
+    proc = run_script(script, timeout=300)
+    assert proc.returncode != 0 and "secret 'no-such-secret' not found" in proc.stderr, proc.stderr
+
+
+VENV_NAMED_SECRET_APP = '''
+import shoal as modal
+
+image = modal.Image.debian_slim().run_commands("echo $BUILD_TOKEN > /root/token.txt",
+                                               secrets=[modal.Secret.from_name("venv-build-secret")])
+app = modal.App("venv-named-secret", image=image)
+
+
+@app.function()
+def token():
+    return open("/root/token.txt").read().strip()
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("RESULT", token.remote())
+'''
+
+
+def test_a_named_secret_reaches_a_venv_images_build_step(control_plane, tmp_path):
+    from shoal.secret import Secret
+    from tests.conftest import run_script
+
+    Secret.objects.create("venv-build-secret", {"BUILD_TOKEN": "t0k3n"}, allow_existing=True)
+    script = tmp_path / "venv_named.py"
+    script.write_text(VENV_NAMED_SECRET_APP)
+    proc = run_script(script, timeout=600)
+    assert "RESULT t0k3n" in proc.stdout, proc.stdout + proc.stderr

@@ -58,7 +58,8 @@ def test_what_an_attacker_in_a_container_tries_is_refused(other_secret) -> None:
         definition = {"tag": "planted", "serialized_fn": b"x",
                       "secrets": [{"name": "shoal-security-other"}]}
         got = security_app.forbidden.remote(other.app_id, definition, _definitions(security_app.builder),
-                                            _definitions(security_app.stealer))
+                                            _definitions(security_app.stealer),
+                                            _definitions(security_app.registry_stealer))
         # The other app was not stopped.
         assert security_app.child_double.remote(2) == 4
     assert not os.path.exists(security_app.BUILD_MARK)  # on the host, where build steps run
@@ -67,6 +68,7 @@ def test_what_an_attacker_in_a_container_tries_is_refused(other_secret) -> None:
         assert status == 403, f"{what}: {status} {message}"
         assert message.startswith("containers may not"), (what, message)
     assert "'shoal-security-other'" in got["attach a secret it does not hold"][1]
+    assert "'shoal-security-other'" in got["pull with a secret it does not hold"][1]
     assert "build images" in got["build an image"][1]
     # Nothing the refused requests asked for happened.
     admin = (other_secret.home / "token").read_text().strip()

@@ -112,10 +112,39 @@ def test_registry_secrets_are_sent_unhashed_and_checked_for_their_keys():
     assert "secret_env" not in wire(Image.from_registry("python:3.12"))["steps"][0]
     with pytest.raises(InvalidError, match="lacks REGISTRY_PASSWORD"):
         Image.from_registry("python:3.12", Secret.from_dict({"REGISTRY_USERNAME": "u"}))
-    with pytest.raises(InvalidError, match="named secrets"):
-        Image.from_registry("python:3.12", Secret.from_name("regcreds"))
     with pytest.raises(InvalidError, match="shoal.Secret"):
         Image.from_registry("python:3.12", {"REGISTRY_USERNAME": "u"})
+
+
+def test_a_container_reimporting_a_registry_image_with_the_callers_secret_values_gets_no_error(monkeypatch):
+    """A container imports the module again without the caller's environment: the secret's values are not there,
+    and the image is not built there, so declaring it must not fail (as Modal's)."""
+    monkeypatch.delenv("REGISTRY_USERNAME", raising=False)
+    monkeypatch.delenv("REGISTRY_PASSWORD", raising=False)
+    with pytest.raises(InvalidError, match="REGISTRY_USERNAME"):  # on the caller's side: a clear error
+        Secret.from_local_environ(["REGISTRY_USERNAME", "REGISTRY_PASSWORD"])
+    monkeypatch.setenv("SHOAL_CONTAINER_ID", "ta-test")
+    secret = Secret.from_local_environ(["REGISTRY_USERNAME", "REGISTRY_PASSWORD"])
+    assert secret.env() == {}
+    Image.from_registry("127.0.0.1:5000/private/img:v1", secret=secret)
+    Image.from_registry("127.0.0.1:5000/private/img:v1",
+                        secret=Secret.from_dict({"REGISTRY_USERNAME": "", "REGISTRY_PASSWORD": ""}))
+    with pytest.raises(InvalidError, match="from_aws_ecr needs `secret`"):  # what needs no value is still checked
+        Image.from_aws_ecr("123.dkr.ecr.eu-west-1.amazonaws.com/app:v1")
+
+
+def test_a_named_registry_secret_is_sent_by_name_for_the_control_plane_to_read():
+    image = Image.from_registry("127.0.0.1:5000/private/img:v1", secret=Secret.from_name("regcreds"))
+    step = wire(image)["steps"][0]
+    assert step["secret_names"] == ["regcreds"] and "secret_env" not in step
+    assert image.object_id != Image.from_registry("127.0.0.1:5000/private/img:v1",
+                                                  secret=Secret.from_name("other")).object_id  # the name is hashed
+    built = Image.from_dockerfile("Dockerfile", registry_secret=Secret.from_name("regcreds"),
+                                  secrets=[Secret.from_name("build"), Secret.from_dict({"A": "1"})])
+    assert built._steps[0]["secret_names"] == ["build", "regcreds"]
+    assert built._steps[0]["secret_env"] == {"A": "1"}
+    step = wire(Image.debian_slim().run_commands("true", secrets=[Secret.from_name("build")]))["steps"][0]
+    assert step["secret_names"] == ["build"] and step["secret_env"] == {}
 
 
 def test_cloud_registries_need_their_keys():
