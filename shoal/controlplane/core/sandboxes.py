@@ -165,8 +165,6 @@ class Sandboxes:
                                          and s.state != "terminated" for s in self.live.values()):
             raise ApiError(409, f"a running sandbox of this app is already named {body.name!r}",
                            "AlreadyExistsError")
-        if body.gpu is not None:
-            raise ApiError(400, "`gpu`: sandboxes with GPUs are not supported by this control plane yet")
         if (body.block_network or body.outbound_cidr_allowlist is not None) and self.backend.isolation != "sandbox":
             raise ApiError(400, "`block_network`/`outbound_cidr_allowlist` need the Linux sandbox; containers "
                                 "here are plain processes")
@@ -214,7 +212,8 @@ class Sandboxes:
         if b.block_network:
             extra["block_network"] = True
         return FunctionDefinition(tag=f"sandbox:{sb.id}", options=Options(
-            timeout=max(1, int(b.timeout)), cpu=b.cpu, memory=b.memory, extra=extra))
+            timeout=max(1, int(b.timeout)), cpu=b.cpu, memory=b.memory, gpu=[b.gpu] if b.gpu else None,
+            extra=extra))
 
     async def _start(self, sb: Sandbox, refs: list[SecretRef]) -> None:
         b = sb.body
