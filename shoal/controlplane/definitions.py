@@ -13,8 +13,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import msgspec
-
 from .._spec import definitions as spec
 from .._spec.definitions import BuiltImage, FunctionDefinition, ImageSpec
 from ..exception import ImageBuildError, InvalidError
@@ -103,29 +101,12 @@ class Definitions:
                 raise ApiError(409, f"the image of {d.tag!r} in version {version} is no longer built here; "
                                     "deploy that version from its source instead", "InvalidError")
 
-    async def _with_named_secrets(self, wire: ImageSpec) -> ImageSpec:
-        """A step's named secrets (`secret_names`: a registry secret given as `Secret.from_name`) resolved here
-        into `named_secret_env` (unhashed, as `secret_env`), which the builder folds under the step's own values."""
-        if not any(isinstance(step, dict) and step.get("secret_names") for step in wire.steps or []):
-            return wire
-        steps = []
-        for step in wire.steps:
-            names = step.get("secret_names") if isinstance(step, dict) else None
-            if names:
-                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                    raise ApiError(400, "invalid 'secret_names' in an image step: a list of secret names")
-                refs = [spec.SecretRef(name=n) for n in names]
-                await self.secrets.check(refs)
-                step = {**step, "named_secret_env": await self.secrets.resolve(refs)}
-            steps.append(step)
-        return msgspec.structs.replace(wire, steps=steps)
-
     async def _build_images(self, app: AppState, defs: list[FunctionDefinition]) -> None:
         """Build (or find in the cache) each distinct image of these functions, at once; the output streams to
         the app's log, marked with the image id. The open request keeps the app alive while it builds."""
         specs: dict[str, ImageSpec] = {d.image.image_id: d.image for d in defs if d.image is not None}
         for iid, wire in list(specs.items()):
-            specs[iid] = await self._with_named_secrets(wire)
+            specs[iid] = await self.secrets.resolve_image(wire)
         app.session_started()
         for iid in specs:
             self.preparing[iid] = self.preparing.get(iid, 0) + 1

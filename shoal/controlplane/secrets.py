@@ -11,11 +11,12 @@ import os
 import time
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
 from .._spec import requests as req
-from .._spec.definitions import SecretRef
+from .._spec.definitions import ImageSpec, SecretRef
 from .._spec.secrets import KEY_RE, MAX_KEY
 from .idempotency import is_retry, request_key
 from .rest import ApiError, body_of, path_of, reply
@@ -114,6 +115,24 @@ class SecretStore:
             if missing:
                 raise ApiError(404, f"secret {ref.name!r} is missing required keys: {', '.join(missing)}",
                                "NotFoundError")
+
+    async def resolve_image(self, wire: ImageSpec) -> ImageSpec:
+        """An image spec whose steps name secrets (`secret_names`: e.g. a registry secret given as
+        `Secret.from_name`) with their values resolved into `named_secret_env` (unhashed, as `secret_env`), which
+        the builder folds under the step's own values."""
+        if not any(isinstance(step, dict) and step.get("secret_names") for step in wire.steps or []):
+            return wire
+        steps = []
+        for step in wire.steps:
+            names = step.get("secret_names") if isinstance(step, dict) else None
+            if names:
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise ApiError(400, "invalid 'secret_names' in an image step: a list of secret names")
+                refs = [SecretRef(name=n) for n in names]
+                await self.check(refs)
+                step = {**step, "named_secret_env": await self.resolve(refs)}
+            steps.append(step)
+        return msgspec.structs.replace(wire, steps=steps)
 
     async def resolve(self, refs: list[SecretRef]) -> dict[str, str]:
         """The environment of a function's secrets, later ones overriding earlier ones."""

@@ -172,7 +172,8 @@ class Sandboxes:
         if body.image is not None:
             try:
                 image = await self.images.ensure(
-                    body.image, log=lambda text: app.logs.append(body.image.image_id, "stderr", text))
+                    await self.secrets.resolve_image(body.image),
+                    log=lambda text: app.logs.append(body.image.image_id, "stderr", text))
             except InvalidError as exc:
                 raise ApiError(400, f"`image`: {exc}") from exc
             except ImageBuildError as exc:  # its steps failed: the caller's
