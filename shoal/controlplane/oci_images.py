@@ -121,10 +121,12 @@ class OciBuilder:
         tmp.write_text(json.dumps(manifest, indent=1))
         tmp.replace(path)
 
-    def snapshot(self, base_id: str, upper_dir: Path, skip: list[str]) -> str:
+    def snapshot(self, base_id: str, upper_dir: Path, skip: list[str],
+                 claim: Callable[[str], None] = lambda image_id: None) -> str:
         """A new image: the OCI image `base_id` plus a container's writable layer `upper_dir` (a sandbox's
         snapshot; the runtime's mountpoints `skip` left out). Its id is the hash of the base's and the layer's,
-        so the same changes on the same image give the same image. Runs in a thread."""
+        so the same changes on the same image give the same image; `claim` hears it before anything is recorded
+        under it (the image clean-up must leave it be). Runs in a thread."""
         try:
             base = json.loads(self.record_path(base_id).read_bytes())
         except (OSError, ValueError):
@@ -135,6 +137,7 @@ class OciBuilder:
         with self.store.lock():  # (shared: a prune waits, so the base's layers stay while the new one is added)
             layer = layer_from_upper(self.store, upper_dir, skip=skip)
             image_id = "im-" + hashlib.sha256(f"snapshot:{base_id}:{layer['diff_id']}".encode()).hexdigest()
+            claim(image_id)
             image = self.store.record_image(image_id, [*stored.layers, layer], base["config"])
             lowerdirs = [str(p) for p in self.store.lowerdirs(image)]
         self.write_record({**base, "image_id": image_id, "store_name": image_id, "layers": [

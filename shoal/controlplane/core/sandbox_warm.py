@@ -125,6 +125,10 @@ class WarmSandboxes:
             if w.rootfs_dir is not None:
                 await asyncio.to_thread(shutil.rmtree, w.rootfs_dir, True)
 
+    def images(self) -> set[str]:
+        """The ids of the images warm containers run on (ready or starting)."""
+        return {k for k, pool in self.ready.items() if pool} | {k for k, n in self.starting.items() if n > 0}
+
     def shutdown(self) -> None:
         for pool in self.ready.values():
             for w in pool:

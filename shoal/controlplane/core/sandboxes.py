@@ -144,6 +144,7 @@ class Sandboxes:
         self._tasks: set[asyncio.Task] = set()
         self.warm = WarmSandboxes(backend, pids_max(), self.dir / "warm")
         self.on_start: list[Any] = []  # callbacks(sandbox) once its container runs (tunnels)
+        self.snapshots: dict[str, tuple[str, float]] = {}  # image id -> (sandbox id, when taken)
         self.on_end: list[Any] = []
 
     def spawn(self, coro: Any) -> None:
@@ -373,11 +374,32 @@ class Sandboxes:
             skip = (sb.rootfs_dir / "mountpoints").read_text().splitlines()
         except OSError:
             skip = []
+        def claim(image_id: str) -> None:  # (before the image is recorded: no clean-up takes it half made)
+            self.snapshots[image_id] = (sb.id, time.time())
+
         try:
             return await asyncio.to_thread(self.images.oci.snapshot, sb.image.image_id, sb.rootfs_dir / "upper",
-                                           skip)
+                                           skip, claim)
         except (ImageBuildError, LayerError, StoreError) as exc:
             raise ApiError(400, f"snapshot of sandbox {sb.id}: {exc}") from exc
+
+    def images_in_use(self, grace: float) -> dict[str, str]:
+        """{image id: why it must stay} for the image clean-up (image_gc.ImageCatalog.busy_sources): the images
+        running sandboxes and warm containers run on, and the snapshots taken here less than `grace` seconds ago
+        (their ids were handed to a caller who may not have used them yet)."""
+        held: dict[str, str] = {}
+        now = time.time()
+        for image_id, (sid, taken) in list(self.snapshots.items()):
+            if now - taken < grace:
+                held[image_id] = f"a snapshot of sandbox {sid} taken {now - taken:.0f} s ago (kept {grace:.0f} s)"
+            else:
+                del self.snapshots[image_id]
+        for image_id in self.warm.images():
+            held[image_id] = "warm sandbox containers run on it"
+        for sb in list(self.live.values()):
+            if sb.image is not None and sb.state != "terminated":
+                held[sb.image.image_id] = f"sandbox {sb.id} runs on it"
+        return held
 
     # -- ending ----------------------------------------------------------------------------------------------
     def terminate(self, sb: Sandbox, reason: str = "terminated") -> None:
