@@ -382,6 +382,9 @@ class Sandboxes:
                                            skip, claim)
         except (ImageBuildError, LayerError, StoreError) as exc:
             raise ApiError(400, f"snapshot of sandbox {sb.id}: {exc}") from exc
+        except OSError as exc:  # (its files changed under the walk: gone, or a symlink now)
+            raise ApiError(409, f"snapshot of sandbox {sb.id}: its files changed while they were read ({exc}); "
+                                "try again", "ConflictError") from exc
 
     def images_in_use(self, grace: float) -> dict[str, str]:
         """{image id: why it must stay} for the image clean-up (image_gc.ImageCatalog.busy_sources): the images
