@@ -218,9 +218,12 @@ class Sandboxes:
             reason = f"failed to start: {exc}"
             if sb.handle is not None and sb.state != "running":  # (a warm container whose command did not start)
                 sb.handle.kill()
+            watched = sb.state == "running"  # (`_watch` removes its layer once it ended)
             self._ended(sb, None, reason)
             if sb.handle is None:
                 self._drop_layer(sb)
+            elif not watched and sb.rootfs_dir is not None:
+                self.spawn(self._drop_layer_after(sb, sb.handle))
             if isinstance(exc, ApiError):
                 raise
             raise ApiError(400, f"the sandbox could not start: {exc}") from exc
@@ -335,6 +338,10 @@ class Sandboxes:
         code = await handle.wait()
         await self.volumes.release(sb.container_id)
         self._ended(sb, code, end_reason(sb.end_reason, handle.exit_reason()))
+        self._drop_layer(sb)
+
+    async def _drop_layer_after(self, sb: Sandbox, handle: ContainerHandle) -> None:
+        await handle.wait()
         self._drop_layer(sb)
 
     def _drop_layer(self, sb: Sandbox) -> None:
