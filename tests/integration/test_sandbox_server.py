@@ -624,6 +624,12 @@ def test_a_snapshot_of_a_sandbox_on_an_oci_image(app_id: str, reg: str, control_
     assert run_exec(first, "sh", "-c", "echo later > /etc/later")[0] == 0
     layer = Path(control_plane.home) / "sandboxes" / first / "rootfs" / "upper"
     assert (layer / "etc" / "later").is_file()  # (the writable layer is a host directory now)
+    assert "/run/shoal" in (layer.parent / "mountpoints").read_text().split("\n")  # (left out of snapshots)
+    import json
+
+    top = Path(json.loads((Path(control_plane.home) / "images" / snap / "manifest.json").read_text())["lowerdirs"][0])
+    assert (top / "etc" / "x").is_file() and not (top / "etc" / "later").exists()
+    assert not (top / ".shoal").exists() and not (top / "run" / "shoal").exists()
 
     second = create(app_id, image=msgspec.to_builtins(shoal.Image.from_id(snap).to_wire()), timeout=300)
     rc, out, _ = run_exec(second, "sh", "-c", "cat /etc/x /opt/new/y; test -e /etc/os-release || echo gone; "
