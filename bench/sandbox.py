@@ -2,8 +2,12 @@
 start of the same root filesystem beside them, in one run: `python -m bench.sandbox`.
 
 1. **Start.** `Sandbox.create(app=...)` then `exec("echo", "hi")` until its first stdout line, a new sandbox each
-   time (terminated after). With a warm pool only if the control plane offers one for sandboxes (it says so in
-   the table otherwise).
+   time (terminated after), `--gap` seconds apart: first on a control plane without a warm pool, then (after
+   the parts below) on the same `SHOAL_HOME` restarted with `SHOAL_SANDBOX_WARM_POOL=1` (`--warm-pool`), where
+   each creation takes a warm container (its exec agent already up) that the pool refilled during the gap. A
+   warm sample counts only if it was served warm (its sandbox has no container init of its own: a cold one's
+   init carries `SHOAL_SANDBOX_ID`); the table says how many were. The two columns are side by side with
+   their ratio, and with crun's (part 4).
 2. **Exec round trip** on one running sandbox: `exec("echo", "hi")` to its first line, and `exec("true")` to
    its exit code (`.wait()`).
 3. **Idle sandboxes.** N (default 50) sandboxes running `sleep`, created one after another: per sandbox, the
@@ -17,7 +21,8 @@ start of the same root filesystem beside them, in one run: `python -m bench.sand
 
 The control plane is a private one (temporary `SHOAL_HOME`), shut down at the end.
 
-    python -m bench.sandbox [--reps 20] [--exec-reps 200] [--idle 50] [--json out.json] [--keep-home]
+    python -m bench.sandbox [--reps 20] [--gap 0.5] [--warm-pool 1] [--exec-reps 200] [--idle 50]
+                            [--json out.json] [--keep-home]
 """
 
 from __future__ import annotations
@@ -65,23 +70,43 @@ class SandboxBench:
         os.environ.pop("SHOAL_SERVER_URL", None)
 
     # -- parts -----------------------------------------------------------------------------------------------
-    def start(self, app: Any) -> None:
+    def _starts(self, app: Any, warm: bool) -> tuple[list[float], list[float], int]:
+        """(create -> first line, create alone, how many were served warm) for `--reps` new sandboxes."""
         import shoal as modal
 
-        samples, creates = [], []
+        samples, creates, served_warm = [], [], 0
         for _ in range(self.args.reps):
+            time.sleep(self.args.gap)  # (a warm pool refills meanwhile)
             t0 = time.perf_counter()
             sb = modal.Sandbox.create(app=app)
             t1 = time.perf_counter()
             line = next(iter(sb.exec("echo", "hi").stdout))
             t2 = time.perf_counter()
             assert line == "hi\n", line
-            samples.append(t2 - t0)
-            creates.append(t1 - t0)
+            was_warm = not self._roots({sb.object_id})  # (looked up after the clock stopped)
+            served_warm += was_warm
+            if was_warm == warm:
+                samples.append(t2 - t0)
+                creates.append(t1 - t0)
             sb.terminate()
+        return samples, creates, served_warm
+
+    def start(self, app: Any) -> None:
+        samples, creates, _ = self._starts(app, warm=False)
         self.results["start_cold"] = summary(samples)
         self.results["create_only"] = summary(creates)
-        self.results["start_warm"] = "not offered: this control plane keeps no warm pool for sandboxes"
+
+    def start_warm(self, app: Any) -> None:
+        import shoal as modal
+
+        modal.Sandbox.create(app=app).terminate()  # the first of its image: cold, and it fills the pool
+        samples, creates, served = self._starts(app, warm=True)
+        self.results["warm_served"] = {"warm": served, "of": self.args.reps}
+        if not samples:
+            self.results["start_warm"] = f"no creation was served warm (0 of {self.args.reps})"
+            return
+        self.results["start_warm"] = summary(samples)
+        self.results["create_only_warm"] = summary(creates)
 
     def exec_round_trip(self, app: Any) -> None:
         import shoal as modal
@@ -213,9 +238,11 @@ class SandboxBench:
     # -- driver ----------------------------------------------------------------------------------------------
     def run(self) -> int:
         import shoal as modal
+        from shoal._client.transport import reset_client
 
         started = False
         try:
+            os.environ.pop("SHOAL_SANDBOX_WARM_POOL", None)
             app = modal.App.lookup("bench-sandbox", create_if_missing=True)
             started = True
             for name, part in (("start", self.start), ("exec", self.exec_round_trip), ("idle", self.idle)):
@@ -223,6 +250,17 @@ class SandboxBench:
                     part(app)
                 except Exception as exc:  # noqa: BLE001 - reported, the other parts go on
                     self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            # The same SHOAL_HOME (the image is built), its control plane restarted with a warm pool.
+            self._shutdown()
+            started = False
+            os.environ["SHOAL_SANDBOX_WARM_POOL"] = str(self.args.warm_pool)
+            reset_client()
+            app = modal.App.lookup("bench-sandbox", create_if_missing=True)
+            started = True
+            try:
+                self.start_warm(app)
+            except Exception as exc:  # noqa: BLE001
+                self.errors.append(f"start with a warm pool: {type(exc).__name__}: {exc}")
             try:
                 self.crun()
             except Exception as exc:  # noqa: BLE001
@@ -258,8 +296,17 @@ class SandboxBench:
 
         timing("create -> first line of exec('echo','hi'), no warm pool", "start_cold")
         timing("  of which Sandbox.create()", "create_only")
-        timing("create -> first line, warm pool", "start_warm", f"target p50 <= {TARGETS['start_warm_p50_ms']:g} ms")
+        served = r.get("warm_served") or {}
+        timing(f"create -> first line, warm pool ({served.get('warm', 0)}/{served.get('of', 0)} served warm)",
+               "start_warm", f"target p50 <= {TARGETS['start_warm_p50_ms']:g} ms")
+        timing("  of which Sandbox.create()", "create_only_warm")
         timing("crun run (same root) -> first line", "crun")
+        p50 = {k: r[k]["p50_ms"] for k in ("start_cold", "start_warm", "crun") if isinstance(r.get(k), dict)}
+        if "start_cold" in p50 and "start_warm" in p50:
+            rows.append(("  p50 no pool / warm pool", f"{p50['start_cold'] / p50['start_warm']:.1f}x", ""))
+        for key, label in (("start_cold", "no pool"), ("start_warm", "warm pool")):
+            if key in p50 and "crun" in p50:
+                rows.append((f"  p50 {label} / crun", f"{p50[key] / p50['crun']:.1f}x", ""))
         timing("exec('echo','hi') -> first line, running sandbox", "exec_first_line",
                f"target p50 <= {TARGETS['exec_p50_ms']:g} ms")
         timing("exec('true').wait()", "exec_wait")
@@ -282,7 +329,9 @@ class SandboxBench:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=20, help="sandboxes started for the start figures (20)")
+    parser.add_argument("--reps", type=int, default=20, help="sandboxes started for each start figure (20)")
+    parser.add_argument("--gap", type=float, default=0.5, help="seconds between those starts (0.5)")
+    parser.add_argument("--warm-pool", type=int, default=1, help="SHOAL_SANDBOX_WARM_POOL of the warm part (1)")
     parser.add_argument("--exec-reps", type=int, default=200, help="execs timed on one sandbox (200)")
     parser.add_argument("--idle", type=int, default=50, help="idle sandboxes held at once (50)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results as JSON here")

@@ -44,7 +44,7 @@ from ._image_files import (
     walk,
 )
 from ._spec.definitions import ImageSpec
-from ._spec.images import BUILD_KINDS, BUILDER_VERSION, FILE_KINDS, image_id_for, is_oci
+from ._spec.images import BUILD_KINDS, BUILDER_VERSION, FILE_KINDS, IMAGE_ID_RE, image_id_for, is_oci
 from .exception import InvalidError
 
 SUPPORTED_PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
@@ -230,6 +230,17 @@ class Image:
         """The default image: a virtual environment for `python_version` (default: the caller's major.minor)
         with what the container runtime needs, and nothing of the caller's environment."""
         return Image(_validate_python_version(python_version), force_base=force_build)
+
+    @staticmethod
+    def from_id(image_id: str, client: Any = None) -> Image:
+        """An image the control plane already has, by its id (`image.object_id`, or a sandbox's
+        `snapshot_filesystem()`): used as it is stored, built nowhere; build steps cannot be added to it."""
+        if not isinstance(image_id, str) or not IMAGE_ID_RE.match(image_id):
+            raise InvalidError(f"Image.from_id: `image_id` must be an image id ('im-' and 64 hex digits), "
+                               f"got {image_id!r}")
+        image = _StoredImage(python_version="")
+        image._wire = (ImageSpec(image_id=image_id), {})
+        return image
 
     @staticmethod
     def _unsupported(what: str, instead: str) -> InvalidError:
@@ -715,6 +726,17 @@ class Image:
 
         force_base = self._force_base or env_flag("SHOAL_FORCE_BUILD")
         return (msgspec.structs.replace(wire, force_base=True) if force_base else wire), blobs
+
+
+class _StoredImage(Image):
+    """`Image.from_id`: an image known by its id only (no steps here to extend)."""
+
+    def __repr__(self) -> str:
+        return f"Image.from_id({self.object_id!r})"
+
+    def _extend(self, *args: Any, **kwargs: Any) -> Image:
+        raise InvalidError("build steps cannot be added to an image known by its id only (Image.from_id, a "
+                           "sandbox's snapshot) yet: run the commands in a sandbox started from it and snapshot that")
 
 
 def _read_text(method: str, path: str | Path) -> str:

@@ -655,17 +655,6 @@ def _tcp_probe_argv(port: int) -> list[str]:
 
 def snapshot_image(image_id: str) -> Any:
     """An Image that is a stored snapshot (no build steps of its own)."""
-    from ._spec.definitions import ImageSpec
     from .image import Image
 
-    class SnapshotImage(Image):
-        def __repr__(self) -> str:
-            return f"Image.from_id({image_id!r})"
-
-        def _extend(self, *args: Any, **kwargs: Any) -> Image:
-            raise InvalidError("shoal cannot add build steps to a sandbox's filesystem snapshot yet: run the "
-                               "commands in a sandbox started from it and snapshot that")
-
-    image = SnapshotImage(python_version="")
-    image._wire = (ImageSpec(image_id=image_id), {})
-    return image
+    return Image.from_id(image_id)

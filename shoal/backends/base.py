@@ -64,6 +64,10 @@ class ContainerSpec:
     command: list[str] | None = None
     stdin: bool = False
     raw_output: RawSink | None = None
+    # On an OCI image: the container's writable layer in this host directory (`upper/`, `work/`, and
+    # `mountpoints`, the paths the setup made there) instead of a private tmpfs, so the control plane can read it
+    # (a sandbox's snapshot). The caller removes it once the container ended.
+    rootfs_dir: str | None = None
 
 
 class ContainerHandle(Protocol):

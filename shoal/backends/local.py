@@ -39,6 +39,7 @@ from .sandbox import (
     Forwarding,
     Limits,
     control_plane_ports,
+    host_upper,
     id_base,
     image_layers,
     image_root_view,
@@ -386,6 +387,8 @@ class LocalBackend:
         devices = sorted(glob.glob("/dev/nvidia*")) if spec.gpus else []
         if image is not None and image.layers is not None:
             view = image_root_view(spec, env, self.shares, self._exclude())
+            if spec.rootfs_dir:
+                view["rootfs"].update(host_upper(spec.rootfs_dir))
         else:
             ro = list(await self._interpreter_paths(python, image.root if image else None))
             if image is not None and image.root:

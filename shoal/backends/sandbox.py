@@ -811,6 +811,16 @@ def image_root_view(spec: ContainerSpec, env: dict[str, str], shares: list[str],
             "readable": readable}
 
 
+def host_upper(rootfs_dir: str) -> dict[str, str]:
+    """The `rootfs` keys of a container whose writable layer is the host directory `rootfs_dir`
+    (ContainerSpec.rootfs_dir): its `upper` and `work` (made here, the host's root's, 0700 as a build step's) and
+    the `record` of the mountpoints its setup made in the upper (shoal/oci/upper.py `skip`)."""
+    root = Path(rootfs_dir)
+    for d in ("upper", "work"):
+        (root / d).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return {"upper": str(root / "upper"), "work": str(root / "work"), "record": str(root / "mountpoints")}
+
+
 def source_binds(source_dir: str | None, taken: set[str]) -> list[list]:
     """The app's source, entry by entry, at /root/<entry> (read-only); /root itself stays writable."""
     if not source_dir:

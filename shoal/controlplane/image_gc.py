@@ -1,15 +1,14 @@
-"""Built images: listing (`GET /v1/images`), removal (`DELETE /v1/images/{image_id}`, `POST /v1/images/prune`)
-and the automatic clean-up of images no app has used for a grace period (`SHOAL_IMAGE_GC_GRACE` seconds, default
-one day).
+"""Built images: listing (`GET /v1/images`), removal (`DELETE /v1/images/{image_id}`, `POST /v1/images/prune`) and the
+automatic clean-up of images no app has used for a grace period (`SHOAL_IMAGE_GC_GRACE` seconds, default one day).
 
 Images are found where the builders leave them: venv images as `SHOAL_HOME/images/<id>/` (built once their
-`manifest.json` is there; a thin image of `copy=False` files names its `base`), OCI images as records of the
-layer store `SHOAL_HOME/oci` named by their image id. "Used" is read from the store — the image of every function
-of a running app, and of apps stopped since the last look (their stop time is their last use) — and from this
-control plane's memory: containers and the images app registrations are building or asked for moments ago
-(definitions.py), which are never removed. The last time each image was seen used is kept in
-`SHOAL_HOME/images/.last_used.json`, so the grace period survives restarts. Which images go is decided by
-image_policy.py; this module gathers the facts and removes.
+`manifest.json` is there; a thin image of `copy=False` files names its `base`), OCI images as records of the layer
+store `SHOAL_HOME/oci` named by their image id. "Used" is read from the store — the image of every function of a
+running app, and of apps stopped since the last look (their stop time is their last use) — and from this control
+plane's memory: containers, the images app registrations are building or asked for moments ago (definitions.py),
+and what `busy_sources` name (sandboxes' images and fresh snapshots), which are never removed. The last time each
+image was seen used is kept in `SHOAL_HOME/images/.last_used.json`, so the grace period survives restarts. Which
+images go is decided by image_policy.py; this module gathers the facts and removes.
 """
 
 from __future__ import annotations

@@ -316,6 +316,13 @@ class ImageBuilder:
 
     async def ensure(self, spec: ImageSpec, log: Log) -> ContainerImage:
         """The built image of `spec`, building it first if this machine has not (or if a step is forced)."""
+        if not spec.steps and spec.python_version is None:  # Image.from_id (a sandbox's snapshot): stored only
+            if not IMAGE_ID_RE.match(spec.image_id):
+                raise InvalidError(f"invalid image id {spec.image_id!r}")
+            if (hit := self.cached(spec.image_id)) is None:
+                raise InvalidError(f"image {spec.image_id} is not stored on this control plane (an image known by "
+                                   "its id only cannot be built)")
+            return hit
         spec = _fold_named_secrets(check_spec(spec))
         image_id = spec.image_id
         build_steps, mounts = split_mounts(spec.steps)

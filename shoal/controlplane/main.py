@@ -185,6 +185,7 @@ async def serve(host: str, port: int, state_dir: Path, replica: bool = False, ba
     images.add_routes(http_app.router)
     objects.on_delete.append(core.volumes.on_deleted)
     sandboxes = Sandboxes(store, backend, core.registry, core.secrets, core.volumes, definitions.images, state_dir)
+    images.busy_sources.append(lambda: sandboxes.images_in_use(images.grace))
     tunnels = Tunnels(core.router)
     sandboxes.on_start.append(tunnels.opened)
     sandboxes.on_end.append(tunnels.closed)

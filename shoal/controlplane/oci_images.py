@@ -114,6 +114,38 @@ class OciBuilder:
     def record_path(self, image_id: str) -> Path:
         return self.dir / image_id / "manifest.json"
 
+    def write_record(self, manifest: dict[str, Any]) -> None:
+        """Writes an image's record (what `ImageBuilder.cached` serves), atomically."""
+        path = self.record_path(manifest["image_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("manifest.json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(path)
+
+    def snapshot(self, base_id: str, upper_dir: Path, skip: list[str],
+                 claim: Callable[[str], None] = lambda image_id: None) -> str:
+        """A new image: the OCI image `base_id` plus a container's writable layer `upper_dir` (a sandbox's
+        snapshot; the runtime's mountpoints `skip` left out). Its id is the hash of the base's and the layer's,
+        so the same changes on the same image give the same image; `claim` hears it before anything is recorded
+        under it (the image clean-up must leave it be). Runs in a thread."""
+        try:
+            base = json.loads(self.record_path(base_id).read_bytes())
+        except (OSError, ValueError):
+            raise ImageBuildError(f"image {base_id} has no record here (pruned?): it cannot be snapshotted") from None
+        stored = self.store.get(base["store_name"])
+        if base.get("kind") != KIND or stored is None:
+            raise ImageBuildError(f"image {base_id} is not an OCI image in the layer store")
+        with self.store.lock():  # (shared: a prune waits, so the base's layers stay while the new one is added)
+            layer = layer_from_upper(self.store, upper_dir, skip=skip)
+            image_id = "im-" + hashlib.sha256(f"snapshot:{base_id}:{layer['diff_id']}".encode()).hexdigest()
+            claim(image_id)
+            image = self.store.record_image(image_id, [*stored.layers, layer], base["config"])
+            lowerdirs = [str(p) for p in self.store.lowerdirs(image)]
+        self.write_record({**base, "image_id": image_id, "store_name": image_id, "layers": [
+            x.diff_id for x in image.layers], "lowerdirs": lowerdirs, "built_at": time.time(), "build_s": 0.0,
+            "steps": [*base.get("steps", []), f"snapshot of a sandbox on {base_id}"], "snapshot_of": base_id})
+        return image_id
+
     @staticmethod
     def image_from(manifest: dict[str, Any]) -> ContainerImage | None:
         """The ContainerImage of a record, or None when its layers or runtime packages are gone (pruned)."""
@@ -151,11 +183,7 @@ class OciBuilder:
                     "env": env, "workdir": st.config.get("WorkingDir") or None, "user": st.config.get("User") or "",
                     "built_at": time.time(), "build_s": round(time.monotonic() - t0, 3),
                     "steps": [s["repr"] for s in ordered]}
-        path = self.record_path(image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("manifest.json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        tmp.replace(path)
+        self.write_record(manifest)
         self.builds += 1
         log(f"Built image {image_id} in {time.monotonic() - t0:.2f}s\n")
         image_out = self.image_from(manifest)

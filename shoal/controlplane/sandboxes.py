@@ -203,13 +203,10 @@ class SandboxRoutes:
         return reply({"tunnels": self.tunnels.describe(sb)})
 
     async def snapshot(self, request: web.Request) -> web.Response:
+        """Its root filesystem as a new image: the OCI image it runs plus its writable layer as it is now."""
         sb = await self.sandboxes.get_live(request.match_info["sandbox_id"])
-        if sb.image is not None and sb.image.layers is not None:
-            raise ApiError(400, f"snapshot_filesystem of a sandbox on an OCI image (sandbox {sb.id}, image "
-                                f"{sb.image.image_id}) is not implemented by this control plane yet")
-        raise ApiError(400, f"snapshot_filesystem needs a sandbox whose image is an OCI image "
-                            f"(Image.from_registry/from_dockerfile) run as its root filesystem; sandbox {sb.id} runs "
-                            f"image {sb.image.image_id if sb.image else 'im-host'}, which is not one")
+        image_id = await self.sandboxes.snapshot(sb)
+        return reply({"image_id": image_id})
 
     async def reload_volumes(self, request: web.Request) -> web.Response:
         """Commit what the sandbox wrote to its Volumes, then show it their current versions."""

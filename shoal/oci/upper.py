@@ -113,8 +113,11 @@ def tar_upper(upper_dir: Path | str, out: Path, *, skip: Iterable[str] = (), id_
         for rel in entries:
             for info, src in _tarinfo(tf, upper / rel, rel, id_shift):
                 if src is not None:
-                    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+                    # (non-blocking, checked: a running container may swap a FIFO in since the lstat)
+                    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                     with os.fdopen(fd, "rb") as f:
+                        if not stat.S_ISREG(os.fstat(fd).st_mode):
+                            raise LayerError(f"/{rel} changed while it was being read")
                         tf.addfile(info, f)
                 else:
                     tf.addfile(info)

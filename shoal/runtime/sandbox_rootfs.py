@@ -113,9 +113,9 @@ def rootfs_path(root: str, path: str, is_dir: bool, created: list) -> str:
 
 
 def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | None) -> None:
-    """The root is the image: overlayfs of its layers with a writable upper (the build's directory on the host,
-    or a private tmpfs gone with the container), then the container's own /proc, /sys, /dev, /dev/shm,
-    /run/shoal, DNS file, binds and volumes on top. Nothing of the host's system directories."""
+    """The root is the image: overlayfs of its layers with a writable upper (a build step's or a sandbox's
+    directory on the host, or a private tmpfs gone with the container), then the container's own /proc, /sys,
+    /dev, /dev/shm, /run/shoal, DNS file, binds and volumes on top. Nothing of the host's system directories."""
     rf = cfg["rootfs"]
     OWNER[:] = owner
     layers = [str(x) for x in rf["layers"]]

@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import ControlPlane, _use_home, run_cli, wait_for
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
+from tests.integration.rootfs_images import rootfs_tars  # noqa: F401 - a fixture (the registry's images)
+from tests.integration.test_oci_images import reg  # noqa: F401 - a fixture: a registry with test images
 
 
 @pytest.fixture
@@ -123,7 +125,7 @@ def test_oci_records_go_with_the_layers_only_they_use(control_plane_with_grace, 
     base, top_old, top_new, other = (layer_tar([("file", f"{n}.txt", n.encode() * 1000)])
                                      for n in ("base", "old", "new", "other"))
     old_id, new_id = "im-" + "1" * 64, "im-" + "2" * 64
-    with registry(tmp_path / "registry") as reg:
+    with registry(tmp_path / "registry") as reg:  # noqa: F811 - this test's own
         for repo, layers in (("t/base", [base]), ("t/old", [base, top_old]), ("t/new", [base, top_new]),
                              ("t/other", [other])):
             writer = LayoutWriter(tmp_path / repo.replace("/", "-"))
@@ -148,3 +150,36 @@ def test_oci_records_go_with_the_layers_only_they_use(control_plane_with_grace, 
     assert {r.name for r in store.list()} == {new_id, f"{reg}/t/base:v1"}  # the base: new's layers
     assert len(list(store.layers.iterdir())) == 2  # base and new's top; old's top and other's layer are gone
     assert set(listed()) == {new_id}
+
+
+@pytest.mark.parametrize("control_plane_with_grace", ["3600"], indirect=True)
+def test_images_of_running_sandboxes_and_fresh_snapshots_stay(control_plane_with_grace, reg):  # noqa: F811
+    """A sandbox's image is busy while it runs; a snapshot stays for the grace period even when nothing uses it
+    yet (its id was handed out), and outlives the image it was taken on."""
+    import msgspec
+
+    import shoal
+    from tests.integration.test_sandbox_server import create, new_app, read_all, wait
+
+    app = new_app()
+    base = shoal.Image.from_registry(f"{reg}/test/python:v1")
+    sid = create(app, image=msgspec.to_builtins(base.to_wire()), timeout=300)
+    base_id = base.object_id
+    status, reply = call("DELETE", f"/v1/images/{base_id}")
+    assert status == 409 and f"sandbox {sid} runs on it" in reply["error"], reply
+    from shoal._client.transport import get_client
+
+    get_client().call("POST", f"/v1/sandboxes/{sid}/fs/write", {"path": "/etc/kept", "data": b"kept\n"})
+    snap = get_client().call("POST", f"/v1/sandboxes/{sid}/snapshot")["image_id"]
+    status, reply = call("POST", "/v1/images/prune", {"grace_s": 0})
+    assert status == 200 and base_id not in reply["removed"] and snap not in reply["removed"], reply
+    assert listed()[snap]["busy"].startswith(f"a snapshot of sandbox {sid}")
+    status, reply = call("DELETE", f"/v1/images/{snap}")
+    assert status == 409 and "snapshot" in reply["error"], reply
+
+    get_client().call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)
+    status, reply = call("POST", "/v1/images/prune", {"grace_s": 0})
+    assert status == 200 and base_id in reply["removed"] and snap not in reply["removed"], reply
+    other = create(app, "cat", "/etc/kept", image={"image_id": snap}, timeout=60)
+    assert read_all(f"/v1/sandboxes/{other}") == b"kept\n"

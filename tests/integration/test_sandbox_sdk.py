@@ -18,7 +18,9 @@ import shoal as modal
 from shoal.exception import AlreadyExistsError, InvalidError, NotFoundError, SandboxTerminatedError, SandboxTimeoutError
 from shoal.stream_type import StreamType
 
-from ..conftest import ControlPlane, _use_home, run_cli, wait_for
+from ..conftest import ControlPlane, _use_home, run_cli, run_script, wait_for
+from .rootfs_images import rootfs_tars  # noqa: F401 - a fixture (the registry's images)
+from .test_oci_images import reg  # noqa: F401 - a fixture: a registry on loopback with test images
 
 
 @pytest.fixture
@@ -250,6 +252,42 @@ def test_async_forms(app: modal.App) -> None:
         return lines, sb.returncode, out
 
     assert asyncio.run(main()) == (["a\n", "b\n"], 0, "async\n")
+
+
+SNAPSHOT_APP = """
+import shoal as modal
+
+app = modal.App("sandbox-snapshot-fn", image=modal.Image.from_id("{image_id}"))
+
+
+@app.function()
+def read() -> str:
+    return open("/etc/from-sandbox").read()
+
+
+if __name__ == "__main__":
+    with app.run():
+        print("RESULT", read.remote())
+"""
+
+
+def test_snapshot_filesystem_is_an_image_for_sandboxes_and_functions(app: modal.App, reg: str,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    sb = modal.Sandbox.create(app=app, image=modal.Image.from_registry(f"{reg}/test/python:v1"))
+    sb.filesystem.write_text("made in a sandbox\n", "/etc/from-sandbox")
+    image = sb.snapshot_filesystem()
+    sb.filesystem.write_text("later\n", "/etc/from-sandbox")
+    again = modal.Sandbox.create("cat", "/etc/from-sandbox", app=app, image=image)
+    assert again.stdout.read() == "made in a sandbox\n"
+    script = tmp_path / "snapshot_fn.py"
+    script.write_text(SNAPSHOT_APP.format(image_id=image.object_id))
+    proc = run_script(script, timeout=300)
+    assert "RESULT made in a sandbox" in proc.stdout, proc.stdout + proc.stderr
+    sb.terminate()
+    plain = modal.Sandbox.create(app=app)
+    with pytest.raises(InvalidError, match="OCI image"):
+        plain.snapshot_filesystem()
+    plain.terminate()
 
 
 def test_app_is_required_outside_a_container(control_plane: ControlPlane) -> None:

@@ -560,6 +560,35 @@ def test_warm_sandboxes_behave_as_cold_ones(warm_pool: ControlPlane) -> None:
     assert wait(idle)["reason"] == "terminated"
 
 
+def test_a_warm_sandbox_on_an_oci_image_snapshots_too(warm_pool: ControlPlane, reg: str) -> None:  # noqa: F811
+    """A warm container of an OCI image has its writable layer on the host as well: the sandbox that takes it can
+    snapshot, and the layer goes when that sandbox ends."""
+    import msgspec
+
+    import shoal
+
+    app = new_app()
+    image = msgspec.to_builtins(shoal.Image.from_registry(f"{reg}/test/python:v1").to_wire())
+    call("POST", f"/v1/sandboxes/{create(app, image=image, timeout=60)}/terminate")  # cold: fills the pool
+    warm_dir = Path(warm_pool.home) / "sandboxes" / "warm"
+    made: list[str] = []
+
+    def served_warm() -> bool:  # (a cold sandbox's layer is under its own directory instead)
+        made.append(create(app, image=image, timeout=120))
+        return (warm_dir / call("GET", f"/v1/sandboxes/{made[-1]}")["container_id"] / "upper").is_dir()
+
+    assert wait_for(served_warm, 120, 0.5)
+    sid = made[-1]
+    taken = call("GET", f"/v1/sandboxes/{sid}")["container_id"]
+    call("POST", f"/v1/sandboxes/{sid}/fs/write", {"path": "/etc/warm", "data": b"warm\n"})
+    snap = call("POST", f"/v1/sandboxes/{sid}/snapshot")["image_id"]
+    other = create(app, "cat", "/etc/warm", image={"image_id": snap}, timeout=60)
+    assert read_all(f"/v1/sandboxes/{other}") == b"warm\n"
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+    wait(sid)
+    assert wait_for(lambda: not (warm_dir / taken).exists(), 30)
+
+
 def test_a_sandbox_on_an_oci_image(app_id: str, reg: str) -> None:  # noqa: F811 - the fixture
     """An image from a registry is the sandbox's root: its command, execs and filesystem operations see the
     image's files, not the host's."""
@@ -575,6 +604,47 @@ def test_a_sandbox_on_an_oci_image(app_id: str, reg: str) -> None:  # noqa: F811
     assert run_exec(idle, "python3", "-c", "import sys; print(sys.version_info[:2])")[0] == 0
     call("POST", f"/v1/sandboxes/{idle}/fs/write", {"path": "/tmp/f.txt", "data": b"in the image"})
     assert run_exec(idle, "cat", "/tmp/f.txt")[1] == b"in the image"
-    with pytest.raises(exception.InvalidError, match="not implemented"):
-        call("POST", f"/v1/sandboxes/{idle}/snapshot")
     call("POST", f"/v1/sandboxes/{idle}/terminate")
+
+
+def test_a_snapshot_of_a_sandbox_on_an_oci_image(app_id: str, reg: str, control_plane: ControlPlane  # noqa: F811
+                                                 ) -> None:
+    """snapshot_filesystem: the sandbox's writes and deletions as they are at the snapshot become an image new
+    sandboxes start from; what it writes later is not in it; its writable layer is gone when it ends."""
+    import msgspec
+
+    import shoal
+
+    image = shoal.Image.from_registry(f"{reg}/test/python:v1")
+    first = create(app_id, image=msgspec.to_builtins(image.to_wire()), timeout=300)
+    assert run_exec(first, "sh", "-c", "test -e /etc/os-release && echo x-content > /etc/x && rm /etc/os-release"
+                    " && mkdir -p /opt/new && echo y > /opt/new/y")[0] == 0
+    snap = call("POST", f"/v1/sandboxes/{first}/snapshot")["image_id"]
+    assert snap.startswith("im-") and len(snap) == 67
+    assert run_exec(first, "sh", "-c", "echo later > /etc/later")[0] == 0
+    layer = Path(control_plane.home) / "sandboxes" / first / "rootfs" / "upper"
+    assert (layer / "etc" / "later").is_file()  # (the writable layer is a host directory now)
+    assert "/run/shoal" in (layer.parent / "mountpoints").read_text().split("\n")  # (left out of snapshots)
+    import json
+
+    top = Path(json.loads((Path(control_plane.home) / "images" / snap / "manifest.json").read_text())["lowerdirs"][0])
+    assert (top / "etc" / "x").is_file() and not (top / "etc" / "later").exists()
+    assert not (top / ".shoal").exists() and not (top / "run" / "shoal").exists()
+
+    second = create(app_id, image=msgspec.to_builtins(shoal.Image.from_id(snap).to_wire()), timeout=300)
+    rc, out, _ = run_exec(second, "sh", "-c", "cat /etc/x /opt/new/y; test -e /etc/os-release || echo gone; "
+                          "test -e /etc/later || echo not-later; test -d /proc/self && echo proc")
+    assert (rc, out) == (0, b"x-content\ny\ngone\nnot-later\nproc\n")
+    # A snapshot of a snapshot: the layers stack.
+    assert run_exec(second, "sh", "-c", "rm /etc/x && echo z > /etc/z")[0] == 0
+    snap2 = call("POST", f"/v1/sandboxes/{second}/snapshot")["image_id"]
+    assert snap2 != snap
+    third = create(app_id, "sh", "-c", "test -e /etc/x || cat /opt/new/y /etc/z",
+                   image={"image_id": snap2}, timeout=120)
+    assert read_all(f"/v1/sandboxes/{third}") == b"y\nz\n"
+    for sid in (first, second):
+        call("POST", f"/v1/sandboxes/{sid}/terminate")
+        wait(sid)
+    assert wait_for(lambda: not layer.parent.exists(), timeout=30)
+    with pytest.raises(exception.InvalidError, match="not stored"):
+        create(app_id, image={"image_id": "im-" + "0" * 64})

@@ -469,11 +469,15 @@ def test_filesystem_requests_and_errors(tmp_path) -> None:
 
 def test_snapshot_is_an_image_by_id() -> None:
     sb = Sandbox("sb-11")
-    image, sent = drive(plan_of(sb.snapshot_filesystem), lambda *_: {"image_id": "im-snap1"})
+    snap = "im-" + "5" * 64
+    image, sent = drive(plan_of(sb.snapshot_filesystem), lambda *_: {"image_id": snap})
     assert sent == [("POST", "/v1/sandboxes/sb-11/snapshot", {})]
-    assert isinstance(image, shoal.Image) and image.object_id == "im-snap1"
+    assert isinstance(image, shoal.Image) and image.object_id == snap
+    assert repr(image) == f"Image.from_id({snap!r})"
     with pytest.raises(InvalidError, match="build steps"):
-        snapshot_image("im-x").pip_install("requests")
+        snapshot_image(snap).pip_install("requests")
+    with pytest.raises(InvalidError, match="image_id"):
+        shoal.Image.from_id("im-x")
 
 
 def test_wait_until_ready_needs_a_probe() -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..._spec.definitions import FunctionDefinition, Options
@@ -35,6 +37,7 @@ class Warm:
     image: ContainerImage | None
     target: local_exec.ExecTarget
     agent: Agent
+    rootfs_dir: Path | None = None  # on an OCI image: its writable layer on the host (the sandbox's once taken)
 
 
 def fits(body: Any) -> bool:
@@ -44,8 +47,9 @@ def fits(body: Any) -> bool:
 
 
 class WarmSandboxes:
-    def __init__(self, backend: Backend, pids_max: int) -> None:
+    def __init__(self, backend: Backend, pids_max: int, layers_dir: Path) -> None:
         self.backend = backend
+        self.layers_dir = layers_dir  # warm containers' writable layers on OCI images: <dir>/<ta-id>
         self.pids_max = pids_max
         self.size = warm_size()
         self.ready: dict[str, list[Warm]] = {}
@@ -82,11 +86,13 @@ class WarmSandboxes:
     async def _start(self, key: str, image: ContainerImage | None) -> None:
         cid = new_id("ta")
         handle = None
+        rootfs_dir = self.layers_dir / cid if image is not None and image.layers is not None else None
         try:
             spec = ContainerSpec(
                 container_id=cid, function_id="warm-sandbox", app_id="", env=modal_environment(cid, image),
                 definition=FunctionDefinition(tag="warm-sandbox", options=Options(extra={"pids_max": self.pids_max})),
-                image=image, idle=True, raw_output=lambda fd, data: None)
+                image=image, idle=True, raw_output=lambda fd, data: None,
+                rootfs_dir=str(rootfs_dir) if rootfs_dir is not None else None)
             handle = await self.backend.start(spec, on_output=None)
             info = {"container_id": cid, "pid": handle.pid, "sandboxed": handle.sandboxed,
                     "cgroups": list(handle.cgroup.dirs) if handle.cgroup is not None else []}
@@ -95,7 +101,7 @@ class WarmSandboxes:
             if not python:
                 raise OSError("the image has no Python for the exec agent")
             agent = await Agent.start(target, python)
-            w = Warm(cid, handle, image, target, agent)
+            w = Warm(cid, handle, image, target, agent, rootfs_dir)
             self.ready.setdefault(key, []).append(w)
             watch = asyncio.get_running_loop().create_task(self._reap(key, w))
             self._tasks.add(watch)
@@ -104,6 +110,8 @@ class WarmSandboxes:
             log.warning("could not start a warm sandbox of %s: %s", key, exc)
             if handle is not None:
                 handle.kill()
+            if rootfs_dir is not None:
+                shutil.rmtree(rootfs_dir, ignore_errors=True)  # (a container killed here leaves no mount behind)
         finally:
             self.starting[key] -= 1
 
@@ -114,6 +122,12 @@ class WarmSandboxes:
         if w in pool:
             pool.remove(w)
             w.agent.close()
+            if w.rootfs_dir is not None:
+                await asyncio.to_thread(shutil.rmtree, w.rootfs_dir, True)
+
+    def images(self) -> set[str]:
+        """The ids of the images warm containers run on (ready or starting)."""
+        return {k for k, pool in self.ready.items() if pool} | {k for k, n in self.starting.items() if n > 0}
 
     def shutdown(self) -> None:
         for pool in self.ready.values():

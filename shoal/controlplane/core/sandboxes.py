@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,8 @@ from ..._spec.definitions import FunctionDefinition, Options, SecretRef
 from ...backends import local_exec
 from ...backends.base import Backend, ContainerHandle, ContainerImage, ContainerSpec, Unschedulable
 from ...exception import ImageBuildError, InvalidError
+from ...oci.store import StoreError
+from ...oci.unpack import LayerError
 from ..rest import ApiError
 from ..store import Store
 from ..store import objects as object_rows
@@ -94,6 +97,7 @@ class Sandbox:
     agent_failed: bool = False  # it could not start: execs go through nsenter
     agent_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ports: dict[int, Any] = field(default_factory=dict)  # tunnels: port -> its listener (sandbox_tunnels.py)
+    rootfs_dir: Path | None = None  # on an OCI image: its writable layer on the host (ContainerSpec.rootfs_dir)
 
     def info(self) -> dict[str, Any]:
         return {"sandbox_id": self.id, "app_id": self.app_id, "name": self.name, "tags": self.tags,
@@ -138,8 +142,9 @@ class Sandboxes:
         self.live: dict[str, Sandbox] = {}
         self.execs: dict[str, Exec] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.warm = WarmSandboxes(backend, pids_max())
+        self.warm = WarmSandboxes(backend, pids_max(), self.dir / "warm")
         self.on_start: list[Any] = []  # callbacks(sandbox) once its container runs (tunnels)
+        self.snapshots: dict[str, tuple[str, float]] = {}  # image id -> (sandbox id, when taken)
         self.on_end: list[Any] = []
 
     def spawn(self, coro: Any) -> None:
@@ -150,8 +155,15 @@ class Sandboxes:
     async def recover(self) -> None:
         """At start: sandboxes the previous control plane ran died with it."""
         n = await rows.end_unfinished(self.store, RESTARTED, time.time())
+        await asyncio.to_thread(self._remove_layers)
         if n:
             log.info("%d sandbox(es) of the previous control plane marked terminated (%s)", n, RESTARTED)
+
+    def _remove_layers(self) -> None:
+        """The writable layers the previous control plane's sandboxes left (their containers died with it)."""
+        shutil.rmtree(self.dir / "warm", ignore_errors=True)
+        for d in self.dir.glob("sb-*/rootfs"):
+            shutil.rmtree(d, ignore_errors=True)
 
     # -- creating --------------------------------------------------------------------------------------------
     async def create(self, body: req.SandboxCreate) -> Sandbox:
@@ -187,6 +199,10 @@ class Sandboxes:
         sb = Sandbox(sid, body.app_id, body.name, dict(body.tags), body, time.time(), proc,
                      warm.container_id if warm is not None else new_id("ta"))
         sb.image = image
+        if warm is not None:
+            sb.rootfs_dir = warm.rootfs_dir
+        elif image is not None and image.layers is not None:
+            sb.rootfs_dir = sdir / "rootfs"
         self.live[sid] = sb
         inserted = rows.insert(self.store, rows.SandboxRow(
             sid, body.app_id, body.name, sb.tags, "pending", None, None, sb.created_at, None, list(body.command),
@@ -201,7 +217,12 @@ class Sandboxes:
             reason = f"failed to start: {exc}"
             if sb.handle is not None and sb.state != "running":  # (a warm container whose command did not start)
                 sb.handle.kill()
+            watched = sb.state == "running"  # (`_watch` removes its layer once it ended)
             self._ended(sb, None, reason)
+            if sb.handle is None:
+                self._drop_layer(sb)
+            elif not watched and sb.rootfs_dir is not None:
+                self.spawn(self._drop_layer_after(sb, sb.handle))
             if isinstance(exc, ApiError):
                 raise
             raise ApiError(400, f"the sandbox could not start: {exc}") from exc
@@ -234,6 +255,7 @@ class Sandboxes:
             image=image, command=list(b.command) or None, idle=not b.command, stdin=True,
             raw_output=lambda fd, data: self._output(sb, fd, data),
             outbound_cidr_allowlist=b.outbound_cidr_allowlist,
+            rootfs_dir=str(sb.rootfs_dir) if sb.rootfs_dir is not None else None,
         )
         holder = _Holder(sb.container_id, definition)
         if definition.volumes:
@@ -316,6 +338,16 @@ class Sandboxes:
         code = await handle.wait()
         await self.volumes.release(sb.container_id)
         self._ended(sb, code, end_reason(sb.end_reason, handle.exit_reason()))
+        self._drop_layer(sb)
+
+    async def _drop_layer_after(self, sb: Sandbox, handle: ContainerHandle) -> None:
+        await handle.wait()
+        self._drop_layer(sb)
+
+    def _drop_layer(self, sb: Sandbox) -> None:
+        """Its writable layer, once its container is gone (a snapshot taken before is a layer of its own)."""
+        if sb.rootfs_dir is not None:
+            self.spawn(asyncio.to_thread(shutil.rmtree, sb.rootfs_dir, True))
 
     def _ended(self, sb: Sandbox, code: int | None, reason: str) -> None:
         if sb.state == "terminated":  # (a warm sandbox's command ended it before its container)
@@ -333,6 +365,51 @@ class Sandboxes:
             self.execs.pop(eid, None)  # their output and exit are on disk
         for cb in self.on_end:
             cb(sb)
+
+    async def snapshot(self, sb: Sandbox) -> str:
+        """A new image of the sandbox's root filesystem now (oci_images.OciBuilder.snapshot): its image's layers
+        and its writable layer as one more, without the mountpoints the container's setup made."""
+        if sb.image is None or sb.image.layers is None:
+            raise ApiError(400, f"snapshot_filesystem needs a sandbox whose image is an OCI image "
+                                f"(Image.from_registry/from_dockerfile, or a snapshot), run as its root filesystem; "
+                                f"sandbox {sb.id} runs image {sb.image.image_id if sb.image else 'im-host'}, whose "
+                                f"files are the host's and the image's directories bound read-only, with no layer "
+                                f"of its own to record")
+        if sb.rootfs_dir is None or not (sb.rootfs_dir / "upper").is_dir():
+            raise ApiError(409, f"sandbox {sb.id} has no writable layer to snapshot (not started yet?)")
+        try:
+            skip = (sb.rootfs_dir / "mountpoints").read_text().splitlines()
+        except OSError:
+            skip = []
+        def claim(image_id: str) -> None:  # (before the image is recorded: no clean-up takes it half made)
+            self.snapshots[image_id] = (sb.id, time.time())
+
+        try:
+            return await asyncio.to_thread(self.images.oci.snapshot, sb.image.image_id, sb.rootfs_dir / "upper",
+                                           skip, claim)
+        except (ImageBuildError, LayerError, StoreError) as exc:
+            raise ApiError(400, f"snapshot of sandbox {sb.id}: {exc}") from exc
+        except OSError as exc:  # (its files changed under the walk: gone, or a symlink now)
+            raise ApiError(409, f"snapshot of sandbox {sb.id}: its files changed while they were read ({exc}); "
+                                "try again", "ConflictError") from exc
+
+    def images_in_use(self, grace: float) -> dict[str, str]:
+        """{image id: why it must stay} for the image clean-up (image_gc.ImageCatalog.busy_sources): the images
+        running sandboxes and warm containers run on, and the snapshots taken here less than `grace` seconds ago
+        (their ids were handed to a caller who may not have used them yet)."""
+        held: dict[str, str] = {}
+        now = time.time()
+        for image_id, (sid, taken) in list(self.snapshots.items()):
+            if now - taken < grace:
+                held[image_id] = f"a snapshot of sandbox {sid} taken {now - taken:.0f} s ago (kept {grace:.0f} s)"
+            else:
+                del self.snapshots[image_id]
+        for image_id in self.warm.images():
+            held[image_id] = "warm sandbox containers run on it"
+        for sb in list(self.live.values()):
+            if sb.image is not None and sb.state != "terminated":
+                held[sb.image.image_id] = f"sandbox {sb.id} runs on it"
+        return held
 
     # -- ending ----------------------------------------------------------------------------------------------
     def terminate(self, sb: Sandbox, reason: str = "terminated") -> None:
