@@ -16,7 +16,6 @@ import shoal as modal
 from shoal.exception import InvalidError
 
 from ..conftest import ControlPlane, _use_home
-
 from .rootfs_images import rootfs_tars  # noqa: F401 - a fixture (the registry's images)
 from .test_oci_images import private_reg  # noqa: F401 - a fixture: a registry on loopback that wants credentials
 
