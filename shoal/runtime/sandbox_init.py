@@ -348,6 +348,23 @@ def map_self_as_root() -> None:
     write_file("/proc/self/gid_map", f"0 {gid} 1\n")
 
 
+def overlaid_ops(cfg: dict) -> list[tuple[str, int, tuple]]:
+    """What either kind of root gets on top of its base, as (path inside, order at equal depth, op): host paths at
+    their own path, binds, masks over the control plane's state, shoal Volumes (controlplane/volumes.py)."""
+    ops: list[tuple[str, int, tuple]] = []
+    for path in cfg.get("ro", []):
+        ops.append((path, 2, ("bind", path, False)))
+    for path in cfg.get("rw", []):
+        ops.append((path, 2, ("bind", path, True)))
+    for src, dst, writable in cfg.get("binds", []):
+        ops.append((dst, 3, ("bind", src, writable)))
+    for path in cfg.get("mask", []):
+        ops.append((path, 4, ("mask",)))
+    for path, lower, upper, work in cfg.get("volumes", []):
+        ops.append((path, 5, ("volume", lower, upper, work)))
+    return ops
+
+
 def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | None) -> None:
     """Mount the container's filesystem under `root` (in our private mount namespace)."""
     if cfg.get("rootfs"):
@@ -376,16 +393,7 @@ def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | Non
     ops.append(("/dev/shm", 1, ("tmpfs", "1777", None)))
     for path in ("/proc", "/sys", "/home", "/mnt", "/opt"):
         ops.append((path, 0, ("dir",)))
-    for path in cfg.get("ro", []):
-        ops.append((path, 2, ("bind", path, False)))
-    for path in cfg.get("rw", []):
-        ops.append((path, 2, ("bind", path, True)))
-    for src, dst, writable in cfg.get("binds", []):
-        ops.append((dst, 3, ("bind", src, writable)))
-    for path in cfg.get("mask", []):
-        ops.append((path, 4, ("mask",)))
-    for path, lower, upper, work in cfg.get("volumes", []):  # shoal Volumes (controlplane/volumes.py)
-        ops.append((path, 5, ("volume", lower, upper, work)))
+    ops += overlaid_ops(cfg)
     ops.sort(key=lambda op: (depth(op[0]), op[1]))
     done: list[str] = []
     # Coverable by a bind: a build's /root, /opt are the image's files/root, files/opt.

@@ -28,6 +28,7 @@ from sandbox_init import (
     make_dev,
     mount,
     mount_volume,
+    overlaid_ops,
     tmpfs,
     trace,
 )
@@ -134,18 +135,9 @@ def build_rootfs(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | N
     ops: list[tuple[str, int, tuple]] = [
         ("/proc", 0, ("dir",)), ("/sys", 0, ("dir",)), ("/dev", 0, ("dev",)), ("/dev/shm", 1, ("tmpfs", "1777", None)),
         ("/run/shoal", 1, ("tmpfs", "0755", None))]
-    for path in cfg.get("ro", []):
-        ops.append((path, 2, ("bind", path, False)))
-    for path in cfg.get("rw", []):
-        ops.append((path, 2, ("bind", path, True)))
-    for src, dst, writable in cfg.get("binds", []):
-        ops.append((dst, 3, ("bind", src, writable)))
+    ops += overlaid_ops(cfg)
     for path in cfg.get("driver_files", []):  # the host's GPU driver files, at their paths where the image allows
         ops.append((path, 3, ("bind", path, False, "optional")))
-    for path in cfg.get("mask", []):  # the control plane's state below a share: an empty, unlistable directory
-        ops.append((path, 4, ("mask",)))
-    for path, lower, up, wk in cfg.get("volumes", []):
-        ops.append((path, 5, ("volume", lower, up, wk)))
     ops.sort(key=lambda op: (depth(op[0]), op[1]))
     done: set = set()
     for path, _, op in ops:

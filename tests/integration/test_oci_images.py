@@ -32,6 +32,7 @@ from shoal.oci.registry import RegistryAuthError, push_layout
 from tests.integration.debian_image import LAYOUT_TAG, debian_oci_layout  # noqa: F401 (a fixture)
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import rootfs_tars, write_layout  # noqa: F401 (a fixture)
+from tests.integration.test_images import Recorder
 
 pytestmark = pytest.mark.skipif(bool(have_registry_tools()), reason=have_registry_tools() or "ok")
 
@@ -53,18 +54,6 @@ def spec(*steps: dict[str, Any], force_base: bool = False) -> ImageSpec:
     if force_base:
         wire.force_base = True
     return wire
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-
-    def __call__(self, text: str) -> None:
-        self.chunks.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
 
 
 def build(builder: ImageBuilder, wire: ImageSpec) -> tuple[Any, str]:
