@@ -37,31 +37,59 @@ def _inside_id(host_id: int, id_shift: int) -> int:
     return inside if 0 <= inside < CONTAINER_IDS else OVERFLOW_ID
 
 
-def _scan(upper: Path) -> list[str]:
-    """Every entry of the upper as a relative path, parents before children, sorted (a reproducible tar)."""
-    out: list[str] = []
-
-    def walk(rel: str) -> None:
-        with os.scandir(upper / rel if rel else upper) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            child = f"{rel}/{e.name}" if rel else e.name
-            out.append(child)
-            if e.is_dir(follow_symlinks=False):
-                walk(child)
-
-    walk("")
-    return out
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+class _Upper:
+    """The upper directory read through directory descriptors, one component at a time, never following a link:
+    a snapshot reads the upper of a sandbox that still runs, which may swap a directory for a symlink to a host
+    path between the listing and the read (a path string would then lead out of the upper)."""
+
+    def __init__(self, upper: Path) -> None:
+        self.root = os.open(upper, _DIR_FLAGS)
+        self._dirs: dict[str, int] = {"": self.root}
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def dir_fd(self, rel: str) -> int:
+        """A descriptor of the directory `rel` (opened below its parent's descriptor, without following)."""
+        fd = self._dirs.get(rel)
+        if fd is None:
+            parent, _, name = rel.rpartition("/")
+            fd = self._dirs[rel] = os.open(name, _DIR_FLAGS, dir_fd=self.dir_fd(parent))
+        return fd
+
+    def where(self, rel: str) -> tuple[int, str]:
+        parent, _, name = rel.rpartition("/")
+        return self.dir_fd(parent), name
+
+    def scan(self) -> list[str]:
+        """Every entry as a relative path, parents before children, sorted (a reproducible tar)."""
+        out: list[str] = []
+
+        def walk(rel: str) -> None:
+            with os.scandir(self.dir_fd(rel)) as it:
+                entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+            for name, is_dir in entries:
+                child = f"{rel}/{name}" if rel else name
+                out.append(child)
+                if is_dir:
+                    walk(child)
+
+        walk("")
+        return out
+
+    def opaque(self, rel: str) -> bool:
+        try:
+            return os.getxattr(self.dir_fd(rel), OPAQUE_XATTR) == b"y"
+        except OSError:
+            return False
 
 
-def _kept(entries: list[str], upper: Path, skip: Iterable[str]) -> list[str]:
+def _kept(entries: list[str], upper: _Upper, skip: Iterable[str]) -> list[str]:
     """`entries` without the skipped paths (and what is below them), nor the directories that hold nothing else
     and only came to be in the upper because a skipped path was made in them."""
     skipped = {s.strip("/") for s in skip if s.strip("/")}
@@ -70,57 +98,90 @@ def _kept(entries: list[str], upper: Path, skip: Iterable[str]) -> list[str]:
     if not holders:
         return kept
     remaining = set(kept)
-    return [r for r in kept if not (r in holders and not _opaque(upper / r)
+    return [r for r in kept if not (r in holders and not upper.opaque(r)
                                     and not any(x.startswith(r + "/") for x in remaining))]
 
 
-def _tarinfo(tf: tarfile.TarFile, path: Path, rel: str, id_shift: int) -> list[tuple[tarfile.TarInfo, Path | None]]:
-    st = os.lstat(path)
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # overlayfs's whiteout
-        parent, _, name = rel.rpartition("/")
-        info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else WHITEOUT_PREFIX + name)
-        info.mtime, info.mode = int(st.st_mtime), 0o644
-        return [(info, None)]
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        raise LayerError(f"/{rel}: a device node, which a layer cannot hold")
-    if stat.S_ISSOCK(st.st_mode):
-        return []  # a socket left behind by a process: not a file (as `docker commit` does)
-    info = tf.gettarinfo(str(path), rel)
-    info.uid, info.gid = _inside_id(st.st_uid, id_shift), _inside_id(st.st_gid, id_shift)
-    info.uname = info.gname = ""
+def _xattrs(fd: int, rel: str) -> dict[str, str]:
     pax: dict[str, str] = {}
-    for name in os.listxattr(path, follow_symlinks=False):
+    for name in os.listxattr(fd):
         if name.startswith(_REFUSED_XATTRS):
             raise LayerError(f"/{rel}: overlayfs metadata {name} (the upper was not mounted with "
                              "redirect_dir=off,metacopy=off)")
         if name.startswith(_KEPT_XATTRS) and not name.startswith("user.overlay."):
-            raw = os.getxattr(path, name, follow_symlinks=False)
-            pax["SCHILY.xattr." + name] = raw.decode("utf-8", "surrogateescape")
-    info.pax_headers = pax
-    out: list[tuple[tarfile.TarInfo, Path | None]] = [(info, path if info.isreg() else None)]
-    if info.isdir() and _opaque(path):
-        marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
-        marker.mtime, marker.mode = info.mtime, 0o644
-        out.append((marker, None))
-    return out
+            pax["SCHILY.xattr." + name] = os.getxattr(fd, name).decode("utf-8", "surrogateescape")
+    return pax
+
+
+def _add(tf: tarfile.TarFile, upper: _Upper, rel: str, id_shift: int, links: dict[tuple[int, int], str]) -> None:
+    """One entry of the upper into the tar: whiteouts and opaque directories in OCI form, regular files read
+    through a descriptor that is checked to be the regular file the listing saw."""
+    parent_fd, name = upper.where(rel)
+    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    mode = st.st_mode
+    if stat.S_ISCHR(mode) and st.st_rdev == 0:  # overlayfs's whiteout
+        parent, _, base = rel.rpartition("/")
+        info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else WHITEOUT_PREFIX + base)
+        info.mtime, info.mode = int(st.st_mtime), 0o644
+        tf.addfile(info)
+        return
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise LayerError(f"/{rel}: a device node, which a layer cannot hold")
+    if stat.S_ISSOCK(mode):
+        return  # a socket left behind by a process: not a file (as `docker commit` does)
+    info = tarfile.TarInfo(rel)
+    info.mode, info.mtime = stat.S_IMODE(mode), int(st.st_mtime)
+    info.uid, info.gid = _inside_id(st.st_uid, id_shift), _inside_id(st.st_gid, id_shift)
+    if stat.S_ISLNK(mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=parent_fd)
+        tf.addfile(info)
+        return
+    if stat.S_ISFIFO(mode):
+        info.type = tarfile.FIFOTYPE
+        tf.addfile(info)
+        return
+    if stat.S_ISDIR(mode):
+        info.type = tarfile.DIRTYPE
+        fd = upper.dir_fd(rel)
+        info.pax_headers = _xattrs(fd, rel)
+        tf.addfile(info)
+        if upper.opaque(rel):
+            marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
+            marker.mtime, marker.mode = info.mtime, 0o644
+            tf.addfile(marker)
+        return
+    # A regular file (non-blocking and checked: a running container may swap a FIFO or another file in since the
+    # listing).
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent_fd)
+    with os.fdopen(fd, "rb") as f:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise LayerError(f"/{rel} changed while it was being read")
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in links:  # a hard link to a file already in the tar
+            info.type, info.linkname = tarfile.LNKTYPE, links[key]
+            tf.addfile(info)
+            return
+        links[key] = rel
+        info.size = now.st_size
+        info.pax_headers = _xattrs(fd, rel)
+        tf.addfile(info, f)
 
 
 def tar_upper(upper_dir: Path | str, out: Path, *, skip: Iterable[str] = (), id_shift: int = 0) -> None:
     """Writes the upper directory's changes as an uncompressed OCI layer tar at `out`."""
-    upper = Path(upper_dir)
-    entries = _kept(_scan(upper), upper, skip)
-    with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for rel in entries:
-            for info, src in _tarinfo(tf, upper / rel, rel, id_shift):
-                if src is not None:
-                    # (non-blocking, checked: a running container may swap a FIFO in since the lstat)
-                    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                    with os.fdopen(fd, "rb") as f:
-                        if not stat.S_ISREG(os.fstat(fd).st_mode):
-                            raise LayerError(f"/{rel} changed while it was being read")
-                        tf.addfile(info, f)
-                else:
-                    tf.addfile(info)
+    upper = _Upper(Path(upper_dir))
+    try:
+        entries = _kept(upper.scan(), upper, skip)
+        links: dict[tuple[int, int], str] = {}
+        with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for rel in entries:
+                try:
+                    _add(tf, upper, rel, id_shift, links)
+                except OSError as exc:  # gone, or a directory swapped for a link (ELOOP, ENOTDIR) meanwhile
+                    raise LayerError(f"/{rel} changed while it was being read ({exc.strerror})") from None
+    finally:
+        upper.close()
 
 
 def layer_from_upper(store: LayerStore, upper_dir: Path | str, *, skip: Iterable[str] = ()) -> dict:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
@@ -460,6 +461,30 @@ def test_an_upper_directory_becomes_an_oci_layer_exactly(tmp_path) -> None:
     os.setxattr(upper / "etc", "trusted.overlay.redirect", b"/x")
     with pytest.raises(LayerError, match="redirect_dir=off"):
         layer_from_upper(store, upper)
+
+
+def test_a_directory_swapped_for_a_link_while_the_upper_is_read_never_leads_out(tmp_path, monkeypatch) -> None:
+    """A snapshot reads the upper of a sandbox that still runs: between the listing and the read the sandbox may
+    replace a directory by a symlink to a host path. The read must then fail, never take the host's file."""
+    from shoal.oci import upper as upper_mod
+
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("the host's")
+    upper = tmp_path / "upper"
+    (upper / "x").mkdir(parents=True)
+    (upper / "x/secret").write_text("the sandbox's")
+    listed = upper_mod._Upper.scan
+
+    def scan_then_swap(self):  # the sandbox acts right after the listing
+        entries = listed(self)
+        shutil.rmtree(upper / "x")
+        (upper / "x").symlink_to(host)
+        return entries
+
+    monkeypatch.setattr(upper_mod._Upper, "scan", scan_then_swap)
+    with pytest.raises(LayerError, match="changed while it was being read"):
+        upper_mod.tar_upper(upper, tmp_path / "layer.tar")
 
 
 def test_gpu_driver_files_are_bound_where_the_image_allows(tmp_path, rootfs_tars) -> None:  # noqa: F811
