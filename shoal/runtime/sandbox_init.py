@@ -351,18 +351,11 @@ def map_self_as_root() -> None:
 def overlaid_ops(cfg: dict) -> list[tuple[str, int, tuple]]:
     """What either kind of root gets on top of its base, as (path inside, order at equal depth, op): host paths at
     their own path, binds, masks over the control plane's state, shoal Volumes (controlplane/volumes.py)."""
-    ops: list[tuple[str, int, tuple]] = []
-    for path in cfg.get("ro", []):
-        ops.append((path, 2, ("bind", path, False)))
-    for path in cfg.get("rw", []):
-        ops.append((path, 2, ("bind", path, True)))
-    for src, dst, writable in cfg.get("binds", []):
-        ops.append((dst, 3, ("bind", src, writable)))
-    for path in cfg.get("mask", []):
-        ops.append((path, 4, ("mask",)))
-    for path, lower, upper, work in cfg.get("volumes", []):
-        ops.append((path, 5, ("volume", lower, upper, work)))
-    return ops
+    return [*((p, 2, ("bind", p, False)) for p in cfg.get("ro", [])),
+            *((p, 2, ("bind", p, True)) for p in cfg.get("rw", [])),
+            *((dst, 3, ("bind", src, rw)) for src, dst, rw in cfg.get("binds", [])),
+            *((p, 4, ("mask",)) for p in cfg.get("mask", [])),
+            *((p, 5, ("volume", lower, up, wk)) for p, lower, up, wk in cfg.get("volumes", []))]
 
 
 def build_root(cfg: dict, root: str, owner: tuple[int, int], idmap_fd: int | None) -> None:
