@@ -174,11 +174,12 @@ def test_sandboxes_created_back_to_back_each_answer_an_exec_at_once(app_id: str)
     sids = [create(app_id) for _ in range(5)]
 
     def first_exec(sid: str) -> tuple[int, bytes, bytes]:
-        return run_exec(sid, "sh", "-c", "echo $SHOAL_SANDBOX_ID")
+        return run_exec(sid, "sh", "-c", "echo $SHOAL_SANDBOX_ID $(pwd)")
 
     with ThreadPoolExecutor(len(sids)) as pool:
         results = list(pool.map(first_exec, sids))
-    assert results == [(0, f"{sid}\n".encode(), b"") for sid in sids]
+    # (the sandbox's working directory: the runtime's own, not that of its init it was forked from)
+    assert results == [(0, f"{sid} /root\n".encode(), b"") for sid in sids]
     for sid in sids:
         call("POST", f"/v1/sandboxes/{sid}/terminate")
 
