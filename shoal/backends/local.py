@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import glob
 import logging
 import os
@@ -366,13 +367,11 @@ class LocalBackend:
             stdin=_stdin(spec), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=full_env, cwd=cwd, start_new_session=True,
         )
-        if cgroup is not None:
-            try:
-                await cgroup.add_async(proc.pid)  # the runtime has not allocated much yet; children follow it in
-            except OSError as exc:
-                log.warning("container %s runs without cgroup limits: %s", spec.container_id, exc)
-                await cgroup.remove()
-                cgroup = None
+        # The runtime has not allocated much yet; children follow it in.
+        if cgroup is not None and not await self._join_cgroup(spec.container_id, cgroup, proc.pid):
+            log.warning("container %s runs without cgroup limits", spec.container_id)
+            await cgroup.remove()
+            cgroup = None
         pumps = [
             asyncio.create_task(_pump(proc.stdout, spec.container_id, "stdout", on_output, spec.raw_output)),
             asyncio.create_task(_pump(proc.stderr, spec.container_id, "stderr", on_output, spec.raw_output)),
@@ -451,12 +450,8 @@ class LocalBackend:
             child_end.close()
         if cgroup is not None:
             # While the supervisor's interpreter starts: it forks the container's init only after this.
-            try:
-                await cgroup.add_async(proc.pid)
-                parent_end.send(b"G")
-            except OSError as exc:
-                log.warning("container %s: could not join its cgroup: %s", spec.container_id, exc)
-                parent_end.send(b"X")
+            joined = await self._join_cgroup(spec.container_id, cgroup, proc.pid)
+            parent_end.send(b"G" if joined else b"X")
         forwarding.start(parent_end)
         setup_error: list[str] = []
 
@@ -476,6 +471,25 @@ class LocalBackend:
             container.allowlist, container.hosts_blocked = allow, frozenset(hosts)
             self._watch_host_addresses(container)
         return container
+
+    async def _join_cgroup(self, container_id: str, cgroup: ContainerCgroup, pid: int) -> bool:
+        """Move `pid` into the container's cgroups; a failed move is tried once more after making any directory
+        that is gone again (with its parent). False, logged with its errno, when it still fails."""
+        try:
+            await cgroup.add_async(pid)
+            return True
+        except OSError as exc:
+            first = exc
+        try:
+            await asyncio.to_thread(self.cgroups.restore, cgroup)
+            await cgroup.add_async(pid)
+            log.info("container %s: joined its cgroups on the second try (the first: %s)", container_id,
+                     _errno_text(first))
+            return True
+        except OSError as exc:
+            log.warning("container %s: could not join its cgroups %s: %s (first try: %s)", container_id,
+                        cgroup.dirs, _errno_text(exc), _errno_text(first))
+            return False
 
     def _watch_host_addresses(self, container: LocalContainer) -> None:
         """Host addresses that appear while a container with outbound network runs (an interface brought up
@@ -514,6 +528,11 @@ IDLE_CODE = ("import ctypes, signal\ntry:\n    ctypes.CDLL(None).prctl(1, signal
 
 # The same for an OCI image without Python (it dies with the container's init, as every process inside does).
 IDLE_SH = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
+
+
+def _errno_text(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "?")
+    return f"{name} ({exc})"
 
 
 def _pool_setting() -> int:

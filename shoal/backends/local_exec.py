@@ -120,18 +120,29 @@ def _inner_pid(pid: int) -> int | None:
     return None
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def sandbox_runtime(supervisor: int) -> int | None:
     """The host pid of a sandboxed container's runtime: the child of the init (the supervisor's child in another
-    pid namespace) whose pid inside is the supervisor's host pid. None while the sandbox is still being set up."""
+    pid namespace) whose pid inside is the supervisor's host pid. None while the sandbox is still being set up,
+    the runtime's own setup included: until it executes its command it is a copy of the init, with the init's
+    working directory, environment and user (a command entering it then would get those)."""
     own = _ns(supervisor, "pid")
     inits = [p for p in children(supervisor) if _ns(p, "pid") not in (None, own)]
     for init in inits:
         kids = children(init)
-        for kid in kids:
-            if _inner_pid(kid) == supervisor:
-                return kid
-        if kids and len(kids) == 1:
-            return kids[0]  # the kernel could not give it the supervisor's pid number
+        found = next((k for k in kids if _inner_pid(k) == supervisor), None)
+        if found is None and len(kids) == 1:
+            found = kids[0]  # the kernel could not give it the supervisor's pid number
+        if found is not None:
+            started = _cmdline(found)
+            return found if started is not None and started != _cmdline(init) else None
     return None
 
 

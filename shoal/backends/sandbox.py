@@ -312,8 +312,9 @@ class ContainerCgroup:
                 int(_read(os.path.join(self.memory_dir, "memory.max_usage_in_bytes"))))
 
     def _try_remove(self) -> bool:
-        """rmdir each directory, then the shared parent if it is empty now, so nothing is left behind in the
-        cgroup we were started in. False while processes are still leaving."""
+        """rmdir each directory. False while processes are still leaving. The shared parent stays, empty or not:
+        removing it raced with containers being created in it, by this control plane or another on the machine
+        (their mkdir or their move into the new cgroup failed: ENOENT, ENODEV)."""
         for d in list(self.dirs):
             try:
                 os.rmdir(d)
@@ -324,10 +325,6 @@ class ContainerCgroup:
                     return False
                 log.warning("could not remove cgroup %s: %s", d, exc)
             self.dirs.remove(d)
-            try:
-                os.rmdir(os.path.dirname(d))
-            except OSError:
-                pass  # other containers still use it
         return True
 
     async def remove(self) -> None:
@@ -501,16 +498,7 @@ class Cgroups:
                     continue  # likewise: only containers with a process limit (sandboxes) join it
                 by_dir.setdefault(os.path.join(parent, container_id), []).append(controller)
             for d, controllers in by_dir.items():
-                for _attempt in range(3):
-                    try:
-                        os.mkdir(d)
-                        break
-                    except FileNotFoundError:  # another control plane removed the empty parent meanwhile
-                        os.makedirs(os.path.dirname(d), exist_ok=True)
-                        if self.version == 2:
-                            _write(os.path.join(os.path.dirname(d), "cgroup.subtree_control"),
-                                   " ".join(f"+{c}" for c in self.parents))
-                        self._tune_parent()
+                self._mkdir(d)
                 made.append(d)
                 for controller in controllers:
                     self._limit(d, controller, limits)
@@ -524,6 +512,30 @@ class Cgroups:
         memory_dir = next((d for d, cs in by_dir.items() if "memory" in cs), None)
         homes = [self.homes[os.path.dirname(d)] for d in made if os.path.dirname(d) in self.homes]
         return ContainerCgroup(self.version, made, memory_dir, limits, homes)
+
+    def _mkdir(self, d: str) -> None:
+        """A container's cgroup directory, its parent made again where it is gone: an older control plane removed
+        the shared parent when it was empty (ENOENT), or was removing it as we looked it up (ENODEV)."""
+        for attempt in range(3):
+            try:
+                os.mkdir(d)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENODEV) or attempt == 2:
+                    raise
+            parent = os.path.dirname(d)
+            os.makedirs(parent, exist_ok=True)
+            if self.version == 2:
+                _write(os.path.join(parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in self.parents))
+            self._tune_parent()
+
+    def restore(self, cgroup: ContainerCgroup) -> None:
+        """A container's cgroup directories made again where gone, limits written: a failed move is tried again."""
+        for d in (d for d in cgroup.dirs if not os.path.isdir(d)):
+            self._mkdir(d)
+            for controller, parent in self.parents.items():
+                if parent == os.path.dirname(d):
+                    self._limit(d, controller, cgroup.limits)
 
     def _limit(self, d: str, controller: str, lim: Limits) -> None:
         j = os.path.join

@@ -663,38 +663,31 @@ def open_cgroup_cleanup(cfg: dict) -> dict:
             out["fds"].append(fd)
             out["homes"].append(fd)
         for d in cfg.get("cgroup_dirs", []):
-            parent = os.path.dirname(d)
-            pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            gfd = os.open(os.path.dirname(parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            out["fds"] += [pfd, gfd]
-            out["dirs"].append((pfd, os.path.basename(d), gfd, os.path.basename(parent)))
+            pfd = os.open(os.path.dirname(d), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            out["fds"].append(pfd)
+            out["dirs"].append((pfd, os.path.basename(d)))
     except OSError:
         pass  # best effort: the next control plane collects what is left
     return out
 
 
 def remove_cgroups(cleanup: dict) -> None:
-    """Leave the container's cgroups (back to the control plane's own) and remove them."""
+    """Leave the container's cgroups (back to the control plane's own) and remove them (not their shared parent:
+    other containers may be being created in it)."""
     for fd in cleanup["homes"]:
         try:
             os.write(fd, str(os.getpid()).encode())
         except OSError:
             pass
-    for pfd, name, gfd, parent_name in cleanup["dirs"]:
+    for pfd, name in cleanup["dirs"]:
         for _ in range(200):
             try:
                 os.rmdir(name, dir_fd=pfd)
                 break
-            except FileNotFoundError:
-                break
             except OSError as exc:
-                if exc.errno != errno.EBUSY:
+                if exc.errno != errno.EBUSY:  # (ENOENT: gone already)
                     break
                 time.sleep(0.01)
-        try:
-            os.rmdir(parent_name, dir_fd=gfd)
-        except OSError:
-            pass
 
 
 def forward_signals(pid: int) -> None:

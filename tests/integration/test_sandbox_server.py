@@ -166,6 +166,41 @@ def test_concurrent_execs_and_exec_stdin(app_id: str) -> None:
     assert wait(sid)["reason"] == "terminated"
 
 
+def test_sandboxes_created_back_to_back_each_answer_an_exec_at_once(app_id: str) -> None:
+    """Each sandbox's first exec starts its exec agent; several at once, right after creation (the sandboxes are
+    still being set up), each gets its own output and end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sids = [create(app_id) for _ in range(5)]
+
+    def first_exec(sid: str) -> tuple[int, bytes, bytes]:
+        return run_exec(sid, "sh", "-c", "echo $SHOAL_SANDBOX_ID $(pwd)")
+
+    with ThreadPoolExecutor(len(sids)) as pool:
+        results = list(pool.map(first_exec, sids))
+    # (the sandbox's working directory: the runtime's own, not that of its init it was forked from)
+    assert results == [(0, f"{sid} /root\n".encode(), b"") for sid in sids]
+    for sid in sids:
+        call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
+def test_concurrent_first_execs_with_large_requests(app_id: str) -> None:
+    """Requests larger than the agent's socket buffer, sent at once while its agent is still starting: each reaches
+    the agent whole, with its own pipes (a request is never interleaved with another's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = create(app_id)
+    env = {f"BIG{i}": chr(ord("a") + i) * 60000 for i in range(5)}
+
+    def one(n: int) -> tuple[int, bytes, bytes]:
+        return run_exec(sid, "sh", "-c", f'echo {n} ${{#BIG0}} ${{#BIG4}}; echo err {n} >&2', env=env)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    assert results == [(0, f"{n} 60000 60000\n".encode(), f"err {n}\n".encode()) for n in range(4)]
+    call("POST", f"/v1/sandboxes/{sid}/terminate")
+
+
 def test_exec_timeout_kills_only_the_exec(app_id: str) -> None:
     sid = create(app_id, "sh", "-c", "echo up; sleep 300")
     read_until(f"/v1/sandboxes/{sid}", b"up")

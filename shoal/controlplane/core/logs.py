@@ -23,6 +23,8 @@ async def wait_woken(waiters: list[asyncio.Future], timeout: float) -> None:
     try:
         await asyncio.wait_for(fut, timeout)
     except asyncio.TimeoutError:
+        pass
+    finally:  # woken ones too: a stream read by many long polls would keep every one of them
         if fut in waiters:
             waiters.remove(fut)
 

@@ -262,6 +262,7 @@ class Agent:
         self.alive = True
         self.served = False  # it started a command once
         self._tasks: set[asyncio.Task] = set()
+        self._sending = asyncio.Lock()  # one request at a time: a frame waiting out a full buffer is not interleaved
         self.task = asyncio.get_running_loop().create_task(self._read())
 
     def spawn(self, coro: Any) -> None:
@@ -292,16 +293,23 @@ class Agent:
 
     async def send(self, obj: dict[str, Any], fds: list[int] | tuple[()] = ()) -> None:
         """One request (its descriptors go with its first bytes); the socket is non-blocking (shared with the
-        reader), so a full buffer is waited out."""
+        reader), so a full buffer is waited out, and meanwhile no other request's bytes may go between this one's
+        (the agent would read a garbled length and wait for bytes that never come: every exec hangs). A socket the
+        agent closed raises OSError, and the agent counts as dead."""
         data = json.dumps(obj).encode()
         frame = struct.pack("!I", len(data)) + data
-        while frame:
-            try:
-                n = socket.send_fds(self.sock, [frame], list(fds)) if fds else self.sock.send(frame)
-            except BlockingIOError:
-                await asyncio.sleep(0.001)
-                continue
-            frame, fds = frame[n:], ()
+        async with self._sending:
+            while frame:
+                try:
+                    n = socket.send_fds(self.sock, [frame], list(fds)) if fds else self.sock.send(frame)
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+                    continue
+                except OSError as exc:
+                    if isinstance(exc, ConnectionError) or self.sock.fileno() < 0:
+                        self.alive = False  # (its reader says so too, once it reads the end)
+                    raise
+                frame, fds = frame[n:], ()
 
     async def run(self, argv: list[str], env: dict[str, str], cwd: str | None,
                   tty: tuple[int, int] | None = None) -> AgentProcess:

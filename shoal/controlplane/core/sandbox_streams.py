@@ -31,15 +31,17 @@ class OutputFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
+        self.dropped = self.size > self.limit  # (a file written before a restart ends with its note already)
         self.eof = False
         self._waiters: list[asyncio.Future] = []
 
     def append(self, data: bytes) -> None:
-        if self._fd < 0 or self.size >= self.limit:
+        if self._fd < 0 or self.dropped or not data:
             return
-        if self.size + len(data) > self.limit:
-            data = data[:self.limit - self.size]
+        if self.size + len(data) > self.limit:  # (also the first chunk after one that filled it exactly)
+            data = data[:max(0, self.limit - self.size)]
             data += f"\n[shoal: output past {self.limit} bytes dropped]\n".encode()
+            self.dropped = True
         os.write(self._fd, data)
         self.size += len(data)
         wake_all(self._waiters)

@@ -46,6 +46,7 @@ _ID = re.compile(r"(sb|ex)-[0-9a-f]{1,64}")  # ids as new_id makes them: safe in
 FDS = ("stdout", "stderr")
 PIDS_MAX = 2048
 EXEC_KEEP_S = 300.0  # a finished exec stays in memory this long
+TARGET_WAIT_S = 60.0  # an exec (or file operation) right after creation waits this long for the sandbox's setup
 
 
 @dataclass
@@ -511,7 +512,8 @@ class Sandboxes:
             info = {"container_id": sb.container_id, "pid": handle.pid, "sandboxed": handle.sandboxed,
                     "cgroups": list(handle.cgroup.dirs) if handle.cgroup is not None else []}
             try:
-                sb.target = await asyncio.to_thread(local_exec.find_target, info)
+                # (a sandbox still being set up is waited for: on a loaded machine that can take many seconds)
+                sb.target = await asyncio.to_thread(local_exec.find_target, info, TARGET_WAIT_S)
             except local_exec.ExecError as exc:
                 raise ApiError(409, str(exc), "SandboxTerminatedError") from exc
         return sb.target
