@@ -74,6 +74,31 @@ _ERRNO_KIND = {2: (404, "NotFoundError"), 20: (400, "InvalidError"), 21: (400, "
                17: (409, "AlreadyExistsError"), 30: (403, "PermissionDeniedError")}
 
 
+
+FS_OUTPUT_MAX = DATA_BODY_MAX * 4 // 3 + 65536  # the largest answer a read may give (base64 of DATA_BODY_MAX)
+
+
+def _garbled(sb: Any) -> ApiError:
+    return ApiError(502, f"the filesystem operation in sandbox {sb.id} answered something unreadable (its "
+                         "interpreter may have been replaced)", "InternalFailure")
+
+
+async def _bounded(proc: asyncio.subprocess.Process, data: bytes) -> tuple[bytes, bytes]:
+    """What the program inside printed, read no further than FS_OUTPUT_MAX + 1 bytes (it runs on the sandbox's
+    own interpreter, which may print without end), and the start of its errors."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        proc.stdin.close()
+    except ConnectionError:
+        pass  # it ended without reading: its output says why
+    out = bytearray()
+    while len(out) <= FS_OUTPUT_MAX and (chunk := await proc.stdout.read(1 << 20)):
+        out += chunk
+    err = await proc.stderr.read(4096) if len(out) <= FS_OUTPUT_MAX else b""
+    return bytes(out), err
+
 class SandboxRoutes:
     def __init__(self, sandboxes: Sandboxes, registry: Registry, tunnels: Tunnels) -> None:
         self.sandboxes = sandboxes
@@ -224,10 +249,14 @@ class SandboxRoutes:
         flag = body.parents if op in ("write", "mkdir") else body.recursive
         result = await self._inside(sb, [op, body.path, "1" if flag else "0"], body.data if op == "write" else b"")
         if "error" in result:
-            status, kind = _ERRNO_KIND.get(int(result.get("errno", 0)), (400, "InvalidError"))
-            raise ApiError(status, f"`path`: {result['error']}", kind)
+            errno_ = result.get("errno")
+            status, kind = _ERRNO_KIND.get(errno_ if type(errno_) is int else 0, (400, "InvalidError"))
+            raise ApiError(status, f"`path`: {str(result['error'])[:1000]}", kind)
         if "data" in result:
-            return reply({"data": base64.b64decode(result["data"])})
+            try:
+                return reply({"data": base64.b64decode(result["data"], validate=True)})
+            except (TypeError, ValueError):
+                raise _garbled(sb) from None
         return reply(result)
 
     async def _inside(self, sb: Sandbox, args: list[str], data: bytes) -> dict[str, Any]:
@@ -245,15 +274,25 @@ class SandboxRoutes:
             env={"PATH": target.env.get("PATH", local_exec._SYSTEM_PATH)}, cwd="/", start_new_session=True,
             preexec_fn=(lambda: local_exec.prepare_process(target)) if target.sandboxed else None)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(data), FS_TIMEOUT_S)
+            out, err = await asyncio.wait_for(_bounded(proc, data), FS_TIMEOUT_S)
         except asyncio.TimeoutError as exc:
-            os.killpg(proc.pid, signal.SIGKILL)
             raise ApiError(504, "the filesystem operation took too long", "TimeoutError") from exc
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # (what it left running, or all of it: over time or size)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+        if len(out) > FS_OUTPUT_MAX:
+            raise ApiError(413, f"`path`: more than {DATA_BODY_MAX} bytes to read at once", "InvalidError")
         try:
-            return json.loads(out)
-        except ValueError as exc:
-            raise ApiError(500, f"the filesystem operation failed in the sandbox: "
-                                f"{err.decode(errors='replace').strip()[-500:]}", "InternalFailure") from exc
+            result = json.loads(out)
+        except ValueError:
+            raise ApiError(502, f"the filesystem operation failed in sandbox {sb.id}: "
+                                f"{err.decode(errors='replace').strip()[-500:]}", "InternalFailure") from None
+        if not isinstance(result, dict):
+            raise _garbled(sb)
+        return result
 
     # -- execs -----------------------------------------------------------------------------------------------
     async def exec_output(self, request: web.Request) -> web.Response:

@@ -15,11 +15,12 @@ in it (copied up, nothing else changed below) goes too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from shoal.oci.layout import LayoutWriter
@@ -38,53 +39,56 @@ def _inside_id(host_id: int, id_shift: int) -> int:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_DEPTH = 512  # directories nested deeper are refused (a path then exceeds PATH_MAX anyway)
 
 
 class _Upper:
     """The upper directory read through directory descriptors, one component at a time, never following a link:
     a snapshot reads the upper of a sandbox that still runs, which may swap a directory for a symlink to a host
-    path between the listing and the read (a path string would then lead out of the upper)."""
+    path between the listing and the read (a path string would then lead out of the upper). Only the upper's own
+    descriptor stays open; each use opens its path afresh and closes it (a hostile upper may hold any number of
+    directories, nested any number of levels deep)."""
 
     def __init__(self, upper: Path) -> None:
         self.root = os.open(upper, _DIR_FLAGS)
-        self._dirs: dict[str, int] = {"": self.root}
 
     def close(self) -> None:
-        for fd in self._dirs.values():
+        os.close(self.root)
+
+    @contextlib.contextmanager
+    def dir(self, rel: str) -> Iterator[int]:
+        """A descriptor of the directory `rel`, opened below the upper's without following a link."""
+        fd = os.dup(self.root)
+        try:
+            for part in rel.split("/") if rel else ():
+                below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+            yield fd
+        finally:
             os.close(fd)
-        self._dirs.clear()
-
-    def dir_fd(self, rel: str) -> int:
-        """A descriptor of the directory `rel` (opened below its parent's descriptor, without following)."""
-        fd = self._dirs.get(rel)
-        if fd is None:
-            parent, _, name = rel.rpartition("/")
-            fd = self._dirs[rel] = os.open(name, _DIR_FLAGS, dir_fd=self.dir_fd(parent))
-        return fd
-
-    def where(self, rel: str) -> tuple[int, str]:
-        parent, _, name = rel.rpartition("/")
-        return self.dir_fd(parent), name
 
     def scan(self) -> list[str]:
-        """Every entry as a relative path, parents before children, sorted (a reproducible tar)."""
+        """Every entry as a relative path, parents before children, in a fixed order (a reproducible tar)."""
         out: list[str] = []
-
-        def walk(rel: str) -> None:
-            with os.scandir(self.dir_fd(rel)) as it:
+        todo = [""]
+        while todo:
+            rel = todo.pop()
+            if rel.count("/") >= MAX_DEPTH:
+                raise LayerError(f"/{rel}: directories nested deeper than {MAX_DEPTH} levels")
+            with self.dir(rel) as fd, os.scandir(fd) as it:
                 entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
             for name, is_dir in entries:
                 child = f"{rel}/{name}" if rel else name
                 out.append(child)
                 if is_dir:
-                    walk(child)
-
-        walk("")
+                    todo.append(child)
         return out
 
     def opaque(self, rel: str) -> bool:
         try:
-            return os.getxattr(self.dir_fd(rel), OPAQUE_XATTR) == b"y"
+            with self.dir(rel) as fd:
+                return os.getxattr(fd, OPAQUE_XATTR) == b"y"
         except OSError:
             return False
 
@@ -116,7 +120,13 @@ def _xattrs(fd: int, rel: str) -> dict[str, str]:
 def _add(tf: tarfile.TarFile, upper: _Upper, rel: str, id_shift: int, links: dict[tuple[int, int], str]) -> None:
     """One entry of the upper into the tar: whiteouts and opaque directories in OCI form, regular files read
     through a descriptor that is checked to be the regular file the listing saw."""
-    parent_fd, name = upper.where(rel)
+    parent, _, name = rel.rpartition("/")
+    with upper.dir(parent) as parent_fd:
+        _add_entry(tf, upper, rel, parent_fd, name, id_shift, links)
+
+
+def _add_entry(tf: tarfile.TarFile, upper: _Upper, rel: str, parent_fd: int, name: str, id_shift: int,
+               links: dict[tuple[int, int], str]) -> None:
     st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     mode = st.st_mode
     if stat.S_ISCHR(mode) and st.st_rdev == 0:  # overlayfs's whiteout
@@ -142,8 +152,8 @@ def _add(tf: tarfile.TarFile, upper: _Upper, rel: str, id_shift: int, links: dic
         return
     if stat.S_ISDIR(mode):
         info.type = tarfile.DIRTYPE
-        fd = upper.dir_fd(rel)
-        info.pax_headers = _xattrs(fd, rel)
+        with upper.dir(rel) as fd:
+            info.pax_headers = _xattrs(fd, rel)
         tf.addfile(info)
         if upper.opaque(rel):
             marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")

@@ -487,6 +487,33 @@ def test_a_directory_swapped_for_a_link_while_the_upper_is_read_never_leads_out(
         upper_mod.tar_upper(upper, tmp_path / "layer.tar")
 
 
+def test_an_upper_of_many_and_deep_directories_is_read_with_few_descriptors(tmp_path) -> None:
+    """A sandbox controls its upper's shape: thousands of directories need no descriptor each, and nesting past
+    the limit is a LayerError (not a RecursionError, which the snapshot route would answer with a 500)."""
+    from shoal.oci import upper as upper_mod
+
+    wide = tmp_path / "wide"
+    for i in range(2000):
+        (wide / f"d{i}").mkdir(parents=True)
+    before = len(os.listdir("/proc/self/fd"))
+    upper_mod.tar_upper(wide, tmp_path / "wide.tar")
+    assert len(os.listdir("/proc/self/fd")) == before
+    with tarfile.open(tmp_path / "wide.tar") as tf:
+        assert len(tf.getnames()) == 2000
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(upper_mod.MAX_DEPTH + 1):  # (relative to a descriptor: the path itself is too long to name)
+        os.mkdir("d", dir_fd=fd)
+        below = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+    with pytest.raises(LayerError, match="nested deeper"):
+        upper_mod.tar_upper(deep, tmp_path / "deep.tar")
+
+
 def test_gpu_driver_files_are_bound_where_the_image_allows(tmp_path, rootfs_tars) -> None:  # noqa: F811
     """(No GPU here: the driver files' mechanism with stand-ins.) A file at a plain path is bound read-only at its
     host path; one whose path crosses a symlink of the image (`/lib` -> `usr/lib`) is left out, not followed."""

@@ -119,6 +119,8 @@ def agent_python(backend: Any, image: Any) -> str:
 
 
 LOST = -1000  # status of a command whose agent died before saying how it ended
+START_S = 30.0  # how long an agent may take to say it started a command
+MAX_REPORT = 4096  # the largest report an agent sends ({"id", "pid"} or {"id", "status"}) is far smaller
 
 
 class AgentProcess:
@@ -341,24 +343,37 @@ class Agent:
         finally:
             for fd in set(theirs):
                 os.close(fd)
-        await proc.started
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.started), START_S)
+        except asyncio.TimeoutError:  # a stopped or hostile agent: never wait on it again
+            self.close()
+            raise OSError("the sandbox's exec agent did not answer") from None
         return proc
 
     async def _read(self) -> None:
+        """The agent's reports. It runs on the sandbox's own interpreter, which the sandbox may have replaced:
+        anything but a small, well-formed report ends it (the exec then falls back)."""
         try:
             while True:
                 head = await self.reader.readexactly(4)
-                msg = json.loads(await self.reader.readexactly(struct.unpack("!I", head)[0]))
+                size = struct.unpack("!I", head)[0]
+                if size > MAX_REPORT:
+                    break
+                msg = json.loads(await self.reader.readexactly(size))
                 proc = self.running.get(msg["id"])
                 if proc is None:
                     continue
                 if "pid" in msg and not proc.started.done():
+                    if type(msg["pid"]) is not int:
+                        break
                     self.served = True
                     proc.started.set_result(msg["pid"])
                 if "status" in msg:
+                    if type(msg["status"]) is not int:
+                        break
                     self.running.pop(msg["id"], None)
                     proc.exited(msg["status"])
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, TypeError, KeyError):
             pass
         finally:
             self.alive = False
