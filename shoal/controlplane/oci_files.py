@@ -22,8 +22,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from ..oci.layout import LayoutWriter
-from ..oci.store import Layer, LayerStore
 from ..oci.unpack import OPAQUE_XATTR
 
 MAX_SYMLINKS = 40
@@ -203,15 +201,6 @@ class LayerTar:
         info = tarfile.TarInfo(path.lstrip("/"))
         info.type, info.linkname, (info.uid, info.gid), info.mtime = tarfile.SYMTYPE, target, owner, int(time.time())
         self.tar.addfile(info)
-
-
-def store_layer(store: LayerStore, tar: Path) -> dict[str, object]:
-    """gzips the tar into the store and unpacks it there (the store's safe extractor); the layer's info."""
-    writer = LayoutWriter(store.tmp, blobs_dir=store.blobs)
-    desc, diff_id = writer.add_layer(tar)
-    layer = Layer(digest=desc["digest"], diff_id=diff_id, media_type=desc["mediaType"], size=desc["size"])
-    store.unpack(layer)
-    return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, tarfile.TarInfo]]:

@@ -39,6 +39,7 @@ from ..backends.build_sandbox import BuildSandbox, BuildSetupError
 from ..exception import ImageBuildError
 from ..oci import dockerfile as df
 from ..oci.base import BaseImageError, find_interpreter
+from ..oci.layout import store_layer
 from ..oci.registry import RegistryError, parse_reference, pull
 from ..oci.store import Image, Layer, LayerStore, StoreError
 from ..oci.unpack import LayerError
@@ -426,7 +427,7 @@ class OciBuilder:
                         write(out)
                     finally:
                         out.close()
-                    return oci_files.store_layer(self.store, scratch / "layer.tar")
+                    return store_layer(self.store, scratch / "layer.tar")
                 finally:
                     shutil.rmtree(scratch, ignore_errors=True)
 

@@ -14,7 +14,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from shoal.oci.store import Image, LayerStore
+from shoal.oci.store import Image, Layer, LayerStore
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -107,3 +107,15 @@ def store_image(store: LayerStore, name: str, layer_tars: list[Path | bytes], co
         layers = [writer.add_layer(t) for t in layer_tars]
         desc = writer.add_image(layers, config)
         return store.record(name, desc["digest"])
+
+
+def store_layer(store: LayerStore, tar: Path) -> dict[str, object]:
+    """The layer tar gzipped into the store's blobs and unpacked there by the store's safe extractor, under the
+    store's lock (a prune meanwhile would take the new blob, which no image names yet); the layer's descriptor."""
+    with store.lock():
+        desc, diff_id = LayoutWriter(tar.parent, blobs_dir=store.blobs).add_layer(tar)
+        layer = Layer(digest=desc["digest"], diff_id=diff_id, media_type=desc["mediaType"], size=desc["size"])
+        final = store.layer_path(diff_id)
+        if not final.is_dir():
+            store._unpack(layer, final)
+    return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}

@@ -23,8 +23,8 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from shoal.oci.layout import LayoutWriter
-from shoal.oci.store import Layer, LayerStore
+from shoal.oci.layout import store_layer
+from shoal.oci.store import LayerStore
 from shoal.oci.unpack import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, LayerError
 
 CONTAINER_IDS = 65536  # a container's uid/gid range (backends/sandbox.py ID_COUNT)
@@ -201,12 +201,6 @@ def layer_from_upper(store: LayerStore, upper_dir: Path | str, *, skip: Iterable
     try:
         tar = work / "layer.tar"
         tar_upper(upper_dir, tar, skip=skip, id_shift=store.id_shift)
-        with store.lock():
-            desc, diff_id = LayoutWriter(work, blobs_dir=store.blobs).add_layer(tar)
-            layer = Layer(digest=desc["digest"], diff_id=diff_id, media_type=desc["mediaType"], size=desc["size"])
-            final = store.layer_path(diff_id)
-            if not final.is_dir():
-                store._unpack(layer, final)
-        return {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type}
+        return store_layer(store, tar)
     finally:
         shutil.rmtree(work, ignore_errors=True)
