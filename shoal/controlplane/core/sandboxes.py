@@ -146,6 +146,7 @@ class Sandboxes:
         self.warm = WarmSandboxes(backend, pids_max(), self.dir / "warm")
         self.on_start: list[Any] = []  # callbacks(sandbox) once its container runs (tunnels)
         self.snapshots: dict[str, tuple[str, float]] = {}  # image id -> (sandbox id, when taken)
+        self.building: dict[str, int] = {}  # image id -> creations building (or finding) it now
         self.on_end: list[Any] = []
 
     def spawn(self, coro: Any) -> None:
@@ -183,6 +184,8 @@ class Sandboxes:
                                 "here are plain processes")
         image = None
         if body.image is not None:
+            building = body.image.image_id
+            self.building[building] = self.building.get(building, 0) + 1  # (the clean-up leaves it alone)
             try:
                 image = await self.images.ensure(
                     await self.secrets.resolve_image(body.image),
@@ -191,6 +194,10 @@ class Sandboxes:
                 raise ApiError(400, f"`image`: {exc}") from exc
             except ImageBuildError as exc:  # its steps failed: the caller's
                 raise ApiError(400, f"`image`: {exc}", "ImageBuildError") from exc
+            finally:
+                self.building[building] -= 1
+                if not self.building[building]:
+                    del self.building[building]
         refs = [SecretRef(name=n) for n in body.secret_names]
         await self.secrets.check(refs)
         warm = self.warm.take(image) if fits(body) else None
@@ -405,6 +412,8 @@ class Sandboxes:
                 held[image_id] = f"a snapshot of sandbox {sid} taken {now - taken:.0f} s ago (kept {grace:.0f} s)"
             else:
                 del self.snapshots[image_id]
+        for image_id in self.building:
+            held[image_id] = "a sandbox's creation is building or finding it"
         for image_id in self.warm.images():
             held[image_id] = "warm sandbox containers run on it"
         for sb in list(self.live.values()):
