@@ -411,7 +411,8 @@ def test_rm_rf_root_leaves_the_host_and_the_next_sandbox_intact(untrusted_app: m
     sb = modal.Sandbox.create("sh", "-c", "rm -rf --no-preserve-root / 2>/dev/null; echo done", app=untrusted_app)
     assert sb.stdout.read() == "done\n"
     sb.wait(raise_on_termination=False)
-    assert marker.read_text() == "still here" and (unshared.home / "state.db").exists()
+    assert marker.read_text() == "still here" and (unshared.home / "token").exists()
+    assert modal.Sandbox.from_id(sb.object_id).poll() == 0  # the store (SQLite or PostgreSQL) is intact
     nxt = modal.Sandbox.create(app=untrusted_app)
     assert nxt.exec("sh", "-c", "test -x /bin/sh && echo ok").stdout.read() == "ok\n"
     nxt.terminate()

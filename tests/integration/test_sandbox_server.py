@@ -346,7 +346,7 @@ def test_rm_rf_root_leaves_the_host_and_the_next_sandbox_intact(unshared: Contro
     wait(sid)
     assert canary.read_text() == "still here"
     assert os.path.exists("/usr/bin/env") and (unshared.home / "token").exists()
-    assert (unshared.home / "state.db").exists()
+    assert call("GET", f"/v1/sandboxes/{sid}")["state"] == "terminated"  # the store (SQLite or PostgreSQL) is intact
     nxt = create(app, "sh", "-c", "echo fine; test -x /usr/bin/env && echo tools")
     assert read_all(f"/v1/sandboxes/{nxt}") == b"fine\ntools\n"
     assert call("GET", "/v1/health")["ok"]

@@ -43,6 +43,15 @@ def html_response(body: str, status: int = 200) -> web.Response:
         "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
 
 
+
+def _path_id(request: web.Request, name: str) -> str:
+    """An id from the page's path; one the store could not even look up (PostgreSQL's text holds no NUL) is
+    simply not found."""
+    value = request.match_info[name]
+    if "\x00" in value or len(value) > 256:
+        raise web.HTTPNotFound(text=f"no such {name.removesuffix('_id')}")
+    return value
+
 class Views:
     def __init__(self, api: Api) -> None:
         self.api = api
@@ -66,7 +75,7 @@ class Views:
         return html_response(page("Apps", body))
 
     async def app(self, request: web.Request) -> web.Response:
-        app_id = request.match_info["app_id"]
+        app_id = _path_id(request, "app_id")
         found = await app_rows.by_id(self.store, app_id)
         if not found:
             raise web.HTTPNotFound(text=f"app {app_id} not found")
@@ -107,7 +116,7 @@ class Views:
 
     async def rollback(self, request: web.Request) -> web.Response:
         """The page's rollback button: the API's own rollback route, called with the API token."""
-        app_id = request.match_info["app_id"]
+        app_id = _path_id(request, "app_id")
         try:  # the API's own request type, so its bounds on a version
             version = msgspec.convert(await request.json(), req.Rollback, strict=False).version
         except (msgspec.ValidationError, ValueError):  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
@@ -124,7 +133,7 @@ class Views:
 
     # -- a function ------------------------------------------------------------------------------------------
     async def function(self, request: web.Request) -> web.Response:
-        function_id = request.match_info["function_id"]
+        function_id = _path_id(request, "function_id")
         pool = self.registry.pools.get(function_id)
         stored = await rows.function_app(self.store, function_id)
         if pool is None and stored is None:
@@ -175,7 +184,7 @@ class Views:
 
     # -- a call ----------------------------------------------------------------------------------------------
     async def call(self, request: web.Request) -> web.Response:
-        call_id = request.match_info["call_id"]
+        call_id = _path_id(request, "call_id")
         row = await rows.call_row(self.store, call_id)
         if row is None:
             raise web.HTTPNotFound(text=f"function call {call_id} not found")
@@ -213,7 +222,7 @@ class Views:
         return html_response(page("Containers", body))
 
     async def container(self, request: web.Request) -> web.Response:
-        cid = request.match_info["container_id"]
+        cid = _path_id(request, "container_id")
         c = self.registry.containers.get(cid)
         ended = next((e for e in reversed(METRICS.exits) if e["container_id"] == cid), None)
         if c is None and ended is None:
@@ -244,7 +253,7 @@ class Views:
 
     async def container_logs(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the container's new log lines as they arrive, until it stops or the page goes."""
-        cid = request.match_info["container_id"]
+        cid = _path_id(request, "container_id")
         try:  # a reconnecting EventSource says where it was (Last-Event-ID); the page's first request, `after`
             after = int(request.headers.get("Last-Event-ID") or request.query.get("after", "-1"))
         except ValueError:
