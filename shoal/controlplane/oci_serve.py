@@ -111,7 +111,15 @@ class ImageRegistry:
 
     # -- auth ------------------------------------------------------------------------------------------------------
     def _refusal(self, request: web.Request) -> web.Response | None:
-        """None when the request may pull; else the 401 or 403 to answer."""
+        """None when the request may pull (and names a valid repository, where it names one); else the 401, 403 or
+        400 to answer."""
+        refused = self._auth_refusal(request)
+        repo = request.match_info.get("repo")
+        if refused is None and repo is not None and not _REPO.match(repo):
+            return _error(400, "NAME_INVALID", f"invalid repository name {repo!r}")
+        return refused
+
+    def _auth_refusal(self, request: web.Request) -> web.Response | None:
         challenge = {"WWW-Authenticate": 'Basic realm="shoal"'}
         credential = credential_of(request.headers.get("Authorization", ""))
         if credential is None:
@@ -131,16 +139,12 @@ class ImageRegistry:
 
     # -- routes ----------------------------------------------------------------------------------------------------
     async def base(self, request: web.Request) -> web.Response:
-        refused = self._refusal(request)
-        return refused or web.json_response({}, headers=_HEADERS)
+        return self._refusal(request) or web.json_response({}, headers=_HEADERS)
 
     async def manifest(self, request: web.Request) -> web.Response:
-        refused = self._refusal(request)
-        if refused is not None:
+        if (refused := self._refusal(request)) is not None:
             return refused
         repo, ref = request.match_info["repo"], request.match_info["reference"]
-        if not _REPO.match(repo):
-            return _error(400, "NAME_INVALID", f"invalid repository name {repo!r}")
         image = await asyncio.to_thread(self._find, repo, ref)
         if image is None:
             return _error(404, "MANIFEST_UNKNOWN", f"no image {repo}:{ref} in the control plane's store"
@@ -156,12 +160,9 @@ class ImageRegistry:
         return web.Response(body=data, headers=headers)
 
     async def tags(self, request: web.Request) -> web.Response:
-        refused = self._refusal(request)
-        if refused is not None:
+        if (refused := self._refusal(request)) is not None:
             return refused
         repo = request.match_info["repo"]
-        if not _REPO.match(repo):
-            return _error(400, "NAME_INVALID", f"invalid repository name {repo!r}")
         names = [i.name for i in await asyncio.to_thread(self.store.list)]
         found = tags_of(names, repo)
         if not found:
@@ -184,12 +185,9 @@ class ImageRegistry:
         return None
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refusal(request)
-        if refused is not None:
+        if (refused := self._refusal(request)) is not None:
             return refused
-        repo, digest = request.match_info["repo"], request.match_info["digest"]
-        if not _REPO.match(repo):
-            return _error(400, "NAME_INVALID", f"invalid repository name {repo!r}")
+        digest = request.match_info["digest"]
         try:
             path = self.store.blob_path(digest)
         except StoreError:
