@@ -463,9 +463,10 @@ def test_an_upper_directory_becomes_an_oci_layer_exactly(tmp_path) -> None:
         layer_from_upper(store, upper)
 
 
-def test_a_directory_swapped_for_a_link_while_the_upper_is_read_never_leads_out(tmp_path, monkeypatch) -> None:
+def test_a_directory_swapped_for_a_link_while_the_upper_is_read_never_leads_out(tmp_path) -> None:
     """A snapshot reads the upper of a sandbox that still runs: between the listing and the read the sandbox may
-    replace a directory by a symlink to a host path. The read must then fail, never take the host's file."""
+    replace a directory by a symlink to a host path. The read must then fail, never take the host's file. (The
+    test acts as the sandbox between tar_upper's two phases, listing and adding.)"""
     from shoal.oci import upper as upper_mod
 
     host = tmp_path / "host"
@@ -474,17 +475,17 @@ def test_a_directory_swapped_for_a_link_while_the_upper_is_read_never_leads_out(
     upper = tmp_path / "upper"
     (upper / "x").mkdir(parents=True)
     (upper / "x/secret").write_text("the sandbox's")
-    listed = upper_mod._Upper.scan
-
-    def scan_then_swap(self):  # the sandbox acts right after the listing
-        entries = listed(self)
+    reader = upper_mod._Upper(upper)
+    try:
+        assert reader.scan() == ["x", "x/secret"]
         shutil.rmtree(upper / "x")
         (upper / "x").symlink_to(host)
-        return entries
-
-    monkeypatch.setattr(upper_mod._Upper, "scan", scan_then_swap)
-    with pytest.raises(LayerError, match="changed while it was being read"):
-        upper_mod.tar_upper(upper, tmp_path / "layer.tar")
+        with tarfile.open(tmp_path / "layer.tar", "w") as tf, pytest.raises(OSError):
+            upper_mod._add(tf, reader, "x/secret", 0, {})
+    finally:
+        reader.close()
+    with tarfile.open(tmp_path / "layer.tar") as tf:
+        assert tf.getnames() == []
 
 
 def test_an_upper_of_many_and_deep_directories_is_read_with_few_descriptors(tmp_path) -> None:
