@@ -572,8 +572,10 @@ class Sandboxes:
                      workdir: str | None, pty: bool = False) -> AgentProcess | NsenterProcess:
         """A command in the sandbox: through its agent, started at the first exec; through nsenter where the
         agent cannot run."""
-        await self._ensure_agent(sb, target)
-        if sb.agent is not None and sb.agent.alive:
+        for attempt in (1, 2):  # an agent that died before its first command is started once more
+            await self._ensure_agent(sb, target)
+            if sb.agent is None or not sb.agent.alive:
+                break
             try:
                 tty = None
                 if pty:
@@ -586,7 +588,8 @@ class Sandboxes:
             except OSError:
                 if sb.agent.alive:
                     raise
-                sb.agent_failed = not sb.agent.served  # it never came up (no interpreter?): not again
+                # It never came up twice (no interpreter?): not again.
+                sb.agent_failed = not sb.agent.served and attempt == 2
         if pty:
             raise ApiError(400, "`pty`: this sandbox's exec agent is not running, and execs with a terminal need it")
         if workdir is not None:
