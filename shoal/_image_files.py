@@ -6,6 +6,7 @@ less what the .dockerignore (or `ignore`) leaves out.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import posixpath
 import re
@@ -198,3 +199,39 @@ def context_blob(method: str, context_dir: Path, sources: list[tuple[str, int]],
     files = context_files(method, context_dir, sources, ignore, extra)
     sha, blob = pack_tree(files, f"Image.{method} build context")
     return sha, {sha: lambda: blob}
+
+
+def local_blob(step: dict[str, Any], local: dict[str, Any]) -> tuple[str, Callable[[], bytes]]:
+    """The content hash and reader of a file step's local files (one file, a tree, or modules' sources)."""
+    kind = step["kind"]
+    if "file" in local:
+        path: Path = local["file"]
+        if not path.is_file():
+            raise InvalidError(f"Image.{kind}: local file {path} not found")
+        step["mode"] = 0o755 if path.stat().st_mode & 0o111 else 0o644
+        return hash_file(path), path.read_bytes
+    if "dir" in local:
+        root: Path = local["dir"]
+        if not root.is_dir():
+            raise InvalidError(f"Image.{kind}: local directory {root} not found")
+        files = walk(root, local["ignore"])
+    else:
+        files = []
+        for name in local["modules"]:
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError) as exc:
+                raise InvalidError(f"Image.add_local_python_source: cannot find module {name!r}: {exc}") from exc
+            if spec is None:
+                raise InvalidError(f"Image.add_local_python_source: module {name!r} not found")
+            arc = name.replace(".", "/")
+            if spec.submodule_search_locations:
+                for location in spec.submodule_search_locations:
+                    files += walk(Path(location), local["ignore"], prefix=arc + "/")
+            elif spec.origin and spec.origin.endswith(".py"):
+                files.append((arc + ".py", Path(spec.origin)))
+            else:
+                raise InvalidError(f"Image.add_local_python_source: {name!r} is not a local Python source module "
+                                   f"({spec.origin})")
+    sha, blob = pack_tree(files, f"Image.{kind} content")
+    return sha, lambda: blob

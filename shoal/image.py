@@ -15,7 +15,7 @@ step one more layer built in a container on the image so far.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import hashlib
 import os
 import posixpath
 import re
@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from . import _image_function as image_function
 from ._container_context import is_local
 from ._image_files import (
     AUTO_DOCKERIGNORE,
@@ -37,11 +38,9 @@ from ._image_files import (
     copy_sources,
     dockerignore_fn,
     dockerignore_patterns,
-    hash_file,
     ignore_fn,
-    pack_tree,
+    local_blob,
     source_pattern,
-    walk,
 )
 from ._spec.definitions import ImageSpec
 from ._spec.images import BUILD_KINDS, BUILDER_VERSION, FILE_KINDS, IMAGE_ID_RE, image_id_for, is_oci
@@ -403,9 +402,28 @@ class Image:
 
         return self._extend(step, force_build, local={"fill": fill})
 
-    def run_function(self, *args: Any, **kwargs: Any) -> Image:
-        raise Image._unsupported("run_function", "do the work with run_commands (e.g. `python -c …`, or a script "
-                                 "added with add_local_file(copy=True))")
+    def run_function(self, raw_f: Callable[..., Any], *, env: dict[str, str | None] | None = None,
+                     secrets: Sequence[Any] | None = None, volumes: dict[str, Any] = {},  # noqa: B006
+                     network_file_systems: dict[str, Any] = {}, gpu: Any = None, cpu: Any = None,  # noqa: B006
+                     memory: Any = None, timeout: int = image_function.DEFAULT_TIMEOUT, cloud: Any = None,
+                     region: Any = None, force_build: bool = False, args: Sequence[Any] = (),
+                     kwargs: dict[str, Any] = {}, include_source: bool | None = None) -> Image:  # noqa: B006
+        """Run `raw_f(*args, **kwargs)` once in a build container on this image; what it writes (downloaded model
+        weights, generated files) is the next layer. Rebuilt when its source or arguments change
+        (shoal/_image_function.py)."""
+        image_function.check(raw_f, args, kwargs, timeout, volumes, network_file_systems)
+        name = image_function.name_of(raw_f)
+        step = {"kind": "run_function", "function": name, "timeout": timeout,
+                "env": _check_env("run_function", env), **_secrets_fields("run_function", secrets),
+                "repr": _call_repr("run_function", [name])}
+
+        def fill(step: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+            pickled = image_function.payload(raw_f, args, kwargs)
+            step.update(image_function.fingerprint(raw_f, args, kwargs, pickled))
+            step["payload_sha"] = sha = hashlib.sha256(pickled).hexdigest()
+            return {sha: lambda: pickled}
+
+        return self._extend(step, force_build, local={"fill": fill})
 
     # -- chaining --------------------------------------------------------------------------------------------
     def _extend(self, step: dict[str, Any], force_build: bool = False,
@@ -714,7 +732,7 @@ class Image:
                 if local is not None and "fill" in local:
                     blobs.update(local["fill"](step) or {})
                 elif local is not None:
-                    sha, read = _local_blob(step, local)
+                    sha, read = local_blob(step, local)
                     step["sha"] = sha
                     blobs[sha] = read
                 steps.append(step)
@@ -760,41 +778,6 @@ def _load_toml(method: str, path: str | Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidError(f"Image.{method}: {path} is not valid TOML: {exc}") from exc
-
-
-def _local_blob(step: dict[str, Any], local: dict[str, Any]) -> tuple[str, Callable[[], bytes]]:
-    kind = step["kind"]
-    if "file" in local:
-        path: Path = local["file"]
-        if not path.is_file():
-            raise InvalidError(f"Image.{kind}: local file {path} not found")
-        step["mode"] = 0o755 if path.stat().st_mode & 0o111 else 0o644
-        return hash_file(path), path.read_bytes
-    if "dir" in local:
-        root: Path = local["dir"]
-        if not root.is_dir():
-            raise InvalidError(f"Image.{kind}: local directory {root} not found")
-        files = walk(root, local["ignore"])
-    else:
-        files = []
-        for name in local["modules"]:
-            try:
-                spec = importlib.util.find_spec(name)
-            except (ImportError, ValueError) as exc:
-                raise InvalidError(f"Image.add_local_python_source: cannot find module {name!r}: {exc}") from exc
-            if spec is None:
-                raise InvalidError(f"Image.add_local_python_source: module {name!r} not found")
-            arc = name.replace(".", "/")
-            if spec.submodule_search_locations:
-                for location in spec.submodule_search_locations:
-                    files += walk(Path(location), local["ignore"], prefix=arc + "/")
-            elif spec.origin and spec.origin.endswith(".py"):
-                files.append((arc + ".py", Path(spec.origin)))
-            else:
-                raise InvalidError(f"Image.add_local_python_source: {name!r} is not a local Python source module "
-                                   f"({spec.origin})")
-    sha, blob = pack_tree(files, f"Image.{kind} content")
-    return sha, lambda: blob
 
 
 def _in_image(image: Image) -> bool:

@@ -10,16 +10,20 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..exception import InvalidError
+
 # Part of every image id: bump it when what a step builds changes, so old builds are not reused.
 BUILDER_VERSION = "shoal-2025.06.1"
 IMAGE_ID_RE = re.compile(r"^im-[0-9a-f]{64}$")
 # Step keys that do not change what is built, so they stay out of the id.
-_UNHASHED_KEYS = frozenset({"force", "repr", "secret_env", "named_secret_env"})  # named_secret_env: the
-# values of `secret_names`, filled in by the control plane
+_UNHASHED_KEYS = frozenset({"force", "repr", "secret_env", "named_secret_env", "payload_sha"})
+# named_secret_env: the values of `secret_names`, filled in by the control plane; payload_sha: run_function's
+# pickle, whose bytes may differ for the same code (its source and arguments are hashed instead)
 BUILD_KINDS = frozenset({
     "pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject", "uv_sync",
-    "apt_install", "run_commands", "env", "workdir", "dockerfile_commands",
+    "apt_install", "run_commands", "env", "workdir", "dockerfile_commands", "run_function",
 })
+RUN_FUNCTION_MAX_TIMEOUT = 24 * 3600  # seconds a run_function step may take
 # Base steps of OCI images: always steps[0] (with python_version None), never elsewhere.
 BASE_KINDS = frozenset({"from_registry", "from_dockerfile"})
 FILE_KINDS = frozenset({"add_local_file", "add_local_dir", "add_local_python_source"})
@@ -48,6 +52,14 @@ def _hashed(step: dict[str, Any]) -> dict[str, Any]:
     if step.get("secret_env"):
         out["secret_keys"] = sorted(step["secret_env"])  # secret values never enter an id
     return out
+
+
+def check_run_function(step: dict[str, Any]) -> None:
+    """A run_function step as the control plane accepts it (its field types were checked with the others')."""
+    if not (all(step.get(k) for k in ("function", "payload_sha", "source_sha", "args_sha"))
+            and isinstance(step.get("timeout"), int) and 1 <= step["timeout"] <= RUN_FUNCTION_MAX_TIMEOUT):
+        raise InvalidError(f"invalid run_function step {step['repr']}: function, payload_sha, source_sha, args_sha "
+                           f"and a timeout of 1 to {RUN_FUNCTION_MAX_TIMEOUT} seconds are required")
 
 
 def split_mounts(steps: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

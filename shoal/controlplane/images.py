@@ -47,7 +47,15 @@ import msgspec
 
 from .._spec.config import package_dir
 from .._spec.definitions import ImageSpec
-from .._spec.images import BASE_KINDS, BUILDER_VERSION, IMAGE_ID_RE, STEP_KINDS, image_id_for, split_mounts
+from .._spec.images import (
+    BASE_KINDS,
+    BUILDER_VERSION,
+    IMAGE_ID_RE,
+    STEP_KINDS,
+    check_run_function,
+    image_id_for,
+    split_mounts,
+)
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
 from ..backends.sandbox import SYSTEM_DIRS, layer_id_shift
@@ -116,7 +124,7 @@ _FIELD_TYPES = {"packages": "strs", "requirements": "strs", "commands": "strs", 
                 "find_links": "str", "index_url": "str", "extra_index_url": "str", "pyproject": "str",
                 "lock": "str", "mode": "int", "tag": "str", "dockerfile": "str", "build_args": "env",
                 "add_python": "str", "context_sha": "str", "registry": "str",
-                "secret_names": "strs", "named_secret_env": "env"}
+                "secret_names": "strs", "named_secret_env": "env", "function": "str", "timeout": "int"}
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -150,13 +158,15 @@ def check_spec(spec: ImageSpec) -> ImageSpec:
             if remote is not None and (not isinstance(remote, str) or not remote.startswith("/")
                                        or ".." in PurePosixPath(remote).parts):
                 raise InvalidError(f"invalid image path {remote!r} in {step['repr']}")
-        for key in ("sha", "context_sha"):
+        for key in ("sha", "context_sha", "payload_sha", "source_sha", "args_sha"):
             if step.get(key) is not None and not (isinstance(step[key], str)
                                                   and re.fullmatch(r"[0-9a-f]{64}", step[key])):
                 raise InvalidError(f"invalid blob id {key!r} in {step['repr']}")
         for key, kind in _FIELD_TYPES.items():
             if key in step and step[key] is not None and not _is(step[key], kind):
                 raise InvalidError(f"invalid {key!r} in image step {step['repr']}")
+        if step["kind"] == "run_function":
+            check_run_function(step)
         if any(p.startswith("-") for p in step.get("packages") or []):
             raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
         check_oci_step(step, oci)
@@ -610,6 +620,24 @@ class ImageBuilder:
                 argv = await self._sandbox_argv(b, [bash, "-c", cmd], workdir)
                 await self._checked(b, argv, env=_inside(env), cwd=Path("/"))
         finally:
+            await self._tidy(b)
+
+    async def _step_run_function(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
+        """The pickled function (shoal/runtime/build_function.py) run with the image's Python, sandboxed as
+        run_commands are; the pickle is copied into the image's build directory for the run only."""
+        payload = b.root / "build" / f"run-function-{step['payload_sha']}"
+        payload.parent.mkdir(exist_ok=True)
+        shutil.copyfile(self._blob(b, step["payload_sha"]), payload)
+        env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
+        argv = [b.python, "-m", "shoal.runtime.build_function", str(payload), str(step["timeout"])]
+        workdir = b.workdir or "/root"
+        try:
+            if not await self._sandboxed(b, "run_function runs"):
+                await self._checked(b, argv, env=env, cwd=self._image_dir(b, workdir))
+            else:
+                await self._checked(b, await self._sandbox_argv(b, argv, workdir), env=_inside(env), cwd=Path("/"))
+        finally:
+            payload.unlink(missing_ok=True)
             await self._tidy(b)
 
     async def _step_env(self, b: _Build, step: dict[str, Any], forced: bool) -> None:

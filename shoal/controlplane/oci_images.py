@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 from .._spec.images import BUILDER_VERSION, _hashed
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import BuildSandbox, BuildSetupError
+from ..backends.sandbox import RUNTIME_MOUNT, SDK_MOUNT, SHOAL_PACKAGE_DIR
 from ..exception import ImageBuildError
 from ..oci import dockerfile as df
 from ..oci.base import BaseImageError, find_interpreter
@@ -58,6 +59,10 @@ LAYER_RECIPE = 1  # part of every step's cache key: bump when what a step's laye
 # Where a build container sees what the builder lends it (read-only unless said otherwise).
 UV_INSIDE = "/.shoal/bin/uv"
 UV_CACHE_INSIDE = "/.shoal/uv-cache"  # read-write
+# run_function's runner, as OCI_BOOT runs the container runtime: the image's packages before the runtime's copies
+RUN_FUNCTION_BOOT = (f"import sys; sys.path.insert(0, {SDK_MOUNT!r}); sys.path.append({RUNTIME_MOUNT!r}); "
+                     "import runpy; runpy.run_module('shoal.runtime.build_function', run_name='__main__', "
+                     "alter_sys=True)")
 CA_INSIDE = "/.shoal/ca-certificates.crt"  # the control plane's SSL_CERT_FILE, for uv
 _PROBE = ("import platform, sys; v = sys.version_info; "
           "print('shoal-probe', f'{v[0]}.{v[1]}', platform.libc_ver()[0] or 'musl')")
@@ -312,6 +317,8 @@ class OciBuilder:
         elif kind in ("pip_install", "uv_pip_install", "pip_install_from_requirements", "pip_install_from_pyproject",
                       "uv_sync"):
             await self._uv_step(st, step, hashed, forced, log)
+        elif kind == "run_function":
+            await self._run_function(st, step, hashed, forced, log)
         elif kind in ("add_local_file", "add_local_dir", "add_local_python_source"):
             blob = self._blob(step["sha"])
             if kind == "add_local_file":
@@ -358,6 +365,28 @@ class OciBuilder:
             await self._run_layer(st, hashed, forced, log, [[UV_INSIDE, *args]], user=None, env=env, binds=binds,
                                   offline_first=["--offline"] if warm and not forced else None,
                                   online_extra=["--refresh"] if forced else [])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _run_function(self, st: _State, step: dict[str, Any], hashed: dict[str, Any], forced: bool,
+                            log: Log) -> None:
+        """The pickled function (shoal/runtime/build_function.py) run by the image's own Python, as its USER, with
+        shoal's package and the runtime's packages bound read-only where function containers have them."""
+        python = await asyncio.to_thread(self._python, st)
+        version, libc = await self._probe(st, python, log) if python else ("", "")
+        if not version:
+            self._fail(st, "run_function needs a working Python in the image: start from an image with Python, or "
+                           "pass add_python='3.X'")
+        runtime = await self.runtime_for(version, libc, log)
+        scratch = Path(tempfile.mkdtemp(prefix="step-", dir=self.store.tmp))
+        try:
+            shutil.copyfile(self._blob(step["payload_sha"]), scratch / "payload")
+            os.chmod(scratch, 0o755)  # read by the build's USER, which need not be root
+            binds = [[SHOAL_PACKAGE_DIR, f"{SDK_MOUNT}/shoal", False], [runtime, RUNTIME_MOUNT, False],
+                     [str(scratch), SCRATCH_INSIDE, False]]
+            argv = [python, "-c", RUN_FUNCTION_BOOT, f"{SCRATCH_INSIDE}/payload", str(step["timeout"])]
+            await self._run_layer(st, hashed, forced, log, [argv], user=st.config.get("User") or None,
+                                  env={**step.get("env", {}), **(step.get("secret_env") or {})}, binds=binds)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

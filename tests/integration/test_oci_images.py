@@ -27,6 +27,7 @@ from shoal.controlplane.images import ImageBuilder, check_spec
 from shoal.controlplane.oci_credentials import registry_credentials
 from shoal.controlplane.oci_files import resolve
 from shoal.exception import ImageBuildError, InvalidError
+from shoal.image import Image
 from shoal.oci.layout import LayoutWriter
 from shoal.oci.registry import RegistryAuthError, push_layout
 from tests.integration.debian_image import LAYOUT_TAG, debian_oci_layout  # noqa: F401 (a fixture)
@@ -284,6 +285,29 @@ def test_run_commands_change_the_image_and_never_the_host(builder, reg):
     assert read(image, marker) == b"written\n" and read(image, "/etc/os-release") is None
     assert os.path.isdir(resolve([Path(p) for p in image.layers], "/opt/tool")[1])
     assert not os.path.exists(marker) and os.path.exists("/etc/os-release")
+
+
+def fetch_weights(path: str, text: str) -> None:
+    """A run_function body: runs in the build container with the image's Python, shoal's runtime beside it."""
+    import sys
+
+    import cloudpickle  # the runtime's copy (the image has none): after the image's own packages on sys.path
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"{text} {sys.version_info[:2]} {os.getuid()} {bool(cloudpickle)}")
+
+
+def test_run_function_on_a_registry_image_writes_a_layer_and_leaves_no_mountpoints(builder, reg):
+    from tests.integration.test_run_function import ensure
+
+    image, log = ensure(builder, Image.from_registry(f"{reg}/test/python:v1").run_function(
+        fetch_weights, args=("/opt/model/weights", "w8")))
+    assert read(image, "/opt/model/weights") == b"w8 (3, 11) 0 True"
+    layers = [Path(p) for p in image.layers]
+    assert resolve(layers, "/.shoal")[1] is None and resolve(layers, "/.shoal/build")[1] is None  # no mountpoints
+    assert not os.path.exists("/opt/model/weights")
+    assert "run_function(" in log
 
 
 def test_secrets_reach_the_step_and_stay_out_of_the_image(builder, reg):

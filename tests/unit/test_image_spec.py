@@ -214,7 +214,7 @@ def _module_level_function() -> None:
 def test_unsupported_constructors_say_so():
     with pytest.raises(InvalidError, match="micromamba is not supported.*debian_slim"):
         Image.micromamba()
-    with pytest.raises(InvalidError, match="run_function is not supported.*run_commands"):
+    with pytest.raises(InvalidError, match="run_function: `raw_f` must be a plain Python function"):
         Image.debian_slim().run_function(print)
     with pytest.raises(InvalidError, match="debian_slim images are not OCI images yet"):
         Image.debian_slim().dockerfile_commands("RUN true")
