@@ -262,7 +262,7 @@ def open_pty(target: ExecTarget) -> tuple[int, int]:
         raise ExecError(f"container {target.container_id} has no pseudo-terminals ({exc.strerror})") from exc
     try:
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         if target.root_ids is not None:
             try:
                 os.fchown(slave, *target.root_ids)

@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 from ...backends import local_exec
@@ -120,6 +121,7 @@ def agent_python(backend: Any, image: Any) -> str:
 
 LOST = -1000  # status of a command whose agent died before saying how it ended
 START_S = 30.0  # how long an agent may take to say it started a command
+DRAIN_S = 2.0  # how long a terminal is still read after its command exited, while output may be on its way
 MAX_REPORT = 4096  # the largest report an agent sends ({"id", "pid"} or {"id", "status"}) is far smaller
 
 
@@ -198,22 +200,29 @@ async def _writer(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamWri
 
 def _tty_reader(master: int, done: threading.Event) -> asyncio.StreamReader:
     """A terminal's output, read by a thread (the event loop's pipe transport gets EIO from a container's pty
-    master at once). It ends at EIO, or once `done` is set (the command exited and the control plane let go of
-    the slave) and nothing more is waiting: a master does not always report the hangup to a blocked reader."""
+    master at once). It ends at EIO (every slave closed, everything written read), or once `done` is set (the
+    command exited and the control plane let go of the slave) and nothing more came for DRAIN_S: the kernel hands
+    a slave's writes to the master asynchronously, so output written just before the exit can arrive after it (on
+    a loaded machine, later than one poll), and a process left in the background may hold the slave open."""
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
 
     def pump() -> None:
+        poller = select.poll()  # (not select(): a control plane with many sandboxes has descriptors past 1023)
+        poller.register(master, select.POLLIN)
+        quiet_since: float | None = None
         try:
             while True:
-                ready, _, _ = select.select([master], [], [], 0.05)
-                if not ready:
+                if not poller.poll(50):
                     if done.is_set():
-                        return
+                        quiet_since = quiet_since or time.monotonic()
+                        if time.monotonic() - quiet_since >= DRAIN_S:
+                            return
                     continue
                 data = os.read(master, 65536)
                 if not data:
                     return
+                quiet_since = None
                 loop.call_soon_threadsafe(reader.feed_data, data)
         except OSError:
             pass
