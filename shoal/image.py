@@ -233,12 +233,14 @@ class Image:
     @staticmethod
     def from_id(image_id: str, client: Any = None) -> Image:
         """An image the control plane already has, by its id (`image.object_id`, or a sandbox's
-        `snapshot_filesystem()`): used as it is stored, built nowhere; build steps cannot be added to it."""
+        `snapshot_filesystem()`): used as it is stored, built nowhere. Build steps added to it are built on it
+        (an OCI image: a snapshot, or one from from_registry / from_dockerfile)."""
         if not isinstance(image_id, str) or not IMAGE_ID_RE.match(image_id):
             raise InvalidError(f"Image.from_id: `image_id` must be an image id ('im-' and 64 hex digits), "
                                f"got {image_id!r}")
-        image = _StoredImage(python_version="")
-        image._wire = (ImageSpec(image_id=image_id), {})
+        base = {"kind": "from_id", "image_id": image_id, "repr": _call_repr("from_id", [image_id]), "force": False}
+        image = _StoredImage(None, (base,))
+        image._wire = (ImageSpec(image_id=image_id), {})  # alone, it is the stored image itself
         return image
 
     @staticmethod
@@ -747,14 +749,11 @@ class Image:
 
 
 class _StoredImage(Image):
-    """`Image.from_id`: an image known by its id only (no steps here to extend)."""
+    """`Image.from_id`: the stored image as it is; a step added to it makes an ordinary OCI image whose base step
+    is the stored one."""
 
     def __repr__(self) -> str:
         return f"Image.from_id({self.object_id!r})"
-
-    def _extend(self, *args: Any, **kwargs: Any) -> Image:
-        raise InvalidError("build steps cannot be added to an image known by its id only (Image.from_id, a "
-                           "sandbox's snapshot) yet: run the commands in a sandbox started from it and snapshot that")
 
 
 def _read_text(method: str, path: str | Path) -> str:

@@ -25,7 +25,7 @@ BUILD_KINDS = frozenset({
 })
 RUN_FUNCTION_MAX_TIMEOUT = 24 * 3600  # seconds a run_function step may take
 # Base steps of OCI images: always steps[0] (with python_version None), never elsewhere.
-BASE_KINDS = frozenset({"from_registry", "from_dockerfile"})
+BASE_KINDS = frozenset({"from_registry", "from_dockerfile", "from_id"})  # from_id: a stored OCI image, extended
 FILE_KINDS = frozenset({"add_local_file", "add_local_dir", "add_local_python_source"})
 STEP_KINDS = BUILD_KINDS | FILE_KINDS
 

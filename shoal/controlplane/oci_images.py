@@ -200,7 +200,9 @@ class OciBuilder:
     async def _step(self, st: _State, step: dict[str, Any], forced: bool, log: Log) -> None:
         kind = step["kind"]
         try:
-            if kind == "from_registry":
+            if kind == "from_id":
+                await asyncio.to_thread(self._from_stored, st, step["image_id"])
+            elif kind == "from_registry":
                 await self._from_registry(st, step, step["tag"], forced, log)
             elif kind == "from_dockerfile":
                 await self._dockerfile(st, step, df.parse(step["dockerfile"], step.get("build_args") or {}),
@@ -232,6 +234,22 @@ class OciBuilder:
         st.layers = [_info(x) for x in image.layers]
         st.config = dict((await asyncio.to_thread(self.store.read_json_blob, image.config_digest)).get("config") or {})
         st.key = st.chain("base", BUILDER_VERSION, LAYER_RECIPE, image.manifest_digest)
+
+    def _from_stored(self, st: _State, image_id: str) -> None:
+        """The base of `Image.from_id(…)` with steps on top: that OCI image as it is stored here (built from a
+        registry or a Dockerfile, or a sandbox's snapshot), its layers and config."""
+        try:
+            base = json.loads(self.record_path(image_id).read_bytes())
+        except (OSError, ValueError):
+            base = {}
+        stored = self.store.get(base["store_name"]) if base.get("kind") == KIND else None
+        if stored is None or not all(self.store.layer_path(x.diff_id).is_dir() for x in stored.layers):
+            self._fail(st, f"image {image_id} is not an OCI image stored here (unknown, pruned, or a debian_slim "
+                           "image): build steps can be added to images from from_registry or from_dockerfile and to "
+                           "sandboxes' snapshots")
+        st.layers = [_info(x) for x in stored.layers]
+        st.config = dict(base.get("config") or {})
+        st.key = st.chain("from_id", BUILDER_VERSION, image_id)
 
     async def _add_python(self, st: _State, version: str, forced: bool, log: Log) -> None:
         """CPython `version` at /usr/local/bin/python (the machine's pyenv build, copied as the Debian base image

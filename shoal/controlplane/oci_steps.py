@@ -7,7 +7,7 @@ import re
 import shlex
 from typing import Any
 
-from .._spec.images import BASE_KINDS
+from .._spec.images import BASE_KINDS, IMAGE_ID_RE
 from ..exception import InvalidError
 from ..oci.registry import RegistryError, parse_reference
 
@@ -35,6 +35,8 @@ def check_oci_step(step: dict[str, Any], oci: bool) -> None:
             raise InvalidError(f"invalid 'tag' in image step {where}: {exc}") from None
         if step.get("registry", "generic") not in REGISTRY_KINDS:
             raise InvalidError(f"invalid 'registry' in image step {where}: one of {', '.join(REGISTRY_KINDS)}")
+    if kind == "from_id" and not (isinstance(step.get("image_id"), str) and IMAGE_ID_RE.match(step["image_id"])):
+        raise InvalidError(f"invalid 'image_id' in image step {where}")
     if kind == "from_dockerfile" and not isinstance(step.get("dockerfile"), str):
         raise InvalidError(f"invalid 'dockerfile' in image step {where}")
     if step.get("add_python") is not None and (

@@ -284,10 +284,18 @@ def test_snapshot_filesystem_is_an_image_for_sandboxes_and_functions(app: modal.
     proc = run_script(script, timeout=300)
     assert "RESULT made in a sandbox" in proc.stdout, proc.stdout + proc.stderr
     sb.terminate()
+    # Build steps on the snapshot are built on it.
+    extended = modal.Image.from_id(image.object_id).run_commands(
+        "cp /etc/from-sandbox /etc/copied", "echo step > /etc/step").env({"EXTENDED": "yes"})
+    more = modal.Sandbox.create("sh", "-c", 'cat /etc/copied /etc/step; echo "$EXTENDED"', app=app, image=extended)
+    assert more.stdout.read() == "made in a sandbox\nstep\nyes\n"
     plain = modal.Sandbox.create(app=app)
     with pytest.raises(InvalidError, match="OCI image"):
         plain.snapshot_filesystem()
     plain.terminate()
+    with pytest.raises(Exception, match="not an OCI image stored here"):  # a debian_slim image cannot be a base
+        modal.Sandbox.create(app=app, image=modal.Image.from_id(modal.Image.debian_slim().object_id)
+                             .run_commands("true"))
 
 
 def test_app_is_required_outside_a_container(control_plane: ControlPlane) -> None:

@@ -260,3 +260,19 @@ def test_secrets_values_stay_out_of_the_id():
 def test_repr_names_the_steps(tmp_path: Path):
     image = Image.debian_slim("3.12").pip_install("six").apt_install("hello")
     assert repr(image) == "Image(debian_slim(python_version='3.12').pip_install('six').apt_install('hello'))"
+
+
+def test_steps_on_an_image_known_by_its_id_build_on_it():
+    stored_id = "im-" + "ab" * 32
+    stored = Image.from_id(stored_id)
+    assert stored.object_id == stored_id and wire(stored)["steps"] == []  # alone: the stored image itself
+    extended = stored.pip_install("six").dockerfile_commands("ENV A=1")
+    spec = wire(extended)
+    assert spec["python_version"] is None and spec["steps"][0] == {
+        "kind": "from_id", "image_id": stored_id, "repr": f"from_id({stored_id!r})", "force": False}
+    assert extended.object_id != stored_id
+    check_spec_of(spec)
+    bad = {**spec, "steps": [{**spec["steps"][0], "image_id": "im-../x"}, *spec["steps"][1:]]}
+    bad["image_id"] = image_id_for(None, bad["steps"])
+    with pytest.raises(InvalidError, match="image_id"):
+        check_spec_of(bad)
