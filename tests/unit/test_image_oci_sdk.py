@@ -57,7 +57,7 @@ def test_from_registry_wire_shape():
     assert setup["context_sha"] is None
     assert spec["image_id"] == image_id_for(None, spec["steps"]) == image_id_for("", spec["steps"])
     assert repr(image).startswith("Image(from_registry('127.0.0.1:5000/team/app:v1'")
-    assert BASE_KINDS == {"from_registry", "from_dockerfile"} and "dockerfile_commands" in BUILD_KINDS
+    assert BASE_KINDS == {"from_registry", "from_dockerfile", "from_id"} and "dockerfile_commands" in BUILD_KINDS
 
 
 def test_from_registry_by_digest_and_force():

@@ -474,8 +474,8 @@ def test_snapshot_is_an_image_by_id() -> None:
     assert sent == [("POST", "/v1/sandboxes/sb-11/snapshot", {})]
     assert isinstance(image, shoal.Image) and image.object_id == snap
     assert repr(image) == f"Image.from_id({snap!r})"
-    with pytest.raises(InvalidError, match="build steps"):
-        snapshot_image(snap).pip_install("requests")
+    extended = snapshot_image(snap).pip_install("requests")  # built on the snapshot
+    assert extended.object_id != snap and extended.to_wire().steps[0]["image_id"] == snap
     with pytest.raises(InvalidError, match="image_id"):
         shoal.Image.from_id("im-x")
 
