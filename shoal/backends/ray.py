@@ -57,7 +57,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from . import ray_placement as placement
 from .base import ContainerImage, ContainerSpec, OutputSink, Unschedulable
 from .local_exec import children
-from .sandbox import _LOOPBACK, layer_id_shift
+from .sandbox import _LOOPBACK, SHOAL_PACKAGE_DIR, layer_id_shift
 
 if TYPE_CHECKING:
     from ..oci.store import LayerStore
@@ -174,16 +174,17 @@ class _NodeCache:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
-        if data.get("isolation") != self.isolation or time.time() - data.get("at", 0) > CACHE_TTL_S:
+        if data.get("isolation") != self.isolation or time.time() - data.get("at", 0) > CACHE_TTL_S \
+                or data.get("shoal") != SHOAL_PACKAGE_DIR:
             return {}
-        paths = {py: p for py, (mtime, p) in (data.get("paths") or {}).items() if _mtime(py) == mtime}
+        paths = {py: p for py, (seen, p) in (data.get("paths") or {}).items() if _fingerprint(py) == seen}
         return {"availability": data.get("availability"), "paths": paths}
 
     def save(self, backend: Any) -> None:
         if self.path is None:
             return
         data = {"isolation": self.isolation, "at": time.time(), "availability": asdict(backend.availability),
-                "paths": {py: [_mtime(py), p] for py, p in backend._paths.items()}}
+                "shoal": SHOAL_PACKAGE_DIR, "paths": {py: [_fingerprint(py), p] for py, p in backend._paths.items()}}
         try:
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(data))
@@ -217,11 +218,14 @@ def _node_store(node_home: str | None) -> LayerStore | None:
     return LayerStore(node_dir / "oci", id_shift=layer_id_shift()) if node_dir is not None else None
 
 
-def _mtime(path: str) -> int:
+def _fingerprint(path: str) -> list[int]:
+    """What an interpreter's cached paths hold for: the file at its path (a venv's link, made anew when the venv is,
+    even at the same path) and the interpreter it resolves to. (The paths also name shoal's package: the cache
+    holds for one SHOAL_PACKAGE_DIR.)"""
     try:
-        return os.stat(path).st_mtime_ns
+        return [os.lstat(path).st_mtime_ns, os.stat(path).st_mtime_ns]
     except OSError:
-        return -1
+        return [-1, -1]
 
 
 class ContainerActor:
