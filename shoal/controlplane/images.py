@@ -603,41 +603,41 @@ class ImageBuilder:
         return debs
 
     async def _step_run_commands(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
-        """Each command in a build sandbox (backends/build_sandbox.py), never on the host: writes to /etc, /root,
-        the venv, … land in the image. Without sandboxes only an unprivileged control plane runs them, as the
-        plain processes its containers are then; as root it refuses."""
-        workdir = b.workdir or "/root"
-        cwd = self._image_dir(b, workdir)
-        env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
         bash = shutil.which("bash", path=STANDARD_PATH) or "/bin/sh"
-        sandboxed = await self._sandboxed(b, "run_commands runs")
-        try:
-            for cmd in step["commands"]:
-                b.log(f"$ {cmd}\n")
-                if not sandboxed:
-                    await self._checked(b, [bash, "-c", cmd], env=env, cwd=cwd)
-                    continue
-                argv = await self._sandbox_argv(b, [bash, "-c", cmd], workdir)
-                await self._checked(b, argv, env=_inside(env), cwd=Path("/"))
-        finally:
-            await self._tidy(b)
+        await self._run_code(b, step, "run_commands runs", [[bash, "-c", cmd] for cmd in step["commands"]],
+                             echo=step["commands"])
 
     async def _step_run_function(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
-        """The pickled function (shoal/runtime/build_function.py) run with the image's Python, sandboxed as
-        run_commands are; the pickle is copied into the image's build directory for the run only."""
+        """The pickled function (shoal/runtime/build_function.py) run with the image's Python; the pickle is
+        copied into the image's build directory for the run only."""
         payload = b.root / "build" / f"run-function-{step['payload_sha']}"
         payload.parent.mkdir(exist_ok=True)
         shutil.copyfile(self._blob(b, step["payload_sha"]), payload)
-        env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
-        argv = [b.python, "-m", "shoal.runtime.build_function", str(payload), str(step["timeout"])]
-        workdir = b.workdir or "/root"
         try:
-            if not await self._sandboxed(b, "run_function runs"):
-                await self._checked(b, argv, env=env, cwd=self._image_dir(b, workdir))
-            else:
-                await self._checked(b, await self._sandbox_argv(b, argv, workdir), env=_inside(env), cwd=Path("/"))
+            await self._run_code(b, step, "run_function runs", [
+                [b.python, "-m", "shoal.runtime.build_function", str(payload), str(step["timeout"])]])
         finally:
             payload.unlink(missing_ok=True)
+
+    async def _run_code(self, b: _Build, step: dict[str, Any], what: str, argvs: list[list[str]],
+                        echo: list[str] | None = None) -> None:
+        """A step's commands, one after another, in a build sandbox (backends/build_sandbox.py), never on the host:
+        writes to /etc, /root, the venv, … land in the image. Without sandboxes only an unprivileged control plane
+        runs them, as the plain processes its containers are then; as root it refuses."""
+        workdir = b.workdir or "/root"
+        cwd = self._image_dir(b, workdir)
+        env = _build_env({**b.container_env(), **step.get("env", {}), **step.get("secret_env", {})})
+        sandboxed = await self._sandboxed(b, what)
+        try:
+            for n, argv in enumerate(argvs):
+                if echo:
+                    b.log(f"$ {echo[n]}\n")
+                if not sandboxed:
+                    await self._checked(b, argv, env=env, cwd=cwd)
+                else:
+                    await self._checked(b, await self._sandbox_argv(b, argv, workdir), env=_inside(env),
+                                        cwd=Path("/"))
+        finally:
             await self._tidy(b)
 
     async def _step_env(self, b: _Build, step: dict[str, Any], forced: bool) -> None:
