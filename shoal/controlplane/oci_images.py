@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 from .._spec.images import BUILDER_VERSION, _hashed
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import BuildSandbox, BuildSetupError
-from ..backends.sandbox import RUNTIME_MOUNT, SDK_MOUNT, SHOAL_PACKAGE_DIR
+from ..backends.sandbox import OCI_BOOT, RUNTIME_MOUNT, SDK_MOUNT, SHOAL_PACKAGE_DIR
 from ..exception import ImageBuildError
 from ..oci import dockerfile as df
 from ..oci.base import BaseImageError, find_interpreter
@@ -59,10 +59,8 @@ LAYER_RECIPE = 1  # part of every step's cache key: bump when what a step's laye
 # Where a build container sees what the builder lends it (read-only unless said otherwise).
 UV_INSIDE = "/.shoal/bin/uv"
 UV_CACHE_INSIDE = "/.shoal/uv-cache"  # read-write
-# run_function's runner, as OCI_BOOT runs the container runtime: the image's packages before the runtime's copies
-RUN_FUNCTION_BOOT = (f"import sys; sys.path.insert(0, {SDK_MOUNT!r}); sys.path.append({RUNTIME_MOUNT!r}); "
-                     "import runpy; runpy.run_module('shoal.runtime.build_function', run_name='__main__', "
-                     "alter_sys=True)")
+# run_function's runner, started as containers start the runtime (the image's packages before the runtime's copies)
+RUN_FUNCTION_BOOT = OCI_BOOT.replace("'shoal.runtime'", "'shoal.runtime.build_function'")
 CA_INSIDE = "/.shoal/ca-certificates.crt"  # the control plane's SSL_CERT_FILE, for uv
 _PROBE = ("import platform, sys; v = sys.version_info; "
           "print('shoal-probe', f'{v[0]}.{v[1]}', platform.libc_ver()[0] or 'musl')")
@@ -134,13 +132,11 @@ class OciBuilder:
         snapshot; the runtime's mountpoints `skip` left out). Its id is the hash of the base's and the layer's,
         so the same changes on the same image give the same image; `claim` hears it before anything is recorded
         under it (the image clean-up must leave it be). Runs in a thread."""
-        try:
-            base = json.loads(self.record_path(base_id).read_bytes())
-        except (OSError, ValueError):
-            raise ImageBuildError(f"image {base_id} has no record here (pruned?): it cannot be snapshotted") from None
-        stored = self.store.get(base["store_name"])
-        if base.get("kind") != KIND or stored is None:
-            raise ImageBuildError(f"image {base_id} is not an OCI image in the layer store")
+        found = self.stored(base_id)
+        if found is None:
+            raise ImageBuildError(f"image {base_id} is not an OCI image in the layer store (pruned?): it cannot be "
+                                  "snapshotted")
+        base, stored = found
         with self.store.lock():  # (shared: a prune waits, so the base's layers stay while the new one is added)
             layer = layer_from_upper(self.store, upper_dir, skip=skip)
             image_id = "im-" + hashlib.sha256(f"snapshot:{base_id}:{layer['diff_id']}".encode()).hexdigest()
@@ -151,6 +147,18 @@ class OciBuilder:
             x.diff_id for x in image.layers], "lowerdirs": lowerdirs, "built_at": time.time(), "build_s": 0.0,
             "steps": [*base.get("steps", []), f"snapshot of a sandbox on {base_id}"], "snapshot_of": base_id})
         return image_id
+
+    def stored(self, image_id: str) -> tuple[dict[str, Any], Image] | None:
+        """(record, store entry) of an OCI image built or snapshotted here whose layers are all present; None for
+        an unknown, pruned or venv image."""
+        try:
+            record = json.loads(self.record_path(image_id).read_bytes())
+        except (OSError, ValueError):
+            return None
+        stored = self.store.get(record["store_name"]) if record.get("kind") == KIND else None
+        if stored is None or not all(self.store.layer_path(x.diff_id).is_dir() for x in stored.layers):
+            return None
+        return record, stored
 
     @staticmethod
     def image_from(manifest: dict[str, Any]) -> ContainerImage | None:
@@ -238,15 +246,12 @@ class OciBuilder:
     def _from_stored(self, st: _State, image_id: str) -> None:
         """The base of `Image.from_id(…)` with steps on top: that OCI image as it is stored here (built from a
         registry or a Dockerfile, or a sandbox's snapshot), its layers and config."""
-        try:
-            base = json.loads(self.record_path(image_id).read_bytes())
-        except (OSError, ValueError):
-            base = {}
-        stored = self.store.get(base["store_name"]) if base.get("kind") == KIND else None
-        if stored is None or not all(self.store.layer_path(x.diff_id).is_dir() for x in stored.layers):
+        found = self.stored(image_id)
+        if found is None:
             self._fail(st, f"image {image_id} is not an OCI image stored here (unknown, pruned, or a debian_slim "
                            "image): build steps can be added to images from from_registry or from_dockerfile and to "
                            "sandboxes' snapshots")
+        base, stored = found
         st.layers = [_info(x) for x in stored.layers]
         st.config = dict(base.get("config") or {})
         st.key = st.chain("from_id", BUILDER_VERSION, image_id)
