@@ -29,7 +29,7 @@ DEFAULT_TIMEOUT = 3600
 
 def check(raw_f: Any, args: Any, kwargs: Any, timeout: Any, volumes: Any, network_file_systems: Any) -> None:
     """Modal's argument checks, at declaration time, naming the parameter."""
-    if hasattr(raw_f, "remote") or not isinstance(raw_f, types.FunctionType):
+    if not isinstance(raw_f, types.FunctionType):
         kind = "a shoal Function" if hasattr(raw_f, "remote") else type(raw_f).__name__
         raise InvalidError(f"Image.run_function: `raw_f` must be a plain Python function (not decorated with "
                            f"@app.function), got {kind}")
@@ -46,8 +46,8 @@ def check(raw_f: Any, args: Any, kwargs: Any, timeout: Any, volumes: Any, networ
                            "into the image (its files are kept as a layer) or use the volume from the function")
 
 
-def name_of(raw_f: Callable[..., Any]) -> str:
-    return f"{getattr(raw_f, '__module__', None) or '?'}.{getattr(raw_f, '__qualname__', raw_f.__name__)}"
+def name_of(raw_f: types.FunctionType) -> str:
+    return f"{raw_f.__module__ or '?'}.{raw_f.__qualname__}"
 
 
 def payload(raw_f: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
@@ -83,7 +83,8 @@ def _users_own(module: types.ModuleType) -> bool:
 def fingerprint(raw_f: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any],
                 pickled: bytes) -> dict[str, str]:
     """What identifies the step's work: the source of the function (its bytecode and constants where there is
-    no source) and its arguments."""
+    no source) and its arguments, pickled again here without the by-value registration: objects of the app's
+    module go by reference, whose bytes do not change from run to run."""
     try:
         source = inspect.getsource(raw_f).encode()
     except (OSError, TypeError):
