@@ -346,7 +346,15 @@ class Agent:
             cid = next(self.ids)
             proc = AgentProcess(self, cid, stdin, stdout, stderr)
             self.running[cid] = proc
-            await self.send({"id": cid, "argv": argv, "env": env, "cwd": cwd, "tty": tty is not None}, theirs)
+            try:
+                await self.send({"id": cid, "argv": argv, "env": env, "cwd": cwd, "tty": tty is not None}, theirs)
+            except BaseException:  # (the agent is gone: the caller may start another and ask again)
+                self.running.pop(cid, None)
+                stdin.close()
+                if tty is not None:  # its reader ends at the hangup (the slave is closed below), then the master
+                    done.set()
+                    self.spawn(_close_after(stdout, master))
+                raise
             if tty is not None:
                 proc.tty_slave, proc.tty_done, theirs = tty[1], done, []
         finally:
