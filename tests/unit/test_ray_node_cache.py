@@ -8,11 +8,12 @@ import json
 import os
 import sys
 import tempfile
-import types
+from dataclasses import asdict
 
 import pytest
 
 from shoal.backends import ray as ray_backend
+from shoal.backends.local import LocalBackend
 from shoal.backends.sandbox import Availability
 
 
@@ -26,10 +27,12 @@ def test_cached_paths_hold_only_for_the_same_venv_and_the_same_shoal(node_tmp):
     venv_python = node_tmp / "venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
     venv_python.symlink_to(sys.executable)
-    backend = types.SimpleNamespace(availability=Availability("sandbox", "root"),
-                                    _paths={str(venv_python): ["/seen/by/containers"]})
+    # A backend as a Ray actor makes it, from what an earlier one found (no probe).
+    backend = LocalBackend(state_dir=node_tmp / "state", netns_pool=0, known={
+        "availability": asdict(Availability("sandbox", "root")), "paths": {str(venv_python): ["/seen/by/containers"]}})
     cache = ray_backend._NodeCache("auto")
     cache.save(backend)
+    backend.shutdown()
     assert cache.load()["paths"] == {str(venv_python): ["/seen/by/containers"]}
 
     # The venv made again at the same path (its interpreter unchanged): its paths must be found out again.
