@@ -137,8 +137,6 @@ def NON_PYTHON_FILES(path: Path) -> bool:  # noqa: N802 - Modal's name for this 
 REGISTRY_SECRET_KEYS = {"generic": ("REGISTRY_USERNAME", "REGISTRY_PASSWORD"),
                         "aws_ecr": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
                         "gcp": ("SERVICE_ACCOUNT_JSON",)}
-_OCI_ONLY = ("{method} needs an image from from_registry or from_dockerfile in shoal; debian_slim images are not "
-             "OCI images yet")
 
 
 def _check_tag(method: str, tag: Any) -> str:
@@ -369,8 +367,6 @@ class Image:
         `context_files` ({path in the context: local path}) and files of `context_dir` (default: the working
         directory), when the app starts."""
         method = "dockerfile_commands"
-        if not is_oci(self._steps):
-            raise InvalidError(_OCI_ONLY.format(method=method))
         cmds = _flatten(method, dockerfile_commands)
         if not cmds:
             return self

@@ -60,7 +60,7 @@ from ..backends.base import ContainerImage
 from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
 from ..backends.sandbox import SYSTEM_DIRS, layer_id_shift
 from ..exception import ImageBuildError, InvalidError
-from .oci_images import OciBuilder
+from .oci_images import DEBIAN_SLIM_KIND, OciBuilder, debian_slim_mode
 from .oci_steps import check_oci_step
 from .runtime_packages import RUNTIME_NAMES, RUNTIME_REQUIREMENTS
 from .runtime_packages import copy_host_packages as _copy_host_packages
@@ -169,7 +169,7 @@ def check_spec(spec: ImageSpec) -> ImageSpec:
             check_run_function(step)
         if any(p.startswith("-") for p in step.get("packages") or []):
             raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
-        check_oci_step(step, oci)
+        check_oci_step(step, oci or debian_slim_mode() == "rootfs")
     if image_id_for(version, spec.steps) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
@@ -255,6 +255,7 @@ class ImageBuilder:
         self.builds = 0  # images built (cache misses) by this builder
         self._oci: OciBuilder | None = None
         self.sandbox = BuildSandbox(str(state_dir))  # where run_commands and package steps' uv run
+        self.slim_rootfs = debian_slim_mode() == "rootfs"
         try:
             from uv import find_uv_bin
 
@@ -317,6 +318,8 @@ class ImageBuilder:
             return None
         if manifest.get("kind") == "oci":
             return OciBuilder.image_from(manifest)
+        if self.slim_rootfs:
+            return None  # a venv image, from before debian_slim images were root filesystems here
         if (manifest.get("builder") != BUILDER_VERSION or manifest.get("runtime") != RUNTIME_REQUIREMENTS
                 or manifest.get("shoal") != SHOAL_PACKAGE_DIR or not os.path.exists(manifest["python"])
                 or not os.path.isdir(manifest.get("runtime_dir") or "")):
@@ -342,8 +345,12 @@ class ImageBuilder:
         async with self._locks.setdefault(image_id, asyncio.Lock()):
             if not force and (hit := self.cached(image_id)) is not None:
                 return hit  # built while we waited
-            if spec.steps and spec.steps[0]["kind"] in BASE_KINDS:
-                built = await self.oci.build(image_id, spec.steps, spec.force_base is True, log)
+            oci_steps = spec.steps if spec.steps and spec.steps[0]["kind"] in BASE_KINDS else None
+            if oci_steps is None and self.slim_rootfs:
+                oci_steps = [{"kind": DEBIAN_SLIM_KIND, "python_version": spec.python_version,
+                              "repr": f"debian_slim(python_version={spec.python_version!r})"}, *spec.steps]
+            if oci_steps is not None:
+                built = await self.oci.build(image_id, oci_steps, spec.force_base is True, log)
                 self.builds += 1
                 return built
             if not mounts:

@@ -39,7 +39,7 @@ from ..backends.build_sandbox import BuildSandbox, BuildSetupError
 from ..backends.sandbox import OCI_BOOT, RUNTIME_MOUNT, SDK_MOUNT, SHOAL_PACKAGE_DIR
 from ..exception import ImageBuildError
 from ..oci import dockerfile as df
-from ..oci.base import BaseImageError, find_interpreter
+from ..oci.base import BaseImageError, debian_slim, default_cache, find_interpreter
 from ..oci.layout import store_layer
 from ..oci.registry import RegistryError, parse_reference, pull
 from ..oci.store import Image, Layer, LayerStore, StoreError
@@ -55,6 +55,7 @@ TAIL_CHARS = 4000
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KIND = "oci"
 GLIBC_LOADERS = {"x86_64": "/lib64/ld-linux-x86-64.so.2", "aarch64": "/lib/ld-linux-aarch64.so.1"}
+DEBIAN_SLIM_KIND = "debian_slim"  # the base step ImageBuilder puts before a debian_slim chain built as rootfs
 LAYER_RECIPE = 1  # part of every step's cache key: bump when what a step's layer holds changes
 # Where a build container sees what the builder lends it (read-only unless said otherwise).
 UV_INSIDE = "/.shoal/bin/uv"
@@ -94,6 +95,17 @@ class _State:
         """The next key: sha256 of this key and what the next step is."""
         data = json.dumps([self.key, *parts], sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(data.encode()).hexdigest()
+
+
+def debian_slim_mode() -> str:
+    """What `Image.debian_slim()` builds on this control plane (`SHOAL_DEBIAN_SLIM`): "venv" (the default this
+    round: a virtual environment over the host's system directories) or "rootfs" (a Debian root filesystem from
+    Debian's archive, an OCI image like a registry's). docs/images.md says why both exist."""
+    mode = (os.environ.get("SHOAL_DEBIAN_SLIM") or "venv").strip().lower()
+    if mode not in ("venv", "rootfs"):
+        raise ValueError(f"SHOAL_DEBIAN_SLIM={mode!r}: expected 'venv' or 'rootfs'")
+    return mode
+
 
 
 class OciBuilder:
@@ -210,6 +222,8 @@ class OciBuilder:
         try:
             if kind == "from_id":
                 await asyncio.to_thread(self._from_stored, st, step["image_id"])
+            elif kind == DEBIAN_SLIM_KIND:
+                await self._debian_slim(st, step["python_version"], log)
             elif kind == "from_registry":
                 await self._from_registry(st, step, step["tag"], forced, log)
             elif kind == "from_dockerfile":
@@ -242,6 +256,15 @@ class OciBuilder:
         st.layers = [_info(x) for x in image.layers]
         st.config = dict((await asyncio.to_thread(self.store.read_json_blob, image.config_digest)).get("config") or {})
         st.key = st.chain("base", BUILDER_VERSION, LAYER_RECIPE, image.manifest_digest)
+
+    async def _debian_slim(self, st: _State, version: str, log: Log) -> None:
+        """The base of `Image.debian_slim()` where it is a root filesystem (SHOAL_DEBIAN_SLIM=rootfs): Debian
+        bookworm assembled from Debian's archive (shoal.oci.base), built once per machine and cached by content."""
+        image = await asyncio.to_thread(debian_slim, self.store, version, log=lambda m: log(m + "\n"),
+                                        cache=default_cache())
+        st.layers = [_info(x) for x in image.layers]
+        st.config = dict((await asyncio.to_thread(self.store.read_json_blob, image.config_digest)).get("config") or {})
+        st.key = st.chain("debian_slim", BUILDER_VERSION, LAYER_RECIPE, image.manifest_digest)
 
     def _from_stored(self, st: _State, image_id: str) -> None:
         """The base of `Image.from_id(…)` with steps on top: that OCI image as it is stored here (built from a

@@ -20,8 +20,9 @@ def check_oci_step(step: dict[str, Any], oci: bool) -> None:
     kind, where = step["kind"], step["repr"]
     if kind == "dockerfile_commands":
         if not oci:
-            raise InvalidError(f"{where}: dockerfile_commands needs an image from from_registry or from_dockerfile "
-                               "in shoal; debian_slim images are not OCI images yet")
+            raise InvalidError(f"{where}: dockerfile_commands needs a root-filesystem image: debian_slim images "
+                               "are virtual environments on this control plane (SHOAL_DEBIAN_SLIM=rootfs makes them "
+                               "root filesystems), or start from from_registry or from_dockerfile")
         if not isinstance(step.get("commands"), list):
             raise InvalidError(f"invalid 'commands' in image step {where}")
         if any(re.match(r"\s*FROM\b", c, re.I) for c in step["commands"]):

@@ -19,6 +19,7 @@ Either way `/usr/local/bin/python` and `/usr/local/bin/python3` are the image's 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.oci.layout import store_image
+from shoal.oci.layout import OCI_MANIFEST, LayoutWriter, store_image
 from shoal.oci.store import Image, LayerStore
 
 RECIPE_VERSION = 2  # bump when the recipe below changes what a base image contains
@@ -125,21 +126,86 @@ def _copy_python_hook(prefix: Path) -> list[str]:
     ]
 
 
+def default_cache() -> Path:
+    """The machine's base-image cache, shared by every control plane (state directory) of this machine:
+    `SHOAL_BASE_CACHE`, else /var/cache/shoal/base for root, else ~/.cache/shoal/base."""
+    if os.environ.get("SHOAL_BASE_CACHE"):
+        return Path(os.environ["SHOAL_BASE_CACHE"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/shoal/base")
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal" / "base"
+
+
 def debian_slim(store: LayerStore, python_version: str = DEBIAN_PYTHON, *, mirror: str | None = None,
-                log: Callable[[str], None] | None = None) -> Image:
-    """The base image for this Python, from the store if built before, else built now (a minute or more)."""
+                log: Callable[[str], None] | None = None, cache: Path | None = None) -> Image:
+    """The base image for this Python: from the store if there, else from `cache` (an OCI layout per recipe, so
+    state directories of one machine build it once), else built now (a minute or more) and added to `cache`."""
     mirror = mirror or os.environ.get("SHOAL_DEBIAN_MIRROR") or DEFAULT_MIRROR
     recipe, prefix = _recipe(python_version, mirror)
     recipe.update({"suite": SUITE, "arch": ARCH, "mirror": mirror, "recipe": RECIPE_VERSION})
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
     name = f"shoal/debian-slim:{python_version}-{key}"
     cached = store.get(name)
-    if cached is not None:
+    if cached is not None and all(store.layer_path(x.diff_id).is_dir() for x in cached.layers):
         return cached
+    if cache is None:
+        return _build(store, name, recipe, prefix, mirror, log)
+    cache.mkdir(parents=True, exist_ok=True)
+    layout = cache / key
+    fd = os.open(cache / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # one build per machine; the others wait and import it
+        if not (layout / "index.json").is_file():
+            image = _build(store, name, recipe, prefix, mirror, log)
+            _export(store, image, layout)
+            return image
+    finally:
+        os.close(fd)
+    return _import(store, layout, name)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """dst as a hard link to src (blobs are immutable), or a copy across file systems."""
+    if dst.exists():
+        return
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _export(store: LayerStore, image: Image, layout: Path) -> None:
+    """The stored image as an OCI layout at `layout` (written aside, renamed into place when complete)."""
+    work = layout.with_name(f".{layout.name}.{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    writer = LayoutWriter(work)
+    for digest in image.blob_digests:
+        _link(store.blob_path(digest), work / "blobs" / "sha256" / digest.split(":", 1)[1])
+    writer.tag("base", {"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
+                        "size": store.blob_path(image.manifest_digest).stat().st_size})
+    os.rename(work, layout)
+
+
+def _import(store: LayerStore, layout: Path, name: str) -> Image:
+    """The base image from the machine's cache into this store: blobs linked, layers unpacked (and checked
+    against their diff ids) by the store, as for a pull."""
+    digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    with store.lock():
+        for blob in (layout / "blobs" / "sha256").iterdir():
+            _link(blob, store.blobs / "sha256" / blob.name)
+        return store.record(name, digest)
+
+
+def _build(store: LayerStore, name: str, recipe: dict, prefix: Path | None, mirror: str,
+           log: Callable[[str], None] | None) -> Image:
     if shutil.which("mmdebstrap") is None:
         raise BaseImageError("building the Debian base image needs mmdebstrap (Debian package `mmdebstrap`)")
     if os.geteuid() != 0:
         raise BaseImageError("building the Debian base image runs mmdebstrap as root (it keeps file ownership)")
+    if log is not None:
+        log(f"Building {name} from {mirror} with mmdebstrap (a minute or more, once per machine)")
     work = store.scratch_dir("base-")
     try:
         rootfs = work / "rootfs"

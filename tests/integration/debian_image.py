@@ -47,7 +47,7 @@ def debian_layout(cache_dir: Path) -> Path:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if not (layout / "index.json").is_file():
             store = LayerStore(cache_dir / "store")
-            image = debian_slim(store, "3.11")
+            image = debian_slim(store, "3.11", cache=base_cache(cache_dir))
             shutil.rmtree(layout, ignore_errors=True)
             (layout / "blobs" / "sha256").mkdir(parents=True)
             for digest in image.blob_digests:
@@ -60,15 +60,32 @@ def debian_layout(cache_dir: Path) -> Path:
     return layout
 
 
-@pytest.fixture(scope="session")
-def debian_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Debian layout, built once per run (shared by xdist workers: their base temp dirs' parent), or kept
-    across runs in `SHOAL_TEST_DEBIAN_CACHE` when that names a directory."""
+def base_cache(cache_dir: Path) -> Path:
+    """The base-image cache (shoal.oci.base, SHOAL_BASE_CACHE) of the tests' control planes: one build per run."""
+    return cache_dir / "base"
+
+
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = unavailable()
     if reason:
         pytest.skip(reason)
     if os.environ.get("SHOAL_TEST_DEBIAN_CACHE"):
-        return debian_layout(Path(os.environ["SHOAL_TEST_DEBIAN_CACHE"]))
+        return Path(os.environ["SHOAL_TEST_DEBIAN_CACHE"])
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    return debian_layout(shared / "debian-image")
+    return shared / "debian-image"
+
+
+@pytest.fixture(scope="session")
+def debian_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Debian layout, built once per run (shared by xdist workers: their base temp dirs' parent), or kept
+    across runs in `SHOAL_TEST_DEBIAN_CACHE` when that names a directory."""
+    return debian_layout(_cache_dir(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def debian_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SHOAL_BASE_CACHE holding the Python 3.11 base, built at most once per run (with the layout above)."""
+    cache_dir = _cache_dir(tmp_path_factory)
+    debian_layout(cache_dir)
+    return base_cache(cache_dir)

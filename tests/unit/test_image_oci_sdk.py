@@ -12,7 +12,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from shoal._spec.definitions import ImageSpec
 from shoal._spec.images import BASE_KINDS, BUILD_KINDS, image_id_for, split_mounts
+from shoal.controlplane.images import check_spec
 from shoal.exception import InvalidError
 from shoal.image import AUTO_DOCKERIGNORE, Image
 from shoal.secret import Secret
@@ -164,10 +166,18 @@ def test_cloud_registries_need_their_keys():
 
 
 # -- dockerfile_commands ----------------------------------------------------------------------------------------
-def test_dockerfile_commands_need_an_oci_image():
-    with pytest.raises(InvalidError, match="dockerfile_commands needs an image from from_registry or "
-                                           "from_dockerfile in shoal; debian_slim images are not OCI images yet"):
-        Image.debian_slim().dockerfile_commands("RUN true")
+def test_dockerfile_commands_on_debian_slim_need_a_rootfs_control_plane(monkeypatch):
+    """The SDK cannot know what the control plane makes of debian_slim: the control plane checks."""
+    spec = msgspec.convert(wire(Image.debian_slim().dockerfile_commands("RUN true")), ImageSpec)
+    monkeypatch.delenv("SHOAL_DEBIAN_SLIM", raising=False)
+    with pytest.raises(InvalidError, match="dockerfile_commands needs a root-filesystem image: debian_slim images "
+                                           "are virtual environments on this control plane"):
+        check_spec(spec)
+    monkeypatch.setenv("SHOAL_DEBIAN_SLIM", "rootfs")
+    assert check_spec(spec) is spec
+    monkeypatch.setenv("SHOAL_DEBIAN_SLIM", "docker")
+    with pytest.raises(ValueError, match="SHOAL_DEBIAN_SLIM='docker': expected 'venv' or 'rootfs'"):
+        check_spec(spec)
 
 
 def test_dockerfile_commands_are_checked_at_the_call():
