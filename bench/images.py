@@ -1,5 +1,6 @@
 """Images, side by side in one run: cache hits, a registry pull next to skopeo, cold starts on OCI and venv
-images with and without the warm pool, first builds next to uv by hand.
+images and on debian_slim built as a root filesystem (SHOAL_DEBIAN_SLIM=rootfs) with and without the warm pool,
+first builds next to uv by hand.
 
     python -m bench.images [--only pull,build,cold] [--rounds 5] [--layers 5] [--mib 16]
 
@@ -176,6 +177,15 @@ def cold_times(tag: str, repeat: int) -> tuple[dict[str, list[float]], dict[str,
     for warm in (True, False):
         for name, samples in shoal_first_results(warm, repeat, names, home).items():
             out[f"{name} {'warm' if warm else 'cold'}"] = samples
+    rootfs_home = tempfile.mkdtemp(prefix="shoal-bench-images-rootfs-")  # debian_slim built as a root filesystem
+    os.environ["SHOAL_DEBIAN_SLIM"] = "rootfs"
+    try:
+        for warm in (True, False):
+            out[f"handler_rootfs {'warm' if warm else 'cold'}"] = shoal_first_results(
+                warm, repeat, ("handler",), rootfs_home)["handler"]
+    finally:
+        del os.environ["SHOAL_DEBIAN_SLIM"]
+        shutil.rmtree(rootfs_home, ignore_errors=True)
     os.environ["SHOAL_HOME"] = home
     reset_client()
     try:
@@ -264,7 +274,8 @@ def main() -> int:
                     hit = _ms(reg_hits[kind])
                     rows.append((f"(1) app.run() enter, one function, its {label} cached, median of 20 [ms]", hit,
                                  None, "", f"<= 20 ms {_check(hit, 20)}"))
-                for name, label in (("handler_oci", "OCI image (registry)"), ("handler", "venv image (debian_slim)")):
+                for name, label in (("handler_oci", "OCI image (registry)"), ("handler", "venv image (debian_slim)"),
+                                    ("handler_rootfs", "debian_slim, SHOAL_DEBIAN_SLIM=rootfs")):
                     warm, cold = _ms(c[f"{name} warm"]), _ms(c[f"{name} cold"])
                     rows.append((f"(3) cold start, FastAPI function, {label}, warm pool [ms]", warm, cold,
                                  "no warm pool", f"<= 20 ms {_check(warm, 20)}"))

@@ -60,7 +60,7 @@ from ..backends.base import ContainerImage
 from ..backends.build_sandbox import ALWAYS_WRITABLE, BuildSandbox, BuildSetupError
 from ..backends.sandbox import SYSTEM_DIRS, layer_id_shift
 from ..exception import ImageBuildError, InvalidError
-from .oci_images import DEBIAN_SLIM_KIND, OciBuilder, debian_slim_mode
+from .oci_images import OciBuilder, debian_slim_mode, oci_chain
 from .oci_steps import check_oci_step
 from .runtime_packages import RUNTIME_NAMES, RUNTIME_REQUIREMENTS
 from .runtime_packages import copy_host_packages as _copy_host_packages
@@ -345,12 +345,8 @@ class ImageBuilder:
         async with self._locks.setdefault(image_id, asyncio.Lock()):
             if not force and (hit := self.cached(image_id)) is not None:
                 return hit  # built while we waited
-            oci_steps = spec.steps if spec.steps and spec.steps[0]["kind"] in BASE_KINDS else None
-            if oci_steps is None and self.slim_rootfs:
-                oci_steps = [{"kind": DEBIAN_SLIM_KIND, "python_version": spec.python_version,
-                              "repr": f"debian_slim(python_version={spec.python_version!r})"}, *spec.steps]
-            if oci_steps is not None:
-                built = await self.oci.build(image_id, oci_steps, spec.force_base is True, log)
+            if self.slim_rootfs or (spec.steps and spec.steps[0]["kind"] in BASE_KINDS):
+                built = await self.oci.build(image_id, oci_chain(spec), spec.force_base is True, log)
                 self.builds += 1
                 return built
             if not mounts:

@@ -33,7 +33,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .._spec.images import BUILDER_VERSION, _hashed
+from .._spec.definitions import ImageSpec
+from .._spec.images import BASE_KINDS, BUILDER_VERSION, _hashed
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import BuildSandbox, BuildSetupError
 from ..backends.sandbox import OCI_BOOT, RUNTIME_MOUNT, SDK_MOUNT, SHOAL_PACKAGE_DIR
@@ -106,6 +107,15 @@ def debian_slim_mode() -> str:
         raise ValueError(f"SHOAL_DEBIAN_SLIM={mode!r}: expected 'venv' or 'rootfs'")
     return mode
 
+
+
+def oci_chain(spec: ImageSpec) -> list[dict[str, Any]]:
+    """The steps OciBuilder builds: an OCI chain as it is; a debian_slim chain (SHOAL_DEBIAN_SLIM=rootfs) after a
+    base step naming its Python."""
+    if spec.steps and spec.steps[0]["kind"] in BASE_KINDS:
+        return list(spec.steps)
+    return [{"kind": DEBIAN_SLIM_KIND, "python_version": spec.python_version,
+             "repr": f"debian_slim(python_version={spec.python_version!r})"}, *spec.steps]
 
 
 class OciBuilder:
