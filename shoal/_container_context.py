@@ -16,9 +16,12 @@ class StopImport(BaseException):
     runtime catches it and goes on with what the module defined above that line."""
 
 
+BUILD_ENV = "SHOAL_IMAGE_BUILD"  # set while an image's run_function step runs in its build container
+
+
 def is_local() -> bool:
-    """False only inside a shoal container."""
-    return "SHOAL_CONTAINER_ID" not in os.environ
+    """False only inside a shoal container: a function's or sandbox's, or the build container of `run_function`."""
+    return "SHOAL_CONTAINER_ID" not in os.environ and BUILD_ENV not in os.environ
 
 
 def current_input_id() -> str | None:

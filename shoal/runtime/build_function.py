@@ -10,7 +10,11 @@ import sys
 
 
 def main(payload: str, timeout: int) -> None:
+    import os
+
     import cloudpickle
+
+    os.environ["SHOAL_IMAGE_BUILD"] = "1"  # shoal.is_local() is False here, as in Modal (_container_context.BUILD_ENV)
 
     with open(payload, "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)

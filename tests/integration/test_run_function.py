@@ -30,7 +30,7 @@ def write_marker(path: str, text: str, *, suffix: str = "") -> str:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        f.write(f"{_shout(text)}{suffix}|{GREETING}|{os.environ.get('TOKEN')}|{sys.prefix}")
+        f.write(f"{_shout(text)}{suffix}|{GREETING}|{os.environ.get('TOKEN')}|{sys.prefix}|{shoal.is_local()}")
     return "dropped"
 
 
@@ -61,8 +61,8 @@ def test_the_function_writes_the_image_with_its_args_globals_and_secrets_and_nev
         secrets=[shoal.Secret.from_dict({"TOKEN": "tok"})])
     built, log = ensure(builder, image)
     marker = Path(built.root) / "files" / "etc" / "shoal-run-function" / "marker"
-    loud, global_, token, prefix = marker.read_text().split("|")
-    assert (loud, global_, token) == ("WEIGHTS!", GREETING, "tok")
+    loud, global_, token, prefix, local = marker.read_text().split("|")
+    assert (loud, global_, token, local) == ("WEIGHTS!", GREETING, "tok", "False")  # in a container, as in Modal
     assert prefix == str(Path(built.root) / "venv")  # the image's own Python ran it
     assert not Path("/etc/shoal-run-function").exists()
     assert f"run_function('{__name__}.write_marker')" in log
