@@ -72,7 +72,8 @@ PLACE_TIMEOUT_S = 30.0  # an actor Ray has not placed by then gives its resource
 NODES_TTL_S = 1.0
 CACHE_TTL_S = 600.0  # how long a node trusts what an earlier container's start found out (_NodeCache)
 # Settings of the control plane's environment the containers' actors (on other machines) need for the sandbox.
-PASSED_ENV = ("SHOAL_ISOLATION", "SHOAL_SANDBOX_SHARE", "SHOAL_SANDBOX_UID", "SHOAL_SANDBOX_TRACE")
+PASSED_ENV = ("SHOAL_ISOLATION", "SHOAL_SANDBOX_SHARE", "SHOAL_SANDBOX_UID", "SHOAL_SANDBOX_TRACE",
+              "SHOAL_IMAGE_GC_GRACE")
 KEY_BYTES = 16  # the forwarding key a web connection to an actor's forwarder starts with
 _UNSPECIFIED = {"0.0.0.0", "::", ""}
 
@@ -235,6 +236,7 @@ class ContainerActor:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
         self.container: Any = None  # the LocalContainer
+        self.image_hold: int | None = None  # ray_images.hold_image's descriptor, while the container runs
         self.chunks: list[tuple[str, str]] = []
         self.buffered = 0
         self.dropped = 0
@@ -349,7 +351,7 @@ class ContainerActor:
     async def _node_image(self, image: ContainerImage, pull: dict[str, Any] | None) -> ContainerImage:
         """The OCI image with this node's own layer directories (pulled from the control plane if it lacks any)
         and runtime packages."""
-        from .ray_images import ensure_image
+        from .ray_images import ensure_image, hold_image
 
         layers = image.layers or []
         if self.node_home is None and all(os.path.isdir(p) for p in layers):
@@ -361,6 +363,8 @@ class ContainerActor:
             store = _node_store(self.node_home)
             if store is None:
                 raise RuntimeError(f"no private directory on node {self.node_id[:12]} to keep images in")
+            # held until the container exits (_wait): the node's prune leaves its layers alone
+            self.image_hold = await asyncio.to_thread(hold_image, store, image.image_id)
             local, _ = await asyncio.to_thread(ensure_image, store, pull["url"], pull["credential"],
                                                image.image_id, pull["digest"], layers)
         runtime_dir = image.runtime_dir
@@ -403,6 +407,9 @@ class ContainerActor:
 
     async def _wait(self) -> None:
         code = await self.container.wait()
+        if self.image_hold is not None:
+            os.close(self.image_hold)
+            self.image_hold = None
         self.reason = self.container.exit_reason()
         if self.exit is None:
             self.exit = code

@@ -6,6 +6,11 @@ layers are the container's. The node's side (`ensure_image`) pulls `HOST:PORT/sh
 skopeo (shoal.oci.registry.pull: only the blobs the node lacks; digests verified) unless every layer is already
 there, under a per-store lock so that containers starting together on one node pull once, and gives back the
 layer directories of its own store. Nothing here imports Ray: the tests drive it directly.
+
+A node's store is pruned after each pull (`prune_node`): images no container of the node has started on for the
+grace period (`SHOAL_IMAGE_GC_GRACE`, the control plane's, passed to nodes) and none runs on now go. A container
+holds its image (`hold_image`: a shared lock on `in-use/<image id>` of the store, whose mtime is its last use) from
+before its layers are looked at until it exits, so a prune never takes layers from under a container.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,9 +26,13 @@ from urllib.parse import urlsplit
 from ..oci.registry import RegistryError, parse_reference, pull
 from ..oci.store import LayerStore, StoreError, check_digest
 
-__all__ = ["NODE_USER", "ImageUnavailableError", "ensure_image", "pull_reference", "served_digest"]
+__all__ = ["NODE_USER", "ImageUnavailableError", "ensure_image", "hold_image", "prune_node", "pull_reference",
+           "served_digest"]
 
 NODE_USER = "shoal-node"  # the user name sent with the node pull credential (the registry does not look at it)
+RECORD_PREFIX = "shoal/"  # a node's store names what it pulled `shoal/<image id>`
+GRACE_ENV = "SHOAL_IMAGE_GC_GRACE"  # seconds; the control plane's (controlplane/image_gc.py), passed to Ray nodes
+DEFAULT_GRACE_S = 86400.0
 
 
 class ImageUnavailableError(RuntimeError):
@@ -76,10 +86,72 @@ def _pull_lock(store: LayerStore) -> Iterator[None]:
         os.close(fd)
 
 
+def _hold_path(store: LayerStore, image_id: str) -> Path:
+    path = store.root / "in-use" / check_digest("sha256:" + image_id.removeprefix("im-")).split(":", 1)[1]
+    path.parent.mkdir(exist_ok=True)
+    return path
+
+
+def hold_image(store: LayerStore, image_id: str) -> int:
+    """Marks the image used now and in use until the returned descriptor is closed (the container's end): a
+    prune waits for it, or skips it."""
+    path = _hold_path(store, image_id)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    os.utime(fd)
+    return fd
+
+
+def stale_images(last_used: dict[str, float], now: float, grace_s: float) -> list[str]:
+    """The images (by name) unused for longer than the grace period: the node prune's policy."""
+    return sorted(name for name, used in last_used.items() if now - used > grace_s)
+
+
+def grace_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_S))
+    except ValueError:
+        return DEFAULT_GRACE_S
+
+
+def prune_node(store: LayerStore, grace: float, now: float | None = None) -> list[str]:
+    """Removes the images of a node's store that no container used for `grace` seconds and none holds now, then
+    the blobs and layers no image left names; returns the names removed."""
+    now = time.time() if now is None else now
+    last_used: dict[str, float] = {}
+    for image in store.list():
+        try:
+            hold = _hold_path(store, image.name.removeprefix(RECORD_PREFIX))
+        except StoreError:
+            continue  # not one this module pulled
+        last_used[image.name] = max(hold.stat().st_mtime if hold.exists() else 0.0, store.recorded_at(image.name))
+    held: list[int] = []
+    try:
+        dropped = []
+        for name in stale_images(last_used, now, grace):
+            fd = os.open(_hold_path(store, name.removeprefix(RECORD_PREFIX)), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a container runs on it
+                continue
+            held.append(fd)  # kept until the prune is done: a container starting on it now waits, then pulls
+            dropped.append(name)
+        if dropped:
+            store.prune(keep={x.name for x in store.list()} - set(dropped))
+            for name in dropped:
+                _hold_path(store, name.removeprefix(RECORD_PREFIX)).unlink(missing_ok=True)
+        return dropped
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def ensure_image(store: LayerStore, url: str, credential: str, image_id: str, digest: str,
                  layers: list[str]) -> tuple[list[str], bool]:
     """The image's layer directories in `store` (top first, as `layers`, the control plane's paths, are), and
-    whether it had to be pulled from the control plane at `url` with the node pull `credential`."""
+    whether it had to be pulled from the control plane at `url` with the node pull `credential`. Call it holding
+    the image (`hold_image`). After a pull, the node's stale images are pruned."""
     local = [store.layer_path(diff_id_of(p)) for p in layers]
     if all(p.is_dir() for p in local):
         return [str(p) for p in local], False
@@ -88,11 +160,12 @@ def ensure_image(store: LayerStore, url: str, credential: str, image_id: str, di
         if pulled:
             ref, plain_http = pull_reference(url, image_id, digest)
             try:
-                pull(store, ref, credentials=(NODE_USER, credential), name=f"shoal/{image_id}",
+                pull(store, ref, credentials=(NODE_USER, credential), name=f"{RECORD_PREFIX}{image_id}",
                      plain_http=plain_http)
             except RegistryError as exc:
                 raise ImageUnavailableError(f"image {image_id}: pulling it from the control plane failed: {exc}") \
                     from None
+            prune_node(store, grace_s())
     missing = [str(p) for p in local if not p.is_dir()]
     if missing:
         raise ImageUnavailableError(f"image {image_id}: the image pulled from the control plane lacks layers "

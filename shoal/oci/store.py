@@ -295,6 +295,13 @@ class LayerStore:
         except FileNotFoundError:
             return None
 
+    def recorded_at(self, name: str) -> float:
+        """When the image was (last) recorded, as a Unix time; 0.0 if it is not."""
+        try:
+            return self._record_path(name).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
     def list(self) -> list[Image]:
         found = []
         for p in sorted(self.images.glob("*.json")):
