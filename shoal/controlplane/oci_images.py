@@ -108,7 +108,6 @@ def debian_slim_mode() -> str:
     return mode
 
 
-
 def oci_chain(spec: ImageSpec) -> list[dict[str, Any]]:
     """The steps OciBuilder builds: an OCI chain as it is; a debian_slim chain (SHOAL_DEBIAN_SLIM=rootfs) after a
     base step naming its Python."""

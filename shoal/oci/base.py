@@ -15,6 +15,10 @@ Where Python comes from:
     pyenv builds on this machine link against bookworm's libraries, which is what makes the copy valid.
   * anything else -> BaseImageError naming the version, what exists and how to get it.
 Either way `/usr/local/bin/python` and `/usr/local/bin/python3` are the image's Python.
+
+Built once per machine: with `cache` (the builder passes `default_cache()`, SHOAL_BASE_CACHE), the base is kept
+there as an OCI layout per recipe key with its layer unpacked beside it, and a store that lacks it links both
+(hard links) instead of building or unpacking; a file lock makes concurrent first builds one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import re
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,7 +173,7 @@ def _link(src: Path, dst: Path) -> None:
     """dst as a hard link to src (blobs are immutable), or a copy across file systems."""
     if dst.exists():
         return
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}")  # unique: builds run in threads of one process
     try:
         os.link(src, tmp)
     except OSError:
@@ -179,8 +184,7 @@ def _link(src: Path, dst: Path) -> None:
 def _link_tree(src: Path, dst: Path) -> bool:
     """dst as a tree of hard links to src's files (a few hundred ms for the base's ~8,000 files, where unpacking
     its gzip layer takes seconds); False where that cannot be done (another file system)."""
-    work = dst.with_name(f".{dst.name}.{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
+    work = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}")
     if subprocess.run(["cp", "-al", str(src), str(work)], capture_output=True).returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
         return False
