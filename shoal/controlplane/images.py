@@ -240,7 +240,7 @@ class _Build:
 class ImageBuilder:
     """Builds images once per machine and caches them by id."""
 
-    def __init__(self, state_dir: Path, blob_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path, blob_dir: Path | None = None, debian_slim: str | None = None) -> None:
         self.dir = Path(state_dir) / "images"
         self.blob_dir = blob_dir or Path(state_dir) / "blobs"
         self.apt_cache = self.dir / ".cache" / "apt"
@@ -255,7 +255,7 @@ class ImageBuilder:
         self.builds = 0  # images built (cache misses) by this builder
         self._oci: OciBuilder | None = None
         self.sandbox = BuildSandbox(str(state_dir))  # where run_commands and package steps' uv run
-        self.slim_rootfs = debian_slim_mode() == "rootfs"
+        self.slim_rootfs = (debian_slim or debian_slim_mode()) == "rootfs"  # what debian_slim() chains become
         try:
             from uv import find_uv_bin
 

@@ -37,7 +37,7 @@ from .._spec.definitions import ImageSpec
 from .._spec.images import BASE_KINDS, BUILDER_VERSION, _hashed
 from ..backends.base import ContainerImage
 from ..backends.build_sandbox import BuildSandbox, BuildSetupError
-from ..backends.sandbox import OCI_BOOT, RUNTIME_MOUNT, SDK_MOUNT, SHOAL_PACKAGE_DIR
+from ..backends.sandbox import OCI_BOOT, RUNTIME_MOUNT, SDK_MOUNT, SHOAL_PACKAGE_DIR, wanted_isolation
 from ..exception import ImageBuildError
 from ..oci import dockerfile as df
 from ..oci.base import BaseImageError, debian_slim, default_cache, find_interpreter
@@ -99,13 +99,17 @@ class _State:
 
 
 def debian_slim_mode() -> str:
-    """What `Image.debian_slim()` builds on this control plane (`SHOAL_DEBIAN_SLIM`): "venv" (the default this
-    round: a virtual environment over the host's system directories) or "rootfs" (a Debian root filesystem from
-    Debian's archive, an OCI image like a registry's). docs/images.md says why both exist."""
-    mode = (os.environ.get("SHOAL_DEBIAN_SLIM") or "venv").strip().lower()
-    if mode not in ("venv", "rootfs"):
-        raise ValueError(f"SHOAL_DEBIAN_SLIM={mode!r}: expected 'venv' or 'rootfs'")
-    return mode
+    """What `Image.debian_slim()` builds on this control plane (`SHOAL_DEBIAN_SLIM`): "rootfs" (a Debian root
+    filesystem from Debian's archive, an OCI image like a registry's) or "venv" (a virtual environment over the
+    host's system directories). Unset or "auto": rootfs where this machine can build and run it (root, mmdebstrap
+    installed, containers not plain processes), else venv. docs/images.md says why both exist."""
+    mode = (os.environ.get("SHOAL_DEBIAN_SLIM") or "auto").strip().lower()
+    if mode not in ("auto", "venv", "rootfs"):
+        raise ValueError(f"SHOAL_DEBIAN_SLIM={mode!r}: expected 'rootfs', 'venv' or 'auto'")
+    if mode != "auto":
+        return mode
+    can = os.geteuid() == 0 and shutil.which("mmdebstrap") is not None and wanted_isolation() != "process"
+    return "rootfs" if can else "venv"
 
 
 def oci_chain(spec: ImageSpec) -> list[dict[str, Any]]:

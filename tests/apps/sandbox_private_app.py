@@ -25,7 +25,8 @@ def destroy() -> dict:
     if inside != "0" or outside == "0":
         return {"refused": True, "uid_map": [inside, outside]}
     proc = subprocess.run(["rm", "-rf", "--no-preserve-root", "/"], capture_output=True, text=True, timeout=120)
-    return {"rc": proc.returncode, "left": sorted(os.listdir("/")), "usr_bin": len(os.listdir("/usr/bin"))}
+    usr_bin = len(os.listdir("/usr/bin")) if os.path.isdir("/usr/bin") else 0
+    return {"rc": proc.returncode, "left": sorted(os.listdir("/")), "usr_bin": usr_bin}
 
 
 @app.function()

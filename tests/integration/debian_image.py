@@ -37,7 +37,7 @@ def unavailable() -> str:
 def debian_layout(cache_dir: Path) -> Path:
     """An OCI layout under `cache_dir` holding Debian bookworm (Python 3.11, apt) as `LAYOUT_TAG`; built unless
     another worker of this run built it (a file lock guards the build)."""
-    from shoal.oci.base import debian_slim
+    from shoal.oci.base import debian_slim, default_cache
     from shoal.oci.store import LayerStore
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def debian_layout(cache_dir: Path) -> Path:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if not (layout / "index.json").is_file():
             store = LayerStore(cache_dir / "store")
-            image = debian_slim(store, "3.11", cache=base_cache(cache_dir))
+            image = debian_slim(store, "3.11", cache=default_cache())
             shutil.rmtree(layout, ignore_errors=True)
             (layout / "blobs" / "sha256").mkdir(parents=True)
             for digest in image.blob_digests:
@@ -58,11 +58,6 @@ def debian_layout(cache_dir: Path) -> Path:
     finally:
         os.close(fd)
     return layout
-
-
-def base_cache(cache_dir: Path) -> Path:
-    """The base-image cache (shoal.oci.base, SHOAL_BASE_CACHE) of the tests' control planes: one build per run."""
-    return cache_dir / "base"
 
 
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -85,7 +80,8 @@ def debian_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def debian_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SHOAL_BASE_CACHE holding the Python 3.11 base, built at most once per run (with the layout above)."""
-    cache_dir = _cache_dir(tmp_path_factory)
-    debian_layout(cache_dir)
-    return base_cache(cache_dir)
+    """The machine's base cache (shoal.oci.base.default_cache) holding the Python 3.11 base."""
+    from shoal.oci.base import default_cache
+
+    debian_layout(_cache_dir(tmp_path_factory))
+    return default_cache()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shoal._client.transport import get_client
+from shoal.controlplane.oci_images import debian_slim_mode
 
 from ..conftest import APPS_DIR, PYTHON, ControlPlane, _use_home, run_cli, wait_for
 
@@ -152,7 +153,10 @@ def test_shell_in_a_functions_container(control_plane) -> None:
     assert r.returncode == 0, r.stderr
     secret, prefix, cwd, uid = r.stdout.split()
     assert secret == "exec-secret-value"
-    assert prefix.startswith(str(control_plane.home / "images" / "im-"))  # the image's Python, not the host's
+    if debian_slim_mode() == "rootfs":  # the image's Python, not the host's
+        assert prefix == "/usr"
+    else:
+        assert prefix.startswith(str(control_plane.home / "images" / "im-"))
     if "not sandboxed" not in r.stderr:
         assert (cwd, uid) == ("/root", "0")
     assert wait_for(lambda: not _shells(), 10), _shells()  # the container ended with the shell

@@ -13,11 +13,20 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ControlPlane, venv_control_plane
+
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="build sandboxes need Linux namespaces")
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """These tests are about venv images' build sandbox: a control plane that builds debian_slim() as a venv."""
+    yield from venv_control_plane(tmp_path_factory)
 
 
 def skip_without_sandboxes(control_plane) -> None:
@@ -144,14 +153,14 @@ def test_without_sandboxes_a_root_control_plane_refuses_build_commands(tmp_path,
     target = tmp_path / "written-on-the-host"
     wire, _ = Image.debian_slim().run_commands(f"touch {target}")._resolve()
     with pytest.raises(ImageBuildError, match="never runs on the host as root"):
-        asyncio.run(ImageBuilder(tmp_path / "state").ensure(wire, lambda _text: None))
+        asyncio.run(ImageBuilder(tmp_path / "state", debian_slim="venv").ensure(wire, lambda _text: None))
     assert not target.exists()
     # Package steps alike: uv would run the package's setup.py.
     package = source_package(tmp_path, "srcpkg_refused", [str(host_dir / "pwned")])
     for image in (Image.debian_slim().pip_install(str(package)), Image.debian_slim().uv_pip_install(str(package))):
         wire, _ = image._resolve()
         with pytest.raises(ImageBuildError, match=r"(?s)at step 1, \w*pip_install\(.*never runs on the host as root"):
-            asyncio.run(ImageBuilder(tmp_path / "state").ensure(wire, lambda _text: None))
+            asyncio.run(ImageBuilder(tmp_path / "state", debian_slim="venv").ensure(wire, lambda _text: None))
     assert not (host_dir / "pwned").exists()
 
 
@@ -162,7 +171,7 @@ def test_a_pth_file_a_command_wrote_never_runs_on_the_host_in_a_later_package_st
     from shoal.controlplane.images import ImageBuilder
     from shoal.image import Image
 
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     if builder.sandbox.availability().isolation != "sandbox":
         pytest.skip("containers are not sandboxed here")
     target = host_dir / "ran-on-the-host"
@@ -186,7 +195,7 @@ def test_a_state_directory_or_interpreter_under_root_builds(tmp_path) -> None:
 
     home = Path(tempfile.mkdtemp(prefix=".shoal-test-", dir=Path.home()))
     try:
-        builder = ImageBuilder(home)
+        builder = ImageBuilder(home, debian_slim="venv")
         if builder.sandbox.availability().isolation != "sandbox":
             pytest.skip("containers are not sandboxed here")
         image = Image.debian_slim().pip_install("six==1.17.0").run_commands("python -c 'import six' && touch x")
@@ -206,7 +215,7 @@ def test_a_symlink_a_build_left_where_a_host_path_is_mounted_is_refused(tmp_path
     from shoal.exception import ImageBuildError
     from shoal.image import Image
 
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     if builder.sandbox.availability().isolation != "sandbox":
         pytest.skip("containers are not sandboxed here")
     uv = Path(os.path.realpath(builder.uv))
@@ -230,7 +239,7 @@ def test_a_symlink_a_build_left_is_never_followed_by_a_later_step_on_the_host(tm
     from shoal.exception import ImageBuildError
     from shoal.image import Image
 
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     if builder.sandbox.availability().isolation != "sandbox":
         pytest.skip("containers are not sandboxed here")
     linked = Image.debian_slim().run_commands(f"ln -s {host_dir} /root/escape")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.controlplane.oci_images import debian_slim_mode
 from tests.conftest import ControlPlane, _use_home, run_cli, wait_for
 from tests.integration.oci_registry import have_registry_tools, layer_tar, registry
 from tests.integration.rootfs_images import rootfs_tars  # noqa: F401 - a fixture (the registry's images)
@@ -55,7 +56,8 @@ def test_prune_removes_a_stopped_apps_image_after_the_grace_and_never_one_in_use
             assert m.gone.remote() == "gone"
         images = listed()
         assert {kept_id, gone_id} <= set(images)
-        assert images[kept_id]["kind"] == "venv" and images[kept_id]["state"] == "built"
+        assert images[kept_id]["kind"] == ("oci" if debian_slim_mode() == "rootfs" else "venv")
+        assert images[kept_id]["state"] == "built"
         assert any("image-gc-kept" in a for a in images[kept_id]["apps"]) and images[gone_id]["apps"] == []
         assert images[gone_id]["size"] > 0 and images[gone_id]["last_used"] is not None
 

@@ -17,6 +17,7 @@ import pytest
 
 import shoal
 from shoal.controlplane.images import ImageBuilder, _discovery_path
+from shoal.controlplane.oci_images import debian_slim_mode
 from shoal.exception import ImageBuildError
 from shoal.image import Image
 from tests.conftest import APPS_DIR, run_script
@@ -70,7 +71,10 @@ def test_default_image_has_the_runtime_and_nothing_of_the_callers_environment(im
     assert out["leaked"] == []  # installed where the control plane runs, not in the image
     assert out["runtime"] == ["cloudpickle", "msgpack", "tblib", "aiohttp"]
     assert out["python"] == HOST_PYTHON
-    assert out["prefix"].startswith(str(control_plane.home / "images" / out["image_id"]))
+    if debian_slim_mode() == "rootfs":  # Debian's own Python in the image's root filesystem
+        assert (out["executable"], out["prefix"]) == ("/usr/local/bin/python3", "/usr"), out
+    else:  # a venv made from the host's interpreter
+        assert out["prefix"].startswith(str(control_plane.home / "images" / out["image_id"]))
     assert out["image_id"] == Image.debian_slim().object_id
 
 
@@ -138,10 +142,12 @@ def test_a_python_that_is_not_installed_is_a_clear_error(control_plane):
                             "--no-python-downloads"], capture_output=True, env={"PATH": _discovery_path()})
     if found.returncode == 0:
         pytest.skip("Python 3.14 is installed on this machine")
-    with pytest.raises(ImageBuildError, match=r"Python 3\.14 is not installed") as info:
+    rootfs = debian_slim_mode() == "rootfs"
+    missing = r"Python 3\.14 cannot be provided on this machine" if rootfs else r"Python 3\.14 is not installed"
+    with pytest.raises(ImageBuildError, match=missing) as info:
         with images_fail_app.missing_python.run(quiet=True):
             pass
-    assert "uv python install 3.14" in str(info.value)
+    assert ("pyenv install 3.14" if rootfs else "uv python install 3.14") in str(info.value)
 
 
 # -- the builder on its own ----------------------------------------------------------------------------------
@@ -166,7 +172,7 @@ def ensure(builder: ImageBuilder, image: Image) -> tuple[object, str]:
 
 
 def test_cache_hits_run_nothing_and_concurrent_ensures_build_once(tmp_path):
-    builder = ImageBuilder(tmp_path)
+    builder = ImageBuilder(tmp_path, debian_slim="venv")
     image = Image.debian_slim().pip_install("six==1.17.0")
 
     async def twice() -> list:
@@ -184,7 +190,7 @@ def test_cache_hits_run_nothing_and_concurrent_ensures_build_once(tmp_path):
 
 
 def test_force_build_rebuilds(tmp_path, monkeypatch):
-    builder = ImageBuilder(tmp_path)
+    builder = ImageBuilder(tmp_path, debian_slim="venv")
     ensure(builder, Image.debian_slim().pip_install("six==1.17.0"))
     _, text = ensure(builder, Image.debian_slim().pip_install("six==1.17.0", force_build=True))
     assert builder.builds == 2 and "Building image" in text
@@ -197,7 +203,7 @@ def test_force_build_rebuilds(tmp_path, monkeypatch):
 
 
 def test_failing_command_names_the_step_and_shows_its_output(tmp_path):
-    builder = ImageBuilder(tmp_path)
+    builder = ImageBuilder(tmp_path, debian_slim="venv")
     image = Image.debian_slim().run_commands("echo preparing", "echo boom-output >&2; exit 7")
     with pytest.raises(ImageBuildError) as info:
         ensure(builder, image)
@@ -209,7 +215,7 @@ def test_failing_command_names_the_step_and_shows_its_output(tmp_path):
 
 
 def test_commands_env_and_workdir_in_the_build(tmp_path):
-    builder = ImageBuilder(tmp_path)
+    builder = ImageBuilder(tmp_path, debian_slim="venv")
     image = (Image.debian_slim().env({"GREETING": "hi", "PATH": "/opt/extra/bin:$PATH"}).workdir("/srv")
              .run_commands("echo $GREETING > greeting.txt; python -c 'import sys; print(sys.prefix)' > prefix.txt"))
     built, _ = ensure(builder, image)
@@ -221,7 +227,7 @@ def test_commands_env_and_workdir_in_the_build(tmp_path):
 
 
 def test_files_added_at_container_start_do_not_rebuild_the_image(tmp_path):
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     blobs = tmp_path / "state" / "blobs"
     blobs.mkdir(parents=True)
     data = tmp_path / "data.txt"
@@ -246,7 +252,7 @@ def test_files_added_at_container_start_do_not_rebuild_the_image(tmp_path):
 
 
 def test_requirements_file_and_uv_sync(tmp_path):
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     (tmp_path / "requirements.txt").write_text("packaging==24.0\n")
     project = tmp_path / "project"
     project.mkdir()

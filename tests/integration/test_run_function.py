@@ -55,7 +55,7 @@ def ensure(builder: ImageBuilder, image: Image) -> tuple[Any, str]:
 
 
 def test_the_function_writes_the_image_with_its_args_globals_and_secrets_and_never_the_host(tmp_path):
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     image = Image.debian_slim().run_function(
         write_marker, args=("/etc/shoal-run-function/marker", "weights"), kwargs={"suffix": "!"},
         secrets=[shoal.Secret.from_dict({"TOKEN": "tok"})])
@@ -71,7 +71,7 @@ def test_the_function_writes_the_image_with_its_args_globals_and_secrets_and_nev
 
 
 def test_a_failing_function_names_the_step_and_shows_its_traceback(tmp_path):
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     with pytest.raises(ImageBuildError) as info:
         ensure(builder, Image.debian_slim().run_function(fails))
     message = str(info.value)
@@ -81,7 +81,7 @@ def test_a_failing_function_names_the_step_and_shows_its_traceback(tmp_path):
 
 
 def test_a_function_past_its_timeout_fails_the_build(tmp_path):
-    builder = ImageBuilder(tmp_path / "state")
+    builder = ImageBuilder(tmp_path / "state", debian_slim="venv")
     with pytest.raises(ImageBuildError) as info:
         ensure(builder, Image.debian_slim().run_function(sleeps, timeout=1))
     assert "timed out after 1s" in str(info.value)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shoal._client.transport import get_client
+from shoal.controlplane.oci_images import debian_slim_mode
 from shoal.exception import ExecutionError
 
 from ..conftest import ControlPlane, _use_home, wait_for
@@ -75,13 +76,21 @@ def test_host_files_are_not_visible(sandbox, control_plane, host_canary) -> None
     for name in ("token",) if control_plane.schema else ("state.db", "token"):  # (on PostgreSQL: no state.db)
         assert (control_plane.home / name).exists()
         assert sandbox.read.remote(str(control_plane.home / name)) in ("PermissionError", "FileNotFoundError")
-    assert sandbox.read.remote("/etc/shadow") == "PermissionError"  # visible, but not to the container's root
+    if debian_slim_mode() == "rootfs":  # the image's own /etc: nothing of the host's
+        assert sandbox.read.remote("/etc/shadow") != Path("/etc/shadow").read_text()
+    else:  # the host's /etc, read-only: visible, but not to the container's root
+        assert sandbox.read.remote("/etc/shadow") == "PermissionError"
 
 
 def test_host_system_files_are_read_only(sandbox) -> None:
-    assert sandbox.write.remote("/usr/shoal-sandbox-test") == "OSError"  # EROFS
-    assert not Path("/usr/shoal-sandbox-test").exists()
-    assert sandbox.write.remote("/etc/passwd") in ("PermissionError", "OSError")
+    passwd = Path("/etc/passwd").read_text()
+    if debian_slim_mode() == "rootfs":  # the image's /usr and /etc, written in the container's private layer
+        assert sandbox.write.remote("/usr/shoal-sandbox-test") == "ok"
+        assert sandbox.write.remote("/etc/passwd") == "ok"
+    else:  # the host's, bound read-only
+        assert sandbox.write.remote("/usr/shoal-sandbox-test") == "OSError"  # EROFS
+        assert sandbox.write.remote("/etc/passwd") in ("PermissionError", "OSError")
+    assert not Path("/usr/shoal-sandbox-test").exists() and Path("/etc/passwd").read_text() == passwd
     assert sandbox.write.remote("/root/sandbox_app.py") in ("PermissionError", "OSError")  # the source too
     assert sandbox.write.remote("/root/scratch.txt") == "ok"  # /root itself is the container's own
 
@@ -159,7 +168,8 @@ def test_rm_rf_root_leaves_host_and_next_container_intact(sandbox_available, tmp
             result = sandbox_app.destroy.remote()
             assert not result.get("refused"), f"the container was not sandboxed: {result}"
             assert result["rc"] != 0  # plenty it could not remove
-            assert result["usr_bin"] > 10  # /usr is read-only
+            if debian_slim_mode() == "venv":
+                assert result["usr_bin"] > 10  # the host's /usr, read-only (a root filesystem's goes, in its upper)
             assert sandbox_app.double.remote(21) == 42  # a fresh container works
             assert sandbox_app.isolation.remote()["source_here"]
         assert host_canary.read_text() == "host secret"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import shoal as modal
+from shoal.controlplane.oci_images import debian_slim_mode
 from shoal.exception import AlreadyExistsError, InvalidError, NotFoundError, SandboxTerminatedError, SandboxTimeoutError
 from shoal.stream_type import StreamType
 
@@ -290,10 +291,17 @@ def test_snapshot_filesystem_is_an_image_for_sandboxes_and_functions(app: modal.
     more = modal.Sandbox.create("sh", "-c", 'cat /etc/copied /etc/step; echo "$EXTENDED"', app=app, image=extended)
     assert more.stdout.read() == "made in a sandbox\nstep\nyes\n"
     plain = modal.Sandbox.create(app=app)
+    if debian_slim_mode() == "rootfs":  # debian_slim is a root filesystem here: it snapshots and extends as any
+        assert plain.snapshot_filesystem().object_id.startswith("im-")
+        plain.terminate()
+        on_slim = modal.Sandbox.create("cat", "/etc/step", app=app, image=modal.Image.from_id(
+            modal.Image.debian_slim().object_id).run_commands("echo on-slim > /etc/step"))
+        assert on_slim.stdout.read() == "on-slim\n"
+        return
     with pytest.raises(InvalidError, match="OCI image"):
         plain.snapshot_filesystem()
     plain.terminate()
-    with pytest.raises(Exception, match="not an OCI image stored here"):  # a debian_slim image cannot be a base
+    with pytest.raises(Exception, match="not an OCI image stored here"):  # a venv debian_slim cannot be a base
         modal.Sandbox.create(app=app, image=modal.Image.from_id(modal.Image.debian_slim().object_id)
                              .run_commands("true"))
 

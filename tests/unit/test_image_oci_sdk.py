@@ -169,14 +169,14 @@ def test_cloud_registries_need_their_keys():
 def test_dockerfile_commands_on_debian_slim_need_a_rootfs_control_plane(monkeypatch):
     """The SDK cannot know what the control plane makes of debian_slim: the control plane checks."""
     spec = msgspec.convert(wire(Image.debian_slim().dockerfile_commands("RUN true")), ImageSpec)
-    monkeypatch.delenv("SHOAL_DEBIAN_SLIM", raising=False)
+    monkeypatch.setenv("SHOAL_DEBIAN_SLIM", "venv")
     with pytest.raises(InvalidError, match="dockerfile_commands needs a root-filesystem image: debian_slim images "
                                            "are virtual environments on this control plane"):
         check_spec(spec)
     monkeypatch.setenv("SHOAL_DEBIAN_SLIM", "rootfs")
     assert check_spec(spec) is spec
     monkeypatch.setenv("SHOAL_DEBIAN_SLIM", "docker")
-    with pytest.raises(ValueError, match="SHOAL_DEBIAN_SLIM='docker': expected 'venv' or 'rootfs'"):
+    with pytest.raises(ValueError, match="SHOAL_DEBIAN_SLIM='docker': expected 'rootfs', 'venv' or 'auto'"):
         check_spec(spec)
 
 

@@ -42,7 +42,7 @@ def test_oci_step_fields_are_checked():
     check_oci_step({"kind": "from_registry", "repr": "r", "tag": "python:3.12", "registry": "aws_ecr"}, True)
     with pytest.raises(InvalidError, match="'tag'"):
         check_oci_step({"kind": "from_registry", "repr": "r", "tag": "UPPER/case"}, True)
-    with pytest.raises(InvalidError, match="not OCI images"):
+    with pytest.raises(InvalidError, match="debian_slim images are virtual environments on this control plane"):
         check_oci_step({"kind": "dockerfile_commands", "repr": "d", "commands": []}, False)
     with pytest.raises(InvalidError, match="'add_python'"):
         check_oci_step({"kind": "run_commands", "repr": "r", "commands": [], "add_python": "3.12"}, True)
