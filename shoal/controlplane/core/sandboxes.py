@@ -94,6 +94,7 @@ class Sandbox:
     last_active: float = field(default_factory=time.monotonic)
     end_reason: str | None = None  # why the control plane ended it ("timeout", "terminated", …)
     target: local_exec.ExecTarget | None = None
+    env: dict[str, str] = field(default_factory=dict)  # what the control plane gave it: its execs get it whatever
     agent: Agent | None = None  # runs its execs (sandbox_exec.py), started at the first
     agent_failed: bool = False  # it could not start: execs go through nsenter
     agent_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -251,6 +252,7 @@ class Sandboxes:
         env.update(b.env)
         env.update(modal_environment(sb.container_id, sb.image))
         env.update({"SHOAL_SANDBOX_ID": sb.id, "MODAL_SANDBOX_ID": sb.id, "SHOAL_CONTAINER_ID": sb.container_id})
+        sb.env = env
         image = sb.image
         if b.workdir is not None:
             image = replace(image, workdir=b.workdir) if image is not None else ContainerImage(
@@ -295,7 +297,7 @@ class Sandboxes:
         env.update(b.env)
         env.update(modal_environment(sb.container_id, sb.image))
         env.update({"SHOAL_SANDBOX_ID": sb.id, "MODAL_SANDBOX_ID": sb.id, "SHOAL_CONTAINER_ID": sb.container_id})
-        sb.handle, sb.target, sb.agent = w.handle, replace(w.target, env=env), w.agent
+        sb.handle, sb.target, sb.agent, sb.env = w.handle, replace(w.target, env=env), w.agent, env
         main = await w.agent.run(list(b.command), env, b.workdir) if b.command else None
         sb.state = "running"
         rows.started(self.store, sb.id, sb.container_id)
@@ -518,8 +520,9 @@ class Sandboxes:
         if sb.target is None or not os.path.isdir(f"/proc/{sb.target.pid}"):
             handle = sb.handle
             assert handle is not None
+            # `env`: over what its runtime's /proc environ says, which a loaded machine can catch mid-setup
             info = {"container_id": sb.container_id, "pid": handle.pid, "sandboxed": handle.sandboxed,
-                    "cgroups": list(handle.cgroup.dirs) if handle.cgroup is not None else []}
+                    "cgroups": list(handle.cgroup.dirs) if handle.cgroup is not None else [], "env": sb.env}
             try:
                 # (a sandbox still being set up is waited for: on a loaded machine that can take many seconds)
                 sb.target = await asyncio.to_thread(local_exec.find_target, info, TARGET_WAIT_S)
