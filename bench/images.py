@@ -113,10 +113,9 @@ def _by_hand(work: Path, uv: str, cache: Path) -> float:
 def build_times(work: Path, tag: str, repeat: int) -> tuple[dict[str, list[float]], list[float]]:
     """First builds in empty state directories (empty uv caches: online), a new image on warm state, uv by hand
     (empty and warm cache); and 200 whole-image cache hits of `ImageBuilder.ensure` for the OCI image."""
-    t: dict[str, list[float]] = {k: [] for k in ("oci fresh", "oci warm", "slim fresh", "slim warm", "hand cold",
-                                                 "hand warm")}
+    t: dict[str, list[float]] = {k: [] for k in ("oci fresh", "oci warm", "venv fresh", "venv warm", "rootfs fresh",
+                                                 "rootfs warm", "hand cold", "hand warm")}
     slim = Image.debian_slim().pip_install("six").to_wire()
-    slim2 = Image.debian_slim().pip_install("six").env({"RUN": "2"}).to_wire()
     for i in range(repeat):
         state = work / f"state{i}"
         if i:  # the static uv is fetched once per machine: not part of an image's first build
@@ -125,9 +124,11 @@ def build_times(work: Path, tag: str, repeat: int) -> tuple[dict[str, list[float
         builder = ImageBuilder(state)
         t["oci fresh"].append(_timed_build(builder, oci_spec(tag)))
         t["oci warm"].append(_timed_build(builder, oci_spec(tag, {"RUN": str(i)})))
-        slim_builder = ImageBuilder(work / f"slim{i}")
-        t["slim fresh"].append(_timed_build(slim_builder, slim))
-        t["slim warm"].append(_timed_build(slim_builder, slim2))
+        for mode in ("venv", "rootfs"):  # what debian_slim() is (SHOAL_DEBIAN_SLIM); rootfs: the machine's base cached
+            slim_builder = ImageBuilder(work / f"slim-{mode}{i}", debian_slim=mode)
+            t[f"{mode} fresh"].append(_timed_build(slim_builder, slim))
+            again = Image.debian_slim().env({"RUN": str(i)}).pip_install("six").to_wire()  # the pip step runs again
+            t[f"{mode} warm"].append(_timed_build(slim_builder, again))
         cache = work / f"uv-cache{i}"
         t["hand cold"].append(_by_hand(work, builder.uv, cache))
         t["hand warm"].append(_by_hand(work, builder.uv, cache))
@@ -174,6 +175,7 @@ def cold_times(tag: str, repeat: int) -> tuple[dict[str, list[float]], dict[str,
     home = tempfile.mkdtemp(prefix="shoal-bench-images-")
     out: dict[str, list[float]] = {}
     names = ("handler_oci", "handler")
+    os.environ["SHOAL_DEBIAN_SLIM"] = "venv"  # `handler`: debian_slim as a venv (and the registration hits)
     for warm in (True, False):
         for name, samples in shoal_first_results(warm, repeat, names, home).items():
             out[f"{name} {'warm' if warm else 'cold'}"] = samples
@@ -184,7 +186,7 @@ def cold_times(tag: str, repeat: int) -> tuple[dict[str, list[float]], dict[str,
             out[f"handler_rootfs {'warm' if warm else 'cold'}"] = shoal_first_results(
                 warm, repeat, ("handler",), rootfs_home)["handler"]
     finally:
-        del os.environ["SHOAL_DEBIAN_SLIM"]
+        os.environ["SHOAL_DEBIAN_SLIM"] = "venv"
         shutil.rmtree(rootfs_home, ignore_errors=True)
     os.environ["SHOAL_HOME"] = home
     reset_client()
@@ -192,6 +194,7 @@ def cold_times(tag: str, repeat: int) -> tuple[dict[str, list[float]], dict[str,
         hits = registration_hits(20)
     finally:
         shutdown()
+        del os.environ["SHOAL_DEBIAN_SLIM"]
         shutil.rmtree(home, ignore_errors=True)
     return out, hits
 
@@ -261,11 +264,15 @@ def main() -> int:
                      _ms(b["oci fresh"]), hand_cold, "uv venv + uv pip install six, empty cache", "report"),
                     ("(4)   a new image on that state (base pulled, uv cache warm) [ms]", _ms(b["oci warm"]),
                      hand_warm, "uv by hand, warm cache", ""),
-                    ("(4) first build, debian_slim().pip_install('six'), empty state [ms]", _ms(b["slim fresh"]),
-                     hand_cold, "uv venv + uv pip install six, empty cache", "report"),
-                    ("(4)   a new image on that state (uv cache warm) [ms]", _ms(b["slim warm"]), hand_warm,
-                     "uv by hand, warm cache", ""),
                 ]
+                for mode, what in (("rootfs", "a Debian root filesystem (its base cached on the machine)"),
+                                   ("venv", "a venv")):
+                    rows += [
+                        (f"(4) first build, debian_slim().pip_install('six') as {what}, empty state [ms]",
+                         _ms(b[f"{mode} fresh"]), hand_cold, "uv venv + uv pip install six, empty cache", "report"),
+                        ("(4)   a new image on that state, the pip step run again (uv cache warm) [ms]",
+                         _ms(b[f"{mode} warm"]), hand_warm, "uv by hand, warm cache", ""),
+                    ]
                 notes.append("(4) each figure is the median of " f"{args.rounds}; the pip steps resolve online "
                              "from PyPI (empty uv caches), so the network's speed is in them")
             if "cold" in only:
@@ -274,7 +281,8 @@ def main() -> int:
                     hit = _ms(reg_hits[kind])
                     rows.append((f"(1) app.run() enter, one function, its {label} cached, median of 20 [ms]", hit,
                                  None, "", f"<= 20 ms {_check(hit, 20)}"))
-                for name, label in (("handler_oci", "OCI image (registry)"), ("handler", "venv image (debian_slim)"),
+                for name, label in (("handler_oci", "OCI image (registry)"),
+                                    ("handler", "debian_slim, SHOAL_DEBIAN_SLIM=venv"),
                                     ("handler_rootfs", "debian_slim, SHOAL_DEBIAN_SLIM=rootfs")):
                     warm, cold = _ms(c[f"{name} warm"]), _ms(c[f"{name} cold"])
                     rows.append((f"(3) cold start, FastAPI function, {label}, warm pool [ms]", warm, cold,
