@@ -163,13 +163,12 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     cp.stop()
 
 
-def venv_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """A control plane that builds `Image.debian_slim()` as a virtual environment (SHOAL_DEBIAN_SLIM=venv), for a
-    module's `control_plane` fixture where its tests are about venv images."""
+def own_control_plane(home: Path, env: dict[str, str] | None = None) -> Iterator[ControlPlane]:
+    """A control plane of its own (with `env`), the SDK's while it runs; the one before is the SDK's again after."""
     from shoal._client.transport import reset_client
 
     previous = os.environ.get("SHOAL_HOME")
-    cp = ControlPlane(tmp_path_factory.mktemp("venv-home"), env={"SHOAL_DEBIAN_SLIM": "venv"}).start()
+    cp = ControlPlane(home, env=env).start()
     _use_home(cp.home)
     yield cp
     cp.stop()
@@ -180,16 +179,16 @@ def venv_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Con
         reset_client()
 
 
+def venv_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane that builds `Image.debian_slim()` as a virtual environment (SHOAL_DEBIAN_SLIM=venv), for a
+    module's `control_plane` fixture where its tests are about venv images."""
+    yield from own_control_plane(tmp_path_factory.mktemp("venv-home"), {"SHOAL_DEBIAN_SLIM": "venv"})
+
+
 @pytest.fixture
 def private_control_plane(tmp_path: Path) -> Iterator[ControlPlane]:
     """A control plane of this test alone, for tests that kill or restart it."""
-    previous = os.environ.get("SHOAL_HOME")
-    cp = ControlPlane(tmp_path / "home").start()
-    _use_home(cp.home)
-    yield cp
-    cp.stop()
-    if previous:
-        _use_home(Path(previous))
+    yield from own_control_plane(tmp_path / "home")
 
 
 def run_script(path: Path | str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,

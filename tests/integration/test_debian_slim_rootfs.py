@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ControlPlane, _use_home, run_script
+from tests.conftest import own_control_plane, run_script
 from tests.integration.debian_image import debian_base_cache  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -59,14 +59,8 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def rootfs_plane(tmp_path: Path, debian_base_cache: Path):  # noqa: F811
-    previous = os.environ.get("SHOAL_HOME")
-    cp = ControlPlane(tmp_path / "home", env={"SHOAL_DEBIAN_SLIM": "rootfs",
-                                              "SHOAL_BASE_CACHE": str(debian_base_cache)}).start()
-    _use_home(cp.home)
-    yield cp
-    cp.stop()
-    if previous:
-        _use_home(Path(previous))
+    yield from own_control_plane(tmp_path / "home", {"SHOAL_DEBIAN_SLIM": "rootfs",
+                                                     "SHOAL_BASE_CACHE": str(debian_base_cache)})
 
 
 def _result(stdout: str, label: str) -> dict:

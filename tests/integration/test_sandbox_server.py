@@ -14,7 +14,7 @@ import pytest
 from shoal import exception
 from shoal._client.transport import get_client, reset_client
 
-from ..conftest import ControlPlane, wait_for
+from ..conftest import ControlPlane, own_control_plane, wait_for
 from .rootfs_images import rootfs_tars  # noqa: F401 - a fixture (the registry's images)
 from .test_oci_images import reg  # noqa: F401 - a fixture: a registry on loopback with test images
 
@@ -325,16 +325,8 @@ def test_filesystem_operations_run_inside(app_id: str) -> None:
 def unshared(tmp_path: Path) -> Any:
     """A control plane of this test alone that shares no host directory with its containers (the suite's shares
     its temporary root), for code that tries to destroy everything it can reach."""
-    from ..conftest import _use_home
-
-    previous = os.environ.get("SHOAL_HOME")
-    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_SHARE": "", "SHOAL_SANDBOX_PIDS_MAX": "200",
-                                              "SHOAL_SANDBOX_OUTPUT_MAX": str(1 << 20)}).start()
-    _use_home(cp.home)
-    yield cp
-    cp.stop()
-    if previous:
-        _use_home(Path(previous))
+    yield from own_control_plane(tmp_path / "home", {"SHOAL_SANDBOX_SHARE": "", "SHOAL_SANDBOX_PIDS_MAX": "200",
+                                                     "SHOAL_SANDBOX_OUTPUT_MAX": str(1 << 20)})
 
 
 def test_rm_rf_root_leaves_the_host_and_the_next_sandbox_intact(unshared: ControlPlane, tmp_path: Path) -> None:
@@ -550,15 +542,7 @@ def test_output_is_bounded(unshared: ControlPlane) -> None:
 @pytest.fixture
 def warm_pool(tmp_path: Path) -> Any:
     """A control plane of this test alone keeping one warm sandbox per image (SHOAL_SANDBOX_WARM_POOL=1)."""
-    from ..conftest import _use_home
-
-    previous = os.environ.get("SHOAL_HOME")
-    cp = ControlPlane(tmp_path / "home", env={"SHOAL_SANDBOX_WARM_POOL": "1"}).start()
-    _use_home(cp.home)
-    yield cp
-    cp.stop()
-    if previous:
-        _use_home(Path(previous))
+    yield from own_control_plane(tmp_path / "home", {"SHOAL_SANDBOX_WARM_POOL": "1"})
 
 
 def test_warm_sandboxes_behave_as_cold_ones(warm_pool: ControlPlane) -> None:
