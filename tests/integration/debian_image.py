@@ -1,6 +1,7 @@
 """Debian bookworm with Python 3.11 and apt (shoal.oci.base.debian_slim, built from Debian's archive with
-mmdebstrap: a minute or more), made once per test run and shared by pytest-xdist workers, as an OCI layout that
-tests push to a registry on loopback (tests/integration/oci_registry.py). Nothing is fetched from a public registry.
+mmdebstrap: a minute or more, once per machine in its base cache), written once per test run and shared by
+pytest-xdist workers as an OCI layout that tests push to a registry on loopback (tests/integration/oci_registry.py).
+Nothing is fetched from a public registry.
 """
 
 from __future__ import annotations
@@ -79,9 +80,6 @@ def debian_oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def debian_base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The machine's base cache (shoal.oci.base.default_cache) holding the Python 3.11 base."""
-    from shoal.oci.base import default_cache
-
+def debian_base(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The Python 3.11 base in the machine's base cache (shoal.oci.base.default_cache), or a skip saying why not."""
     debian_layout(_cache_dir(tmp_path_factory))
-    return default_cache()

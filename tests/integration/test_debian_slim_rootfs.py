@@ -1,5 +1,5 @@
 """`Image.debian_slim()` as a root filesystem (a control plane with SHOAL_DEBIAN_SLIM=rootfs): Debian bookworm from
-Debian's archive (shoal.oci.base; the tests' base cache, built once per run), the steps as layers built in build
+Debian's archive (shoal.oci.base; in the machine's base cache, built once), the steps as layers built in build
 containers, functions running on that root with nothing of the host's system directories."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import own_control_plane, run_script
-from tests.integration.debian_image import debian_base_cache  # noqa: F401 (a fixture)
+from tests.integration.debian_image import debian_base  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +58,8 @@ if __name__ == "__main__":
 
 
 @pytest.fixture
-def rootfs_plane(tmp_path: Path, debian_base_cache: Path):  # noqa: F811
-    yield from own_control_plane(tmp_path / "home", {"SHOAL_DEBIAN_SLIM": "rootfs",
-                                                     "SHOAL_BASE_CACHE": str(debian_base_cache)})
+def rootfs_plane(tmp_path: Path, debian_base: None):  # noqa: F811
+    yield from own_control_plane(tmp_path / "home", {"SHOAL_DEBIAN_SLIM": "rootfs"})
 
 
 def _result(stdout: str, label: str) -> dict:
