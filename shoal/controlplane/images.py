@@ -135,13 +135,15 @@ def _is(value: Any, kind: str) -> bool:
     return isinstance(value, str if kind == "str" else int)
 
 
-def check_spec(spec: ImageSpec) -> ImageSpec:
+def check_spec(spec: ImageSpec, slim_rootfs: bool | None = None) -> ImageSpec:
     """Validate an image spec from a client (its types were checked when its definition was decoded); its id
-    must be the hash of its steps. An OCI image has no python_version and a base step (BASE_KINDS) first."""
+    must be the hash of its steps. An OCI image has no python_version and a base step (BASE_KINDS) first. With
+    `slim_rootfs` (default: `debian_slim_mode()`) debian_slim chains are root filesystems and may have OCI steps."""
     image_id, version = spec.image_id, spec.python_version
     if not IMAGE_ID_RE.match(image_id):
         raise InvalidError(f"invalid image id {image_id!r}")
     oci = bool(spec.steps) and isinstance(spec.steps[0], dict) and spec.steps[0].get("kind") in BASE_KINDS
+    slim_rootfs = debian_slim_mode() == "rootfs" if slim_rootfs is None else slim_rootfs
     if oci and version is not None:
         raise InvalidError(f"invalid python_version {version!r}: an image from {spec.steps[0]['kind']} has none "
                            "(use add_python=)")
@@ -169,7 +171,7 @@ def check_spec(spec: ImageSpec) -> ImageSpec:
             check_run_function(step)
         if any(p.startswith("-") for p in step.get("packages") or []):
             raise InvalidError(f"flags in the package list of {step['repr']}: use extra_options")
-        check_oci_step(step, oci or debian_slim_mode() == "rootfs")
+        check_oci_step(step, oci or slim_rootfs)
     if image_id_for(version, spec.steps) != image_id:
         raise InvalidError(f"image id {image_id} does not match its steps")
     return spec
@@ -318,12 +320,11 @@ class ImageBuilder:
             return None
         if manifest.get("kind") == "oci":
             return OciBuilder.image_from(manifest)
-        if self.slim_rootfs:
-            return None  # a venv image, from before debian_slim images were root filesystems here
-        if (manifest.get("builder") != BUILDER_VERSION or manifest.get("runtime") != RUNTIME_REQUIREMENTS
-                or manifest.get("shoal") != SHOAL_PACKAGE_DIR or not os.path.exists(manifest["python"])
-                or not os.path.isdir(manifest.get("runtime_dir") or "")):
-            return None  # built for another runtime, or its interpreter or runtime packages are gone
+        if (self.slim_rootfs or manifest.get("builder") != BUILDER_VERSION
+                or manifest.get("runtime") != RUNTIME_REQUIREMENTS or manifest.get("shoal") != SHOAL_PACKAGE_DIR
+                or not os.path.exists(manifest["python"]) or not os.path.isdir(manifest.get("runtime_dir") or "")):
+            return None  # a venv image where debian_slim is now a root filesystem, or built for another runtime,
+            # or its interpreter or runtime packages are gone
         return ContainerImage(image_id=image_id, python=manifest["python"], root=manifest["root"],
                               env=manifest["env"], workdir=manifest["workdir"])
 
@@ -336,7 +337,7 @@ class ImageBuilder:
                 raise InvalidError(f"image {spec.image_id} is not stored on this control plane (an image known by "
                                    "its id only cannot be built)")
             return hit
-        spec = _fold_named_secrets(check_spec(spec))
+        spec = _fold_named_secrets(check_spec(spec, self.slim_rootfs))
         image_id = spec.image_id
         build_steps, mounts = split_mounts(spec.steps)
         force = spec.force_base is True or any(s.get("force") for s in spec.steps)
