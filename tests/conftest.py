@@ -135,23 +135,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Where `Image.debian_slim()` is a root filesystem (controlplane/oci_images.py, debian_slim_mode), the Debian
     bases of the Pythons the tests use are built before the tests start (by xdist's controller, outside every
     test's time limit; once per machine: shoal.oci.base keeps them in SHOAL_BASE_CACHE)."""
-    import tempfile
-
     from shoal.backends.sandbox import layer_id_shift
     from shoal.controlplane.oci_images import debian_slim_mode
-    from shoal.oci.base import BaseImageError, debian_slim, default_cache
-    from shoal.oci.store import LayerStore
+    from shoal.oci.base import BaseImageError, cache_base, default_cache
 
     if hasattr(session.config, "workerinput") or debian_slim_mode() != "rootfs":
         return
-    with tempfile.TemporaryDirectory(prefix="shoal-test-bases-") as tmp:
-        store = LayerStore(tmp, id_shift=layer_id_shift())
-        for version in (f"{sys.version_info[0]}.{sys.version_info[1]}", "3.12"):  # 3.12: tests/apps/images_app.py
-            try:
-                debian_slim(store, version, cache=default_cache())
-            except BaseImageError as exc:
-                if "cannot be provided on this machine" not in str(exc):
-                    raise  # (a missing interpreter fails the tests that use it, saying so)
+    for version in (f"{sys.version_info[0]}.{sys.version_info[1]}", "3.12"):  # 3.12: tests/apps/images_app.py
+        try:
+            cache_base(version, default_cache(), layer_id_shift())
+        except BaseImageError as exc:
+            if "cannot be provided on this machine" not in str(exc):
+                raise  # (a missing interpreter fails the tests that use it, saying so)
 
 
 @pytest.fixture(scope="session")

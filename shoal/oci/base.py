@@ -23,6 +23,7 @@ there as an OCI layout per recipe key with its layer unpacked beside it, and a s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -30,9 +31,10 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shoal.oci.layout import OCI_MANIFEST, LayoutWriter, store_image
@@ -141,32 +143,58 @@ def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal" / "base"
 
 
-def debian_slim(store: LayerStore, python_version: str = DEBIAN_PYTHON, *, mirror: str | None = None,
-                log: Callable[[str], None] | None = None, cache: Path | None = None) -> Image:
-    """The base image for this Python: from the store if there, else from `cache` (an OCI layout per recipe, so
-    state directories of one machine build it once), else built now (a minute or more) and added to `cache`."""
+def _identity(python_version: str, mirror: str | None) -> tuple[str, str, dict, Path | None, str]:
+    """(cache key, store name, recipe, interpreter to copy or None, mirror) of the base for this Python."""
     mirror = mirror or os.environ.get("SHOAL_DEBIAN_MIRROR") or DEFAULT_MIRROR
     recipe, prefix = _recipe(python_version, mirror)
     recipe.update({"suite": SUITE, "arch": ARCH, "mirror": mirror, "recipe": RECIPE_VERSION})
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
-    name = f"shoal/debian-slim:{python_version}-{key}"
+    return key, f"shoal/debian-slim:{python_version}-{key}", recipe, prefix, mirror
+
+
+def debian_slim(store: LayerStore, python_version: str = DEBIAN_PYTHON, *, mirror: str | None = None,
+                log: Callable[[str], None] | None = None, cache: Path | None = None) -> Image:
+    """The base image for this Python: from the store if there, else from `cache` (an OCI layout per recipe, so
+    state directories of one machine build it once), else built now (a minute or more) and added to `cache`."""
+    key, name, recipe, prefix, mirror = _identity(python_version, mirror)
     cached = store.get(name)
     if cached is not None and all(store.layer_path(x.diff_id).is_dir() for x in cached.layers):
         return cached
     if cache is None:
         return _build(store, name, recipe, prefix, mirror, log)
-    cache.mkdir(parents=True, exist_ok=True)
     layout = cache / key
-    fd = os.open(cache / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # one build per machine; the others wait and import it
+    with _cache_lock(cache, key):  # one build per machine; the others wait and import it
         if not (layout / "index.json").is_file():
             image = _build(store, name, recipe, prefix, mirror, log)
             _export(store, image, layout)
             return image
+    return _import(store, layout, name)
+
+
+def cache_base(python_version: str, cache: Path, id_shift: int, *, log: Callable[[str], None] | None = None) -> None:
+    """Makes sure `cache` holds the base for this Python, building it (in a scratch store whose unpacked layer,
+    shifted by `id_shift`, the cache keeps) where it does not; a base already there is not read."""
+    if (cache / _identity(python_version, None)[0] / "index.json").is_file():
+        return
+    with tempfile.TemporaryDirectory(prefix="shoal-base-") as tmp:
+        debian_slim(LayerStore(tmp, id_shift=id_shift), python_version, log=log, cache=cache)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path, key: str) -> Iterator[None]:
+    """The cache's lock for one base, once the cache is known to be this user's alone: what it holds becomes
+    containers' root filesystems without being unpacked and checked again."""
+    cache.mkdir(parents=True, exist_ok=True)
+    st = cache.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise BaseImageError(f"the base-image cache {cache} (SHOAL_BASE_CACHE) must belong to this user and be "
+                             "writable by it alone: the layers it holds become containers' root filesystems")
+    fd = os.open(cache / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
-    return _import(store, layout, name)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -181,18 +209,17 @@ def _link(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _link_tree(src: Path, dst: Path) -> bool:
+def _link_tree(src: Path, dst: Path) -> None:
     """dst as a tree of hard links to src's files (a few hundred ms for the base's ~8,000 files, where unpacking
-    its gzip layer takes seconds); False where that cannot be done (another file system)."""
+    its gzip layer takes seconds); nothing where that cannot be done (another file system: the store unpacks)."""
     work = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}")
     if subprocess.run(["cp", "-al", str(src), str(work)], capture_output=True).returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
-        return False
+        return
     try:
         os.rename(work, dst)
     except OSError:
         shutil.rmtree(work, ignore_errors=True)  # another process placed the same layer first
-    return dst.is_dir()
 
 
 def _share_layers(store: LayerStore, image: Image, layout: Path) -> None:
@@ -210,8 +237,7 @@ def _share_layers(store: LayerStore, image: Image, layout: Path) -> None:
 
 def _export(store: LayerStore, image: Image, layout: Path) -> None:
     """The stored image as an OCI layout at `layout` (written aside, renamed into place when complete)."""
-    work = layout.with_name(f".{layout.name}.{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
+    work = layout.with_name(f".{layout.name}.{uuid.uuid4().hex}")
     writer = LayoutWriter(work)
     for digest in image.blob_digests:
         _link(store.blob_path(digest), work / "blobs" / "sha256" / digest.split(":", 1)[1])
