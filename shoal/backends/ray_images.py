@@ -87,15 +87,15 @@ def _pull_lock(store: LayerStore) -> Iterator[None]:
 
 
 def _hold_path(store: LayerStore, image_id: str) -> Path:
-    path = store.root / "in-use" / check_digest("sha256:" + image_id.removeprefix("im-")).split(":", 1)[1]
-    path.parent.mkdir(exist_ok=True)
-    return path
+    """`in-use/<hex>` of the store for an image id (`im-<hex>`); StoreError for anything else."""
+    return store.root / "in-use" / check_digest("sha256:" + image_id.removeprefix("im-")).split(":", 1)[1]
 
 
 def hold_image(store: LayerStore, image_id: str) -> int:
     """Marks the image used now and in use until the returned descriptor is closed (the container's end): a
     prune waits for it, or skips it."""
     path = _hold_path(store, image_id)
+    path.parent.mkdir(exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)
     os.utime(fd)
@@ -118,32 +118,29 @@ def prune_node(store: LayerStore, grace: float, now: float | None = None) -> lis
     """Removes the images of a node's store that no container used for `grace` seconds and none holds now, then
     the blobs and layers no image left names; returns the names removed."""
     now = time.time() if now is None else now
-    last_used: dict[str, float] = {}
+    holds: dict[str, Path] = {}  # the records this module pulled -> their hold files
     for image in store.list():
-        try:
-            hold = _hold_path(store, image.name.removeprefix(RECORD_PREFIX))
-        except StoreError:
-            continue  # not one this module pulled
-        last_used[image.name] = max(hold.stat().st_mtime if hold.exists() else 0.0, store.recorded_at(image.name))
-    held: list[int] = []
+        with contextlib.suppress(StoreError):
+            holds[image.name] = _hold_path(store, image.name.removeprefix(RECORD_PREFIX))
+    last_used = {name: max(hold.stat().st_mtime if hold.exists() else 0.0, store.recorded_at(name))
+                 for name, hold in holds.items()}
+    held: dict[str, int] = {}  # the stale ones no container holds, locked until the prune is done
     try:
-        dropped = []
         for name in stale_images(last_used, now, grace):
-            fd = os.open(_hold_path(store, name.removeprefix(RECORD_PREFIX)), os.O_RDWR | os.O_CREAT, 0o600)
+            holds[name].parent.mkdir(exist_ok=True)
+            fd = os.open(holds[name], os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held[name] = fd  # a container starting on it now waits, then pulls it again
             except BlockingIOError:
                 os.close(fd)  # a container runs on it
-                continue
-            held.append(fd)  # kept until the prune is done: a container starting on it now waits, then pulls
-            dropped.append(name)
-        if dropped:
-            store.prune(keep={x.name for x in store.list()} - set(dropped))
-            for name in dropped:
-                _hold_path(store, name.removeprefix(RECORD_PREFIX)).unlink(missing_ok=True)
-        return dropped
+        if held:
+            store.prune(keep={x.name for x in store.list()} - set(held))  # (listed again: none recorded since goes)
+            for name in held:
+                holds[name].unlink(missing_ok=True)
+        return list(held)
     finally:
-        for fd in held:
+        for fd in held.values():
             os.close(fd)
 
 
